@@ -1,0 +1,36 @@
+namespace ShardPipe.Checkpoints;
+
+/// <summary>Base of every error ShardPipe raises on purpose: the message names the file, tensor or node at fault.</summary>
+public class ShardPipeException : Exception
+{
+    public ShardPipeException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>A checkpoint file (safetensors, index or config) breaks the format; names the file and, where known, the tensor.</summary>
+public sealed class CheckpointFormatException : ShardPipeException
+{
+    public string File { get; }
+    public string? Tensor { get; }
+
+    public CheckpointFormatException(string file, string? tensor, string problem, Exception? inner = null)
+        : base(Compose(file, tensor, problem), inner)
+    {
+        File = file;
+        Tensor = tensor;
+    }
+
+    private static string Compose(string file, string? tensor, string problem) =>
+        tensor is null ? $"{Path.GetFileName(file)}: {problem}" : $"{Path.GetFileName(file)}: '{tensor}': {problem}";
+}
+
+/// <summary>A model folder, repo id, revision or weights file could not be found; lists the paths tried.</summary>
+public sealed class CheckpointNotFoundException : ShardPipeException
+{
+    public IReadOnlyList<string> PathsTried { get; }
+
+    public CheckpointNotFoundException(string message, IReadOnlyList<string> pathsTried)
+        : base(pathsTried.Count == 0 ? message : $"{message} (tried: {string.Join(", ", pathsTried)})")
+    {
+        PathsTried = pathsTried;
+    }
+}

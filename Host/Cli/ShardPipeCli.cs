@@ -1,0 +1,33 @@
+using System.CommandLine;
+using ShardPipe.Host.Bench;
+using ShardPipe.Host.Commands;
+
+namespace ShardPipe.Host.Cli;
+
+/// <summary>The <c>shardpipe</c> command tree.</summary>
+public static class ShardPipeCli
+{
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("ShardPipe: load and run Hugging Face checkpoints split across devices and machines.");
+        root.Options.Add(CommonOptions.Verbose);
+        root.Subcommands.Add(InspectCommand.Create());
+        root.Subcommands.Add(DemoCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create());
+        return root;
+    }
+
+    public static int Run(string[] args) => Build().Parse(args).Invoke();
+}
+
+/// <summary>Options shared by several commands.</summary>
+public static class CommonOptions
+{
+    public static readonly Option<bool> Verbose = new("--verbose") { Description = "Show stack traces and debug logs", Recursive = true };
+
+    public static Option<string> Model() => new("--model") { Description = "Model folder or Hugging Face repo id (read from the local HF cache)", Required = true };
+    public static Option<string?> Variant() => new("--variant") { Description = "Weights variant, e.g. fp16 (model.fp16.safetensors)" };
+    public static Option<string?> Revision() => new("--revision") { Description = "Branch, tag or commit of a repo id in the HF cache (default main)" };
+    public static Option<string?> Subfolder() => new("--subfolder") { Description = "Subfolder of the model folder or repo" };
+    public static Option<bool> Json() => new("--json") { Description = "Print exactly one JSON object on stdout" };
+}

@@ -1,0 +1,15 @@
+using System.CommandLine;
+using ShardPipe.Host.Bench;
+
+namespace ShardPipe.Host.Commands;
+
+/// <summary><c>shardpipe bench NAME</c>: benchmarks that measure ours beside an in-run baseline and end with one JSON line.</summary>
+public static class BenchCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("bench", "Benchmarks: each prints its figures beside a baseline measured in the same run");
+        cmd.Subcommands.Add(ReadBench.Create());
+        return cmd;
+    }
+}

@@ -1,0 +1,3 @@
+using ShardPipe.Host.Cli;
+
+return ShardPipeCli.Run(args);
