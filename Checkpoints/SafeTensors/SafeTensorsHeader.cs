@@ -42,6 +42,13 @@ public sealed class SafeTensorsHeader
         return (long)n;
     }
 
+    /// <summary>Parses and validates a whole safetensors file held in memory (length prefix, header, offsets).</summary>
+    public static SafeTensorsHeader ReadFrom(string file, ReadOnlySpan<byte> bytes)
+    {
+        long n = ReadHeaderLength(file, bytes[..Math.Min(8, bytes.Length)], bytes.Length);
+        return Parse(file, bytes.Slice(8, (int)n), 8 + n, bytes.Length - 8 - n);
+    }
+
     /// <summary>Parses and validates a header given its JSON bytes and the size of the data section that follows.</summary>
     public static SafeTensorsHeader Parse(string file, ReadOnlySpan<byte> json, long dataStart, long dataLength)
     {
