@@ -34,3 +34,15 @@ public sealed class CheckpointNotFoundException : ShardPipeException
         PathsTried = pathsTried;
     }
 }
+
+/// <summary>A checkpoint tensor does not fit the model's parameter; lists every mismatch found.</summary>
+public sealed class ShapeMismatchException : ShardPipeException
+{
+    public ShapeMismatchException(string message) : base(message) { }
+}
+
+/// <summary>A state dict does not cover the model (or carries extra keys) under strict loading.</summary>
+public sealed class LoadingException : ShardPipeException
+{
+    public LoadingException(string message) : base(message) { }
+}

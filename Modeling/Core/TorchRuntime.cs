@@ -1,0 +1,83 @@
+using System.Runtime.InteropServices;
+using ShardPipe.Checkpoints;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Core;
+
+/// <summary>Process-wide TorchSharp setup and the dtype/device vocabulary shared by the model code.</summary>
+public static class TorchRuntime
+{
+    private static int _initialised;
+
+    /// <summary>
+    /// Call before the first tensor allocation. Asks libtorch's CPU allocator for transparent huge pages on
+    /// large tensors (THP is in madvise mode on this OS; 4 KiB first-touch faults otherwise dominate loading).
+    /// The variable must be in the native environment, which .NET's SetEnvironmentVariable does not touch.
+    /// </summary>
+    public static void Initialise()
+    {
+        if (Interlocked.Exchange(ref _initialised, 1) == 1) return;
+        if (OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE") is null)
+            setenv("THP_MEM_ALLOC_ENABLE", "1", 0);
+        torch.InitializeDeviceType(DeviceType.CPU);
+    }
+
+    [DllImport("libc", CharSet = CharSet.Ansi)]
+    private static extern int setenv(string name, string value, int overwrite);
+
+    public static ScalarType ToScalarType(DType dtype) => dtype switch
+    {
+        DType.F64 => ScalarType.Float64,
+        DType.F32 => ScalarType.Float32,
+        DType.F16 => ScalarType.Float16,
+        DType.BF16 => ScalarType.BFloat16,
+        DType.I64 => ScalarType.Int64,
+        DType.I32 => ScalarType.Int32,
+        DType.I16 => ScalarType.Int16,
+        DType.I8 => ScalarType.Int8,
+        DType.U8 => ScalarType.Byte,
+        DType.BOOL => ScalarType.Bool,
+        _ => throw new NotSupportedException($"dtype {DTypes.Code(dtype)} has no TorchSharp counterpart"),
+    };
+
+    public static DType ToDType(ScalarType type) => type switch
+    {
+        ScalarType.Float64 => DType.F64,
+        ScalarType.Float32 => DType.F32,
+        ScalarType.Float16 => DType.F16,
+        ScalarType.BFloat16 => DType.BF16,
+        ScalarType.Int64 => DType.I64,
+        ScalarType.Int32 => DType.I32,
+        ScalarType.Int16 => DType.I16,
+        ScalarType.Int8 => DType.I8,
+        ScalarType.Byte => DType.U8,
+        ScalarType.Bool => DType.BOOL,
+        _ => throw new NotSupportedException($"scalar type {type}"),
+    };
+
+    /// <summary>Parses "float32", "torch.float16", "bf16" … into a floating dtype.</summary>
+    public static DType ParseFloatDType(string name)
+    {
+        if (!DTypes.TryParseTorchName(name, out var dt) || !DTypes.IsFloating(dt) || dt is DType.F8_E4M3 or DType.F8_E5M2)
+            throw new ArgumentException($"'{name}' is not a supported model dtype (float32, float16, bfloat16, float64, or auto)");
+        return dt;
+    }
+
+    /// <summary>A device name as HF writes it ("cpu", "cuda:0", an int N meaning cuda:N) to a TorchSharp device.</summary>
+    public static Device ParseDevice(string name)
+    {
+        string n = name.Trim();
+        if (int.TryParse(n, out int idx)) n = $"cuda:{idx}";
+        if (n == "cpu") return CPU;
+        if (n.StartsWith("cuda", StringComparison.Ordinal))
+        {
+            if (!torch.cuda.is_available())
+                throw new ArgumentException($"device '{name}' is not available: this build of TorchSharp has no CUDA devices");
+            return new Device(n);
+        }
+        if (n is "meta" or "disk")
+            throw new ArgumentException($"device '{name}' cannot hold materialised weights in one process (offload comes later)");
+        throw new ArgumentException($"unknown device '{name}': use cpu, cuda:N or an integer GPU index");
+    }
+}

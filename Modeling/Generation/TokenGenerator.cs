@@ -1,0 +1,93 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using ShardPipe.Modeling.Layers;
+using ShardPipe.Modeling.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Generation;
+
+/// <summary>The subset of HF's GenerationConfig that greedy decoding uses.</summary>
+public sealed record GenerationOptions
+{
+    public int MaxNewTokens { get; init; } = 20;
+    /// <summary>Keep generating past EOS (benchmarks).</summary>
+    public bool IgnoreEos { get; init; }
+    public long[]? EosTokenIds { get; init; }
+    public long? PadTokenId { get; init; }
+    /// <summary>Called after each step with the new token of every row.</summary>
+    public Action<long[]>? OnToken { get; init; }
+
+    /// <summary>EOS and pad ids from generation_config.json (HF falls back to eos when pad is unset).</summary>
+    public GenerationOptions WithDefaultsFrom(JsonObject generationConfig)
+    {
+        long[]? eos = EosTokenIds;
+        if (eos is null && generationConfig["eos_token_id"] is { } e)
+            eos = e is JsonArray a ? a.Select(x => x!.GetValue<long>()).ToArray() : new[] { e.GetValue<long>() };
+        long? pad = PadTokenId ?? (generationConfig["pad_token_id"] is JsonValue p ? p.GetValue<long>() : eos?.FirstOrDefault());
+        return this with { EosTokenIds = eos, PadTokenId = pad };
+    }
+}
+
+/// <summary>Result of a generation: full sequences (prompt + new tokens) and timings.</summary>
+public sealed record GenerationResult(long[][] Sequences, int NewTokens, double PrefillSeconds, double DecodeSeconds)
+{
+    /// <summary>Decode throughput: new tokens after the first, over decode wall time.</summary>
+    public double TokensPerSecond => NewTokens > 1 && DecodeSeconds > 0 ? (NewTokens - 1) / DecodeSeconds : 0;
+}
+
+/// <summary>
+/// Greedy decoding with a KV cache, as HF's <c>generate(do_sample=False)</c>: positions from the attention
+/// mask (<c>cumsum(mask) − 1</c>, padded slots 1), finished rows continue with the pad token, stop when every
+/// row has produced EOS or <c>max_new_tokens</c> is reached.
+/// </summary>
+public static class TokenGenerator
+{
+    public static GenerationResult Greedy(CausalLMModel model, long[][] inputIds, long[][]? attentionMask, GenerationOptions options)
+    {
+        options = options.WithDefaultsFrom(model.GenerationConfig);
+        int batch = inputIds.Length;
+        int promptLen = inputIds[0].Length;
+        if (inputIds.Any(r => r.Length != promptLen)) throw new ArgumentException("every row of input_ids must have the same length (left-pad them)");
+        var sequences = inputIds.Select(r => r.ToList()).ToArray();
+        var mask = (attentionMask ?? inputIds.Select(r => Enumerable.Repeat(1L, r.Length).ToArray()).ToArray()).Select(r => r.ToList()).ToArray();
+        var finished = new bool[batch];
+        using var cache = new KvCache();
+        var sw = Stopwatch.StartNew();
+        double prefill = 0;
+        int produced = 0;
+        Tensor? nextInput = null;
+        for (int step = 0; step < options.MaxNewTokens; step++)
+        {
+            using var scope = NewDisposeScope();
+            var maskT = tensor(mask.SelectMany(r => r).ToArray(), new long[] { batch, mask[0].Count });
+            var positions = maskT.cumsum(1) - 1;
+            positions = positions.masked_fill(maskT.eq(0), 1);
+            Tensor ids;
+            if (step == 0) ids = tensor(inputIds.SelectMany(r => r).ToArray(), new long[] { batch, promptLen });
+            else
+            {
+                ids = nextInput!;
+                positions = positions.narrow(1, positions.shape[1] - 1, 1);
+            }
+            var logits = model.Forward(ids, maskT, positions, cache, lastOnly: true); // (B, 1, V)
+            var next = logits.select(1, 0).argmax(-1).data<long>().ToArray();
+            for (int b = 0; b < batch; b++)
+            {
+                if (finished[b]) next[b] = options.PadTokenId ?? 0;
+                sequences[b].Add(next[b]);
+                mask[b].Add(1);
+                if (!options.IgnoreEos && options.EosTokenIds is { } eos && eos.Contains(next[b])) finished[b] = true;
+            }
+            produced++;
+            options.OnToken?.Invoke(next);
+            nextInput?.Dispose();
+            nextInput = tensor(next, new long[] { batch, 1 }).DetachFromDisposeScope();
+            if (step == 0) prefill = sw.Elapsed.TotalSeconds;
+            if (finished.All(f => f)) break;
+        }
+        nextInput?.Dispose();
+        double total = sw.Elapsed.TotalSeconds;
+        return new GenerationResult(sequences.Select(s => s.ToArray()).ToArray(), produced, prefill, total - prefill);
+    }
+}

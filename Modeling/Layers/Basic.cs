@@ -1,0 +1,131 @@
+using ShardPipe.Modeling.Core;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>torch.nn.Linear: weight [out, in], optional bias [out].</summary>
+public sealed class Linear : HfModule
+{
+    public override string ClassName => "Linear";
+    public TensorSlot Weight { get; }
+    public TensorSlot? Bias { get; }
+
+    public Linear(long inFeatures, long outFeatures, bool bias)
+    {
+        Weight = Parameter("weight", outFeatures, inFeatures);
+        if (bias) Bias = Parameter("bias", outFeatures);
+    }
+
+    /// <summary>A head whose weight is another module's (tied embeddings).</summary>
+    public Linear(TensorSlot tiedWeight)
+    {
+        Weight = TiedParameter("weight", tiedWeight);
+    }
+
+    public Tensor Forward(Tensor x) => nn.functional.linear(x, Weight.Tensor, Bias?.Tensor);
+}
+
+/// <summary>GPT-2's Conv1D: a linear layer whose weight is stored transposed, [in, out].</summary>
+public sealed class Conv1D : HfModule
+{
+    public override string ClassName => "Conv1D";
+    public TensorSlot Weight { get; }
+    public TensorSlot Bias { get; }
+    private readonly long _out;
+
+    public Conv1D(long outFeatures, long inFeatures)
+    {
+        _out = outFeatures;
+        Weight = Parameter("weight", inFeatures, outFeatures);
+        Bias = Parameter("bias", outFeatures);
+    }
+
+    public Tensor Forward(Tensor x) // (..., in) -> (..., out)
+    {
+        var shape = x.shape;
+        var outShape = shape.ToArray();
+        outShape[^1] = _out;
+        using var flat = x.reshape(-1, shape[^1]);
+        using var y = torch.addmm(Bias.Tensor, flat, Weight.Tensor, 1.0f, 1.0f);
+        return y.view(outShape);
+    }
+}
+
+/// <summary>torch.nn.Embedding: weight [num, dim].</summary>
+public sealed class Embedding : HfModule
+{
+    public override string ClassName => "Embedding";
+    public TensorSlot Weight { get; }
+
+    public Embedding(long num, long dim) => Weight = Parameter("weight", num, dim);
+
+    public Tensor Forward(Tensor ids) => Weight.Tensor.index_select(0, ids.reshape(-1)).view(ids.shape.Append(Weight.Shape[1]).ToArray());
+}
+
+/// <summary>RMSNorm as Llama/Mistral/Qwen2 compute it: in float32, then back to the input dtype, times weight.</summary>
+public sealed class RmsNorm : HfModule
+{
+    private readonly string _className;
+    private readonly double _eps;
+    public override string ClassName => _className;
+    public TensorSlot Weight { get; }
+
+    public RmsNorm(string className, long dim, double eps)
+    {
+        _className = className;
+        _eps = eps;
+        Weight = Parameter("weight", dim);
+    }
+
+    public Tensor Forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var inputType = x.dtype;
+        var h = x.to(ScalarType.Float32);
+        var variance = h.pow(2).mean(new long[] { -1 }, keepdim: true);
+        h = h * torch.rsqrt(variance + _eps);
+        return (Weight.Tensor * h.to(inputType)).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>torch.nn.LayerNorm with weight and bias.</summary>
+public sealed class LayerNorm : HfModule
+{
+    private readonly double _eps;
+    private readonly long _dim;
+    public override string ClassName => "LayerNorm";
+    public TensorSlot Weight { get; }
+    public TensorSlot Bias { get; }
+
+    public LayerNorm(long dim, double eps)
+    {
+        _dim = dim;
+        _eps = eps;
+        Weight = Parameter("weight", dim);
+        Bias = Parameter("bias", dim);
+    }
+
+    public Tensor Forward(Tensor x) => nn.functional.layer_norm(x, new[] { _dim }, Weight.Tensor, Bias.Tensor, _eps);
+}
+
+/// <summary>Activation functions by their HF config names (ACT2FN).</summary>
+public static class Activations
+{
+    public static Func<Tensor, Tensor> Get(string name) => name switch
+    {
+        "silu" or "swish" => x => nn.functional.silu(x),
+        "relu" => x => nn.functional.relu(x),
+        "gelu" => x => nn.functional.gelu(x),
+        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => GeluTanh,
+        _ => throw new NotSupportedException($"activation '{name}' is not supported"),
+    };
+
+    /// <summary>HF's NewGELUActivation, formula for formula.</summary>
+    private static Tensor GeluTanh(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var inner = (x + x.pow(3.0) * 0.044715) * Math.Sqrt(2.0 / Math.PI);
+        return (x * 0.5 * (torch.tanh(inner) + 1.0)).MoveToOuterDisposeScope();
+    }
+}

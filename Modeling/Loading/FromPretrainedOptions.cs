@@ -1,0 +1,43 @@
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Checkpoints;
+using ShardPipe.Modeling.Models;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Loading;
+
+/// <summary>The arguments of <c>from_pretrained</c> that ShardPipe supports, with HF's names and defaults.</summary>
+public sealed record FromPretrainedOptions
+{
+    /// <summary>Use this config instead of the folder's config.json.</summary>
+    public PretrainedConfig? Config { get; init; }
+    /// <summary>Config keys to override (HF's config kwargs).</summary>
+    public IReadOnlyDictionary<string, JsonNode?>? ConfigOverrides { get; init; }
+    /// <summary>Load from these tensors instead of the checkpoint files.</summary>
+    public IReadOnlyDictionary<string, Tensor>? StateDict { get; init; }
+    /// <summary>"float32", "float16", "bfloat16", "auto" (config torch_dtype, else the first floating tensor's); default float32.</summary>
+    public string? DType { get; init; }
+    /// <summary>"cpu", "cuda:N", an integer, or a JSON object of module prefix → device. Null = cpu.</summary>
+    public string? DeviceMap { get; init; }
+    public IReadOnlyDictionary<string, string>? DeviceMapDict { get; init; }
+    public string? Variant { get; init; }
+    public string? Revision { get; init; }
+    public string? Subfolder { get; init; }
+    public string? CacheDir { get; init; }
+    /// <summary>HF default true; false is accepted only when safetensors weights exist (pickle is not read).</summary>
+    public bool UseSafetensors { get; init; } = true;
+    public bool IgnoreMismatchedSizes { get; init; }
+    /// <summary>Fail on missing or unexpected keys instead of warning (HF itself is lenient).</summary>
+    public bool Strict { get; init; }
+    public AttnImplementation AttnImplementation { get; init; } = AttnImplementation.Sdpa;
+    public ILogger? Logger { get; init; }
+    /// <summary>Reader threads used to materialise tensors.</summary>
+    public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
+}
+
+/// <summary>What <c>output_loading_info=True</c> returns.</summary>
+public sealed record LoadingInfo(
+    IReadOnlyList<string> MissingKeys,
+    IReadOnlyList<string> UnexpectedKeys,
+    IReadOnlyList<(string Key, long[] CheckpointShape, long[] ModelShape)> MismatchedKeys,
+    IReadOnlyList<string> ErrorMsgs);

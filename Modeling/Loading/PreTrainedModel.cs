@@ -1,0 +1,152 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Checkpoints;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Loading;
+
+/// <summary>
+/// <c>from_pretrained</c>: config → module tree on the meta device → each tensor materialised once, straight
+/// into its final memory at the target dtype and device (a checkpoint tensor already in that dtype is read
+/// from the file directly into the parameter's storage; others pass through one temporary of their own size).
+/// </summary>
+public static class PreTrainedModel
+{
+    public static CausalLMModel FromPretrained(string? pathOrRepoId, FromPretrainedOptions? options = null) =>
+        FromPretrained(pathOrRepoId, options ?? new FromPretrainedOptions(), out _);
+
+    public static CausalLMModel FromPretrained(string? pathOrRepoId, FromPretrainedOptions options, out LoadingInfo info)
+    {
+        TorchRuntime.Initialise();
+        string? folder = pathOrRepoId is null ? null : ModelLocator.Locate(pathOrRepoId, new LocateOptions
+        {
+            Revision = options.Revision, Subfolder = options.Subfolder, CacheDir = options.CacheDir,
+        });
+        var config = options.Config?.Clone() ?? (folder is not null ? PretrainedConfig.FromFolder(folder)
+            : throw new ArgumentException("from_pretrained needs a model folder, a repo id, or a config"));
+        if (options.ConfigOverrides is not null)
+            foreach (var (k, v) in options.ConfigOverrides) config.Set(k, v?.DeepClone());
+
+        using var checkpoint = options.StateDict is null
+            ? (folder is not null ? Checkpoint.Open(folder, options.Variant) : throw new ArgumentException("no weights: give a folder or a state_dict"))
+            : null;
+        var source = options.StateDict is not null ? StateSource.FromTensors(options.StateDict) : StateSource.FromCheckpoint(checkpoint!);
+
+        DType dtype = ResolveDType(options.DType, config, source);
+        var model = AutoModel.FromConfig(config);
+        model.Attention = options.AttnImplementation;
+        model.GenerationConfig = LoadGenerationConfig(folder, config);
+
+        var deviceMap = options.DeviceMapDict is not null ? DeviceMapSpec.FromDict(options.DeviceMapDict)
+            : DeviceMapSpec.Parse(options.DeviceMap ?? "cpu");
+        var devices = deviceMap.Validate(model);
+        info = StateLoader.Load(model, source, dtype, deviceMap, devices, options);
+        model.DType = TorchRuntime.ToScalarType(dtype);
+        model.HfDeviceMap = deviceMap.Entries.Select(e => new KeyValuePair<string, string>(e.Key, HfDeviceName(e.Value))).ToList();
+        model.EmbedDevice = devices[deviceMap.DeviceFor(model.InputEmbeddingsPath)!];
+        model.HeadDevice = devices[deviceMap.DeviceFor(model.OutputEmbeddingsPath)!];
+        var layerDevices = Enumerable.Range(0, model.NumLayers).Select(i => devices[deviceMap.DeviceFor(model.LayerPath(i))!]).ToArray();
+        model.LayerDevice = i => layerDevices[i];
+        model.SourceFolder = folder;
+        return model;
+    }
+
+    /// <summary>Device names as hf_device_map writes them: GPU index as an int, else "cpu"/"disk".</summary>
+    public static string HfDeviceName(string device) =>
+        device.StartsWith("cuda:", StringComparison.Ordinal) ? device[5..] : device;
+
+    /// <summary>Explicit dtype, or "auto": config torch_dtype, else the first floating tensor's; default float32.</summary>
+    internal static DType ResolveDType(string? requested, PretrainedConfig config, StateSource source)
+    {
+        if (requested is null) return DType.F32;
+        if (requested != "auto") return TorchRuntime.ParseFloatDType(requested);
+        if (config.TorchDtype is { } td && td != "auto" && DTypes.TryParseTorchName(td, out var fromConfig) && DTypes.IsFloating(fromConfig))
+            return fromConfig;
+        foreach (var dt in source.DTypesInOrder())
+            if (DTypes.IsFloating(dt)) return dt;
+        return DType.F32;
+    }
+
+    private static JsonObject LoadGenerationConfig(string? folder, PretrainedConfig config)
+    {
+        if (folder is not null)
+        {
+            string path = Path.Combine(folder, CheckpointNames.GenerationConfig);
+            if (File.Exists(path))
+            {
+                try
+                {
+                    if (JsonNode.Parse(File.ReadAllText(path)) is JsonObject o) return o;
+                }
+                catch (System.Text.Json.JsonException ex)
+                {
+                    throw new CheckpointFormatException(path, null, $"not valid JSON ({ex.Message})", ex);
+                }
+            }
+        }
+        var g = new JsonObject();
+        foreach (var k in new[] { "bos_token_id", "eos_token_id", "pad_token_id" })
+            if (config.Values[k] is { } v) g[k] = v.DeepClone();
+        return g;
+    }
+
+    /// <summary>
+    /// <c>save_pretrained</c>: config.json (with torch_dtype), generation_config.json, and the state dict as
+    /// safetensors, sharded greedily in registration order; a tied weight is saved once, under its first name.
+    /// </summary>
+    public static IReadOnlyList<string> SavePretrained(CausalLMModel model, string folder, SaveOptions? options = null)
+    {
+        options ??= new SaveOptions();
+        Directory.CreateDirectory(folder);
+        DType? castTo = options.DType is { } d ? TorchRuntime.ParseFloatDType(d) : null;
+        var seen = new HashSet<TensorSlot>(ReferenceEqualityComparer.Instance);
+        var sources = new List<Checkpoints.SafeTensors.TensorSource>();
+        DType? savedFloat = null;
+        if (options.StateDict is not null)
+        {
+            foreach (var (key, t) in options.StateDict)
+                sources.Add(SourceOf(key, t, castTo, ref savedFloat));
+        }
+        else
+        {
+            foreach (var (key, slot) in model.StateDictSlots())
+                if (seen.Add(slot)) sources.Add(SourceOf(key, slot.Tensor, castTo, ref savedFloat));
+        }
+        var config = model.Config.Clone();
+        config.Set("architectures", new JsonArray(model.ClassName));
+        config.Set("torch_dtype", DTypes.TorchName(savedFloat ?? TorchRuntime.ToDType(model.DType)));
+        config.Save(Path.Combine(folder, CheckpointNames.Config));
+        File.WriteAllText(Path.Combine(folder, CheckpointNames.GenerationConfig),
+            model.GenerationConfig.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
+        var files = ShardedWriter.Save(folder, sources, ByteSize.Parse(options.MaxShardSize), options.Variant);
+        return files.Prepend(CheckpointNames.GenerationConfig).Prepend(CheckpointNames.Config).ToList();
+    }
+
+    private static Checkpoints.SafeTensors.TensorSource SourceOf(string key, Tensor t, DType? castTo, ref DType? savedFloat)
+    {
+        var dt = TorchRuntime.ToDType(t.dtype);
+        if (castTo is { } c && DTypes.IsFloating(dt)) dt = c;
+        if (DTypes.IsFloating(dt)) savedFloat ??= dt;
+        var target = dt;
+        return new Checkpoints.SafeTensors.TensorSource(key, dt, t.shape, dst =>
+        {
+            using var cpu = t.to(TorchRuntime.ToScalarType(target)).cpu().contiguous();
+            cpu.bytes.CopyTo(dst);
+        });
+    }
+}
+
+/// <summary>The arguments of <c>save_pretrained</c>.</summary>
+public sealed record SaveOptions
+{
+    public string MaxShardSize { get; init; } = ShardedWriter.DefaultMaxShardSize;
+    public string? Variant { get; init; }
+    /// <summary>Cast floating tensors to this dtype on save (the stored dtype is kept otherwise).</summary>
+    public string? DType { get; init; }
+    /// <summary>Save these tensors instead of the model's own state dict.</summary>
+    public IReadOnlyDictionary<string, Tensor>? StateDict { get; init; }
+}

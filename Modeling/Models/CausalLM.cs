@@ -1,0 +1,115 @@
+using TorchSharp;
+using ShardPipe.Checkpoints;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Layers;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Models;
+
+/// <summary>Which attention kernel a model runs: PyTorch's fused <c>sdpa</c> (default) or the explicit <c>eager</c> path.</summary>
+public enum AttnImplementation { Sdpa, Eager }
+
+/// <summary>What every decoder layer of one forward pass shares: positions, mask, rotary tables, the cache.</summary>
+public sealed class LayerInputs : IDisposable
+{
+    public required Tensor PositionIds { get; init; }
+    public Tensor? Mask { get; init; }
+    public bool IsPlainCausal { get; init; }
+    public Tensor? Cos { get; init; }
+    public Tensor? Sin { get; init; }
+    public KvCache? Cache { get; init; }
+
+    public void Dispose()
+    {
+        Mask?.Dispose();
+        Cos?.Dispose();
+        Sin?.Dispose();
+    }
+}
+
+/// <summary>
+/// A decoder-only causal LM as a pipeline of stages: embed → decoder layers → final norm and head. A whole
+/// forward pass runs them in order; a pipeline worker runs only its slice.
+/// </summary>
+public abstract class CausalLMModel : HfModule
+{
+    public PretrainedConfig Config { get; }
+    public AttnImplementation Attention { get; set; } = AttnImplementation.Sdpa;
+
+    protected CausalLMModel(PretrainedConfig config) => Config = config;
+
+    /// <summary>HF's <c>base_model_prefix</c> ("model", "transformer").</summary>
+    public abstract string BaseModelPrefix { get; }
+    /// <summary>HF's <c>_no_split_modules</c>: block classes that must stay on one device.</summary>
+    public abstract IReadOnlyList<string> NoSplitModules { get; }
+    public abstract int NumLayers { get; }
+    public abstract long VocabSize { get; }
+    /// <summary>Module paths of the decoder blocks, in order (e.g. <c>model.layers.3</c>).</summary>
+    public abstract string LayerPath(int index);
+    /// <summary>Module path of the input embedding (the weight tied to the head).</summary>
+    public abstract string InputEmbeddingsPath { get; }
+    public abstract string OutputEmbeddingsPath { get; }
+    public abstract Embedding InputEmbeddings { get; }
+    public abstract Linear OutputEmbeddings { get; }
+    public bool TieWordEmbeddings => Config.GetBool("tie_word_embeddings", true);
+    /// <summary>generation_config.json as loaded (or derived from the config): bos/eos/pad ids.</summary>
+    public System.Text.Json.Nodes.JsonObject GenerationConfig { get; set; } = new();
+
+    /// <summary>Token (and, for GPT-2, position) embeddings: ids (B, T) → hidden (B, T, H).</summary>
+    public abstract Tensor Embed(Tensor inputIds, Tensor positionIds);
+    /// <summary>Mask and rotary tables for one pass, on <paramref name="device"/>.</summary>
+    public abstract LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
+        ScalarType dtype, Device device, KvCache? cache);
+    public abstract Tensor Layer(int index, Tensor hidden, LayerInputs inputs);
+    /// <summary>Final norm and LM head: hidden (B, T, H) → logits (B, T, V).</summary>
+    public abstract Tensor Head(Tensor hidden);
+
+    /// <summary>hf_device_map: module prefix → device, as loaded.</summary>
+    public IReadOnlyList<KeyValuePair<string, string>> HfDeviceMap { get; internal set; } = new List<KeyValuePair<string, string>> { new("", "cpu") };
+    /// <summary>The folder it was loaded from, if any.</summary>
+    public string? SourceFolder { get; internal set; }
+
+    /// <summary>The dtype the model's floating parameters were materialised in.</summary>
+    public ScalarType DType { get; internal set; } = ScalarType.Float32;
+
+    /// <summary>Devices of the layer stages when the model is split inside one process (null = all on <see cref="HfModule.Device"/>).</summary>
+    internal Func<int, Device>? LayerDevice { get; set; }
+    internal Device EmbedDevice { get; set; } = CPU;
+    internal Device HeadDevice { get; set; } = CPU;
+
+    /// <summary>
+    /// A full forward pass. Without <paramref name="positionIds"/> every row uses positions past..past+T-1 (HF's
+    /// forward default, even for left-padded rows). Returns logits (B, T, V) in float32 on the CPU.
+    /// </summary>
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null,
+        bool lastOnly = false)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        long batch = inputIds.shape[0], t = inputIds.shape[1];
+        long past = cache?.SeenTokens(0) ?? 0;
+        var positions = positionIds ?? arange(past, past + t, dtype: ScalarType.Int64).unsqueeze(0).expand(batch, t);
+        var hidden = Embed(inputIds.to(EmbedDevice), positions.to(EmbedDevice));
+        var inputsByDevice = new Dictionary<string, LayerInputs>();
+        try
+        {
+            for (int i = 0; i < NumLayers; i++)
+            {
+                var device = LayerDevice?.Invoke(i) ?? EmbedDevice;
+                if (!inputsByDevice.TryGetValue(device.ToString(), out var li))
+                {
+                    li = PrepareLayerInputs(positions.to(device), attentionMask?.to(device), past, t, hidden.dtype, device, cache);
+                    inputsByDevice[device.ToString()] = li;
+                }
+                hidden = Layer(i, hidden.to(device), li);
+            }
+        }
+        finally
+        {
+            foreach (var li in inputsByDevice.Values) li.Dispose();
+        }
+        if (lastOnly) hidden = hidden.narrow(1, t - 1, 1);
+        var logits = Head(hidden.to(HeadDevice)).to(ScalarType.Float32).cpu();
+        return logits.MoveToOuterDisposeScope();
+    }
+}

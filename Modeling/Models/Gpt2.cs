@@ -1,0 +1,184 @@
+using ShardPipe.Checkpoints;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Layers;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Models;
+
+/// <summary>Typed view of a GPT-2 config.json.</summary>
+public sealed record Gpt2Config(long Embd, int Layers, int Heads, long Positions, long Vocab, long Inner, double Eps,
+    string Activation, bool ScaleAttnWeights, bool ScaleByInverseLayerIdx)
+{
+    public static Gpt2Config From(PretrainedConfig c)
+    {
+        long embd = c.GetLong("n_embd");
+        int heads = c.GetInt("n_head");
+        if (heads <= 0 || embd % heads != 0)
+            throw new CheckpointFormatException(c.SourcePath ?? "config.json", null, $"n_embd {embd} is not divisible by n_head {heads}");
+        return new Gpt2Config(embd, c.GetInt("n_layer"), heads, c.GetLong("n_positions", 1024), c.GetLong("vocab_size"),
+            c.GetLongOrNull("n_inner") ?? 4 * embd, c.GetDouble("layer_norm_epsilon", 1e-5),
+            c.GetString("activation_function") ?? "gelu_new", c.GetBool("scale_attn_weights", true),
+            c.GetBool("scale_attn_by_inverse_layer_idx", false));
+    }
+}
+
+public sealed class Gpt2Attention : HfModule
+{
+    public override string ClassName => "GPT2Attention";
+    private readonly Gpt2Config _c;
+    private readonly int _layer;
+    private readonly TensorSlot _bias;
+    private readonly Conv1D _cAttn, _cProj;
+
+    public Gpt2Attention(Gpt2Config c, int layer)
+    {
+        _c = c;
+        _layer = layer;
+        // 4.38 registers the causal table and masked_bias as non-persistent buffers before its projections.
+        _bias = Buffer("bias", new long[] { 1, 1, c.Positions, c.Positions }, persistent: false, fixedDType: Checkpoints.DType.BOOL,
+            (_, device) => ones(new[] { c.Positions, c.Positions }, ScalarType.Bool, device).tril().view(1, 1, c.Positions, c.Positions));
+        Buffer("masked_bias", Array.Empty<long>(), persistent: false, fixedDType: Checkpoints.DType.F32,
+            (_, device) => tensor(-1e4f, device: device));
+        _cAttn = Child("c_attn", new Conv1D(3 * c.Embd, c.Embd));
+        _cProj = Child("c_proj", new Conv1D(c.Embd, c.Embd));
+    }
+
+    public Tensor Forward(Tensor x, LayerInputs inputs)
+    {
+        using var scope = NewDisposeScope();
+        long b = x.shape[0], t = x.shape[1], hd = _c.Embd / _c.Heads;
+        var qkv = _cAttn.Forward(x).split(_c.Embd, 2);
+        Tensor Heads(Tensor y) => y.view(b, t, _c.Heads, hd).transpose(1, 2); // (B, nh, T, hd)
+        var q = Heads(qkv[0]);
+        var k = Heads(qkv[1]);
+        var v = Heads(qkv[2]);
+        if (inputs.Cache is { } cache) (k, v) = cache.Update(_layer, k, v);
+        long tk = k.shape[2];
+        var scores = q.matmul(k.transpose(-1, -2));
+        if (_c.ScaleAttnWeights) scores = scores / Math.Sqrt(hd);
+        if (_c.ScaleByInverseLayerIdx) scores = scores / (_layer + 1.0);
+        // Causal order from the bias table, the padding mask added on top, as GPT2Attention._attn does.
+        var causal = _bias.Tensor.narrow(2, tk - t, t).narrow(3, 0, tk);
+        scores = where(causal, scores, tensor(AttentionMask.MinValue(scores.dtype), scores.dtype, scores.device));
+        if (inputs.Mask is not null) scores = scores + inputs.Mask;
+        var probs = nn.functional.softmax(scores, -1).to(v.dtype);
+        var merged = probs.matmul(v).transpose(1, 2).reshape(b, t, _c.Embd);
+        return _cProj.Forward(merged).MoveToOuterDisposeScope();
+    }
+}
+
+public sealed class Gpt2Mlp : HfModule
+{
+    public override string ClassName => "GPT2MLP";
+    private readonly Conv1D _fc, _proj;
+    private readonly Func<Tensor, Tensor> _act;
+
+    public Gpt2Mlp(Gpt2Config c)
+    {
+        _fc = Child("c_fc", new Conv1D(c.Inner, c.Embd));
+        _proj = Child("c_proj", new Conv1D(c.Embd, c.Inner));
+        _act = Activations.Get(c.Activation);
+    }
+
+    public Tensor Forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        return _proj.Forward(_act(_fc.Forward(x))).MoveToOuterDisposeScope();
+    }
+}
+
+public sealed class Gpt2Block : HfModule
+{
+    public override string ClassName => "GPT2Block";
+    private readonly LayerNorm _ln1, _ln2;
+    private readonly Gpt2Attention _attn;
+    private readonly Gpt2Mlp _mlp;
+
+    public Gpt2Block(Gpt2Config c, int layer)
+    {
+        _ln1 = Child("ln_1", new LayerNorm(c.Embd, c.Eps));
+        _attn = Child("attn", new Gpt2Attention(c, layer));
+        _ln2 = Child("ln_2", new LayerNorm(c.Embd, c.Eps));
+        _mlp = Child("mlp", new Gpt2Mlp(c));
+    }
+
+    public Tensor Forward(Tensor x, LayerInputs inputs)
+    {
+        using var scope = NewDisposeScope();
+        var h = x + _attn.Forward(_ln1.Forward(x), inputs);
+        return (h + _mlp.Forward(_ln2.Forward(h))).MoveToOuterDisposeScope();
+    }
+}
+
+public sealed class Gpt2Model : HfModule
+{
+    public override string ClassName => "GPT2Model";
+    public Embedding Wte { get; }
+    public Embedding Wpe { get; }
+    public IReadOnlyList<Gpt2Block> H { get; }
+    public LayerNorm LnF { get; }
+
+    public Gpt2Model(Gpt2Config c)
+    {
+        Wte = Child("wte", new Embedding(c.Vocab, c.Embd));
+        Wpe = Child("wpe", new Embedding(c.Positions, c.Embd));
+        var list = Child("h", new ModuleList());
+        H = Enumerable.Range(0, c.Layers).Select(i => list.Add(new Gpt2Block(c, i))).ToList();
+        LnF = Child("ln_f", new LayerNorm(c.Embd, c.Eps));
+    }
+}
+
+/// <summary><c>GPT2LMHeadModel</c>: Conv1D projections, learned positions, head tied to <c>wte</c>.</summary>
+public sealed class Gpt2LMHeadModel : CausalLMModel
+{
+    public Gpt2Config Settings { get; }
+    public Gpt2Model Transformer { get; }
+    public Linear LmHead { get; }
+
+    public Gpt2LMHeadModel(PretrainedConfig config) : base(config)
+    {
+        Settings = Gpt2Config.From(config);
+        Transformer = Child("transformer", new Gpt2Model(Settings));
+        LmHead = Child("lm_head", TieWordEmbeddings ? new Linear(Transformer.Wte.Weight) : new Linear(Settings.Embd, Settings.Vocab, bias: false));
+    }
+
+    public override string ClassName => "GPT2LMHeadModel";
+    public override string BaseModelPrefix => "transformer";
+    public override IReadOnlyList<string> NoSplitModules => new[] { "GPT2Block" };
+    public override int NumLayers => Settings.Layers;
+    public override long VocabSize => Settings.Vocab;
+    public override string LayerPath(int index) => $"transformer.h.{index}";
+    public override string InputEmbeddingsPath => "transformer.wte";
+    public override string OutputEmbeddingsPath => "lm_head";
+    public override Embedding InputEmbeddings => Transformer.Wte;
+    public override Linear OutputEmbeddings => LmHead;
+
+    public override Tensor Embed(Tensor inputIds, Tensor positionIds)
+    {
+        using var scope = NewDisposeScope();
+        return (Transformer.Wte.Forward(inputIds) + Transformer.Wpe.Forward(positionIds)).MoveToOuterDisposeScope();
+    }
+
+    public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
+        ScalarType dtype, Device device, KvCache? cache)
+    {
+        // GPT2Model turns the 2-D mask into (1 - mask) * finfo.min over keys, (B, 1, 1, Tk); causal order comes from the bias buffer.
+        Tensor? mask = null;
+        if (attentionMask is not null)
+        {
+            using var scope = NewDisposeScope();
+            long tk = pastLength + queryLength;
+            var m = attentionMask.narrow(1, attentionMask.shape[1] - tk, tk).to(dtype).view(attentionMask.shape[0], 1, 1, tk);
+            mask = ((1.0 - m) * AttentionMask.MinValue(dtype)).to(device).MoveToOuterDisposeScope();
+        }
+        return new LayerInputs { PositionIds = positionIds, Mask = mask, Cache = cache };
+    }
+
+    public override Tensor Layer(int index, Tensor hidden, LayerInputs inputs) => Transformer.H[index].Forward(hidden, inputs);
+
+    public override Tensor Head(Tensor hidden)
+    {
+        using var scope = NewDisposeScope();
+        return LmHead.Forward(Transformer.LnF.Forward(hidden)).MoveToOuterDisposeScope();
+    }
+}

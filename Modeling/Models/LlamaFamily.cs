@@ -1,0 +1,224 @@
+using ShardPipe.Checkpoints;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Layers;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Models;
+
+/// <summary>
+/// The settings that tell Llama, Mistral and Qwen2 apart; the three share one implementation, as their HF
+/// modeling files share code ("Copied from ... Llama").
+/// </summary>
+public sealed record LlamaVariant(string Prefix, bool QkvBiasAlways, bool UseSlidingWindow, bool CachedRopeTables)
+{
+    public static readonly LlamaVariant Llama = new("Llama", QkvBiasAlways: false, UseSlidingWindow: false, CachedRopeTables: false);
+    public static readonly LlamaVariant Mistral = new("Mistral", QkvBiasAlways: false, UseSlidingWindow: true, CachedRopeTables: true);
+    public static readonly LlamaVariant Qwen2 = new("Qwen2", QkvBiasAlways: true, UseSlidingWindow: true, CachedRopeTables: true);
+}
+
+/// <summary>Typed view of a Llama-family config.json.</summary>
+public sealed record LlamaConfig(
+    long HiddenSize, long IntermediateSize, int NumLayers, int NumHeads, int NumKvHeads, int HeadDim, long VocabSize,
+    long MaxPositions, double RmsEps, double RopeTheta, RopeScaling? Scaling, bool AttentionBias, bool MlpBias,
+    string HiddenAct, long? SlidingWindow)
+{
+    public static LlamaConfig From(PretrainedConfig c, LlamaVariant variant)
+    {
+        long hidden = c.GetLong("hidden_size");
+        int heads = c.GetInt("num_attention_heads");
+        long maxPos = c.GetLong("max_position_embeddings", 2048);
+        if (heads <= 0 || hidden % heads != 0 && !c.Has("head_dim"))
+            throw new CheckpointFormatException(c.SourcePath ?? "config.json", null, $"hidden_size {hidden} is not divisible by num_attention_heads {heads}");
+        int kvHeads = c.Has("num_key_value_heads") ? c.GetInt("num_key_value_heads") : heads;
+        if (kvHeads <= 0 || heads % kvHeads != 0)
+            throw new CheckpointFormatException(c.SourcePath ?? "config.json", null, $"num_attention_heads {heads} is not a multiple of num_key_value_heads {kvHeads}");
+        long? window = null;
+        // As transformers 4.38's eager path (the reference data's): Mistral and Qwen2 build their mask with
+        // config.sliding_window whenever it is set; Qwen2 does so even with use_sliding_window false.
+        if (variant.UseSlidingWindow && c.Has("sliding_window")) window = c.GetLong("sliding_window");
+        return new LlamaConfig(hidden, c.GetLong("intermediate_size"), c.GetInt("num_hidden_layers"), heads, kvHeads,
+            c.Has("head_dim") ? c.GetInt("head_dim") : (int)(hidden / heads), c.GetLong("vocab_size"), maxPos,
+            c.GetDouble("rms_norm_eps", 1e-6), c.GetDouble("rope_theta", 10000.0), RopeScaling.From(c, maxPos),
+            c.GetBool("attention_bias", false), c.GetBool("mlp_bias", false), c.GetString("hidden_act") ?? "silu", window);
+    }
+}
+
+public sealed class LlamaMlp : HfModule
+{
+    public override string ClassName { get; }
+    private readonly Linear _gate, _up, _down;
+    private readonly Func<Tensor, Tensor> _act;
+
+    public LlamaMlp(LlamaVariant v, LlamaConfig c)
+    {
+        ClassName = v.Prefix + "MLP";
+        _gate = Child("gate_proj", new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias));
+        _up = Child("up_proj", new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias));
+        _down = Child("down_proj", new Linear(c.IntermediateSize, c.HiddenSize, c.MlpBias));
+        _act = Activations.Get(c.HiddenAct);
+    }
+
+    public Tensor Forward(Tensor x) // (B, T, H) -> (B, T, H)
+    {
+        using var scope = NewDisposeScope();
+        var h = _act(_gate.Forward(x)) * _up.Forward(x);
+        return _down.Forward(h).MoveToOuterDisposeScope();
+    }
+}
+
+public sealed class LlamaAttention : HfModule
+{
+    public override string ClassName { get; }
+    private readonly LlamaConfig _c;
+    private readonly int _layer;
+    private readonly Linear _q, _k, _v, _o;
+    public RotaryEmbedding Rotary { get; }
+    internal CausalLMModel? Owner { get; set; }
+
+    public LlamaAttention(LlamaVariant v, LlamaConfig c, int layer)
+    {
+        ClassName = v.Prefix + "Attention";
+        _c = c;
+        _layer = layer;
+        bool qkvBias = v.QkvBiasAlways || c.AttentionBias;
+        _q = Child("q_proj", new Linear(c.HiddenSize, (long)c.NumHeads * c.HeadDim, qkvBias));
+        _k = Child("k_proj", new Linear(c.HiddenSize, (long)c.NumKvHeads * c.HeadDim, qkvBias));
+        _v = Child("v_proj", new Linear(c.HiddenSize, (long)c.NumKvHeads * c.HeadDim, qkvBias));
+        _o = Child("o_proj", new Linear((long)c.NumHeads * c.HeadDim, c.HiddenSize, c.AttentionBias));
+        Rotary = Child("rotary_emb", new RotaryEmbedding(v.Prefix + "RotaryEmbedding", c.HeadDim, c.MaxPositions, c.RopeTheta, c.Scaling, v.CachedRopeTables));
+    }
+
+    public Tensor Forward(Tensor x, LayerInputs inputs) // (B, T, H) -> (B, T, H)
+    {
+        using var scope = NewDisposeScope();
+        long b = x.shape[0], t = x.shape[1];
+        var q = _q.Forward(x).view(b, t, _c.NumHeads, _c.HeadDim).transpose(1, 2);   // (B, nh, T, hd)
+        var k = _k.Forward(x).view(b, t, _c.NumKvHeads, _c.HeadDim).transpose(1, 2); // (B, nkv, T, hd)
+        var v = _v.Forward(x).view(b, t, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
+        q = RotaryEmbedding.Apply(q, inputs.Cos!, inputs.Sin!);
+        k = RotaryEmbedding.Apply(k, inputs.Cos!, inputs.Sin!);
+        if (inputs.Cache is { } cache) (k, v) = cache.Update(_layer, k, v);
+        int groups = _c.NumHeads / _c.NumKvHeads;
+        if (groups > 1)
+        {
+            k = k.repeat_interleave(groups, dim: 1);
+            v = v.repeat_interleave(groups, dim: 1);
+        }
+        Tensor attn = Owner?.Attention == AttnImplementation.Eager
+            ? Eager(q, k, v, inputs.Mask)
+            : nn.functional.scaled_dot_product_attention(q, k, v, inputs.Mask, 0.0, inputs.Mask is null && inputs.IsPlainCausal && t > 1);
+        var merged = attn.transpose(1, 2).reshape(b, t, (long)_c.NumHeads * _c.HeadDim);
+        return _o.Forward(merged).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>HF's eager attention: scores in the model dtype, softmax in float32, cast back.</summary>
+    private Tensor Eager(Tensor q, Tensor k, Tensor v, Tensor? mask)
+    {
+        var scores = q.matmul(k.transpose(2, 3)) / Math.Sqrt(_c.HeadDim);
+        if (mask is not null) scores = scores + mask;
+        else if (q.shape[2] > 1)
+            scores = scores + AttentionMask.Build(null, q.shape[0], q.shape[2], k.shape[2] - q.shape[2], _c.SlidingWindow, scores.dtype, scores.device, out _)!;
+        var probs = nn.functional.softmax(scores, -1, ScalarType.Float32).to(q.dtype);
+        return probs.matmul(v);
+    }
+}
+
+public sealed class LlamaDecoderLayer : HfModule
+{
+    public override string ClassName { get; }
+    public LlamaAttention SelfAttn { get; }
+    private readonly LlamaMlp _mlp;
+    private readonly RmsNorm _inputNorm, _postNorm;
+
+    public LlamaDecoderLayer(LlamaVariant v, LlamaConfig c, int index)
+    {
+        ClassName = v.Prefix + "DecoderLayer";
+        SelfAttn = Child("self_attn", new LlamaAttention(v, c, index));
+        _mlp = Child("mlp", new LlamaMlp(v, c));
+        _inputNorm = Child("input_layernorm", new RmsNorm(v.Prefix + "RMSNorm", c.HiddenSize, c.RmsEps));
+        _postNorm = Child("post_attention_layernorm", new RmsNorm(v.Prefix + "RMSNorm", c.HiddenSize, c.RmsEps));
+    }
+
+    public Tensor Forward(Tensor x, LayerInputs inputs)
+    {
+        using var scope = NewDisposeScope();
+        var h = x + SelfAttn.Forward(_inputNorm.Forward(x), inputs);
+        var y = h + _mlp.Forward(_postNorm.Forward(h));
+        return y.MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>The base model (<c>LlamaModel</c>, <c>MistralModel</c>, <c>Qwen2Model</c>): embeddings, blocks, final norm.</summary>
+public sealed class LlamaModel : HfModule
+{
+    public override string ClassName { get; }
+    public Embedding EmbedTokens { get; }
+    public IReadOnlyList<LlamaDecoderLayer> Layers { get; }
+    public RmsNorm Norm { get; }
+
+    public LlamaModel(LlamaVariant v, LlamaConfig c)
+    {
+        ClassName = v.Prefix + "Model";
+        EmbedTokens = Child("embed_tokens", new Embedding(c.VocabSize, c.HiddenSize));
+        var list = Child("layers", new ModuleList());
+        Layers = Enumerable.Range(0, c.NumLayers).Select(i => list.Add(new LlamaDecoderLayer(v, c, i))).ToList();
+        Norm = Child("norm", new RmsNorm(v.Prefix + "RMSNorm", c.HiddenSize, c.RmsEps));
+    }
+}
+
+/// <summary><c>LlamaForCausalLM</c> / <c>MistralForCausalLM</c> / <c>Qwen2ForCausalLM</c>.</summary>
+public sealed class LlamaForCausalLM : CausalLMModel
+{
+    private readonly LlamaVariant _variant;
+    public LlamaConfig Settings { get; }
+    public LlamaModel Model { get; }
+    public Linear LmHead { get; }
+
+    public LlamaForCausalLM(PretrainedConfig config, LlamaVariant variant) : base(config)
+    {
+        _variant = variant;
+        Settings = LlamaConfig.From(config, variant);
+        Model = Child("model", new LlamaModel(variant, Settings));
+        LmHead = Child("lm_head", TieWordEmbeddings ? new Linear(Model.EmbedTokens.Weight) : new Linear(Settings.HiddenSize, Settings.VocabSize, bias: false));
+        foreach (var layer in Model.Layers) layer.SelfAttn.Owner = this;
+    }
+
+    public override string ClassName => _variant.Prefix + "ForCausalLM";
+    public override string BaseModelPrefix => "model";
+    public override IReadOnlyList<string> NoSplitModules => new[] { _variant.Prefix + "DecoderLayer" };
+    public override int NumLayers => Settings.NumLayers;
+    public override long VocabSize => Settings.VocabSize;
+    public override string LayerPath(int index) => $"model.layers.{index}";
+    public override string InputEmbeddingsPath => "model.embed_tokens";
+    public override string OutputEmbeddingsPath => "lm_head";
+    public override Embedding InputEmbeddings => Model.EmbedTokens;
+    public override Linear OutputEmbeddings => LmHead;
+
+    public override Tensor Embed(Tensor inputIds, Tensor positionIds) => Model.EmbedTokens.Forward(inputIds);
+
+    public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
+        ScalarType dtype, Device device, KvCache? cache)
+    {
+        var mask = AttentionMask.Build(attentionMask, positionIds.shape[0], queryLength, pastLength, Settings.SlidingWindow, dtype, device, out bool plain);
+        // Every layer's rotary module holds the same tables; the first one on this device serves all.
+        var (cos, sin) = Model.Layers[0].SelfAttn.Rotary.Forward(positionIds.to(Model.Layers[0].Device), dtype);
+        return new LayerInputs { PositionIds = positionIds, Mask = mask, IsPlainCausal = plain, Cos = cos.to(device), Sin = sin.to(device), Cache = cache };
+    }
+
+    public override Tensor Layer(int index, Tensor hidden, LayerInputs inputs) => Model.Layers[index].Forward(hidden, inputs);
+
+    public override Tensor Head(Tensor hidden)
+    {
+        using var scope = NewDisposeScope();
+        return LmHead.Forward(Model.Norm.Forward(hidden)).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>torch.nn.ModuleList: children named 0, 1, 2 …</summary>
+public sealed class ModuleList : HfModule
+{
+    public override string ClassName => "ModuleList";
+    private int _count;
+
+    public T Add<T>(T module) where T : HfModule => Child((_count++).ToString(System.Globalization.CultureInfo.InvariantCulture), module);
+}
