@@ -53,8 +53,7 @@ public sealed class PretrainedConfig
     {
         if (Values.TryGetPropertyValue(key, out var n) && n is JsonValue v)
         {
-            if (v.TryGetValue(out long l)) return l;
-            if (v.TryGetValue(out double d) && d == Math.Floor(d)) return (long)d;
+            if (Number(v) is { } d && d == Math.Floor(d) && Math.Abs(d) < 9e15) return (long)d;
             throw Bad(key, "an integer", n);
         }
         return fallback ?? throw Missing(key);
@@ -68,11 +67,17 @@ public sealed class PretrainedConfig
     {
         if (Values.TryGetPropertyValue(key, out var n) && n is JsonValue v)
         {
-            if (v.TryGetValue(out double d)) return d;
+            if (Number(v) is { } d) return d;
             throw Bad(key, "a number", n);
         }
         return fallback ?? throw Missing(key);
     }
+
+    /// <summary>A JSON number however it is held (parsed text, or a C# int/long/double put in by code).</summary>
+    private static double? Number(JsonValue v) =>
+        v.GetValueKind() == JsonValueKind.Number &&
+        double.TryParse(v.ToJsonString(), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double d)
+            ? d : null;
 
     public bool GetBool(string key, bool fallback)
     {

@@ -12,6 +12,9 @@ public static class ShardPipeCli
         var root = new RootCommand("ShardPipe: load and run Hugging Face checkpoints split across devices and machines.");
         root.Options.Add(CommonOptions.Verbose);
         root.Subcommands.Add(InspectCommand.Create());
+        root.Subcommands.Add(ForwardCommand.Create());
+        root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(SaveCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         return root;

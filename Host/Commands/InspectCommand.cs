@@ -3,6 +3,8 @@ using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using ShardPipe.Checkpoints;
 using ShardPipe.Host.Cli;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Models;
 
 namespace ShardPipe.Host.Commands;
 
@@ -17,7 +19,8 @@ public static class InspectCommand
         var subfolder = CommonOptions.Subfolder();
         var tensors = new Option<bool>("--tensors") { Description = "List every tensor (name, dtype, shape, shard)" };
         var json = CommonOptions.Json();
-        var cmd = new Command("inspect", "Describe a checkpoint: architecture, config, dtypes, tensors, shards") { model, variant, revision, subfolder, tensors, json };
+        var dtype = new Option<string?>("--dtype") { Description = "dtype for num_parameters/memory_footprint_bytes (default float32, as from_pretrained)" };
+        var cmd = new Command("inspect", "Describe a checkpoint: architecture, config, dtypes, tensors, shards") { model, variant, revision, subfolder, tensors, dtype, json };
         CommandAction.Set(cmd, (parse, log) =>
         {
             string folder = ModelLocator.Locate(parse.GetValue(model)!, new LocateOptions
@@ -25,7 +28,7 @@ public static class InspectCommand
                 Revision = parse.GetValue(revision),
                 Subfolder = parse.GetValue(subfolder),
             });
-            var result = Describe(folder, parse.GetValue(variant), parse.GetValue(tensors));
+            var result = Describe(folder, parse.GetValue(variant), parse.GetValue(tensors), parse.GetValue(dtype));
             if (parse.GetValue(json)) JsonOut.Print(result);
             else PrintText(result, folder);
             return 0;
@@ -34,7 +37,7 @@ public static class InspectCommand
     }
 
     /// <summary>The inspect JSON object (keys are a stable contract: other checks read them).</summary>
-    public static JsonObject Describe(string folder, string? variant, bool withTensors)
+    public static JsonObject Describe(string folder, string? variant, bool withTensors, string? dtype = null)
     {
         PretrainedConfig? config = File.Exists(Path.Combine(folder, CheckpointNames.Config)) ? PretrainedConfig.FromFolder(folder) : null;
         using var ckpt = Checkpoint.Open(folder, variant);
@@ -51,6 +54,7 @@ public static class InspectCommand
             ["index_file"] = ckpt.IndexFile,
             ["index_total_size"] = ckpt.Index?.TotalSize,
         };
+        AddModelFigures(result, config, ckpt, dtype);
         if (withTensors)
         {
             result["tensors"] = new JsonArray(ckpt.Tensors.Select(t => (JsonNode)new JsonObject
@@ -62,6 +66,38 @@ public static class InspectCommand
             }).ToArray());
         }
         return result;
+    }
+
+    /// <summary>Parameter counts, footprint and buffers from the model code's meta tree (no weights read); null for an unknown architecture.</summary>
+    private static void AddModelFigures(JsonObject result, PretrainedConfig? config, Checkpoint ckpt, string? dtype)
+    {
+        CausalLMModel? meta = null;
+        if (config is not null)
+        {
+            try { meta = AutoModel.FromConfig(config); }
+            catch (NotSupportedException) { meta = null; }
+        }
+        if (meta is null)
+        {
+            result["num_parameters"] = null;
+            result["num_parameters_exclude_embeddings"] = null;
+            result["memory_footprint_bytes"] = null;
+            return;
+        }
+        var dt = dtype is null ? DType.F32 : dtype == "auto"
+            ? (config!.TorchDtype is { } td && DTypes.TryParseTorchName(td, out var c) ? c : ckpt.Tensors.Select(t => t.Info.DType).FirstOrDefault(DTypes.IsFloating, DType.F32))
+            : TorchRuntime.ParseFloatDType(dtype);
+        result["loaded_dtype"] = DTypes.TorchName(dt);
+        result["num_parameters"] = meta.NumParameters();
+        result["num_parameters_exclude_embeddings"] = meta.NumParameters(excludeEmbeddings: true);
+        result["memory_footprint_bytes"] = meta.GetMemoryFootprint(dt);
+        result["buffers"] = new JsonArray(meta.NamedBuffers().Select(b => (JsonNode)new JsonObject
+        {
+            ["name"] = b.Key,
+            ["dtype"] = DTypes.Code(b.Slot.FixedDType ?? dt),
+            ["shape"] = new JsonArray(b.Slot.Shape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
+            ["persistent"] = b.Slot.Persistent,
+        }).ToArray());
     }
 
     private static readonly string[] SummaryKeys =
@@ -90,6 +126,13 @@ public static class InspectCommand
         long total = (long)r["total_bytes"]!;
         Console.WriteLine($"total bytes:  {total} ({ByteSize.Format(total)})");
         Console.WriteLine($"shards:       {string.Join(", ", ((JsonArray)r["shards"]!).Select(n => n!.ToString()))}");
+        if (r["num_parameters"] is not null)
+        {
+            Console.WriteLine($"parameters:   {r["num_parameters"]} ({r["num_parameters_exclude_embeddings"]} without embeddings)");
+            Console.WriteLine($"footprint:    {ByteSize.Format((long)r["memory_footprint_bytes"]!)} at {r["loaded_dtype"]}");
+            foreach (var b in (JsonArray)r["buffers"]!)
+                Console.WriteLine($"buffer:       {b!["name"]} {b["dtype"]} [{string.Join(", ", ((JsonArray)b["shape"]!).Select(d => d!.ToString()))}] persistent={b["persistent"]}");
+        }
         if (r["tensors"] is JsonArray ts)
         {
             Console.WriteLine();

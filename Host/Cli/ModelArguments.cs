@@ -1,0 +1,67 @@
+using System.CommandLine;
+using System.Globalization;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Models;
+
+namespace ShardPipe.Host.Cli;
+
+/// <summary>The options every model-running command shares (model, variant, dtype, device map …) and how they become <see cref="FromPretrainedOptions"/>.</summary>
+public sealed class ModelArguments
+{
+    public Option<string> Model { get; } = CommonOptions.Model();
+    public Option<string?> Variant { get; } = CommonOptions.Variant();
+    public Option<string?> Revision { get; } = CommonOptions.Revision();
+    public Option<string?> Subfolder { get; } = CommonOptions.Subfolder();
+    public Option<string?> DType { get; } = new("--dtype") { Description = "float32 (default), float16, bfloat16, or auto (config torch_dtype)" };
+    public Option<string?> DeviceMap { get; } = new("--device-map") { Description = "cpu, cuda:N, N, or a JSON object of module prefix -> device" };
+    public Option<string> Attn { get; } = new("--attn-implementation") { Description = "sdpa (default) or eager", DefaultValueFactory = _ => "sdpa" };
+
+    public void AddTo(Command command)
+    {
+        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, Attn }) command.Options.Add(o);
+    }
+
+    public FromPretrainedOptions Options(ParseResult parse, ILogger log) => new()
+    {
+        Variant = parse.GetValue(Variant),
+        Revision = parse.GetValue(Revision),
+        Subfolder = parse.GetValue(Subfolder),
+        DType = parse.GetValue(DType),
+        DeviceMap = parse.GetValue(DeviceMap),
+        AttnImplementation = parse.GetValue(Attn) switch
+        {
+            "sdpa" => AttnImplementation.Sdpa,
+            "eager" => AttnImplementation.Eager,
+            var other => throw new ArgumentException($"--attn-implementation '{other}': use sdpa or eager"),
+        },
+        Logger = log,
+    };
+
+    /// <summary>Parses "1,2,3;4,5,6" into rows; every row must have the same length.</summary>
+    public static long[][] ParseRows(string text, string option)
+    {
+        var rows = text.Split(';', StringSplitOptions.TrimEntries).Select(r =>
+            r.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(v =>
+                long.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out long x) ? x
+                    : throw new ArgumentException($"{option}: '{v}' is not an integer")).ToArray()).ToArray();
+        if (rows.Length == 0 || rows[0].Length == 0) throw new ArgumentException($"{option} is empty");
+        if (rows.Any(r => r.Length != rows[0].Length))
+            throw new ArgumentException($"{option}: rows have different lengths ({string.Join(", ", rows.Select(r => r.Length))}); left-pad them and pass --attention-mask");
+        return rows;
+    }
+
+    /// <summary>Checks that ids are inside the vocabulary and masks/positions match the ids' shape.</summary>
+    public static void ValidateInputs(CausalLMModel model, long[][] ids, long[][]? mask, long[][]? positions)
+    {
+        foreach (var r in ids)
+            foreach (var id in r)
+                if (id < 0 || id >= model.VocabSize)
+                    throw new ArgumentException($"--input-ids: token id {id} is outside the vocabulary (0..{model.VocabSize - 1})");
+        foreach (var (rows, name) in new[] { (mask, "--attention-mask"), (positions, "--position-ids") })
+            if (rows is not null && (rows.Length != ids.Length || rows[0].Length != ids[0].Length))
+                throw new ArgumentException($"{name} is {rows.Length}x{rows[0].Length} but --input-ids is {ids.Length}x{ids[0].Length}");
+        if (mask is not null && mask.Any(r => r.Any(v => v is not (0 or 1))))
+            throw new ArgumentException("--attention-mask may hold only 0 and 1");
+    }
+}

@@ -1,0 +1,62 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Host.Cli;
+using ShardPipe.Modeling.Loading;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Host.Commands;
+
+/// <summary><c>shardpipe forward</c>: one forward pass; prints the last position's logits of every row.</summary>
+public static class ForwardCommand
+{
+    public static Command Create()
+    {
+        var m = new ModelArguments();
+        var ids = new Option<string>("--input-ids") { Description = "Token ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\")", Required = true };
+        var mask = new Option<string?>("--attention-mask") { Description = "0/1 per token, same shape as --input-ids (0 = left padding)" };
+        var pos = new Option<string?>("--position-ids") { Description = "Positions per token (default 0..T-1 for every row, as HF's forward)" };
+        var json = CommonOptions.Json();
+        var cmd = new Command("forward", "Run one forward pass in this process and print the last logits of every row") { ids, mask, pos, json };
+        m.AddTo(cmd);
+        CommandAction.Set(cmd, (parse, log) =>
+        {
+            var rows = ModelArguments.ParseRows(parse.GetValue(ids)!, "--input-ids");
+            var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
+            var posRows = parse.GetValue(pos) is { } ps ? ModelArguments.ParseRows(ps, "--position-ids") : null;
+            var sw = Stopwatch.StartNew();
+            var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
+            double loadS = sw.Elapsed.TotalSeconds;
+            ModelArguments.ValidateInputs(model, rows, maskRows, posRows);
+            using var scope = NewDisposeScope();
+            static Tensor T(long[][] r) => tensor(r.SelectMany(x => x).ToArray(), new long[] { r.Length, r[0].Length });
+            sw.Restart();
+            var logits = model.Forward(T(rows), maskRows is null ? null : T(maskRows), posRows is null ? null : T(posRows), lastOnly: true);
+            double forwardS = sw.Elapsed.TotalSeconds;
+            var last = Enumerable.Range(0, rows.Length).Select(b => logits[b, 0].data<float>().ToArray()).ToArray();
+            var argmax = last.Select(r => Array.IndexOf(r, r.Max())).ToArray();
+            var result = new JsonObject
+            {
+                ["last_logits"] = new JsonArray(last.Select(r => (JsonNode)new JsonArray(r.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray())).ToArray()),
+                ["argmax"] = new JsonArray(argmax.Select(a => (JsonNode)JsonValue.Create(a)!).ToArray()),
+                ["dtype"] = model.DType.ToString().ToLowerInvariant(),
+                ["hf_device_map"] = HostJson.DeviceMap(model.HfDeviceMap),
+                ["load_s"] = Math.Round(loadS, 4),
+                ["forward_s"] = Math.Round(forwardS, 4),
+            };
+            if (parse.GetValue(json)) JsonOut.Print(result);
+            else
+            {
+                for (int b = 0; b < rows.Length; b++)
+                {
+                    var top = last[b].Select((v, i) => (v, i)).OrderByDescending(x => x.v).Take(5);
+                    Console.WriteLine($"row {b}: argmax {argmax[b]}; top-5 {string.Join(", ", top.Select(x => $"{x.i}:{x.v:0.0000}"))}");
+                }
+            }
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,64 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Host.Cli;
+using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Loading;
+
+namespace ShardPipe.Host.Commands;
+
+/// <summary><c>shardpipe generate</c>: greedy decoding with a KV cache in this process.</summary>
+public static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var m = new ModelArguments();
+        var ids = new Option<string>("--input-ids") { Description = "Prompt token ids, rows separated by ';'", Required = true };
+        var mask = new Option<string?>("--attention-mask") { Description = "0/1 per token (0 = left padding)" };
+        var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate per row", DefaultValueFactory = _ => 20 };
+        var greedy = new Option<bool>("--greedy") { Description = "Greedy decoding (the default)" };
+        var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token" };
+        var json = CommonOptions.Json();
+        var cmd = new Command("generate", "Generate tokens greedily in this process") { ids, mask, maxNew, greedy, ignoreEos, json };
+        m.AddTo(cmd);
+        CommandAction.Set(cmd, (parse, log) =>
+        {
+            var rows = ModelArguments.ParseRows(parse.GetValue(ids)!, "--input-ids");
+            var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
+            int n = parse.GetValue(maxNew);
+            if (n < 1) throw new ArgumentException("--max-new-tokens must be at least 1");
+            var sw = Stopwatch.StartNew();
+            var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
+            double loadS = sw.Elapsed.TotalSeconds;
+            ModelArguments.ValidateInputs(model, rows, maskRows, null);
+            bool asJson = parse.GetValue(json);
+            var result = TokenGenerator.Greedy(model, rows, maskRows, new GenerationOptions
+            {
+                MaxNewTokens = n,
+                IgnoreEos = parse.GetValue(ignoreEos),
+                OnToken = asJson ? null : t => Console.Error.Write($"{string.Join(",", t)} "),
+            });
+            if (asJson)
+            {
+                JsonOut.Print(new JsonObject
+                {
+                    ["sequences"] = HostJson.Rows(result.Sequences),
+                    ["new_tokens"] = result.NewTokens,
+                    ["load_s"] = Math.Round(loadS, 4),
+                    ["prefill_s"] = Math.Round(result.PrefillSeconds, 4),
+                    ["tokens_per_s"] = Math.Round(result.TokensPerSecond, 3),
+                    ["hf_device_map"] = HostJson.DeviceMap(model.HfDeviceMap),
+                });
+            }
+            else
+            {
+                Console.Error.WriteLine();
+                foreach (var s in result.Sequences) Console.WriteLine(string.Join(",", s));
+                Console.WriteLine($"load {loadS:0.00} s, prefill {result.PrefillSeconds:0.000} s, {result.TokensPerSecond:0.0} tokens/s");
+            }
+            return 0;
+        });
+        return cmd;
+    }
+}

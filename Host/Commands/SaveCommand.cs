@@ -1,0 +1,51 @@
+using System.CommandLine;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Checkpoints;
+using ShardPipe.Host.Cli;
+using ShardPipe.Modeling.Loading;
+
+namespace ShardPipe.Host.Commands;
+
+/// <summary><c>shardpipe save</c>: from_pretrained then save_pretrained (re-shard, re-type, add a variant).</summary>
+public static class SaveCommand
+{
+    public static Command Create()
+    {
+        var model = CommonOptions.Model();
+        var revision = CommonOptions.Revision();
+        var subfolder = CommonOptions.Subfolder();
+        var variant = CommonOptions.Variant();
+        var outDir = new Option<string>("--out") { Description = "Folder to write", Required = true };
+        var maxShard = new Option<string>("--max-shard-size") { Description = "Largest shard (\"5GB\", \"200MB\", bytes)", DefaultValueFactory = _ => ShardedWriter.DefaultMaxShardSize };
+        var dtype = new Option<string?>("--dtype") { Description = "Cast floating weights (default: keep the stored dtype)" };
+        var json = CommonOptions.Json();
+        var cmd = new Command("save", "Load a model and save it again with save_pretrained's layout") { model, revision, subfolder, variant, outDir, maxShard, dtype, json };
+        CommandAction.Set(cmd, (parse, log) =>
+        {
+            string folder = ModelLocator.Locate(parse.GetValue(model)!, new LocateOptions { Revision = parse.GetValue(revision), Subfolder = parse.GetValue(subfolder) });
+            string? v = parse.GetValue(variant);
+            // --variant names the variant written; it is read too where the source has it.
+            string? readVariant = v is not null && HasVariant(folder, v) ? v : null;
+            string stored;
+            using (var ckpt = Checkpoint.Open(folder, readVariant))
+                stored = DTypes.TorchName(ckpt.Tensors.Select(t => t.Info.DType).FirstOrDefault(DTypes.IsFloating, DType.F32));
+            var loaded = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { Variant = readVariant, DType = parse.GetValue(dtype) ?? stored, Logger = log });
+            var files = PreTrainedModel.SavePretrained(loaded, parse.GetValue(outDir)!, new SaveOptions
+            {
+                MaxShardSize = parse.GetValue(maxShard)!,
+                Variant = v,
+                DType = parse.GetValue(dtype),
+            });
+            log.LogInformation("saved {Count} files to {Out}", files.Count, parse.GetValue(outDir));
+            if (parse.GetValue(json))
+                JsonOut.Print(new JsonObject { ["out"] = parse.GetValue(outDir), ["files"] = new JsonArray(files.Select(f => (JsonNode)JsonValue.Create(f)!).ToArray()) });
+            else foreach (var f in files) Console.WriteLine(f);
+            return 0;
+        });
+        return cmd;
+    }
+
+    private static bool HasVariant(string folder, string variant) =>
+        File.Exists(Path.Combine(folder, CheckpointNames.SafeWeights(variant))) || File.Exists(Path.Combine(folder, CheckpointNames.SafeIndex(variant)));
+}
