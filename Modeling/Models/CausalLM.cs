@@ -77,6 +77,12 @@ public abstract class CausalLMModel : HfModule
     internal Device EmbedDevice { get; set; } = CPU;
     internal Device HeadDevice { get; set; } = CPU;
 
+    /// <summary>Frees every tensor (the model returns to the meta device).</summary>
+    public void Release()
+    {
+        foreach (var (_, slot) in NamedTensors()) slot.Release();
+    }
+
     /// <summary>
     /// A full forward pass. Without <paramref name="positionIds"/> every row uses positions past..past+T-1 (HF's
     /// forward default, even for left-padded rows). Returns logits (B, T, V) in float32 on the CPU.

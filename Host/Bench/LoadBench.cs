@@ -1,0 +1,122 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Checkpoints;
+using ShardPipe.Checkpoints.Synthetic;
+using ShardPipe.Host.Cli;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Loading;
+
+namespace ShardPipe.Host.Bench;
+
+/// <summary>
+/// <c>shardpipe bench load</c>: <c>FromPretrained</c> of a ≥1 GiB fp32 Llama to CPU in a warm process with a warm
+/// page cache, beside a plain read of the same files, with the process's peak RSS above its idle baseline.
+/// </summary>
+public static class LoadBench
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model") { Description = "Checkpoint folder (default: a generated ≥1 GiB fp32 Llama)" };
+        var rounds = new Option<int>("--rounds") { Description = "Measured loads (best is reported)", DefaultValueFactory = _ => 3 };
+        var json = CommonOptions.Json();
+        var cmd = new Command("load", "from_pretrained wall time and peak memory vs a plain read of the files") { model, rounds, json };
+        CommandAction.Set(cmd, (parse, log) =>
+        {
+            bool asJson = parse.GetValue(json);
+            string folder = parse.GetValue(model) is { } m ? ModelLocator.Locate(m) : BenchSupport.GeneratedModel("llama-1g", SyntheticLlamaSpec.Llama1GiB, log);
+            long modelBytes;
+            List<string> files;
+            using (var ckpt = Checkpoint.Open(folder))
+            {
+                modelBytes = ckpt.TotalBytes;
+                files = ckpt.ShardFiles.Select(s => CheckpointFiles.Resolve(folder, s)).ToList();
+            }
+            TorchRuntime.Initialise();
+            BenchSupport.Say(asJson, $"bench load: {folder}, {ByteSize.Format(modelBytes)} in {files.Count} files");
+            // Warm-up: JIT, libtorch initialisation and the page cache; then measure.
+            PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions()).Release();
+            double best = double.MaxValue, bestRead = double.MaxValue, worstRss = 0;
+            long idle = 0;
+            for (int r = 0; r < Math.Max(1, parse.GetValue(rounds)); r++)
+            {
+                bestRead = Math.Min(bestRead, PlainRead(files));
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+                idle = ProcessMemory.ResetPeakAndReadRss();
+                var sw = Stopwatch.StartNew();
+                var loaded = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions());
+                double s = sw.Elapsed.TotalSeconds;
+                long peak = ProcessMemory.PeakRss();
+                loaded.Release();
+                best = Math.Min(best, s);
+                worstRss = Math.Max(worstRss, (peak - idle) / (double)modelBytes);
+                BenchSupport.Say(asJson, $"  round {r + 1}: load {s:0.000} s ({modelBytes / s / 1e9:0.00} GB/s), peak RSS over idle {ByteSize.Format(peak - idle)}");
+            }
+            BenchSupport.Say(asJson, $"  plain read of the files: {bestRead:0.000} s ({modelBytes / bestRead / 1e9:0.00} GB/s)");
+            BenchSupport.Finish(new JsonObject
+            {
+                ["bench"] = "load",
+                ["model_bytes"] = modelBytes,
+                ["load_s"] = Math.Round(best, 4),
+                ["load_gbps"] = Math.Round(modelBytes / best / 1e9, 3),
+                ["read_s"] = Math.Round(bestRead, 4),
+                ["peak_rss_over_model"] = Math.Round(worstRss, 4),
+                ["idle_rss_bytes"] = idle,
+                ["ratio"] = Math.Round(bestRead / best, 3),
+            });
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>Each file into a fresh buffer of its size (malloc), as a loader with no tensor logic would.</summary>
+    private static unsafe double PlainRead(List<string> files)
+    {
+        var sw = Stopwatch.StartNew();
+        foreach (var f in files)
+        {
+            using var h = File.OpenHandle(f, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.SequentialScan);
+            long len = RandomAccess.GetLength(h);
+            byte* p = (byte*)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)len);
+            try
+            {
+                for (long off = 0; off < len;)
+                {
+                    int got = RandomAccess.Read(h, new Span<byte>(p + off, (int)Math.Min(len - off, 1 << 30)), off);
+                    if (got <= 0) break;
+                    off += got;
+                }
+            }
+            finally
+            {
+                System.Runtime.InteropServices.NativeMemory.Free(p);
+            }
+        }
+        return sw.Elapsed.TotalSeconds;
+    }
+}
+
+/// <summary>This process's resident memory from /proc (Linux).</summary>
+public static class ProcessMemory
+{
+    public static long Rss() => Read("VmRSS:");
+    public static long PeakRss() => Read("VmHWM:");
+
+    /// <summary>Resets the kernel's peak-RSS mark (write 5 to clear_refs) and returns the current RSS.</summary>
+    public static long ResetPeakAndReadRss()
+    {
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { }
+        return Rss();
+    }
+
+    private static long Read(string field)
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith(field, StringComparison.Ordinal))
+                return long.Parse(line[field.Length..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+        return 0;
+    }
+}

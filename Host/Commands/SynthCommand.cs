@@ -1,0 +1,37 @@
+using System.CommandLine;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Checkpoints;
+using ShardPipe.Checkpoints.Synthetic;
+using ShardPipe.Host.Cli;
+
+namespace ShardPipe.Host.Commands;
+
+/// <summary><c>shardpipe synth</c>: write a generated Llama checkpoint (for demos, benchmarks and ops scripts; nothing to download).</summary>
+public static class SynthCommand
+{
+    public static Command Create()
+    {
+        var outDir = new Option<string>("--out") { Description = "Folder to write", Required = true };
+        var preset = new Option<string>("--preset") { Description = "tiny (default), llama-125m (hidden 768, 12 layers, vocab 32000), llama-1g (≈1.2 GiB fp32)", DefaultValueFactory = _ => "tiny" };
+        var maxShard = new Option<string?>("--max-shard-size") { Description = "Override the preset's shard size" };
+        var tie = new Option<bool>("--tie-word-embeddings") { Description = "Tie lm_head to the input embeddings" };
+        var cmd = new Command("synth", "Write a generated Llama checkpoint with HF's layout") { outDir, preset, maxShard, tie };
+        CommandAction.Set(cmd, (parse, log) =>
+        {
+            var spec = parse.GetValue(preset) switch
+            {
+                "tiny" => new SyntheticLlamaSpec { MaxShardSize = "200KB" },
+                "llama-125m" => SyntheticLlamaSpec.Llama125M,
+                "llama-1g" => SyntheticLlamaSpec.Llama1GiB,
+                var other => throw new ArgumentException($"--preset '{other}': use tiny, llama-125m or llama-1g"),
+            };
+            if (parse.GetValue(maxShard) is { } ms) spec = spec with { MaxShardSize = ms };
+            if (parse.GetValue(tie)) spec = spec with { TieWordEmbeddings = true };
+            var files = SyntheticLlama.Write(parse.GetValue(outDir)!, spec);
+            log.LogInformation("wrote {Count} files to {Out}", files.Count, parse.GetValue(outDir));
+            foreach (var f in files) Console.WriteLine(f);
+            return 0;
+        });
+        return cmd;
+    }
+}
