@@ -46,3 +46,9 @@ public sealed class LoadingException : ShardPipeException
 {
     public LoadingException(string message) : base(message) { }
 }
+
+/// <summary>A device map or memory budget that cannot be honoured; says what is missing and where.</summary>
+public sealed class PlacementException : ShardPipeException
+{
+    public PlacementException(string message) : base(message) { }
+}

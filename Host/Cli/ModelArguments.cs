@@ -15,11 +15,12 @@ public sealed class ModelArguments
     public Option<string?> Subfolder { get; } = CommonOptions.Subfolder();
     public Option<string?> DType { get; } = new("--dtype") { Description = "float32 (default), float16, bfloat16, or auto (config torch_dtype)" };
     public Option<string?> DeviceMap { get; } = new("--device-map") { Description = "cpu, cuda:N, N, or a JSON object of module prefix -> device" };
+    public Option<string?> MaxMemory { get; } = new("--max-memory") { Description = "Budgets for auto/balanced/sequential, e.g. \"0=10GiB,cpu=30GiB\"" };
     public Option<string> Attn { get; } = new("--attn-implementation") { Description = "sdpa (default) or eager", DefaultValueFactory = _ => "sdpa" };
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, Attn }) command.Options.Add(o);
+        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, MaxMemory, Attn }) command.Options.Add(o);
     }
 
     public FromPretrainedOptions Options(ParseResult parse, ILogger log) => new()
@@ -29,6 +30,7 @@ public sealed class ModelArguments
         Subfolder = parse.GetValue(Subfolder),
         DType = parse.GetValue(DType),
         DeviceMap = parse.GetValue(DeviceMap),
+        MaxMemory = parse.GetValue(MaxMemory),
         AttnImplementation = parse.GetValue(Attn) switch
         {
             "sdpa" => AttnImplementation.Sdpa,

@@ -121,6 +121,18 @@ public static class Activations
         _ => throw new NotSupportedException($"activation '{name}' is not supported"),
     };
 
+    /// <summary>The HF activation module class that ACT2FN instantiates for a name.</summary>
+    public static string ClassName(string name) => name switch
+    {
+        "silu" or "swish" => "SiLU",
+        "relu" => "ReLU",
+        "gelu" => "GELUActivation",
+        "gelu_new" => "NewGELUActivation",
+        "gelu_pytorch_tanh" => "PytorchGELUTanh",
+        "gelu_fast" => "FastGELUActivation",
+        _ => name,
+    };
+
     /// <summary>HF's NewGELUActivation, formula for formula.</summary>
     private static Tensor GeluTanh(Tensor x)
     {

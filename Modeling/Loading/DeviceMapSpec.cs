@@ -1,6 +1,7 @@
 using System.Text.Json;
 using ShardPipe.Checkpoints;
 using ShardPipe.Modeling.Core;
+using ShardPipe.Placement;
 using static TorchSharp.torch;
 
 namespace ShardPipe.Modeling.Loading;
@@ -33,8 +34,6 @@ public sealed class DeviceMapSpec
                 list.Add(new(p.Name, p.Value.ValueKind == JsonValueKind.Number ? p.Value.GetInt32().ToString(System.Globalization.CultureInfo.InvariantCulture) : p.Value.GetString() ?? ""));
             return FromDict(list);
         }
-        if (s is "auto" or "balanced" or "balanced_low_0" or "sequential")
-            throw new NotSupportedException($"device_map '{s}' needs the placement planner, which is not built yet; give a device or a module → device map");
         return Single(s);
     }
 
@@ -63,19 +62,12 @@ public sealed class DeviceMapSpec
         return best;
     }
 
-    /// <summary>Checks that every parameter is covered and every key names a real module; resolves devices.</summary>
+    /// <summary>Checks the map with the planner's rules (real module names, every parameter covered once); resolves devices.</summary>
     public Dictionary<string, Device> Validate(HfModule model)
     {
-        var modules = model.NamedModules().Select(m => m.Path).ToHashSet(StringComparer.Ordinal);
-        foreach (var (prefix, _) in Entries)
-            if (prefix.Length > 0 && !modules.Contains(prefix))
-            {
-                var close = modules.Where(m => m.Length > 0).OrderBy(m => Levenshtein(m, prefix)).Take(3);
-                throw new ArgumentException($"device_map names '{prefix}', which is not a module of {model.ClassName} (close: {string.Join(", ", close)})");
-            }
-        var uncovered = model.NamedParameters().Select(p => p.Key).Where(k => DeviceFor(ModuleOf(k)) is null).ToList();
-        if (uncovered.Count > 0)
-            throw new ArgumentException($"device_map does not cover {uncovered.Count} parameter(s), e.g. {string.Join(", ", uncovered.Take(3))}");
+        if (!(Entries.Count == 1 && Entries[0].Key.Length == 0))
+            DevicePlanner.ValidateExplicit(model.ToPlacementTree(),
+                Entries.Select(e => new KeyValuePair<string, DeviceId>(e.Key, DeviceId.Parse(e.Value))).ToList());
         return Entries.Select(e => e.Value).Distinct().ToDictionary(d => d, TorchRuntime.ParseDevice);
     }
 
@@ -83,16 +75,5 @@ public sealed class DeviceMapSpec
     {
         int dot = tensorKey.LastIndexOf('.');
         return dot < 0 ? "" : tensorKey[..dot];
-    }
-
-    private static int Levenshtein(string a, string b)
-    {
-        var d = new int[a.Length + 1, b.Length + 1];
-        for (int i = 0; i <= a.Length; i++) d[i, 0] = i;
-        for (int j = 0; j <= b.Length; j++) d[0, j] = j;
-        for (int i = 1; i <= a.Length; i++)
-            for (int j = 1; j <= b.Length; j++)
-                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
-        return d[a.Length, b.Length];
     }
 }

@@ -17,9 +17,13 @@ public sealed record FromPretrainedOptions
     public IReadOnlyDictionary<string, Tensor>? StateDict { get; init; }
     /// <summary>"float32", "float16", "bfloat16", "auto" (config torch_dtype, else the first floating tensor's); default float32.</summary>
     public string? DType { get; init; }
-    /// <summary>"cpu", "cuda:N", an integer, or a JSON object of module prefix → device. Null = cpu.</summary>
+    /// <summary>"auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda:N", an integer, or a JSON object of module prefix → device. Null = cpu.</summary>
     public string? DeviceMap { get; init; }
     public IReadOnlyDictionary<string, string>? DeviceMapDict { get; init; }
+    /// <summary>Budgets for the planning strategies, e.g. "0=10GiB,cpu=30GiB"; default: what each device has free.</summary>
+    public string? MaxMemory { get; init; }
+    /// <summary>Classes kept whole by the planning strategies; default the model's <c>_no_split_modules</c>.</summary>
+    public IReadOnlyList<string>? NoSplitModuleClasses { get; init; }
     public string? Variant { get; init; }
     public string? Revision { get; init; }
     public string? Subfolder { get; init; }

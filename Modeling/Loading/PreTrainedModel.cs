@@ -4,6 +4,7 @@ using Microsoft.Extensions.Logging;
 using ShardPipe.Checkpoints;
 using ShardPipe.Modeling.Core;
 using ShardPipe.Modeling.Models;
+using ShardPipe.Placement;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -42,6 +43,7 @@ public static class PreTrainedModel
         model.GenerationConfig = LoadGenerationConfig(folder, config);
 
         var deviceMap = options.DeviceMapDict is not null ? DeviceMapSpec.FromDict(options.DeviceMapDict)
+            : options.DeviceMap is { } dm && DevicePlanner.Strategies.Contains(dm.Trim()) ? PlanDeviceMap(model, dm.Trim(), dtype, options)
             : DeviceMapSpec.Parse(options.DeviceMap ?? "cpu");
         var devices = deviceMap.Validate(model);
         info = StateLoader.Load(model, source, dtype, deviceMap, devices, options);
@@ -53,6 +55,26 @@ public static class PreTrainedModel
         model.LayerDevice = i => layerDevices[i];
         model.SourceFolder = folder;
         return model;
+    }
+
+    /// <summary>
+    /// device_map="auto" and friends, as from_pretrained does it: the planner over the model's meta tree with the
+    /// model's no-split classes; budgets default to the CPU's available memory (no GPUs in this build).
+    /// </summary>
+    private static DeviceMapSpec PlanDeviceMap(CausalLMModel model, string strategy, DType dtype, FromPretrainedOptions options)
+    {
+        var plan = DevicePlanner.Plan(new PlanRequest
+        {
+            Model = model.ToPlacementTree(),
+            DeviceMap = strategy,
+            MaxMemory = options.MaxMemory is { } mm ? ShardPipe.Placement.MaxMemory.Parse(mm) : null,
+            NoSplitModuleClasses = options.NoSplitModuleClasses ?? model.NoSplitModules,
+            DType = dtype,
+        });
+        if (plan.DeviceMap.Any(kv => kv.Value.Kind == "disk"))
+            throw new PlacementException($"device_map '{strategy}' puts {string.Join(", ", plan.DeviceMap.Where(kv => kv.Value.Kind == "disk").Select(kv => kv.Key))} " +
+                "on disk: offloading is not supported yet; give more max_memory");
+        return DeviceMapSpec.FromDict(plan.DeviceMap.Select(kv => new KeyValuePair<string, string>(kv.Key, kv.Value.ToString())));
     }
 
     /// <summary>Device names as hf_device_map writes them: GPU index as an int, else "cpu"/"disk".</summary>

@@ -41,6 +41,8 @@ public sealed class Gpt2Attention : HfModule
             (_, device) => tensor(-1e4f, device: device));
         _cAttn = Child("c_attn", new Conv1D(3 * c.Embd, c.Embd));
         _cProj = Child("c_proj", new Conv1D(c.Embd, c.Embd));
+        Child("attn_dropout", new Parameterless("Dropout"));
+        Child("resid_dropout", new Parameterless("Dropout"));
     }
 
     public Tensor Forward(Tensor x, LayerInputs inputs)
@@ -77,6 +79,8 @@ public sealed class Gpt2Mlp : HfModule
     {
         _fc = Child("c_fc", new Conv1D(c.Inner, c.Embd));
         _proj = Child("c_proj", new Conv1D(c.Embd, c.Inner));
+        Child("act", new Parameterless(Activations.ClassName(c.Activation)));
+        Child("dropout", new Parameterless("Dropout"));
         _act = Activations.Get(c.Activation);
     }
 
@@ -122,6 +126,7 @@ public sealed class Gpt2Model : HfModule
     {
         Wte = Child("wte", new Embedding(c.Vocab, c.Embd));
         Wpe = Child("wpe", new Embedding(c.Positions, c.Embd));
+        Child("drop", new Parameterless("Dropout"));
         var list = Child("h", new ModuleList());
         H = Enumerable.Range(0, c.Layers).Select(i => list.Add(new Gpt2Block(c, i))).ToList();
         LnF = Child("ln_f", new LayerNorm(c.Embd, c.Eps));

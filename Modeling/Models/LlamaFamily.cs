@@ -55,6 +55,7 @@ public sealed class LlamaMlp : HfModule
         _gate = Child("gate_proj", new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias));
         _up = Child("up_proj", new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias));
         _down = Child("down_proj", new Linear(c.IntermediateSize, c.HiddenSize, c.MlpBias));
+        Child("act_fn", new Parameterless(Activations.ClassName(c.HiddenAct)));
         _act = Activations.Get(c.HiddenAct);
     }
 

@@ -207,10 +207,10 @@ public class LoadingBehaviourTests
         var model = PreTrainedModel.FromPretrained(TestPaths.Model("llama_untied"), new FromPretrainedOptions { DeviceMapDict = map });
         Assert.Equal(map.Keys, model.HfDeviceMap.Select(kv => kv.Key));
         var bad = new Dictionary<string, string> { ["model.embed_tokens"] = "cpu", ["model.layer"] = "cpu" };
-        var ex = Assert.Throws<ArgumentException>(() => PreTrainedModel.FromPretrained(TestPaths.Model("llama_untied"), new FromPretrainedOptions { DeviceMapDict = bad }));
+        var ex = Assert.Throws<PlacementException>(() => PreTrainedModel.FromPretrained(TestPaths.Model("llama_untied"), new FromPretrainedOptions { DeviceMapDict = bad }));
         Assert.Contains("model.layers", ex.Message); // a close match is suggested
         var partial = new Dictionary<string, string> { ["model.embed_tokens"] = "cpu" };
-        Assert.Contains("does not cover", Assert.Throws<ArgumentException>(() =>
+        Assert.Contains("no device", Assert.Throws<PlacementException>(() =>
             PreTrainedModel.FromPretrained(TestPaths.Model("llama_untied"), new FromPretrainedOptions { DeviceMapDict = partial })).Message);
         Assert.Contains("not available", Assert.Throws<ArgumentException>(() =>
             PreTrainedModel.FromPretrained(TestPaths.Model("llama_untied"), new FromPretrainedOptions { DeviceMap = "0" })).Message);

@@ -1,0 +1,186 @@
+using ShardPipe.Checkpoints;
+
+namespace ShardPipe.Placement;
+
+/// <summary>Planning a model over a cluster: every device named <c>node/device</c> with its budget.</summary>
+public sealed record ClusterPlanRequest
+{
+    public required ModuleNode Model { get; init; }
+    /// <summary>Devices with budgets, nodes in the order given (that order is the pipeline's order).</summary>
+    public required List<(DeviceId Device, double Bytes)> Devices { get; init; }
+    /// <summary>"balanced" (also "auto", the cluster default) or "sequential".</summary>
+    public string Strategy { get; init; } = "balanced";
+    public required IReadOnlyList<string> NoSplitModuleClasses { get; init; }
+    public DType? DType { get; init; }
+    /// <summary>Module paths of the decoder blocks in order (the units that are spread).</summary>
+    public required IReadOnlyList<string> Layers { get; init; }
+    /// <summary>Put a tied head on the last device with its own copy of the weight (counted twice) instead of closing a ring to the first.</summary>
+    public bool ReplicateTiedHead { get; init; }
+}
+
+/// <summary>
+/// Cluster placement: each node's blocks are contiguous (one activation hop per node boundary), faster devices
+/// first within a node, block ranges in proportion to budgets over every device that has room. Tied parameters
+/// stay on one device as in Accelerate, so a tied head runs where the embedding lives. Fails before any weight is
+/// read when the model cannot fit, saying how much is missing and where.
+/// </summary>
+public static class ClusterPlanner
+{
+    private sealed record Unit(string Name, double Bytes, bool IsLayer);
+
+    public static PlanResult Plan(ClusterPlanRequest request)
+    {
+        if (request.Strategy is not ("balanced" or "auto" or "sequential"))
+            throw new PlacementException($"cluster device_map '{request.Strategy}': use balanced (default), auto or sequential");
+        var sizes = ModuleSizes.Compute(request.Model, request.DType);
+        var layers = request.Layers.ToHashSet(StringComparer.Ordinal);
+        var units = new List<Unit>();
+        Flatten(request.Model, "", layers, sizes, units);
+
+        // Faster devices first inside a node; nodes keep their given order.
+        var nodeOrder = request.Devices.Select(d => d.Device.Node ?? "").Distinct().ToList();
+        var devices = request.Devices.Where(d => d.Device.Kind != "disk")
+            .OrderBy(d => nodeOrder.IndexOf(d.Device.Node ?? "")).ThenBy(d => d.Device).ToList();
+        if (devices.Count == 0) throw new PlacementException("no devices with memory to plan on");
+
+        // Tied weights: the unit holding the second name of a tied group must share the first name's device.
+        var tied = request.Model.TiedParameters();
+        var tiedTo = new Dictionary<string, string>(StringComparer.Ordinal); // unit -> unit it must follow
+        double replicated = 0;
+        foreach (var g in tied)
+        {
+            var owners = g.Select(k => units.FindIndex(u => k == u.Name || k.StartsWith(u.Name + ".", StringComparison.Ordinal)))
+                .Distinct().Order().Select(i => units[i].Name).ToList(); // the first unit in model order leads
+            for (int i = 1; i < owners.Count; i++)
+            {
+                if (request.ReplicateTiedHead)
+                {
+                    double bytes = ModuleSizes.TensorBytes(request.Model.NamedParameters().First(p => p.Key == g[0] || g.Contains(p.Key)).Tensor, request.DType);
+                    int idx = units.FindIndex(u => u.Name == owners[i]);
+                    units[idx] = units[idx] with { Bytes = units[idx].Bytes + bytes };
+                    replicated += bytes;
+                }
+                else tiedTo[owners[i]] = owners[0];
+            }
+        }
+
+        var pre = new List<Unit>();
+        var post = new List<Unit>();
+        var blocks = units.Where(u => u.IsLayer).ToList();
+        bool seenLayer = false;
+        foreach (var u in units)
+        {
+            if (u.IsLayer) { seenLayer = true; continue; }
+            (seenLayer ? post : pre).Add(u);
+        }
+        var assignment = new Dictionary<string, int>(StringComparer.Ordinal);
+        var load = new double[devices.Count];
+        int last = devices.Count - 1;
+        foreach (var u in pre) { assignment[u.Name] = 0; load[0] += u.Bytes; }
+        foreach (var u in post)
+        {
+            int d = tiedTo.TryGetValue(u.Name, out var leader) && assignment.TryGetValue(leader, out var ld) ? ld : last;
+            assignment[u.Name] = d;
+            load[d] += u.Bytes;
+        }
+        var caps = devices.Select((d, i) => d.Bytes - load[i]).ToArray();
+        if (caps.Any(c => c < 0))
+        {
+            int i = Array.FindIndex(caps, c => c < 0);
+            throw new PlacementException($"{devices[i].Device} needs {ByteSize.Format((long)load[i])} for {string.Join(", ", assignment.Where(a => a.Value == i).Select(a => a.Key))} " +
+                $"but its budget is {ByteSize.Format((long)devices[i].Bytes)}: {ByteSize.Format((long)-caps[i])} missing");
+        }
+        var ranges = request.Strategy == "sequential" ? Sequential(blocks, caps) : Balanced(blocks, caps, devices.Select(d => d.Bytes).ToArray());
+        if (ranges is null)
+        {
+            double need = units.Sum(u => u.Bytes), have = devices.Sum(d => d.Bytes);
+            double largest = blocks.Count > 0 ? blocks.Max(b => b.Bytes) : 0;
+            throw new PlacementException($"the model needs {ByteSize.Format((long)need)} but the devices offer {ByteSize.Format((long)have)} " +
+                $"({string.Join(", ", devices.Select(d => $"{d.Device}={ByteSize.Format((long)d.Bytes)}"))}): " +
+                (need > have ? $"{ByteSize.Format((long)(need - have))} missing" : $"blocks of {ByteSize.Format((long)largest)} do not pack into the budgets"));
+        }
+        for (int b = 0; b < blocks.Count; b++) assignment[blocks[b].Name] = ranges[b];
+
+        var map = units.Select(u => new KeyValuePair<string, DeviceId>(u.Name, devices[assignment[u.Name]].Device)).ToList();
+        map = AccelerateDeviceMap.Clean(map);
+        var usage = DevicePlanner.Usage(request.Model, map, request.Devices, request.DType)
+            .OrderBy(x => devices.FindIndex(d => d.Device == x.Device)).ToList();
+        if (replicated > 0)
+        {
+            int i = usage.FindIndex(x => x.Device == devices[last].Device);
+            if (i >= 0) usage[i] = (usage[i].Device, usage[i].Bytes + replicated, usage[i].Budget);
+        }
+        return new PlanResult(map, usage);
+    }
+
+    /// <summary>Units in order: decoder blocks whole, other modules whole unless they contain blocks.</summary>
+    private static void Flatten(ModuleNode m, string path, HashSet<string> layers, ModuleSizes sizes, List<Unit> units)
+    {
+        foreach (var (name, _) in m.Parameters) units.Add(new Unit(ModuleNode.Join(path, name), sizes[ModuleNode.Join(path, name)], false));
+        foreach (var (name, child) in m.Children)
+        {
+            string p = ModuleNode.Join(path, name);
+            if (layers.Contains(p)) units.Add(new Unit(p, sizes[p], true));
+            else if (layers.Any(l => l.StartsWith(p + ".", StringComparison.Ordinal))) Flatten(child, p, layers, sizes, units);
+            else units.Add(new Unit(p, sizes[p], false));
+        }
+    }
+
+    /// <summary>Fill devices in order up to their capacity.</summary>
+    private static int[]? Sequential(List<Unit> blocks, double[] caps)
+    {
+        var result = new int[blocks.Count];
+        var used = new double[caps.Length];
+        int d = 0;
+        for (int b = 0; b < blocks.Count; b++)
+        {
+            while (d < caps.Length && used[d] + blocks[b].Bytes > caps[d]) d++;
+            if (d == caps.Length) return null;
+            used[d] += blocks[b].Bytes;
+            result[b] = d;
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Contiguous ranges whose loads are proportional to the budgets: the smallest fill ratio r at which filling
+    /// every device up to r × budget (within capacity) places all blocks, found by bisection; then devices left
+    /// empty while blocks remain take one from a neighbour where it fits.
+    /// </summary>
+    private static int[]? Balanced(List<Unit> blocks, double[] caps, double[] budgets)
+    {
+        if (blocks.Count == 0) return Array.Empty<int>();
+        int[]? Fill(double r)
+        {
+            var result = new int[blocks.Count];
+            var used = new double[caps.Length];
+            int d = 0;
+            for (int b = 0; b < blocks.Count; b++)
+            {
+                while (d < caps.Length && (used[d] + blocks[b].Bytes > Math.Min(caps[d], r * budgets[d]) + 1e-9)) d++;
+                if (d == caps.Length) return null;
+                used[d] += blocks[b].Bytes;
+                result[b] = d;
+            }
+            return result;
+        }
+        if (Fill(1.0) is null) return null;
+        double lo = 0, hi = 1;
+        for (int i = 0; i < 60; i++)
+        {
+            double mid = (lo + hi) / 2;
+            if (Fill(mid) is null) lo = mid; else hi = mid;
+        }
+        var best = Fill(hi)!;
+        // No device with room left empty: move a boundary block onto an empty device when it fits there.
+        for (int d = 0; d < caps.Length; d++)
+        {
+            if (best.Contains(d) || blocks.Count <= best.Distinct().Count()) continue;
+            int donor = d > 0 && best.Count(x => x == d - 1) > 1 ? d - 1 : best.Count(x => x == d + 1) > 1 ? d + 1 : -1;
+            if (donor < 0) continue;
+            int idx = donor < d ? Array.LastIndexOf(best, donor) : Array.IndexOf(best, donor);
+            if (blocks[idx].Bytes <= caps[d]) best[idx] = d;
+        }
+        return best;
+    }
+}
