@@ -52,3 +52,15 @@ public sealed class PlacementException : ShardPipeException
 {
     public PlacementException(string message) : base(message) { }
 }
+
+/// <summary>Bytes or a manifest on the wire that do not form a known message; names the manifest.</summary>
+public sealed class ProtocolException : ShardPipeException
+{
+    public ProtocolException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>A cluster operation failed (node lost, stage stalled, no workers); names the node or stage.</summary>
+public sealed class ClusterException : ShardPipeException
+{
+    public ClusterException(string message) : base(message) { }
+}

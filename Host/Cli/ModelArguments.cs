@@ -16,11 +16,13 @@ public sealed class ModelArguments
     public Option<string?> DType { get; } = new("--dtype") { Description = "float32 (default), float16, bfloat16, or auto (config torch_dtype)" };
     public Option<string?> DeviceMap { get; } = new("--device-map") { Description = "cpu, cuda:N, N, or a JSON object of module prefix -> device" };
     public Option<string?> MaxMemory { get; } = new("--max-memory") { Description = "Budgets for auto/balanced/sequential, e.g. \"0=10GiB,cpu=30GiB\"" };
+    public Option<string?> Cluster { get; } = new("--cluster") { Description = "Run on a cluster: embedded:N (N nodes in this process) or HOST:PORT; without it, in this process" };
+    public Option<string?> Nodes { get; } = new("--nodes") { Description = "Embedded nodes' devices and budgets, e.g. \"w1/cpu=2GiB,w2/cpu=2GiB\"" };
     public Option<string> Attn { get; } = new("--attn-implementation") { Description = "sdpa (default) or eager", DefaultValueFactory = _ => "sdpa" };
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, MaxMemory, Attn }) command.Options.Add(o);
+        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, MaxMemory, Cluster, Nodes, Attn }) command.Options.Add(o);
     }
 
     public FromPretrainedOptions Options(ParseResult parse, ILogger log) => new()
@@ -39,6 +41,11 @@ public sealed class ModelArguments
         },
         Logger = log,
     };
+
+    /// <summary>The cluster load request these options describe (balanced is the cluster default).</summary>
+    public ShardPipe.Messages.LoadModel LoadRequest(ParseResult parse) => new(Guid.NewGuid().ToString("N"),
+        ShardPipe.Checkpoints.ModelLocator.Locate(parse.GetValue(Model)!, new ShardPipe.Checkpoints.LocateOptions { Revision = parse.GetValue(Revision), Subfolder = parse.GetValue(Subfolder) }),
+        parse.GetValue(Variant), parse.GetValue(DType), parse.GetValue(DeviceMap) ?? "balanced", parse.GetValue(MaxMemory), null);
 
     /// <summary>Parses "1,2,3;4,5,6" into rows; every row must have the same length.</summary>
     public static long[][] ParseRows(string text, string option)

@@ -6,6 +6,7 @@ using ShardPipe.Host.Cli;
 using ShardPipe.Modeling.Loading;
 using TorchSharp;
 using static TorchSharp.torch;
+using System.CommandLine.Parsing;
 
 namespace ShardPipe.Host.Commands;
 
@@ -26,6 +27,8 @@ public static class ForwardCommand
             var rows = ModelArguments.ParseRows(parse.GetValue(ids)!, "--input-ids");
             var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
             var posRows = parse.GetValue(pos) is { } ps ? ModelArguments.ParseRows(ps, "--position-ids") : null;
+            if (parse.GetValue(m.Cluster) is { } cluster)
+                return OnCluster(parse, m, cluster, rows, maskRows, posRows, parse.GetValue(json), log).GetAwaiter().GetResult();
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
@@ -46,17 +49,45 @@ public static class ForwardCommand
                 ["load_s"] = Math.Round(loadS, 4),
                 ["forward_s"] = Math.Round(forwardS, 4),
             };
-            if (parse.GetValue(json)) JsonOut.Print(result);
-            else
-            {
-                for (int b = 0; b < rows.Length; b++)
-                {
-                    var top = last[b].Select((v, i) => (v, i)).OrderByDescending(x => x.v).Take(5);
-                    Console.WriteLine($"row {b}: argmax {argmax[b]}; top-5 {string.Join(", ", top.Select(x => $"{x.i}:{x.v:0.0000}"))}");
-                }
-            }
+            Print(result, last, parse.GetValue(json));
             return 0;
         });
         return cmd;
+    }
+
+    private static void Print(JsonObject result, float[][] last, bool json)
+    {
+        if (json) JsonOut.Print(result);
+        else
+        {
+            var argmax = (JsonArray)result["argmax"]!;
+            for (int b = 0; b < last.Length; b++)
+            {
+                var top = last[b].Select((v, i) => (v, i)).OrderByDescending(x => x.v).Take(5);
+                Console.WriteLine($"row {b}: argmax {argmax[b]}; top-5 {string.Join(", ", top.Select(x => $"{x.i}:{x.v:0.0000}"))}");
+            }
+            if (result["hf_device_map"] is JsonObject map) Console.WriteLine($"hf_device_map: {map.ToJsonString()}");
+        }
+    }
+
+    /// <summary>The same forward pass through the cluster's pipeline of device workers.</summary>
+    private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, long[][]? pos, bool json, ILogger log)
+    {
+        await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log);
+        var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log);
+        var sw = Stopwatch.StartNew();
+        var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, pos, 0, false,
+            new ShardPipe.Messages.SamplingSettings(true, 0, 0, 1, 0)), stages, TimeSpan.FromSeconds(60));
+        var last = outcome.LastLogits!;
+        var result = new JsonObject
+        {
+            ["last_logits"] = new JsonArray(last.Select(r => (JsonNode)new JsonArray(r.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray())).ToArray()),
+            ["argmax"] = new JsonArray(last.Select(r => (JsonNode)JsonValue.Create(Array.IndexOf(r, r.Max()))!).ToArray()),
+            ["hf_device_map"] = map,
+            ["load_s"] = Math.Round(loadS, 4),
+            ["forward_s"] = Math.Round(sw.Elapsed.TotalSeconds, 4),
+        };
+        Print(result, last, json);
+        return 0;
     }
 }

@@ -28,6 +28,8 @@ public static class GenerateCommand
             var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
             int n = parse.GetValue(maxNew);
             if (n < 1) throw new ArgumentException("--max-new-tokens must be at least 1");
+            if (parse.GetValue(m.Cluster) is { } cluster)
+                return OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), parse.GetValue(json), log).GetAwaiter().GetResult();
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
@@ -60,5 +62,37 @@ public static class GenerateCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>Generation through the cluster: prefill and decode flow worker to worker; tokens stream back here.</summary>
+    private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, int n,
+        bool ignoreEos, bool json, ILogger log)
+    {
+        await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log);
+        var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log);
+        var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, null, n, ignoreEos,
+                new ShardPipe.Messages.SamplingSettings(true, 0, 0, 1, 0)), stages, TimeSpan.FromSeconds(120),
+            json ? null : t => Console.Error.Write($"{string.Join(",", t)} "));
+        var sequences = rows.Select((r, b) => r.Concat(outcome.NewTokens[b]).ToArray()).ToArray();
+        if (json)
+        {
+            JsonOut.Print(new JsonObject
+            {
+                ["sequences"] = HostJson.Rows(sequences),
+                ["new_tokens"] = outcome.Steps,
+                ["load_s"] = Math.Round(loadS, 4),
+                ["prefill_s"] = Math.Round(outcome.PrefillSeconds, 4),
+                ["tokens_per_s"] = Math.Round(outcome.TokensPerSecond, 3),
+                ["hf_device_map"] = map,
+            });
+        }
+        else
+        {
+            Console.Error.WriteLine();
+            Console.WriteLine($"hf_device_map: {map.ToJsonString()}");
+            foreach (var s in sequences) Console.WriteLine(string.Join(",", s));
+            Console.WriteLine($"load {loadS:0.00} s, prefill {outcome.PrefillSeconds:0.000} s, {outcome.TokensPerSecond:0.0} tokens/s");
+        }
+        return 0;
     }
 }

@@ -35,6 +35,10 @@ public sealed record FromPretrainedOptions
     public bool Strict { get; init; }
     public AttnImplementation AttnImplementation { get; init; } = AttnImplementation.Sdpa;
     public ILogger? Logger { get; init; }
+    /// <summary>Materialise only the state-dict keys this accepts (a pipeline stage's slice); the rest stay on the meta device.</summary>
+    public Func<string, bool>? IncludeKey { get; init; }
+    /// <summary>Fetch tensors from here instead of local files (a node streaming its slice from another node's shard reader).</summary>
+    public TensorFetcher? Fetcher { get; init; }
     /// <summary>Reader threads used to materialise tensors.</summary>
     public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
 }
@@ -45,3 +49,6 @@ public sealed record LoadingInfo(
     IReadOnlyList<string> UnexpectedKeys,
     IReadOnlyList<(string Key, long[] CheckpointShape, long[] ModelShape)> MismatchedKeys,
     IReadOnlyList<string> ErrorMsgs);
+
+/// <summary>Tensors available from elsewhere (e.g. streamed over the cluster): their index, and a blocking fetch of one tensor's bytes.</summary>
+public sealed record TensorFetcher(IReadOnlyList<(string Name, DType DType, long[] Shape)> Index, Func<string, byte[]> Fetch);

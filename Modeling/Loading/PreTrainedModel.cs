@@ -23,7 +23,7 @@ public static class PreTrainedModel
     public static CausalLMModel FromPretrained(string? pathOrRepoId, FromPretrainedOptions options, out LoadingInfo info)
     {
         TorchRuntime.Initialise();
-        string? folder = pathOrRepoId is null ? null : ModelLocator.Locate(pathOrRepoId, new LocateOptions
+        string? folder = pathOrRepoId is null || options.Fetcher is not null && options.Config is not null ? null : ModelLocator.Locate(pathOrRepoId, new LocateOptions
         {
             Revision = options.Revision, Subfolder = options.Subfolder, CacheDir = options.CacheDir,
         });
@@ -32,10 +32,12 @@ public static class PreTrainedModel
         if (options.ConfigOverrides is not null)
             foreach (var (k, v) in options.ConfigOverrides) config.Set(k, v?.DeepClone());
 
-        using var checkpoint = options.StateDict is null
+        using var checkpoint = options.StateDict is null && options.Fetcher is null
             ? (folder is not null ? Checkpoint.Open(folder, options.Variant) : throw new ArgumentException("no weights: give a folder or a state_dict"))
             : null;
-        var source = options.StateDict is not null ? StateSource.FromTensors(options.StateDict) : StateSource.FromCheckpoint(checkpoint!);
+        var source = options.StateDict is not null ? StateSource.FromTensors(options.StateDict)
+            : options.Fetcher is not null ? StateSource.FromFetcher(options.Fetcher)
+            : StateSource.FromCheckpoint(checkpoint!);
 
         DType dtype = ResolveDType(options.DType, config, source);
         var model = AutoModel.FromConfig(config);
@@ -49,9 +51,9 @@ public static class PreTrainedModel
         info = StateLoader.Load(model, source, dtype, deviceMap, devices, options);
         model.DType = TorchRuntime.ToScalarType(dtype);
         model.HfDeviceMap = deviceMap.Entries.Select(e => new KeyValuePair<string, string>(e.Key, HfDeviceName(e.Value))).ToList();
-        model.EmbedDevice = devices[deviceMap.DeviceFor(model.InputEmbeddingsPath)!];
-        model.HeadDevice = devices[deviceMap.DeviceFor(model.OutputEmbeddingsPath)!];
-        var layerDevices = Enumerable.Range(0, model.NumLayers).Select(i => devices[deviceMap.DeviceFor(model.LayerPath(i))!]).ToArray();
+        model.EmbedDevice = devices[deviceMap.DeviceFor(model.InputEmbeddingsPath) ?? deviceMap.Entries[0].Value];
+        model.HeadDevice = devices[deviceMap.DeviceFor(model.OutputEmbeddingsPath) ?? deviceMap.Entries[0].Value];
+        var layerDevices = Enumerable.Range(0, model.NumLayers).Select(i => devices[deviceMap.DeviceFor(model.LayerPath(i)) ?? deviceMap.Entries[0].Value]).ToArray();
         model.LayerDevice = i => layerDevices[i];
         model.SourceFolder = folder;
         return model;
@@ -82,18 +84,21 @@ public static class PreTrainedModel
         device.StartsWith("cuda:", StringComparison.Ordinal) ? device[5..] : device;
 
     /// <summary>Explicit dtype, or "auto": config torch_dtype, else the first floating tensor's; default float32.</summary>
-    internal static DType ResolveDType(string? requested, PretrainedConfig config, StateSource source)
+    internal static DType ResolveDType(string? requested, PretrainedConfig config, StateSource source) =>
+        ResolveDType(requested, config, source.DTypesInOrder());
+
+    public static DType ResolveDType(string? requested, PretrainedConfig config, IEnumerable<DType> storedDTypes)
     {
         if (requested is null) return DType.F32;
         if (requested != "auto") return TorchRuntime.ParseFloatDType(requested);
         if (config.TorchDtype is { } td && td != "auto" && DTypes.TryParseTorchName(td, out var fromConfig) && DTypes.IsFloating(fromConfig))
             return fromConfig;
-        foreach (var dt in source.DTypesInOrder())
+        foreach (var dt in storedDTypes)
             if (DTypes.IsFloating(dt)) return dt;
         return DType.F32;
     }
 
-    private static JsonObject LoadGenerationConfig(string? folder, PretrainedConfig config)
+    public static JsonObject LoadGenerationConfig(string? folder, PretrainedConfig config)
     {
         if (folder is not null)
         {

@@ -37,6 +37,7 @@ internal static class StateLoader
             if (modelKeySet.Contains(modelKey)) toModel.TryAdd(modelKey, ckptKey);
             else unexpected.Add(ckptKey);
         }
+        if (options.IncludeKey is { } inc) unexpected.RemoveAll(k => !inc(k));
         // Non-persistent buffers found in a checkpoint are not unexpected (as 4.38 drops model buffers from the list).
         var bufferNames = model.NamedBuffers().Select(b => b.Key).ToHashSet(StringComparer.Ordinal);
         unexpected.RemoveAll(k => bufferNames.Contains(k) || (addPrefix && bufferNames.Contains(prefix + k)));
@@ -54,6 +55,7 @@ internal static class StateLoader
         var jobs = new List<(TensorSlot Slot, string Key, string? Source, ScalarType Type, Device Device)>();
         foreach (var (slot, names) in slotNames)
         {
+            if (options.IncludeKey is { } include && !names.Any(include)) continue; // another stage's slice
             string key = names[0];
             string? src = names.Select(n => toModel.GetValueOrDefault(n)).FirstOrDefault(s => s is not null);
             var device = devices[deviceMap.DeviceFor(DeviceMapSpec.ModuleOf(key))!];
@@ -68,7 +70,7 @@ internal static class StateLoader
         }
         // Non-persistent buffers (rotary tables, causal masks) are computed from the config, never read.
         foreach (var (key, slot) in model.NamedBuffers())
-            if (!slotNames.ContainsKey(slot))
+            if (!slotNames.ContainsKey(slot) && (options.IncludeKey is null || options.IncludeKey(key)))
                 jobs.Add((slot, key, null, TorchRuntime.ToScalarType(slot.FixedDType ?? dtype), devices[deviceMap.DeviceFor(DeviceMapSpec.ModuleOf(key)) ?? deviceMap.Entries[0].Value]));
         var errors = new List<string>();
         if (mismatched.Count > 0 && !options.IgnoreMismatchedSizes)
@@ -156,7 +158,7 @@ internal static class StateLoader
             throw new ShardPipeException($"loading {model.ClassName} failed: {first.Message}", first);
         }
         foreach (var (path, module) in model.NamedModules())
-            module.Device = module.LocalTensors.Count > 0 ? module.LocalTensors[0].Slot.Tensor.device : module.Device;
+            if (module.LocalTensors.Count > 0 && module.LocalTensors[0].Slot.IsMaterialised) module.Device = module.LocalTensors[0].Slot.Tensor.device;
         log?.LogInformation("loaded {Count} tensors, {Bytes} in {Seconds:0.00} s", jobs.Count, ByteSize.Format(doneBytes), sw.Elapsed.TotalSeconds);
     }
 

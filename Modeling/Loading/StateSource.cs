@@ -19,6 +19,45 @@ internal abstract class StateSource
 
     public static StateSource FromCheckpoint(Checkpoint c) => new CheckpointSource(c);
     public static StateSource FromTensors(IReadOnlyDictionary<string, Tensor> d) => new TensorSource(d);
+    public static StateSource FromFetcher(TensorFetcher f) => new FetchedSource(f);
+
+    /// <summary>Bytes fetched on demand (streamed from another node), one tensor at a time.</summary>
+    private sealed class FetchedSource : StateSource
+    {
+        private readonly TensorFetcher _f;
+        private readonly Dictionary<string, (DType DType, long[] Shape)> _index;
+        private readonly List<string> _keys;
+
+        public FetchedSource(TensorFetcher f)
+        {
+            _f = f;
+            _index = f.Index.ToDictionary(t => t.Name, t => (t.DType, t.Shape), StringComparer.Ordinal);
+            _keys = f.Index.Select(t => t.Name).ToList();
+        }
+
+        public override IReadOnlyList<string> Keys => _keys;
+        public override long[] Shape(string key) => _index[key].Shape;
+        public override DType DTypeOf(string key) => _index[key].DType;
+        public override string Describe(string key) => $"streamed '{key}'";
+
+        public override void Fill(string key, Tensor target)
+        {
+            var (dtype, shape) = _index[key];
+            byte[] bytes = _f.Fetch(key);
+            long expected = shape.Aggregate((long)DTypes.Size(dtype), (a, b) => a * b);
+            if (bytes.LongLength != expected)
+                throw new CheckpointFormatException(key, key, $"streamed {bytes.LongLength} bytes, expected {expected}");
+            var srcType = TorchRuntime.ToScalarType(dtype);
+            if (target.dtype == srcType && target.device_type == DeviceType.CPU && target.is_contiguous())
+            {
+                bytes.CopyTo(target.bytes);
+                return;
+            }
+            using var tmp = empty(shape, srcType, CPU);
+            bytes.CopyTo(tmp.bytes);
+            target.copy_(tmp);
+        }
+    }
 
     private sealed class CheckpointSource : StateSource
     {

@@ -59,10 +59,20 @@ public abstract class CausalLMModel : HfModule
     public abstract Tensor Embed(Tensor inputIds, Tensor positionIds);
     /// <summary>Mask and rotary tables for one pass, on <paramref name="device"/>.</summary>
     public abstract LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
-        ScalarType dtype, Device device, KvCache? cache);
+        ScalarType dtype, Device device, KvCache? cache, int firstLayer);
     public abstract Tensor Layer(int index, Tensor hidden, LayerInputs inputs);
+    /// <summary>The final norm: hidden (B, T, H) → hidden.</summary>
+    public abstract Tensor FinalNorm(Tensor hidden);
+    /// <summary>The LM head projection: normed hidden (B, T, H) → logits (B, T, V).</summary>
+    public Tensor Project(Tensor hidden) => OutputEmbeddings.Forward(hidden);
     /// <summary>Final norm and LM head: hidden (B, T, H) → logits (B, T, V).</summary>
-    public abstract Tensor Head(Tensor hidden);
+    public Tensor Head(Tensor hidden)
+    {
+        using var scope = NewDisposeScope();
+        return Project(FinalNorm(hidden)).MoveToOuterDisposeScope();
+    }
+    /// <summary>Module path of the final norm (a pipeline hop may hold it without the head).</summary>
+    public abstract string FinalNormPath { get; }
 
     /// <summary>hf_device_map: module prefix → device, as loaded.</summary>
     public IReadOnlyList<KeyValuePair<string, string>> HfDeviceMap { get; internal set; } = new List<KeyValuePair<string, string>> { new("", "cpu") };
@@ -104,7 +114,7 @@ public abstract class CausalLMModel : HfModule
                 var device = LayerDevice?.Invoke(i) ?? EmbedDevice;
                 if (!inputsByDevice.TryGetValue(device.ToString(), out var li))
                 {
-                    li = PrepareLayerInputs(positions.to(device), attentionMask?.to(device), past, t, hidden.dtype, device, cache);
+                    li = PrepareLayerInputs(positions.to(device), attentionMask?.to(device), past, t, hidden.dtype, device, cache, i);
                     inputsByDevice[device.ToString()] = li;
                 }
                 hidden = Layer(i, hidden.to(device), li);

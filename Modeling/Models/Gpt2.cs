@@ -165,7 +165,7 @@ public sealed class Gpt2LMHeadModel : CausalLMModel
     }
 
     public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
-        ScalarType dtype, Device device, KvCache? cache)
+        ScalarType dtype, Device device, KvCache? cache, int firstLayer)
     {
         // GPT2Model turns the 2-D mask into (1 - mask) * finfo.min over keys, (B, 1, 1, Tk); causal order comes from the bias buffer.
         Tensor? mask = null;
@@ -181,9 +181,6 @@ public sealed class Gpt2LMHeadModel : CausalLMModel
 
     public override Tensor Layer(int index, Tensor hidden, LayerInputs inputs) => Transformer.H[index].Forward(hidden, inputs);
 
-    public override Tensor Head(Tensor hidden)
-    {
-        using var scope = NewDisposeScope();
-        return LmHead.Forward(Transformer.LnF.Forward(hidden)).MoveToOuterDisposeScope();
-    }
+    public override Tensor FinalNorm(Tensor hidden) => Transformer.LnF.Forward(hidden);
+    public override string FinalNormPath => "transformer.ln_f";
 }

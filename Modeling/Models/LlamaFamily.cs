@@ -198,21 +198,18 @@ public sealed class LlamaForCausalLM : CausalLMModel
     public override Tensor Embed(Tensor inputIds, Tensor positionIds) => Model.EmbedTokens.Forward(inputIds);
 
     public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
-        ScalarType dtype, Device device, KvCache? cache)
+        ScalarType dtype, Device device, KvCache? cache, int firstLayer)
     {
         var mask = AttentionMask.Build(attentionMask, positionIds.shape[0], queryLength, pastLength, Settings.SlidingWindow, dtype, device, out bool plain);
-        // Every layer's rotary module holds the same tables; the first one on this device serves all.
-        var (cos, sin) = Model.Layers[0].SelfAttn.Rotary.Forward(positionIds.to(Model.Layers[0].Device), dtype);
+        var rotary = Model.Layers[firstLayer].SelfAttn.Rotary; // every layer's tables are equal; this one is materialised here
+        var (cos, sin) = rotary.Forward(positionIds.to(Model.Layers[firstLayer].Device), dtype);
         return new LayerInputs { PositionIds = positionIds, Mask = mask, IsPlainCausal = plain, Cos = cos.to(device), Sin = sin.to(device), Cache = cache };
     }
 
     public override Tensor Layer(int index, Tensor hidden, LayerInputs inputs) => Model.Layers[index].Forward(hidden, inputs);
 
-    public override Tensor Head(Tensor hidden)
-    {
-        using var scope = NewDisposeScope();
-        return LmHead.Forward(Model.Norm.Forward(hidden)).MoveToOuterDisposeScope();
-    }
+    public override Tensor FinalNorm(Tensor hidden) => Model.Norm.Forward(hidden);
+    public override string FinalNormPath => "model.norm";
 }
 
 /// <summary>torch.nn.ModuleList: children named 0, 1, 2 …</summary>

@@ -1,0 +1,71 @@
+using Akka.Actor;
+using ShardPipe.Checkpoints;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Actors.Client;
+
+/// <summary>The outcome of a generate or forward request.</summary>
+public sealed record RequestOutcome(long[][] NewTokens, float[][]? LastLogits, int Steps, double PrefillSeconds, double DecodeSeconds)
+{
+    public double TokensPerSecond => Steps > 1 && DecodeSeconds > 0 ? (Steps - 1) / DecodeSeconds : 0;
+}
+
+/// <summary>
+/// Talks to a ShardPipe cluster through the coordinator proxy of a node (an embedded node, or a client node that
+/// joined a remote cluster): load, status, unload, generate and forward. Every request ends with a result or a
+/// typed <see cref="ClusterException"/> naming the stage or node at fault — never a hang.
+/// </summary>
+public sealed class ShardPipeClient
+{
+    private readonly ActorSystem _system;
+    private readonly IActorRef _coordinator;
+
+    public ShardPipeClient(ActorSystem system, IActorRef coordinator)
+    {
+        _system = system;
+        _coordinator = coordinator;
+    }
+
+    public async Task<ModelLoaded> LoadAsync(LoadModel request, TimeSpan timeout)
+    {
+        var reply = await _coordinator.Ask<IShardPipeMessage>(request, timeout);
+        return reply switch
+        {
+            ModelLoaded ok => ok,
+            LoadFailed f => throw new ClusterException($"load failed: {f.Reason}"),
+            _ => throw new ClusterException($"unexpected answer {reply.GetType().Name} to LoadModel"),
+        };
+    }
+
+    public Task<ClusterStatus> StatusAsync(TimeSpan timeout) => _coordinator.Ask<ClusterStatus>(new GetStatus(Guid.NewGuid().ToString("N")), timeout);
+
+    public Task<ModelUnloaded> UnloadAsync(TimeSpan timeout) => _coordinator.Ask<ModelUnloaded>(new UnloadModel(Guid.NewGuid().ToString("N")), timeout);
+
+    /// <summary>Waits until <paramref name="nodes"/> nodes' workers have registered with the coordinator.</summary>
+    public async Task<ClusterStatus> WaitForNodesAsync(int nodes, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            try
+            {
+                var s = await StatusAsync(TimeSpan.FromSeconds(2));
+                if (s.Nodes.Length >= nodes) return s;
+            }
+            catch (AskTimeoutException) { }
+            if (DateTime.UtcNow > deadline) throw new ClusterException($"only some of the {nodes} nodes joined within {timeout.TotalSeconds:0} s");
+            await Task.Delay(100);
+        }
+    }
+
+    /// <summary>
+    /// Runs a request through the pipeline. <paramref name="onTokens"/> sees each step's tokens as they arrive. The
+    /// request fails if a stage's worker dies or if nothing arrives for <paramref name="stallTimeout"/>.
+    /// </summary>
+    public Task<RequestOutcome> RunAsync(Generate request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout, Action<long[]>? onTokens = null)
+    {
+        var done = new TaskCompletionSource<RequestOutcome>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _system.ActorOf(Props.Create(() => new RequestActor(_coordinator, request, stages, stallTimeout, onTokens, done)));
+        return done.Task;
+    }
+}

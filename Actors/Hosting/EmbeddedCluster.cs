@@ -1,0 +1,71 @@
+using Akka.Configuration;
+using ShardPipe.Actors.Client;
+using ShardPipe.Placement;
+
+namespace ShardPipe.Actors.Hosting;
+
+/// <summary>
+/// N ShardPipe nodes in this process, on loopback TCP ports, joined into one Akka cluster: the zero-setup path.
+/// Node 1 also runs the coordinator. Budgets come from <c>node/device=size</c> specs, or the machine's available
+/// memory split equally.
+/// </summary>
+public sealed class EmbeddedCluster : IAsyncDisposable
+{
+    public IReadOnlyList<ShardPipeNode> Nodes { get; }
+    public ShardPipeClient Client { get; }
+
+    private EmbeddedCluster(IReadOnlyList<ShardPipeNode> nodes)
+    {
+        Nodes = nodes;
+        Client = new ShardPipeClient(nodes[0].System, nodes[0].Coordinator);
+    }
+
+    /// <summary>Starts <paramref name="count"/> nodes (or the nodes named in <paramref name="nodeSpec"/>) and waits until all have registered.</summary>
+    public static async Task<EmbeddedCluster> StartAsync(int count, string? nodeSpec = null, Func<int, string?>? extraConfig = null,
+        Func<int, bool>? localCheckpoints = null, TimeSpan? timeout = null)
+    {
+        var layout = Layout(count, nodeSpec);
+        var nodes = new List<ShardPipeNode>();
+        try
+        {
+            for (int i = 0; i < layout.Count; i++)
+            {
+                var (name, devices) = layout[i];
+                var roles = i == 0 ? new[] { "coordinator", "worker" } : new[] { "worker" };
+                var config = ShardPipeNode.LoopbackConfig(name, roles, devices, 0, localCheckpoints?.Invoke(i) ?? true, extraConfig?.Invoke(i));
+                nodes.Add(ShardPipeNode.Start(config, i == 0 ? null : nodes[0].Address.ToString()));
+            }
+            var cluster = new EmbeddedCluster(nodes);
+            await cluster.Client.WaitForNodesAsync(layout.Count, timeout ?? TimeSpan.FromSeconds(60));
+            return cluster;
+        }
+        catch
+        {
+            foreach (var n in nodes) await n.Kill();
+            throw;
+        }
+    }
+
+    /// <summary>Node names and devices: from "w1/cpu=1GiB,w2/cpu=2GiB", else node-1..node-N with an equal share of available memory.</summary>
+    public static List<(string Name, List<(string Device, long Budget)> Devices)> Layout(int count, string? nodeSpec)
+    {
+        if (nodeSpec is not null)
+        {
+            var parsed = MaxMemory.Parse(nodeSpec);
+            if (parsed.Any(p => p.Device.Node is null)) throw new FormatException("--nodes entries must be node/device=size, e.g. w1/cpu=2GiB");
+            return parsed.GroupBy(p => p.Device.Node!).Select(g => (g.Key,
+                g.Select(p => (p.Device.Kind == "cuda" ? $"cuda:{p.Device.Index}" : p.Device.Kind, (long)p.Bytes)).ToList())).ToList();
+        }
+        long share = MaxMemory.DefaultCpuBytes() / Math.Max(1, count);
+        return Enumerable.Range(1, count).Select(i => ($"node-{i}", new List<(string, long)> { ("cpu", share) })).ToList();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        for (int i = Nodes.Count - 1; i >= 0; i--)
+        {
+            try { await Nodes[i].System.Terminate().WaitAsync(TimeSpan.FromSeconds(10)); }
+            catch (TimeoutException) { }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Cluster.Tools.Singleton;
+using Akka.Configuration;
+using ShardPipe.Actors.Coordination;
+using ShardPipe.Actors.Workers;
+using ShardPipe.Modeling.Core;
+
+namespace ShardPipe.Actors.Hosting;
+
+/// <summary>
+/// One ShardPipe cluster node: an ActorSystem from a HOCON host config (over ShardPipe's reference.conf), the
+/// coordinator singleton where the role says so, a proxy to it, and on workers the shard reader and one device
+/// worker per configured device.
+/// </summary>
+public sealed class ShardPipeNode : IAsyncDisposable
+{
+    public const string SystemName = "shardpipe";
+
+    public ActorSystem System { get; }
+    public NodeSettings Settings { get; }
+    public IActorRef Coordinator { get; }
+    public Address Address => Cluster.Get(System).SelfAddress;
+
+    private ShardPipeNode(ActorSystem system, NodeSettings settings, IActorRef coordinator)
+    {
+        System = system;
+        Settings = settings;
+        Coordinator = coordinator;
+    }
+
+    public static Config Reference { get; } = ConfigurationFactory.FromResource<ShardPipeNode>("ShardPipe.Actors.reference.conf");
+
+    /// <summary>Starts a node; <paramref name="join"/> (an address such as akka.tcp://shardpipe@127.0.0.1:4053) joins a running cluster when the config names no seed nodes.</summary>
+    public static ShardPipeNode Start(Config hostConfig, string? join = null, int equalShareOf = 1)
+    {
+        var config = hostConfig.WithFallback(Reference);
+        var system = ActorSystem.Create(SystemName, config);
+        var address = Cluster.Get(system).SelfAddress;
+        var settings = NodeSettings.From(config, equalShareOf);
+        if (settings.NodeName.Length == 0) settings = settings with { NodeName = $"{address.Host}:{address.Port}" };
+        if (settings.IsCoordinator)
+            system.ActorOf(ClusterSingletonManager.Props(CoordinatorActor.Props(settings), PoisonPill.Instance,
+                ClusterSingletonManagerSettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator");
+        var proxy = system.ActorOf(ClusterSingletonProxy.Props("/user/coordinator",
+            ClusterSingletonProxySettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator-proxy");
+        if (settings.IsWorker)
+        {
+            TorchRuntime.Initialise();
+            system.ActorOf(Props.Create(() => new ShardReaderActor()), "shard-reader");
+            for (int i = 0; i < settings.Devices.Count; i++)
+            {
+                var (device, budget) = settings.Devices[i];
+                system.ActorOf(DeviceWorkerActor.Props(settings, device, budget, proxy), $"device-{i}");
+            }
+        }
+        var seeds = config.GetStringList("akka.cluster.seed-nodes");
+        if ((seeds is null || seeds.Count == 0))
+            Cluster.Get(system).Join(join is null ? address : Address.Parse(join));
+        return new ShardPipeNode(system, settings, proxy);
+    }
+
+    /// <summary>HOCON for a node on loopback: name, roles, devices with budgets, port (0 = any).</summary>
+    public static Config LoopbackConfig(string nodeName, IEnumerable<string> roles, IEnumerable<(string Device, long Budget)> devices,
+        int port = 0, bool localCheckpoints = true, string? extra = null)
+    {
+        string devs = string.Join(", ", devices.Select(d => $"{{ device = \"{d.Device}\", budget = \"{d.Budget}\" }}"));
+        string hocon = $@"
+akka.remote.dot-netty.tcp.port = {port}
+akka.remote.dot-netty.tcp.hostname = 127.0.0.1
+akka.cluster.roles = [{string.Join(", ", roles)}]
+shardpipe.node-name = ""{nodeName}""
+shardpipe.devices = [{devs}]
+shardpipe.local-checkpoints = {(localCheckpoints ? "on" : "off")}
+{extra}";
+        return ConfigurationFactory.ParseString(hocon);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);
+    }
+
+    /// <summary>Stops the node abruptly (no graceful leave): how fault tests lose a node.</summary>
+    public Task Kill() => System.Terminate();
+}

@@ -1,0 +1,243 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Akka.Actor;
+using Akka.Event;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Checkpoints;
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Models;
+
+namespace ShardPipe.Actors.Workers;
+
+/// <summary>
+/// One per device: registers with the coordinator, materialises its planned slice (from local shards, or streamed
+/// from a node that has them), refuses a slice over its budget before reading anything, and runs its hops of
+/// the pipeline. Loading runs off the actor thread and comes back through PipeTo.
+/// </summary>
+public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
+{
+    public IStash Stash { get; set; } = null!;
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    private sealed record SliceReady(int Epoch, CausalLMModel Model, long Bytes, int Tensors, bool Streamed, PipelineHop[] Route);
+    private sealed record SliceError(int Epoch, string Reason);
+    private sealed record RegisterTick;
+    private sealed record EvictTick;
+
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly NodeSettings _settings;
+    private readonly string _device;
+    private readonly long _budget;
+    private readonly IActorRef _coordinator;
+    private readonly string _stage;
+    private CausalLMModel? _model;
+    private StageRunner? _runner;
+    private int _epoch = -1;
+    private SliceLoaded? _loaded;
+
+    public DeviceWorkerActor(NodeSettings settings, string device, long budget, IActorRef coordinator)
+    {
+        _settings = settings;
+        _device = device;
+        _budget = budget;
+        _coordinator = coordinator;
+        _stage = $"{settings.NodeName}/{device}";
+        Unregistered();
+    }
+
+    public static Props Props(NodeSettings settings, string device, long budget, IActorRef coordinator) =>
+        Akka.Actor.Props.Create(() => new DeviceWorkerActor(settings, device, budget, coordinator)).WithDispatcher("akka.actor.shardpipe-compute-dispatcher");
+
+    protected override void PreStart()
+    {
+        Timers.StartPeriodicTimer("register", new RegisterTick(), TimeSpan.Zero, TimeSpan.FromSeconds(1));
+        Timers.StartPeriodicTimer("evict", new EvictTick(), TimeSpan.FromSeconds(10));
+    }
+
+    private RegisterWorker Registration() => new(Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
+        new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self)) },
+        _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>());
+
+    private void Unregistered()
+    {
+        Receive<RegisterTick>(_ => _coordinator.Tell(Registration()));
+        Receive<WorkerRegistered>(_ =>
+        {
+            Timers.Cancel("register");
+            _log.Info("{0} registered with the coordinator", _stage);
+            Become(Idle);
+        });
+        Receive<WorkerRefused>(r =>
+        {
+            Timers.Cancel("register");
+            _log.Error("{0} refused by the coordinator: {1}", _stage, r.Reason);
+        });
+        Receive<EvictTick>(_ => { });
+        ReceiveAny(_ => Stash.Stash());
+    }
+
+    private void Idle()
+    {
+        Stash.UnstashAll();
+        Receive<LoadSlice>(StartLoad);
+        Receive<ReleaseSlice>(_ => Sender.Tell(new ModelUnloaded("")));
+        Receive<StageInput>(i => Reply(i, "no model slice is loaded on this stage"));
+        Receive<ReleaseRequest>(_ => { });
+        Receive<WorkerRegistered>(_ => { });
+        Receive<RegisterTick>(_ => { });
+        Receive<EvictTick>(_ => { });
+    }
+
+    private void StartLoad(LoadSlice slice)
+    {
+        if (slice.PlanEpoch == _epoch && _loaded is not null)
+        {
+            Sender.Tell(_loaded); // idempotent: this epoch's slice is already here
+            return;
+        }
+        if (slice.PlannedBytes > _budget)
+        {
+            Sender.Tell(new SliceFailed(slice.PlanEpoch, Path(), $"{_stage}: slice of {ByteSize.Format(slice.PlannedBytes)} exceeds its budget of {ByteSize.Format(_budget)}"));
+            return;
+        }
+        ReleaseModel();
+        var replyTo = Sender;
+        var self = Self;
+        var system = Context.System;
+        Task.Run(() => Materialise(slice, system))
+            .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ex.GetBaseException().Message}"));
+        Become(() => Loading(replyTo));
+    }
+
+    private void Loading(IActorRef replyTo)
+    {
+        Receive<SliceReady>(r =>
+        {
+            _model = r.Model;
+            _epoch = r.Epoch;
+            _runner = new StageRunner(r.Model, r.Route);
+            _loaded = new SliceLoaded(r.Epoch, Path(), r.Bytes, r.Tensors, r.Streamed);
+            replyTo.Tell(_loaded);
+            _log.Info("{0}: slice of epoch {1} ready, {2} tensors, {3}", _stage, r.Epoch, r.Tensors, ByteSize.Format(r.Bytes));
+            Become(Ready);
+        });
+        Receive<SliceError>(e =>
+        {
+            replyTo.Tell(new SliceFailed(e.Epoch, Path(), e.Reason));
+            Become(Idle);
+        });
+        Receive<EvictTick>(_ => { });
+        Receive<RegisterTick>(_ => { });
+        ReceiveAny(_ => Stash.Stash());
+    }
+
+    private void Ready()
+    {
+        Stash.UnstashAll();
+        Receive<StageInput>(RunStage);
+        Receive<ReleaseRequest>(r => _runner!.Release(r.RequestId));
+        Receive<LoadSlice>(StartLoad);
+        Receive<ReleaseSlice>(_ =>
+        {
+            ReleaseModel();
+            Sender.Tell(new ModelUnloaded(""));
+            Become(Idle);
+        });
+        Receive<EvictTick>(_ =>
+        {
+            int n = _runner!.EvictIdle(_settings.CacheIdleTimeout);
+            if (n > 0) _log.Info("{0}: freed the KV caches of {1} abandoned request(s)", _stage, n);
+        });
+        Receive<RegisterTick>(_ => { });
+        Receive<WorkerRegistered>(_ => { });
+    }
+
+    private void RunStage(StageInput input)
+    {
+        IReadOnlyList<Outgoing> outgoing;
+        try
+        {
+            // Fault-injection hook for tests; this actor has its own pinned thread, so nothing else waits.
+            if (_settings.DebugStageDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugStageDelay);
+            outgoing = _runner!.Run(input);
+        }
+        catch (Exception ex)
+        {
+            _log.Warning("{0}: request {1} failed: {2}", _stage, input.RequestId, ex.Message);
+            _runner!.Release(input.RequestId);
+            Reply(input, ex.GetBaseException().Message);
+            return;
+        }
+        var provider = ((ExtendedActorSystem)Context.System).Provider;
+        foreach (var o in outgoing)
+        {
+            if (o.Message is ReleaseRequest rel && o.Path == Path()) _runner!.Release(rel.RequestId);
+            else provider.ResolveActorRef(o.Path).Tell(o.Message, Self);
+        }
+    }
+
+    private void Reply(StageInput input, string reason) =>
+        ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(input.ReplyTo).Tell(new RequestFailed(input.RequestId, _stage, reason));
+
+    private string Path() => Akka.Serialization.Serialization.SerializedActorPath(Self);
+
+    /// <summary>Runs on a pool thread: build the model on meta, materialise only this slice's tensors.</summary>
+    private SliceReady Materialise(LoadSlice slice, ActorSystem system)
+    {
+        var sw = Stopwatch.StartNew();
+        if (_settings.DebugLoadDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugLoadDelay); // fault-injection hook (pool thread)
+        var config = new PretrainedConfig((JsonObject)JsonNode.Parse(slice.ConfigJson)!);
+        bool Include(string key) => slice.ModulePrefixes.Any(p => p.Length == 0 || key == p || key.StartsWith(p + ".", StringComparison.Ordinal));
+        bool local = _settings.HasLocal(SafeLocate(slice.Model));
+        TensorFetcher? fetcher = null;
+        if (!local)
+        {
+            if (slice.ShardReaderPath is null) throw new ClusterException($"no local copy of {slice.Model} and no shard reader to stream from");
+            var reader = ((ExtendedActorSystem)system).Provider.ResolveActorRef(slice.ShardReaderPath);
+            var timeout = _settings.RequestTimeout;
+            var index = slice.Tensors.Select(t => (t.Name, DTypes.TryParseCode(t.DType, out var d) ? d : throw new ProtocolException($"unknown dtype {t.DType}"), t.Shape)).ToList();
+            fetcher = new TensorFetcher(index, name =>
+            {
+                var done = new TaskCompletionSource<(TensorHeader, byte[])>(TaskCreationOptions.RunContinuationsAsynchronously);
+                var request = new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16);
+                // Called on the loader's pool thread, where Context does not exist: the receiver is a top-level actor.
+#pragma warning disable AK1008
+                system.ActorOf(Akka.Actor.Props.Create(() => new StreamReceiverActor(reader, request, done, timeout)));
+#pragma warning restore AK1008
+                return done.Task.GetAwaiter().GetResult().Item2;
+            });
+        }
+        var model = PreTrainedModel.FromPretrained(local ? slice.Model : null, new FromPretrainedOptions
+        {
+            Config = config,
+            Variant = slice.Variant,
+            DType = slice.DType,
+            IncludeKey = Include,
+            Fetcher = fetcher,
+        });
+        var materialised = model.NamedTensors().Where(t => t.Slot.IsMaterialised).ToList();
+        long bytes = materialised.Sum(t => t.Slot.Tensor.NumberOfElements * t.Slot.Tensor.ElementSize);
+        _log.Info("{0}: materialised {1} tensors ({2}) in {3:0.00} s{4}", _stage, materialised.Count, ByteSize.Format(bytes), sw.Elapsed.TotalSeconds, local ? "" : " (streamed)");
+        return new SliceReady(slice.PlanEpoch, model, bytes, materialised.Count, !local, slice.Route);
+    }
+
+    private static string SafeLocate(string model)
+    {
+        try { return ModelLocator.Locate(model); }
+        catch (CheckpointNotFoundException) { return model; }
+    }
+
+    private void ReleaseModel()
+    {
+        _runner?.Dispose();
+        _runner = null;
+        _model?.Release();
+        _model = null;
+        _loaded = null;
+        _epoch = -1;
+    }
+
+    protected override void PostStop() => ReleaseModel();
+}

@@ -1,0 +1,147 @@
+using System.IO.Hashing;
+using Akka.Actor;
+using Akka.Event;
+using ShardPipe.Checkpoints;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Actors.Workers;
+
+/// <summary>
+/// Serves tensors out of this node's local checkpoints to workers that have no copy: a header, then chunks of at
+/// most <see cref="Protocol.MaxChunkBytes"/> with a CRC-32 each, at most <c>Window</c> unacknowledged chunks in
+/// flight per transfer. Reads are positional (pread), so nothing of the shard stays mapped here.
+/// </summary>
+public sealed class ShardReaderActor : ReceiveActor
+{
+    private sealed class Transfer
+    {
+        public required IActorRef Receiver { get; init; }
+        public required TensorLocation Location { get; init; }
+        public required Checkpoint Checkpoint { get; init; }
+        public required int Window { get; init; }
+        public long Offset;
+        public int NextSeq;
+        public int Acked = -1;
+    }
+
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly Dictionary<string, Checkpoint> _open = new();
+    private readonly Dictionary<string, Transfer> _transfers = new();
+
+    public ShardReaderActor()
+    {
+        Receive<ReadTensor>(Start);
+        Receive<ChunkAck>(OnAck);
+        Receive<Terminated>(t =>
+        {
+            foreach (var id in _transfers.Where(kv => kv.Value.Receiver.Equals(t.ActorRef)).Select(kv => kv.Key).ToList()) _transfers.Remove(id);
+        });
+    }
+
+    private void Start(ReadTensor read)
+    {
+        try
+        {
+            string key = read.Model + "|" + read.Variant;
+            if (!_open.TryGetValue(key, out var ckpt))
+                _open[key] = ckpt = Checkpoint.Open(ModelLocator.Locate(read.Model), read.Variant);
+            var loc = ckpt.Get(read.Tensor);
+            var t = new Transfer { Receiver = Sender, Location = loc, Checkpoint = ckpt, Window = Math.Clamp(read.Window, 1, 64) };
+            _transfers[read.TransferId] = t;
+            Context.Watch(Sender);
+            Sender.Tell(new TensorHeader(read.TransferId, DTypes.Code(loc.Info.DType), loc.Info.Shape, loc.Info.ByteLength));
+            Pump(read.TransferId, t);
+        }
+        catch (Exception ex) when (ex is ShardPipeException or IOException)
+        {
+            _log.Warning("read of {0} from {1} failed: {2}", read.Tensor, read.Model, ex.Message);
+            Sender.Tell(new ReadFailed(read.TransferId, ex.Message));
+        }
+    }
+
+    private void OnAck(ChunkAck ack)
+    {
+        if (!_transfers.TryGetValue(ack.TransferId, out var t)) return;
+        t.Acked = Math.Max(t.Acked, ack.Sequence);
+        Pump(ack.TransferId, t);
+    }
+
+    /// <summary>Sends chunks while the window allows; the transfer ends once everything is sent and acknowledged.</summary>
+    private void Pump(string id, Transfer t)
+    {
+        long total = t.Location.Info.ByteLength;
+        while (t.Offset < total && t.NextSeq - t.Acked <= t.Window)
+        {
+            int n = (int)Math.Min(Protocol.MaxChunkBytes, total - t.Offset);
+            var data = new byte[n];
+            t.Checkpoint.Shard(t.Location.Shard).ReadRange(t.Location.Info, t.Offset, data);
+            t.Receiver.Tell(new TensorChunk(id, t.NextSeq, t.Offset, total, Crc32.HashToUInt32(data), data));
+            t.Offset += n;
+            t.NextSeq++;
+        }
+        if (t.Offset >= total && t.Acked >= t.NextSeq - 1) _transfers.Remove(id);
+    }
+
+    protected override void PostStop()
+    {
+        foreach (var c in _open.Values) c.Dispose();
+    }
+}
+
+/// <summary>
+/// Receives one streamed tensor: checks every chunk's CRC and order, acknowledges it, and completes the caller's
+/// task with the bytes (or a typed error). Stops itself when done; gives up after <c>timeout</c> without progress.
+/// </summary>
+public sealed class StreamReceiverActor : ReceiveActor
+{
+    private readonly TaskCompletionSource<(TensorHeader Header, byte[] Bytes)> _done;
+    private byte[]? _buffer;
+    private TensorHeader? _header;
+    private int _expected;
+
+    public StreamReceiverActor(IActorRef reader, ReadTensor request, TaskCompletionSource<(TensorHeader, byte[])> done, TimeSpan timeout)
+    {
+        _done = done;
+        Context.Watch(reader);
+        Context.SetReceiveTimeout(timeout);
+        reader.Tell(request);
+        Receive<TensorHeader>(h =>
+        {
+            _header = h;
+            _buffer = new byte[h.TotalBytes];
+            if (h.TotalBytes == 0) Finish();
+        });
+        Receive<TensorChunk>(c =>
+        {
+            if (_buffer is null || c.Sequence != _expected || c.Offset + c.Data.Length > _buffer.LongLength)
+            {
+                Fail($"chunk {c.Sequence} of '{request.Tensor}' out of order or out of bounds (expected {_expected})");
+                return;
+            }
+            if (Crc32.HashToUInt32(c.Data) != c.Crc32)
+            {
+                Fail($"chunk {c.Sequence} of '{request.Tensor}' failed its CRC-32 check");
+                return;
+            }
+            c.Data.CopyTo(_buffer, c.Offset);
+            _expected++;
+            Sender.Tell(new ChunkAck(c.TransferId, c.Sequence));
+            if (c.Offset + c.Data.Length == _buffer.LongLength) Finish();
+        });
+        Receive<ReadFailed>(f => Fail(f.Reason));
+        Receive<Terminated>(t => Fail($"shard reader {t.ActorRef.Path.Address} stopped while streaming '{request.Tensor}'"));
+        Receive<ReceiveTimeout>(_ => Fail($"no data for '{request.Tensor}' from {reader.Path.Address} in {timeout.TotalSeconds:0} s"));
+    }
+
+    private void Finish()
+    {
+        _done.TrySetResult((_header!, _buffer!));
+        Context.Stop(Self);
+    }
+
+    private void Fail(string reason)
+    {
+        _done.TrySetException(new ClusterException(reason));
+        Context.Stop(Self);
+    }
+}

@@ -1,0 +1,126 @@
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Layers;
+using ShardPipe.Modeling.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Actors.Workers;
+
+/// <summary>A message to send, by actor path.</summary>
+public readonly record struct Outgoing(string Path, object Message);
+
+/// <summary>
+/// One device worker's part of the pipeline, without the actor: runs the hops of the route that belong to this
+/// worker on its slice of the model, keeps each request's KV cache for its layers, and at the last hop samples
+/// and loops the next step back to the first hop. Pure TorchSharp; the actor around it only moves messages.
+/// </summary>
+public sealed class StageRunner : IDisposable
+{
+    private readonly CausalLMModel _model;
+    private readonly PipelineHop[] _route;
+    private readonly Dictionary<string, (KvCache Cache, DateTime LastUsed)> _caches = new();
+    private readonly Dictionary<string, Sampler> _samplers = new();
+
+    public StageRunner(CausalLMModel model, PipelineHop[] route)
+    {
+        _model = model;
+        _route = route;
+    }
+
+    public int ActiveRequests => _caches.Count;
+    public long CacheBytes => _caches.Values.Sum(c => c.Cache.Bytes);
+
+    public IReadOnlyList<Outgoing> Run(StageInput input)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var hop = _route[input.Hop];
+        var mask = TensorWire.FromRows(input.AttentionMask);
+        var positions = TensorWire.FromRows(input.PositionIds);
+        Tensor hidden = input.Hidden is { } h ? TensorWire.ToTensor(h) : null!;
+        bool forwardOnly = input.State.MaxNewTokens == 0;
+        if (hop.Embed)
+        {
+            var ids = TensorWire.FromRows(input.InputIds ?? throw new ArgumentException($"hop {input.Hop} embeds but got no input ids"));
+            hidden = _model.Embed(ids, positions);
+        }
+        if (hop.LayerCount > 0)
+        {
+            var cache = forwardOnly ? null : CacheFor(input.RequestId);
+            long t = hidden.shape[1];
+            long past = cache?.SeenTokens(hop.FirstLayer) ?? 0;
+            using var inputs = _model.PrepareLayerInputs(positions, mask, past, t, hidden.dtype, CPU, cache, hop.FirstLayer);
+            for (int i = hop.FirstLayer; i < hop.FirstLayer + hop.LayerCount; i++) hidden = _model.Layer(i, hidden, inputs);
+        }
+        if (hop.Norm || hop.Head)
+            hidden = hidden.narrow(1, hidden.shape[1] - 1, 1); // only the last position matters from here on
+        if (hop.Norm) hidden = _model.FinalNorm(hidden);
+        if (!hop.Head)
+            return new[] { new Outgoing(_route[input.Hop + 1].WorkerPath, input with { Hop = input.Hop + 1, Hidden = TensorWire.ToPayload(hidden), InputIds = null }) };
+
+        var logits = _model.Project(hidden).select(1, 0).to(ScalarType.Float32); // (B, V)
+        if (forwardOnly)
+            return new[] { new Outgoing(input.ReplyTo, new ForwardResult(input.RequestId, TensorWire.ToPayload(logits))) };
+        return Decide(input, logits);
+    }
+
+    /// <summary>The last hop: pick tokens, report them, and either loop to hop 0 or finish.</summary>
+    private IReadOnlyList<Outgoing> Decide(StageInput input, Tensor logits)
+    {
+        var st = input.State;
+        if (!_samplers.TryGetValue(input.RequestId, out var sampler))
+            _samplers[input.RequestId] = sampler = new Sampler(st.Sampling.Greedy, st.Sampling.Temperature, st.Sampling.TopK, st.Sampling.TopP, st.Sampling.Seed);
+        var next = sampler.Next(logits);
+        var finished = (bool[])st.Finished.Clone();
+        for (int b = 0; b < next.Length; b++)
+        {
+            if (finished[b]) next[b] = st.PadTokenId;
+            else if (!st.IgnoreEos && st.EosTokenIds.Contains(next[b])) finished[b] = true;
+        }
+        var output = new List<Outgoing> { new(input.ReplyTo, new TokensGenerated(input.RequestId, input.Step, next)) };
+        if (input.Step + 1 >= st.MaxNewTokens || finished.All(f => f))
+        {
+            output.Add(new(input.ReplyTo, new GenerationDone(input.RequestId, input.Step + 1)));
+            foreach (var path in _route.Select(r => r.WorkerPath).Distinct())
+                output.Add(new(path, new ReleaseRequest(input.RequestId)));
+            return output;
+        }
+        // Next step: one new token per row; mask grows by one; its position is cumsum(mask) − 1, as HF's generate.
+        var mask = input.AttentionMask.Select(r => r.Append(1L).ToArray()).ToArray();
+        var positions = mask.Select(r => new[] { r.Sum() - 1 }).ToArray();
+        output.Add(new(_route[0].WorkerPath, input with
+        {
+            Step = input.Step + 1, Hop = 0, Hidden = null, InputIds = next.Select(x => new[] { x }).ToArray(),
+            AttentionMask = mask, PositionIds = positions, State = st with { Finished = finished },
+        }));
+        return output;
+    }
+
+    private KvCache CacheFor(string requestId)
+    {
+        if (!_caches.TryGetValue(requestId, out var entry)) entry = (new KvCache(), DateTime.UtcNow);
+        _caches[requestId] = (entry.Cache, DateTime.UtcNow);
+        return entry.Cache;
+    }
+
+    public void Release(string requestId)
+    {
+        if (_caches.Remove(requestId, out var e)) e.Cache.Dispose();
+        if (_samplers.Remove(requestId, out var s)) s.Dispose();
+    }
+
+    /// <summary>Frees the caches of requests idle longer than <paramref name="idle"/> (abandoned by their caller).</summary>
+    public int EvictIdle(TimeSpan idle)
+    {
+        var stale = _caches.Where(kv => DateTime.UtcNow - kv.Value.LastUsed > idle).Select(kv => kv.Key).ToList();
+        foreach (var id in stale) Release(id);
+        return stale.Count;
+    }
+
+    public void Dispose()
+    {
+        foreach (var id in _caches.Keys.ToList()) Release(id);
+        foreach (var id in _samplers.Keys.ToList()) Release(id);
+    }
+}

@@ -1,0 +1,76 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Akka.Configuration;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Actors.Client;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Host.Cli;
+
+/// <summary>
+/// A CLI command's connection to a cluster: <c>embedded:N</c> starts N nodes in this process; <c>HOST:PORT</c>
+/// starts a client node (role <c>client</c>, no devices) that joins the running cluster there.
+/// </summary>
+public sealed class ClusterSession : IAsyncDisposable
+{
+    public ShardPipeClient Client { get; }
+    public int ExpectedNodes { get; }
+    private readonly Func<ValueTask> _dispose;
+
+    private ClusterSession(ShardPipeClient client, int expectedNodes, Func<ValueTask> dispose)
+    {
+        Client = client;
+        ExpectedNodes = expectedNodes;
+        _dispose = dispose;
+    }
+
+    public static async Task<ClusterSession> ConnectAsync(string spec, string? nodes, ILogger log)
+    {
+        if (spec.StartsWith("embedded:", StringComparison.Ordinal) || spec == "embedded")
+        {
+            int n = spec == "embedded" ? 1 : int.TryParse(spec[9..], out int k) && k >= 1 ? k
+                : throw new ArgumentException($"--cluster '{spec}': use embedded:N with N ≥ 1, or HOST:PORT");
+            if (nodes is not null) n = EmbeddedCluster.Layout(n, nodes).Count;
+            var sw = Stopwatch.StartNew();
+            var cluster = await EmbeddedCluster.StartAsync(n, nodes);
+            log.LogInformation("embedded cluster of {Nodes} nodes up in {Seconds:0.00} s", n, sw.Elapsed.TotalSeconds);
+            return new ClusterSession(cluster.Client, n, cluster.DisposeAsync);
+        }
+        int colon = spec.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(spec[(colon + 1)..], out int port))
+            throw new ArgumentException($"--cluster '{spec}': use embedded:N or HOST:PORT");
+        string host = spec[..colon];
+        var config = ConfigurationFactory.ParseString($@"
+akka.cluster.roles = [client]
+shardpipe.node-name = ""client-{Environment.ProcessId}""
+shardpipe.devices = []");
+        var node = ShardPipeNode.Start(config, $"akka.tcp://{ShardPipeNode.SystemName}@{host}:{port}");
+        var session = new ClusterSession(new ShardPipeClient(node.System, node.Coordinator), 0, node.DisposeAsync);
+        await session.Client.StatusAsync(TimeSpan.FromSeconds(30)); // reach the coordinator or fail clearly
+        return session;
+    }
+
+    /// <summary>Loads the model unless the cluster already serves it; returns the stages and the map.</summary>
+    public async Task<(StageInfo[] Stages, JsonObject DeviceMap, double LoadSeconds)> EnsureLoadedAsync(LoadModel load, ILogger log)
+    {
+        var status = await Client.StatusAsync(TimeSpan.FromSeconds(30));
+        if (status.State == "ready" && status.Model is { } m && Path.GetFullPath(m) == Path.GetFullPath(ShardPipe.Checkpoints.ModelLocator.Locate(load.Model)))
+            return (status.Stages, MapJson(status.DeviceMapKeys, status.DeviceMapValues), 0);
+        var sw = Stopwatch.StartNew();
+        var loaded = await Client.LoadAsync(load, TimeSpan.FromMinutes(30));
+        foreach (var d in loaded.Devices)
+            log.LogInformation("{Device}: {Loaded} loaded of {Planned} planned (budget {Budget})", d.Device,
+                ShardPipe.Checkpoints.ByteSize.Format(d.LoadedBytes), ShardPipe.Checkpoints.ByteSize.Format(d.PlannedBytes), ShardPipe.Checkpoints.ByteSize.Format(d.BudgetBytes));
+        return (loaded.Stages, MapJson(loaded.DeviceMapKeys, loaded.DeviceMapValues), sw.Elapsed.TotalSeconds);
+    }
+
+    public static JsonObject MapJson(string[] keys, string[] values)
+    {
+        var o = new JsonObject();
+        for (int i = 0; i < keys.Length; i++) o[keys[i]] = values[i];
+        return o;
+    }
+
+    public ValueTask DisposeAsync() => _dispose();
+}

@@ -1,0 +1,34 @@
+using MessagePack;
+
+namespace ShardPipe.Messages;
+
+/// <summary>The first thing a node says to the coordinator: who it is, its devices, and its wire settings.</summary>
+[MessagePackObject]
+public sealed record RegisterWorker(
+    [property: Key(0)] int ProtocolVersion,
+    [property: Key(1)] long MaxFrameSize,
+    [property: Key(2)] string NodeName,
+    [property: Key(3)] WorkerDevice[] Devices,
+    [property: Key(4)] string[] LocalModelRoots) : IShardPipeMessage;
+
+/// <summary>A device a node offers, with its memory budget and the path of its device-worker actor.</summary>
+[MessagePackObject]
+public sealed record WorkerDevice(
+    [property: Key(0)] string Device,
+    [property: Key(1)] long BudgetBytes,
+    [property: Key(2)] string ActorPath);
+
+[MessagePackObject]
+public sealed record WorkerRegistered([property: Key(0)] string NodeName) : IShardPipeMessage;
+
+/// <summary>The coordinator refuses a node (protocol version or frame size differ); the node logs it and stays out.</summary>
+[MessagePackObject]
+public sealed record WorkerRefused(
+    [property: Key(0)] string NodeName,
+    [property: Key(1)] string Reason) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record Ping([property: Key(0)] long Nonce) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record Pong([property: Key(0)] long Nonce) : IShardPipeMessage;

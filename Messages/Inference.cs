@@ -1,0 +1,76 @@
+using MessagePack;
+
+namespace ShardPipe.Messages;
+
+/// <summary>Sampling settings; temperature 0 (or Greedy) means argmax.</summary>
+[MessagePackObject]
+public sealed record SamplingSettings(
+    [property: Key(0)] bool Greedy,
+    [property: Key(1)] double Temperature,
+    [property: Key(2)] int TopK,
+    [property: Key(3)] double TopP,
+    [property: Key(4)] long Seed);
+
+/// <summary>A client asks for greedy/sampled generation (MaxNewTokens 0 = a single forward pass returning last logits).</summary>
+[MessagePackObject]
+public sealed record Generate(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] long[][] InputIds,
+    [property: Key(2)] long[][]? AttentionMask,
+    [property: Key(3)] long[][]? PositionIds,
+    [property: Key(4)] int MaxNewTokens,
+    [property: Key(5)] bool IgnoreEos,
+    [property: Key(6)] SamplingSettings Sampling) : IShardPipeMessage;
+
+/// <summary>Work for one hop of the pipeline: ids (first hop) or hidden states, plus what every layer needs.</summary>
+[MessagePackObject]
+public sealed record StageInput(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] int Step,
+    [property: Key(2)] int Hop,
+    [property: Key(3)] TensorPayload? Hidden,
+    [property: Key(4)] long[][]? InputIds,
+    [property: Key(5)] long[][] AttentionMask,
+    [property: Key(6)] long[][] PositionIds,
+    [property: Key(7)] string ReplyTo,
+    [property: Key(8)] GenerationState State) : IShardPipeMessage;
+
+/// <summary>Request-wide state that travels with the activations (so the last hop can decide and loop back).</summary>
+[MessagePackObject]
+public sealed record GenerationState(
+    [property: Key(0)] int MaxNewTokens,
+    [property: Key(1)] bool IgnoreEos,
+    [property: Key(2)] long[] EosTokenIds,
+    [property: Key(3)] long PadTokenId,
+    [property: Key(4)] bool[] Finished,
+    [property: Key(5)] SamplingSettings Sampling,
+    [property: Key(6)] int PlanEpoch);
+
+/// <summary>New tokens of one step, one per row (streamed to the caller).</summary>
+[MessagePackObject]
+public sealed record TokensGenerated(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] int Step,
+    [property: Key(2)] long[] Tokens) : IShardPipeMessage;
+
+/// <summary>The last hop's logits for a forward request: (B, V) at the last position of each row.</summary>
+[MessagePackObject]
+public sealed record ForwardResult(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] TensorPayload LastLogits) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record GenerationDone(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] int Steps) : IShardPipeMessage;
+
+/// <summary>A request ended in error; names the stage (node/device) at fault.</summary>
+[MessagePackObject]
+public sealed record RequestFailed(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] string Stage,
+    [property: Key(2)] string Reason) : IShardPipeMessage;
+
+/// <summary>Free a request's KV cache on a worker.</summary>
+[MessagePackObject]
+public sealed record ReleaseRequest([property: Key(0)] string RequestId) : IShardPipeMessage;

@@ -1,0 +1,143 @@
+using MessagePack;
+
+namespace ShardPipe.Messages;
+
+/// <summary>A client asks the coordinator to load a model across the cluster.</summary>
+[MessagePackObject]
+public sealed record LoadModel(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] string Model,
+    [property: Key(2)] string? Variant,
+    [property: Key(3)] string? DType,
+    [property: Key(4)] string DeviceMap,
+    [property: Key(5)] string? MaxMemory,
+    [property: Key(6)] string[]? NoSplitModuleClasses) : IShardPipeMessage;
+
+/// <summary>The coordinator's answer when every slice is materialised.</summary>
+[MessagePackObject]
+public sealed record ModelLoaded(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] int PlanEpoch,
+    [property: Key(2)] string[] DeviceMapKeys,
+    [property: Key(3)] string[] DeviceMapValues,
+    [property: Key(4)] DeviceUsage[] Devices,
+    [property: Key(5)] double LoadSeconds,
+    [property: Key(6)] StageInfo[] Stages) : IShardPipeMessage;
+
+/// <summary>A pipeline stage: its device (node/device) and its worker's actor path.</summary>
+[MessagePackObject]
+public sealed record StageInfo(
+    [property: Key(0)] string Device,
+    [property: Key(1)] string WorkerPath);
+
+[MessagePackObject]
+public sealed record DeviceUsage(
+    [property: Key(0)] string Device,
+    [property: Key(1)] long PlannedBytes,
+    [property: Key(2)] long LoadedBytes,
+    [property: Key(3)] long BudgetBytes);
+
+/// <summary>A load (or anything it needed) failed; names the node or file at fault.</summary>
+[MessagePackObject]
+public sealed record LoadFailed(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] string Reason) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record GetStatus([property: Key(0)] string RequestId) : IShardPipeMessage;
+
+/// <summary>Answer to <see cref="GetStatus"/>: members, devices, and the loaded model's map.</summary>
+[MessagePackObject]
+public sealed record ClusterStatus(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] string State,
+    [property: Key(2)] string? Model,
+    [property: Key(3)] string[] Nodes,
+    [property: Key(4)] string[] DeviceMapKeys,
+    [property: Key(5)] string[] DeviceMapValues,
+    [property: Key(6)] DeviceUsage[] Devices,
+    [property: Key(7)] StageInfo[] Stages) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record UnloadModel([property: Key(0)] string RequestId) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record ModelUnloaded([property: Key(0)] string RequestId) : IShardPipeMessage;
+
+/// <summary>One stop of the pipeline: which worker runs which part of the model.</summary>
+[MessagePackObject]
+public sealed record PipelineHop(
+    [property: Key(0)] string WorkerPath,
+    [property: Key(1)] bool Embed,
+    [property: Key(2)] int FirstLayer,
+    [property: Key(3)] int LayerCount,
+    [property: Key(4)] bool Norm,
+    [property: Key(5)] bool Head);
+
+/// <summary>The coordinator assigns a device worker its slice (idempotent per epoch).</summary>
+[MessagePackObject]
+public sealed record LoadSlice(
+    [property: Key(0)] int PlanEpoch,
+    [property: Key(1)] string Model,
+    [property: Key(2)] string? Variant,
+    [property: Key(3)] string DType,
+    [property: Key(4)] string ConfigJson,
+    [property: Key(5)] string[] ModulePrefixes,
+    [property: Key(6)] long PlannedBytes,
+    [property: Key(7)] string? ShardReaderPath,
+    [property: Key(8)] PipelineHop[] Route,
+    [property: Key(9)] SliceTensor[] Tensors) : IShardPipeMessage;
+
+/// <summary>A checkpoint tensor of a slice (so a node without the files knows what to stream).</summary>
+[MessagePackObject]
+public sealed record SliceTensor(
+    [property: Key(0)] string Name,
+    [property: Key(1)] string DType,
+    [property: Key(2)] long[] Shape);
+
+[MessagePackObject]
+public sealed record SliceLoaded(
+    [property: Key(0)] int PlanEpoch,
+    [property: Key(1)] string WorkerPath,
+    [property: Key(2)] long Bytes,
+    [property: Key(3)] int Tensors,
+    [property: Key(4)] bool Streamed) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record SliceFailed(
+    [property: Key(0)] int PlanEpoch,
+    [property: Key(1)] string WorkerPath,
+    [property: Key(2)] string Reason) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record SliceProgress(
+    [property: Key(0)] int PlanEpoch,
+    [property: Key(1)] string WorkerPath,
+    [property: Key(2)] int TensorsDone,
+    [property: Key(3)] int TensorsTotal,
+    [property: Key(4)] long BytesDone) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record ReleaseSlice([property: Key(0)] int PlanEpoch) : IShardPipeMessage;
+
+/// <summary>A worker without a local copy asks a shard reader for one tensor, streamed as <see cref="TensorChunk"/>s.</summary>
+[MessagePackObject]
+public sealed record ReadTensor(
+    [property: Key(0)] string TransferId,
+    [property: Key(1)] string Model,
+    [property: Key(2)] string? Variant,
+    [property: Key(3)] string Tensor,
+    [property: Key(4)] int Window) : IShardPipeMessage;
+
+/// <summary>The reader's header for a streamed tensor: what will arrive.</summary>
+[MessagePackObject]
+public sealed record TensorHeader(
+    [property: Key(0)] string TransferId,
+    [property: Key(1)] string DType,
+    [property: Key(2)] long[] Shape,
+    [property: Key(3)] long TotalBytes) : IShardPipeMessage;
+
+[MessagePackObject]
+public sealed record ReadFailed(
+    [property: Key(0)] string TransferId,
+    [property: Key(1)] string Reason) : IShardPipeMessage;

@@ -1,0 +1,13 @@
+namespace ShardPipe.Messages;
+
+/// <summary>Marker for every message that may cross a node boundary; the one serializer is bound to it.</summary>
+public interface IShardPipeMessage { }
+
+/// <summary>Wire protocol constants. Keys are append-only; a breaking change bumps <see cref="Version"/>.</summary>
+public static class Protocol
+{
+    public const int Version = 1;
+
+    /// <summary>Largest payload we put in one actor message: under Akka.Remote's frame size and off the large-object heap (85 KB).</summary>
+    public const int MaxChunkBytes = 64 * 1024;
+}

@@ -1,0 +1,56 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Generation;
+
+/// <summary>
+/// Picks the next token from last-position logits as HF's generate does: greedy argmax, or sampling after the
+/// logits warpers in HF's order (temperature, top-k, top-p), from a generator seeded per request so that a seed
+/// reproduces its tokens.
+/// </summary>
+public sealed class Sampler : IDisposable
+{
+    private readonly bool _greedy;
+    private readonly double _temperature;
+    private readonly int _topK;
+    private readonly double _topP;
+    private readonly torch.Generator? _generator;
+
+    public Sampler(bool greedy, double temperature = 1.0, int topK = 0, double topP = 1.0, long seed = 0)
+    {
+        _greedy = greedy || temperature <= 0;
+        _temperature = temperature;
+        _topK = topK;
+        _topP = topP;
+        if (!_greedy) _generator = new torch.Generator((ulong)seed);
+    }
+
+    /// <summary>logits (B, V) → one token per row.</summary>
+    public long[] Next(Tensor logits)
+    {
+        using var scope = NewDisposeScope();
+        var scores = logits.to(ScalarType.Float32);
+        if (_greedy) return scores.argmax(-1).data<long>().ToArray();
+        if (_temperature != 1.0) scores = scores / _temperature;
+        long vocab = scores.shape[^1];
+        if (_topK > 0 && _topK < vocab)
+        {
+            var kth = scores.topk(_topK, -1).values.narrow(-1, _topK - 1, 1);
+            scores = scores.masked_fill(scores.lt(kth), float.NegativeInfinity);
+        }
+        if (_topP < 1.0)
+        {
+            // HF's TopPLogitsWarper: sort ascending, drop the low tail whose cumulative mass is ≤ 1 − top_p, keep at least one.
+            var (sorted, indices) = scores.sort(-1, descending: false);
+            var cumulative = nn.functional.softmax(sorted, -1).cumsum(-1);
+            var remove = cumulative.le(1 - _topP);
+            remove.index_put_(tensor(false), TensorIndex.Ellipsis, TensorIndex.Single(-1));
+            var removeOriginal = remove.scatter(-1, indices, remove);
+            scores = scores.masked_fill(removeOriginal, float.NegativeInfinity);
+        }
+        var probs = nn.functional.softmax(scores, -1);
+        return torch.multinomial(probs, 1, generator: _generator).squeeze(-1).data<long>().ToArray();
+    }
+
+    public void Dispose() => _generator?.Dispose();
+}
