@@ -35,7 +35,8 @@ public sealed record DeviceUsage(
     [property: Key(0)] string Device,
     [property: Key(1)] long PlannedBytes,
     [property: Key(2)] long LoadedBytes,
-    [property: Key(3)] long BudgetBytes);
+    [property: Key(3)] long BudgetBytes,
+    [property: Key(4)] bool Streamed = false);
 
 /// <summary>A load (or anything it needed) failed; names the node or file at fault.</summary>
 [MessagePackObject]

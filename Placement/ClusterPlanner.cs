@@ -32,7 +32,8 @@ public static class ClusterPlanner
     {
         if (request.Strategy is not ("balanced" or "auto" or "sequential"))
             throw new PlacementException($"cluster device_map '{request.Strategy}': use balanced (default), auto or sequential");
-        var sizes = ModuleSizes.Compute(request.Model, request.DType);
+        // Budgets are real memory: count bools as bytes, not Accelerate's 1/8.
+        var sizes = ModuleSizes.Compute(request.Model, request.DType, memoryBytes: true);
         var layers = request.Layers.ToHashSet(StringComparer.Ordinal);
         var units = new List<Unit>();
         Flatten(request.Model, "", layers, sizes, units);
@@ -55,7 +56,7 @@ public static class ClusterPlanner
             {
                 if (request.ReplicateTiedHead)
                 {
-                    double bytes = ModuleSizes.TensorBytes(request.Model.NamedParameters().First(p => p.Key == g[0] || g.Contains(p.Key)).Tensor, request.DType);
+                    double bytes = ModuleSizes.TensorBytes(request.Model.NamedParameters().First(p => p.Key == g[0] || g.Contains(p.Key)).Tensor, request.DType, memoryBytes: true);
                     int idx = units.FindIndex(u => u.Name == owners[i]);
                     units[idx] = units[idx] with { Bytes = units[idx].Bytes + bytes };
                     replicated += bytes;
@@ -103,7 +104,7 @@ public static class ClusterPlanner
 
         var map = units.Select(u => new KeyValuePair<string, DeviceId>(u.Name, devices[assignment[u.Name]].Device)).ToList();
         map = AccelerateDeviceMap.Clean(map);
-        var usage = DevicePlanner.Usage(request.Model, map, request.Devices, request.DType)
+        var usage = DevicePlanner.Usage(request.Model, map, request.Devices, request.DType, memoryBytes: true)
             .OrderBy(x => devices.FindIndex(d => d.Device == x.Device)).ToList();
         if (replicated > 0)
         {

@@ -20,21 +20,25 @@ public sealed class ModuleSizes
 
     public bool Contains(string name) => _sizes.ContainsKey(name);
 
-    public static double TensorBytes(TensorNode t, DType? dtype)
+    /// <summary>
+    /// One tensor's bytes. Accelerate counts a bool as 1/8 byte; with <paramref name="memoryBytes"/> it counts what
+    /// the tensor really takes in memory (one byte per bool), as the cluster planner must when checking budgets.
+    /// </summary>
+    public static double TensorBytes(TensorNode t, DType? dtype, bool memoryBytes = false)
     {
         double n = t.ElementCount;
-        if (t.Kind == TensorKind.Bool) return n / 8;
+        if (t.Kind == TensorKind.Bool) return memoryBytes ? n : n / 8;
         DType own = t.FixedDType ?? DType.F32; // the meta model is built in float32
         if (t.Kind == TensorKind.Int || dtype is null) return n * DTypes.Size(own);
         return n * Math.Min(DTypes.Size(dtype.Value), DTypes.Size(own));
     }
 
-    public static ModuleSizes Compute(ModuleNode model, DType? dtype)
+    public static ModuleSizes Compute(ModuleNode model, DType? dtype, bool memoryBytes = false)
     {
         var s = new ModuleSizes();
         foreach (var (key, t) in model.NamedParameters().Concat(model.NamedBuffers()))
         {
-            double size = TensorBytes(t, dtype);
+            double size = TensorBytes(t, dtype, memoryBytes);
             var parts = key.Split('.');
             for (int i = 0; i <= parts.Length; i++)
             {

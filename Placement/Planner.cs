@@ -59,14 +59,14 @@ public static class DevicePlanner
 
     /// <summary>Bytes per device: every unique tensor counted once, on the device of its closest mapped ancestor.</summary>
     public static List<(DeviceId Device, double Bytes, double? Budget)> Usage(ModuleNode model,
-        List<KeyValuePair<string, DeviceId>> map, List<(DeviceId Device, double Bytes)> budgets, DType? dtype)
+        List<KeyValuePair<string, DeviceId>> map, List<(DeviceId Device, double Bytes)> budgets, DType? dtype, bool memoryBytes = false)
     {
         var bytes = new Dictionary<DeviceId, double>();
         foreach (var (key, t) in model.NamedParameters().Concat(model.NamedBuffers()))
         {
             var device = DeviceOf(map, key);
             if (device is null) continue;
-            bytes[device] = bytes.GetValueOrDefault(device) + ModuleSizes.TensorBytes(t, dtype);
+            bytes[device] = bytes.GetValueOrDefault(device) + ModuleSizes.TensorBytes(t, dtype, memoryBytes);
         }
         var order = map.Select(kv => kv.Value).Distinct().OrderBy(d => d.Node ?? "").ThenBy(d => d).ToList();
         return order.Select(d => (d, bytes.GetValueOrDefault(d), budgets.Where(b => b.Device == d).Select(b => (double?)b.Bytes).FirstOrDefault())).ToList();

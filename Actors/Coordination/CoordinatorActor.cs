@@ -30,7 +30,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         DeviceUsage[] Usage, StageInfo[] Stages, JsonObject GenerationConfig, long Vocab);
 
     private sealed record PendingLoad(LoadModel Request, IActorRef ReplyTo, int Epoch, Dictionary<IActorRef, long> Waiting,
-        Dictionary<IActorRef, long> Done, Loaded Result, Stopwatch Clock);
+        Dictionary<IActorRef, SliceLoaded> Done, Loaded Result, Stopwatch Clock);
 
     private sealed record LoadTimeout(int Epoch);
 
@@ -109,7 +109,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
                 worker.Ref.Tell(slice);
                 waiting[worker.Ref] = slice.PlannedBytes;
             }
-            _pending = new PendingLoad(request, Sender, epoch, waiting, new Dictionary<IActorRef, long>(), loaded, Stopwatch.StartNew());
+            _pending = new PendingLoad(request, Sender, epoch, waiting, new Dictionary<IActorRef, SliceLoaded>(), loaded, Stopwatch.StartNew());
             _state = "loading";
             Timers.StartSingleTimer("load-timeout", new LoadTimeout(epoch), _settings.LoadTimeout);
             _log.Info("loading {0} (epoch {1}) on {2} workers", request.Model, epoch, waiting.Count);
@@ -149,7 +149,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             if (strategy.StartsWith('{')) DevicePlanner.ValidateExplicit(tree, map);
             foreach (var d in map.Select(kv => kv.Value).Distinct())
                 if (!budgets.Any(b => b.Id == d)) throw new PlacementException($"device_map names {d}, which is not a device of this cluster");
-            usage = DevicePlanner.Usage(tree, map, budgets, dtype);
+            usage = DevicePlanner.Usage(tree, map, budgets, dtype, memoryBytes: true);
             foreach (var u in usage)
                 if (u.Budget is { } b && u.Bytes > b)
                     throw new PlacementException($"{u.Device} would hold {ByteSize.Format((long)u.Bytes)} but its budget is {ByteSize.Format((long)b)}: {ByteSize.Format((long)(u.Bytes - b))} missing");
@@ -191,14 +191,15 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
     private void OnSliceLoaded(SliceLoaded s)
     {
         if (_pending is null || s.PlanEpoch != _pending.Epoch) return;
-        if (_pending.Waiting.Remove(Sender)) _pending.Done[Sender] = s.Bytes;
+        if (_pending.Waiting.Remove(Sender)) _pending.Done[Sender] = s;
         if (_pending.Waiting.Count > 0) return;
         Timers.Cancel("load-timeout");
         var p = _pending;
         _pending = null;
-        var usage = p.Result.Usage.Select(u => u with
+        var usage = p.Result.Usage.Select(u =>
         {
-            LoadedBytes = p.Done.Where(d => _workers.First(w => w.Ref.Equals(d.Key)).Id.ToString() == u.Device).Sum(d => d.Value),
+            var slices = p.Done.Where(d => _workers.First(w => w.Ref.Equals(d.Key)).Id.ToString() == u.Device).Select(d => d.Value).ToList();
+            return u with { LoadedBytes = slices.Sum(x => x.Bytes), Streamed = slices.Any(x => x.Streamed) };
         }).ToArray();
         _loaded = p.Result with { Usage = usage };
         _state = "ready";

@@ -1,0 +1,136 @@
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Checkpoints;
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Tests.Support;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Tests.Actors;
+
+/// <summary>Loading without local shards, and the failure paths: lost nodes, stalls, refused slices and nodes.</summary>
+[Collection("cluster")]
+public class ClusterFaultTests
+{
+    private static readonly string Model = TestPaths.Model("llama_untied");
+    private static readonly long[][] Prompt = { new long[] { 5, 17, 42, 9, 3 } };
+
+    private static float[] SingleProcessLastLogits()
+    {
+        var m = PreTrainedModel.FromPretrained(Model);
+        using var scope = NewDisposeScope();
+        return m.Forward(tensor(Prompt[0], new long[] { 1, Prompt[0].Length }), lastOnly: true)[0, 0].data<float>().ToArray();
+    }
+
+    [Fact]
+    public async Task Nodes_without_local_shards_stream_their_slice_and_compute_the_same_logits()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB", localCheckpoints: i => i == 0);
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        Assert.Equal(3, loaded.Devices.Length);
+        Assert.All(loaded.Devices, d => Assert.Equal(d.PlannedBytes, d.LoadedBytes));
+        Assert.Equal(new[] { false, true, true }, loaded.Devices.OrderBy(d => d.Device).Select(d => d.Streamed));
+        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(30));
+        Assert.Equal(SingleProcessLastLogits(), outcome.LastLogits![0]); // bit for bit: the same bytes reached every stage
+    }
+
+    [Fact]
+    public async Task Budgets_that_force_a_three_way_split_are_honoured()
+    {
+        // llama_tied is 336 KB in three 101 KB blocks: no two 150 KB nodes can hold it.
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=150KB,node-2/cpu=150KB,node-3/cpu=150KB");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(TestPaths.Model("llama_tied")), TimeSpan.FromMinutes(1));
+        Assert.Equal(3, loaded.Devices.Length);
+        Assert.All(loaded.Devices, d => Assert.True(d.LoadedBytes <= d.BudgetBytes, $"{d.Device}: {d.LoadedBytes} > {d.BudgetBytes}"));
+        await using var tight = await EmbeddedCluster.StartAsync(2, "node-1/cpu=100KB,node-2/cpu=100KB");
+        var ex = await Assert.ThrowsAsync<ClusterException>(() => tight.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1)));
+        Assert.Contains("missing", ex.Message);
+    }
+
+    [Fact]
+    public async Task A_node_lost_mid_load_fails_the_load_naming_it_and_survivors_can_load_again()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB",
+            extraConfig: i => i == 2 ? "shardpipe.debug.load-delay = 5s" : null);
+        var load = cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        await Task.Delay(500);
+        await cluster.Nodes[2].Kill();
+        var ex = await Assert.ThrowsAsync<ClusterException>(() => load.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Contains("node-3", ex.Message);
+        var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
+        Assert.NotEqual("ready", status.State); // never a half-loaded model served
+        var again = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        Assert.Equal(new[] { "node-1", "node-2" }, again.DeviceMapValues.Select(v => v.Split('/')[0]).Distinct().Order());
+        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), again.Stages, TimeSpan.FromSeconds(30));
+        Assert.Equal(SingleProcessLastLogits(), outcome.LastLogits![0]);
+    }
+
+    [Fact]
+    public async Task A_stage_lost_mid_generation_fails_the_request_naming_it_then_the_cluster_serves_again()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB",
+            extraConfig: i => i == 1 ? "shardpipe.debug.stage-delay = 200ms" : null);
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        var firstToken = new TaskCompletionSource();
+        var run = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 50), loaded.Stages, TimeSpan.FromSeconds(20), _ => firstToken.TrySetResult());
+        await firstToken.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        await cluster.Nodes[1].Kill();
+        var ex = await Assert.ThrowsAsync<ClusterException>(() => run.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Contains("node-2/cpu", ex.Message);
+        var again = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 4), again.Stages, TimeSpan.FromSeconds(30));
+        Assert.Equal(4, outcome.Steps);
+    }
+
+    [Fact]
+    public async Task A_stalled_stage_ends_the_request_with_a_typed_error_within_the_timeout()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB",
+            extraConfig: i => i == 1 ? "shardpipe.debug.stage-delay = 4s" : null);
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        var ex = await Assert.ThrowsAsync<ClusterException>(() =>
+            cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 3), loaded.Stages, TimeSpan.FromSeconds(1)).WaitAsync(TimeSpan.FromSeconds(20)));
+        Assert.Contains("no progress", ex.Message);
+        Assert.Contains("node-2/cpu", ex.Message);
+    }
+
+    [Fact]
+    public async Task A_worker_refuses_a_slice_over_its_budget_before_reading()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(1, "node-1/cpu=100KB");
+        var ex = await Assert.ThrowsAsync<ClusterException>(() =>
+            cluster.Client.LoadAsync(Requests.Load(Model, maxMemory: "node-1/cpu=10MB"), TimeSpan.FromMinutes(1)));
+        Assert.Contains("exceeds its budget", ex.Message);
+        Assert.Contains("node-1/cpu", ex.Message);
+    }
+
+    [Fact]
+    public async Task A_node_with_a_different_frame_size_is_refused()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(1, "node-1/cpu=1GiB");
+        var odd = ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("odd", new[] { "worker" }, new[] { ("cpu", 1L << 30) },
+            extra: "akka.remote.dot-netty.tcp.maximum-frame-size = 300000b"), cluster.Nodes[0].Address.ToString());
+        try
+        {
+            await Task.Delay(3000);
+            var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
+            Assert.Equal(new[] { "node-1" }, status.Nodes);
+        }
+        finally
+        {
+            await odd.Kill();
+        }
+    }
+
+    [Fact]
+    public async Task Requests_without_a_model_or_with_bad_ids_get_typed_errors()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(1, "node-1/cpu=1GiB");
+        var noModel = await Assert.ThrowsAsync<ClusterException>(() =>
+            cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 2), Array.Empty<StageInfo>(), TimeSpan.FromSeconds(10)));
+        Assert.Contains("no model is loaded", noModel.Message);
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        var bad = await Assert.ThrowsAsync<ClusterException>(() =>
+            cluster.Client.RunAsync(Requests.Generate(new[] { new long[] { 1, 99999 } }, null, null, 2), loaded.Stages, TimeSpan.FromSeconds(10)));
+        Assert.Contains("outside the vocabulary", bad.Message);
+    }
+}
