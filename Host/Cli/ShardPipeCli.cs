@@ -16,6 +16,9 @@ public static class ShardPipeCli
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(SaveCommand.Create());
         root.Subcommands.Add(PlanCommand.Create());
+        root.Subcommands.Add(NodeCommand.Create());
+        root.Subcommands.Add(LoadCommand.CreateLoad());
+        root.Subcommands.Add(LoadCommand.CreateStatus());
         root.Subcommands.Add(SynthCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
