@@ -1,0 +1,101 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using Akka.Configuration;
+using ShardPipe.Actors.Client;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Tests.Modeling;
+using ShardPipe.Tests.Support;
+
+namespace ShardPipe.Tests.Actors;
+
+/// <summary>Three <c>shardpipe node</c> OS processes on loopback; this process joins as a client.</summary>
+[Collection("cluster")]
+public sealed class MultiProcessClusterTests : IAsyncLifetime
+{
+    private readonly List<Process> _nodes = new();
+    private readonly TempDir _tmp = new();
+    private int _seedPort;
+
+    private static int FreePort()
+    {
+        var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int p = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return p;
+    }
+
+    public Task InitializeAsync()
+    {
+        _seedPort = FreePort();
+        for (int i = 1; i <= 3; i++)
+        {
+            int port = i == 1 ? _seedPort : FreePort();
+            string roles = i == 1 ? "[coordinator, worker]" : "[worker]";
+            string conf = _tmp.File($"node-{i}.conf");
+            File.WriteAllText(conf, $@"
+akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {port} }}
+akka.cluster {{ roles = {roles}, seed-nodes = [""akka.tcp://shardpipe@127.0.0.1:{_seedPort}""] }}
+shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""1GiB"" }} ], local-checkpoints = {(i == 3 ? "off" : "on")} }}");
+            var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+            psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "shardpipe.dll"));
+            psi.ArgumentList.Add("node");
+            psi.ArgumentList.Add("--config");
+            psi.ArgumentList.Add(conf);
+            var p = Process.Start(psi)!;
+            p.OutputDataReceived += (_, _) => { };
+            p.ErrorDataReceived += (_, _) => { };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            _nodes.Add(p);
+        }
+        return Task.CompletedTask;
+    }
+
+    public Task DisposeAsync()
+    {
+        foreach (var p in _nodes)
+        {
+            try { if (!p.HasExited) p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+            p.WaitForExit(10_000);
+            p.Dispose();
+        }
+        _tmp.Dispose();
+        return Task.CompletedTask;
+    }
+
+    [Fact]
+    public async Task Three_node_processes_load_and_run_reference_models_like_hugging_face()
+    {
+        var client = ShardPipeNode.Start(ConfigurationFactory.ParseString("akka.cluster.roles = [client]\nshardpipe.devices = []"),
+            $"akka.tcp://shardpipe@127.0.0.1:{_seedPort}");
+        try
+        {
+            var api = new ShardPipeClient(client.System, client.Coordinator);
+            await api.WaitForNodesAsync(3, TimeSpan.FromSeconds(90));
+            foreach (var name in new[] { "llama_tied", "mistral_window", "gpt2" })
+            {
+                var r = new ReferenceData(name);
+                var loaded = await api.LoadAsync(Requests.Load(r.Folder, r.Variant), TimeSpan.FromMinutes(2));
+                Assert.Equal(3, loaded.DeviceMapValues.Select(v => v.Split('/')[0]).Distinct().Count());
+                Assert.Contains(loaded.Devices, d => d.Streamed); // node-3 has no local copy
+                var fwd = r.ForwardCases.First(c => c["name"]!.GetValue<string>() == "batch2_left_padded");
+                var ids = ReferenceData.Ints(fwd["input_ids"]);
+                var outcome = await api.RunAsync(Requests.Generate(ids, ReferenceData.Ints(fwd["attention_mask"]), null, 0), loaded.Stages, TimeSpan.FromSeconds(30));
+                var expected = ReferenceData.Doubles(fwd["last_logits"]!);
+                for (int b = 0; b < ids.Length; b++) ReferenceModelTests.AssertClose(expected[b], outcome.LastLogits![b], 1e-4, $"{name} row {b} across processes");
+                var gen = r.GenerateCases.Last();
+                var gids = ReferenceData.Ints(gen["input_ids"]);
+                var gmask = gen["attention_mask"] is JsonArray ? ReferenceData.Ints(gen["attention_mask"]) : null;
+                var g = await api.RunAsync(Requests.Generate(gids, gmask, null, gen["generation_kwargs"]!["max_new_tokens"]!.GetValue<int>()), loaded.Stages, TimeSpan.FromSeconds(30));
+                Assert.Equal(ReferenceData.Ints(gen["sequences"]), gids.Select((row, b) => row.Concat(g.NewTokens[b]).ToArray()).ToArray());
+            }
+        }
+        finally
+        {
+            await client.DisposeAsync();
+        }
+    }
+}
