@@ -62,10 +62,12 @@ public sealed class EmbeddedCluster : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        // Workers leave first, gracefully, so that the coordinator sees departures rather than failures.
         for (int i = Nodes.Count - 1; i >= 0; i--)
         {
-            try { await Nodes[i].System.Terminate().WaitAsync(TimeSpan.FromSeconds(10)); }
-            catch (TimeoutException) { }
+            if (Nodes[i].System.WhenTerminated.IsCompleted) continue;
+            try { await Nodes[i].DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10)); }
+            catch (TimeoutException) { await Nodes[i].Kill(); }
         }
     }
 }

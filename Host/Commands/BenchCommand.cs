@@ -11,6 +11,7 @@ public static class BenchCommand
         var cmd = new Command("bench", "Benchmarks: each prints its figures beside a baseline measured in the same run");
         cmd.Subcommands.Add(ReadBench.Create());
         cmd.Subcommands.Add(LoadBench.Create());
+        cmd.Subcommands.Add(DecodeBench.Create());
         return cmd;
     }
 }

@@ -88,13 +88,17 @@ public class InspectCliTests
     }
 
     [Fact]
-    public void Demo_generates_and_inspects_a_sharded_checkpoint()
+    public void Demo_runs_a_generated_model_across_three_embedded_nodes()
     {
         using var tmp = new TempDir();
-        var r = ShardPipeProcess.Run("demo", "--dir", tmp.Path, "--json");
+        var r = ShardPipeProcess.Run("demo", "--dir", tmp.Path, "--max-new-tokens", "6", "--json");
         Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Single(r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries));
         var json = JsonNode.Parse(r.Stdout)!;
-        Assert.Equal("LlamaForCausalLM", json["architecture"]!.GetValue<string>());
-        Assert.True(((JsonArray)json["shards"]!).Count > 1);
+        var nodes = ((JsonObject)json["hf_device_map"]!).Select(kv => kv.Value!.GetValue<string>().Split('/')[0]).Distinct().Order();
+        Assert.Equal(new[] { "node-1", "node-2", "node-3" }, nodes);
+        Assert.Equal(6, ((JsonArray)json["tokens"]!).Count);
+        Assert.True(json["tokens_per_s"]!.GetValue<double>() > 0);
+        Assert.True(Directory.GetFiles(tmp.Path, "model-*.safetensors").Length > 1);
     }
 }

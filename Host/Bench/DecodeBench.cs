@@ -1,0 +1,115 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Checkpoints;
+using ShardPipe.Checkpoints.Synthetic;
+using ShardPipe.Host.Cli;
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Loading;
+
+namespace ShardPipe.Host.Bench;
+
+/// <summary>
+/// <c>shardpipe bench decode</c>: greedy decode on a generated 125M-parameter Llama, in one run: a plain
+/// single-process TorchSharp loop; the same model on 1 embedded node (single_node_ratio); on 3 nodes
+/// (per_hop_ms over the node boundaries a token crosses); and m requests in flight over p = 2 stages, one compute
+/// thread each, against one request at a time (microbatch_ratio_vs_ideal, ideal = p·m/(m+p−1)).
+/// </summary>
+public static class DecodeBench
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model") { Description = "Checkpoint folder (default: a generated 125M Llama)" };
+        var tokens = new Option<int>("--tokens") { Description = "New tokens per generation", DefaultValueFactory = _ => 32 };
+        var micro = new Option<int>("--microbatches") { Description = "Requests in flight for the micro-batching figure (m)", DefaultValueFactory = _ => 4 };
+        var json = CommonOptions.Json();
+        var cmd = new Command("decode", "Decode tokens/s: single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages") { model, tokens, micro, json };
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(json), log).GetAwaiter().GetResult());
+        return cmd;
+    }
+
+    private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
+
+    private static async Task<int> Run(string? modelArg, int n, int m, bool asJson, ILogger log)
+    {
+        string folder = modelArg is { } d ? ModelLocator.Locate(d) : BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
+        BenchSupport.Say(asJson, $"bench decode: {folder}, {n} new tokens, greedy, EOS ignored");
+
+        // 1. Plain single-process loop (no actors).
+        var local = PreTrainedModel.FromPretrained(folder);
+        double plain = 0;
+        for (int r = 0; r < 3; r++)
+            plain = Math.Max(plain, TokenGenerator.Greedy(local, Prompt, null, new GenerationOptions { MaxNewTokens = n, IgnoreEos = true }).TokensPerSecond);
+        local.Release();
+        BenchSupport.Say(asJson, $"  single process:   {plain:0.00} tokens/s");
+
+        // 2 and 3. The same through 1 and 3 embedded nodes.
+        var (one, _) = await OnCluster(folder, 1, n, log);
+        var (three, boundaries) = await OnCluster(folder, 3, n, log);
+        double perHopMs = boundaries > 0 ? (1000.0 / three - 1000.0 / one) / boundaries : 0;
+        BenchSupport.Say(asJson, $"  1 embedded node:  {one:0.00} tokens/s (ratio {one / plain:0.000})");
+        BenchSupport.Say(asJson, $"  3 embedded nodes: {three:0.00} tokens/s; {boundaries} node boundaries per token; {perHopMs:0.000} ms per hop");
+
+        // 4. Micro-batching: m requests in flight over 2 stages, one compute thread each.
+        int threads = TorchSharp.torch.get_num_threads();
+        TorchSharp.torch.set_num_threads(1);
+        double sequential, concurrent;
+        try
+        {
+            (sequential, concurrent) = await MicroBatching(folder, m, Math.Max(4, n / 2), log);
+        }
+        finally
+        {
+            TorchSharp.torch.set_num_threads(threads);
+        }
+        double speedup = sequential / concurrent, ideal = 2.0 * m / (m + 2 - 1);
+        BenchSupport.Say(asJson, $"  micro-batching p=2, m={m}: {sequential:0.000} s one at a time, {concurrent:0.000} s in flight; speedup {speedup:0.00} of ideal {ideal:0.00}");
+
+        BenchSupport.Finish(new JsonObject
+        {
+            ["bench"] = "decode",
+            ["plain_tokens_per_s"] = Math.Round(plain, 3),
+            ["one_node_tokens_per_s"] = Math.Round(one, 3),
+            ["three_node_tokens_per_s"] = Math.Round(three, 3),
+            ["single_node_ratio"] = Math.Round(one / plain, 4),
+            ["node_boundaries_per_token"] = boundaries,
+            ["per_hop_ms"] = Math.Round(perHopMs, 4),
+            ["microbatches"] = m,
+            ["microbatch_speedup"] = Math.Round(speedup, 4),
+            ["microbatch_ratio_vs_ideal"] = Math.Round(speedup / ideal, 4),
+        });
+        return 0;
+    }
+
+    private static Generate Request(int n) => new(Guid.NewGuid().ToString("N"), Prompt, null, null, n, true, new SamplingSettings(true, 0, 0, 1, 0));
+
+    /// <summary>Best decode tokens/s of three generations on an embedded cluster, and the node boundaries one token crosses.</summary>
+    private static async Task<(double TokensPerSecond, int Boundaries)> OnCluster(string folder, int nodes, int n, ILogger log)
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(nodes);
+        var loaded = await cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
+        double best = 0;
+        for (int r = 0; r < 3; r++)
+            best = Math.Max(best, (await cluster.Client.RunAsync(Request(n), loaded.Stages, TimeSpan.FromSeconds(120))).TokensPerSecond);
+        // Each hop hands its activations to the next stage's node; the last loops the token back to the first.
+        var devices = loaded.Stages.Select(s => s.Device.Split('/')[0]).ToList();
+        int boundaries = devices.Count > 1 ? Enumerable.Range(0, devices.Count).Count(i => devices[i] != devices[(i + 1) % devices.Count]) : 0;
+        return (best, boundaries);
+    }
+
+    private static async Task<(double Sequential, double Concurrent)> MicroBatching(string folder, int m, int n, ILogger log)
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(2);
+        var loaded = await cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
+        await cluster.Client.RunAsync(Request(n), loaded.Stages, TimeSpan.FromSeconds(120)); // warm-up
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < m; i++) await cluster.Client.RunAsync(Request(n), loaded.Stages, TimeSpan.FromSeconds(120));
+        double sequential = sw.Elapsed.TotalSeconds;
+        sw.Restart();
+        await Task.WhenAll(Enumerable.Range(0, m).Select(_ => cluster.Client.RunAsync(Request(n), loaded.Stages, TimeSpan.FromSeconds(120))));
+        return (sequential, sw.Elapsed.TotalSeconds);
+    }
+}
