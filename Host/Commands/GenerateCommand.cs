@@ -19,8 +19,13 @@ public static class GenerateCommand
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate per row", DefaultValueFactory = _ => 20 };
         var greedy = new Option<bool>("--greedy") { Description = "Greedy decoding (the default)" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token" };
+        var temperature = new Option<double?>("--temperature") { Description = "Sample with this temperature (implies sampling unless --greedy)" };
+        var topK = new Option<int?>("--top-k") { Description = "Sample among the K most likely tokens" };
+        var topP = new Option<double?>("--top-p") { Description = "Sample from the smallest set of tokens whose probability reaches P" };
+        var seed = new Option<long?>("--seed") { Description = "Seed for sampling (the same seed gives the same tokens)" };
         var json = CommonOptions.Json();
-        var cmd = new Command("generate", "Generate tokens greedily in this process") { ids, mask, maxNew, greedy, ignoreEos, json };
+        var cmd = new Command("generate", "Generate tokens (greedy by default, or sampled), in this process or on a cluster")
+            { ids, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, json };
         m.AddTo(cmd);
         CommandAction.Set(cmd, (parse, log) =>
         {
@@ -28,8 +33,9 @@ public static class GenerateCommand
             var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
             int n = parse.GetValue(maxNew);
             if (n < 1) throw new ArgumentException("--max-new-tokens must be at least 1");
+            var sampling = Sampling(parse, greedy, temperature, topK, topP, seed);
             if (parse.GetValue(m.Cluster) is { } cluster)
-                return OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), parse.GetValue(json), log).GetAwaiter().GetResult();
+                return OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, parse.GetValue(json), log).GetAwaiter().GetResult();
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
@@ -39,6 +45,7 @@ public static class GenerateCommand
             {
                 MaxNewTokens = n,
                 IgnoreEos = parse.GetValue(ignoreEos),
+                DoSample = !sampling.Greedy, Temperature = sampling.Temperature, TopK = sampling.TopK, TopP = sampling.TopP, Seed = sampling.Seed,
                 OnToken = asJson ? null : t => Console.Error.Write($"{string.Join(",", t)} "),
             });
             if (asJson)
@@ -65,13 +72,28 @@ public static class GenerateCommand
     }
 
     /// <summary>Generation through the cluster: prefill and decode flow worker to worker; tokens stream back here.</summary>
+    /// <summary>Greedy unless a sampling option is given (and --greedy is not); checks the values.</summary>
+    private static ShardPipe.Messages.SamplingSettings Sampling(ParseResult parse, Option<bool> greedy, Option<double?> temperature,
+        Option<int?> topK, Option<double?> topP, Option<long?> seed)
+    {
+        double t = parse.GetValue(temperature) ?? 1.0;
+        int k = parse.GetValue(topK) ?? 0;
+        double p = parse.GetValue(topP) ?? 1.0;
+        if (t < 0) throw new ArgumentException("--temperature must be ≥ 0");
+        if (k < 0) throw new ArgumentException("--top-k must be ≥ 0");
+        if (p <= 0 || p > 1) throw new ArgumentException("--top-p must be in (0, 1]");
+        bool sample = !parse.GetValue(greedy) && (parse.GetValue(temperature) is not null || parse.GetValue(topK) is not null
+                                                  || parse.GetValue(topP) is not null || parse.GetValue(seed) is not null);
+        return new ShardPipe.Messages.SamplingSettings(!sample, t, k, p, parse.GetValue(seed) ?? 0);
+    }
+
     private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, int n,
-        bool ignoreEos, bool json, ILogger log)
+        bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, bool json, ILogger log)
     {
         await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log);
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log);
         var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, null, n, ignoreEos,
-                new ShardPipe.Messages.SamplingSettings(true, 0, 0, 1, 0)), stages, TimeSpan.FromSeconds(120),
+                sampling), stages, TimeSpan.FromSeconds(120),
             json ? null : t => Console.Error.Write($"{string.Join(",", t)} "));
         var sequences = rows.Select((r, b) => r.Concat(outcome.NewTokens[b]).ToArray()).ToArray();
         if (json)

@@ -15,6 +15,12 @@ public sealed record GenerationOptions
     public bool IgnoreEos { get; init; }
     public long[]? EosTokenIds { get; init; }
     public long? PadTokenId { get; init; }
+    /// <summary>Sample instead of taking the argmax (HF's do_sample), with these warpers and seed.</summary>
+    public bool DoSample { get; init; }
+    public double Temperature { get; init; } = 1.0;
+    public int TopK { get; init; }
+    public double TopP { get; init; } = 1.0;
+    public long Seed { get; init; }
     /// <summary>Called after each step with the new token of every row.</summary>
     public Action<long[]>? OnToken { get; init; }
 
@@ -37,7 +43,7 @@ public sealed record GenerationResult(long[][] Sequences, int NewTokens, double 
 }
 
 /// <summary>
-/// Greedy decoding with a KV cache, as HF's <c>generate(do_sample=False)</c>: positions from the attention
+/// Decoding with a KV cache, as HF's <c>generate</c> (greedy, or sampled with <see cref="GenerationOptions.DoSample"/>): positions from the attention
 /// mask (<c>cumsum(mask) − 1</c>, padded slots 1), finished rows continue with the pad token, stop when every
 /// row has produced EOS or <c>max_new_tokens</c> is reached.
 /// </summary>
@@ -53,6 +59,7 @@ public static class TokenGenerator
         var mask = (attentionMask ?? inputIds.Select(r => Enumerable.Repeat(1L, r.Length).ToArray()).ToArray()).Select(r => r.ToList()).ToArray();
         var finished = new bool[batch];
         using var cache = new KvCache();
+        using var sampler = new Sampler(!options.DoSample, options.Temperature, options.TopK, options.TopP, options.Seed);
         var sw = Stopwatch.StartNew();
         double prefill = 0;
         int produced = 0;
@@ -71,7 +78,7 @@ public static class TokenGenerator
                 positions = positions.narrow(1, positions.shape[1] - 1, 1);
             }
             var logits = model.Forward(ids, maskT, positions, cache, lastOnly: true); // (B, 1, V)
-            var next = logits.select(1, 0).argmax(-1).data<long>().ToArray();
+            var next = sampler.Next(logits.select(1, 0));
             for (int b = 0; b < batch; b++)
             {
                 if (finished[b]) next[b] = options.PadTokenId ?? 0;
