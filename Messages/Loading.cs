@@ -11,7 +11,8 @@ public sealed record LoadModel(
     [property: Key(3)] string? DType,
     [property: Key(4)] string DeviceMap,
     [property: Key(5)] string? MaxMemory,
-    [property: Key(6)] string[]? NoSplitModuleClasses) : IShardPipeMessage;
+    [property: Key(6)] string[]? NoSplitModuleClasses,
+    [property: Key(7)] string? ProgressTo = null) : IShardPipeMessage;
 
 /// <summary>The coordinator's answer when every slice is materialised.</summary>
 [MessagePackObject]

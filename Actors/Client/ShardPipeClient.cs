@@ -26,9 +26,18 @@ public sealed class ShardPipeClient
         _coordinator = coordinator;
     }
 
-    public async Task<ModelLoaded> LoadAsync(LoadModel request, TimeSpan timeout)
+    /// <summary>Loads a model; <paramref name="progress"/>, if given, sees every device's progress reports as they come.</summary>
+    public async Task<ModelLoaded> LoadAsync(LoadModel request, TimeSpan timeout, Action<SliceProgress>? progress = null)
     {
-        var reply = await _coordinator.Ask<IShardPipeMessage>(request, timeout);
+        IActorRef? listener = null;
+        if (progress is not null)
+        {
+            listener = _system.ActorOf(Props.Create(() => new LoadProgressActor(progress)));
+            request = request with { ProgressTo = Akka.Serialization.Serialization.SerializedActorPath(listener) };
+        }
+        IShardPipeMessage reply;
+        try { reply = await _coordinator.Ask<IShardPipeMessage>(request, timeout); }
+        finally { listener?.Tell(PoisonPill.Instance); }
         return reply switch
         {
             ModelLoaded ok => ok,

@@ -49,6 +49,12 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Receive<LoadModel>(OnLoad);
         Receive<SliceLoaded>(OnSliceLoaded);
         Receive<SliceFailed>(f => FailLoad(f.PlanEpoch, f.Reason));
+        Receive<SliceProgress>(p =>
+        {
+            // Progress goes to whoever asked for it; the load request itself is answered once, at the end.
+            if (_pending is { } pending && p.PlanEpoch == pending.Epoch && pending.Request.ProgressTo is { } to)
+                ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(to).Tell(p with { WorkerPath = _workers.FirstOrDefault(w => w.Path == p.WorkerPath) is { } w ? $"{w.Node}/{w.Device}" : p.WorkerPath });
+        });
         Receive<LoadTimeout>(t => FailLoad(t.Epoch, $"load did not finish within {_settings.LoadTimeout.TotalSeconds:0} s (waiting for {string.Join(", ", _pending?.Waiting.Keys.Select(Describe) ?? Array.Empty<string>())})"));
         Receive<Terminated>(OnTerminated);
         Receive<GetStatus>(s => Sender.Tell(BuildStatus(s.RequestId)));

@@ -106,7 +106,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         var replyTo = Sender;
         var self = Self;
         var system = Context.System;
-        Task.Run(() => Materialise(slice, system))
+        string selfPath = Path();
+        Task.Run(() => Materialise(slice, system, replyTo, selfPath))
             .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ex.GetBaseException().Message}"));
         Become(() => Loading(replyTo));
     }
@@ -184,8 +185,16 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private string Path() => Akka.Serialization.Serialization.SerializedActorPath(Self);
 
     /// <summary>Runs on a pool thread: build the model on meta, materialise only this slice's tensors.</summary>
-    private SliceReady Materialise(LoadSlice slice, ActorSystem system)
+    private SliceReady Materialise(LoadSlice slice, ActorSystem system, IActorRef coordinator, string self)
     {
+        long lastReport = 0;
+        var clock = Stopwatch.StartNew();
+        void Progress(int done, int total, long bytes, long totalBytes)
+        {
+            long now = clock.ElapsedMilliseconds, last = Interlocked.Read(ref lastReport);
+            if ((done == total || now - last >= 250) && Interlocked.CompareExchange(ref lastReport, now, last) == last)
+                coordinator.Tell(new SliceProgress(slice.PlanEpoch, self, done, total, bytes)); // Tell is safe off the actor thread
+        }
         var sw = Stopwatch.StartNew();
         if (_settings.DebugLoadDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugLoadDelay); // fault-injection hook (pool thread)
         var config = new PretrainedConfig((JsonObject)JsonNode.Parse(slice.ConfigJson)!);
@@ -216,6 +225,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             DType = slice.DType,
             IncludeKey = Include,
             Fetcher = fetcher,
+            Progress = Progress,
         });
         var materialised = model.NamedTensors().Where(t => t.Slot.IsMaterialised).ToList();
         long bytes = materialised.Sum(t => t.Slot.Tensor.NumberOfElements * t.Slot.Tensor.ElementSize);

@@ -58,11 +58,24 @@ shardpipe.devices = []");
         if (status.State == "ready" && status.Model is { } m && Path.GetFullPath(m) == Path.GetFullPath(ShardPipe.Checkpoints.ModelLocator.Locate(load.Model)))
             return (status.Stages, MapJson(status.DeviceMapKeys, status.DeviceMapValues), 0);
         var sw = Stopwatch.StartNew();
-        var loaded = await Client.LoadAsync(load, TimeSpan.FromMinutes(30));
+        var loaded = await LoadWithProgressAsync(load);
         foreach (var d in loaded.Devices)
             log.LogInformation("{Device}: {Loaded} loaded of {Planned} planned (budget {Budget})", d.Device,
                 ShardPipe.Checkpoints.ByteSize.Format(d.LoadedBytes), ShardPipe.Checkpoints.ByteSize.Format(d.PlannedBytes), ShardPipe.Checkpoints.ByteSize.Format(d.BudgetBytes));
         return (loaded.Stages, MapJson(loaded.DeviceMapKeys, loaded.DeviceMapValues), sw.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Loads, drawing one progress line per device report on stderr (tensors done, bytes, MB/s).</summary>
+    public Task<ModelLoaded> LoadWithProgressAsync(LoadModel load)
+    {
+        var started = DateTime.UtcNow;
+        return Client.LoadAsync(load, TimeSpan.FromMinutes(30), p =>
+        {
+            double secs = Math.Max(1e-3, (DateTime.UtcNow - started).TotalSeconds);
+            int width = 20, filled = p.TensorsTotal == 0 ? width : width * p.TensorsDone / p.TensorsTotal;
+            Console.Error.WriteLine($"  {p.WorkerPath,-18} [{new string('#', filled)}{new string('.', width - filled)}] {p.TensorsDone}/{p.TensorsTotal} tensors, " +
+                                    $"{ShardPipe.Checkpoints.ByteSize.Format(p.BytesDone)} at {p.BytesDone / secs / 1e6:0.0} MB/s");
+        });
     }
 
     public static JsonObject MapJson(string[] keys, string[] values)

@@ -12,6 +12,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(ReadBench.Create());
         cmd.Subcommands.Add(LoadBench.Create());
         cmd.Subcommands.Add(DecodeBench.Create());
+        cmd.Subcommands.Add(DistributedLoadBench.Create());
         return cmd;
     }
 }

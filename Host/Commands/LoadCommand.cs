@@ -22,7 +22,7 @@ public static class LoadCommand
     private static async Task<int> Run(ParseResult parse, ModelArguments m, Option<bool> json, ILogger log)
     {
         await using var session = await ClusterSession.ConnectAsync(parse.GetValue(m.Cluster) ?? "embedded:1", parse.GetValue(m.Nodes), log);
-        var loaded = await session.Client.LoadAsync(m.LoadRequest(parse), TimeSpan.FromMinutes(30));
+        var loaded = await session.LoadWithProgressAsync(m.LoadRequest(parse));
         var result = new JsonObject
         {
             ["hf_device_map"] = ClusterSession.MapJson(loaded.DeviceMapKeys, loaded.DeviceMapValues),

@@ -39,6 +39,8 @@ public sealed record FromPretrainedOptions
     public Func<string, bool>? IncludeKey { get; init; }
     /// <summary>Fetch tensors from here instead of local files (a node streaming its slice from another node's shard reader).</summary>
     public TensorFetcher? Fetcher { get; init; }
+    /// <summary>Called as tensors are materialised: (tensors done, tensors total, bytes done, bytes total).</summary>
+    public Action<int, int, long, long>? Progress { get; init; }
     /// <summary>Reader threads used to materialise tensors.</summary>
     public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
 }

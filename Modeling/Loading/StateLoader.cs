@@ -83,7 +83,7 @@ internal static class StateLoader
         if (options.Strict && (missing.Count > 0 || unexpected.Count > 0))
             throw new LoadingException($"strict loading of {model.ClassName}: missing keys [{string.Join(", ", missing)}], unexpected keys [{string.Join(", ", unexpected)}]");
 
-        Materialise(model, source, jobs, owners, dtype, options.Threads, log);
+        Materialise(model, source, jobs, owners, dtype, options.Threads, log, options.Progress);
         if (missing.Count > 0)
             log?.LogWarning("Some weights of {Class} were not in the checkpoint and are newly initialised: {Keys}", model.ClassName, string.Join(", ", missing));
         if (unexpected.Count > 0)
@@ -112,7 +112,7 @@ internal static class StateLoader
 
     private static void Materialise(CausalLMModel model, StateSource source,
         List<(TensorSlot Slot, string Key, string? Source, ScalarType Type, Device Device)> jobs,
-        Dictionary<TensorSlot, string> owners, DType dtype, int threads, ILogger? log)
+        Dictionary<TensorSlot, string> owners, DType dtype, int threads, ILogger? log, Action<int, int, long, long>? progress)
     {
         var sw = Stopwatch.StartNew();
         long totalBytes = jobs.Sum(j => j.Slot.ElementCount * DTypes.Size(TorchRuntime.ToDType(j.Type)));
@@ -139,6 +139,7 @@ internal static class StateLoader
                 long bytes = t.NumberOfElements * t.ElementSize;
                 long now = Interlocked.Add(ref doneBytes, bytes);
                 int n = Interlocked.Increment(ref doneCount);
+                progress?.Invoke(n, jobs.Count, now, totalBytes);
                 long ms = sw.ElapsedMilliseconds;
                 long last = Interlocked.Read(ref lastReport);
                 if (log is not null && ms - last >= 1000 && Interlocked.CompareExchange(ref lastReport, ms, last) == last)
