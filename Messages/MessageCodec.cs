@@ -21,7 +21,7 @@ public static class MessageCodec
         ("slice", typeof(LoadSlice)), ("slice-ok", typeof(SliceLoaded)), ("slice-fail", typeof(SliceFailed)),
         ("slice-prog", typeof(SliceProgress)), ("slice-rel", typeof(ReleaseSlice)),
         ("read", typeof(ReadTensor)), ("read-hdr", typeof(TensorHeader)), ("read-fail", typeof(ReadFailed)),
-        ("chunk", typeof(TensorChunk)), ("ack", typeof(ChunkAck)),
+        ("chunk", typeof(TensorChunk)), ("ack", typeof(ChunkAck)), ("mchunk", typeof(MessageChunk)),
         ("gen", typeof(Generate)), ("stage", typeof(StageInput)), ("tokens", typeof(TokensGenerated)),
         ("fwd-res", typeof(ForwardResult)), ("gen-done", typeof(GenerationDone)), ("req-fail", typeof(RequestFailed)),
         ("req-rel", typeof(ReleaseRequest)),

@@ -24,3 +24,17 @@ public sealed record TensorChunk(
 public sealed record ChunkAck(
     [property: Key(0)] string TransferId,
     [property: Key(1)] int Sequence) : IShardPipeMessage;
+
+/// <summary>
+/// One piece of a large message (an activation, a logits tensor, a big slice), sent in order; the receiver
+/// reassembles the pieces and decodes the whole under <see cref="Manifest"/>. Keeps every frame under
+/// Akka.Remote's limit and off the large-object heap.
+/// </summary>
+[MessagePackObject]
+public sealed record MessageChunk(
+    [property: Key(0)] string TransferId,
+    [property: Key(1)] int Sequence,
+    [property: Key(2)] int Count,
+    [property: Key(3)] string Manifest,
+    [property: Key(4)] uint Crc32,
+    [property: Key(5)] byte[] Data) : IShardPipeMessage;

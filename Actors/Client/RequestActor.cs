@@ -50,6 +50,14 @@ public sealed class RequestActor : ReceiveActor
             var logits = Enumerable.Range(0, (int)t.shape[0]).Select(b => t[b].data<float>().ToArray()).ToArray();
             Finish(new RequestOutcome(Array.Empty<long[]>(), logits, 0, _clock.Elapsed.TotalSeconds, 0));
         });
+        var chunks = new ChunkAssembler();
+        Receive<MessageChunk>(c =>
+        {
+            object? whole;
+            try { whole = chunks.Add(c); }
+            catch (ProtocolException ex) { Fail($"request {request.RequestId}: {ex.Message}"); return; }
+            if (whole is not null) Self.Forward(whole);
+        });
         Receive<RequestFailed>(f => Fail($"request {f.RequestId} failed at stage {f.Stage}: {f.Reason}"));
         Receive<Terminated>(t => Fail($"request {request.RequestId} failed: stage {watched.GetValueOrDefault(t.ActorRef, t.ActorRef.Path.ToString())} was lost (node stopped or unreachable)"));
         Receive<ReceiveTimeout>(_ => Fail($"request {request.RequestId} made no progress for {stallTimeout.TotalSeconds:0.#} s after {_steps.Count} step(s); " +

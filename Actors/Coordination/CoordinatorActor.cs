@@ -112,7 +112,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             var waiting = new Dictionary<IActorRef, long>();
             foreach (var (worker, slice) in slices)
             {
-                worker.Ref.Tell(slice);
+                foreach (var part in Chunking.Split(slice)) worker.Ref.Tell(part); // a big model's slice index may exceed one frame
                 waiting[worker.Ref] = slice.PlannedBytes;
             }
             _pending = new PendingLoad(request, Sender, epoch, waiting, new Dictionary<IActorRef, SliceLoaded>(), loaded, Stopwatch.StartNew());
@@ -287,6 +287,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         long pad = gc["pad_token_id"] is JsonValue p ? p.GetValue<long>() : eos.FirstOrDefault();
         var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, eos, pad, new bool[g.InputIds.Length], g.Sampling, _loaded.Epoch);
         var first = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(_loaded.Route[0].WorkerPath);
-        first.Tell(new StageInput(g.RequestId, 0, 0, null, g.InputIds, mask, positions, replyTo, state));
+        foreach (var part in Chunking.Split(new StageInput(g.RequestId, 0, 0, null, g.InputIds, mask, positions, replyTo, state)))
+            first.Tell(part, Sender);
     }
 }

@@ -78,9 +78,23 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         ReceiveAny(_ => Stash.Stash());
     }
 
+    /// <summary>A chunked message, once whole, is handled as if it had arrived in one piece (same sender).</summary>
+    private void Reassemble(MessageChunk c)
+    {
+        try
+        {
+            if (_chunks.Add(c) is { } whole) Self.Forward(whole);
+        }
+        catch (ProtocolException ex)
+        {
+            _log.Warning("{0}: dropped a chunked message: {1}", _stage, ex.Message);
+        }
+    }
+
     private void Idle()
     {
         Stash.UnstashAll();
+        Receive<MessageChunk>(Reassemble);
         Receive<LoadSlice>(StartLoad);
         Receive<ReleaseSlice>(_ => Sender.Tell(new ModelUnloaded("")));
         Receive<StageInput>(i => Reply(i, "no model slice is loaded on this stage"));
@@ -134,10 +148,13 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         ReceiveAny(_ => Stash.Stash());
     }
 
+    private readonly ChunkAssembler _chunks = new();
+
     private void Ready()
     {
         Stash.UnstashAll();
         Receive<StageInput>(RunStage);
+        Receive<MessageChunk>(Reassemble);
         Receive<ReleaseRequest>(r => _runner!.Release(r.RequestId));
         Receive<LoadSlice>(StartLoad);
         Receive<ReleaseSlice>(_ =>
@@ -148,6 +165,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         });
         Receive<EvictTick>(_ =>
         {
+            _chunks.DropStale(_settings.RequestTimeout);
             int n = _runner!.EvictIdle(_settings.CacheIdleTimeout);
             if (n > 0) _log.Info("{0}: freed the KV caches of {1} abandoned request(s)", _stage, n);
         });
@@ -175,7 +193,11 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         foreach (var o in outgoing)
         {
             if (o.Message is ReleaseRequest rel && o.Path == Path()) _runner!.Release(rel.RequestId);
-            else provider.ResolveActorRef(o.Path).Tell(o.Message, Self);
+            else
+            {
+                var target = provider.ResolveActorRef(o.Path);
+                foreach (var part in Chunking.Split(o.Message)) target.Tell(part, Self); // large activations/logits travel in chunks
+            }
         }
     }
 

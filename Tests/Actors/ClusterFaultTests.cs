@@ -134,3 +134,34 @@ public class ClusterFaultTests
         Assert.Contains("outside the vocabulary", bad.Message);
     }
 }
+
+/// <summary>Messages larger than a frame: streamed weights and chunked activations and logits.</summary>
+[Collection("cluster")]
+public class LargeMessageTests
+{
+    [Fact]
+    public async Task Tensors_and_activations_larger_than_the_frame_size_cross_intact()
+    {
+        using var tmp = new TempDir();
+        // Embedding 17000 x 512 fp32 = 35 MB (a streamed tensor ~140 frames long); a 48-token hidden state of 98 KB
+        // and a 68 KB logits row both exceed the 64 KiB chunk size.
+        ShardPipe.Checkpoints.Synthetic.SyntheticLlama.Write(tmp.Path, new ShardPipe.Checkpoints.Synthetic.SyntheticLlamaSpec
+        {
+            HiddenSize = 512, IntermediateSize = 64, NumLayers = 2, NumHeads = 8, NumKeyValueHeads = 8, VocabSize = 17000, MaxShardSize = "20MB",
+        });
+        var ids = new[] { Enumerable.Range(2, 48).Select(i => (long)(i * 37 % 16000 + 2)).ToArray() };
+        var local = PreTrainedModel.FromPretrained(tmp.Path);
+        float[] expected;
+        using (var scope = NewDisposeScope())
+            expected = local.Forward(tensor(ids[0], new long[] { 1, 48 }), lastOnly: true)[0, 0].data<float>().ToArray();
+        local.Release();
+
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB", localCheckpoints: i => i == 0);
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(tmp.Path), TimeSpan.FromMinutes(2));
+        Assert.Contains(loaded.Devices, d => d.Streamed && d.LoadedBytes > 30_000_000);
+        var outcome = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(60));
+        Assert.Equal(expected, outcome.LastLogits![0]);
+        var gen = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 3), loaded.Stages, TimeSpan.FromSeconds(60));
+        Assert.Equal(3, gen.Steps);
+    }
+}

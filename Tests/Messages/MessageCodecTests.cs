@@ -115,4 +115,27 @@ public class MessageCodecTests
         var ex = Assert.Throws<ProtocolException>(() => MessageCodec.Decode(bytes, "load"));
         Assert.Contains("Model", ex.Message);
     }
+
+    [Fact]
+    public void Large_messages_split_into_checked_chunks_and_reassemble()
+    {
+        var payload = new TensorPayload("F32", new long[] { 1, 48, 1024 }, Enumerable.Range(0, 48 * 1024 * 4).Select(i => (byte)i).ToArray());
+        var input = new StageInput("r", 0, 1, payload, null, new[] { new long[] { 1, 1 } }, new[] { new long[] { 0, 1 } }, "path",
+            new GenerationState(0, false, Array.Empty<long>(), 0, new[] { false }, new SamplingSettings(true, 0, 0, 1, 0), 1));
+        var parts = Chunking.Split(input).ToList();
+        Assert.True(parts.Count > 3);
+        Assert.All(parts, p => Assert.True(MessageCodec.Encode(p).Length < Protocol.MaxChunkBytes + 256));
+        var assembler = new ChunkAssembler();
+        object? whole = null;
+        foreach (MessageChunk c in parts) whole = assembler.Add(c);
+        Assert.Equal(Dump(input), Dump(whole!));
+        var small = input with { Hidden = null };
+        Assert.Same(small, Chunking.Split(small).Single()); // a message under the chunk size travels as itself
+
+        var corrupt = (MessageChunk)parts[1];
+        var fresh = new ChunkAssembler();
+        fresh.Add((MessageChunk)parts[0]);
+        Assert.Throws<ProtocolException>(() => fresh.Add(corrupt with { Data = corrupt.Data.Reverse().ToArray() }));
+        Assert.Throws<ProtocolException>(() => new ChunkAssembler().Add((MessageChunk)parts[2])); // no first chunk
+    }
 }
