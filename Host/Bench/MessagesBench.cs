@@ -1,0 +1,169 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using Akka.Actor;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Workers;
+using ShardPipe.Checkpoints;
+using ShardPipe.Checkpoints.SafeTensors;
+using ShardPipe.Host.Cli;
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Core;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Host.Bench;
+
+/// <summary>
+/// <c>shardpipe bench messages</c>: (1) encode + decode of a 64 MiB fp32 tensor through the wire format beside a
+/// plain copy of the same bytes into a preallocated buffer; (2) streaming that tensor as weights between two
+/// cluster nodes (chunked, CRC-checked, acknowledged) beside a raw loopback TCP copy; (3) the same bytes as an
+/// activation sent in actor-message chunks.
+/// </summary>
+public static class MessagesBench
+{
+    private const int Mib = 1 << 20;
+
+    public static Command Create()
+    {
+        var size = new Option<int>("--mib") { Description = "Tensor size in MiB", DefaultValueFactory = _ => 64 };
+        var json = CommonOptions.Json();
+        var cmd = new Command("messages", "Wire format and transfer throughput vs memcpy and raw TCP") { size, json };
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(size), parse.GetValue(json), log).GetAwaiter().GetResult());
+        return cmd;
+    }
+
+    private static async Task<int> Run(int mib, bool asJson, ILogger log)
+    {
+        TorchRuntime.Initialise();
+        long bytes = (long)mib * Mib;
+        BenchSupport.Say(asJson, $"bench messages: {mib} MiB fp32 tensor");
+        using var t = rand(bytes / 4);
+
+        // 1. Encode + decode vs memcpy.
+        var dst = GC.AllocateUninitializedArray<byte>((int)bytes);
+        var src = t.bytes.ToArray();
+        double memcpy = Best(3, () => src.AsSpan().CopyTo(dst));
+        double codec = Best(3, () =>
+        {
+            var wire = MessageCodec.Encode(new ForwardResult("bench", TensorWire.ToPayload(t)));
+            var back = (ForwardResult)MessageCodec.Decode(wire, "fwd-res");
+            using var tensorBack = TensorWire.ToTensor(back.LastLogits);
+        });
+        BenchSupport.Say(asJson, $"  encode+decode: {Gbps(bytes, codec):0.00} GB/s; memcpy {Gbps(bytes, memcpy):0.00} GB/s");
+
+        // 2. Weight streaming between two nodes vs raw TCP on loopback.
+        using var tmp = new TempFolder();
+        SafeTensorsWriter.Write(Path.Combine(tmp.Path, "model.safetensors"),
+            new[] { TensorSource.FromBytes("big", DType.F32, new[] { bytes / 4 }, src) });
+        double tcp = Best(3, () => RawTcp(src));
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB");
+        var reader = ((ExtendedActorSystem)cluster.Nodes[1].System).Provider.ResolveActorRef($"{cluster.Nodes[0].Address}/user/shard-reader");
+        double stream = double.MaxValue;
+        for (int r = 0; r < 3; r++)
+        {
+            var done = new TaskCompletionSource<(TensorHeader, byte[])>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var sw = Stopwatch.StartNew();
+            cluster.Nodes[1].System.ActorOf(Props.Create(() => new StreamReceiverActor(reader,
+                new ReadTensor(Guid.NewGuid().ToString("N"), tmp.Path, null, "big", 16), done, TimeSpan.FromSeconds(60))));
+            var (_, received) = await done.Task;
+            stream = Math.Min(stream, sw.Elapsed.TotalSeconds);
+            if (!received.AsSpan().SequenceEqual(src)) throw new ShardPipeException("streamed bytes differ from the source");
+        }
+        BenchSupport.Say(asJson, $"  weight stream node→node: {Gbps(bytes, stream):0.00} GB/s; raw TCP {Gbps(bytes, tcp):0.00} GB/s");
+
+        // 3. An activation of the same size as chunked actor messages.
+        double activation = double.MaxValue;
+        var payload = new ForwardResult("bench", TensorWire.ToPayload(t));
+        for (int r = 0; r < 2; r++)
+        {
+            var got = new TaskCompletionSource<ForwardResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var sink = cluster.Nodes[1].System.ActorOf(Props.Create(() => new AssemblingSink(got)));
+            var remoteSink = ((ExtendedActorSystem)cluster.Nodes[0].System).Provider.ResolveActorRef(Akka.Serialization.Serialization.SerializedActorPath(sink));
+            var sw = Stopwatch.StartNew();
+            foreach (var part in Chunking.Split(payload)) remoteSink.Tell(part);
+            var back = await got.Task.WaitAsync(TimeSpan.FromMinutes(2));
+            activation = Math.Min(activation, sw.Elapsed.TotalSeconds);
+            if (back.LastLogits.Data.Length != bytes) throw new ShardPipeException("activation arrived truncated");
+        }
+        BenchSupport.Say(asJson, $"  activation as actor messages: {Gbps(bytes, activation):0.00} GB/s");
+
+        BenchSupport.Finish(new JsonObject
+        {
+            ["bench"] = "messages",
+            ["bytes"] = bytes,
+            ["encode_decode_gbps"] = Math.Round(Gbps(bytes, codec), 3),
+            ["memcpy_gbps"] = Math.Round(Gbps(bytes, memcpy), 3),
+            ["encode_ratio_vs_memcpy"] = Math.Round(memcpy / codec, 4),
+            ["stream_gbps"] = Math.Round(Gbps(bytes, stream), 3),
+            ["tcp_gbps"] = Math.Round(Gbps(bytes, tcp), 3),
+            ["stream_ratio_vs_tcp"] = Math.Round(tcp / stream, 4),
+            ["activation_gbps"] = Math.Round(Gbps(bytes, activation), 3),
+        });
+        return 0;
+    }
+
+    private static double Gbps(long bytes, double s) => bytes / s / 1e9;
+
+    private static double Best(int n, Action a)
+    {
+        double best = double.MaxValue;
+        for (int i = 0; i < n; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            a();
+            best = Math.Min(best, sw.Elapsed.TotalSeconds);
+        }
+        return best;
+    }
+
+    /// <summary>The same bytes through one loopback TCP connection, 1 MiB writes and reads.</summary>
+    private static void RawTcp(byte[] data)
+    {
+        var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
+        var receive = Task.Run(() =>
+        {
+            using var s = listener.AcceptTcpClient();
+            using var stream = s.GetStream();
+            var buf = new byte[Mib];
+            long total = 0;
+            int n;
+            while ((n = stream.Read(buf)) > 0) total += n;
+            return total;
+        });
+        using (var c = new TcpClient())
+        {
+            c.Connect(IPAddress.Loopback, port);
+            using var stream = c.GetStream();
+            for (int off = 0; off < data.Length; off += Mib) stream.Write(data, off, Math.Min(Mib, data.Length - off));
+        }
+        if (receive.Result != data.Length) throw new ShardPipeException("raw TCP copy lost bytes");
+        listener.Stop();
+    }
+
+    private sealed class AssemblingSink : ReceiveActor
+    {
+        public AssemblingSink(TaskCompletionSource<ForwardResult> done)
+        {
+            var chunks = new ChunkAssembler();
+            Receive<MessageChunk>(c =>
+            {
+                if (chunks.Add(c) is ForwardResult r)
+                {
+                    done.TrySetResult(r);
+                    Context.Stop(Self);
+                }
+            });
+        }
+    }
+
+    private sealed class TempFolder : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("shardpipe-msgbench").FullName;
+        public void Dispose() => Directory.Delete(Path, recursive: true);
+    }
+}
