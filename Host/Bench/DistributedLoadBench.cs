@@ -102,11 +102,11 @@ shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""4
             await api.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), tiny, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(5));
             await api.UnloadAsync(TimeSpan.FromSeconds(30));
             await Task.Delay(2000); // let start-up settle before the idle reading
-            var idle = processes.ToDictionary(p => p.Name, p => { Reset(p.Process.Id); return Read(p.Process.Id, "VmRSS:"); });
+            var idle = processes.ToDictionary(p => p.Name, p => ProcessMemory.ResetPeakAndReadRss(p.Process.Id.ToString()));
             var sw = Stopwatch.StartNew();
             var loaded = await api.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(20));
             double seconds = sw.Elapsed.TotalSeconds;
-            var nodes = processes.Select(p => (p.Name, idle[p.Name], Read(p.Process.Id, "VmHWM:"),
+            var nodes = processes.Select(p => (p.Name, idle[p.Name], ProcessMemory.PeakRss(p.Process.Id.ToString()),
                 loaded.Devices.Where(d => d.Device.StartsWith(p.Name + "/", StringComparison.Ordinal)).Sum(d => d.LoadedBytes))).ToList();
             log.LogInformation("{Count} node(s) loaded {Bytes} in {Seconds:0.000} s", count, ByteSize.Format(nodes.Sum(n => n.Item4)), seconds);
             return new Measured(seconds, nodes);
@@ -121,19 +121,5 @@ shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""4
             }
             Directory.Delete(dir, recursive: true);
         }
-    }
-
-    private static void Reset(int pid)
-    {
-        try { File.WriteAllText($"/proc/{pid}/clear_refs", "5"); }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { }
-    }
-
-    private static long Read(int pid, string field)
-    {
-        foreach (var line in File.ReadLines($"/proc/{pid}/status"))
-            if (line.StartsWith(field, StringComparison.Ordinal))
-                return long.Parse(line[field.Length..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) * 1024;
-        return 0;
     }
 }

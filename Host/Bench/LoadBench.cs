@@ -41,7 +41,7 @@ public static class LoadBench
             long idle = 0;
             for (int r = 0; r < Math.Max(1, parse.GetValue(rounds)); r++)
             {
-                bestRead = Math.Min(bestRead, PlainRead(files));
+                bestRead = Math.Min(bestRead, BenchSupport.ReadFilesIntoFreshBuffers(files));
                 GC.Collect();
                 GC.WaitForPendingFinalizers();
                 idle = ProcessMemory.ResetPeakAndReadRss();
@@ -70,51 +70,25 @@ public static class LoadBench
         });
         return cmd;
     }
-
-    /// <summary>Each file into a fresh buffer of its size (malloc), as a loader with no tensor logic would.</summary>
-    private static unsafe double PlainRead(List<string> files)
-    {
-        var sw = Stopwatch.StartNew();
-        foreach (var f in files)
-        {
-            using var h = File.OpenHandle(f, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.SequentialScan);
-            long len = RandomAccess.GetLength(h);
-            byte* p = (byte*)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)len);
-            try
-            {
-                for (long off = 0; off < len;)
-                {
-                    int got = RandomAccess.Read(h, new Span<byte>(p + off, (int)Math.Min(len - off, 1 << 30)), off);
-                    if (got <= 0) break;
-                    off += got;
-                }
-            }
-            finally
-            {
-                System.Runtime.InteropServices.NativeMemory.Free(p);
-            }
-        }
-        return sw.Elapsed.TotalSeconds;
-    }
 }
 
-/// <summary>This process's resident memory from /proc (Linux).</summary>
+/// <summary>A process's resident memory from /proc (Linux): this one, or another by pid.</summary>
 public static class ProcessMemory
 {
-    public static long Rss() => Read("VmRSS:");
-    public static long PeakRss() => Read("VmHWM:");
+    public static long Rss(string pid = "self") => Read(pid, "VmRSS:");
+    public static long PeakRss(string pid = "self") => Read(pid, "VmHWM:");
 
     /// <summary>Resets the kernel's peak-RSS mark (write 5 to clear_refs) and returns the current RSS.</summary>
-    public static long ResetPeakAndReadRss()
+    public static long ResetPeakAndReadRss(string pid = "self")
     {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); }
+        try { File.WriteAllText($"/proc/{pid}/clear_refs", "5"); }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { }
-        return Rss();
+        return Rss(pid);
     }
 
-    private static long Read(string field)
+    private static long Read(string pid, string field)
     {
-        foreach (var line in File.ReadLines("/proc/self/status"))
+        foreach (var line in File.ReadLines($"/proc/{pid}/status"))
             if (line.StartsWith(field, StringComparison.Ordinal))
                 return long.Parse(line[field.Length..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) * 1024;
         return 0;

@@ -39,7 +39,7 @@ public static class ReadBench
             for (int r = 0; r < n; r++)
             {
                 // Interleaved so that noise on this shared machine hits every method alike.
-                a = Math.Min(a, Naive(files));
+                a = Math.Min(a, BenchSupport.ReadFilesIntoFreshBuffers(files, checksum: true));
                 b = Math.Min(b, Ceiling(files));
                 o = Math.Min(o, Ours(ckpt, t));
             }
@@ -62,40 +62,6 @@ public static class ReadBench
             return 0;
         });
         return cmd;
-    }
-
-    /// <summary>
-    /// (a) What a naive loader does: each file into a freshly allocated buffer of its size. The buffer comes from
-    /// malloc (an anonymous mapping at these sizes), so every round pays for fresh pages as a loader would; a
-    /// managed array would be recycled by the GC after the first round and hide that cost.
-    /// </summary>
-    private static unsafe double Naive(List<string> files)
-    {
-        var sw = Stopwatch.StartNew();
-        ulong sum = 0;
-        foreach (var f in files)
-        {
-            using var h = File.OpenHandle(f, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.SequentialScan);
-            long len = RandomAccess.GetLength(h);
-            byte* p = (byte*)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)len);
-            try
-            {
-                long off = 0;
-                while (off < len)
-                {
-                    int got = RandomAccess.Read(h, new Span<byte>(p + off, (int)Math.Min(len - off, 1 << 30)), off);
-                    if (got <= 0) break;
-                    off += got;
-                }
-                sum += BenchSupport.Checksum(new ReadOnlySpan<byte>(p, (int)len));
-            }
-            finally
-            {
-                System.Runtime.InteropServices.NativeMemory.Free(p);
-            }
-        }
-        GC.KeepAlive(sum);
-        return sw.Elapsed.TotalSeconds;
     }
 
     /// <summary>(b) The page-cache ceiling: one reused 16 MiB buffer, no fresh memory at all.</summary>
