@@ -5,6 +5,7 @@ using ShardPipe.Host.Cli;
 using ShardPipe.Modeling.Core;
 using ShardPipe.Modeling.Models;
 using ShardPipe.Placement;
+using Microsoft.Extensions.Logging;
 
 namespace ShardPipe.Host.Commands;
 
@@ -25,6 +26,7 @@ public static class PlanCommand
             { model, revision, deviceMap, maxMemory, noSplit, dtype, nodes, json };
         CommandAction.Set(cmd, (parse, log) =>
         {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
             string folder = ModelLocator.Locate(parse.GetValue(model)!, new LocateOptions { Revision = parse.GetValue(revision) });
             var meta = AutoModel.FromConfig(PretrainedConfig.FromFolder(folder));
             var tree = meta.ToPlacementTree();
@@ -56,6 +58,7 @@ public static class PlanCommand
                     DType = dt,
                 });
             }
+            log.LogInformation("planned {Modules} map entries in {Ms:0.0} ms (config read, meta tree built, sizes, plan)", result.DeviceMap.Count, clock.Elapsed.TotalMilliseconds);
             var output = PlanJson(result);
             if (parse.GetValue(json)) JsonOut.Print(output);
             else PrintTable(result);
