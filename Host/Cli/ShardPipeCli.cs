@@ -15,6 +15,7 @@ public static class ShardPipeCli
         root.Subcommands.Add(ForwardCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
         root.Subcommands.Add(SaveCommand.Create());
+        root.Subcommands.Add(TokenizeCommand.Create());
         root.Subcommands.Add(PlanCommand.Create());
         root.Subcommands.Add(NodeCommand.Create());
         root.Subcommands.Add(LoadCommand.CreateLoad());

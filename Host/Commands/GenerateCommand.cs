@@ -5,6 +5,8 @@ using Microsoft.Extensions.Logging;
 using ShardPipe.Host.Cli;
 using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Tokenization;
+using ShardPipe.Checkpoints;
 
 namespace ShardPipe.Host.Commands;
 
@@ -14,7 +16,8 @@ public static class GenerateCommand
     public static Command Create()
     {
         var m = new ModelArguments();
-        var ids = new Option<string>("--input-ids") { Description = "Prompt token ids, rows separated by ';'", Required = true };
+        var ids = new Option<string?>("--input-ids") { Description = "Prompt token ids, rows separated by ';'" };
+        var prompt = new Option<string?>("--prompt") { Description = "Prompt text, encoded with the tokenizer in the model folder (instead of --input-ids)" };
         var mask = new Option<string?>("--attention-mask") { Description = "0/1 per token (0 = left padding)" };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate per row", DefaultValueFactory = _ => 20 };
         var greedy = new Option<bool>("--greedy") { Description = "Greedy decoding (the default)" };
@@ -25,17 +28,26 @@ public static class GenerateCommand
         var seed = new Option<long?>("--seed") { Description = "Seed for sampling (the same seed gives the same tokens)" };
         var json = CommonOptions.Json();
         var cmd = new Command("generate", "Generate tokens (greedy by default, or sampled), in this process or on a cluster")
-            { ids, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, json };
+            { ids, prompt, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, json };
         m.AddTo(cmd);
         CommandAction.Set(cmd, (parse, log) =>
         {
-            var rows = ModelArguments.ParseRows(parse.GetValue(ids)!, "--input-ids");
+            ModelTokenizer? tokenizer = null;
+            long[][] rows;
+            if (parse.GetValue(prompt) is { } text)
+            {
+                if (parse.GetValue(ids) is not null) throw new ArgumentException("give --prompt or --input-ids, not both");
+                tokenizer = ModelTokenizer.Load(ModelLocator.Locate(parse.GetValue(m.Model)!, new LocateOptions { Revision = parse.GetValue(m.Revision), Subfolder = parse.GetValue(m.Subfolder) }));
+                rows = new[] { tokenizer.Encode(text).Ids.Select(i => (long)i).ToArray() };
+                if (rows[0].Length == 0) throw new ArgumentException("--prompt encodes to no tokens");
+            }
+            else rows = ModelArguments.ParseRows(parse.GetValue(ids) ?? throw new ArgumentException("give --input-ids or --prompt"), "--input-ids");
             var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
             int n = parse.GetValue(maxNew);
             if (n < 1) throw new ArgumentException("--max-new-tokens must be at least 1");
             var sampling = Sampling(parse, greedy, temperature, topK, topP, seed);
             if (parse.GetValue(m.Cluster) is { } cluster)
-                return OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, parse.GetValue(json), log).GetAwaiter().GetResult();
+                return OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, parse.GetValue(json), tokenizer, log).GetAwaiter().GetResult();
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
@@ -58,12 +70,14 @@ public static class GenerateCommand
                     ["prefill_s"] = Math.Round(result.PrefillSeconds, 4),
                     ["tokens_per_s"] = Math.Round(result.TokensPerSecond, 3),
                     ["hf_device_map"] = HostJson.DeviceMap(model.HfDeviceMap),
+                    ["text"] = tokenizer is null ? null : new JsonArray(result.Sequences.Select(seq => (JsonNode)JsonValue.Create(tokenizer.Decode(seq.Skip(rows[0].Length)))!).ToArray()),
                 });
             }
             else
             {
                 Console.Error.WriteLine();
-                foreach (var s in result.Sequences) Console.WriteLine(string.Join(",", s));
+                foreach (var s in result.Sequences)
+                    Console.WriteLine(tokenizer is null ? string.Join(",", s) : tokenizer.Decode(s));
                 Console.WriteLine($"load {loadS:0.00} s, prefill {result.PrefillSeconds:0.000} s, {result.TokensPerSecond:0.0} tokens/s");
             }
             return 0;
@@ -88,7 +102,7 @@ public static class GenerateCommand
     }
 
     private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, int n,
-        bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, bool json, ILogger log)
+        bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, bool json, ModelTokenizer? tokenizer, ILogger log)
     {
         await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log);
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log);
@@ -106,13 +120,14 @@ public static class GenerateCommand
                 ["prefill_s"] = Math.Round(outcome.PrefillSeconds, 4),
                 ["tokens_per_s"] = Math.Round(outcome.TokensPerSecond, 3),
                 ["hf_device_map"] = map,
+                ["text"] = tokenizer is null ? null : new JsonArray(outcome.NewTokens.Select(t => (JsonNode)JsonValue.Create(tokenizer.Decode(t))!).ToArray()),
             });
         }
         else
         {
             Console.Error.WriteLine();
             Console.WriteLine($"hf_device_map: {map.ToJsonString()}");
-            foreach (var s in sequences) Console.WriteLine(string.Join(",", s));
+            foreach (var s in sequences) Console.WriteLine(tokenizer is null ? string.Join(",", s) : tokenizer.Decode(s));
             Console.WriteLine($"load {loadS:0.00} s, prefill {outcome.PrefillSeconds:0.000} s, {outcome.TokensPerSecond:0.0} tokens/s");
         }
         return 0;
