@@ -42,6 +42,7 @@ public static class PreTrainedModel
         DType dtype = ResolveDType(options.DType, config, source);
         var model = AutoModel.FromConfig(config);
         model.Attention = options.AttnImplementation;
+        model.Logger = options.Logger;
         model.GenerationConfig = LoadGenerationConfig(folder, config);
 
         var deviceMap = options.DeviceMapDict is not null ? DeviceMapSpec.FromDict(options.DeviceMapDict)

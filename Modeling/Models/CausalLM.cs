@@ -87,6 +87,23 @@ public abstract class CausalLMModel : HfModule
     internal Device EmbedDevice { get; set; } = CPU;
     internal Device HeadDevice { get; set; } = CPU;
 
+    /// <summary>Where warnings go (from_pretrained passes its logger).</summary>
+    public Microsoft.Extensions.Logging.ILogger? Logger { get; set; }
+    private bool _warnedPadding;
+
+    /// <summary>HF's one-time warning: padding ids at a row's edge but no attention mask given.</summary>
+    public bool WarnIfPaddingAndNoAttentionMask(Tensor inputIds, Tensor? attentionMask)
+    {
+        if (_warnedPadding || attentionMask is not null || Config.GetLongOrNull("pad_token_id") is not { } pad || inputIds.shape[1] == 0) return false;
+        using var scope = NewDisposeScope();
+        bool edge = inputIds.select(1, 0).eq(pad).any().item<bool>() || inputIds.select(1, inputIds.shape[1] - 1).eq(pad).any().item<bool>();
+        if (!edge) return false;
+        _warnedPadding = true;
+        Microsoft.Extensions.Logging.LoggerExtensions.LogWarning(Logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance,
+            "We strongly recommend passing in an `attention_mask` since your input_ids may be padded (pad_token_id {Pad} at a row's edge).", pad);
+        return true;
+    }
+
     /// <summary>Frees every tensor (the model returns to the meta device).</summary>
     public void Release()
     {
@@ -103,6 +120,7 @@ public abstract class CausalLMModel : HfModule
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         long batch = inputIds.shape[0], t = inputIds.shape[1];
+        WarnIfPaddingAndNoAttentionMask(inputIds, attentionMask);
         long past = cache?.SeenTokens(0) ?? 0;
         var positions = positionIds ?? arange(past, past + t, dtype: ScalarType.Int64).unsqueeze(0).expand(batch, t);
         var hidden = Embed(inputIds.to(EmbedDevice), positions.to(EmbedDevice));

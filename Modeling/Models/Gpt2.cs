@@ -151,7 +151,7 @@ public sealed class Gpt2LMHeadModel : CausalLMModel
     public override string BaseModelPrefix => "transformer";
     public override IReadOnlyList<string> NoSplitModules => new[] { "GPT2Block" };
     public override int NumLayers => Settings.Layers;
-    public override long VocabSize => Settings.Vocab;
+    public override long VocabSize => Config.GetLong("vocab_size"); // follows resize_token_embeddings
     public override string LayerPath(int index) => $"transformer.h.{index}";
     public override string InputEmbeddingsPath => "transformer.wte";
     public override string OutputEmbeddingsPath => "lm_head";

@@ -188,7 +188,7 @@ public sealed class LlamaForCausalLM : CausalLMModel
     public override string BaseModelPrefix => "model";
     public override IReadOnlyList<string> NoSplitModules => new[] { _variant.Prefix + "DecoderLayer" };
     public override int NumLayers => Settings.NumLayers;
-    public override long VocabSize => Settings.VocabSize;
+    public override long VocabSize => Config.GetLong("vocab_size"); // follows resize_token_embeddings
     public override string LayerPath(int index) => $"model.layers.{index}";
     public override string InputEmbeddingsPath => "model.embed_tokens";
     public override string OutputEmbeddingsPath => "lm_head";
