@@ -52,4 +52,31 @@ public class TokenizerTests
         Assert.Equal(prompt.Select(i => (long)i), seq.Take(prompt.Length));
         Assert.Equal(ModelTokenizer.Load(Folder).Decode(seq.Skip(prompt.Length)), json["text"]![0]!.GetValue<string>());
     }
+
+    [Fact]
+    public void A_byte_level_bpe_tokenizer_json_encodes_like_the_vocab_and_merges_files()
+    {
+        using var tmp = new TempDir();
+        var vocab = JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "vocab.json")))!;
+        var merges = File.ReadAllLines(Path.Combine(Folder, "merges.txt")).Where(l => l.Length > 0 && !l.StartsWith("#version", StringComparison.Ordinal))
+            .Select(l => (JsonNode)JsonValue.Create(l)!).ToArray();
+        var tokenizerJson = new JsonObject
+        {
+            ["added_tokens"] = new JsonArray(new JsonObject { ["id"] = 296, ["content"] = "<|endoftext|>", ["special"] = true }),
+            ["pre_tokenizer"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false },
+            ["model"] = new JsonObject { ["type"] = "BPE", ["vocab"] = vocab.DeepClone(), ["merges"] = new JsonArray(merges) },
+        };
+        File.WriteAllText(tmp.File("tokenizer.json"), tokenizerJson.ToJsonString());
+        var fromJson = ModelTokenizer.Load(tmp.Path);
+        var fromFiles = ModelTokenizer.Load(Folder);
+        var reference = JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "reference.json")))!;
+        foreach (var c in (JsonArray)reference["cases"]!)
+        {
+            string text = c!["text"]!.GetValue<string>();
+            Assert.Equal(fromFiles.Encode(text).Ids, fromJson.Encode(text).Ids);
+        }
+        // add_prefix_space from tokenizer_config.json puts a space before the text, as GPT2Tokenizer does.
+        File.WriteAllText(tmp.File("tokenizer_config.json"), "{\"add_prefix_space\": true}");
+        Assert.Equal(fromFiles.Encode(" Hello").Ids, ModelTokenizer.Load(tmp.Path).Encode("Hello").Ids);
+    }
 }
