@@ -44,7 +44,8 @@ public sealed record GenerationState(
     [property: Key(3)] long PadTokenId,
     [property: Key(4)] bool[] Finished,
     [property: Key(5)] SamplingSettings Sampling,
-    [property: Key(6)] int PlanEpoch);
+    [property: Key(6)] int PlanEpoch,
+    [property: Key(7)] string? Coordinator = null);
 
 /// <summary>New tokens of one step, one per row (streamed to the caller).</summary>
 [MessagePackObject]

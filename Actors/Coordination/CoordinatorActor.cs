@@ -33,6 +33,10 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Dictionary<IActorRef, SliceLoaded> Done, Loaded Result, Stopwatch Clock);
 
     private sealed record LoadTimeout(int Epoch);
+    private sealed record SweepRequests;
+
+    private readonly Dictionary<string, (IActorRef Caller, DateTime Started)> _inFlight = new();
+    private readonly Queue<(Generate Request, IActorRef Caller)> _queued = new();
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly NodeSettings _settings;
@@ -64,7 +68,27 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             Sender.Tell(new ModelUnloaded(u.RequestId));
         });
         Receive<Generate>(OnGenerate);
+        Receive<GenerationDone>(d => Finished(d.RequestId));
+        Receive<RequestFailed>(f => Finished(f.RequestId));
+        Receive<SweepRequests>(_ =>
+        {
+            // A request whose stages went silent without dying is failed by its caller's stall timeout; free its slot too.
+            foreach (var id in _inFlight.Where(kv => DateTime.UtcNow - kv.Value.Started > _settings.RequestTimeout * 10).Select(kv => kv.Key).ToList())
+                Finished(id);
+        });
         Receive<ModelUnloaded>(_ => { });
+    }
+
+    protected override void PreStart() => Timers.StartPeriodicTimer("sweep", new SweepRequests(), TimeSpan.FromSeconds(10));
+
+    private void Finished(string requestId)
+    {
+        if (!_inFlight.Remove(requestId)) return;
+        while (_inFlight.Count < _settings.MaxInFlight && _queued.Count > 0)
+        {
+            var (request, caller) = _queued.Dequeue();
+            Start(request, caller);
+        }
     }
 
     public static Props Props(NodeSettings settings) => Akka.Actor.Props.Create(() => new CoordinatorActor(settings));
@@ -252,6 +276,9 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
 
     private void Unload()
     {
+        foreach (var (request, caller) in _queued) caller.Tell(new RequestFailed(request.RequestId, "coordinator", "the model was unloaded before this request started"));
+        _queued.Clear();
+        _inFlight.Clear(); // their callers watch the stages and fail by themselves
         if (_loaded is not null)
             foreach (var w in _workers) w.Ref.Tell(new ReleaseSlice(_loaded.Epoch));
         _loaded = null;
@@ -260,20 +287,35 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
 
     private void OnGenerate(Generate g)
     {
-        string replyTo = Akka.Serialization.Serialization.SerializedActorPath(Sender);
+        if (_loaded is not null && _inFlight.Count >= _settings.MaxInFlight)
+        {
+            if (_queued.Count >= _settings.MaxQueued)
+            {
+                Sender.Tell(new RequestFailed(g.RequestId, "coordinator", $"busy: {_inFlight.Count} requests in flight and {_queued.Count} queued; retry later"));
+                return;
+            }
+            _queued.Enqueue((g, Sender));
+            return;
+        }
+        Start(g, Sender);
+    }
+
+    private void Start(Generate g, IActorRef caller)
+    {
+        string replyTo = Akka.Serialization.Serialization.SerializedActorPath(caller);
         if (_loaded is null)
         {
-            Sender.Tell(new RequestFailed(g.RequestId, "coordinator", $"no model is loaded (state: {_state})"));
+            caller.Tell(new RequestFailed(g.RequestId, "coordinator", $"no model is loaded (state: {_state})"));
             return;
         }
         if (g.InputIds.Length == 0 || g.InputIds[0].Length == 0 || g.InputIds.Any(r => r.Length != g.InputIds[0].Length))
         {
-            Sender.Tell(new RequestFailed(g.RequestId, "coordinator", "input_ids must be non-empty rows of equal length"));
+            caller.Tell(new RequestFailed(g.RequestId, "coordinator", "input_ids must be non-empty rows of equal length"));
             return;
         }
         if (g.InputIds.SelectMany(r => r).Any(id => id < 0 || id >= _loaded.Vocab))
         {
-            Sender.Tell(new RequestFailed(g.RequestId, "coordinator", $"a token id is outside the vocabulary (0..{_loaded.Vocab - 1})"));
+            caller.Tell(new RequestFailed(g.RequestId, "coordinator", $"a token id is outside the vocabulary (0..{_loaded.Vocab - 1})"));
             return;
         }
         var mask = g.AttentionMask ?? g.InputIds.Select(r => r.Select(_ => 1L).ToArray()).ToArray();
@@ -285,9 +327,11 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         long[] eos = gc["eos_token_id"] is JsonArray a ? a.Select(x => x!.GetValue<long>()).ToArray()
             : gc["eos_token_id"] is JsonValue v ? new[] { v.GetValue<long>() } : Array.Empty<long>();
         long pad = gc["pad_token_id"] is JsonValue p ? p.GetValue<long>() : eos.FirstOrDefault();
-        var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, eos, pad, new bool[g.InputIds.Length], g.Sampling, _loaded.Epoch);
+        var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, eos, pad, new bool[g.InputIds.Length], g.Sampling, _loaded.Epoch,
+            Akka.Serialization.Serialization.SerializedActorPath(Self));
+        _inFlight[g.RequestId] = (caller, DateTime.UtcNow);
         var first = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(_loaded.Route[0].WorkerPath);
         foreach (var part in Chunking.Split(new StageInput(g.RequestId, 0, 0, null, g.InputIds, mask, positions, replyTo, state)))
-            first.Tell(part, Sender);
+            first.Tell(part, caller);
     }
 }

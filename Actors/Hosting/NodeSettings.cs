@@ -16,6 +16,8 @@ public sealed record NodeSettings
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(60);
     public TimeSpan CacheIdleTimeout { get; init; } = TimeSpan.FromSeconds(120);
     public long MaxFrameSize { get; init; }
+    public int MaxInFlight { get; init; } = 8;
+    public int MaxQueued { get; init; } = 64;
     public TimeSpan DebugLoadDelay { get; init; }
     public TimeSpan DebugStageDelay { get; init; }
 
@@ -53,6 +55,8 @@ public sealed record NodeSettings
             RequestTimeout = sp.GetTimeSpan("request-timeout", TimeSpan.FromSeconds(60)),
             CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout", TimeSpan.FromSeconds(120)),
             MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000,
+            MaxInFlight = sp.GetInt("max-in-flight", 8),
+            MaxQueued = sp.GetInt("max-queued", 64),
             DebugLoadDelay = sp.GetTimeSpan("debug.load-delay", TimeSpan.Zero),
             DebugStageDelay = sp.GetTimeSpan("debug.stage-delay", TimeSpan.Zero),
         };

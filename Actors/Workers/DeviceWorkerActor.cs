@@ -201,8 +201,13 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         }
     }
 
-    private void Reply(StageInput input, string reason) =>
-        ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(input.ReplyTo).Tell(new RequestFailed(input.RequestId, _stage, reason));
+    private void Reply(StageInput input, string reason)
+    {
+        var provider = ((ExtendedActorSystem)Context.System).Provider;
+        var failed = new RequestFailed(input.RequestId, _stage, reason);
+        provider.ResolveActorRef(input.ReplyTo).Tell(failed);
+        if (input.State.Coordinator is { } c) provider.ResolveActorRef(c).Tell(failed); // frees its slot in the queue
+    }
 
     private string Path() => Akka.Serialization.Serialization.SerializedActorPath(Self);
 

@@ -61,7 +61,11 @@ public sealed class StageRunner : IDisposable
 
         var logits = _model.Project(hidden).select(1, 0).to(ScalarType.Float32); // (B, V)
         if (forwardOnly)
-            return new[] { new Outgoing(input.ReplyTo, new ForwardResult(input.RequestId, TensorWire.ToPayload(logits))) };
+        {
+            var result = new List<Outgoing> { new(input.ReplyTo, new ForwardResult(input.RequestId, TensorWire.ToPayload(logits))) };
+            if (input.State.Coordinator is { } c) result.Add(new(c, new GenerationDone(input.RequestId, 0))); // frees its slot in the queue
+            return result;
+        }
         return Decide(input, logits);
     }
 
@@ -82,6 +86,7 @@ public sealed class StageRunner : IDisposable
         if (input.Step + 1 >= st.MaxNewTokens || finished.All(f => f))
         {
             output.Add(new(input.ReplyTo, new GenerationDone(input.RequestId, input.Step + 1)));
+            if (st.Coordinator is { } c) output.Add(new(c, new GenerationDone(input.RequestId, input.Step + 1)));
             foreach (var path in _route.Select(r => r.WorkerPath).Distinct())
                 output.Add(new(path, new ReleaseRequest(input.RequestId)));
             return output;

@@ -94,6 +94,24 @@ public class ClusterFaultTests
     }
 
     [Fact]
+    public async Task A_full_queue_refuses_new_requests_and_queued_ones_still_complete()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB",
+            extraConfig: i => i == 0 ? "shardpipe.max-in-flight = 1\nshardpipe.max-queued = 1" : "shardpipe.debug.stage-delay = 100ms");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        var first = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
+        await Task.Delay(200);
+        var second = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
+        await Task.Delay(200);
+        var third = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
+        var refused = await Assert.ThrowsAsync<ClusterException>(() => third.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Contains("busy", refused.Message);
+        Assert.Equal(5, (await first.WaitAsync(TimeSpan.FromSeconds(30))).Steps);
+        Assert.Equal(5, (await second.WaitAsync(TimeSpan.FromSeconds(30))).Steps); // queued, then served
+        Assert.Equal(5, (await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30))).Steps);
+    }
+
+    [Fact]
     public async Task A_worker_refuses_a_slice_over_its_budget_before_reading()
     {
         await using var cluster = await EmbeddedCluster.StartAsync(1, "node-1/cpu=100KB");
