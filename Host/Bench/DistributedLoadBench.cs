@@ -57,21 +57,13 @@ public static class DistributedLoadBench
         return 0;
     }
 
-    private static int FreePort()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int p = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return p;
-    }
 
     /// <summary>Starts <paramref name="count"/> node processes, loads once, reads every node's RSS from /proc.</summary>
     private static async Task<Measured> Measure(string folder, int count, ILogger log)
     {
         string dir = Path.Combine(Path.GetTempPath(), "shardpipe-dload-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dir);
-        int seed = FreePort();
+        int seed = Loopback.FreePort();
         var processes = new List<(string Name, Process Process)>();
         ShardPipeNode? client = null;
         try
@@ -80,7 +72,7 @@ public static class DistributedLoadBench
             {
                 string conf = Path.Combine(dir, $"node-{i}.conf");
                 File.WriteAllText(conf, $@"
-akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {(i == 1 ? seed : FreePort())} }}
+akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {(i == 1 ? seed : Loopback.FreePort())} }}
 akka.cluster {{ roles = [{(i == 1 ? "coordinator, worker" : "worker")}], seed-nodes = [""akka.tcp://shardpipe@127.0.0.1:{seed}""] }}
 shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""4GiB"" }} ] }}");
                 var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };

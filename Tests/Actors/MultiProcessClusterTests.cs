@@ -18,21 +18,13 @@ public sealed class MultiProcessClusterTests : IAsyncLifetime
     private readonly TempDir _tmp = new();
     private int _seedPort;
 
-    private static int FreePort()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int p = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return p;
-    }
 
     public Task InitializeAsync()
     {
-        _seedPort = FreePort();
+        _seedPort = Loopback.FreePort();
         for (int i = 1; i <= 3; i++)
         {
-            int port = i == 1 ? _seedPort : FreePort();
+            int port = i == 1 ? _seedPort : Loopback.FreePort();
             string roles = i == 1 ? "[coordinator, worker]" : "[worker]";
             string conf = _tmp.File($"node-{i}.conf");
             File.WriteAllText(conf, $@"
