@@ -45,4 +45,5 @@ done
 "$sp" load --cluster "127.0.0.1:$base" --model "$model" --device-map balanced
 "$sp" generate --cluster "127.0.0.1:$base" --model "$model" --input-ids "1,2,3,4,5" --max-new-tokens 8 --json
 "$sp" status --cluster "127.0.0.1:$base"
+"$sp" unload --cluster "127.0.0.1:$base"
 echo "ok: 3-process cluster loaded and ran $model (logs in $work)" >&2

@@ -159,8 +159,8 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         var meta = AutoModel.FromConfig(config);
         using var ckpt = Checkpoint.Open(folder, request.Variant);
         var dtype = PreTrainedModel.ResolveDType(request.DType, config, ckpt.Tensors.Select(t => t.Info.DType));
-        // Pipeline order: nodes by name, so that a cluster's plan does not depend on who registered first.
-        var budgets = _workers.OrderBy(w => w.Node, StringComparer.Ordinal).Select(w => (w.Id, (double)w.Budget)).ToList();
+        // Pipeline order: nodes by name (node-2 before node-10), so that a plan does not depend on who registered first.
+        var budgets = _workers.OrderBy(w => w.Node, NaturalOrder.Instance).Select(w => (w.Id, (double)w.Budget)).ToList();
         if (request.MaxMemory is { } mm)
             foreach (var (device, bytes) in MaxMemory.Parse(mm))
             {
@@ -333,5 +333,36 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         var first = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(_loaded.Route[0].WorkerPath);
         foreach (var part in Chunking.Split(new StageInput(g.RequestId, 0, 0, null, g.InputIds, mask, positions, replyTo, state)))
             first.Tell(part, caller);
+    }
+}
+
+/// <summary>Orders names with their digit runs compared as numbers: node-2 before node-10.</summary>
+public sealed class NaturalOrder : IComparer<string>
+{
+    public static readonly NaturalOrder Instance = new();
+
+    public int Compare(string? x, string? y)
+    {
+        if (x is null || y is null) return string.CompareOrdinal(x, y);
+        int i = 0, j = 0;
+        while (i < x.Length && j < y.Length)
+        {
+            if (char.IsAsciiDigit(x[i]) && char.IsAsciiDigit(y[j]))
+            {
+                int si = i, sj = j;
+                while (i < x.Length && char.IsAsciiDigit(x[i])) i++;
+                while (j < y.Length && char.IsAsciiDigit(y[j])) j++;
+                string a = x[si..i].TrimStart('0'), b = y[sj..j].TrimStart('0');
+                int c = a.Length != b.Length ? a.Length.CompareTo(b.Length) : string.CompareOrdinal(a, b);
+                if (c != 0) return c;
+            }
+            else
+            {
+                if (x[i] != y[j]) return x[i].CompareTo(y[j]);
+                i++;
+                j++;
+            }
+        }
+        return (x.Length - i).CompareTo(y.Length - j);
     }
 }

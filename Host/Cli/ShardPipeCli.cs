@@ -20,6 +20,7 @@ public static class ShardPipeCli
         root.Subcommands.Add(NodeCommand.Create());
         root.Subcommands.Add(LoadCommand.CreateLoad());
         root.Subcommands.Add(LoadCommand.CreateStatus());
+        root.Subcommands.Add(LoadCommand.CreateUnload());
         root.Subcommands.Add(SynthCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());

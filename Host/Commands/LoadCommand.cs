@@ -35,6 +35,21 @@ public static class LoadCommand
         return 0;
     }
 
+    public static Command CreateUnload()
+    {
+        var cluster = new Option<string>("--cluster") { Description = "HOST:PORT of a running cluster", Required = true };
+        var cmd = new Command("unload", "Unload the cluster's model: every worker frees its slice") { cluster };
+        CommandAction.Set(cmd, (parse, log) => Task.Run(async () =>
+        {
+            await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, null, log);
+            await session.Client.UnloadAsync(TimeSpan.FromSeconds(60));
+            var s = await session.Client.StatusAsync(TimeSpan.FromSeconds(30));
+            Console.WriteLine($"state {s.State}");
+            return 0;
+        }).GetAwaiter().GetResult());
+        return cmd;
+    }
+
     public static Command CreateStatus()
     {
         var cluster = new Option<string>("--cluster") { Description = "embedded:N or HOST:PORT", DefaultValueFactory = _ => "embedded:1" };

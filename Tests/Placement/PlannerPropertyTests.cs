@@ -180,3 +180,14 @@ public class PlannerPropertyTests
         Assert.All(model.NamedParameters(), p => Assert.False(p.Slot.IsMaterialised));
     }
 }
+
+public class NaturalOrderTests
+{
+    [Fact]
+    public void Node_names_sort_with_numbers_as_numbers()
+    {
+        var names = new[] { "node-10", "node-2", "node-1", "a", "node-02b", "node-2a" };
+        Assert.Equal(new[] { "a", "node-1", "node-2", "node-2a", "node-02b", "node-10" },
+            names.OrderBy(n => n, ShardPipe.Actors.Coordination.NaturalOrder.Instance).ToArray());
+    }
+}
