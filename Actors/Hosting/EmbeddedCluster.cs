@@ -1,5 +1,6 @@
 using Akka.Configuration;
 using ShardPipe.Actors.Client;
+using ShardPipe.Modeling.Core;
 using ShardPipe.Placement;
 
 namespace ShardPipe.Actors.Hosting;
@@ -22,9 +23,13 @@ public sealed class EmbeddedCluster : IAsyncDisposable
 
     /// <summary>Starts <paramref name="count"/> nodes (or the nodes named in <paramref name="nodeSpec"/>) and waits until all have registered.</summary>
     public static async Task<EmbeddedCluster> StartAsync(int count, string? nodeSpec = null, Func<int, string?>? extraConfig = null,
-        Func<int, bool>? localCheckpoints = null, TimeSpan? timeout = null)
+        Func<int, bool>? localCheckpoints = null, TimeSpan? timeout = null, int? computeThreads = null)
     {
         var layout = Layout(count, nodeSpec);
+        // N nodes in one process share its cores and libtorch's intra-op pool: give each node its share of the cores,
+        // or their thread pools oversubscribe the machine and every hand-off between stages waits for a time slice.
+        TorchRuntime.Initialise();
+        TorchSharp.torch.set_num_threads(computeThreads ?? Math.Max(1, Environment.ProcessorCount / Math.Max(1, layout.Count)));
         var nodes = new List<ShardPipeNode>();
         try
         {

@@ -17,6 +17,8 @@ public sealed record NodeSettings
     public TimeSpan CacheIdleTimeout { get; init; } = TimeSpan.FromSeconds(120);
     public long MaxFrameSize { get; init; }
     public int MaxInFlight { get; init; } = 8;
+    /// <summary>libtorch intra-op threads for this node's process; 0 = libtorch's default (all cores).</summary>
+    public int ComputeThreads { get; init; }
     public int MaxQueued { get; init; } = 64;
     public TimeSpan DebugLoadDelay { get; init; }
     public TimeSpan DebugStageDelay { get; init; }
@@ -56,6 +58,7 @@ public sealed record NodeSettings
             CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout", TimeSpan.FromSeconds(120)),
             MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000,
             MaxInFlight = sp.GetInt("max-in-flight", 8),
+            ComputeThreads = sp.GetInt("compute-threads", 0),
             MaxQueued = sp.GetInt("max-queued", 64),
             DebugLoadDelay = sp.GetTimeSpan("debug.load-delay", TimeSpan.Zero),
             DebugStageDelay = sp.GetTimeSpan("debug.stage-delay", TimeSpan.Zero),

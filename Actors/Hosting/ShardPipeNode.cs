@@ -47,6 +47,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
         if (settings.IsWorker)
         {
             TorchRuntime.Initialise();
+            if (settings.ComputeThreads > 0) TorchSharp.torch.set_num_threads(settings.ComputeThreads);
             system.ActorOf(Props.Create(() => new ShardReaderActor()), "shard-reader");
             for (int i = 0; i < settings.Devices.Count; i++)
             {
