@@ -9,7 +9,8 @@ public sealed record SamplingSettings(
     [property: Key(1)] double Temperature,
     [property: Key(2)] int TopK,
     [property: Key(3)] double TopP,
-    [property: Key(4)] long Seed);
+    [property: Key(4)] long Seed,
+    [property: Key(5)] double RepetitionPenalty = 1.0);
 
 /// <summary>A client asks for greedy/sampled generation (MaxNewTokens 0 = a single forward pass returning last logits).</summary>
 [MessagePackObject]
@@ -45,7 +46,8 @@ public sealed record GenerationState(
     [property: Key(4)] bool[] Finished,
     [property: Key(5)] SamplingSettings Sampling,
     [property: Key(6)] int PlanEpoch,
-    [property: Key(7)] string? Coordinator = null);
+    [property: Key(7)] string? Coordinator = null,
+    [property: Key(8)] long[][]? History = null);
 
 /// <summary>New tokens of one step, one per row (streamed to the caller).</summary>
 [MessagePackObject]

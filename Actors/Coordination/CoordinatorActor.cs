@@ -328,7 +328,8 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             : gc["eos_token_id"] is JsonValue v ? new[] { v.GetValue<long>() } : Array.Empty<long>();
         long pad = gc["pad_token_id"] is JsonValue p ? p.GetValue<long>() : eos.FirstOrDefault();
         var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, eos, pad, new bool[g.InputIds.Length], g.Sampling, _loaded.Epoch,
-            Akka.Serialization.Serialization.SerializedActorPath(Self));
+            Akka.Serialization.Serialization.SerializedActorPath(Self),
+            g.Sampling.RepetitionPenalty != 1.0 ? g.InputIds : null); // the ids so far travel only when a penalty needs them
         _inFlight[g.RequestId] = (caller, DateTime.UtcNow);
         var first = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(_loaded.Route[0].WorkerPath);
         foreach (var part in Chunking.Split(new StageInput(g.RequestId, 0, 0, null, g.InputIds, mask, positions, replyTo, state)))

@@ -74,8 +74,8 @@ public sealed class StageRunner : IDisposable
     {
         var st = input.State;
         if (!_samplers.TryGetValue(input.RequestId, out var sampler))
-            _samplers[input.RequestId] = sampler = new Sampler(st.Sampling.Greedy, st.Sampling.Temperature, st.Sampling.TopK, st.Sampling.TopP, st.Sampling.Seed);
-        var next = sampler.Next(logits);
+            _samplers[input.RequestId] = sampler = new Sampler(st.Sampling.Greedy, st.Sampling.Temperature, st.Sampling.TopK, st.Sampling.TopP, st.Sampling.Seed, st.Sampling.RepetitionPenalty);
+        var next = sampler.Next(logits, st.History);
         var finished = (bool[])st.Finished.Clone();
         for (int b = 0; b < next.Length; b++)
         {
@@ -97,7 +97,8 @@ public sealed class StageRunner : IDisposable
         output.Add(new(_route[0].WorkerPath, input with
         {
             Step = input.Step + 1, Hop = 0, Hidden = null, InputIds = next.Select(x => new[] { x }).ToArray(),
-            AttentionMask = mask, PositionIds = positions, State = st with { Finished = finished },
+            AttentionMask = mask, PositionIds = positions,
+            State = st with { Finished = finished, History = st.History?.Select((h, b) => h.Append(next[b]).ToArray()).ToArray() },
         }));
         return output;
     }

@@ -26,9 +26,10 @@ public static class GenerateCommand
         var topK = new Option<int?>("--top-k") { Description = "Sample among the K most likely tokens" };
         var topP = new Option<double?>("--top-p") { Description = "Sample from the smallest set of tokens whose probability reaches P" };
         var seed = new Option<long?>("--seed") { Description = "Seed for sampling (the same seed gives the same tokens)" };
+        var penalty = new Option<double>("--repetition-penalty") { Description = "HF's repetition_penalty (1.0 = off)", DefaultValueFactory = _ => 1.0 };
         var json = CommonOptions.Json();
         var cmd = new Command("generate", "Generate tokens (greedy by default, or sampled), in this process or on a cluster")
-            { ids, prompt, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, json };
+            { ids, prompt, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, penalty, json };
         m.AddTo(cmd);
         CommandAction.Set(cmd, (parse, log) =>
         {
@@ -45,7 +46,8 @@ public static class GenerateCommand
             var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
             int n = parse.GetValue(maxNew);
             if (n < 1) throw new ArgumentException("--max-new-tokens must be at least 1");
-            var sampling = Sampling(parse, greedy, temperature, topK, topP, seed);
+            var sampling = Sampling(parse, greedy, temperature, topK, topP, seed) with { RepetitionPenalty = parse.GetValue(penalty) };
+            if (sampling.RepetitionPenalty <= 0) throw new ArgumentException("--repetition-penalty must be positive");
             if (parse.GetValue(m.Cluster) is { } cluster)
                 return OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, parse.GetValue(json), tokenizer, log).GetAwaiter().GetResult();
             var sw = Stopwatch.StartNew();
@@ -58,6 +60,7 @@ public static class GenerateCommand
                 MaxNewTokens = n,
                 IgnoreEos = parse.GetValue(ignoreEos),
                 DoSample = !sampling.Greedy, Temperature = sampling.Temperature, TopK = sampling.TopK, TopP = sampling.TopP, Seed = sampling.Seed,
+                RepetitionPenalty = sampling.RepetitionPenalty,
                 OnToken = asJson ? null : t => Console.Error.Write($"{string.Join(",", t)} "),
             });
             if (asJson)

@@ -15,9 +15,12 @@ public sealed class Sampler : IDisposable
     private readonly int _topK;
     private readonly double _topP;
     private readonly torch.Generator? _generator;
+    private readonly double _repetitionPenalty;
 
-    public Sampler(bool greedy, double temperature = 1.0, int topK = 0, double topP = 1.0, long seed = 0)
+    public Sampler(bool greedy, double temperature = 1.0, int topK = 0, double topP = 1.0, long seed = 0, double repetitionPenalty = 1.0)
     {
+        if (repetitionPenalty <= 0) throw new ArgumentException("repetition_penalty must be positive");
+        _repetitionPenalty = repetitionPenalty;
         _greedy = greedy || temperature <= 0;
         _temperature = temperature;
         _topK = topK;
@@ -25,11 +28,24 @@ public sealed class Sampler : IDisposable
         if (!_greedy) _generator = new torch.Generator((ulong)seed);
     }
 
-    /// <summary>logits (B, V) → one token per row.</summary>
-    public long[] Next(Tensor logits)
+    /// <summary>logits (B, V) → one token per row; <paramref name="history"/> (the ids so far, per row) feeds the repetition penalty.</summary>
+    public long[] Next(Tensor logits, IReadOnlyList<IReadOnlyCollection<long>>? history = null)
     {
         using var scope = NewDisposeScope();
         var scores = logits.to(ScalarType.Float32);
+        if (_repetitionPenalty != 1.0 && history is not null)
+        {
+            // HF's RepetitionPenaltyLogitsProcessor: seen tokens' scores are divided by the penalty, or multiplied if negative.
+            scores = scores.clone();
+            for (int b = 0; b < history.Count; b++)
+            {
+                var ids = tensor(history[b].Distinct().ToArray());
+                if (ids.shape[0] == 0) continue;
+                var row = scores[b];
+                var seen = row.index_select(0, ids);
+                row.index_copy_(0, ids, where(seen.lt(0), seen * _repetitionPenalty, seen / _repetitionPenalty));
+            }
+        }
         if (_greedy) return scores.argmax(-1).data<long>().ToArray();
         if (_temperature != 1.0) scores = scores / _temperature;
         long vocab = scores.shape[^1];

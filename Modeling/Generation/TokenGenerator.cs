@@ -21,6 +21,8 @@ public sealed record GenerationOptions
     public int TopK { get; init; }
     public double TopP { get; init; } = 1.0;
     public long Seed { get; init; }
+    /// <summary>HF's repetition_penalty (1.0 = off); applies to greedy decoding too.</summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
     /// <summary>Called after each step with the new token of every row.</summary>
     public Action<long[]>? OnToken { get; init; }
 
@@ -59,7 +61,7 @@ public static class TokenGenerator
         var mask = (attentionMask ?? inputIds.Select(r => Enumerable.Repeat(1L, r.Length).ToArray()).ToArray()).Select(r => r.ToList()).ToArray();
         var finished = new bool[batch];
         using var cache = new KvCache();
-        using var sampler = new Sampler(!options.DoSample, options.Temperature, options.TopK, options.TopP, options.Seed);
+        using var sampler = new Sampler(!options.DoSample, options.Temperature, options.TopK, options.TopP, options.Seed, options.RepetitionPenalty);
         var sw = Stopwatch.StartNew();
         double prefill = 0;
         int produced = 0;
@@ -78,7 +80,7 @@ public static class TokenGenerator
                 positions = positions.narrow(1, positions.shape[1] - 1, 1);
             }
             var logits = model.Forward(ids, maskT, positions, cache, lastOnly: true); // (B, 1, V)
-            var next = sampler.Next(logits.select(1, 0));
+            var next = sampler.Next(logits.select(1, 0), sequences);
             for (int b = 0; b < batch; b++)
             {
                 if (finished[b]) next[b] = options.PadTokenId ?? 0;

@@ -42,4 +42,30 @@ public class SamplingTests
         Assert.Subset(new HashSet<long> { 0, 1 }, seen); // tokens 2..4 hold < 10% of the mass together
         Assert.Equal(2, seen.Count);
     }
+
+    [Fact]
+    public void Repetition_penalty_divides_positive_and_multiplies_negative_scores_of_seen_tokens()
+    {
+        using var logits = tensor(new float[] { 2f, -2f, 1.5f }).unsqueeze(0);
+        using var plain = new Sampler(greedy: true);
+        using var penalised = new Sampler(greedy: true, repetitionPenalty: 2.0);
+        var seen = new List<IReadOnlyCollection<long>> { new long[] { 0, 1 } };
+        Assert.Equal(0, plain.Next(logits, seen)[0]);
+        Assert.Equal(2, penalised.Next(logits, seen)[0]); // 2 → 1, -2 → -4, 1.5 unchanged
+    }
+
+    [Fact]
+    public void Repetition_penalty_gives_the_same_tokens_in_process_and_on_a_cluster()
+    {
+        string model = TestPaths.Model("llama_untied");
+        string[] args = { "generate", "--model", model, "--input-ids", "5,6,7,5,6", "--max-new-tokens", "8", "--repetition-penalty", "1.8", "--json" };
+        var local = ShardPipeProcess.Run(args);
+        var cluster = ShardPipeProcess.Run(args.Concat(new[] { "--cluster", "embedded:2" }).ToArray());
+        Assert.True(local.ExitCode == 0 && cluster.ExitCode == 0, local.Stderr + cluster.Stderr);
+        var a = System.Text.Json.Nodes.JsonNode.Parse(local.Stdout)!["sequences"]!.ToJsonString();
+        var b = System.Text.Json.Nodes.JsonNode.Parse(cluster.Stdout)!["sequences"]!.ToJsonString();
+        Assert.Equal(a, b);
+        var none = ShardPipeProcess.Run(args.Take(args.Length - 3).Append("--json").ToArray());
+        Assert.NotEqual(a, System.Text.Json.Nodes.JsonNode.Parse(none.Stdout)!["sequences"]!.ToJsonString());
+    }
 }
