@@ -30,7 +30,8 @@ public class ClusterFaultTests
         Assert.All(loaded.Devices, d => Assert.Equal(d.PlannedBytes, d.LoadedBytes));
         Assert.Equal(new[] { false, true, true }, loaded.Devices.OrderBy(d => d.Device).Select(d => d.Streamed));
         var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(30));
-        Assert.Equal(SingleProcessLastLogits(), outcome.LastLogits![0]); // bit for bit: the same bytes reached every stage
+        // The same bytes reached every stage: equal up to summation order (thread counts differ between the runs).
+        ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(SingleProcessLastLogits().Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "streamed slices");
     }
 
     [Fact]
@@ -61,7 +62,7 @@ public class ClusterFaultTests
         var again = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         Assert.Equal(new[] { "node-1", "node-2" }, again.DeviceMapValues.Select(v => v.Split('/')[0]).Distinct().Order());
         var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), again.Stages, TimeSpan.FromSeconds(30));
-        Assert.Equal(SingleProcessLastLogits(), outcome.LastLogits![0]);
+        ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(SingleProcessLastLogits().Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "reloaded on survivors");
     }
 
     [Fact]
@@ -178,7 +179,7 @@ public class LargeMessageTests
         var loaded = await cluster.Client.LoadAsync(Requests.Load(tmp.Path), TimeSpan.FromMinutes(2));
         Assert.Contains(loaded.Devices, d => d.Streamed && d.LoadedBytes > 30_000_000);
         var outcome = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(60));
-        Assert.Equal(expected, outcome.LastLogits![0]);
+        ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "large messages");
         var gen = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 3), loaded.Stages, TimeSpan.FromSeconds(60));
         Assert.Equal(3, gen.Steps);
     }
