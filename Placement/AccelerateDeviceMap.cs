@@ -169,13 +169,8 @@ public static class AccelerateDeviceMap
             if (current >= devices.Count) throw new PlacementException($"no device left for '{name}' ({size} bytes)");
             var device = devices[current];
             double? maxSize = device == DeviceId.Disk ? null : budget[device];
-            double reserved = 0;
-            if (mainDevices.Contains(device))
-            {
-                maxSize -= maxLayer;
-                reserved = maxLayer;
-            }
-            _ = reserved;
+            // The first GPU and the cpu keep room for the largest layer (Accelerate's main_devices).
+            if (mainDevices.Contains(device)) maxSize -= maxLayer;
 
             if (maxSize is not null && used + size > maxSize)
             {

@@ -39,11 +39,10 @@ public static class ForwardCommand
             var logits = model.Forward(T(rows), maskRows is null ? null : T(maskRows), posRows is null ? null : T(posRows), lastOnly: true);
             double forwardS = sw.Elapsed.TotalSeconds;
             var last = Enumerable.Range(0, rows.Length).Select(b => logits[b, 0].data<float>().ToArray()).ToArray();
-            var argmax = last.Select(r => Array.IndexOf(r, r.Max())).ToArray();
             var result = new JsonObject
             {
-                ["last_logits"] = new JsonArray(last.Select(r => (JsonNode)new JsonArray(r.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray())).ToArray()),
-                ["argmax"] = new JsonArray(argmax.Select(a => (JsonNode)JsonValue.Create(a)!).ToArray()),
+                ["last_logits"] = LogitsJson(last),
+                ["argmax"] = ArgmaxJson(last),
                 ["dtype"] = model.DType.ToString().ToLowerInvariant(),
                 ["hf_device_map"] = HostJson.DeviceMap(model.HfDeviceMap),
                 ["load_s"] = Math.Round(loadS, 4),
@@ -54,6 +53,12 @@ public static class ForwardCommand
         });
         return cmd;
     }
+
+    private static JsonArray LogitsJson(float[][] last) =>
+        new(last.Select(r => (JsonNode)new JsonArray(r.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray())).ToArray());
+
+    private static JsonArray ArgmaxJson(float[][] last) =>
+        new(last.Select(r => (JsonNode)JsonValue.Create(Array.IndexOf(r, r.Max()))!).ToArray());
 
     private static void Print(JsonObject result, float[][] last, bool json)
     {
@@ -81,8 +86,8 @@ public static class ForwardCommand
         var last = outcome.LastLogits!;
         var result = new JsonObject
         {
-            ["last_logits"] = new JsonArray(last.Select(r => (JsonNode)new JsonArray(r.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray())).ToArray()),
-            ["argmax"] = new JsonArray(last.Select(r => (JsonNode)JsonValue.Create(Array.IndexOf(r, r.Max()))!).ToArray()),
+            ["last_logits"] = LogitsJson(last),
+            ["argmax"] = ArgmaxJson(last),
             ["hf_device_map"] = map,
             ["load_s"] = Math.Round(loadS, 4),
             ["forward_s"] = Math.Round(sw.Elapsed.TotalSeconds, 4),
