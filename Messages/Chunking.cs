@@ -20,8 +20,8 @@ public static class Chunking
         int count = (bytes.Length + Protocol.MaxChunkBytes - 1) / Protocol.MaxChunkBytes;
         for (int i = 0; i < count; i++)
         {
-            var data = bytes.AsSpan(i * Protocol.MaxChunkBytes, Math.Min(Protocol.MaxChunkBytes, bytes.Length - i * Protocol.MaxChunkBytes)).ToArray();
-            yield return new MessageChunk(id, i, count, manifest, Crc32.HashToUInt32(data), data);
+            var data = bytes.AsMemory(i * Protocol.MaxChunkBytes, Math.Min(Protocol.MaxChunkBytes, bytes.Length - i * Protocol.MaxChunkBytes)); // a view: copied once, into its frame
+            yield return new MessageChunk(id, i, count, manifest, Crc32.HashToUInt32(data.Span), data);
         }
     }
 }
@@ -29,12 +29,12 @@ public static class Chunking
 /// <summary>Reassembles chunked messages on the receiving side (one per actor; not thread-safe).</summary>
 public sealed class ChunkAssembler
 {
-    private readonly Dictionary<string, (List<byte[]> Parts, DateTime Started)> _open = new();
+    private readonly Dictionary<string, (List<ReadOnlyMemory<byte>> Parts, DateTime Started)> _open = new();
 
     /// <summary>Adds a chunk; returns the decoded message once the last chunk is in, else null.</summary>
     public object? Add(MessageChunk c)
     {
-        if (Crc32.HashToUInt32(c.Data) != c.Crc32)
+        if (Crc32.HashToUInt32(c.Data.Span) != c.Crc32)
         {
             _open.Remove(c.TransferId);
             throw new ProtocolException($"chunk {c.Sequence} of {c.TransferId} ('{c.Manifest}') failed its CRC-32 check");
@@ -42,7 +42,7 @@ public sealed class ChunkAssembler
         if (!_open.TryGetValue(c.TransferId, out var entry))
         {
             if (c.Sequence != 0) throw new ProtocolException($"chunk {c.Sequence} of {c.TransferId} arrived without its first chunk");
-            entry = (new List<byte[]>(c.Count), DateTime.UtcNow);
+            entry = (new List<ReadOnlyMemory<byte>>(c.Count), DateTime.UtcNow);
             _open[c.TransferId] = entry;
         }
         if (c.Sequence != entry.Parts.Count || c.Count <= 0 || c.Sequence >= c.Count)
@@ -53,11 +53,11 @@ public sealed class ChunkAssembler
         entry.Parts.Add(c.Data);
         if (entry.Parts.Count < c.Count) return null;
         _open.Remove(c.TransferId);
-        var whole = new byte[entry.Parts.Sum(p => p.Length)];
+        var whole = GC.AllocateUninitializedArray<byte>(entry.Parts.Sum(p => p.Length));
         int at = 0;
         foreach (var p in entry.Parts)
         {
-            p.CopyTo(whole, at);
+            p.Span.CopyTo(whole.AsSpan(at));
             at += p.Length;
         }
         return MessageCodec.Decode(whole, c.Manifest);

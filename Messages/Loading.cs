@@ -122,14 +122,35 @@ public sealed record SliceProgress(
 [MessagePackObject]
 public sealed record ReleaseSlice([property: Key(0)] int PlanEpoch) : IShardPipeMessage;
 
-/// <summary>A worker without a local copy asks a shard reader for one tensor, streamed as <see cref="TensorChunk"/>s.</summary>
+/// <summary>
+/// A worker without a local copy asks a shard reader for one tensor: streamed as <see cref="TensorChunk"/>s, or, when
+/// <see cref="Bulk"/> and the reader runs a bulk channel, offered over a socket (<see cref="BulkOffer"/>).
+/// </summary>
 [MessagePackObject]
 public sealed record ReadTensor(
     [property: Key(0)] string TransferId,
     [property: Key(1)] string Model,
     [property: Key(2)] string? Variant,
     [property: Key(3)] string Tensor,
-    [property: Key(4)] int Window) : IShardPipeMessage;
+    [property: Key(4)] int Window,
+    [property: Key(5)] bool Bulk = false) : IShardPipeMessage;
+
+/// <summary>
+/// The reader's answer to a bulk <see cref="ReadTensor"/>: connect to <see cref="Host"/>:<see cref="Port"/>, present
+/// <see cref="Token"/> (good for one transfer, briefly), and receive the tensor's bytes in checksummed chunks of at
+/// most <see cref="ChunkBytes"/>, acknowledging each; the reader keeps at most <see cref="Window"/> unacknowledged.
+/// </summary>
+[MessagePackObject]
+public sealed record BulkOffer(
+    [property: Key(0)] string TransferId,
+    [property: Key(1)] string Host,
+    [property: Key(2)] int Port,
+    [property: Key(3)] byte[] Token,
+    [property: Key(4)] string DType,
+    [property: Key(5)] long[] Shape,
+    [property: Key(6)] long TotalBytes,
+    [property: Key(7)] int ChunkBytes,
+    [property: Key(8)] int Window) : IShardPipeMessage;
 
 /// <summary>The reader's header for a streamed tensor: what will arrive.</summary>
 [MessagePackObject]

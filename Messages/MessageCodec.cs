@@ -21,6 +21,7 @@ public static class MessageCodec
         ("slice", typeof(LoadSlice)), ("slice-ok", typeof(SliceLoaded)), ("slice-fail", typeof(SliceFailed)),
         ("slice-prog", typeof(SliceProgress)), ("slice-rel", typeof(ReleaseSlice)),
         ("read", typeof(ReadTensor)), ("read-hdr", typeof(TensorHeader)), ("read-fail", typeof(ReadFailed)),
+        ("bulk-offer", typeof(BulkOffer)),
         ("chunk", typeof(TensorChunk)), ("ack", typeof(ChunkAck)), ("mchunk", typeof(MessageChunk)),
         ("gen", typeof(Generate)), ("stage", typeof(StageInput)), ("tokens", typeof(TokensGenerated)),
         ("fwd-res", typeof(ForwardResult)), ("gen-done", typeof(GenerationDone)), ("req-fail", typeof(RequestFailed)),
@@ -31,7 +32,7 @@ public static class MessageCodec
     private static readonly Dictionary<string, Type> ByManifest = Table.ToDictionary(t => t.Manifest, t => t.Type, StringComparer.Ordinal);
 
     private static readonly MessagePackSerializerOptions Options = MessagePackSerializerOptions.Standard
-        .WithResolver(StandardResolver.Instance)
+        .WithResolver(CompositeResolver.Create(new MessagePack.Formatters.IMessagePackFormatter[] { WireBytes.Formatter }, new IFormatterResolver[] { StandardResolver.Instance }))
         .WithSecurity(MessagePackSecurity.UntrustedData);
 
     public static IReadOnlyCollection<Type> Types => ByType.Keys;
@@ -40,10 +41,15 @@ public static class MessageCodec
         ByType.TryGetValue(message.GetType(), out var m) ? m
             : throw new ProtocolException($"{message.GetType().Name} is not a ShardPipe wire message (no manifest)");
 
+    /// <summary>The message's frame: exact size, bulk byte fields copied once, straight from their memory.</summary>
     public static byte[] Encode(object message)
     {
         if (!ByType.ContainsKey(message.GetType())) throw new ProtocolException($"{message.GetType().Name} is not a ShardPipe wire message (no manifest)");
-        return MessagePackSerializer.Serialize(message.GetType(), message, Options);
+        using var frame = new FrameWriter();
+        var writer = new MessagePackWriter(frame);
+        MessagePackSerializer.Serialize(message.GetType(), ref writer, message, Options);
+        writer.Flush();
+        return frame.ToArray();
     }
 
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<Type, (PropertyInfo Property, bool Nullable)[]> Fields = new();

@@ -2,12 +2,15 @@ using MessagePack;
 
 namespace ShardPipe.Messages;
 
-/// <summary>A tensor on the wire: safetensors dtype code, shape, and raw little-endian bytes.</summary>
+/// <summary>
+/// A tensor on the wire: safetensors dtype code, shape, and raw little-endian bytes. <see cref="Data"/> may be a view
+/// of tensor storage (sending) or of the received frame (receiving); see <see cref="WireBytes"/>.
+/// </summary>
 [MessagePackObject]
 public sealed record TensorPayload(
     [property: Key(0)] string DType,
     [property: Key(1)] long[] Shape,
-    [property: Key(2)] byte[] Data);
+    [property: Key(2)] ReadOnlyMemory<byte> Data);
 
 /// <summary>One piece of a large transfer (weights or activations), checksummed, acknowledged by the receiver.</summary>
 [MessagePackObject]
@@ -17,7 +20,7 @@ public sealed record TensorChunk(
     [property: Key(2)] long Offset,
     [property: Key(3)] long TotalBytes,
     [property: Key(4)] uint Crc32,
-    [property: Key(5)] byte[] Data) : IShardPipeMessage;
+    [property: Key(5)] ReadOnlyMemory<byte> Data) : IShardPipeMessage;
 
 /// <summary>The receiver has everything up to and including <see cref="Sequence"/>; the sender may move its window.</summary>
 [MessagePackObject]
@@ -37,4 +40,4 @@ public sealed record MessageChunk(
     [property: Key(2)] int Count,
     [property: Key(3)] string Manifest,
     [property: Key(4)] uint Crc32,
-    [property: Key(5)] byte[] Data) : IShardPipeMessage;
+    [property: Key(5)] ReadOnlyMemory<byte> Data) : IShardPipeMessage;

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
@@ -5,23 +6,25 @@ using static TorchSharp.torch;
 
 namespace ShardPipe.Actors.Workers;
 
-/// <summary>Tensors to and from <see cref="TensorPayload"/>: one copy each way, straight from and into tensor storage.</summary>
+/// <summary>Tensors to and from <see cref="TensorPayload"/>: one copy in all (tensor storage into the frame); the receiver's tensor is built over the frame.</summary>
 public static class TensorWire
 {
-    public static TensorPayload ToPayload(Tensor t)
-    {
-        using var cpu = t.cpu().contiguous();
-        return new TensorPayload(DTypes.Code(TorchRuntime.ToDType(cpu.dtype)), cpu.shape, cpu.bytes.ToArray());
-    }
+    /// <summary>A payload viewing the tensor's storage (no copy; encoding copies it once into the frame).</summary>
+    public static TensorPayload ToPayload(Tensor t) => new(DTypes.Code(TorchRuntime.ToDType(t.dtype)), t.shape, TensorMemory.Of(t));
 
     public static Tensor ToTensor(TensorPayload p)
     {
         if (!DTypes.TryParseCode(p.DType, out var dtype)) throw new ProtocolException($"tensor payload has unknown dtype '{p.DType}'");
         long expected = p.Shape.Aggregate((long)DTypes.Size(dtype), (a, b) => checked(a * b));
-        if (p.Shape.Any(d => d < 0) || expected != p.Data.LongLength)
+        if (p.Shape.Any(d => d < 0) || expected != p.Data.Length)
             throw new ProtocolException($"tensor payload of shape [{string.Join(", ", p.Shape)}] {p.DType} carries {p.Data.Length} bytes, expected {expected}");
-        var t = empty(p.Shape, TorchRuntime.ToScalarType(dtype));
-        p.Data.CopyTo(t.bytes);
+        var scalar = TorchRuntime.ToScalarType(dtype);
+        // A received frame: the tensor is built over it in place. Anything else (a local message) is copied.
+        if (MemoryMarshal.TryGetArray(p.Data, out var segment) && TensorMemory.Over(segment.Array!, segment.Offset, segment.Count, scalar, p.Shape) is { } shared)
+            return shared;
+        var t = empty(p.Shape, scalar);
+        p.Data.Span.CopyTo(t.bytes);
+        GC.KeepAlive(p); // the span does not keep the memory's owner alive
         return t;
     }
 

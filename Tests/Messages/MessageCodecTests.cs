@@ -21,6 +21,12 @@ public class MessageCodecTests
         if (type == typeof(double)) return rng.NextDouble() * 1e6 - 5e5;
         if (type == typeof(bool)) return rng.Next(2) == 1;
         if (type == typeof(byte[])) { var b = new byte[rng.Next(0, 300)]; rng.NextBytes(b); return b; }
+        if (type == typeof(ReadOnlyMemory<byte>)) // sometimes past the bulk threshold, so both encodings are covered
+        {
+            var b = new byte[rng.Next(4) == 0 ? rng.Next(WireBytes.BulkThreshold, 3 * WireBytes.BulkThreshold) : rng.Next(0, 300)];
+            rng.NextBytes(b);
+            return new ReadOnlyMemory<byte>(b);
+        }
         if (type.IsArray)
         {
             var elem = type.GetElementType()!;
@@ -135,7 +141,7 @@ public class MessageCodecTests
         var corrupt = (MessageChunk)parts[1];
         var fresh = new ChunkAssembler();
         fresh.Add((MessageChunk)parts[0]);
-        Assert.Throws<ProtocolException>(() => fresh.Add(corrupt with { Data = corrupt.Data.Reverse().ToArray() }));
+        Assert.Throws<ProtocolException>(() => fresh.Add(corrupt with { Data = corrupt.Data.ToArray().Reverse().ToArray() }));
         Assert.Throws<ProtocolException>(() => new ChunkAssembler().Add((MessageChunk)parts[2])); // no first chunk
     }
 }
