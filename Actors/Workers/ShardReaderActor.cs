@@ -118,12 +118,12 @@ public sealed class StreamReceiverActor : ReceiveActor
                 Fail($"chunk {c.Sequence} of '{request.Tensor}' out of order or out of bounds (expected {_expected})");
                 return;
             }
-            if (Crc32.HashToUInt32(c.Data) != c.Crc32)
+            if (Crc32.HashToUInt32(c.Data.Span) != c.Crc32)
             {
                 Fail($"chunk {c.Sequence} of '{request.Tensor}' failed its CRC-32 check");
                 return;
             }
-            c.Data.CopyTo(_buffer, c.Offset);
+            c.Data.Span.CopyTo(_buffer.AsSpan(checked((int)c.Offset)));
             _expected++;
             Sender.Tell(new ChunkAck(c.TransferId, c.Sequence));
             if (c.Offset + c.Data.Length == _buffer.LongLength) Finish();
