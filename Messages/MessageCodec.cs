@@ -15,7 +15,7 @@ public static class MessageCodec
     private static readonly (string Manifest, Type Type)[] Table =
     {
         ("reg", typeof(RegisterWorker)), ("reg-ok", typeof(WorkerRegistered)), ("reg-no", typeof(WorkerRefused)),
-        ("ping", typeof(Ping)), ("pong", typeof(Pong)),
+        ("hello", typeof(Hello)), ("ping", typeof(Ping)), ("pong", typeof(Pong)),
         ("load", typeof(LoadModel)), ("loaded", typeof(ModelLoaded)), ("load-fail", typeof(LoadFailed)),
         ("status?", typeof(GetStatus)), ("status", typeof(ClusterStatus)), ("unload", typeof(UnloadModel)), ("unloaded", typeof(ModelUnloaded)),
         ("slice", typeof(LoadSlice)), ("slice-ok", typeof(SliceLoaded)), ("slice-fail", typeof(SliceFailed)),

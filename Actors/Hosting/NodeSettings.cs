@@ -20,7 +20,10 @@ public sealed record NodeSettings
     /// <summary>libtorch intra-op threads for this node's process; 0 = libtorch's default (all cores).</summary>
     public int ComputeThreads { get; init; }
     public int MaxQueued { get; init; } = 64;
+    public BulkSettings Bulk { get; init; } = new();
     public TimeSpan DebugLoadDelay { get; init; }
+    /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
+    public int? DebugProtocolVersion { get; init; }
     public TimeSpan DebugStageDelay { get; init; }
 
     public bool IsCoordinator => Roles.Contains("coordinator");
@@ -60,8 +63,46 @@ public sealed record NodeSettings
             MaxInFlight = sp.GetInt("max-in-flight", 8),
             ComputeThreads = sp.GetInt("compute-threads", 0),
             MaxQueued = sp.GetInt("max-queued", 64),
+            Bulk = BulkSettings.From(config),
             DebugLoadDelay = sp.GetTimeSpan("debug.load-delay", TimeSpan.Zero),
+            DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
             DebugStageDelay = sp.GetTimeSpan("debug.stage-delay", TimeSpan.Zero),
+        };
+    }
+}
+
+/// <summary>The shard reader's socket side channel for bulk weights (<c>shardpipe.bulk-transfer</c>).</summary>
+public sealed record BulkSettings
+{
+    public bool Enabled { get; init; } = true;
+    /// <summary>Address the listener binds to, and the one offered to workers (the remoting public hostname by default).</summary>
+    public string BindHost { get; init; } = "127.0.0.1";
+    public string AdvertisedHost { get; init; } = "127.0.0.1";
+    public int Port { get; init; }
+    public int ChunkBytes { get; init; } = 1 << 20;
+    public int Window { get; init; } = 8;
+    /// <summary>Smaller tensors go as actor messages (a socket per tensor is not worth it).</summary>
+    public long MinBytes { get; init; } = 256 << 10;
+
+    public static BulkSettings From(Config config)
+    {
+        var b = config.GetConfig("shardpipe.bulk-transfer");
+        string remoteHost = config.GetString("akka.remote.dot-netty.tcp.hostname", "127.0.0.1");
+        string publicHost = config.GetString("akka.remote.dot-netty.tcp.public-hostname", "");
+        string bind = b?.GetString("hostname", "") is { Length: > 0 } h ? h : remoteHost;
+        string advertised = publicHost.Length > 0 ? publicHost : bind is "0.0.0.0" or "" ? System.Net.Dns.GetHostName() : bind;
+        if (b is null) return new BulkSettings { BindHost = bind, AdvertisedHost = advertised };
+        long chunk = b.GetByteSize("chunk-size") ?? (1 << 20);
+        if (chunk < 4096 || chunk > 64 << 20) throw new ConfigurationException($"shardpipe.bulk-transfer.chunk-size must be between 4 KiB and 64 MiB, not {chunk}");
+        return new BulkSettings
+        {
+            Enabled = b.GetBoolean("enabled", true),
+            BindHost = bind,
+            AdvertisedHost = advertised,
+            Port = b.GetInt("port", 0),
+            ChunkBytes = (int)chunk,
+            Window = Math.Clamp(b.GetInt("window", 8), 1, 256),
+            MinBytes = b.GetByteSize("min-size") ?? (256 << 10),
         };
     }
 }

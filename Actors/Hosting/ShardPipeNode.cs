@@ -4,6 +4,7 @@ using Akka.Cluster.Tools.Singleton;
 using Akka.Configuration;
 using ShardPipe.Actors.Coordination;
 using ShardPipe.Actors.Workers;
+using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
 
 namespace ShardPipe.Actors.Hosting;
@@ -42,13 +43,14 @@ public sealed class ShardPipeNode : IAsyncDisposable
         if (settings.IsCoordinator)
             system.ActorOf(ClusterSingletonManager.Props(CoordinatorActor.Props(settings), PoisonPill.Instance,
                 ClusterSingletonManagerSettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator");
+        system.ActorOf(Props.Create(() => new HandshakeActor(settings, settings.DebugProtocolVersion ?? Protocol.Version)), "handshake");
         var proxy = system.ActorOf(ClusterSingletonProxy.Props("/user/coordinator",
             ClusterSingletonProxySettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator-proxy");
         if (settings.IsWorker)
         {
             TorchRuntime.Initialise();
             if (settings.ComputeThreads > 0) TorchSharp.torch.set_num_threads(settings.ComputeThreads);
-            system.ActorOf(Props.Create(() => new ShardReaderActor()), "shard-reader");
+            system.ActorOf(Props.Create(() => new ShardReaderActor(settings.Bulk)), "shard-reader");
             for (int i = 0; i < settings.Devices.Count; i++)
             {
                 var (device, budget) = settings.Devices[i];

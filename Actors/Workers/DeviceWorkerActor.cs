@@ -56,7 +56,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Timers.StartPeriodicTimer("evict", new EvictTick(), TimeSpan.FromSeconds(10));
     }
 
-    private RegisterWorker Registration() => new(Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
+    private RegisterWorker Registration() => new(_settings.DebugProtocolVersion ?? Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
         new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self)) },
         _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>());
 
@@ -234,15 +234,26 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             var reader = ((ExtendedActorSystem)system).Provider.ResolveActorRef(slice.ShardReaderPath);
             var timeout = _settings.RequestTimeout;
             var index = slice.Tensors.Select(t => (t.Name, DTypes.TryParseCode(t.DType, out var d) ? d : throw new ProtocolException($"unknown dtype {t.DType}"), t.Shape)).ToList();
-            fetcher = new TensorFetcher(index, name =>
+            var bulk = _settings.Bulk.Enabled;
+            fetcher = new TensorFetcher(index, (name, destination) =>
             {
-                var done = new TaskCompletionSource<(TensorHeader, byte[])>(TaskCreationOptions.RunContinuationsAsynchronously);
-                var request = new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16);
-                // Called on the loader's pool thread, where Context does not exist: the receiver is a top-level actor.
-#pragma warning disable AK1008
-                system.ActorOf(Akka.Actor.Props.Create(() => new StreamReceiverActor(reader, request, done, timeout)));
-#pragma warning restore AK1008
-                return done.Task.GetAwaiter().GetResult().Item2;
+                var got = StreamTensor(system, reader, new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16, bulk), timeout);
+                if (got.Offer is { } offer)
+                {
+                    try
+                    {
+                        BulkChannel.Receive(offer, destination, timeout, $"'{name}'");
+                        return;
+                    }
+                    catch (BulkUnreachableException ex)
+                    {
+                        _log.Warning("{0}; streaming '{1}' as actor messages", ex.Message, name);
+                        got = StreamTensor(system, reader, new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16), timeout);
+                    }
+                }
+                if (got.Bytes!.Length != destination.Length)
+                    throw new CheckpointFormatException(name, name, $"streamed {got.Bytes.Length} bytes, expected {destination.Length}");
+                got.Bytes.CopyTo(destination);
             });
         }
         var model = PreTrainedModel.FromPretrained(local ? slice.Model : null, new FromPretrainedOptions
@@ -258,6 +269,17 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         long bytes = materialised.Sum(t => t.Slot.Tensor.NumberOfElements * t.Slot.Tensor.ElementSize);
         _log.Info("{0}: materialised {1} tensors ({2}) in {3:0.00} s{4}", _stage, materialised.Count, ByteSize.Format(bytes), sw.Elapsed.TotalSeconds, local ? "" : " (streamed)");
         return new SliceReady(slice.PlanEpoch, model, bytes, materialised.Count, !local, slice.Route);
+    }
+
+    /// <summary>Asks the shard reader for one tensor and waits for its bytes (actor messages) or its bulk offer.</summary>
+    private static StreamedTensor StreamTensor(ActorSystem system, IActorRef reader, ReadTensor request, TimeSpan timeout)
+    {
+        var done = new TaskCompletionSource<StreamedTensor>(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Called on the loader's pool thread, where Context does not exist: the receiver is a top-level actor.
+#pragma warning disable AK1008
+        system.ActorOf(Akka.Actor.Props.Create(typeof(StreamReceiverActor), reader, request, done, timeout)); // no expression to compile per tensor
+#pragma warning restore AK1008
+        return done.Task.GetAwaiter().GetResult();
     }
 
     private static string SafeLocate(string model)

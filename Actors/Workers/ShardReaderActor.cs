@@ -1,6 +1,8 @@
 using System.IO.Hashing;
+using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Event;
+using ShardPipe.Actors.Hosting;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 
@@ -27,9 +29,12 @@ public sealed class ShardReaderActor : ReceiveActor
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Dictionary<string, Checkpoint> _open = new();
     private readonly Dictionary<string, Transfer> _transfers = new();
+    private BulkSettings? _bulk;
+    private BulkServer? _server;
 
-    public ShardReaderActor()
+    public ShardReaderActor(BulkSettings? bulk = null)
     {
+        _bulk = bulk;
         Receive<ReadTensor>(Start);
         Receive<ChunkAck>(OnAck);
         Receive<Terminated>(t =>
@@ -46,6 +51,13 @@ public sealed class ShardReaderActor : ReceiveActor
             if (!_open.TryGetValue(key, out var ckpt))
                 _open[key] = ckpt = Checkpoint.Open(ModelLocator.Locate(read.Model), read.Variant);
             var loc = ckpt.Get(read.Tensor);
+            if (read.Bulk && Bulk() is { } server && loc.Info.ByteLength >= _bulk!.MinBytes)
+            {
+                var token = server.Offer(read.TransferId, $"'{read.Tensor}'", ckpt.Shard(loc.Shard), loc.Info, TimeSpan.FromSeconds(30));
+                Sender.Tell(new BulkOffer(read.TransferId, server.Host, server.Port, token, DTypes.Code(loc.Info.DType), loc.Info.Shape,
+                    loc.Info.ByteLength, server.ChunkBytes, server.Window));
+                return;
+            }
             var t = new Transfer { Receiver = Sender, Location = loc, Checkpoint = ckpt, Window = Math.Clamp(read.Window, 1, 64) };
             _transfers[read.TransferId] = t;
             Context.Watch(Sender);
@@ -57,6 +69,23 @@ public sealed class ShardReaderActor : ReceiveActor
             _log.Warning("read of {0} from {1} failed: {2}", read.Tensor, read.Model, ex.Message);
             Sender.Tell(new ReadFailed(read.TransferId, ex.Message));
         }
+    }
+
+    /// <summary>The socket side channel, started on first use; null when off or when it cannot listen (actor messages then).</summary>
+    private BulkServer? Bulk()
+    {
+        if (_server is not null || _bulk is null || !_bulk.Enabled) return _server;
+        try
+        {
+            _server = new BulkServer(_bulk.BindHost, _bulk.AdvertisedHost, _bulk.Port, _bulk.ChunkBytes, _bulk.Window, _log);
+            _log.Info("bulk channel listening on {0}:{1}", _server.Host, _server.Port);
+        }
+        catch (SocketException ex)
+        {
+            _log.Warning("bulk channel could not listen on {0}:{1} ({2}); weights stream as actor messages", _bulk.BindHost, _bulk.Port, ex.Message);
+            _bulk = _bulk with { Enabled = false };
+        }
+        return _server;
     }
 
     private void OnAck(ChunkAck ack)
@@ -84,9 +113,13 @@ public sealed class ShardReaderActor : ReceiveActor
 
     protected override void PostStop()
     {
+        _server?.Dispose();
         foreach (var c in _open.Values) c.Dispose();
     }
 }
+
+/// <summary>A tensor's bytes as streamed over actor messages, or the reader's offer to send them over its bulk channel.</summary>
+public sealed record StreamedTensor(TensorHeader? Header, byte[]? Bytes, BulkOffer? Offer);
 
 /// <summary>
 /// Receives one streamed tensor: checks every chunk's CRC and order, acknowledges it, and completes the caller's
@@ -94,12 +127,12 @@ public sealed class ShardReaderActor : ReceiveActor
 /// </summary>
 public sealed class StreamReceiverActor : ReceiveActor
 {
-    private readonly TaskCompletionSource<(TensorHeader Header, byte[] Bytes)> _done;
+    private readonly TaskCompletionSource<StreamedTensor> _done;
     private byte[]? _buffer;
     private TensorHeader? _header;
     private int _expected;
 
-    public StreamReceiverActor(IActorRef reader, ReadTensor request, TaskCompletionSource<(TensorHeader, byte[])> done, TimeSpan timeout)
+    public StreamReceiverActor(IActorRef reader, ReadTensor request, TaskCompletionSource<StreamedTensor> done, TimeSpan timeout)
     {
         _done = done;
         Context.Watch(reader);
@@ -128,6 +161,11 @@ public sealed class StreamReceiverActor : ReceiveActor
             Sender.Tell(new ChunkAck(c.TransferId, c.Sequence));
             if (c.Offset + c.Data.Length == _buffer.LongLength) Finish();
         });
+        Receive<BulkOffer>(offer =>
+        {
+            _done.TrySetResult(new StreamedTensor(null, null, offer)); // the caller's thread takes it from here, over the socket
+            Context.Stop(Self);
+        });
         Receive<ReadFailed>(f => Fail(f.Reason));
         Receive<Terminated>(t => Fail($"shard reader {t.ActorRef.Path.Address} stopped while streaming '{request.Tensor}'"));
         Receive<ReceiveTimeout>(_ => Fail($"no data for '{request.Tensor}' from {reader.Path.Address} in {timeout.TotalSeconds:0} s"));
@@ -135,7 +173,7 @@ public sealed class StreamReceiverActor : ReceiveActor
 
     private void Finish()
     {
-        _done.TrySetResult((_header!, _buffer!));
+        _done.TrySetResult(new StreamedTensor(_header, _buffer, null));
         Context.Stop(Self);
     }
 

@@ -131,6 +131,13 @@ public sealed unsafe class TensorView : IDisposable
     public long Length => _length;
     public byte* Pointer => _base;
 
+    /// <summary>Part of the bytes as a span.</summary>
+    public ReadOnlySpan<byte> Slice(long offset, int length)
+    {
+        if (offset < 0 || length < 0 || offset + length > _length) throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + length}) is outside the view ({_length} bytes)");
+        return new ReadOnlySpan<byte>(_base + offset, length);
+    }
+
     /// <summary>The bytes as a span (tensors up to 2 GiB; larger ones use <see cref="Pointer"/>).</summary>
     public ReadOnlySpan<byte> Span => new(_base, checked((int)_length));
 

@@ -52,5 +52,8 @@ public sealed record LoadingInfo(
     IReadOnlyList<(string Key, long[] CheckpointShape, long[] ModelShape)> MismatchedKeys,
     IReadOnlyList<string> ErrorMsgs);
 
-/// <summary>Tensors available from elsewhere (e.g. streamed over the cluster): their index, and a blocking fetch of one tensor's bytes.</summary>
-public sealed record TensorFetcher(IReadOnlyList<(string Name, DType DType, long[] Shape)> Index, Func<string, byte[]> Fetch);
+/// <summary>Fills <paramref name="destination"/> (exactly the tensor's size) with the bytes of tensor <paramref name="name"/>; blocks.</summary>
+public delegate void FetchInto(string name, Span<byte> destination);
+
+/// <summary>Tensors available from elsewhere (e.g. streamed over the cluster): their index, and a blocking fetch of one tensor's bytes straight into its storage.</summary>
+public sealed record TensorFetcher(IReadOnlyList<(string Name, DType DType, long[] Shape)> Index, FetchInto Fetch);

@@ -43,18 +43,14 @@ internal abstract class StateSource
         public override void Fill(string key, Tensor target)
         {
             var (dtype, shape) = _index[key];
-            byte[] bytes = _f.Fetch(key);
-            long expected = shape.Aggregate((long)DTypes.Size(dtype), (a, b) => a * b);
-            if (bytes.LongLength != expected)
-                throw new CheckpointFormatException(key, key, $"streamed {bytes.LongLength} bytes, expected {expected}");
             var srcType = TorchRuntime.ToScalarType(dtype);
             if (target.dtype == srcType && target.device_type == DeviceType.CPU && target.is_contiguous())
             {
-                bytes.CopyTo(target.bytes);
+                _f.Fetch(key, target.bytes); // straight into the tensor's storage
                 return;
             }
             using var tmp = empty(shape, srcType, CPU);
-            bytes.CopyTo(tmp.bytes);
+            _f.Fetch(key, tmp.bytes);
             target.copy_(tmp);
         }
     }

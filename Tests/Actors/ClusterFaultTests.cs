@@ -1,4 +1,6 @@
+using Akka.Cluster;
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Workers;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Loading;
@@ -122,17 +124,21 @@ public class ClusterFaultTests
         Assert.Contains("node-1/cpu", ex.Message);
     }
 
-    [Fact]
-    public async Task A_node_with_a_different_frame_size_is_refused()
+    [Theory]
+    [InlineData("akka.remote.dot-netty.tcp.maximum-frame-size = 300000b")]
+    [InlineData("shardpipe.debug.protocol-version = 99")]
+    public async Task A_node_with_a_different_frame_size_or_protocol_version_is_refused_at_the_handshake(string oddity)
     {
         await using var cluster = await EmbeddedCluster.StartAsync(1, "node-1/cpu=1GiB");
-        var odd = ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("odd", new[] { "worker" }, new[] { ("cpu", 1L << 30) },
-            extra: "akka.remote.dot-netty.tcp.maximum-frame-size = 300000b"), cluster.Nodes[0].Address.ToString());
+        var odd = ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("odd", new[] { "worker" }, new[] { ("cpu", 1L << 30) }, extra: oddity),
+            cluster.Nodes[0].Address.ToString());
         try
         {
-            await Task.Delay(3000);
+            // The newer node is downed, and leaves: its actor system shuts down; the cluster stays as it was.
+            await odd.System.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(30));
             var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
             Assert.Equal(new[] { "node-1" }, status.Nodes);
+            Assert.Equal(MemberStatus.Up, Akka.Cluster.Cluster.Get(cluster.Nodes[0].System).SelfMember.Status);
         }
         finally
         {
@@ -158,8 +164,10 @@ public class ClusterFaultTests
 [Collection("cluster")]
 public class LargeMessageTests
 {
-    [Fact]
-    public async Task Tensors_and_activations_larger_than_the_frame_size_cross_intact()
+    [Theory]
+    [InlineData(true)]  // weights over the bulk socket channel
+    [InlineData(false)] // weights as chunked actor messages
+    public async Task Tensors_and_activations_larger_than_the_frame_size_cross_intact(bool bulk)
     {
         using var tmp = new TempDir();
         // Embedding 17000 x 512 fp32 = 35 MB (a streamed tensor ~140 frames long); a 48-token hidden state of 98 KB
@@ -175,9 +183,12 @@ public class LargeMessageTests
             expected = local.Forward(tensor(ids[0], new long[] { 1, 48 }), lastOnly: true)[0, 0].data<float>().ToArray();
         local.Release();
 
-        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB", localCheckpoints: i => i == 0);
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB", localCheckpoints: i => i == 0,
+            extraConfig: _ => $"shardpipe.bulk-transfer.enabled = {(bulk ? "on" : "off")}");
+        long bulkBefore = BulkChannel.BytesReceived;
         var loaded = await cluster.Client.LoadAsync(Requests.Load(tmp.Path), TimeSpan.FromMinutes(2));
         Assert.Contains(loaded.Devices, d => d.Streamed && d.LoadedBytes > 30_000_000);
+        if (bulk) Assert.True(BulkChannel.BytesReceived - bulkBefore >= 30_000_000, "the embedding did not come over the bulk channel");
         var outcome = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(60));
         ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "large messages");
         var gen = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 3), loaded.Stages, TimeSpan.FromSeconds(60));

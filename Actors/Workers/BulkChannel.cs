@@ -1,0 +1,323 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.IO.Hashing;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using Akka.Event;
+using ShardPipe.Checkpoints;
+using ShardPipe.Checkpoints.SafeTensors;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Actors.Workers;
+
+/// <summary>
+/// The socket side channel for bulk weights (Akka.Remote carries bytes at a fraction of a raw socket's speed).
+/// Actor messages negotiate it: a worker's bulk <see cref="ReadTensor"/> gets a <see cref="BulkOffer"/> naming this
+/// node's listener and a one-time token; the worker connects and reads the tensor straight into its storage.
+/// <para>On the socket (little-endian): the client's hello <c>"SPB1" | version u32 | token[16]</c>; the server's
+/// status byte (0 = go, else an error text: <c>u16 length | UTF-8</c>); then chunks <c>seq u32 | length u32 |
+/// bytes | crc32 u32</c> (the checksum trails, so both ends compute it piece by piece while the bytes are in
+/// cache), each acknowledged by the client with its <c>seq u32</c>. The server keeps at most the
+/// offer's window of frames unacknowledged. A frame length of <see cref="ErrorFrame"/> carries an error text
+/// instead of bytes.</para>
+/// </summary>
+public static class BulkChannel
+{
+    public static readonly byte[] Magic = "SPB1"u8.ToArray();
+    public const uint ErrorFrame = uint.MaxValue;
+    public const int HeaderBytes = 8;
+    /// <summary>Checksums and socket calls go piece by piece within a chunk, so the bytes are checked while in cache.</summary>
+    public const int PieceBytes = 512 << 10;
+    public const int SocketBuffer = 4 << 20;
+
+    private static long _bytesReceived;
+
+    /// <summary>Bytes this process has received over bulk channels (diagnostics).</summary>
+    public static long BytesReceived => Interlocked.Read(ref _bytesReceived);
+
+    public static void ReadExactly(Socket s, Span<byte> into)
+    {
+        while (into.Length > 0)
+        {
+            int n = s.Receive(into);
+            if (n == 0) throw new EndOfStreamException("the connection closed");
+            into = into[n..];
+        }
+    }
+
+    public static byte[] ErrorText(string text)
+    {
+        var utf8 = System.Text.Encoding.UTF8.GetBytes(text.Length > 1000 ? text[..1000] : text);
+        var b = new byte[2 + utf8.Length];
+        BinaryPrimitives.WriteUInt16LittleEndian(b, (ushort)utf8.Length);
+        utf8.CopyTo(b, 2);
+        return b;
+    }
+
+    public static string ReadErrorText(Socket s)
+    {
+        Span<byte> len = stackalloc byte[2];
+        ReadExactly(s, len);
+        var text = new byte[BinaryPrimitives.ReadUInt16LittleEndian(len)];
+        ReadExactly(s, text);
+        return System.Text.Encoding.UTF8.GetString(text);
+    }
+
+    /// <summary>
+    /// Receives an offered tensor into <paramref name="destination"/> (its exact size), checking order, bounds and
+    /// every chunk's CRC-32. Connection failures raise <see cref="BulkUnreachableException"/> (the caller may fall
+    /// back to actor messages); anything after that is a <see cref="ClusterException"/> naming the tensor.
+    /// </summary>
+    public static void Receive(BulkOffer offer, Span<byte> destination, TimeSpan timeout, string what)
+    {
+        if (destination.Length != offer.TotalBytes)
+            throw new ProtocolException($"bulk offer for {what} carries {offer.TotalBytes} bytes, expected {destination.Length}");
+        using var s = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveBufferSize = SocketBuffer };
+        try
+        {
+            using var cts = new CancellationTokenSource(timeout > TimeSpan.FromSeconds(5) ? timeout : TimeSpan.FromSeconds(5)); // a busy machine may be slow to connect
+            s.ConnectAsync(offer.Host, offer.Port, cts.Token).AsTask().GetAwaiter().GetResult();
+        }
+        catch (Exception ex) when (ex is SocketException or OperationCanceledException)
+        {
+            throw new BulkUnreachableException($"bulk channel {offer.Host}:{offer.Port} for {what} unreachable: {ex.Message}");
+        }
+        s.ReceiveTimeout = s.SendTimeout = (int)Math.Min(int.MaxValue, timeout.TotalMilliseconds);
+        string where = $"{what} from {offer.Host}:{offer.Port}";
+        try
+        {
+            var hello = new byte[4 + 4 + 16];
+            Magic.CopyTo(hello, 0);
+            BinaryPrimitives.WriteUInt32LittleEndian(hello.AsSpan(4), Protocol.Version);
+            offer.Token.AsSpan(0, Math.Min(16, offer.Token.Length)).CopyTo(hello.AsSpan(8));
+            s.Send(hello);
+            Span<byte> status = stackalloc byte[1];
+            ReadExactly(s, status);
+            if (status[0] != 0) throw new ClusterException($"bulk transfer of {where} refused: {ReadErrorText(s)}");
+            Span<byte> header = stackalloc byte[HeaderBytes];
+            Span<byte> trailer = stackalloc byte[4];
+            Span<byte> ack = stackalloc byte[4];
+            var crc = new Crc32();
+            long offset = 0;
+            uint seq = 0;
+            while (offset < destination.Length)
+            {
+                ReadExactly(s, header);
+                uint got = BinaryPrimitives.ReadUInt32LittleEndian(header), length = BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
+                if (length == ErrorFrame) throw new ClusterException($"bulk transfer of {where} failed at the sender: {ReadErrorText(s)}");
+                if (got != seq || length == 0 || length > offer.ChunkBytes || offset + length > destination.Length)
+                    throw new ClusterException($"bulk transfer of {where}: chunk {got} ({length} bytes at {offset}) out of order or out of bounds (expected chunk {seq})");
+                // Checksummed piece by piece as it lands, while the bytes are still in cache.
+                var chunk = destination.Slice((int)offset, (int)length);
+                crc.Reset();
+                for (int at = 0; at < chunk.Length; at += PieceBytes)
+                {
+                    var piece = chunk.Slice(at, Math.Min(PieceBytes, chunk.Length - at));
+                    ReadExactly(s, piece);
+                    crc.Append(piece);
+                }
+                ReadExactly(s, trailer);
+                if (crc.GetCurrentHashAsUInt32() != BinaryPrimitives.ReadUInt32LittleEndian(trailer))
+                    throw new ClusterException($"bulk transfer of {where}: chunk {seq} failed its CRC-32 check");
+                BinaryPrimitives.WriteUInt32LittleEndian(ack, seq);
+                s.Send(ack);
+                offset += length;
+                seq++;
+                Interlocked.Add(ref _bytesReceived, length);
+            }
+        }
+        catch (Exception ex) when (ex is SocketException or EndOfStreamException or IOException)
+        {
+            throw new ClusterException($"bulk transfer of {where} broke off: {ex.Message}");
+        }
+    }
+}
+
+/// <summary>The bulk channel could not be reached at all; nothing was transferred (fall back to actor messages).</summary>
+public sealed class BulkUnreachableException : ShardPipeException
+{
+    public BulkUnreachableException(string message) : base(message) { }
+}
+
+/// <summary>
+/// A shard reader's bulk listener: holds the offers it made (one-time tokens, expiring), serves each accepted
+/// connection on its own task with pread → CRC → send and a bounded window of unacknowledged chunks.
+/// </summary>
+public sealed class BulkServer : IDisposable
+{
+    private sealed record Pending(string TransferId, string What, SafeTensorsFile Shard, TensorInfo Info, DateTime Expires);
+
+    private readonly TcpListener _listener;
+    private readonly ConcurrentDictionary<string, Pending> _pending = new();
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ILoggingAdapter _log;
+    private readonly int _chunkBytes, _window;
+
+    public string Host { get; }
+    public int Port { get; }
+    public int ChunkBytes => _chunkBytes;
+    public int Window => _window;
+    public int Active => _active;
+    private int _active;
+
+    public BulkServer(string bindHost, string advertisedHost, int port, int chunkBytes, int window, ILoggingAdapter log)
+    {
+        _log = log;
+        _chunkBytes = chunkBytes;
+        _window = window;
+        var address = IPAddress.TryParse(bindHost, out var ip) ? ip : Dns.GetHostAddresses(bindHost).First(a => a.AddressFamily == AddressFamily.InterNetwork);
+        _listener = new TcpListener(address, port);
+        _listener.Server.ReceiveBufferSize = BulkChannel.SocketBuffer;
+        _listener.Start();
+        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
+        Host = advertisedHost;
+        _ = Task.Run(AcceptLoop);
+    }
+
+    /// <summary>Registers a transfer and returns its one-time token (valid for <paramref name="validFor"/>).</summary>
+    public byte[] Offer(string transferId, string what, SafeTensorsFile shard, TensorInfo info, TimeSpan validFor)
+    {
+        foreach (var (k, p) in _pending)
+            if (p.Expires < DateTime.UtcNow) _pending.TryRemove(k, out _);
+        var token = RandomNumberGenerator.GetBytes(16);
+        _pending[Convert.ToHexString(token)] = new Pending(transferId, what, shard, info, DateTime.UtcNow + validFor);
+        return token;
+    }
+
+    private async Task AcceptLoop()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            Socket s;
+            try { s = await _listener.AcceptSocketAsync(_stop.Token); }
+            catch (Exception) when (_stop.IsCancellationRequested) { return; }
+            catch (SocketException ex)
+            {
+                _log.Warning("bulk channel: accept failed: {0}", ex.Message);
+                continue;
+            }
+            _ = Task.Factory.StartNew(() => Serve(s), TaskCreationOptions.LongRunning);
+        }
+    }
+
+    private void Serve(Socket s)
+    {
+        Interlocked.Increment(ref _active);
+        string what = "(before hello)";
+        try
+        {
+            using var _ = s;
+            s.NoDelay = true;
+            s.SendBufferSize = BulkChannel.SocketBuffer;
+            s.ReceiveTimeout = s.SendTimeout = 30_000;
+            var hello = new byte[24];
+            BulkChannel.ReadExactly(s, hello);
+            if (!hello.AsSpan(0, 4).SequenceEqual(BulkChannel.Magic)) { Refuse(s, "not a ShardPipe bulk client"); return; }
+            uint version = BinaryPrimitives.ReadUInt32LittleEndian(hello.AsSpan(4));
+            if (version != Protocol.Version) { Refuse(s, $"protocol version {version}, this node speaks {Protocol.Version}"); return; }
+            if (!_pending.TryRemove(Convert.ToHexString(hello, 8, 16), out var p) || p.Expires < DateTime.UtcNow)
+            {
+                Refuse(s, "unknown or expired token");
+                return;
+            }
+            what = p.What;
+            s.Send(new byte[] { 0 });
+            Stream(s, p);
+        }
+        catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
+        {
+            _log.Warning("bulk channel: sending {0} broke off: {1}", what, ex.Message);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _active);
+        }
+    }
+
+    private static void Refuse(Socket s, string why)
+    {
+        var text = BulkChannel.ErrorText(why);
+        s.Send(new byte[] { 1 });
+        s.Send(text);
+    }
+
+    /// <summary>
+    /// Each chunk: its header, then its bytes piece by piece (pread into a small buffer, checksum, send — the bytes
+    /// stay in cache between the three), then the CRC-32 trailer. Acknowledgements are read on this same thread:
+    /// drained when they are there, waited for when the window is full.
+    /// </summary>
+    private void Stream(Socket s, Pending p)
+    {
+        long total = p.Info.ByteLength;
+        var buffer = GC.AllocateUninitializedArray<byte>(BulkChannel.HeaderBytes + BulkChannel.PieceBytes, pinned: true);
+        var trailer = new byte[4];
+        var ack = new byte[4];
+        var crc = new Crc32();
+        uint sent = 0, acked = 0;
+        void TakeAck()
+        {
+            BulkChannel.ReadExactly(s, ack);
+            uint seq = BinaryPrimitives.ReadUInt32LittleEndian(ack);
+            if (seq != acked) throw new IOException($"acknowledgement {seq} out of order (expected {acked})");
+            acked++;
+        }
+        long offset = 0;
+        while (offset < total)
+        {
+            while (s.Available >= 4) TakeAck();
+            while (sent - acked >= _window)
+            {
+                if (_stop.IsCancellationRequested) throw new IOException("the node is stopping");
+                TakeAck(); // blocks up to the socket's receive timeout
+            }
+            int n = (int)Math.Min(_chunkBytes, total - offset);
+            crc.Reset();
+            for (int at = 0; at < n; at += BulkChannel.PieceBytes)
+            {
+                int m = Math.Min(BulkChannel.PieceBytes, n - at);
+                int headerBytes = at == 0 ? BulkChannel.HeaderBytes : 0; // the header rides with the first piece
+                var piece = buffer.AsSpan(BulkChannel.HeaderBytes, m);
+                try
+                {
+                    p.Shard.ReadRange(p.Info, offset + at, piece);
+                }
+                catch (Exception ex) when (ex is IOException or ShardPipeException)
+                {
+                    if (at == 0) // the receiver expects a header next: tell it why instead
+                    {
+                        BinaryPrimitives.WriteUInt32LittleEndian(buffer, sent);
+                        BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(4), BulkChannel.ErrorFrame);
+                        s.Send(buffer.AsSpan(0, BulkChannel.HeaderBytes));
+                        s.Send(BulkChannel.ErrorText(ex.Message));
+                    }
+                    throw new IOException(ex.Message, ex);
+                }
+                crc.Append(piece);
+                if (headerBytes > 0)
+                {
+                    BinaryPrimitives.WriteUInt32LittleEndian(buffer, sent);
+                    BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(4), (uint)n);
+                }
+                SendAll(s, buffer.AsSpan(BulkChannel.HeaderBytes - headerBytes, headerBytes + m));
+            }
+            BinaryPrimitives.WriteUInt32LittleEndian(trailer, crc.GetCurrentHashAsUInt32());
+            s.Send(trailer);
+            offset += n;
+            sent++;
+        }
+        while (acked < sent) TakeAck();
+    }
+
+    private static void SendAll(Socket s, ReadOnlySpan<byte> data)
+    {
+        while (data.Length > 0) data = data[s.Send(data)..];
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _listener.Stop();
+        _pending.Clear();
+    }
+}
