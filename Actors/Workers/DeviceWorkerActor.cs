@@ -150,6 +150,26 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
 
     private readonly ChunkAssembler _chunks = new();
 
+    /// <summary>Latencies of hops received from another node of this machine (worker send → worker receive), for benchmarks.</summary>
+    public static class HopLatency
+    {
+        private static readonly System.Collections.Concurrent.ConcurrentQueue<double> Samples = new();
+
+        public static void Record(long ticks)
+        {
+            if (ticks <= 0 || Samples.Count > 100_000) return;
+            Samples.Enqueue(ticks * 1000.0 / Stopwatch.Frequency);
+        }
+
+        /// <summary>Takes every sample recorded so far, in milliseconds.</summary>
+        public static List<double> Drain()
+        {
+            var all = new List<double>();
+            while (Samples.TryDequeue(out var x)) all.Add(x);
+            return all;
+        }
+    }
+
     private void Ready()
     {
         Stash.UnstashAll();
@@ -175,6 +195,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
 
     private void RunStage(StageInput input)
     {
+        if (input.SentAt > 0 && Sender.Path.Address != Self.Path.Address) HopLatency.Record(Stopwatch.GetTimestamp() - input.SentAt);
         IReadOnlyList<Outgoing> outgoing;
         try
         {
@@ -196,7 +217,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             else
             {
                 var target = provider.ResolveActorRef(o.Path);
-                foreach (var part in Chunking.Split(o.Message)) target.Tell(part, Self); // large activations/logits travel in chunks
+                var message = o.Message is StageInput si ? si with { SentAt = Stopwatch.GetTimestamp() } : o.Message;
+                foreach (var part in Chunking.Split(message)) target.Tell(part, Self); // large activations/logits travel in chunks
             }
         }
     }

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Workers;
 using ShardPipe.Checkpoints;
 using ShardPipe.Checkpoints.Synthetic;
 using ShardPipe.Host.Cli;
@@ -58,7 +59,8 @@ public static class DecodeBench
         double perHopMs = boundaries > 0 ? (threeMs - oneMs) / boundaries : 0;
         double perHopMeanMs = boundaries > 0 ? (1000.0 / three - 1000.0 / oneSame) / boundaries : 0;
         BenchSupport.Say(asJson, $"  3 embedded nodes: {threeMs:0.00} ms per token (p20) vs 1 node {oneMs:0.00} at {perNode} thread(s) per node; " +
-                                 $"{boundaries} node boundaries per token; {perHopMs:0.000} ms per hop ({three:0.00} vs {oneSame:0.00} tokens/s: {perHopMeanMs:0.000} ms from the means)");
+                                 $"{boundaries} node boundaries per token; {perHopMs:0.000} ms per hop ({three:0.00} vs {oneSame:0.00} tokens/s: {perHopMeanMs:0.000} ms from the means); " +
+                                 $"a hop timed directly (send to receive): {HopP50:0.000} ms median");
 
         // 4. Micro-batching: m requests in flight over 2 stages, one compute thread each.
         var (sequential, concurrent) = await MicroBatching(folder, m, Math.Max(4, n / 2), log);
@@ -77,6 +79,7 @@ public static class DecodeBench
             ["node_boundaries_per_token"] = boundaries,
             ["per_hop_ms"] = Math.Round(perHopMs, 4),
             ["per_hop_ms_from_means"] = Math.Round(perHopMeanMs, 4),
+            ["hop_latency_p50_ms"] = Math.Round(HopP50, 4),
             ["one_node_ms_per_token"] = Math.Round(oneMs, 3),
             ["three_node_ms_per_token"] = Math.Round(threeMs, 3),
             // The .NET thread pool's spin before sleeping (DOTNET_ThreadPool_UnfairSemaphoreSpinLimit): a latency/idle-CPU trade-off.
@@ -125,6 +128,7 @@ public static class DecodeBench
         }
         await Once(c1, l1, null); // warm-up
         await Once(c3, l3, null);
+        DeviceWorkerActor.HopLatency.Drain(); // only the measured rounds count
         var oneGaps = new List<double>();
         var threeGaps = new List<double>();
         double oneTps = 0, threeTps = 0;
@@ -134,10 +138,15 @@ public static class DecodeBench
             threeTps = Math.Max(threeTps, await Once(c3, l3, threeGaps));
         }
         static double P20(List<double> xs) => xs.Count == 0 ? double.NaN : xs.Order().ElementAt(xs.Count / 5);
+        var hops = DeviceWorkerActor.HopLatency.Drain().Order().ToList();
+        HopP50 = hops.Count == 0 ? double.NaN : hops[hops.Count / 2];
         var devices = l3.Stages.Select(s => s.Device.Split('/')[0]).ToList();
         int boundaries = Enumerable.Range(0, devices.Count).Count(i => devices[i] != devices[(i + 1) % devices.Count]);
         return (P20(oneGaps), P20(threeGaps), oneTps, threeTps, boundaries);
     }
+
+    /// <summary>Median latency of a node-to-node hop in the last side-by-side run, timed directly (send → receive).</summary>
+    private static double HopP50 = double.NaN;
 
     private static async Task<(double Sequential, double Concurrent)> MicroBatching(string folder, int m, int n, ILogger log)
     {
