@@ -90,7 +90,8 @@ public sealed record BulkSettings
         string remoteHost = config.GetString("akka.remote.dot-netty.tcp.hostname", "127.0.0.1");
         string publicHost = config.GetString("akka.remote.dot-netty.tcp.public-hostname", "");
         string bind = b?.GetString("hostname", "") is { Length: > 0 } h ? h : remoteHost;
-        string advertised = publicHost.Length > 0 ? publicHost : bind is "0.0.0.0" or "" ? System.Net.Dns.GetHostName() : bind;
+        string advertised = b?.GetString("public-hostname", "") is { Length: > 0 } ph ? ph
+            : publicHost.Length > 0 ? publicHost : bind is "0.0.0.0" or "" ? System.Net.Dns.GetHostName() : bind;
         if (b is null) return new BulkSettings { BindHost = bind, AdvertisedHost = advertised };
         long chunk = b.GetByteSize("chunk-size") ?? (1 << 20);
         if (chunk < 4096 || chunk > 64 << 20) throw new ConfigurationException($"shardpipe.bulk-transfer.chunk-size must be between 4 KiB and 64 MiB, not {chunk}");

@@ -256,10 +256,10 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             var reader = ((ExtendedActorSystem)system).Provider.ResolveActorRef(slice.ShardReaderPath);
             var timeout = _settings.RequestTimeout;
             var index = slice.Tensors.Select(t => (t.Name, DTypes.TryParseCode(t.DType, out var d) ? d : throw new ProtocolException($"unknown dtype {t.DType}"), t.Shape)).ToList();
-            var bulk = _settings.Bulk.Enabled;
+            int bulk = _settings.Bulk.Enabled ? 1 : 0; // dropped for the rest of this load once the channel proves unreachable
             fetcher = new TensorFetcher(index, (name, destination) =>
             {
-                var got = StreamTensor(system, reader, new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16, bulk), timeout);
+                var got = StreamTensor(system, reader, new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16, Volatile.Read(ref bulk) == 1), timeout);
                 if (got.Offer is { } offer)
                 {
                     try
@@ -269,7 +269,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
                     }
                     catch (BulkUnreachableException ex)
                     {
-                        _log.Warning("{0}; streaming '{1}' as actor messages", ex.Message, name);
+                        if (Interlocked.Exchange(ref bulk, 0) == 1) _log.Warning("{0}; this slice streams as actor messages", ex.Message);
                         got = StreamTensor(system, reader, new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16), timeout);
                     }
                 }

@@ -37,6 +37,19 @@ public class ClusterFaultTests
     }
 
     [Fact]
+    public async Task An_unreachable_bulk_channel_falls_back_to_actor_messages()
+    {
+        // node-1's listener binds 127.0.0.1 but offers 127.0.0.2, where nothing listens: node-2 cannot connect.
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB", localCheckpoints: i => i == 0,
+            extraConfig: i => i == 0 ? "shardpipe.bulk-transfer { public-hostname = \"127.0.0.2\", min-size = 1KiB }" : null);
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        Assert.Contains(loaded.Devices, d => d.Streamed);
+        Assert.All(loaded.Devices, d => Assert.Equal(d.PlannedBytes, d.LoadedBytes));
+        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(30));
+        ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(SingleProcessLastLogits().Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "fallback");
+    }
+
+    [Fact]
     public async Task Budgets_that_force_a_three_way_split_are_honoured()
     {
         // llama_tied is 336 KB in three 101 KB blocks: no two 150 KB nodes can hold it.
