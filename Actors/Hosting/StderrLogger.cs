@@ -11,6 +11,8 @@ public sealed class StderrLogger : ReceiveActor
         Receive<InitializeLogger>(_ => Sender.Tell(new LoggerInitialized()));
         Receive<LogEvent>(e =>
         {
+            // A peer that left or stopped: routine (departures that matter surface as typed errors naming the node).
+            if (e is Error { Cause: { } gone } && gone.GetType().Name == "EndpointDisassociatedException") return;
             string level = e.LogLevel() switch
             {
                 LogLevel.ErrorLevel => "error",
@@ -19,7 +21,10 @@ public sealed class StderrLogger : ReceiveActor
                 _ => "debug",
             };
             string cause = e is Error { Cause: { } ex } ? $" ({ex.GetType().Name}: {ex.Message})" : "";
-            Console.Error.WriteLine($"{e.Timestamp:HH:mm:ss} {level}: [{e.LogSource}] {e.Message}{cause}");
+            string message = e.Message?.ToString() ?? "";
+            int stack = message.IndexOf("\n", StringComparison.Ordinal); // Akka puts whole stack traces into some messages
+            if (stack >= 0) message = message[..stack].TrimEnd('\r') + " …";
+            Console.Error.WriteLine($"{e.Timestamp:HH:mm:ss} {level}: [{e.LogSource}] {message}{cause}");
         });
     }
 }
