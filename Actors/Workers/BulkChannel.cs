@@ -146,7 +146,7 @@ public sealed class BulkUnreachableException : ShardPipeException
 /// </summary>
 public sealed class BulkServer : IDisposable
 {
-    private sealed record Pending(string TransferId, string What, SafeTensorsFile Shard, TensorInfo Info, DateTime Expires);
+    private sealed record Pending(string What, SafeTensorsFile Shard, TensorInfo Info, DateTime Expires);
 
     private readonly TcpListener _listener;
     private readonly ConcurrentDictionary<string, Pending> _pending = new();
@@ -158,8 +158,6 @@ public sealed class BulkServer : IDisposable
     public int Port { get; }
     public int ChunkBytes => _chunkBytes;
     public int Window => _window;
-    public int Active => _active;
-    private int _active;
 
     public BulkServer(string bindHost, string advertisedHost, int port, int chunkBytes, int window, ILoggingAdapter log)
     {
@@ -176,12 +174,12 @@ public sealed class BulkServer : IDisposable
     }
 
     /// <summary>Registers a transfer and returns its one-time token (valid for <paramref name="validFor"/>).</summary>
-    public byte[] Offer(string transferId, string what, SafeTensorsFile shard, TensorInfo info, TimeSpan validFor)
+    public byte[] Offer(string what, SafeTensorsFile shard, TensorInfo info, TimeSpan validFor)
     {
         foreach (var (k, p) in _pending)
             if (p.Expires < DateTime.UtcNow) _pending.TryRemove(k, out _);
         var token = RandomNumberGenerator.GetBytes(16);
-        _pending[Convert.ToHexString(token)] = new Pending(transferId, what, shard, info, DateTime.UtcNow + validFor);
+        _pending[Convert.ToHexString(token)] = new Pending(what, shard, info, DateTime.UtcNow + validFor);
         return token;
     }
 
@@ -203,7 +201,6 @@ public sealed class BulkServer : IDisposable
 
     private void Serve(Socket s)
     {
-        Interlocked.Increment(ref _active);
         string what = "(before hello)";
         try
         {
@@ -229,10 +226,6 @@ public sealed class BulkServer : IDisposable
         {
             _log.Warning("bulk channel: sending {0} broke off: {1}", what, ex.Message);
         }
-        finally
-        {
-            Interlocked.Decrement(ref _active);
-        }
     }
 
     private static void Refuse(Socket s, string why)
@@ -255,6 +248,11 @@ public sealed class BulkServer : IDisposable
         var ack = new byte[4];
         var crc = new Crc32();
         uint sent = 0, acked = 0;
+        void WriteHeader(uint length)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(buffer, sent);
+            BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(4), length);
+        }
         void TakeAck()
         {
             BulkChannel.ReadExactly(s, ack);
@@ -286,19 +284,14 @@ public sealed class BulkServer : IDisposable
                 {
                     if (at == 0) // the receiver expects a header next: tell it why instead
                     {
-                        BinaryPrimitives.WriteUInt32LittleEndian(buffer, sent);
-                        BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(4), BulkChannel.ErrorFrame);
+                        WriteHeader(BulkChannel.ErrorFrame);
                         s.Send(buffer.AsSpan(0, BulkChannel.HeaderBytes));
                         s.Send(BulkChannel.ErrorText(ex.Message));
                     }
                     throw new IOException(ex.Message, ex);
                 }
                 crc.Append(piece);
-                if (headerBytes > 0)
-                {
-                    BinaryPrimitives.WriteUInt32LittleEndian(buffer, sent);
-                    BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(4), (uint)n);
-                }
+                if (headerBytes > 0) WriteHeader((uint)n);
                 SendAll(s, buffer.AsSpan(BulkChannel.HeaderBytes - headerBytes, headerBytes + m));
             }
             BinaryPrimitives.WriteUInt32LittleEndian(trailer, crc.GetCurrentHashAsUInt32());

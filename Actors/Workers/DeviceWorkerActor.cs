@@ -257,9 +257,10 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             var timeout = _settings.RequestTimeout;
             var index = slice.Tensors.Select(t => (t.Name, DTypes.TryParseCode(t.DType, out var d) ? d : throw new ProtocolException($"unknown dtype {t.DType}"), t.Shape)).ToList();
             int bulk = _settings.Bulk.Enabled ? 1 : 0; // dropped for the rest of this load once the channel proves unreachable
+            ReadTensor Request(string name, bool overBulk) => new(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16, overBulk);
             fetcher = new TensorFetcher(index, (name, destination) =>
             {
-                var got = StreamTensor(system, reader, new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16, Volatile.Read(ref bulk) == 1), timeout);
+                var got = StreamTensor(system, reader, Request(name, Volatile.Read(ref bulk) == 1), timeout);
                 if (got.Offer is { } offer)
                 {
                     try
@@ -270,7 +271,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
                     catch (BulkUnreachableException ex)
                     {
                         if (Interlocked.Exchange(ref bulk, 0) == 1) _log.Warning("{0}; this slice streams as actor messages", ex.Message);
-                        got = StreamTensor(system, reader, new ReadTensor(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16), timeout);
+                        got = StreamTensor(system, reader, Request(name, overBulk: false), timeout);
                     }
                 }
                 if (got.Bytes!.Length != destination.Length)

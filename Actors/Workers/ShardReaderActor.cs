@@ -53,7 +53,7 @@ public sealed class ShardReaderActor : ReceiveActor
             var loc = ckpt.Get(read.Tensor);
             if (read.Bulk && Bulk() is { } server && loc.Info.ByteLength >= _bulk!.MinBytes)
             {
-                var token = server.Offer(read.TransferId, $"'{read.Tensor}'", ckpt.Shard(loc.Shard), loc.Info, TimeSpan.FromSeconds(30));
+                var token = server.Offer($"'{read.Tensor}'", ckpt.Shard(loc.Shard), loc.Info, TimeSpan.FromSeconds(30));
                 Sender.Tell(new BulkOffer(read.TransferId, server.Host, server.Port, token, DTypes.Code(loc.Info.DType), loc.Info.Shape,
                     loc.Info.ByteLength, server.ChunkBytes, server.Window));
                 return;
@@ -119,7 +119,7 @@ public sealed class ShardReaderActor : ReceiveActor
 }
 
 /// <summary>A tensor's bytes as streamed over actor messages, or the reader's offer to send them over its bulk channel.</summary>
-public sealed record StreamedTensor(TensorHeader? Header, byte[]? Bytes, BulkOffer? Offer);
+public sealed record StreamedTensor(byte[]? Bytes, BulkOffer? Offer);
 
 /// <summary>
 /// Receives one streamed tensor: checks every chunk's CRC and order, acknowledges it, and completes the caller's
@@ -129,7 +129,6 @@ public sealed class StreamReceiverActor : ReceiveActor
 {
     private readonly TaskCompletionSource<StreamedTensor> _done;
     private byte[]? _buffer;
-    private TensorHeader? _header;
     private int _expected;
 
     public StreamReceiverActor(IActorRef reader, ReadTensor request, TaskCompletionSource<StreamedTensor> done, TimeSpan timeout)
@@ -140,7 +139,6 @@ public sealed class StreamReceiverActor : ReceiveActor
         reader.Tell(request);
         Receive<TensorHeader>(h =>
         {
-            _header = h;
             _buffer = new byte[h.TotalBytes];
             if (h.TotalBytes == 0) Finish();
         });
@@ -163,7 +161,7 @@ public sealed class StreamReceiverActor : ReceiveActor
         });
         Receive<BulkOffer>(offer =>
         {
-            _done.TrySetResult(new StreamedTensor(null, null, offer)); // the caller's thread takes it from here, over the socket
+            _done.TrySetResult(new StreamedTensor(null, offer)); // the caller's thread takes it from here, over the socket
             Context.Stop(Self);
         });
         Receive<ReadFailed>(f => Fail(f.Reason));
@@ -173,7 +171,7 @@ public sealed class StreamReceiverActor : ReceiveActor
 
     private void Finish()
     {
-        _done.TrySetResult(new StreamedTensor(_header, _buffer, null));
+        _done.TrySetResult(new StreamedTensor(_buffer, null));
         Context.Stop(Self);
     }
 

@@ -50,17 +50,17 @@ public static class DecodeBench
 
         // 2. The same through 1 embedded node, with the same threads as the plain loop.
         int cores = Environment.ProcessorCount;
-        var (one, _) = await OnCluster(folder, 1, n, cores, log);
+        double one = await OnCluster(folder, 1, n, cores, log);
         BenchSupport.Say(asJson, $"  1 embedded node:  {one:0.00} tokens/s (ratio {one / plain:0.000})");
         // 3. 3 nodes in this process split the cores (what an embedded cluster does); the hop cost is measured against
         //    1 node given the same per-node threads, so that only the hops differ (see HopsSideBySide).
         int perNode = Math.Max(1, cores / 3);
-        var (oneMs, threeMs, oneSame, three, boundaries) = await HopsSideBySide(folder, n, perNode, rounds: 8);
+        var (oneMs, threeMs, oneSame, three, boundaries, hopP50) = await HopsSideBySide(folder, n, perNode, rounds: 8);
         double perHopMs = boundaries > 0 ? (threeMs - oneMs) / boundaries : 0;
         double perHopMeanMs = boundaries > 0 ? (1000.0 / three - 1000.0 / oneSame) / boundaries : 0;
         BenchSupport.Say(asJson, $"  3 embedded nodes: {threeMs:0.00} ms per token (p20) vs 1 node {oneMs:0.00} at {perNode} thread(s) per node; " +
                                  $"{boundaries} node boundaries per token; {perHopMs:0.000} ms per hop ({three:0.00} vs {oneSame:0.00} tokens/s: {perHopMeanMs:0.000} ms from the means); " +
-                                 $"a hop timed directly (send to receive): {HopP50:0.000} ms median");
+                                 $"a hop timed directly (send to receive): {hopP50:0.000} ms median");
 
         // 4. Micro-batching: m requests in flight over 2 stages, one compute thread each.
         var (sequential, concurrent) = await MicroBatching(folder, m, Math.Max(4, n / 2), log);
@@ -79,7 +79,7 @@ public static class DecodeBench
             ["node_boundaries_per_token"] = boundaries,
             ["per_hop_ms"] = Math.Round(perHopMs, 4),
             ["per_hop_ms_from_means"] = Math.Round(perHopMeanMs, 4),
-            ["hop_latency_p50_ms"] = Math.Round(HopP50, 4),
+            ["hop_latency_p50_ms"] = Math.Round(hopP50, 4),
             ["one_node_ms_per_token"] = Math.Round(oneMs, 3),
             ["three_node_ms_per_token"] = Math.Round(threeMs, 3),
             // The .NET thread pool's spin before sleeping (DOTNET_ThreadPool_UnfairSemaphoreSpinLimit): a latency/idle-CPU trade-off.
@@ -93,32 +93,39 @@ public static class DecodeBench
 
     private static Generate Request(int n) => new(Guid.NewGuid().ToString("N"), Prompt, null, null, n, true, new SamplingSettings(true, 0, 0, 1, 0));
 
-    /// <summary>Best decode tokens/s of three generations on an embedded cluster, and the node boundaries one token crosses.</summary>
-    private static async Task<(double TokensPerSecond, int Boundaries)> OnCluster(string folder, int nodes, int n, int threads, ILogger log)
+    /// <summary>Best decode tokens/s of three generations on an embedded cluster.</summary>
+    private static async Task<double> OnCluster(string folder, int nodes, int n, int threads, ILogger log)
     {
         await using var cluster = await EmbeddedCluster.StartAsync(nodes, computeThreads: threads);
-        var loaded = await cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
+        var loaded = await Load(cluster, folder);
         double best = 0;
         for (int r = 0; r < 3; r++)
             best = Math.Max(best, (await cluster.Client.RunAsync(Request(n), loaded.Stages, TimeSpan.FromSeconds(120))).TokensPerSecond);
-        // Each hop hands its activations to the next stage's node; the last loops the token back to the first.
-        var devices = loaded.Stages.Select(s => s.Device.Split('/')[0]).ToList();
-        int boundaries = devices.Count > 1 ? Enumerable.Range(0, devices.Count).Count(i => devices[i] != devices[(i + 1) % devices.Count]) : 0;
-        return (best, boundaries);
+        return best;
+    }
+
+    private static Task<ModelLoaded> Load(EmbeddedCluster cluster, string folder) =>
+        cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
+
+    /// <summary>Node boundaries one token crosses: each hop hands its activations to the next stage's node, and the last loops the token back to the first.</summary>
+    private static int Boundaries(IReadOnlyList<StageInfo> stages)
+    {
+        var nodes = stages.Select(s => s.Device.Split('/')[0]).ToList();
+        return nodes.Count > 1 ? Enumerable.Range(0, nodes.Count).Count(i => nodes[i] != nodes[(i + 1) % nodes.Count]) : 0;
     }
 
     /// <summary>
     /// 1 node and 3 nodes side by side, taking turns, so that drift on this shared machine hits both alike. The time
     /// per token of each is the 20th percentile of the intervals between consecutive tokens reaching the client,
     /// pooled over all rounds: a floor that a GC pause or a neighbour's burst does not move, taken the same way for
-    /// both. Also returns the best mean tokens/s of each.
+    /// both. Also returns the best mean tokens/s of each, and the median of the hops timed directly (send → receive).
     /// </summary>
-    private static async Task<(double OneMs, double ThreeMs, double OneTps, double ThreeTps, int Boundaries)> HopsSideBySide(string folder, int n, int threads, int rounds)
+    private static async Task<(double OneMs, double ThreeMs, double OneTps, double ThreeTps, int Boundaries, double HopP50)> HopsSideBySide(string folder, int n, int threads, int rounds)
     {
         await using var c1 = await EmbeddedCluster.StartAsync(1, computeThreads: threads);
         await using var c3 = await EmbeddedCluster.StartAsync(3, computeThreads: threads);
-        var l1 = await c1.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
-        var l3 = await c3.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
+        var l1 = await Load(c1, folder);
+        var l3 = await Load(c3, folder);
         async Task<double> Once(EmbeddedCluster c, ModelLoaded l, List<double>? gaps)
         {
             var stamps = new List<long>();
@@ -139,19 +146,14 @@ public static class DecodeBench
         }
         static double P20(List<double> xs) => xs.Count == 0 ? double.NaN : xs.Order().ElementAt(xs.Count / 5);
         var hops = DeviceWorkerActor.HopLatency.Drain().Order().ToList();
-        HopP50 = hops.Count == 0 ? double.NaN : hops[hops.Count / 2];
-        var devices = l3.Stages.Select(s => s.Device.Split('/')[0]).ToList();
-        int boundaries = Enumerable.Range(0, devices.Count).Count(i => devices[i] != devices[(i + 1) % devices.Count]);
-        return (P20(oneGaps), P20(threeGaps), oneTps, threeTps, boundaries);
+        double hopP50 = hops.Count == 0 ? double.NaN : hops[hops.Count / 2];
+        return (P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50);
     }
-
-    /// <summary>Median latency of a node-to-node hop in the last side-by-side run, timed directly (send → receive).</summary>
-    private static double HopP50 = double.NaN;
 
     private static async Task<(double Sequential, double Concurrent)> MicroBatching(string folder, int m, int n, ILogger log)
     {
         await using var cluster = await EmbeddedCluster.StartAsync(2, computeThreads: 1);
-        var loaded = await cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
+        var loaded = await Load(cluster, folder);
         await cluster.Client.RunAsync(Request(n), loaded.Stages, TimeSpan.FromSeconds(120)); // warm-up
         var sw = Stopwatch.StartNew();
         for (int i = 0; i < m; i++) await cluster.Client.RunAsync(Request(n), loaded.Stages, TimeSpan.FromSeconds(120));

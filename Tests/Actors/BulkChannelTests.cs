@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using Akka.Event;
+using ShardPipe.Actors.Hosting;
 using ShardPipe.Actors.Workers;
 using ShardPipe.Checkpoints;
 using ShardPipe.Checkpoints.SafeTensors;
@@ -41,7 +42,7 @@ public sealed class BulkChannelTests : IDisposable
     private BulkOffer Offer(string transfer = "t1")
     {
         var info = _file.Get("big");
-        var token = _server.Offer(transfer, "'big'", _file, info, TimeSpan.FromSeconds(30));
+        var token = _server.Offer("'big'", _file, info, TimeSpan.FromSeconds(30));
         return new BulkOffer(transfer, _server.Host, _server.Port, token, "F32", info.Shape, info.ByteLength, _server.ChunkBytes, _server.Window);
     }
 
@@ -77,10 +78,7 @@ public sealed class BulkChannelTests : IDisposable
     public void A_size_mismatch_and_an_unreachable_channel_are_typed_errors()
     {
         Assert.Throws<ProtocolException>(() => BulkChannel.Receive(Offer(), new byte[10], TimeSpan.FromSeconds(10), "'big'"));
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        int closedPort = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
+        int closedPort = Loopback.FreePort(); // free now: nothing listens there
         var ex = Assert.Throws<BulkUnreachableException>(() => BulkChannel.Receive(Offer() with { Port = closedPort }, new byte[_bytes.Length], TimeSpan.FromSeconds(5), "'big'"));
         Assert.Contains("unreachable", ex.Message);
     }
