@@ -101,13 +101,13 @@ public sealed class BulkChannelTests : IDisposable
         return new BulkOffer("fake", "127.0.0.1", port, new byte[16], "U8", new long[] { total }, total, 1024, 2);
     }
 
-    private static byte[] Chunk(uint seq, byte[] data, uint? crc = null)
+    private static byte[] Chunk(uint seq, byte[] data, ulong? checksum = null)
     {
-        var frame = new byte[8 + data.Length + 4];
+        var frame = new byte[8 + data.Length + BulkChannel.TrailerBytes];
         BinaryPrimitives.WriteUInt32LittleEndian(frame, seq);
         BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(4), (uint)data.Length);
         data.CopyTo(frame, 8);
-        BinaryPrimitives.WriteUInt32LittleEndian(frame.AsSpan(8 + data.Length), crc ?? System.IO.Hashing.Crc32.HashToUInt32(data));
+        BinaryPrimitives.WriteUInt64LittleEndian(frame.AsSpan(8 + data.Length), checksum ?? System.IO.Hashing.XxHash3.HashToUInt64(data));
         return frame;
     }
 
@@ -117,7 +117,7 @@ public sealed class BulkChannelTests : IDisposable
         var data = Enumerable.Range(0, 1000).Select(i => (byte)i).ToArray();
         var cases = new (string Expect, Action<Socket> Script)[]
         {
-            ("CRC-32", s => s.Send(Chunk(0, data, crc: 12345))),
+            ("XXH3 checksum", s => s.Send(Chunk(0, data, checksum: 12345))),
             ("out of order", s => s.Send(Chunk(1, data))),
             ("out of bounds", s => s.Send(Chunk(0, new byte[1500]))),
             ("broke off", s => s.Send(Chunk(0, data)[..500])),
@@ -172,6 +172,6 @@ public sealed class BulkChannelTests : IDisposable
             }
         }
         catch (SocketException) { } // nothing more within a second: the sender waits for acknowledgements
-        Assert.Equal(1 + offer.Window * (8 + offer.ChunkBytes + 4), received); // status byte, then exactly the window
+        Assert.Equal(1 + offer.Window * (BulkChannel.HeaderBytes + offer.ChunkBytes + BulkChannel.TrailerBytes), received); // status byte, then exactly the window
     }
 }
