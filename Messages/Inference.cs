@@ -80,3 +80,23 @@ public sealed record RequestFailed(
 /// <summary>Free a request's KV cache on a worker.</summary>
 [MessagePackObject]
 public sealed record ReleaseRequest([property: Key(0)] string RequestId) : IShardPipeMessage;
+
+/// <summary>
+/// A worker asks the worker at <paramref name="Target"/> (the path its route names) for an activation link: a
+/// direct socket for the <see cref="StageInput"/>s it sends there.
+/// </summary>
+[MessagePackObject]
+public sealed record OpenLink([property: Key(0)] string Target) : IShardPipeMessage;
+
+/// <summary>
+/// The answer to <see cref="OpenLink"/>: where to connect and the one-time token to present (valid briefly), the
+/// largest frame the link takes; or, with <c>Refused</c> set, why there is no link (the sender keeps to actor messages).
+/// </summary>
+[MessagePackObject]
+public sealed record LinkOffer(
+    [property: Key(0)] string Target,
+    [property: Key(1)] string Host,
+    [property: Key(2)] int Port,
+    [property: Key(3)] byte[] Token,
+    [property: Key(4)] int MaxFrameBytes,
+    [property: Key(5)] string? Refused = null) : IShardPipeMessage;

@@ -25,7 +25,7 @@ public static class MessageCodec
         ("chunk", typeof(TensorChunk)), ("ack", typeof(ChunkAck)), ("mchunk", typeof(MessageChunk)),
         ("gen", typeof(Generate)), ("stage", typeof(StageInput)), ("tokens", typeof(TokensGenerated)),
         ("fwd-res", typeof(ForwardResult)), ("gen-done", typeof(GenerationDone)), ("req-fail", typeof(RequestFailed)),
-        ("req-rel", typeof(ReleaseRequest)),
+        ("req-rel", typeof(ReleaseRequest)), ("link?", typeof(OpenLink)), ("link-offer", typeof(LinkOffer)),
     };
 
     private static readonly Dictionary<Type, string> ByType = Table.ToDictionary(t => t.Type, t => t.Manifest);

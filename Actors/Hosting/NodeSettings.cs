@@ -21,6 +21,7 @@ public sealed record NodeSettings
     public int ComputeThreads { get; init; }
     public int MaxQueued { get; init; } = 64;
     public BulkSettings Bulk { get; init; } = new();
+    public ActivationLinkSettings Links { get; init; } = new();
     public TimeSpan DebugLoadDelay { get; init; }
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
@@ -64,6 +65,7 @@ public sealed record NodeSettings
             ComputeThreads = sp.GetInt("compute-threads", 0),
             MaxQueued = sp.GetInt("max-queued", 64),
             Bulk = BulkSettings.From(config),
+            Links = ActivationLinkSettings.From(config),
             DebugLoadDelay = sp.GetTimeSpan("debug.load-delay", TimeSpan.Zero),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
             DebugStageDelay = sp.GetTimeSpan("debug.stage-delay", TimeSpan.Zero),
@@ -87,11 +89,7 @@ public sealed record BulkSettings
     public static BulkSettings From(Config config)
     {
         var b = config.GetConfig("shardpipe.bulk-transfer");
-        string remoteHost = config.GetString("akka.remote.dot-netty.tcp.hostname", "127.0.0.1");
-        string publicHost = config.GetString("akka.remote.dot-netty.tcp.public-hostname", "");
-        string bind = b?.GetString("hostname", "") is { Length: > 0 } h ? h : remoteHost;
-        string advertised = b?.GetString("public-hostname", "") is { Length: > 0 } ph ? ph
-            : publicHost.Length > 0 ? publicHost : bind is "0.0.0.0" or "" ? System.Net.Dns.GetHostName() : bind;
+        var (bind, advertised) = SideChannelHosts(config, b);
         if (b is null) return new BulkSettings { BindHost = bind, AdvertisedHost = advertised };
         long chunk = b.GetByteSize("chunk-size") ?? (1 << 20);
         if (chunk < 4096 || chunk > 64 << 20) throw new ConfigurationException($"shardpipe.bulk-transfer.chunk-size must be between 4 KiB and 64 MiB, not {chunk}");
@@ -104,6 +102,56 @@ public sealed record BulkSettings
             ChunkBytes = (int)chunk,
             Window = Math.Clamp(b.GetInt("window", 8), 1, 256),
             MinBytes = b.GetByteSize("min-size") ?? (256 << 10),
+        };
+    }
+
+    /// <summary>
+    /// A side channel's listen address (its <c>hostname</c>, else the remoting hostname) and the address offered to
+    /// peers (its <c>public-hostname</c>, else the remoting public-hostname, else the listen address — the machine's
+    /// name when that is 0.0.0.0).
+    /// </summary>
+    internal static (string Bind, string Advertised) SideChannelHosts(Config config, Config? section)
+    {
+        string remoteHost = config.GetString("akka.remote.dot-netty.tcp.hostname", "127.0.0.1");
+        string publicHost = config.GetString("akka.remote.dot-netty.tcp.public-hostname", "");
+        string bind = section?.GetString("hostname", "") is { Length: > 0 } h ? h : remoteHost;
+        string advertised = section?.GetString("public-hostname", "") is { Length: > 0 } ph ? ph
+            : publicHost.Length > 0 ? publicHost : bind is "0.0.0.0" or "" ? System.Net.Dns.GetHostName() : bind;
+        return (bind, advertised);
+    }
+}
+
+/// <summary>
+/// Direct sockets between device workers for activations (<c>shardpipe.activation-link</c>): a worker's
+/// <see cref="Messages.StageInput"/>s to a stage on another node go over one, and over actor messages when it is
+/// off, not (yet) up, or broken.
+/// </summary>
+public sealed record ActivationLinkSettings
+{
+    public bool Enabled { get; init; } = true;
+    public string BindHost { get; init; } = "127.0.0.1";
+    public string AdvertisedHost { get; init; } = "127.0.0.1";
+    public int Port { get; init; }
+    /// <summary>Larger messages (a long prompt's activations) go as chunked actor messages.</summary>
+    public int MaxFrameBytes { get; init; } = 256 << 20;
+    /// <summary>How long a write may block (a peer that stopped reading) before the link counts as broken.</summary>
+    public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    public static ActivationLinkSettings From(Config config)
+    {
+        var a = config.GetConfig("shardpipe.activation-link");
+        var (bind, advertised) = BulkSettings.SideChannelHosts(config, a);
+        if (a is null) return new ActivationLinkSettings { BindHost = bind, AdvertisedHost = advertised };
+        long max = a.GetByteSize("max-frame-size") ?? (256 << 20);
+        if (max < 64 << 10 || max > 1L << 30) throw new ConfigurationException($"shardpipe.activation-link.max-frame-size must be between 64 KiB and 1 GiB, not {max}");
+        return new ActivationLinkSettings
+        {
+            Enabled = a.GetBoolean("enabled", true),
+            BindHost = bind,
+            AdvertisedHost = advertised,
+            Port = a.GetInt("port", 0),
+            MaxFrameBytes = (int)max,
+            SendTimeout = a.GetTimeSpan("send-timeout", TimeSpan.FromSeconds(5)),
         };
     }
 }

@@ -51,10 +51,16 @@ public sealed class ShardPipeNode : IAsyncDisposable
             TorchRuntime.Initialise();
             if (settings.ComputeThreads > 0) TorchSharp.torch.set_num_threads(settings.ComputeThreads);
             system.ActorOf(Props.Create(() => new ShardReaderActor(settings.Bulk)), "shard-reader");
+            ActivationListener? links = null;
+            if (settings.Links.Enabled)
+            {
+                links = new ActivationListener(settings.Links, Akka.Event.Logging.GetLogger(system, "activation-link"));
+                system.RegisterOnTermination(links.Dispose);
+            }
             for (int i = 0; i < settings.Devices.Count; i++)
             {
                 var (device, budget) = settings.Devices[i];
-                system.ActorOf(DeviceWorkerActor.Props(settings, device, budget, proxy), $"device-{i}");
+                system.ActorOf(DeviceWorkerActor.Props(settings, device, budget, proxy, links), $"device-{i}");
             }
         }
         var seeds = config.GetStringList("akka.cluster.seed-nodes");

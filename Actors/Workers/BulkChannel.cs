@@ -15,8 +15,7 @@ namespace ShardPipe.Actors.Workers;
 /// The socket side channel for bulk weights (Akka.Remote carries bytes at a fraction of a raw socket's speed).
 /// Actor messages negotiate it: a worker's bulk <see cref="ReadTensor"/> gets a <see cref="BulkOffer"/> naming this
 /// node's listener and a one-time token; the worker connects and reads the tensor straight into its storage.
-/// <para>On the socket (little-endian): the client's hello <c>"SPB1" | version u32 | token[16]</c>; the server's
-/// status byte (0 = go, else an error text: <c>u16 length | UTF-8</c>); then chunks <c>seq u32 | length u32 |
+/// <para>On the socket (little-endian): the opening of every <see cref="SideChannel"/> (magic <c>"SPB1"</c>); then chunks <c>seq u32 | length u32 |
 /// bytes | xxh3 u64</c> (XXH3-64 of the chunk's bytes; it trails, so both ends compute it piece by piece while
 /// the bytes are in cache), each acknowledged by the client with its <c>seq u32</c>. XXH3 rather than CRC-32:
 /// both detect corruption that TCP's own checksum lets through, and XXH3 costs a third as much CPU — on two cores
@@ -38,34 +37,6 @@ public static class BulkChannel
 
     /// <summary>Bytes this process has received over bulk channels (diagnostics).</summary>
     public static long BytesReceived => Interlocked.Read(ref _bytesReceived);
-
-    public static void ReadExactly(Socket s, Span<byte> into)
-    {
-        while (into.Length > 0)
-        {
-            int n = s.Receive(into);
-            if (n == 0) throw new EndOfStreamException("the connection closed");
-            into = into[n..];
-        }
-    }
-
-    public static byte[] ErrorText(string text)
-    {
-        var utf8 = System.Text.Encoding.UTF8.GetBytes(text.Length > 1000 ? text[..1000] : text);
-        var b = new byte[2 + utf8.Length];
-        BinaryPrimitives.WriteUInt16LittleEndian(b, (ushort)utf8.Length);
-        utf8.CopyTo(b, 2);
-        return b;
-    }
-
-    public static string ReadErrorText(Socket s)
-    {
-        Span<byte> len = stackalloc byte[2];
-        ReadExactly(s, len);
-        var text = new byte[BinaryPrimitives.ReadUInt16LittleEndian(len)];
-        ReadExactly(s, text);
-        return System.Text.Encoding.UTF8.GetString(text);
-    }
 
     /// <summary>
     /// Receives an offered tensor into <paramref name="destination"/> (its exact size), checking order, bounds and
@@ -90,14 +61,7 @@ public static class BulkChannel
         string where = $"{what} from {offer.Host}:{offer.Port}";
         try
         {
-            var hello = new byte[4 + 4 + 16];
-            Magic.CopyTo(hello, 0);
-            BinaryPrimitives.WriteUInt32LittleEndian(hello.AsSpan(4), Protocol.Version);
-            offer.Token.AsSpan(0, Math.Min(16, offer.Token.Length)).CopyTo(hello.AsSpan(8));
-            s.Send(hello);
-            Span<byte> status = stackalloc byte[1];
-            ReadExactly(s, status);
-            if (status[0] != 0) throw new ClusterException($"bulk transfer of {where} refused: {ReadErrorText(s)}");
+            SideChannel.Open(s, Magic, offer.Token, $"bulk transfer of {where}");
             Span<byte> header = stackalloc byte[HeaderBytes];
             Span<byte> trailer = stackalloc byte[TrailerBytes];
             Span<byte> ack = stackalloc byte[4];
@@ -106,9 +70,9 @@ public static class BulkChannel
             uint seq = 0;
             while (offset < destination.Length)
             {
-                ReadExactly(s, header);
+                SideChannel.ReadExactly(s, header);
                 uint got = BinaryPrimitives.ReadUInt32LittleEndian(header), length = BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
-                if (length == ErrorFrame) throw new ClusterException($"bulk transfer of {where} failed at the sender: {ReadErrorText(s)}");
+                if (length == ErrorFrame) throw new ClusterException($"bulk transfer of {where} failed at the sender: {SideChannel.ReadErrorText(s)}");
                 if (got != seq || length == 0 || length > offer.ChunkBytes || offset + length > destination.Length)
                     throw new ClusterException($"bulk transfer of {where}: chunk {got} ({length} bytes at {offset}) out of order or out of bounds (expected chunk {seq})");
                 // Checksummed piece by piece as it lands, while the bytes are still in cache.
@@ -117,10 +81,10 @@ public static class BulkChannel
                 for (int at = 0; at < chunk.Length; at += PieceBytes)
                 {
                     var piece = chunk.Slice(at, Math.Min(PieceBytes, chunk.Length - at));
-                    ReadExactly(s, piece);
+                    SideChannel.ReadExactly(s, piece);
                     hash.Append(piece);
                 }
-                ReadExactly(s, trailer);
+                SideChannel.ReadExactly(s, trailer);
                 if (hash.GetCurrentHashAsUInt64() != BinaryPrimitives.ReadUInt64LittleEndian(trailer))
                     throw new ClusterException($"bulk transfer of {where}: chunk {seq} failed its XXH3 checksum");
                 BinaryPrimitives.WriteUInt32LittleEndian(ack, seq);
@@ -167,8 +131,7 @@ public sealed class BulkServer : IDisposable
         _log = log;
         _chunkBytes = chunkBytes;
         _window = window;
-        var address = IPAddress.TryParse(bindHost, out var ip) ? ip : Dns.GetHostAddresses(bindHost).First(a => a.AddressFamily == AddressFamily.InterNetwork);
-        _listener = new TcpListener(address, port);
+        _listener = new TcpListener(SideChannel.BindAddress(bindHost), port);
         _listener.Server.ReceiveBufferSize = BulkChannel.SocketBuffer;
         _listener.Start();
         Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
@@ -211,31 +174,20 @@ public sealed class BulkServer : IDisposable
             s.NoDelay = true;
             s.SendBufferSize = BulkChannel.SocketBuffer;
             s.ReceiveTimeout = s.SendTimeout = 30_000;
-            var hello = new byte[24];
-            BulkChannel.ReadExactly(s, hello);
-            if (!hello.AsSpan(0, 4).SequenceEqual(BulkChannel.Magic)) { Refuse(s, "not a ShardPipe bulk client"); return; }
-            uint version = BinaryPrimitives.ReadUInt32LittleEndian(hello.AsSpan(4));
-            if (version != Protocol.Version) { Refuse(s, $"protocol version {version}, this node speaks {Protocol.Version}"); return; }
-            if (!_pending.TryRemove(Convert.ToHexString(hello, 8, 16), out var p) || p.Expires < DateTime.UtcNow)
+            if (SideChannel.AcceptHello(s, BulkChannel.Magic, "bulk") is not { } token) return;
+            if (!_pending.TryRemove(token, out var p) || p.Expires < DateTime.UtcNow)
             {
-                Refuse(s, "unknown or expired token");
+                SideChannel.Refuse(s, "unknown or expired token");
                 return;
             }
             what = p.What;
-            s.Send(new byte[] { 0 });
+            SideChannel.Accept(s);
             Stream(s, p);
         }
         catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
         {
             _log.Warning("bulk channel: sending {0} broke off: {1}", what, ex.Message);
         }
-    }
-
-    private static void Refuse(Socket s, string why)
-    {
-        var text = BulkChannel.ErrorText(why);
-        s.Send(new byte[] { 1 });
-        s.Send(text);
     }
 
     /// <summary>
@@ -258,7 +210,7 @@ public sealed class BulkServer : IDisposable
         }
         void TakeAck()
         {
-            BulkChannel.ReadExactly(s, ack);
+            SideChannel.ReadExactly(s, ack);
             uint seq = BinaryPrimitives.ReadUInt32LittleEndian(ack);
             if (seq != acked) throw new IOException($"acknowledgement {seq} out of order (expected {acked})");
             acked++;
@@ -289,13 +241,13 @@ public sealed class BulkServer : IDisposable
                     {
                         WriteHeader(BulkChannel.ErrorFrame);
                         s.Send(buffer.AsSpan(0, BulkChannel.HeaderBytes));
-                        s.Send(BulkChannel.ErrorText(ex.Message));
+                        s.Send(SideChannel.ErrorText(ex.Message));
                     }
                     throw new IOException(ex.Message, ex);
                 }
                 hash.Append(piece);
                 if (headerBytes > 0) WriteHeader((uint)n);
-                SendAll(s, buffer.AsSpan(BulkChannel.HeaderBytes - headerBytes, headerBytes + m));
+                SideChannel.SendAll(s, buffer.AsSpan(BulkChannel.HeaderBytes - headerBytes, headerBytes + m));
             }
             BinaryPrimitives.WriteUInt64LittleEndian(trailer, hash.GetCurrentHashAsUInt64());
             s.Send(trailer);
@@ -303,11 +255,6 @@ public sealed class BulkServer : IDisposable
             sent++;
         }
         while (acked < sent) TakeAck();
-    }
-
-    private static void SendAll(Socket s, ReadOnlySpan<byte> data)
-    {
-        while (data.Length > 0) data = data[s.Send(data)..];
     }
 
     public void Dispose()

@@ -32,23 +32,28 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private readonly long _budget;
     private readonly IActorRef _coordinator;
     private readonly string _stage;
+    private readonly ActivationListener? _listener;
+    private readonly ActivationLinks _links;
     private CausalLMModel? _model;
     private StageRunner? _runner;
     private int _epoch = -1;
     private SliceLoaded? _loaded;
 
-    public DeviceWorkerActor(NodeSettings settings, string device, long budget, IActorRef coordinator)
+    public DeviceWorkerActor(NodeSettings settings, string device, long budget, IActorRef coordinator, ActivationListener? listener)
     {
         _settings = settings;
         _device = device;
         _budget = budget;
         _coordinator = coordinator;
         _stage = $"{settings.NodeName}/{device}";
+        _listener = listener;
+        _links = new ActivationLinks(settings.Links, _log, _stage);
         Unregistered();
     }
 
-    public static Props Props(NodeSettings settings, string device, long budget, IActorRef coordinator) =>
-        Akka.Actor.Props.Create(() => new DeviceWorkerActor(settings, device, budget, coordinator)).WithDispatcher("akka.actor.shardpipe-compute-dispatcher");
+    /// <param name="listener">This node's activation-link listener; null when links are off here.</param>
+    public static Props Props(NodeSettings settings, string device, long budget, IActorRef coordinator, ActivationListener? listener = null) =>
+        Akka.Actor.Props.Create(() => new DeviceWorkerActor(settings, device, budget, coordinator, listener)).WithDispatcher("akka.actor.shardpipe-compute-dispatcher");
 
     protected override void PreStart()
     {
@@ -91,9 +96,38 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         }
     }
 
+    /// <summary>Activation links: offers to peers (any state after registration), and this worker's own links.</summary>
+    private void LinkHandling()
+    {
+        Receive<OpenLink>(o => Sender.Tell(_listener is null
+            ? new LinkOffer(o.Target, "", 0, Array.Empty<byte>(), 0, $"activation links are off on {_settings.NodeName}")
+            : new LinkOffer(o.Target, _listener.Host, _listener.Port, _listener.Offer(Self, Sender), _listener.MaxFrameBytes)));
+        Receive<LinkOffer>(o => _links.Offered(o, Self));
+        Receive<ActivationLinks.Connected>(_links.Up);
+        Receive<ActivationLinks.ConnectFailed>(_links.Down);
+    }
+
+    /// <summary>Asks for a link to every stage on another node that this worker's hops send to.</summary>
+    private void OpenLinks(PipelineHop[] route)
+    {
+        string self = Path();
+        var provider = ((ExtendedActorSystem)Context.System).Provider;
+        var here = ActorPath.Parse(self).Address;
+        for (int i = 0; i < route.Length; i++)
+        {
+            if (route[i].WorkerPath != self) continue;
+            var targets = new List<string>();
+            if (i + 1 < route.Length) targets.Add(route[i + 1].WorkerPath);
+            if (route[i].Head) targets.Add(route[0].WorkerPath); // the next step's token loops back to the first hop
+            foreach (var t in targets)
+                if (ActorPath.TryParse(t, out var path) && path.Address != here) _links.Want(t, provider.ResolveActorRef(t), Self);
+        }
+    }
+
     private void Idle()
     {
         Stash.UnstashAll();
+        LinkHandling();
         Receive<MessageChunk>(Reassemble);
         Receive<LoadSlice>(StartLoad);
         Receive<ReleaseSlice>(_ => Sender.Tell(new ModelUnloaded("")));
@@ -134,6 +168,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             _epoch = r.Epoch;
             _runner = new StageRunner(r.Model, r.Route);
             _loaded = new SliceLoaded(r.Epoch, Path(), r.Bytes, r.Tensors, r.Streamed);
+            OpenLinks(r.Route);
             replyTo.Tell(_loaded);
             _log.Info("{0}: slice of epoch {1} ready, {2} tensors, {3}", _stage, r.Epoch, r.Tensors, ByteSize.Format(r.Bytes));
             Become(Ready);
@@ -173,6 +208,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private void Ready()
     {
         Stash.UnstashAll();
+        LinkHandling();
         Receive<StageInput>(RunStage);
         Receive<MessageChunk>(Reassemble);
         Receive<ReleaseRequest>(r => _runner!.Release(r.RequestId));
@@ -216,8 +252,9 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             if (o.Message is ReleaseRequest rel && o.Path == Path()) _runner!.Release(rel.RequestId);
             else
             {
-                var target = provider.ResolveActorRef(o.Path);
                 var message = o.Message is StageInput si ? si with { SentAt = Stopwatch.GetTimestamp() } : o.Message;
+                if (message is StageInput hop && _links.TrySend(o.Path, hop)) continue; // straight to the next stage's node
+                var target = provider.ResolveActorRef(o.Path);
                 foreach (var part in Chunking.Split(message)) target.Tell(part, Self); // large activations/logits travel in chunks
             }
         }
@@ -313,6 +350,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
 
     private void ReleaseModel()
     {
+        _links.CloseAll();
         _runner?.Dispose();
         _runner = null;
         _model?.Release();

@@ -163,3 +163,4 @@ public static class DecodeBench
         return (sequential, sw.Elapsed.TotalSeconds);
     }
 }
+

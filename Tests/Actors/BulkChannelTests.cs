@@ -93,7 +93,7 @@ public sealed class BulkChannelTests : IDisposable
         {
             using var s = listener.AcceptSocket();
             var hello = new byte[24];
-            BulkChannel.ReadExactly(s, hello);
+            SideChannel.ReadExactly(s, hello);
             s.Send(new byte[] { 0 });
             script(s);
             listener.Stop();
@@ -126,7 +126,7 @@ public sealed class BulkChannelTests : IDisposable
                 var header = new byte[8];
                 BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(4), BulkChannel.ErrorFrame);
                 s.Send(header);
-                s.Send(BulkChannel.ErrorText("disk gone"));
+                s.Send(SideChannel.ErrorText("disk gone"));
             }),
         };
         foreach (var (expect, script) in cases)
