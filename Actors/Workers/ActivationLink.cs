@@ -17,8 +17,8 @@ namespace ShardPipe.Actors.Workers;
 /// Activation links: a direct socket from a device worker to a worker on another node, for the
 /// <see cref="StageInput"/>s it sends there (hidden states to the next stage; the sampled token back to the
 /// first). Akka.Remote hands a message through several threads on each side (≈0.25 ms a hop on this machine
-/// type); over a link the sending worker writes the frame itself and one reader thread on the far node hands it
-/// to the worker (≈0.03 ms). Actor messages negotiate a link (<see cref="OpenLink"/> → <see cref="LinkOffer"/>
+/// type); over a link the sending worker writes the frame itself and the reader thread on the far node runs the
+/// step (<see cref="StageExecutor"/>). Actor messages negotiate a link (<see cref="OpenLink"/> → <see cref="LinkOffer"/>
 /// with a one-time token) and stay the fallback whenever it is off, not yet up, or broken.
 /// <para>On the socket (little-endian): the <see cref="SideChannel"/> opening (magic <c>"SPA1"</c>), then frames,
 /// one way: <c>length u32 | manifest length u8 | manifest (ASCII) | body (the MessagePack message) | xxh3 u64 of
@@ -106,19 +106,24 @@ public static class ActivationLink
             int have = Math.Min(into.Length, _end - _start);
             _buffer.AsSpan(_start, have).CopyTo(into);
             _start += have;
-            if (have < into.Length) SideChannel.ReadExactly(_s, into[have..]);
+            for (into = into[have..]; into.Length > 0;)
+            {
+                int got = _s.Receive(into);
+                if (got == 0) throw new EndOfStreamException("the link closed in the middle of a frame");
+                into = into[got..];
+            }
         }
     }
 }
 
 /// <summary>
 /// A node's activation-link listener: holds the offers its workers made (one-time tokens naming the worker and
-/// the peer), and reads each accepted link on its own thread, handing every frame to its worker as if the peer
-/// had sent it.
+/// the peer), and reads each accepted link on its own thread, handing every frame to its worker's
+/// <see cref="StageExecutor.Deliver"/> (which runs the step on that thread).
 /// </summary>
 public sealed class ActivationListener : IDisposable
 {
-    private sealed record Pending(IActorRef Target, IActorRef From, DateTime Expires);
+    private sealed record Pending(IActorRef Target, IActorRef From, Action<object, IActorRef> Deliver, DateTime Expires);
 
     private readonly TcpListener _listener;
     private readonly ConcurrentDictionary<string, Pending> _pending = new();
@@ -152,13 +157,16 @@ public sealed class ActivationListener : IDisposable
         _ = Task.Run(AcceptLoop);
     }
 
-    /// <summary>A one-time token (valid 30 s) for a link from <paramref name="from"/> to the local worker <paramref name="target"/>.</summary>
-    public byte[] Offer(IActorRef target, IActorRef from)
+    /// <summary>
+    /// A one-time token (valid 30 s) for a link from <paramref name="from"/> to the local worker
+    /// <paramref name="target"/>; each frame is handed to <paramref name="deliver"/> on the link's reader thread.
+    /// </summary>
+    public byte[] Offer(IActorRef target, IActorRef from, Action<object, IActorRef> deliver)
     {
         foreach (var (k, p) in _pending)
             if (p.Expires < DateTime.UtcNow) _pending.TryRemove(k, out _);
         var token = RandomNumberGenerator.GetBytes(16);
-        _pending[Convert.ToHexString(token)] = new Pending(target, from, DateTime.UtcNow.AddSeconds(30));
+        _pending[Convert.ToHexString(token)] = new Pending(target, from, deliver, DateTime.UtcNow.AddSeconds(30));
         return token;
     }
 
@@ -201,7 +209,7 @@ public sealed class ActivationListener : IDisposable
             {
                 var message = MessageCodec.Decode(body, manifest);
                 Interlocked.Increment(ref _framesReceived);
-                p.Target.Tell(message, p.From);
+                p.Deliver(message, p.From);
             }
         }
         catch (ProtocolException ex)

@@ -33,9 +33,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private readonly IActorRef _coordinator;
     private readonly string _stage;
     private readonly ActivationListener? _listener;
-    private readonly ActivationLinks _links;
+    private readonly StageExecutor _executor;
     private CausalLMModel? _model;
-    private StageRunner? _runner;
     private int _epoch = -1;
     private SliceLoaded? _loaded;
 
@@ -47,7 +46,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         _coordinator = coordinator;
         _stage = $"{settings.NodeName}/{device}";
         _listener = listener;
-        _links = new ActivationLinks(settings.Links, _log, _stage);
+        _executor = new StageExecutor(settings, _stage, Self, Path(), Context.System, _log);
         Unregistered();
     }
 
@@ -101,10 +100,10 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     {
         Receive<OpenLink>(o => Sender.Tell(_listener is null
             ? new LinkOffer(o.Target, "", 0, Array.Empty<byte>(), 0, $"activation links are off on {_settings.NodeName}")
-            : new LinkOffer(o.Target, _listener.Host, _listener.Port, _listener.Offer(Self, Sender), _listener.MaxFrameBytes)));
-        Receive<LinkOffer>(o => _links.Offered(o, Self));
-        Receive<ActivationLinks.Connected>(_links.Up);
-        Receive<ActivationLinks.ConnectFailed>(_links.Down);
+            : new LinkOffer(o.Target, _listener.Host, _listener.Port, _listener.Offer(Self, Sender, _executor.Deliver), _listener.MaxFrameBytes)));
+        Receive<LinkOffer>(o => _executor.Locked(() => _executor.Links.Offered(o, Self)));
+        Receive<ActivationLinks.Connected>(c => _executor.Locked(() => _executor.Links.Up(c)));
+        Receive<ActivationLinks.ConnectFailed>(f => _executor.Locked(() => _executor.Links.Down(f)));
     }
 
     /// <summary>Asks for a link to every stage on another node that this worker's hops send to.</summary>
@@ -120,7 +119,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             if (i + 1 < route.Length) targets.Add(route[i + 1].WorkerPath);
             if (route[i].Head) targets.Add(route[0].WorkerPath); // the next step's token loops back to the first hop
             foreach (var t in targets)
-                if (ActorPath.TryParse(t, out var path) && path.Address != here) _links.Want(t, provider.ResolveActorRef(t), Self);
+                if (ActorPath.TryParse(t, out var path) && path.Address != here)
+                    _executor.Locked(() => _executor.Links.Want(t, provider.ResolveActorRef(t), Self));
         }
     }
 
@@ -131,7 +131,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<MessageChunk>(Reassemble);
         Receive<LoadSlice>(StartLoad);
         Receive<ReleaseSlice>(_ => Sender.Tell(new ModelUnloaded("")));
-        Receive<StageInput>(i => Reply(i, "no model slice is loaded on this stage"));
+        Receive<StageInput>(i => _executor.Fail(i, "no model slice is loaded on this stage"));
         Receive<ReleaseRequest>(_ => { });
         Receive<WorkerRegistered>(_ => { });
         Receive<RegisterTick>(_ => { });
@@ -166,7 +166,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         {
             _model = r.Model;
             _epoch = r.Epoch;
-            _runner = new StageRunner(r.Model, r.Route);
+            _executor.Install(new StageRunner(r.Model, r.Route));
             _loaded = new SliceLoaded(r.Epoch, Path(), r.Bytes, r.Tensors, r.Streamed);
             OpenLinks(r.Route);
             replyTo.Tell(_loaded);
@@ -185,33 +185,13 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
 
     private readonly ChunkAssembler _chunks = new();
 
-    /// <summary>Latencies of hops received from another node of this machine (worker send → worker receive), for benchmarks.</summary>
-    public static class HopLatency
-    {
-        private static readonly System.Collections.Concurrent.ConcurrentQueue<double> Samples = new();
-
-        public static void Record(long ticks)
-        {
-            if (ticks <= 0 || Samples.Count > 100_000) return;
-            Samples.Enqueue(ticks * 1000.0 / Stopwatch.Frequency);
-        }
-
-        /// <summary>Takes every sample recorded so far, in milliseconds.</summary>
-        public static List<double> Drain()
-        {
-            var all = new List<double>();
-            while (Samples.TryDequeue(out var x)) all.Add(x);
-            return all;
-        }
-    }
-
     private void Ready()
     {
         Stash.UnstashAll();
         LinkHandling();
-        Receive<StageInput>(RunStage);
+        Receive<StageInput>(i => _executor.Run(i, Sender));
         Receive<MessageChunk>(Reassemble);
-        Receive<ReleaseRequest>(r => _runner!.Release(r.RequestId));
+        Receive<ReleaseRequest>(r => _executor.Release(r.RequestId));
         Receive<LoadSlice>(StartLoad);
         Receive<ReleaseSlice>(_ =>
         {
@@ -222,50 +202,11 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<EvictTick>(_ =>
         {
             _chunks.DropStale(_settings.RequestTimeout);
-            int n = _runner!.EvictIdle(_settings.CacheIdleTimeout);
+            int n = _executor.EvictIdle(_settings.CacheIdleTimeout);
             if (n > 0) _log.Info("{0}: freed the KV caches of {1} abandoned request(s)", _stage, n);
         });
         Receive<RegisterTick>(_ => { });
         Receive<WorkerRegistered>(_ => { });
-    }
-
-    private void RunStage(StageInput input)
-    {
-        if (input.SentAt > 0 && Sender.Path.Address != Self.Path.Address) HopLatency.Record(Stopwatch.GetTimestamp() - input.SentAt);
-        IReadOnlyList<Outgoing> outgoing;
-        try
-        {
-            // Fault-injection hook for tests; this actor has its own pinned thread, so nothing else waits.
-            if (_settings.DebugStageDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugStageDelay);
-            outgoing = _runner!.Run(input);
-        }
-        catch (Exception ex)
-        {
-            _log.Warning("{0}: request {1} failed: {2}", _stage, input.RequestId, ex.Message);
-            _runner!.Release(input.RequestId);
-            Reply(input, ex.GetBaseException().Message);
-            return;
-        }
-        var provider = ((ExtendedActorSystem)Context.System).Provider;
-        foreach (var o in outgoing)
-        {
-            if (o.Message is ReleaseRequest rel && o.Path == Path()) _runner!.Release(rel.RequestId);
-            else
-            {
-                var message = o.Message is StageInput si ? si with { SentAt = Stopwatch.GetTimestamp() } : o.Message;
-                if (message is StageInput hop && _links.TrySend(o.Path, hop)) continue; // straight to the next stage's node
-                var target = provider.ResolveActorRef(o.Path);
-                foreach (var part in Chunking.Split(message)) target.Tell(part, Self); // large activations/logits travel in chunks
-            }
-        }
-    }
-
-    private void Reply(StageInput input, string reason)
-    {
-        var provider = ((ExtendedActorSystem)Context.System).Provider;
-        var failed = new RequestFailed(input.RequestId, _stage, reason);
-        provider.ResolveActorRef(input.ReplyTo).Tell(failed);
-        if (input.State.Coordinator is { } c) provider.ResolveActorRef(c).Tell(failed); // frees its slot in the queue
     }
 
     private string Path() => Akka.Serialization.Serialization.SerializedActorPath(Self);
@@ -350,9 +291,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
 
     private void ReleaseModel()
     {
-        _links.CloseAll();
-        _runner?.Dispose();
-        _runner = null;
+        _executor.Uninstall();
         _model?.Release();
         _model = null;
         _loaded = null;

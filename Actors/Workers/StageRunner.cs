@@ -82,9 +82,10 @@ public sealed class StageRunner : IDisposable
             if (finished[b]) next[b] = st.PadTokenId;
             else if (!st.IgnoreEos && st.EosTokenIds.Contains(next[b])) finished[b] = true;
         }
-        var output = new List<Outgoing> { new(input.ReplyTo, new TokensGenerated(input.RequestId, input.Step, next)) };
+        var tokens = new Outgoing(input.ReplyTo, new TokensGenerated(input.RequestId, input.Step, next));
         if (input.Step + 1 >= st.MaxNewTokens || finished.All(f => f))
         {
+            var output = new List<Outgoing> { tokens };
             output.Add(new(input.ReplyTo, new GenerationDone(input.RequestId, input.Step + 1)));
             if (st.Coordinator is { } c) output.Add(new(c, new GenerationDone(input.RequestId, input.Step + 1)));
             foreach (var path in _route.Select(r => r.WorkerPath).Distinct())
@@ -94,13 +95,17 @@ public sealed class StageRunner : IDisposable
         // Next step: one new token per row; mask grows by one; its position is cumsum(mask) − 1, as HF's generate.
         var mask = input.AttentionMask.Select(r => r.Append(1L).ToArray()).ToArray();
         var positions = mask.Select(r => new[] { r.Sum() - 1 }).ToArray();
-        output.Add(new(_route[0].WorkerPath, input with
+        // The next step goes first: it is the pipeline's critical path; the caller's copy of the tokens can follow.
+        return new[]
         {
-            Step = input.Step + 1, Hop = 0, Hidden = null, InputIds = next.Select(x => new[] { x }).ToArray(),
-            AttentionMask = mask, PositionIds = positions,
-            State = st with { Finished = finished, History = st.History?.Select((h, b) => h.Append(next[b]).ToArray()).ToArray() },
-        }));
-        return output;
+            new Outgoing(_route[0].WorkerPath, input with
+            {
+                Step = input.Step + 1, Hop = 0, Hidden = null, InputIds = next.Select(x => new[] { x }).ToArray(),
+                AttentionMask = mask, PositionIds = positions,
+                State = st with { Finished = finished, History = st.History?.Select((h, b) => h.Append(next[b]).ToArray()).ToArray() },
+            }),
+            tokens,
+        };
     }
 
     private KvCache CacheFor(string requestId)

@@ -135,7 +135,7 @@ public static class DecodeBench
         }
         await Once(c1, l1, null); // warm-up
         await Once(c3, l3, null);
-        DeviceWorkerActor.HopLatency.Drain(); // only the measured rounds count
+        StageExecutor.HopLatency.Drain(); // only the measured rounds count
         var oneGaps = new List<double>();
         var threeGaps = new List<double>();
         double oneTps = 0, threeTps = 0;
@@ -145,7 +145,7 @@ public static class DecodeBench
             threeTps = Math.Max(threeTps, await Once(c3, l3, threeGaps));
         }
         static double P20(List<double> xs) => xs.Count == 0 ? double.NaN : xs.Order().ElementAt(xs.Count / 5);
-        var hops = DeviceWorkerActor.HopLatency.Drain().Order().ToList();
+        var hops = StageExecutor.HopLatency.Drain().Order().ToList();
         double hopP50 = hops.Count == 0 ? double.NaN : hops[hops.Count / 2];
         return (P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50);
     }
@@ -163,4 +163,3 @@ public static class DecodeBench
         return (sequential, sw.Elapsed.TotalSeconds);
     }
 }
-

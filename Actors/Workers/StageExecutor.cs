@@ -1,0 +1,164 @@
+using System.Diagnostics;
+using Akka.Actor;
+using Akka.Event;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Actors.Workers;
+
+/// <summary>
+/// A device worker's loaded stage and its outgoing activation links, behind one lock. The worker actor runs
+/// steps that arrive as actor messages on its own thread; a step that arrives over an activation link runs right
+/// on the link's reader thread (<see cref="Deliver"/>), so a hop costs one thread wake-up — the kernel's, on the
+/// core the sender just left — instead of a second hand-off to the worker's thread. The lock keeps every step,
+/// cache release and link change one at a time, as the actor's mailbox would.
+/// </summary>
+public sealed class StageExecutor
+{
+    private readonly object _gate = new();
+    private readonly NodeSettings _settings;
+    private readonly string _stage;
+    private readonly string _selfPath;
+    private readonly IActorRef _self;
+    private readonly IActorRefProvider _provider;
+    private readonly ILoggingAdapter _log;
+    private StageRunner? _runner;
+
+    public ActivationLinks Links { get; }
+
+    public StageExecutor(NodeSettings settings, string stage, IActorRef self, string selfPath, ActorSystem system, ILoggingAdapter log)
+    {
+        _settings = settings;
+        _stage = stage;
+        _self = self;
+        _selfPath = selfPath;
+        _provider = ((ExtendedActorSystem)system).Provider;
+        _log = log;
+        Links = new ActivationLinks(settings.Links, log, stage);
+    }
+
+    /// <summary>Runs <paramref name="action"/> under the lock (link changes, evictions from the actor's thread).</summary>
+    public T Locked<T>(Func<T> action)
+    {
+        lock (_gate) return action();
+    }
+
+    public void Locked(Action action)
+    {
+        lock (_gate) action();
+    }
+
+    public void Install(StageRunner runner)
+    {
+        lock (_gate) _runner = runner;
+    }
+
+    /// <summary>Frees the stage (its KV caches) and closes its links.</summary>
+    public void Uninstall()
+    {
+        lock (_gate)
+        {
+            Links.CloseAll();
+            _runner?.Dispose();
+            _runner = null;
+        }
+    }
+
+    public void Release(string requestId)
+    {
+        lock (_gate) _runner?.Release(requestId);
+    }
+
+    public int EvictIdle(TimeSpan idle)
+    {
+        lock (_gate) return _runner?.EvictIdle(idle) ?? 0;
+    }
+
+    /// <summary>
+    /// A message from an activation link's reader thread: a step runs here and now when the stage is loaded;
+    /// anything else (or a step before the slice is ready) goes to the worker as an actor message.
+    /// </summary>
+    public void Deliver(object message, IActorRef from)
+    {
+        if (message is StageInput input)
+        {
+            lock (_gate)
+            {
+                if (_runner is not null)
+                {
+                    RunLocked(input, from);
+                    return;
+                }
+            }
+        }
+        _self.Tell(message, from);
+    }
+
+    /// <summary>A step that arrived as an actor message (on the worker's thread).</summary>
+    public void Run(StageInput input, IActorRef from)
+    {
+        lock (_gate)
+        {
+            if (_runner is null) Fail(input, "no model slice is loaded on this stage");
+            else RunLocked(input, from);
+        }
+    }
+
+    private void RunLocked(StageInput input, IActorRef from)
+    {
+        if (input.SentAt > 0 && !from.Path.Address.Equals(_self.Path.Address)) HopLatency.Record(Stopwatch.GetTimestamp() - input.SentAt);
+        IReadOnlyList<Outgoing> outgoing;
+        try
+        {
+            // Fault-injection hook for tests: a stage that stalls.
+            if (_settings.DebugStageDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugStageDelay);
+            outgoing = _runner!.Run(input);
+        }
+        catch (Exception ex)
+        {
+            _log.Warning("{0}: request {1} failed: {2}", _stage, input.RequestId, ex.Message);
+            _runner!.Release(input.RequestId);
+            Fail(input, ex.GetBaseException().Message);
+            return;
+        }
+        foreach (var o in outgoing)
+        {
+            if (o.Message is ReleaseRequest rel && o.Path == _selfPath) _runner!.Release(rel.RequestId);
+            else
+            {
+                var message = o.Message is StageInput si ? si with { SentAt = Stopwatch.GetTimestamp() } : o.Message;
+                if (message is StageInput hop && Links.TrySend(o.Path, hop)) continue; // straight to the next stage's node
+                var target = _provider.ResolveActorRef(o.Path);
+                foreach (var part in Chunking.Split(message)) target.Tell(part, _self); // large activations/logits travel in chunks
+            }
+        }
+    }
+
+    /// <summary>Tells the caller (and the coordinator, which frees the request's slot) that the request failed here.</summary>
+    public void Fail(StageInput input, string reason)
+    {
+        var failed = new RequestFailed(input.RequestId, _stage, reason);
+        _provider.ResolveActorRef(input.ReplyTo).Tell(failed);
+        if (input.State.Coordinator is { } c) _provider.ResolveActorRef(c).Tell(failed);
+    }
+
+    /// <summary>Latencies of hops received from another node of this machine (worker send → step starts), for benchmarks.</summary>
+    public static class HopLatency
+    {
+        private static readonly System.Collections.Concurrent.ConcurrentQueue<double> Samples = new();
+
+        public static void Record(long ticks)
+        {
+            if (ticks <= 0 || Samples.Count > 100_000) return;
+            Samples.Enqueue(ticks * 1000.0 / Stopwatch.Frequency);
+        }
+
+        /// <summary>Takes every sample recorded so far, in milliseconds.</summary>
+        public static List<double> Drain()
+        {
+            var all = new List<double>();
+            while (Samples.TryDequeue(out var x)) all.Add(x);
+            return all;
+        }
+    }
+}
