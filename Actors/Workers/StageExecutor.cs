@@ -19,6 +19,7 @@ public sealed class StageExecutor
     private readonly NodeSettings _settings;
     private readonly string _stage;
     private readonly string _selfPath;
+    private readonly string _node;
     private readonly IActorRef _self;
     private readonly IActorRefProvider _provider;
     private readonly ILoggingAdapter _log;
@@ -32,6 +33,7 @@ public sealed class StageExecutor
         _stage = stage;
         _self = self;
         _selfPath = selfPath;
+        _node = ActorPath.Parse(selfPath).Address.ToString();
         _provider = ((ExtendedActorSystem)system).Provider;
         _log = log;
         Links = new ActivationLinks(settings.Links, log, stage);
@@ -112,7 +114,9 @@ public sealed class StageExecutor
         {
             // Fault-injection hook for tests: a stage that stalls.
             if (_settings.DebugStageDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugStageDelay);
+            long started = Stopwatch.GetTimestamp();
             outgoing = _runner!.Run(input);
+            StepTimes.Record(_node, Stopwatch.GetTimestamp() - started);
         }
         catch (Exception ex)
         {
@@ -140,6 +144,26 @@ public sealed class StageExecutor
         var failed = new RequestFailed(input.RequestId, _stage, reason);
         _provider.ResolveActorRef(input.ReplyTo).Tell(failed);
         if (input.State.Coordinator is { } c) _provider.ResolveActorRef(c).Tell(failed);
+    }
+
+    /// <summary>Time spent computing steps (<see cref="StageRunner.Run"/>), by node address, for benchmarks.</summary>
+    public static class StepTimes
+    {
+        private static readonly System.Collections.Concurrent.ConcurrentQueue<(string Node, double Ms)> Samples = new();
+
+        public static void Record(string node, long ticks)
+        {
+            if (Samples.Count > 100_000) return;
+            Samples.Enqueue((node, ticks * 1000.0 / Stopwatch.Frequency));
+        }
+
+        /// <summary>Takes every sample recorded so far.</summary>
+        public static List<(string Node, double Ms)> Drain()
+        {
+            var all = new List<(string, double)>();
+            while (Samples.TryDequeue(out var x)) all.Add(x);
+            return all;
+        }
     }
 
     /// <summary>Latencies of hops received from another node of this machine (worker send → step starts), for benchmarks.</summary>

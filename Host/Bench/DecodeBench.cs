@@ -55,12 +55,14 @@ public static class DecodeBench
         // 3. 3 nodes in this process split the cores (what an embedded cluster does); the hop cost is measured against
         //    1 node given the same per-node threads, so that only the hops differ (see HopsSideBySide).
         int perNode = Math.Max(1, cores / 3);
-        var (oneMs, threeMs, oneSame, three, boundaries, hopP50) = await HopsSideBySide(folder, n, perNode, rounds: 8);
+        var (oneMs, threeMs, oneSame, three, boundaries, hopP50, oneCompute, threeCompute) = await HopsSideBySide(folder, n, perNode, rounds: 8);
         double perHopMs = boundaries > 0 ? (threeMs - oneMs) / boundaries : 0;
         double perHopMeanMs = boundaries > 0 ? (1000.0 / three - 1000.0 / oneSame) / boundaries : 0;
+        double perHopNetMs = boundaries > 0 ? (threeMs - oneMs - (threeCompute - oneCompute)) / boundaries : 0;
         BenchSupport.Say(asJson, $"  3 embedded nodes: {threeMs:0.00} ms per token (p20) vs 1 node {oneMs:0.00} at {perNode} thread(s) per node; " +
                                  $"{boundaries} node boundaries per token; {perHopMs:0.000} ms per hop ({three:0.00} vs {oneSame:0.00} tokens/s: {perHopMeanMs:0.000} ms from the means); " +
-                                 $"a hop timed directly (send to receive): {hopP50:0.000} ms median");
+                                 $"a hop timed directly (send to receive): {hopP50:0.000} ms median; compute per token {threeCompute:0.00} ms on 3 nodes vs {oneCompute:0.00} on 1 " +
+                                 $"({perHopNetMs:0.000} ms per hop net of that difference)");
 
         // 4. Micro-batching: m requests in flight over 2 stages, one compute thread each.
         var (sequential, concurrent) = await MicroBatching(folder, m, Math.Max(4, n / 2), log);
@@ -80,6 +82,9 @@ public static class DecodeBench
             ["per_hop_ms"] = Math.Round(perHopMs, 4),
             ["per_hop_ms_from_means"] = Math.Round(perHopMeanMs, 4),
             ["hop_latency_p50_ms"] = Math.Round(hopP50, 4),
+            ["one_node_compute_ms_per_token"] = Math.Round(oneCompute, 3),
+            ["three_node_compute_ms_per_token"] = Math.Round(threeCompute, 3),
+            ["per_hop_ms_net_of_compute"] = Math.Round(perHopNetMs, 4),
             ["one_node_ms_per_token"] = Math.Round(oneMs, 3),
             ["three_node_ms_per_token"] = Math.Round(threeMs, 3),
             // The .NET thread pool's spin before sleeping (DOTNET_ThreadPool_UnfairSemaphoreSpinLimit): a latency/idle-CPU trade-off.
@@ -120,7 +125,7 @@ public static class DecodeBench
     /// pooled over all rounds: a floor that a GC pause or a neighbour's burst does not move, taken the same way for
     /// both. Also returns the best mean tokens/s of each, and the median of the hops timed directly (send → receive).
     /// </summary>
-    private static async Task<(double OneMs, double ThreeMs, double OneTps, double ThreeTps, int Boundaries, double HopP50)> HopsSideBySide(string folder, int n, int threads, int rounds)
+    private static async Task<(double OneMs, double ThreeMs, double OneTps, double ThreeTps, int Boundaries, double HopP50, double OneComputeMs, double ThreeComputeMs)> HopsSideBySide(string folder, int n, int threads, int rounds)
     {
         await using var c1 = await EmbeddedCluster.StartAsync(1, computeThreads: threads);
         await using var c3 = await EmbeddedCluster.StartAsync(3, computeThreads: threads);
@@ -136,6 +141,7 @@ public static class DecodeBench
         await Once(c1, l1, null); // warm-up
         await Once(c3, l3, null);
         StageExecutor.HopLatency.Drain(); // only the measured rounds count
+        StageExecutor.StepTimes.Drain();
         var oneGaps = new List<double>();
         var threeGaps = new List<double>();
         double oneTps = 0, threeTps = 0;
@@ -147,7 +153,11 @@ public static class DecodeBench
         static double P20(List<double> xs) => xs.Count == 0 ? double.NaN : xs.Order().ElementAt(xs.Count / 5);
         var hops = StageExecutor.HopLatency.Drain().Order().ToList();
         double hopP50 = hops.Count == 0 ? double.NaN : hops[hops.Count / 2];
-        return (P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50);
+        // Compute per token: each node's step time (p20, like the intervals), summed over the cluster's nodes.
+        var steps = StageExecutor.StepTimes.Drain();
+        double Compute(EmbeddedCluster c) => c.Nodes.Select(node => node.Address.ToString())
+            .Sum(a => P20(steps.Where(s => s.Node == a).Select(s => s.Ms).ToList()));
+        return (P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50, Compute(c1), Compute(c3));
     }
 
     private static async Task<(double Sequential, double Concurrent)> MicroBatching(string folder, int m, int n, ILogger log)
