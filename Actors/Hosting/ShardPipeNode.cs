@@ -2,8 +2,10 @@ using Akka.Actor;
 using Akka.Cluster;
 using Akka.Cluster.Tools.Singleton;
 using Akka.Configuration;
+using Akka.Event;
 using ShardPipe.Actors.Coordination;
 using ShardPipe.Actors.Workers;
+using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
 
@@ -54,8 +56,16 @@ public sealed class ShardPipeNode : IAsyncDisposable
             ActivationListener? links = null;
             if (settings.Links.Enabled)
             {
-                links = new ActivationListener(settings.Links, Akka.Event.Logging.GetLogger(system, "activation-link"));
-                system.RegisterOnTermination(links.Dispose);
+                var log = Logging.GetLogger(system, "activation-link");
+                try
+                {
+                    links = new ActivationListener(settings.Links, log);
+                    system.RegisterOnTermination(links.Dispose);
+                }
+                catch (ClusterException ex)
+                {
+                    log.Warning("{0}; this node's workers take activations as actor messages", ex.Message);
+                }
             }
             for (int i = 0; i < settings.Devices.Count; i++)
             {

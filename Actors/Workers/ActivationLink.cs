@@ -1,9 +1,7 @@
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.IO.Hashing;
-using System.Net;
 using System.Net.Sockets;
-using System.Security.Cryptography;
 using System.Text;
 using Akka.Actor;
 using Akka.Event;
@@ -121,89 +119,38 @@ public static class ActivationLink
 /// the peer), and reads each accepted link on its own thread, handing every frame to its worker's
 /// <see cref="StageExecutor.Deliver"/> (which runs the step on that thread).
 /// </summary>
-public sealed class ActivationListener : IDisposable
+public sealed class ActivationListener : SideChannelListener<ActivationListener.Pending>
 {
-    private sealed record Pending(IActorRef Target, IActorRef From, Action<object, IActorRef> Deliver, DateTime Expires);
+    public sealed record Pending(IActorRef Target, IActorRef From, Action<object, IActorRef> Deliver);
 
-    private readonly TcpListener _listener;
-    private readonly ConcurrentDictionary<string, Pending> _pending = new();
     private readonly ConcurrentDictionary<Socket, byte> _open = new();
-    private readonly CancellationTokenSource _stop = new();
-    private readonly ILoggingAdapter _log;
     private static long _framesReceived;
 
-    public string Host { get; }
-    public int Port { get; }
     public int MaxFrameBytes { get; }
 
     /// <summary>Frames this process has received over activation links (diagnostics, tests).</summary>
     public static long FramesReceived => Interlocked.Read(ref _framesReceived);
 
     public ActivationListener(ActivationLinkSettings settings, ILoggingAdapter log)
+        : base("activation link", ActivationLink.Magic, settings.BindHost, settings.AdvertisedHost, settings.Port, log)
     {
-        _log = log;
         MaxFrameBytes = settings.MaxFrameBytes;
-        try
-        {
-            _listener = new TcpListener(SideChannel.BindAddress(settings.BindHost), settings.Port);
-            _listener.Start();
-        }
-        catch (SocketException ex)
-        {
-            throw new ClusterException($"activation link: cannot listen on {settings.BindHost}:{settings.Port}: {ex.Message} (shardpipe.activation-link)");
-        }
-        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
-        Host = settings.AdvertisedHost;
-        _ = Task.Run(AcceptLoop);
     }
 
     /// <summary>
     /// A one-time token (valid 30 s) for a link from <paramref name="from"/> to the local worker
     /// <paramref name="target"/>; each frame is handed to <paramref name="deliver"/> on the link's reader thread.
     /// </summary>
-    public byte[] Offer(IActorRef target, IActorRef from, Action<object, IActorRef> deliver)
-    {
-        foreach (var (k, p) in _pending)
-            if (p.Expires < DateTime.UtcNow) _pending.TryRemove(k, out _);
-        var token = RandomNumberGenerator.GetBytes(16);
-        _pending[Convert.ToHexString(token)] = new Pending(target, from, deliver, DateTime.UtcNow.AddSeconds(30));
-        return token;
-    }
+    public byte[] Offer(IActorRef target, IActorRef from, Action<object, IActorRef> deliver) =>
+        NewToken(new Pending(target, from, deliver), TimeSpan.FromSeconds(30));
 
-    private async Task AcceptLoop()
+    protected override void Serve(Socket s, Pending p)
     {
-        while (!_stop.IsCancellationRequested)
-        {
-            Socket s;
-            try { s = await _listener.AcceptSocketAsync(_stop.Token); }
-            catch (Exception) when (_stop.IsCancellationRequested) { return; }
-            catch (SocketException ex)
-            {
-                _log.Warning("activation link: accept failed: {0}", ex.Message);
-                continue;
-            }
-            new Thread(() => Serve(s)) { IsBackground = true, Name = "activation-link" }.Start();
-        }
-    }
-
-    private void Serve(Socket s)
-    {
-        string who = "activation link (before its hello)";
+        string who = $"activation link {p.From.Path} → {p.Target.Path.Name}";
         _open[s] = 0;
         try
         {
-            using var _ = s;
-            s.NoDelay = true;
-            s.ReceiveTimeout = 30_000;
-            if (SideChannel.AcceptHello(s, ActivationLink.Magic, "activation link") is not { } token) return;
-            if (!_pending.TryRemove(token, out var p) || p.Expires < DateTime.UtcNow)
-            {
-                SideChannel.Refuse(s, "unknown or expired token");
-                return;
-            }
-            SideChannel.Accept(s);
             s.ReceiveTimeout = 0; // a link idles between requests
-            who = $"activation link {p.From.Path} → {p.Target.Path.Name}";
             var reader = new ActivationLink.FrameReader(s, MaxFrameBytes);
             while (reader.Next() is var (manifest, body))
             {
@@ -214,11 +161,11 @@ public sealed class ActivationListener : IDisposable
         }
         catch (ProtocolException ex)
         {
-            _log.Warning("{0}: {1}; link closed (its sender falls back to actor messages)", who, ex.Message);
+            Log.Warning("{0}: {1}; link closed (its sender falls back to actor messages)", who, ex.Message);
         }
         catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
         {
-            if (!_stop.IsCancellationRequested) _log.Info("{0} closed: {1}", who, ex.Message);
+            if (!Stopping.IsCancellationRequested) Log.Info("{0} closed: {1}", who, ex.Message);
         }
         finally
         {
@@ -226,11 +173,9 @@ public sealed class ActivationListener : IDisposable
         }
     }
 
-    public void Dispose()
+    public override void Dispose()
     {
-        _stop.Cancel();
-        _listener.Stop();
-        _pending.Clear();
+        base.Dispose();
         foreach (var s in _open.Keys)
         {
             try { s.Shutdown(SocketShutdown.Both); } catch (Exception ex) when (ex is SocketException or ObjectDisposedException) { }

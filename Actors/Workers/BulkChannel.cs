@@ -1,9 +1,6 @@
 using System.Buffers.Binary;
-using System.Collections.Concurrent;
 using System.IO.Hashing;
-using System.Net;
 using System.Net.Sockets;
-using System.Security.Cryptography;
 using Akka.Event;
 using ShardPipe.Checkpoints;
 using ShardPipe.Checkpoints.SafeTensors;
@@ -109,84 +106,37 @@ public sealed class BulkUnreachableException : ShardPipeException
 
 /// <summary>
 /// A shard reader's bulk listener: holds the offers it made (one-time tokens, expiring), serves each accepted
-/// connection on its own task with pread → XXH3 → send and a bounded window of unacknowledged chunks.
+/// connection on its own thread with pread → XXH3 → send and a bounded window of unacknowledged chunks.
 /// </summary>
-public sealed class BulkServer : IDisposable
+public sealed class BulkServer : SideChannelListener<BulkServer.Pending>
 {
-    private sealed record Pending(string What, SafeTensorsFile Shard, TensorInfo Info, DateTime Expires);
+    public sealed record Pending(string What, SafeTensorsFile Shard, TensorInfo Info);
 
-    private readonly TcpListener _listener;
-    private readonly ConcurrentDictionary<string, Pending> _pending = new();
-    private readonly CancellationTokenSource _stop = new();
-    private readonly ILoggingAdapter _log;
     private readonly int _chunkBytes, _window;
 
-    public string Host { get; }
-    public int Port { get; }
     public int ChunkBytes => _chunkBytes;
     public int Window => _window;
 
     public BulkServer(string bindHost, string advertisedHost, int port, int chunkBytes, int window, ILoggingAdapter log)
+        : base("bulk channel", BulkChannel.Magic, bindHost, advertisedHost, port, log, BulkChannel.SocketBuffer)
     {
-        _log = log;
         _chunkBytes = chunkBytes;
         _window = window;
-        _listener = new TcpListener(SideChannel.BindAddress(bindHost), port);
-        _listener.Server.ReceiveBufferSize = BulkChannel.SocketBuffer;
-        _listener.Start();
-        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
-        Host = advertisedHost;
-        _ = Task.Run(AcceptLoop);
     }
 
     /// <summary>Registers a transfer and returns its one-time token (valid for <paramref name="validFor"/>).</summary>
-    public byte[] Offer(string what, SafeTensorsFile shard, TensorInfo info, TimeSpan validFor)
-    {
-        foreach (var (k, p) in _pending)
-            if (p.Expires < DateTime.UtcNow) _pending.TryRemove(k, out _);
-        var token = RandomNumberGenerator.GetBytes(16);
-        _pending[Convert.ToHexString(token)] = new Pending(what, shard, info, DateTime.UtcNow + validFor);
-        return token;
-    }
+    public byte[] Offer(string what, SafeTensorsFile shard, TensorInfo info, TimeSpan validFor) => NewToken(new Pending(what, shard, info), validFor);
 
-    private async Task AcceptLoop()
+    protected override void Serve(Socket s, Pending p)
     {
-        while (!_stop.IsCancellationRequested)
-        {
-            Socket s;
-            try { s = await _listener.AcceptSocketAsync(_stop.Token); }
-            catch (Exception) when (_stop.IsCancellationRequested) { return; }
-            catch (SocketException ex)
-            {
-                _log.Warning("bulk channel: accept failed: {0}", ex.Message);
-                continue;
-            }
-            _ = Task.Factory.StartNew(() => Serve(s), TaskCreationOptions.LongRunning);
-        }
-    }
-
-    private void Serve(Socket s)
-    {
-        string what = "(before hello)";
         try
         {
-            using var _ = s;
-            s.NoDelay = true;
             s.SendBufferSize = BulkChannel.SocketBuffer;
-            s.ReceiveTimeout = s.SendTimeout = 30_000;
-            if (SideChannel.AcceptHello(s, BulkChannel.Magic, "bulk") is not { } token) return;
-            if (!_pending.TryRemove(token, out var p) || p.Expires < DateTime.UtcNow)
-            {
-                SideChannel.Refuse(s, "unknown or expired token");
-                return;
-            }
-            what = p.What;
-            SideChannel.Accept(s);
             Stream(s, p);
         }
         catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
         {
-            _log.Warning("bulk channel: sending {0} broke off: {1}", what, ex.Message);
+            Log.Warning("bulk channel: sending {0} broke off: {1}", p.What, ex.Message);
         }
     }
 
@@ -221,7 +171,7 @@ public sealed class BulkServer : IDisposable
             while (s.Available >= 4) TakeAck();
             while (sent - acked >= _window)
             {
-                if (_stop.IsCancellationRequested) throw new IOException("the node is stopping");
+                if (Stopping.IsCancellationRequested) throw new IOException("the node is stopping");
                 TakeAck(); // blocks up to the socket's receive timeout
             }
             int n = (int)Math.Min(_chunkBytes, total - offset);
@@ -257,10 +207,4 @@ public sealed class BulkServer : IDisposable
         while (acked < sent) TakeAck();
     }
 
-    public void Dispose()
-    {
-        _stop.Cancel();
-        _listener.Stop();
-        _pending.Clear();
-    }
 }

@@ -80,9 +80,9 @@ public sealed class ShardReaderActor : ReceiveActor
             _server = new BulkServer(_bulk.BindHost, _bulk.AdvertisedHost, _bulk.Port, _bulk.ChunkBytes, _bulk.Window, _log);
             _log.Info("bulk channel listening on {0}:{1}", _server.Host, _server.Port);
         }
-        catch (SocketException ex)
+        catch (ClusterException ex)
         {
-            _log.Warning("bulk channel could not listen on {0}:{1} ({2}); weights stream as actor messages", _bulk.BindHost, _bulk.Port, ex.Message);
+            _log.Warning("{0}; weights stream as actor messages", ex.Message);
             _bulk = _bulk with { Enabled = false };
         }
         return _server;

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
+using Akka.Event;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Workers;
@@ -100,4 +101,101 @@ public static class SideChannel
     /// <summary>A listener's bind address: an IP literal, or the first IPv4 address the name resolves to.</summary>
     public static IPAddress BindAddress(string host) =>
         IPAddress.TryParse(host, out var ip) ? ip : Dns.GetHostAddresses(host).First(a => a.AddressFamily == AddressFamily.InterNetwork);
+}
+
+/// <summary>
+/// A side channel's listener: one-time tokens for the transfers actor messages offered (each with what the
+/// connection will need, expiring), an accept loop, and a dedicated thread per accepted connection, which
+/// checks the opening and claims its token before the channel's own protocol (<see cref="Serve"/>) runs.
+/// </summary>
+public abstract class SideChannelListener<TPending> : IDisposable where TPending : class
+{
+    private readonly TcpListener _listener;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, (TPending Value, DateTime Expires)> _pending = new();
+    private readonly byte[] _magic;
+    private readonly string _kind;
+    protected readonly CancellationTokenSource Stopping = new();
+    protected readonly ILoggingAdapter Log;
+
+    public string Host { get; }
+    public int Port { get; }
+
+    /// <param name="kind">The channel's name in logs and refusals ("bulk channel", "activation link").</param>
+    protected SideChannelListener(string kind, byte[] magic, string bindHost, string advertisedHost, int port, ILoggingAdapter log, int receiveBuffer = 0)
+    {
+        _kind = kind;
+        _magic = magic;
+        Log = log;
+        try
+        {
+            _listener = new TcpListener(SideChannel.BindAddress(bindHost), port);
+            if (receiveBuffer > 0) _listener.Server.ReceiveBufferSize = receiveBuffer;
+            _listener.Start();
+        }
+        catch (SocketException ex)
+        {
+            throw new Checkpoints.ClusterException($"{kind}: cannot listen on {bindHost}:{port}: {ex.Message}");
+        }
+        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
+        Host = advertisedHost;
+        _ = Task.Run(AcceptLoop);
+    }
+
+    /// <summary>Registers what a connection presenting the returned one-time token gets (valid for <paramref name="validFor"/>).</summary>
+    protected byte[] NewToken(TPending value, TimeSpan validFor)
+    {
+        foreach (var (k, p) in _pending)
+            if (p.Expires < DateTime.UtcNow) _pending.TryRemove(k, out _);
+        var token = System.Security.Cryptography.RandomNumberGenerator.GetBytes(16);
+        _pending[Convert.ToHexString(token)] = (value, DateTime.UtcNow + validFor);
+        return token;
+    }
+
+    private async Task AcceptLoop()
+    {
+        while (!Stopping.IsCancellationRequested)
+        {
+            Socket s;
+            try { s = await _listener.AcceptSocketAsync(Stopping.Token); }
+            catch (Exception) when (Stopping.IsCancellationRequested) { return; }
+            catch (SocketException ex)
+            {
+                Log.Warning("{0}: accept failed: {1}", _kind, ex.Message);
+                continue;
+            }
+            new Thread(() => Open(s)) { IsBackground = true, Name = _kind }.Start();
+        }
+    }
+
+    private void Open(Socket s)
+    {
+        try
+        {
+            using var _ = s;
+            s.NoDelay = true;
+            s.ReceiveTimeout = s.SendTimeout = 30_000;
+            if (SideChannel.AcceptHello(s, _magic, _kind) is not { } token) return;
+            if (!_pending.TryRemove(token, out var p) || p.Expires < DateTime.UtcNow)
+            {
+                SideChannel.Refuse(s, "unknown or expired token");
+                return;
+            }
+            SideChannel.Accept(s);
+            Serve(s, p.Value);
+        }
+        catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
+        {
+            if (!Stopping.IsCancellationRequested) Log.Warning("{0}: a connection broke off before it began: {1}", _kind, ex.Message);
+        }
+    }
+
+    /// <summary>The channel's protocol on an accepted, authenticated connection (on its own thread; the socket is disposed after).</summary>
+    protected abstract void Serve(Socket s, TPending pending);
+
+    public virtual void Dispose()
+    {
+        Stopping.Cancel();
+        _listener.Stop();
+        _pending.Clear();
+    }
 }
