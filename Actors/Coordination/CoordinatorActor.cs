@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Akka.Actor;
+using Akka.Cluster;
 using Akka.Event;
 using ShardPipe.Actors.Hosting;
 using ShardPipe.Checkpoints;
@@ -41,6 +42,8 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly NodeSettings _settings;
     private readonly List<Worker> _workers = new();
+    /// <summary>Nodes that announced a graceful leave: their workers' departure is routine, not a failure.</summary>
+    private readonly HashSet<Address> _leaving = new();
     private Loaded? _loaded;
     private PendingLoad? _pending;
     private int _epoch;
@@ -61,6 +64,8 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         });
         Receive<LoadTimeout>(t => FailLoad(t.Epoch, $"load did not finish within {_settings.LoadTimeout.TotalSeconds:0} s (waiting for {string.Join(", ", _pending?.Waiting.Keys.Select(Describe) ?? Array.Empty<string>())})"));
         Receive<Terminated>(OnTerminated);
+        Receive<ClusterEvent.MemberLeft>(m => _leaving.Add(m.Member.Address));
+        Receive<ClusterEvent.CurrentClusterState>(_ => { });
         Receive<GetStatus>(s => Sender.Tell(BuildStatus(s.RequestId)));
         Receive<UnloadModel>(u =>
         {
@@ -79,7 +84,13 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Receive<ModelUnloaded>(_ => { });
     }
 
-    protected override void PreStart() => Timers.StartPeriodicTimer("sweep", new SweepRequests(), TimeSpan.FromSeconds(10));
+    protected override void PreStart()
+    {
+        Timers.StartPeriodicTimer("sweep", new SweepRequests(), TimeSpan.FromSeconds(10));
+        Cluster.Get(Context.System).Subscribe(Self, typeof(ClusterEvent.MemberLeft));
+    }
+
+    protected override void PostStop() => Cluster.Get(Context.System).Unsubscribe(Self);
 
     private void Finished(string requestId)
     {
@@ -263,12 +274,15 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         if (lost.Count == 0) return;
         _workers.RemoveAll(w => w.Ref.Equals(t.ActorRef));
         string name = string.Join(", ", lost.Select(w => $"{w.Node}/{w.Device}"));
-        _log.Warning("worker {0} left the cluster", name);
+        bool graceful = _leaving.Contains(t.ActorRef.Path.Address);
+        if (graceful) _log.Info("worker {0} left the cluster", name);
+        else _log.Warning("worker {0} was lost", name);
         if (_pending is not null && (_pending.Waiting.ContainsKey(t.ActorRef) || _pending.Done.ContainsKey(t.ActorRef)))
             FailLoad(_pending.Epoch, $"node {lost[0].Node} ({name}) was lost during the load");
         if (_loaded is not null && _loaded.Stages.Any(s => lost.Any(l => l.Path == s.WorkerPath)))
         {
-            _log.Warning("model {0} is no longer complete: {1} was lost; load it again", _loaded.Model, name);
+            if (graceful) _log.Info("model {0} is unloaded: {1} left; load it again", _loaded.Model, name);
+            else _log.Warning("model {0} is no longer complete: {1} was lost; load it again", _loaded.Model, name);
             Unload();
             _state = $"failed: node {lost[0].Node} lost";
         }

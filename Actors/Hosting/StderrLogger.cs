@@ -13,6 +13,7 @@ public sealed class StderrLogger : ReceiveActor
         {
             // A peer that left or stopped: routine (departures that matter surface as typed errors naming the node).
             if (e is Error { Cause: { } gone } && gone.GetType().Name == "EndpointDisassociatedException") return;
+            if (e is Warning && e.Message?.ToString() is { } w && w.Contains("EndpointDisassociatedException", StringComparison.Ordinal)) return;
             string level = e.LogLevel() switch
             {
                 LogLevel.ErrorLevel => "error",
