@@ -15,6 +15,8 @@ using ShardPipe.Tests.Support;
 namespace ShardPipe.Tests.Actors;
 
 /// <summary>Activation links: the frame format, the listener against hostile peers, and generation over real links.</summary>
+/// <remarks>In the cluster collection: its listener counts frames in the same process-wide counter the cluster test reads.</remarks>
+[Collection("cluster")]
 public sealed class ActivationLinkTests : IDisposable
 {
     private readonly ActorSystem _system = ActorSystem.Create("links", "akka.loglevel = OFF");
