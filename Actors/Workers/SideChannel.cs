@@ -185,7 +185,12 @@ public abstract class SideChannelListener<TPending> : IDisposable where TPending
         }
         catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
         {
-            if (!Stopping.IsCancellationRequested) Log.Warning("{0}: a connection broke off before it began: {1}", _kind, ex.Message);
+            if (!Stopping.IsCancellationRequested) Log.Warning("{0}: a connection broke off: {1}", _kind, ex.Message);
+        }
+        catch (Exception ex)
+        {
+            // This is a plain thread: an exception escaping it would end the node's process.
+            Log.Error(ex, "{0}: a connection failed unexpectedly and was closed: {1}", _kind, ex.Message);
         }
     }
 

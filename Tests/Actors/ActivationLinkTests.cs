@@ -151,6 +151,14 @@ public sealed class ActivationLinkTests : IDisposable
             s.Send(new byte[] { 9, 0, 0, 0, 5, (byte)'s', (byte)'t', (byte)'a', (byte)'g', (byte)'e', 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 0, 0, 0, 0, 0, 0, 0 });
             Assert.Equal(0, s.Receive(new byte[1])); // the listener hung up
         }
+        // A worker that throws on delivery closes that link only; the node's process lives on.
+        using (var s = Connect())
+        {
+            s.Connect(IPAddress.Loopback, _listener.Port);
+            SideChannel.Open(s, ActivationLink.Magic, _listener.Offer(target, from, (_, _) => throw new InvalidOperationException("worker broke")), "link");
+            ActivationLink.WriteFrame(s, ActivationLink.Manifest, MessageCodec.Encode(Step(7, 16)));
+            Assert.Equal(0, s.Receive(new byte[1]));
+        }
         // The token was one-time; a fresh offer works after the hostile peer.
         using (var s = Connect())
         {
