@@ -19,6 +19,8 @@ public sealed record NodeSettings
     public int MaxInFlight { get; init; } = 8;
     /// <summary>libtorch intra-op threads for this node's process; 0 = libtorch's default (all cores).</summary>
     public int ComputeThreads { get; init; }
+    /// <summary>CPU cores the threads that run this node's steps are pinned to; empty = wherever the OS puts them.</summary>
+    public IReadOnlyList<int> ComputeCores { get; init; } = Array.Empty<int>();
     public int MaxQueued { get; init; } = 64;
     public BulkSettings Bulk { get; init; } = new();
     public ActivationLinkSettings Links { get; init; } = new();
@@ -63,6 +65,7 @@ public sealed record NodeSettings
             MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000,
             MaxInFlight = sp.GetInt("max-in-flight", 8),
             ComputeThreads = sp.GetInt("compute-threads", 0),
+            ComputeCores = sp.HasPath("compute-cores") ? sp.GetIntList("compute-cores").ToList() : Array.Empty<int>(),
             MaxQueued = sp.GetInt("max-queued", 64),
             Bulk = BulkSettings.From(config),
             Links = ActivationLinkSettings.From(config),

@@ -114,6 +114,7 @@ public sealed class StageExecutor
         {
             // Fault-injection hook for tests: a stage that stalls.
             if (_settings.DebugStageDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugStageDelay);
+            PinThread();
             long started = Stopwatch.GetTimestamp();
             outgoing = _runner!.Run(input);
             StepTimes.Record(_node, Stopwatch.GetTimestamp() - started);
@@ -136,6 +137,20 @@ public sealed class StageExecutor
                 foreach (var part in Chunking.Split(message)) target.Tell(part, _self); // large activations/logits travel in chunks
             }
         }
+    }
+
+    [ThreadStatic] private static bool _threadPinned;
+
+    /// <summary>
+    /// Steps run on the worker's own thread and on its links' reader threads, each of which serves only this node:
+    /// the first step on a thread pins it to <c>compute-cores</c> (once; a refusal is logged once per thread).
+    /// </summary>
+    private void PinThread()
+    {
+        if (_threadPinned || _settings.ComputeCores.Count == 0) return;
+        _threadPinned = true;
+        if (!CpuAffinity.TryPinCurrentThread(_settings.ComputeCores, out var error))
+            _log.Warning("{0}: {1}; its steps run unpinned", _stage, error);
     }
 
     /// <summary>Tells the caller (and the coordinator, which frees the request's slot) that the request failed here.</summary>

@@ -26,15 +26,16 @@ public static class DecodeBench
         var model = new Option<string?>("--model") { Description = "Checkpoint folder (default: a generated 125M Llama)" };
         var tokens = new Option<int>("--tokens") { Description = "New tokens per generation", DefaultValueFactory = _ => 32 };
         var micro = new Option<int>("--microbatches") { Description = "Requests in flight for the micro-batching figure (m)", DefaultValueFactory = _ => 4 };
+        var pin = new Option<int>("--pin-core") { Description = "Core that the per-hop figure's nodes run their steps on (shardpipe.compute-cores)", DefaultValueFactory = _ => 0 };
         var json = CommonOptions.Json();
-        var cmd = new Command("decode", "Decode tokens/s: single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages") { model, tokens, micro, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(json), log).GetAwaiter().GetResult());
+        var cmd = new Command("decode", "Decode tokens/s: single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages") { model, tokens, micro, pin, json };
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(json), log).GetAwaiter().GetResult());
         return cmd;
     }
 
     private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
 
-    private static async Task<int> Run(string? modelArg, int n, int m, bool asJson, ILogger log)
+    private static async Task<int> Run(string? modelArg, int n, int m, int pinCore, bool asJson, ILogger log)
     {
         string folder = modelArg is { } d ? ModelLocator.Locate(d) : BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         BenchSupport.Say(asJson, $"bench decode: {folder}, {n} new tokens, greedy, EOS ignored");
@@ -54,15 +55,14 @@ public static class DecodeBench
         BenchSupport.Say(asJson, $"  1 embedded node:  {one:0.00} tokens/s (ratio {one / plain:0.000})");
         // 3. 3 nodes in this process split the cores (what an embedded cluster does); the hop cost is measured against
         //    1 node given the same per-node threads, so that only the hops differ (see HopsSideBySide).
+        //    Three embedded nodes stand for three machines, but here they share this VM's cores: measured with every
+        //    node's steps pinned to one core (the 1-node cluster too), so that the difference is the hops and not the
+        //    VM moving the pipeline's work between cores; then the same unpinned, for comparison.
         int perNode = Math.Max(1, cores / 3);
-        var (oneMs, threeMs, oneSame, three, boundaries, hopP50, oneCompute, threeCompute) = await HopsSideBySide(folder, n, perNode, rounds: 8);
-        double perHopMs = boundaries > 0 ? (threeMs - oneMs) / boundaries : 0;
-        double perHopMeanMs = boundaries > 0 ? (1000.0 / three - 1000.0 / oneSame) / boundaries : 0;
-        double perHopNetMs = boundaries > 0 ? (threeMs - oneMs - (threeCompute - oneCompute)) / boundaries : 0;
-        BenchSupport.Say(asJson, $"  3 embedded nodes: {threeMs:0.00} ms per token (p20) vs 1 node {oneMs:0.00} at {perNode} thread(s) per node; " +
-                                 $"{boundaries} node boundaries per token; {perHopMs:0.000} ms per hop ({three:0.00} vs {oneSame:0.00} tokens/s: {perHopMeanMs:0.000} ms from the means); " +
-                                 $"a hop timed directly (send to receive): {hopP50:0.000} ms median; compute per token {threeCompute:0.00} ms on 3 nodes vs {oneCompute:0.00} on 1 " +
-                                 $"({perHopNetMs:0.000} ms per hop net of that difference)");
+        var pinned = await HopsSideBySide(folder, n, perNode, rounds: 8, $"shardpipe.compute-cores = [{pinCore}]");
+        Report(asJson, $"pinned to core {pinCore}", perNode, pinned);
+        var unpinned = await HopsSideBySide(folder, n, perNode, rounds: 8, null);
+        Report(asJson, "unpinned", perNode, unpinned);
 
         // 4. Micro-batching: m requests in flight over 2 stages, one compute thread each.
         var (sequential, concurrent) = await MicroBatching(folder, m, Math.Max(4, n / 2), log);
@@ -74,19 +74,26 @@ public static class DecodeBench
             ["bench"] = "decode",
             ["plain_tokens_per_s"] = Math.Round(plain, 3),
             ["one_node_tokens_per_s"] = Math.Round(one, 3),
-            ["three_node_tokens_per_s"] = Math.Round(three, 3),
-            ["one_node_same_threads_tokens_per_s"] = Math.Round(oneSame, 3),
+            ["three_node_tokens_per_s"] = Math.Round(pinned.ThreeTps, 3),
+            ["one_node_same_threads_tokens_per_s"] = Math.Round(pinned.OneTps, 3),
             ["threads_per_node"] = perNode,
             ["single_node_ratio"] = Math.Round(one / plain, 4),
-            ["node_boundaries_per_token"] = boundaries,
-            ["per_hop_ms"] = Math.Round(perHopMs, 4),
-            ["per_hop_ms_from_means"] = Math.Round(perHopMeanMs, 4),
-            ["hop_latency_p50_ms"] = Math.Round(hopP50, 4),
-            ["one_node_compute_ms_per_token"] = Math.Round(oneCompute, 3),
-            ["three_node_compute_ms_per_token"] = Math.Round(threeCompute, 3),
-            ["per_hop_ms_net_of_compute"] = Math.Round(perHopNetMs, 4),
-            ["one_node_ms_per_token"] = Math.Round(oneMs, 3),
-            ["three_node_ms_per_token"] = Math.Round(threeMs, 3),
+            ["node_boundaries_per_token"] = pinned.Boundaries,
+            ["compute_cores"] = $"{pinCore}",
+            ["per_hop_ms"] = Math.Round(pinned.PerHopMs, 4),
+            ["per_hop_ms_from_means"] = Math.Round(pinned.PerHopFromMeansMs, 4),
+            ["hop_latency_p50_ms"] = Math.Round(pinned.HopP50, 4),
+            ["one_node_compute_ms_per_token"] = Math.Round(pinned.OneComputeMs, 3),
+            ["three_node_compute_ms_per_token"] = Math.Round(pinned.ThreeComputeMs, 3),
+            ["per_hop_ms_net_of_compute"] = Math.Round(pinned.PerHopNetMs, 4),
+            ["one_node_ms_per_token"] = Math.Round(pinned.OneMs, 3),
+            ["three_node_ms_per_token"] = Math.Round(pinned.ThreeMs, 3),
+            ["per_hop_ms_unpinned"] = Math.Round(unpinned.PerHopMs, 4),
+            ["hop_latency_p50_ms_unpinned"] = Math.Round(unpinned.HopP50, 4),
+            ["one_node_compute_ms_per_token_unpinned"] = Math.Round(unpinned.OneComputeMs, 3),
+            ["three_node_compute_ms_per_token_unpinned"] = Math.Round(unpinned.ThreeComputeMs, 3),
+            ["one_node_ms_per_token_unpinned"] = Math.Round(unpinned.OneMs, 3),
+            ["three_node_ms_per_token_unpinned"] = Math.Round(unpinned.ThreeMs, 3),
             // The .NET thread pool's spin before sleeping (DOTNET_ThreadPool_UnfairSemaphoreSpinLimit): a latency/idle-CPU trade-off.
             ["threadpool_spin_limit"] = Environment.GetEnvironmentVariable("DOTNET_ThreadPool_UnfairSemaphoreSpinLimit") ?? "default",
             ["microbatches"] = m,
@@ -125,10 +132,10 @@ public static class DecodeBench
     /// pooled over all rounds: a floor that a GC pause or a neighbour's burst does not move, taken the same way for
     /// both. Also returns the best mean tokens/s of each, and the median of the hops timed directly (send → receive).
     /// </summary>
-    private static async Task<(double OneMs, double ThreeMs, double OneTps, double ThreeTps, int Boundaries, double HopP50, double OneComputeMs, double ThreeComputeMs)> HopsSideBySide(string folder, int n, int threads, int rounds)
+    private static async Task<Hops> HopsSideBySide(string folder, int n, int threads, int rounds, string? config)
     {
-        await using var c1 = await EmbeddedCluster.StartAsync(1, computeThreads: threads);
-        await using var c3 = await EmbeddedCluster.StartAsync(3, computeThreads: threads);
+        await using var c1 = await EmbeddedCluster.StartAsync(1, computeThreads: threads, extraConfig: _ => config);
+        await using var c3 = await EmbeddedCluster.StartAsync(3, computeThreads: threads, extraConfig: _ => config);
         var l1 = await Load(c1, folder);
         var l3 = await Load(c3, folder);
         async Task<double> Once(EmbeddedCluster c, ModelLoaded l, List<double>? gaps)
@@ -157,8 +164,22 @@ public static class DecodeBench
         var steps = StageExecutor.StepTimes.Drain();
         double Compute(EmbeddedCluster c) => c.Nodes.Select(node => node.Address.ToString())
             .Sum(a => P20(steps.Where(s => s.Node == a).Select(s => s.Ms).ToList()));
-        return (P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50, Compute(c1), Compute(c3));
+        return new Hops(P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50, Compute(c1), Compute(c3));
     }
+
+    /// <summary>One side-by-side measurement: p20 time per token, best mean tokens/s and compute per token of each cluster.</summary>
+    private sealed record Hops(double OneMs, double ThreeMs, double OneTps, double ThreeTps, int Boundaries, double HopP50, double OneComputeMs, double ThreeComputeMs)
+    {
+        public double PerHopMs => Boundaries > 0 ? (ThreeMs - OneMs) / Boundaries : 0;
+        public double PerHopFromMeansMs => Boundaries > 0 ? (1000.0 / ThreeTps - 1000.0 / OneTps) / Boundaries : 0;
+        public double PerHopNetMs => Boundaries > 0 ? (ThreeMs - OneMs - (ThreeComputeMs - OneComputeMs)) / Boundaries : 0;
+    }
+
+    private static void Report(bool asJson, string how, int perNode, Hops h) =>
+        BenchSupport.Say(asJson, $"  3 embedded nodes ({how}): {h.ThreeMs:0.00} ms per token (p20) vs 1 node {h.OneMs:0.00} at {perNode} thread(s) per node; " +
+                                 $"{h.Boundaries} node boundaries per token; {h.PerHopMs:0.000} ms per hop ({h.ThreeTps:0.00} vs {h.OneTps:0.00} tokens/s: {h.PerHopFromMeansMs:0.000} ms from the means); " +
+                                 $"a hop timed directly (send to receive): {h.HopP50:0.000} ms median; compute per token {h.ThreeComputeMs:0.00} ms on 3 nodes vs {h.OneComputeMs:0.00} on 1 " +
+                                 $"({h.PerHopNetMs:0.000} ms per hop net of that difference)");
 
     private static async Task<(double Sequential, double Concurrent)> MicroBatching(string folder, int m, int n, ILogger log)
     {
