@@ -15,8 +15,9 @@ namespace ShardPipe.Host.Bench;
 
 /// <summary>
 /// <c>shardpipe bench decode</c>: greedy decode on a generated 125M-parameter Llama, in one run: a plain
-/// single-process TorchSharp loop; the same model on 1 embedded node (single_node_ratio); on 3 nodes
-/// (per_hop_ms over the node boundaries a token crosses); and m requests in flight over p = 2 stages, one compute
+/// single-process TorchSharp loop; the same model on 1 embedded node (single_node_ratio); on 3 nodes against 1
+/// (per_hop_ms over the node boundaries a token crosses; both clusters with their steps on one core, then both
+/// unpinned, reported as *_unpinned); and m requests in flight over p = 2 stages, one compute
 /// thread each, against one request at a time (microbatch_ratio_vs_ideal, ideal = p·m/(m+p−1)).
 /// </summary>
 public static class DecodeBench
