@@ -283,14 +283,16 @@ public sealed class ActivationLinks
         if (!_links.TryGetValue(target, out var link) || link.Socket is not { } s) return false;
         var body = MessageCodec.Encode(message);
         if (body.Length > link.MaxFrameBytes) return false;
+        // Counted before the write: the far side may run the step (and the request finish) before Send returns here.
+        Interlocked.Increment(ref _framesSent);
         try
         {
             ActivationLink.WriteFrame(s, ActivationLink.Manifest, body);
-            Interlocked.Increment(ref _framesSent);
             return true;
         }
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException or IOException)
         {
+            Interlocked.Decrement(ref _framesSent);
             Fail(target, link, ex.Message);
             return false;
         }
