@@ -4,6 +4,7 @@ using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Serialization;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
@@ -147,7 +148,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             var waiting = new Dictionary<IActorRef, long>();
             foreach (var (worker, slice) in slices)
             {
-                foreach (var part in Chunking.Split(slice)) worker.Ref.Tell(part); // a big model's slice index may exceed one frame
+                worker.Ref.TellChunked(slice); // a big model's slice index may exceed one frame
                 waiting[worker.Ref] = slice.PlannedBytes;
             }
             _pending = new PendingLoad(request, Sender, epoch, waiting, new Dictionary<IActorRef, SliceLoaded>(), loaded, Stopwatch.StartNew());
@@ -346,8 +347,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             g.Sampling.RepetitionPenalty != 1.0 ? g.InputIds : null); // the ids so far travel only when a penalty needs them
         _inFlight[g.RequestId] = (caller, DateTime.UtcNow);
         var first = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(_loaded.Route[0].WorkerPath);
-        foreach (var part in Chunking.Split(new StageInput(g.RequestId, 0, 0, null, g.InputIds, mask, positions, replyTo, state)))
-            first.Tell(part, caller);
+        first.TellChunked(new StageInput(g.RequestId, 0, 0, null, g.InputIds, mask, positions, replyTo, state), caller);
     }
 }
 

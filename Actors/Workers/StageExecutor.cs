@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Akka.Actor;
 using Akka.Event;
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Serialization;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Workers;
@@ -134,7 +135,7 @@ public sealed class StageExecutor
                 var message = o.Message is StageInput si ? si with { SentAt = Stopwatch.GetTimestamp() } : o.Message;
                 if (message is StageInput hop && Links.TrySend(o.Path, hop)) continue; // straight to the next stage's node
                 var target = _provider.ResolveActorRef(o.Path);
-                foreach (var part in Chunking.Split(message)) target.Tell(part, _self); // large activations/logits travel in chunks
+                target.TellChunked(message, _self); // large activations/logits travel in chunks to another node
             }
         }
     }
