@@ -87,9 +87,11 @@ public static class DecodeBench
             ["one_node_compute_ms_per_token"] = Math.Round(pinned.OneComputeMs, 3),
             ["three_node_compute_ms_per_token"] = Math.Round(pinned.ThreeComputeMs, 3),
             ["per_hop_ms_net_of_compute"] = Math.Round(pinned.PerHopNetMs, 4),
+            ["per_hop_ms_paired"] = Math.Round(pinned.PerHopPairedMs, 4),
             ["one_node_ms_per_token"] = Math.Round(pinned.OneMs, 3),
             ["three_node_ms_per_token"] = Math.Round(pinned.ThreeMs, 3),
             ["per_hop_ms_unpinned"] = Math.Round(unpinned.PerHopMs, 4),
+            ["per_hop_ms_paired_unpinned"] = Math.Round(unpinned.PerHopPairedMs, 4),
             ["hop_latency_p50_ms_unpinned"] = Math.Round(unpinned.HopP50, 4),
             ["one_node_compute_ms_per_token_unpinned"] = Math.Round(unpinned.OneComputeMs, 3),
             ["three_node_compute_ms_per_token_unpinned"] = Math.Round(unpinned.ThreeComputeMs, 3),
@@ -153,10 +155,14 @@ public static class DecodeBench
         var oneGaps = new List<double>();
         var threeGaps = new List<double>();
         double oneTps = 0, threeTps = 0;
+        var paired = new List<double>(); // per round: median interval on 3 nodes − on 1 node, the two runs back to back
+        static double Median(IEnumerable<double> xs) { var o = xs.Order().ToList(); return o.Count == 0 ? double.NaN : o[o.Count / 2]; }
         for (int r = 0; r < rounds; r++)
         {
+            int o0 = oneGaps.Count, t0 = threeGaps.Count;
             oneTps = Math.Max(oneTps, await Once(c1, l1, oneGaps));
             threeTps = Math.Max(threeTps, await Once(c3, l3, threeGaps));
+            paired.Add(Median(threeGaps.Skip(t0)) - Median(oneGaps.Skip(o0)));
         }
         static double P20(List<double> xs) => xs.Count == 0 ? double.NaN : xs.Order().ElementAt(xs.Count / 5);
         var hops = StageExecutor.HopLatency.Drain().Order().ToList();
@@ -165,12 +171,14 @@ public static class DecodeBench
         var steps = StageExecutor.StepTimes.Drain();
         double Compute(EmbeddedCluster c) => c.Nodes.Select(node => node.Address.ToString())
             .Sum(a => P20(steps.Where(s => s.Node == a).Select(s => s.Ms).ToList()));
-        return new Hops(P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50, Compute(c1), Compute(c3));
+        return new Hops(P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50, Compute(c1), Compute(c3), Median(paired));
     }
 
     /// <summary>One side-by-side measurement: p20 time per token, best mean tokens/s and compute per token of each cluster.</summary>
-    private sealed record Hops(double OneMs, double ThreeMs, double OneTps, double ThreeTps, int Boundaries, double HopP50, double OneComputeMs, double ThreeComputeMs)
+    private sealed record Hops(double OneMs, double ThreeMs, double OneTps, double ThreeTps, int Boundaries, double HopP50, double OneComputeMs, double ThreeComputeMs, double PairedDiffMs)
     {
+        /// <summary>The median over rounds of (3-node − 1-node median token interval), each pair run back to back, ÷ boundaries.</summary>
+        public double PerHopPairedMs => Boundaries > 0 ? PairedDiffMs / Boundaries : 0;
         public double PerHopMs => Boundaries > 0 ? (ThreeMs - OneMs) / Boundaries : 0;
         public double PerHopFromMeansMs => Boundaries > 0 ? (1000.0 / ThreeTps - 1000.0 / OneTps) / Boundaries : 0;
         public double PerHopNetMs => Boundaries > 0 ? (ThreeMs - OneMs - (ThreeComputeMs - OneComputeMs)) / Boundaries : 0;
@@ -180,7 +188,7 @@ public static class DecodeBench
         BenchSupport.Say(asJson, $"  3 embedded nodes ({how}): {h.ThreeMs:0.00} ms per token (p20) vs 1 node {h.OneMs:0.00} at {perNode} thread(s) per node; " +
                                  $"{h.Boundaries} node boundaries per token; {h.PerHopMs:0.000} ms per hop ({h.ThreeTps:0.00} vs {h.OneTps:0.00} tokens/s: {h.PerHopFromMeansMs:0.000} ms from the means); " +
                                  $"a hop timed directly (send to receive): {h.HopP50:0.000} ms median; compute per token {h.ThreeComputeMs:0.00} ms on 3 nodes vs {h.OneComputeMs:0.00} on 1 " +
-                                 $"({h.PerHopNetMs:0.000} ms per hop net of that difference)");
+                                 $"({h.PerHopNetMs:0.000} ms per hop net of that difference); paired rounds: {h.PerHopPairedMs:0.000} ms per hop");
 
     private static async Task<(double Sequential, double Concurrent)> MicroBatching(string folder, int m, int n, ILogger log)
     {
