@@ -185,8 +185,9 @@ public sealed class ActivationListener : SideChannelListener<ActivationListener.
 }
 
 /// <summary>
-/// One worker's outgoing activation links, by target path (used on the worker's own thread only). A link is
-/// asked for once per slice; until it is up, and for good once it fails, sends go as actor messages.
+/// One worker's outgoing activation links, by target path; not thread-safe (its <see cref="StageExecutor"/> calls it
+/// under the stage's lock). A link is asked for once per slice; until it is up, and for good once it fails, sends
+/// go as actor messages.
 /// </summary>
 public sealed class ActivationLinks
 {
@@ -216,8 +217,6 @@ public sealed class ActivationLinks
 
     /// <summary>Frames this process has sent over activation links (diagnostics, tests).</summary>
     public static long FramesSent => Interlocked.Read(ref _framesSent);
-
-    public bool IsUp(string target) => _links.TryGetValue(target, out var l) && l.Socket is not null;
 
     /// <summary>Asks <paramref name="target"/> for a link unless one was asked for already.</summary>
     public void Want(string target, IActorRef targetRef, IActorRef self)

@@ -101,9 +101,9 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<OpenLink>(o => Sender.Tell(_listener is null
             ? new LinkOffer(o.Target, "", 0, Array.Empty<byte>(), 0, $"activation links are off on {_settings.NodeName}")
             : new LinkOffer(o.Target, _listener.Host, _listener.Port, _listener.Offer(Self, Sender, _executor.Deliver), _listener.MaxFrameBytes)));
-        Receive<LinkOffer>(o => _executor.Locked(() => _executor.Links.Offered(o, Self)));
-        Receive<ActivationLinks.Connected>(c => _executor.Locked(() => _executor.Links.Up(c)));
-        Receive<ActivationLinks.ConnectFailed>(f => _executor.Locked(() => _executor.Links.Down(f)));
+        Receive<LinkOffer>(_executor.LinkOffered);
+        Receive<ActivationLinks.Connected>(_executor.LinkUp);
+        Receive<ActivationLinks.ConnectFailed>(_executor.LinkDown);
     }
 
     /// <summary>Asks for a link to every stage on another node that this worker's hops send to.</summary>
@@ -119,8 +119,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             if (i + 1 < route.Length) targets.Add(route[i + 1].WorkerPath);
             if (route[i].Head) targets.Add(route[0].WorkerPath); // the next step's token loops back to the first hop
             foreach (var t in targets)
-                if (ActorPath.TryParse(t, out var path) && path.Address != here)
-                    _executor.Locked(() => _executor.Links.Want(t, provider.ResolveActorRef(t), Self));
+                if (ActorPath.TryParse(t, out var path) && path.Address != here) _executor.WantLink(t, provider.ResolveActorRef(t));
         }
     }
 

@@ -1,5 +1,4 @@
 using System.IO.Hashing;
-using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Event;
 using ShardPipe.Actors.Hosting;

@@ -24,9 +24,8 @@ public sealed class StageExecutor
     private readonly IActorRef _self;
     private readonly IActorRefProvider _provider;
     private readonly ILoggingAdapter _log;
+    private readonly ActivationLinks _links;
     private StageRunner? _runner;
-
-    public ActivationLinks Links { get; }
 
     public StageExecutor(NodeSettings settings, string stage, IActorRef self, string selfPath, ActorSystem system, ILoggingAdapter log)
     {
@@ -37,18 +36,28 @@ public sealed class StageExecutor
         _node = ActorPath.Parse(selfPath).Address.ToString();
         _provider = ((ExtendedActorSystem)system).Provider;
         _log = log;
-        Links = new ActivationLinks(settings.Links, log, stage);
+        _links = new ActivationLinks(settings.Links, log, stage);
     }
 
-    /// <summary>Runs <paramref name="action"/> under the lock (link changes, evictions from the actor's thread).</summary>
-    public T Locked<T>(Func<T> action)
+    // The worker's link messages (from its own thread): the links are used by steps on reader threads too.
+    public void WantLink(string target, IActorRef targetRef)
     {
-        lock (_gate) return action();
+        lock (_gate) _links.Want(target, targetRef, _self);
     }
 
-    public void Locked(Action action)
+    public void LinkOffered(LinkOffer offer)
     {
-        lock (_gate) action();
+        lock (_gate) _links.Offered(offer, _self);
+    }
+
+    public void LinkUp(ActivationLinks.Connected c)
+    {
+        lock (_gate) _links.Up(c);
+    }
+
+    public void LinkDown(ActivationLinks.ConnectFailed f)
+    {
+        lock (_gate) _links.Down(f);
     }
 
     public void Install(StageRunner runner)
@@ -61,7 +70,7 @@ public sealed class StageExecutor
     {
         lock (_gate)
         {
-            Links.CloseAll();
+            _links.CloseAll();
             _runner?.Dispose();
             _runner = null;
         }
@@ -109,7 +118,8 @@ public sealed class StageExecutor
 
     private void RunLocked(StageInput input, IActorRef from)
     {
-        if (input.SentAt > 0 && !from.Path.Address.Equals(_self.Path.Address)) HopLatency.Record(Stopwatch.GetTimestamp() - input.SentAt);
+        if (input.SentAt > 0 && !from.Path.Address.Equals(_self.Path.Address) && Stopwatch.GetElapsedTime(input.SentAt).TotalMilliseconds is > 0 and var hopMs)
+            HopLatency.Record(hopMs); // another machine's clock gives nothing meaningful; negative values are dropped
         IReadOnlyList<Outgoing> outgoing;
         try
         {
@@ -118,7 +128,7 @@ public sealed class StageExecutor
             PinThread();
             long started = Stopwatch.GetTimestamp();
             outgoing = _runner!.Run(input);
-            StepTimes.Record(_node, Stopwatch.GetTimestamp() - started);
+            StepTimes.Record((_node, Stopwatch.GetElapsedTime(started).TotalMilliseconds));
         }
         catch (Exception ex)
         {
@@ -133,7 +143,7 @@ public sealed class StageExecutor
             else
             {
                 var message = o.Message is StageInput si ? si with { SentAt = Stopwatch.GetTimestamp() } : o.Message;
-                if (message is StageInput hop && Links.TrySend(o.Path, hop)) continue; // straight to the next stage's node
+                if (message is StageInput hop && _links.TrySend(o.Path, hop)) continue; // straight to the next stage's node
                 var target = _provider.ResolveActorRef(o.Path);
                 target.TellChunked(message, _self); // large activations/logits travel in chunks to another node
             }
@@ -162,43 +172,29 @@ public sealed class StageExecutor
         if (input.State.Coordinator is { } c) _provider.ResolveActorRef(c).Tell(failed);
     }
 
-    /// <summary>Time spent computing steps (<see cref="StageRunner.Run"/>), by node address, for benchmarks.</summary>
-    public static class StepTimes
+    /// <summary>Time spent computing steps (<see cref="StageRunner.Run"/>) in milliseconds, by node address, for benchmarks.</summary>
+    public static readonly SampleLog<(string Node, double Ms)> StepTimes = new();
+
+    /// <summary>Latencies of hops received from another node of this machine (worker send → step starts) in milliseconds, for benchmarks.</summary>
+    public static readonly SampleLog<double> HopLatency = new();
+}
+
+/// <summary>Diagnostic samples gathered across threads (bounded) and taken by a benchmark.</summary>
+public sealed class SampleLog<T>
+{
+    private const int Limit = 100_000;
+    private readonly System.Collections.Concurrent.ConcurrentQueue<T> _samples = new();
+
+    public void Record(T sample)
     {
-        private static readonly System.Collections.Concurrent.ConcurrentQueue<(string Node, double Ms)> Samples = new();
-
-        public static void Record(string node, long ticks)
-        {
-            if (Samples.Count > 100_000) return;
-            Samples.Enqueue((node, ticks * 1000.0 / Stopwatch.Frequency));
-        }
-
-        /// <summary>Takes every sample recorded so far.</summary>
-        public static List<(string Node, double Ms)> Drain()
-        {
-            var all = new List<(string, double)>();
-            while (Samples.TryDequeue(out var x)) all.Add(x);
-            return all;
-        }
+        if (_samples.Count < Limit) _samples.Enqueue(sample);
     }
 
-    /// <summary>Latencies of hops received from another node of this machine (worker send → step starts), for benchmarks.</summary>
-    public static class HopLatency
+    /// <summary>Takes every sample recorded so far.</summary>
+    public List<T> Drain()
     {
-        private static readonly System.Collections.Concurrent.ConcurrentQueue<double> Samples = new();
-
-        public static void Record(long ticks)
-        {
-            if (ticks <= 0 || Samples.Count > 100_000) return;
-            Samples.Enqueue(ticks * 1000.0 / Stopwatch.Frequency);
-        }
-
-        /// <summary>Takes every sample recorded so far, in milliseconds.</summary>
-        public static List<double> Drain()
-        {
-            var all = new List<double>();
-            while (Samples.TryDequeue(out var x)) all.Add(x);
-            return all;
-        }
+        var all = new List<T>();
+        while (_samples.TryDequeue(out var x)) all.Add(x);
+        return all;
     }
 }
