@@ -34,10 +34,8 @@ public sealed record StageInput(
     [property: Key(5)] long[][] AttentionMask,
     [property: Key(6)] long[][] PositionIds,
     [property: Key(7)] string ReplyTo,
-    [property: Key(8)] GenerationState State,
-    [property: Key(9)] long SentAt = 0) : IShardPipeMessage;
-// SentAt: the sending worker's monotonic clock (Stopwatch ticks) when it sent this hop; a receiver on the same
-// machine records the hop's latency from it (diagnostics, see HopLatency); across machines it means nothing.
+    [property: Key(8)] GenerationState State) : IShardPipeMessage;
+// Key 9 (a send timestamp for hop timing) is retired: activation-link frames carry it in their header.
 
 /// <summary>Request-wide state that travels with the activations (so the last hop can decide and loop back).</summary>
 [MessagePackObject]

@@ -3,6 +3,7 @@ using Akka.Actor;
 using ShardPipe.Actors.Workers;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
+using ShardPipe.Actors.Transport;
 
 namespace ShardPipe.Actors.Client;
 

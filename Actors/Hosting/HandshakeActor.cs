@@ -2,6 +2,7 @@ using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
 using ShardPipe.Messages;
+using ShardPipe.Actors.Settings;
 
 namespace ShardPipe.Actors.Hosting;
 

@@ -8,6 +8,9 @@ using ShardPipe.Actors.Workers;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
+using ShardPipe.Actors.Settings;
+using ShardPipe.Actors.Transport;
+using ShardPipe.Actors.Diagnostics;
 
 namespace ShardPipe.Actors.Hosting;
 
@@ -59,7 +62,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
                 var log = Logging.GetLogger(system, "activation-link");
                 try
                 {
-                    links = new ActivationListener(settings.Links, log);
+                    links = new ActivationListener(settings.Links, log, NodeDiagnostics.For(system));
                     system.RegisterOnTermination(links.Dispose);
                 }
                 catch (ClusterException ex)

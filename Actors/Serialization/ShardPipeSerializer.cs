@@ -7,7 +7,7 @@ namespace ShardPipe.Actors.Serialization;
 /// <summary>
 /// The one serializer for every cross-node ShardPipe message (bound to <see cref="IShardPipeMessage"/> in
 /// reference.conf). Short manifests from <see cref="MessageCodec"/>; an unknown manifest or malformed bytes raise
-/// a <see cref="Checkpoints.ProtocolException"/>, which Akka.Remote logs and drops — never a fallback.
+/// a <see cref="ProtocolException"/>, which Akka.Remote logs and drops — never a fallback.
 /// </summary>
 public sealed class ShardPipeSerializer : SerializerWithStringManifest
 {

@@ -8,6 +8,9 @@ using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Models;
+using ShardPipe.Actors.Transport;
+using ShardPipe.Actors.Settings;
+using ShardPipe.Actors.Diagnostics;
 
 namespace ShardPipe.Actors.Workers;
 
@@ -222,11 +225,12 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
                 coordinator.Tell(new SliceProgress(slice.PlanEpoch, self, done, total, bytes)); // Tell is safe off the actor thread
         }
         var sw = Stopwatch.StartNew();
-        if (_settings.DebugLoadDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugLoadDelay); // fault-injection hook (pool thread)
+        FaultHooks.For(system).BeforeMaterialise?.Invoke();
         var config = new PretrainedConfig((JsonObject)JsonNode.Parse(slice.ConfigJson)!);
         bool Include(string key) => slice.ModulePrefixes.Any(p => p.Length == 0 || key == p || key.StartsWith(p + ".", StringComparison.Ordinal));
         bool local = _settings.HasLocal(SafeLocate(slice.Model));
         TensorFetcher? fetcher = null;
+        var diagnostics = NodeDiagnostics.For(system);
         if (!local)
         {
             if (slice.ShardReaderPath is null) throw new ClusterException($"no local copy of {slice.Model} and no shard reader to stream from");
@@ -243,6 +247,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
                     try
                     {
                         BulkChannel.Receive(offer, destination, timeout, $"'{name}'");
+                        diagnostics.AddBulkBytes(destination.Length);
                         return;
                     }
                     catch (BulkUnreachableException ex)

@@ -1,8 +1,10 @@
 using System.Diagnostics;
 using Akka.Actor;
 using Akka.Event;
+using ShardPipe.Actors.Diagnostics;
 using ShardPipe.Actors.Hosting;
-using ShardPipe.Actors.Serialization;
+using ShardPipe.Actors.Settings;
+using ShardPipe.Actors.Transport;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Workers;
@@ -20,7 +22,8 @@ public sealed class StageExecutor
     private readonly NodeSettings _settings;
     private readonly string _stage;
     private readonly string _selfPath;
-    private readonly string _node;
+    private readonly NodeDiagnostics _diagnostics;
+    private readonly FaultHooks _faults;
     private readonly IActorRef _self;
     private readonly IActorRefProvider _provider;
     private readonly ILoggingAdapter _log;
@@ -33,10 +36,11 @@ public sealed class StageExecutor
         _stage = stage;
         _self = self;
         _selfPath = selfPath;
-        _node = ActorPath.Parse(selfPath).Address.ToString();
+        _diagnostics = NodeDiagnostics.For(system);
+        _faults = FaultHooks.For(system);
         _provider = ((ExtendedActorSystem)system).Provider;
         _log = log;
-        _links = new ActivationLinks(settings.Links, log, stage);
+        _links = new ActivationLinks(settings.Links, log, stage, _diagnostics);
     }
 
     // The worker's link messages (from its own thread): the links are used by steps on reader threads too.
@@ -118,17 +122,14 @@ public sealed class StageExecutor
 
     private void RunLocked(StageInput input, IActorRef from)
     {
-        if (input.SentAt > 0 && !from.Path.Address.Equals(_self.Path.Address) && Stopwatch.GetElapsedTime(input.SentAt).TotalMilliseconds is > 0 and var hopMs)
-            HopLatency.Record(hopMs); // another machine's clock gives nothing meaningful; negative values are dropped
         IReadOnlyList<Outgoing> outgoing;
         try
         {
-            // Fault-injection hook for tests: a stage that stalls.
-            if (_settings.DebugStageDelay > TimeSpan.Zero) Thread.Sleep(_settings.DebugStageDelay);
+            _faults.BeforeStep?.Invoke();
             PinThread();
             long started = Stopwatch.GetTimestamp();
             outgoing = _runner!.Run(input);
-            StepTimes.Record((_node, Stopwatch.GetElapsedTime(started).TotalMilliseconds));
+            _diagnostics.StepTimes.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
         }
         catch (Exception ex)
         {
@@ -142,7 +143,7 @@ public sealed class StageExecutor
             if (o.Message is ReleaseRequest rel && o.Path == _selfPath) _runner!.Release(rel.RequestId);
             else
             {
-                var message = o.Message is StageInput si ? si with { SentAt = Stopwatch.GetTimestamp() } : o.Message;
+                var message = o.Message;
                 if (message is StageInput hop && _links.TrySend(o.Path, hop)) continue; // straight to the next stage's node
                 var target = _provider.ResolveActorRef(o.Path);
                 target.TellChunked(message, _self); // large activations/logits travel in chunks to another node
@@ -170,31 +171,5 @@ public sealed class StageExecutor
         var failed = new RequestFailed(input.RequestId, _stage, reason);
         _provider.ResolveActorRef(input.ReplyTo).Tell(failed);
         if (input.State.Coordinator is { } c) _provider.ResolveActorRef(c).Tell(failed);
-    }
-
-    /// <summary>Time spent computing steps (<see cref="StageRunner.Run"/>) in milliseconds, by node address, for benchmarks.</summary>
-    public static readonly SampleLog<(string Node, double Ms)> StepTimes = new();
-
-    /// <summary>Latencies of hops received from another node of this machine (worker send → step starts) in milliseconds, for benchmarks.</summary>
-    public static readonly SampleLog<double> HopLatency = new();
-}
-
-/// <summary>Diagnostic samples gathered across threads (bounded) and taken by a benchmark.</summary>
-public sealed class SampleLog<T>
-{
-    private const int Limit = 100_000;
-    private readonly System.Collections.Concurrent.ConcurrentQueue<T> _samples = new();
-
-    public void Record(T sample)
-    {
-        if (_samples.Count < Limit) _samples.Enqueue(sample);
-    }
-
-    /// <summary>Takes every sample recorded so far.</summary>
-    public List<T> Drain()
-    {
-        var all = new List<T>();
-        while (_samples.TryDequeue(out var x)) all.Add(x);
-        return all;
     }
 }

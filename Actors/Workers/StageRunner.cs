@@ -4,6 +4,7 @@ using ShardPipe.Modeling.Layers;
 using ShardPipe.Modeling.Models;
 using TorchSharp;
 using static TorchSharp.torch;
+using ShardPipe.Actors.Transport;
 
 namespace ShardPipe.Actors.Workers;
 

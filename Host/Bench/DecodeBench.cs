@@ -1,3 +1,4 @@
+using ShardPipe.Actors.Diagnostics;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
@@ -155,8 +156,8 @@ public static class DecodeBench
         }
         await Once(c1, l1, null); // warm-up
         await Once(c3, l3, null);
-        StageExecutor.HopLatency.Drain(); // only the measured rounds count
-        StageExecutor.StepTimes.Drain();
+        static IEnumerable<NodeDiagnostics> Diagnostics(params EmbeddedCluster[] cs) => cs.SelectMany(c => c.Nodes).Select(n => NodeDiagnostics.For(n.System));
+        foreach (var d in Diagnostics(c1, c3)) { d.HopLatency.Drain(); d.StepTimes.Drain(); } // only the measured rounds count
         var oneGaps = new List<double>();
         var threeGaps = new List<double>();
         double oneTps = 0, threeTps = 0;
@@ -170,12 +171,10 @@ public static class DecodeBench
             paired.Add(Median(threeGaps.Skip(t0)) - Median(oneGaps.Skip(o0)));
         }
         static double P20(List<double> xs) => xs.Count == 0 ? double.NaN : xs.Order().ElementAt(xs.Count / 5);
-        var hops = StageExecutor.HopLatency.Drain().Order().ToList();
+        var hops = Diagnostics(c1, c3).SelectMany(d => d.HopLatency.Drain()).Order().ToList();
         double hopP50 = hops.Count == 0 ? double.NaN : hops[hops.Count / 2];
         // Compute per token: each node's step time (p20, like the intervals), summed over the cluster's nodes.
-        var steps = StageExecutor.StepTimes.Drain();
-        double Compute(EmbeddedCluster c) => c.Nodes.Select(node => node.Address.ToString())
-            .Sum(a => P20(steps.Where(s => s.Node == a).Select(s => s.Ms).ToList()));
+        double Compute(EmbeddedCluster c) => Diagnostics(c).Sum(d => P20(d.StepTimes.Drain()));
         return new Hops(P20(oneGaps), P20(threeGaps), oneTps, threeTps, Boundaries(l3.Stages), hopP50, Compute(c1), Compute(c3), Median(paired));
     }
 

@@ -13,6 +13,7 @@ using ShardPipe.Host.Cli;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
 using static TorchSharp.torch;
+using ShardPipe.Actors.Transport;
 
 namespace ShardPipe.Host.Bench;
 

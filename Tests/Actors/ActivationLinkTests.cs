@@ -1,3 +1,4 @@
+using ShardPipe.Actors.Diagnostics;
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Net;
@@ -11,6 +12,8 @@ using ShardPipe.Messages;
 using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Tests.Support;
+using ShardPipe.Actors.Transport;
+using ShardPipe.Actors.Settings;
 
 namespace ShardPipe.Tests.Actors;
 
@@ -22,7 +25,7 @@ public sealed class ActivationLinkTests : IDisposable
     private readonly ActorSystem _system = ActorSystem.Create("links", "akka.loglevel = OFF");
     private readonly ActivationListener _listener;
 
-    public ActivationLinkTests() => _listener = new ActivationListener(new ActivationLinkSettings { MaxFrameBytes = 1 << 20 }, NoLogger.Instance);
+    public ActivationLinkTests() => _listener = new ActivationListener(new ActivationLinkSettings { MaxFrameBytes = 1 << 20 }, NoLogger.Instance, new NodeDiagnostics());
 
     public void Dispose()
     {
@@ -75,7 +78,7 @@ public sealed class ActivationLinkTests : IDisposable
             var reader = new ActivationLink.FrameReader(server, 1 << 20);
             foreach (var s in steps)
             {
-                var (manifest, body) = reader.Next() ?? throw new Xunit.Sdk.XunitException("stream ended early");
+                var (manifest, body, _) = reader.Next() ?? throw new Xunit.Sdk.XunitException("stream ended early");
                 AssertSameStep(s, MessageCodec.Decode(body, manifest));
             }
             Assert.Null(reader.Next());
@@ -90,12 +93,13 @@ public sealed class ActivationLinkTests : IDisposable
         byte[] Frame(string manifest, byte[] body, ulong? checksum = null, int? length = null)
         {
             var m = System.Text.Encoding.ASCII.GetBytes(manifest);
-            var f = new byte[5 + m.Length + body.Length + 8];
+            const int h = ActivationLink.HeaderBytes; // length u32 | sent-at i64 | manifest length u8
+            var f = new byte[h + m.Length + body.Length + 8];
             BinaryPrimitives.WriteUInt32LittleEndian(f, (uint)(length ?? body.Length));
-            f[4] = (byte)m.Length;
-            m.CopyTo(f, 5);
-            body.CopyTo(f, 5 + m.Length);
-            BinaryPrimitives.WriteUInt64LittleEndian(f.AsSpan(5 + m.Length + body.Length), checksum ?? System.IO.Hashing.XxHash3.HashToUInt64(body));
+            f[h - 1] = (byte)m.Length;
+            m.CopyTo(f, h);
+            body.CopyTo(f, h + m.Length);
+            BinaryPrimitives.WriteUInt64LittleEndian(f.AsSpan(h + m.Length + body.Length), checksum ?? System.IO.Hashing.XxHash3.HashToUInt64(body));
             return f;
         }
         var cases = new (string Expect, byte[] Bytes, Type Error)[]
@@ -210,17 +214,19 @@ public class ActivationLinkClusterTests
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         Assert.Equal(3, loaded.DeviceMapValues.Select(v => v.Split('/')[0]).Distinct().Count());
         var expected = SingleProcessTokens();
-        long sentBefore = ActivationLinks.FramesSent, receivedBefore = ActivationListener.FramesReceived;
+        var diagnostics = cluster.Nodes.Select(n => NodeDiagnostics.For(n.System)).ToList();
+        long Sent() => diagnostics.Sum(d => d.LinkFramesSent);
+        long Received() => diagnostics.Sum(d => d.LinkFramesReceived);
         // Links come up just after the load (their connection is asynchronous): the first request may go partly
         // over actor messages, and every request must give the same tokens either way.
         for (int r = 0; r < 3; r++)
         {
             var outcome = await cluster.Client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(30));
             Assert.Equal(expected, outcome.NewTokens[0]);
-            if (mode == "on" && ActivationLinks.FramesSent - sentBefore >= NewTokens) break;
+            if (mode == "on" && Sent() >= NewTokens) break;
             await Task.Delay(200);
         }
-        long sent = ActivationLinks.FramesSent - sentBefore, received = ActivationListener.FramesReceived - receivedBefore;
+        long sent = Sent(), received = Received();
         if (mode == "on")
         {
             // Each decode step crosses a node boundary at least twice (3 stages, the token looping back).

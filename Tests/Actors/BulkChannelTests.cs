@@ -8,6 +8,7 @@ using ShardPipe.Checkpoints;
 using ShardPipe.Checkpoints.SafeTensors;
 using ShardPipe.Messages;
 using ShardPipe.Tests.Support;
+using ShardPipe.Actors.Transport;
 
 namespace ShardPipe.Tests.Actors;
 

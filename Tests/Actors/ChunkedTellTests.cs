@@ -1,6 +1,6 @@
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
-using ShardPipe.Actors.Serialization;
+using ShardPipe.Actors.Transport;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Tests.Actors;

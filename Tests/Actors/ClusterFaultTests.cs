@@ -1,3 +1,4 @@
+using ShardPipe.Actors.Diagnostics;
 using Akka.Cluster;
 using ShardPipe.Actors.Hosting;
 using ShardPipe.Actors.Workers;
@@ -6,6 +7,7 @@ using ShardPipe.Messages;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Tests.Support;
 using static TorchSharp.torch;
+using ShardPipe.Actors.Transport;
 
 namespace ShardPipe.Tests.Actors;
 
@@ -45,6 +47,7 @@ public class ClusterFaultTests
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         Assert.Contains(loaded.Devices, d => d.Streamed);
         Assert.All(loaded.Devices, d => Assert.Equal(d.PlannedBytes, d.LoadedBytes));
+        Assert.Equal(0, NodeDiagnostics.For(cluster.Nodes[1].System).BulkBytesReceived); // every byte came as actor messages
         var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(30));
         ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(SingleProcessLastLogits().Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "fallback");
     }
@@ -65,10 +68,11 @@ public class ClusterFaultTests
     [Fact]
     public async Task A_node_lost_mid_load_fails_the_load_naming_it_and_survivors_can_load_again()
     {
-        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB",
-            extraConfig: i => i == 2 ? "shardpipe.debug.load-delay = 5s" : null);
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
+        var materialising = new TaskCompletionSource();
+        FaultHooks.For(cluster.Nodes[2].System).BeforeMaterialise = () => { materialising.TrySetResult(); Thread.Sleep(5000); };
         var load = cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
-        await Task.Delay(500);
+        await materialising.Task.WaitAsync(TimeSpan.FromSeconds(30));
         await cluster.Nodes[2].Kill();
         var ex = await Assert.ThrowsAsync<ClusterException>(() => load.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Contains("node-3", ex.Message);
@@ -83,8 +87,8 @@ public class ClusterFaultTests
     [Fact]
     public async Task A_stage_lost_mid_generation_fails_the_request_naming_it_then_the_cluster_serves_again()
     {
-        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB",
-            extraConfig: i => i == 1 ? "shardpipe.debug.stage-delay = 200ms" : null);
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
+        FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => Thread.Sleep(200);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         var firstToken = new TaskCompletionSource();
         var run = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 50), loaded.Stages, TimeSpan.FromSeconds(20), _ => firstToken.TrySetResult());
@@ -100,8 +104,8 @@ public class ClusterFaultTests
     [Fact]
     public async Task A_stalled_stage_ends_the_request_with_a_typed_error_within_the_timeout()
     {
-        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB",
-            extraConfig: i => i == 1 ? "shardpipe.debug.stage-delay = 4s" : null);
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB");
+        FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => Thread.Sleep(4000);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         var ex = await Assert.ThrowsAsync<ClusterException>(() =>
             cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 3), loaded.Stages, TimeSpan.FromSeconds(1)).WaitAsync(TimeSpan.FromSeconds(20)));
@@ -113,7 +117,8 @@ public class ClusterFaultTests
     public async Task A_full_queue_refuses_new_requests_and_queued_ones_still_complete()
     {
         await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB",
-            extraConfig: i => i == 0 ? "shardpipe.max-in-flight = 1\nshardpipe.max-queued = 1" : "shardpipe.debug.stage-delay = 100ms");
+            extraConfig: i => i == 0 ? "shardpipe.max-in-flight = 1\nshardpipe.max-queued = 1" : null);
+        FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => Thread.Sleep(100);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         var first = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
         await Task.Delay(200);
@@ -198,10 +203,11 @@ public class LargeMessageTests
 
         await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB", localCheckpoints: i => i == 0,
             extraConfig: _ => $"shardpipe.bulk-transfer.enabled = {(bulk ? "on" : "off")}");
-        long bulkBefore = BulkChannel.BytesReceived;
         var loaded = await cluster.Client.LoadAsync(Requests.Load(tmp.Path), TimeSpan.FromMinutes(2));
         Assert.Contains(loaded.Devices, d => d.Streamed && d.LoadedBytes > 30_000_000);
-        if (bulk) Assert.True(BulkChannel.BytesReceived - bulkBefore >= 30_000_000, "the embedding did not come over the bulk channel");
+        long overBulk = NodeDiagnostics.For(cluster.Nodes[1].System).BulkBytesReceived;
+        if (bulk) Assert.True(overBulk >= 30_000_000, "the embedding did not come over the bulk channel");
+        else Assert.Equal(0, overBulk);
         var outcome = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(60));
         ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "large messages");
         var gen = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 3), loaded.Stages, TimeSpan.FromSeconds(60));

@@ -4,6 +4,7 @@ using ShardPipe.Messages;
 using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Tests.Support;
+using ShardPipe.Actors.Settings;
 
 namespace ShardPipe.Tests.Actors;
 

@@ -3,6 +3,7 @@ using ShardPipe.Actors.Workers;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
 using static TorchSharp.torch;
+using ShardPipe.Actors.Transport;
 
 namespace ShardPipe.Tests.Actors;
 
@@ -72,7 +73,7 @@ public class TensorWireTests
     public void A_payload_whose_bytes_do_not_match_its_shape_is_a_protocol_error()
     {
         var payload = new TensorPayload("F32", new long[] { 3, 3 }, new byte[35]);
-        var ex = Assert.Throws<ShardPipe.Checkpoints.ProtocolException>(() => TensorWire.ToTensor(payload));
+        var ex = Assert.Throws<ProtocolException>(() => TensorWire.ToTensor(payload));
         Assert.Contains("expected 36", ex.Message);
     }
 }

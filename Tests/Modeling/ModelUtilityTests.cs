@@ -35,13 +35,14 @@ public class ModelUtilityTests
         Assert.Equal(new[] { expected, model.InputEmbeddings.Weight.Shape[1] }, model.InputEmbeddings.Weight.Tensor.shape);
         Assert.Equal(expected, model.OutputEmbeddings.Weight.Tensor.shape[0]);
         Assert.Equal(tied, ReferenceEquals(model.InputEmbeddings.Weight, model.OutputEmbeddings.Weight));
-        Assert.Equal(before, Last(model, old));
+        // The same logits for the old tokens, up to summation order (the head's matmul is blocked by vocabulary size).
+        ReferenceModelTests.AssertClose(before.Select(v => (double)v).ToArray(), Last(model, old), 1e-5, "old tokens after growing");
         // New rows start at the mean of the old ones.
         using var w = model.InputEmbeddings.Weight.Tensor;
         var mean = w.narrow(0, 0, old).mean(new long[] { 0 }).data<float>().ToArray();
         Assert.Equal(mean, w[expected - 1].data<float>().ToArray());
         model.ResizeTokenEmbeddings(old - 4);
-        Assert.Equal(before.Take((int)old - 4), Last(model, old - 4));
+        ReferenceModelTests.AssertClose(before.Take((int)old - 4).Select(v => (double)v).ToArray(), Last(model, old - 4), 1e-5, "old tokens after shrinking");
     }
 
     [Fact]

@@ -188,6 +188,6 @@ public class NaturalOrderTests
     {
         var names = new[] { "node-10", "node-2", "node-1", "a", "node-02b", "node-2a" };
         Assert.Equal(new[] { "a", "node-1", "node-2", "node-2a", "node-02b", "node-10" },
-            names.OrderBy(n => n, ShardPipe.Actors.Coordination.NaturalOrder.Instance).ToArray());
+            names.OrderBy(n => n, ShardPipe.Placement.NaturalOrder.Instance).ToArray());
     }
 }

@@ -6,7 +6,7 @@ using ShardPipe.Checkpoints;
 using ShardPipe.Checkpoints.SafeTensors;
 using ShardPipe.Messages;
 
-namespace ShardPipe.Actors.Workers;
+namespace ShardPipe.Actors.Transport;
 
 /// <summary>
 /// The socket side channel for bulk weights (Akka.Remote carries bytes at a fraction of a raw socket's speed).
@@ -29,11 +29,6 @@ public static class BulkChannel
     public const int PieceBytes = 512 << 10;
     public const int SocketBuffer = 4 << 20;
     public const int TrailerBytes = 8;
-
-    private static long _bytesReceived;
-
-    /// <summary>Bytes this process has received over bulk channels (diagnostics).</summary>
-    public static long BytesReceived => Interlocked.Read(ref _bytesReceived);
 
     /// <summary>
     /// Receives an offered tensor into <paramref name="destination"/> (its exact size), checking order, bounds and
@@ -88,7 +83,6 @@ public static class BulkChannel
                 s.Send(ack);
                 offset += length;
                 seq++;
-                Interlocked.Add(ref _bytesReceived, length);
             }
         }
         catch (Exception ex) when (ex is SocketException or EndOfStreamException or IOException)
@@ -102,109 +96,4 @@ public static class BulkChannel
 public sealed class BulkUnreachableException : ShardPipeException
 {
     public BulkUnreachableException(string message) : base(message) { }
-}
-
-/// <summary>
-/// A shard reader's bulk listener: holds the offers it made (one-time tokens, expiring), serves each accepted
-/// connection on its own thread with pread → XXH3 → send and a bounded window of unacknowledged chunks.
-/// </summary>
-public sealed class BulkServer : SideChannelListener<BulkServer.Pending>
-{
-    public sealed record Pending(string What, SafeTensorsFile Shard, TensorInfo Info);
-
-    private readonly int _chunkBytes, _window;
-
-    public int ChunkBytes => _chunkBytes;
-    public int Window => _window;
-
-    public BulkServer(string bindHost, string advertisedHost, int port, int chunkBytes, int window, ILoggingAdapter log)
-        : base("bulk channel", BulkChannel.Magic, bindHost, advertisedHost, port, log, BulkChannel.SocketBuffer)
-    {
-        _chunkBytes = chunkBytes;
-        _window = window;
-    }
-
-    /// <summary>Registers a transfer and returns its one-time token (valid for <paramref name="validFor"/>).</summary>
-    public byte[] Offer(string what, SafeTensorsFile shard, TensorInfo info, TimeSpan validFor) => NewToken(new Pending(what, shard, info), validFor);
-
-    protected override void Serve(Socket s, Pending p)
-    {
-        try
-        {
-            s.SendBufferSize = BulkChannel.SocketBuffer;
-            Stream(s, p);
-        }
-        catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
-        {
-            Log.Warning("bulk channel: sending {0} broke off: {1}", p.What, ex.Message);
-        }
-    }
-
-    /// <summary>
-    /// Each chunk: its header, then its bytes piece by piece (pread into a small buffer, checksum, send — the bytes
-    /// stay in cache between the three), then the XXH3-64 trailer. Acknowledgements are read on this same thread:
-    /// drained when they are there, waited for when the window is full.
-    /// </summary>
-    private void Stream(Socket s, Pending p)
-    {
-        long total = p.Info.ByteLength;
-        var buffer = GC.AllocateUninitializedArray<byte>(BulkChannel.HeaderBytes + BulkChannel.PieceBytes, pinned: true);
-        var trailer = new byte[BulkChannel.TrailerBytes];
-        var ack = new byte[4];
-        var hash = new XxHash3();
-        uint sent = 0, acked = 0;
-        void WriteHeader(uint length)
-        {
-            BinaryPrimitives.WriteUInt32LittleEndian(buffer, sent);
-            BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(4), length);
-        }
-        void TakeAck()
-        {
-            SideChannel.ReadExactly(s, ack);
-            uint seq = BinaryPrimitives.ReadUInt32LittleEndian(ack);
-            if (seq != acked) throw new IOException($"acknowledgement {seq} out of order (expected {acked})");
-            acked++;
-        }
-        long offset = 0;
-        while (offset < total)
-        {
-            while (s.Available >= 4) TakeAck();
-            while (sent - acked >= _window)
-            {
-                if (Stopping.IsCancellationRequested) throw new IOException("the node is stopping");
-                TakeAck(); // blocks up to the socket's receive timeout
-            }
-            int n = (int)Math.Min(_chunkBytes, total - offset);
-            hash.Reset();
-            for (int at = 0; at < n; at += BulkChannel.PieceBytes)
-            {
-                int m = Math.Min(BulkChannel.PieceBytes, n - at);
-                int headerBytes = at == 0 ? BulkChannel.HeaderBytes : 0; // the header rides with the first piece
-                var piece = buffer.AsSpan(BulkChannel.HeaderBytes, m);
-                try
-                {
-                    p.Shard.ReadRange(p.Info, offset + at, piece);
-                }
-                catch (Exception ex) when (ex is IOException or ShardPipeException)
-                {
-                    if (at == 0) // the receiver expects a header next: tell it why instead
-                    {
-                        WriteHeader(BulkChannel.ErrorFrame);
-                        s.Send(buffer.AsSpan(0, BulkChannel.HeaderBytes));
-                        s.Send(SideChannel.ErrorText(ex.Message));
-                    }
-                    throw new IOException(ex.Message, ex);
-                }
-                hash.Append(piece);
-                if (headerBytes > 0) WriteHeader((uint)n);
-                SideChannel.SendAll(s, buffer.AsSpan(BulkChannel.HeaderBytes - headerBytes, headerBytes + m));
-            }
-            BinaryPrimitives.WriteUInt64LittleEndian(trailer, hash.GetCurrentHashAsUInt64());
-            s.Send(trailer);
-            offset += n;
-            sent++;
-        }
-        while (acked < sent) TakeAck();
-    }
-
 }

@@ -4,7 +4,7 @@ using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
 using static TorchSharp.torch;
 
-namespace ShardPipe.Actors.Workers;
+namespace ShardPipe.Actors.Transport;
 
 /// <summary>Tensors to and from <see cref="TensorPayload"/>: one copy in all (tensor storage into the frame); the receiver's tensor is built over the frame.</summary>
 public static class TensorWire

@@ -1,4 +1,4 @@
-namespace ShardPipe.Checkpoints;
+namespace ShardPipe;
 
 /// <summary>Base of every error ShardPipe raises on purpose: the message names the file, tensor or node at fault.</summary>
 public class ShardPipeException : Exception
@@ -63,4 +63,19 @@ public sealed class ProtocolException : ShardPipeException
 public sealed class ClusterException : ShardPipeException
 {
     public ClusterException(string message) : base(message) { }
+}
+
+/// <summary>
+/// Input from a user or caller that cannot be used as given (an option, an argument, a request field); names the
+/// field and says what would be accepted.
+/// </summary>
+public sealed class InvalidInputException : ShardPipeException
+{
+    public InvalidInputException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>Something well-formed that this build or model cannot do (an architecture, a dtype, a device); names it.</summary>
+public sealed class UnsupportedException : ShardPipeException
+{
+    public UnsupportedException(string message) : base(message) { }
 }

@@ -1,7 +1,7 @@
 using Akka.Actor;
 using ShardPipe.Messages;
 
-namespace ShardPipe.Actors.Serialization;
+namespace ShardPipe.Actors.Transport;
 
 /// <summary>Sending a message that may exceed one Akka.Remote frame.</summary>
 public static class ChunkedTell

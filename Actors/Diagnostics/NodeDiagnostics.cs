@@ -1,0 +1,42 @@
+using Akka.Actor;
+
+namespace ShardPipe.Actors.Diagnostics;
+
+/// <summary>
+/// One node's counters and sample logs (bytes over the bulk channel, frames over activation links, step and hop
+/// times), held per ActorSystem so that several nodes in one process — an embedded cluster, a test beside another
+/// — each count only their own traffic. Read by tests and benchmarks; nothing in the data path depends on it.
+/// </summary>
+public sealed class NodeDiagnostics : IExtension
+{
+    private long _bulkBytesReceived, _linkFramesSent, _linkFramesReceived;
+
+    /// <summary>This node's diagnostics (created on first use).</summary>
+    public static NodeDiagnostics For(ActorSystem system) => system.WithExtension<NodeDiagnostics, NodeDiagnosticsProvider>();
+
+    /// <summary>Tensor bytes this node received over the bulk side channel.</summary>
+    public long BulkBytesReceived => Interlocked.Read(ref _bulkBytesReceived);
+    /// <summary>Frames this node's workers sent over activation links.</summary>
+    public long LinkFramesSent => Interlocked.Read(ref _linkFramesSent);
+    /// <summary>Frames this node's activation listener received.</summary>
+    public long LinkFramesReceived => Interlocked.Read(ref _linkFramesReceived);
+
+    /// <summary>Milliseconds spent computing each step on this node.</summary>
+    public SampleLog<double> StepTimes { get; } = new();
+    /// <summary>
+    /// Milliseconds from a peer writing an activation frame to this node reading it (the frame's send time on the
+    /// sender's monotonic clock): meaningful when both nodes share a machine, as in the decode benchmark.
+    /// </summary>
+    public SampleLog<double> HopLatency { get; } = new();
+
+    public void AddBulkBytes(long bytes) => Interlocked.Add(ref _bulkBytesReceived, bytes);
+    public void FrameSent() => Interlocked.Increment(ref _linkFramesSent);
+    /// <summary>A frame counted as sent turned out not to have left (its write failed): it goes as actor messages.</summary>
+    public void FrameNotSent() => Interlocked.Decrement(ref _linkFramesSent);
+    public void FrameReceived() => Interlocked.Increment(ref _linkFramesReceived);
+}
+
+public sealed class NodeDiagnosticsProvider : ExtensionIdProvider<NodeDiagnostics>
+{
+    public override NodeDiagnostics CreateExtension(ExtendedActorSystem system) => new();
+}

@@ -1,0 +1,121 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.IO.Hashing;
+using System.Net.Sockets;
+using System.Text;
+using Akka.Actor;
+using Akka.Event;
+using System.Diagnostics;
+using ShardPipe.Checkpoints;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Actors.Transport;
+
+/// <summary>
+/// Activation links: a direct socket from a device worker to a worker on another node, for the
+/// <see cref="StageInput"/>s it sends there (hidden states to the next stage; the sampled token back to the
+/// first). Akka.Remote hands a message through several threads on each side (≈0.6 ms a hop on this machine
+/// type); over a link the sending worker writes the frame itself and the reader thread on the far node runs the
+/// step (<see cref="StageExecutor"/>): ≈0.2 ms. Actor messages negotiate a link (<see cref="OpenLink"/> → <see cref="LinkOffer"/>
+/// with a one-time token) and stay the fallback whenever it is off, not yet up, or broken.
+/// <para>On the socket (little-endian): the <see cref="SideChannel"/> opening (magic <c>"SPA1"</c>), then frames,
+/// one way: <c>length u32 | sent-at i64 (the sender's monotonic clock, for hop timing) | manifest length u8 | manifest (ASCII) | body (the MessagePack message) | xxh3 u64 of
+/// the body</c>. Only <c>stage</c> frames are accepted; anything else, a bad checksum or an oversized frame closes
+/// the link with a logged <see cref="ProtocolException"/>.</para>
+/// </summary>
+public static class ActivationLink
+{
+    public static readonly byte[] Magic = "SPA1"u8.ToArray();
+    public const string Manifest = "stage";
+    /// <summary><c>length u32 | sent-at i64 | manifest length u8</c>.</summary>
+    public const int HeaderBytes = 13;
+    public const int TrailerBytes = 8;
+
+    /// <summary>Writes one frame in a single gathered send (header, body, checksum).</summary>
+    public static void WriteFrame(Socket s, string manifest, byte[] body)
+    {
+        var m = Encoding.ASCII.GetBytes(manifest);
+        var header = new byte[HeaderBytes + m.Length];
+        BinaryPrimitives.WriteUInt32LittleEndian(header, (uint)body.Length);
+        BinaryPrimitives.WriteInt64LittleEndian(header.AsSpan(4), Stopwatch.GetTimestamp());
+        header[12] = (byte)m.Length;
+        m.CopyTo(header, HeaderBytes);
+        var trailer = new byte[TrailerBytes];
+        BinaryPrimitives.WriteUInt64LittleEndian(trailer, XxHash3.HashToUInt64(body));
+        int total = header.Length + body.Length + trailer.Length;
+        int sent = s.Send(new List<ArraySegment<byte>> { header, body, trailer });
+        if (sent != total) throw new SocketException((int)SocketError.MessageSize);
+    }
+
+    /// <summary>Reads frames from one link, buffered (a decode step's frame arrives in one receive).</summary>
+    public sealed class FrameReader
+    {
+        private readonly Socket _s;
+        private readonly int _maxFrame;
+        private readonly byte[] _buffer = new byte[64 << 10];
+        private int _start, _end;
+
+        public FrameReader(Socket s, int maxFrame)
+        {
+            _s = s;
+            _maxFrame = maxFrame;
+        }
+
+        /// <summary>
+        /// The next frame's manifest, body and send time (the sender's monotonic clock); null when the peer closed
+        /// the link between frames.
+        /// </summary>
+        public (string Manifest, byte[] Body, long SentAt)? Next()
+        {
+            if (!Ensure(HeaderBytes, atFrameStart: true)) return null;
+            uint length = BinaryPrimitives.ReadUInt32LittleEndian(_buffer.AsSpan(_start));
+            long sentAt = BinaryPrimitives.ReadInt64LittleEndian(_buffer.AsSpan(_start + 4));
+            int manifestLength = _buffer[_start + 12];
+            _start += HeaderBytes;
+            Ensure(manifestLength);
+            string manifest = Encoding.ASCII.GetString(_buffer, _start, manifestLength);
+            _start += manifestLength;
+            if (length > _maxFrame) throw new ProtocolException($"activation link: a '{manifest}' frame of {length} bytes exceeds the link's maximum of {_maxFrame}");
+            if (manifest != Manifest) throw new ProtocolException($"activation link: frame with manifest '{manifest}' (a link carries only '{Manifest}')");
+            var body = GC.AllocateUninitializedArray<byte>((int)length);
+            Take(body);
+            Span<byte> trailer = stackalloc byte[TrailerBytes];
+            Take(trailer);
+            if (XxHash3.HashToUInt64(body) != BinaryPrimitives.ReadUInt64LittleEndian(trailer))
+                throw new ProtocolException($"activation link: a '{manifest}' frame of {length} bytes failed its XXH3 checksum");
+            return (manifest, body, sentAt);
+        }
+
+        private bool Ensure(int n, bool atFrameStart = false)
+        {
+            if (_end - _start >= n) return true;
+            Buffer.BlockCopy(_buffer, _start, _buffer, 0, _end - _start);
+            _end -= _start;
+            _start = 0;
+            while (_end < n)
+            {
+                int got = _s.Receive(_buffer.AsSpan(_end));
+                if (got == 0)
+                {
+                    if (atFrameStart && _end == 0) return false;
+                    throw new EndOfStreamException("the link closed in the middle of a frame");
+                }
+                _end += got;
+            }
+            return true;
+        }
+
+        private void Take(Span<byte> into)
+        {
+            int have = Math.Min(into.Length, _end - _start);
+            _buffer.AsSpan(_start, have).CopyTo(into);
+            _start += have;
+            for (into = into[have..]; into.Length > 0;)
+            {
+                int got = _s.Receive(into);
+                if (got == 0) throw new EndOfStreamException("the link closed in the middle of a frame");
+                into = into[got..];
+            }
+        }
+    }
+}

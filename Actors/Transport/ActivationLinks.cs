@@ -1,0 +1,140 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.IO.Hashing;
+using System.Net.Sockets;
+using System.Text;
+using Akka.Actor;
+using Akka.Event;
+using ShardPipe.Actors.Diagnostics;
+using ShardPipe.Actors.Settings;
+using ShardPipe.Checkpoints;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Actors.Transport;
+
+/// <summary>
+/// One worker's outgoing activation links, by target path; not thread-safe (its <see cref="StageExecutor"/> calls it
+/// under the stage's lock). A link is asked for once per slice; until it is up, and for good once it fails, sends
+/// go as actor messages.
+/// </summary>
+public sealed class ActivationLinks
+{
+    /// <summary>A link's socket is open (piped back to the worker from the connecting task).</summary>
+    public sealed record Connected(string Target, Socket Socket, int MaxFrameBytes);
+    public sealed record ConnectFailed(string Target, string Reason);
+
+    private sealed class Link
+    {
+        public Socket? Socket;
+        public int MaxFrameBytes;
+        public bool Failed;
+    }
+
+    private readonly Dictionary<string, Link> _links = new(StringComparer.Ordinal);
+    private readonly ActivationLinkSettings _settings;
+    private readonly ILoggingAdapter _log;
+    private readonly string _stage;
+    private readonly NodeDiagnostics _diagnostics;
+
+    public ActivationLinks(ActivationLinkSettings settings, ILoggingAdapter log, string stage, NodeDiagnostics diagnostics)
+    {
+        _settings = settings;
+        _log = log;
+        _stage = stage;
+        _diagnostics = diagnostics;
+    }
+
+    /// <summary>Asks <paramref name="target"/> for a link unless one was asked for already.</summary>
+    public void Want(string target, IActorRef targetRef, IActorRef self)
+    {
+        if (!_settings.Enabled || _links.ContainsKey(target)) return;
+        _links[target] = new Link();
+        targetRef.Tell(new OpenLink(target), self);
+    }
+
+    /// <summary>Connects to an offered link off the worker's thread; the outcome comes back as <see cref="Connected"/> or <see cref="ConnectFailed"/>.</summary>
+    public void Offered(LinkOffer offer, IActorRef self)
+    {
+        if (!_links.TryGetValue(offer.Target, out var link) || link.Socket is not null || link.Failed) return; // not asked for (or stale)
+        if (offer.Refused is { } why)
+        {
+            Fail(offer.Target, link, why);
+            return;
+        }
+        var timeout = _settings.SendTimeout;
+        string what = $"activation link to {offer.Target}";
+        Task.Run(() => Connect(offer, timeout, what)).PipeTo(self,
+            success: s => new Connected(offer.Target, s, offer.MaxFrameBytes),
+            failure: ex => new ConnectFailed(offer.Target, ex.GetBaseException().Message));
+    }
+
+    private static Socket Connect(LinkOffer offer, TimeSpan timeout, string what)
+    {
+        var s = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            using var cts = new CancellationTokenSource(timeout);
+            s.ConnectAsync(offer.Host, offer.Port, cts.Token).AsTask().GetAwaiter().GetResult();
+            s.ReceiveTimeout = s.SendTimeout = (int)timeout.TotalMilliseconds;
+            SideChannel.Open(s, ActivationLink.Magic, offer.Token, what);
+            return s;
+        }
+        catch
+        {
+            s.Dispose();
+            throw;
+        }
+    }
+
+    public void Up(Connected c)
+    {
+        if (_links.TryGetValue(c.Target, out var link) && link.Socket is null && !link.Failed)
+        {
+            link.Socket = c.Socket;
+            link.MaxFrameBytes = c.MaxFrameBytes;
+            _log.Info("{0}: activation link to {1} is up", _stage, c.Target);
+        }
+        else c.Socket.Dispose(); // the slice changed meanwhile
+    }
+
+    public void Down(ConnectFailed f)
+    {
+        if (_links.TryGetValue(f.Target, out var link)) Fail(f.Target, link, f.Reason);
+    }
+
+    /// <summary>Sends over the target's link if it is up; false means: send it as actor messages.</summary>
+    public bool TrySend(string target, StageInput message)
+    {
+        if (!_links.TryGetValue(target, out var link) || link.Socket is not { } s) return false;
+        var body = MessageCodec.Encode(message);
+        if (body.Length > link.MaxFrameBytes) return false;
+        // Counted before the write: the far side may run the step (and the request finish) before Send returns here.
+        _diagnostics.FrameSent();
+        try
+        {
+            ActivationLink.WriteFrame(s, ActivationLink.Manifest, body);
+            return true;
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException or IOException)
+        {
+            _diagnostics.FrameNotSent();
+            Fail(target, link, ex.Message);
+            return false;
+        }
+    }
+
+    private void Fail(string target, Link link, string reason)
+    {
+        link.Socket?.Dispose();
+        link.Socket = null;
+        link.Failed = true;
+        _log.Warning("{0}: activation link to {1} unavailable ({2}); hops there go as actor messages", _stage, target, reason);
+    }
+
+    /// <summary>Closes every link (the slice is released or the worker stops); a new slice asks again.</summary>
+    public void CloseAll()
+    {
+        foreach (var link in _links.Values) link.Socket?.Dispose();
+        _links.Clear();
+    }
+}
