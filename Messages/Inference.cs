@@ -12,18 +12,37 @@ public sealed record SamplingSettings(
     [property: Key(4)] long Seed,
     [property: Key(5)] double RepetitionPenalty = 1.0);
 
-/// <summary>A client asks for greedy/sampled generation (MaxNewTokens 0 = a single forward pass returning last logits).</summary>
+/// <summary>What a client sends the coordinator to run through the pipeline: a <see cref="Generate"/> or a <see cref="Forward"/>.</summary>
+public interface IClientRequest : IShardPipeMessage
+{
+    string RequestId { get; }
+    long[][] InputIds { get; }
+    long[][]? AttentionMask { get; }
+}
+
+/// <summary>A client asks for greedy or sampled generation; positions follow the mask, as HF's <c>generate</c>.</summary>
 [MessagePackObject]
 public sealed record Generate(
     [property: Key(0)] string RequestId,
     [property: Key(1)] long[][] InputIds,
     [property: Key(2)] long[][]? AttentionMask,
-    [property: Key(3)] long[][]? PositionIds,
     [property: Key(4)] int MaxNewTokens,
     [property: Key(5)] bool IgnoreEos,
-    [property: Key(6)] SamplingSettings Sampling) : IShardPipeMessage;
+    [property: Key(6)] SamplingSettings Sampling) : IClientRequest;
+// Key 3 (position ids, used only by forward passes sent as Generate with MaxNewTokens 0) is retired: see Forward.
 
-/// <summary>Work for one hop of the pipeline: ids (first hop) or hidden states, plus what every layer needs.</summary>
+/// <summary>A client asks for one forward pass: the last position's logits of every row (<see cref="ForwardResult"/>).</summary>
+[MessagePackObject]
+public sealed record Forward(
+    [property: Key(0)] string RequestId,
+    [property: Key(1)] long[][] InputIds,
+    [property: Key(2)] long[][]? AttentionMask,
+    [property: Key(3)] long[][]? PositionIds) : IClientRequest;
+
+/// <summary>
+/// Work for one hop of the pipeline: ids (first hop) or hidden states, plus what every layer needs; the plan epoch
+/// it runs under and the coordinator to tell when it ends. <see cref="Generation"/> is null for a forward pass.
+/// </summary>
 [MessagePackObject]
 public sealed record StageInput(
     [property: Key(0)] string RequestId,
@@ -34,10 +53,12 @@ public sealed record StageInput(
     [property: Key(5)] long[][] AttentionMask,
     [property: Key(6)] long[][] PositionIds,
     [property: Key(7)] string ReplyTo,
-    [property: Key(8)] GenerationState State) : IShardPipeMessage;
+    [property: Key(8)] GenerationState? Generation,
+    [property: Key(10)] int PlanEpoch,
+    [property: Key(11)] string? Coordinator) : IShardPipeMessage;
 // Key 9 (a send timestamp for hop timing) is retired: activation-link frames carry it in their header.
 
-/// <summary>Request-wide state that travels with the activations (so the last hop can decide and loop back).</summary>
+/// <summary>A generation's state that travels with the activations (so the last hop can decide and loop back).</summary>
 [MessagePackObject]
 public sealed record GenerationState(
     [property: Key(0)] int MaxNewTokens,
@@ -46,9 +67,8 @@ public sealed record GenerationState(
     [property: Key(3)] long PadTokenId,
     [property: Key(4)] bool[] Finished,
     [property: Key(5)] SamplingSettings Sampling,
-    [property: Key(6)] int PlanEpoch,
-    [property: Key(7)] string? Coordinator = null,
     [property: Key(8)] long[][]? History = null);
+// Keys 6 and 7 (plan epoch, coordinator) moved to StageInput, where forward passes have them too.
 
 /// <summary>New tokens of one step, one per row (streamed to the caller).</summary>
 [MessagePackObject]

@@ -19,11 +19,17 @@ public sealed record LoadModel(
 public sealed record ModelLoaded(
     [property: Key(0)] string RequestId,
     [property: Key(1)] int PlanEpoch,
-    [property: Key(2)] string[] DeviceMapKeys,
-    [property: Key(3)] string[] DeviceMapValues,
+    [property: Key(7)] DeviceMapEntry[] DeviceMap,
     [property: Key(4)] DeviceUsage[] Devices,
     [property: Key(5)] double LoadSeconds,
     [property: Key(6)] StageInfo[] Stages) : IShardPipeMessage;
+// Keys 2 and 3 (the device map as two parallel arrays) are retired: see DeviceMap.
+
+/// <summary>One entry of a cluster's device map: a module prefix and its <c>node/device</c>.</summary>
+[MessagePackObject]
+public sealed record DeviceMapEntry(
+    [property: Key(0)] string Module,
+    [property: Key(1)] string Device);
 
 /// <summary>A pipeline stage: its device (node/device) and its worker's actor path.</summary>
 [MessagePackObject]
@@ -48,17 +54,29 @@ public sealed record LoadFailed(
 [MessagePackObject]
 public sealed record GetStatus([property: Key(0)] string RequestId) : IShardPipeMessage;
 
-/// <summary>Answer to <see cref="GetStatus"/>: members, devices, and the loaded model's map.</summary>
+/// <summary>
+/// Answer to <see cref="GetStatus"/>: the model's state (<c>empty</c>, <c>loading</c>, <c>ready</c>, <c>failed</c>)
+/// and why, the registered nodes, devices refused at registration, and the loaded model's map and stages.
+/// </summary>
 [MessagePackObject]
 public sealed record ClusterStatus(
     [property: Key(0)] string RequestId,
     [property: Key(1)] string State,
     [property: Key(2)] string? Model,
     [property: Key(3)] string[] Nodes,
-    [property: Key(4)] string[] DeviceMapKeys,
-    [property: Key(5)] string[] DeviceMapValues,
+    [property: Key(8)] DeviceMapEntry[] DeviceMap,
     [property: Key(6)] DeviceUsage[] Devices,
-    [property: Key(7)] StageInfo[] Stages) : IShardPipeMessage;
+    [property: Key(7)] StageInfo[] Stages,
+    [property: Key(9)] string? Detail = null,
+    [property: Key(10)] RefusedDevice[]? Refused = null,
+    [property: Key(11)] int PlanEpoch = 0) : IShardPipeMessage;
+// Keys 4 and 5 (the device map as two parallel arrays) are retired: see DeviceMap.
+
+/// <summary>A device the coordinator refused when its node registered (for example cuda:0 on a build without CUDA).</summary>
+[MessagePackObject]
+public sealed record RefusedDevice(
+    [property: Key(0)] string Device,
+    [property: Key(1)] string Reason);
 
 [MessagePackObject]
 public sealed record UnloadModel([property: Key(0)] string RequestId) : IShardPipeMessage;

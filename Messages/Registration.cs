@@ -11,12 +11,16 @@ public sealed record RegisterWorker(
     [property: Key(3)] WorkerDevice[] Devices,
     [property: Key(4)] string[] LocalModelRoots) : IShardPipeMessage;
 
-/// <summary>A device a node offers, with its memory budget and the path of its device-worker actor.</summary>
+/// <summary>
+/// A device a node offers, with its memory budget and the path of its device-worker actor; <see cref="Unusable"/>
+/// says why the node cannot compute on it (for example a CUDA device on a build without CUDA), null when it can.
+/// </summary>
 [MessagePackObject]
 public sealed record WorkerDevice(
     [property: Key(0)] string Device,
     [property: Key(1)] long BudgetBytes,
-    [property: Key(2)] string ActorPath);
+    [property: Key(2)] string ActorPath,
+    [property: Key(3)] string? Unusable = null);
 
 [MessagePackObject]
 public sealed record WorkerRegistered([property: Key(0)] string NodeName) : IShardPipeMessage;

@@ -18,7 +18,7 @@ public sealed class RequestActor : ReceiveActor
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private double _prefill;
 
-    public RequestActor(IActorRef coordinator, Generate request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout,
+    public RequestActor(IActorRef coordinator, IClientRequest request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout,
         Action<long[]>? onTokens, TaskCompletionSource<RequestOutcome> done)
     {
         var provider = ((ExtendedActorSystem)Context.System).Provider;

@@ -50,7 +50,10 @@ public sealed class ShardPipeClient
 
     public Task<ModelUnloaded> UnloadAsync(TimeSpan timeout) => _coordinator.Ask<ModelUnloaded>(new UnloadModel(Guid.NewGuid().ToString("N")), timeout);
 
-    /// <summary>Waits until <paramref name="nodes"/> nodes' workers have registered with the coordinator.</summary>
+    /// <summary>
+    /// Waits until <paramref name="nodes"/> nodes' workers have registered with the coordinator; a device the
+    /// coordinator refused (say cuda:0 on a build without CUDA) ends the wait at once with its reason.
+    /// </summary>
     public async Task<ClusterStatus> WaitForNodesAsync(int nodes, TimeSpan timeout)
     {
         var deadline = DateTime.UtcNow + timeout;
@@ -59,6 +62,8 @@ public sealed class ShardPipeClient
             try
             {
                 var s = await StatusAsync(TimeSpan.FromSeconds(2));
+                if (s.Refused is { Length: > 0 } refused)
+                    throw new ClusterException(string.Join("; ", refused.Select(r => $"{r.Device.Split('/')[0]}: {r.Reason}")));
                 if (s.Nodes.Length >= nodes) return s;
             }
             catch (AskTimeoutException) { }
@@ -71,7 +76,7 @@ public sealed class ShardPipeClient
     /// Runs a request through the pipeline. <paramref name="onTokens"/> sees each step's tokens as they arrive. The
     /// request fails if a stage's worker dies or if nothing arrives for <paramref name="stallTimeout"/>.
     /// </summary>
-    public Task<RequestOutcome> RunAsync(Generate request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout, Action<long[]>? onTokens = null)
+    public Task<RequestOutcome> RunAsync(IClientRequest request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout, Action<long[]>? onTokens = null)
     {
         var done = new TaskCompletionSource<RequestOutcome>(TaskCreationOptions.RunContinuationsAsynchronously);
         _system.ActorOf(Props.Create(typeof(RequestActor), _coordinator, request, stages, stallTimeout, onTokens, done)); // no expression to compile per request

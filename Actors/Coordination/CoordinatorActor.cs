@@ -1,90 +1,45 @@
-using System.Diagnostics;
-using System.Text.Json.Nodes;
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
-using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
-using ShardPipe.Modeling.Core;
-using ShardPipe.Modeling.Loading;
-using ShardPipe.Modeling.Models;
-using ShardPipe.Placement;
-using ShardPipe.Actors.Settings;
 
 namespace ShardPipe.Actors.Coordination;
 
 /// <summary>
-/// The cluster singleton: keeps the registry of device workers, plans a model over them, assigns each its slice,
-/// tracks the load to Ready or Failed (a worker lost or silent fails the load as a whole, naming its node), and
-/// starts requests at the pipeline's first hop. Plans carry an epoch; slice loads are idempotent per epoch.
+/// The cluster singleton, a thin shell over <see cref="CoordinatorState"/>: registers device workers, plans a
+/// model over them (<see cref="SlicePlanner"/>; the files are read off its thread), hands out slices and tracks
+/// the load to ready or failed (a worker lost or silent fails it as a whole, naming the node), and admits
+/// requests to the pipeline's first hop. States: <see cref="Idle"/> (no model, or the last load failed),
+/// <see cref="Planning"/>, <see cref="Loading"/>, <see cref="Ready"/>.
 /// </summary>
 public sealed class CoordinatorActor : ReceiveActor, IWithTimers
 {
     public ITimerScheduler Timers { get; set; } = null!;
 
-    private sealed record Worker(IActorRef Ref, string Node, string Device, long Budget, string Path, bool HasLocal)
-    {
-        public DeviceId Id => DeviceId.Parse($"{Node}/{Device}");
-    }
-
-    private sealed record Loaded(string Model, int Epoch, PipelineHop[] Route, List<KeyValuePair<string, DeviceId>> Map,
-        DeviceUsage[] Usage, StageInfo[] Stages, JsonObject GenerationConfig, long Vocab);
-
-    private sealed record PendingLoad(LoadModel Request, IActorRef ReplyTo, int Epoch, Dictionary<IActorRef, long> Waiting,
-        Dictionary<IActorRef, SliceLoaded> Done, Loaded Result, Stopwatch Clock);
-
+    private sealed record Planned(LoadModel Request, IActorRef ReplyTo, int Epoch, ModelDescription Model);
+    private sealed record PlanFailed(LoadModel Request, IActorRef ReplyTo, string Reason);
     private sealed record LoadTimeout(int Epoch);
     private sealed record SweepRequests;
 
-    private readonly Dictionary<string, (IActorRef Caller, DateTime Started)> _inFlight = new();
-    private readonly Queue<(Generate Request, IActorRef Caller)> _queued = new();
-
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly NodeSettings _settings;
-    private readonly List<Worker> _workers = new();
-    /// <summary>Nodes that announced a graceful leave: their workers' departure is routine, not a failure.</summary>
-    private readonly HashSet<Address> _leaving = new();
-    private Loaded? _loaded;
-    private PendingLoad? _pending;
-    private int _epoch;
-    private string _state = "empty";
+    private readonly CoordinatorState _state;
+    private readonly Dictionary<string, IActorRef> _refs = new(StringComparer.Ordinal); // worker path → its actor
+    private readonly Dictionary<string, (IClientRequest Request, IActorRef Caller)> _waiting = new(StringComparer.Ordinal); // queued
+    private readonly HashSet<Address> _leaving = new(); // nodes that announced a graceful leave
+    private (LoadModel Request, IActorRef ReplyTo, DateTime Started)? _load;
 
     public CoordinatorActor(NodeSettings settings)
     {
         _settings = settings;
-        Receive<RegisterWorker>(OnRegister);
-        Receive<LoadModel>(OnLoad);
-        Receive<SliceLoaded>(OnSliceLoaded);
-        Receive<SliceFailed>(f => FailLoad(f.PlanEpoch, f.Reason));
-        Receive<SliceProgress>(p =>
-        {
-            // Progress goes to whoever asked for it; the load request itself is answered once, at the end.
-            if (_pending is { } pending && p.PlanEpoch == pending.Epoch && pending.Request.ProgressTo is { } to)
-                ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(to).Tell(p with { WorkerPath = _workers.FirstOrDefault(w => w.Path == p.WorkerPath) is { } w ? $"{w.Node}/{w.Device}" : p.WorkerPath });
-        });
-        Receive<LoadTimeout>(t => FailLoad(t.Epoch, $"load did not finish within {_settings.LoadTimeout.TotalSeconds:0} s (waiting for {string.Join(", ", _pending?.Waiting.Keys.Select(Describe) ?? Array.Empty<string>())})"));
-        Receive<Terminated>(OnTerminated);
-        Receive<ClusterEvent.MemberLeft>(m => _leaving.Add(m.Member.Address));
-        Receive<ClusterEvent.CurrentClusterState>(_ => { });
-        Receive<GetStatus>(s => Sender.Tell(BuildStatus(s.RequestId)));
-        Receive<UnloadModel>(u =>
-        {
-            Unload();
-            Sender.Tell(new ModelUnloaded(u.RequestId));
-        });
-        Receive<Generate>(OnGenerate);
-        Receive<GenerationDone>(d => Finished(d.RequestId));
-        Receive<RequestFailed>(f => Finished(f.RequestId));
-        Receive<SweepRequests>(_ =>
-        {
-            // A request whose stages went silent without dying is failed by its caller's stall timeout; free its slot too.
-            foreach (var id in _inFlight.Where(kv => DateTime.UtcNow - kv.Value.Started > _settings.RequestTimeout * 10).Select(kv => kv.Key).ToList())
-                Finished(id);
-        });
-        Receive<ModelUnloaded>(_ => { });
+        _state = new CoordinatorState(Protocol.Version, settings.MaxFrameSize, settings.MaxInFlight, settings.MaxQueued);
+        Idle();
     }
+
+    public static Props Props(NodeSettings settings) => Akka.Actor.Props.Create(() => new CoordinatorActor(settings));
 
     protected override void PreStart()
     {
@@ -94,260 +49,236 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
 
     protected override void PostStop() => Cluster.Get(Context.System).Unsubscribe(Self);
 
-    private void Finished(string requestId)
+    /// <summary>What every state answers: registrations, status, departures, unload.</summary>
+    private void Always()
     {
-        if (!_inFlight.Remove(requestId)) return;
-        while (_inFlight.Count < _settings.MaxInFlight && _queued.Count > 0)
+        Receive<RegisterWorker>(OnRegister);
+        Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
+        Receive<Terminated>(OnTerminated);
+        Receive<ClusterEvent.MemberLeft>(m => _leaving.Add(m.Member.Address));
+        Receive<ClusterEvent.CurrentClusterState>(_ => { });
+        Receive<UnloadModel>(u =>
         {
-            var (request, caller) = _queued.Dequeue();
-            Start(request, caller);
-        }
+            if (_state.Pending is { } pending) FailLoad(pending.Epoch, "the load was cancelled by an unload");
+            else if (_load is { } planning) planning.ReplyTo.Tell(new LoadFailed(planning.Request.RequestId, "the load was cancelled by an unload"));
+            _load = null;
+            Unload(null);
+            Sender.Tell(new ModelUnloaded(u.RequestId));
+            Become(Idle);
+        });
+        Receive<SweepRequests>(_ =>
+        {
+            // A request whose stages went silent without dying is failed by its caller's stall timeout; free its slot too.
+            foreach (var id in _state.Stale(DateTime.UtcNow, _settings.RequestTimeout * 10)) Finished(id);
+        });
+        Receive<GenerationDone>(d => Finished(d.RequestId));
+        Receive<RequestFailed>(f => Finished(f.RequestId));
+        Receive<ModelUnloaded>(_ => { });
+        // Facts of a load that is no longer in progress (unloaded, failed, superseded): dropped.
+        Receive<Planned>(_ => { });
+        Receive<PlanFailed>(_ => { });
+        Receive<SliceLoaded>(_ => { });
+        Receive<SliceFailed>(_ => { });
+        Receive<SliceProgress>(_ => { });
+        Receive<LoadTimeout>(_ => { });
     }
 
-    public static Props Props(NodeSettings settings) => Akka.Actor.Props.Create(() => new CoordinatorActor(settings));
+    private void Idle()
+    {
+        Receive<LoadModel>(StartPlanning);
+        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator",
+            $"no model is loaded (state: {_state.StateName}{(_state.Failure is { } f ? $": {f}" : "")})")));
+        Always();
+    }
 
-    private string Describe(IActorRef r) => _workers.FirstOrDefault(w => w.Ref.Equals(r)) is { } w ? $"{w.Node}/{w.Device}" : r.Path.ToString();
+    private void Planning()
+    {
+        Receive<Planned>(OnPlanned);
+        Receive<PlanFailed>(f =>
+        {
+            _state.Unload(f.Reason);
+            _load = null;
+            f.ReplyTo.Tell(new LoadFailed(f.Request.RequestId, f.Reason));
+            Become(Idle);
+        });
+        Busy();
+    }
+
+    private void Loading()
+    {
+        Receive<SliceLoaded>(OnSliceLoaded);
+        Receive<SliceFailed>(f => FailLoad(f.PlanEpoch, f.Reason));
+        Receive<LoadTimeout>(t => FailLoad(t.Epoch, $"load did not finish within {_settings.LoadTimeout.TotalSeconds:0} s " +
+            $"(waiting for {string.Join(", ", _state.Pending?.Waiting.Keys.Select(Describe) ?? Array.Empty<string>())})"));
+        Receive<SliceProgress>(p =>
+        {
+            // Progress goes to whoever asked for it; the load request itself is answered once, at the end.
+            if (_state.Pending is { } pending && p.PlanEpoch == pending.Epoch && _load?.Request.ProgressTo is { } to)
+                Resolve(to).Tell(p with { WorkerPath = Describe(p.WorkerPath) });
+        });
+        Busy();
+    }
+
+    /// <summary>Planning or loading: another load waits its turn; requests have no model yet.</summary>
+    private void Busy()
+    {
+        Receive<LoadModel>(r => Sender.Tell(new LoadFailed(r.RequestId, $"a load of {_load?.Request.Model} is in progress")));
+        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator", "no model is loaded (state: loading)")));
+        Always();
+    }
+
+    private void Ready()
+    {
+        Receive<LoadModel>(StartPlanning);
+        Receive<IClientRequest>(r => Admit(r, Sender));
+        Always();
+    }
 
     private void OnRegister(RegisterWorker r)
     {
-        if (r.ProtocolVersion != Protocol.Version || r.MaxFrameSize != _settings.MaxFrameSize)
+        switch (_state.Register(r))
         {
-            string reason = r.ProtocolVersion != Protocol.Version
-                ? $"protocol version {r.ProtocolVersion}, the cluster speaks {Protocol.Version}"
-                : $"maximum-frame-size {r.MaxFrameSize} bytes, the cluster uses {_settings.MaxFrameSize}";
-            _log.Error("refusing node {0} ({1}): {2}", r.NodeName, Sender.Path.Address, reason);
-            Sender.Tell(new WorkerRefused(r.NodeName, reason));
-            return;
-        }
-        foreach (var d in r.Devices)
-        {
-            if (_workers.Any(w => w.Ref.Equals(Sender))) continue;
-            _workers.Add(new Worker(Sender, r.NodeName, d.Device, d.BudgetBytes, d.ActorPath, r.LocalModelRoots.Length > 0));
-            Context.Watch(Sender);
-            _log.Info("worker {0}/{1} joined with {2}", r.NodeName, d.Device, ByteSize.Format(d.BudgetBytes));
-        }
-        Sender.Tell(new WorkerRegistered(r.NodeName));
-    }
-
-    private void OnLoad(LoadModel request)
-    {
-        if (_pending is not null)
-        {
-            Sender.Tell(new LoadFailed(request.RequestId, $"a load of {_pending.Request.Model} is in progress"));
-            return;
-        }
-        if (_workers.Count == 0)
-        {
-            Sender.Tell(new LoadFailed(request.RequestId, "no device workers have joined the cluster"));
-            return;
-        }
-        try
-        {
-            Unload();
-            int epoch = ++_epoch;
-            var (loaded, slices) = Plan(request, epoch);
-            var waiting = new Dictionary<IActorRef, long>();
-            foreach (var (worker, slice) in slices)
-            {
-                worker.Ref.TellChunked(slice); // a big model's slice index may exceed one frame
-                waiting[worker.Ref] = slice.PlannedBytes;
-            }
-            _pending = new PendingLoad(request, Sender, epoch, waiting, new Dictionary<IActorRef, SliceLoaded>(), loaded, Stopwatch.StartNew());
-            _state = "loading";
-            Timers.StartSingleTimer("load-timeout", new LoadTimeout(epoch), _settings.LoadTimeout);
-            _log.Info("loading {0} (epoch {1}) on {2} workers", request.Model, epoch, waiting.Count);
-        }
-        catch (Exception ex) when (ex is ShardPipeException or ArgumentException or NotSupportedException or FormatException or IOException)
-        {
-            _state = "failed";
-            Sender.Tell(new LoadFailed(request.RequestId, ex.Message));
+            case Registration.Refused refused:
+                _log.Error("refusing node {0} ({1}): {2}", r.NodeName, Sender.Path.Address, refused.Reason);
+                Sender.Tell(new WorkerRefused(r.NodeName, refused.Reason));
+                return;
+            case Registration.Accepted accepted:
+                foreach (var d in accepted.RefusedDevices) _log.Error("refusing device {0}: {1}", d.Device, d.Reason);
+                foreach (var w in accepted.Joined)
+                {
+                    _refs[w.Path] = Sender;
+                    Context.Watch(Sender);
+                    _log.Info("worker {0} joined with {1}", w, ByteSize.Format(w.Budget));
+                }
+                Sender.Tell(accepted.RefusedDevices.Count > 0 && accepted.Joined.Count == 0
+                    ? new WorkerRefused(r.NodeName, string.Join("; ", accepted.RefusedDevices.Select(d => $"{d.Device}: {d.Reason}")))
+                    : new WorkerRegistered(r.NodeName));
+                return;
         }
     }
 
-    /// <summary>Plans the model over the registered workers and builds each worker's slice.</summary>
-    private (Loaded, List<(Worker, LoadSlice)>) Plan(LoadModel request, int epoch)
+    private void StartPlanning(LoadModel request)
     {
-        string folder = ModelLocator.Locate(request.Model);
-        var config = PretrainedConfig.FromFolder(folder);
-        var meta = AutoModel.FromConfig(config);
-        using var ckpt = Checkpoint.Open(folder, request.Variant);
-        var dtype = PreTrainedModel.ResolveDType(request.DType, config, ckpt.Tensors.Select(t => t.Info.DType));
-        // Pipeline order: nodes by name (node-2 before node-10), so that a plan does not depend on who registered first.
-        var budgets = _workers.OrderBy(w => w.Node, NaturalOrder.Instance).Select(w => (w.Id, (double)w.Budget)).ToList();
-        if (request.MaxMemory is { } mm)
-            foreach (var (device, bytes) in MaxMemory.Parse(mm))
-            {
-                int i = budgets.FindIndex(b => b.Id == device);
-                if (i < 0) throw new PlacementException($"max_memory names {device}, which is not a device of this cluster ({string.Join(", ", budgets.Select(b => b.Id))})");
-                budgets[i] = (device, bytes);
-            }
-        var tree = meta.ToPlacementTree();
-        var noSplit = request.NoSplitModuleClasses ?? meta.NoSplitModules.ToArray();
-        List<KeyValuePair<string, DeviceId>> map;
-        List<(DeviceId Device, double Bytes, double? Budget)> usage;
-        string strategy = request.DeviceMap.Trim();
-        if (strategy.StartsWith('{') || !(strategy is "balanced" or "auto" or "sequential"))
+        Unload(null);
+        int epoch = _state.NextEpoch();
+        var replyTo = Sender;
+        var workers = _state.Workers.ToList();
+        _load = (request, replyTo, DateTime.UtcNow);
+        var settings = _settings;
+        // Reading config.json and the checkpoint's headers is file I/O: off the actor's thread.
+        Task.Run(() => ModelDescription.Read(request, settings.HasLocal)).PipeTo(Self,
+            success: m => new Planned(request, replyTo, epoch, m),
+            failure: ex => new PlanFailed(request, replyTo, ex.GetBaseException().Message));
+        Become(Planning);
+    }
+
+    private void OnPlanned(Planned p)
+    {
+        LoadPlan plan;
+        try { plan = SlicePlanner.Plan(p.Model, p.Request, _state.Workers, p.Epoch); }
+        catch (Exception ex) // a bad request must never restart the coordinator (it would forget every worker)
         {
-            map = strategy.StartsWith('{') ? DevicePlanner.ParseExplicit(strategy) : new() { new("", DeviceId.Parse(strategy)) };
-            if (strategy.StartsWith('{')) DevicePlanner.ValidateExplicit(tree, map);
-            foreach (var d in map.Select(kv => kv.Value).Distinct())
-                if (!budgets.Any(b => b.Id == d)) throw new PlacementException($"device_map names {d}, which is not a device of this cluster");
-            usage = DevicePlanner.Usage(tree, map, budgets, dtype, memoryBytes: true);
-            foreach (var u in usage)
-                if (u.Budget is { } b && u.Bytes > b)
-                    throw new PlacementException($"{u.Device} would hold {ByteSize.Format((long)u.Bytes)} but its budget is {ByteSize.Format((long)b)}: {ByteSize.Format((long)(u.Bytes - b))} missing");
+            Self.Tell(new PlanFailed(p.Request, p.ReplyTo, ex.Message));
+            return;
         }
-        else
-        {
-            var plan = ClusterPlanner.Plan(new ClusterPlanRequest
-            {
-                Model = tree, Devices = budgets, Strategy = strategy, NoSplitModuleClasses = noSplit, DType = dtype,
-                Layers = Enumerable.Range(0, meta.NumLayers).Select(meta.LayerPath).ToList(),
-            });
-            map = plan.DeviceMap;
-            usage = plan.Devices;
-        }
-        string WorkerPath(DeviceId d) => _workers.First(w => w.Id == d).Path;
-        var route = PipelineRoute.Build(meta, map, WorkerPath);
-        var reader = _workers.FirstOrDefault(w => w.HasLocal && _settings.HasLocal(folder));
-        // The reader lives beside a worker with local shards: same node address, path /user/shard-reader.
-        string? readerPath = reader is null ? null : reader.Path[..reader.Path.IndexOf("/user/", StringComparison.Ordinal)] + "/user/shard-reader";
-        var slices = new List<(Worker, LoadSlice)>();
-        string configJson = config.Values.ToJsonString();
-        foreach (var worker in _workers)
-        {
-            var prefixes = map.Where(kv => kv.Value == worker.Id).Select(kv => kv.Key).ToArray();
-            if (prefixes.Length == 0) continue;
-            bool Include(string key) => prefixes.Any(p => p.Length == 0 || key == p || key.StartsWith(p + ".", StringComparison.Ordinal));
-            // Tied weights: a head on this worker needs the embedding tensor the checkpoint stores.
-            var tiedKeys = tree.TiedParameters().Where(g => g.Any(Include)).SelectMany(g => g).ToHashSet(StringComparer.Ordinal);
-            var tensors = ckpt.Tensors.Where(t => Include(t.Name) || tiedKeys.Contains(t.Name))
-                .Select(t => new SliceTensor(t.Name, DTypes.Code(t.Info.DType), t.Info.Shape)).ToArray();
-            long planned = (long)usage.Where(u => u.Device == worker.Id).Sum(u => u.Bytes);
-            slices.Add((worker, new LoadSlice(epoch, folder, request.Variant, DTypes.TorchName(dtype), configJson, prefixes, planned, readerPath, route, tensors)));
-        }
-        var deviceUsage = usage.Select(u => new DeviceUsage(u.Device.ToString(), (long)u.Bytes, 0, (long)(u.Budget ?? 0))).ToArray();
-        var stages = route.Select(h => new StageInfo(_workers.First(w => w.Path == h.WorkerPath).Id.ToString(), h.WorkerPath)).ToArray();
-        return (new Loaded(folder, epoch, route, map, deviceUsage, stages, PreTrainedModel.LoadGenerationConfig(folder, config), meta.VocabSize), slices);
+        foreach (var (worker, slice) in plan.Slices) _refs[worker.Path].TellChunked(slice); // a big model's slice index may exceed one frame
+        _state.BeginLoad(p.Model.Folder, p.Epoch, plan.Slices.ToDictionary(s => s.Worker.Path, s => s.Slice.PlannedBytes), plan.Result);
+        Timers.StartSingleTimer("load-timeout", new LoadTimeout(p.Epoch), _settings.LoadTimeout);
+        _log.Info("loading {0} (epoch {1}) on {2} workers", p.Request.Model, p.Epoch, plan.Slices.Count);
+        Become(Loading);
     }
 
     private void OnSliceLoaded(SliceLoaded s)
     {
-        if (_pending is null || s.PlanEpoch != _pending.Epoch) return;
-        if (_pending.Waiting.Remove(Sender)) _pending.Done[Sender] = s;
-        if (_pending.Waiting.Count > 0) return;
+        // The worker is known by the actor that sent the fact, not by the path it names.
+        string? path = _refs.FirstOrDefault(kv => kv.Value.Equals(Sender)).Key;
+        if (path is null || _state.SliceLoaded(path, s) is not { } loaded || _load is not { } load) return;
         Timers.Cancel("load-timeout");
-        var p = _pending;
-        _pending = null;
-        var usage = p.Result.Usage.Select(u =>
-        {
-            var slices = p.Done.Where(d => _workers.First(w => w.Ref.Equals(d.Key)).Id.ToString() == u.Device).Select(d => d.Value).ToList();
-            return u with { LoadedBytes = slices.Sum(x => x.Bytes), Streamed = slices.Any(x => x.Streamed) };
-        }).ToArray();
-        _loaded = p.Result with { Usage = usage };
-        _state = "ready";
-        _log.Info("model {0} ready (epoch {1}) in {2:0.00} s", p.Request.Model, p.Epoch, p.Clock.Elapsed.TotalSeconds);
-        p.ReplyTo.Tell(new ModelLoaded(p.Request.RequestId, p.Epoch, _loaded.Map.Select(kv => kv.Key).ToArray(),
-            _loaded.Map.Select(kv => kv.Value.ToString()).ToArray(), usage, p.Clock.Elapsed.TotalSeconds, _loaded.Stages));
+        double seconds = (DateTime.UtcNow - load.Started).TotalSeconds;
+        _log.Info("model {0} ready (epoch {1}) in {2:0.00} s", loaded.Model, loaded.Epoch, seconds);
+        load.ReplyTo.Tell(new ModelLoaded(load.Request.RequestId, loaded.Epoch, loaded.DeviceMap, loaded.Usage, seconds, loaded.Stages));
+        _load = null;
+        Become(Ready);
     }
 
     private void FailLoad(int epoch, string reason)
     {
-        if (_pending is null || _pending.Epoch != epoch) return;
+        if (!_state.FailLoad(epoch, reason)) return;
         Timers.Cancel("load-timeout");
-        var p = _pending;
-        _pending = null;
-        _state = "failed";
-        _log.Warning("load of {0} failed: {1}", p.Request.Model, reason);
-        foreach (var w in _workers) w.Ref.Tell(new ReleaseSlice(epoch)); // never a half-loaded model
-        p.ReplyTo.Tell(new LoadFailed(p.Request.RequestId, reason));
+        _log.Warning("load of {0} failed: {1}", _load?.Request.Model, reason);
+        foreach (var r in _refs.Values.Distinct()) r.Tell(new ReleaseSlice(epoch)); // never a half-loaded model
+        if (_load is { } load) load.ReplyTo.Tell(new LoadFailed(load.Request.RequestId, reason));
+        _load = null;
+        Become(Idle);
     }
-
-    private ClusterStatus BuildStatus(string requestId) => new(requestId, _state, _loaded?.Model,
-        _workers.Select(w => w.Node).Distinct().ToArray(),
-        _loaded?.Map.Select(kv => kv.Key).ToArray() ?? Array.Empty<string>(),
-        _loaded?.Map.Select(kv => kv.Value.ToString()).ToArray() ?? Array.Empty<string>(),
-        _loaded?.Usage ?? _workers.Select(w => new DeviceUsage(w.Id.ToString(), 0, 0, w.Budget)).ToArray(),
-        _loaded?.Stages ?? Array.Empty<StageInfo>());
 
     private void OnTerminated(Terminated t)
     {
-        var lost = _workers.Where(w => w.Ref.Equals(t.ActorRef)).ToList();
+        var lost = _refs.Where(kv => kv.Value.Equals(t.ActorRef)).Select(kv => kv.Key).ToList();
         if (lost.Count == 0) return;
-        _workers.RemoveAll(w => w.Ref.Equals(t.ActorRef));
-        string name = string.Join(", ", lost.Select(w => $"{w.Node}/{w.Device}"));
         bool graceful = _leaving.Contains(t.ActorRef.Path.Address);
-        if (graceful) _log.Info("worker {0} left the cluster", name);
-        else _log.Warning("worker {0} was lost", name);
-        if (_pending is not null && (_pending.Waiting.ContainsKey(t.ActorRef) || _pending.Done.ContainsKey(t.ActorRef)))
-            FailLoad(_pending.Epoch, $"node {lost[0].Node} ({name}) was lost during the load");
-        if (_loaded is not null && _loaded.Stages.Any(s => lost.Any(l => l.Path == s.WorkerPath)))
+        foreach (var path in lost)
         {
-            if (graceful) _log.Info("model {0} is unloaded: {1} left; load it again", _loaded.Model, name);
-            else _log.Warning("model {0} is no longer complete: {1} was lost; load it again", _loaded.Model, name);
-            Unload();
-            _state = $"failed: node {lost[0].Node} lost";
-        }
-    }
-
-    private void Unload()
-    {
-        foreach (var (request, caller) in _queued) caller.Tell(new RequestFailed(request.RequestId, "coordinator", "the model was unloaded before this request started"));
-        _queued.Clear();
-        _inFlight.Clear(); // their callers watch the stages and fail by themselves
-        if (_loaded is not null)
-            foreach (var w in _workers) w.Ref.Tell(new ReleaseSlice(_loaded.Epoch));
-        _loaded = null;
-        _state = "empty";
-    }
-
-    private void OnGenerate(Generate g)
-    {
-        if (_loaded is not null && _inFlight.Count >= _settings.MaxInFlight)
-        {
-            if (_queued.Count >= _settings.MaxQueued)
+            string name = Describe(path);
+            var (failsLoad, losesModel) = _state.Remove(path);
+            _refs.Remove(path);
+            if (graceful) _log.Info("worker {0} left the cluster", name);
+            else _log.Warning("worker {0} was lost", name);
+            if (failsLoad && _state.Pending is { } pending) FailLoad(pending.Epoch, $"node {name.Split('/')[0]} ({name}) was lost during the load");
+            if (losesModel && _state.Loaded is { } model)
             {
-                Sender.Tell(new RequestFailed(g.RequestId, "coordinator", $"busy: {_inFlight.Count} requests in flight and {_queued.Count} queued; retry later"));
-                return;
+                if (graceful) _log.Info("model {0} is unloaded: {1} left; load it again", model.Model, name);
+                else _log.Warning("model {0} is no longer complete: {1} was lost; load it again", model.Model, name);
+                Unload($"node {name.Split('/')[0]} lost ({name}); load the model again");
+                Become(Idle);
             }
-            _queued.Enqueue((g, Sender));
-            return;
         }
-        Start(g, Sender);
     }
 
-    private void Start(Generate g, IActorRef caller)
+    private void Unload(string? failure)
     {
-        string replyTo = Akka.Serialization.Serialization.SerializedActorPath(caller);
-        if (_loaded is null)
-        {
-            caller.Tell(new RequestFailed(g.RequestId, "coordinator", $"no model is loaded (state: {_state})"));
-            return;
-        }
-        if (g.InputIds.Length == 0 || g.InputIds[0].Length == 0 || g.InputIds.Any(r => r.Length != g.InputIds[0].Length))
-        {
-            caller.Tell(new RequestFailed(g.RequestId, "coordinator", "input_ids must be non-empty rows of equal length"));
-            return;
-        }
-        if (g.InputIds.SelectMany(r => r).Any(id => id < 0 || id >= _loaded.Vocab))
-        {
-            caller.Tell(new RequestFailed(g.RequestId, "coordinator", $"a token id is outside the vocabulary (0..{_loaded.Vocab - 1})"));
-            return;
-        }
-        var mask = g.AttentionMask ?? g.InputIds.Select(r => r.Select(_ => 1L).ToArray()).ToArray();
-        long[][] positions = g.PositionIds
-            ?? (g.MaxNewTokens == 0
-                ? g.InputIds.Select(r => Enumerable.Range(0, r.Length).Select(i => (long)i).ToArray()).ToArray() // forward: 0..T-1, as HF
-                : mask.Select(r => { long c = 0; return r.Select(m => { c += m; return m == 0 ? 1L : c - 1; }).ToArray(); }).ToArray());
-        var gc = _loaded.GenerationConfig;
-        long[] eos = gc["eos_token_id"] is JsonArray a ? a.Select(x => x!.GetValue<long>()).ToArray()
-            : gc["eos_token_id"] is JsonValue v ? new[] { v.GetValue<long>() } : Array.Empty<long>();
-        long pad = gc["pad_token_id"] is JsonValue p ? p.GetValue<long>() : eos.FirstOrDefault();
-        var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, eos, pad, new bool[g.InputIds.Length], g.Sampling, _loaded.Epoch,
-            Akka.Serialization.Serialization.SerializedActorPath(Self),
-            g.Sampling.RepetitionPenalty != 1.0 ? g.InputIds : null); // the ids so far travel only when a penalty needs them
-        _inFlight[g.RequestId] = (caller, DateTime.UtcNow);
-        var first = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(_loaded.Route[0].WorkerPath);
-        first.TellChunked(new StageInput(g.RequestId, 0, 0, null, g.InputIds, mask, positions, replyTo, state), caller);
+        if (_state.Loaded is { } model)
+            foreach (var r in _refs.Values.Distinct()) r.Tell(new ReleaseSlice(model.Epoch));
+        foreach (var id in _state.Unload(failure))
+            if (_waiting.Remove(id, out var w)) w.Caller.Tell(new RequestFailed(id, "coordinator", "the model was unloaded before this request started"));
+        _waiting.Clear(); // requests in flight fail by themselves: their callers watch the stages
     }
+
+    private void Admit(IClientRequest request, IActorRef caller)
+    {
+        switch (_state.Admit(request.RequestId, DateTime.UtcNow))
+        {
+            case Admission.Start: Start(request, caller); break;
+            case Admission.Queue: _waiting[request.RequestId] = (request, caller); break;
+            case Admission.Busy:
+                caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"busy: {_state.InFlight} requests in flight and {_state.Queued} queued; retry later"));
+                break;
+            default:
+                caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"no model is loaded (state: {_state.StateName})"));
+                break;
+        }
+    }
+
+    private void Finished(string requestId)
+    {
+        foreach (var next in _state.Finish(requestId, DateTime.UtcNow))
+            if (_waiting.Remove(next, out var w)) Start(w.Request, w.Caller);
+    }
+
+    private void Start(IClientRequest request, IActorRef caller)
+    {
+        var (step, error) = FirstStep.Build(request, _state.Loaded!, Akka.Serialization.Serialization.SerializedActorPath(caller),
+            Akka.Serialization.Serialization.SerializedActorPath(Self));
+        if (step is null)
+        {
+            caller.Tell(new RequestFailed(request.RequestId, "coordinator", error!));
+            Finished(request.RequestId);
+            return;
+        }
+        Resolve(_state.Loaded!.Route[0].WorkerPath).TellChunked(step, caller);
+    }
+
+    private IActorRef Resolve(string path) => ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(path);
+
+    private string Describe(string workerPath) => _state.Worker(workerPath)?.ToString() ?? workerPath;
 }

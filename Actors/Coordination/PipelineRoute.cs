@@ -13,7 +13,7 @@ public static class PipelineRoute
 {
     public static PipelineHop[] Build(CausalLMModel model, List<KeyValuePair<string, DeviceId>> map, Func<DeviceId, string> workerPath)
     {
-        DeviceId On(string module) => DevicePlanner.DeviceOf(map, module)
+        DeviceId On(string module) => ModulePath.Closest(map, module)
             ?? throw new PlacementException($"the device map places no device for '{module}'");
         var ops = new List<(DeviceId Device, string Op, int Layer)> { (On(model.InputEmbeddingsPath), "embed", -1) };
         for (int i = 0; i < model.NumLayers; i++) ops.Add((On(model.LayerPath(i)), "layer", i));

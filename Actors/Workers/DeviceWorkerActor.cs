@@ -8,6 +8,7 @@ using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Models;
+using ShardPipe.Placement;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Diagnostics;
@@ -64,8 +65,15 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     }
 
     private RegisterWorker Registration() => new(_settings.DebugProtocolVersion ?? Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
-        new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self)) },
+        new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self), Unusable()) },
         _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>());
+
+    /// <summary>Why this node cannot compute on its device (a CUDA device on a build without CUDA), or null.</summary>
+    private string? Unusable()
+    {
+        try { return TorchRuntime.Unusable(DeviceId.Parse(_device)); }
+        catch (FormatException ex) { return ex.Message; }
+    }
 
     private void Unregistered()
     {
@@ -227,7 +235,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         var sw = Stopwatch.StartNew();
         FaultHooks.For(system).BeforeMaterialise?.Invoke();
         var config = new PretrainedConfig((JsonObject)JsonNode.Parse(slice.ConfigJson)!);
-        bool Include(string key) => slice.ModulePrefixes.Any(p => p.Length == 0 || key == p || key.StartsWith(p + ".", StringComparison.Ordinal));
+        bool Include(string key) => ModulePath.CoveredByAny(slice.ModulePrefixes, key);
         bool local = _settings.HasLocal(SafeLocate(slice.Model));
         TensorFetcher? fetcher = null;
         var diagnostics = NodeDiagnostics.For(system);

@@ -170,6 +170,6 @@ public sealed class StageExecutor
     {
         var failed = new RequestFailed(input.RequestId, _stage, reason);
         _provider.ResolveActorRef(input.ReplyTo).Tell(failed);
-        if (input.State.Coordinator is { } c) _provider.ResolveActorRef(c).Tell(failed);
+        if (input.Coordinator is { } c) _provider.ResolveActorRef(c).Tell(failed);
     }
 }

@@ -40,10 +40,10 @@ public sealed class StageRunner : IDisposable
         var mask = TensorWire.FromRows(input.AttentionMask);
         var positions = TensorWire.FromRows(input.PositionIds);
         Tensor hidden = input.Hidden is { } h ? TensorWire.ToTensor(h) : null!;
-        bool forwardOnly = input.State.MaxNewTokens == 0;
+        bool forwardOnly = input.Generation is null;
         if (hop.Embed)
         {
-            var ids = TensorWire.FromRows(input.InputIds ?? throw new ArgumentException($"hop {input.Hop} embeds but got no input ids"));
+            var ids = TensorWire.FromRows(input.InputIds ?? throw new ProtocolException($"hop {input.Hop} embeds but got no input ids"));
             hidden = _model.Embed(ids, positions);
         }
         if (hop.LayerCount > 0)
@@ -64,7 +64,7 @@ public sealed class StageRunner : IDisposable
         if (forwardOnly)
         {
             var result = new List<Outgoing> { new(input.ReplyTo, new ForwardResult(input.RequestId, TensorWire.ToPayload(logits))) };
-            if (input.State.Coordinator is { } c) result.Add(new(c, new GenerationDone(input.RequestId, 0))); // frees its slot in the queue
+            if (input.Coordinator is { } c) result.Add(new(c, new GenerationDone(input.RequestId, 0))); // frees its slot in the queue
             return result;
         }
         return Decide(input, logits);
@@ -73,29 +73,22 @@ public sealed class StageRunner : IDisposable
     /// <summary>The last hop: pick tokens, report them, and either loop to hop 0 or finish.</summary>
     private IReadOnlyList<Outgoing> Decide(StageInput input, Tensor logits)
     {
-        var st = input.State;
+        var st = input.Generation!;
         if (!_samplers.TryGetValue(input.RequestId, out var sampler))
             _samplers[input.RequestId] = sampler = new Sampler(st.Sampling.Greedy, st.Sampling.Temperature, st.Sampling.TopK, st.Sampling.TopP, st.Sampling.Seed, st.Sampling.RepetitionPenalty);
         var next = sampler.Next(logits, st.History);
-        var finished = (bool[])st.Finished.Clone();
-        for (int b = 0; b < next.Length; b++)
-        {
-            if (finished[b]) next[b] = st.PadTokenId;
-            else if (!st.IgnoreEos && st.EosTokenIds.Contains(next[b])) finished[b] = true;
-        }
+        var finished = DecodeRule.Settle(next, st.Finished, new StopTokens(st.EosTokenIds, st.PadTokenId), st.IgnoreEos);
         var tokens = new Outgoing(input.ReplyTo, new TokensGenerated(input.RequestId, input.Step, next));
-        if (input.Step + 1 >= st.MaxNewTokens || finished.All(f => f))
+        if (DecodeRule.Done(input.Step + 1, st.MaxNewTokens, finished))
         {
             var output = new List<Outgoing> { tokens };
             output.Add(new(input.ReplyTo, new GenerationDone(input.RequestId, input.Step + 1)));
-            if (st.Coordinator is { } c) output.Add(new(c, new GenerationDone(input.RequestId, input.Step + 1)));
+            if (input.Coordinator is { } c) output.Add(new(c, new GenerationDone(input.RequestId, input.Step + 1)));
             foreach (var path in _route.Select(r => r.WorkerPath).Distinct())
                 output.Add(new(path, new ReleaseRequest(input.RequestId)));
             return output;
         }
-        // Next step: one new token per row; mask grows by one; its position is cumsum(mask) − 1, as HF's generate.
-        var mask = input.AttentionMask.Select(r => r.Append(1L).ToArray()).ToArray();
-        var positions = mask.Select(r => new[] { r.Sum() - 1 }).ToArray();
+        var (mask, positions) = DecodeRule.Advance(input.AttentionMask);
         // The next step goes first: it is the pipeline's critical path; the caller's copy of the tokens can follow.
         return new[]
         {
@@ -103,7 +96,7 @@ public sealed class StageRunner : IDisposable
             {
                 Step = input.Step + 1, Hop = 0, Hidden = null, InputIds = next.Select(x => new[] { x }).ToArray(),
                 AttentionMask = mask, PositionIds = positions,
-                State = st with { Finished = finished, History = st.History?.Select((h, b) => h.Append(next[b]).ToArray()).ToArray() },
+                Generation = st with { Finished = finished, History = st.History?.Select((h, b) => h.Append(next[b]).ToArray()).ToArray() },
             }),
             tokens,
         };

@@ -100,7 +100,7 @@ public static class DecodeBench
         return 0;
     }
 
-    private static Generate Request(int n) => new(Guid.NewGuid().ToString("N"), Prompt, null, null, n, true, new SamplingSettings(true, 0, 0, 1, 0));
+    private static Generate Request(int n) => new(Guid.NewGuid().ToString("N"), Prompt, null, n, true, new SamplingSettings(true, 0, 0, 1, 0));
 
     /// <summary>Best decode tokens/s of three generations on an embedded cluster.</summary>
     /// <summary>Best decode tokens/s of the plain loop and of a 1-node cluster, run in turns with the same threads.</summary>

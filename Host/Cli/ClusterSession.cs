@@ -56,13 +56,13 @@ shardpipe.devices = []");
     {
         var status = await Client.StatusAsync(TimeSpan.FromSeconds(30));
         if (status.State == "ready" && status.Model is { } m && Path.GetFullPath(m) == Path.GetFullPath(ShardPipe.Checkpoints.ModelLocator.Locate(load.Model)))
-            return (status.Stages, MapJson(status.DeviceMapKeys, status.DeviceMapValues), 0);
+            return (status.Stages, MapJson(status.DeviceMap), 0);
         var sw = Stopwatch.StartNew();
         var loaded = await LoadWithProgressAsync(load);
         foreach (var d in loaded.Devices)
             log.LogInformation("{Device}: {Loaded} loaded of {Planned} planned (budget {Budget})", d.Device,
                 ShardPipe.Checkpoints.ByteSize.Format(d.LoadedBytes), ShardPipe.Checkpoints.ByteSize.Format(d.PlannedBytes), ShardPipe.Checkpoints.ByteSize.Format(d.BudgetBytes));
-        return (loaded.Stages, MapJson(loaded.DeviceMapKeys, loaded.DeviceMapValues), sw.Elapsed.TotalSeconds);
+        return (loaded.Stages, MapJson(loaded.DeviceMap), sw.Elapsed.TotalSeconds);
     }
 
     /// <summary>Loads, drawing one progress line per device report on stderr (tensors done, bytes, MB/s).</summary>
@@ -78,10 +78,10 @@ shardpipe.devices = []");
         });
     }
 
-    public static JsonObject MapJson(string[] keys, string[] values)
+    public static JsonObject MapJson(IEnumerable<DeviceMapEntry> map)
     {
         var o = new JsonObject();
-        for (int i = 0; i < keys.Length; i++) o[keys[i]] = values[i];
+        foreach (var e in map) o[e.Module] = e.Device;
         return o;
     }
 

@@ -40,7 +40,7 @@ public static class DemoCommand
 
         await using var session = await ClusterSession.ConnectAsync($"embedded:{nodes}", null, log);
         var (stages, map, loadS) = await session.EnsureLoadedAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log);
-        var outcome = await session.Client.RunAsync(new Generate(Guid.NewGuid().ToString("N"), new[] { ids }, null, null, maxNew, true,
+        var outcome = await session.Client.RunAsync(new Generate(Guid.NewGuid().ToString("N"), new[] { ids }, null, maxNew, true,
             new SamplingSettings(true, 0, 0, 1, 0)), stages, TimeSpan.FromSeconds(60));
         string text = Decode(outcome.NewTokens[0]);
         if (json)

@@ -81,8 +81,7 @@ public static class ForwardCommand
         await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log);
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log);
         var sw = Stopwatch.StartNew();
-        var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, pos, 0, false,
-            new ShardPipe.Messages.SamplingSettings(true, 0, 0, 1, 0)), stages, TimeSpan.FromSeconds(60));
+        var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Forward(Guid.NewGuid().ToString("N"), rows, mask, pos), stages, TimeSpan.FromSeconds(60));
         var last = outcome.LastLogits!;
         var result = new JsonObject
         {

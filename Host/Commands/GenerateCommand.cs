@@ -109,7 +109,7 @@ public static class GenerateCommand
     {
         await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log);
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log);
-        var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, null, n, ignoreEos,
+        var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, n, ignoreEos,
                 sampling), stages, TimeSpan.FromSeconds(120),
             json ? null : t => Console.Error.Write($"{string.Join(",", t)} "));
         var sequences = rows.Select((r, b) => r.Concat(outcome.NewTokens[b]).ToArray()).ToArray();

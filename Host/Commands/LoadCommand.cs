@@ -25,7 +25,7 @@ public static class LoadCommand
         var loaded = await session.LoadWithProgressAsync(m.LoadRequest(parse));
         var result = new JsonObject
         {
-            ["hf_device_map"] = ClusterSession.MapJson(loaded.DeviceMapKeys, loaded.DeviceMapValues),
+            ["hf_device_map"] = ClusterSession.MapJson(loaded.DeviceMap),
             ["devices"] = Devices(loaded.Devices),
             ["load_s"] = Math.Round(loaded.LoadSeconds, 4),
             ["plan_epoch"] = loaded.PlanEpoch,
@@ -67,7 +67,7 @@ public static class LoadCommand
                     ["state"] = s.State,
                     ["model"] = s.Model,
                     ["nodes"] = new JsonArray(s.Nodes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
-                    ["hf_device_map"] = ClusterSession.MapJson(s.DeviceMapKeys, s.DeviceMapValues),
+                    ["hf_device_map"] = ClusterSession.MapJson(s.DeviceMap),
                     ["devices"] = Devices(s.Devices),
                 };
                 if (parse.GetValue(json)) JsonOut.Print(result);

@@ -52,7 +52,7 @@ public static class PlanCommand
                 result = DevicePlanner.Plan(new PlanRequest
                 {
                     Model = tree,
-                    DeviceMap = parse.GetValue(deviceMap)!,
+                    DeviceMap = DeviceMapSpec.Parse(parse.GetValue(deviceMap)!),
                     MaxMemory = parse.GetValue(maxMemory) is { } mm ? MaxMemory.Parse(mm) : null,
                     NoSplitModuleClasses = noSplitClasses,
                     DType = dt,

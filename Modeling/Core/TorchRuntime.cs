@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using ShardPipe.Checkpoints;
+using ShardPipe.Placement;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -60,24 +61,30 @@ public static class TorchRuntime
     public static DType ParseFloatDType(string name)
     {
         if (!DTypes.TryParseTorchName(name, out var dt) || !DTypes.IsFloating(dt) || dt is DType.F8_E4M3 or DType.F8_E5M2)
-            throw new ArgumentException($"'{name}' is not a supported model dtype (float32, float16, bfloat16, float64, or auto)");
+            throw new InvalidInputException($"'{name}' is not a supported model dtype (float32, float16, bfloat16, float64, or auto)");
         return dt;
     }
 
-    /// <summary>A device name as HF writes it ("cpu", "cuda:0", an int N meaning cuda:N) to a TorchSharp device.</summary>
-    public static Device ParseDevice(string name)
+    /// <summary>Whether this build can compute on CUDA devices (TorchSharp-cpu cannot).</summary>
+    public static bool HasCuda
     {
-        string n = name.Trim();
-        if (int.TryParse(n, out int idx)) n = $"cuda:{idx}";
-        if (n == "cpu") return CPU;
-        if (n.StartsWith("cuda", StringComparison.Ordinal))
+        get
         {
-            if (!torch.cuda.is_available())
-                throw new ArgumentException($"device '{name}' is not available: this build of TorchSharp has no CUDA devices");
-            return new Device(n);
+            Initialise();
+            return torch.cuda.is_available();
         }
-        if (n is "meta" or "disk")
-            throw new ArgumentException($"device '{name}' cannot hold materialised weights in one process (offload comes later)");
-        throw new ArgumentException($"unknown device '{name}': use cpu, cuda:N or an integer GPU index");
     }
+
+    /// <summary>Why <paramref name="device"/> cannot compute in this process, or null when it can.</summary>
+    public static string? Unusable(DeviceId device) => device.Kind switch
+    {
+        "cpu" => null,
+        "cuda" when HasCuda => null,
+        "cuda" => $"{device.Kind}:{device.Index} requested, but this build has no CUDA",
+        _ => $"device '{device}' cannot hold materialised weights (offload is not supported yet)",
+    };
+
+    /// <summary>A planned device (cpu, cuda:N) as a TorchSharp device; a device this build cannot use is refused, named.</summary>
+    public static Device ToDevice(DeviceId device) =>
+        Unusable(device) is { } why ? throw new UnsupportedException(why) : device.Kind == "cpu" ? CPU : new Device($"cuda:{device.Index}");
 }

@@ -25,16 +25,6 @@ public sealed record GenerationOptions
     public double RepetitionPenalty { get; init; } = 1.0;
     /// <summary>Called after each step with the new token of every row.</summary>
     public Action<long[]>? OnToken { get; init; }
-
-    /// <summary>EOS and pad ids from generation_config.json (HF falls back to eos when pad is unset).</summary>
-    public GenerationOptions WithDefaultsFrom(JsonObject generationConfig)
-    {
-        long[]? eos = EosTokenIds;
-        if (eos is null && generationConfig["eos_token_id"] is { } e)
-            eos = e is JsonArray a ? a.Select(x => x!.GetValue<long>()).ToArray() : new[] { e.GetValue<long>() };
-        long? pad = PadTokenId ?? (generationConfig["pad_token_id"] is JsonValue p ? p.GetValue<long>() : eos?.FirstOrDefault());
-        return this with { EosTokenIds = eos, PadTokenId = pad };
-    }
 }
 
 /// <summary>Result of a generation: full sequences (prompt + new tokens) and timings.</summary>
@@ -53,50 +43,36 @@ public static class TokenGenerator
 {
     public static GenerationResult Greedy(CausalLMModel model, long[][] inputIds, long[][]? attentionMask, GenerationOptions options)
     {
-        options = options.WithDefaultsFrom(model.GenerationConfig);
+        var stop = StopTokens.From(model.GenerationConfig, options.EosTokenIds, options.PadTokenId);
         int batch = inputIds.Length;
         int promptLen = inputIds[0].Length;
-        if (inputIds.Any(r => r.Length != promptLen)) throw new ArgumentException("every row of input_ids must have the same length (left-pad them)");
+        if (inputIds.Any(r => r.Length != promptLen)) throw new InvalidInputException("every row of input_ids must have the same length (left-pad them)");
         var sequences = inputIds.Select(r => r.ToList()).ToArray();
-        var mask = (attentionMask ?? inputIds.Select(r => Enumerable.Repeat(1L, r.Length).ToArray()).ToArray()).Select(r => r.ToList()).ToArray();
+        var mask = attentionMask ?? DecodeRule.FullMask(inputIds);
+        var positions = DecodeRule.PositionsFromMask(mask);
         var finished = new bool[batch];
         using var cache = new KvCache();
         using var sampler = new Sampler(!options.DoSample, options.Temperature, options.TopK, options.TopP, options.Seed, options.RepetitionPenalty);
         var sw = Stopwatch.StartNew();
         double prefill = 0;
         int produced = 0;
-        Tensor? nextInput = null;
-        for (int step = 0; step < options.MaxNewTokens; step++)
+        long[][] ids = inputIds;
+        while (!DecodeRule.Done(produced, options.MaxNewTokens, finished))
         {
             using var scope = NewDisposeScope();
-            var maskT = tensor(mask.SelectMany(r => r).ToArray(), new long[] { batch, mask[0].Count });
-            var positions = maskT.cumsum(1) - 1;
-            positions = positions.masked_fill(maskT.eq(0), 1);
-            Tensor ids;
-            if (step == 0) ids = tensor(inputIds.SelectMany(r => r).ToArray(), new long[] { batch, promptLen });
-            else
-            {
-                ids = nextInput!;
-                positions = positions.narrow(1, positions.shape[1] - 1, 1);
-            }
-            var logits = model.Forward(ids, maskT, positions, cache, lastOnly: true); // (B, 1, V)
+            var logits = model.Forward(Rows(ids), Rows(mask), Rows(positions), cache, lastOnly: true); // (B, 1, V)
             var next = sampler.Next(logits.select(1, 0), sequences);
-            for (int b = 0; b < batch; b++)
-            {
-                if (finished[b]) next[b] = options.PadTokenId ?? 0;
-                sequences[b].Add(next[b]);
-                mask[b].Add(1);
-                if (!options.IgnoreEos && options.EosTokenIds is { } eos && eos.Contains(next[b])) finished[b] = true;
-            }
+            finished = DecodeRule.Settle(next, finished, stop, options.IgnoreEos);
+            for (int b = 0; b < batch; b++) sequences[b].Add(next[b]);
             produced++;
             options.OnToken?.Invoke(next);
-            nextInput?.Dispose();
-            nextInput = tensor(next, new long[] { batch, 1 }).DetachFromDisposeScope();
-            if (step == 0) prefill = sw.Elapsed.TotalSeconds;
-            if (finished.All(f => f)) break;
+            if (produced == 1) prefill = sw.Elapsed.TotalSeconds;
+            (mask, positions) = DecodeRule.Advance(mask);
+            ids = next.Select(t => new[] { t }).ToArray();
         }
-        nextInput?.Dispose();
         double total = sw.Elapsed.TotalSeconds;
         return new GenerationResult(sequences.Select(s => s.ToArray()).ToArray(), produced, prefill, total - prefill);
     }
+
+    private static Tensor Rows(long[][] rows) => tensor(rows.SelectMany(r => r).ToArray(), new long[] { rows.Length, rows[0].Length });
 }

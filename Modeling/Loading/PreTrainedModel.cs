@@ -45,16 +45,17 @@ public static class PreTrainedModel
         model.Logger = options.Logger;
         model.GenerationConfig = LoadGenerationConfig(folder, config);
 
-        var deviceMap = options.DeviceMapDict is not null ? DeviceMapSpec.FromDict(options.DeviceMapDict)
-            : options.DeviceMap is { } dm && DevicePlanner.Strategies.Contains(dm.Trim()) ? PlanDeviceMap(model, dm.Trim(), dtype, options)
-            : DeviceMapSpec.Parse(options.DeviceMap ?? "cpu");
-        var devices = deviceMap.Validate(model);
-        info = StateLoader.Load(model, source, dtype, deviceMap, devices, options);
+        var deviceMap = options.DeviceMapDict is not null ? DeviceMapSpec.FromDict(options.DeviceMapDict) : DeviceMapSpec.Parse(options.DeviceMap ?? "cpu");
+        if (deviceMap.IsStrategy) deviceMap = PlanDeviceMap(model, deviceMap, dtype, options);
+        deviceMap.Validate(model.ToPlacementTree());
+        var devices = deviceMap.Devices.ToDictionary(d => d, TorchRuntime.ToDevice);
+        Device DeviceOf(string path) => devices[deviceMap.DeviceFor(path) ?? deviceMap.Entries[0].Value];
+        info = StateLoader.Load(model, source, dtype, DeviceOf, options);
         model.DType = TorchRuntime.ToScalarType(dtype);
-        model.HfDeviceMap = deviceMap.Entries.Select(e => new KeyValuePair<string, string>(e.Key, HfDeviceName(e.Value))).ToList();
-        model.EmbedDevice = devices[deviceMap.DeviceFor(model.InputEmbeddingsPath) ?? deviceMap.Entries[0].Value];
-        model.HeadDevice = devices[deviceMap.DeviceFor(model.OutputEmbeddingsPath) ?? deviceMap.Entries[0].Value];
-        var layerDevices = Enumerable.Range(0, model.NumLayers).Select(i => devices[deviceMap.DeviceFor(model.LayerPath(i)) ?? deviceMap.Entries[0].Value]).ToArray();
+        model.HfDeviceMap = deviceMap.Entries.Select(e => new KeyValuePair<string, string>(e.Key, HfDeviceName(e.Value.ToString()))).ToList();
+        model.EmbedDevice = DeviceOf(model.InputEmbeddingsPath);
+        model.HeadDevice = DeviceOf(model.OutputEmbeddingsPath);
+        var layerDevices = Enumerable.Range(0, model.NumLayers).Select(i => DeviceOf(model.LayerPath(i))).ToArray();
         model.LayerDevice = i => layerDevices[i];
         model.SourceFolder = folder;
         return model;
@@ -64,7 +65,7 @@ public static class PreTrainedModel
     /// device_map="auto" and friends, as from_pretrained does it: the planner over the model's meta tree with the
     /// model's no-split classes; budgets default to the CPU's available memory (no GPUs in this build).
     /// </summary>
-    private static DeviceMapSpec PlanDeviceMap(CausalLMModel model, string strategy, DType dtype, FromPretrainedOptions options)
+    private static DeviceMapSpec PlanDeviceMap(CausalLMModel model, DeviceMapSpec strategy, DType dtype, FromPretrainedOptions options)
     {
         var plan = DevicePlanner.Plan(new PlanRequest
         {
@@ -77,7 +78,7 @@ public static class PreTrainedModel
         if (plan.DeviceMap.Any(kv => kv.Value.Kind == "disk"))
             throw new PlacementException($"device_map '{strategy}' puts {string.Join(", ", plan.DeviceMap.Where(kv => kv.Value.Kind == "disk").Select(kv => kv.Key))} " +
                 "on disk: offloading is not supported yet; give more max_memory");
-        return DeviceMapSpec.FromDict(plan.DeviceMap.Select(kv => new KeyValuePair<string, string>(kv.Key, kv.Value.ToString())));
+        return DeviceMapSpec.FromEntries(plan.DeviceMap);
     }
 
     /// <summary>Device names as hf_device_map writes them: GPU index as an int, else "cpu"/"disk".</summary>

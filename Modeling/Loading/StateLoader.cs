@@ -4,6 +4,7 @@ using Microsoft.Extensions.Logging;
 using ShardPipe.Checkpoints;
 using ShardPipe.Modeling.Core;
 using ShardPipe.Modeling.Models;
+using ShardPipe.Placement;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -16,8 +17,8 @@ namespace ShardPipe.Modeling.Loading;
 /// </summary>
 internal static class StateLoader
 {
-    public static LoadingInfo Load(CausalLMModel model, StateSource source, DType dtype, DeviceMapSpec deviceMap,
-        IReadOnlyDictionary<string, Device> devices, FromPretrainedOptions options)
+    /// <param name="deviceOf">The device of a module path (its closest mapped ancestor's).</param>
+    public static LoadingInfo Load(CausalLMModel model, StateSource source, DType dtype, Func<string, Device> deviceOf, FromPretrainedOptions options)
     {
         var log = options.Logger;
         string prefix = model.BaseModelPrefix + ".";
@@ -58,7 +59,7 @@ internal static class StateLoader
             if (options.IncludeKey is { } include && !names.Any(include)) continue; // another stage's slice
             string key = names[0];
             string? src = names.Select(n => toModel.GetValueOrDefault(n)).FirstOrDefault(s => s is not null);
-            var device = devices[deviceMap.DeviceFor(DeviceMapSpec.ModuleOf(key))!];
+            var device = deviceOf(ModulePath.Parent(key));
             DType target = slot.FixedDType ?? (src is not null && !DTypes.IsFloating(source.DTypeOf(src)) ? source.DTypeOf(src) : dtype);
             if (src is null) missing.AddRange(names);
             else if (!source.Shape(src).SequenceEqual(slot.Shape))
@@ -71,7 +72,7 @@ internal static class StateLoader
         // Non-persistent buffers (rotary tables, causal masks) are computed from the config, never read.
         foreach (var (key, slot) in model.NamedBuffers())
             if (!slotNames.ContainsKey(slot) && (options.IncludeKey is null || options.IncludeKey(key)))
-                jobs.Add((slot, key, null, TorchRuntime.ToScalarType(slot.FixedDType ?? dtype), devices[deviceMap.DeviceFor(DeviceMapSpec.ModuleOf(key)) ?? deviceMap.Entries[0].Value]));
+                jobs.Add((slot, key, null, TorchRuntime.ToScalarType(slot.FixedDType ?? dtype), deviceOf(ModulePath.Parent(key))));
         var errors = new List<string>();
         if (mismatched.Count > 0 && !options.IgnoreMismatchedSizes)
         {

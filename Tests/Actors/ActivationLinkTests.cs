@@ -37,9 +37,9 @@ public sealed class ActivationLinkTests : IDisposable
     {
         var hidden = new byte[hiddenFloats * 4];
         new Random(step).NextBytes(hidden);
-        var state = new GenerationState(8, true, new long[] { 2 }, 0, new[] { false }, new SamplingSettings(true, 0, 0, 1, 0), 1);
+        var state = new GenerationState(8, true, new long[] { 2 }, 0, new[] { false }, new SamplingSettings(true, 0, 0, 1, 0));
         return new StageInput($"r{step}", step, 1, new TensorPayload("F32", new long[] { 1, 1, hiddenFloats }, hidden), null,
-            new[] { new long[] { 1, 1, 1 } }, new[] { new long[] { 2 } }, "akka://links/user/caller", state);
+            new[] { new long[] { 1, 1, 1 } }, new[] { new long[] { 2 } }, "akka://links/user/caller", state, 1, null);
     }
 
     private static (Socket Client, Socket Server) Pair()
@@ -196,7 +196,7 @@ public class ActivationLinkClusterTests
         return r.Sequences[0][Prompt[0].Length..];
     }
 
-    private static Generate Request() => new(Guid.NewGuid().ToString("N"), Prompt, null, null, NewTokens, true, new SamplingSettings(true, 0, 0, 1, 0));
+    private static Generate Request() => new(Guid.NewGuid().ToString("N"), Prompt, null, NewTokens, true, new SamplingSettings(true, 0, 0, 1, 0));
 
     [Theory]
     [InlineData("on")]
@@ -212,7 +212,7 @@ public class ActivationLinkClusterTests
         };
         await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB", extraConfig: _ => config);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
-        Assert.Equal(3, loaded.DeviceMapValues.Select(v => v.Split('/')[0]).Distinct().Count());
+        Assert.Equal(3, loaded.DeviceMap.Select(e => e.Device.Split('/')[0]).Distinct().Count());
         var expected = SingleProcessTokens();
         var diagnostics = cluster.Nodes.Select(n => NodeDiagnostics.For(n.System)).ToList();
         long Sent() => diagnostics.Sum(d => d.LinkFramesSent);

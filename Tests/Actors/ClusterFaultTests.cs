@@ -33,7 +33,7 @@ public class ClusterFaultTests
         Assert.Equal(3, loaded.Devices.Length);
         Assert.All(loaded.Devices, d => Assert.Equal(d.PlannedBytes, d.LoadedBytes));
         Assert.Equal(new[] { false, true, true }, loaded.Devices.OrderBy(d => d.Device).Select(d => d.Streamed));
-        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(30));
+        var outcome = await cluster.Client.RunAsync(Requests.Forward(Prompt, null, null), loaded.Stages, TimeSpan.FromSeconds(30));
         // The same bytes reached every stage: equal up to summation order (thread counts differ between the runs).
         ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(SingleProcessLastLogits().Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "streamed slices");
     }
@@ -48,7 +48,7 @@ public class ClusterFaultTests
         Assert.Contains(loaded.Devices, d => d.Streamed);
         Assert.All(loaded.Devices, d => Assert.Equal(d.PlannedBytes, d.LoadedBytes));
         Assert.Equal(0, NodeDiagnostics.For(cluster.Nodes[1].System).BulkBytesReceived); // every byte came as actor messages
-        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(30));
+        var outcome = await cluster.Client.RunAsync(Requests.Forward(Prompt, null, null), loaded.Stages, TimeSpan.FromSeconds(30));
         ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(SingleProcessLastLogits().Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "fallback");
     }
 
@@ -79,8 +79,8 @@ public class ClusterFaultTests
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
         Assert.NotEqual("ready", status.State); // never a half-loaded model served
         var again = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
-        Assert.Equal(new[] { "node-1", "node-2" }, again.DeviceMapValues.Select(v => v.Split('/')[0]).Distinct().Order());
-        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 0), again.Stages, TimeSpan.FromSeconds(30));
+        Assert.Equal(new[] { "node-1", "node-2" }, again.DeviceMap.Select(e => e.Device.Split('/')[0]).Distinct().Order());
+        var outcome = await cluster.Client.RunAsync(Requests.Forward(Prompt, null, null), again.Stages, TimeSpan.FromSeconds(30));
         ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(SingleProcessLastLogits().Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "reloaded on survivors");
     }
 
@@ -91,13 +91,13 @@ public class ClusterFaultTests
         FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => Thread.Sleep(200);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         var firstToken = new TaskCompletionSource();
-        var run = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 50), loaded.Stages, TimeSpan.FromSeconds(20), _ => firstToken.TrySetResult());
+        var run = cluster.Client.RunAsync(Requests.Generate(Prompt, null, 50), loaded.Stages, TimeSpan.FromSeconds(20), _ => firstToken.TrySetResult());
         await firstToken.Task.WaitAsync(TimeSpan.FromSeconds(30));
         await cluster.Nodes[1].Kill();
         var ex = await Assert.ThrowsAsync<ClusterException>(() => run.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Contains("node-2/cpu", ex.Message);
         var again = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
-        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 4), again.Stages, TimeSpan.FromSeconds(30));
+        var outcome = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 4), again.Stages, TimeSpan.FromSeconds(30));
         Assert.Equal(4, outcome.Steps);
     }
 
@@ -108,7 +108,7 @@ public class ClusterFaultTests
         FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => Thread.Sleep(4000);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         var ex = await Assert.ThrowsAsync<ClusterException>(() =>
-            cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 3), loaded.Stages, TimeSpan.FromSeconds(1)).WaitAsync(TimeSpan.FromSeconds(20)));
+            cluster.Client.RunAsync(Requests.Generate(Prompt, null, 3), loaded.Stages, TimeSpan.FromSeconds(1)).WaitAsync(TimeSpan.FromSeconds(20)));
         Assert.Contains("no progress", ex.Message);
         Assert.Contains("node-2/cpu", ex.Message);
     }
@@ -120,16 +120,16 @@ public class ClusterFaultTests
             extraConfig: i => i == 0 ? "shardpipe.max-in-flight = 1\nshardpipe.max-queued = 1" : null);
         FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => Thread.Sleep(100);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
-        var first = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
+        var first = cluster.Client.RunAsync(Requests.Generate(Prompt, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
         await Task.Delay(200);
-        var second = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
+        var second = cluster.Client.RunAsync(Requests.Generate(Prompt, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
         await Task.Delay(200);
-        var third = cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
+        var third = cluster.Client.RunAsync(Requests.Generate(Prompt, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
         var refused = await Assert.ThrowsAsync<ClusterException>(() => third.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Contains("busy", refused.Message);
         Assert.Equal(5, (await first.WaitAsync(TimeSpan.FromSeconds(30))).Steps);
         Assert.Equal(5, (await second.WaitAsync(TimeSpan.FromSeconds(30))).Steps); // queued, then served
-        Assert.Equal(5, (await cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 5), loaded.Stages, TimeSpan.FromSeconds(30))).Steps);
+        Assert.Equal(5, (await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 5), loaded.Stages, TimeSpan.FromSeconds(30))).Steps);
     }
 
     [Fact]
@@ -169,11 +169,11 @@ public class ClusterFaultTests
     {
         await using var cluster = await EmbeddedCluster.StartAsync(1, "node-1/cpu=1GiB");
         var noModel = await Assert.ThrowsAsync<ClusterException>(() =>
-            cluster.Client.RunAsync(Requests.Generate(Prompt, null, null, 2), Array.Empty<StageInfo>(), TimeSpan.FromSeconds(10)));
+            cluster.Client.RunAsync(Requests.Generate(Prompt, null, 2), Array.Empty<StageInfo>(), TimeSpan.FromSeconds(10)));
         Assert.Contains("no model is loaded", noModel.Message);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         var bad = await Assert.ThrowsAsync<ClusterException>(() =>
-            cluster.Client.RunAsync(Requests.Generate(new[] { new long[] { 1, 99999 } }, null, null, 2), loaded.Stages, TimeSpan.FromSeconds(10)));
+            cluster.Client.RunAsync(Requests.Generate(new[] { new long[] { 1, 99999 } }, null, 2), loaded.Stages, TimeSpan.FromSeconds(10)));
         Assert.Contains("outside the vocabulary", bad.Message);
     }
 }
@@ -208,9 +208,9 @@ public class LargeMessageTests
         long overBulk = NodeDiagnostics.For(cluster.Nodes[1].System).BulkBytesReceived;
         if (bulk) Assert.True(overBulk >= 30_000_000, "the embedding did not come over the bulk channel");
         else Assert.Equal(0, overBulk);
-        var outcome = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 0), loaded.Stages, TimeSpan.FromSeconds(60));
+        var outcome = await cluster.Client.RunAsync(Requests.Forward(ids, null, null), loaded.Stages, TimeSpan.FromSeconds(60));
         ShardPipe.Tests.Modeling.ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), outcome.LastLogits![0], 1e-5, "large messages");
-        var gen = await cluster.Client.RunAsync(Requests.Generate(ids, null, null, 3), loaded.Stages, TimeSpan.FromSeconds(60));
+        var gen = await cluster.Client.RunAsync(Requests.Generate(ids, null, 3), loaded.Stages, TimeSpan.FromSeconds(60));
         Assert.Equal(3, gen.Steps);
     }
 }

@@ -22,6 +22,8 @@ internal static class Requests
     public static LoadModel Load(string folder, string? variant = null, string deviceMap = "balanced", string? dtype = "float32", string? maxMemory = null) =>
         new(Guid.NewGuid().ToString("N"), folder, variant, dtype, deviceMap, maxMemory, null);
 
-    public static Generate Generate(long[][] ids, long[][]? mask, long[][]? positions, int maxNew) =>
-        new(Guid.NewGuid().ToString("N"), ids, mask, positions, maxNew, false, new SamplingSettings(true, 0, 0, 1, 0));
+    public static Generate Generate(long[][] ids, long[][]? mask, int maxNew) =>
+        new(Guid.NewGuid().ToString("N"), ids, mask, maxNew, false, new SamplingSettings(true, 0, 0, 1, 0));
+
+    public static Forward Forward(long[][] ids, long[][]? mask = null, long[][]? positions = null) => new(Guid.NewGuid().ToString("N"), ids, mask, positions);
 }

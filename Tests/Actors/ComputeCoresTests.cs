@@ -62,7 +62,7 @@ public class ComputeCoresTests
         var loaded = await cluster.Client.LoadAsync(Requests.Load(model), TimeSpan.FromMinutes(1));
         for (int r = 0; r < 2; r++) // the second request runs over the activation link, on its (pinned) reader thread
         {
-            var outcome = await cluster.Client.RunAsync(new Generate(Guid.NewGuid().ToString("N"), prompt, null, null, 8, true, new SamplingSettings(true, 0, 0, 1, 0)),
+            var outcome = await cluster.Client.RunAsync(new Generate(Guid.NewGuid().ToString("N"), prompt, null, 8, true, new SamplingSettings(true, 0, 0, 1, 0)),
                 loaded.Stages, TimeSpan.FromSeconds(30));
             Assert.Equal(expected, outcome.NewTokens[0]);
         }

@@ -71,17 +71,17 @@ shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""1
             {
                 var r = new ReferenceData(name);
                 var loaded = await api.LoadAsync(Requests.Load(r.Folder, r.Variant), TimeSpan.FromMinutes(2));
-                Assert.Equal(3, loaded.DeviceMapValues.Select(v => v.Split('/')[0]).Distinct().Count());
+                Assert.Equal(3, loaded.DeviceMap.Select(e => e.Device.Split('/')[0]).Distinct().Count());
                 Assert.Contains(loaded.Devices, d => d.Streamed); // node-3 has no local copy
                 var fwd = r.ForwardCases.First(c => c["name"]!.GetValue<string>() == "batch2_left_padded");
                 var ids = ReferenceData.Ints(fwd["input_ids"]);
-                var outcome = await api.RunAsync(Requests.Generate(ids, ReferenceData.Ints(fwd["attention_mask"]), null, 0), loaded.Stages, TimeSpan.FromSeconds(30));
+                var outcome = await api.RunAsync(Requests.Forward(ids, ReferenceData.Ints(fwd["attention_mask"]), null), loaded.Stages, TimeSpan.FromSeconds(30));
                 var expected = ReferenceData.Doubles(fwd["last_logits"]!);
                 for (int b = 0; b < ids.Length; b++) ReferenceModelTests.AssertClose(expected[b], outcome.LastLogits![b], 1e-4, $"{name} row {b} across processes");
                 var gen = r.GenerateCases.Last();
                 var gids = ReferenceData.Ints(gen["input_ids"]);
                 var gmask = gen["attention_mask"] is JsonArray ? ReferenceData.Ints(gen["attention_mask"]) : null;
-                var g = await api.RunAsync(Requests.Generate(gids, gmask, null, gen["generation_kwargs"]!["max_new_tokens"]!.GetValue<int>()), loaded.Stages, TimeSpan.FromSeconds(30));
+                var g = await api.RunAsync(Requests.Generate(gids, gmask, gen["generation_kwargs"]!["max_new_tokens"]!.GetValue<int>()), loaded.Stages, TimeSpan.FromSeconds(30));
                 Assert.Equal(ReferenceData.Ints(gen["sequences"]), gids.Select((row, b) => row.Concat(g.NewTokens[b]).ToArray()).ToArray());
             }
         }

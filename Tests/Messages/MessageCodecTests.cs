@@ -127,7 +127,7 @@ public class MessageCodecTests
     {
         var payload = new TensorPayload("F32", new long[] { 1, 48, 1024 }, Enumerable.Range(0, 48 * 1024 * 4).Select(i => (byte)i).ToArray());
         var input = new StageInput("r", 0, 1, payload, null, new[] { new long[] { 1, 1 } }, new[] { new long[] { 0, 1 } }, "path",
-            new GenerationState(0, false, Array.Empty<long>(), 0, new[] { false }, new SamplingSettings(true, 0, 0, 1, 0), 1));
+            new GenerationState(1, false, Array.Empty<long>(), 0, new[] { false }, new SamplingSettings(true, 0, 0, 1, 0)), 1, null);
         var parts = Chunking.Split(input).ToList();
         Assert.True(parts.Count > 3);
         Assert.All(parts, p => Assert.True(MessageCodec.Encode(p).Length < Protocol.MaxChunkBytes + 256));

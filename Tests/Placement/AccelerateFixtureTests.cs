@@ -63,7 +63,7 @@ public class AccelerateFixtureTests
             var ours = AccelerateDeviceMap.BalancedMemory(tree, maxMemory, noSplit, dtype, lowZero: strategy == "balanced_low_0");
             Assert.Equal(expectedBalanced.Select(e => e![1]!.GetValue<double>()), ours.Select(o => o.Bytes));
         }
-        var plan = DevicePlanner.Plan(new PlanRequest { Model = tree, DeviceMap = strategy, MaxMemory = maxMemory, NoSplitModuleClasses = noSplit, DType = dtype });
+        var plan = DevicePlanner.Plan(new PlanRequest { Model = tree, DeviceMap = DeviceMapSpec.Parse(strategy), MaxMemory = maxMemory, NoSplitModuleClasses = noSplit, DType = dtype });
         var expected = MapOf((JsonObject)f.Json["device_map"]!);
         var actual = plan.DeviceMap.ToDictionary(kv => kv.Key, kv => kv.Value.ToHfValue() is int i ? i.ToString() : $"\"{kv.Value}\"");
         Assert.Equal(expected.OrderBy(kv => kv.Key), actual.OrderBy(kv => kv.Key));

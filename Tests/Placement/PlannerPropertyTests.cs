@@ -26,7 +26,7 @@ public class PlannerPropertyTests
         }
         // Tied weights together.
         foreach (var group in tree.TiedParameters())
-            Assert.Single(group.Select(k => DevicePlanner.DeviceOf(plan.DeviceMap, k)).Distinct());
+            Assert.Single(group.Select(k => ModulePath.Closest(plan.DeviceMap, k)).Distinct());
         // No-split blocks never split.
         var blocks = tree.NamedModules().Where(m => noSplit.Contains(m.Module.ClassName)).Select(m => m.Path).ToList();
         foreach (var (key, _) in plan.DeviceMap)
@@ -50,9 +50,9 @@ public class PlannerPropertyTests
             (DeviceId.Cuda(1), Math.Floor(total * (g1.Get % 100) / 100.0)),
             (DeviceId.Cpu, Math.Floor(total * (cpu.Get % 150) / 100.0)),
         };
-        string strategy = DevicePlanner.Strategies[(uint)strategyPick % DevicePlanner.Strategies.Length];
+        string strategy = DeviceMapSpec.Strategies[(int)((uint)strategyPick % (uint)DeviceMapSpec.Strategies.Count)];
         var classes = noSplit ? model.NoSplitModules : Array.Empty<string>();
-        var request = new PlanRequest { Model = tree, DeviceMap = strategy, MaxMemory = budgets, NoSplitModuleClasses = classes, DType = dtype };
+        var request = new PlanRequest { Model = tree, DeviceMap = DeviceMapSpec.Parse(strategy), MaxMemory = budgets, NoSplitModuleClasses = classes, DType = dtype };
         var plan = DevicePlanner.Plan(request);
         CheckInvariants(model, tree, plan, budgets, classes);
         var again = DevicePlanner.Plan(request);
@@ -88,7 +88,7 @@ public class PlannerPropertyTests
         }
         CheckInvariants(model, tree, plan, budgets, model.NoSplitModules);
         // Blocks in order visit each node in one contiguous run.
-        var layerNodes = Enumerable.Range(0, model.NumLayers).Select(i => DevicePlanner.DeviceOf(plan.DeviceMap, model.LayerPath(i))!.Node).ToList();
+        var layerNodes = Enumerable.Range(0, model.NumLayers).Select(i => ModulePath.Closest(plan.DeviceMap, model.LayerPath(i))!.Node).ToList();
         var runs = layerNodes.Where((n, i) => i == 0 || n != layerNodes[i - 1]).ToList();
         Assert.Equal(runs.Distinct().Count(), runs.Count);
         Assert.Equal(plan.DeviceMap, ClusterPlanner.Plan(request).DeviceMap);
@@ -107,7 +107,7 @@ public class PlannerPropertyTests
             Devices = MaxMemory.Parse("a/cpu=10MB,b/cpu=10MB,c/cpu=20MB"),
             Layers = Enumerable.Range(0, 6).Select(model.LayerPath).ToList(),
         });
-        var perNode = Enumerable.Range(0, 6).GroupBy(i => DevicePlanner.DeviceOf(plan.DeviceMap, model.LayerPath(i))!.Node).ToDictionary(g => g.Key!, g => g.Count());
+        var perNode = Enumerable.Range(0, 6).GroupBy(i => ModulePath.Closest(plan.DeviceMap, model.LayerPath(i))!.Node).ToDictionary(g => g.Key!, g => g.Count());
         Assert.Equal(new[] { "a", "b", "c" }, perNode.Keys.Order());
         Assert.True(perNode["c"] >= perNode["a"], "the node with twice the budget takes at least as many blocks");
     }
@@ -130,7 +130,7 @@ public class PlannerPropertyTests
     public void Explicit_maps_must_cover_every_parameter_exactly_once_and_name_real_modules()
     {
         var tree = Meta["llama_untied"].ToPlacementTree();
-        PlanResult Plan(string json) => DevicePlanner.Plan(new PlanRequest { Model = tree, DeviceMap = json, NoSplitModuleClasses = Array.Empty<string>() });
+        PlanResult Plan(string json) => DevicePlanner.Plan(new PlanRequest { Model = tree, DeviceMap = DeviceMapSpec.Parse(json), NoSplitModuleClasses = Array.Empty<string>() });
         var ok = Plan("{\"model\": 0, \"lm_head\": \"cpu\"}");
         Assert.Equal(2, ok.DeviceMap.Count);
         Assert.Contains("no device", Assert.Throws<PlacementException>(() => Plan("{\"model\": 0}")).Message);

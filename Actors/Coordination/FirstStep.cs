@@ -1,0 +1,40 @@
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Generation;
+
+namespace ShardPipe.Actors.Coordination;
+
+/// <summary>
+/// A client's request as the pipeline's first step (pure): input ids checked against the loaded model, the mask
+/// and positions HF would use (forward: <c>0..T−1</c> unless given; generate: from the mask), and for generation
+/// the stop tokens and sampler settings that travel with it.
+/// </summary>
+public static class FirstStep
+{
+    /// <summary>The step for hop 0, or the reason the request cannot run.</summary>
+    public static (StageInput? Step, string? Error) Build(IClientRequest request, LoadedModel model, string replyTo, string coordinator)
+    {
+        var ids = request.InputIds;
+        if (ids.Length == 0 || ids[0].Length == 0 || ids.Any(r => r.Length != ids[0].Length))
+            return (null, "input_ids must be non-empty rows of equal length");
+        if (ids.SelectMany(r => r).Any(id => id < 0 || id >= model.Vocab))
+            return (null, $"a token id is outside the vocabulary (0..{model.Vocab - 1})");
+        var mask = request.AttentionMask ?? DecodeRule.FullMask(ids);
+        if (mask.Length != ids.Length || mask.Any(r => r.Length != ids[0].Length || r.Any(m => m is not (0 or 1))))
+            return (null, "attention_mask must have the shape of input_ids and hold only 0 and 1");
+        switch (request)
+        {
+            case Forward f:
+                var positions = f.PositionIds ?? DecodeRule.ForwardPositions(ids);
+                if (positions.Length != ids.Length || positions.Any(r => r.Length != ids[0].Length))
+                    return (null, "position_ids must have the shape of input_ids");
+                return (new StageInput(f.RequestId, 0, 0, null, ids, mask, positions, replyTo, null, model.Epoch, coordinator), null);
+            case Generate g:
+                if (g.MaxNewTokens < 1) return (null, $"max_new_tokens must be at least 1, not {g.MaxNewTokens}");
+                var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.Stop.Eos, model.Stop.Pad, new bool[ids.Length], g.Sampling,
+                    g.Sampling.RepetitionPenalty != 1.0 ? ids : null); // the ids so far travel only when a penalty needs them
+                return (new StageInput(g.RequestId, 0, 0, null, ids, mask, DecodeRule.PositionsFromMask(mask), replyTo, state, model.Epoch, coordinator), null);
+            default:
+                return (null, $"unknown request type {request.GetType().Name}");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+using ShardPipe.Checkpoints;
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Models;
+using ShardPipe.Placement;
+
+namespace ShardPipe.Actors.Coordination;
+
+/// <summary>
+/// What the coordinator needs to know of a model to plan it, read from its folder off the actor's thread: the
+/// config and meta model (shapes only), the checkpoint's tensors, the dtype to load at, the stop tokens, and
+/// whether the coordinator's node can read the files itself (then a worker beside it serves streamed slices).
+/// </summary>
+public sealed record ModelDescription(string Folder, PretrainedConfig Config, CausalLMModel Meta,
+    IReadOnlyList<SliceTensor> Tensors, DType DType, StopTokens Stop, bool ReadableHere)
+{
+    /// <summary>Reads config.json, generation_config.json and the checkpoint's headers (no weights).</summary>
+    public static ModelDescription Read(LoadModel request, Func<string, bool> readableHere)
+    {
+        string folder = ModelLocator.Locate(request.Model);
+        var config = PretrainedConfig.FromFolder(folder);
+        var meta = AutoModel.FromConfig(config);
+        using var ckpt = Checkpoint.Open(folder, request.Variant);
+        var dtype = PreTrainedModel.ResolveDType(request.DType, config, ckpt.Tensors.Select(t => t.Info.DType));
+        var tensors = ckpt.Tensors.Select(t => new SliceTensor(t.Name, DTypes.Code(t.Info.DType), t.Info.Shape)).ToList();
+        var stop = StopTokens.From(PreTrainedModel.LoadGenerationConfig(folder, config));
+        return new ModelDescription(folder, config, meta, tensors, dtype, stop, readableHere(folder));
+    }
+}
+
+/// <summary>A plan ready to send: each worker's slice and the model as it will be once every slice is in.</summary>
+public sealed record LoadPlan(IReadOnlyList<(WorkerInfo Worker, LoadSlice Slice)> Slices, LoadedModel Result);
+
+/// <summary>
+/// Plans a described model over the registered workers (pure: no I/O, no actors): budgets per <c>node/device</c>
+/// (overridden by max_memory), the device map (a strategy through <see cref="ClusterPlanner"/>, or a given map or
+/// device checked against budgets), the pipeline route, and each worker's slice — its module prefixes, the
+/// checkpoint tensors it needs (tied weights included) and the shard reader to stream from when it has no copy.
+/// </summary>
+public static class SlicePlanner
+{
+    public static LoadPlan Plan(ModelDescription model, LoadModel request, IReadOnlyList<WorkerInfo> workers, int epoch)
+    {
+        if (workers.Count == 0) throw new ClusterException("no device workers have joined the cluster");
+        // Pipeline order: nodes by name (node-2 before node-10), so that a plan does not depend on who registered first.
+        var ordered = workers.OrderBy(w => w.Node, NaturalOrder.Instance).ToList();
+        var budgets = ordered.Select(w => (w.Id, (double)w.Budget)).ToList();
+        if (request.MaxMemory is { } mm)
+            foreach (var (device, bytes) in MaxMemory.Parse(mm))
+            {
+                int i = budgets.FindIndex(b => b.Id == device);
+                if (i < 0) throw new PlacementException($"max_memory names {device}, which is not a device of this cluster ({string.Join(", ", budgets.Select(b => b.Id))})");
+                budgets[i] = (device, bytes);
+            }
+        var meta = model.Meta;
+        var tree = meta.ToPlacementTree();
+        var spec = DeviceMapSpec.Parse(request.DeviceMap);
+        PlanResult plan;
+        if (spec.Strategy is { } strategy)
+        {
+            plan = ClusterPlanner.Plan(new ClusterPlanRequest
+            {
+                Model = tree, Devices = budgets, Strategy = strategy, DType = model.DType,
+                NoSplitModuleClasses = request.NoSplitModuleClasses ?? meta.NoSplitModules.ToArray(),
+                Layers = Enumerable.Range(0, meta.NumLayers).Select(meta.LayerPath).ToList(),
+            });
+        }
+        else
+        {
+            spec.Validate(tree);
+            foreach (var d in spec.Devices)
+                if (!budgets.Any(b => b.Id == d)) throw new PlacementException($"device_map names {d}, which is not a device of this cluster");
+            var map = spec.Entries.ToList();
+            var usage = DevicePlanner.Usage(tree, map, budgets, model.DType, memoryBytes: true);
+            foreach (var u in usage)
+                if (u.Budget is { } b && u.Bytes > b)
+                    throw new PlacementException($"{u.Device} would hold {ByteSize.Format((long)u.Bytes)} but its budget is {ByteSize.Format((long)b)}: {ByteSize.Format((long)(u.Bytes - b))} missing");
+            plan = new PlanResult(map, usage);
+        }
+
+        WorkerInfo On(DeviceId d) => ordered.First(w => w.Id == d);
+        var route = PipelineRoute.Build(meta, plan.DeviceMap, d => On(d).Path);
+        // The reader lives beside a worker with local shards: same node address, path /user/shard-reader.
+        var reader = model.ReadableHere ? ordered.FirstOrDefault(w => w.HasLocalCheckpoints) : null;
+        string? readerPath = reader is null ? null : reader.Path[..reader.Path.IndexOf("/user/", StringComparison.Ordinal)] + "/user/shard-reader";
+        string configJson = model.Config.Values.ToJsonString();
+        var tied = tree.TiedParameters();
+        var slices = new List<(WorkerInfo, LoadSlice)>();
+        foreach (var worker in ordered)
+        {
+            var prefixes = plan.DeviceMap.Where(kv => kv.Value == worker.Id).Select(kv => kv.Key).ToArray();
+            if (prefixes.Length == 0) continue;
+            bool Include(string key) => ModulePath.CoveredByAny(prefixes, key);
+            // Tied weights: a head on this worker needs the embedding tensor the checkpoint stores.
+            var tiedKeys = tied.Where(g => g.Any(Include)).SelectMany(g => g).ToHashSet(StringComparer.Ordinal);
+            var tensors = model.Tensors.Where(t => Include(t.Name) || tiedKeys.Contains(t.Name)).ToArray();
+            long planned = (long)plan.Devices.Where(u => u.Device == worker.Id).Sum(u => u.Bytes);
+            slices.Add((worker, new LoadSlice(epoch, model.Folder, request.Variant, DTypes.TorchName(model.DType), configJson, prefixes, planned, readerPath, route, tensors)));
+        }
+        var deviceUsage = plan.Devices.Select(u => new DeviceUsage(u.Device.ToString(), (long)u.Bytes, 0, (long)(u.Budget ?? 0))).ToArray();
+        var stages = route.Select(h => new StageInfo(ordered.First(w => w.Path == h.WorkerPath).ToString(), h.WorkerPath)).ToArray();
+        var deviceMap = plan.DeviceMap.Select(kv => new DeviceMapEntry(kv.Key, kv.Value.ToString())).ToArray();
+        return new LoadPlan(slices, new LoadedModel(model.Folder, epoch, route, deviceMap, deviceUsage, stages, model.Stop, meta.VocabSize));
+    }
+}
