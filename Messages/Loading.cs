@@ -19,10 +19,10 @@ public sealed record LoadModel(
 public sealed record ModelLoaded(
     [property: Key(0)] string RequestId,
     [property: Key(1)] int PlanEpoch,
-    [property: Key(7)] DeviceMapEntry[] DeviceMap,
     [property: Key(4)] DeviceUsage[] Devices,
     [property: Key(5)] double LoadSeconds,
-    [property: Key(6)] StageInfo[] Stages) : IShardPipeMessage;
+    [property: Key(6)] StageInfo[] Stages,
+    [property: Key(7)] DeviceMapEntry[] DeviceMap) : IShardPipeMessage;
 // Keys 2 and 3 (the device map as two parallel arrays) are retired: see DeviceMap.
 
 /// <summary>One entry of a cluster's device map: a module prefix and its <c>node/device</c>.</summary>
@@ -64,9 +64,9 @@ public sealed record ClusterStatus(
     [property: Key(1)] string State,
     [property: Key(2)] string? Model,
     [property: Key(3)] string[] Nodes,
-    [property: Key(8)] DeviceMapEntry[] DeviceMap,
     [property: Key(6)] DeviceUsage[] Devices,
     [property: Key(7)] StageInfo[] Stages,
+    [property: Key(8)] DeviceMapEntry[] DeviceMap,
     [property: Key(9)] string? Detail = null,
     [property: Key(10)] RefusedDevice[]? Refused = null,
     [property: Key(11)] int PlanEpoch = 0) : IShardPipeMessage;

@@ -196,7 +196,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Timers.Cancel("load-timeout");
         double seconds = (DateTime.UtcNow - load.Started).TotalSeconds;
         _log.Info("model {0} ready (epoch {1}) in {2:0.00} s", loaded.Model, loaded.Epoch, seconds);
-        load.ReplyTo.Tell(new ModelLoaded(load.Request.RequestId, loaded.Epoch, loaded.DeviceMap, loaded.Usage, seconds, loaded.Stages));
+        load.ReplyTo.Tell(new ModelLoaded(load.Request.RequestId, loaded.Epoch, loaded.Usage, seconds, loaded.Stages, loaded.DeviceMap));
         _load = null;
         Become(Ready);
     }

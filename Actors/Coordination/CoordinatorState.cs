@@ -207,9 +207,9 @@ public sealed class CoordinatorState
 
     public ClusterStatus Status(string requestId) => new(requestId, StateName, Loaded?.Model ?? Pending?.Model,
         _workers.Select(w => w.Node).Distinct().ToArray(),
-        Loaded?.DeviceMap ?? Array.Empty<DeviceMapEntry>(),
         Loaded?.Usage ?? _workers.Select(w => new DeviceUsage(w.ToString(), 0, 0, w.Budget)).ToArray(),
         Loaded?.Stages ?? Array.Empty<StageInfo>(),
+        Loaded?.DeviceMap ?? Array.Empty<DeviceMapEntry>(),
         Failure,
         _refused.Values.ToArray(),
         Loaded?.Epoch ?? Pending?.Epoch ?? 0);

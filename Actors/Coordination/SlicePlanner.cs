@@ -1,3 +1,4 @@
+using Akka.Actor;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
@@ -83,8 +84,8 @@ public static class SlicePlanner
         WorkerInfo On(DeviceId d) => ordered.First(w => w.Id == d);
         var route = PipelineRoute.Build(meta, plan.DeviceMap, d => On(d).Path);
         // The reader lives beside a worker with local shards: same node address, path /user/shard-reader.
-        var reader = model.ReadableHere ? ordered.FirstOrDefault(w => w.HasLocalCheckpoints) : null;
-        string? readerPath = reader is null ? null : reader.Path[..reader.Path.IndexOf("/user/", StringComparison.Ordinal)] + "/user/shard-reader";
+        var reader = model.ReadableHere ? ordered.FirstOrDefault(w => w.HasLocalCheckpoints && ActorPath.TryParse(w.Path, out _)) : null;
+        string? readerPath = reader is null ? null : $"{ActorPath.Parse(reader.Path).Address}/user/shard-reader";
         string configJson = model.Config.Values.ToJsonString();
         var tied = tree.TiedParameters();
         var slices = new List<(WorkerInfo, LoadSlice)>();

@@ -18,24 +18,25 @@ public static class SaveCommand
         var variant = CommonOptions.Variant();
         var outDir = new Option<string>("--out") { Description = "Folder to write", Required = true };
         var maxShard = new Option<string>("--max-shard-size") { Description = "Largest shard (\"5GB\", \"200MB\", bytes)", DefaultValueFactory = _ => ShardedWriter.DefaultMaxShardSize };
-        var dtype = new Option<string?>("--dtype") { Description = "Cast floating weights (default: keep the stored dtype)" };
+        var dtype = new Option<string?>("--dtype") { Description = "Cast floating weights (default, or auto: keep the stored dtype)" };
         var json = CommonOptions.Json();
         var cmd = new Command("save", "Load a model and save it again with save_pretrained's layout") { model, revision, subfolder, variant, outDir, maxShard, dtype, json };
         CommandAction.Set(cmd, (parse, log) =>
         {
             string folder = ModelLocator.Locate(parse.GetValue(model)!, new LocateOptions { Revision = parse.GetValue(revision), Subfolder = parse.GetValue(subfolder) });
             string? v = parse.GetValue(variant);
+            string? castTo = parse.GetValue(dtype) is "auto" ? null : parse.GetValue(dtype); // auto keeps the stored dtype, like torch_dtype="auto"
             // --variant names the variant written; it is read too where the source has it.
             string? readVariant = v is not null && HasVariant(folder, v) ? v : null;
             string stored;
             using (var ckpt = Checkpoint.Open(folder, readVariant))
                 stored = DTypes.TorchName(ckpt.Tensors.Select(t => t.Info.DType).FirstOrDefault(DTypes.IsFloating, DType.F32));
-            var loaded = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { Variant = readVariant, DType = parse.GetValue(dtype) ?? stored, Logger = log });
+            var loaded = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { Variant = readVariant, DType = castTo ?? stored, Logger = log });
             var files = PreTrainedModel.SavePretrained(loaded, parse.GetValue(outDir)!, new SaveOptions
             {
                 MaxShardSize = parse.GetValue(maxShard)!,
                 Variant = v,
-                DType = parse.GetValue(dtype),
+                DType = castTo,
             });
             log.LogInformation("saved {Count} files to {Out}", files.Count, parse.GetValue(outDir));
             if (parse.GetValue(json))

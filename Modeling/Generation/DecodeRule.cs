@@ -24,7 +24,9 @@ public sealed record StopTokens(long[] Eos, long Pad)
 
     private static long Id(JsonNode? node, string field)
     {
-        if (node is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue(out long id) && id >= 0) return id;
+        // Only a JSON integer: "2", 2.5 and -1 are refused (a string id would silently never match a token).
+        if (node is JsonValue v && v.GetValueKind() == JsonValueKind.Number &&
+            long.TryParse(v.ToJsonString(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long id)) return id;
         throw new InvalidInputException($"generation_config.json: {field} must be a non-negative integer or a list of them, not {node?.ToJsonString() ?? "null"}");
     }
 }

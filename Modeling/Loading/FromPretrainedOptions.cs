@@ -28,7 +28,7 @@ public sealed record FromPretrainedOptions
     public string? Revision { get; init; }
     public string? Subfolder { get; init; }
     public string? CacheDir { get; init; }
-    /// <summary>HF default true; false is accepted only when safetensors weights exist (pickle is not read).</summary>
+    /// <summary>HF default true. False selects pytorch_model.bin, which is not read: a typed error (naming the folder) either way.</summary>
     public bool UseSafetensors { get; init; } = true;
     public bool IgnoreMismatchedSizes { get; init; }
     /// <summary>Fail on missing or unexpected keys instead of warning (HF itself is lenient).</summary>

@@ -28,12 +28,13 @@ public static class PreTrainedModel
             Revision = options.Revision, Subfolder = options.Subfolder, CacheDir = options.CacheDir,
         });
         var config = options.Config?.Clone() ?? (folder is not null ? PretrainedConfig.FromFolder(folder)
-            : throw new ArgumentException("from_pretrained needs a model folder, a repo id, or a config"));
+            : throw new InvalidInputException("from_pretrained needs a model folder, a repo id, or a config"));
         if (options.ConfigOverrides is not null)
             foreach (var (k, v) in options.ConfigOverrides) config.Set(k, v?.DeepClone());
 
+        if (!options.UseSafetensors && options.StateDict is null && options.Fetcher is null && folder is not null) RefusePickle(folder, options.Variant);
         using var checkpoint = options.StateDict is null && options.Fetcher is null
-            ? (folder is not null ? Checkpoint.Open(folder, options.Variant) : throw new ArgumentException("no weights: give a folder or a state_dict"))
+            ? (folder is not null ? Checkpoint.Open(folder, options.Variant) : throw new InvalidInputException("no weights: give a folder or a state_dict"))
             : null;
         var source = options.StateDict is not null ? StateSource.FromTensors(options.StateDict)
             : options.Fetcher is not null ? StateSource.FromFetcher(options.Fetcher)
@@ -59,6 +60,20 @@ public static class PreTrainedModel
         model.LayerDevice = i => layerDevices[i];
         model.SourceFolder = folder;
         return model;
+    }
+
+    /// <summary>
+    /// <c>use_safetensors=False</c> asks for PyTorch's pickled weights (<c>pytorch_model.bin</c>), which ShardPipe does not
+    /// read: as Hugging Face, a folder without them is an error naming it; one with them is refused as unsupported.
+    /// </summary>
+    private static void RefusePickle(string folder, string? variant)
+    {
+        string suffix = variant is null ? "" : $".{variant}";
+        string bin = $"pytorch_model{suffix}.bin", index = $"pytorch_model.bin.index{suffix}.json";
+        if (File.Exists(Path.Combine(folder, bin)) || File.Exists(Path.Combine(folder, index)))
+            throw new UnsupportedException($"{folder}: use_safetensors=False selects {bin}, a pickled PyTorch checkpoint, which ShardPipe does not read; convert it to safetensors or leave use_safetensors on");
+        throw new CheckpointNotFoundException($"{folder} does not appear to have a file named {bin} or {index} (use_safetensors=False; it has safetensors weights only)",
+            new[] { Path.Combine(folder, bin), Path.Combine(folder, index) });
     }
 
     /// <summary>
@@ -131,7 +146,7 @@ public static class PreTrainedModel
     {
         options ??= new SaveOptions();
         Directory.CreateDirectory(folder);
-        DType? castTo = options.DType is { } d ? TorchRuntime.ParseFloatDType(d) : null;
+        DType? castTo = options.DType is { } d && d != "auto" ? TorchRuntime.ParseFloatDType(d) : null; // auto keeps each tensor's dtype
         var seen = new HashSet<TensorSlot>(ReferenceEqualityComparer.Instance);
         var sources = new List<Checkpoints.SafeTensors.TensorSource>();
         DType? savedFloat = null;

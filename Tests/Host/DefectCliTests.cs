@@ -1,0 +1,50 @@
+using System.Diagnostics;
+using ShardPipe.Checkpoints;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Tests.Support;
+
+namespace ShardPipe.Tests.Host;
+
+/// <summary>Defects found in review, each pinned by the real <c>shardpipe</c> process or the public API.</summary>
+public class DefectCliTests
+{
+    [Fact]
+    public void Save_with_dtype_auto_keeps_the_stored_dtype()
+    {
+        using var tmp = new TempDir();
+        var r = ShardPipeProcess.Run("save", "--model", TestPaths.Model("llama_fp16"), "--out", tmp.Path, "--dtype", "auto", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        using var saved = Checkpoint.Open(tmp.Path);
+        Assert.All(saved.Tensors, t => Assert.Equal(DType.F16, t.Info.DType));
+        using var original = Checkpoint.Open(TestPaths.Model("llama_fp16"));
+        Assert.Equal(original.Tensors.Count, saved.Tensors.Count);
+    }
+
+    [Fact]
+    public void Use_safetensors_false_is_a_typed_error_naming_the_folder()
+    {
+        string folder = TestPaths.Model("llama_untied");
+        var missing = Assert.Throws<CheckpointNotFoundException>(() => PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { UseSafetensors = false }));
+        Assert.Contains(folder, missing.Message);
+        Assert.Contains("pytorch_model.bin", missing.Message);
+
+        using var tmp = new TempDir();
+        foreach (var f in Directory.GetFiles(folder)) File.Copy(f, tmp.File(Path.GetFileName(f)));
+        File.WriteAllBytes(tmp.File("pytorch_model.bin"), new byte[] { 0x80, 0x02 });
+        var pickle = Assert.Throws<UnsupportedException>(() => PreTrainedModel.FromPretrained(tmp.Path, new FromPretrainedOptions { UseSafetensors = false }));
+        Assert.Contains("pickled", pickle.Message);
+        Assert.NotNull(PreTrainedModel.FromPretrained(tmp.Path)); // the default still reads the safetensors beside it
+    }
+
+    [Fact]
+    public void A_cuda_device_on_a_build_without_cuda_is_refused_promptly_naming_node_and_device()
+    {
+        var clock = Stopwatch.StartNew();
+        var r = ShardPipeProcess.Run("forward", "--model", TestPaths.Model("llama_untied"), "--input-ids", "5,17,42",
+            "--cluster", "embedded:2", "--nodes", "node-1/cpu=1GiB,node-2/cuda:0=1GiB", "--json");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Equal("", r.Stdout.Trim());
+        Assert.Equal("error: node-2: cuda:0 requested, but this build has no CUDA", r.Stderr.Trim().Split('\n')[^1]);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"took {clock.Elapsed.TotalSeconds:0} s");
+    }
+}
