@@ -11,7 +11,7 @@ public static class ByteSize
     public static long Parse(string text)
     {
         if (!TryParse(text, out long bytes))
-            throw new FormatException($"'{text}' is not a size: use an integer number of bytes or e.g. \"5GB\", \"500MiB\", \"10KB\"");
+            throw new InvalidInputException($"'{text}' is not a size: use an integer number of bytes or e.g. \"5GB\", \"500MiB\", \"10KB\"");
         return bytes;
     }
 

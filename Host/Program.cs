@@ -1,3 +1,3 @@
 using ShardPipe.Host.Cli;
 
-return ShardPipeCli.Run(args);
+return await ShardPipeCli.RunAsync(args);

@@ -24,7 +24,7 @@ public sealed record DeviceId(string? Node, string Kind, int Index = 0) : ICompa
         {
             node = s[..slash];
             s = s[(slash + 1)..];
-            if (node.Length == 0 || s.Contains('/')) throw new FormatException($"'{text}' is not a device: use node/device with a node name free of '/'");
+            if (node.Length == 0 || s.Contains('/')) throw new InvalidInputException($"'{text}' is not a device: use node/device with a node name free of '/'");
         }
         if (int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int idx)) return new DeviceId(node, "cuda", idx);
         if (s == "cpu") return new DeviceId(node, "cpu");
@@ -32,7 +32,7 @@ public sealed record DeviceId(string? Node, string Kind, int Index = 0) : ICompa
         if (s == "cuda") return new DeviceId(node, "cuda", 0);
         if (s.StartsWith("cuda:", StringComparison.Ordinal) &&
             int.TryParse(s[5..], NumberStyles.None, CultureInfo.InvariantCulture, out int ci)) return new DeviceId(node, "cuda", ci);
-        throw new FormatException($"'{text}' is not a device: use cpu, disk, cuda:N, N, or node/device");
+        throw new InvalidInputException($"'{text}' is not a device: use cpu, disk, cuda:N, N, or node/device");
     }
 
     /// <summary>The canonical text: <c>cuda:0</c>, <c>cpu</c>, <c>w2/cuda:1</c>.</summary>

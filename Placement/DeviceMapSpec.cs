@@ -74,7 +74,7 @@ public sealed class DeviceMapSpec
     private static DeviceId ParseDevice(string text, string? module)
     {
         try { return DeviceId.Parse(text); }
-        catch (FormatException ex)
+        catch (InvalidInputException ex)
         {
             throw new PlacementException(module is null
                 ? $"device_map '{text}': {ex.Message}, or one of {string.Join(", ", Strategies)}, or a JSON object of module → device"

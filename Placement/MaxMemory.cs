@@ -13,11 +13,11 @@ public static class MaxMemory
         foreach (var part in spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             int eq = part.LastIndexOf('=');
-            if (eq <= 0) throw new FormatException($"max_memory entry '{part}' is not DEVICE=SIZE");
+            if (eq <= 0) throw new InvalidInputException($"max_memory entry '{part}' is not DEVICE=SIZE");
             var device = DeviceId.Parse(part[..eq]);
             long bytes = ByteSize.TryParse(part[(eq + 1)..], out long b) ? b
-                : throw new FormatException($"max_memory for {device}: '{part[(eq + 1)..]}' is not a size (e.g. 10GiB, 500MB, 2GB, 1024)");
-            if (list.Any(e => e.Item1 == device)) throw new FormatException($"max_memory lists {device} twice");
+                : throw new InvalidInputException($"max_memory for {device}: '{part[(eq + 1)..]}' is not a size (e.g. 10GiB, 500MB, 2GB, 1024)");
+            if (list.Any(e => e.Item1 == device)) throw new InvalidInputException($"max_memory lists {device} twice");
             list.Add((device, bytes));
         }
         return list;

@@ -106,7 +106,7 @@ public sealed class CoordinatorState
             var id = DeviceId.Parse(d.Device);
             return id.Node is not null || id.Kind == "disk" ? $"'{d.Device}' is not a compute device (cpu, cuda:N)" : null;
         }
-        catch (FormatException ex) { return ex.Message; }
+        catch (InvalidInputException ex) { return ex.Message; }
     }
 
     /// <summary>A worker is gone: what that means for the load in progress and for the loaded model.</summary>

@@ -57,7 +57,7 @@ public sealed class EmbeddedCluster : IAsyncDisposable
         if (nodeSpec is not null)
         {
             var parsed = MaxMemory.Parse(nodeSpec);
-            if (parsed.Any(p => p.Device.Node is null)) throw new FormatException("--nodes entries must be node/device=size, e.g. w1/cpu=2GiB");
+            if (parsed.Any(p => p.Device.Node is null)) throw new InvalidInputException("--nodes entries must be node/device=size, e.g. w1/cpu=2GiB");
             return parsed.GroupBy(p => p.Device.Node!).Select(g => (g.Key,
                 g.Select(p => (p.Device.Kind == "cuda" ? $"cuda:{p.Device.Index}" : p.Device.Kind, (long)p.Bytes)).ToList())).ToList();
         }

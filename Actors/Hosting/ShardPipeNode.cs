@@ -35,12 +35,12 @@ public sealed class ShardPipeNode : IAsyncDisposable
         Coordinator = coordinator;
     }
 
-    public static Config Reference { get; } = ConfigurationFactory.FromResource<ShardPipeNode>("ShardPipe.Actors.reference.conf");
+    public static Config Reference => ReferenceConfig.Value;
 
     /// <summary>Starts a node; <paramref name="join"/> (an address such as akka.tcp://shardpipe@127.0.0.1:4053) joins a running cluster when the config names no seed nodes.</summary>
     public static ShardPipeNode Start(Config hostConfig, string? join = null, int equalShareOf = 1)
     {
-        var config = hostConfig.WithFallback(Reference);
+        var config = ReferenceConfig.Over(hostConfig);
         var system = ActorSystem.Create(SystemName, config);
         var address = Cluster.Get(system).SelfAddress;
         var settings = NodeSettings.From(config, equalShareOf);

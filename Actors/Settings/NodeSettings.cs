@@ -4,26 +4,29 @@ using ShardPipe.Placement;
 
 namespace ShardPipe.Actors.Settings;
 
-/// <summary>A node's ShardPipe settings, read from the <c>shardpipe</c> section of its HOCON host config.</summary>
+/// <summary>
+/// A node's ShardPipe settings, read from the <c>shardpipe</c> section of its HOCON host config over reference.conf,
+/// where every default is written (and only there).
+/// </summary>
 public sealed record NodeSettings
 {
     public required string NodeName { get; init; }
     public required IReadOnlyList<string> Roles { get; init; }
     public required IReadOnlyList<(string Device, long Budget)> Devices { get; init; }
-    public bool LocalCheckpoints { get; init; } = true;
-    public IReadOnlyList<string> ModelRoots { get; init; } = Array.Empty<string>();
-    public TimeSpan LoadTimeout { get; init; } = TimeSpan.FromMinutes(10);
-    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(60);
-    public TimeSpan CacheIdleTimeout { get; init; } = TimeSpan.FromSeconds(120);
-    public long MaxFrameSize { get; init; }
-    public int MaxInFlight { get; init; } = 8;
+    public required bool LocalCheckpoints { get; init; }
+    public required IReadOnlyList<string> ModelRoots { get; init; }
+    public required TimeSpan LoadTimeout { get; init; }
+    public required TimeSpan RequestTimeout { get; init; }
+    public required TimeSpan CacheIdleTimeout { get; init; }
+    public required long MaxFrameSize { get; init; }
+    public required int MaxInFlight { get; init; }
+    public required int MaxQueued { get; init; }
     /// <summary>libtorch intra-op threads for this node's process; 0 = libtorch's default (all cores).</summary>
-    public int ComputeThreads { get; init; }
+    public required int ComputeThreads { get; init; }
     /// <summary>CPU cores the threads that run this node's steps are pinned to; empty = wherever the OS puts them.</summary>
-    public IReadOnlyList<int> ComputeCores { get; init; } = Array.Empty<int>();
-    public int MaxQueued { get; init; } = 64;
-    public BulkSettings Bulk { get; init; } = new();
-    public ActivationLinkSettings Links { get; init; } = new();
+    public required IReadOnlyList<int> ComputeCores { get; init; }
+    public required BulkSettings Bulk { get; init; }
+    public required ActivationLinkSettings Links { get; init; }
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
 
@@ -35,11 +38,11 @@ public sealed record NodeSettings
         LocalCheckpoints && Directory.Exists(modelFolder) &&
         (ModelRoots.Count == 0 || ModelRoots.Any(r => Path.GetFullPath(modelFolder).StartsWith(Path.GetFullPath(r), StringComparison.Ordinal)));
 
+    /// <param name="equalShareOf">Devices with no budget get this share of the machine's available memory.</param>
     public static NodeSettings From(Config config, int equalShareOf = 1)
     {
+        config = ReferenceConfig.Over(config);
         var sp = config.GetConfig("shardpipe");
-        string name = sp.GetString("node-name", "");
-        var roles = config.GetStringList("akka.cluster.roles").ToList();
         var devices = new List<(string, long)>();
         foreach (var d in sp.GetValue("devices").GetArray())
         {
@@ -50,21 +53,26 @@ public sealed record NodeSettings
             long bytes = budget.Length == 0 ? MaxMemory.DefaultCpuBytes() / Math.Max(1, equalShareOf) : ByteSize.Parse(budget);
             devices.Add((device, bytes));
         }
+        int AtLeast(string key, int min)
+        {
+            int v = sp.GetInt(key);
+            return v >= min ? v : throw new ConfigurationException($"shardpipe.{key} must be at least {min}, not {v}");
+        }
         return new NodeSettings
         {
-            NodeName = name,
-            Roles = roles,
+            NodeName = sp.GetString("node-name"),
+            Roles = config.GetStringList("akka.cluster.roles").ToList(),
             Devices = devices,
-            LocalCheckpoints = sp.GetBoolean("local-checkpoints", true),
+            LocalCheckpoints = sp.GetBoolean("local-checkpoints"),
             ModelRoots = sp.GetStringList("model-roots").ToList(),
-            LoadTimeout = sp.GetTimeSpan("load-timeout", TimeSpan.FromMinutes(10)),
-            RequestTimeout = sp.GetTimeSpan("request-timeout", TimeSpan.FromSeconds(60)),
-            CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout", TimeSpan.FromSeconds(120)),
-            MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000,
-            MaxInFlight = sp.GetInt("max-in-flight", 8),
-            ComputeThreads = sp.GetInt("compute-threads", 0),
-            ComputeCores = sp.HasPath("compute-cores") ? sp.GetIntList("compute-cores").ToList() : Array.Empty<int>(),
-            MaxQueued = sp.GetInt("max-queued", 64),
+            LoadTimeout = sp.GetTimeSpan("load-timeout"),
+            RequestTimeout = sp.GetTimeSpan("request-timeout"),
+            CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout"),
+            MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 0,
+            MaxInFlight = AtLeast("max-in-flight", 1),
+            MaxQueued = AtLeast("max-queued", 0),
+            ComputeThreads = sp.GetInt("compute-threads"),
+            ComputeCores = sp.GetIntList("compute-cores").ToList(),
             Bulk = BulkSettings.From(config),
             Links = ActivationLinkSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,

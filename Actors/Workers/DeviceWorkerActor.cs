@@ -25,7 +25,6 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     public IStash Stash { get; set; } = null!;
     public ITimerScheduler Timers { get; set; } = null!;
 
-    private sealed record SliceReady(int Epoch, CausalLMModel Model, long Bytes, int Tensors, bool Streamed, PipelineHop[] Route);
     private sealed record SliceError(int Epoch, string Reason);
     private sealed record RegisterTick;
     private sealed record EvictTick;
@@ -72,7 +71,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private string? Unusable()
     {
         try { return TorchRuntime.Unusable(DeviceId.Parse(_device)); }
-        catch (FormatException ex) { return ex.Message; }
+        catch (InvalidInputException ex) { return ex.Message; }
     }
 
     private void Unregistered()
@@ -165,7 +164,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         var self = Self;
         var system = Context.System;
         string selfPath = Path();
-        Task.Run(() => Materialise(slice, system, replyTo, selfPath))
+        var loader = new SliceLoader(_settings, _log, _stage, system);
+        Task.Run(() => loader.Materialise(slice, replyTo, selfPath))
             .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ex.GetBaseException().Message}"));
         Become(() => Loading(replyTo));
     }
@@ -220,86 +220,6 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     }
 
     private string Path() => Akka.Serialization.Serialization.SerializedActorPath(Self);
-
-    /// <summary>Runs on a pool thread: build the model on meta, materialise only this slice's tensors.</summary>
-    private SliceReady Materialise(LoadSlice slice, ActorSystem system, IActorRef coordinator, string self)
-    {
-        long lastReport = 0;
-        var clock = Stopwatch.StartNew();
-        void Progress(int done, int total, long bytes, long totalBytes)
-        {
-            long now = clock.ElapsedMilliseconds, last = Interlocked.Read(ref lastReport);
-            if ((done == total || now - last >= 250) && Interlocked.CompareExchange(ref lastReport, now, last) == last)
-                coordinator.Tell(new SliceProgress(slice.PlanEpoch, self, done, total, bytes)); // Tell is safe off the actor thread
-        }
-        var sw = Stopwatch.StartNew();
-        FaultHooks.For(system).BeforeMaterialise?.Invoke();
-        var config = new PretrainedConfig((JsonObject)JsonNode.Parse(slice.ConfigJson)!);
-        bool Include(string key) => ModulePath.CoveredByAny(slice.ModulePrefixes, key);
-        bool local = _settings.HasLocal(SafeLocate(slice.Model));
-        TensorFetcher? fetcher = null;
-        var diagnostics = NodeDiagnostics.For(system);
-        if (!local)
-        {
-            if (slice.ShardReaderPath is null) throw new ClusterException($"no local copy of {slice.Model} and no shard reader to stream from");
-            var reader = ((ExtendedActorSystem)system).Provider.ResolveActorRef(slice.ShardReaderPath);
-            var timeout = _settings.RequestTimeout;
-            var index = slice.Tensors.Select(t => (t.Name, DTypes.TryParseCode(t.DType, out var d) ? d : throw new ProtocolException($"unknown dtype {t.DType}"), t.Shape)).ToList();
-            int bulk = _settings.Bulk.Enabled ? 1 : 0; // dropped for the rest of this load once the channel proves unreachable
-            ReadTensor Request(string name, bool overBulk) => new(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16, overBulk);
-            fetcher = new TensorFetcher(index, (name, destination) =>
-            {
-                var got = StreamTensor(system, reader, Request(name, Volatile.Read(ref bulk) == 1), timeout);
-                if (got.Offer is { } offer)
-                {
-                    try
-                    {
-                        BulkChannel.Receive(offer, destination, timeout, $"'{name}'");
-                        diagnostics.AddBulkBytes(destination.Length);
-                        return;
-                    }
-                    catch (BulkUnreachableException ex)
-                    {
-                        if (Interlocked.Exchange(ref bulk, 0) == 1) _log.Warning("{0}; this slice streams as actor messages", ex.Message);
-                        got = StreamTensor(system, reader, Request(name, overBulk: false), timeout);
-                    }
-                }
-                if (got.Bytes!.Length != destination.Length)
-                    throw new CheckpointFormatException(name, name, $"streamed {got.Bytes.Length} bytes, expected {destination.Length}");
-                got.Bytes.CopyTo(destination);
-            });
-        }
-        var model = PreTrainedModel.FromPretrained(local ? slice.Model : null, new FromPretrainedOptions
-        {
-            Config = config,
-            Variant = slice.Variant,
-            DType = slice.DType,
-            IncludeKey = Include,
-            Fetcher = fetcher,
-            Progress = Progress,
-        });
-        var materialised = model.NamedTensors().Where(t => t.Slot.IsMaterialised).ToList();
-        long bytes = materialised.Sum(t => t.Slot.Tensor.NumberOfElements * t.Slot.Tensor.ElementSize);
-        _log.Info("{0}: materialised {1} tensors ({2}) in {3:0.00} s{4}", _stage, materialised.Count, ByteSize.Format(bytes), sw.Elapsed.TotalSeconds, local ? "" : " (streamed)");
-        return new SliceReady(slice.PlanEpoch, model, bytes, materialised.Count, !local, slice.Route);
-    }
-
-    /// <summary>Asks the shard reader for one tensor and waits for its bytes (actor messages) or its bulk offer.</summary>
-    private static StreamedTensor StreamTensor(ActorSystem system, IActorRef reader, ReadTensor request, TimeSpan timeout)
-    {
-        var done = new TaskCompletionSource<StreamedTensor>(TaskCreationOptions.RunContinuationsAsynchronously);
-        // Called on the loader's pool thread, where Context does not exist: the receiver is a top-level actor.
-#pragma warning disable AK1008
-        system.ActorOf(Akka.Actor.Props.Create(typeof(StreamReceiverActor), reader, request, done, timeout)); // no expression to compile per tensor
-#pragma warning restore AK1008
-        return done.Task.GetAwaiter().GetResult();
-    }
-
-    private static string SafeLocate(string model)
-    {
-        try { return ModelLocator.Locate(model); }
-        catch (CheckpointNotFoundException) { return model; }
-    }
 
     private void ReleaseModel()
     {

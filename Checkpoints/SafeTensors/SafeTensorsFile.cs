@@ -70,7 +70,7 @@ public sealed class SafeTensorsFile : IDisposable
     public void ReadInto(TensorInfo tensor, Span<byte> destination)
     {
         if (destination.Length != tensor.ByteLength)
-            throw new ArgumentException($"destination is {destination.Length} bytes, tensor '{tensor.Name}' has {tensor.ByteLength}");
+            throw new InvalidInputException($"destination is {destination.Length} bytes, tensor '{tensor.Name}' has {tensor.ByteLength}");
         ReadExactly(_handle, destination, Header.DataStart + tensor.Begin, Path);
     }
 

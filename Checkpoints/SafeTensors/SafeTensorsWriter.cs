@@ -29,7 +29,7 @@ public static class SafeTensorsWriter
     {
         var list = tensors.ToList();
         var dup = list.GroupBy(t => t.Name, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
-        if (dup is not null) throw new ArgumentException($"tensor '{dup.Key}' given twice for {path}");
+        if (dup is not null) throw new InvalidInputException($"tensor '{dup.Key}' given twice for {path}");
         var ordered = list
             .OrderByDescending(t => DTypes.SafetensorsRank(t.DType))
             .ThenBy(t => t.Name, StringComparer.Ordinal)

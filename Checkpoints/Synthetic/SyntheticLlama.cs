@@ -124,7 +124,7 @@ public static class SyntheticLlama
                 case DType.F32: BitConverter.TryWriteBytes(dst.Slice(i * 4, 4), v); break;
                 case DType.F16: BitConverter.TryWriteBytes(dst.Slice(i * 2, 2), (Half)v); break;
                 case DType.BF16: BitConverter.TryWriteBytes(dst.Slice(i * 2, 2), (ushort)(BitConverter.SingleToUInt32Bits(v) >> 16)); break;
-                default: throw new NotSupportedException($"synthetic weights in {dtype}");
+                default: throw new UnsupportedException($"synthetic weights in {dtype}");
             }
         }
     }

@@ -31,7 +31,7 @@ public static class DecodeBench
         var pin = new Option<int>("--pin-core") { Description = "Core that the per-hop figure's nodes run their steps on (shardpipe.compute-cores)", DefaultValueFactory = _ => 0 };
         var json = CommonOptions.Json();
         var cmd = new Command("decode", "Decode tokens/s: single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages") { model, tokens, micro, pin, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(json), log).GetAwaiter().GetResult());
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(json), log));
         return cmd;
     }
 

@@ -26,7 +26,7 @@ public static class DistributedLoadBench
         var model = new Option<string?>("--model") { Description = "Checkpoint folder (default: a generated ≥1 GiB fp32 Llama)" };
         var json = CommonOptions.Json();
         var cmd = new Command("distributed-load", "Load over 3 node processes: per-node peak RSS over its slice, vs a single-node load") { model, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(json), log).GetAwaiter().GetResult());
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(json), log));
         return cmd;
     }
 

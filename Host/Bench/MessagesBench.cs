@@ -32,7 +32,7 @@ public static class MessagesBench
         var size = new Option<int>("--mib") { Description = "Tensor size in MiB", DefaultValueFactory = _ => 64 };
         var json = CommonOptions.Json();
         var cmd = new Command("messages", "Wire format and transfer throughput vs memcpy and raw TCP") { size, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(size), parse.GetValue(json), log).GetAwaiter().GetResult());
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(size), parse.GetValue(json), log));
         return cmd;
     }
 

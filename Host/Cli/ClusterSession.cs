@@ -30,7 +30,7 @@ public sealed class ClusterSession : IAsyncDisposable
         if (spec.StartsWith("embedded:", StringComparison.Ordinal) || spec == "embedded")
         {
             int n = spec == "embedded" ? 1 : int.TryParse(spec[9..], out int k) && k >= 1 ? k
-                : throw new ArgumentException($"--cluster '{spec}': use embedded:N with N ≥ 1, or HOST:PORT");
+                : throw new InvalidInputException($"--cluster '{spec}': use embedded:N with N ≥ 1, or HOST:PORT");
             if (nodes is not null) n = EmbeddedCluster.Layout(n, nodes).Count;
             var sw = Stopwatch.StartNew();
             var cluster = await EmbeddedCluster.StartAsync(n, nodes);
@@ -39,7 +39,7 @@ public sealed class ClusterSession : IAsyncDisposable
         }
         int colon = spec.LastIndexOf(':');
         if (colon <= 0 || !int.TryParse(spec[(colon + 1)..], out int port))
-            throw new ArgumentException($"--cluster '{spec}': use embedded:N or HOST:PORT");
+            throw new InvalidInputException($"--cluster '{spec}': use embedded:N or HOST:PORT");
         string host = spec[..colon];
         var config = ConfigurationFactory.ParseString($@"
 akka.cluster.roles = [client]
@@ -52,31 +52,22 @@ shardpipe.devices = []");
     }
 
     /// <summary>Loads the model unless the cluster already serves it; returns the stages and the map.</summary>
-    public async Task<(StageInfo[] Stages, JsonObject DeviceMap, double LoadSeconds)> EnsureLoadedAsync(LoadModel load, ILogger log)
+    public async Task<(StageInfo[] Stages, JsonObject DeviceMap, double LoadSeconds)> EnsureLoadedAsync(LoadModel load, ILogger log, bool json)
     {
         var status = await Client.StatusAsync(TimeSpan.FromSeconds(30));
         if (status.State == "ready" && status.Model is { } m && Path.GetFullPath(m) == Path.GetFullPath(ShardPipe.Checkpoints.ModelLocator.Locate(load.Model)))
             return (status.Stages, MapJson(status.DeviceMap), 0);
         var sw = Stopwatch.StartNew();
-        var loaded = await LoadWithProgressAsync(load);
+        var loaded = await LoadWithProgressAsync(load, json);
         foreach (var d in loaded.Devices)
             log.LogInformation("{Device}: {Loaded} loaded of {Planned} planned (budget {Budget})", d.Device,
                 ShardPipe.Checkpoints.ByteSize.Format(d.LoadedBytes), ShardPipe.Checkpoints.ByteSize.Format(d.PlannedBytes), ShardPipe.Checkpoints.ByteSize.Format(d.BudgetBytes));
         return (loaded.Stages, MapJson(loaded.DeviceMap), sw.Elapsed.TotalSeconds);
     }
 
-    /// <summary>Loads, drawing one progress line per device report on stderr (tensors done, bytes, MB/s).</summary>
-    public Task<ModelLoaded> LoadWithProgressAsync(LoadModel load)
-    {
-        var started = DateTime.UtcNow;
-        return Client.LoadAsync(load, TimeSpan.FromMinutes(30), p =>
-        {
-            double secs = Math.Max(1e-3, (DateTime.UtcNow - started).TotalSeconds);
-            int width = 20, filled = p.TensorsTotal == 0 ? width : width * p.TensorsDone / p.TensorsTotal;
-            Console.Error.WriteLine($"  {p.WorkerPath,-18} [{new string('#', filled)}{new string('.', width - filled)}] {p.TensorsDone}/{p.TensorsTotal} tensors, " +
-                                    $"{ShardPipe.Checkpoints.ByteSize.Format(p.BytesDone)} at {p.BytesDone / secs / 1e6:0.0} MB/s");
-        });
-    }
+    /// <summary>Loads, showing each device's progress on stderr (<see cref="LoadProgress"/>).</summary>
+    public Task<ModelLoaded> LoadWithProgressAsync(LoadModel load, bool json) =>
+        new LoadProgress(json).RunAsync(report => Client.LoadAsync(load, TimeSpan.FromMinutes(30), report));
 
     public static JsonObject MapJson(IEnumerable<DeviceMapEntry> map)
     {

@@ -1,30 +1,30 @@
 using System.CommandLine;
 using Microsoft.Extensions.Logging;
-using ShardPipe.Checkpoints;
 
 namespace ShardPipe.Host.Cli;
 
 /// <summary>
-/// Runs a command body with the CLI's error contract: a ShardPipe error (or bad argument) becomes one line on
-/// stderr and a non-zero exit, with the stack trace only under <c>--verbose</c>.
+/// Runs a command body with the CLI's error contract: a ShardPipe error (or a bad host config) becomes one line on
+/// stderr and exit status 2, anything else exit status 1, with the stack trace only under <c>--verbose</c>.
+/// Bodies are async; System.CommandLine awaits them.
 /// </summary>
 public static class CommandAction
 {
     public const int ExitBadInput = 2;
     public const int ExitFailure = 1;
 
-    public static void Set(Command command, Func<ParseResult, ILogger, int> body)
+    public static void Set(Command command, Func<ParseResult, ILogger, Task<int>> body)
     {
-        command.SetAction(parse =>
+        command.SetAction(async (parse, _) =>
         {
             bool verbose = parse.GetValue(CommonOptions.Verbose);
             using var factory = Logging.CreateFactory(verbose);
             var log = factory.CreateLogger("shardpipe." + command.Name);
             try
             {
-                return body(parse, log);
+                return await body(parse, log);
             }
-            catch (Exception ex) when (ex is ShardPipeException or FormatException or ArgumentException or NotSupportedException)
+            catch (Exception ex) when (ex is ShardPipeException or Akka.Configuration.ConfigurationException)
             {
                 Console.Error.WriteLine($"error: {ex.Message}");
                 if (verbose) Console.Error.WriteLine(ex);
@@ -37,4 +37,7 @@ public static class CommandAction
             }
         });
     }
+
+    /// <summary>A body with nothing to await.</summary>
+    public static void Set(Command command, Func<ParseResult, ILogger, int> body) => Set(command, (parse, log) => Task.FromResult(body(parse, log)));
 }

@@ -37,7 +37,7 @@ public sealed class ModelArguments
         {
             "sdpa" => AttnImplementation.Sdpa,
             "eager" => AttnImplementation.Eager,
-            var other => throw new ArgumentException($"--attn-implementation '{other}': use sdpa or eager"),
+            var other => throw new InvalidInputException($"--attn-implementation '{other}': use sdpa or eager"),
         },
         Logger = log,
     };
@@ -53,10 +53,10 @@ public sealed class ModelArguments
         var rows = text.Split(';', StringSplitOptions.TrimEntries).Select(r =>
             r.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(v =>
                 long.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out long x) ? x
-                    : throw new ArgumentException($"{option}: '{v}' is not an integer")).ToArray()).ToArray();
-        if (rows.Length == 0 || rows[0].Length == 0) throw new ArgumentException($"{option} is empty");
+                    : throw new InvalidInputException($"{option}: '{v}' is not an integer")).ToArray()).ToArray();
+        if (rows.Length == 0 || rows[0].Length == 0) throw new InvalidInputException($"{option} is empty");
         if (rows.Any(r => r.Length != rows[0].Length))
-            throw new ArgumentException($"{option}: rows have different lengths ({string.Join(", ", rows.Select(r => r.Length))}); left-pad them and pass --attention-mask");
+            throw new InvalidInputException($"{option}: rows have different lengths ({string.Join(", ", rows.Select(r => r.Length))}); left-pad them and pass --attention-mask");
         return rows;
     }
 
@@ -66,11 +66,11 @@ public sealed class ModelArguments
         foreach (var r in ids)
             foreach (var id in r)
                 if (id < 0 || id >= model.VocabSize)
-                    throw new ArgumentException($"--input-ids: token id {id} is outside the vocabulary (0..{model.VocabSize - 1})");
+                    throw new InvalidInputException($"--input-ids: token id {id} is outside the vocabulary (0..{model.VocabSize - 1})");
         foreach (var (rows, name) in new[] { (mask, "--attention-mask"), (positions, "--position-ids") })
             if (rows is not null && (rows.Length != ids.Length || rows[0].Length != ids[0].Length))
-                throw new ArgumentException($"{name} is {rows.Length}x{rows[0].Length} but --input-ids is {ids.Length}x{ids[0].Length}");
+                throw new InvalidInputException($"{name} is {rows.Length}x{rows[0].Length} but --input-ids is {ids.Length}x{ids[0].Length}");
         if (mask is not null && mask.Any(r => r.Any(v => v is not (0 or 1))))
-            throw new ArgumentException("--attention-mask may hold only 0 and 1");
+            throw new InvalidInputException("--attention-mask may hold only 0 and 1");
     }
 }

@@ -18,16 +18,16 @@ public static class ShardPipeCli
         root.Subcommands.Add(TokenizeCommand.Create());
         root.Subcommands.Add(PlanCommand.Create());
         root.Subcommands.Add(NodeCommand.Create());
-        root.Subcommands.Add(LoadCommand.CreateLoad());
-        root.Subcommands.Add(LoadCommand.CreateStatus());
-        root.Subcommands.Add(LoadCommand.CreateUnload());
+        root.Subcommands.Add(LoadCommand.Create());
+        root.Subcommands.Add(StatusCommand.Create());
+        root.Subcommands.Add(UnloadCommand.Create());
         root.Subcommands.Add(SynthCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         return root;
     }
 
-    public static int Run(string[] args) => Build().Parse(args).Invoke();
+    public static Task<int> RunAsync(string[] args) => Build().Parse(args).InvokeAsync();
 }
 
 /// <summary>Options shared by several commands.</summary>

@@ -24,22 +24,22 @@ public static class DemoCommand
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate", DefaultValueFactory = _ => 24 };
         var json = CommonOptions.Json();
         var cmd = new Command("demo", "Generate a small model and run it across an embedded multi-node cluster (no setup)") { dir, nodes, prompt, maxNew, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(dir), parse.GetValue(nodes), parse.GetValue(prompt)!, parse.GetValue(maxNew), parse.GetValue(json), log).GetAwaiter().GetResult());
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(dir), parse.GetValue(nodes), parse.GetValue(prompt)!, parse.GetValue(maxNew), parse.GetValue(json), log));
         return cmd;
     }
 
     private static async Task<int> Run(string? dir, int nodes, string prompt, int maxNew, bool json, ILogger log)
     {
-        if (nodes < 1) throw new ArgumentException("--nodes must be at least 1");
+        if (nodes < 1) throw new InvalidInputException("--nodes must be at least 1");
         string folder = dir ?? Path.Combine(Path.GetTempPath(), "shardpipe-demo");
         var spec = new SyntheticLlamaSpec { HiddenSize = 128, IntermediateSize = 344, NumLayers = 6, NumHeads = 4, NumKeyValueHeads = 2, VocabSize = 256, MaxShardSize = "500KB" };
         var files = SyntheticLlama.Write(folder, spec);
         log.LogInformation("generated a {Layers}-layer Llama ({Files} files) in {Folder}", spec.NumLayers, files.Count, folder);
         var ids = Encoding.UTF8.GetBytes(prompt).Select(b => (long)b).ToArray();
-        if (ids.Length == 0) throw new ArgumentException("--prompt is empty");
+        if (ids.Length == 0) throw new InvalidInputException("--prompt is empty");
 
         await using var session = await ClusterSession.ConnectAsync($"embedded:{nodes}", null, log);
-        var (stages, map, loadS) = await session.EnsureLoadedAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log);
+        var (stages, map, loadS) = await session.EnsureLoadedAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log, json);
         var outcome = await session.Client.RunAsync(new Generate(Guid.NewGuid().ToString("N"), new[] { ids }, null, maxNew, true,
             new SamplingSettings(true, 0, 0, 1, 0)), stages, TimeSpan.FromSeconds(60));
         string text = Decode(outcome.NewTokens[0]);
@@ -59,8 +59,7 @@ public static class DemoCommand
         }
         Console.WriteLine($"Model: {folder} (random weights; a byte-level vocabulary, so the text is noise)");
         Console.WriteLine($"Cluster: {nodes} embedded nodes on loopback TCP, loaded in {loadS:0.00} s");
-        Console.WriteLine("Device map:");
-        foreach (var (module, device) in map) Console.WriteLine($"  {module,-22} -> {device}");
+        Tables.Print(new[] { "module", "device" }, map.Select(kv => new[] { kv.Key, kv.Value?.ToString() ?? "" }), "device map");
         Console.WriteLine($"Prompt: {prompt}");
         Console.WriteLine($"Generated ({outcome.Steps} tokens): {text}");
         Console.WriteLine($"Tokens: {string.Join(",", outcome.NewTokens[0])}");

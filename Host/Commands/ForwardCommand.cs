@@ -22,13 +22,13 @@ public static class ForwardCommand
         var json = CommonOptions.Json();
         var cmd = new Command("forward", "Run one forward pass in this process and print the last logits of every row") { ids, mask, pos, json };
         m.AddTo(cmd);
-        CommandAction.Set(cmd, (parse, log) =>
+        CommandAction.Set(cmd, async (parse, log) =>
         {
             var rows = ModelArguments.ParseRows(parse.GetValue(ids)!, "--input-ids");
             var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
             var posRows = parse.GetValue(pos) is { } ps ? ModelArguments.ParseRows(ps, "--position-ids") : null;
             if (parse.GetValue(m.Cluster) is { } cluster)
-                return OnCluster(parse, m, cluster, rows, maskRows, posRows, parse.GetValue(json), log).GetAwaiter().GetResult();
+                return await OnCluster(parse, m, cluster, rows, maskRows, posRows, parse.GetValue(json), log);
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
@@ -79,7 +79,7 @@ public static class ForwardCommand
     private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, long[][]? pos, bool json, ILogger log)
     {
         await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log);
-        var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log);
+        var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log, json);
         var sw = Stopwatch.StartNew();
         var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Forward(Guid.NewGuid().ToString("N"), rows, mask, pos), stages, TimeSpan.FromSeconds(60));
         var last = outcome.LastLogits!;

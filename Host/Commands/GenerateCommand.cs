@@ -31,25 +31,25 @@ public static class GenerateCommand
         var cmd = new Command("generate", "Generate tokens (greedy by default, or sampled), in this process or on a cluster")
             { ids, prompt, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, penalty, json };
         m.AddTo(cmd);
-        CommandAction.Set(cmd, (parse, log) =>
+        CommandAction.Set(cmd, async (parse, log) =>
         {
             ModelTokenizer? tokenizer = null;
             long[][] rows;
             if (parse.GetValue(prompt) is { } text)
             {
-                if (parse.GetValue(ids) is not null) throw new ArgumentException("give --prompt or --input-ids, not both");
+                if (parse.GetValue(ids) is not null) throw new InvalidInputException("give --prompt or --input-ids, not both");
                 tokenizer = ModelTokenizer.Load(ModelLocator.Locate(parse.GetValue(m.Model)!, new LocateOptions { Revision = parse.GetValue(m.Revision), Subfolder = parse.GetValue(m.Subfolder) }));
                 rows = new[] { tokenizer.Encode(text).Ids.Select(i => (long)i).ToArray() };
-                if (rows[0].Length == 0) throw new ArgumentException("--prompt encodes to no tokens");
+                if (rows[0].Length == 0) throw new InvalidInputException("--prompt encodes to no tokens");
             }
-            else rows = ModelArguments.ParseRows(parse.GetValue(ids) ?? throw new ArgumentException("give --input-ids or --prompt"), "--input-ids");
+            else rows = ModelArguments.ParseRows(parse.GetValue(ids) ?? throw new InvalidInputException("give --input-ids or --prompt"), "--input-ids");
             var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
             int n = parse.GetValue(maxNew);
-            if (n < 1) throw new ArgumentException("--max-new-tokens must be at least 1");
+            if (n < 1) throw new InvalidInputException("--max-new-tokens must be at least 1");
             var sampling = Sampling(parse, greedy, temperature, topK, topP, seed) with { RepetitionPenalty = parse.GetValue(penalty) };
-            if (sampling.RepetitionPenalty <= 0) throw new ArgumentException("--repetition-penalty must be positive");
+            if (sampling.RepetitionPenalty <= 0) throw new InvalidInputException("--repetition-penalty must be positive");
             if (parse.GetValue(m.Cluster) is { } cluster)
-                return OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, parse.GetValue(json), tokenizer, log).GetAwaiter().GetResult();
+                return await OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, parse.GetValue(json), tokenizer, log);
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
@@ -96,9 +96,9 @@ public static class GenerateCommand
         double t = parse.GetValue(temperature) ?? 1.0;
         int k = parse.GetValue(topK) ?? 0;
         double p = parse.GetValue(topP) ?? 1.0;
-        if (t < 0) throw new ArgumentException("--temperature must be ≥ 0");
-        if (k < 0) throw new ArgumentException("--top-k must be ≥ 0");
-        if (p <= 0 || p > 1) throw new ArgumentException("--top-p must be in (0, 1]");
+        if (t < 0) throw new InvalidInputException("--temperature must be ≥ 0");
+        if (k < 0) throw new InvalidInputException("--top-k must be ≥ 0");
+        if (p <= 0 || p > 1) throw new InvalidInputException("--top-p must be in (0, 1]");
         bool sample = !parse.GetValue(greedy) && (parse.GetValue(temperature) is not null || parse.GetValue(topK) is not null
                                                   || parse.GetValue(topP) is not null || parse.GetValue(seed) is not null);
         return new ShardPipe.Messages.SamplingSettings(!sample, t, k, p, parse.GetValue(seed) ?? 0);
@@ -108,7 +108,7 @@ public static class GenerateCommand
         bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, bool json, ModelTokenizer? tokenizer, ILogger log)
     {
         await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log);
-        var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log);
+        var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log, json);
         var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, n, ignoreEos,
                 sampling), stages, TimeSpan.FromSeconds(120),
             json ? null : t => Console.Error.Write($"{string.Join(",", t)} "));

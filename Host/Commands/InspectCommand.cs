@@ -75,7 +75,7 @@ public static class InspectCommand
         if (config is not null)
         {
             try { meta = AutoModel.FromConfig(config); }
-            catch (NotSupportedException) { meta = null; }
+            catch (UnsupportedException) { meta = null; }
         }
         if (meta is null)
         {
@@ -117,28 +117,29 @@ public static class InspectCommand
 
     private static void PrintText(JsonObject r, string folder)
     {
-        Console.WriteLine($"model:        {folder}");
-        Console.WriteLine($"architecture: {r["architecture"]?.ToString() ?? "(no config.json)"}  (model_type {r["model_type"]?.ToString() ?? "-"})");
-        if (r["config"] is JsonObject c)
-            Console.WriteLine($"config:       {string.Join(", ", c.Select(kv => $"{kv.Key}={kv.Value?.ToJsonString()}"))}");
-        Console.WriteLine($"dtypes:       {string.Join(", ", ((JsonArray)r["dtypes"]!).Select(n => n!.ToString()))}");
-        Console.WriteLine($"tensors:      {r["num_tensors"]}");
+        static string Shape(JsonNode? shape) => "[" + string.Join(", ", ((JsonArray)shape!).Select(d => d!.ToString())) + "]";
+        static string List(JsonNode? items) => string.Join(", ", ((JsonArray)items!).Select(n => n!.ToString()));
         long total = (long)r["total_bytes"]!;
-        Console.WriteLine($"total bytes:  {total} ({ByteSize.Format(total)})");
-        Console.WriteLine($"shards:       {string.Join(", ", ((JsonArray)r["shards"]!).Select(n => n!.ToString()))}");
+        var rows = new List<string[]>
+        {
+            new[] { "model", folder },
+            new[] { "architecture", $"{r["architecture"]?.ToString() ?? "(no config.json)"} (model_type {r["model_type"]?.ToString() ?? "-"})" },
+        };
+        if (r["config"] is JsonObject c) rows.Add(new[] { "config", string.Join(", ", c.Select(kv => $"{kv.Key}={kv.Value?.ToJsonString()}")) });
+        rows.Add(new[] { "dtypes", List(r["dtypes"]) });
+        rows.Add(new[] { "tensors", r["num_tensors"]!.ToString() });
+        rows.Add(new[] { "total bytes", $"{total} ({ByteSize.Format(total)})" });
+        rows.Add(new[] { "shards", List(r["shards"]) });
         if (r["num_parameters"] is not null)
         {
-            Console.WriteLine($"parameters:   {r["num_parameters"]} ({r["num_parameters_exclude_embeddings"]} without embeddings)");
-            Console.WriteLine($"footprint:    {ByteSize.Format((long)r["memory_footprint_bytes"]!)} at {r["loaded_dtype"]}");
+            rows.Add(new[] { "parameters", $"{r["num_parameters"]} ({r["num_parameters_exclude_embeddings"]} without embeddings)" });
+            rows.Add(new[] { "footprint", $"{ByteSize.Format((long)r["memory_footprint_bytes"]!)} at {r["loaded_dtype"]}" });
             foreach (var b in (JsonArray)r["buffers"]!)
-                Console.WriteLine($"buffer:       {b!["name"]} {b["dtype"]} [{string.Join(", ", ((JsonArray)b["shape"]!).Select(d => d!.ToString()))}] persistent={b["persistent"]}");
+                rows.Add(new[] { "buffer", $"{b!["name"]} {b["dtype"]} {Shape(b["shape"])} persistent={b["persistent"]}" });
         }
+        Tables.Print(new[] { "field", "value" }, rows);
         if (r["tensors"] is JsonArray ts)
-        {
-            Console.WriteLine();
-            Console.WriteLine($"{"name",-60} {"dtype",-8} {"shape",-20} shard");
-            foreach (var t in ts)
-                Console.WriteLine($"{t!["name"],-60} {t["dtype"],-8} {"[" + string.Join(", ", ((JsonArray)t["shape"]!).Select(d => d!.ToString())) + "]",-20} {t["shard"]}");
-        }
+            Tables.Print(new[] { "name", "dtype", "shape", "shard" },
+                ts.Select(t => new[] { t!["name"]!.ToString(), t["dtype"]!.ToString(), Shape(t["shape"]), t["shard"]!.ToString() }));
     }
 }

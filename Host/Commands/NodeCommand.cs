@@ -14,22 +14,22 @@ public static class NodeCommand
         var config = new Option<string>("--config") { Description = "HOCON host config (seed nodes, roles, host/port, devices with budgets, checkpoints)", Required = true };
         var join = new Option<string?>("--join") { Description = "Address of a node to join when the config names no seed nodes (akka.tcp://shardpipe@HOST:PORT)" };
         var cmd = new Command("node", "Run a ShardPipe cluster node from a host config") { config, join };
-        CommandAction.Set(cmd, (parse, log) =>
+        CommandAction.Set(cmd, async (parse, log) =>
         {
             string path = parse.GetValue(config)!;
-            if (!File.Exists(path)) throw new ArgumentException($"{path}: host config not found");
+            if (!File.Exists(path)) throw new InvalidInputException($"{path}: host config not found");
             Config hocon;
             try { hocon = ConfigurationFactory.ParseString(File.ReadAllText(path)); }
-            catch (Exception ex) when (ex is not OutOfMemoryException) { throw new ArgumentException($"{path}: not valid HOCON ({ex.Message})"); }
+            catch (Exception ex) when (ex is not OutOfMemoryException) { throw new InvalidInputException($"{path}: not valid HOCON ({ex.Message})"); }
             var node = ShardPipeNode.Start(hocon, parse.GetValue(join));
             log.LogInformation("node {Name} up at {Address} (roles {Roles}; devices {Devices})", node.Settings.NodeName, node.Address,
                 string.Join(",", node.Settings.Roles), string.Join(", ", node.Settings.Devices.Select(d => $"{d.Device}={ShardPipe.Checkpoints.ByteSize.Format(d.Budget)}")));
-            var stop = new ManualResetEventSlim();
-            Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Set(); };
-            AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.Set();
-            node.System.WhenTerminated.ContinueWith(_ => stop.Set());
-            stop.Wait();
-            node.DisposeAsync().AsTask().Wait(TimeSpan.FromSeconds(15));
+            var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.TrySetResult();
+            await Task.WhenAny(stop.Task, node.System.WhenTerminated);
+            try { await node.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(15)); }
+            catch (TimeoutException) { log.LogWarning("node {Name} did not shut down within 15 s", node.Settings.NodeName); }
             return 0;
         });
         return cmd;

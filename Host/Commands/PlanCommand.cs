@@ -89,11 +89,10 @@ public static class PlanCommand
 
     private static void PrintTable(PlanResult r)
     {
-        Console.WriteLine($"{"device",-22} {"bytes",14} {"budget",14}  layers");
-        foreach (var (device, bytes, budget) in r.Devices)
+        Tables.Print(new[] { "device", "bytes>", "budget>", "modules" }, r.Devices.Select(d => new[]
         {
-            var modules = r.DeviceMap.Where(kv => kv.Value == device).Select(kv => kv.Key.Length == 0 ? "(all)" : kv.Key);
-            Console.WriteLine($"{device,-22} {ByteSize.Format((long)bytes),14} {(budget is { } b ? ByteSize.Format((long)b) : "-"),14}  {string.Join(", ", modules)}");
-        }
+            d.Device.ToString(), ByteSize.Format((long)d.Bytes), d.Budget is { } b ? ByteSize.Format((long)b) : "-",
+            string.Join(", ", r.DeviceMap.Where(kv => kv.Value == d.Device).Select(kv => kv.Key.Length == 0 ? "(all)" : kv.Key)),
+        }));
     }
 }

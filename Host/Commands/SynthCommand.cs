@@ -23,7 +23,7 @@ public static class SynthCommand
                 "tiny" => new SyntheticLlamaSpec { MaxShardSize = "200KB" },
                 "llama-125m" => SyntheticLlamaSpec.Llama125M,
                 "llama-1g" => SyntheticLlamaSpec.Llama1GiB,
-                var other => throw new ArgumentException($"--preset '{other}': use tiny, llama-125m or llama-1g"),
+                var other => throw new InvalidInputException($"--preset '{other}': use tiny, llama-125m or llama-1g"),
             };
             if (parse.GetValue(maxShard) is { } ms) spec = spec with { MaxShardSize = ms };
             if (parse.GetValue(tie)) spec = spec with { TieWordEmbeddings = true };

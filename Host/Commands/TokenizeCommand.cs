@@ -27,7 +27,7 @@ public static class TokenizeCommand
                     ["decoded"] = tok.Decode(ids.Select(i => (long)i)),
                 });
             else
-                for (int i = 0; i < ids.Length; i++) Console.WriteLine($"{ids[i],8}  {tokens[i]}");
+                Tables.Print(new[] { "id>", "token" }, ids.Select((id, i) => new[] { id.ToString(System.Globalization.CultureInfo.InvariantCulture), tokens[i] }));
             return 0;
         });
         return cmd;

@@ -39,7 +39,7 @@ public static class TorchRuntime
         DType.I8 => ScalarType.Int8,
         DType.U8 => ScalarType.Byte,
         DType.BOOL => ScalarType.Bool,
-        _ => throw new NotSupportedException($"dtype {DTypes.Code(dtype)} has no TorchSharp counterpart"),
+        _ => throw new UnsupportedException($"dtype {DTypes.Code(dtype)} has no TorchSharp counterpart"),
     };
 
     public static DType ToDType(ScalarType type) => type switch
@@ -54,7 +54,7 @@ public static class TorchRuntime
         ScalarType.Int8 => DType.I8,
         ScalarType.Byte => DType.U8,
         ScalarType.Bool => DType.BOOL,
-        _ => throw new NotSupportedException($"scalar type {type}"),
+        _ => throw new UnsupportedException($"scalar type {type}"),
     };
 
     /// <summary>Parses "float32", "torch.float16", "bf16" … into a floating dtype.</summary>

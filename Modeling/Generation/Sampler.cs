@@ -19,7 +19,7 @@ public sealed class Sampler : IDisposable
 
     public Sampler(bool greedy, double temperature = 1.0, int topK = 0, double topP = 1.0, long seed = 0, double repetitionPenalty = 1.0)
     {
-        if (repetitionPenalty <= 0) throw new ArgumentException("repetition_penalty must be positive");
+        if (repetitionPenalty <= 0) throw new InvalidInputException("repetition_penalty must be positive");
         _repetitionPenalty = repetitionPenalty;
         _greedy = greedy || temperature <= 0;
         _temperature = temperature;

@@ -118,7 +118,7 @@ public static class Activations
         "relu" => x => nn.functional.relu(x),
         "gelu" => x => nn.functional.gelu(x),
         "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => GeluTanh,
-        _ => throw new NotSupportedException($"activation '{name}' is not supported"),
+        _ => throw new UnsupportedException($"activation '{name}' is not supported"),
     };
 
     /// <summary>The HF activation module class that ACT2FN instantiates for a name.</summary>

@@ -18,7 +18,7 @@ public sealed record RopeScaling(string Type, double Factor, double LowFreqFacto
         double high = o["high_freq_factor"] is JsonValue h ? h.GetValue<double>() : 4.0;
         long orig = o["original_max_position_embeddings"] is JsonValue m ? m.GetValue<long>() : maxPositions;
         if (type is not ("default" or "linear" or "dynamic" or "llama3"))
-            throw new NotSupportedException($"{config.SourcePath ?? "config.json"}: rope_scaling type '{type}' is not supported (default, linear, dynamic, llama3)");
+            throw new UnsupportedException($"{config.SourcePath ?? "config.json"}: rope_scaling type '{type}' is not supported (default, linear, dynamic, llama3)");
         return new RopeScaling(type, factor, low, high, orig);
     }
 }

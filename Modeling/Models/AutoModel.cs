@@ -51,7 +51,7 @@ public static class AutoModel
                 factory = ByArchitecture[archName];
         }
         if (factory is null)
-            throw new NotSupportedException(
+            throw new UnsupportedException(
                 $"{config.SourcePath ?? "config.json"}: unsupported architecture [{string.Join(", ", config.Architectures)}] / model_type '{config.ModelType}' " +
                 $"(supported: {string.Join(", ", Architectures)})");
         return factory(config);

@@ -22,10 +22,10 @@ public static class ModelUtilities
         long target = newNumTokens ?? oldCount;
         if (padToMultipleOf is { } pad)
         {
-            if (pad <= 0) throw new ArgumentException("pad_to_multiple_of must be a positive integer");
+            if (pad <= 0) throw new InvalidInputException("pad_to_multiple_of must be a positive integer");
             target = (target + pad - 1) / pad * pad;
         }
-        if (target <= 0) throw new ArgumentException("new_num_tokens must be positive");
+        if (target <= 0) throw new InvalidInputException("new_num_tokens must be positive");
         bool tied = ReferenceEquals(input.Weight, model.OutputEmbeddings.Weight);
         double std = model.Config.GetDouble("initializer_range", 0.02);
         input.Weight.Set(Resized(input.Weight.Tensor, target, meanResizing, std));
@@ -75,7 +75,7 @@ public static class ModelUtilities
     public static void SetOutputEmbeddings(this CausalLMModel model, Tensor weight)
     {
         if (ReferenceEquals(model.InputEmbeddings.Weight, model.OutputEmbeddings.Weight))
-            throw new InvalidOperationException("the head is tied to the input embeddings: set those instead");
+            throw new InvalidInputException("the head is tied to the input embeddings: set those instead");
         model.OutputEmbeddings.Weight.Set(weight);
     }
 
@@ -86,7 +86,7 @@ public static class ModelUtilities
     /// <summary><c>get_parameter_or_buffer</c>.</summary>
     public static Tensor GetParameterOrBuffer(this CausalLMModel model, string name) =>
         model.NamedTensors(removeDuplicate: false).FirstOrDefault(t => t.Key == name).Slot?.Tensor
-        ?? throw new ArgumentException($"{model.ClassName} has no parameter or buffer '{name}'");
+        ?? throw new InvalidInputException($"{model.ClassName} has no parameter or buffer '{name}'");
 
     /// <summary>Buffers not saved in the state dict (rotary tables, causal masks).</summary>
     public static IEnumerable<(string Key, TensorSlot Slot)> NamedNonPersistentBuffers(this CausalLMModel model) =>
@@ -97,7 +97,7 @@ public static class ModelUtilities
         {
             "sdpa" => AttnImplementation.Sdpa,
             "eager" => AttnImplementation.Eager,
-            _ => throw new ArgumentException($"attn_implementation '{implementation}': use sdpa or eager"),
+            _ => throw new InvalidInputException($"attn_implementation '{implementation}': use sdpa or eager"),
         };
 
     /// <summary><c>get_extended_attention_mask</c> for a decoder: (B, T) 0/1 → additive (B, 1, T, T), causal and padding.</summary>

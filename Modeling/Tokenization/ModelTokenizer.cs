@@ -65,7 +65,7 @@ public sealed class ModelTokenizer
         var root = JsonNode.Parse(File.ReadAllText(path))!;
         var model = root["model"] ?? throw new CheckpointFormatException(path, null, "no 'model' section");
         if (model["type"]?.GetValue<string>() is { } type && type != "BPE")
-            throw new NotSupportedException($"{path}: tokenizer model type '{type}' is not supported (BPE only)");
+            throw new UnsupportedException($"{path}: tokenizer model type '{type}' is not supported (BPE only)");
         var vocab = ((JsonObject)model["vocab"]!).Select(kv => new KeyValuePair<string, int>(kv.Key, kv.Value!.GetValue<int>())).ToList();
         var merges = ((JsonArray)model["merges"]!).Select(m => m is JsonArray pair ? $"{pair[0]} {pair[1]}" : m!.GetValue<string>()).ToList();
         var special = (root["added_tokens"] as JsonArray ?? new JsonArray())

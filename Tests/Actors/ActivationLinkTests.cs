@@ -25,7 +25,7 @@ public sealed class ActivationLinkTests : IDisposable
     private readonly ActorSystem _system = ActorSystem.Create("links", "akka.loglevel = OFF");
     private readonly ActivationListener _listener;
 
-    public ActivationLinkTests() => _listener = new ActivationListener(new ActivationLinkSettings { MaxFrameBytes = 1 << 20 }, NoLogger.Instance, new NodeDiagnostics());
+    public ActivationLinkTests() => _listener = new ActivationListener(ActivationLinkSettings.From(Akka.Configuration.ConfigurationFactory.ParseString("shardpipe.activation-link.max-frame-size = 1MiB")), NoLogger.Instance, new NodeDiagnostics());
 
     public void Dispose()
     {

@@ -85,5 +85,5 @@ public class SafeTensorsFormatTests
     [InlineData("five")]
     [InlineData("-5MB")]
     [InlineData("5XB")]
-    public void Bad_size_strings_are_rejected(string text) => Assert.Throws<FormatException>(() => ByteSize.Parse(text));
+    public void Bad_size_strings_are_rejected(string text) => Assert.Throws<InvalidInputException>(() => ByteSize.Parse(text));
 }

@@ -224,7 +224,7 @@ public class LoadingBehaviourTests
         Assert.Equal("Qwen2ForCausalLM", AutoModel.FromConfig(cfg).ClassName);
         cfg.Set("architectures", new JsonArray("MyCustomForCausalLM"));
         cfg.Set("model_type", "custom");
-        Assert.Throws<NotSupportedException>(() => AutoModel.FromConfig(cfg));
+        Assert.Throws<UnsupportedException>(() => AutoModel.FromConfig(cfg));
         AutoModel.Register("MyCustomForCausalLM", c => new LlamaForCausalLM(c, LlamaVariant.Qwen2));
         Assert.Equal("Qwen2ForCausalLM", AutoModel.FromConfig(cfg).ClassName);
     }

@@ -53,7 +53,7 @@ public class ModelUtilityTests
         Assert.Equal(new long[] { 8 }, model.GetParameterOrBuffer("model.layers.0.self_attn.rotary_emb.inv_freq").shape);
         Assert.Equal(6, model.NamedNonPersistentBuffers().Count());
         Assert.Equal("MistralModel", model.GetDecoder().ClassName);
-        Assert.Throws<ArgumentException>(() => model.GetParameterOrBuffer("nope.weight"));
+        Assert.Throws<InvalidInputException>(() => model.GetParameterOrBuffer("nope.weight"));
         model.SetAttnImplementation("eager");
         Assert.Equal(AttnImplementation.Eager, model.Attention);
     }

@@ -152,8 +152,8 @@ public class PlannerPropertyTests
     {
         Assert.Equal(DeviceId.Cuda(2), DeviceId.Parse("2"));
         Assert.Equal(2, DeviceId.Parse("cuda:2").ToHfValue());
-        Assert.Throws<FormatException>(() => DeviceId.Parse("a/b/cpu"));
-        Assert.Throws<FormatException>(() => DeviceId.Parse("tpu"));
+        Assert.Throws<InvalidInputException>(() => DeviceId.Parse("a/b/cpu"));
+        Assert.Throws<InvalidInputException>(() => DeviceId.Parse("tpu"));
     }
 
     [Fact]

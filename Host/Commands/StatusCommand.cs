@@ -1,0 +1,43 @@
+using System.CommandLine;
+using System.Text.Json.Nodes;
+using ShardPipe.Host.Cli;
+
+namespace ShardPipe.Host.Commands;
+
+/// <summary><c>shardpipe status</c>: a cluster as a client sees it — nodes, refused devices, the model and its map.</summary>
+public static class StatusCommand
+{
+    public static Command Create()
+    {
+        var cluster = new Option<string>("--cluster") { Description = "embedded:N or HOST:PORT", DefaultValueFactory = _ => "embedded:1" };
+        var nodes = new Option<string?>("--nodes") { Description = "Embedded nodes' devices and budgets" };
+        var json = CommonOptions.Json();
+        var cmd = new Command("status", "Show a cluster's nodes, devices and loaded model") { cluster, nodes, json };
+        CommandAction.Set(cmd, async (parse, log) =>
+        {
+            await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, parse.GetValue(nodes), log);
+            var s = await session.Client.StatusAsync(TimeSpan.FromSeconds(30));
+            var refused = s.Refused ?? Array.Empty<ShardPipe.Messages.RefusedDevice>();
+            var result = new JsonObject
+            {
+                ["state"] = s.State,
+                ["model"] = s.Model,
+                ["nodes"] = new JsonArray(s.Nodes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
+                ["hf_device_map"] = ClusterSession.MapJson(s.DeviceMap),
+                ["devices"] = DeviceReport.Json(s.Devices),
+                ["plan_epoch"] = s.PlanEpoch,
+                ["detail"] = s.Detail,
+                ["refused"] = new JsonArray(refused.Select(r => (JsonNode)new JsonObject { ["device"] = r.Device, ["reason"] = r.Reason }).ToArray()),
+            };
+            if (parse.GetValue(json)) JsonOut.Print(result);
+            else
+            {
+                DeviceReport.Print($"state {s.State}{(s.Detail is { } d ? $" ({d})" : "")}, model {s.Model ?? "-"}, epoch {s.PlanEpoch}, nodes {string.Join(", ", s.Nodes)}",
+                    s.Devices, s.DeviceMap);
+                if (refused.Length > 0) Tables.Print(new[] { "refused device", "reason" }, refused.Select(r => new[] { r.Device, r.Reason }));
+            }
+            return 0;
+        });
+        return cmd;
+    }
+}
