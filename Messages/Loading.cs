@@ -69,7 +69,9 @@ public sealed record ClusterStatus(
     [property: Key(8)] DeviceMapEntry[] DeviceMap,
     [property: Key(9)] string? Detail = null,
     [property: Key(10)] RefusedDevice[]? Refused = null,
-    [property: Key(11)] int PlanEpoch = 0) : IShardPipeMessage;
+    [property: Key(11)] int PlanEpoch = 0,
+    [property: Key(12)] int InFlight = 0,
+    [property: Key(13)] int Queued = 0) : IShardPipeMessage;
 // Keys 4 and 5 (the device map as two parallel arrays) are retired: see DeviceMap.
 
 /// <summary>A device the coordinator refused when its node registered (for example cuda:0 on a build without CUDA).</summary>

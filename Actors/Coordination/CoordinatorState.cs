@@ -212,7 +212,9 @@ public sealed class CoordinatorState
         Loaded?.DeviceMap ?? Array.Empty<DeviceMapEntry>(),
         Failure,
         _refused.Values.ToArray(),
-        Loaded?.Epoch ?? Pending?.Epoch ?? 0);
+        Loaded?.Epoch ?? Pending?.Epoch ?? 0,
+        _inFlight.Count,
+        _queued.Count);
 }
 
 /// <summary>A load in progress: the slices still out (worker path → planned bytes) and those acknowledged.</summary>

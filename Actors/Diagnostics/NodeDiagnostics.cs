@@ -9,7 +9,7 @@ namespace ShardPipe.Actors.Diagnostics;
 /// </summary>
 public sealed class NodeDiagnostics : IExtension
 {
-    private long _bulkBytesReceived, _linkFramesSent, _linkFramesReceived;
+    private long _bulkBytesReceived, _linkFramesSent, _linkFramesReceived, _linksUp;
 
     /// <summary>This node's diagnostics (created on first use).</summary>
     public static NodeDiagnostics For(ActorSystem system) => system.WithExtension<NodeDiagnostics, NodeDiagnosticsProvider>();
@@ -20,6 +20,9 @@ public sealed class NodeDiagnostics : IExtension
     public long LinkFramesSent => Interlocked.Read(ref _linkFramesSent);
     /// <summary>Frames this node's activation listener received.</summary>
     public long LinkFramesReceived => Interlocked.Read(ref _linkFramesReceived);
+
+    /// <summary>Activation links this node's workers have brought up (ever; a link that fails is not subtracted).</summary>
+    public long LinksUp => Interlocked.Read(ref _linksUp);
 
     /// <summary>Milliseconds spent computing each step on this node.</summary>
     public SampleLog<double> StepTimes { get; } = new();
@@ -34,6 +37,7 @@ public sealed class NodeDiagnostics : IExtension
     /// <summary>A frame counted as sent turned out not to have left (its write failed): it goes as actor messages.</summary>
     public void FrameNotSent() => Interlocked.Decrement(ref _linkFramesSent);
     public void FrameReceived() => Interlocked.Increment(ref _linkFramesReceived);
+    public void LinkUp() => Interlocked.Increment(ref _linksUp);
 }
 
 public sealed class NodeDiagnosticsProvider : ExtensionIdProvider<NodeDiagnostics>

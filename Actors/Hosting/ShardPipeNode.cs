@@ -57,7 +57,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
             if (settings.ComputeThreads > 0) TorchSharp.torch.set_num_threads(settings.ComputeThreads);
             system.ActorOf(Props.Create(() => new ShardReaderActor(settings.Bulk)), "shard-reader");
             ActivationListener? links = null;
-            if (settings.Links.Enabled)
+            if (settings.Links.Endpoint.Enabled)
             {
                 var log = Logging.GetLogger(system, "activation-link");
                 try

@@ -9,10 +9,8 @@ namespace ShardPipe.Actors.Settings;
 /// </summary>
 public sealed record ActivationLinkSettings
 {
-    public required bool Enabled { get; init; }
-    public required string BindHost { get; init; }
-    public required string AdvertisedHost { get; init; }
-    public required int Port { get; init; }
+    /// <summary>Whether the channel is on, where it listens and what it offers peers.</summary>
+    public required SideChannelEndpoint Endpoint { get; init; }
     /// <summary>Larger messages (a long prompt's activations) go as chunked actor messages.</summary>
     public required int MaxFrameBytes { get; init; }
     /// <summary>How long a write may block (a peer that stopped reading) before the link counts as broken.</summary>
@@ -27,10 +25,7 @@ public sealed record ActivationLinkSettings
         if (max < 64 << 10 || max > 1L << 30) throw new ConfigurationException($"shardpipe.activation-link.max-frame-size must be between 64 KiB and 1 GiB, not {max}");
         return new ActivationLinkSettings
         {
-            Enabled = endpoint.Enabled,
-            BindHost = endpoint.BindHost,
-            AdvertisedHost = endpoint.AdvertisedHost,
-            Port = endpoint.Port,
+            Endpoint = endpoint,
             MaxFrameBytes = (int)max,
             SendTimeout = a.GetTimeSpan("send-timeout"),
         };

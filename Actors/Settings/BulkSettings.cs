@@ -5,11 +5,8 @@ namespace ShardPipe.Actors.Settings;
 /// <summary>The shard reader's socket side channel for bulk weights (<c>shardpipe.bulk-transfer</c>; defaults in reference.conf).</summary>
 public sealed record BulkSettings
 {
-    public required bool Enabled { get; init; }
-    /// <summary>Address the listener binds to, and the one offered to workers (the remoting public hostname by default).</summary>
-    public required string BindHost { get; init; }
-    public required string AdvertisedHost { get; init; }
-    public required int Port { get; init; }
+    /// <summary>Whether the channel is on, where it listens and what it offers peers.</summary>
+    public required SideChannelEndpoint Endpoint { get; init; }
     public required int ChunkBytes { get; init; }
     public required int Window { get; init; }
     /// <summary>Smaller tensors go as actor messages (a socket per tensor is not worth it).</summary>
@@ -26,10 +23,7 @@ public sealed record BulkSettings
         if (window is < 1 or > 256) throw new ConfigurationException($"shardpipe.bulk-transfer.window must be 1..256, not {window}");
         return new BulkSettings
         {
-            Enabled = endpoint.Enabled,
-            BindHost = endpoint.BindHost,
-            AdvertisedHost = endpoint.AdvertisedHost,
-            Port = endpoint.Port,
+            Endpoint = endpoint,
             ChunkBytes = (int)chunk,
             Window = window,
             MinBytes = b.GetByteSize("min-size") ?? 0,

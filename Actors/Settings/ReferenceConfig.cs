@@ -11,5 +11,5 @@ public static class ReferenceConfig
     public static Config Value { get; } = ConfigurationFactory.FromResource<NodeSettings>("ShardPipe.Actors.reference.conf");
 
     /// <summary><paramref name="config"/> with the reference defaults under it.</summary>
-    public static Config Over(Config config) => config.WithFallback(Value);
+    public static Config Over(Config config) => ReferenceEquals(config, Value) ? config : config.WithFallback(Value);
 }

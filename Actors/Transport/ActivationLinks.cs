@@ -47,7 +47,7 @@ public sealed class ActivationLinks
     /// <summary>Asks <paramref name="target"/> for a link unless one was asked for already.</summary>
     public void Want(string target, IActorRef targetRef, IActorRef self)
     {
-        if (!_settings.Enabled || _links.ContainsKey(target)) return;
+        if (!_settings.Endpoint.Enabled || _links.ContainsKey(target)) return;
         _links[target] = new Link();
         targetRef.Tell(new OpenLink(target), self);
     }
@@ -92,6 +92,7 @@ public sealed class ActivationLinks
         {
             link.Socket = c.Socket;
             link.MaxFrameBytes = c.MaxFrameBytes;
+            _diagnostics.LinkUp();
             _log.Info("{0}: activation link to {1} is up", _stage, c.Target);
         }
         else c.Socket.Dispose(); // the slice changed meanwhile

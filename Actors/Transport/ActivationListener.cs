@@ -28,7 +28,7 @@ public sealed class ActivationListener : SideChannelListener<ActivationListener.
     public int MaxFrameBytes { get; }
 
     public ActivationListener(ActivationLinkSettings settings, ILoggingAdapter log, NodeDiagnostics diagnostics)
-        : base("activation link", ActivationLink.Magic, settings.BindHost, settings.AdvertisedHost, settings.Port, log)
+        : base("activation link", ActivationLink.Magic, settings.Endpoint.BindHost, settings.Endpoint.AdvertisedHost, settings.Endpoint.Port, log)
     {
         MaxFrameBytes = settings.MaxFrameBytes;
         _diagnostics = diagnostics;

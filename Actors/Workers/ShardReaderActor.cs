@@ -75,16 +75,16 @@ public sealed class ShardReaderActor : ReceiveActor
     /// <summary>The socket side channel, started on first use; null when off or when it cannot listen (actor messages then).</summary>
     private BulkServer? Bulk()
     {
-        if (_server is not null || _bulk is null || !_bulk.Enabled) return _server;
+        if (_server is not null || _bulk is null || !_bulk.Endpoint.Enabled) return _server;
         try
         {
-            _server = new BulkServer(_bulk.BindHost, _bulk.AdvertisedHost, _bulk.Port, _bulk.ChunkBytes, _bulk.Window, _log);
+            _server = new BulkServer(_bulk.Endpoint.BindHost, _bulk.Endpoint.AdvertisedHost, _bulk.Endpoint.Port, _bulk.ChunkBytes, _bulk.Window, _log);
             _log.Info("bulk channel listening on {0}:{1}", _server.Host, _server.Port);
         }
         catch (ClusterException ex)
         {
             _log.Warning("{0}; weights stream as actor messages", ex.Message);
-            _bulk = _bulk with { Enabled = false };
+            _bulk = _bulk with { Endpoint = _bulk.Endpoint with { Enabled = false } };
         }
         return _server;
     }

@@ -73,7 +73,7 @@ public sealed class SliceLoader
         var timeout = _settings.RequestTimeout;
         var diagnostics = NodeDiagnostics.For(_system);
         var index = slice.Tensors.Select(t => (t.Name, DTypes.TryParseCode(t.DType, out var d) ? d : throw new ProtocolException($"unknown dtype {t.DType}"), t.Shape)).ToList();
-        int bulk = _settings.Bulk.Enabled ? 1 : 0; // dropped for the rest of this load once the channel proves unreachable
+        int bulk = _settings.Bulk.Endpoint.Enabled ? 1 : 0; // dropped for the rest of this load once the channel proves unreachable
         ReadTensor Request(string name, bool overBulk) => new(Guid.NewGuid().ToString("N"), slice.Model, slice.Variant, name, 16, overBulk);
         return new TensorFetcher(index, (name, destination) =>
         {

@@ -217,15 +217,16 @@ public class ActivationLinkClusterTests
         var diagnostics = cluster.Nodes.Select(n => NodeDiagnostics.For(n.System)).ToList();
         long Sent() => diagnostics.Sum(d => d.LinkFramesSent);
         long Received() => diagnostics.Sum(d => d.LinkFramesReceived);
-        // Links come up just after the load (their connection is asynchronous): the first request may go partly
-        // over actor messages, and every request must give the same tokens either way.
-        for (int r = 0; r < 3; r++)
-        {
-            var outcome = await cluster.Client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(30));
-            Assert.Equal(expected, outcome.NewTokens[0]);
-            if (mode == "on" && Sent() >= NewTokens) break;
-            await Task.Delay(200);
-        }
+        // Links come up just after the load (their connection is asynchronous): a request sent before then goes
+        // partly over actor messages, and must give the same tokens either way.
+        var early = await cluster.Client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(30));
+        Assert.Equal(expected, early.NewTokens[0]);
+        // Three boundaries per token: node-1 → node-2 → node-3 → node-1.
+        if (mode == "on") await Eventually.True(() => diagnostics.Sum(d => d.LinksUp) >= 3, TimeSpan.FromSeconds(20), "activation links up");
+        long sentBefore = Sent();
+        var outcome = await cluster.Client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(30));
+        Assert.Equal(expected, outcome.NewTokens[0]);
+        if (mode == "on") Assert.True(Sent() - sentBefore >= 2 * NewTokens, $"only {Sent() - sentBefore} frames of a request with all links up went over them");
         long sent = Sent(), received = Received();
         if (mode == "on")
         {

@@ -118,18 +118,23 @@ public class ClusterFaultTests
     {
         await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB",
             extraConfig: i => i == 0 ? "shardpipe.max-in-flight = 1\nshardpipe.max-queued = 1" : null);
-        FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => Thread.Sleep(100);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        using var gate = new ManualResetEventSlim();
+        FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => gate.Wait(TimeSpan.FromSeconds(30)); // node-2 holds every step until released
+        async Task Until(Func<ShardPipe.Messages.ClusterStatus, bool> condition, string what) =>
+            await Eventually.True(async () => condition(await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))), TimeSpan.FromSeconds(20), what);
         var first = cluster.Client.RunAsync(Requests.Generate(Prompt, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
-        await Task.Delay(200);
+        await Until(s => s.InFlight == 1, "the first request in flight");
         var second = cluster.Client.RunAsync(Requests.Generate(Prompt, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
-        await Task.Delay(200);
+        await Until(s => s.Queued == 1, "the second request queued");
         var third = cluster.Client.RunAsync(Requests.Generate(Prompt, null, 5), loaded.Stages, TimeSpan.FromSeconds(30));
         var refused = await Assert.ThrowsAsync<ClusterException>(() => third.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Contains("busy", refused.Message);
+        gate.Set();
         Assert.Equal(5, (await first.WaitAsync(TimeSpan.FromSeconds(30))).Steps);
         Assert.Equal(5, (await second.WaitAsync(TimeSpan.FromSeconds(30))).Steps); // queued, then served
         Assert.Equal(5, (await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 5), loaded.Stages, TimeSpan.FromSeconds(30))).Steps);
+        await Until(s => s.InFlight == 0 && s.Queued == 0, "every slot freed"); // the head stage told the coordinator each request ended
     }
 
     [Fact]

@@ -15,6 +15,9 @@ public static class ShardPipeProcess
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(dll);
         foreach (var a in args) psi.ArgumentList.Add(a);
+        // The host compiles loop methods fully optimised at once (a benchmark setting, see Host.csproj): it doubles
+        // start-up, and these tests check behaviour, not speed, so they let the JIT tier loops as usual.
+        psi.Environment["DOTNET_TC_QuickJitForLoops"] = "1";
         if (env is not null) foreach (var (k, v) in env) psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
