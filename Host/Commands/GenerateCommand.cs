@@ -73,14 +73,14 @@ public static class GenerateCommand
                     ["prefill_s"] = Math.Round(result.PrefillSeconds, 4),
                     ["tokens_per_s"] = Math.Round(result.TokensPerSecond, 3),
                     ["hf_device_map"] = HostJson.DeviceMap(model.HfDeviceMap),
-                    ["text"] = tokenizer is null ? null : new JsonArray(result.Sequences.Select(seq => (JsonNode)JsonValue.Create(tokenizer.Decode(seq.Skip(rows[0].Length)))!).ToArray()),
+                    ["text"] = tokenizer is null ? null : new JsonArray(result.Sequences.Select(seq => (JsonNode)JsonValue.Create(tokenizer.Decode(seq.Skip(rows[0].Length), skipSpecialTokens: true))!).ToArray()),
                 });
             }
             else
             {
                 Console.Error.WriteLine();
                 foreach (var s in result.Sequences)
-                    Console.WriteLine(tokenizer is null ? string.Join(",", s) : tokenizer.Decode(s));
+                    Console.WriteLine(tokenizer is null ? string.Join(",", s) : tokenizer.Decode(s, skipSpecialTokens: true));
                 Console.WriteLine($"load {loadS:0.00} s, prefill {result.PrefillSeconds:0.000} s, {result.TokensPerSecond:0.0} tokens/s");
             }
             return 0;
@@ -123,14 +123,14 @@ public static class GenerateCommand
                 ["prefill_s"] = Math.Round(outcome.PrefillSeconds, 4),
                 ["tokens_per_s"] = Math.Round(outcome.TokensPerSecond, 3),
                 ["hf_device_map"] = map,
-                ["text"] = tokenizer is null ? null : new JsonArray(outcome.NewTokens.Select(t => (JsonNode)JsonValue.Create(tokenizer.Decode(t))!).ToArray()),
+                ["text"] = tokenizer is null ? null : new JsonArray(outcome.NewTokens.Select(t => (JsonNode)JsonValue.Create(tokenizer.Decode(t, skipSpecialTokens: true))!).ToArray()),
             });
         }
         else
         {
             Console.Error.WriteLine();
             Console.WriteLine($"hf_device_map: {map.ToJsonString()}");
-            foreach (var s in sequences) Console.WriteLine(tokenizer is null ? string.Join(",", s) : tokenizer.Decode(s));
+            foreach (var s in sequences) Console.WriteLine(tokenizer is null ? string.Join(",", s) : tokenizer.Decode(s, skipSpecialTokens: true));
             Console.WriteLine($"load {loadS:0.00} s, prefill {outcome.PrefillSeconds:0.000} s, {outcome.TokensPerSecond:0.0} tokens/s");
         }
         return 0;
