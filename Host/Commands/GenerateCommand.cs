@@ -61,7 +61,7 @@ public static class GenerateCommand
                 IgnoreEos = parse.GetValue(ignoreEos),
                 DoSample = !sampling.Greedy, Temperature = sampling.Temperature, TopK = sampling.TopK, TopP = sampling.TopP, Seed = sampling.Seed,
                 RepetitionPenalty = sampling.RepetitionPenalty,
-                OnToken = asJson ? null : t => Console.Error.Write($"{string.Join(",", t)} "),
+                OnToken = asJson ? null : Live(tokenizer, rows.Length),
             });
             if (asJson)
             {
@@ -104,6 +104,14 @@ public static class GenerateCommand
         return new ShardPipe.Messages.SamplingSettings(!sample, t, k, p, parse.GetValue(seed) ?? 0);
     }
 
+    /// <summary>Shows tokens on stderr as they come: text (streamed, whole characters only) for one row with a tokenizer, else ids.</summary>
+    private static Action<long[]> Live(ModelTokenizer? tokenizer, int rows)
+    {
+        if (tokenizer is null || rows != 1) return t => Console.Error.Write($"{string.Join(",", t)} ");
+        var stream = tokenizer.Stream();
+        return t => Console.Error.Write(stream.Add(t));
+    }
+
     private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, int n,
         bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, bool json, ModelTokenizer? tokenizer, ILogger log)
     {
@@ -111,7 +119,7 @@ public static class GenerateCommand
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log, json);
         var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, n, ignoreEos,
                 sampling), stages, TimeSpan.FromSeconds(120),
-            json ? null : t => Console.Error.Write($"{string.Join(",", t)} "));
+            json ? null : Live(tokenizer, rows.Length));
         var sequences = rows.Select((r, b) => r.Concat(outcome.NewTokens[b]).ToArray()).ToArray();
         if (json)
         {

@@ -44,14 +44,18 @@ public sealed class StreamingDecoder
         return Emit(full, full.Length);
     }
 
+    /// <summary>
+    /// Emits <c>full[emitted..upTo]</c>. The text before <c>emitted</c> does not change as tokens arrive, with one
+    /// exception that Hugging Face has too: a legacy Llama tokenizer decoding special tokens (skip_special_tokens
+    /// false) puts a space in front of the text before each special token once that token arrives. Streams for
+    /// generation skip special tokens; otherwise the pieces carry on from the length already emitted.
+    /// </summary>
     private string Emit(string full, int upTo)
     {
         if (upTo <= _emitted) return "";
-        if (string.CompareOrdinal(full, 0, Text, 0, _emitted) != 0)
-            throw new InvalidOperationException("streamed text diverged from the full decoding"); // cannot happen: text before `settled` never changes
         string piece = full[_emitted..upTo];
         _emitted = upTo;
-        Text = full[..upTo];
+        Text += piece;
         return piece;
     }
 }
