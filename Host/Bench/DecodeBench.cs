@@ -29,18 +29,44 @@ public static class DecodeBench
         var tokens = new Option<int>("--tokens") { Description = "New tokens per generation", DefaultValueFactory = _ => 32 };
         var micro = new Option<int>("--microbatches") { Description = "Requests in flight for the micro-batching figure (m)", DefaultValueFactory = _ => 4 };
         var pin = new Option<int>("--pin-core") { Description = "Core that the per-hop figure's nodes run their steps on (shardpipe.compute-cores)", DefaultValueFactory = _ => 0 };
+        var speedOnly = new Option<bool>("--speed-only") { Description = "Only the single-process figures (float32, bfloat16, weight_read_ratio, profile); no clusters" };
         var json = CommonOptions.Json();
-        var cmd = new Command("decode", "Decode tokens/s: single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages") { model, tokens, micro, pin, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(json), log));
+        var cmd = new Command("decode", "Decode tokens/s: float32 and bfloat16 against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
+            { model, tokens, micro, pin, speedOnly, json };
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(speedOnly), parse.GetValue(json), log));
         return cmd;
     }
 
     private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
 
-    private static async Task<int> Run(string? modelArg, int n, int m, int pinCore, bool asJson, ILogger log)
+    private static async Task<int> Run(string? modelArg, int n, int m, int pinCore, bool speedOnly, bool asJson, ILogger log)
     {
         string folder = modelArg is { } d ? ModelLocator.Locate(d) : BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         BenchSupport.Say(asJson, $"bench decode: {folder}, {n} new tokens, greedy, EOS ignored");
+
+        // 0. Single-stream speed against the read bandwidth: float32 and bfloat16 in turns, and where a step's time goes.
+        var speed = DecodeSpeed.Measure(folder, Math.Max(n, 64));
+        BenchSupport.Say(asJson, $"  plain float32 {speed.Fp32TokensPerS:0.00} tokens/s, bfloat16 {speed.Bf16TokensPerS:0.00} ({speed.Bf16Speedup:0.00}x); " +
+                                 $"read bandwidth {speed.ReadGBps:0.0} GB/s, weights {speed.Fp32WeightBytes / 1e6:0} MB: weight_read_ratio {speed.WeightReadRatio:0.000}");
+        foreach (var (name, profile) in new[] { ("float32", speed.Fp32Profile), ("bfloat16", speed.Bf16Profile) })
+            BenchSupport.Say(asJson, $"  profile {name} (ms per token): {string.Join(", ", Group(profile).Select(kv => $"{kv.Key} {kv.Value:0.000}"))}");
+        var speedFigures = new JsonObject
+        {
+            ["plain_tokens_per_s_fp32"] = Math.Round(speed.Fp32TokensPerS, 3),
+            ["plain_tokens_per_s_bf16"] = Math.Round(speed.Bf16TokensPerS, 3),
+            ["bf16_speedup"] = Math.Round(speed.Bf16Speedup, 4),
+            ["weight_bytes_fp32"] = speed.Fp32WeightBytes,
+            ["read_bandwidth_gb_s"] = Math.Round(speed.ReadGBps, 3),
+            ["weight_read_ratio"] = Math.Round(speed.WeightReadRatio, 4),
+            ["profile_fp32_ms"] = Json(Group(speed.Fp32Profile)),
+            ["profile_bf16_ms"] = Json(Group(speed.Bf16Profile)),
+        };
+        if (speedOnly)
+        {
+            speedFigures["bench"] = "decode";
+            BenchSupport.Finish(speedFigures);
+            return 0;
+        }
 
         // 1–2. A plain single-process loop (no actors) and the same model on 1 embedded node, both with all cores,
         //      taking turns (best of 4 each), so that drift on this shared machine hits both alike.
@@ -64,7 +90,7 @@ public static class DecodeBench
         double speedup = sequential / concurrent, ideal = 2.0 * m / (m + 2 - 1);
         BenchSupport.Say(asJson, $"  micro-batching p=2, m={m}: {sequential:0.000} s one at a time, {concurrent:0.000} s in flight; speedup {speedup:0.00} of ideal {ideal:0.00}");
 
-        BenchSupport.Finish(new JsonObject
+        var figures = new JsonObject
         {
             ["bench"] = "decode",
             ["plain_tokens_per_s"] = Math.Round(plain, 3),
@@ -96,9 +122,23 @@ public static class DecodeBench
             ["microbatches"] = m,
             ["microbatch_speedup"] = Math.Round(speedup, 4),
             ["microbatch_ratio_vs_ideal"] = Math.Round(speedup / ideal, 4),
-        });
+        };
+        foreach (var (key, value) in speedFigures.ToList()) figures[key] = value?.DeepClone();
+        BenchSupport.Finish(figures);
         return 0;
     }
+
+    /// <summary>The profile with the decoder layers summed into one entry (and their mean per layer).</summary>
+    private static Dictionary<string, double> Group(IReadOnlyDictionary<string, double> profile)
+    {
+        var layers = profile.Where(kv => kv.Key.StartsWith("layer ", StringComparison.Ordinal) && kv.Key != "layer inputs").ToList();
+        var grouped = profile.Where(kv => !layers.Contains(kv)).ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 4));
+        grouped["layers"] = Math.Round(layers.Sum(kv => kv.Value), 4);
+        grouped["per layer"] = Math.Round(layers.Count == 0 ? 0 : layers.Average(kv => kv.Value), 4);
+        return grouped;
+    }
+
+    private static JsonObject Json(Dictionary<string, double> values) => new(values.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value)));
 
     private static Generate Request(int n) => new(Guid.NewGuid().ToString("N"), Prompt, null, n, true, new SamplingSettings(true, 0, 0, 1, 0));
 

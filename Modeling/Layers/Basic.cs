@@ -23,7 +23,9 @@ public sealed class Linear : HfModule
         Weight = TiedParameter("weight", tiedWeight);
     }
 
-    public Tensor Forward(Tensor x) => nn.functional.linear(x, Weight.Tensor, Bias?.Tensor);
+    public Tensor Forward(Tensor x) => DecodeKernels.Applies(x, Weight.Tensor)
+        ? DecodeKernels.LinearBf16(x, Weight.Tensor, Bias?.Tensor)
+        : nn.functional.linear(x, Weight.Tensor, Bias?.Tensor);
 }
 
 /// <summary>GPT-2's Conv1D: a linear layer whose weight is stored transposed, [in, out].</summary>
@@ -80,6 +82,7 @@ public sealed class RmsNorm : HfModule
 
     public Tensor Forward(Tensor x)
     {
+        if (DecodeKernels.RmsNormApplies(x, Weight.Tensor)) return DecodeKernels.RmsNorm(x, Weight.Tensor, _eps); // a decode step: one pass
         using var scope = NewDisposeScope();
         var inputType = x.dtype;
         var h = x.to(ScalarType.Float32);

@@ -2,6 +2,7 @@ using System.Text.Json.Nodes;
 using ShardPipe.Checkpoints;
 using ShardPipe.Checkpoints.SafeTensors;
 using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Models;
 using ShardPipe.Tests.Checkpoints;
@@ -59,6 +60,33 @@ public class LoadingBehaviourTests
                 Assert.Equal(hfBuffers.Sum(b => b!["bytes"]!.GetValue<long>()), buffers);
         }
         Assert.Equal(model.GetMemoryFootprint(), model.GetMemoryFootprint(TorchRuntime.ToDType(model.DType)));
+    }
+
+    [Fact]
+    public void Bfloat16_greedy_generation_gives_hugging_faces_tokens_where_its_float32_and_bfloat16_agree()
+    {
+        var r = new ReferenceData("llama_bf16");
+        var model = PreTrainedModel.FromPretrained(r.Folder, new FromPretrainedOptions { DType = "auto" });
+        Assert.Equal(ScalarType.BFloat16, model.DType);
+        int compared = 0;
+        var fp32 = r.GenerateCases.ToDictionary(c => c["name"]!.GetValue<string>(), c => ReferenceData.Ints(c["sequences"]));
+        foreach (var c in ((JsonArray)r.Json["native_dtype"]!["generate"]!).Select(n => n!))
+        {
+            var expected = ReferenceData.Ints(c["sequences"]);
+            if (!fp32.TryGetValue(c["name"]!.GetValue<string>(), out var full) || !full.Zip(expected).All(p => p.First.SequenceEqual(p.Second))) continue;
+            var ids = ReferenceData.Ints(c["input_ids"]);
+            var mask = c["attention_mask"] is JsonArray ? ReferenceData.Ints(c["attention_mask"]) : null;
+            var kw = c["generation_kwargs"]!;
+            var result = TokenGenerator.Greedy(model, ids, mask, new GenerationOptions
+            {
+                MaxNewTokens = kw["max_new_tokens"]!.GetValue<int>(),
+                EosTokenIds = new[] { kw["eos_token_id"]!.GetValue<long>() },
+                PadTokenId = kw["pad_token_id"]!.GetValue<long>(),
+            });
+            Assert.Equal(expected, result.Sequences); // decode steps run the bf16 kernel (one row each)
+            compared++;
+        }
+        Assert.True(compared > 0, "no generation case where HF's float32 and bfloat16 agree");
     }
 
     [Fact]

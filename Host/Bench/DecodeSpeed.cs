@@ -1,0 +1,96 @@
+using System.Diagnostics;
+using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Layers;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Host.Bench;
+
+/// <summary>
+/// Single-stream decode speed against the machine's read bandwidth, for <c>bench decode</c>: float32 and bfloat16
+/// tokens/s of the plain loop (taking turns, best of each), a plain read (libtorch <c>sum</c> with this process's
+/// threads) over a buffer the size of the float32 weights, and a profile of one decode step by part.
+/// </summary>
+public static class DecodeSpeed
+{
+    public sealed record Result(double Fp32TokensPerS, double Bf16TokensPerS, long Fp32WeightBytes, double ReadGBps,
+        IReadOnlyDictionary<string, double> Fp32Profile, IReadOnlyDictionary<string, double> Bf16Profile)
+    {
+        /// <summary>Weight bytes read per second at the float32 decode rate, over the plain read's bandwidth.</summary>
+        public double WeightReadRatio => Fp32WeightBytes * Fp32TokensPerS / (ReadGBps * 1e9);
+        public double Bf16Speedup => Bf16TokensPerS / Fp32TokensPerS;
+    }
+
+    private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338, 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
+
+    public static Result Measure(string folder, int newTokens, int rounds = 4)
+    {
+        var fp32 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "float32" });
+        var bf16 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "bfloat16" });
+        try
+        {
+            double Tps(CausalLMModel m) => TokenGenerator.Greedy(m, Prompt, null, new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true }).TokensPerSecond;
+            double a = 0, b = 0;
+            for (int r = 0; r < rounds; r++)
+            {
+                a = Math.Max(a, Tps(fp32));
+                b = Math.Max(b, Tps(bf16));
+            }
+            long bytes = fp32.NamedParameters().Sum(p => p.Slot.Tensor.NumberOfElements * p.Slot.Tensor.ElementSize);
+            return new Result(a, b, bytes, ReadBandwidth(bytes), Profile(fp32, newTokens), Profile(bf16, newTokens));
+        }
+        finally
+        {
+            fp32.Release();
+            bf16.Release();
+        }
+    }
+
+    /// <summary>GB/s of libtorch summing a float32 buffer of <paramref name="bytes"/> (best of five), with this process's threads.</summary>
+    private static double ReadBandwidth(long bytes)
+    {
+        using var noGrad = no_grad();
+        using var buffer = ones(new[] { bytes / 4 }, ScalarType.Float32);
+        double best = 0;
+        for (int r = 0; r < 5; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            buffer.sum().Dispose();
+            best = Math.Max(best, bytes / sw.Elapsed.TotalSeconds / 1e9);
+        }
+        return best;
+    }
+
+    /// <summary>Milliseconds per decode step by part: embedding, layer inputs (mask, rotary), each decoder layer, final norm, head.</summary>
+    private static Dictionary<string, double> Profile(CausalLMModel model, int steps)
+    {
+        using var noGrad = no_grad();
+        using var cache = new KvCache();
+        using (var prompt = tensor(Prompt[0], new long[] { 1, Prompt[0].Length })) model.Forward(prompt, null, null, cache, lastOnly: true).Dispose();
+        var times = new Dictionary<string, double>();
+        void Time(string part, Action a)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            a();
+            times[part] = times.GetValueOrDefault(part) + Stopwatch.GetElapsedTime(t0).TotalMilliseconds / steps;
+        }
+        using var token = tensor(new long[] { 42 }, new long[] { 1, 1 });
+        for (int s = 0; s < steps; s++)
+        {
+            using var scope = NewDisposeScope();
+            long past = cache.SeenTokens(0);
+            var positions = tensor(new[] { past }, new long[] { 1, 1 });
+            Tensor hidden = null!;
+            LayerInputs inputs = null!;
+            Time("embed", () => hidden = model.Embed(token, positions));
+            Time("layer inputs", () => inputs = model.PrepareLayerInputs(positions, null, past, 1, hidden.dtype, CPU, cache, 0));
+            for (int i = 0; i < model.NumLayers; i++) Time($"layer {i}", () => hidden = model.Layer(i, hidden, inputs));
+            Time("final norm", () => hidden = model.FinalNorm(hidden));
+            Time("head", () => hidden = model.Project(hidden));
+            inputs.Dispose();
+        }
+        return times;
+    }
+}

@@ -1,0 +1,191 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// Matrix-vector products for decoding with bfloat16 weights. Decode reads every weight once per token, so its speed
+/// is the speed of reading weights; libtorch 2.10's CPU bf16 GEMV for one row runs at about half the machine's read
+/// bandwidth (BENCHMARKS.md, decode profile). Here each weight row is widened to float32 in registers (a bf16 is the
+/// high half of a float32) and accumulated with FMA in float32, the rows split over the node's intra-op threads; the
+/// result is rounded to bf16 once, as a bf16 GEMM with float32 accumulation does.
+/// </summary>
+public static unsafe class DecodeKernels
+{
+    /// <summary>Inputs of at most this many rows take the kernel (a decode step, a small batch); longer ones go to libtorch.</summary>
+    public const int MaxRows = 8;
+
+    /// <summary>
+    /// Whether <see cref="LinearBf16"/> applies: bf16 weight and input on CPU, few rows, contiguous weight, and AVX-512
+    /// (checked as an ISA: .NET reports Vector512 as not accelerated on CPUs where it prefers 256-bit code, yet emits it).
+    /// </summary>
+    public static bool Applies(Tensor x, Tensor weight) =>
+        weight.dtype == ScalarType.BFloat16 && x.dtype == ScalarType.BFloat16 && weight.dim() == 2 && System.Runtime.Intrinsics.X86.Avx512F.IsSupported
+        && weight.device_type == DeviceType.CPU && x.device_type == DeviceType.CPU && weight.is_contiguous()
+        && x.shape[^1] == weight.shape[1] && x.NumberOfElements / weight.shape[1] <= MaxRows;
+
+    /// <summary><c>F.linear(x, weight, bias)</c> for bf16: (…, K) × (N, K)ᵀ → (…, N), one libtorch call (the output).</summary>
+    public static Tensor LinearBf16(Tensor x, Tensor weight, Tensor? bias)
+    {
+        int k = (int)weight.shape[1], n = (int)weight.shape[0];
+        int m = (int)(x.NumberOfElements / k);
+        var input = x.is_contiguous() ? x : x.contiguous();
+        var output = empty(x.shape[..^1].Append(n).ToArray(), ScalarType.BFloat16);
+        var xs = new float[m * k]; // the input rows widened once (a few KB)
+        var ys = new float[m * n];
+        var xb = (ushort*)Pointer(input);
+        for (int i = 0; i < xs.Length; i++) xs[i] = ToFloat(xb[i]);
+        var w = (ushort*)Pointer(weight);
+        fixed (float* xp = xs, yp = ys)
+        {
+            float* xq = xp, yq = yp;
+            int parts = Math.Clamp(n / 64, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
+            SpinPool.Shared.Run(parts, p => Rows(w, xq, yq, k, n, m, (int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
+        }
+        if (bias is not null)
+        {
+            var b = bias.dtype == ScalarType.BFloat16 && bias.is_contiguous() ? bias : bias.to(ScalarType.BFloat16).contiguous();
+            var bp = (ushort*)Pointer(b);
+            for (int r = 0; r < m; r++)
+                for (int j = 0; j < n; j++) ys[r * n + j] += ToFloat(bp[j]);
+        }
+        var yb = (ushort*)Pointer(output);
+        for (int i = 0; i < ys.Length; i++) yb[i] = ToBf16(ys[i]);
+        if (!ReferenceEquals(input, x)) input.Dispose();
+        return output;
+    }
+
+    /// <summary>Rounds a float32 to bf16, to nearest with ties to even (as libtorch does); NaN stays NaN.</summary>
+    private static ushort ToBf16(float f)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(f);
+        if ((bits & 0x7fffffff) > 0x7f800000) return (ushort)((bits >> 16) | 0x40); // quiet NaN
+        return (ushort)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+    }
+
+    /// <summary>Whether <see cref="RmsNorm"/> applies: a float32 or bf16 input of a few rows on CPU, weight of its dtype.</summary>
+    public static bool RmsNormApplies(Tensor x, Tensor weight) =>
+        x.dtype is ScalarType.Float32 or ScalarType.BFloat16 && weight.dtype == x.dtype && x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
+        && weight.is_contiguous() && weight.dim() == 1 && x.shape[^1] == weight.shape[0] && x.NumberOfElements / weight.shape[0] <= MaxRows;
+
+    /// <summary>
+    /// Llama's RMSNorm in one pass per row, as HF computes it: in float32, <c>h·rsqrt(mean(h²)+eps)</c>, cast back to the
+    /// input dtype, then times the weight (in the input dtype: a bf16 product is rounded once more).
+    /// </summary>
+    public static Tensor RmsNorm(Tensor x, Tensor weight, double eps)
+    {
+        int d = (int)weight.shape[0];
+        int rows = (int)(x.NumberOfElements / d);
+        var input = x.is_contiguous() ? x : x.contiguous();
+        var output = empty(x.shape, x.dtype);
+        bool bf16 = x.dtype == ScalarType.BFloat16;
+        byte* xp = (byte*)Pointer(input), wp = (byte*)Pointer(weight), yp = (byte*)Pointer(output);
+        for (int r = 0; r < rows; r++)
+        {
+            double sum = 0;
+            for (int i = 0; i < d; i++)
+            {
+                float v = Load(xp, (long)r * d + i, bf16);
+                sum += v * v;
+            }
+            float scale = 1f / MathF.Sqrt((float)(sum / d) + (float)eps);
+            for (int i = 0; i < d; i++)
+            {
+                float h = Load(xp, (long)r * d + i, bf16) * scale;
+                if (bf16) h = ToFloat(ToBf16(h)); // .to(input_dtype)
+                float y = Load(wp, i, bf16) * h;
+                if (bf16) ((ushort*)yp)[(long)r * d + i] = ToBf16(y);
+                else ((float*)yp)[(long)r * d + i] = y;
+            }
+        }
+        if (!ReferenceEquals(input, x)) input.Dispose();
+        return output;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Load(byte* p, long i, bool bf16) => bf16 ? ToFloat(((ushort*)p)[i]) : ((float*)p)[i];
+
+    private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+
+    private static void Rows(ushort* w, float* x, float* y, int k, int n, int m, int from, int to)
+    {
+        for (int r = 0; r < m; r++) Bf16Rows(w, x + (long)r * k, y + (long)r * n, k, from, to);
+    }
+
+    /// <summary>Elements ahead of the current position to prefetch in each row (4 KB): from DRAM, software prefetch lifts
+    /// this loop from about 12 to 22–25 GB/s on two cores (the hardware prefetcher alone keeps too few lines in flight).</summary>
+    private const int PrefetchAhead = 2048;
+
+    /// <summary>y[o] = Σᵢ W[o, i]·x[i] for rows [from, to) of a row-major bf16 W with <paramref name="cols"/> columns.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Bf16Rows(ushort* w, float* x, float* y, int cols, int from, int to)
+    {
+        int o = from;
+        for (; o + 4 <= to; o += 4) // four rows at a time share each load of x; a cache line of each row per iteration
+        {
+            ushort* r0 = w + (long)o * cols, r1 = r0 + cols, r2 = r1 + cols, r3 = r2 + cols;
+            var a0 = Vector512<float>.Zero;
+            var a1 = a0;
+            var a2 = a0;
+            var a3 = a0;
+            int i = 0;
+            for (; i + 32 <= cols; i += 32)
+            {
+                Sse.Prefetch0(r0 + i + PrefetchAhead);
+                Sse.Prefetch0(r1 + i + PrefetchAhead);
+                Sse.Prefetch0(r2 + i + PrefetchAhead);
+                Sse.Prefetch0(r3 + i + PrefetchAhead); // past a row's end this reaches the next rows: still ahead of use
+                var x0 = Vector512.Load(x + i);
+                var x1 = Vector512.Load(x + i + 16);
+                var v0 = Vector512.Load(r0 + i);
+                var v1 = Vector512.Load(r1 + i);
+                var v2 = Vector512.Load(r2 + i);
+                var v3 = Vector512.Load(r3 + i);
+                a0 = Vector512.FusedMultiplyAdd(High(v0), x1, Vector512.FusedMultiplyAdd(Low(v0), x0, a0));
+                a1 = Vector512.FusedMultiplyAdd(High(v1), x1, Vector512.FusedMultiplyAdd(Low(v1), x0, a1));
+                a2 = Vector512.FusedMultiplyAdd(High(v2), x1, Vector512.FusedMultiplyAdd(Low(v2), x0, a2));
+                a3 = Vector512.FusedMultiplyAdd(High(v3), x1, Vector512.FusedMultiplyAdd(Low(v3), x0, a3));
+            }
+            float s0 = Vector512.Sum(a0), s1 = Vector512.Sum(a1), s2 = Vector512.Sum(a2), s3 = Vector512.Sum(a3);
+            for (; i < cols; i++)
+            {
+                float xi = x[i];
+                s0 += ToFloat(r0[i]) * xi;
+                s1 += ToFloat(r1[i]) * xi;
+                s2 += ToFloat(r2[i]) * xi;
+                s3 += ToFloat(r3[i]) * xi;
+            }
+            y[o] = s0;
+            y[o + 1] = s1;
+            y[o + 2] = s2;
+            y[o + 3] = s3;
+        }
+        for (; o < to; o++)
+        {
+            ushort* r = w + (long)o * cols;
+            var a = Vector512<float>.Zero;
+            int i = 0;
+            for (; i + 32 <= cols; i += 32)
+            {
+                var v = Vector512.Load(r + i);
+                a = Vector512.FusedMultiplyAdd(High(v), Vector512.Load(x + i + 16), Vector512.FusedMultiplyAdd(Low(v), Vector512.Load(x + i), a));
+            }
+            float s = Vector512.Sum(a);
+            for (; i < cols; i++) s += ToFloat(r[i]) * x[i];
+            y[o] = s;
+        }
+    }
+
+    /// <summary>The low (high) sixteen of 32 bf16 values as float32: zero-extend each to 32 bits, shift into the high half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Low(Vector512<ushort> v) => Vector512.ShiftLeft(Vector512.WidenLower(v), 16).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> High(Vector512<ushort> v) => Vector512.ShiftLeft(Vector512.WidenUpper(v), 16).AsSingle();
+
+    private static float ToFloat(ushort bf16) => BitConverter.Int32BitsToSingle(bf16 << 16);
+}

@@ -1,0 +1,88 @@
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// Helper threads for the decode kernels: a decode step runs dozens of matrix-vector products of ~50–500 µs with small
+/// operations between them, and waking a thread-pool thread for each costs tens of microseconds on a VM. These
+/// threads spin briefly after each job, so the next product of the same step finds them awake, then sleep. One job
+/// at a time: a caller that finds the helpers busy (another node of an embedded cluster) runs its job alone.
+/// </summary>
+public sealed class SpinPool
+{
+    private const long SpinTicks = 2_000_000; // ~0.2 ms of spinning for the next job before sleeping (Stopwatch ticks are 100 ns)
+
+    public static SpinPool Shared { get; } = new(Math.Max(0, Environment.ProcessorCount - 1));
+
+    private readonly Thread[] _threads;
+    private readonly SemaphoreSlim _wake = new(0);
+    private Action<int>? _job;
+    private int _parts;
+    private int _next;          // next part to take
+    private int _remaining;     // parts not finished
+    private long _generation;   // bumps with every job, so spinning helpers notice it
+    private int _busy;
+
+    private SpinPool(int helpers)
+    {
+        _threads = Enumerable.Range(0, helpers).Select(i => new Thread(Loop) { IsBackground = true, Name = $"shardpipe-kernel-{i}" }).ToArray();
+        foreach (var t in _threads) t.Start();
+    }
+
+    public int Helpers => _threads.Length;
+
+    /// <summary>Runs <paramref name="body"/> for parts 0..parts−1, on this thread and the helpers; returns when all are done.</summary>
+    public void Run(int parts, Action<int> body)
+    {
+        if (parts <= 1 || _threads.Length == 0 || Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
+        {
+            for (int p = 0; p < parts; p++) body(p);
+            return;
+        }
+        try
+        {
+            _job = body;
+            _parts = parts;
+            Volatile.Write(ref _next, 0);
+            Volatile.Write(ref _remaining, parts);
+            Interlocked.Increment(ref _generation);
+            if (_wake.CurrentCount < _threads.Length) _wake.Release(_threads.Length - _wake.CurrentCount);
+            Work(body, parts);
+            var spin = new SpinWait();
+            while (Volatile.Read(ref _remaining) > 0) spin.SpinOnce(-1);
+        }
+        finally
+        {
+            _job = null;
+            Volatile.Write(ref _busy, 0);
+        }
+    }
+
+    private void Work(Action<int> body, int parts)
+    {
+        int p;
+        while ((p = Interlocked.Increment(ref _next) - 1) < parts)
+        {
+            body(p);
+            Interlocked.Decrement(ref _remaining);
+        }
+    }
+
+    private void Loop()
+    {
+        long seen = 0;
+        while (true)
+        {
+            long started = System.Diagnostics.Stopwatch.GetTimestamp();
+            while (Volatile.Read(ref _generation) == seen)
+            {
+                if (System.Diagnostics.Stopwatch.GetTimestamp() - started > SpinTicks * System.Diagnostics.Stopwatch.Frequency / 10_000_000)
+                {
+                    _wake.Wait();
+                    started = System.Diagnostics.Stopwatch.GetTimestamp();
+                }
+                else Thread.SpinWait(20);
+            }
+            seen = Volatile.Read(ref _generation);
+            if (_job is { } job) Work(job, _parts);
+        }
+    }
+}

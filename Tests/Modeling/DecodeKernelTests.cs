@@ -1,0 +1,60 @@
+using ShardPipe.Modeling.Layers;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Tests.Modeling;
+
+/// <summary>The bf16 matrix-vector kernel equals libtorch's bf16 linear up to bf16 rounding, for every shape it takes.</summary>
+public class DecodeKernelTests
+{
+    [Theory]
+    [InlineData(1, 768, 2048, false)]
+    [InlineData(1, 2048, 768, true)]
+    [InlineData(3, 100, 37, true)]   // odd sizes: the row and column tails
+    [InlineData(8, 33, 5, false)]
+    public void The_bf16_kernel_matches_libtorch_linear(int rows, int k, int n, bool bias)
+    {
+        manual_seed(rows * 1000 + k);
+        var w = randn(n, k).to(ScalarType.BFloat16);
+        var b = bias ? randn(n).to(ScalarType.BFloat16) : null;
+        var x = randn(1, rows, k).to(ScalarType.BFloat16);
+        // Without AVX-512 the kernel stands aside and libtorch runs the layer.
+        Assert.Equal(System.Runtime.Intrinsics.X86.Avx512F.IsSupported, DecodeKernels.Applies(x, w));
+        using var ours = DecodeKernels.LinearBf16(x, w, b);
+        using var theirs = nn.functional.linear(x.to(ScalarType.Float32), w.to(ScalarType.Float32), b?.to(ScalarType.Float32));
+        Assert.Equal(new long[] { 1, rows, n }, ours.shape);
+        Assert.Equal(ScalarType.BFloat16, ours.dtype);
+        // float32 accumulation, one rounding to bf16: within one bf16 ulp of the float32 result (relative 2^-8).
+        var diff = (ours.to(ScalarType.Float32) - theirs).abs();
+        var bound = theirs.abs() * (1.0 / 256) + 1e-3;
+        Assert.True(diff.le(bound).all().item<bool>(), $"max diff {diff.max().item<float>()}");
+    }
+
+    [Fact]
+    public void Long_inputs_go_to_libtorch()
+    {
+        var w = randn(16, 32).to(ScalarType.BFloat16);
+        Assert.False(DecodeKernels.Applies(randn(1, DecodeKernels.MaxRows + 1, 32).to(ScalarType.BFloat16), w));
+        Assert.False(DecodeKernels.Applies(randn(1, 1, 32), randn(16, 32))); // float32 stays with libtorch
+    }
+}
+
+/// <summary>The one-pass RMSNorm equals Llama's RMSNorm written out in libtorch ops.</summary>
+public class RmsNormKernelTests
+{
+    [Theory]
+    [InlineData(ScalarType.Float32, 1e-6)]
+    [InlineData(ScalarType.BFloat16, 1e-2)]
+    public void One_pass_rms_norm_equals_the_libtorch_ops(ScalarType dtype, double tolerance)
+    {
+        manual_seed(7);
+        var x = (randn(1, 3, 768) * 3).to(dtype);
+        var w = (randn(768) * 0.1 + 1).to(dtype);
+        Assert.True(DecodeKernels.RmsNormApplies(x, w));
+        using var ours = DecodeKernels.RmsNorm(x, w, 1e-6);
+        var h = x.to(ScalarType.Float32);
+        h = h * rsqrt(h.pow(2).mean(new long[] { -1 }, keepdim: true) + 1e-6);
+        using var theirs = w * h.to(dtype);
+        double diff = (ours.to(ScalarType.Float64) - theirs.to(ScalarType.Float64)).abs().max().item<double>();
+        Assert.True(diff <= tolerance * 4, $"max diff {diff}");
+    }
+}
