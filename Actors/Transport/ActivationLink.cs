@@ -1,12 +1,8 @@
 using System.Buffers.Binary;
-using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.IO.Hashing;
 using System.Net.Sockets;
 using System.Text;
-using Akka.Actor;
-using Akka.Event;
-using System.Diagnostics;
-using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Transport;

@@ -1,13 +1,8 @@
-using System.Buffers.Binary;
-using System.Collections.Concurrent;
-using System.IO.Hashing;
 using System.Net.Sockets;
-using System.Text;
 using Akka.Actor;
 using Akka.Event;
 using ShardPipe.Actors.Diagnostics;
 using ShardPipe.Actors.Settings;
-using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Transport;

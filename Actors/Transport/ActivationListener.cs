@@ -1,14 +1,10 @@
-using System.Buffers.Binary;
 using System.Collections.Concurrent;
-using System.IO.Hashing;
+using System.Diagnostics;
 using System.Net.Sockets;
-using System.Text;
 using Akka.Actor;
 using Akka.Event;
-using System.Diagnostics;
 using ShardPipe.Actors.Diagnostics;
 using ShardPipe.Actors.Settings;
-using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Transport;

@@ -2,8 +2,8 @@ using System.Buffers.Binary;
 using System.IO.Hashing;
 using System.Net.Sockets;
 using Akka.Event;
-using ShardPipe.Checkpoints;
 using ShardPipe.Checkpoints.SafeTensors;
+using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Transport;

@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
-using System.Net;
 using System.Net.Sockets;
-using Akka.Event;
+using System.Net;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Transport;

@@ -1,6 +1,5 @@
-using System.Buffers.Binary;
-using System.Net;
 using System.Net.Sockets;
+using System.Net;
 using Akka.Event;
 using ShardPipe.Messages;
 

@@ -1,17 +1,12 @@
-using System.Diagnostics;
-using System.Text.Json.Nodes;
 using Akka.Actor;
 using Akka.Event;
-using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Settings;
+using ShardPipe.Actors.Transport;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Core;
-using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Models;
 using ShardPipe.Placement;
-using ShardPipe.Actors.Transport;
-using ShardPipe.Actors.Settings;
-using ShardPipe.Actors.Diagnostics;
 
 namespace ShardPipe.Actors.Workers;
 

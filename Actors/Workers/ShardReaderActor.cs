@@ -1,11 +1,10 @@
 using System.IO.Hashing;
 using Akka.Actor;
 using Akka.Event;
-using ShardPipe.Actors.Hosting;
-using ShardPipe.Checkpoints;
-using ShardPipe.Messages;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
+using ShardPipe.Checkpoints;
+using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Workers;
 

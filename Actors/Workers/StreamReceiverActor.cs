@@ -1,8 +1,5 @@
 using System.IO.Hashing;
 using Akka.Actor;
-using Akka.Event;
-using ShardPipe.Actors.Hosting;
-using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Workers;

@@ -26,5 +26,18 @@ public sealed class ReferenceData
     public static double[][] Doubles(JsonNode node) =>
         ((JsonArray)node).Select(r => ((JsonArray)r!).Select(x => x!.GetValue<double>()).ToArray()).ToArray();
 
+    /// <summary>A generate case run greedily as transformers ran it (its max_new_tokens, eos and pad ids); the full sequences.</summary>
+    public static long[][] Greedy(ShardPipe.Modeling.Models.CausalLMModel model, JsonNode c)
+    {
+        var kw = c["generation_kwargs"]!;
+        var mask = c["attention_mask"] is JsonArray ? Ints(c["attention_mask"]) : null;
+        return ShardPipe.Modeling.Generation.TokenGenerator.Greedy(model, Ints(c["input_ids"]), mask, new ShardPipe.Modeling.Generation.GenerationOptions
+        {
+            MaxNewTokens = kw["max_new_tokens"]!.GetValue<int>(),
+            EosTokenIds = new[] { kw["eos_token_id"]!.GetValue<long>() },
+            PadTokenId = kw["pad_token_id"]!.GetValue<long>(),
+        }).Sequences;
+    }
+
     public static string Csv(long[][] rows) => string.Join(";", rows.Select(r => string.Join(",", r)));
 }
