@@ -14,15 +14,19 @@ public sealed class ModelArguments
     public Option<string?> Revision { get; } = CommonOptions.Revision();
     public Option<string?> Subfolder { get; } = CommonOptions.Subfolder();
     public Option<string?> DType { get; } = new("--dtype") { Description = "float32 (default), float16, bfloat16, or auto (config torch_dtype)" };
-    public Option<string?> DeviceMap { get; } = new("--device-map") { Description = "cpu, cuda:N, N, or a JSON object of module prefix -> device" };
+    public Option<string?> DeviceMap { get; } = new("--device-map") { Description = "auto, balanced, balanced_low_0, sequential, cpu, cuda:N, N, or a JSON object of module prefix -> device (cpu, disk, …)" };
     public Option<string?> MaxMemory { get; } = new("--max-memory") { Description = "Budgets for auto/balanced/sequential, e.g. \"0=10GiB,cpu=30GiB\"" };
     public Option<string?> Cluster { get; } = new("--cluster") { Description = "Run on a cluster: embedded:N (N nodes in this process) or HOST:PORT; without it, in this process" };
     public Option<string?> Nodes { get; } = new("--nodes") { Description = "Embedded nodes' devices and budgets, e.g. \"w1/cpu=2GiB,w2/cpu=2GiB\"" };
     public Option<string> Attn { get; } = new("--attn-implementation") { Description = "sdpa (default) or eager", DefaultValueFactory = _ => "sdpa" };
+    public Option<string?> OffloadFolder { get; } = new("--offload-folder") { Description = "Folder for weights of disk-mapped modules that must be converted to the load dtype (offload_folder)" };
+    public Option<bool> OffloadStateDict { get; } = new("--offload-state-dict") { Description = "HF's offload_state_dict (the loader never holds more than one tensor beyond its budget anyway)" };
+    public Option<bool> OffloadBuffers { get; } = new("--offload-buffers") { Description = "HF's offload_buffers" };
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, MaxMemory, Cluster, Nodes, Attn }) command.Options.Add(o);
+        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, MaxMemory, Cluster, Nodes, Attn, OffloadFolder, OffloadStateDict, OffloadBuffers })
+            command.Options.Add(o);
     }
 
     public FromPretrainedOptions Options(ParseResult parse, ILogger log) => new()
@@ -33,6 +37,9 @@ public sealed class ModelArguments
         DType = parse.GetValue(DType),
         DeviceMap = parse.GetValue(DeviceMap),
         MaxMemory = parse.GetValue(MaxMemory),
+        OffloadFolder = parse.GetValue(OffloadFolder),
+        OffloadStateDict = parse.GetValue(OffloadStateDict),
+        OffloadBuffers = parse.GetValue(OffloadBuffers),
         AttnImplementation = parse.GetValue(Attn) switch
         {
             "sdpa" => AttnImplementation.Sdpa,

@@ -49,6 +49,14 @@ public sealed class TensorSlot
         Value?.Dispose();
         Value = null;
     }
+
+    /// <summary>Takes the tensor out without disposing it (the caller keeps it, e.g. a pool of offload buffers).</summary>
+    internal Tensor? Take()
+    {
+        var v = Value;
+        Value = null;
+        return v;
+    }
 }
 
 /// <summary>

@@ -41,6 +41,20 @@ public sealed record FromPretrainedOptions
     public TensorFetcher? Fetcher { get; init; }
     /// <summary>Called as tensors are materialised: (tensors done, tensors total, bytes done, bytes total).</summary>
     public Action<int, int, long, long>? Progress { get; init; }
+    /// <summary>
+    /// Where weights a disk-mapped module needs at another dtype than stored are written once (HF's offload_folder);
+    /// weights stored at their target dtype are read from the checkpoint's own shards and need no folder.
+    /// </summary>
+    public string? OffloadFolder { get; init; }
+    /// <summary>
+    /// HF's offload_state_dict. Accepted: the loader already never holds more than one tensor beyond the modules'
+    /// own memory (each tensor is read straight into its place), which is what the option guarantees in HF.
+    /// </summary>
+    public bool OffloadStateDict { get; init; }
+    /// <summary>HF's offload_buffers: buffers of disk-mapped modules are offloaded too. Accepted; the supported models' buffers are all non-persistent (computed), so they stay in memory.</summary>
+    public bool OffloadBuffers { get; init; }
+    /// <summary>Read the next disk-offloaded module while the current one runs (off: for measuring).</summary>
+    public bool OffloadPrefetch { get; init; } = true;
     /// <summary>Reader threads used to materialise tensors.</summary>
     public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
 }

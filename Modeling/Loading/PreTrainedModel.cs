@@ -49,9 +49,26 @@ public static class PreTrainedModel
         var deviceMap = options.DeviceMapDict is not null ? DeviceMapSpec.FromDict(options.DeviceMapDict) : DeviceMapSpec.Parse(options.DeviceMap ?? "cpu");
         if (deviceMap.IsStrategy) deviceMap = PlanDeviceMap(model, deviceMap, dtype, options);
         deviceMap.Validate(model.ToPlacementTree());
-        var devices = deviceMap.Devices.ToDictionary(d => d, TorchRuntime.ToDevice);
+        // Disk-mapped modules run on the CPU with their parameters read in for each call (DiskOffload); buffers stay in memory.
+        var diskPrefixes = deviceMap.Entries.Where(e => e.Value.Kind == "disk").Select(e => e.Key).ToList();
+        if (diskPrefixes.Count > 0 && (folder is null || options.StateDict is not null || options.Fetcher is not null))
+            throw new UnsupportedException("device_map sends modules to disk, which needs weights from a checkpoint folder (not a state_dict or streamed slice)");
+        var buffers = model.NamedBuffers().Select(b => b.Key).ToHashSet(StringComparer.Ordinal);
+        bool OnDisk(string key) => diskPrefixes.Count > 0 && !buffers.Contains(key) && ModulePath.CoveredByAny(diskPrefixes, key);
+        var devices = deviceMap.Devices.ToDictionary(d => d, d => d.Kind == "disk" ? CPU : TorchRuntime.ToDevice(d));
         Device DeviceOf(string path) => devices[deviceMap.DeviceFor(path) ?? deviceMap.Entries[0].Value];
-        info = StateLoader.Load(model, source, dtype, DeviceOf, options);
+        var loadOptions = diskPrefixes.Count == 0 ? options : options with { IncludeKey = key => !OnDisk(key) && (options.IncludeKey?.Invoke(key) ?? true) };
+        info = StateLoader.Load(model, source, dtype, DeviceOf, loadOptions);
+        if (diskPrefixes.Count > 0)
+        {
+            try { model.Offload = DiskOffload.Build(model, folder!, options.Variant, diskPrefixes, dtype, options.OffloadFolder); }
+            catch
+            {
+                model.Release();
+                throw;
+            }
+            model.Offload.Prefetch = options.OffloadPrefetch;
+        }
         model.DType = TorchRuntime.ToScalarType(dtype);
         model.HfDeviceMap = deviceMap.Entries.Select(e => new KeyValuePair<string, string>(e.Key, HfDeviceName(e.Value.ToString()))).ToList();
         model.EmbedDevice = DeviceOf(model.InputEmbeddingsPath);
@@ -90,9 +107,6 @@ public static class PreTrainedModel
             NoSplitModuleClasses = options.NoSplitModuleClasses ?? model.NoSplitModules,
             DType = dtype,
         });
-        if (plan.DeviceMap.Any(kv => kv.Value.Kind == "disk"))
-            throw new PlacementException($"device_map '{strategy}' puts {string.Join(", ", plan.DeviceMap.Where(kv => kv.Value.Kind == "disk").Select(kv => kv.Key))} " +
-                "on disk: offloading is not supported yet; give more max_memory");
         return DeviceMapSpec.FromEntries(plan.DeviceMap);
     }
 

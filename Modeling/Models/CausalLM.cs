@@ -55,16 +55,42 @@ public abstract class CausalLMModel : HfModule
     /// <summary>generation_config.json as loaded (or derived from the config): bos/eos/pad ids.</summary>
     public System.Text.Json.Nodes.JsonObject GenerationConfig { get; set; } = new();
 
-    /// <summary>Token (and, for GPT-2, position) embeddings: ids (B, T) → hidden (B, T, H).</summary>
-    public abstract Tensor Embed(Tensor inputIds, Tensor positionIds);
+    /// <summary>Weights kept on disk until their module runs (device_map "disk"); null when nothing is offloaded.</summary>
+    public Loading.DiskOffload? Offload { get; internal set; }
+
+    /// <summary>The token (and position) embeddings: (B, T) ids → (B, T, H).</summary>
+    public Tensor Embed(Tensor inputIds, Tensor positionIds)
+    {
+        using var weights = Offload?.Use(InputEmbeddingsPath, LayerPath(0));
+        return EmbedCore(inputIds, positionIds);
+    }
+
+    /// <summary>Decoder block <paramref name="index"/>; an offloaded block's weights are read in for the call (the next one prefetched).</summary>
+    public Tensor Layer(int index, Tensor hidden, LayerInputs inputs)
+    {
+        using var weights = Offload?.Use(LayerPath(index), index + 1 < NumLayers ? LayerPath(index + 1) : FinalNormPath);
+        return LayerCore(index, hidden, inputs);
+    }
+
+    /// <summary>The final norm: hidden (B, T, H) → hidden.</summary>
+    public Tensor FinalNorm(Tensor hidden)
+    {
+        using var weights = Offload?.Use(FinalNormPath, OutputEmbeddingsPath);
+        return FinalNormCore(hidden);
+    }
+
+    protected abstract Tensor EmbedCore(Tensor inputIds, Tensor positionIds);
+    protected abstract Tensor LayerCore(int index, Tensor hidden, LayerInputs inputs);
+    protected abstract Tensor FinalNormCore(Tensor hidden);
     /// <summary>Mask and rotary tables for one pass, on <paramref name="device"/>.</summary>
     public abstract LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
         ScalarType dtype, Device device, KvCache? cache, int firstLayer);
-    public abstract Tensor Layer(int index, Tensor hidden, LayerInputs inputs);
-    /// <summary>The final norm: hidden (B, T, H) → hidden.</summary>
-    public abstract Tensor FinalNorm(Tensor hidden);
     /// <summary>The LM head projection: normed hidden (B, T, H) → logits (B, T, V).</summary>
-    public Tensor Project(Tensor hidden) => OutputEmbeddings.Forward(hidden);
+    public Tensor Project(Tensor hidden)
+    {
+        using var weights = Offload?.Use(OutputEmbeddingsPath, InputEmbeddingsPath);
+        return OutputEmbeddings.Forward(hidden);
+    }
     /// <summary>Final norm and LM head: hidden (B, T, H) → logits (B, T, V).</summary>
     public Tensor Head(Tensor hidden)
     {
@@ -107,6 +133,8 @@ public abstract class CausalLMModel : HfModule
     /// <summary>Frees every tensor (the model returns to the meta device).</summary>
     public void Release()
     {
+        Offload?.Dispose();
+        Offload = null;
         foreach (var (_, slot) in NamedTensors()) slot.Release();
     }
 

@@ -158,7 +158,7 @@ public sealed class Gpt2LMHeadModel : CausalLMModel
     public override Embedding InputEmbeddings => Transformer.Wte;
     public override Linear OutputEmbeddings => LmHead;
 
-    public override Tensor Embed(Tensor inputIds, Tensor positionIds)
+    protected override Tensor EmbedCore(Tensor inputIds, Tensor positionIds)
     {
         using var scope = NewDisposeScope();
         return (Transformer.Wte.Forward(inputIds) + Transformer.Wpe.Forward(positionIds)).MoveToOuterDisposeScope();
@@ -179,8 +179,8 @@ public sealed class Gpt2LMHeadModel : CausalLMModel
         return new LayerInputs { PositionIds = positionIds, Mask = mask, Cache = cache };
     }
 
-    public override Tensor Layer(int index, Tensor hidden, LayerInputs inputs) => Transformer.H[index].Forward(hidden, inputs);
+    protected override Tensor LayerCore(int index, Tensor hidden, LayerInputs inputs) => Transformer.H[index].Forward(hidden, inputs);
 
-    public override Tensor FinalNorm(Tensor hidden) => Transformer.LnF.Forward(hidden);
+    protected override Tensor FinalNormCore(Tensor hidden) => Transformer.LnF.Forward(hidden);
     public override string FinalNormPath => "transformer.ln_f";
 }

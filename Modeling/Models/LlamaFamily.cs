@@ -195,7 +195,7 @@ public sealed class LlamaForCausalLM : CausalLMModel
     public override Embedding InputEmbeddings => Model.EmbedTokens;
     public override Linear OutputEmbeddings => LmHead;
 
-    public override Tensor Embed(Tensor inputIds, Tensor positionIds) => Model.EmbedTokens.Forward(inputIds);
+    protected override Tensor EmbedCore(Tensor inputIds, Tensor positionIds) => Model.EmbedTokens.Forward(inputIds);
 
     public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
         ScalarType dtype, Device device, KvCache? cache, int firstLayer)
@@ -206,9 +206,9 @@ public sealed class LlamaForCausalLM : CausalLMModel
         return new LayerInputs { PositionIds = positionIds, Mask = mask, IsPlainCausal = plain, Cos = cos.to(device), Sin = sin.to(device), Cache = cache };
     }
 
-    public override Tensor Layer(int index, Tensor hidden, LayerInputs inputs) => Model.Layers[index].Forward(hidden, inputs);
+    protected override Tensor LayerCore(int index, Tensor hidden, LayerInputs inputs) => Model.Layers[index].Forward(hidden, inputs);
 
-    public override Tensor FinalNorm(Tensor hidden) => Model.Norm.Forward(hidden);
+    protected override Tensor FinalNormCore(Tensor hidden) => Model.Norm.Forward(hidden);
     public override string FinalNormPath => "model.norm";
 }
 

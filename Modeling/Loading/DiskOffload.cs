@@ -1,0 +1,212 @@
+using System.Text.Json.Nodes;
+using ShardPipe.Checkpoints;
+using ShardPipe.Checkpoints.SafeTensors;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Models;
+using ShardPipe.Placement;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Loading;
+
+/// <summary>
+/// Weights a device map sends to <c>"disk"</c>, as Accelerate's disk offload: they stay out of memory and are read in
+/// (<c>pread</c>, into reused tensors) just before their module runs and given back after; while one module runs, the
+/// next one's weights are read on another thread. A tensor stored at its target dtype is read straight from the
+/// checkpoint's own shard; any other is written once, at load time, converted, into <c>offload_folder</c> as
+/// safetensors with an index (<c>offload_index.json</c>), and read from there.
+/// </summary>
+public sealed class DiskOffload : IDisposable
+{
+    private sealed record Entry(string Key, TensorSlot Slot, SafeTensorsFile File, TensorInfo Info, ScalarType Type);
+
+    private readonly List<Entry> _entries;
+    private readonly Checkpoint _checkpoint;
+    private readonly List<SafeTensorsFile> _files;
+    private readonly Dictionary<(ScalarType, string), Stack<Tensor>> _pool = new();
+    private readonly object _gate = new();
+    private (string Path, Task<List<(Entry, Tensor)>> Load)? _prefetch;
+
+    /// <summary>Whether the next module's weights are read while the current one runs (off: for measuring).</summary>
+    public bool Prefetch { get; set; } = true;
+    /// <summary>Bytes of weights kept on disk.</summary>
+    public long Bytes { get; }
+    /// <summary>Where converted weights were written (null when every offloaded tensor is read from the checkpoint itself).</summary>
+    public string? Folder { get; }
+
+    private DiskOffload(List<Entry> entries, Checkpoint checkpoint, List<SafeTensorsFile> files, string? folder)
+    {
+        _entries = entries;
+        _checkpoint = checkpoint;
+        _files = files;
+        Folder = folder;
+        Bytes = entries.Sum(e => e.Info.ByteLength);
+    }
+
+    /// <summary>
+    /// Sets up the store for every tensor of <paramref name="model"/> under a disk-mapped prefix. Tensors whose stored
+    /// dtype differs from their target need <paramref name="offloadFolder"/> (a typed error naming it otherwise, as
+    /// Hugging Face asks for one); a folder that cannot be created or written is an error naming it.
+    /// </summary>
+    public static DiskOffload Build(CausalLMModel model, string checkpointFolder, string? variant, IReadOnlyList<string> diskPrefixes,
+        DType dtype, string? offloadFolder)
+    {
+        var checkpoint = Checkpoint.Open(checkpointFolder, variant);
+        var files = new List<SafeTensorsFile>();
+        var entries = new List<Entry>();
+        string prefix = model.BaseModelPrefix + ".";
+        var converted = new List<(string Key, TensorSlot Slot, TensorLocation Source, DType Target)>();
+        foreach (var (key, slot) in model.StateDictSlots())
+        {
+            if (slot.IsMaterialised || slot.IsBuffer || !ModulePath.CoveredByAny(diskPrefixes, key)) continue;
+            var location = checkpoint.Tensors.FirstOrDefault(t => t.Name == key)
+                ?? (key.StartsWith(prefix, StringComparison.Ordinal) ? checkpoint.Tensors.FirstOrDefault(t => t.Name == key[prefix.Length..]) : null);
+            if (location is null) continue; // missing from the checkpoint: initialised in memory like any missing key
+            if (entries.Any(e => ReferenceEquals(e.Slot, slot)) || converted.Any(c => ReferenceEquals(c.Slot, slot))) continue; // a tied weight
+            var target = slot.FixedDType ?? (DTypes.IsFloating(location.Info.DType) ? dtype : location.Info.DType);
+            if (location.Info.DType == target)
+            {
+                var file = checkpoint.Shard(location.Shard);
+                entries.Add(new Entry(key, slot, file, location.Info, TorchRuntime.ToScalarType(target)));
+            }
+            else converted.Add((key, slot, location, target));
+        }
+        string? folder = null;
+        if (converted.Count > 0)
+        {
+            folder = offloadFolder ?? throw new InvalidInputException(
+                $"the device map offloads {converted.Count} tensor(s) to disk that are stored as {converted[0].Source.Info.DType}, not {DTypes.TorchName(converted[0].Target)}: give an offload_folder (--offload-folder) to write them to");
+            string path = WriteConverted(folder, converted, checkpoint);
+            var written = SafeTensorsFile.Open(path);
+            files.Add(written);
+            foreach (var c in converted)
+                entries.Add(new Entry(c.Key, c.Slot, written, written.Header.Tensors.First(t => t.Name == c.Key), TorchRuntime.ToScalarType(c.Target)));
+        }
+        return new DiskOffload(entries, checkpoint, files, folder);
+    }
+
+    /// <summary>Converted tensors, one safetensors file and an index naming where each lives.</summary>
+    private static string WriteConverted(string folder, List<(string Key, TensorSlot Slot, TensorLocation Source, DType Target)> tensors, Checkpoint checkpoint)
+    {
+        try
+        {
+            Directory.CreateDirectory(folder);
+            string path = Path.Combine(folder, "offload.safetensors");
+            SafeTensorsWriter.Write(path, tensors.Select(t => new TensorSource(t.Key, t.Target, t.Source.Info.Shape, span =>
+            {
+                using var scope = NewDisposeScope();
+                var stored = empty(t.Source.Info.Shape, TorchRuntime.ToScalarType(t.Source.Info.DType));
+                checkpoint.ReadInto(t.Source, stored.bytes);
+                var cast = stored.to(TorchRuntime.ToScalarType(t.Target)).contiguous();
+                cast.bytes.CopyTo(span);
+            })));
+            var index = new JsonObject();
+            foreach (var t in tensors) index[t.Key] = new JsonObject { ["dtype"] = DTypes.TorchName(t.Target), ["shape"] = new JsonArray(t.Source.Info.Shape.Select(d => (JsonNode)d).ToArray()), ["file"] = "offload.safetensors" };
+            File.WriteAllText(Path.Combine(folder, "offload_index.json"), index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            return path;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new CheckpointFormatException(folder, null, $"offload folder cannot be written: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>
+    /// Installs the offloaded weights under <paramref name="modulePath"/> (read now, or taken from the prefetch) and
+    /// starts reading those under <paramref name="next"/>; disposing gives the tensors back for reuse.
+    /// </summary>
+    public IDisposable? Use(string modulePath, string? next)
+    {
+        var mine = _entries.Where(e => ModulePath.Covers(modulePath, e.Key)).ToList();
+        if (mine.Count == 0)
+        {
+            StartPrefetch(next);
+            return null;
+        }
+        List<(Entry, Tensor)> loaded;
+        Task<List<(Entry, Tensor)>>? pending = null;
+        lock (_gate)
+            if (_prefetch is { } p && p.Path == modulePath)
+            {
+                pending = p.Load;
+                _prefetch = null;
+            }
+        loaded = pending is not null ? pending.GetAwaiter().GetResult() : Read(mine);
+        foreach (var (entry, tensor) in loaded) entry.Slot.Set(tensor);
+        StartPrefetch(next);
+        return new Lease(this, loaded);
+    }
+
+    private void StartPrefetch(string? next)
+    {
+        if (!Prefetch || next is null) return;
+        var theirs = _entries.Where(e => ModulePath.Covers(next, e.Key)).ToList();
+        if (theirs.Count == 0) return;
+        lock (_gate)
+        {
+            if (_prefetch is not null) return;
+            _prefetch = (next, Task.Run(() => Read(theirs)));
+        }
+    }
+
+    /// <summary>Reads entries into pooled tensors (the same shapes recur layer after layer).</summary>
+    private List<(Entry, Tensor)> Read(List<Entry> entries)
+    {
+        var output = new List<(Entry, Tensor)>(entries.Count);
+        foreach (var e in entries)
+        {
+            Tensor t;
+            lock (_gate)
+                t = _pool.TryGetValue((e.Type, string.Join(",", e.Info.Shape)), out var stack) && stack.Count > 0 ? stack.Pop() : null!;
+            t ??= empty(e.Info.Shape, e.Type).DetachFromDisposeScope();
+            ReadInto(e, t);
+            output.Add((e, t));
+        }
+        return output;
+    }
+
+    private static void ReadInto(Entry e, Tensor t)
+    {
+        long total = e.Info.ByteLength;
+        if (total <= int.MaxValue) e.File.ReadInto(e.Info, t.bytes);
+        else
+        {
+            // Spans are int-sized: a tensor over 2 GiB is read row block by row block.
+            long rows = t.shape[0], rowBytes = total / rows, perPiece = Math.Max(1, (1L << 30) / rowBytes);
+            for (long r = 0; r < rows; r += perPiece)
+            {
+                using var piece = t.narrow(0, r, Math.Min(perPiece, rows - r));
+                e.File.ReadRange(e.Info, r * rowBytes, piece.bytes);
+            }
+        }
+    }
+
+    private void GiveBack(List<(Entry Entry, Tensor Tensor)> loaded)
+    {
+        foreach (var (entry, tensor) in loaded)
+        {
+            if (ReferenceEquals(entry.Slot.Value, tensor)) entry.Slot.Take();
+            lock (_gate)
+            {
+                var key = (entry.Type, string.Join(",", entry.Info.Shape));
+                if (!_pool.TryGetValue(key, out var stack)) _pool[key] = stack = new Stack<Tensor>();
+                stack.Push(tensor);
+            }
+        }
+    }
+
+    private sealed class Lease(DiskOffload owner, List<(Entry, Tensor)> loaded) : IDisposable
+    {
+        public void Dispose() => owner.GiveBack(loaded);
+    }
+
+    public void Dispose()
+    {
+        (string, Task<List<(Entry, Tensor)>>)? pending;
+        lock (_gate) { pending = _prefetch; _prefetch = null; }
+        if (pending is { } p) foreach (var (_, t) in p.Item2.GetAwaiter().GetResult()) t.Dispose();
+        foreach (var e in _entries) if (e.Slot.IsMaterialised) e.Slot.Release();
+        foreach (var stack in _pool.Values) while (stack.Count > 0) stack.Pop().Dispose();
+        foreach (var f in _files) f.Dispose();
+        _checkpoint.Dispose();
+    }
+}
