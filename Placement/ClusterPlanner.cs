@@ -77,6 +77,7 @@ public static class ClusterPlanner
         var assignment = new Dictionary<string, int>(StringComparer.Ordinal);
         var load = new double[devices.Count];
         int last = devices.Count - 1;
+        var lastMemory = devices[last].Device; // where the head goes (disk devices, if used, only take blocks)
         foreach (var u in pre) { assignment[u.Name] = 0; load[0] += u.Bytes; }
         foreach (var u in post)
         {
@@ -92,6 +93,21 @@ public static class ClusterPlanner
                 $"but its budget is {ByteSize.Format((long)devices[i].Bytes)}: {ByteSize.Format((long)-caps[i])} missing");
         }
         var ranges = request.Strategy == "sequential" ? Sequential(blocks, caps) : Balanced(blocks, caps, devices.Select(d => d.Bytes).ToArray());
+        if (ranges is null && request.Devices.Any(d => d.Device.Kind == "disk"))
+        {
+            // Memory cannot hold every block: blocks spill onto disk devices, each node's disk after its own memory
+            // (pipeline order unchanged), as little as possible and in proportion to the disks' budgets.
+            var withDisk = request.Devices.OrderBy(d => nodeOrder.IndexOf(d.Device.Node ?? "")).ThenBy(d => d.Device).ToList();
+            var extCaps = withDisk.Select(d => d.Device.Kind == "disk" ? d.Bytes : caps[devices.FindIndex(m => m.Device == d.Device)]).ToArray();
+            var isDisk = withDisk.Select(d => d.Device.Kind == "disk").ToArray();
+            var spilled = request.Strategy == "sequential" ? Sequential(blocks, extCaps) : Spill(blocks, extCaps, isDisk, withDisk.Select(d => d.Bytes).ToArray());
+            if (spilled is not null)
+            {
+                foreach (var (name, index) in assignment.ToList()) assignment[name] = withDisk.FindIndex(d => d.Device == devices[index].Device);
+                devices = withDisk;
+                ranges = spilled;
+            }
+        }
         if (ranges is null)
         {
             double need = units.Sum(u => u.Bytes), have = devices.Sum(d => d.Bytes);
@@ -108,7 +124,7 @@ public static class ClusterPlanner
             .OrderBy(x => devices.FindIndex(d => d.Device == x.Device)).ToList();
         if (replicated > 0)
         {
-            int i = usage.FindIndex(x => x.Device == devices[last].Device);
+            int i = usage.FindIndex(x => x.Device == lastMemory);
             if (i >= 0) usage[i] = (usage[i].Device, usage[i].Bytes + replicated, usage[i].Budget);
         }
         return new PlanResult(map, usage);
@@ -125,6 +141,36 @@ public static class ClusterPlanner
             else if (layers.Any(l => l.StartsWith(p + ".", StringComparison.Ordinal))) Flatten(child, p, layers, sizes, units);
             else units.Add(new Unit(p, sizes[p], false));
         }
+    }
+
+    /// <summary>
+    /// Blocks over memory devices filled to capacity and disk devices filled to r × budget, for the smallest r that
+    /// places them all (bisection): memory first, disk only for the rest, spread over the disks.
+    /// </summary>
+    private static int[]? Spill(List<Unit> blocks, double[] caps, bool[] isDisk, double[] budgets)
+    {
+        int[]? Fill(double r)
+        {
+            var result = new int[blocks.Count];
+            var used = new double[caps.Length];
+            int d = 0;
+            for (int b = 0; b < blocks.Count; b++)
+            {
+                while (d < caps.Length && used[d] + blocks[b].Bytes > (isDisk[d] ? Math.Min(caps[d], r * budgets[d]) : caps[d]) + 1e-9) d++;
+                if (d == caps.Length) return null;
+                used[d] += blocks[b].Bytes;
+                result[b] = d;
+            }
+            return result;
+        }
+        if (Fill(1.0) is null) return null;
+        double lo = 0, hi = 1;
+        for (int i = 0; i < 60; i++)
+        {
+            double mid = (lo + hi) / 2;
+            if (Fill(mid) is null) lo = mid; else hi = mid;
+        }
+        return Fill(hi);
     }
 
     /// <summary>Fill devices in order up to their capacity.</summary>

@@ -104,7 +104,7 @@ public sealed class CoordinatorState
         try
         {
             var id = DeviceId.Parse(d.Device);
-            return id.Node is not null || id.Kind == "disk" ? $"'{d.Device}' is not a compute device (cpu, cuda:N)" : null;
+            return id.Node is not null ? $"'{d.Device}' is not a device of one node (cpu, disk, cuda:N)" : null;
         }
         catch (InvalidInputException ex) { return ex.Message; }
     }

@@ -23,7 +23,7 @@ public sealed class EmbeddedCluster : IAsyncDisposable
 
     /// <summary>Starts <paramref name="count"/> nodes (or the nodes named in <paramref name="nodeSpec"/>) and waits until all have registered.</summary>
     public static async Task<EmbeddedCluster> StartAsync(int count, string? nodeSpec = null, Func<int, string?>? extraConfig = null,
-        Func<int, bool>? localCheckpoints = null, TimeSpan? timeout = null, int? computeThreads = null)
+        Func<int, bool>? localCheckpoints = null, TimeSpan? timeout = null, int? computeThreads = null, string? offloadFolder = null)
     {
         var layout = Layout(count, nodeSpec);
         // N nodes in one process share its cores and libtorch's intra-op pool: give each node its share of the cores,
@@ -37,7 +37,9 @@ public sealed class EmbeddedCluster : IAsyncDisposable
             {
                 var (name, devices) = layout[i];
                 var roles = i == 0 ? new[] { "coordinator", "worker" } : new[] { "worker" };
-                var config = ShardPipeNode.LoopbackConfig(name, roles, devices, 0, localCheckpoints?.Invoke(i) ?? true, extraConfig?.Invoke(i));
+                // A disk device writes what it converts under the offload folder, one subfolder per node.
+                string? offload = offloadFolder is null ? null : $"shardpipe.offload-folder = \"{Path.Combine(offloadFolder, name).Replace("\\", "/")}\"";
+                var config = ShardPipeNode.LoopbackConfig(name, roles, devices, 0, localCheckpoints?.Invoke(i) ?? true, string.Join("\n", new[] { offload, extraConfig?.Invoke(i) }.OfType<string>()));
                 nodes.Add(ShardPipeNode.Start(config, i == 0 ? null : nodes[0].Address.ToString()));
             }
             var cluster = new EmbeddedCluster(nodes);

@@ -13,6 +13,8 @@ public sealed record NodeSettings
     public required string NodeName { get; init; }
     public required IReadOnlyList<string> Roles { get; init; }
     public required IReadOnlyList<(string Device, long Budget)> Devices { get; init; }
+    /// <summary>Where this node's disk device writes weights it must convert; null = none (weights read from the checkpoint).</summary>
+    public string? OffloadFolder { get; init; }
     public required bool LocalCheckpoints { get; init; }
     public required IReadOnlyList<string> ModelRoots { get; init; }
     public required TimeSpan LoadTimeout { get; init; }
@@ -44,12 +46,14 @@ public sealed record NodeSettings
         config = ReferenceConfig.Over(config);
         var sp = config.GetConfig("shardpipe");
         var devices = new List<(string, long)>();
+        string? folder = sp.GetString("offload-folder") is { Length: > 0 } of ? of : null;
         foreach (var d in sp.GetValue("devices").GetArray())
         {
             var obj = d.GetObject();
             string device = obj.Items.TryGetValue("device", out var dv) ? dv.GetString() : "cpu";
             string budget = obj.Items.TryGetValue("budget", out var bv) ? bv.GetString() ?? "" : "";
             DeviceId.Parse(device); // validate early, with the device named
+            if (obj.Items.TryGetValue("folder", out var fv) && fv.GetString() is { Length: > 0 } f) folder = f;
             long bytes = budget.Length == 0 ? MaxMemory.DefaultCpuBytes() / Math.Max(1, equalShareOf) : ByteSize.Parse(budget);
             devices.Add((device, bytes));
         }
@@ -63,6 +67,7 @@ public sealed record NodeSettings
             NodeName = sp.GetString("node-name"),
             Roles = config.GetStringList("akka.cluster.roles").ToList(),
             Devices = devices,
+            OffloadFolder = folder,
             LocalCheckpoints = sp.GetBoolean("local-checkpoints"),
             ModelRoots = sp.GetStringList("model-roots").ToList(),
             LoadTimeout = sp.GetTimeSpan("load-timeout"),

@@ -159,7 +159,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         var self = Self;
         var system = Context.System;
         string selfPath = Path();
-        var loader = new SliceLoader(_settings, _log, _stage, system);
+        var loader = new SliceLoader(_settings, _log, _stage, _device, system);
         Task.Run(() => loader.Materialise(slice, replyTo, selfPath))
             .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ex.GetBaseException().Message}"));
         Become(() => Loading(replyTo));

@@ -28,13 +28,16 @@ public sealed class SliceLoader
     private readonly ILoggingAdapter _log;
     private readonly string _stage;
     private readonly ActorSystem _system;
+    private readonly bool _disk;
 
-    public SliceLoader(NodeSettings settings, ILoggingAdapter log, string stage, ActorSystem system)
+    /// <param name="device">The worker's device; a <c>disk</c> device keeps its slice's weights on disk and reads them per step.</param>
+    public SliceLoader(NodeSettings settings, ILoggingAdapter log, string stage, string device, ActorSystem system)
     {
         _settings = settings;
         _log = log;
         _stage = stage;
         _system = system;
+        _disk = device == "disk";
     }
 
     public SliceReady Materialise(LoadSlice slice, IActorRef coordinator, string self)
@@ -50,18 +53,23 @@ public sealed class SliceLoader
         FaultHooks.For(_system).BeforeMaterialise?.Invoke();
         var config = new PretrainedConfig((JsonObject)JsonNode.Parse(slice.ConfigJson)!);
         bool local = _settings.HasLocal(SafeLocate(slice.Model));
+        if (_disk && !local)
+            throw new ClusterException($"{_stage}: a disk device reads its weights from a local checkpoint, and this node has none of {slice.Model}");
         var model = PreTrainedModel.FromPretrained(local ? slice.Model : null, new FromPretrainedOptions
         {
             Config = config,
             Variant = slice.Variant,
             DType = slice.DType,
+            DeviceMap = _disk ? "disk" : null,
+            OffloadFolder = _disk ? _settings.OffloadFolder : null,
             IncludeKey = key => ModulePath.CoveredByAny(slice.ModulePrefixes, key),
             Fetcher = local ? null : Streamer(slice),
             Progress = Progress,
         });
         var materialised = model.NamedTensors().Where(t => t.Slot.IsMaterialised).ToList();
-        long bytes = materialised.Sum(t => t.Slot.Tensor.NumberOfElements * t.Slot.Tensor.ElementSize);
-        _log.Info("{0}: materialised {1} tensors ({2}) in {3:0.00} s{4}", _stage, materialised.Count, ByteSize.Format(bytes), clock.Elapsed.TotalSeconds, local ? "" : " (streamed)");
+        long bytes = materialised.Sum(t => t.Slot.Tensor.NumberOfElements * t.Slot.Tensor.ElementSize) + (model.Offload?.Bytes ?? 0);
+        _log.Info("{0}: materialised {1} tensors ({2}{3}) in {4:0.00} s{5}", _stage, materialised.Count, ByteSize.Format(bytes),
+            model.Offload is { } o ? $", {ByteSize.Format(o.Bytes)} of it on disk" : "", clock.Elapsed.TotalSeconds, local ? "" : " (streamed)");
         return new SliceReady(slice.PlanEpoch, model, bytes, materialised.Count, !local, slice.Route);
     }
 

@@ -25,7 +25,8 @@ public sealed class ClusterSession : IAsyncDisposable
         _dispose = dispose;
     }
 
-    public static async Task<ClusterSession> ConnectAsync(string spec, string? nodes, ILogger log)
+    /// <param name="offloadFolder">For embedded nodes with a disk device: where they write weights they convert.</param>
+    public static async Task<ClusterSession> ConnectAsync(string spec, string? nodes, ILogger log, string? offloadFolder = null)
     {
         if (spec.StartsWith("embedded:", StringComparison.Ordinal) || spec == "embedded")
         {
@@ -33,7 +34,7 @@ public sealed class ClusterSession : IAsyncDisposable
                 : throw new InvalidInputException($"--cluster '{spec}': use embedded:N with N ≥ 1, or HOST:PORT");
             if (nodes is not null) n = EmbeddedCluster.Layout(n, nodes).Count;
             var sw = Stopwatch.StartNew();
-            var cluster = await EmbeddedCluster.StartAsync(n, nodes);
+            var cluster = await EmbeddedCluster.StartAsync(n, nodes, offloadFolder: offloadFolder);
             log.LogInformation("embedded cluster of {Nodes} nodes up in {Seconds:0.00} s", n, sw.Elapsed.TotalSeconds);
             return new ClusterSession(cluster.Client, n, cluster.DisposeAsync);
         }

@@ -78,13 +78,13 @@ public static class TorchRuntime
     /// <summary>Why <paramref name="device"/> cannot compute in this process, or null when it can.</summary>
     public static string? Unusable(DeviceId device) => device.Kind switch
     {
-        "cpu" => null,
+        "cpu" or "disk" => null, // disk: computes on the CPU, weights read from disk per call
         "cuda" when HasCuda => null,
         "cuda" => $"{device.Kind}:{device.Index} requested, but this build has no CUDA",
-        _ => $"device '{device}' cannot hold materialised weights (offload is not supported yet)",
+        _ => $"device '{device}' is not a device this build can compute on (cpu, disk, cuda:N)",
     };
 
     /// <summary>A planned device (cpu, cuda:N) as a TorchSharp device; a device this build cannot use is refused, named.</summary>
     public static Device ToDevice(DeviceId device) =>
-        Unusable(device) is { } why ? throw new UnsupportedException(why) : device.Kind == "cpu" ? CPU : new Device($"cuda:{device.Index}");
+        Unusable(device) is { } why ? throw new UnsupportedException(why) : device.Kind is "cpu" or "disk" ? CPU : new Device($"cuda:{device.Index}");
 }

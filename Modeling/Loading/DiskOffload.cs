@@ -17,7 +17,11 @@ namespace ShardPipe.Modeling.Loading;
 /// </summary>
 public sealed class DiskOffload : IDisposable
 {
-    private sealed record Entry(string Key, TensorSlot Slot, SafeTensorsFile File, TensorInfo Info, ScalarType Type);
+    /// <summary>An offloaded tensor: every name it has in the model (a tied weight has two), its slot, where it is read from.</summary>
+    private sealed record Entry(string[] Keys, TensorSlot Slot, SafeTensorsFile File, TensorInfo Info, ScalarType Type)
+    {
+        public bool Under(string modulePath) => Keys.Any(k => ModulePath.Covers(modulePath, k));
+    }
 
     private readonly List<Entry> _entries;
     private readonly Checkpoint _checkpoint;
@@ -47,28 +51,30 @@ public sealed class DiskOffload : IDisposable
     /// dtype differs from their target need <paramref name="offloadFolder"/> (a typed error naming it otherwise, as
     /// Hugging Face asks for one); a folder that cannot be created or written is an error naming it.
     /// </summary>
+    /// <param name="include">Only these keys (a pipeline stage's slice); null = all.</param>
     public static DiskOffload Build(CausalLMModel model, string checkpointFolder, string? variant, IReadOnlyList<string> diskPrefixes,
-        DType dtype, string? offloadFolder)
+        DType dtype, string? offloadFolder, Func<string, bool>? include = null)
     {
         var checkpoint = Checkpoint.Open(checkpointFolder, variant);
         var files = new List<SafeTensorsFile>();
         var entries = new List<Entry>();
         string prefix = model.BaseModelPrefix + ".";
-        var converted = new List<(string Key, TensorSlot Slot, TensorLocation Source, DType Target)>();
-        foreach (var (key, slot) in model.StateDictSlots())
+        var converted = new List<(string[] Keys, TensorSlot Slot, TensorLocation Source, DType Target)>();
+        TensorLocation? Find(string key) => checkpoint.Tensors.FirstOrDefault(t => t.Name == key)
+            ?? (key.StartsWith(prefix, StringComparison.Ordinal) ? checkpoint.Tensors.FirstOrDefault(t => t.Name == key[prefix.Length..]) : null);
+        foreach (var group in model.StateDictSlots().GroupBy(s => s.Slot, ReferenceEqualityComparer.Instance))
         {
-            if (slot.IsMaterialised || slot.IsBuffer || !ModulePath.CoveredByAny(diskPrefixes, key)) continue;
-            var location = checkpoint.Tensors.FirstOrDefault(t => t.Name == key)
-                ?? (key.StartsWith(prefix, StringComparison.Ordinal) ? checkpoint.Tensors.FirstOrDefault(t => t.Name == key[prefix.Length..]) : null);
+            var slot = (TensorSlot)group.Key!;
+            var keys = group.Select(g => g.Key).ToArray();
+            var mine = keys.Where(k => ModulePath.CoveredByAny(diskPrefixes, k) && include?.Invoke(k) != false).ToArray();
+            if (slot.IsMaterialised || slot.IsBuffer || mine.Length == 0) continue;
+            // A tied weight is stored under one of its names (HF saves it once).
+            var location = keys.Select(Find).FirstOrDefault(l => l is not null);
             if (location is null) continue; // missing from the checkpoint: initialised in memory like any missing key
-            if (entries.Any(e => ReferenceEquals(e.Slot, slot)) || converted.Any(c => ReferenceEquals(c.Slot, slot))) continue; // a tied weight
             var target = slot.FixedDType ?? (DTypes.IsFloating(location.Info.DType) ? dtype : location.Info.DType);
             if (location.Info.DType == target)
-            {
-                var file = checkpoint.Shard(location.Shard);
-                entries.Add(new Entry(key, slot, file, location.Info, TorchRuntime.ToScalarType(target)));
-            }
-            else converted.Add((key, slot, location, target));
+                entries.Add(new Entry(mine, slot, checkpoint.Shard(location.Shard), location.Info, TorchRuntime.ToScalarType(target)));
+            else converted.Add((mine, slot, location, target));
         }
         string? folder = null;
         if (converted.Count > 0)
@@ -79,19 +85,19 @@ public sealed class DiskOffload : IDisposable
             var written = SafeTensorsFile.Open(path);
             files.Add(written);
             foreach (var c in converted)
-                entries.Add(new Entry(c.Key, c.Slot, written, written.Header.Tensors.First(t => t.Name == c.Key), TorchRuntime.ToScalarType(c.Target)));
+                entries.Add(new Entry(c.Keys, c.Slot, written, written.Header.Tensors.First(t => t.Name == c.Keys[0]), TorchRuntime.ToScalarType(c.Target)));
         }
         return new DiskOffload(entries, checkpoint, files, folder);
     }
 
     /// <summary>Converted tensors, one safetensors file and an index naming where each lives.</summary>
-    private static string WriteConverted(string folder, List<(string Key, TensorSlot Slot, TensorLocation Source, DType Target)> tensors, Checkpoint checkpoint)
+    private static string WriteConverted(string folder, List<(string[] Keys, TensorSlot Slot, TensorLocation Source, DType Target)> tensors, Checkpoint checkpoint)
     {
         try
         {
             Directory.CreateDirectory(folder);
             string path = Path.Combine(folder, "offload.safetensors");
-            SafeTensorsWriter.Write(path, tensors.Select(t => new TensorSource(t.Key, t.Target, t.Source.Info.Shape, span =>
+            SafeTensorsWriter.Write(path, tensors.Select(t => new TensorSource(t.Keys[0], t.Target, t.Source.Info.Shape, span =>
             {
                 using var scope = NewDisposeScope();
                 var stored = empty(t.Source.Info.Shape, TorchRuntime.ToScalarType(t.Source.Info.DType));
@@ -100,7 +106,7 @@ public sealed class DiskOffload : IDisposable
                 cast.bytes.CopyTo(span);
             })));
             var index = new JsonObject();
-            foreach (var t in tensors) index[t.Key] = new JsonObject { ["dtype"] = DTypes.TorchName(t.Target), ["shape"] = new JsonArray(t.Source.Info.Shape.Select(d => (JsonNode)d).ToArray()), ["file"] = "offload.safetensors" };
+            foreach (var t in tensors) index[t.Keys[0]] = new JsonObject { ["dtype"] = DTypes.TorchName(t.Target), ["shape"] = new JsonArray(t.Source.Info.Shape.Select(d => (JsonNode)d).ToArray()), ["file"] = "offload.safetensors" };
             File.WriteAllText(Path.Combine(folder, "offload_index.json"), index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
             return path;
         }
@@ -116,7 +122,7 @@ public sealed class DiskOffload : IDisposable
     /// </summary>
     public IDisposable? Use(string modulePath, string? next)
     {
-        var mine = _entries.Where(e => ModulePath.Covers(modulePath, e.Key)).ToList();
+        var mine = _entries.Where(e => e.Under(modulePath)).ToList();
         if (mine.Count == 0)
         {
             StartPrefetch(next);
@@ -139,7 +145,7 @@ public sealed class DiskOffload : IDisposable
     private void StartPrefetch(string? next)
     {
         if (!Prefetch || next is null) return;
-        var theirs = _entries.Where(e => ModulePath.Covers(next, e.Key)).ToList();
+        var theirs = _entries.Where(e => e.Under(next)).ToList();
         if (theirs.Count == 0) return;
         lock (_gate)
         {

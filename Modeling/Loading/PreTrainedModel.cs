@@ -61,7 +61,7 @@ public static class PreTrainedModel
         info = StateLoader.Load(model, source, dtype, DeviceOf, loadOptions);
         if (diskPrefixes.Count > 0)
         {
-            try { model.Offload = DiskOffload.Build(model, folder!, options.Variant, diskPrefixes, dtype, options.OffloadFolder); }
+            try { model.Offload = DiskOffload.Build(model, folder!, options.Variant, diskPrefixes, dtype, options.OffloadFolder, options.IncludeKey); }
             catch
             {
                 model.Release();

@@ -30,8 +30,7 @@ public class CoordinatorStateTests
     [Theory]
     [InlineData("cuda:0", "cuda:0 requested, but this build has no CUDA", "cuda:0 requested")]
     [InlineData("bogus", null, "is not a device")]
-    [InlineData("disk", null, "not a compute device")]
-    [InlineData("other/cpu", null, "not a compute device")]
+    [InlineData("other/cpu", null, "not a device of one node")]
     public void Devices_a_node_cannot_compute_on_are_refused_and_shown_in_status(string device, string? unusable, string expect)
     {
         var s = State();
