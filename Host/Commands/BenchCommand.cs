@@ -14,6 +14,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(DecodeBench.Create());
         cmd.Subcommands.Add(DistributedLoadBench.Create());
         cmd.Subcommands.Add(MessagesBench.Create());
+        cmd.Subcommands.Add(OffloadBench.Create());
         return cmd;
     }
 }
