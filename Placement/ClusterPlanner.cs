@@ -145,49 +145,42 @@ public static class ClusterPlanner
 
     /// <summary>
     /// Blocks over memory devices filled to capacity and disk devices filled to r × budget, for the smallest r that
-    /// places them all (bisection): memory first, disk only for the rest, spread over the disks.
+    /// places them all: memory first, disk only for the rest, spread over the disks.
     /// </summary>
-    private static int[]? Spill(List<Unit> blocks, double[] caps, bool[] isDisk, double[] budgets)
-    {
-        int[]? Fill(double r)
-        {
-            var result = new int[blocks.Count];
-            var used = new double[caps.Length];
-            int d = 0;
-            for (int b = 0; b < blocks.Count; b++)
-            {
-                while (d < caps.Length && used[d] + blocks[b].Bytes > (isDisk[d] ? Math.Min(caps[d], r * budgets[d]) : caps[d]) + 1e-9) d++;
-                if (d == caps.Length) return null;
-                used[d] += blocks[b].Bytes;
-                result[b] = d;
-            }
-            return result;
-        }
-        if (Fill(1.0) is null) return null;
-        double lo = 0, hi = 1;
-        for (int i = 0; i < 60; i++)
-        {
-            double mid = (lo + hi) / 2;
-            if (Fill(mid) is null) lo = mid; else hi = mid;
-        }
-        return Fill(hi);
-    }
+    private static int[]? Spill(List<Unit> blocks, double[] caps, bool[] isDisk, double[] budgets) =>
+        Smallest(r => FillUpTo(blocks, caps.Length, d => isDisk[d] ? Math.Min(caps[d], r * budgets[d]) : caps[d]));
 
-    /// <summary>Fill devices in order up to their capacity.</summary>
-    private static int[]? Sequential(List<Unit> blocks, double[] caps)
+    /// <summary>Blocks in order onto devices in order, each device up to its limit; null when they do not all fit.</summary>
+    private static int[]? FillUpTo(List<Unit> blocks, int devices, Func<int, double> limit)
     {
         var result = new int[blocks.Count];
-        var used = new double[caps.Length];
+        var used = new double[devices];
         int d = 0;
         for (int b = 0; b < blocks.Count; b++)
         {
-            while (d < caps.Length && used[d] + blocks[b].Bytes > caps[d]) d++;
-            if (d == caps.Length) return null;
+            while (d < devices && used[d] + blocks[b].Bytes > limit(d) + 1e-9) d++;
+            if (d == devices) return null;
             used[d] += blocks[b].Bytes;
             result[b] = d;
         }
         return result;
     }
+
+    /// <summary>The fill at the smallest ratio r in [0, 1] that places every block (bisection); null when even r = 1 does not.</summary>
+    private static int[]? Smallest(Func<double, int[]?> fill)
+    {
+        if (fill(1.0) is null) return null;
+        double lo = 0, hi = 1;
+        for (int i = 0; i < 60; i++)
+        {
+            double mid = (lo + hi) / 2;
+            if (fill(mid) is null) lo = mid; else hi = mid;
+        }
+        return fill(hi);
+    }
+
+    /// <summary>Fill devices in order up to their capacity.</summary>
+    private static int[]? Sequential(List<Unit> blocks, double[] caps) => FillUpTo(blocks, caps.Length, d => caps[d]);
 
     /// <summary>
     /// Contiguous ranges whose loads are proportional to the budgets: the smallest fill ratio r at which filling
@@ -197,28 +190,8 @@ public static class ClusterPlanner
     private static int[]? Balanced(List<Unit> blocks, double[] caps, double[] budgets)
     {
         if (blocks.Count == 0) return Array.Empty<int>();
-        int[]? Fill(double r)
-        {
-            var result = new int[blocks.Count];
-            var used = new double[caps.Length];
-            int d = 0;
-            for (int b = 0; b < blocks.Count; b++)
-            {
-                while (d < caps.Length && (used[d] + blocks[b].Bytes > Math.Min(caps[d], r * budgets[d]) + 1e-9)) d++;
-                if (d == caps.Length) return null;
-                used[d] += blocks[b].Bytes;
-                result[b] = d;
-            }
-            return result;
-        }
-        if (Fill(1.0) is null) return null;
-        double lo = 0, hi = 1;
-        for (int i = 0; i < 60; i++)
-        {
-            double mid = (lo + hi) / 2;
-            if (Fill(mid) is null) lo = mid; else hi = mid;
-        }
-        var best = Fill(hi)!;
+        var best = Smallest(r => FillUpTo(blocks, caps.Length, d => Math.Min(caps[d], r * budgets[d])));
+        if (best is null) return null;
         // No device with room left empty: move a boundary block onto an empty device when it fits there.
         for (int d = 0; d < caps.Length; d++)
         {

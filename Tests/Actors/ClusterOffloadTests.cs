@@ -43,24 +43,7 @@ public class ClusterOffloadTests : IAsyncLifetime
             var onDisk = loaded.DeviceMap.Where(e => e.Device.EndsWith("/disk", StringComparison.Ordinal)).ToList();
             Assert.True(onDisk.Count > 0, $"{name}: nothing was planned onto a disk device");
             Assert.Contains(loaded.Devices, d => d.Device.EndsWith("/disk", StringComparison.Ordinal) && d.LoadedBytes == d.PlannedBytes && d.LoadedBytes > 0);
-            foreach (var c in r.ForwardCases)
-            {
-                var ids = ReferenceData.Ints(c["input_ids"]);
-                var mask = c["attention_mask"] is JsonArray ? ReferenceData.Ints(c["attention_mask"]) : null;
-                var pos = c["position_ids"] is JsonArray ? ReferenceData.Ints(c["position_ids"]) : null;
-                var outcome = await _cluster.Client.RunAsync(Requests.Forward(ids, mask, pos), loaded.Stages, TimeSpan.FromSeconds(30));
-                var expected = ReferenceData.Doubles(c["last_logits"]!);
-                for (int b = 0; b < ids.Length; b++)
-                    ReferenceModelTests.AssertClose(expected[b], outcome.LastLogits![b], 1e-4, $"{name}/{c["name"]} row {b}, blocks on disk");
-            }
-            foreach (var c in r.GenerateCases)
-            {
-                var ids = ReferenceData.Ints(c["input_ids"]);
-                var mask = c["attention_mask"] is JsonArray ? ReferenceData.Ints(c["attention_mask"]) : null;
-                int n = c["generation_kwargs"]!["max_new_tokens"]!.GetValue<int>();
-                var outcome = await _cluster.Client.RunAsync(Requests.Generate(ids, mask, n), loaded.Stages, TimeSpan.FromSeconds(30));
-                Assert.Equal(ReferenceData.Ints(c["sequences"]), ids.Select((row, b) => row.Concat(outcome.NewTokens[b]).ToArray()).ToArray());
-            }
+            await ReferenceOnCluster.Check(_cluster.Client, loaded, r, "with blocks on node disks");
         }
         var status = await _cluster.Client.StatusAsync(TimeSpan.FromSeconds(10));
         Assert.Contains(status.DeviceMap, e => e.Device.EndsWith("/disk", StringComparison.Ordinal));
