@@ -38,7 +38,7 @@ public static partial class ModelLocator
         options ??= new LocateOptions();
         if (Directory.Exists(pathOrRepoId))
         {
-            string folder = options.Subfolder is { Length: > 0 } sub ? Path.Combine(pathOrRepoId, sub) : pathOrRepoId;
+            string folder = options.Subfolder is { Length: > 0 } sub ? Path.Combine(pathOrRepoId, CheckpointNames.CheckSubfolder(sub)) : pathOrRepoId;
             if (!Directory.Exists(folder))
                 throw new CheckpointNotFoundException($"subfolder '{options.Subfolder}' not found in {pathOrRepoId}", new[] { folder });
             return folder;
@@ -61,7 +61,7 @@ public static partial class ModelLocator
             throw new CheckpointNotFoundException(
                 $"model '{pathOrRepoId}' (revision '{revision}') not found locally (offline: nothing is downloaded)", tried);
         string snapshot = Path.Combine(repoDir, "snapshots", commit);
-        if (options.Subfolder is { Length: > 0 } s2) snapshot = Path.Combine(snapshot, s2);
+        if (options.Subfolder is { Length: > 0 } s2) snapshot = Path.Combine(snapshot, CheckpointNames.CheckSubfolder(s2));
         tried.Add(snapshot);
         if (!Directory.Exists(snapshot))
             throw new CheckpointNotFoundException(

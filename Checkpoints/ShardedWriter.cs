@@ -87,10 +87,25 @@ public static class CheckpointNames
     public const string Config = "config.json";
     public const string GenerationConfig = "generation_config.json";
 
-    public static string SafeWeights(string? variant) => variant is null ? "model.safetensors" : $"model.{variant}.safetensors";
+    public static string SafeWeights(string? variant) => variant is null ? "model.safetensors" : $"model.{CheckVariant(variant)}.safetensors";
 
     public static string SafeIndex(string? variant) =>
-        variant is null ? "model.safetensors.index.json" : $"model.safetensors.index.{variant}.json";
+        variant is null ? "model.safetensors.index.json" : $"model.safetensors.index.{CheckVariant(variant)}.json";
+
+    /// <summary>
+    /// A variant names files inside the model folder: a plain name of letters, digits, '_', '-' and '.' (not "." or
+    /// ".."), so that no variant — from a user or a message — can reach outside it.
+    /// </summary>
+    public static string CheckVariant(string variant) =>
+        variant.Length is > 0 and <= 64 && variant.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.') && variant.Trim('.').Length > 0 && !variant.Contains("..", StringComparison.Ordinal)
+            ? variant
+            : throw new InvalidInputException($"variant '{variant}' must be a plain name (letters, digits, '_', '-', '.'; at most 64 characters)");
+
+    /// <summary>A subfolder stays inside its model folder: relative, no '..' segment.</summary>
+    public static string CheckSubfolder(string subfolder) =>
+        !Path.IsPathRooted(subfolder) && subfolder.Split('/', '\\').All(part => part is not ".." && part.Length <= 255)
+            ? subfolder
+            : throw new InvalidInputException($"subfolder '{subfolder}' must be a relative path inside the model folder");
 
     public static string Shard(string? variant, int index, int count) =>
         SafeWeights(variant).Replace(".safetensors", $"-{index:00000}-of-{count:00000}.safetensors", StringComparison.Ordinal);

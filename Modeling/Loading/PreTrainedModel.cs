@@ -85,7 +85,7 @@ public static class PreTrainedModel
     /// </summary>
     private static void RefusePickle(string folder, string? variant)
     {
-        string suffix = variant is null ? "" : $".{variant}";
+        string suffix = variant is null ? "" : $".{CheckpointNames.CheckVariant(variant)}";
         string bin = $"pytorch_model{suffix}.bin", index = $"pytorch_model.bin.index{suffix}.json";
         if (File.Exists(Path.Combine(folder, bin)) || File.Exists(Path.Combine(folder, index)))
             throw new UnsupportedException($"{folder}: use_safetensors=False selects {bin}, a pickled PyTorch checkpoint, which ShardPipe does not read; convert it to safetensors or leave use_safetensors on");

@@ -149,3 +149,30 @@ public class ValidationTests
     public void Space_padding_after_the_json_object_is_accepted() =>
         Assert.Equal(2, SafeTensorsHeader.ReadFrom("ok", Build(Good + "      ", 12)).Tensors.Count);
 }
+
+/// <summary>Names from users and messages (variant, subfolder) cannot reach outside the model folder.</summary>
+public class NameConfinementTests
+{
+    [Theory]
+    [InlineData("/../../x/y")]
+    [InlineData("..")]
+    [InlineData("a/b")]
+    [InlineData("fp16\\..\\x")]
+    [InlineData("")]
+    public void A_variant_that_is_not_a_plain_name_is_refused(string variant)
+    {
+        var ex = Assert.Throws<InvalidInputException>(() => ShardPipe.Checkpoints.Checkpoint.Open(ShardPipe.Tests.Support.TestPaths.Model("llama_untied"), variant));
+        Assert.Contains("variant", ex.Message);
+    }
+
+    [Theory]
+    [InlineData("../llama_tied")]
+    [InlineData("/etc")]
+    public void A_subfolder_outside_the_model_folder_is_refused(string subfolder) =>
+        Assert.Throws<InvalidInputException>(() => ShardPipe.Checkpoints.ModelLocator.Locate(ShardPipe.Tests.Support.TestPaths.Model("llama_untied"),
+            new ShardPipe.Checkpoints.LocateOptions { Subfolder = subfolder }));
+
+    [Fact]
+    public void Plain_variants_still_work() =>
+        Assert.NotEmpty(ShardPipe.Checkpoints.Checkpoint.Open(ShardPipe.Tests.Support.TestPaths.Model("llama_variant_fp16"), "fp16").Tensors);
+}

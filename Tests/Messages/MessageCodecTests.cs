@@ -144,4 +144,31 @@ public class MessageCodecTests
         Assert.Throws<ProtocolException>(() => fresh.Add(corrupt with { Data = corrupt.Data.ToArray().Reverse().ToArray() }));
         Assert.Throws<ProtocolException>(() => new ChunkAssembler().Add((MessageChunk)parts[2])); // no first chunk
     }
+
+    [Theory]
+    [InlineData(-1, 0, 10, "claims -1 chunks")]
+    [InlineData(1_000_000_000, 0, 10, "claims 1000000000 chunks")]
+    [InlineData(3, 3, 10, "sequence outside")]
+    [InlineData(3, -2, 10, "sequence outside")]
+    [InlineData(3, 0, Protocol.MaxChunkBytes + 1, "carries")]
+    public void Hostile_chunks_are_refused_before_anything_is_allocated(int count, int sequence, int bytes, string expect)
+    {
+        var data = new byte[bytes];
+        var chunk = new MessageChunk("t", sequence, count, "stage", System.IO.Hashing.Crc32.HashToUInt32(data), data);
+        Assert.Contains(expect, Assert.Throws<ProtocolException>(() => new ChunkAssembler().Add(chunk)).Message);
+    }
+
+    [Fact]
+    public void A_transfer_keeps_its_chunk_count_and_unfinished_transfers_are_capped()
+    {
+        var data = new byte[1000];
+        uint crc = System.IO.Hashing.Crc32.HashToUInt32(data);
+        var assembler = new ChunkAssembler(maxMessageBytes: 1L << 20, maxOpenBytes: 2500);
+        Assert.Null(assembler.Add(new MessageChunk("a", 0, 3, "stage", crc, data)));
+        Assert.Contains("began with 3", Assert.Throws<ProtocolException>(() => assembler.Add(new MessageChunk("a", 1, 4, "stage", crc, data))).Message);
+        Assert.Null(assembler.Add(new MessageChunk("b", 0, 3, "stage", crc, data)));
+        Assert.Null(assembler.Add(new MessageChunk("c", 0, 3, "stage", crc, data)));
+        Assert.Contains("would hold more than 2500", Assert.Throws<ProtocolException>(() => assembler.Add(new MessageChunk("d", 0, 3, "stage", crc, data))).Message);
+        Assert.Equal(2, assembler.DropStale(TimeSpan.Zero)); // b and c; a and d were dropped when refused
+    }
 }
