@@ -41,7 +41,9 @@ public sealed class PretrainedConfig
 
     public string? ModelType => GetString("model_type");
     public IReadOnlyList<string> Architectures =>
-        Values["architectures"] is JsonArray a ? a.Select(n => n?.GetValue<string>() ?? "").ToList() : Array.Empty<string>();
+        Values["architectures"] is JsonArray a
+            ? a.Select(n => n is JsonValue v && v.TryGetValue(out string? s) ? s : throw new CheckpointFormatException(SourcePath ?? "config.json", null, $"architectures must be a list of class names, not {a.ToJsonString()}")).ToList()
+            : Array.Empty<string>();
     public string? TorchDtype => GetString("torch_dtype");
 
     public bool Has(string key) => Values.TryGetPropertyValue(key, out var n) && n is not null;

@@ -11,6 +11,7 @@ public sealed record Gpt2Config(long Embd, int Layers, int Heads, long Positions
 {
     public static Gpt2Config From(PretrainedConfig c)
     {
+        ConfigLimits.Check(c);
         long embd = c.GetLong("n_embd");
         int heads = c.GetInt("n_head");
         if (heads <= 0 || embd % heads != 0)

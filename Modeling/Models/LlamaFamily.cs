@@ -24,6 +24,7 @@ public sealed record LlamaConfig(
 {
     public static LlamaConfig From(PretrainedConfig c, LlamaVariant variant)
     {
+        ConfigLimits.Check(c);
         long hidden = c.GetLong("hidden_size");
         int heads = c.GetInt("num_attention_heads");
         long maxPos = c.GetLong("max_position_embeddings", 2048);

@@ -48,3 +48,32 @@ public class DefectCliTests
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"took {clock.Elapsed.TotalSeconds:0} s");
     }
 }
+
+/// <summary>Configs beyond sanity limits are refused before anything is built: exit 2, quickly, naming file and field.</summary>
+public class ConfigLimitCliTests
+{
+    [Theory]
+    [InlineData("llama_untied", "num_hidden_layers", "1000000000", "num_hidden_layers 1000000000 is outside the supported range 1..1024")]
+    [InlineData("gpt2", "n_positions", "1000000", "n_positions 1000000 is outside the supported range 1..32768")]
+    [InlineData("llama_untied", "hidden_size", "4294967296", "hidden_size 4294967296 is outside")]
+    [InlineData("llama_untied", "vocab_size", "-5", "vocab_size -5 is outside")]
+    [InlineData("llama_untied", "architectures", "[1]", "architectures must be a list of class names")]
+    public void Inspect_and_plan_refuse_configs_beyond_limits(string model, string field, string value, string expect)
+    {
+        using var tmp = new TempDir();
+        foreach (var f in Directory.GetFiles(TestPaths.Model(model))) File.Copy(f, tmp.File(Path.GetFileName(f)));
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(TestPaths.Model(model), "config.json")))!.AsObject();
+        config[field] = System.Text.Json.Nodes.JsonNode.Parse(value);
+        File.WriteAllText(tmp.File("config.json"), config.ToJsonString());
+        foreach (var args in new[] { new[] { "plan", "--model", tmp.Path, "--device-map", "auto", "--json" }, new[] { "inspect", "--model", tmp.Path, "--json" } })
+        {
+            var clock = Stopwatch.StartNew();
+            var r = ShardPipeProcess.Run(args);
+            Assert.Equal(2, r.ExitCode);
+            string last = r.Stderr.Trim().Split('\n')[^1];
+            Assert.StartsWith("error: config.json: ", last);
+            Assert.Contains(expect, last);
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60));
+        }
+    }
+}
