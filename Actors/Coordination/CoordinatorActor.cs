@@ -267,8 +267,9 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
 
     private void Start(IClientRequest request, IActorRef caller)
     {
-        var (step, error) = FirstStep.Build(request, _state.Loaded!, Akka.Serialization.Serialization.SerializedActorPath(caller),
-            Akka.Serialization.Serialization.SerializedActorPath(Self));
+        var model = _state.Loaded!;
+        var (step, error) = FirstStep.Build(request, model, Akka.Serialization.Serialization.SerializedActorPath(caller),
+            Akka.Serialization.Serialization.SerializedActorPath(Self), (int)Math.Min(int.MaxValue, Math.Max(_settings.MaxNewTokens, model.MaxPositions)));
         if (step is null)
         {
             caller.Tell(new RequestFailed(request.RequestId, "coordinator", error!));

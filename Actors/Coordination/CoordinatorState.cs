@@ -13,7 +13,7 @@ public sealed record WorkerInfo(string Path, string Node, string Device, long Bu
 
 /// <summary>A model the cluster serves: where every module went and what every stage holds.</summary>
 public sealed record LoadedModel(string Model, int Epoch, PipelineHop[] Route, DeviceMapEntry[] DeviceMap, DeviceUsage[] Usage,
-    StageInfo[] Stages, StopTokens Stop, long Vocab);
+    StageInfo[] Stages, StopTokens Stop, long Vocab, long MaxPositions = 2048);
 
 /// <summary>What a registration comes to.</summary>
 public abstract record Registration

@@ -11,11 +11,14 @@ namespace ShardPipe.Actors.Coordination;
 public static class FirstStep
 {
     /// <summary>The step for hop 0, or the reason the request cannot run.</summary>
-    public static (StageInput? Step, string? Error) Build(IClientRequest request, LoadedModel model, string replyTo, string coordinator)
+    /// <param name="maxNewTokens">The most new tokens a request may ask for (the node setting, at least the model's positions).</param>
+    public static (StageInput? Step, string? Error) Build(IClientRequest request, LoadedModel model, string replyTo, string coordinator, int maxNewTokens = int.MaxValue)
     {
         var ids = request.InputIds;
         if (ids.Length == 0 || ids[0].Length == 0 || ids.Any(r => r.Length != ids[0].Length))
             return (null, "input_ids must be non-empty rows of equal length");
+        if (ids[0].Length > model.MaxPositions)
+            return (null, $"the prompt has {ids[0].Length} tokens; the model takes at most {model.MaxPositions} positions");
         if (ids.SelectMany(r => r).Any(id => id < 0 || id >= model.Vocab))
             return (null, $"a token id is outside the vocabulary (0..{model.Vocab - 1})");
         var mask = request.AttentionMask ?? DecodeRule.FullMask(ids);
@@ -30,6 +33,7 @@ public static class FirstStep
                 return (new StageInput(f.RequestId, 0, 0, null, ids, mask, positions, replyTo, null, model.Epoch, coordinator), null);
             case Generate g:
                 if (g.MaxNewTokens < 1) return (null, $"max_new_tokens must be at least 1, not {g.MaxNewTokens}");
+                if (g.MaxNewTokens > maxNewTokens) return (null, $"max_new_tokens {g.MaxNewTokens} exceeds this cluster's limit of {maxNewTokens} (shardpipe.max-new-tokens)");
                 var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.Stop.Eos, model.Stop.Pad, new bool[ids.Length], g.Sampling,
                     g.Sampling.RepetitionPenalty != 1.0 ? ids : null); // the ids so far travel only when a penalty needs them
                 return (new StageInput(g.RequestId, 0, 0, null, ids, mask, DecodeRule.PositionsFromMask(mask), replyTo, state, model.Epoch, coordinator), null);

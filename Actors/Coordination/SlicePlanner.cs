@@ -103,6 +103,7 @@ public static class SlicePlanner
         var deviceUsage = plan.Devices.Select(u => new DeviceUsage(u.Device.ToString(), (long)u.Bytes, 0, (long)(u.Budget ?? 0))).ToArray();
         var stages = route.Select(h => new StageInfo(ordered.First(w => w.Path == h.WorkerPath).ToString(), h.WorkerPath)).ToArray();
         var deviceMap = plan.DeviceMap.Select(kv => new DeviceMapEntry(kv.Key, kv.Value.ToString())).ToArray();
-        return new LoadPlan(slices, new LoadedModel(model.Folder, epoch, route, deviceMap, deviceUsage, stages, model.Stop, meta.VocabSize));
+        long positions = model.Config.GetLongOrNull("max_position_embeddings") ?? model.Config.GetLongOrNull("n_positions") ?? 2048;
+        return new LoadPlan(slices, new LoadedModel(model.Folder, epoch, route, deviceMap, deviceUsage, stages, model.Stop, meta.VocabSize, positions));
     }
 }

@@ -23,6 +23,8 @@ public sealed record NodeSettings
     public required long MaxFrameSize { get; init; }
     public required int MaxInFlight { get; init; }
     public required int MaxQueued { get; init; }
+    /// <summary>The most new tokens a request may ask for (never below the loaded model's positions).</summary>
+    public required int MaxNewTokens { get; init; }
     /// <summary>libtorch intra-op threads for this node's process; 0 = libtorch's default (all cores).</summary>
     public required int ComputeThreads { get; init; }
     /// <summary>CPU cores the threads that run this node's steps are pinned to; empty = wherever the OS puts them.</summary>
@@ -76,6 +78,7 @@ public sealed record NodeSettings
             MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 0,
             MaxInFlight = AtLeast("max-in-flight", 1),
             MaxQueued = AtLeast("max-queued", 0),
+            MaxNewTokens = AtLeast("max-new-tokens", 1),
             ComputeThreads = sp.GetInt("compute-threads"),
             ComputeCores = sp.GetIntList("compute-cores").ToList(),
             Bulk = BulkSettings.From(config),

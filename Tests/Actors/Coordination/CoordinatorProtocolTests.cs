@@ -173,5 +173,9 @@ shardpipe.load-timeout = 30s").WithFallback(ShardPipeNode.Reference);
         Assert.Contains("outside the vocabulary", ExpectMsg<RequestFailed>().Reason);
         coordinator.Tell(new Generate("g4", ids, null, 0, false, sampling), TestActor);
         Assert.Contains("max_new_tokens", ExpectMsg<RequestFailed>().Reason);
+        coordinator.Tell(new Generate("g5", ids, null, 5000, false, sampling), TestActor); // llama_untied: 256 positions, the node allows 4096
+        Assert.Contains("exceeds this cluster's limit of 4096", ExpectMsg<RequestFailed>().Reason);
+        coordinator.Tell(new Forward("f2", new[] { Enumerable.Range(2, 300).Select(i => (long)(i % 200 + 2)).ToArray() }, null, null), TestActor);
+        Assert.Contains("the model takes at most 256 positions", ExpectMsg<RequestFailed>().Reason);
     }
 }
