@@ -30,6 +30,10 @@ public static class Tables
         Stdout.Value.Write(table);
     }
 
-    /// <summary>A plain line on stdout (through the same console, so it interleaves with tables correctly).</summary>
-    public static void Line(string text) => Stdout.Value.WriteLine(text);
+    /// <summary>A plain line on stdout, never wrapped (the console writes tables and lines in order).</summary>
+    public static void Line(string text)
+    {
+        Console.Out.WriteLine(text);
+        Console.Out.Flush();
+    }
 }
