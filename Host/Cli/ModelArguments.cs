@@ -70,6 +70,9 @@ public sealed class ModelArguments
     /// <summary>Checks that ids are inside the vocabulary and masks/positions match the ids' shape.</summary>
     public static void ValidateInputs(CausalLMModel model, long[][] ids, long[][]? mask, long[][]? positions)
     {
+        long maxPositions = model.Config.GetLongOrNull("max_position_embeddings") ?? model.Config.GetLongOrNull("n_positions") ?? long.MaxValue;
+        if (ids[0].Length > maxPositions)
+            throw new InvalidInputException($"--input-ids: the prompt has {ids[0].Length} tokens; the model takes at most {maxPositions} positions");
         foreach (var r in ids)
             foreach (var id in r)
                 if (id < 0 || id >= model.VocabSize)

@@ -37,6 +37,15 @@ public class DefectCliTests
     }
 
     [Fact]
+    public void A_prompt_longer_than_the_models_positions_is_refused()
+    {
+        string ids = string.Join(",", Enumerable.Range(0, 300).Select(i => i % 200 + 2));
+        var r = ShardPipeProcess.Run("forward", "--model", TestPaths.Model("llama_untied"), "--input-ids", ids, "--json");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Equal("error: --input-ids: the prompt has 300 tokens; the model takes at most 256 positions", r.Stderr.Trim().Split('\n')[^1]);
+    }
+
+    [Fact]
     public void A_cuda_device_on_a_build_without_cuda_is_refused_promptly_naming_node_and_device()
     {
         var clock = Stopwatch.StartNew();
