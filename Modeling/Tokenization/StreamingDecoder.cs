@@ -23,9 +23,6 @@ public sealed class StreamingDecoder
         _skipSpecial = skipSpecialTokens;
     }
 
-    /// <summary>All text emitted so far.</summary>
-    public string Text { get; private set; } = "";
-
     /// <summary>Adds tokens; returns the text they settle ("" while it may still change).</summary>
     public string Add(IEnumerable<long> ids)
     {
@@ -55,7 +52,6 @@ public sealed class StreamingDecoder
         if (upTo <= _emitted) return "";
         string piece = full[_emitted..upTo];
         _emitted = upTo;
-        Text += piece;
         return piece;
     }
 }
