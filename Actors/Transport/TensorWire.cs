@@ -27,13 +27,4 @@ public static class TensorWire
         GC.KeepAlive(p); // the span does not keep the memory's owner alive
         return t;
     }
-
-    public static long[][] Rows(Tensor t2) // (B, T) int64 -> rows
-    {
-        var flat = t2.data<long>().ToArray();
-        long b = t2.shape[0], n = t2.shape[1];
-        return Enumerable.Range(0, (int)b).Select(i => flat.Skip((int)(i * n)).Take((int)n).ToArray()).ToArray();
-    }
-
-    public static Tensor FromRows(long[][] rows) => tensor(rows.SelectMany(r => r).ToArray(), new long[] { rows.Length, rows.Length == 0 ? 0 : rows[0].Length });
 }

@@ -37,13 +37,13 @@ public sealed class StageRunner : IDisposable
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         var hop = _route[input.Hop];
-        var mask = TensorWire.FromRows(input.AttentionMask);
-        var positions = TensorWire.FromRows(input.PositionIds);
+        var mask = IdRows.ToTensor(input.AttentionMask);
+        var positions = IdRows.ToTensor(input.PositionIds);
         Tensor hidden = input.Hidden is { } h ? TensorWire.ToTensor(h) : null!;
         bool forwardOnly = input.Generation is null;
         if (hop.Embed)
         {
-            var ids = TensorWire.FromRows(input.InputIds ?? throw new ProtocolException($"hop {input.Hop} embeds but got no input ids"));
+            var ids = IdRows.ToTensor(input.InputIds ?? throw new ProtocolException($"hop {input.Hop} embeds but got no input ids"));
             hidden = _model.Embed(ids, positions);
         }
         if (hop.LayerCount > 0)

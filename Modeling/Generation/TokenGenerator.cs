@@ -60,7 +60,7 @@ public static class TokenGenerator
         while (!DecodeRule.Done(produced, options.MaxNewTokens, finished))
         {
             using var scope = NewDisposeScope();
-            var logits = model.Forward(Rows(ids), Rows(mask), Rows(positions), cache, lastOnly: true); // (B, 1, V)
+            var logits = model.Forward(IdRows.ToTensor(ids), IdRows.ToTensor(mask), IdRows.ToTensor(positions), cache, lastOnly: true); // (B, 1, V)
             var next = sampler.Next(logits.select(1, 0), sequences);
             finished = DecodeRule.Settle(next, finished, stop, options.IgnoreEos);
             for (int b = 0; b < batch; b++) sequences[b].Add(next[b]);
@@ -73,6 +73,4 @@ public static class TokenGenerator
         double total = sw.Elapsed.TotalSeconds;
         return new GenerationResult(sequences.Select(s => s.ToArray()).ToArray(), produced, prefill, total - prefill);
     }
-
-    private static Tensor Rows(long[][] rows) => tensor(rows.SelectMany(r => r).ToArray(), new long[] { rows.Length, rows[0].Length });
 }
