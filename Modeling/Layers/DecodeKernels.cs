@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -35,26 +36,35 @@ public static unsafe class DecodeKernels
         int m = (int)(x.NumberOfElements / k);
         var input = x.is_contiguous() ? x : x.contiguous();
         var output = empty(x.shape[..^1].Append(n).ToArray(), ScalarType.BFloat16);
-        var xs = new float[m * k]; // the input rows widened once (a few KB)
-        var ys = new float[m * n];
-        var xb = (ushort*)Pointer(input);
-        for (int i = 0; i < xs.Length; i++) xs[i] = ToFloat(xb[i]);
-        var w = (ushort*)Pointer(weight);
-        fixed (float* xp = xs, yp = ys)
+        int xn = m * k, yn = m * n;
+        var xs = ArrayPool<float>.Shared.Rent(xn); // the input rows widened once; pooled, as a head's output (vocab floats) would be a large-object allocation per token
+        var ys = ArrayPool<float>.Shared.Rent(yn);
+        try
         {
-            float* xq = xp, yq = yp;
-            int parts = Math.Clamp(n / 64, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
-            SpinPool.Shared.Run(parts, p => Rows(w, xq, yq, k, n, m, (int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
+            var xb = (ushort*)Pointer(input);
+            for (int i = 0; i < xn; i++) xs[i] = ToFloat(xb[i]);
+            var w = (ushort*)Pointer(weight);
+            fixed (float* xp = xs, yp = ys)
+            {
+                float* xq = xp, yq = yp;
+                int parts = Math.Clamp(n / 64, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
+                SpinPool.Shared.Run(parts, p => Rows(w, xq, yq, k, n, m, (int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
+            }
+            if (bias is not null)
+            {
+                var b = bias.dtype == ScalarType.BFloat16 && bias.is_contiguous() ? bias : bias.to(ScalarType.BFloat16).contiguous();
+                var bp = (ushort*)Pointer(b);
+                for (int r = 0; r < m; r++)
+                    for (int j = 0; j < n; j++) ys[r * n + j] += ToFloat(bp[j]);
+            }
+            var yb = (ushort*)Pointer(output);
+            for (int i = 0; i < yn; i++) yb[i] = ToBf16(ys[i]);
         }
-        if (bias is not null)
+        finally
         {
-            var b = bias.dtype == ScalarType.BFloat16 && bias.is_contiguous() ? bias : bias.to(ScalarType.BFloat16).contiguous();
-            var bp = (ushort*)Pointer(b);
-            for (int r = 0; r < m; r++)
-                for (int j = 0; j < n; j++) ys[r * n + j] += ToFloat(bp[j]);
+            ArrayPool<float>.Shared.Return(xs);
+            ArrayPool<float>.Shared.Return(ys);
         }
-        var yb = (ushort*)Pointer(output);
-        for (int i = 0; i < ys.Length; i++) yb[i] = ToBf16(ys[i]);
         if (!ReferenceEquals(input, x)) input.Dispose();
         return output;
     }
