@@ -30,6 +30,8 @@ public sealed class TokenizerJson
     public IPostProcessor? PostProcessor { get; set; }
     public IDecoder? Decoder { get; }
     private readonly AddedTokenSplitter _raw, _normalized;
+    private readonly Dictionary<int, string> _addedById = new(); // the first added token of each id, as a scan finds it
+    private readonly HashSet<int> _specialIds;
 
     private TokenizerJson(BpeModel model, IReadOnlyList<AddedToken> added, INormalizer? normalizer, IPreTokenizer? pre, IPostProcessor? post, IDecoder? decoder)
     {
@@ -41,6 +43,8 @@ public sealed class TokenizerJson
         Decoder = decoder;
         _raw = new AddedTokenSplitter(added.Where(t => !t.Normalized));
         _normalized = new AddedTokenSplitter(added.Where(t => t.Normalized));
+        foreach (var t in added) _addedById.TryAdd(t.Id, t.Content);
+        _specialIds = added.Where(t => t.Special).Select(t => t.Id).ToHashSet();
     }
 
     /// <param name="byteLevelAddPrefixSpace">When set, overrides every ByteLevel pre-tokenizer's add_prefix_space (as GPT2TokenizerFast does).</param>
@@ -96,13 +100,12 @@ public sealed class TokenizerJson
         return PostProcessor?.Process(tokens, addSpecialTokens) ?? tokens;
     }
 
-    public string? IdToToken(int id) => AddedTokens.FirstOrDefault(t => t.Id == id)?.Content ?? Model.IdToToken(id);
+    public string? IdToToken(int id) => _addedById.TryGetValue(id, out var content) ? content : Model.IdToToken(id);
 
     /// <summary><c>tokenizer.decode(ids, skip_special_tokens)</c>: ids to tokens, special ones dropped if asked, then the decoder chain.</summary>
     public string Decode(IEnumerable<int> ids, bool skipSpecialTokens)
     {
-        var special = AddedTokens.Where(t => t.Special).Select(t => t.Id).ToHashSet();
-        var tokens = ids.Where(id => !(skipSpecialTokens && special.Contains(id))).Select(IdToToken).OfType<string>().ToList();
+        var tokens = ids.Where(id => !(skipSpecialTokens && _specialIds.Contains(id))).Select(IdToToken).OfType<string>().ToList();
         return Decoder is null ? string.Join(" ", tokens) : string.Concat(Decoder.DecodeChain(tokens));
     }
 }
