@@ -20,7 +20,11 @@ public interface IClientRequest : IShardPipeMessage
     long[][]? AttentionMask { get; }
 }
 
-/// <summary>A client asks for greedy or sampled generation; positions follow the mask, as HF's <c>generate</c>.</summary>
+/// <summary>
+/// A client asks for greedy or sampled generation; positions follow the mask, as HF's <c>generate</c>. A request that
+/// survived a fault continues with <see cref="Resume"/>: the tokens it already received, one array per step; the
+/// prompt plus those tokens are prefilled and decoding goes on at the next step (the sampler's draws replayed).
+/// </summary>
 [MessagePackObject]
 public sealed record Generate(
     [property: Key(0)] string RequestId,
@@ -28,7 +32,8 @@ public sealed record Generate(
     [property: Key(2)] long[][]? AttentionMask,
     [property: Key(4)] int MaxNewTokens,
     [property: Key(5)] bool IgnoreEos,
-    [property: Key(6)] SamplingSettings Sampling) : IClientRequest;
+    [property: Key(6)] SamplingSettings Sampling,
+    [property: Key(7)] long[][]? Resume = null) : IClientRequest;
 // Key 3 (position ids, used only by forward passes sent as Generate with MaxNewTokens 0) is retired: see Forward.
 
 /// <summary>A client asks for one forward pass: the last position's logits of every row (<see cref="ForwardResult"/>).</summary>
@@ -88,12 +93,13 @@ public sealed record GenerationDone(
     [property: Key(0)] string RequestId,
     [property: Key(1)] int Steps) : IShardPipeMessage;
 
-/// <summary>A request ended in error; names the stage (node/device) at fault.</summary>
+/// <summary>A request ended in error; names the stage (node/device) at fault. <see cref="Retryable"/>: the cluster is recovering (a stage was lost, the plan changed); the caller may resume once it is ready.</summary>
 [MessagePackObject]
 public sealed record RequestFailed(
     [property: Key(0)] string RequestId,
     [property: Key(1)] string Stage,
-    [property: Key(2)] string Reason) : IShardPipeMessage;
+    [property: Key(2)] string Reason,
+    [property: Key(3)] bool Retryable = false) : IShardPipeMessage;
 
 /// <summary>Free a request's KV cache on a worker.</summary>
 [MessagePackObject]

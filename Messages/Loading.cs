@@ -56,7 +56,8 @@ public sealed record GetStatus([property: Key(0)] string RequestId) : IShardPipe
 
 /// <summary>
 /// Answer to <see cref="GetStatus"/>: the model's state (<c>empty</c>, <c>loading</c>, <c>ready</c>, <c>failed</c>)
-/// and why, the registered nodes, devices refused at registration, and the loaded model's map and stages.
+/// and why, the registered nodes, devices refused at registration, and the loaded model's map and stages; after a
+/// recovery (<c>recovering</c>, <c>degraded</c>), what moved where in the last one and how many there were.
 /// </summary>
 [MessagePackObject]
 public sealed record ClusterStatus(
@@ -71,7 +72,9 @@ public sealed record ClusterStatus(
     [property: Key(10)] RefusedDevice[]? Refused = null,
     [property: Key(11)] int PlanEpoch = 0,
     [property: Key(12)] int InFlight = 0,
-    [property: Key(13)] int Queued = 0) : IShardPipeMessage;
+    [property: Key(13)] int Queued = 0,
+    [property: Key(14)] DeviceMapEntry[]? Moved = null,
+    [property: Key(15)] int Recoveries = 0) : IShardPipeMessage;
 // Keys 4 and 5 (the device map as two parallel arrays) are retired: see DeviceMap.
 
 /// <summary>A device the coordinator refused when its node registered (for example cuda:0 on a build without CUDA).</summary>

@@ -26,6 +26,7 @@ public static class MessageCodec
         ("gen", typeof(Generate)), ("fwd", typeof(Forward)), ("stage", typeof(StageInput)), ("tokens", typeof(TokensGenerated)),
         ("fwd-res", typeof(ForwardResult)), ("gen-done", typeof(GenerationDone)), ("req-fail", typeof(RequestFailed)),
         ("req-rel", typeof(ReleaseRequest)), ("link?", typeof(OpenLink)), ("link-offer", typeof(LinkOffer)),
+        ("commit", typeof(ModelCommitted)),
     };
 
     private static readonly Dictionary<Type, string> ByType = Table.ToDictionary(t => t.Type, t => t.Manifest);

@@ -2,14 +2,18 @@ using MessagePack;
 
 namespace ShardPipe.Messages;
 
-/// <summary>The first thing a node says to the coordinator: who it is, its devices, and its wire settings.</summary>
+/// <summary>
+/// What a device worker tells the coordinator, first and then every couple of seconds (so that a coordinator that moved
+/// learns the cluster again): who it is, its device, its wire settings, and the slice it holds.
+/// </summary>
 [MessagePackObject]
 public sealed record RegisterWorker(
     [property: Key(0)] int ProtocolVersion,
     [property: Key(1)] long MaxFrameSize,
     [property: Key(2)] string NodeName,
     [property: Key(3)] WorkerDevice[] Devices,
-    [property: Key(4)] string[] LocalModelRoots) : IShardPipeMessage;
+    [property: Key(4)] string[] LocalModelRoots,
+    [property: Key(5)] HeldSlice? Holding = null) : IShardPipeMessage;
 
 /// <summary>
 /// A device a node offers, with its memory budget and the path of its device-worker actor; <see cref="Unusable"/>

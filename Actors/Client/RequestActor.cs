@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using Akka.Actor;
-using ShardPipe.Actors.Workers;
+using ShardPipe.Actors.Settings;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 using ShardPipe.Actors.Transport;
@@ -8,60 +8,199 @@ using ShardPipe.Actors.Transport;
 namespace ShardPipe.Actors.Client;
 
 /// <summary>
-/// One request, caller side: sends it, collects streamed tokens (or the forward logits), watches every stage's
-/// worker, and completes with the outcome — or with a <see cref="ClusterException"/> naming the stage that died,
-/// failed, or stalled past the timeout.
+/// One request, caller side, and the keeper of its history: sends it, collects streamed tokens (numbered steps,
+/// checked: a gap or a duplicate is a typed error) or the forward logits, and watches every stage's worker. When a
+/// stage is lost or the cluster says the model is recovering, it waits until the model is served again and resumes
+/// the request there — the prompt plus the tokens delivered so far are prefilled and decoding continues at the next
+/// step, under a new attempt id so that late messages of the old route are dropped — at most
+/// <see cref="ClientSettings.MaxRecoveries"/> times. It completes with the outcome, or with a
+/// <see cref="ClusterException"/> naming the stage that died, failed or stalled.
 /// </summary>
-public sealed class RequestActor : ReceiveActor
+public sealed class RequestActor : ReceiveActor, IWithTimers
 {
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    private sealed record PollStatus;
+    private sealed record RecoveryDeadline(int Fault);
+
     private readonly List<long[]> _steps = new();
     private readonly Stopwatch _clock = Stopwatch.StartNew();
+    private readonly IActorRef _coordinator;
+    private readonly IClientRequest _request;
+    private readonly TimeSpan _stallTimeout;
+    private readonly Action<long[]>? _onTokens;
+    private readonly TaskCompletionSource<RequestOutcome> _done;
+    private readonly ClientSettings _settings;
+    private readonly Dictionary<IActorRef, StageInfo> _watched = new();
+    private readonly HashSet<string> _lostStages = new(StringComparer.Ordinal);
+    private readonly ChunkAssembler _chunks = new();
+    private IReadOnlyList<StageInfo> _stages;
+    private string _attemptId;
+    private int _faults;
     private double _prefill;
+    private string _lastFault = "";
 
     public RequestActor(IActorRef coordinator, IClientRequest request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout,
-        Action<long[]>? onTokens, TaskCompletionSource<RequestOutcome> done)
+        Action<long[]>? onTokens, TaskCompletionSource<RequestOutcome> done, ClientSettings settings)
+    {
+        _coordinator = coordinator;
+        _request = request;
+        _stages = stages;
+        _stallTimeout = stallTimeout;
+        _onTokens = onTokens;
+        _done = done;
+        _settings = settings;
+        _attemptId = request.RequestId;
+        Running();
+    }
+
+    protected override void PreStart() => Send(_request);
+
+    private void Send(IClientRequest attempt)
     {
         var provider = ((ExtendedActorSystem)Context.System).Provider;
-        var watched = new Dictionary<IActorRef, string>();
-        foreach (var s in stages)
+        foreach (var r in _watched.Keys) Context.Unwatch(r);
+        _watched.Clear();
+        foreach (var s in _stages)
         {
             var r = provider.ResolveActorRef(s.WorkerPath);
-            if (watched.TryAdd(r, s.Device)) Context.Watch(r);
+            if (_watched.TryAdd(r, s)) Context.Watch(r);
         }
-        Context.SetReceiveTimeout(stallTimeout);
-        coordinator.Tell(request);
+        Context.SetReceiveTimeout(_stallTimeout);
+        _coordinator.Tell(attempt);
+    }
 
-        void Finish(RequestOutcome o) { done.TrySetResult(o); Context.Stop(Self); }
-        void Fail(string message) { done.TrySetException(new ClusterException(message)); Context.Stop(Self); }
+    private void Finish(RequestOutcome o)
+    {
+        _done.TrySetResult(o with { RecoveredFaults = _faults });
+        Context.Stop(Self);
+    }
 
+    private void Fail(string message)
+    {
+        _done.TrySetException(new ClusterException(message));
+        Context.Stop(Self);
+    }
+
+    /// <summary>Messages of an earlier attempt (its route was replaced) are late: dropped.</summary>
+    private bool Current(string requestId) => requestId == _attemptId;
+
+    private void Running()
+    {
         Receive<TokensGenerated>(t =>
         {
+            if (!Current(t.RequestId)) return;
+            if (t.Step != _steps.Count)
+            {
+                Fail($"request {_request.RequestId}: step {t.Step} arrived when step {_steps.Count} was expected ({(t.Step < _steps.Count ? "a duplicate" : "a gap")}); the stream is not accepted");
+                return;
+            }
             if (_steps.Count == 0) _prefill = _clock.Elapsed.TotalSeconds;
             _steps.Add(t.Tokens);
-            onTokens?.Invoke(t.Tokens);
+            _onTokens?.Invoke(t.Tokens);
         });
         Receive<GenerationDone>(d =>
         {
-            var rows = Enumerable.Range(0, request.InputIds.Length).Select(b => _steps.Select(s => s[b]).ToArray()).ToArray();
+            if (!Current(d.RequestId)) return;
+            if (d.Steps != _steps.Count)
+            {
+                Fail($"request {_request.RequestId}: the pipeline reports {d.Steps} steps but {_steps.Count} arrived");
+                return;
+            }
+            var rows = Enumerable.Range(0, _request.InputIds.Length).Select(b => _steps.Select(s => s[b]).ToArray()).ToArray();
             Finish(new RequestOutcome(rows, null, _steps.Count, _prefill, _clock.Elapsed.TotalSeconds - _prefill));
         });
         Receive<ForwardResult>(f =>
         {
+            if (!Current(f.RequestId)) return;
             using var t = TensorWire.ToTensor(f.LastLogits);
             var logits = Enumerable.Range(0, (int)t.shape[0]).Select(b => t[b].data<float>().ToArray()).ToArray();
             Finish(new RequestOutcome(Array.Empty<long[]>(), logits, 0, _clock.Elapsed.TotalSeconds, 0));
         });
-        var chunks = new ChunkAssembler();
-        Receive<MessageChunk>(c =>
+        Receive<MessageChunk>(Reassemble);
+        Receive<RequestFailed>(f =>
         {
-            object? whole;
-            try { whole = chunks.Add(c); }
-            catch (ProtocolException ex) { Fail($"request {request.RequestId}: {ex.Message}"); return; }
-            if (whole is not null) Self.Forward(whole);
+            if (!Current(f.RequestId)) return;
+            if (f.Retryable) Recover($"stage {f.Stage}: {f.Reason}");
+            else Fail($"request {_request.RequestId} failed at stage {f.Stage}: {f.Reason}");
         });
-        Receive<RequestFailed>(f => Fail($"request {f.RequestId} failed at stage {f.Stage}: {f.Reason}"));
-        Receive<Terminated>(t => Fail($"request {request.RequestId} failed: stage {watched.GetValueOrDefault(t.ActorRef, t.ActorRef.Path.ToString())} was lost (node stopped or unreachable)"));
-        Receive<ReceiveTimeout>(_ => Fail($"request {request.RequestId} made no progress for {stallTimeout.TotalSeconds:0.#} s after {_steps.Count} step(s); " +
-                                          $"stages: {string.Join(" -> ", stages.Select(s => s.Device))}"));
+        Receive<Terminated>(t =>
+        {
+            if (!_watched.TryGetValue(t.ActorRef, out var stage)) return;
+            _lostStages.Add(stage.WorkerPath);
+            Recover($"stage {stage.Device} was lost (node stopped or unreachable)");
+        });
+        Receive<ReceiveTimeout>(_ => Fail($"request {_request.RequestId} made no progress for {_stallTimeout.TotalSeconds:0.#} s after {_steps.Count} step(s); " +
+                                          $"stages: {string.Join(" -> ", _stages.Select(s => s.Device))}"));
+        Receive<ClusterStatus>(_ => { });
+        Receive<PollStatus>(_ => { });
+        Receive<RecoveryDeadline>(_ => { });
     }
+
+    private void Reassemble(MessageChunk c)
+    {
+        object? whole;
+        try { whole = _chunks.Add(c); }
+        catch (ProtocolException ex) { Fail($"request {_request.RequestId}: {ex.Message}"); return; }
+        if (whole is not null) Self.Forward(whole);
+    }
+
+    /// <summary>A fault the cluster recovers from: wait until the model is served again, then resume (bounded).</summary>
+    private void Recover(string fault)
+    {
+        _lastFault = fault;
+        if (++_faults > _settings.MaxRecoveries)
+        {
+            Fail($"request {_request.RequestId} failed after {_faults - 1} recoveries (shardpipe.client.max-recoveries): {fault}");
+            return;
+        }
+        foreach (var r in _watched.Keys) Context.Unwatch(r);
+        _watched.Clear();
+        Context.SetReceiveTimeout(null);
+        _attemptId = $"{_request.RequestId}~{_faults}"; // anything of the old attempt that still arrives is dropped
+        Timers.StartPeriodicTimer("poll", new PollStatus(), TimeSpan.Zero, TimeSpan.FromMilliseconds(250));
+        Timers.StartSingleTimer("deadline", new RecoveryDeadline(_faults), _settings.RecoveryTimeout);
+        Become(Recovering);
+    }
+
+    private void Recovering()
+    {
+        string lastState = "unknown";
+        Receive<PollStatus>(_ => _coordinator.Tell(new GetStatus(_attemptId), Self));
+        Receive<ClusterStatus>(s =>
+        {
+            lastState = s.Detail is { } d ? $"{s.State}: {d}" : s.State;
+            // Still on its way back (or served on a route with a stage this request saw die): keep waiting. Any other
+            // state answers for itself: ready serves the resumed request, empty or failed refuses it with the reason.
+            if (s.State is "starting" or "recovering" or "degraded" or "loading") return;
+            if (s.State == "ready" && s.Stages.Any(st => _lostStages.Contains(st.WorkerPath))) return;
+            Timers.Cancel("poll");
+            Timers.Cancel("deadline");
+            _stages = s.Stages;
+            Become(Running);
+            Send(Resumed());
+        });
+        Receive<RecoveryDeadline>(d =>
+        {
+            if (d.Fault == _faults)
+                Fail($"request {_request.RequestId} was interrupted ({_lastFault}) and the model was not served again within " +
+                     $"{_settings.RecoveryTimeout.TotalSeconds:0} s (shardpipe.client.recovery-timeout); last state {lastState}");
+        });
+        // Late messages of the interrupted attempt.
+        Receive<TokensGenerated>(_ => { });
+        Receive<GenerationDone>(_ => { });
+        Receive<ForwardResult>(_ => { });
+        Receive<RequestFailed>(_ => { });
+        Receive<MessageChunk>(_ => { });
+        Receive<Terminated>(_ => { });
+        Receive<ReceiveTimeout>(_ => { });
+    }
+
+    /// <summary>The request as it continues: forward passes run again; a generation carries the tokens delivered so far.</summary>
+    private IClientRequest Resumed() => _request switch
+    {
+        Generate g => g with { RequestId = _attemptId, Resume = _steps.Count > 0 ? _steps.ToArray() : null },
+        Forward f => f with { RequestId = _attemptId },
+        _ => throw new UnsupportedException($"cannot resume a {_request.GetType().Name}"),
+    };
 }

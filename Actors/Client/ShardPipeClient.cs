@@ -1,29 +1,62 @@
 using Akka.Actor;
+using Akka.Configuration;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Settings;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Client;
 
-/// <summary>The outcome of a generate or forward request.</summary>
-public sealed record RequestOutcome(long[][] NewTokens, float[][]? LastLogits, int Steps, double PrefillSeconds, double DecodeSeconds)
+/// <summary>The outcome of a generate or forward request; <see cref="RecoveredFaults"/>: the faults it survived (0 without one).</summary>
+public sealed record RequestOutcome(long[][] NewTokens, float[][]? LastLogits, int Steps, double PrefillSeconds, double DecodeSeconds, int RecoveredFaults = 0)
 {
     public double TokensPerSecond => Steps > 1 && DecodeSeconds > 0 ? (Steps - 1) / DecodeSeconds : 0;
 }
 
 /// <summary>
-/// Talks to a ShardPipe cluster through the coordinator proxy of a node (an embedded node, or a client node that
-/// joined a remote cluster): load, status, unload, generate and forward. Every request ends with a result or a
-/// typed <see cref="ClusterException"/> naming the stage or node at fault — never a hang.
+/// Talks to a ShardPipe cluster: load, status, unload, generate and forward. <see cref="Connect"/> reaches it from an
+/// ActorSystem of its own that is not a cluster member (its exit or crash never touches the membership) through
+/// contact points, moving to the next when one dies. A request whose stage is lost is resumed on the recovered
+/// route with the same tokens; every request ends with a result or a typed <see cref="ClusterException"/> naming the
+/// stage or node at fault — never a hang.
 /// </summary>
-public sealed class ShardPipeClient
+public sealed class ShardPipeClient : IAsyncDisposable
 {
     private readonly ActorSystem _system;
     private readonly IActorRef _coordinator;
+    private readonly bool _ownsSystem;
 
-    public ShardPipeClient(ActorSystem system, IActorRef coordinator)
+    public ClientSettings Settings { get; }
+
+    /// <summary>A client over an existing system's path to the coordinator (a node's own proxy).</summary>
+    public ShardPipeClient(ActorSystem system, IActorRef coordinator, ClientSettings? settings = null, bool ownsSystem = false)
     {
         _system = system;
         _coordinator = coordinator;
+        _ownsSystem = ownsSystem;
+        Settings = settings ?? ClientSettings.From(system.Settings.Config);
+    }
+
+    /// <summary>
+    /// A client that reaches the cluster through <paramref name="contacts"/> (any node; each runs a proxy to the
+    /// coordinator). Its ActorSystem uses plain remoting: workers send tokens straight to it, and it is never a member.
+    /// </summary>
+    public static ShardPipeClient Connect(IReadOnlyList<Address> contacts, Config? extra = null)
+    {
+        var settings = ClientSettings.From(extra ?? Config.Empty);
+        var config = ConfigurationFactory.ParseString($@"
+akka.actor.provider = remote
+akka.remote.dot-netty.tcp.hostname = ""{settings.Hostname}""
+akka.remote.dot-netty.tcp.port = 0");
+        if (extra is not null) config = extra.WithFallback(config);
+        var system = ActorSystem.Create(ShardPipeNode.SystemName + "-client", ReferenceConfig.Over(config));
+        var contact = system.ActorOf(CoordinatorContact.Props(contacts), "coordinator-contact");
+        return new ShardPipeClient(system, contact, settings, ownsSystem: true);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_ownsSystem) await _system.Terminate();
     }
 
     /// <summary>Loads a model; <paramref name="progress"/>, if given, sees every device's progress reports as they come.</summary>
@@ -79,7 +112,7 @@ public sealed class ShardPipeClient
     public Task<RequestOutcome> RunAsync(IClientRequest request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout, Action<long[]>? onTokens = null)
     {
         var done = new TaskCompletionSource<RequestOutcome>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _system.ActorOf(Props.Create(typeof(RequestActor), _coordinator, request, stages, stallTimeout, onTokens, done)); // no expression to compile per request
+        _system.ActorOf(Props.Create(typeof(RequestActor), _coordinator, request, stages, stallTimeout, onTokens, done, Settings)); // no expression to compile per request
         return done.Task;
     }
 }

@@ -11,18 +11,23 @@ namespace ShardPipe.Actors.Coordination;
 /// <summary>
 /// The cluster singleton, a thin shell over <see cref="CoordinatorState"/>: registers device workers, plans a
 /// model over them (<see cref="SlicePlanner"/>; the files are read off its thread), hands out slices and tracks
-/// the load to ready or failed (a worker lost or silent fails it as a whole, naming the node), and admits
-/// requests to the pipeline's first hop. States: <see cref="Idle"/> (no model, or the last load failed),
-/// <see cref="Planning"/>, <see cref="Loading"/>, <see cref="Ready"/>.
+/// the load to ready or failed, admits requests to the pipeline's first hop, and recovers a served model when
+/// stages are lost. States: <see cref="Starting"/> (a new coordinator hears what the workers hold), <see cref="Idle"/>
+/// (no model, or the last load failed), <see cref="Planning"/>, <see cref="Loading"/>, <see cref="Ready"/>,
+/// <see cref="Replanning"/> (lost modules being re-planned) and <see cref="Degraded"/> (the survivors lack memory).
 /// </summary>
-public sealed class CoordinatorActor : ReceiveActor, IWithTimers
+public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 {
     public ITimerScheduler Timers { get; set; } = null!;
+    public IStash Stash { get; set; } = null!;
 
     private sealed record Planned(LoadModel Request, IActorRef ReplyTo, int Epoch, ModelDescription Model);
     private sealed record PlanFailed(LoadModel Request, IActorRef ReplyTo, string Reason);
+    private sealed record Replanned(int Epoch, ModelDescription Model);
+    private sealed record ReplanFailed(int Epoch, string Reason);
     private sealed record LoadTimeout(int Epoch);
     private sealed record SweepRequests;
+    private sealed record StartWindowOver;
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly NodeSettings _settings;
@@ -30,13 +35,18 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
     private readonly Dictionary<string, IActorRef> _refs = new(StringComparer.Ordinal); // worker path → its actor
     private readonly Dictionary<string, (IClientRequest Request, IActorRef Caller)> _waiting = new(StringComparer.Ordinal); // queued
     private readonly HashSet<Address> _leaving = new(); // nodes that announced a graceful leave
+    private readonly HashSet<Address> _unreachable = new(); // nodes the failure detector gave up on (their workers are lost)
+    private readonly Dictionary<string, HeldSlice> _held = new(StringComparer.Ordinal); // what workers reported while starting
+    private readonly HashSet<Address> _reported = new(); // worker nodes heard from while starting
     private (LoadModel Request, IActorRef ReplyTo, DateTime Started)? _load;
+    private DateTime _recoveryStarted;
 
     public CoordinatorActor(NodeSettings settings)
     {
         _settings = settings;
         _state = new CoordinatorState(Protocol.Version, settings.MaxFrameSize, settings.MaxInFlight, settings.MaxQueued);
-        Idle();
+        _state.BeginStart();
+        Starting();
     }
 
     public static Props Props(NodeSettings settings) => Akka.Actor.Props.Create(() => new CoordinatorActor(settings));
@@ -44,18 +54,31 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
     protected override void PreStart()
     {
         Timers.StartPeriodicTimer("sweep", new SweepRequests(), TimeSpan.FromSeconds(10));
-        Cluster.Get(Context.System).Subscribe(Self, typeof(ClusterEvent.MemberLeft));
+        Timers.StartSingleTimer("start-window", new StartWindowOver(), _settings.StartWindow);
+        Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
+            typeof(ClusterEvent.MemberLeft), typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.ReachableMember), typeof(ClusterEvent.MemberRemoved));
     }
 
     protected override void PostStop() => Cluster.Get(Context.System).Unsubscribe(Self);
 
-    /// <summary>What every state answers: registrations, status, departures, unload.</summary>
+    /// <summary>What every state answers: registrations, status, membership, departures, unload.</summary>
     private void Always()
     {
         Receive<RegisterWorker>(OnRegister);
         Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
-        Receive<Terminated>(OnTerminated);
+        Receive<Terminated>(t => Lost(_refs.Where(kv => kv.Value.Equals(t.ActorRef)).Select(kv => kv.Key).ToList(), t.ActorRef.Path.Address));
         Receive<ClusterEvent.MemberLeft>(m => _leaving.Add(m.Member.Address));
+        Receive<ClusterEvent.UnreachableMember>(u =>
+        {
+            // Recovery starts on unreachability, not on removal (which waits for the downing decision).
+            _unreachable.Add(u.Member.Address);
+            var lost = _state.Workers.Where(w => AddressOf(w.Path) == u.Member.Address).Select(w => w.Path).ToList();
+            if (lost.Count > 0) _log.Warning("node {0} is unreachable: its workers are lost", u.Member.Address);
+            Lost(lost, u.Member.Address);
+        });
+        Receive<ClusterEvent.ReachableMember>(r => _unreachable.Remove(r.Member.Address)); // its workers register again
+        Receive<ClusterEvent.MemberRemoved>(r => _unreachable.Remove(r.Member.Address));
+        Receive<ClusterEvent.IMemberEvent>(_ => { });
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
         Receive<UnloadModel>(u =>
         {
@@ -74,13 +97,61 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Receive<GenerationDone>(d => Finished(d.RequestId));
         Receive<RequestFailed>(f => Finished(f.RequestId));
         Receive<ModelUnloaded>(_ => { });
-        // Facts of a load that is no longer in progress (unloaded, failed, superseded): dropped.
+        // Facts of a load or plan that is no longer in progress (unloaded, failed, superseded): dropped.
         Receive<Planned>(_ => { });
         Receive<PlanFailed>(_ => { });
+        Receive<Replanned>(_ => { });
+        Receive<ReplanFailed>(_ => { });
         Receive<SliceLoaded>(_ => { });
         Receive<SliceFailed>(_ => { });
         Receive<SliceProgress>(_ => { });
         Receive<LoadTimeout>(_ => { });
+        Receive<StartWindowOver>(_ => { });
+    }
+
+    /// <summary>
+    /// A new coordinator (first start, or the singleton moved here): for <c>start-window</c> it only listens to the
+    /// workers' registrations — which report the slice each holds — then adopts the newest model they hold.
+    /// </summary>
+    private void Starting()
+    {
+        Receive<StartWindowOver>(_ => AdoptHeld());
+        Receive<LoadModel>(_ => Stash.Stash());
+        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator", "the coordinator is starting; retry shortly", Retryable: true)));
+        Always();
+    }
+
+    /// <summary>Every worker node that is up and reachable has registered (so what the cluster holds is known).</summary>
+    private bool EveryWorkerNodeReported()
+    {
+        var cluster = Cluster.Get(Context.System);
+        return cluster.State.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole("worker") && !cluster.State.Unreachable.Contains(m))
+            .All(m => _reported.Contains(m.Address));
+    }
+
+    private void AdoptHeld()
+    {
+        _reported.Clear();
+        var records = _held.Values.Where(h => h.Record is not null).Select(h => h.Record!).ToList();
+        var newest = records.OrderByDescending(r => r.PlanEpoch).FirstOrDefault();
+        int highest = _held.Values.Select(h => h.PlanEpoch).Concat(records.Select(r => r.PlanEpoch)).DefaultIfEmpty(0).Max();
+        var holders = newest is null ? new HashSet<string>() : _held.Where(kv => kv.Value.PlanEpoch == newest.PlanEpoch).Select(kv => kv.Key).ToHashSet(StringComparer.Ordinal);
+        var missing = _state.Adopt(newest, holders, highest);
+        _held.Clear();
+        Stash.UnstashAll();
+        if (newest is null)
+        {
+            Become(Idle);
+            return;
+        }
+        _log.Info("adopted model {0} (epoch {1}) from the workers{2}", newest.Folder, newest.PlanEpoch,
+            missing.Count > 0 ? $"; {missing.Count} stage(s) missing: recovering" : "");
+        if (missing.Count > 0) StartRecovery($"stage(s) {string.Join(", ", missing.Select(Describe))} did not report after the coordinator moved");
+        else
+        {
+            Commit(_state.Loaded!);
+            Become(Ready);
+        }
     }
 
     private void Idle()
@@ -119,11 +190,13 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Busy();
     }
 
-    /// <summary>Planning or loading: another load waits its turn; requests have no model yet.</summary>
+    /// <summary>Planning, loading or recovering: another load waits its turn; requests wait for the model.</summary>
     private void Busy()
     {
-        Receive<LoadModel>(r => Sender.Tell(new LoadFailed(r.RequestId, $"a load of {_load?.Request.Model} is in progress")));
-        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator", "no model is loaded (state: loading)")));
+        Receive<LoadModel>(r => Sender.Tell(new LoadFailed(r.RequestId, _state.Recovering
+            ? $"the cluster is recovering {_state.Loaded?.Model}; unload it first or retry when it is ready"
+            : $"a load of {_load?.Request.Model} is in progress")));
+        Receive<IClientRequest>(r => Admit(r, Sender));
         Always();
     }
 
@@ -134,9 +207,29 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Always();
     }
 
+    /// <summary>Lost modules are being re-planned (the files are read off the actor's thread).</summary>
+    private void Replanning()
+    {
+        Receive<Replanned>(OnReplanned);
+        Receive<ReplanFailed>(f => Degrade(f.Epoch, f.Reason));
+        Busy();
+    }
+
+    /// <summary>The survivors lack the memory: requests are refused (retryably) until a node with room joins.</summary>
+    private void Degraded()
+    {
+        Receive<LoadModel>(StartPlanning); // a new load replaces the degraded model
+        Receive<IClientRequest>(r => Admit(r, Sender));
+        Always();
+    }
+
     private void OnRegister(RegisterWorker r)
     {
-        switch (_state.Register(r))
+        var from = Sender.Path.Address.HasLocalScope ? Cluster.Get(Context.System).SelfAddress : Sender.Path.Address;
+        if (_unreachable.Contains(from)) return; // lost until the failure detector says otherwise
+        if (_state.Starting) _reported.Add(from);
+        var outcome = _state.Register(r);
+        switch (outcome)
         {
             case Registration.Refused refused:
                 _log.Error("refusing node {0} ({1}): {2}", r.NodeName, Sender.Path.Address, refused.Reason);
@@ -150,10 +243,36 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
                     Context.Watch(Sender);
                     _log.Info("worker {0} joined with {1}", w, ByteSize.Format(w.Budget));
                 }
-                Sender.Tell(accepted.RefusedDevices.Count > 0 && accepted.Joined.Count == 0
+                Sender.Tell(accepted.RefusedDevices.Count > 0 && accepted.Joined.Count == 0 && r.Devices.All(d => _state.Worker(d.ActorPath) is null)
                     ? new WorkerRefused(r.NodeName, string.Join("; ", accepted.RefusedDevices.Select(d => $"{d.Device}: {d.Reason}")))
                     : new WorkerRegistered(r.NodeName));
-                return;
+                break;
+        }
+        if (r.Holding is { } held && r.Devices.Length == 1 && _state.Worker(r.Devices[0].ActorPath) is not null)
+            Holding(r.Devices[0].ActorPath, held);
+        if (_state.Starting && EveryWorkerNodeReported())
+        {
+            Timers.Cancel("start-window");
+            AdoptHeld();
+            return;
+        }
+        // Capacity joined while degraded: try the recovery again.
+        if (outcome is Registration.Accepted { Joined.Count: > 0 } && _state.Degraded is not null && _state.Pending is null) StartRecovery("capacity joined");
+    }
+
+    /// <summary>What a registered worker says it holds: collected while starting; a slice of no epoch in use is released.</summary>
+    private void Holding(string path, HeldSlice held)
+    {
+        if (_state.Starting)
+        {
+            _held[path] = held;
+            return;
+        }
+        bool inUse = held.PlanEpoch == _state.Loaded?.Epoch || held.PlanEpoch == _state.Pending?.Epoch;
+        if (!inUse && held.PlanEpoch < _state.Epoch)
+        {
+            _log.Info("worker {0} holds a slice of epoch {1}, which is not served: released", Describe(path), held.PlanEpoch);
+            _refs[path].Tell(new ReleaseSlice(held.PlanEpoch));
         }
     }
 
@@ -162,7 +281,6 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Unload(null);
         int epoch = _state.NextEpoch();
         var replyTo = Sender;
-        var workers = _state.Workers.ToList();
         _load = (request, replyTo, DateTime.UtcNow);
         var settings = _settings;
         // Reading config.json and the checkpoint's headers is file I/O: off the actor's thread.
@@ -181,19 +299,39 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             Self.Tell(new PlanFailed(p.Request, p.ReplyTo, ex.Message));
             return;
         }
-        foreach (var (worker, slice) in plan.Slices) _refs[worker.Path].TellChunked(slice); // a big model's slice index may exceed one frame
-        _state.BeginLoad(p.Model.Folder, p.Epoch, plan.Slices.ToDictionary(s => s.Worker.Path, s => s.Slice.PlannedBytes), plan.Result);
-        Timers.StartSingleTimer("load-timeout", new LoadTimeout(p.Epoch), _settings.LoadTimeout);
+        SendSlices(plan);
         _log.Info("loading {0} (epoch {1}) on {2} workers", p.Request.Model, p.Epoch, plan.Slices.Count);
         Become(Loading);
+    }
+
+    private void SendSlices(LoadPlan plan)
+    {
+        foreach (var (worker, slice) in plan.Slices) _refs[worker.Path].TellChunked(slice); // a big model's slice index may exceed one frame
+        _state.BeginLoad(plan.Result.Model, plan.Result.Epoch, plan.Slices.ToDictionary(s => s.Worker.Path, s => s.Slice.PlannedBytes), plan.Result);
+        Timers.StartSingleTimer("load-timeout", new LoadTimeout(plan.Result.Epoch), _settings.LoadTimeout);
     }
 
     private void OnSliceLoaded(SliceLoaded s)
     {
         // The worker is known by the actor that sent the fact, not by the path it names.
         string? path = _refs.FirstOrDefault(kv => kv.Value.Equals(Sender)).Key;
-        if (path is null || _state.SliceLoaded(path, s) is not { } loaded || _load is not { } load) return;
+        bool recovery = _state.Recovering;
+        if (path is null || _state.SliceLoaded(path, s) is not { } loaded) return;
         Timers.Cancel("load-timeout");
+        Commit(loaded);
+        if (recovery)
+        {
+            _log.Warning("model {0} recovered (epoch {1}) in {2:0.00} s: moved {3}", loaded.Model, loaded.Epoch, (DateTime.UtcNow - _recoveryStarted).TotalSeconds,
+                loaded.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing");
+            // Workers that hold a slice of the old epoch and are not in the new plan free it.
+            foreach (var r in _refs.Where(kv => loaded.Stages.All(st => st.WorkerPath != kv.Key)).Select(kv => kv.Value).Distinct())
+                r.Tell(new ReleaseSlice(loaded.Epoch - 1)); // any older epoch's slice
+            Become(Ready);
+            foreach (var id in _state.Drain(DateTime.UtcNow))
+                if (_waiting.Remove(id, out var w)) Start(w.Request, w.Caller);
+            return;
+        }
+        if (_load is not { } load) return;
         double seconds = (DateTime.UtcNow - load.Started).TotalSeconds;
         _log.Info("model {0} ready (epoch {1}) in {2:0.00} s", loaded.Model, loaded.Epoch, seconds);
         load.ReplyTo.Tell(new ModelLoaded(load.Request.RequestId, loaded.Epoch, loaded.Usage, seconds, loaded.Stages, loaded.DeviceMap));
@@ -201,10 +339,26 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Become(Ready);
     }
 
+    /// <summary>Every stage worker keeps the served model's record, so that a coordinator elsewhere can serve it again.</summary>
+    private void Commit(LoadedModel model)
+    {
+        var commit = new ModelCommitted(model.ToRecord());
+        foreach (var path in model.Stages.Select(s => s.WorkerPath).Distinct())
+            if (_refs.TryGetValue(path, out var r)) r.TellChunked(commit);
+    }
+
     private void FailLoad(int epoch, string reason)
     {
+        bool recovery = _state.Recovering;
         if (!_state.FailLoad(epoch, reason)) return;
         Timers.Cancel("load-timeout");
+        if (recovery)
+        {
+            // A recovery load that fails (a survivor lost too, a slice refused) is planned again from what is left.
+            _log.Warning("recovery load (epoch {0}) failed: {1}", epoch, reason);
+            StartRecovery(reason);
+            return;
+        }
         _log.Warning("load of {0} failed: {1}", _load?.Request.Model, reason);
         foreach (var r in _refs.Values.Distinct()) r.Tell(new ReleaseSlice(epoch)); // never a half-loaded model
         if (_load is { } load) load.ReplyTo.Tell(new LoadFailed(load.Request.RequestId, reason));
@@ -212,27 +366,76 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
         Become(Idle);
     }
 
-    private void OnTerminated(Terminated t)
+    /// <summary>Workers lost (their node crashed, was cut off, paused past the failure detector, or left).</summary>
+    private void Lost(IReadOnlyList<string> paths, Address address)
     {
-        var lost = _refs.Where(kv => kv.Value.Equals(t.ActorRef)).Select(kv => kv.Key).ToList();
-        if (lost.Count == 0) return;
-        bool graceful = _leaving.Contains(t.ActorRef.Path.Address);
-        foreach (var path in lost)
+        if (paths.Count == 0) return;
+        bool graceful = _leaving.Contains(address);
+        bool failsLoad = false, losesModel = false;
+        var names = new List<string>();
+        foreach (var path in paths)
         {
             string name = Describe(path);
-            var (failsLoad, losesModel) = _state.Remove(path);
+            names.Add(name);
+            var (f, l) = _state.Remove(path);
+            failsLoad |= f;
+            losesModel |= l;
             _refs.Remove(path);
             if (graceful) _log.Info("worker {0} left the cluster", name);
             else _log.Warning("worker {0} was lost", name);
-            if (failsLoad && _state.Pending is { } pending) FailLoad(pending.Epoch, $"node {name.Split('/')[0]} ({name}) was lost during the load");
-            if (losesModel && _state.Loaded is { } model)
-            {
-                if (graceful) _log.Info("model {0} is unloaded: {1} left; load it again", model.Model, name);
-                else _log.Warning("model {0} is no longer complete: {1} was lost; load it again", model.Model, name);
-                Unload($"node {name.Split('/')[0]} lost ({name}); load the model again");
-                Become(Idle);
-            }
         }
+        string what = $"node {names[0].Split('/')[0]} ({string.Join(", ", names)}) was lost";
+        if (_state.Starting) return; // adoption counts the stages that reported
+        if (failsLoad && _state.Pending is { } pending) FailLoad(pending.Epoch, $"{what} during the load");
+        else if (losesModel && _state.Loaded is not null && _state.Pending is null) StartRecovery(what);
+    }
+
+    /// <summary>
+    /// The served model lost stages: re-plan the lost modules onto the survivors under a new epoch (only what moved
+    /// is loaded), or mark it degraded when they lack the memory.
+    /// </summary>
+    private void StartRecovery(string why)
+    {
+        var served = _state.Loaded!;
+        if (!_state.Recovering) _recoveryStarted = DateTime.UtcNow;
+        _state.BeginRecovery();
+        int epoch = _state.NextEpoch();
+        _log.Warning("recovering {0} (epoch {1} → {2}): {3}", served.Model, served.Epoch, epoch, why);
+        var request = served.Request;
+        if (request is null)
+        {
+            Degrade(epoch, $"{why}; no load request is known for {served.Model}: load it again");
+            return;
+        }
+        var settings = _settings;
+        Task.Run(() => ModelDescription.Read(request, settings.HasLocal)).PipeTo(Self,
+            success: m => new Replanned(epoch, m),
+            failure: ex => new ReplanFailed(epoch, ex.GetBaseException().Message));
+        Become(Replanning);
+    }
+
+    private void OnReplanned(Replanned r)
+    {
+        if (r.Epoch != _state.Epoch) return; // superseded by a later loss
+        LoadPlan plan;
+        try { plan = SlicePlanner.Replan(r.Model, _state.Loaded!, _state.Workers, _state.Holders, r.Epoch).Plan; }
+        catch (Exception ex)
+        {
+            Degrade(r.Epoch, ex.Message);
+            return;
+        }
+        SendSlices(plan);
+        _log.Info("recovery plan (epoch {0}): {1}", r.Epoch, plan.Result.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing moves");
+        Become(Loading);
+    }
+
+    private void Degrade(int epoch, string reason)
+    {
+        if (epoch != _state.Epoch) return;
+        string detail = $"degraded: {reason} (plan epoch {epoch}); the model recovers by itself when a node with enough memory joins";
+        _log.Error("model {0} {1}", _state.Loaded?.Model, detail);
+        _state.MarkDegraded(detail);
+        Become(Degraded);
     }
 
     private void Unload(string? failure)
@@ -252,6 +455,9 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             case Admission.Queue: _waiting[request.RequestId] = (request, caller); break;
             case Admission.Busy:
                 caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"busy: {_state.InFlight} requests in flight and {_state.Queued} queued; retry later"));
+                break;
+            case Admission.Recovering:
+                caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"the model is {_state.StateName}: {_state.Degraded ?? "lost stages are being re-planned"}", Retryable: true));
                 break;
             default:
                 caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"no model is loaded (state: {_state.StateName})"));
@@ -276,10 +482,13 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers
             Finished(request.RequestId);
             return;
         }
-        Resolve(_state.Loaded!.Route[0].WorkerPath).TellChunked(step, caller);
+        Resolve(model.Route[0].WorkerPath).TellChunked(step, caller);
     }
 
     private IActorRef Resolve(string path) => ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(path);
 
-    private string Describe(string workerPath) => _state.Worker(workerPath)?.ToString() ?? workerPath;
+    private static Address? AddressOf(string path) => ActorPath.TryParse(path, out var p) ? p.Address : null;
+
+    private string Describe(string workerPath) => _state.Worker(workerPath)?.ToString()
+        ?? _state.Loaded?.Stages.FirstOrDefault(s => s.WorkerPath == workerPath)?.Device ?? workerPath;
 }

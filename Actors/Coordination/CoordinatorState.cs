@@ -11,9 +11,21 @@ public sealed record WorkerInfo(string Path, string Node, string Device, long Bu
     public override string ToString() => $"{Node}/{Device}";
 }
 
-/// <summary>A model the cluster serves: where every module went and what every stage holds.</summary>
+/// <summary>
+/// A model the cluster serves: where every module went and what every stage holds; the load request it came from
+/// (a recovery re-plans from it), how many recoveries it went through and what moved in the last one.
+/// </summary>
 public sealed record LoadedModel(string Model, int Epoch, PipelineHop[] Route, DeviceMapEntry[] DeviceMap, DeviceUsage[] Usage,
-    StageInfo[] Stages, StopTokens Stop, long Vocab, long MaxPositions = 2048);
+    StageInfo[] Stages, StopTokens Stop, long Vocab, long MaxPositions = 2048, LoadModel? Request = null, int Recoveries = 0,
+    DeviceMapEntry[]? Moved = null)
+{
+    /// <summary>What the workers keep and report back, so that a coordinator on another node can serve it again.</summary>
+    public ModelRecord ToRecord() => new(Request ?? new LoadModel("", Model, null, null, "auto", null, null), Model, Epoch, Route, DeviceMap, Usage,
+        Stages, Stop.Eos, Stop.Pad, Vocab, MaxPositions, Recoveries, Moved ?? Array.Empty<DeviceMapEntry>());
+
+    public static LoadedModel FromRecord(ModelRecord r) => new(r.Folder, r.PlanEpoch, r.Route, r.DeviceMap, r.Devices, r.Stages,
+        new StopTokens(r.EosTokenIds, r.PadTokenId), r.Vocab, r.MaxPositions, r.Request, r.Recoveries, r.Moved);
+}
 
 /// <summary>What a registration comes to.</summary>
 public abstract record Registration
@@ -25,7 +37,7 @@ public abstract record Registration
 }
 
 /// <summary>What admission decides for a request.</summary>
-public enum Admission { Start, Queue, Busy, NoModel }
+public enum Admission { Start, Queue, Busy, NoModel, Recovering }
 
 /// <summary>
 /// The coordinator's bookkeeping, without the actor: the worker registry, plan epochs, the load in progress
@@ -41,6 +53,7 @@ public sealed class CoordinatorState
     private readonly Dictionary<string, RefusedDevice> _refused = new(StringComparer.Ordinal);
     private readonly Dictionary<string, DateTime> _inFlight = new(StringComparer.Ordinal);
     private readonly Queue<string> _queued = new();
+    private readonly HashSet<string> _holders = new(StringComparer.Ordinal); // workers known to hold the served epoch's slice
 
     public CoordinatorState(int protocolVersion, long maxFrameSize, int maxInFlight, int maxQueued)
     {
@@ -52,16 +65,30 @@ public sealed class CoordinatorState
 
     public IReadOnlyList<WorkerInfo> Workers => _workers;
     public int Epoch { get; private set; }
+    /// <summary>The model served — or, while <see cref="Recovering"/>, the one being recovered (its route is broken).</summary>
     public LoadedModel? Loaded { get; private set; }
     public PendingLoad? Pending { get; private set; }
+    /// <summary>Stages of <see cref="Loaded"/> were lost: requests wait while the lost modules are re-planned and loaded.</summary>
+    public bool Recovering { get; private set; }
+    /// <summary>Why the survivors cannot hold the model (bytes missing on which plan); it recovers when capacity joins.</summary>
+    public string? Degraded { get; private set; }
+    /// <summary>A new coordinator's first moments: workers report what they hold before it decides what the cluster serves.</summary>
+    public bool Starting { get; private set; }
     /// <summary>Why the last load failed or the model was lost; null while none did.</summary>
     public string? Failure { get; private set; }
     public int InFlight => _inFlight.Count;
     public int Queued => _queued.Count;
 
-    public string StateName => Pending is not null ? "loading" : Loaded is not null ? "ready" : Failure is not null ? "failed" : "empty";
+    public string StateName => Starting ? "starting" : Recovering ? (Degraded is not null ? "degraded" : "recovering")
+        : Pending is not null ? "loading" : Loaded is not null ? "ready" : Failure is not null ? "failed" : "empty";
+
+    /// <summary>Serving requests: a model is loaded and its route whole.</summary>
+    public bool Serving => Loaded is not null && !Recovering && !Starting;
 
     public WorkerInfo? Worker(string path) => _workers.FirstOrDefault(w => w.Path == path);
+
+    /// <summary>Registered workers that hold their slice of the served epoch (a recovery keeps what they hold in place).</summary>
+    public IReadOnlySet<string> Holders => _holders;
 
     // ---- registry ----
 
@@ -71,6 +98,8 @@ public sealed class CoordinatorState
     /// </summary>
     public Registration Register(RegisterWorker r)
     {
+        if (r.Devices.All(d => _workers.Any(w => w.Path == d.ActorPath)))
+            return new Registration.Accepted(Array.Empty<WorkerInfo>(), Array.Empty<RefusedDevice>()); // a repeat: nothing changes
         if (r.ProtocolVersion != _protocolVersion)
             return new Registration.Refused($"protocol version {r.ProtocolVersion}, the cluster speaks {_protocolVersion}");
         if (r.MaxFrameSize != _maxFrameSize)
@@ -109,12 +138,52 @@ public sealed class CoordinatorState
         catch (InvalidInputException ex) { return ex.Message; }
     }
 
+    /// <summary>Begins a new coordinator's start: until <see cref="Adopt"/>, workers' reports are collected.</summary>
+    public void BeginStart() => Starting = true;
+
+    /// <summary>
+    /// A new coordinator adopts the newest model the workers report (null: none): it is served again under its epoch.
+    /// Returns the stages of that model whose workers did not report holding it (lost with the old coordinator's node,
+    /// or gone since): the actor recovers them. Later epochs continue from the newest one seen.
+    /// </summary>
+    public IReadOnlyList<string> Adopt(ModelRecord? newest, IReadOnlyCollection<string> holders, int highestEpochSeen)
+    {
+        Starting = false;
+        Epoch = Math.Max(Epoch, highestEpochSeen);
+        if (newest is null) return Array.Empty<string>();
+        Loaded = LoadedModel.FromRecord(newest);
+        Failure = null;
+        _holders.Clear();
+        foreach (var p in holders.Where(p => Worker(p) is not null)) _holders.Add(p);
+        var missing = Loaded.Stages.Select(s => s.WorkerPath).Distinct().Where(p => !_holders.Contains(p)).ToList();
+        if (missing.Count > 0) Recovering = true;
+        return missing;
+    }
+
+    /// <summary>
+    /// Stages of the served model were lost: requests in flight are dropped from admission (their callers resume them
+    /// once the model is back); queued ones wait. The next plan goes out under a new epoch.
+    /// </summary>
+    public void BeginRecovery()
+    {
+        Recovering = true;
+        _inFlight.Clear();
+    }
+
+    /// <summary>The survivors cannot hold the model: it stays degraded (with the reason) until capacity joins.</summary>
+    public void MarkDegraded(string reason)
+    {
+        Recovering = true;
+        Degraded = reason;
+    }
+
     /// <summary>A worker is gone: what that means for the load in progress and for the loaded model.</summary>
     public (bool FailsLoad, bool LosesModel) Remove(string path)
     {
         var worker = Worker(path);
         if (worker is null) return (false, false);
         _workers.Remove(worker);
+        _holders.Remove(path);
         bool failsLoad = Pending?.Involves(path) == true;
         bool losesModel = Loaded?.Stages.Any(s => s.WorkerPath == path) == true;
         return (failsLoad, losesModel);
@@ -128,7 +197,7 @@ public sealed class CoordinatorState
     public void BeginLoad(string model, int epoch, IReadOnlyDictionary<string, long> slices, LoadedModel result)
     {
         Pending = new PendingLoad(model, epoch, new Dictionary<string, long>(slices), new Dictionary<string, SliceLoaded>(), result);
-        Failure = null;
+        if (!Recovering) Failure = null;
     }
 
     /// <summary>A slice arrived; returns the loaded model once the last one has (usage filled in), else null.</summary>
@@ -144,6 +213,10 @@ public sealed class CoordinatorState
         }).ToArray();
         Pending = null;
         Loaded = p.Result with { Usage = usage };
+        _holders.Clear();
+        foreach (var done in p.Done.Keys) _holders.Add(done);
+        Recovering = false;
+        Degraded = null;
         return Loaded;
     }
 
@@ -166,6 +239,9 @@ public sealed class CoordinatorState
         _queued.Clear();
         _inFlight.Clear();
         Loaded = null;
+        _holders.Clear();
+        Recovering = false;
+        Degraded = null;
         Failure = failure;
         return queued;
     }
@@ -175,7 +251,8 @@ public sealed class CoordinatorState
     /// <summary>Start now, queue, or refuse: at most max-in-flight requests in the pipeline and max-queued waiting.</summary>
     public Admission Admit(string requestId, DateTime now)
     {
-        if (Loaded is null) return Admission.NoModel;
+        if (Loaded is null || Starting) return Admission.NoModel;
+        if (Recovering) return Admission.Recovering;
         if (_inFlight.Count < _maxInFlight)
         {
             _inFlight[requestId] = now;
@@ -200,6 +277,19 @@ public sealed class CoordinatorState
         return start;
     }
 
+    /// <summary>The model is served again after a recovery: queued requests that may start now (counted in flight).</summary>
+    public IReadOnlyList<string> Drain(DateTime now)
+    {
+        var start = new List<string>();
+        while (Serving && _inFlight.Count < _maxInFlight && _queued.Count > 0)
+        {
+            string next = _queued.Dequeue();
+            _inFlight[next] = now;
+            start.Add(next);
+        }
+        return start;
+    }
+
     /// <summary>Requests in flight longer than <paramref name="limit"/> (their caller has failed them by its stall timeout).</summary>
     public IReadOnlyList<string> Stale(DateTime now, TimeSpan limit) => _inFlight.Where(kv => now - kv.Value > limit).Select(kv => kv.Key).ToList();
 
@@ -210,11 +300,13 @@ public sealed class CoordinatorState
         Loaded?.Usage ?? _workers.Select(w => new DeviceUsage(w.ToString(), 0, 0, w.Budget)).ToArray(),
         Loaded?.Stages ?? Array.Empty<StageInfo>(),
         Loaded?.DeviceMap ?? Array.Empty<DeviceMapEntry>(),
-        Failure,
+        Degraded ?? Failure,
         _refused.Values.ToArray(),
         Loaded?.Epoch ?? Pending?.Epoch ?? 0,
         _inFlight.Count,
-        _queued.Count);
+        _queued.Count,
+        Loaded?.Moved,
+        Loaded?.Recoveries ?? 0);
 }
 
 /// <summary>A load in progress: the slices still out (worker path → planned bytes) and those acknowledged.</summary>

@@ -34,9 +34,28 @@ public static class FirstStep
             case Generate g:
                 if (g.MaxNewTokens < 1) return (null, $"max_new_tokens must be at least 1, not {g.MaxNewTokens}");
                 if (g.MaxNewTokens > maxNewTokens) return (null, $"max_new_tokens {g.MaxNewTokens} exceeds this cluster's limit of {maxNewTokens} (shardpipe.max-new-tokens)");
-                var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.Stop.Eos, model.Stop.Pad, new bool[ids.Length], g.Sampling,
+                var finished = new bool[ids.Length];
+                int step = 0;
+                if (g.Resume is { Length: > 0 } resume)
+                {
+                    // A request resumed after a fault: the prompt plus the tokens already delivered are prefilled, and
+                    // decoding continues at the next step, with the rows that already stopped still stopped.
+                    if (resume.Length >= g.MaxNewTokens || resume.Any(t => t is null || t.Length != ids.Length))
+                        return (null, $"resume holds {resume.Length} steps; it must be fewer than max_new_tokens ({g.MaxNewTokens}), each with one token per row");
+                    if (ids[0].Length + resume.Length > model.MaxPositions)
+                        return (null, $"the prompt plus {resume.Length} resumed tokens exceed the model's {model.MaxPositions} positions");
+                    if (resume.SelectMany(t => t).Any(id => id < 0 || id >= model.Vocab))
+                        return (null, $"a resumed token id is outside the vocabulary (0..{model.Vocab - 1})");
+                    foreach (var t in resume)
+                        for (int b = 0; b < ids.Length; b++)
+                            if (!g.IgnoreEos && model.Stop.Eos.Contains(t[b])) finished[b] = true;
+                    ids = ids.Select((row, b) => row.Concat(resume.Select(t => t[b])).ToArray()).ToArray();
+                    mask = mask.Select(row => row.Concat(Enumerable.Repeat(1L, resume.Length)).ToArray()).ToArray();
+                    step = resume.Length;
+                }
+                var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.Stop.Eos, model.Stop.Pad, finished, g.Sampling,
                     g.Sampling.RepetitionPenalty != 1.0 ? ids : null); // the ids so far travel only when a penalty needs them
-                return (new StageInput(g.RequestId, 0, 0, null, ids, mask, DecodeRule.PositionsFromMask(mask), replyTo, state, model.Epoch, coordinator), null);
+                return (new StageInput(g.RequestId, step, 0, null, ids, mask, DecodeRule.PositionsFromMask(mask), replyTo, state, model.Epoch, coordinator), null);
             default:
                 return (null, $"unknown request type {request.GetType().Name}");
         }

@@ -45,16 +45,8 @@ public static class SlicePlanner
     public static LoadPlan Plan(ModelDescription model, LoadModel request, IReadOnlyList<WorkerInfo> workers, int epoch)
     {
         if (workers.Count == 0) throw new ClusterException("no device workers have joined the cluster");
-        // Pipeline order: nodes by name (node-2 before node-10), so that a plan does not depend on who registered first.
-        var ordered = workers.OrderBy(w => w.Node, NaturalOrder.Instance).ToList();
-        var budgets = ordered.Select(w => (w.Id, (double)w.Budget)).ToList();
-        if (request.MaxMemory is { } mm)
-            foreach (var (device, bytes) in MaxMemory.Parse(mm))
-            {
-                int i = budgets.FindIndex(b => b.Id == device);
-                if (i < 0) throw new PlacementException($"max_memory names {device}, which is not a device of this cluster ({string.Join(", ", budgets.Select(b => b.Id))})");
-                budgets[i] = (device, bytes);
-            }
+        var ordered = Ordered(workers);
+        var budgets = Budgets(ordered, request, ignoreUnknown: false);
         var meta = model.Meta;
         var tree = meta.ToPlacementTree();
         var spec = DeviceMapSpec.Parse(request.DeviceMap);
@@ -104,6 +96,53 @@ public static class SlicePlanner
         var stages = route.Select(h => new StageInfo(ordered.First(w => w.Path == h.WorkerPath).ToString(), h.WorkerPath)).ToArray();
         var deviceMap = plan.DeviceMap.Select(kv => new DeviceMapEntry(kv.Key, kv.Value.ToString())).ToArray();
         long positions = model.Config.GetLongOrNull("max_position_embeddings") ?? model.Config.GetLongOrNull("n_positions") ?? 2048;
-        return new LoadPlan(slices, new LoadedModel(model.Folder, epoch, route, deviceMap, deviceUsage, stages, model.Stop, meta.VocabSize, positions));
+        return new LoadPlan(slices, new LoadedModel(model.Folder, epoch, route, deviceMap, deviceUsage, stages, model.Stop, meta.VocabSize, positions, request));
+    }
+
+    /// <summary>Pipeline order: nodes by name (node-2 before node-10), so that a plan does not depend on who registered first.</summary>
+    public static List<WorkerInfo> Ordered(IEnumerable<WorkerInfo> workers) => workers.OrderBy(w => w.Node, NaturalOrder.Instance).ToList();
+
+    /// <summary>Each worker's budget, overridden by the request's max_memory (a device it names that is not here is an error, or skipped when <paramref name="ignoreUnknown"/>: a lost node).</summary>
+    public static List<(DeviceId Id, double Bytes)> Budgets(IReadOnlyList<WorkerInfo> ordered, LoadModel request, bool ignoreUnknown)
+    {
+        var budgets = ordered.Select(w => (w.Id, (double)w.Budget)).ToList();
+        if (request.MaxMemory is { } mm)
+            foreach (var (device, bytes) in MaxMemory.Parse(mm))
+            {
+                int i = budgets.FindIndex(b => b.Id == device);
+                if (i >= 0) budgets[i] = (device, bytes);
+                else if (!ignoreUnknown) throw new PlacementException($"max_memory names {device}, which is not a device of this cluster ({string.Join(", ", budgets.Select(b => b.Id))})");
+            }
+        return budgets;
+    }
+
+    /// <summary>
+    /// The plan after a recovery: <see cref="RecoveryPlanner"/> keeps every module of a surviving worker in place and
+    /// moves the lost ones; the result is planned as an explicit map over the survivors (budgets checked again).
+    /// </summary>
+    /// <param name="holders">Surviving workers that still hold their slice of the served epoch; the modules of any other device move.</param>
+    public static (LoadPlan Plan, RecoveryPlan Moves) Replan(ModelDescription model, LoadedModel served, IReadOnlyList<WorkerInfo> survivors,
+        IReadOnlySet<string> holders, int epoch)
+    {
+        if (survivors.Count == 0) throw new PlacementException("no device workers survive to hold the model");
+        var request = served.Request ?? throw new ClusterException($"no load request is known for {served.Model}; load it again");
+        var ordered = Ordered(survivors);
+        var budgets = Budgets(ordered, request, ignoreUnknown: true);
+        var map = served.DeviceMap.Select(e => new KeyValuePair<string, DeviceId>(e.Module, DeviceId.Parse(e.Device))).ToList();
+        var intact = ordered.Where(w => holders.Contains(w.Path)).Select(w => w.Id).ToHashSet();
+        var moves = RecoveryPlanner.Replan(model.Meta.ToPlacementTree(), model.DType, map, budgets, intact);
+        string json = new System.Text.Json.Nodes.JsonObject(moves.DeviceMap.Select(kv =>
+            new KeyValuePair<string, System.Text.Json.Nodes.JsonNode?>(kv.Key, kv.Value.ToString()))).ToJsonString();
+        // max_memory entries naming lost devices are dropped; the rest still bound the survivors.
+        string? maxMemory = request.MaxMemory is { } mm
+            ? string.Join(",", MaxMemory.Parse(mm).Where(e => budgets.Any(b => b.Id == e.Device)).Select(e => $"{e.Device}={(long)e.Bytes}")) is { Length: > 0 } kept ? kept : null
+            : null;
+        var plan = Plan(model, request with { DeviceMap = json, MaxMemory = maxMemory }, ordered, epoch);
+        var result = plan.Result with
+        {
+            Request = request, Recoveries = served.Recoveries + 1,
+            Moved = moves.Moved.Select(m => new DeviceMapEntry(m.Module, m.To.ToString())).ToArray(),
+        };
+        return (plan with { Result = result }, moves);
     }
 }

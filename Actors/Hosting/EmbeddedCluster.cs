@@ -7,23 +7,25 @@ namespace ShardPipe.Actors.Hosting;
 
 /// <summary>
 /// N ShardPipe nodes in this process, on loopback TCP ports, joined into one Akka cluster: the zero-setup path.
-/// Node 1 also runs the coordinator. Budgets come from <c>node/device=size</c> specs, or the machine's available
-/// memory split equally.
+/// Every node may hold the coordinator (it starts on node 1, the oldest). Budgets come from <c>node/device=size</c>
+/// specs, or the machine's available memory split equally. <see cref="Client"/> is not a member: it reaches the
+/// cluster through every node as a contact point, so it outlives any one node.
 /// </summary>
 public sealed class EmbeddedCluster : IAsyncDisposable
 {
     public IReadOnlyList<ShardPipeNode> Nodes { get; }
     public ShardPipeClient Client { get; }
 
-    private EmbeddedCluster(IReadOnlyList<ShardPipeNode> nodes)
+    private EmbeddedCluster(IReadOnlyList<ShardPipeNode> nodes, Akka.Configuration.Config? clientConfig)
     {
         Nodes = nodes;
-        Client = new ShardPipeClient(nodes[0].System, nodes[0].Coordinator);
+        Client = ShardPipeClient.Connect(nodes.Select(n => n.Address).ToList(), clientConfig);
     }
 
     /// <summary>Starts <paramref name="count"/> nodes (or the nodes named in <paramref name="nodeSpec"/>) and waits until all have registered.</summary>
     public static async Task<EmbeddedCluster> StartAsync(int count, string? nodeSpec = null, Func<int, string?>? extraConfig = null,
-        Func<int, bool>? localCheckpoints = null, TimeSpan? timeout = null, int? computeThreads = null, string? offloadFolder = null)
+        Func<int, bool>? localCheckpoints = null, TimeSpan? timeout = null, int? computeThreads = null, string? offloadFolder = null,
+        Akka.Configuration.Config? clientConfig = null)
     {
         var layout = Layout(count, nodeSpec);
         // N nodes in one process share its cores and libtorch's intra-op pool: give each node its share of the cores,
@@ -36,13 +38,13 @@ public sealed class EmbeddedCluster : IAsyncDisposable
             for (int i = 0; i < layout.Count; i++)
             {
                 var (name, devices) = layout[i];
-                var roles = i == 0 ? new[] { "coordinator", "worker" } : new[] { "worker" };
+                var roles = new[] { "coordinator", "worker" };
                 // A disk device writes what it converts under the offload folder, one subfolder per node.
                 string? offload = offloadFolder is null ? null : $"shardpipe.offload-folder = \"{Path.Combine(offloadFolder, name).Replace("\\", "/")}\"";
                 var config = ShardPipeNode.LoopbackConfig(name, roles, devices, 0, localCheckpoints?.Invoke(i) ?? true, string.Join("\n", new[] { offload, extraConfig?.Invoke(i) }.OfType<string>()));
                 nodes.Add(ShardPipeNode.Start(config, i == 0 ? null : nodes[0].Address.ToString()));
             }
-            var cluster = new EmbeddedCluster(nodes);
+            var cluster = new EmbeddedCluster(nodes, clientConfig);
             await cluster.Client.WaitForNodesAsync(layout.Count, timeout ?? TimeSpan.FromSeconds(60));
             return cluster;
         }
@@ -69,6 +71,7 @@ public sealed class EmbeddedCluster : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        await Client.DisposeAsync();
         // Workers leave first, gracefully, so that the coordinator sees departures rather than failures.
         for (int i = Nodes.Count - 1; i >= 0; i--)
         {

@@ -48,8 +48,14 @@ public sealed class HandshakeActor : ReceiveActor
         if (reason is null) return;
         var address = Sender.Path.Address;
         var peerMember = _cluster.State.Members.FirstOrDefault(m => m.Address.Equals(address));
+        if (peerMember is null)
+        {
+            // Not a member (a client, a stranger): it cannot be refused from the cluster, and must never make this node leave.
+            _log.Warning("ignoring a handshake from {0} ({1}), which is not a member of this cluster: {2}", peer.NodeName, address, reason);
+            return;
+        }
         var self = _cluster.SelfMember;
-        bool peerIsNewer = peerMember is not null && self.IsOlderThan(peerMember);
+        bool peerIsNewer = self.IsOlderThan(peerMember);
         if (peerIsNewer)
         {
             _log.Error("refusing node {0} ({1}): {2}; it is removed from the cluster", peer.NodeName, address, reason);

@@ -91,6 +91,8 @@ public sealed class ShardPipeNode : IAsyncDisposable
 akka.remote.dot-netty.tcp.port = {port}
 akka.remote.dot-netty.tcp.hostname = 127.0.0.1
 akka.cluster.roles = [{string.Join(", ", roles)}]
+# In-process nodes are stopped by Kill() as by a crash: no coordinated shutdown (no leave); DisposeAsync leaves.
+akka.coordinated-shutdown.run-by-actor-system-terminate = off
 shardpipe.node-name = ""{nodeName}""
 shardpipe.devices = [{devs}]
 shardpipe.local-checkpoints = {(localCheckpoints ? "on" : "off")}
@@ -103,6 +105,9 @@ shardpipe.local-checkpoints = {(localCheckpoints ? "on" : "off")}
         await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);
     }
 
-    /// <summary>Stops the node abruptly (no graceful leave): how fault tests lose a node.</summary>
+    /// <summary>
+    /// Stops the node abruptly, as a crash: no coordinated shutdown and no leave (loopback nodes are configured with
+    /// <c>run-by-actor-system-terminate = off</c>), so the others find it unreachable and down it.
+    /// </summary>
     public Task Kill() => System.Terminate();
 }

@@ -20,6 +20,10 @@ public sealed record NodeSettings
     public required TimeSpan LoadTimeout { get; init; }
     public required TimeSpan RequestTimeout { get; init; }
     public required TimeSpan CacheIdleTimeout { get; init; }
+    /// <summary>How often a device worker repeats its registration (what it holds included).</summary>
+    public required TimeSpan RegisterInterval { get; init; }
+    /// <summary>How long a new coordinator waits, at most, for every worker node to report what it holds.</summary>
+    public required TimeSpan StartWindow { get; init; }
     public required long MaxFrameSize { get; init; }
     public required int MaxInFlight { get; init; }
     public required int MaxQueued { get; init; }
@@ -75,6 +79,8 @@ public sealed record NodeSettings
             LoadTimeout = sp.GetTimeSpan("load-timeout"),
             RequestTimeout = sp.GetTimeSpan("request-timeout"),
             CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout"),
+            RegisterInterval = sp.GetTimeSpan("register-interval"),
+            StartWindow = sp.GetTimeSpan("start-window"),
             MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 0,
             MaxInFlight = AtLeast("max-in-flight", 1),
             MaxQueued = AtLeast("max-queued", 0),

@@ -35,6 +35,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private CausalLMModel? _model;
     private int _epoch = -1;
     private SliceLoaded? _loaded;
+    private LoadSlice? _slice;      // the slice held (what it covers, for registrations and reuse)
+    private ModelRecord? _record;   // the served model, once the coordinator committed this epoch
 
     public DeviceWorkerActor(NodeSettings settings, string device, long budget, IActorRef coordinator, ActivationListener? listener)
     {
@@ -54,13 +56,15 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
 
     protected override void PreStart()
     {
-        Timers.StartPeriodicTimer("register", new RegisterTick(), TimeSpan.Zero, TimeSpan.FromSeconds(1));
+        // Registration repeats for as long as the worker lives: a coordinator that moved learns the cluster from it.
+        Timers.StartPeriodicTimer("register", new RegisterTick(), TimeSpan.Zero, _settings.RegisterInterval);
         Timers.StartPeriodicTimer("evict", new EvictTick(), TimeSpan.FromSeconds(10));
     }
 
     private RegisterWorker Registration() => new(_settings.DebugProtocolVersion ?? Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
         new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self), Unusable()) },
-        _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>());
+        _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>(),
+        _slice is { } s && _loaded is { } l ? new HeldSlice(s.PlanEpoch, s.Model, s.ModulePrefixes, l.Bytes, _record is { } r && r.PlanEpoch == s.PlanEpoch ? r : null) : null);
 
     /// <summary>Why this node cannot compute on its device (a CUDA device on a build without CUDA), or null.</summary>
     private string? Unusable()
@@ -74,7 +78,6 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<RegisterTick>(_ => _coordinator.Tell(Registration()));
         Receive<WorkerRegistered>(_ =>
         {
-            Timers.Cancel("register");
             _log.Info("{0} registered with the coordinator", _stage);
             Become(Idle);
         });
@@ -98,6 +101,19 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         {
             _log.Warning("{0}: dropped a chunked message: {1}", _stage, ex.Message);
         }
+    }
+
+    /// <summary>What every registered state answers: repeated registrations, commits, and activation links.</summary>
+    private void Registered()
+    {
+        Receive<RegisterTick>(_ => _coordinator.Tell(Registration()));
+        Receive<WorkerRegistered>(_ => { });
+        Receive<WorkerRefused>(r => _log.Warning("{0}: a coordinator refused this worker: {1}", _stage, r.Reason));
+        Receive<ModelCommitted>(c =>
+        {
+            if (c.Record.PlanEpoch == _epoch) _record = c.Record;
+        });
+        LinkHandling();
     }
 
     /// <summary>Activation links: offers to peers (any state after registration), and this worker's own links.</summary>
@@ -131,14 +147,12 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private void Idle()
     {
         Stash.UnstashAll();
-        LinkHandling();
+        Registered();
         Receive<MessageChunk>(Reassemble);
         Receive<LoadSlice>(StartLoad);
         Receive<ReleaseSlice>(_ => Sender.Tell(new ModelUnloaded("")));
-        Receive<StageInput>(i => _executor.Fail(i, "no model slice is loaded on this stage"));
+        Receive<StageInput>(i => _executor.Fail(i, "no model slice is loaded on this stage", retryable: true));
         Receive<ReleaseRequest>(_ => { });
-        Receive<WorkerRegistered>(_ => { });
-        Receive<RegisterTick>(_ => { });
         Receive<EvictTick>(_ => { });
     }
 
@@ -154,24 +168,42 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             Sender.Tell(new SliceFailed(slice.PlanEpoch, Path(), $"{_stage}: slice of {ByteSize.Format(slice.PlannedBytes)} exceeds its budget of {ByteSize.Format(_budget)}"));
             return;
         }
-        ReleaseModel();
+        // A new epoch of the same model (a recovery re-plan) keeps what this worker already holds: the loader takes
+        // those tensors over and reads only what moved here. The old stage stops now (its requests resume elsewhere).
+        var previous = _model is not null && _slice is { } held && held.Model == slice.Model && held.Variant == slice.Variant
+            && held.DType == slice.DType && _device != "disk" ? _model : null;
+        _executor.Uninstall();
+        if (previous is null) ReleaseModel();
+        else
+        {
+            _model = null;
+            _loaded = null;
+            _slice = null;
+            _record = null;
+            _epoch = -1;
+        }
         var replyTo = Sender;
         var self = Self;
         var system = Context.System;
         string selfPath = Path();
         var loader = new SliceLoader(_settings, _log, _stage, _device, system);
-        Task.Run(() => loader.Materialise(slice, replyTo, selfPath))
+        Task.Run(() =>
+            {
+                try { return loader.Materialise(slice, replyTo, selfPath, previous); }
+                finally { previous?.Release(); } // what the new slice did not take over
+            })
             .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ex.GetBaseException().Message}"));
-        Become(() => Loading(replyTo));
+        Become(() => Loading(replyTo, slice));
     }
 
-    private void Loading(IActorRef replyTo)
+    private void Loading(IActorRef replyTo, LoadSlice slice)
     {
         Receive<SliceReady>(r =>
         {
             _model = r.Model;
             _epoch = r.Epoch;
-            _executor.Install(new StageRunner(r.Model, r.Route));
+            _slice = slice;
+            _executor.Install(new StageRunner(r.Model, r.Route, r.Epoch));
             _loaded = new SliceLoaded(r.Epoch, Path(), r.Bytes, r.Tensors, r.Streamed);
             OpenLinks(r.Route);
             replyTo.Tell(_loaded);
@@ -184,7 +216,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             Become(Idle);
         });
         Receive<EvictTick>(_ => { });
-        Receive<RegisterTick>(_ => { });
+        Receive<RegisterTick>(_ => _coordinator.Tell(Registration()));
+        Receive<WorkerRegistered>(_ => { });
         ReceiveAny(_ => Stash.Stash());
     }
 
@@ -193,15 +226,16 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private void Ready()
     {
         Stash.UnstashAll();
-        LinkHandling();
+        Registered();
         Receive<StageInput>(i => _executor.Run(i, Sender));
         Receive<MessageChunk>(Reassemble);
         Receive<ReleaseRequest>(r => _executor.Release(r.RequestId));
         Receive<LoadSlice>(StartLoad);
-        Receive<ReleaseSlice>(_ =>
+        Receive<ReleaseSlice>(r =>
         {
-            ReleaseModel();
             Sender.Tell(new ModelUnloaded(""));
+            if (r.PlanEpoch < _epoch) return; // about an older slice than this one (a late or repeated release)
+            ReleaseModel();
             Become(Idle);
         });
         Receive<EvictTick>(_ =>
@@ -210,8 +244,6 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             int n = _executor.EvictIdle(_settings.CacheIdleTimeout);
             if (n > 0) _log.Info("{0}: freed the KV caches of {1} abandoned request(s)", _stage, n);
         });
-        Receive<RegisterTick>(_ => { });
-        Receive<WorkerRegistered>(_ => { });
     }
 
     private string Path() => Akka.Serialization.Serialization.SerializedActorPath(Self);
@@ -222,6 +254,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         _model?.Release();
         _model = null;
         _loaded = null;
+        _slice = null;
+        _record = null;
         _epoch = -1;
     }
 

@@ -40,7 +40,8 @@ public sealed class SliceLoader
         _disk = device == "disk";
     }
 
-    public SliceReady Materialise(LoadSlice slice, IActorRef coordinator, string self)
+    /// <param name="previous">This worker's slice of an earlier epoch of the same model: tensors it holds are taken over, not read.</param>
+    public SliceReady Materialise(LoadSlice slice, IActorRef coordinator, string self, CausalLMModel? previous = null)
     {
         long lastReport = 0;
         var clock = Stopwatch.StartNew();
@@ -65,6 +66,7 @@ public sealed class SliceLoader
             IncludeKey = key => ModulePath.CoveredByAny(slice.ModulePrefixes, key),
             Fetcher = local ? null : Streamer(slice),
             Progress = Progress,
+            Reuse = previous,
         });
         var materialised = model.NamedTensors().Where(t => t.Slot.IsMaterialised).ToList();
         long bytes = materialised.Sum(t => t.Slot.Tensor.NumberOfElements * t.Slot.Tensor.ElementSize) + (model.Offload?.Bytes ?? 0);

@@ -115,13 +115,19 @@ public sealed class StageExecutor
     {
         lock (_gate)
         {
-            if (_runner is null) Fail(input, "no model slice is loaded on this stage");
+            if (_runner is null) Fail(input, "no model slice is loaded on this stage", retryable: true);
             else RunLocked(input, from);
         }
     }
 
     private void RunLocked(StageInput input, IActorRef from)
     {
+        if (input.PlanEpoch != _runner!.Epoch)
+        {
+            // A late step of an old route (the plan changed under it): dropped; its caller has resumed it under the new epoch.
+            _log.Debug("{0}: dropped a step of request {1} from epoch {2} (this stage serves epoch {3})", _stage, input.RequestId, input.PlanEpoch, _runner.Epoch);
+            return;
+        }
         IReadOnlyList<Outgoing> outgoing;
         try
         {
@@ -166,9 +172,9 @@ public sealed class StageExecutor
     }
 
     /// <summary>Tells the caller (and the coordinator, which frees the request's slot) that the request failed here.</summary>
-    public void Fail(StageInput input, string reason)
+    public void Fail(StageInput input, string reason, bool retryable = false)
     {
-        var failed = new RequestFailed(input.RequestId, _stage, reason);
+        var failed = new RequestFailed(input.RequestId, _stage, reason, retryable);
         _provider.ResolveActorRef(input.ReplyTo).Tell(failed);
         if (input.Coordinator is { } c) _provider.ResolveActorRef(c).Tell(failed);
     }

@@ -23,11 +23,15 @@ public sealed class StageRunner : IDisposable
     private readonly Dictionary<string, (KvCache Cache, DateTime LastUsed)> _caches = new();
     private readonly Dictionary<string, Sampler> _samplers = new();
 
-    public StageRunner(CausalLMModel model, PipelineHop[] route)
+    public StageRunner(CausalLMModel model, PipelineHop[] route, int epoch = 0)
     {
         _model = model;
         _route = route;
+        Epoch = epoch;
     }
+
+    /// <summary>The plan epoch this stage serves; steps of any other epoch are late messages of an old route.</summary>
+    public int Epoch { get; }
 
     public int ActiveRequests => _caches.Count;
     public long CacheBytes => _caches.Values.Sum(c => c.Cache.Bytes);
@@ -75,7 +79,11 @@ public sealed class StageRunner : IDisposable
     {
         var st = input.Generation!;
         if (!_samplers.TryGetValue(input.RequestId, out var sampler))
+        {
             _samplers[input.RequestId] = sampler = new Sampler(st.Sampling.Greedy, st.Sampling.Temperature, st.Sampling.TopK, st.Sampling.TopP, st.Sampling.Seed, st.Sampling.RepetitionPenalty);
+            // A resumed request starts at a later step: its sampler continues where the lost one stopped.
+            if (input.Step > 0) sampler.Skip(input.Step, logits.shape[0], logits.shape[1]);
+        }
         var next = sampler.Next(logits, st.History);
         var finished = DecodeRule.Settle(next, st.Finished, new StopTokens(st.EosTokenIds, st.PadTokenId), st.IgnoreEos);
         var tokens = new Outgoing(input.ReplyTo, new TokensGenerated(input.RequestId, input.Step, next));

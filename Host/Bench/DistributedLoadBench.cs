@@ -65,7 +65,7 @@ public static class DistributedLoadBench
         Directory.CreateDirectory(dir);
         int seed = Loopback.FreePort();
         var processes = new List<(string Name, Process Process)>();
-        ShardPipeNode? client = null;
+        ShardPipeClient? client = null;
         try
         {
             for (int i = 1; i <= count; i++)
@@ -85,8 +85,8 @@ shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""4
                 p.BeginErrorReadLine();
                 processes.Add(($"node-{i}", p));
             }
-            client = ShardPipeNode.Start(ConfigurationFactory.ParseString("akka.cluster.roles = [client]\nshardpipe.devices = []"), $"akka.tcp://shardpipe@127.0.0.1:{seed}");
-            var api = new ShardPipeClient(client.System, client.Coordinator);
+            client = ShardPipeClient.Connect(ContactPoints.Parse($"127.0.0.1:{seed}"));
+            var api = client;
             await api.WaitForNodesAsync(count, TimeSpan.FromSeconds(120));
             // Warm every node (JIT, libtorch start-up) with a tiny model, so that the figures are about the load itself.
             string tiny = Path.Combine(dir, "warm-up");

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using Akka.Actor;
 using Akka.Configuration;
 using Microsoft.Extensions.Logging;
 using ShardPipe.Actors.Client;
@@ -9,8 +10,8 @@ using ShardPipe.Messages;
 namespace ShardPipe.Host.Cli;
 
 /// <summary>
-/// A CLI command's connection to a cluster: <c>embedded:N</c> starts N nodes in this process; <c>HOST:PORT</c>
-/// starts a client node (role <c>client</c>, no devices) that joins the running cluster there.
+/// A CLI command's connection to a cluster: <c>embedded:N</c> starts N nodes in this process; <c>HOST:PORT[,HOST:PORT…]</c>
+/// reaches a running cluster through those contact points (tried in order) as a client, never as a member.
 /// </summary>
 public sealed class ClusterSession : IAsyncDisposable
 {
@@ -38,17 +39,15 @@ public sealed class ClusterSession : IAsyncDisposable
             log.LogInformation("embedded cluster of {Nodes} nodes up in {Seconds:0.00} s", n, sw.Elapsed.TotalSeconds);
             return new ClusterSession(cluster.Client, n, cluster.DisposeAsync);
         }
-        int colon = spec.LastIndexOf(':');
-        if (colon <= 0 || !int.TryParse(spec[(colon + 1)..], out int port))
-            throw new InvalidInputException($"--cluster '{spec}': use embedded:N or HOST:PORT");
-        string host = spec[..colon];
-        var config = ConfigurationFactory.ParseString($@"
-akka.cluster.roles = [client]
-shardpipe.node-name = ""client-{Environment.ProcessId}""
-shardpipe.devices = []");
-        var node = ShardPipeNode.Start(config, $"akka.tcp://{ShardPipeNode.SystemName}@{host}:{port}");
-        var session = new ClusterSession(new ShardPipeClient(node.System, node.Coordinator), 0, node.DisposeAsync);
-        await session.Client.StatusAsync(TimeSpan.FromSeconds(30)); // reach the coordinator or fail clearly
+        var contacts = ContactPoints.Parse(spec);
+        var client = ShardPipeClient.Connect(contacts);
+        var session = new ClusterSession(client, 0, client.DisposeAsync);
+        try { await client.StatusAsync(TimeSpan.FromSeconds(30)); } // reach the coordinator or fail clearly
+        catch (AskTimeoutException)
+        {
+            await client.DisposeAsync();
+            throw new ClusterException($"no coordinator answered through {spec} within 30 s (are the nodes up?)");
+        }
         return session;
     }
 

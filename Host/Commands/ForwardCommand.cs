@@ -47,6 +47,7 @@ public static class ForwardCommand
                 ["hf_device_map"] = HostJson.DeviceMap(model.HfDeviceMap),
                 ["load_s"] = Math.Round(loadS, 4),
                 ["forward_s"] = Math.Round(forwardS, 4),
+                ["recovered_faults"] = 0,
             };
             Print(result, last, parse.GetValue(json));
             return 0;
@@ -90,6 +91,7 @@ public static class ForwardCommand
             ["hf_device_map"] = map,
             ["load_s"] = Math.Round(loadS, 4),
             ["forward_s"] = Math.Round(sw.Elapsed.TotalSeconds, 4),
+            ["recovered_faults"] = outcome.RecoveredFaults,
         };
         Print(result, last, json);
         return 0;

@@ -73,6 +73,7 @@ public static class GenerateCommand
                     ["prefill_s"] = Math.Round(result.PrefillSeconds, 4),
                     ["tokens_per_s"] = Math.Round(result.TokensPerSecond, 3),
                     ["hf_device_map"] = HostJson.DeviceMap(model.HfDeviceMap),
+                    ["recovered_faults"] = 0,
                     ["text"] = tokenizer is null ? null : new JsonArray(result.Sequences.Select(seq => (JsonNode)JsonValue.Create(tokenizer.Decode(seq.Skip(rows[0].Length), skipSpecialTokens: true))!).ToArray()),
                 });
             }
@@ -131,6 +132,7 @@ public static class GenerateCommand
                 ["prefill_s"] = Math.Round(outcome.PrefillSeconds, 4),
                 ["tokens_per_s"] = Math.Round(outcome.TokensPerSecond, 3),
                 ["hf_device_map"] = map,
+                ["recovered_faults"] = outcome.RecoveredFaults,
                 ["text"] = tokenizer is null ? null : new JsonArray(outcome.NewTokens.Select(t => (JsonNode)JsonValue.Create(tokenizer.Decode(t, skipSpecialTokens: true))!).ToArray()),
             });
         }

@@ -50,7 +50,7 @@ public sealed class TensorSlot
         Value = null;
     }
 
-    /// <summary>Takes the tensor out without disposing it (the caller keeps it, e.g. a pool of offload buffers).</summary>
+    /// <summary>Takes the tensor out without disposing it (the caller keeps it: a pool of offload buffers, a new model that reuses it).</summary>
     internal Tensor? Take()
     {
         var v = Value;

@@ -68,5 +68,19 @@ public sealed class Sampler : IDisposable
         return torch.multinomial(probs, 1, generator: _generator).squeeze(-1).data<long>().ToArray();
     }
 
+    /// <summary>
+    /// Advances the generator past <paramref name="steps"/> draws of (<paramref name="rows"/>, <paramref name="vocab"/>)
+    /// probabilities, as if those steps had been sampled here: a request resumed after a fault continues with exactly the
+    /// random numbers it would have used. (libtorch's multinomial for one sample draws one exponential per entry,
+    /// whatever the probabilities.) Greedy decoding draws nothing.
+    /// </summary>
+    public void Skip(int steps, long rows, long vocab)
+    {
+        if (_generator is null || steps <= 0) return;
+        using var scope = NewDisposeScope();
+        var uniform = ones(rows, vocab);
+        for (int i = 0; i < steps; i++) torch.multinomial(uniform, 1, generator: _generator);
+    }
+
     public void Dispose() => _generator?.Dispose();
 }

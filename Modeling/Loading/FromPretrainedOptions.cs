@@ -55,6 +55,12 @@ public sealed record FromPretrainedOptions
     public bool OffloadBuffers { get; init; }
     /// <summary>Read the next disk-offloaded module while the current one runs (off: for measuring).</summary>
     public bool OffloadPrefetch { get; init; } = true;
+    /// <summary>
+    /// A model of the same checkpoint loaded before (a pipeline stage's previous slice): every tensor the new model
+    /// needs that it holds — same key, shape, dtype and device — is taken over instead of read again (only what moved
+    /// is loaded). The rest of it is left as it was; the caller releases it.
+    /// </summary>
+    public CausalLMModel? Reuse { get; init; }
     /// <summary>Reader threads used to materialise tensors.</summary>
     public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
 }

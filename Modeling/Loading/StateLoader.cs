@@ -51,6 +51,22 @@ internal static class StateLoader
             names.Add(key);
         }
         var owners = OwnerClasses(model);
+        var reusable = new Dictionary<string, TensorSlot>(StringComparer.Ordinal);
+        if (options.Reuse is { } reuse)
+            foreach (var (key, slot) in reuse.StateDictSlots().Concat(reuse.NamedBuffers()))
+                if (slot.IsMaterialised) reusable.TryAdd(key, slot);
+        // A tensor the previous model already holds as this slot needs it moves over instead of being read again.
+        bool Reused(TensorSlot slot, IEnumerable<string> names, ScalarType type, Device device)
+        {
+            foreach (var name in names)
+                if (reusable.TryGetValue(name, out var old) && old.IsMaterialised && old.Shape.SequenceEqual(slot.Shape)
+                    && old.Tensor.dtype == type && old.Tensor.device.type == device.type && old.Tensor.device.index == device.index)
+                {
+                    slot.Set(old.Take()!);
+                    return true;
+                }
+            return false;
+        }
         var missing = new List<string>();
         var mismatched = new List<(string, long[], long[])>();
         var jobs = new List<(TensorSlot Slot, string Key, string? Source, ScalarType Type, Device Device)>();
@@ -67,11 +83,13 @@ internal static class StateLoader
                 mismatched.Add((key, source.Shape(src), slot.Shape));
                 src = null;
             }
+            if (src is not null && Reused(slot, names, TorchRuntime.ToScalarType(target), device)) continue;
             jobs.Add((slot, key, src, TorchRuntime.ToScalarType(target), device));
         }
         // Non-persistent buffers (rotary tables, causal masks) are computed from the config, never read.
         foreach (var (key, slot) in model.NamedBuffers())
-            if (!slotNames.ContainsKey(slot) && (options.IncludeKey is null || options.IncludeKey(key)))
+            if (!slotNames.ContainsKey(slot) && (options.IncludeKey is null || options.IncludeKey(key))
+                && !Reused(slot, new[] { key }, TorchRuntime.ToScalarType(slot.FixedDType ?? dtype), deviceOf(ModulePath.Parent(key))))
                 jobs.Add((slot, key, null, TorchRuntime.ToScalarType(slot.FixedDType ?? dtype), deviceOf(ModulePath.Parent(key))));
         var errors = new List<string>();
         if (mismatched.Count > 0 && !options.IgnoreMismatchedSizes)

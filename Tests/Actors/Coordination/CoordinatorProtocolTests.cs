@@ -41,6 +41,7 @@ shardpipe.load-timeout = 30s").WithFallback(ShardPipeNode.Reference);
     {
         var coordinator = Sys.ActorOf(CoordinatorActor.Props(_settings));
         var workers = Enumerable.Range(1, count).Select(i => CreateTestProbe($"worker-{i}")).ToArray();
+        foreach (var w in workers) w.IgnoreMessages(m => m is ModelCommitted); // what a real worker keeps for a coordinator that moves
         for (int i = 0; i < count; i++)
         {
             coordinator.Tell(Registration($"node-{i + 1}", workers[i]), workers[i].Ref);

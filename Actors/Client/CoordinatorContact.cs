@@ -1,0 +1,75 @@
+using Akka.Actor;
+using Akka.Event;
+
+namespace ShardPipe.Actors.Client;
+
+/// <summary>
+/// A client's way into the cluster without joining it: it finds a live node among the contact points (each node
+/// runs a proxy to the coordinator singleton at <c>/user/coordinator-proxy</c>), forwards every message there with
+/// its original sender (answers come straight back to the asker), watches that node, and moves to the next contact
+/// point when it dies. Messages that arrive while no contact is live wait (in order) until one is.
+/// </summary>
+public sealed class CoordinatorContact : ReceiveActor, IWithStash, IWithTimers
+{
+    public IStash Stash { get; set; } = null!;
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    private sealed record TryNext;
+
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly IReadOnlyList<Address> _contacts;
+    private int _next;
+    private long _probe;
+
+    public CoordinatorContact(IReadOnlyList<Address> contacts)
+    {
+        if (contacts.Count == 0) throw new InvalidInputException("a cluster client needs at least one contact point (HOST:PORT)");
+        _contacts = contacts;
+        Searching();
+    }
+
+    public static Props Props(IReadOnlyList<Address> contacts) => Akka.Actor.Props.Create(() => new CoordinatorContact(contacts));
+
+    public static ActorPath ProxyPath(Address node) => new RootActorPath(node) / "user" / "coordinator-proxy";
+
+    protected override void PreStart() => Self.Tell(new TryNext());
+
+    private void Searching()
+    {
+        Receive<TryNext>(_ =>
+        {
+            var contact = _contacts[_next++ % _contacts.Count];
+            Context.ActorSelection(ProxyPath(contact)).Tell(new Identify(++_probe));
+            Timers.StartSingleTimer("probe", new TryNext(), TimeSpan.FromMilliseconds(750)); // no answer: the next one
+        });
+        Receive<ActorIdentity>(id =>
+        {
+            if (!Equals(id.MessageId, _probe)) return; // an answer to an earlier probe
+            if (id.Subject is null)
+            {
+                Timers.StartSingleTimer("probe", new TryNext(), TimeSpan.FromMilliseconds(100));
+                return;
+            }
+            Timers.Cancel("probe");
+            Context.Watch(id.Subject);
+            _log.Info("reached the cluster through {0}", id.Subject.Path.Address);
+            Become(() => Connected(id.Subject));
+            Stash.UnstashAll();
+        });
+        ReceiveAny(_ => Stash.Stash());
+    }
+
+    private void Connected(IActorRef proxy)
+    {
+        Receive<Terminated>(t =>
+        {
+            if (!t.ActorRef.Equals(proxy)) return;
+            _log.Warning("contact point {0} was lost; trying the others", proxy.Path.Address);
+            Become(Searching);
+            Self.Tell(new TryNext());
+        });
+        Receive<TryNext>(_ => { });
+        Receive<ActorIdentity>(_ => { });
+        ReceiveAny(m => proxy.Forward(m));
+    }
+}
