@@ -57,4 +57,57 @@ public class ClusterRecoveryTests
         // And the cluster keeps serving: a new request on the recovered route.
         Assert.Equal(expected.NewTokens, (await cluster.Client.RunAsync(Greedy(40), status.Stages, TimeSpan.FromSeconds(30))).NewTokens);
     }
+
+    [Fact]
+    public async Task A_crash_of_the_coordinators_node_moves_the_coordinator_and_the_request_still_completes_with_the_same_tokens()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        var sampled = Requests.Generate(Prompt, null, 30) with { IgnoreEos = true, Sampling = new SamplingSettings(false, 0.9, 20, 0.95, 1234) };
+        var expected = await cluster.Client.RunAsync(sampled, loaded.Stages, TimeSpan.FromSeconds(30));
+        FaultHooks.For(cluster.Nodes[2].System).BeforeStep = () => Thread.Sleep(20);
+
+        // node-1 is the oldest: it holds the coordinator singleton, and the first stage.
+        var outcome = await RunAndKill(cluster, sampled with { RequestId = Guid.NewGuid().ToString("N") }, loaded.Stages, victim: 0, after: 4);
+
+        Assert.Equal(expected.NewTokens, outcome.NewTokens); // a seeded sampler resumes where it stopped
+        Assert.Equal(1, outcome.RecoveredFaults);
+        var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5)); // answered by the coordinator on another node
+        Assert.Equal("ready", status.State);
+        Assert.DoesNotContain("node-1", status.Nodes);
+        Assert.All(status.DeviceMap, e => Assert.DoesNotContain("node-1", e.Device));
+        Assert.True(status.PlanEpoch > loaded.PlanEpoch);
+    }
+
+    [Fact]
+    public async Task Survivors_without_room_mark_the_model_degraded_with_the_missing_bytes_and_it_recovers_when_a_node_joins()
+    {
+        // llama_tied is three ~101 KB blocks: each 150 KB node holds one, so no survivor can take another.
+        string model = TestPaths.Model("llama_tied");
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=150KB,node-2/cpu=150KB,node-3/cpu=150KB",
+            clientConfig: Akka.Configuration.ConfigurationFactory.ParseString("shardpipe.client.recovery-timeout = 8s"));
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(model), TimeSpan.FromMinutes(1));
+        var expected = await cluster.Client.RunAsync(Greedy(20), loaded.Stages, TimeSpan.FromSeconds(30));
+        FaultHooks.For(cluster.Nodes[0].System).BeforeStep = () => Thread.Sleep(20);
+
+        var ex = await Assert.ThrowsAsync<ShardPipe.ClusterException>(() => RunAndKill(cluster, Greedy(20), loaded.Stages, victim: 2, after: 3));
+        Assert.Contains("degraded", ex.Message);
+        Assert.Contains("missing", ex.Message);
+        var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal("degraded", status.State);
+        Assert.Contains("missing", status.Detail);
+
+        // A node with room joins: the model recovers by itself, and serves the same tokens.
+        await using var extra = new NodeHandle(ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("node-4", new[] { "coordinator", "worker" }, new[] { ("cpu", 1L << 30) }),
+            cluster.Nodes[0].Address.ToString()));
+        await Eventually.True(async () => (await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))).State == "ready", TimeSpan.FromSeconds(30), "the model served again");
+        status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
+        Assert.Contains(status.DeviceMap, e => e.Device.StartsWith("node-4/"));
+        Assert.Equal(expected.NewTokens, (await cluster.Client.RunAsync(Greedy(20), status.Stages, TimeSpan.FromSeconds(30))).NewTokens);
+    }
+
+    private sealed class NodeHandle(ShardPipeNode node) : IAsyncDisposable
+    {
+        public ValueTask DisposeAsync() => new(node.Kill());
+    }
 }
