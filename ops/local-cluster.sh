@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Starts a 3-process ShardPipe cluster on loopback (node-1 coordinator+worker, node-2 and node-3 workers; node-3
-# has no local checkpoint and streams its slice), loads a generated multi-shard Llama across it, generates, and
+# Starts a 3-process ShardPipe cluster on loopback (every node a worker that may hold the coordinator, every node a
+# seed; node-3 has no local checkpoint and streams its slice), loads a generated multi-shard Llama across it, generates, and
 # stops every process on exit. Usage: ops/local-cluster.sh [MODEL_DIR]   (needs the .NET SDK, as the README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +21,13 @@ if [ ! -f "$model/config.json" ]; then
 fi
 
 base=${SHARDPIPE_BASE_PORT:-4053}
+contacts="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 for i in 1 2 3; do
   port=$((base + i - 1))
-  roles='[worker]'; [ "$i" = 1 ] && roles='[coordinator, worker]'
   local_ckpt=on; [ "$i" = 3 ] && local_ckpt=off
   cat > "$work/node-$i.conf" <<CONF
 akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = $port }
-akka.cluster { roles = $roles, seed-nodes = ["akka.tcp://shardpipe@127.0.0.1:$base"] }
+akka.cluster { roles = [coordinator, worker], seed-nodes = ["akka.tcp://shardpipe@127.0.0.1:$base", "akka.tcp://shardpipe@127.0.0.1:$((base + 1))", "akka.tcp://shardpipe@127.0.0.1:$((base + 2))"] }
 shardpipe { node-name = "node-$i", devices = [ { device = cpu, budget = "1GiB" } ], local-checkpoints = $local_ckpt }
 CONF
   "$sp" node --config "$work/node-$i.conf" > "$work/node-$i.log" 2>&1 &
@@ -36,14 +36,14 @@ done
 
 echo "waiting for 3 nodes" >&2
 for _ in $(seq 1 60); do
-  n=$("$sp" status --cluster "127.0.0.1:$base" --json 2>/dev/null | sed -n 's/.*"nodes":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | grep -c node- || true)
+  n=$("$sp" status --cluster "$contacts" --json 2>/dev/null | sed -n 's/.*"nodes":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | grep -c node- || true)
   [ "$n" = 3 ] && break
   sleep 1
 done
 [ "$n" = 3 ] || { echo "cluster did not form; logs in $work" >&2; tail -n 20 "$work"/node-*.log >&2; exit 1; }
 
-"$sp" load --cluster "127.0.0.1:$base" --model "$model" --device-map balanced
-"$sp" generate --cluster "127.0.0.1:$base" --model "$model" --input-ids "1,2,3,4,5" --max-new-tokens 8 --json
-"$sp" status --cluster "127.0.0.1:$base"
-"$sp" unload --cluster "127.0.0.1:$base"
+"$sp" load --cluster "$contacts" --model "$model" --device-map balanced
+"$sp" generate --cluster "$contacts" --model "$model" --input-ids "1,2,3,4,5" --max-new-tokens 8 --json
+"$sp" status --cluster "$contacts"
+"$sp" unload --cluster "$contacts"
 echo "ok: 3-process cluster loaded and ran $model (logs in $work)" >&2

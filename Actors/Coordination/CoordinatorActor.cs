@@ -125,8 +125,9 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     private bool EveryWorkerNodeReported()
     {
         var cluster = Cluster.Get(Context.System);
-        return cluster.State.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole("worker") && !cluster.State.Unreachable.Contains(m))
-            .All(m => _reported.Contains(m.Address));
+        var workerNodes = cluster.State.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole("worker") && !cluster.State.Unreachable.Contains(m)).ToList();
+        return workerNodes.Count > 0 && workerNodes.All(m => _reported.Contains(m.Address)); // no membership seen yet: the window decides
+
     }
 
     private void AdoptHeld()
@@ -137,6 +138,9 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         int highest = _held.Values.Select(h => h.PlanEpoch).Concat(records.Select(r => r.PlanEpoch)).DefaultIfEmpty(0).Max();
         var holders = newest is null ? new HashSet<string>() : _held.Where(kv => kv.Value.PlanEpoch == newest.PlanEpoch).Select(kv => kv.Key).ToHashSet(StringComparer.Ordinal);
         var missing = _state.Adopt(newest, holders, highest);
+        foreach (var (path, held) in _held)
+            if (held.PlanEpoch != newest?.PlanEpoch && _refs.TryGetValue(path, out var stale))
+                stale.Tell(new ReleaseSlice(held.PlanEpoch)); // a slice of a model no longer served (a load the old coordinator never finished)
         _held.Clear();
         Stash.UnstashAll();
         if (newest is null)

@@ -51,6 +51,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
         system.ActorOf(Props.Create(() => new HandshakeActor(settings, settings.DebugProtocolVersion ?? Protocol.Version)), "handshake");
         var proxy = system.ActorOf(ClusterSingletonProxy.Props("/user/coordinator",
             ClusterSingletonProxySettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator-proxy");
+        if (settings.DebugStepDelay is { } delay) FaultHooks.For(system).BeforeStep = () => Thread.Sleep(delay);
         if (settings.IsWorker)
         {
             TorchRuntime.Initialise();

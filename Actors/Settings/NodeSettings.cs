@@ -22,6 +22,8 @@ public sealed record NodeSettings
     public required TimeSpan CacheIdleTimeout { get; init; }
     /// <summary>How often a device worker repeats its registration (what it holds included).</summary>
     public required TimeSpan RegisterInterval { get; init; }
+    /// <summary>A <c>shardpipe node</c> process whose node the cluster downed starts a fresh node (rejoining) instead of exiting.</summary>
+    public required bool RestartWhenDowned { get; init; }
     /// <summary>How long a new coordinator waits, at most, for every worker node to report what it holds.</summary>
     public required TimeSpan StartWindow { get; init; }
     public required long MaxFrameSize { get; init; }
@@ -37,6 +39,8 @@ public sealed record NodeSettings
     public required ActivationLinkSettings Links { get; init; }
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
+    /// <summary>Fault-injection hook: every step on this node sleeps this long first (multi-process tests of faults mid-generation).</summary>
+    public TimeSpan? DebugStepDelay { get; init; }
 
     public bool IsCoordinator => Roles.Contains("coordinator");
     public bool IsWorker => Roles.Contains("worker");
@@ -81,6 +85,7 @@ public sealed record NodeSettings
             CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout"),
             RegisterInterval = sp.GetTimeSpan("register-interval"),
             StartWindow = sp.GetTimeSpan("start-window"),
+            RestartWhenDowned = sp.GetBoolean("restart-when-downed"),
             MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 0,
             MaxInFlight = AtLeast("max-in-flight", 1),
             MaxQueued = AtLeast("max-queued", 0),
@@ -90,6 +95,7 @@ public sealed record NodeSettings
             Bulk = BulkSettings.From(config),
             Links = ActivationLinkSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
+            DebugStepDelay = sp.HasPath("debug.step-delay") ? sp.GetTimeSpan("debug.step-delay") : null,
         };
     }
 }

@@ -21,15 +21,27 @@ public static class NodeCommand
             Config hocon;
             try { hocon = ConfigurationFactory.ParseString(File.ReadAllText(path)); }
             catch (Exception ex) when (ex is not OutOfMemoryException) { throw new InvalidInputException($"{path}: not valid HOCON ({ex.Message})"); }
-            var node = ShardPipeNode.Start(hocon, parse.GetValue(join));
-            log.LogInformation("node {Name} up at {Address} (roles {Roles}; devices {Devices})", node.Settings.NodeName, node.Address,
-                string.Join(",", node.Settings.Roles), string.Join(", ", node.Settings.Devices.Select(d => $"{d.Device}={ShardPipe.Checkpoints.ByteSize.Format(d.Budget)}")));
             var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };
             AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.TrySetResult();
-            await Task.WhenAny(stop.Task, node.System.WhenTerminated);
-            try { await node.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(15)); }
-            catch (TimeoutException) { log.LogWarning("node {Name} did not shut down within 15 s", node.Settings.NodeName); }
+            while (true)
+            {
+                var node = ShardPipeNode.Start(hocon, parse.GetValue(join));
+                log.LogInformation("node {Name} up at {Address} (roles {Roles}; devices {Devices})", node.Settings.NodeName, node.Address,
+                    string.Join(",", node.Settings.Roles), string.Join(", ", node.Settings.Devices.Select(d => $"{d.Device}={ShardPipe.Checkpoints.ByteSize.Format(d.Budget)}")));
+                await Task.WhenAny(stop.Task, node.System.WhenTerminated);
+                if (!stop.Task.IsCompleted && node.Settings.RestartWhenDowned)
+                {
+                    // The cluster downed this node (it was unreachable past the decision: a pause, a cut): it cannot
+                    // rejoin as it was, so it starts again as a fresh node and joins through its seed nodes.
+                    log.LogWarning("node {Name} was removed from the cluster; restarting as a fresh node", node.Settings.NodeName);
+                    await Task.WhenAny(stop.Task, Task.Delay(TimeSpan.FromSeconds(1)));
+                    if (!stop.Task.IsCompleted) continue;
+                }
+                try { await node.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(15)); }
+                catch (TimeoutException) { log.LogWarning("node {Name} did not shut down within 15 s", node.Settings.NodeName); }
+                break;
+            }
             return 0;
         });
         return cmd;

@@ -22,7 +22,8 @@ akka.cluster.roles = [coordinator]
 shardpipe.node-name = node-1
 shardpipe.max-in-flight = 1
 shardpipe.max-queued = 1
-shardpipe.load-timeout = 30s").WithFallback(ShardPipeNode.Reference);
+shardpipe.load-timeout = 30s
+shardpipe.start-window = 300ms").WithFallback(ShardPipeNode.Reference);
 
     private readonly NodeSettings _settings;
     private static readonly string Model = TestPaths.Model("llama_untied");
@@ -178,5 +179,63 @@ shardpipe.load-timeout = 30s").WithFallback(ShardPipeNode.Reference);
         Assert.Contains("exceeds this cluster's limit of 4096", ExpectMsg<RequestFailed>().Reason);
         coordinator.Tell(new Forward("f2", new[] { Enumerable.Range(2, 300).Select(i => (long)(i % 200 + 2)).ToArray() }, null, null), TestActor);
         Assert.Contains("the model takes at most 256 positions", ExpectMsg<RequestFailed>().Reason);
+    }
+
+    [Fact]
+    public void A_lost_stage_is_replanned_onto_the_survivor_under_a_new_epoch_while_requests_are_refused_retryably()
+    {
+        var (coordinator, workers) = Registered(2);
+        var (slices, loaded) = LoadOn(coordinator, workers);
+        Sys.Stop(workers[1].Ref); // node-2's worker is lost
+        var replan = workers[0].ExpectMsg<LoadSlice>(TimeSpan.FromSeconds(10));
+        Assert.Equal(loaded.PlanEpoch + 1, replan.PlanEpoch);
+        Assert.Equal(slices[0].ModulePrefixes.Concat(slices[1].ModulePrefixes).Order(), replan.ModulePrefixes.Order()); // node-1 keeps its own and takes node-2's
+        coordinator.Tell(new Generate("g1", new[] { new long[] { 5, 6 } }, null, 2, false, new SamplingSettings(true, 0, 0, 1, 0)), TestActor);
+        var refused = ExpectMsg<RequestFailed>();
+        Assert.True(refused.Retryable, refused.Reason);
+        coordinator.Tell(new SliceLoaded(replan.PlanEpoch, PathOf(workers[0].Ref), replan.PlannedBytes, replan.Tensors.Length, false), workers[0].Ref);
+        coordinator.Tell(new GetStatus("s"), TestActor);
+        var status = ExpectMsg<ClusterStatus>();
+        Assert.Equal(("ready", replan.PlanEpoch, 1), (status.State, status.PlanEpoch, status.Recoveries));
+        Assert.Equal(slices[1].ModulePrefixes.Order(), status.Moved!.Select(m => m.Module).Order());
+        Assert.All(status.DeviceMap, e => Assert.Equal("node-1/cpu", e.Device));
+    }
+
+    [Fact]
+    public void A_coordinator_that_moved_adopts_the_model_its_workers_report_and_releases_stale_slices()
+    {
+        var first = Sys.ActorOf(CoordinatorActor.Props(_settings));
+        var workers = new[] { CreateTestProbe("w-1"), CreateTestProbe("w-2") };
+        for (int i = 0; i < 2; i++)
+        {
+            first.Tell(Registration($"node-{i + 1}", workers[i]), workers[i].Ref);
+            workers[i].ExpectMsg<WorkerRegistered>();
+        }
+        var (slices, loaded) = LoadOn(first, workers);
+        var records = workers.Select(w => w.ExpectMsg<ModelCommitted>().Record).ToArray();
+        Sys.Stop(first); // its node died; the singleton starts elsewhere and knows nothing
+
+        var moved = Sys.ActorOf(CoordinatorActor.Props(_settings));
+        var stale = CreateTestProbe("w-3");
+        for (int i = 0; i < 2; i++)
+        {
+            var held = new HeldSlice(slices[i].PlanEpoch, slices[i].Model, slices[i].ModulePrefixes, slices[i].PlannedBytes, records[i]);
+            moved.Tell(Registration($"node-{i + 1}", workers[i]) with { Holding = held }, workers[i].Ref);
+            workers[i].ExpectMsg<WorkerRegistered>();
+        }
+        moved.Tell(Registration("node-3", stale) with { Holding = new HeldSlice(loaded.PlanEpoch - 1, Model, new[] { "model" }, 1, null) }, stale.Ref);
+        stale.ExpectMsg<WorkerRegistered>();
+        AwaitAssert(() =>
+        {
+            moved.Tell(new GetStatus("s"), TestActor);
+            var status = ExpectMsg<ClusterStatus>();
+            Assert.Equal(("ready", loaded.PlanEpoch), (status.State, status.PlanEpoch));
+            Assert.Equal(loaded.DeviceMap, status.DeviceMap);
+        }, TimeSpan.FromSeconds(10));
+        Assert.Equal(loaded.PlanEpoch - 1, stale.FishForMessage<ReleaseSlice>(_ => true, TimeSpan.FromSeconds(10)).PlanEpoch);
+        // It serves requests on the adopted route, under the adopted epoch.
+        moved.Tell(new Generate("g1", new[] { new long[] { 5, 6 } }, null, 2, false, new SamplingSettings(true, 0, 0, 1, 0)), TestActor);
+        var firstStage = workers.Single(w => PathOf(w.Ref) == loaded.Stages[0].WorkerPath);
+        Assert.Equal(loaded.PlanEpoch, firstStage.FishForMessage<StageInput>(_ => true, TimeSpan.FromSeconds(5)).PlanEpoch);
     }
 }
