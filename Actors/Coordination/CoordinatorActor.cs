@@ -34,6 +34,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     private readonly CoordinatorState _state;
     private readonly Dictionary<string, IActorRef> _refs = new(StringComparer.Ordinal); // worker path → its actor
     private readonly Dictionary<string, (IClientRequest Request, IActorRef Caller)> _waiting = new(StringComparer.Ordinal); // queued
+    private readonly Dictionary<string, IActorRef> _running = new(StringComparer.Ordinal); // started: request id → caller
     private readonly HashSet<Address> _leaving = new(); // nodes that announced a graceful leave
     private readonly HashSet<Address> _unreachable = new(); // nodes the failure detector gave up on (their workers are lost)
     private readonly Dictionary<string, HeldSlice> _held = new(StringComparer.Ordinal); // what workers reported while starting
@@ -403,6 +404,10 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         var served = _state.Loaded!;
         if (!_state.Recovering) _recoveryStarted = DateTime.UtcNow;
         _state.BeginRecovery();
+        // Callers of requests in flight learn now (not when their own watch of the stages fires) and resume once ready.
+        foreach (var (id, caller) in _running)
+            caller.Tell(new RequestFailed(id, "coordinator", $"{why}; the model is being recovered", Retryable: true));
+        _running.Clear();
         int epoch = _state.NextEpoch();
         _log.Warning("recovering {0} (epoch {1} → {2}): {3}", served.Model, served.Epoch, epoch, why);
         var request = served.Request;
@@ -448,6 +453,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             foreach (var r in _refs.Values.Distinct()) r.Tell(new ReleaseSlice(model.Epoch));
         foreach (var id in _state.Unload(failure))
             if (_waiting.Remove(id, out var w)) w.Caller.Tell(new RequestFailed(id, "coordinator", "the model was unloaded before this request started"));
+        _running.Clear();
         _waiting.Clear(); // requests in flight fail by themselves: their callers watch the stages
     }
 
@@ -471,6 +477,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     private void Finished(string requestId)
     {
+        _running.Remove(requestId);
         foreach (var next in _state.Finish(requestId, DateTime.UtcNow))
             if (_waiting.Remove(next, out var w)) Start(w.Request, w.Caller);
     }
@@ -486,6 +493,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             Finished(request.RequestId);
             return;
         }
+        _running[request.RequestId] = caller;
         Resolve(model.Route[0].WorkerPath).TellChunked(step, caller);
     }
 

@@ -15,6 +15,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(DistributedLoadBench.Create());
         cmd.Subcommands.Add(MessagesBench.Create());
         cmd.Subcommands.Add(OffloadBench.Create());
+        cmd.Subcommands.Add(RecoveryBench.Create());
         return cmd;
     }
 }
