@@ -1,0 +1,77 @@
+using ShardPipe.Actors.Client;
+using ShardPipe.Host.Bench;
+using ShardPipe.Messages;
+using ShardPipe.Tests.Support;
+
+namespace ShardPipe.Tests.Actors;
+
+/// <summary>
+/// Real faults on <c>shardpipe node</c> processes: SIGKILL, and SIGSTOP shorter and longer than the failure detector's
+/// threshold. Each request ends with the tokens of the fault-free run.
+/// </summary>
+[Collection("cluster")]
+public sealed class ProcessFaultTests
+{
+    private static readonly long[][] Prompt = { new long[] { 5, 17, 42, 9, 3 } };
+
+    [Fact]
+    public async Task Killed_and_paused_node_processes_leave_every_request_with_the_fault_free_tokens()
+    {
+        // Every step sleeps 15 ms, so a 60-token generation runs long enough to be hit mid-way.
+        using var nodes = new NodeProcesses(3, _ => "shardpipe { devices = [ { device = cpu, budget = \"1GiB\" } ], compute-threads = 1, debug.step-delay = 15ms }");
+        await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts));
+        await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(90));
+        var loaded = await client.LoadAsync(Requests.Load(TestPaths.Model("llama_untied")), TimeSpan.FromMinutes(2));
+        Generate Request() => Requests.Generate(Prompt, null, 60) with { IgnoreEos = true };
+        var expected = await client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(60));
+
+        async Task<RequestOutcome> Hit(Action fault, StageInfo[] stages)
+        {
+            int seen = 0;
+            var tenth = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var run = client.RunAsync(Request(), stages, TimeSpan.FromSeconds(30), _ => { if (Interlocked.Increment(ref seen) == 10) tenth.TrySetResult(); });
+            await tenth.Task.WaitAsync(TimeSpan.FromSeconds(60));
+            fault();
+            return await run.WaitAsync(TimeSpan.FromSeconds(120));
+        }
+        async Task<ClusterStatus> Serving(int nodeCount) => await Eventually(async () =>
+        {
+            var s = await client.StatusAsync(TimeSpan.FromSeconds(5));
+            return s.State == "ready" && s.Nodes.Length == nodeCount ? s : null;
+        });
+
+        // A pause shorter than the failure detector's threshold: no fault at all.
+        var brief = await Hit(() => { nodes.Pause(3); Thread.Sleep(1500); nodes.Resume(3); }, loaded.Stages);
+        Assert.Equal(expected.NewTokens, brief.NewTokens);
+        Assert.Equal(0, brief.RecoveredFaults);
+
+        // SIGKILL of a worker process.
+        var killed = await Hit(() => nodes.Kill(2), loaded.Stages);
+        Assert.Equal(expected.NewTokens, killed.NewTokens);
+        Assert.Equal(1, killed.RecoveredFaults);
+        nodes.Start(2); // a fresh node-2 joins; the model stays where it is, and node-2 is capacity again
+        var status = await Serving(3);
+
+        // A pause past the threshold: handled as lost; when the node wakes it was downed, and it rejoins fresh.
+        var paused = await Hit(() => { nodes.Pause(3); Thread.Sleep(10_000); nodes.Resume(3); }, status.Stages);
+        Assert.Equal(expected.NewTokens, paused.NewTokens);
+        Assert.Equal(1, paused.RecoveredFaults);
+        status = await Serving(3); // node-3 restarted itself and registered again
+        Assert.Equal(expected.NewTokens, (await client.RunAsync(Request(), status.Stages, TimeSpan.FromSeconds(60))).NewTokens);
+    }
+
+    private static async Task<T> Eventually<T>(Func<Task<T?>> probe) where T : class
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);
+        while (true)
+        {
+            try
+            {
+                if (await probe() is { } value) return value;
+            }
+            catch (Akka.Actor.AskTimeoutException) { }
+            if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException("the cluster did not serve again with every node within 90 s");
+            await Task.Delay(250);
+        }
+    }
+}
