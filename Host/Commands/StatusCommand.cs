@@ -27,6 +27,10 @@ public static class StatusCommand
                 ["devices"] = DeviceReport.Json(s.Devices),
                 ["plan_epoch"] = s.PlanEpoch,
                 ["detail"] = s.Detail,
+                ["in_flight"] = s.InFlight,
+                ["queued"] = s.Queued,
+                ["recoveries"] = s.Recoveries,
+                ["moved"] = ClusterSession.MapJson(s.Moved ?? Array.Empty<ShardPipe.Messages.DeviceMapEntry>()),
                 ["refused"] = new JsonArray(refused.Select(r => (JsonNode)new JsonObject { ["device"] = r.Device, ["reason"] = r.Reason }).ToArray()),
             };
             if (parse.GetValue(json)) JsonOut.Print(result);
@@ -34,6 +38,8 @@ public static class StatusCommand
             {
                 DeviceReport.Print($"state {s.State}{(s.Detail is { } d ? $" ({d})" : "")}, model {s.Model ?? "-"}, epoch {s.PlanEpoch}, nodes {string.Join(", ", s.Nodes)}",
                     s.Devices, s.DeviceMap);
+                if (s.Recoveries > 0)
+                    Console.WriteLine($"recoveries {s.Recoveries}; the last moved {(s.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing")}");
                 if (refused.Length > 0) Tables.Print(new[] { "refused device", "reason" }, refused.Select(r => new[] { r.Device, r.Reason }));
             }
             return 0;
