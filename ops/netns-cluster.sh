@@ -36,11 +36,10 @@ for i in 1 2 3 4; do
 done
 
 for i in 1 2 3; do
-  roles='[worker]'; [ "$i" = 1 ] && roles='[coordinator, worker]'
   local_ckpt=on; [ "$i" = 3 ] && local_ckpt=off
   cat > "$work/node-$i.conf" <<CONF
 akka.remote.dot-netty.tcp { hostname = "$net.$i", port = 4053 }
-akka.cluster { roles = $roles, seed-nodes = ["akka.tcp://shardpipe@$net.1:4053"] }
+akka.cluster { roles = [coordinator, worker], seed-nodes = ["akka.tcp://shardpipe@$net.1:4053", "akka.tcp://shardpipe@$net.2:4053", "akka.tcp://shardpipe@$net.3:4053"] }
 shardpipe { node-name = "node-$i", devices = [ { device = cpu, budget = "1GiB" } ], local-checkpoints = $local_ckpt }
 CONF
   ip netns exec "sp$i" "$sp" node --config "$work/node-$i.conf" > "$work/node-$i.log" 2>&1 &
@@ -48,11 +47,11 @@ CONF
 done
 
 for _ in $(seq 1 60); do
-  n=$(ip netns exec sp4 "$sp" status --cluster "$net.1:4053" --json 2>/dev/null | sed -n 's/.*"nodes":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | grep -c node- || true)
+  n=$(ip netns exec sp4 "$sp" status --cluster "$net.1:4053,$net.2:4053,$net.3:4053" --json 2>/dev/null | sed -n 's/.*"nodes":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | grep -c node- || true)
   [ "$n" = 3 ] && break
   sleep 1
 done
 [ "$n" = 3 ] || { echo "cluster did not form; logs in $work" >&2; tail -n 20 "$work"/node-*.log >&2; exit 1; }
-ip netns exec sp4 "$sp" load --cluster "$net.1:4053" --model "$model"
-ip netns exec sp4 "$sp" generate --cluster "$net.1:4053" --model "$model" --input-ids "1,2,3,4,5" --max-new-tokens 8 --json
+ip netns exec sp4 "$sp" load --cluster "$net.1:4053,$net.2:4053,$net.3:4053" --model "$model"
+ip netns exec sp4 "$sp" generate --cluster "$net.1:4053,$net.2:4053,$net.3:4053" --model "$model" --input-ids "1,2,3,4,5" --max-new-tokens 8 --json
 echo "ok: 3 namespaced nodes loaded and ran $model (logs in $work)" >&2

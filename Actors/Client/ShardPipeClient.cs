@@ -44,14 +44,32 @@ public sealed class ShardPipeClient : IAsyncDisposable
     public static ShardPipeClient Connect(IReadOnlyList<Address> contacts, Config? extra = null)
     {
         var settings = ClientSettings.From(extra ?? Config.Empty);
+        string hostname = settings.Hostname.Length > 0 ? settings.Hostname : LocalAddressToward(contacts[0].Host ?? "127.0.0.1");
         var config = ConfigurationFactory.ParseString($@"
 akka.actor.provider = remote
-akka.remote.dot-netty.tcp.hostname = ""{settings.Hostname}""
+akka.remote.dot-netty.tcp.hostname = ""{hostname}""
 akka.remote.dot-netty.tcp.port = 0");
         if (extra is not null) config = extra.WithFallback(config);
         var system = ActorSystem.Create(ShardPipeNode.SystemName + "-client", ReferenceConfig.Over(config));
         var contact = system.ActorOf(CoordinatorContact.Props(contacts), "coordinator-contact");
         return new ShardPipeClient(system, contact, settings, ownsSystem: true);
+    }
+
+    /// <summary>The local address this machine's routing table uses toward <paramref name="host"/> (no packet is sent).</summary>
+    private static string LocalAddressToward(string host)
+    {
+        try
+        {
+            var address = System.Net.Dns.GetHostAddresses(host).First();
+            if (System.Net.IPAddress.IsLoopback(address)) return address.ToString();
+            using var probe = new System.Net.Sockets.Socket(address.AddressFamily, System.Net.Sockets.SocketType.Dgram, System.Net.Sockets.ProtocolType.Udp);
+            probe.Connect(address, 9);
+            return ((System.Net.IPEndPoint)probe.LocalEndPoint!).Address.ToString();
+        }
+        catch (Exception ex) when (ex is System.Net.Sockets.SocketException or InvalidOperationException)
+        {
+            throw new ClusterException($"cannot tell which local address reaches {host} ({ex.Message}); set shardpipe.client.hostname");
+        }
     }
 
     public async ValueTask DisposeAsync()

@@ -46,12 +46,29 @@ public sealed class EmbeddedCluster : IAsyncDisposable
             }
             var cluster = new EmbeddedCluster(nodes, clientConfig);
             await cluster.Client.WaitForNodesAsync(layout.Count, timeout ?? TimeSpan.FromSeconds(60));
+            await cluster.WaitUntilAllUpAsync(timeout ?? TimeSpan.FromSeconds(60));
             return cluster;
         }
         catch
         {
             foreach (var n in nodes) await n.Kill();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Waits until every node sees every node as <c>Up</c>: the downing strategy counts only Up members, so a member
+    /// still Joining or WeaklyUp (admitted before the cluster converged) would not count toward a majority.
+    /// </summary>
+    public async Task WaitUntilAllUpAsync(TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!Nodes.All(n => Akka.Cluster.Cluster.Get(n.System).State.Members.Count(m => m.Status == Akka.Cluster.MemberStatus.Up) == Nodes.Count))
+        {
+            if (DateTime.UtcNow > deadline)
+                throw new ClusterException("the cluster did not converge: " + string.Join("; ", Nodes.Select(n =>
+                    $"{n.Settings.NodeName} sees {string.Join(", ", Akka.Cluster.Cluster.Get(n.System).State.Members.Select(m => $"{m.Address.Port}:{m.Status}"))}")));
+            await Task.Delay(50);
         }
     }
 
@@ -72,12 +89,17 @@ public sealed class EmbeddedCluster : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await Client.DisposeAsync();
-        // Workers leave first, gracefully, so that the coordinator sees departures rather than failures.
-        for (int i = Nodes.Count - 1; i >= 0; i--)
+        // Every node leaves at once (a graceful leave each; one that does not finish in time is stopped).
+        await Task.WhenAll(Nodes.Select(async node =>
         {
-            if (Nodes[i].System.WhenTerminated.IsCompleted) continue;
-            try { await Nodes[i].DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10)); }
-            catch (TimeoutException) { await Nodes[i].Kill(); }
-        }
+            if (node.System.WhenTerminated.IsCompleted)
+            {
+                node.ReleasePort();
+                return;
+            }
+            try { await node.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10)); }
+            catch (TimeoutException) { await node.Kill(); node.ReleasePort(); }
+        }));
     }
+
 }

@@ -110,5 +110,28 @@ shardpipe.local-checkpoints = {(localCheckpoints ? "on" : "off")}
     /// Stops the node abruptly, as a crash: no coordinated shutdown and no leave (loopback nodes are configured with
     /// <c>run-by-actor-system-terminate = off</c>), so the others find it unreachable and down it.
     /// </summary>
-    public Task Kill() => System.Terminate();
+    public async Task Kill()
+    {
+        var address = Address;
+        await System.Terminate();
+        // A crashed process frees its port; in one process full of short-lived ActorSystems another one could bind it
+        // at once and answer the dead node's peers as if it were a new incarnation. Hold the port (bound, not
+        // listening: peers get "connection refused", as from a crashed process on a live machine) until disposal.
+        try
+        {
+            var holder = new global::System.Net.Sockets.Socket(global::System.Net.Sockets.AddressFamily.InterNetwork, global::System.Net.Sockets.SocketType.Stream, global::System.Net.Sockets.ProtocolType.Tcp);
+            holder.Bind(new global::System.Net.IPEndPoint(global::System.Net.IPAddress.Parse(address.Host!), address.Port!.Value));
+            _portHolder = holder;
+        }
+        catch (Exception ex) when (ex is global::System.Net.Sockets.SocketException or FormatException) { } // taken already, or not an IPv4 literal
+    }
+
+    private global::System.Net.Sockets.Socket? _portHolder;
+
+    /// <summary>Frees the port a killed node still holds (see <see cref="Kill"/>).</summary>
+    public void ReleasePort()
+    {
+        _portHolder?.Dispose();
+        _portHolder = null;
+    }
 }

@@ -108,6 +108,10 @@ public class ClusterRecoveryTests
 
     private sealed class NodeHandle(ShardPipeNode node) : IAsyncDisposable
     {
-        public ValueTask DisposeAsync() => new(node.Kill());
+        public async ValueTask DisposeAsync()
+        {
+            await node.Kill();
+            node.ReleasePort();
+        }
     }
 }
