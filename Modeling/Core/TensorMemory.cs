@@ -54,6 +54,24 @@ public static class TensorMemory
         return Tensor.UnsafeCreateTensor(native);
     }
 
+    /// <summary>
+    /// A tensor over native memory the caller owns and keeps alive longer than the tensor (a mapped file): no copy,
+    /// nothing freed when the tensor goes. The caller checks alignment.
+    /// </summary>
+    public static Tensor OverNative(IntPtr data, ScalarType dtype, long[] shape)
+    {
+        IntPtr native;
+        unsafe
+        {
+            fixed (long* sizes = shape)
+                native = THSTensor_new(data, Keep, (IntPtr)sizes, shape.Length, (sbyte)dtype, (sbyte)dtype, 0, 0, false);
+        }
+        if (native == IntPtr.Zero) throw new LoadingException($"libtorch could not make a tensor over native memory ({string.Join("x", shape)} {dtype})");
+        return Tensor.UnsafeCreateTensor(native);
+    }
+
+    private static readonly Deleter Keep = _ => { };
+
     private static readonly ConcurrentDictionary<IntPtr, GCHandle> Pins = new();
 
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)]

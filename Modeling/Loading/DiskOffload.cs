@@ -9,9 +9,11 @@ using static TorchSharp.torch;
 namespace ShardPipe.Modeling.Loading;
 
 /// <summary>
-/// Weights a device map sends to <c>"disk"</c>, as Accelerate's disk offload: they stay out of memory and are read in
-/// (<c>pread</c>, into reused tensors) just before their module runs and given back after; while one module runs, the
-/// next one's weights are read on another thread. A tensor stored at its target dtype is read straight from the
+/// Weights a device map sends to <c>"disk"</c>, as Accelerate's disk offload: they stay out of memory and are brought
+/// in just before their module runs and let go after. On Linux the files are mapped and each tensor lives over its
+/// bytes in the mapping (<see cref="MappedWeights"/>: populated before use, dropped after — no copy); elsewhere (or
+/// with <c>SHARDPIPE_OFFLOAD_READ=1</c>, for comparison) they are read with <c>pread</c> into reused tensors. With
+/// prefetch, the next module's weights are brought in on another thread while one module runs. A tensor stored at its target dtype is read straight from the
 /// checkpoint's own shard; any other is written once, at load time, converted, into <c>offload_folder</c> as
 /// safetensors with an index (<c>offload_index.json</c>), and read from there.
 /// </summary>
@@ -21,6 +23,8 @@ public sealed class DiskOffload : IDisposable
     private sealed record Entry(string[] Keys, TensorSlot Slot, SafeTensorsFile File, TensorInfo Info, ScalarType Type)
     {
         public bool Under(string modulePath) => Keys.Any(k => ModulePath.Covers(modulePath, k));
+        /// <summary>The tensor over its bytes in the file's mapping, when mapped (then it is never copied).</summary>
+        public (Tensor Tensor, IntPtr Start, long Length)? Mapped { get; set; }
     }
 
     private readonly List<Entry> _entries;
@@ -29,9 +33,13 @@ public sealed class DiskOffload : IDisposable
     private readonly Dictionary<(ScalarType, string), Stack<Tensor>> _pool = new();
     private readonly object _gate = new();
     private (string Path, Task<List<(Entry, Tensor)>> Load)? _prefetch;
+    private MappedWeights? _mapped;
 
-    /// <summary>Whether the next module's weights are read while the current one runs (off: for measuring).</summary>
+    /// <summary>Whether the next module's weights are brought in while the current one runs.</summary>
     public bool Prefetch { get; set; } = true;
+
+    /// <summary>Prefetch by default only when a core is free beyond libtorch's compute threads.</summary>
+    public static bool PrefetchByDefault => Environment.ProcessorCount > TorchSharp.torch.get_num_threads();
     /// <summary>Bytes of weights kept on disk.</summary>
     public long Bytes { get; }
     /// <summary>Where converted weights were written (null when every offloaded tensor is read from the checkpoint itself).</summary>
@@ -44,7 +52,15 @@ public sealed class DiskOffload : IDisposable
         _files = files;
         Folder = folder;
         Bytes = entries.Sum(e => e.Info.ByteLength);
+        if (MappedWeights.Supported && Environment.GetEnvironmentVariable("SHARDPIPE_OFFLOAD_READ") != "1")
+        {
+            _mapped = new MappedWeights();
+            foreach (var e in entries) e.Mapped = _mapped.TensorOver(e.File, e.Info, e.Type);
+        }
     }
+
+    /// <summary>Whether offloaded weights are used in place from mapped files (else read into buffers).</summary>
+    public bool InPlace => _mapped is not null;
 
     /// <summary>
     /// Sets up the store for every tensor of <paramref name="model"/> under a disk-mapped prefix. Tensors whose stored
@@ -154,12 +170,18 @@ public sealed class DiskOffload : IDisposable
         }
     }
 
-    /// <summary>Reads entries into pooled tensors (the same shapes recur layer after layer).</summary>
+    /// <summary>Reads entries into pooled tensors (the same shapes recur layer after layer); mapped ones are populated in place.</summary>
     private List<(Entry, Tensor)> Read(List<Entry> entries)
     {
         var output = new List<(Entry, Tensor)>(entries.Count);
+        MappedWeights.Populate(entries.Where(e => e.Mapped is not null).Select(e => (e.Mapped!.Value.Start, e.Mapped!.Value.Length, e.File.Path)));
         foreach (var e in entries)
         {
+            if (e.Mapped is { } m)
+            {
+                output.Add((e, m.Tensor));
+                continue;
+            }
             Tensor t;
             lock (_gate)
                 t = _pool.TryGetValue((e.Type, string.Join(",", e.Info.Shape)), out var stack) && stack.Count > 0 ? stack.Pop() : null!;
@@ -188,9 +210,11 @@ public sealed class DiskOffload : IDisposable
 
     private void GiveBack(List<(Entry Entry, Tensor Tensor)> loaded)
     {
+        MappedWeights.Drop(loaded.Where(l => l.Entry.Mapped is not null).Select(l => (l.Entry.Mapped!.Value.Start, l.Entry.Mapped!.Value.Length)));
         foreach (var (entry, tensor) in loaded)
         {
             if (ReferenceEquals(entry.Slot.Value, tensor)) entry.Slot.Take();
+            if (entry.Mapped is not null) continue; // the mapping's tensor stays with its entry
             lock (_gate)
             {
                 var key = (entry.Type, string.Join(",", entry.Info.Shape));
@@ -209,8 +233,17 @@ public sealed class DiskOffload : IDisposable
     {
         (string, Task<List<(Entry, Tensor)>>)? pending;
         lock (_gate) { pending = _prefetch; _prefetch = null; }
-        if (pending is { } p) foreach (var (_, t) in p.Item2.GetAwaiter().GetResult()) t.Dispose();
-        foreach (var e in _entries) if (e.Slot.IsMaterialised) e.Slot.Release();
+        if (pending is { } p) foreach (var (e, t) in p.Item2.GetAwaiter().GetResult()) if (e.Mapped is null) t.Dispose();
+        foreach (var e in _entries)
+        {
+            if (e.Mapped is { } m)
+            {
+                if (ReferenceEquals(e.Slot.Value, m.Tensor)) e.Slot.Take();
+                m.Tensor.Dispose();
+            }
+            else if (e.Slot.IsMaterialised) e.Slot.Release();
+        }
+        _mapped?.Dispose(); // after every tensor over the mappings is gone
         foreach (var stack in _pool.Values) while (stack.Count > 0) stack.Pop().Dispose();
         foreach (var f in _files) f.Dispose();
         _checkpoint.Dispose();

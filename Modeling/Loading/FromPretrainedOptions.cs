@@ -53,8 +53,12 @@ public sealed record FromPretrainedOptions
     public bool OffloadStateDict { get; init; }
     /// <summary>HF's offload_buffers: buffers of disk-mapped modules are offloaded too. Accepted; the supported models' buffers are all non-persistent (computed), so they stay in memory.</summary>
     public bool OffloadBuffers { get; init; }
-    /// <summary>Read the next disk-offloaded module while the current one runs (off: for measuring).</summary>
-    public bool OffloadPrefetch { get; init; } = true;
+    /// <summary>
+    /// Bring in the next disk-offloaded module while the current one runs. Null (the default) = when the machine has a
+    /// core beyond libtorch's compute threads (<see cref="DiskOffload.PrefetchByDefault"/>): on a machine whose every
+    /// core computes, the prefetching thread only slows the compute down and holds a second module resident.
+    /// </summary>
+    public bool? OffloadPrefetch { get; init; }
     /// <summary>
     /// A model of the same checkpoint loaded before (a pipeline stage's previous slice): every tensor the new model
     /// needs that it holds — same key, shape, dtype and device — is taken over instead of read again (only what moved

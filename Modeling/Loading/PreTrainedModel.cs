@@ -67,7 +67,7 @@ public static class PreTrainedModel
                 model.Release();
                 throw;
             }
-            model.Offload.Prefetch = options.OffloadPrefetch;
+            model.Offload.Prefetch = options.OffloadPrefetch ?? DiskOffload.PrefetchByDefault;
         }
         model.DType = TorchRuntime.ToScalarType(dtype);
         model.HfDeviceMap = deviceMap.Entries.Select(e => new KeyValuePair<string, string>(e.Key, HfDeviceName(e.Value.ToString()))).ToList();

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using ShardPipe.Checkpoints;
+using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Models;
 using ShardPipe.Tests.Checkpoints;
@@ -70,6 +71,30 @@ public class DiskOffloadTests
         try
         {
             foreach (var c in r.GenerateCases) Assert.Equal(ReferenceData.Ints(c["sequences"]), ReferenceData.Greedy(model, c));
+        }
+        finally { model.Release(); }
+    }
+
+    [Fact]
+    public void A_shard_truncated_after_loading_is_a_typed_error_naming_it_not_a_crash()
+    {
+        // Offloaded weights are used in place from the mapped file: a file cut short under a running model must end the
+        // step with an error naming it (the pages are populated, and checked, before any computation touches them).
+        var r = new ReferenceData("llama_untied");
+        using var tmp = new TempDir();
+        string folder = tmp.File("model");
+        Directory.CreateDirectory(folder);
+        foreach (var f in Directory.GetFiles(r.Folder)) File.Copy(f, Path.Combine(folder, Path.GetFileName(f)));
+        var map = HalfOnDisk(AutoModel.FromConfig(PretrainedConfig.FromFolder(folder)));
+        var model = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DeviceMapDict = map, OffloadPrefetch = false });
+        try
+        {
+            var prompt = new[] { new long[] { 5, 17, 42 } };
+            TokenGenerator.Greedy(model, prompt, null, new GenerationOptions { MaxNewTokens = 2 });
+            string shard = Directory.GetFiles(folder, "*.safetensors").OrderByDescending(f => new FileInfo(f).Length).First();
+            using (var fs = new FileStream(shard, FileMode.Open, FileAccess.Write)) fs.SetLength(fs.Length / 4);
+            var ex = Assert.ThrowsAny<ShardPipeException>(() => TokenGenerator.Greedy(model, prompt, null, new GenerationOptions { MaxNewTokens = 2 }));
+            Assert.Contains(Path.GetFileName(shard), ex.Message);
         }
         finally { model.Release(); }
     }
