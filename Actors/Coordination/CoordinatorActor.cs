@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
+using ShardPipe.Actors.Hosting;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Checkpoints;
@@ -230,8 +231,14 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     private void OnRegister(RegisterWorker r)
     {
-        var from = Sender.Path.Address.HasLocalScope ? Cluster.Get(Context.System).SelfAddress : Sender.Path.Address;
+        var from = SenderRules.NodeOf(Context.System, Sender);
         if (_unreachable.Contains(from)) return; // lost until the failure detector says otherwise
+        if (SenderRules.RegistrationProblem(Context.System, Sender, r.Devices.Select(d => d.ActorPath)) is { } intake)
+        {
+            _log.Warning("refused a registration as {0}: {1}", r.NodeName, intake);
+            Sender.Tell(new WorkerRefused(r.NodeName, $"registration refused: {intake}"));
+            return;
+        }
         if (_state.Starting) _reported.Add(from);
         var outcome = _state.Register(r);
         switch (outcome)
@@ -494,7 +501,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             return;
         }
         _running[request.RequestId] = caller;
-        Resolve(model.Route[0].WorkerPath).TellChunked(step, caller);
+        Resolve(model.Route[0].WorkerPath).TellChunked(step, Self); // from the coordinator: stages take steps only from members
     }
 
     private IActorRef Resolve(string path) => ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(path);

@@ -1,5 +1,6 @@
 using Akka.Actor;
 using Akka.Event;
+using ShardPipe.Actors.Hosting;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Checkpoints;
@@ -111,7 +112,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<WorkerRefused>(r => _log.Warning("{0}: a coordinator refused this worker: {1}", _stage, r.Reason));
         Receive<ModelCommitted>(c =>
         {
-            if (c.Record.PlanEpoch == _epoch) _record = c.Record;
+            if (FromCoordinator("a commit") && c.Record.PlanEpoch == _epoch) _record = c.Record;
         });
         LinkHandling();
     }
@@ -149,9 +150,9 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Stash.UnstashAll();
         Registered();
         Receive<MessageChunk>(Reassemble);
-        Receive<LoadSlice>(StartLoad);
-        Receive<ReleaseSlice>(_ => Sender.Tell(new ModelUnloaded("")));
-        Receive<StageInput>(i => _executor.Fail(i, "no model slice is loaded on this stage", retryable: true));
+        Receive<LoadSlice>(OnLoadSlice);
+        Receive<ReleaseSlice>(_ => { if (FromCoordinator("a release")) Sender.Tell(new ModelUnloaded("")); });
+        Receive<StageInput>(i => { if (FromMember()) _executor.Fail(i, "no model slice is loaded on this stage", retryable: true); });
         Receive<ReleaseRequest>(_ => { });
         Receive<EvictTick>(_ => { });
     }
@@ -227,12 +228,13 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     {
         Stash.UnstashAll();
         Registered();
-        Receive<StageInput>(i => _executor.Run(i, Sender));
+        Receive<StageInput>(i => { if (FromMember()) _executor.Run(i, Sender); });
         Receive<MessageChunk>(Reassemble);
-        Receive<ReleaseRequest>(r => _executor.Release(r.RequestId));
-        Receive<LoadSlice>(StartLoad);
+        Receive<ReleaseRequest>(r => { if (FromMember()) _executor.Release(r.RequestId); });
+        Receive<LoadSlice>(OnLoadSlice);
         Receive<ReleaseSlice>(r =>
         {
+            if (!FromCoordinator("a release")) return;
             Sender.Tell(new ModelUnloaded(""));
             if (r.PlanEpoch < _epoch) return; // about an older slice than this one (a late or repeated release)
             ReleaseModel();
@@ -247,6 +249,28 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     }
 
     private string Path() => Akka.Serialization.Serialization.SerializedActorPath(Self);
+
+    /// <summary>Slices, releases and commits come from the coordinator singleton only; anything else is logged and dropped.</summary>
+    private bool FromCoordinator(string what)
+    {
+        if (SenderRules.IsCoordinator(Context.System, Sender)) return true;
+        _log.Warning("{0}: refused {1} from {2}: not the cluster's coordinator", _stage, what, Sender.Path);
+        return false;
+    }
+
+    /// <summary>Steps come from members (the previous stage, or the coordinator for a request's first step).</summary>
+    private bool FromMember()
+    {
+        if (SenderRules.IsMemberWithRole(Context.System, Sender, "worker") || SenderRules.IsMemberWithRole(Context.System, Sender, "coordinator")) return true;
+        _log.Warning("{0}: dropped a step from {1}, which is not a member of this cluster", _stage, Sender.Path);
+        return false;
+    }
+
+    private void OnLoadSlice(LoadSlice slice)
+    {
+        if (!FromCoordinator("a slice")) Sender.Tell(new SliceFailed(slice.PlanEpoch, Path(), $"{_stage}: slices are taken only from the cluster's coordinator"));
+        else StartLoad(slice);
+    }
 
     private void ReleaseModel()
     {

@@ -1,0 +1,69 @@
+using Akka.Actor;
+using Akka.Configuration;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Settings;
+using ShardPipe.Messages;
+using ShardPipe.Tests.Support;
+
+namespace ShardPipe.Tests.Actors;
+
+/// <summary>
+/// An ActorSystem that is not a member reaches every actor of a loaded cluster with hostile messages. Afterwards every
+/// node is up, the model is served under the same epoch, and a greedy generation equals the one before.
+/// </summary>
+[Collection("cluster")]
+public class HostilePeerTests
+{
+    private static readonly long[][] Prompt = { new long[] { 5, 17, 42, 9, 3 } };
+
+    [Fact]
+    public async Task A_stranger_cannot_register_load_release_step_or_unsettle_a_cluster()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(TestPaths.Model("llama_untied")), TimeSpan.FromMinutes(1));
+        var before = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 12) with { IgnoreEos = true }, loaded.Stages, TimeSpan.FromSeconds(30));
+
+        var strangerConfig = ConfigurationFactory.ParseString("akka.actor.provider = remote\nakka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }");
+        using var stranger = ActorSystem.Create("shardpipe", ReferenceConfig.Over(strangerConfig));
+        try
+        {
+            var probe = new Akka.TestKit.Xunit2.TestKit(stranger);
+            var node2 = cluster.Nodes[1].Address;
+            async Task<IActorRef> At(Address node, string path) => await stranger.ActorSelection(new RootActorPath(node) / "user" / path).ResolveOne(TimeSpan.FromSeconds(5));
+            var worker2 = await At(node2, "device-0");
+            var proxy = await At(cluster.Nodes[0].Address, "coordinator-proxy");
+            string foreignWorker = loaded.Stages.First(s => s.Device.StartsWith("node-3/")).WorkerPath;
+            long frame = cluster.Nodes[0].Settings.MaxFrameSize;
+
+            // A registration naming another node's worker, with a huge budget, and one with a bogus device: refused.
+            proxy.Tell(new RegisterWorker(Protocol.Version, frame, "evil", new[] { new WorkerDevice("cpu", long.MaxValue, foreignWorker) }, new[] { "*" }), probe.TestActor);
+            Assert.Contains("not a worker member", probe.ExpectMsg<WorkerRefused>(TimeSpan.FromSeconds(10)).Reason);
+            proxy.Tell(new RegisterWorker(Protocol.Version, frame, "evil", new[] { new WorkerDevice("bogus", -1, "akka.tcp://shardpipe@10.0.0.1:1/user/x") }, new[] { "*" }), probe.TestActor);
+            probe.ExpectMsg<WorkerRefused>(TimeSpan.FromSeconds(10));
+
+            // A slice from a stranger is refused before anything is read; a release and a step are dropped.
+            worker2.Tell(new LoadSlice(loaded.PlanEpoch, "/etc", null, "float32", "{}", new[] { "model" }, 1, null, Array.Empty<PipelineHop>(), Array.Empty<SliceTensor>()), probe.TestActor);
+            Assert.Contains("only from the cluster's coordinator", probe.ExpectMsg<SliceFailed>(TimeSpan.FromSeconds(10)).Reason);
+            worker2.Tell(new ReleaseSlice(loaded.PlanEpoch), probe.TestActor);
+            worker2.Tell(new StageInput("x", 0, 1, null, new[] { new long[] { 1 } }, new[] { new long[] { 1 } }, new[] { new long[] { 0 } },
+                Akka.Serialization.Serialization.SerializedActorPath(probe.TestActor), null, loaded.PlanEpoch, null), probe.TestActor);
+            // Chunks with hostile counts, and a handshake claiming another protocol: dropped or ignored.
+            worker2.Tell(new MessageChunk("t", 0, -1, "stage", 0, new byte[16]), probe.TestActor);
+            worker2.Tell(new MessageChunk("u", 0, 1_000_000_000, "stage", 0, new byte[16]), probe.TestActor);
+            (await At(node2, "handshake")).Tell(new Hello(Protocol.Version + 7, 1, "evil"), probe.TestActor);
+            probe.ExpectNoMsg(TimeSpan.FromSeconds(2));
+        }
+        finally
+        {
+            await stranger.Terminate();
+        }
+
+        // Every node is still a member, the model is served under the same epoch, and it answers as before.
+        var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(("ready", loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
+        Assert.All(cluster.Nodes, n => Assert.Equal(Akka.Cluster.MemberStatus.Up, Akka.Cluster.Cluster.Get(n.System).SelfMember.Status));
+        var after = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 12) with { IgnoreEos = true }, status.Stages, TimeSpan.FromSeconds(30));
+        Assert.Equal(before.NewTokens, after.NewTokens);
+        Assert.Equal(0, after.RecoveredFaults);
+    }
+}
