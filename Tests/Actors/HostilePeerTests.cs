@@ -30,7 +30,9 @@ public class HostilePeerTests
             var probe = new Akka.TestKit.Xunit2.TestKit(stranger);
             var node2 = cluster.Nodes[1].Address;
             async Task<IActorRef> At(Address node, string path) => await stranger.ActorSelection(new RootActorPath(node) / "user" / path).ResolveOne(TimeSpan.FromSeconds(5));
-            var worker2 = await At(node2, "device-0");
+            // Untrusted mode: a stranger cannot even look the workers up by selection; it uses the paths status shows.
+            await Assert.ThrowsAsync<ActorNotFoundException>(() => At(node2, "device-0"));
+            var worker2 = ((ExtendedActorSystem)stranger).Provider.ResolveActorRef(loaded.Stages.First(s => s.Device.StartsWith("node-2/")).WorkerPath);
             var proxy = await At(cluster.Nodes[0].Address, "coordinator-proxy");
             string foreignWorker = loaded.Stages.First(s => s.Device.StartsWith("node-3/")).WorkerPath;
             long frame = cluster.Nodes[0].Settings.MaxFrameSize;
@@ -51,6 +53,10 @@ public class HostilePeerTests
             worker2.Tell(new MessageChunk("t", 0, -1, "stage", 0, new byte[16]), probe.TestActor);
             worker2.Tell(new MessageChunk("u", 0, 1_000_000_000, "stage", 0, new byte[16]), probe.TestActor);
             (await At(node2, "handshake")).Tell(new Hello(Protocol.Version + 7, 1, "evil"), probe.TestActor);
+            // PoisonPill and Kill from outside are dropped by untrusted mode (they would stop the actor).
+            worker2.Tell(PoisonPill.Instance, probe.TestActor);
+            worker2.Tell(Kill.Instance, probe.TestActor);
+            proxy.Tell(PoisonPill.Instance, probe.TestActor);
             probe.ExpectNoMsg(TimeSpan.FromSeconds(2));
         }
         finally
