@@ -58,6 +58,16 @@ public class HostilePeerTests
             worker2.Tell(Kill.Instance, probe.TestActor);
             proxy.Tell(PoisonPill.Instance, probe.TestActor);
             probe.ExpectNoMsg(TimeSpan.FromSeconds(2));
+
+            // A stranger with Akka's stock settings sends objects its JSON serializer writes with their type names:
+            // refused on arrival (no serializer that takes type names from the wire is reachable).
+            using var plain = ActorSystem.Create("shardpipe", ConfigurationFactory.ParseString(
+                "akka.actor.provider = remote\nakka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }\nakka.loglevel = OFF\nakka.stdout-loglevel = OFF"));
+            var viaPlain = ((ExtendedActorSystem)plain).Provider.ResolveActorRef(loaded.Stages.First(s => s.Device.StartsWith("node-2/")).WorkerPath);
+            viaPlain.Tell(new Dictionary<string, object> { ["$type"] = "System.IO.FileInfo, System.IO.FileSystem", ["fileName"] = "/etc/passwd" });
+            viaPlain.Tell(new Exception("typed by name"));
+            await Task.Delay(1000);
+            await plain.Terminate();
         }
         finally
         {
