@@ -68,7 +68,12 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     {
         Receive<RegisterWorker>(OnRegister);
         Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
-        Receive<Terminated>(t => Lost(_refs.Where(kv => kv.Value.Equals(t.ActorRef)).Select(kv => kv.Key).ToList(), t.ActorRef.Path.Address));
+        Receive<Terminated>(t =>
+        {
+            var workers = _refs.Where(kv => kv.Value.Equals(t.ActorRef)).Select(kv => kv.Key).ToList();
+            if (workers.Count > 0) Lost(workers, t.ActorRef.Path.Address);
+            else CallerGone(t.ActorRef);
+        });
         Receive<ClusterEvent.MemberLeft>(m => _leaving.Add(m.Member.Address));
         Receive<ClusterEvent.UnreachableMember>(u =>
         {
@@ -482,9 +487,30 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         }
     }
 
+    /// <summary>
+    /// A caller went away (its client exited, crashed or gave up): its requests are cancelled on every stage — the
+    /// stages drop their caches and any later step of them — and their slots freed.
+    /// </summary>
+    private void CallerGone(IActorRef caller)
+    {
+        var ids = _running.Where(kv => kv.Value.Equals(caller)).Select(kv => kv.Key).ToList();
+        foreach (var id in ids)
+        {
+            if (_state.Loaded is { } model)
+                foreach (var stage in model.Route.Select(h => h.WorkerPath).Distinct()) Resolve(stage).Tell(new ReleaseRequest(id));
+            _log.Info("request {0} cancelled: its caller is gone", id);
+            Finished(id);
+        }
+        foreach (var (id, w) in _waiting.Where(kv => kv.Value.Caller.Equals(caller)).ToList())
+        {
+            _waiting.Remove(id);
+            _state.Finish(id, DateTime.UtcNow); // a queued request never started
+        }
+    }
+
     private void Finished(string requestId)
     {
-        _running.Remove(requestId);
+        if (_running.Remove(requestId, out var caller) && !_running.ContainsValue(caller)) Context.Unwatch(caller);
         foreach (var next in _state.Finish(requestId, DateTime.UtcNow))
             if (_waiting.Remove(next, out var w)) Start(w.Request, w.Caller);
     }
@@ -501,6 +527,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             return;
         }
         _running[request.RequestId] = caller;
+        Context.Watch(caller); // a caller that goes away cancels its requests
         Resolve(model.Route[0].WorkerPath).TellChunked(step, Self); // from the coordinator: stages take steps only from members
     }
 

@@ -56,7 +56,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
         {
             TorchRuntime.Initialise();
             if (settings.ComputeThreads > 0) TorchSharp.torch.set_num_threads(settings.ComputeThreads);
-            system.ActorOf(Props.Create(() => new ShardReaderActor(settings.Bulk)), "shard-reader");
+            system.ActorOf(Props.Create(() => new ShardReaderActor(settings.Bulk, settings.HasLocal)), "shard-reader");
             ActivationListener? links = null;
             if (settings.Links.Endpoint.Enabled)
             {

@@ -32,9 +32,13 @@ public sealed class ShardReaderActor : ReceiveActor
     private BulkSettings? _bulk;
     private BulkServer? _server;
 
-    public ShardReaderActor(BulkSettings? bulk = null)
+    private readonly Func<string, bool> _mayServe;
+
+    /// <param name="mayServe">Whether a model folder may be served (the node's <c>model-roots</c> and local-checkpoint rule); default: any.</param>
+    public ShardReaderActor(BulkSettings? bulk = null, Func<string, bool>? mayServe = null)
     {
         _bulk = bulk;
+        _mayServe = mayServe ?? (_ => true);
         Receive<ReadTensor>(Start);
         Receive<ChunkAck>(OnAck);
         Receive<Terminated>(t =>
@@ -47,9 +51,15 @@ public sealed class ShardReaderActor : ReceiveActor
     {
         try
         {
+            if (!ShardPipe.Actors.Hosting.SenderRules.IsMemberWithRole(Context.System, Sender, "worker"))
+                throw new ClusterException($"tensors are served only to workers of this cluster, not to {Sender.Path.Address}");
             string key = read.Model + "|" + read.Variant;
             if (!_open.TryGetValue(key, out var ckpt))
-                _open[key] = ckpt = Checkpoint.Open(ModelLocator.Locate(read.Model), read.Variant);
+            {
+                string folder = ModelLocator.Locate(read.Model);
+                if (!_mayServe(folder)) throw new ClusterException($"{folder} is not under this node's model-roots (or local checkpoints are off): not served");
+                _open[key] = ckpt = Checkpoint.Open(folder, read.Variant);
+            }
             var loc = ckpt.Get(read.Tensor);
             if (read.Bulk && Bulk() is { } server && loc.Info.ByteLength >= _bulk!.MinBytes)
             {

@@ -22,6 +22,10 @@ public sealed class StageRunner : IDisposable
     private readonly PipelineHop[] _route;
     private readonly Dictionary<string, (KvCache Cache, DateTime LastUsed)> _caches = new();
     private readonly Dictionary<string, Sampler> _samplers = new();
+    // Requests released here (finished, cancelled, failed, abandoned): a later step of one is dropped, never restarted.
+    private readonly HashSet<string> _released = new(StringComparer.Ordinal);
+    private readonly Queue<string> _releasedOrder = new();
+    private const int RememberReleased = 4096;
 
     public StageRunner(CausalLMModel model, PipelineHop[] route, int epoch = 0)
     {
@@ -38,6 +42,7 @@ public sealed class StageRunner : IDisposable
 
     public IReadOnlyList<Outgoing> Run(StageInput input)
     {
+        if (_released.Contains(input.RequestId)) return Array.Empty<Outgoing>();
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         var hop = _route[input.Hop];
@@ -119,6 +124,11 @@ public sealed class StageRunner : IDisposable
 
     public void Release(string requestId)
     {
+        if (_released.Add(requestId))
+        {
+            _releasedOrder.Enqueue(requestId);
+            if (_releasedOrder.Count > RememberReleased) _released.Remove(_releasedOrder.Dequeue());
+        }
         if (_caches.Remove(requestId, out var e)) e.Cache.Dispose();
         if (_samplers.Remove(requestId, out var s)) s.Dispose();
     }

@@ -85,6 +85,26 @@ public class ClusterFaultTests
     }
 
     [Fact]
+    public async Task A_caller_that_goes_away_cancels_its_request_on_every_stage()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        int steps = 0;
+        FaultHooks.For(cluster.Nodes[1].System).BeforeStep = () => { Interlocked.Increment(ref steps); Thread.Sleep(100); };
+        var leaving = ShardPipe.Actors.Client.ShardPipeClient.Connect(cluster.Nodes.Select(n => n.Address).ToList());
+        var first = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _ = leaving.RunAsync(Requests.Generate(Prompt, null, 240) with { IgnoreEos = true }, loaded.Stages, TimeSpan.FromSeconds(60), _ => first.TrySetResult());
+        await first.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        await leaving.DisposeAsync(); // the client is gone (its process exited): 240 steps would take 24 s more
+        await Eventually.True(async () => (await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))).InFlight == 0, TimeSpan.FromSeconds(15), "the request cancelled");
+        await Task.Delay(300); // a step already under way may finish
+        int at = Volatile.Read(ref steps);
+        await Task.Delay(1000);
+        Assert.Equal(at, Volatile.Read(ref steps)); // no stage computes for it any more
+        Assert.True(at < 120, $"{at} steps ran: the request was not cancelled promptly");
+    }
+
+    [Fact]
     public async Task A_stalled_stage_ends_the_request_with_a_typed_error_within_the_timeout()
     {
         await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB");

@@ -49,6 +49,10 @@ public class HostilePeerTests
             worker2.Tell(new ReleaseSlice(loaded.PlanEpoch), probe.TestActor);
             worker2.Tell(new StageInput("x", 0, 1, null, new[] { new long[] { 1 } }, new[] { new long[] { 1 } }, new[] { new long[] { 0 } },
                 Akka.Serialization.Serialization.SerializedActorPath(probe.TestActor), null, loaded.PlanEpoch, null), probe.TestActor);
+            // Weights are streamed only to workers of the cluster.
+            var reader = ((ExtendedActorSystem)stranger).Provider.ResolveActorRef($"{node2}/user/shard-reader");
+            reader.Tell(new ReadTensor("r", TestPaths.Model("llama_untied"), null, "model.embed_tokens.weight", 4), probe.TestActor);
+            Assert.Contains("only to workers", probe.ExpectMsg<ReadFailed>(TimeSpan.FromSeconds(10)).Reason);
             // Chunks with hostile counts, and a handshake claiming another protocol: dropped or ignored.
             worker2.Tell(new MessageChunk("t", 0, -1, "stage", 0, new byte[16]), probe.TestActor);
             worker2.Tell(new MessageChunk("u", 0, 1_000_000_000, "stage", 0, new byte[16]), probe.TestActor);
