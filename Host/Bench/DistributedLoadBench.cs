@@ -63,7 +63,7 @@ public static class DistributedLoadBench
     {
         string dir = Path.Combine(Path.GetTempPath(), "shardpipe-dload-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dir);
-        int seed = Loopback.FreePort();
+        int seed = Loopback.ReservedPort();
         var processes = new List<(string Name, Process Process)>();
         ShardPipeClient? client = null;
         try
@@ -72,7 +72,7 @@ public static class DistributedLoadBench
             {
                 string conf = Path.Combine(dir, $"node-{i}.conf");
                 File.WriteAllText(conf, $@"
-akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {(i == 1 ? seed : Loopback.FreePort())} }}
+akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {(i == 1 ? seed : Loopback.ReservedPort())} }}
 akka.cluster {{ roles = [{(i == 1 ? "coordinator, worker" : "worker")}], seed-nodes = [""akka.tcp://shardpipe@127.0.0.1:{seed}""] }}
 shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""4GiB"" }} ] }}");
                 var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };

@@ -20,7 +20,7 @@ public sealed class NodeProcesses : IDisposable
     {
         _dir = Path.Combine(Path.GetTempPath(), "shardpipe-nodes-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(_dir);
-        _ports = Enumerable.Range(0, count).Select(_ => Loopback.FreePort()).ToArray();
+        _ports = Enumerable.Range(0, count).Select(_ => Loopback.ReservedPort()).ToArray();
         _extra = extra ?? (_ => "");
         _processes = new Process?[count];
         for (int i = 1; i <= count; i++) Start(i);

@@ -21,10 +21,10 @@ public sealed class MultiProcessClusterTests : IAsyncLifetime
 
     public Task InitializeAsync()
     {
-        _seedPort = Loopback.FreePort();
+        _seedPort = Loopback.ReservedPort();
         for (int i = 1; i <= 3; i++)
         {
-            int port = i == 1 ? _seedPort : Loopback.FreePort();
+            int port = i == 1 ? _seedPort : Loopback.ReservedPort();
             string roles = i == 1 ? "[coordinator, worker]" : "[worker]";
             string conf = _tmp.File($"node-{i}.conf");
             File.WriteAllText(conf, $@"
