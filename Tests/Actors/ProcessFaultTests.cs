@@ -20,7 +20,11 @@ public sealed class ProcessFaultTests
         // Every step sleeps 15 ms, so a 60-token generation runs long enough to be hit mid-way.
         using var nodes = new NodeProcesses(3, _ => "shardpipe { devices = [ { device = cpu, budget = \"1GiB\" } ], compute-threads = 1, debug.step-delay = 15ms }");
         await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts));
-        await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(90));
+        try { await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(90)); }
+        catch (ShardPipe.ClusterException ex)
+        {
+            throw new Xunit.Sdk.XunitException($"{ex.Message}\n" + string.Join("\n", Enumerable.Range(1, 3).Select(i => $"node-{i}:\n{nodes.Tail(i)}")));
+        }
         var loaded = await client.LoadAsync(Requests.Load(TestPaths.Model("llama_untied")), TimeSpan.FromMinutes(2));
         Generate Request() => Requests.Generate(Prompt, null, 60) with { IgnoreEos = true };
         var expected = await client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(60));
