@@ -86,4 +86,39 @@ public class HostilePeerTests
         Assert.Equal(before.NewTokens, after.NewTokens);
         Assert.Equal(0, after.RecoveredFaults);
     }
+
+    [Fact]
+    public async Task A_member_without_the_worker_or_coordinator_role_cannot_register_or_send_slices()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(TestPaths.Model("llama_untied")), TimeSpan.FromMinutes(1));
+        // A member of the cluster, with a role of its own: no devices, no coordinator.
+        await using var observer = new LeavingNode(ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("observer", new[] { "observer" }, Array.Empty<(string, long)>()),
+            cluster.Nodes[0].Address.ToString()));
+        var system = observer.Node.System;
+        await Eventually.True(() => Akka.Cluster.Cluster.Get(system).SelfMember.Status == Akka.Cluster.MemberStatus.Up, TimeSpan.FromSeconds(30), "the observer is up");
+        var probe = new Akka.TestKit.Xunit2.TestKit(system);
+        var fake = probe.CreateTestProbe("fake-worker");
+        observer.Node.Coordinator.Tell(new RegisterWorker(Protocol.Version, cluster.Nodes[0].Settings.MaxFrameSize, "observer",
+            new[] { new WorkerDevice("cpu", 1L << 40, Akka.Serialization.Serialization.SerializedActorPath(fake.Ref)) }, new[] { "*" }), probe.TestActor);
+        Assert.Contains("not a worker member", probe.ExpectMsg<WorkerRefused>(TimeSpan.FromSeconds(10)).Reason);
+        var worker = ((ExtendedActorSystem)system).Provider.ResolveActorRef(loaded.Stages[0].WorkerPath);
+        worker.Tell(new LoadSlice(loaded.PlanEpoch + 1, "/etc", null, "float32", "{}", new[] { "model" }, 1, null, Array.Empty<PipelineHop>(), Array.Empty<SliceTensor>()), probe.TestActor);
+        Assert.Contains("only from the cluster's coordinator", probe.ExpectMsg<SliceFailed>(TimeSpan.FromSeconds(10)).Reason);
+
+        var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(("ready", loaded.PlanEpoch), (status.State, status.PlanEpoch));
+        Assert.DoesNotContain("observer", status.Nodes);
+        Assert.Equal(3, (await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 3) with { IgnoreEos = true }, status.Stages, TimeSpan.FromSeconds(30))).Steps);
+    }
+
+    private sealed class LeavingNode(ShardPipeNode node) : IAsyncDisposable
+    {
+        public ShardPipeNode Node => node;
+        public async ValueTask DisposeAsync()
+        {
+            try { await node.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10)); }
+            catch (TimeoutException) { await node.Kill(); node.ReleasePort(); }
+        }
+    }
 }
