@@ -29,8 +29,13 @@ public sealed record WorkerDevice(
 [MessagePackObject]
 public sealed record WorkerRegistered([property: Key(0)] string NodeName) : IShardPipeMessage;
 
-/// <summary>The coordinator refuses a node (protocol version or frame size differ); the node logs it and stays out.</summary>
+/// <summary>
+/// The coordinator refuses a node: for good (protocol version or frame size differ; the node logs it and stays out),
+/// or, with <see cref="Transient"/>, for now (the sender is not yet a worker member — a node still joining keeps
+/// registering).
+/// </summary>
 [MessagePackObject]
 public sealed record WorkerRefused(
     [property: Key(0)] string NodeName,
-    [property: Key(1)] string Reason) : IShardPipeMessage;
+    [property: Key(1)] string Reason,
+    [property: Key(2)] bool Transient = false) : IShardPipeMessage;

@@ -241,7 +241,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         if (SenderRules.RegistrationProblem(Context.System, Sender, r.Devices.Select(d => d.ActorPath)) is { } intake)
         {
             _log.Warning("refused a registration as {0}: {1}", r.NodeName, intake);
-            Sender.Tell(new WorkerRefused(r.NodeName, $"registration refused: {intake}"));
+            Sender.Tell(new WorkerRefused(r.NodeName, $"registration refused: {intake}", Transient: true));
             return;
         }
         if (_state.Starting) _reported.Add(from);

@@ -84,6 +84,11 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         });
         Receive<WorkerRefused>(r =>
         {
+            if (r.Transient)
+            {
+                _log.Info("{0}: not registered yet: {1}", _stage, r.Reason); // still joining: the next registration follows
+                return;
+            }
             Timers.Cancel("register");
             _log.Error("{0} refused by the coordinator: {1}", _stage, r.Reason);
         });

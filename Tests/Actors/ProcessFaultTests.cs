@@ -38,11 +38,21 @@ public sealed class ProcessFaultTests
             fault();
             return await run.WaitAsync(TimeSpan.FromSeconds(120));
         }
-        async Task<ClusterStatus> Serving(int nodeCount) => await Eventually(async () =>
+        async Task<ClusterStatus> Serving(int nodeCount)
         {
-            var s = await client.StatusAsync(TimeSpan.FromSeconds(5));
-            return s.State == "ready" && s.Nodes.Length == nodeCount ? s : null;
-        });
+            try
+            {
+                return await Eventually(async () =>
+                {
+                    var s = await client.StatusAsync(TimeSpan.FromSeconds(5));
+                    return s.State == "ready" && s.Nodes.Length == nodeCount ? s : null;
+                });
+            }
+            catch (Xunit.Sdk.XunitException ex)
+            {
+                throw new Xunit.Sdk.XunitException($"{ex.Message}\n" + string.Join("\n", Enumerable.Range(1, 3).Select(i => $"node-{i}:\n{nodes.Tail(i)}")));
+            }
+        }
 
         // A pause shorter than the failure detector's threshold: no fault at all.
         var brief = await Hit(() => { nodes.Pause(3); Thread.Sleep(1500); nodes.Resume(3); }, loaded.Stages);
