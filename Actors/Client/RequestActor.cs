@@ -56,11 +56,16 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
 
     protected override void PreStart() => Send(_request);
 
+    private void Unwatch()
+    {
+        foreach (var r in _watched.Keys) Context.Unwatch(r);
+        _watched.Clear();
+    }
+
     private void Send(IClientRequest attempt)
     {
         var provider = ((ExtendedActorSystem)Context.System).Provider;
-        foreach (var r in _watched.Keys) Context.Unwatch(r);
-        _watched.Clear();
+        Unwatch();
         foreach (var s in _stages)
         {
             var r = provider.ResolveActorRef(s.WorkerPath);
@@ -154,8 +159,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
             Fail($"request {_request.RequestId} failed after {_faults - 1} recoveries (shardpipe.client.max-recoveries): {fault}");
             return;
         }
-        foreach (var r in _watched.Keys) Context.Unwatch(r);
-        _watched.Clear();
+        Unwatch();
         Context.SetReceiveTimeout(null);
         _attemptId = $"{_request.RequestId}~{_faults}"; // anything of the old attempt that still arrives is dropped
         Timers.StartPeriodicTimer("poll", new PollStatus(), TimeSpan.Zero, TimeSpan.FromMilliseconds(250));

@@ -266,18 +266,10 @@ public sealed class CoordinatorState
     /// <summary>A request ended; returns the queued requests that may start now (already counted in flight).</summary>
     public IReadOnlyList<string> Finish(string requestId, DateTime now)
     {
-        if (!_inFlight.Remove(requestId)) return Array.Empty<string>();
-        var start = new List<string>();
-        while (_inFlight.Count < _maxInFlight && _queued.Count > 0)
-        {
-            string next = _queued.Dequeue();
-            _inFlight[next] = now;
-            start.Add(next);
-        }
-        return start;
+        return _inFlight.Remove(requestId) ? Drain(now) : Array.Empty<string>();
     }
 
-    /// <summary>The model is served again after a recovery: queued requests that may start now (counted in flight).</summary>
+    /// <summary>Queued requests that may start now (counted in flight): after a request ended, or once the model is served again after a recovery.</summary>
     public IReadOnlyList<string> Drain(DateTime now)
     {
         var start = new List<string>();

@@ -178,16 +178,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         // those tensors over and reads only what moved here. The old stage stops now (its requests resume elsewhere).
         var previous = _model is not null && _slice is { } held && held.Model == slice.Model && held.Variant == slice.Variant
             && held.DType == slice.DType && _device != "disk" ? _model : null;
-        _executor.Uninstall();
-        if (previous is null) ReleaseModel();
-        else
-        {
-            _model = null;
-            _loaded = null;
-            _slice = null;
-            _record = null;
-            _epoch = -1;
-        }
+        ReleaseModel(keepTensors: previous is not null);
         var replyTo = Sender;
         var self = Self;
         var system = Context.System;
@@ -277,10 +268,11 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         else StartLoad(slice);
     }
 
-    private void ReleaseModel()
+    /// <summary>Stops the stage and forgets the slice; its tensors are freed unless <paramref name="keepTensors"/> (a new slice takes them over).</summary>
+    private void ReleaseModel(bool keepTensors = false)
     {
         _executor.Uninstall();
-        _model?.Release();
+        if (!keepTensors) _model?.Release();
         _model = null;
         _loaded = null;
         _slice = null;
