@@ -474,7 +474,10 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         switch (_state.Admit(request.RequestId, DateTime.UtcNow))
         {
             case Admission.Start: Start(request, caller); break;
-            case Admission.Queue: _waiting[request.RequestId] = (request, caller); break;
+            case Admission.Queue:
+                _waiting[request.RequestId] = (request, caller);
+                Context.Watch(caller); // a caller that goes away while queued withdraws its request
+                break;
             case Admission.Busy:
                 caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"busy: {_state.InFlight} requests in flight and {_state.Queued} queued; retry later"));
                 break;
@@ -501,16 +504,18 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             _log.Info("request {0} cancelled: its caller is gone", id);
             Finished(id);
         }
-        foreach (var (id, w) in _waiting.Where(kv => kv.Value.Caller.Equals(caller)).ToList())
+        foreach (var id in _waiting.Where(kv => kv.Value.Caller.Equals(caller)).Select(kv => kv.Key).ToList())
         {
             _waiting.Remove(id);
-            _state.Finish(id, DateTime.UtcNow); // a queued request never started
+            _state.Withdraw(id); // a queued request never started: it only leaves the queue
+            _log.Info("queued request {0} withdrawn: its caller is gone", id);
         }
     }
 
     private void Finished(string requestId)
     {
-        if (_running.Remove(requestId, out var caller) && !_running.ContainsValue(caller)) Context.Unwatch(caller);
+        if (_running.Remove(requestId, out var caller) && !_running.ContainsValue(caller) && !_waiting.Values.Any(w => w.Caller.Equals(caller)))
+            Context.Unwatch(caller);
         foreach (var next in _state.Finish(requestId, DateTime.UtcNow))
             if (_waiting.Remove(next, out var w)) Start(w.Request, w.Caller);
     }

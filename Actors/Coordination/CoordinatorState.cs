@@ -269,6 +269,16 @@ public sealed class CoordinatorState
         return _inFlight.Remove(requestId) ? Drain(now) : Array.Empty<string>();
     }
 
+    /// <summary>A queued request leaves the queue without starting (its caller went away); false when it was not queued.</summary>
+    public bool Withdraw(string requestId)
+    {
+        if (!_queued.Contains(requestId)) return false;
+        var rest = _queued.Where(id => id != requestId).ToList();
+        _queued.Clear();
+        foreach (var id in rest) _queued.Enqueue(id);
+        return true;
+    }
+
     /// <summary>Queued requests that may start now (counted in flight): after a request ended, or once the model is served again after a recovery.</summary>
     public IReadOnlyList<string> Drain(DateTime now)
     {

@@ -107,4 +107,20 @@ public class CoordinatorStateTests
         Assert.Equal(0, s.InFlight);
         Assert.Equal(Admission.NoModel, s.Admit("r6", now));
     }
+
+    [Fact]
+    public void A_withdrawn_queued_request_never_starts_and_the_rest_keep_their_order()
+    {
+        var s = State(maxInFlight: 1, maxQueued: 3);
+        s.Register(Node("node-1", ("cpu", "a", null)));
+        s.BeginLoad("m", s.NextEpoch(), new Dictionary<string, long> { ["a"] = 10 }, Model(1, "a"));
+        s.SliceLoaded("a", new SliceLoaded(1, "a", 10, 1, false));
+        Assert.Equal(Admission.Start, s.Admit("r1", DateTime.UtcNow));
+        foreach (var id in new[] { "q1", "q2", "q3" }) Assert.Equal(Admission.Queue, s.Admit(id, DateTime.UtcNow));
+        Assert.True(s.Withdraw("q2"));
+        Assert.False(s.Withdraw("q2"));
+        Assert.Equal(2, s.Queued);
+        Assert.Equal(new[] { "q1" }, s.Finish("r1", DateTime.UtcNow));
+        Assert.Equal(new[] { "q3" }, s.Finish("q1", DateTime.UtcNow));
+    }
 }
