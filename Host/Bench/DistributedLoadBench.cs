@@ -63,29 +63,12 @@ public static class DistributedLoadBench
     {
         string dir = Path.Combine(Path.GetTempPath(), "shardpipe-dload-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dir);
-        int seed = Loopback.ReservedPort();
-        var processes = new List<(string Name, Process Process)>();
+        using var nodeProcesses = new NodeProcesses(count, _ => "shardpipe.devices = [ { device = cpu, budget = \"4GiB\" } ]");
+        var processes = Enumerable.Range(1, count).Select(i => (Name: $"node-{i}", Process: nodeProcesses[i])).ToList();
         ShardPipeClient? client = null;
         try
         {
-            for (int i = 1; i <= count; i++)
-            {
-                string conf = Path.Combine(dir, $"node-{i}.conf");
-                File.WriteAllText(conf, $@"
-akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {(i == 1 ? seed : Loopback.ReservedPort())} }}
-akka.cluster {{ roles = [{(i == 1 ? "coordinator, worker" : "worker")}], seed-nodes = [""akka.tcp://shardpipe@127.0.0.1:{seed}""] }}
-shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""4GiB"" }} ] }}");
-                var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-                psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "shardpipe.dll"));
-                foreach (var a in new[] { "node", "--config", conf }) psi.ArgumentList.Add(a);
-                var p = Process.Start(psi)!;
-                p.OutputDataReceived += (_, _) => { };
-                p.ErrorDataReceived += (_, _) => { };
-                p.BeginOutputReadLine();
-                p.BeginErrorReadLine();
-                processes.Add(($"node-{i}", p));
-            }
-            client = ShardPipeClient.Connect(ContactPoints.Parse($"127.0.0.1:{seed}"));
+            client = ShardPipeClient.Connect(ContactPoints.Parse(nodeProcesses.Contacts));
             var api = client;
             await api.WaitForNodesAsync(count, TimeSpan.FromSeconds(120));
             // Warm every node (JIT, libtorch start-up) with a tiny model, so that the figures are about the load itself.
@@ -106,11 +89,6 @@ shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""4
         finally
         {
             if (client is not null) await client.DisposeAsync();
-            foreach (var (_, p) in processes)
-            {
-                try { if (!p.HasExited) p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-                p.WaitForExit(10_000);
-            }
             Directory.Delete(dir, recursive: true);
         }
     }

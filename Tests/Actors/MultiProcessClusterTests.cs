@@ -1,3 +1,4 @@
+using ShardPipe.Host.Bench;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -14,54 +15,25 @@ namespace ShardPipe.Tests.Actors;
 [Collection("cluster")]
 public sealed class MultiProcessClusterTests : IAsyncLifetime
 {
-    private readonly List<Process> _nodes = new();
-    private readonly TempDir _tmp = new();
-    private int _seedPort;
+    private NodeProcesses _nodes = null!;
 
-
+    // node-3 has no local copy of the checkpoints: it streams its slice.
     public Task InitializeAsync()
     {
-        _seedPort = Loopback.ReservedPort();
-        for (int i = 1; i <= 3; i++)
-        {
-            int port = i == 1 ? _seedPort : Loopback.ReservedPort();
-            string roles = i == 1 ? "[coordinator, worker]" : "[worker]";
-            string conf = _tmp.File($"node-{i}.conf");
-            File.WriteAllText(conf, $@"
-akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {port} }}
-akka.cluster {{ roles = {roles}, seed-nodes = [""akka.tcp://shardpipe@127.0.0.1:{_seedPort}""] }}
-shardpipe {{ node-name = ""node-{i}"", devices = [ {{ device = cpu, budget = ""1GiB"" }} ], local-checkpoints = {(i == 3 ? "off" : "on")} }}");
-            var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-            psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "shardpipe.dll"));
-            psi.ArgumentList.Add("node");
-            psi.ArgumentList.Add("--config");
-            psi.ArgumentList.Add(conf);
-            var p = Process.Start(psi)!;
-            p.OutputDataReceived += (_, _) => { };
-            p.ErrorDataReceived += (_, _) => { };
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            _nodes.Add(p);
-        }
+        _nodes = new NodeProcesses(3, i => $"shardpipe {{ devices = [ {{ device = cpu, budget = \"1GiB\" }} ], local-checkpoints = {(i == 3 ? "off" : "on")} }}");
         return Task.CompletedTask;
     }
 
     public Task DisposeAsync()
     {
-        foreach (var p in _nodes)
-        {
-            try { if (!p.HasExited) p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-            p.WaitForExit(10_000);
-            p.Dispose();
-        }
-        _tmp.Dispose();
+        _nodes.Dispose();
         return Task.CompletedTask;
     }
 
     [Fact]
     public async Task Three_node_processes_load_and_run_reference_models_like_hugging_face()
     {
-        await using var api = ShardPipeClient.Connect(ContactPoints.Parse($"127.0.0.1:{_seedPort}"));
+        await using var api = ShardPipeClient.Connect(ContactPoints.Parse(_nodes.Contacts));
         {
             await api.WaitForNodesAsync(3, TimeSpan.FromSeconds(90));
             foreach (var name in new[] { "llama_tied", "mistral_window", "gpt2" })
