@@ -50,8 +50,10 @@ akka.actor.provider = remote
 akka.remote.dot-netty.tcp.hostname = ""{hostname}""
 akka.remote.dot-netty.tcp.port = 0");
         if (extra is not null) config = extra.WithFallback(config);
-        var system = ActorSystem.Create(ShardPipeNode.SystemName + "-client", ReferenceConfig.Over(config));
-        var contact = system.ActorOf(CoordinatorContact.Props(contacts), "coordinator-contact");
+        var system = ActorSystem.Create(ShardPipeNode.SystemName + "-client", Security.ClusterTls.SystemSetup(ReferenceConfig.Over(config), out var tls));
+        // Contact points are reached over the client's own transport: TLS (akka.ssl.tcp) when it has a certificate.
+        var over = contacts.Select(c => Security.ClusterTls.ForTransport(c, tls is not null)).ToList();
+        var contact = system.ActorOf(CoordinatorContact.Props(over), "coordinator-contact");
         return new ShardPipeClient(system, contact, settings, ownsSystem: true);
     }
 

@@ -37,11 +37,16 @@ public sealed class ShardPipeNode : IAsyncDisposable
 
     public static Config Reference => ReferenceConfig.Value;
 
-    /// <summary>Starts a node; <paramref name="join"/> (an address such as akka.tcp://shardpipe@127.0.0.1:4053) joins a running cluster when the config names no seed nodes.</summary>
-    public static ShardPipeNode Start(Config hostConfig, string? join = null, int equalShareOf = 1)
+    /// <summary>Starts a node; <paramref name="join"/> (an address such as akka.tcp://shardpipe@127.0.0.1:4053; under TLS, akka.ssl.tcp — either is taken) joins a running cluster when the config names no seed nodes.</summary>
+    /// <param name="warnPlaintext">Log a warning when the config has no TLS (a node facing a network; embedded loopback clusters stay quiet).</param>
+    public static ShardPipeNode Start(Config hostConfig, string? join = null, int equalShareOf = 1, bool warnPlaintext = false)
     {
         var config = ReferenceConfig.Over(hostConfig);
-        var system = ActorSystem.Create(SystemName, config);
+        var system = ActorSystem.Create(SystemName, Security.ClusterTls.SystemSetup(config, out var tls));
+        if (tls is null && warnPlaintext)
+            Logging.GetLogger(system, "tls").Warning("shardpipe.tls is off: Akka.Remote and the side channels run in plaintext, unauthenticated; anyone who reaches this node's ports can read the traffic and use the client entry points (see README, Security)");
+        else if (tls is not null)
+            Logging.GetLogger(system, "tls").Info("mutual TLS on (certificate {0})", tls.Certificate.Subject);
         var address = Cluster.Get(system).SelfAddress;
         var settings = NodeSettings.From(config, equalShareOf);
         if (settings.NodeName.Length == 0) settings = settings with { NodeName = $"{address.Host}:{address.Port}" };
@@ -79,7 +84,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
         }
         var seeds = config.GetStringList("akka.cluster.seed-nodes");
         if ((seeds is null || seeds.Count == 0))
-            Cluster.Get(system).Join(join is null ? address : Address.Parse(join));
+            Cluster.Get(system).Join(join is null ? address : Address.Parse(Security.ClusterTls.ForTransport(join, tls is not null)));
         return new ShardPipeNode(system, settings, proxy);
     }
 

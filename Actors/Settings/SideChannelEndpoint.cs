@@ -1,4 +1,5 @@
 using Akka.Configuration;
+using ShardPipe.Actors.Security;
 
 namespace ShardPipe.Actors.Settings;
 
@@ -6,9 +7,10 @@ namespace ShardPipe.Actors.Settings;
 /// Where a socket side channel listens and what it offers peers, read the same way for the bulk channel and the
 /// activation links: <c>enabled</c>, <c>port</c>, the listen address (its <c>hostname</c>, else the remoting
 /// hostname) and the offered one (its <c>public-hostname</c>, else the remoting public-hostname, else the listen
-/// address — the machine's name when that is 0.0.0.0).
+/// address — the machine's name when that is 0.0.0.0), and the cluster's TLS (<c>shardpipe.tls</c>; null = plaintext),
+/// which both ends of every side-channel connection use.
 /// </summary>
-public sealed record SideChannelEndpoint(bool Enabled, string BindHost, string AdvertisedHost, int Port)
+public sealed record SideChannelEndpoint(bool Enabled, string BindHost, string AdvertisedHost, int Port, ClusterTls? Tls = null)
 {
     public static SideChannelEndpoint From(Config config, string section)
     {
@@ -20,6 +22,6 @@ public sealed record SideChannelEndpoint(bool Enabled, string BindHost, string A
             : publicHost.Length > 0 ? publicHost : bind is "0.0.0.0" or "" ? System.Net.Dns.GetHostName() : bind;
         int port = s.GetInt("port");
         if (port is < 0 or > 65535) throw new ConfigurationException($"{section}.port must be 0..65535, not {port}");
-        return new SideChannelEndpoint(s.GetBoolean("enabled"), bind, advertised, port);
+        return new SideChannelEndpoint(s.GetBoolean("enabled"), bind, advertised, port, ClusterTls.From(config));
     }
 }

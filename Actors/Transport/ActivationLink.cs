@@ -27,8 +27,11 @@ public static class ActivationLink
     public const int HeaderBytes = 13;
     public const int TrailerBytes = 8;
 
-    /// <summary>Writes one frame in a single gathered send (header, body, checksum).</summary>
-    public static void WriteFrame(Socket s, string manifest, byte[] body)
+    /// <summary>
+    /// Writes one frame: over the plain socket in a single gathered send (header, body, checksum); under TLS as one
+    /// write of the frame assembled in a pooled buffer (one record for a decode step's frame).
+    /// </summary>
+    public static void WriteFrame(Stream s, string manifest, byte[] body)
     {
         var m = Encoding.ASCII.GetBytes(manifest);
         var header = new byte[HeaderBytes + m.Length];
@@ -39,19 +42,33 @@ public static class ActivationLink
         var trailer = new byte[TrailerBytes];
         BinaryPrimitives.WriteUInt64LittleEndian(trailer, XxHash3.HashToUInt64(body));
         int total = header.Length + body.Length + trailer.Length;
-        int sent = s.Send(new List<ArraySegment<byte>> { header, body, trailer });
-        if (sent != total) throw new SocketException((int)SocketError.MessageSize);
+        if (s is NetworkStream plain)
+        {
+            int sent = plain.Socket.Send(new List<ArraySegment<byte>> { header, body, trailer });
+            if (sent != total) throw new SocketException((int)SocketError.MessageSize);
+            return;
+        }
+        var frame = System.Buffers.ArrayPool<byte>.Shared.Rent(total);
+        try
+        {
+            header.CopyTo(frame, 0);
+            body.CopyTo(frame, header.Length);
+            trailer.CopyTo(frame, header.Length + body.Length);
+            s.Write(frame, 0, total);
+            s.Flush();
+        }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(frame); }
     }
 
     /// <summary>Reads frames from one link, buffered (a decode step's frame arrives in one receive).</summary>
     public sealed class FrameReader
     {
-        private readonly Socket _s;
+        private readonly Stream _s;
         private readonly int _maxFrame;
         private readonly byte[] _buffer = new byte[64 << 10];
         private int _start, _end;
 
-        public FrameReader(Socket s, int maxFrame)
+        public FrameReader(Stream s, int maxFrame)
         {
             _s = s;
             _maxFrame = maxFrame;
@@ -90,7 +107,7 @@ public static class ActivationLink
             _start = 0;
             while (_end < n)
             {
-                int got = _s.Receive(_buffer.AsSpan(_end));
+                int got = _s.Read(_buffer.AsSpan(_end));
                 if (got == 0)
                 {
                     if (atFrameStart && _end == 0) return false;
@@ -108,7 +125,7 @@ public static class ActivationLink
             _start += have;
             for (into = into[have..]; into.Length > 0;)
             {
-                int got = _s.Receive(into);
+                int got = _s.Read(into);
                 if (got == 0) throw new EndOfStreamException("the link closed in the middle of a frame");
                 into = into[got..];
             }

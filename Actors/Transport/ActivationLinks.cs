@@ -2,6 +2,7 @@ using System.Net.Sockets;
 using Akka.Actor;
 using Akka.Event;
 using ShardPipe.Actors.Diagnostics;
+using ShardPipe.Actors.Security;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Messages;
 
@@ -15,12 +16,13 @@ namespace ShardPipe.Actors.Transport;
 public sealed class ActivationLinks
 {
     /// <summary>A link's socket is open (piped back to the worker from the connecting task).</summary>
-    public sealed record Connected(string Target, Socket Socket, int MaxFrameBytes);
+    public sealed record Connected(string Target, Socket Socket, Stream Stream, int MaxFrameBytes);
     public sealed record ConnectFailed(string Target, string Reason);
 
     private sealed class Link
     {
         public Socket? Socket;
+        public Stream? Stream;
         public int MaxFrameBytes;
         public bool Failed;
     }
@@ -57,13 +59,14 @@ public sealed class ActivationLinks
             return;
         }
         var timeout = _settings.SendTimeout;
+        var tls = _settings.Endpoint.Tls;
         string what = $"activation link to {offer.Target}";
-        Task.Run(() => Connect(offer, timeout, what)).PipeTo(self,
-            success: s => new Connected(offer.Target, s, offer.MaxFrameBytes),
+        Task.Run(() => Connect(offer, timeout, tls, what)).PipeTo(self,
+            success: c => new Connected(offer.Target, c.Socket, c.Stream, offer.MaxFrameBytes),
             failure: ex => new ConnectFailed(offer.Target, ex.GetBaseException().Message));
     }
 
-    private static Socket Connect(LinkOffer offer, TimeSpan timeout, string what)
+    private static (Socket Socket, Stream Stream) Connect(LinkOffer offer, TimeSpan timeout, ClusterTls? tls, string what)
     {
         var s = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
@@ -71,8 +74,9 @@ public sealed class ActivationLinks
             using var cts = new CancellationTokenSource(timeout);
             s.ConnectAsync(offer.Host, offer.Port, cts.Token).AsTask().GetAwaiter().GetResult();
             s.ReceiveTimeout = s.SendTimeout = (int)timeout.TotalMilliseconds;
-            SideChannel.Open(s, ActivationLink.Magic, offer.Token, what);
-            return s;
+            var stream = ClusterTls.Open(s, tls, offer.Host);
+            SideChannel.Open(stream, ActivationLink.Magic, offer.Token, what);
+            return (s, stream);
         }
         catch
         {
@@ -86,11 +90,16 @@ public sealed class ActivationLinks
         if (_links.TryGetValue(c.Target, out var link) && link.Socket is null && !link.Failed)
         {
             link.Socket = c.Socket;
+            link.Stream = c.Stream;
             link.MaxFrameBytes = c.MaxFrameBytes;
             _diagnostics.LinkUp();
             _log.Info("{0}: activation link to {1} is up", _stage, c.Target);
         }
-        else c.Socket.Dispose(); // the slice changed meanwhile
+        else
+        {
+            c.Stream.Dispose(); // the slice changed meanwhile
+            c.Socket.Dispose();
+        }
     }
 
     public void Down(ConnectFailed f)
@@ -101,7 +110,7 @@ public sealed class ActivationLinks
     /// <summary>Sends over the target's link if it is up; false means: send it as actor messages.</summary>
     public bool TrySend(string target, StageInput message)
     {
-        if (!_links.TryGetValue(target, out var link) || link.Socket is not { } s) return false;
+        if (!_links.TryGetValue(target, out var link) || link.Stream is not { } s) return false;
         var body = MessageCodec.Encode(message);
         if (body.Length > link.MaxFrameBytes) return false;
         // Counted before the write: the far side may run the step (and the request finish) before Send returns here.
@@ -119,10 +128,17 @@ public sealed class ActivationLinks
         }
     }
 
+    private static void Close(Link link)
+    {
+        try { link.Stream?.Dispose(); } catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException) { }
+        link.Socket?.Dispose();
+        link.Stream = null;
+        link.Socket = null;
+    }
+
     private void Fail(string target, Link link, string reason)
     {
-        link.Socket?.Dispose();
-        link.Socket = null;
+        Close(link);
         link.Failed = true;
         _log.Warning("{0}: activation link to {1} unavailable ({2}); hops there go as actor messages", _stage, target, reason);
     }
@@ -130,7 +146,7 @@ public sealed class ActivationLinks
     /// <summary>Closes every link (the slice is released or the worker stops); a new slice asks again.</summary>
     public void CloseAll()
     {
-        foreach (var link in _links.Values) link.Socket?.Dispose();
+        foreach (var link in _links.Values) Close(link);
         _links.Clear();
     }
 }

@@ -24,7 +24,7 @@ public sealed class ActivationListener : SideChannelListener<ActivationListener.
     public int MaxFrameBytes { get; }
 
     public ActivationListener(ActivationLinkSettings settings, ILoggingAdapter log, NodeDiagnostics diagnostics)
-        : base("activation link", ActivationLink.Magic, settings.Endpoint.BindHost, settings.Endpoint.AdvertisedHost, settings.Endpoint.Port, log)
+        : base("activation link", ActivationLink.Magic, settings.Endpoint.BindHost, settings.Endpoint.AdvertisedHost, settings.Endpoint.Port, settings.Endpoint.Tls, log)
     {
         MaxFrameBytes = settings.MaxFrameBytes;
         _diagnostics = diagnostics;
@@ -37,14 +37,14 @@ public sealed class ActivationListener : SideChannelListener<ActivationListener.
     public byte[] Offer(IActorRef target, IActorRef from, Action<object, IActorRef> deliver) =>
         NewToken(new Pending(target, from, deliver), TimeSpan.FromSeconds(30));
 
-    protected override void Serve(Socket s, Pending p)
+    protected override void Serve(Socket s, Stream stream, Pending p)
     {
         string who = $"activation link {p.From.Path} → {p.Target.Path.Name}";
         _open[s] = 0;
         try
         {
             s.ReceiveTimeout = 0; // a link idles between requests
-            var reader = new ActivationLink.FrameReader(s, MaxFrameBytes);
+            var reader = new ActivationLink.FrameReader(stream, MaxFrameBytes);
             while (reader.Next() is var (manifest, body, sentAt))
             {
                 if (Stopwatch.GetElapsedTime(sentAt).TotalMilliseconds is > 0 and var hopMs) _diagnostics.HopLatency.Record(hopMs);

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Hashing;
 using System.Net.Sockets;
+using ShardPipe.Actors.Security;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Transport;
@@ -30,9 +31,10 @@ public static class BulkChannel
     /// <summary>
     /// Receives an offered tensor into <paramref name="destination"/> (its exact size), checking order, bounds and
     /// every chunk's XXH3-64. Connection failures raise <see cref="BulkUnreachableException"/> (the caller may fall
-    /// back to actor messages); anything after that is a <see cref="ClusterException"/> naming the tensor.
+    /// back to actor messages); anything after that is a <see cref="ClusterException"/> naming the tensor. With
+    /// <paramref name="tls"/> the connection is mutual TLS (a failed handshake counts as unreachable).
     /// </summary>
-    public static void Receive(BulkOffer offer, Span<byte> destination, TimeSpan timeout, string what)
+    public static void Receive(BulkOffer offer, Span<byte> destination, TimeSpan timeout, string what, ClusterTls? tls = null)
     {
         if (destination.Length != offer.TotalBytes)
             throw new ProtocolException($"bulk offer for {what} carries {offer.TotalBytes} bytes, expected {destination.Length}");
@@ -48,9 +50,13 @@ public static class BulkChannel
         }
         s.ReceiveTimeout = s.SendTimeout = (int)Math.Min(int.MaxValue, timeout.TotalMilliseconds);
         string where = $"{what} from {offer.Host}:{offer.Port}";
+        Stream stream;
+        try { stream = ClusterTls.Open(s, tls, offer.Host); }
+        catch (TlsRefusedException ex) { throw new BulkUnreachableException($"bulk channel {offer.Host}:{offer.Port} for {what}: {ex.Message}"); }
+        using var _ = stream;
         try
         {
-            SideChannel.Open(s, Magic, offer.Token, $"bulk transfer of {where}");
+            SideChannel.Open(stream, Magic, offer.Token, $"bulk transfer of {where}");
             Span<byte> header = stackalloc byte[HeaderBytes];
             Span<byte> trailer = stackalloc byte[TrailerBytes];
             Span<byte> ack = stackalloc byte[4];
@@ -59,9 +65,9 @@ public static class BulkChannel
             uint seq = 0;
             while (offset < destination.Length)
             {
-                SideChannel.ReadExactly(s, header);
+                SideChannel.ReadExactly(stream, header);
                 uint got = BinaryPrimitives.ReadUInt32LittleEndian(header), length = BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
-                if (length == ErrorFrame) throw new ClusterException($"bulk transfer of {where} failed at the sender: {SideChannel.ReadErrorText(s)}");
+                if (length == ErrorFrame) throw new ClusterException($"bulk transfer of {where} failed at the sender: {SideChannel.ReadErrorText(stream)}");
                 if (got != seq || length == 0 || length > offer.ChunkBytes || offset + length > destination.Length)
                     throw new ClusterException($"bulk transfer of {where}: chunk {got} ({length} bytes at {offset}) out of order or out of bounds (expected chunk {seq})");
                 // Checksummed piece by piece as it lands, while the bytes are still in cache.
@@ -70,14 +76,14 @@ public static class BulkChannel
                 for (int at = 0; at < chunk.Length; at += PieceBytes)
                 {
                     var piece = chunk.Slice(at, Math.Min(PieceBytes, chunk.Length - at));
-                    SideChannel.ReadExactly(s, piece);
+                    SideChannel.ReadExactly(stream, piece);
                     hash.Append(piece);
                 }
-                SideChannel.ReadExactly(s, trailer);
+                SideChannel.ReadExactly(stream, trailer);
                 if (hash.GetCurrentHashAsUInt64() != BinaryPrimitives.ReadUInt64LittleEndian(trailer))
                     throw new ClusterException($"bulk transfer of {where}: chunk {seq} failed its XXH3 checksum");
                 BinaryPrimitives.WriteUInt32LittleEndian(ack, seq);
-                s.Send(ack);
+                stream.Write(ack);
                 offset += length;
                 seq++;
             }

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using Akka.Event;
 using ShardPipe.Checkpoints.SafeTensors;
 using ShardPipe.Checkpoints;
+using ShardPipe.Actors.Security;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Transport;
@@ -21,8 +22,8 @@ public sealed class BulkServer : SideChannelListener<BulkServer.Pending>
     public int ChunkBytes => _chunkBytes;
     public int Window => _window;
 
-    public BulkServer(string bindHost, string advertisedHost, int port, int chunkBytes, int window, ILoggingAdapter log)
-        : base("bulk channel", BulkChannel.Magic, bindHost, advertisedHost, port, log, BulkChannel.SocketBuffer)
+    public BulkServer(string bindHost, string advertisedHost, int port, int chunkBytes, int window, ClusterTls? tls, ILoggingAdapter log)
+        : base("bulk channel", BulkChannel.Magic, bindHost, advertisedHost, port, tls, log, BulkChannel.SocketBuffer)
     {
         _chunkBytes = chunkBytes;
         _window = window;
@@ -31,12 +32,12 @@ public sealed class BulkServer : SideChannelListener<BulkServer.Pending>
     /// <summary>Registers a transfer and returns its one-time token (valid for <paramref name="validFor"/>).</summary>
     public byte[] Offer(string what, SafeTensorsFile shard, TensorInfo info, TimeSpan validFor) => NewToken(new Pending(what, shard, info), validFor);
 
-    protected override void Serve(Socket s, Pending p)
+    protected override void Serve(Socket s, Stream stream, Pending p)
     {
         try
         {
             s.SendBufferSize = BulkChannel.SocketBuffer;
-            Stream(s, p);
+            Send(s, stream, p);
         }
         catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
         {
@@ -49,8 +50,11 @@ public sealed class BulkServer : SideChannelListener<BulkServer.Pending>
     /// stay in cache between the three), then the XXH3-64 trailer. Acknowledgements are read on this same thread:
     /// drained when they are there, waited for when the window is full.
     /// </summary>
-    private void Stream(Socket s, Pending p)
+    private void Send(Socket socket, Stream s, Pending p)
     {
+        // Over the plain socket, acknowledgements already there are drained without blocking; under TLS the socket's
+        // byte count says nothing about whole records, so acknowledgements are read only when the window is full.
+        bool plain = s is NetworkStream;
         long total = p.Info.ByteLength;
         var buffer = GC.AllocateUninitializedArray<byte>(BulkChannel.HeaderBytes + BulkChannel.PieceBytes, pinned: true);
         var trailer = new byte[BulkChannel.TrailerBytes];
@@ -72,7 +76,7 @@ public sealed class BulkServer : SideChannelListener<BulkServer.Pending>
         long offset = 0;
         while (offset < total)
         {
-            while (s.Available >= 4) TakeAck();
+            if (plain) while (socket.Available >= 4) TakeAck();
             while (sent - acked >= _window)
             {
                 if (Stopping.IsCancellationRequested) throw new IOException("the node is stopping");
@@ -94,17 +98,19 @@ public sealed class BulkServer : SideChannelListener<BulkServer.Pending>
                     if (at == 0) // the receiver expects a header next: tell it why instead
                     {
                         WriteHeader(BulkChannel.ErrorFrame);
-                        s.Send(buffer.AsSpan(0, BulkChannel.HeaderBytes));
-                        s.Send(SideChannel.ErrorText(ex.Message));
+                        s.Write(buffer.AsSpan(0, BulkChannel.HeaderBytes));
+                        s.Write(SideChannel.ErrorText(ex.Message));
+                        s.Flush();
                     }
                     throw new IOException(ex.Message, ex);
                 }
                 hash.Append(piece);
                 if (headerBytes > 0) WriteHeader((uint)n);
-                SideChannel.SendAll(s, buffer.AsSpan(BulkChannel.HeaderBytes - headerBytes, headerBytes + m));
+                s.Write(buffer.AsSpan(BulkChannel.HeaderBytes - headerBytes, headerBytes + m));
             }
             BinaryPrimitives.WriteUInt64LittleEndian(trailer, hash.GetCurrentHashAsUInt64());
-            s.Send(trailer);
+            s.Write(trailer);
+            s.Flush();
             offset += n;
             sent++;
         }

@@ -9,25 +9,22 @@ namespace ShardPipe.Actors.Transport;
 /// What the two socket side channels (<see cref="BulkChannel"/> for weights, <see cref="ActivationLink"/> for
 /// activations) share: the opening exchange and exact reads. A client opens with <c>magic[4] | version u32 |
 /// token[16]</c> (the one-time token an actor message gave it); the server answers one status byte, 0 = go, else
-/// an error text (<c>u16 length | UTF-8</c>) and the connection closes.
+/// an error text (<c>u16 length | UTF-8</c>) and the connection closes. Everything runs over a <see cref="Stream"/>:
+/// the socket itself, or TLS over it when the cluster runs mutual TLS (<see cref="Security.ClusterTls"/>: the
+/// handshake comes first, then the opening).
 /// </summary>
 public static class SideChannel
 {
     public const int HelloBytes = 4 + 4 + 16;
 
-    public static void ReadExactly(Socket s, Span<byte> into)
+    public static void ReadExactly(Stream s, Span<byte> into)
     {
         while (into.Length > 0)
         {
-            int n = s.Receive(into);
+            int n = s.Read(into);
             if (n == 0) throw new EndOfStreamException("the connection closed");
             into = into[n..];
         }
-    }
-
-    public static void SendAll(Socket s, ReadOnlySpan<byte> data)
-    {
-        while (data.Length > 0) data = data[s.Send(data)..];
     }
 
     public static byte[] ErrorText(string text)
@@ -39,7 +36,7 @@ public static class SideChannel
         return b;
     }
 
-    public static string ReadErrorText(Socket s)
+    public static string ReadErrorText(Stream s)
     {
         Span<byte> len = stackalloc byte[2];
         ReadExactly(s, len);
@@ -59,9 +56,10 @@ public static class SideChannel
     }
 
     /// <summary>Sends the hello and reads the server's answer; a refusal is a <see cref="ClusterException"/> naming <paramref name="what"/>.</summary>
-    public static void Open(Socket s, ReadOnlySpan<byte> magic, byte[] token, string what)
+    public static void Open(Stream s, ReadOnlySpan<byte> magic, byte[] token, string what)
     {
-        s.Send(Hello(magic, token));
+        s.Write(Hello(magic, token));
+        s.Flush();
         Span<byte> status = stackalloc byte[1];
         ReadExactly(s, status);
         if (status[0] != 0) throw new ClusterException($"{what} refused: {ReadErrorText(s)}");
@@ -71,7 +69,7 @@ public static class SideChannel
     /// Reads a client's hello on the server side; returns the token (hex) when magic and version are right, else
     /// refuses the client with the reason and returns null.
     /// </summary>
-    public static string? AcceptHello(Socket s, ReadOnlySpan<byte> magic, string expected)
+    public static string? AcceptHello(Stream s, ReadOnlySpan<byte> magic, string expected)
     {
         var hello = new byte[HelloBytes];
         ReadExactly(s, hello);
@@ -89,12 +87,16 @@ public static class SideChannel
         return Convert.ToHexString(hello, 8, 16);
     }
 
-    public static void Accept(Socket s) => s.Send(new byte[] { 0 });
-
-    public static void Refuse(Socket s, string why)
+    public static void Accept(Stream s)
     {
-        s.Send(new byte[] { 1 });
-        s.Send(ErrorText(why));
+        s.Write(new byte[] { 0 });
+        s.Flush();
+    }
+
+    public static void Refuse(Stream s, string why)
+    {
+        s.Write([1, .. ErrorText(why)]);
+        s.Flush();
     }
 
     /// <summary>A listener's bind address: an IP literal, or the first IPv4 address the name resolves to.</summary>

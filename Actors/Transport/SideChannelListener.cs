@@ -1,6 +1,7 @@
 using System.Net.Sockets;
 using System.Net;
 using Akka.Event;
+using ShardPipe.Actors.Security;
 using ShardPipe.Messages;
 
 namespace ShardPipe.Actors.Transport;
@@ -8,7 +9,7 @@ namespace ShardPipe.Actors.Transport;
 /// <summary>
 /// A side channel's listener: one-time tokens for the transfers actor messages offered (each with what the
 /// connection will need, expiring), an accept loop, and a dedicated thread per accepted connection, which
-/// checks the opening and claims its token before the channel's own protocol (<see cref="Serve"/>) runs.
+/// runs the TLS handshake when the cluster has TLS, checks the opening and claims its token before the channel's own protocol (<see cref="Serve"/>) runs.
 /// </summary>
 public abstract class SideChannelListener<TPending> : IDisposable where TPending : class
 {
@@ -16,6 +17,7 @@ public abstract class SideChannelListener<TPending> : IDisposable where TPending
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, (TPending Value, DateTime Expires)> _pending = new();
     private readonly byte[] _magic;
     private readonly string _kind;
+    private readonly ClusterTls? _tls;
     protected readonly CancellationTokenSource Stopping = new();
     protected readonly ILoggingAdapter Log;
 
@@ -23,9 +25,11 @@ public abstract class SideChannelListener<TPending> : IDisposable where TPending
     public int Port { get; }
 
     /// <param name="kind">The channel's name in logs and refusals ("bulk channel", "activation link").</param>
-    protected SideChannelListener(string kind, byte[] magic, string bindHost, string advertisedHost, int port, ILoggingAdapter log, int receiveBuffer = 0)
+    /// <param name="tls">Mutual TLS on every accepted connection (null = plaintext).</param>
+    protected SideChannelListener(string kind, byte[] magic, string bindHost, string advertisedHost, int port, ClusterTls? tls, ILoggingAdapter log, int receiveBuffer = 0)
     {
         _kind = kind;
+        _tls = tls;
         _magic = magic;
         Log = log;
         try
@@ -76,14 +80,19 @@ public abstract class SideChannelListener<TPending> : IDisposable where TPending
             using var _ = s;
             s.NoDelay = true;
             s.ReceiveTimeout = s.SendTimeout = 30_000;
-            if (SideChannel.AcceptHello(s, _magic, _kind) is not { } token) return;
+            using var stream = ClusterTls.Accept(s, _tls);
+            if (SideChannel.AcceptHello(stream, _magic, _kind) is not { } token) return;
             if (!_pending.TryRemove(token, out var p) || p.Expires < DateTime.UtcNow)
             {
-                SideChannel.Refuse(s, "unknown or expired token");
+                SideChannel.Refuse(stream, "unknown or expired token");
                 return;
             }
-            SideChannel.Accept(s);
-            Serve(s, p.Value);
+            SideChannel.Accept(stream);
+            Serve(s, stream, p.Value);
+        }
+        catch (TlsRefusedException ex)
+        {
+            Log.Warning("{0}: refused a connection: {1}", _kind, ex.Message);
         }
         catch (Exception ex) when (ex is SocketException or IOException or ObjectDisposedException)
         {
@@ -96,8 +105,11 @@ public abstract class SideChannelListener<TPending> : IDisposable where TPending
         }
     }
 
-    /// <summary>The channel's protocol on an accepted, authenticated connection (on its own thread; the socket is disposed after).</summary>
-    protected abstract void Serve(Socket s, TPending pending);
+    /// <summary>
+    /// The channel's protocol on an accepted, authenticated connection (on its own thread; both are disposed after):
+    /// <paramref name="stream"/> carries the bytes (TLS or the plain socket), <paramref name="s"/> is for socket options.
+    /// </summary>
+    protected abstract void Serve(Socket s, Stream stream, TPending pending);
 
     public virtual void Dispose()
     {

@@ -92,7 +92,7 @@ public sealed class SliceLoader
             {
                 try
                 {
-                    BulkChannel.Receive(offer, destination, timeout, $"'{name}'");
+                    BulkChannel.Receive(offer, destination, timeout, $"'{name}'", _settings.Bulk.Endpoint.Tls);
                     diagnostics.AddBulkBytes(destination.Length);
                     return;
                 }

@@ -27,7 +27,8 @@ public sealed class ClusterSession : IAsyncDisposable
     }
 
     /// <param name="offloadFolder">For embedded nodes with a disk device: where they write weights they convert.</param>
-    public static async Task<ClusterSession> ConnectAsync(string spec, string? nodes, ILogger log, string? offloadFolder = null)
+    /// <param name="clientConfig">A HOCON file with the client's settings (<c>--client-config</c>): its TLS certificate for a cluster under TLS.</param>
+    public static async Task<ClusterSession> ConnectAsync(string spec, string? nodes, ILogger log, string? offloadFolder = null, string? clientConfig = null)
     {
         if (spec.StartsWith("embedded:", StringComparison.Ordinal) || spec == "embedded")
         {
@@ -40,7 +41,7 @@ public sealed class ClusterSession : IAsyncDisposable
             return new ClusterSession(cluster.Client, n, cluster.DisposeAsync);
         }
         var contacts = ContactPoints.Parse(spec);
-        var client = ShardPipeClient.Connect(contacts);
+        var client = ShardPipeClient.Connect(contacts, ReadClientConfig(clientConfig));
         var session = new ClusterSession(client, 0, client.DisposeAsync);
         try { await client.StatusAsync(TimeSpan.FromSeconds(30)); } // reach the coordinator or fail clearly
         catch (AskTimeoutException)
@@ -49,6 +50,14 @@ public sealed class ClusterSession : IAsyncDisposable
             throw new ClusterException($"no coordinator answered through {spec} within 30 s (are the nodes up?)");
         }
         return session;
+    }
+
+    private static Config? ReadClientConfig(string? path)
+    {
+        if (path is null) return null;
+        if (!File.Exists(path)) throw new InvalidInputException($"--client-config {path}: file not found");
+        try { return ConfigurationFactory.ParseString(File.ReadAllText(path)); }
+        catch (Exception ex) when (ex is not OutOfMemoryException) { throw new InvalidInputException($"--client-config {path}: not valid HOCON ({ex.Message})"); }
     }
 
     /// <summary>Loads the model unless the cluster already serves it; returns the stages and the map.</summary>

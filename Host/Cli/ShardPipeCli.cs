@@ -11,6 +11,7 @@ public static class ShardPipeCli
     {
         var root = new RootCommand("ShardPipe: load and run Hugging Face checkpoints split across devices and machines.");
         root.Options.Add(CommonOptions.Verbose);
+        root.Options.Add(CommonOptions.ClientConfig);
         root.Subcommands.Add(InspectCommand.Create());
         root.Subcommands.Add(ForwardCommand.Create());
         root.Subcommands.Add(GenerateCommand.Create());
@@ -34,6 +35,13 @@ public static class ShardPipeCli
 public static class CommonOptions
 {
     public static readonly Option<bool> Verbose = new("--verbose") { Description = "Show stack traces and debug logs", Recursive = true };
+
+    /// <summary>A client's own HOCON (its <c>shardpipe.tls</c> certificate, <c>shardpipe.client</c> settings) for a HOST:PORT cluster.</summary>
+    public static readonly Option<string?> ClientConfig = new("--client-config")
+    {
+        Description = "HOCON file with this client's settings for a HOST:PORT cluster: shardpipe.tls (its certificate, the cluster's CA) and shardpipe.client",
+        Recursive = true,
+    };
 
     public static Option<string> Model() => new("--model") { Description = "Model folder or Hugging Face repo id (read from the local HF cache)", Required = true };
     public static Option<string?> Variant() => new("--variant") { Description = "Weights variant, e.g. fp16 (model.fp16.safetensors)" };

@@ -79,7 +79,7 @@ public static class ForwardCommand
     /// <summary>The same forward pass through the cluster's pipeline of device workers.</summary>
     private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, long[][]? pos, bool json, ILogger log)
     {
-        await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log, parse.GetValue(m.OffloadFolder));
+        await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log, parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig));
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log, json);
         var sw = Stopwatch.StartNew();
         var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Forward(Guid.NewGuid().ToString("N"), rows, mask, pos), stages, TimeSpan.FromSeconds(60));

@@ -116,7 +116,7 @@ public static class GenerateCommand
     private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, int n,
         bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, bool json, ModelTokenizer? tokenizer, ILogger log)
     {
-        await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log, parse.GetValue(m.OffloadFolder));
+        await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log, parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig));
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log, json);
         var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, n, ignoreEos,
                 sampling), stages, TimeSpan.FromSeconds(120),

@@ -20,7 +20,7 @@ public static class LoadCommand
 
     private static async Task<int> Run(ParseResult parse, ModelArguments m, bool json, ILogger log)
     {
-        await using var session = await ClusterSession.ConnectAsync(parse.GetValue(m.Cluster) ?? "embedded:1", parse.GetValue(m.Nodes), log, parse.GetValue(m.OffloadFolder));
+        await using var session = await ClusterSession.ConnectAsync(parse.GetValue(m.Cluster) ?? "embedded:1", parse.GetValue(m.Nodes), log, parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig));
         var loaded = await session.LoadWithProgressAsync(m.LoadRequest(parse), json);
         var result = new JsonObject
         {

@@ -26,10 +26,17 @@ public static class NodeCommand
             AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.TrySetResult();
             while (true)
             {
-                var node = ShardPipeNode.Start(hocon, parse.GetValue(join));
+                var node = ShardPipeNode.Start(hocon, parse.GetValue(join), warnPlaintext: true);
                 log.LogInformation("node {Name} up at {Address} (roles {Roles}; devices {Devices})", node.Settings.NodeName, node.Address,
                     string.Join(",", node.Settings.Roles), string.Join(", ", node.Settings.Devices.Select(d => $"{d.Device}={ShardPipe.Checkpoints.ByteSize.Format(d.Budget)}")));
                 await Task.WhenAny(stop.Task, node.System.WhenTerminated);
+                if (!stop.Task.IsCompleted && ShardPipe.Actors.Security.ClusterTls.StoppedByHandshakeFailure(node.System))
+                {
+                    // Deliberate: a failed outbound TLS handshake means this node's certificate or CA does not match the
+                    // peer it dialled (a seed, a member). Restarting would fail the same way, so the process ends.
+                    Console.Error.WriteLine($"error: node {node.Settings.NodeName}: a TLS handshake with a peer failed (see the log above: which certificate was refused, and why); check shardpipe.tls.certificate and shardpipe.tls.ca");
+                    return ShardPipe.Actors.Security.ClusterTls.HandshakeFailureExitCode;
+                }
                 if (!stop.Task.IsCompleted && node.Settings.RestartWhenDowned)
                 {
                     // The cluster downed this node (it was unreachable past the decision: a pause, a cut): it cannot

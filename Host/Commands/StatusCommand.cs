@@ -15,7 +15,7 @@ public static class StatusCommand
         var cmd = new Command("status", "Show a cluster's nodes, devices and loaded model") { cluster, nodes, json };
         CommandAction.Set(cmd, async (parse, log) =>
         {
-            await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, parse.GetValue(nodes), log);
+            await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, parse.GetValue(nodes), log, clientConfig: parse.GetValue(CommonOptions.ClientConfig));
             var s = await session.Client.StatusAsync(TimeSpan.FromSeconds(30));
             var refused = s.Refused ?? Array.Empty<ShardPipe.Messages.RefusedDevice>();
             var result = new JsonObject

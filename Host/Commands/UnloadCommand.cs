@@ -12,7 +12,7 @@ public static class UnloadCommand
         var cmd = new Command("unload", "Unload the cluster's model: every worker frees its slice") { cluster };
         CommandAction.Set(cmd, async (parse, log) =>
         {
-            await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, null, log);
+            await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, null, log, clientConfig: parse.GetValue(CommonOptions.ClientConfig));
             await session.Client.UnloadAsync(TimeSpan.FromSeconds(60));
             var s = await session.Client.StatusAsync(TimeSpan.FromSeconds(30));
             Tables.Line($"state {s.State}");

@@ -72,10 +72,10 @@ public sealed class ActivationLinkTests : IDisposable
             var steps = new[] { Step(1, 768), Step(2, 100_000), Step(3, 16), Step(4, 768) };
             var writer = Task.Run(() =>
             {
-                foreach (var s in steps) ActivationLink.WriteFrame(client, ActivationLink.Manifest, MessageCodec.Encode(s));
+                foreach (var s in steps) ActivationLink.WriteFrame(Ns(client), ActivationLink.Manifest, MessageCodec.Encode(s));
                 client.Shutdown(SocketShutdown.Send);
             });
-            var reader = new ActivationLink.FrameReader(server, 1 << 20);
+            var reader = new ActivationLink.FrameReader(Ns(server), 1 << 20);
             foreach (var s in steps)
             {
                 var (manifest, body, _) = reader.Next() ?? throw new Xunit.Sdk.XunitException("stream ended early");
@@ -117,11 +117,13 @@ public sealed class ActivationLinkTests : IDisposable
             {
                 client.Send(bytes);
                 client.Shutdown(SocketShutdown.Send);
-                var ex = Assert.Throws(error, () => new ActivationLink.FrameReader(server, 1 << 20).Next());
+                var ex = Assert.Throws(error, () => new ActivationLink.FrameReader(Ns(server), 1 << 20).Next());
                 Assert.Contains(expect, ex.Message);
             }
         }
     }
+
+    private static NetworkStream Ns(Socket s) => new(s, ownsSocket: false);
 
     private Socket Connect() => new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 10_000 };
 
@@ -138,16 +140,16 @@ public sealed class ActivationLinkTests : IDisposable
         {
             using var s = Connect();
             s.Connect(IPAddress.Loopback, _listener.Port);
-            var ex = Assert.Throws<ClusterException>(() => SideChannel.Open(s, magic, tok, "link"));
+            var ex = Assert.Throws<ClusterException>(() => SideChannel.Open(Ns(s), magic, tok, "link"));
             Assert.Contains(expect, ex.Message);
         }
 
         using (var s = Connect())
         {
             s.Connect(IPAddress.Loopback, _listener.Port);
-            SideChannel.Open(s, ActivationLink.Magic, token, "link");
+            SideChannel.Open(Ns(s), ActivationLink.Magic, token, "link");
             var step = Step(5, 768);
-            ActivationLink.WriteFrame(s, ActivationLink.Manifest, MessageCodec.Encode(step));
+            ActivationLink.WriteFrame(Ns(s), ActivationLink.Manifest, MessageCodec.Encode(step));
             Assert.True(delivered.TryTake(out var got, TimeSpan.FromSeconds(10)), "the frame was not delivered");
             AssertSameStep(step, got.Message);
             Assert.Equal(from, got.From);
@@ -159,21 +161,21 @@ public sealed class ActivationLinkTests : IDisposable
         using (var s = Connect())
         {
             s.Connect(IPAddress.Loopback, _listener.Port);
-            SideChannel.Open(s, ActivationLink.Magic, _listener.Offer(target, from, (_, _) => throw new InvalidOperationException("worker broke")), "link");
-            ActivationLink.WriteFrame(s, ActivationLink.Manifest, MessageCodec.Encode(Step(7, 16)));
+            SideChannel.Open(Ns(s), ActivationLink.Magic, _listener.Offer(target, from, (_, _) => throw new InvalidOperationException("worker broke")), "link");
+            ActivationLink.WriteFrame(Ns(s), ActivationLink.Manifest, MessageCodec.Encode(Step(7, 16)));
             Assert.Equal(0, s.Receive(new byte[1]));
         }
         // The token was one-time; a fresh offer works after the hostile peer.
         using (var s = Connect())
         {
             s.Connect(IPAddress.Loopback, _listener.Port);
-            Assert.Throws<ClusterException>(() => SideChannel.Open(s, ActivationLink.Magic, token, "link"));
+            Assert.Throws<ClusterException>(() => SideChannel.Open(Ns(s), ActivationLink.Magic, token, "link"));
         }
         using (var s = Connect())
         {
             s.Connect(IPAddress.Loopback, _listener.Port);
-            SideChannel.Open(s, ActivationLink.Magic, _listener.Offer(target, from, (m, f) => delivered.Add((m, f))), "link");
-            ActivationLink.WriteFrame(s, ActivationLink.Manifest, MessageCodec.Encode(Step(6, 16)));
+            SideChannel.Open(Ns(s), ActivationLink.Magic, _listener.Offer(target, from, (m, f) => delivered.Add((m, f))), "link");
+            ActivationLink.WriteFrame(Ns(s), ActivationLink.Manifest, MessageCodec.Encode(Step(6, 16)));
             Assert.True(delivered.TryTake(out var got, TimeSpan.FromSeconds(10)));
             Assert.Equal(6, ((StageInput)got.Message).Step);
         }

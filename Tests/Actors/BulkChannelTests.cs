@@ -30,7 +30,7 @@ public sealed class BulkChannelTests : IDisposable
             TensorSource.FromBytes("big", DType.F32, new long[] { _bytes.Length / 4 }, _bytes),
         });
         _file = SafeTensorsFile.Open(_tmp.File("model.safetensors"));
-        _server = new BulkServer("127.0.0.1", "127.0.0.1", 0, chunkBytes: 65536, window: 2, NoLogger.Instance);
+        _server = new BulkServer("127.0.0.1", "127.0.0.1", 0, chunkBytes: 65536, window: 2, tls: null, NoLogger.Instance);
     }
 
     public void Dispose()
@@ -94,7 +94,7 @@ public sealed class BulkChannelTests : IDisposable
         {
             using var s = listener.AcceptSocket();
             var hello = new byte[24];
-            SideChannel.ReadExactly(s, hello);
+            SideChannel.ReadExactly(new NetworkStream(s, ownsSocket: false), hello);
             s.Send(new byte[] { 0 });
             script(s);
             listener.Stop();
