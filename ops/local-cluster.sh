@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a 3-process ShardPipe cluster on loopback (every node a worker that may hold the coordinator, every node a
 # seed; node-3 has no local checkpoint and streams its slice), loads a generated multi-shard Llama across it, generates, and
-# stops every process on exit. Usage: ops/local-cluster.sh [MODEL_DIR]   (needs the .NET SDK, as the README)
+# stops every process on exit. Every connection — Akka.Remote, bulk weights, activation links, the client — runs mutual
+# TLS with certificates made by ops/make-certs.sh (SHARDPIPE_TLS=off runs plaintext instead).
+# Usage: ops/local-cluster.sh [MODEL_DIR]   (needs the .NET SDK, as the README, and openssl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/shardpipe-ops.XXXXXX)
@@ -20,6 +22,17 @@ if [ ! -f "$model/config.json" ]; then
   "$sp" synth --out "$model" --preset tiny >/dev/null
 fi
 
+tls_on=${SHARDPIPE_TLS:-on}
+client=()
+tls_conf() { :; }
+if [ "$tls_on" = on ]; then
+  export SHARDPIPE_TLS_PASSWORD=${SHARDPIPE_TLS_PASSWORD:-$(head -c 18 /dev/urandom | base64)}
+  ops/make-certs.sh "$work/certs" node-1 node-2 node-3 client
+  tls_conf() { echo "shardpipe.tls { enabled = on, certificate = \"$work/certs/$1.p12\", ca = \"$work/certs/ca.crt\" }"; }
+  tls_conf client > "$work/client.conf"
+  client=(--client-config "$work/client.conf")
+fi
+
 base=${SHARDPIPE_BASE_PORT:-4053}
 contacts="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 for i in 1 2 3; do
@@ -29,6 +42,7 @@ for i in 1 2 3; do
 akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = $port }
 akka.cluster { roles = [coordinator, worker], seed-nodes = ["akka.tcp://shardpipe@127.0.0.1:$base", "akka.tcp://shardpipe@127.0.0.1:$((base + 1))", "akka.tcp://shardpipe@127.0.0.1:$((base + 2))"] }
 shardpipe { node-name = "node-$i", devices = [ { device = cpu, budget = "1GiB" } ], local-checkpoints = $local_ckpt }
+$(tls_conf "node-$i")
 CONF
   "$sp" node --config "$work/node-$i.conf" > "$work/node-$i.log" 2>&1 &
   pids+=($!)
@@ -36,14 +50,14 @@ done
 
 echo "waiting for 3 nodes" >&2
 for _ in $(seq 1 60); do
-  n=$("$sp" status --cluster "$contacts" --json 2>/dev/null | sed -n 's/.*"nodes":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | grep -c node- || true)
+  n=$("$sp" status --cluster "$contacts" "${client[@]}" --json 2>/dev/null | sed -n 's/.*"nodes":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | grep -c node- || true)
   [ "$n" = 3 ] && break
   sleep 1
 done
 [ "$n" = 3 ] || { echo "cluster did not form; logs in $work" >&2; tail -n 20 "$work"/node-*.log >&2; exit 1; }
 
-"$sp" load --cluster "$contacts" --model "$model" --device-map balanced
-"$sp" generate --cluster "$contacts" --model "$model" --input-ids "1,2,3,4,5" --max-new-tokens 8 --json
-"$sp" status --cluster "$contacts"
-"$sp" unload --cluster "$contacts"
-echo "ok: 3-process cluster loaded and ran $model (logs in $work)" >&2
+"$sp" load --cluster "$contacts" "${client[@]}" --model "$model" --device-map balanced
+"$sp" generate --cluster "$contacts" "${client[@]}" --model "$model" --input-ids "1,2,3,4,5" --max-new-tokens 8 --json
+"$sp" status --cluster "$contacts" "${client[@]}"
+"$sp" unload --cluster "$contacts" "${client[@]}"
+echo "ok: 3-process cluster (TLS $tls_on) loaded and ran $model (logs in $work)" >&2

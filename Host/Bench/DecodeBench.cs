@@ -18,7 +18,7 @@ namespace ShardPipe.Host.Bench;
 /// <c>shardpipe bench decode</c>: greedy decode on a generated 125M-parameter Llama, in one run: a plain
 /// single-process TorchSharp loop; the same model on 1 embedded node (single_node_ratio); on 3 nodes against 1
 /// (per_hop_ms over the node boundaries a token crosses; both clusters with their steps on one core, then both
-/// unpinned, reported as *_unpinned); and m requests in flight over p = 2 stages, one compute
+/// unpinned, reported as *_unpinned; and pinned under mutual TLS, *_tls); and m requests in flight over p = 2 stages, one compute
 /// thread each, against one request at a time (microbatch_ratio_vs_ideal, ideal = p·m/(m+p−1)).
 /// </summary>
 public static class DecodeBench
@@ -84,6 +84,10 @@ public static class DecodeBench
         Report(asJson, $"pinned to core {pinCore}", perNode, pinned);
         var unpinned = await HopsSideBySide(folder, n, perNode, rounds: 8, null);
         Report(asJson, "unpinned", perNode, unpinned);
+        Hops tls;
+        using (var certs = new BenchCertificates())
+            tls = await HopsSideBySide(folder, n, perNode, rounds: 8, $"shardpipe.compute-cores = [{pinCore}]", certs.Hocon);
+        Report(asJson, $"pinned to core {pinCore}, mutual TLS", perNode, tls);
 
         // 4. Micro-batching: m requests in flight over 2 stages, one compute thread each.
         var (sequential, concurrent) = await MicroBatching(folder, m, Math.Max(4, n / 2), log);
@@ -110,6 +114,10 @@ public static class DecodeBench
             ["per_hop_ms_paired"] = Math.Round(pinned.PerHopPairedMs, 4),
             ["one_node_ms_per_token"] = Math.Round(pinned.OneMs, 3),
             ["three_node_ms_per_token"] = Math.Round(pinned.ThreeMs, 3),
+            ["per_hop_ms_tls"] = Math.Round(tls.PerHopMs, 4),
+            ["per_hop_ms_paired_tls"] = Math.Round(tls.PerHopPairedMs, 4),
+            ["hop_latency_p50_ms_tls"] = Math.Round(tls.HopP50, 4),
+            ["three_node_tokens_per_s_tls"] = Math.Round(tls.ThreeTps, 3),
             ["per_hop_ms_unpinned"] = Math.Round(unpinned.PerHopMs, 4),
             ["per_hop_ms_paired_unpinned"] = Math.Round(unpinned.PerHopPairedMs, 4),
             ["hop_latency_p50_ms_unpinned"] = Math.Round(unpinned.HopP50, 4),
@@ -181,10 +189,12 @@ public static class DecodeBench
     /// pooled over all rounds: a floor that a GC pause or a neighbour's burst does not move, taken the same way for
     /// both. Also returns the best mean tokens/s of each, and the median of the hops timed directly (send → receive).
     /// </summary>
-    private static async Task<Hops> HopsSideBySide(string folder, int n, int threads, int rounds, string? config)
+    private static async Task<Hops> HopsSideBySide(string folder, int n, int threads, int rounds, string? config, string? tls = null)
     {
-        await using var c1 = await EmbeddedCluster.StartAsync(1, computeThreads: threads, extraConfig: _ => config);
-        await using var c3 = await EmbeddedCluster.StartAsync(3, computeThreads: threads, extraConfig: _ => config);
+        config = string.Join("\n", new[] { config, tls }.OfType<string>());
+        var clientConfig = tls is null ? null : Akka.Configuration.ConfigurationFactory.ParseString(tls);
+        await using var c1 = await EmbeddedCluster.StartAsync(1, computeThreads: threads, extraConfig: _ => config, clientConfig: clientConfig);
+        await using var c3 = await EmbeddedCluster.StartAsync(3, computeThreads: threads, extraConfig: _ => config, clientConfig: clientConfig);
         var l1 = await Load(c1, folder);
         var l3 = await Load(c3, folder);
         async Task<double> Once(EmbeddedCluster c, ModelLoaded l, List<double>? gaps)

@@ -20,8 +20,8 @@ namespace ShardPipe.Host.Bench;
 /// <summary>
 /// <c>shardpipe bench messages</c>: (1) encode + decode of a 64 MiB fp32 tensor through the wire format beside a
 /// plain copy of the same bytes into a preallocated buffer; (2) streaming that tensor as weights between two
-/// cluster nodes (chunked, CRC-checked, acknowledged) beside a raw loopback TCP copy; (3) the same bytes as an
-/// activation sent in actor-message chunks.
+/// cluster nodes (chunked, checksummed, acknowledged) beside a raw loopback TCP copy, in plaintext and under mutual
+/// TLS (stream_ratio_vs_tcp_tls); (3) the same bytes as an activation sent in actor-message chunks.
 /// </summary>
 public static class MessagesBench
 {
@@ -56,39 +56,22 @@ public static class MessagesBench
         }, warmup: 3);
         BenchSupport.Say(asJson, $"  encode+decode: {Gbps(bytes, codec):0.00} GB/s; memcpy {Gbps(bytes, memcpy):0.00} GB/s");
 
-        // 2. Weight streaming between two nodes vs raw TCP on loopback.
+        // 2. Weight streaming between two nodes vs raw TCP on loopback: plaintext, then a cluster under mutual TLS.
         using var tmp = new TempFolder();
         SafeTensorsWriter.Write(Path.Combine(tmp.Path, "model.safetensors"),
             new[] { TensorSource.FromBytes("big", DType.F32, new[] { bytes / 4 }, src) });
-        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB");
-        var reader = ((ExtendedActorSystem)cluster.Nodes[1].System).Provider.ResolveActorRef($"{cluster.Nodes[0].Address}/user/shard-reader");
         var into = GC.AllocateUninitializedArray<byte>((int)bytes); // stands for the tensor storage a worker fills
-        async Task<double> StreamOnce(bool bulk)
-        {
-            Array.Clear(into);
-            var done = new TaskCompletionSource<StreamedTensor>(TaskCreationOptions.RunContinuationsAsynchronously);
-            var sw = Stopwatch.StartNew();
-            cluster.Nodes[1].System.ActorOf(Props.Create(typeof(StreamReceiverActor), reader,
-                new ReadTensor(Guid.NewGuid().ToString("N"), tmp.Path, null, "big", 16, bulk), done, TimeSpan.FromSeconds(60)));
-            var got = await done.Task;
-            if (got.Offer is { } offer) await Task.Run(() => BulkChannel.Receive(offer, into, TimeSpan.FromSeconds(60), "'big'"));
-            else if (bulk) throw new ShardPipeException("the shard reader offered no bulk channel");
-            else got.Bytes!.CopyTo(into, 0);
-            double s = sw.Elapsed.TotalSeconds;
-            if (!into.AsSpan().SequenceEqual(src)) throw new ShardPipeException("streamed bytes differ from the source");
-            return s;
-        }
-        // The raw socket and the bulk channel take turns, under the same background (two live nodes), best of 7 each.
-        double stream = double.MaxValue, actorStream = double.MaxValue, tcp = double.MaxValue;
-        RawTcp(src);
-        await StreamOnce(true); // warm-up: listener start, JIT
-        for (int r = 0; r < 7; r++)
-        {
-            tcp = Math.Min(tcp, Best(1, () => RawTcp(src)));
-            stream = Math.Min(stream, await StreamOnce(true));
-        }
-        for (int r = 0; r < 2; r++) actorStream = Math.Min(actorStream, await StreamOnce(false));
+        await using var cluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB");
+        var (stream, tcp, actorStream) = await StreamFigures(cluster, tmp.Path, src, into, actorRounds: 2);
         BenchSupport.Say(asJson, $"  weight stream node→node (bulk channel): {Gbps(bytes, stream):0.00} GB/s; raw TCP {Gbps(bytes, tcp):0.00} GB/s; as actor messages {Gbps(bytes, actorStream):0.00} GB/s");
+        double streamTls, tcpTls;
+        using (var certs = new BenchCertificates())
+        {
+            await using var tlsCluster = await EmbeddedCluster.StartAsync(2, "node-1/cpu=1GiB,node-2/cpu=1GiB", extraConfig: _ => certs.Hocon,
+                clientConfig: Akka.Configuration.ConfigurationFactory.ParseString(certs.Hocon));
+            (streamTls, tcpTls, _) = await StreamFigures(tlsCluster, tmp.Path, src, into, actorRounds: 0);
+        }
+        BenchSupport.Say(asJson, $"  weight stream node→node under mutual TLS: {Gbps(bytes, streamTls):0.00} GB/s; raw TCP {Gbps(bytes, tcpTls):0.00} GB/s (ratio {tcpTls / streamTls:0.000})");
 
         // 3. An activation of the same size as chunked actor messages.
         double activation = double.MaxValue;
@@ -116,6 +99,9 @@ public static class MessagesBench
             ["stream_gbps"] = Math.Round(Gbps(bytes, stream), 3),
             ["tcp_gbps"] = Math.Round(Gbps(bytes, tcp), 3),
             ["stream_ratio_vs_tcp"] = Math.Round(tcp / stream, 4),
+            ["stream_tls_gbps"] = Math.Round(Gbps(bytes, streamTls), 3),
+            ["tcp_gbps_beside_tls"] = Math.Round(Gbps(bytes, tcpTls), 3),
+            ["stream_ratio_vs_tcp_tls"] = Math.Round(tcpTls / streamTls, 4),
             ["actor_stream_gbps"] = Math.Round(Gbps(bytes, actorStream), 3),
             ["activation_gbps"] = Math.Round(Gbps(bytes, activation), 3),
         });
@@ -123,6 +109,41 @@ public static class MessagesBench
     }
 
     private static double Gbps(long bytes, double s) => bytes / s / 1e9;
+
+    /// <summary>
+    /// The tensor streamed from node 1's shard reader to node 2 over the bulk channel, and the same bytes over a raw
+    /// loopback socket, taking turns under the same background (best of 7 each); then over actor messages.
+    /// </summary>
+    private static async Task<(double Stream, double Tcp, double ActorStream)> StreamFigures(EmbeddedCluster cluster, string folder, byte[] src, byte[] into, int actorRounds)
+    {
+        var reader = ((ExtendedActorSystem)cluster.Nodes[1].System).Provider.ResolveActorRef($"{cluster.Nodes[0].Address}/user/shard-reader");
+        var tls = cluster.Nodes[1].Settings.Bulk.Endpoint.Tls;
+        async Task<double> StreamOnce(bool bulk)
+        {
+            Array.Clear(into);
+            var done = new TaskCompletionSource<StreamedTensor>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var sw = Stopwatch.StartNew();
+            cluster.Nodes[1].System.ActorOf(Props.Create(typeof(StreamReceiverActor), reader,
+                new ReadTensor(Guid.NewGuid().ToString("N"), folder, null, "big", 16, bulk), done, TimeSpan.FromSeconds(60)));
+            var got = await done.Task;
+            if (got.Offer is { } offer) await Task.Run(() => BulkChannel.Receive(offer, into, TimeSpan.FromSeconds(60), "'big'", tls));
+            else if (bulk) throw new ShardPipeException("the shard reader offered no bulk channel");
+            else got.Bytes!.CopyTo(into, 0);
+            double s = sw.Elapsed.TotalSeconds;
+            if (!into.AsSpan().SequenceEqual(src)) throw new ShardPipeException("streamed bytes differ from the source");
+            return s;
+        }
+        double stream = double.MaxValue, actorStream = double.MaxValue, tcp = double.MaxValue;
+        RawTcp(src);
+        await StreamOnce(true); // warm-up: listener start, JIT
+        for (int r = 0; r < 7; r++)
+        {
+            tcp = Math.Min(tcp, Best(1, () => RawTcp(src)));
+            stream = Math.Min(stream, await StreamOnce(true));
+        }
+        for (int r = 0; r < actorRounds; r++) actorStream = Math.Min(actorStream, await StreamOnce(false));
+        return (stream, tcp, actorStream);
+    }
 
     private static double Best(int n, Action a, int warmup = 0)
     {
