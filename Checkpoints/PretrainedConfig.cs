@@ -28,9 +28,13 @@ public sealed class PretrainedConfig
         {
             throw new CheckpointFormatException(path, null, $"cannot read: {ex.Message}", ex);
         }
-        JsonNode? node;
-        try { node = JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { AllowTrailingCommas = false }); }
-        catch (JsonException ex) { throw new CheckpointFormatException(path, null, $"not valid JSON ({ex.Message})", ex); }
+        return Parse(path, text);
+    }
+
+    /// <summary>A config.json's text (read from <paramref name="path"/>, named in errors).</summary>
+    public static PretrainedConfig Parse(string path, string text)
+    {
+        var node = StrictJson.Parse(path, text);
         if (node is not JsonObject obj) throw new CheckpointFormatException(path, null, "config is not a JSON object");
         return new PretrainedConfig(obj, path);
     }

@@ -54,9 +54,23 @@ public static class BulkChannel
         try { stream = ClusterTls.Open(s, tls, offer.Host); }
         catch (TlsRefusedException ex) { throw new BulkUnreachableException($"bulk channel {offer.Host}:{offer.Port} for {what}: {ex.Message}"); }
         using var _ = stream;
+        try { SideChannel.Open(stream, Magic, offer.Token, $"bulk transfer of {where}"); }
+        catch (Exception ex) when (ex is SocketException or EndOfStreamException or IOException)
+        {
+            throw new ClusterException($"bulk transfer of {where} broke off: {ex.Message}");
+        }
+        ReceiveChunks(stream, offer, destination, where);
+    }
+
+    /// <summary>
+    /// The chunks of one transfer, after the opening: each checked for order, bounds and its XXH3-64 before the next,
+    /// written straight into <paramref name="destination"/> and acknowledged. Every fault is a <see cref="ClusterException"/>
+    /// naming <paramref name="where"/>.
+    /// </summary>
+    public static void ReceiveChunks(Stream stream, BulkOffer offer, Span<byte> destination, string where)
+    {
         try
         {
-            SideChannel.Open(stream, Magic, offer.Token, $"bulk transfer of {where}");
             Span<byte> header = stackalloc byte[HeaderBytes];
             Span<byte> trailer = stackalloc byte[TrailerBytes];
             Span<byte> ack = stackalloc byte[4];

@@ -129,22 +129,18 @@ public static class PreTrainedModel
         return DType.F32;
     }
 
+    /// <summary>A generation_config.json's text: its object, or null when it holds no object (then the config's ids are used).</summary>
+    public static JsonObject? ParseGenerationConfig(string path, string text)
+    {
+        return StrictJson.Parse(path, text) as JsonObject;
+    }
+
     public static JsonObject LoadGenerationConfig(string? folder, PretrainedConfig config)
     {
         if (folder is not null)
         {
             string path = Path.Combine(folder, CheckpointNames.GenerationConfig);
-            if (File.Exists(path))
-            {
-                try
-                {
-                    if (JsonNode.Parse(File.ReadAllText(path)) is JsonObject o) return o;
-                }
-                catch (System.Text.Json.JsonException ex)
-                {
-                    throw new CheckpointFormatException(path, null, $"not valid JSON ({ex.Message})", ex);
-                }
-            }
+            if (File.Exists(path) && ParseGenerationConfig(path, File.ReadAllText(path)) is { } o) return o;
         }
         var g = new JsonObject();
         foreach (var k in new[] { "bos_token_id", "eos_token_id", "pad_token_id" })

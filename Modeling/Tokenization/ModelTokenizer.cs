@@ -1,3 +1,4 @@
+using ShardPipe.Checkpoints;
 using System.Text.Json.Nodes;
 
 namespace ShardPipe.Modeling.Tokenization;
@@ -249,7 +250,6 @@ public sealed class ModelTokenizer
     private static JsonNode? ReadJson(string path)
     {
         if (!File.Exists(path)) return null;
-        try { return JsonNode.Parse(File.ReadAllText(path)); }
-        catch (System.Text.Json.JsonException ex) { throw new CheckpointFormatException(path, null, $"not valid JSON ({ex.Message})", ex); }
+        return StrictJson.Parse(path, File.ReadAllText(path));
     }
 }

@@ -1,3 +1,4 @@
+using ShardPipe.Checkpoints;
 using System.Text.Json.Nodes;
 
 namespace ShardPipe.Modeling.Tokenization;
@@ -70,8 +71,7 @@ public sealed record TokenizerConfig
     private static JsonNode? ReadObject(string path)
     {
         if (!File.Exists(path)) return null;
-        try { return JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new CheckpointFormatException(path, null, "not a JSON object"); }
-        catch (System.Text.Json.JsonException ex) { throw new CheckpointFormatException(path, null, $"not valid JSON ({ex.Message})", ex); }
+        return StrictJson.Parse(path, File.ReadAllText(path)) as JsonObject ?? throw new CheckpointFormatException(path, null, "not a JSON object");
     }
 
     /// <summary>A special token given as a string or as <c>{"content": …}</c>; null when absent or null.</summary>

@@ -1,3 +1,4 @@
+using ShardPipe.Checkpoints;
 using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;
@@ -50,9 +51,7 @@ public sealed class TokenizerJson
     /// <param name="byteLevelAddPrefixSpace">When set, overrides every ByteLevel pre-tokenizer's add_prefix_space (as GPT2TokenizerFast does).</param>
     public static TokenizerJson Load(string path, bool? byteLevelAddPrefixSpace = null)
     {
-        JsonNode root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)) ?? throw new CheckpointFormatException(path, null, "empty file"); }
-        catch (System.Text.Json.JsonException ex) { throw new CheckpointFormatException(path, null, $"not valid JSON ({ex.Message})", ex); }
+        JsonNode root = StrictJson.Parse(path, File.ReadAllText(path)) ?? throw new CheckpointFormatException(path, null, "empty file");
         var p = new JsonParts(path) { ByteLevelAddPrefixSpace = byteLevelAddPrefixSpace };
         var model = root["model"] as JsonObject ?? throw new CheckpointFormatException(path, null, "no 'model' object");
         var added = (root["added_tokens"] as JsonArray ?? new JsonArray()).Select(t => new AddedToken(
@@ -64,7 +63,7 @@ public sealed class TokenizerJson
 
     private static BpeModel BuildModel(JsonObject model, JsonParts p)
     {
-        string type = model["type"]?.GetValue<string>() ?? "BPE";
+        string type = p.OptStr(model, "type") ?? "BPE";
         if (type != "BPE") throw new UnsupportedException($"{p.Path}: model type '{type}' is not supported (BPE is)");
         if (model["dropout"] is JsonValue d && d.GetValueKind() == System.Text.Json.JsonValueKind.Number && d.GetValue<double>() > 0)
             throw new UnsupportedException($"{p.Path}: BPE dropout is not supported (it makes encoding random)");
@@ -77,8 +76,8 @@ public sealed class TokenizerJson
             int space = s.IndexOf(' ', 1);
             return space > 0 ? (s[..space], s[(space + 1)..]) : throw new CheckpointFormatException(p.Path, null, $"model.merges[{i}] '{s}' is not two tokens");
         }).ToList();
-        return new BpeModel(vocab, merges, model["unk_token"]?.GetValue<string>(), p.Bool(model, "byte_fallback", false), p.Bool(model, "fuse_unk", false),
-            p.Bool(model, "ignore_merges", false), model["continuing_subword_prefix"]?.GetValue<string>(), model["end_of_word_suffix"]?.GetValue<string>(), p.Path);
+        return new BpeModel(vocab, merges, p.OptStr(model, "unk_token"), p.Bool(model, "byte_fallback", false), p.Bool(model, "fuse_unk", false),
+            p.Bool(model, "ignore_merges", false), p.OptStr(model, "continuing_subword_prefix"), p.OptStr(model, "end_of_word_suffix"), p.Path);
     }
 
     /// <summary>Ids and tokens of <paramref name="text"/>, as <c>tokenizer.encode(text, add_special_tokens)</c>.</summary>
@@ -122,6 +121,8 @@ internal sealed class JsonParts(string path)
     public string StrValue(JsonNode? n, string field) => n is JsonValue v && v.TryGetValue(out string? s) ? s : throw new CheckpointFormatException(Path, null, $"{field} must be a string");
     public int Int(JsonNode? o, string key) => IntValue(o?[key], key);
     public string Str(JsonNode? o, string key) => StrValue(o?[key], key);
+    /// <summary>An optional string field: null when absent or null, else it must be a string.</summary>
+    public string? OptStr(JsonNode? o, string key) => o?[key] is null ? null : StrValue(o[key], key);
     public bool Bool(JsonNode? o, string key, bool fallback) => o?[key] is JsonValue v && v.TryGetValue(out bool b) ? b : fallback;
     public string Type(JsonNode n, string section) => n["type"] is JsonValue v && v.TryGetValue(out string? t) ? t : throw new CheckpointFormatException(Path, null, $"{section} has no 'type'");
     public UnsupportedException Unsupported(string section, string type, string supported) =>
@@ -130,10 +131,10 @@ internal sealed class JsonParts(string path)
     /// <summary>A <c>{"String": s}</c> or <c>{"Regex": r}</c> pattern as a regex.</summary>
     public Regex Pattern(JsonNode? n, string section)
     {
-        if (n?["String"] is JsonValue s) return new Regex(Regex.Escape(s.GetValue<string>()), RegexOptions.CultureInvariant);
+        if (n?["String"] is JsonValue s) return new Regex(Regex.Escape(StrValue(s, $"{section} pattern.String")), RegexOptions.CultureInvariant);
         if (n?["Regex"] is JsonValue r)
         {
-            try { return new Regex(r.GetValue<string>(), RegexOptions.CultureInvariant); }
+            try { return new Regex(StrValue(r, $"{section} pattern.Regex"), RegexOptions.CultureInvariant); }
             catch (ArgumentException ex) { throw new UnsupportedException($"{Path}: {section} regex cannot be compiled here ({ex.Message})"); }
         }
         throw new CheckpointFormatException(Path, null, $"{section} pattern must be {{\"String\": …}} or {{\"Regex\": …}}");
@@ -189,8 +190,8 @@ internal static class PreTokenizers
             case "Split":
                 return SplitBy(p.Pattern(n["pattern"], "pre_tokenizer Split"), Behavior(p.Str(n, "behavior"), p), p.Bool(n, "invert", false));
             case "Metaspace":
-                string replacement = n["replacement"]?.GetValue<string>() ?? "\u2581";
-                string scheme = n["prepend_scheme"]?.GetValue<string>() ?? (p.Bool(n, "add_prefix_space", true) ? "always" : "never");
+                string replacement = p.OptStr(n, "replacement") ?? "\u2581";
+                string scheme = p.OptStr(n, "prepend_scheme") ?? (p.Bool(n, "add_prefix_space", true) ? "always" : "never");
                 return Metaspace(replacement, scheme, p.Bool(n, "split", true), p);
             case "Whitespace":
                 return SplitBy(new Regex(@"\w+|[^\w\s]+", RegexOptions.CultureInvariant), "Removed", invert: true);
@@ -367,8 +368,8 @@ internal static class Decoders
                 int start = p.Int(n, "start"), stop = p.Int(n, "stop");
                 return new Fn(t => t.Select(x => StripToken(x, c, start, stop)).ToList());
             case "Metaspace":
-                string replacement = n["replacement"]?.GetValue<string>() ?? "\u2581";
-                string scheme = n["prepend_scheme"]?.GetValue<string>() ?? (p.Bool(n, "add_prefix_space", true) ? "always" : "never");
+                string replacement = p.OptStr(n, "replacement") ?? "\u2581";
+                string scheme = p.OptStr(n, "prepend_scheme") ?? (p.Bool(n, "add_prefix_space", true) ? "always" : "never");
                 // As tokenizers does: in the first token every replacement is dropped (the prepended one among them).
                 return new Fn(t => t.Select((x, i) => x.Replace(replacement, i == 0 && scheme != "never" ? "" : " ")).ToList());
             default:

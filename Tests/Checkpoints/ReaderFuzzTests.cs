@@ -10,7 +10,7 @@ namespace ShardPipe.Tests.Checkpoints;
 /// <summary>Mutated and random bytes fed to the parsers: they return data or a typed error, nothing else.</summary>
 public class ReaderFuzzTests
 {
-    private static readonly byte[] Valid = MakeValid();
+    internal static readonly byte[] Valid = MakeValid();
     private static readonly byte[] ValidIndex = File.ReadAllBytes(Path.Combine(TestPaths.Model("gpt2"), "model.safetensors.index.json"));
 
     private static byte[] MakeValid()
@@ -28,7 +28,7 @@ public class ReaderFuzzTests
     }
 
     /// <summary>Parses; on success every tensor's bytes must lie inside the buffer.</summary>
-    private static bool DataOrTypedError(byte[] bytes)
+    internal static bool DataOrTypedError(byte[] bytes)
     {
         try
         {

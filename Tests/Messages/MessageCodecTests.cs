@@ -12,7 +12,7 @@ namespace ShardPipe.Tests.Messages;
 public class MessageCodecTests
 {
     /// <summary>A random instance of a message type, built through its constructor from random field values.</summary>
-    private static object Build(Type type, System.Random rng, int depth = 0)
+    internal static object Build(Type type, System.Random rng, int depth = 0)
     {
         if (type == typeof(string)) return new string(Enumerable.Range(0, rng.Next(0, 12)).Select(_ => (char)rng.Next(32, 0x3000)).ToArray());
         if (type == typeof(int)) return rng.Next(int.MinValue, int.MaxValue);
