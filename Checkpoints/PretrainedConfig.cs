@@ -39,7 +39,8 @@ public sealed class PretrainedConfig
         return new PretrainedConfig(obj, path);
     }
 
-    public static PretrainedConfig FromFolder(string folder) => Load(Path.Combine(folder, CheckpointNames.Config));
+    /// <summary>A model folder's config.json, under the same symlink rule as its shards (<see cref="CheckpointFiles.Resolve"/>).</summary>
+    public static PretrainedConfig FromFolder(string folder) => Load(CheckpointFiles.Resolve(folder, CheckpointNames.Config));
 
     public PretrainedConfig Clone() => new((JsonObject)Values.DeepClone(), SourcePath);
 
@@ -65,7 +66,11 @@ public sealed class PretrainedConfig
         return fallback ?? throw Missing(key);
     }
 
-    public int GetInt(string key, int? fallback = null) => checked((int)GetLong(key, fallback));
+    public int GetInt(string key, int? fallback = null)
+    {
+        long v = GetLong(key, fallback);
+        return v is >= int.MinValue and <= int.MaxValue ? (int)v : throw Bad(key, "an integer in the 32-bit range", Values[key]);
+    }
 
     public long? GetLongOrNull(string key) => Has(key) ? GetLong(key) : null;
 

@@ -12,11 +12,13 @@ public sealed record RopeScaling(string Type, double Factor, double LowFreqFacto
     {
         var o = config.GetObject("rope_scaling");
         if (o is null) return null;
-        string type = (o["rope_type"] ?? o["type"])?.GetValue<string>() ?? "default";
-        double factor = o["factor"] is JsonValue f ? f.GetValue<double>() : 1.0;
-        double low = o["low_freq_factor"] is JsonValue l ? l.GetValue<double>() : 1.0;
-        double high = o["high_freq_factor"] is JsonValue h ? h.GetValue<double>() : 4.0;
-        long orig = o["original_max_position_embeddings"] is JsonValue m ? m.GetValue<long>() : maxPositions;
+        // The same typed reads as the config's own fields; an error names rope_scaling's field.
+        var sub = new PretrainedConfig(o, $"{config.SourcePath ?? "config.json"}: rope_scaling");
+        string type = sub.GetString("rope_type") ?? sub.GetString("type") ?? "default";
+        double factor = sub.GetDouble("factor", 1.0);
+        double low = sub.GetDouble("low_freq_factor", 1.0);
+        double high = sub.GetDouble("high_freq_factor", 4.0);
+        long orig = sub.GetLong("original_max_position_embeddings", maxPositions);
         if (type is not ("default" or "linear" or "dynamic" or "llama3"))
             throw new UnsupportedException($"{config.SourcePath ?? "config.json"}: rope_scaling type '{type}' is not supported (default, linear, dynamic, llama3)");
         return new RopeScaling(type, factor, low, high, orig);

@@ -139,7 +139,7 @@ public static class PreTrainedModel
     {
         if (folder is not null)
         {
-            string path = Path.Combine(folder, CheckpointNames.GenerationConfig);
+            string path = CheckpointFiles.Resolve(folder, CheckpointNames.GenerationConfig); // the shards' symlink rule
             if (File.Exists(path) && ParseGenerationConfig(path, File.ReadAllText(path)) is { } o) return o;
         }
         var g = new JsonObject();

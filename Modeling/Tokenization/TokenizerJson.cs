@@ -51,7 +51,7 @@ public sealed class TokenizerJson
     /// <param name="byteLevelAddPrefixSpace">When set, overrides every ByteLevel pre-tokenizer's add_prefix_space (as GPT2TokenizerFast does).</param>
     public static TokenizerJson Load(string path, bool? byteLevelAddPrefixSpace = null)
     {
-        JsonNode root = StrictJson.Parse(path, File.ReadAllText(path)) ?? throw new CheckpointFormatException(path, null, "empty file");
+        var root = StrictJson.Parse(path, File.ReadAllText(path)) as JsonObject ?? throw new CheckpointFormatException(path, null, "not a JSON object");
         var p = new JsonParts(path) { ByteLevelAddPrefixSpace = byteLevelAddPrefixSpace };
         var model = root["model"] as JsonObject ?? throw new CheckpointFormatException(path, null, "no 'model' object");
         var added = (root["added_tokens"] as JsonArray ?? new JsonArray()).Select(t => new AddedToken(
@@ -119,20 +119,23 @@ internal sealed class JsonParts(string path)
         n is JsonValue v && v.TryGetValue(out int i) ? i : n is JsonValue v2 && v2.TryGetValue(out long l) && l is >= 0 and <= int.MaxValue ? (int)l
         : throw new CheckpointFormatException(Path, null, $"{field} must be an integer");
     public string StrValue(JsonNode? n, string field) => n is JsonValue v && v.TryGetValue(out string? s) ? s : throw new CheckpointFormatException(Path, null, $"{field} must be a string");
-    public int Int(JsonNode? o, string key) => IntValue(o?[key], key);
-    public string Str(JsonNode? o, string key) => StrValue(o?[key], key);
+    /// <summary>A field of an object; null when absent, or when <paramref name="o"/> is not an object at all.</summary>
+    public static JsonNode? Field(JsonNode? o, string key) => (o as JsonObject)?[key];
+    public int Int(JsonNode? o, string key) => IntValue(Field(o, key), key);
+    public string Str(JsonNode? o, string key) => StrValue(Field(o, key), key);
     /// <summary>An optional string field: null when absent or null, else it must be a string.</summary>
-    public string? OptStr(JsonNode? o, string key) => o?[key] is null ? null : StrValue(o[key], key);
-    public bool Bool(JsonNode? o, string key, bool fallback) => o?[key] is JsonValue v && v.TryGetValue(out bool b) ? b : fallback;
-    public string Type(JsonNode n, string section) => n["type"] is JsonValue v && v.TryGetValue(out string? t) ? t : throw new CheckpointFormatException(Path, null, $"{section} has no 'type'");
+    public string? OptStr(JsonNode? o, string key) => Field(o, key) is { } n ? StrValue(n, key) : null;
+    public bool Bool(JsonNode? o, string key, bool fallback) => Field(o, key) is JsonValue v && v.TryGetValue(out bool b) ? b : fallback;
+    public string Type(JsonNode n, string section) => Field(n, "type") is JsonValue v && v.TryGetValue(out string? t) ? t : throw new CheckpointFormatException(Path, null, $"{section} has no 'type'");
+    public CheckpointFormatException NullEntry(string section) => new(Path, null, $"{section} holds a null entry");
     public UnsupportedException Unsupported(string section, string type, string supported) =>
         new($"{Path}: {section} type '{type}' is not supported (supported: {supported})");
 
     /// <summary>A <c>{"String": s}</c> or <c>{"Regex": r}</c> pattern as a regex.</summary>
     public Regex Pattern(JsonNode? n, string section)
     {
-        if (n?["String"] is JsonValue s) return new Regex(Regex.Escape(StrValue(s, $"{section} pattern.String")), RegexOptions.CultureInvariant);
-        if (n?["Regex"] is JsonValue r)
+        if (Field(n, "String") is JsonValue s) return new Regex(Regex.Escape(StrValue(s, $"{section} pattern.String")), RegexOptions.CultureInvariant);
+        if (Field(n, "Regex") is JsonValue r)
         {
             try { return new Regex(StrValue(r, $"{section} pattern.Regex"), RegexOptions.CultureInvariant); }
             catch (ArgumentException ex) { throw new UnsupportedException($"{Path}: {section} regex cannot be compiled here ({ex.Message})"); }
@@ -152,7 +155,7 @@ internal static class Normalizers
         string type = p.Type(n, "normalizer");
         return type switch
         {
-            "Sequence" => Chain(((n["normalizers"] as JsonArray) ?? new JsonArray()).Select(x => Build(x, p)!).ToList()),
+            "Sequence" => Chain(((n["normalizers"] as JsonArray) ?? new JsonArray()).Select(x => Build(x, p) ?? throw p.NullEntry("normalizer Sequence")).ToList()),
             "NFC" => new Fn(t => t.Normalize(NormalizationForm.FormC)),
             "NFD" => new Fn(t => t.Normalize(NormalizationForm.FormD)),
             "NFKC" => new Fn(t => t.Normalize(NormalizationForm.FormKC)),
@@ -183,7 +186,7 @@ internal static class PreTokenizers
         switch (type)
         {
             case "Sequence":
-                var all = ((n["pretokenizers"] as JsonArray) ?? new JsonArray()).Select(x => Build(x, p)!).ToList();
+                var all = ((n["pretokenizers"] as JsonArray) ?? new JsonArray()).Select(x => Build(x, p) ?? throw p.NullEntry("pre_tokenizer Sequence")).ToList();
                 return new Fn(s => all.Aggregate(s, (acc, pt) => pt.PreTokenize(acc)));
             case "ByteLevel":
                 return ByteLevelPre(p.ByteLevelAddPrefixSpace ?? p.Bool(n, "add_prefix_space", true), p.Bool(n, "use_regex", true));
@@ -310,11 +313,11 @@ internal static class PostProcessors
                 return new Fn((t, add) => all.Aggregate(t, (acc, pp) => pp.Process(acc, add)));
             case "TemplateProcessing":
                 var specials = (n["special_tokens"] as JsonObject ?? new JsonObject()).ToDictionary(kv => kv.Key, kv =>
-                    ((kv.Value?["tokens"] as JsonArray) ?? new JsonArray()).Select((tok, i) => (p.StrValue(tok, $"post_processor.special_tokens['{kv.Key}'].tokens"),
-                        p.IntValue(kv.Value!["ids"]?[i], $"post_processor.special_tokens['{kv.Key}'].ids"))).ToList());
+                    ((JsonParts.Field(kv.Value, "tokens") as JsonArray) ?? new JsonArray()).Select((tok, i) => (p.StrValue(tok, $"post_processor.special_tokens['{kv.Key}'].tokens"),
+                        p.IntValue(JsonParts.Field(kv.Value, "ids") is JsonArray ids && i < ids.Count ? ids[i] : null, $"post_processor.special_tokens['{kv.Key}'].ids"))).ToList());
                 var single = ((n["single"] as JsonArray) ?? new JsonArray()).Select(piece =>
-                    piece?["SpecialToken"] is JsonNode st ? (Special: p.Str(st, "id"), Sequence: false)
-                    : piece?["Sequence"] is not null ? (Special: "", Sequence: true)
+                    JsonParts.Field(piece, "SpecialToken") is JsonNode st ? (Special: p.Str(st, "id"), Sequence: false)
+                    : JsonParts.Field(piece, "Sequence") is not null ? (Special: "", Sequence: true)
                     : throw new CheckpointFormatException(p.Path, null, "post_processor.single holds an unknown piece")).ToList();
                 foreach (var s in single.Where(s => !s.Sequence))
                     if (!specials.ContainsKey(s.Special)) throw new CheckpointFormatException(p.Path, null, $"post_processor.single names '{s.Special}', which is not in its special_tokens");
@@ -351,7 +354,7 @@ internal static class Decoders
         switch (type)
         {
             case "Sequence":
-                var all = ((n["decoders"] as JsonArray) ?? new JsonArray()).Select(x => Build(x, p)!).ToList();
+                var all = ((n["decoders"] as JsonArray) ?? new JsonArray()).Select(x => Build(x, p) ?? throw p.NullEntry("decoder Sequence")).ToList();
                 return new Fn(t => all.Aggregate(t, (acc, d) => d.DecodeChain(acc)));
             case "ByteLevel":
                 return new Fn(t => new List<string> { ByteLevel.Decode(t) });

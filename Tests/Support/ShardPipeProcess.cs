@@ -5,7 +5,8 @@ namespace ShardPipe.Tests.Support;
 /// <summary>Runs the real <c>shardpipe</c> executable (built beside the tests) as a child process.</summary>
 public static class ShardPipeProcess
 {
-    public sealed record Result(int ExitCode, string Stdout, string Stderr);
+    /// <param name="PeakRssBytes">The process's peak resident set (VmHWM, the runtime included), sampled until it exited.</param>
+    public sealed record Result(int ExitCode, string Stdout, string Stderr, long PeakRssBytes = 0, TimeSpan Elapsed = default);
 
     public static Result Run(params string[] args) => Run(null, args);
 
@@ -19,14 +20,37 @@ public static class ShardPipeProcess
         // start-up, and these tests check behaviour, not speed, so they let the JIT tier loops as usual.
         psi.Environment["DOTNET_TC_QuickJitForLoops"] = "1";
         if (env is not null) foreach (var (k, v) in env) psi.Environment[k] = v;
+        var clock = Stopwatch.StartNew();
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
+        long peak = 0;
+        // VmHWM is the high-water mark: any sample after a peak shows it, so polling until exit misses nothing but the
+        // last few milliseconds. A dedicated thread, so that a busy thread pool cannot delay the first sample.
+        string status = $"/proc/{p.Id}/status";
+        var sampler = new Thread(() =>
+        {
+            while (true)
+            {
+                try
+                {
+                    foreach (var line in File.ReadLines(status))
+                        if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                            peak = Math.Max(peak, long.Parse(line[6..].Trim().Split(' ')[0]) * 1024);
+                }
+                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or FormatException) { }
+                if (p.HasExited) return;
+                Thread.Sleep(2);
+            }
+        }) { IsBackground = true };
+        sampler.Start();
         if (!p.WaitForExit(TimeSpan.FromMinutes(5)))
         {
             p.Kill(entireProcessTree: true);
             throw new TimeoutException("shardpipe " + string.Join(' ', args) + " did not finish in 5 minutes");
         }
-        return new Result(p.ExitCode, stdout.Result, stderr.Result);
+        var elapsed = clock.Elapsed;
+        sampler.Join();
+        return new Result(p.ExitCode, stdout.Result, stderr.Result, peak, elapsed);
     }
 }
