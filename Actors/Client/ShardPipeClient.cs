@@ -129,10 +129,21 @@ akka.remote.dot-netty.tcp.port = 0");
     /// Runs a request through the pipeline. <paramref name="onTokens"/> sees each step's tokens as they arrive. The
     /// request fails if a stage's worker dies or if nothing arrives for <paramref name="stallTimeout"/>.
     /// </summary>
-    public Task<RequestOutcome> RunAsync(IClientRequest request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout, Action<long[]>? onTokens = null)
+    /// <param name="cancel">Cancels the request: its actor stops, so the coordinator (which watches callers) cancels it
+    /// on every stage; the task ends as cancelled.</param>
+    public Task<RequestOutcome> RunAsync(IClientRequest request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout, Action<long[]>? onTokens = null,
+        CancellationToken cancel = default)
     {
         var done = new TaskCompletionSource<RequestOutcome>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _system.ActorOf(Props.Create(typeof(RequestActor), _coordinator, request, stages, stallTimeout, onTokens, done, Settings)); // no expression to compile per request
+        var actor = _system.ActorOf(Props.Create(typeof(RequestActor), _coordinator, request, stages, stallTimeout, onTokens, done, Settings)); // no expression to compile per request
+        if (cancel.CanBeCanceled)
+        {
+            var registration = cancel.Register(() =>
+            {
+                if (done.TrySetCanceled(cancel)) _system.Stop(actor);
+            });
+            done.Task.ContinueWith(_ => registration.Dispose(), TaskScheduler.Default);
+        }
         return done.Task;
     }
 }

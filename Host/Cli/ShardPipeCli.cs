@@ -24,6 +24,7 @@ public static class ShardPipeCli
         root.Subcommands.Add(UnloadCommand.Create());
         root.Subcommands.Add(SynthCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
+        root.Subcommands.Add(ShardPipe.Host.Serving.ServeCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         return root;
     }

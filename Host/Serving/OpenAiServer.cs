@@ -1,0 +1,287 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Checkpoints;
+using ShardPipe.Host.Cli;
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Tokenization;
+
+namespace ShardPipe.Host.Serving;
+
+/// <summary>What <c>shardpipe serve</c> was asked for.</summary>
+public sealed record ServeOptions(string ModelId, string ModelFolder, string Host, int Port, int MaxActive, int MaxQueued, int MaxTokens, TimeSpan RequestTimeout);
+
+/// <summary>
+/// <c>shardpipe serve</c>'s HTTP front end (Kestrel): OpenAI's <c>/v1/models</c> and <c>/v1/completions</c> (streamed
+/// as server-sent events or not), <c>/health</c> and <c>/status</c>, over a <see cref="ClusterSession"/> that serves
+/// the model. Each request runs as its own <see cref="Generate"/> through the cluster; a client that disconnects
+/// cancels its request on every stage; every error is OpenAI's error body with its status.
+/// </summary>
+public sealed class OpenAiServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly ClusterSession _session;
+    private readonly ServeOptions _options;
+    private readonly ModelTokenizer _tokenizer;
+    private readonly CompletionRunner _runner;
+    private readonly ServingAdmission _admission;
+    private readonly long _positions;
+    private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    private readonly ILogger _log;
+    private readonly TokenRate _rate = new();
+
+    public Uri Address { get; private set; } = null!;
+
+    private OpenAiServer(WebApplication app, ClusterSession session, ServeOptions options, ModelTokenizer tokenizer, IReadOnlySet<long> eos, long positions, ILogger log)
+    {
+        _app = app;
+        _session = session;
+        _options = options;
+        _tokenizer = tokenizer;
+        _positions = positions;
+        _log = log;
+        _admission = new ServingAdmission(options.MaxActive, options.MaxQueued);
+        _runner = new CompletionRunner(session.Client, tokenizer, eos, TimeSpan.FromSeconds(120), () => _rate.Add(1));
+    }
+
+    /// <summary>Starts listening (port 0 = any free port; <see cref="Address"/> says which).</summary>
+    public static async Task<OpenAiServer> StartAsync(ServeOptions options, ClusterSession session, ILogger log)
+    {
+        if (!ModelTokenizer.Exists(options.ModelFolder))
+            throw new InvalidInputException($"{options.ModelFolder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json + merges.txt): serve needs one to turn text into tokens");
+        var tokenizer = ModelTokenizer.Load(options.ModelFolder);
+        var config = PretrainedConfig.FromFolder(options.ModelFolder);
+        var eos = StopTokens.From(PreTrainedModel.LoadGenerationConfig(options.ModelFolder, config)).Eos.ToHashSet();
+        long positions = config.GetLongOrNull("max_position_embeddings") ?? config.GetLongOrNull("n_positions") ?? long.MaxValue;
+
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = 4 << 20;
+            if (options.Host is "localhost") k.ListenLocalhost(options.Port);
+            else k.Listen(IPAddress.Parse(options.Host), options.Port);
+        });
+        var app = builder.Build();
+        var server = new OpenAiServer(app, session, options, tokenizer, eos, positions, log);
+        server.Map(app);
+        await app.StartAsync();
+        var address = app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        server.Address = new Uri(address.Replace("[::]", "localhost").Replace("0.0.0.0", "127.0.0.1"));
+        return server;
+    }
+
+    private void Map(WebApplication app)
+    {
+        app.MapGet("/v1/models", (HttpContext ctx) => Handle(ctx, () => Json(ctx, 200, new JsonObject
+        {
+            ["object"] = "list",
+            ["data"] = new JsonArray(new JsonObject { ["id"] = _options.ModelId, ["object"] = "model", ["created"] = _created, ["owned_by"] = "shardpipe" }),
+        })));
+        app.MapPost("/v1/completions", (HttpContext ctx) => Handle(ctx, () => Completions(ctx)));
+        app.MapGet("/health", (HttpContext ctx) => Handle(ctx, () => Health(ctx)));
+        app.MapGet("/status", (HttpContext ctx) => Handle(ctx, () => Status(ctx)));
+    }
+
+    /// <summary>Runs a handler with the error contract: OpenAI's error body and status for anything that goes wrong before the response starts.</summary>
+    private async Task Handle(HttpContext ctx, Func<Task> handler)
+    {
+        try { await handler(); }
+        catch (Exception ex) when (!ctx.Response.HasStarted && Classify(ex) is { } error)
+        {
+            if (error.Status >= 500) _log.LogWarning("{Method} {Path}: {Status} {Message}", ctx.Request.Method, ctx.Request.Path, error.Status, error.Message);
+            if (error.RetryAfterSeconds is { } s) ctx.Response.Headers.RetryAfter = s.ToString();
+            await Json(ctx, error.Status, error.Body());
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested) { } // the client went away
+    }
+
+    private static OpenAiException? Classify(Exception ex) => ex switch
+    {
+        OpenAiException o => o,
+        OperationCanceledException => null,
+        InvalidInputException e => OpenAiException.Invalid(e.Message, null),
+        ShardPipeException e => OpenAiException.Unavailable(e.Message),
+        _ => new OpenAiException(500, $"internal error: {ex.GetType().Name}: {ex.Message}", "server_error"),
+    };
+
+    private async Task<ClusterStatus> ReadyStatus()
+    {
+        var status = await _session.Client.StatusAsync(TimeSpan.FromSeconds(10));
+        if (status.State != "ready")
+            throw OpenAiException.Unavailable($"the model is not ready (state: {status.State}{(status.Detail is { } d ? $": {d}" : "")})");
+        return status;
+    }
+
+    private async Task Completions(HttpContext ctx)
+    {
+        JsonNode? body;
+        try { body = await JsonNode.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted); }
+        catch (JsonException ex) { throw OpenAiException.Invalid($"the body is not valid JSON: {ex.Message}", null); }
+        var request = CompletionRequest.Parse(body, _options.MaxTokens);
+        if (request.Model != _options.ModelId) throw OpenAiException.UnknownModel(request.Model, _options.ModelId);
+        var prompts = request.Prompts.Select((p, i) => Encode(p, request.Prompts.Count > 1 ? $"prompt[{i}]" : "prompt")).ToList();
+
+        using var slot = await _admission.EnterAsync(ctx.RequestAborted);
+        var status = await ReadyStatus();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
+        timeout.CancelAfter(_options.RequestTimeout);
+        string id = "cmpl-" + Guid.NewGuid().ToString("N");
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        JsonObject Chunk(int index, string text, string? finish) => new()
+        {
+            ["id"] = id, ["object"] = "text_completion", ["created"] = created, ["model"] = _options.ModelId,
+            ["choices"] = new JsonArray(new JsonObject { ["index"] = index, ["text"] = text, ["logprobs"] = null, ["finish_reason"] = finish }),
+        };
+
+        if (!request.Stream)
+        {
+            var results = await RunAll(prompts, request, status, null, timeout, ctx.RequestAborted);
+            await Json(ctx, 200, new JsonObject
+            {
+                ["id"] = id, ["object"] = "text_completion", ["created"] = created, ["model"] = _options.ModelId,
+                ["choices"] = new JsonArray(results.Select((r, i) => (JsonNode)new JsonObject { ["index"] = i, ["text"] = r.Text, ["logprobs"] = null, ["finish_reason"] = r.FinishReason }).ToArray()),
+                ["usage"] = Usage(results),
+            });
+            return;
+        }
+
+        // Server-sent events: one event per released piece, then each choice's finish, usage if asked, and [DONE].
+        ctx.Response.StatusCode = 200;
+        ctx.Response.ContentType = "text/event-stream";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        var events = System.Threading.Channels.Channel.CreateUnbounded<JsonObject>(new() { SingleReader = true });
+        var run = RunAll(prompts, request, status, (i, piece) => events.Writer.TryWrite(Chunk(i, piece, null)), timeout, ctx.RequestAborted)
+            .ContinueWith(t => { events.Writer.TryComplete(); return t; }, TaskScheduler.Default).Unwrap();
+        await ctx.Response.StartAsync(ctx.RequestAborted);
+        await foreach (var e in events.Reader.ReadAllAsync(ctx.RequestAborted)) await Event(ctx, e.ToJsonString());
+        try
+        {
+            var results = await run;
+            for (int i = 0; i < results.Count; i++) await Event(ctx, Chunk(i, "", results[i].FinishReason).ToJsonString());
+            if (request.IncludeUsage)
+            {
+                var usage = Chunk(0, "", null);
+                usage["choices"] = new JsonArray();
+                usage["usage"] = Usage(results);
+                await Event(ctx, usage.ToJsonString());
+            }
+        }
+        catch (Exception ex) when (!ctx.RequestAborted.IsCancellationRequested && Classify(ex) is { } error)
+        {
+            _log.LogWarning("stream {Id} ended with an error: {Message}", id, error.Message);
+            await Event(ctx, error.Body().ToJsonString());
+        }
+        await Event(ctx, "[DONE]");
+    }
+
+    /// <summary>Every prompt of a request, concurrently (each its own pipeline request); a timeout is an error naming it.</summary>
+    private async Task<IReadOnlyList<CompletionResult>> RunAll(IReadOnlyList<long[]> prompts, CompletionRequest request, ClusterStatus status,
+        Action<int, string>? onPiece, CancellationTokenSource timeout, CancellationToken aborted)
+    {
+        try
+        {
+            return await Task.WhenAll(prompts.Select((ids, i) => _runner.RunAsync(ids, request, status.Stages,
+                piece => onPiece?.Invoke(i, piece), timeout.Token)));
+        }
+        catch (OperationCanceledException) when (timeout.IsCancellationRequested && !aborted.IsCancellationRequested)
+        {
+            throw new OpenAiException(504, $"the request did not finish within {_options.RequestTimeout.TotalSeconds:0} s (--request-timeout)", "timeout");
+        }
+    }
+
+    private long[] Encode(PromptInput p, string field)
+    {
+        long[] ids = p.Ids ?? _tokenizer.Encode(p.Text!).Ids.Select(i => (long)i).ToArray();
+        if (ids.Length == 0) throw OpenAiException.Invalid($"'{field}' encodes to no tokens", "prompt");
+        if (ids.Length > _positions) throw OpenAiException.Invalid($"'{field}' has {ids.Length} tokens; the model takes at most {_positions} positions", "prompt");
+        return ids;
+    }
+
+    private static JsonObject Usage(IReadOnlyList<CompletionResult> results) => new()
+    {
+        ["prompt_tokens"] = results.Sum(r => r.PromptTokens),
+        ["completion_tokens"] = results.Sum(r => r.CompletionTokens),
+        ["total_tokens"] = results.Sum(r => r.PromptTokens + r.CompletionTokens),
+    };
+
+    private async Task Health(HttpContext ctx)
+    {
+        var status = await _session.Client.StatusAsync(TimeSpan.FromSeconds(5));
+        bool ok = status.State == "ready";
+        await Json(ctx, ok ? 200 : 503, new JsonObject { ["status"] = ok ? "ok" : "unavailable", ["state"] = status.State, ["detail"] = status.Detail });
+    }
+
+    private async Task Status(HttpContext ctx)
+    {
+        var s = await _session.Client.StatusAsync(TimeSpan.FromSeconds(5));
+        await Json(ctx, 200, new JsonObject
+        {
+            ["model"] = _options.ModelId,
+            ["state"] = s.State,
+            ["epoch"] = s.PlanEpoch,
+            ["nodes"] = new JsonArray(s.Nodes.Select(n => (JsonNode)n).ToArray()),
+            ["device_map"] = ClusterSession.MapJson(s.DeviceMap),
+            ["devices"] = new JsonArray(s.Devices.Select(d => (JsonNode)new JsonObject
+            {
+                ["device"] = d.Device, ["planned_bytes"] = d.PlannedBytes, ["loaded_bytes"] = d.LoadedBytes, ["budget_bytes"] = d.BudgetBytes, ["streamed"] = d.Streamed,
+            }).ToArray()),
+            ["cluster_in_flight"] = s.InFlight,
+            ["cluster_queued"] = s.Queued,
+            ["active"] = _admission.Active,
+            ["queued"] = _admission.Queued,
+            ["recoveries"] = s.Recoveries,
+            ["tokens_per_s"] = Math.Round(_rate.PerSecond(), 3),
+        });
+    }
+
+    private static Task Json(HttpContext ctx, int status, JsonNode body)
+    {
+        ctx.Response.StatusCode = status;
+        ctx.Response.ContentType = "application/json";
+        return ctx.Response.WriteAsync(body.ToJsonString(), ctx.RequestAborted);
+    }
+
+    private static async Task Event(HttpContext ctx, string data)
+    {
+        await ctx.Response.WriteAsync($"data: {data}\n\n", Encoding.UTF8, ctx.RequestAborted);
+        await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+
+    /// <summary>Tokens produced over the last few seconds (for /status).</summary>
+    private sealed class TokenRate
+    {
+        private readonly Queue<(long At, int N)> _recent = new();
+        private const double Window = 5.0;
+
+        public void Add(int n)
+        {
+            lock (_recent) _recent.Enqueue((Stopwatch.GetTimestamp(), n));
+        }
+
+        public double PerSecond()
+        {
+            lock (_recent)
+            {
+                while (_recent.Count > 0 && Stopwatch.GetElapsedTime(_recent.Peek().At).TotalSeconds > Window) _recent.Dequeue();
+                return _recent.Sum(r => r.N) / Window;
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+using System.CommandLine;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Host.Cli;
+
+namespace ShardPipe.Host.Serving;
+
+/// <summary>
+/// <c>shardpipe serve --model M [--cluster embedded:N | HOST:PORT,…] [--host 127.0.0.1] [--port 8000]</c>: loads the model
+/// on the cluster (or serves the one it already has) and answers OpenAI's completions API until stopped.
+/// </summary>
+public static class ServeCommand
+{
+    public static Command Create()
+    {
+        var m = new ModelArguments();
+        var host = new Option<string>("--host") { Description = "Address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "Port to listen on (0 = any free port)", DefaultValueFactory = _ => 8000 };
+        var maxActive = new Option<int>("--max-active") { Description = "Requests running at once", DefaultValueFactory = _ => 16 };
+        var maxQueued = new Option<int>("--max-queued") { Description = "Requests waiting beyond those; past both, 429", DefaultValueFactory = _ => 64 };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "The most max_tokens a request may ask for", DefaultValueFactory = _ => 4096 };
+        var timeout = new Option<int>("--request-timeout") { Description = "Seconds a request may run before it ends with an error", DefaultValueFactory = _ => 600 };
+        var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /health, /status)")
+            { host, port, maxActive, maxQueued, maxTokens, timeout };
+        m.AddTo(cmd);
+        CommandAction.Set(cmd, async (parse, log) =>
+        {
+            string modelId = parse.GetValue(m.Model)!;
+            int p = parse.GetValue(port);
+            if (p is < 0 or > 65535) throw new InvalidInputException($"--port {p}: must be 0..65535");
+            if (parse.GetValue(maxActive) < 1) throw new InvalidInputException("--max-active must be at least 1");
+            if (parse.GetValue(maxQueued) < 0) throw new InvalidInputException("--max-queued must be at least 0");
+            if (parse.GetValue(maxTokens) < 1) throw new InvalidInputException("--max-tokens must be at least 1");
+            if (parse.GetValue(timeout) < 1) throw new InvalidInputException("--request-timeout must be at least 1 s");
+            string hostName = parse.GetValue(host)!;
+            if (hostName != "localhost" && !System.Net.IPAddress.TryParse(hostName, out _)) throw new InvalidInputException($"--host {hostName}: an IP address or localhost");
+            var load = m.LoadRequest(parse);
+            await using var session = await ClusterSession.ConnectAsync(parse.GetValue(m.Cluster) ?? "embedded:1", parse.GetValue(m.Nodes), log,
+                parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig));
+            await session.EnsureLoadedAsync(load, log, json: false);
+            var options = new ServeOptions(modelId, load.Model, hostName, p, parse.GetValue(maxActive), parse.GetValue(maxQueued), parse.GetValue(maxTokens),
+                TimeSpan.FromSeconds(parse.GetValue(timeout)));
+            await using var server = await OpenAiServer.StartAsync(options, session, log);
+            log.LogInformation("serving {Model} on {Address} (OpenAI API: /v1/models, /v1/completions; /health, /status)", modelId, server.Address);
+            Console.Error.WriteLine($"serving {modelId} at {server.Address}v1 (Ctrl+C stops)");
+            var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.TrySetResult();
+            await stop.Task;
+            return 0;
+        });
+        return cmd;
+    }
+}
