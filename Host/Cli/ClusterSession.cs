@@ -52,6 +52,9 @@ public sealed class ClusterSession : IAsyncDisposable
         return session;
     }
 
+    /// <summary>A session over an embedded cluster started elsewhere (tests, benchmarks); disposing it stops the cluster.</summary>
+    public static ClusterSession Over(EmbeddedCluster cluster) => new(cluster.Client, cluster.Nodes.Count, cluster.DisposeAsync);
+
     private static Config? ReadClientConfig(string? path)
     {
         if (path is null) return null;

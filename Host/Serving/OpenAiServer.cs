@@ -136,6 +136,17 @@ public sealed class OpenAiServer : IAsyncDisposable
         var status = await ReadyStatus();
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
         timeout.CancelAfter(_options.RequestTimeout);
+        try { await Respond(ctx, request, prompts, status, timeout); }
+        finally
+        {
+            // However the response ended (done, the client gone, a failed write), nothing of it keeps running: a run
+            // still going is cancelled on every stage.
+            timeout.Cancel();
+        }
+    }
+
+    private async Task Respond(HttpContext ctx, CompletionRequest request, IReadOnlyList<long[]> prompts, ClusterStatus status, CancellationTokenSource timeout)
+    {
         string id = "cmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         JsonObject Chunk(int index, string text, string? finish) => new()
