@@ -27,7 +27,9 @@ public static class SynthCommand
             };
             if (parse.GetValue(maxShard) is { } ms) spec = spec with { MaxShardSize = ms };
             if (parse.GetValue(tie)) spec = spec with { TieWordEmbeddings = true };
-            var files = SyntheticLlama.Write(parse.GetValue(outDir)!, spec);
+            var files = SyntheticLlama.Write(parse.GetValue(outDir)!, spec).ToList();
+            // A byte-level tokenizer, so that --prompt, serve and OpenAI clients work on the generated model.
+            files.Add(ShardPipe.Modeling.Tokenization.ByteLevelTokenizerFile.Write(parse.GetValue(outDir)!, spec.VocabSize));
             log.LogInformation("wrote {Count} files to {Out}", files.Count, parse.GetValue(outDir));
             foreach (var f in files) Console.WriteLine(f);
             return 0;

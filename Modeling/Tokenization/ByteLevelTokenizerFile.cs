@@ -1,0 +1,46 @@
+using System.Text.Json.Nodes;
+
+namespace ShardPipe.Modeling.Tokenization;
+
+/// <summary>
+/// A byte-level BPE tokenizer.json without merges — every byte its own token, ids 0..255 in GPT-2's byte-to-character
+/// order — for generated checkpoints (<c>shardpipe synth</c>), so that <c>--prompt</c>, <c>serve</c> and the OpenAI
+/// clients work on them. A vocabulary larger than 256 gets its last id as the special end-of-sequence token
+/// <c>&lt;/s&gt;</c> (the generated config's eos).
+/// </summary>
+public static class ByteLevelTokenizerFile
+{
+    public static string Write(string folder, int vocabSize)
+    {
+        if (vocabSize < 256) throw new InvalidInputException($"a byte-level tokenizer needs a vocabulary of at least 256, not {vocabSize}");
+        var vocab = new JsonObject();
+        for (int b = 0; b < 256; b++) vocab[ByteLevel.ByteToChar[b].ToString()] = b;
+        var added = new JsonArray();
+        if (vocabSize > 256)
+            added.Add(new JsonObject
+            {
+                ["id"] = vocabSize - 1, ["content"] = "</s>", ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false,
+                ["normalized"] = false, ["special"] = true,
+            });
+        JsonObject ByteLevelPart() => new() { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = true };
+        var file = new JsonObject
+        {
+            ["version"] = "1.0",
+            ["truncation"] = null,
+            ["padding"] = null,
+            ["added_tokens"] = added,
+            ["normalizer"] = null,
+            ["pre_tokenizer"] = ByteLevelPart(),
+            ["post_processor"] = ByteLevelPart(),
+            ["decoder"] = ByteLevelPart(),
+            ["model"] = new JsonObject
+            {
+                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["continuing_subword_prefix"] = null, ["end_of_word_suffix"] = null,
+                ["fuse_unk"] = false, ["byte_fallback"] = false, ["vocab"] = vocab, ["merges"] = new JsonArray(),
+            },
+        };
+        string path = Path.Combine(folder, "tokenizer.json");
+        File.WriteAllText(path, file.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+        return path;
+    }
+}
