@@ -39,6 +39,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     private readonly ILogger _log;
     private readonly TokenRate _rate = new();
+    private readonly ChatTemplate? _chatTemplate;
+    private readonly string? _chatTemplateProblem;
 
     public Uri Address { get; private set; } = null!;
 
@@ -52,6 +54,13 @@ public sealed class OpenAiServer : IAsyncDisposable
         _log = log;
         _admission = new ServingAdmission(options.MaxActive, options.MaxQueued);
         _runner = new CompletionRunner(session.Client, tokenizer, eos, TimeSpan.FromSeconds(120), () => _rate.Add(1));
+        // The chat template is read once: a template outside the supported subset makes every chat request a 400 naming why.
+        if (tokenizer.Config.ChatTemplate is not { } source) _chatTemplateProblem = "the model has no chat_template in tokenizer_config.json; use /v1/completions";
+        else
+        {
+            try { _chatTemplate = ChatTemplate.Parse(source); }
+            catch (UnsupportedException ex) { _chatTemplateProblem = $"the model's chat_template cannot be rendered here: {ex.Message}"; }
+        }
     }
 
     /// <summary>Starts listening (port 0 = any free port; <see cref="Address"/> says which).</summary>
@@ -89,6 +98,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             ["data"] = new JsonArray(new JsonObject { ["id"] = _options.ModelId, ["object"] = "model", ["created"] = _created, ["owned_by"] = "shardpipe" }),
         })));
         app.MapPost("/v1/completions", (HttpContext ctx) => Handle(ctx, () => Completions(ctx)));
+        app.MapPost("/v1/chat/completions", (HttpContext ctx) => Handle(ctx, () => ChatCompletions(ctx)));
         app.MapGet("/health", (HttpContext ctx) => Handle(ctx, () => Health(ctx)));
         app.MapGet("/status", (HttpContext ctx) => Handle(ctx, () => Status(ctx)));
     }
@@ -123,20 +133,54 @@ public sealed class OpenAiServer : IAsyncDisposable
         return status;
     }
 
+    private static async Task<JsonNode?> ReadBody(HttpContext ctx)
+    {
+        try { return await JsonNode.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted); }
+        catch (JsonException ex) { throw OpenAiException.Invalid($"the body is not valid JSON: {ex.Message}", null); }
+    }
+
     private async Task Completions(HttpContext ctx)
     {
-        JsonNode? body;
-        try { body = await JsonNode.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted); }
-        catch (JsonException ex) { throw OpenAiException.Invalid($"the body is not valid JSON: {ex.Message}", null); }
-        var request = CompletionRequest.Parse(body, _options.MaxTokens);
+        var request = CompletionRequest.Parse(await ReadBody(ctx), _options.MaxTokens);
         if (request.Model != _options.ModelId) throw OpenAiException.UnknownModel(request.Model, _options.ModelId);
         var prompts = request.Prompts.Select((p, i) => Encode(p, request.Prompts.Count > 1 ? $"prompt[{i}]" : "prompt")).ToList();
+        await Run(ctx, request, prompts, Shape.Completion);
+    }
 
+    /// <summary>
+    /// The messages rendered with the model's chat template (add_generation_prompt = true, the special tokens by name),
+    /// then encoded as <c>generate --prompt</c> encodes text, and run as a completion of that prompt.
+    /// </summary>
+    private async Task ChatCompletions(HttpContext ctx)
+    {
+        var chat = ChatRequest.Parse(await ReadBody(ctx), _options.MaxTokens);
+        if (chat.Common.Model != _options.ModelId) throw OpenAiException.UnknownModel(chat.Common.Model, _options.ModelId);
+        if (_chatTemplate is null) throw OpenAiException.Invalid(_chatTemplateProblem!, "messages");
+        var c = _tokenizer.Config;
+        var special = new Dictionary<string, string>();
+        foreach (var (name, value) in new[] { ("bos_token", c.BosToken), ("eos_token", c.EosToken), ("unk_token", c.UnkToken), ("pad_token", c.PadToken) })
+            if (value is not null) special[name] = value;
+        string rendered;
+        try { rendered = _chatTemplate.Render(chat.Messages, addGenerationPrompt: true, special); }
+        catch (InvalidInputException ex) { throw OpenAiException.Invalid(ex.Message, "messages"); }
+        var ids = Encode(new PromptInput(rendered, null), "messages");
+        var request = chat.Common;
+        // Chat's max_tokens has no fixed default: what the context leaves, within the server's cap.
+        if (ChatMaxTokensUnset(request)) request = request with { MaxTokens = (int)Math.Max(1, Math.Min(_options.MaxTokens, _positions - ids.Length)) };
+        await Run(ctx, request, new[] { ids }, Shape.Chat);
+    }
+
+    private bool ChatMaxTokensUnset(CompletionRequest r) => r.MaxTokens == _options.MaxTokens;
+
+    private enum Shape { Completion, Chat }
+
+    private async Task Run(HttpContext ctx, CompletionRequest request, IReadOnlyList<long[]> prompts, Shape shape)
+    {
         using var slot = await _admission.EnterAsync(ctx.RequestAborted);
         var status = await ReadyStatus();
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
         timeout.CancelAfter(_options.RequestTimeout);
-        try { await Respond(ctx, request, prompts, status, timeout); }
+        try { await Respond(ctx, request, prompts, status, timeout, shape); }
         finally
         {
             // However the response ended (done, the client gone, a failed write), nothing of it keeps running: a run
@@ -145,33 +189,43 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
     }
 
-    private async Task Respond(HttpContext ctx, CompletionRequest request, IReadOnlyList<long[]> prompts, ClusterStatus status, CancellationTokenSource timeout)
+    private async Task Respond(HttpContext ctx, CompletionRequest request, IReadOnlyList<long[]> prompts, ClusterStatus status,
+        CancellationTokenSource timeout, Shape shape)
     {
-        string id = "cmpl-" + Guid.NewGuid().ToString("N");
+        bool chat = shape == Shape.Chat;
+        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        JsonObject Chunk(int index, string text, string? finish) => new()
+        JsonObject Envelope(string objectName, JsonArray choices) => new()
         {
-            ["id"] = id, ["object"] = "text_completion", ["created"] = created, ["model"] = _options.ModelId,
-            ["choices"] = new JsonArray(new JsonObject { ["index"] = index, ["text"] = text, ["logprobs"] = null, ["finish_reason"] = finish }),
+            ["id"] = id, ["object"] = objectName, ["created"] = created, ["model"] = _options.ModelId, ["choices"] = choices,
         };
+        JsonObject Chunk(int index, string? text, string? finish, bool first = false)
+        {
+            JsonObject choice = chat
+                ? new() { ["index"] = index, ["delta"] = first ? new JsonObject { ["role"] = "assistant", ["content"] = "" } : text is null ? new JsonObject() : new JsonObject { ["content"] = text }, ["logprobs"] = null, ["finish_reason"] = finish }
+                : new() { ["index"] = index, ["text"] = text ?? "", ["logprobs"] = null, ["finish_reason"] = finish };
+            return Envelope(chat ? "chat.completion.chunk" : "text_completion", new JsonArray(choice));
+        }
 
         if (!request.Stream)
         {
             var results = await RunAll(prompts, request, status, null, timeout, ctx.RequestAborted);
-            await Json(ctx, 200, new JsonObject
-            {
-                ["id"] = id, ["object"] = "text_completion", ["created"] = created, ["model"] = _options.ModelId,
-                ["choices"] = new JsonArray(results.Select((r, i) => (JsonNode)new JsonObject { ["index"] = i, ["text"] = r.Text, ["logprobs"] = null, ["finish_reason"] = r.FinishReason }).ToArray()),
-                ["usage"] = Usage(results),
-            });
+            var choices = new JsonArray(results.Select((r, i) => (JsonNode)(chat
+                ? new JsonObject { ["index"] = i, ["message"] = new JsonObject { ["role"] = "assistant", ["content"] = r.Text }, ["logprobs"] = null, ["finish_reason"] = r.FinishReason }
+                : new JsonObject { ["index"] = i, ["text"] = r.Text, ["logprobs"] = null, ["finish_reason"] = r.FinishReason })).ToArray());
+            var response = Envelope(chat ? "chat.completion" : "text_completion", choices);
+            response["usage"] = Usage(results);
+            await Json(ctx, 200, response);
             return;
         }
 
-        // Server-sent events: one event per released piece, then each choice's finish, usage if asked, and [DONE].
+        // Server-sent events: (chat: a first delta with the role) one event per released piece, then each choice's
+        // finish, usage if asked, and [DONE].
         ctx.Response.StatusCode = 200;
         ctx.Response.ContentType = "text/event-stream";
         ctx.Response.Headers.CacheControl = "no-cache";
         var events = System.Threading.Channels.Channel.CreateUnbounded<JsonObject>(new() { SingleReader = true });
+        if (chat) for (int i = 0; i < prompts.Count; i++) events.Writer.TryWrite(Chunk(i, null, null, first: true));
         var run = RunAll(prompts, request, status, (i, piece) => events.Writer.TryWrite(Chunk(i, piece, null)), timeout, ctx.RequestAborted)
             .ContinueWith(t => { events.Writer.TryComplete(); return t; }, TaskScheduler.Default).Unwrap();
         await ctx.Response.StartAsync(ctx.RequestAborted);
@@ -179,11 +233,10 @@ public sealed class OpenAiServer : IAsyncDisposable
         try
         {
             var results = await run;
-            for (int i = 0; i < results.Count; i++) await Event(ctx, Chunk(i, "", results[i].FinishReason).ToJsonString());
+            for (int i = 0; i < results.Count; i++) await Event(ctx, Chunk(i, null, results[i].FinishReason).ToJsonString());
             if (request.IncludeUsage)
             {
-                var usage = Chunk(0, "", null);
-                usage["choices"] = new JsonArray();
+                var usage = Envelope(chat ? "chat.completion.chunk" : "text_completion", new JsonArray());
                 usage["usage"] = Usage(results);
                 await Event(ctx, usage.ToJsonString());
             }

@@ -26,11 +26,14 @@ public sealed class ModelTokenizer
     public int? EosTokenId { get; }
     /// <summary>Whether decoding applies transformers' <c>clean_up_tokenization_spaces</c>.</summary>
     public bool CleansUpSpaces { get; }
+    /// <summary>What tokenizer_config.json and special_tokens_map.json say (special tokens by name, the chat template, …).</summary>
+    public TokenizerConfig Config { get; }
 
     private ModelTokenizer(string format, Func<string, bool, List<(string, int)>> encode, Func<IReadOnlyList<int>, bool, string> decode,
         IReadOnlyDictionary<string, int> special, TokenizerConfig config, bool cleanUp)
     {
         CleansUpSpaces = cleanUp;
+        Config = config;
         Format = format;
         _encode = encode;
         _decode = decode;

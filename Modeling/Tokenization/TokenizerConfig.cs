@@ -24,6 +24,8 @@ public sealed record TokenizerConfig
     /// <summary>As given; null when the config does not say (each tokenizer class has its own default).</summary>
     public bool? CleanUpTokenizationSpaces { get; init; }
     public IReadOnlyList<AddedToken> AddedTokens { get; init; } = Array.Empty<AddedToken>();
+    /// <summary>The Jinja chat template (a string, or the entry named "default" of a list of named templates); null when none.</summary>
+    public string? ChatTemplate { get; init; }
 
     /// <summary>The named special tokens (bos, eos, unk, pad and the additional ones) that are set.</summary>
     public IEnumerable<string> NamedSpecialTokens =>
@@ -65,6 +67,14 @@ public sealed record TokenizerConfig
             AddPrefixSpace = Flag("add_prefix_space"),
             CleanUpTokenizationSpaces = Flag("clean_up_tokenization_spaces"),
             AddedTokens = added,
+            ChatTemplate = config?["chat_template"] switch
+            {
+                null => null,
+                JsonValue v when v.TryGetValue(out string? t) => t,
+                JsonArray named => named.OfType<JsonObject>().FirstOrDefault(o => o["name"] is JsonValue n && n.TryGetValue(out string? name) && name == "default")?["template"] is JsonValue tv && tv.TryGetValue(out string? dt) ? dt
+                    : throw new CheckpointFormatException(configPath, null, "chat_template is a list without a template named 'default'"),
+                _ => throw new CheckpointFormatException(configPath, null, "chat_template must be a string or a list of {name, template}"),
+            },
         };
     }
 

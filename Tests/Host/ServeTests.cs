@@ -25,7 +25,9 @@ public class ServeTests
     /// A reference Llama (vocabulary 256) with a byte-level tokenizer over exactly those 256 ids: GPT-2's tokenizer.json
     /// from the reference data, without merges and ids beyond the model's vocabulary.
     /// </summary>
-    internal static string ModelWithTokenizer(TempDir tmp)
+    internal const string ChatMl = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    internal static string ModelWithTokenizer(TempDir tmp, bool chatTemplate = true)
     {
         foreach (var f in Directory.GetFiles(TestPaths.Model("llama_untied"))) File.Copy(f, tmp.File(Path.GetFileName(f)));
         var t = JsonNode.Parse(File.ReadAllText(Path.Combine(TestPaths.HfReference, "tokenizer_json", "gpt2", "tokenizer.json")))!.AsObject();
@@ -34,6 +36,7 @@ public class ServeTests
         t["model"]!["merges"] = new JsonArray();
         t["added_tokens"] = new JsonArray((t["added_tokens"] as JsonArray ?? new JsonArray()).Where(a => a!["id"]!.GetValue<int>() < 256).Select(a => a!.DeepClone()).ToArray());
         File.WriteAllText(tmp.File("tokenizer.json"), t.ToJsonString());
+        if (chatTemplate) File.WriteAllText(tmp.File("tokenizer_config.json"), new JsonObject { ["chat_template"] = ChatMl }.ToJsonString());
         return tmp.Path;
     }
 
@@ -145,6 +148,27 @@ public class ServeTests
         Assert.Equal(expectedTexts, streams);
         Assert.True(expectedTexts.Distinct().Count() > 1, "the prompts should lead to different texts");
 
+        // Chat: the messages rendered with the chat template (add_generation_prompt) and run as generate --prompt runs it.
+        var messages = new JsonArray(new JsonObject { ["role"] = "system", ["content"] = "Be brief." }, new JsonObject { ["role"] = "user", ["content"] = "Hi there" });
+        string rendered = ChatTemplate.Parse(ChatMl).Render(new[] { new ChatMessage("system", "Be brief."), new ChatMessage("user", "Hi there") }, true, new Dictionary<string, string>());
+        Assert.Equal("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n", rendered);
+        var chatCli = ShardPipeProcess.Run("generate", "--model", folder, "--prompt", rendered, "--max-new-tokens", "10", "--greedy", "--json");
+        Assert.True(chatCli.ExitCode == 0, chatCli.Stderr);
+        string chatExpected = JsonNode.Parse(chatCli.Stdout)!["text"]![0]!.GetValue<string>();
+        var chatBody = new JsonObject { ["model"] = "tiny-llama", ["messages"] = messages, ["max_tokens"] = 10, ["temperature"] = 0 };
+        var chat = (await (await http.PostAsJsonAsync("/v1/chat/completions", chatBody)).Content.ReadFromJsonAsync<JsonObject>())!;
+        Assert.Equal("chat.completion", chat["object"]!.GetValue<string>());
+        Assert.Equal("assistant", chat["choices"]![0]!["message"]!["role"]!.GetValue<string>());
+        Assert.Equal(chatExpected, chat["choices"]![0]!["message"]!["content"]!.GetValue<string>());
+        chatBody["stream"] = true;
+        var chatStream = await Events(await http.SendAsync(new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions") { Content = JsonContent.Create(chatBody) },
+            HttpCompletionOption.ResponseHeadersRead));
+        Assert.Equal("[DONE]", chatStream[^1]);
+        var deltas = chatStream.Where(e => e != "[DONE]").Select(e => JsonNode.Parse(e)!["choices"]![0]!).ToList();
+        Assert.Equal("assistant", deltas[0]["delta"]!["role"]!.GetValue<string>());
+        Assert.Equal(chatExpected, string.Concat(deltas.Select(d => d["delta"]!["content"]?.GetValue<string>() ?? "")));
+        Assert.NotNull(deltas[^1]["finish_reason"]);
+
         // Bad bodies: 400 naming the field; an unknown model: 404.
         foreach (var (body, param) in new (string, string?)[]
         {
@@ -155,9 +179,13 @@ public class ServeTests
             ("{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"max_tokens\":\"12\"}", "max_tokens"),
             ("{\"model\":\"tiny-llama\",\"prompt\":[1,-2]}", "prompt"),
             ("{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop"),
+            ("chat:{\"model\":\"tiny-llama\",\"messages\":[]}", "messages"),
+            ("chat:{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", "messages"),
+            ("chat:{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "messages"),
         })
         {
-            var r = await http.PostAsync("/v1/completions", new StringContent(body, Encoding.UTF8, "application/json"));
+            bool isChat = body.StartsWith("chat:");
+            var r = await http.PostAsync(isChat ? "/v1/chat/completions" : "/v1/completions", new StringContent(isChat ? body[5..] : body, Encoding.UTF8, "application/json"));
             var error = (await r.Content.ReadFromJsonAsync<JsonObject>())!["error"]!;
             Assert.True(r.StatusCode == HttpStatusCode.BadRequest, $"{body}: {r.StatusCode} {error.ToJsonString()}");
             Assert.Equal("invalid_request_error", error["type"]!.GetValue<string>());
@@ -172,7 +200,7 @@ public class ServeTests
     public async Task A_full_queue_answers_429_and_a_client_that_disconnects_cancels_its_request_on_every_stage()
     {
         using var tmp = new TempDir();
-        string folder = ModelWithTokenizer(tmp);
+        string folder = ModelWithTokenizer(tmp, chatTemplate: false);
         // Every step sleeps a little, so that a 200-token stream is still running while the test acts.
         await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB", extraConfig: _ => "shardpipe.debug.step-delay = 20ms");
         var (server, http) = await Serve(folder, cluster, maxActive: 1, maxQueued: 0);
@@ -203,5 +231,9 @@ public class ServeTests
         // The slot is free again.
         var again = await http.PostAsJsonAsync("/v1/completions", Body("x", 2));
         Assert.Equal(HttpStatusCode.OK, again.StatusCode);
+        // A model without a chat template: chat requests are a 400 that says so.
+        var noTemplate = await http.PostAsJsonAsync("/v1/chat/completions", new JsonObject { ["model"] = "tiny-llama", ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "x" }) });
+        Assert.Equal(HttpStatusCode.BadRequest, noTemplate.StatusCode);
+        Assert.Contains("no chat_template", (await noTemplate.Content.ReadFromJsonAsync<JsonObject>())!["error"]!["message"]!.GetValue<string>());
     }
 }
