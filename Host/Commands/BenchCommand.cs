@@ -16,6 +16,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(MessagesBench.Create());
         cmd.Subcommands.Add(OffloadBench.Create());
         cmd.Subcommands.Add(RecoveryBench.Create());
+        cmd.Subcommands.Add(ServeBench.Create());
         return cmd;
     }
 }

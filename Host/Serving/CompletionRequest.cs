@@ -20,7 +20,8 @@ public sealed record CompletionRequest(
     long? Seed,
     IReadOnlyList<string> Stop,
     bool Stream,
-    bool IncludeUsage)
+    bool IncludeUsage,
+    bool IgnoreEos = false)
 {
     /// <summary>OpenAI's default for /v1/completions.</summary>
     public const int DefaultMaxTokens = 16;
@@ -63,7 +64,9 @@ public sealed record CompletionRequest(
         bool stream = Bool(o, "stream") ?? false;
         bool includeUsage = o["stream_options"] is JsonObject so && (Bool(so, "include_usage") ?? false);
         if (o["stream_options"] is { } sov && sov is not JsonObject) throw OpenAiException.Invalid("'stream_options' must be an object", "stream_options");
-        return new CompletionRequest(model, Array.Empty<PromptInput>(), maxTokens, temperature, topP, seed, stop, stream, includeUsage);
+        // vLLM's extension: generate max_tokens whatever the model samples (benchmarks).
+        bool ignoreEos = Bool(o, "ignore_eos") ?? false;
+        return new CompletionRequest(model, Array.Empty<PromptInput>(), maxTokens, temperature, topP, seed, stop, stream, includeUsage, ignoreEos);
     }
 
     private static IReadOnlyList<PromptInput> ReadPrompts(JsonNode? p)

@@ -15,13 +15,16 @@ public sealed record CompletionResult(string Text, string FinishReason, int Prom
 /// every stage), each released piece handed to <c>onPiece</c>. The pieces join to exactly the final text, which
 /// equals <c>generate --prompt … --json</c>'s <c>text[0]</c> for the same request when no stop string cuts it.
 /// </summary>
-public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer tokenizer, IReadOnlySet<long> eos, TimeSpan stallTimeout, Action? onToken = null)
+public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer tokenizer, IReadOnlySet<long> eos, TimeSpan stallTimeout, Action? onToken = null,
+    ServingMetrics? metrics = null)
 {
     public async Task<CompletionResult> RunAsync(long[] promptIds, CompletionRequest request, IReadOnlyList<StageInfo> stages,
         Action<string>? onPiece, CancellationToken cancel)
     {
         var sampling = new SamplingSettings(request.Greedy, request.Temperature, 0, request.TopP, request.Seed ?? Random.Shared.NextInt64(1, long.MaxValue));
-        var generate = new Generate("srv-" + Guid.NewGuid().ToString("N"), new[] { promptIds }, null, request.MaxTokens, false, sampling);
+        var generate = new Generate("srv-" + Guid.NewGuid().ToString("N"), new[] { promptIds }, null, request.MaxTokens, request.IgnoreEos, sampling);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        double lastAt = 0;
         var decoder = tokenizer.Stream(skipSpecialTokens: true);
         var stops = new StopMatcher(request.Stop);
         var text = new StringBuilder();
@@ -41,6 +44,10 @@ public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer toke
             count++;
             last = tokens[0];
             onToken?.Invoke();
+            double now = clock.Elapsed.TotalSeconds;
+            if (count == 1) metrics?.FirstToken(now);
+            else metrics?.NextToken(now - lastAt);
+            lastAt = now;
             Release(stops.Add(decoder.Add(tokens)));
             if (stops.Stopped) stopped.Cancel();
         }
@@ -54,7 +61,8 @@ public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer toke
             Release(stops.Add(decoder.Flush()));
             Release(stops.Flush());
         }
-        string finish = stops.Stopped || count < request.MaxTokens || eos.Contains(last) ? "stop" : "length";
+        string finish = stops.Stopped || count < request.MaxTokens || !request.IgnoreEos && eos.Contains(last) ? "stop" : "length";
+        metrics?.Tokens(promptIds.Length, count);
         return new CompletionResult(text.ToString(), finish, promptIds.Length, count);
     }
 }

@@ -39,6 +39,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     private readonly ILogger _log;
     private readonly TokenRate _rate = new();
+    private readonly ServingMetrics _metrics = new();
     private readonly ChatTemplate? _chatTemplate;
     private readonly string? _chatTemplateProblem;
 
@@ -53,7 +54,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         _positions = positions;
         _log = log;
         _admission = new ServingAdmission(options.MaxActive, options.MaxQueued);
-        _runner = new CompletionRunner(session.Client, tokenizer, eos, TimeSpan.FromSeconds(120), () => _rate.Add(1));
+        _runner = new CompletionRunner(session.Client, tokenizer, eos, TimeSpan.FromSeconds(120), () => _rate.Add(1), _metrics);
         // The chat template is read once: a template outside the supported subset makes every chat request a 400 naming why.
         if (tokenizer.Config.ChatTemplate is not { } source) _chatTemplateProblem = "the model has no chat_template in tokenizer_config.json; use /v1/completions";
         else
@@ -97,10 +98,16 @@ public sealed class OpenAiServer : IAsyncDisposable
             ["object"] = "list",
             ["data"] = new JsonArray(new JsonObject { ["id"] = _options.ModelId, ["object"] = "model", ["created"] = _created, ["owned_by"] = "shardpipe" }),
         })));
-        app.MapPost("/v1/completions", (HttpContext ctx) => Handle(ctx, () => Completions(ctx)));
-        app.MapPost("/v1/chat/completions", (HttpContext ctx) => Handle(ctx, () => ChatCompletions(ctx)));
+        app.MapPost("/v1/completions", (HttpContext ctx) => Counted(ctx, "completions", () => Completions(ctx)));
+        app.MapPost("/v1/chat/completions", (HttpContext ctx) => Counted(ctx, "chat_completions", () => ChatCompletions(ctx)));
         app.MapGet("/health", (HttpContext ctx) => Handle(ctx, () => Health(ctx)));
         app.MapGet("/status", (HttpContext ctx) => Handle(ctx, () => Status(ctx)));
+        app.MapGet("/metrics", (HttpContext ctx) => Handle(ctx, () => Metrics(ctx)));
+        app.MapGet("/", (HttpContext ctx) =>
+        {
+            ctx.Response.ContentType = "text/html; charset=utf-8";
+            return ctx.Response.WriteAsync(Dashboard.Html, ctx.RequestAborted);
+        });
     }
 
     /// <summary>Runs a handler with the error contract: OpenAI's error body and status for anything that goes wrong before the response starts.</summary>
@@ -114,6 +121,20 @@ public sealed class OpenAiServer : IAsyncDisposable
             await Json(ctx, error.Status, error.Body());
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested) { } // the client went away
+    }
+
+    /// <summary>A generation endpoint: handled, then counted by outcome (cancelled when the client went away).</summary>
+    private async Task Counted(HttpContext ctx, string endpoint, Func<Task> handler)
+    {
+        await Handle(ctx, handler);
+        _metrics.Request(endpoint, ctx.RequestAborted.IsCancellationRequested ? "cancelled" : ServingMetrics.Outcome(ctx.Response.StatusCode));
+    }
+
+    private async Task Metrics(HttpContext ctx)
+    {
+        _metrics.Update(_admission, await _session.Client.StatusAsync(TimeSpan.FromSeconds(5)));
+        ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+        await _metrics.Registry.CollectAndExportAsTextAsync(ctx.Response.Body, ctx.RequestAborted);
     }
 
     private static OpenAiException? Classify(Exception ex) => ex switch

@@ -19,7 +19,7 @@ public static class ServeCommand
         var maxQueued = new Option<int>("--max-queued") { Description = "Requests waiting beyond those; past both, 429", DefaultValueFactory = _ => 64 };
         var maxTokens = new Option<int>("--max-tokens") { Description = "The most max_tokens a request may ask for", DefaultValueFactory = _ => 4096 };
         var timeout = new Option<int>("--request-timeout") { Description = "Seconds a request may run before it ends with an error", DefaultValueFactory = _ => 600 };
-        var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /health, /status)")
+        var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions), /health, /status, /metrics and a dashboard at /")
             { host, port, maxActive, maxQueued, maxTokens, timeout };
         m.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
@@ -36,11 +36,13 @@ public static class ServeCommand
             var load = m.LoadRequest(parse);
             await using var session = await ClusterSession.ConnectAsync(parse.GetValue(m.Cluster) ?? "embedded:1", parse.GetValue(m.Nodes), log,
                 parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig));
-            await session.EnsureLoadedAsync(load, log, json: false);
             var options = new ServeOptions(modelId, load.Model, hostName, p, parse.GetValue(maxActive), parse.GetValue(maxQueued), parse.GetValue(maxTokens),
                 TimeSpan.FromSeconds(parse.GetValue(timeout)));
+            // The server (and its dashboard) is up first, so the load's progress shows there; requests get 503 until it is done.
             await using var server = await OpenAiServer.StartAsync(options, session, log);
-            log.LogInformation("serving {Model} on {Address} (OpenAI API: /v1/models, /v1/completions; /health, /status)", modelId, server.Address);
+            Console.Error.WriteLine($"dashboard at {server.Address} (loading {modelId})");
+            await session.EnsureLoadedAsync(load, log, json: false);
+            log.LogInformation("serving {Model} on {Address} (OpenAI API: /v1/models, /v1/completions, /v1/chat/completions; /health, /status, /metrics)", modelId, server.Address);
             Console.Error.WriteLine($"serving {modelId} at {server.Address}v1 (Ctrl+C stops)");
             var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };

@@ -6,7 +6,8 @@ namespace ShardPipe.Modeling.Tokenization;
 /// A byte-level BPE tokenizer.json without merges — every byte its own token, ids 0..255 in GPT-2's byte-to-character
 /// order — for generated checkpoints (<c>shardpipe synth</c>), so that <c>--prompt</c>, <c>serve</c> and the OpenAI
 /// clients work on them. A vocabulary larger than 256 gets its last id as the special end-of-sequence token
-/// <c>&lt;/s&gt;</c> (the generated config's eos).
+/// <c>&lt;/s&gt;</c> (the generated config's eos), and every id between as a token of two bytes (never produced by
+/// encoding, which has no merges, but decodable: whatever a generated model samples turns into text).
 /// </summary>
 public static class ByteLevelTokenizerFile
 {
@@ -15,6 +16,11 @@ public static class ByteLevelTokenizerFile
         if (vocabSize < 256) throw new InvalidInputException($"a byte-level tokenizer needs a vocabulary of at least 256, not {vocabSize}");
         var vocab = new JsonObject();
         for (int b = 0; b < 256; b++) vocab[ByteLevel.ByteToChar[b].ToString()] = b;
+        for (int id = 256; id < vocabSize - 1; id++)
+        {
+            int pair = id - 256; // 'a' + byte pairs in order: distinct two-character tokens
+            vocab[$"{ByteLevel.ByteToChar[(pair / 256) % 256]}{ByteLevel.ByteToChar[pair % 256]}"] = id;
+        }
         var added = new JsonArray();
         if (vocabSize > 256)
             added.Add(new JsonObject

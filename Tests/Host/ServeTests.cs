@@ -194,6 +194,19 @@ public class ServeTests
         var unknown = await http.PostAsJsonAsync("/v1/completions", new JsonObject { ["model"] = "gpt-4", ["prompt"] = "x" });
         Assert.Equal(HttpStatusCode.NotFound, unknown.StatusCode);
         Assert.Equal("model_not_found", (await unknown.Content.ReadFromJsonAsync<JsonObject>())!["error"]!["code"]!.GetValue<string>());
+
+        // Prometheus metrics: requests by outcome, tokens, latency histograms, bytes per device.
+        string metrics = await http.GetStringAsync("/metrics");
+        foreach (var expect in new[]
+        {
+            "shardpipe_requests_total{endpoint=\"completions\",outcome=\"ok\"}", "shardpipe_requests_total{endpoint=\"completions\",outcome=\"bad_request\"}",
+            "shardpipe_requests_total{endpoint=\"completions\",outcome=\"not_found\"}", "shardpipe_requests_total{endpoint=\"chat_completions\",outcome=\"ok\"}",
+            "shardpipe_completion_tokens_total", "shardpipe_prompt_tokens_total", "shardpipe_time_to_first_token_seconds_bucket",
+            "shardpipe_inter_token_latency_seconds_bucket", "shardpipe_device_bytes{device=\"node-1/cpu\",kind=\"loaded\"}", "shardpipe_model_ready 1",
+        })
+            Assert.Contains(expect, metrics);
+        double completionTokens = double.Parse(metrics.Split('\n').First(l => l.StartsWith("shardpipe_completion_tokens_total ")).Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(completionTokens >= 12 * 4 + 16 * 10, $"completion tokens counted: {completionTokens}");
     }
 
     [Fact]

@@ -1,0 +1,105 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Net.Http.Json;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Checkpoints.Synthetic;
+using ShardPipe.Host.Cli;
+using ShardPipe.Host.Serving;
+using ShardPipe.Modeling.Tokenization;
+
+namespace ShardPipe.Host.Bench;
+
+/// <summary>
+/// <c>shardpipe bench serve</c>: a generated Llama of about 134M parameters on <c>embedded:3</c> behind the HTTP server.
+/// One streamed completion alone (single_stream_tokens_per_s, from its first token to its last), then
+/// <c>--concurrency</c> streams at once (aggregate_tokens_per_s: all their tokens over the wall time), greedy with
+/// eos ignored so every stream is <c>--tokens</c> long; batching_speedup = aggregate ÷ single stream; time to first
+/// token and inter-token latency over the concurrent streams, as a client sees them.
+/// </summary>
+public static class ServeBench
+{
+    public static Command Create()
+    {
+        var tokens = new Option<int>("--tokens") { Description = "New tokens per stream", DefaultValueFactory = _ => 48 };
+        var concurrency = new Option<int>("--concurrency") { Description = "Streams at once", DefaultValueFactory = _ => 16 };
+        var model = new Option<string?>("--model") { Description = "Checkpoint folder with a tokenizer (default: a generated 134M Llama)" };
+        var json = CommonOptions.Json();
+        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, json };
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(json), log));
+        return cmd;
+    }
+
+    private static async Task<int> Run(string? modelArg, int n, int concurrency, bool asJson, ILogger log)
+    {
+        if (n < 2 || concurrency < 1) throw new InvalidInputException("--tokens must be at least 2 and --concurrency at least 1");
+        string folder = modelArg ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
+        if (!ModelTokenizer.Exists(folder)) ByteLevelTokenizerFile.Write(folder, SyntheticLlamaSpec.Llama125M.VocabSize);
+        BenchSupport.Say(asJson, $"bench serve: {folder} on embedded:3, {n} tokens per stream, greedy, eos ignored");
+        var cluster = await EmbeddedCluster.StartAsync(3);
+        await using var session = ClusterSession.Over(cluster);
+        await session.EnsureLoadedAsync(new ShardPipe.Messages.LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log, json: true);
+        await using var server = await OpenAiServer.StartAsync(new ServeOptions("bench", folder, "127.0.0.1", 0, Math.Max(16, concurrency), 64, 4096, TimeSpan.FromMinutes(10)), session, log);
+        using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(10) };
+
+        // One stream: the times of its text events (ms from sending) and its token count (from the usage event).
+        async Task<(List<double> Stamps, int Tokens)> Stream(int i)
+        {
+            var body = new JsonObject
+            {
+                ["model"] = "bench", ["prompt"] = $"Stream {i}: the quick brown fox", ["max_tokens"] = n, ["temperature"] = 0, ["stream"] = true,
+                ["ignore_eos"] = true, ["stream_options"] = new JsonObject { ["include_usage"] = true },
+            };
+            var sw = Stopwatch.StartNew();
+            using var response = await http.SendAsync(new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) }, HttpCompletionOption.ResponseHeadersRead);
+            response.EnsureSuccessStatusCode();
+            var stamps = new List<double>();
+            int count = 0;
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+            while (await reader.ReadLineAsync() is { } line)
+            {
+                if (!line.StartsWith("data: ", StringComparison.Ordinal)) continue;
+                if (line == "data: [DONE]") break;
+                var e = JsonNode.Parse(line[6..])!;
+                if (e["usage"] is JsonObject usage) count = usage["completion_tokens"]!.GetValue<int>();
+                else if (e["choices"]![0]!["finish_reason"] is null) stamps.Add(sw.Elapsed.TotalMilliseconds); // one event per released piece
+            }
+            if (count != n) throw new ShardPipeException($"a stream produced {count} tokens, not {n}");
+            return (stamps, count);
+        }
+
+        await Stream(-1); // warm-up
+        double single = 0;
+        for (int r = 0; r < 3; r++)
+        {
+            var (s, count) = await Stream(r);
+            single = Math.Max(single, (count - 1) / ((s[^1] - s[0]) / 1000));
+        }
+        BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of 3)");
+        var clock = Stopwatch.StartNew();
+        var all = await Task.WhenAll(Enumerable.Range(0, concurrency).Select(Stream));
+        double wall = clock.Elapsed.TotalSeconds;
+        long total = all.Sum(s => (long)s.Tokens);
+        double aggregate = total / wall;
+        var ttft = all.Select(s => s.Stamps[0]).Order().ToList();
+        var itl = all.SelectMany(s => s.Stamps.Zip(s.Stamps.Skip(1), (a, b) => b - a)).Order().ToList();
+        double P(List<double> xs, double q) => xs.Count == 0 ? double.NaN : xs[Math.Min(xs.Count - 1, (int)(q * xs.Count))];
+        BenchSupport.Say(asJson, $"  {concurrency} streams: {aggregate:0.00} tokens/s in all ({total} tokens in {wall:0.00} s); speedup {aggregate / single:0.00}; " +
+                                 $"TTFT p50 {P(ttft, 0.5):0.0} ms; ITL p50 {P(itl, 0.5):0.0} ms, p99 {P(itl, 0.99):0.0} ms");
+        BenchSupport.Finish(new JsonObject
+        {
+            ["bench"] = "serve",
+            ["tokens_per_stream"] = n,
+            ["single_stream_tokens_per_s"] = Math.Round(single, 3),
+            ["concurrency"] = concurrency,
+            ["aggregate_tokens_per_s"] = Math.Round(aggregate, 3),
+            ["batching_speedup"] = Math.Round(aggregate / single, 4),
+            ["ttft_p50_ms"] = Math.Round(P(ttft, 0.5), 2),
+            ["itl_p50_ms"] = Math.Round(P(itl, 0.5), 2),
+            ["itl_p99_ms"] = Math.Round(P(itl, 0.99), 2),
+            ["continuous_batching"] = false,
+        });
+        return 0;
+    }
+}

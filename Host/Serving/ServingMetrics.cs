@@ -1,0 +1,81 @@
+using Prometheus;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Host.Serving;
+
+/// <summary>
+/// The server's Prometheus metrics (prometheus-net, a registry of its own per server): requests by endpoint and
+/// outcome, prompt and completion tokens, time to first token and inter-token latency, the server's running and
+/// waiting requests, and — read from the cluster's status at each scrape — its in-flight and queued requests, the
+/// planned, loaded and budget bytes per device, the epoch and the recoveries.
+/// </summary>
+public sealed class ServingMetrics
+{
+    public CollectorRegistry Registry { get; } = Metrics.NewCustomRegistry();
+    private readonly Counter _requests, _promptTokens, _completionTokens;
+    private readonly Histogram _ttft, _itl;
+    private readonly Gauge _running, _waiting, _clusterInFlight, _clusterQueued, _deviceBytes, _epoch, _recoveries, _ready;
+
+    public ServingMetrics()
+    {
+        var f = Metrics.WithCustomRegistry(Registry);
+        _requests = f.CreateCounter("shardpipe_requests_total", "Requests answered, by endpoint and outcome (ok, bad_request, not_found, busy, unavailable, timeout, error, cancelled).",
+            new CounterConfiguration { LabelNames = new[] { "endpoint", "outcome" } });
+        _promptTokens = f.CreateCounter("shardpipe_prompt_tokens_total", "Prompt tokens of the requests run.");
+        _completionTokens = f.CreateCounter("shardpipe_completion_tokens_total", "Tokens generated.");
+        _ttft = f.CreateHistogram("shardpipe_time_to_first_token_seconds", "From a prompt's start on the cluster to its first token.",
+            new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.005, 2, 14) });
+        _itl = f.CreateHistogram("shardpipe_inter_token_latency_seconds", "Between consecutive tokens of one request.",
+            new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.001, 2, 14) });
+        _running = f.CreateGauge("shardpipe_server_requests_running", "Requests holding an admission slot.");
+        _waiting = f.CreateGauge("shardpipe_server_requests_waiting", "Requests waiting for an admission slot.");
+        _clusterInFlight = f.CreateGauge("shardpipe_cluster_requests_in_flight", "Requests in the cluster's pipeline (all clients).");
+        _clusterQueued = f.CreateGauge("shardpipe_cluster_requests_queued", "Requests queued by the cluster's coordinator (all clients).");
+        _deviceBytes = f.CreateGauge("shardpipe_device_bytes", "Bytes per device: planned, loaded, budget.", new GaugeConfiguration { LabelNames = new[] { "device", "kind" } });
+        _epoch = f.CreateGauge("shardpipe_plan_epoch", "The served model's plan epoch (rises with each recovery).");
+        _recoveries = f.CreateGauge("shardpipe_recoveries", "Recoveries of the served model since it was loaded.");
+        _ready = f.CreateGauge("shardpipe_model_ready", "1 when the model is served, else 0.");
+    }
+
+    public void Request(string endpoint, string outcome) => _requests.WithLabels(endpoint, outcome).Inc();
+
+    public void Tokens(int prompt, int completion)
+    {
+        _promptTokens.Inc(prompt);
+        _completionTokens.Inc(completion);
+    }
+
+    public void FirstToken(double seconds) => _ttft.Observe(seconds);
+
+    public void NextToken(double seconds) => _itl.Observe(seconds);
+
+    /// <summary>Refreshes the gauges from the server's admission and the cluster's status (at each scrape).</summary>
+    public void Update(ServingAdmission admission, ClusterStatus status)
+    {
+        _running.Set(admission.Active);
+        _waiting.Set(admission.Queued);
+        _clusterInFlight.Set(status.InFlight);
+        _clusterQueued.Set(status.Queued);
+        _epoch.Set(status.PlanEpoch);
+        _recoveries.Set(status.Recoveries);
+        _ready.Set(status.State == "ready" ? 1 : 0);
+        foreach (var d in status.Devices)
+        {
+            _deviceBytes.WithLabels(d.Device, "planned").Set(d.PlannedBytes);
+            _deviceBytes.WithLabels(d.Device, "loaded").Set(d.LoadedBytes);
+            _deviceBytes.WithLabels(d.Device, "budget").Set(d.BudgetBytes);
+        }
+    }
+
+    /// <summary>The outcome label of an HTTP status.</summary>
+    public static string Outcome(int status) => status switch
+    {
+        < 400 => "ok",
+        400 => "bad_request",
+        404 => "not_found",
+        429 => "busy",
+        503 => "unavailable",
+        504 => "timeout",
+        _ => "error",
+    };
+}

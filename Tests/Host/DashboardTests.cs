@@ -1,0 +1,64 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Logging.Abstractions;
+using OpenQA.Selenium;
+using OpenQA.Selenium.Chrome;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Host.Cli;
+using ShardPipe.Host.Serving;
+using ShardPipe.Tests.Support;
+
+namespace ShardPipe.Tests.Host;
+
+/// <summary>
+/// The dashboard at <c>/</c> in a real headless browser (Debian's chromium with chromium-driver, driven through
+/// Selenium; nothing is downloaded): loaded from a server over an embedded 3-node cluster, it shows every node and
+/// every module of the device map with its node and device, rendered from a poll of /status within 2 s.
+/// </summary>
+[Collection("cluster")]
+public class DashboardTests
+{
+    private const string Chromium = "/usr/bin/chromium", Driver = "/usr/bin/chromedriver";
+
+    [Fact]
+    public async Task The_dashboard_shows_every_node_and_every_module_with_its_node_and_device()
+    {
+        Assert.True(File.Exists(Chromium) && File.Exists(Driver), $"{Chromium} and {Driver} are needed (apt-get install chromium chromium-driver; .ci/run installs them)");
+        using var tmp = new TempDir();
+        string folder = ServeTests.ModelWithTokenizer(tmp);
+        var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
+        await using var session = ClusterSession.Over(cluster);
+        await session.EnsureLoadedAsync(ShardPipe.Tests.Actors.Requests.Load(folder), NullLogger.Instance, json: true);
+        await using var server = await OpenAiServer.StartAsync(new ServeOptions("tiny-llama", folder, "127.0.0.1", 0, 4, 4, 64, TimeSpan.FromSeconds(60)), session, NullLogger.Instance);
+        var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
+
+        var options = new ChromeOptions { BinaryLocation = Chromium };
+        options.AddArguments("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000");
+        using var service = ChromeDriverService.CreateDefaultService(Path.GetDirectoryName(Driver)!, Path.GetFileName(Driver));
+        service.SuppressInitialDiagnosticInformation = true;
+        using var browser = new ChromeDriver(service, options, TimeSpan.FromSeconds(60));
+        browser.Navigate().GoToUrl(server.Address);
+        var clock = Stopwatch.StartNew();
+        while (browser.FindElements(By.CssSelector("[data-module]")).Count < status.DeviceMap.Length)
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"the device map was not rendered within 2 s of the page loading: {browser.FindElement(By.TagName("body")).Text}");
+            await Task.Delay(25);
+        }
+
+        foreach (var node in status.Nodes)
+            Assert.Contains(node, browser.FindElement(By.CssSelector($"[data-node='{node}']")).Text);
+        Assert.Equal(3, status.Nodes.Length);
+        foreach (var entry in status.DeviceMap)
+        {
+            var cell = browser.FindElement(By.CssSelector($"[data-module='{entry.Module}']"));
+            Assert.Contains(entry.Module, cell.Text);
+            Assert.Contains(entry.Device, cell.Text);
+        }
+        Assert.Contains(status.DeviceMap, e => e.Module == "model.layers.0");
+        foreach (var d in status.Devices)
+            Assert.Contains(d.Device, browser.FindElement(By.CssSelector($"tr[data-device='{d.Device}']")).Text);
+        Assert.Equal("ready", browser.FindElement(By.Id("state")).Text);
+        // It keeps polling: the time of the last update changes within two seconds.
+        string updated = browser.FindElement(By.Id("updated")).Text;
+        await Eventually.True(() => browser.FindElement(By.Id("updated")).Text != updated, TimeSpan.FromSeconds(3), "the page refreshes from /status");
+    }
+}
