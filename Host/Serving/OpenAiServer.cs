@@ -141,6 +141,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         OpenAiException o => o,
         OperationCanceledException => null,
+        BadHttpRequestException e => new OpenAiException(e.StatusCode, $"bad request: {e.Message}", "invalid_request_error"), // e.g. a body over 4 MiB (413)
+        Akka.Actor.AskTimeoutException => OpenAiException.Unavailable("the cluster's coordinator did not answer in time"),
         InvalidInputException e => OpenAiException.Invalid(e.Message, null),
         ShardPipeException e => OpenAiException.Unavailable(e.Message),
         _ => new OpenAiException(500, $"internal error: {ex.GetType().Name}: {ex.Message}", "server_error"),
