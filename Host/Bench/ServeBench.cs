@@ -99,6 +99,7 @@ public static class ServeBench
             ["itl_p50_ms"] = Math.Round(P(itl, 0.5), 2),
             ["itl_p99_ms"] = Math.Round(P(itl, 0.99), 2),
             ["continuous_batching"] = false,
+            ["request_batching"] = "greedy prompts arriving within 10 ms share a pipeline request",
         });
         return 0;
     }

@@ -19,13 +19,17 @@ using ShardPipe.Modeling.Tokenization;
 namespace ShardPipe.Host.Serving;
 
 /// <summary>What <c>shardpipe serve</c> was asked for.</summary>
-public sealed record ServeOptions(string ModelId, string ModelFolder, string Host, int Port, int MaxActive, int MaxQueued, int MaxTokens, TimeSpan RequestTimeout);
+/// <param name="BatchWindowMs">Greedy prompts arriving within this many milliseconds run as one batch (0 = each alone).</param>
+public sealed record ServeOptions(string ModelId, string ModelFolder, string Host, int Port, int MaxActive, int MaxQueued, int MaxTokens, TimeSpan RequestTimeout,
+    int BatchWindowMs = 10, int MaxBatchRows = 16);
 
 /// <summary>
 /// <c>shardpipe serve</c>'s HTTP front end (Kestrel): OpenAI's <c>/v1/models</c> and <c>/v1/completions</c> (streamed
-/// as server-sent events or not), <c>/health</c> and <c>/status</c>, over a <see cref="ClusterSession"/> that serves
-/// the model. Each request runs as its own <see cref="Generate"/> through the cluster; a client that disconnects
-/// cancels its request on every stage; every error is OpenAI's error body with its status.
+/// as server-sent events or not), <c>/v1/chat/completions</c>, <c>/health</c>, <c>/status</c>, <c>/metrics</c> and the
+/// dashboard at <c>/</c>, over a <see cref="ClusterSession"/> that serves the model. Prompts run as <see cref="Generate"/>
+/// requests through the cluster — greedy ones that arrive together as the rows of one (<see cref="RequestBatcher"/>);
+/// a client that disconnects ends its row, and its request on every stage once no row needs it; every error is
+/// OpenAI's error body with its status.
 /// </summary>
 public sealed class OpenAiServer : IAsyncDisposable
 {
@@ -34,6 +38,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly ServeOptions _options;
     private readonly ModelTokenizer _tokenizer;
     private readonly CompletionRunner _runner;
+    private readonly RequestBatcher _batcher;
     private readonly ServingAdmission _admission;
     private readonly long _positions;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -55,6 +60,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         _log = log;
         _admission = new ServingAdmission(options.MaxActive, options.MaxQueued);
         _runner = new CompletionRunner(session.Client, tokenizer, eos, TimeSpan.FromSeconds(120), () => _rate.Add(1), _metrics);
+        _batcher = new RequestBatcher(_runner, TimeSpan.FromMilliseconds(options.BatchWindowMs), options.MaxBatchRows);
         // The chat template is read once: a template outside the supported subset makes every chat request a 400 naming why.
         if (tokenizer.Config.ChatTemplate is not { } source) _chatTemplateProblem = "the model has no chat_template in tokenizer_config.json; use /v1/completions";
         else
@@ -278,8 +284,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         try
         {
-            return await Task.WhenAll(prompts.Select((ids, i) => _runner.RunAsync(ids, request, status.Stages,
-                piece => onPiece?.Invoke(i, piece), timeout.Token)));
+            return await Task.WhenAll(prompts.Select((ids, i) =>
+                _batcher.Submit(new CompletionRow(ids, request, piece => onPiece?.Invoke(i, piece), timeout.Token), status.Stages)));
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !aborted.IsCancellationRequested)
         {
@@ -347,6 +353,7 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        await _batcher.DisposeAsync();
         await _app.StopAsync();
         await _app.DisposeAsync();
     }
