@@ -74,7 +74,14 @@ public sealed record ClusterStatus(
     [property: Key(12)] int InFlight = 0,
     [property: Key(13)] int Queued = 0,
     [property: Key(14)] DeviceMapEntry[]? Moved = null,
-    [property: Key(15)] int Recoveries = 0) : IShardPipeMessage;
+    [property: Key(15)] int Recoveries = 0,
+    [property: Key(16)] DeviceTiming[]? Timings = null) : IShardPipeMessage;
+
+/// <summary>A device's node timing as its worker last reported it (<see cref="StageTiming"/>).</summary>
+[MessagePackObject]
+public sealed record DeviceTiming(
+    [property: Key(0)] string Device,
+    [property: Key(1)] StageTiming Timing);
 // Keys 4 and 5 (the device map as two parallel arrays) are retired: see DeviceMap.
 
 /// <summary>A device the coordinator refused when its node registered (for example cuda:0 on a build without CUDA).</summary>

@@ -13,7 +13,18 @@ public sealed record RegisterWorker(
     [property: Key(2)] string NodeName,
     [property: Key(3)] WorkerDevice[] Devices,
     [property: Key(4)] string[] LocalModelRoots,
-    [property: Key(5)] HeldSlice? Holding = null) : IShardPipeMessage;
+    [property: Key(5)] HeldSlice? Holding = null,
+    [property: Key(6)] StageTiming? Timing = null) : IShardPipeMessage;
+
+/// <summary>
+/// How a worker's node has been running: the median of its recent step times (compute per hop) and of the activation
+/// hops it received (send to receive), and how many steps it ran. Reported with every registration, shown in status.
+/// </summary>
+[MessagePackObject]
+public sealed record StageTiming(
+    [property: Key(0)] double StepP50Ms,
+    [property: Key(1)] double HopP50Ms,
+    [property: Key(2)] long Steps);
 
 /// <summary>
 /// A device a node offers, with its memory budget and the path of its device-worker actor; <see cref="Unusable"/>

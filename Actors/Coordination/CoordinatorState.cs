@@ -99,7 +99,10 @@ public sealed class CoordinatorState
     public Registration Register(RegisterWorker r)
     {
         if (r.Devices.All(d => _workers.Any(w => w.Path == d.ActorPath)))
-            return new Registration.Accepted(Array.Empty<WorkerInfo>(), Array.Empty<RefusedDevice>()); // a repeat: nothing changes
+        {
+            NoteTiming(r); // a repeat: only the node's timing changes
+            return new Registration.Accepted(Array.Empty<WorkerInfo>(), Array.Empty<RefusedDevice>());
+        }
         if (r.ProtocolVersion != _protocolVersion)
             return new Registration.Refused($"protocol version {r.ProtocolVersion}, the cluster speaks {_protocolVersion}");
         if (r.MaxFrameSize != _maxFrameSize)
@@ -123,7 +126,16 @@ public sealed class CoordinatorState
             _refused.Remove(name);
             joined.Add(worker);
         }
+        NoteTiming(r);
         return new Registration.Accepted(joined, refused);
+    }
+
+    /// <summary>Keeps the node timing a registration reports, for the devices that are workers.</summary>
+    private void NoteTiming(RegisterWorker r)
+    {
+        if (r.Timing is not { } timing) return;
+        foreach (var d in r.Devices)
+            if (_workers.Any(w => w.Path == d.ActorPath)) _timings[d.ActorPath] = timing;
     }
 
     private static string? DeviceProblem(string node, WorkerDevice d)
@@ -184,6 +196,7 @@ public sealed class CoordinatorState
         if (worker is null) return (false, false);
         _workers.Remove(worker);
         _holders.Remove(path);
+        _timings.Remove(path);
         bool failsLoad = Pending?.Involves(path) == true;
         bool losesModel = Loaded?.Stages.Any(s => s.WorkerPath == path) == true;
         return (failsLoad, losesModel);
@@ -297,6 +310,8 @@ public sealed class CoordinatorState
 
     // ---- status ----
 
+    private readonly Dictionary<string, StageTiming> _timings = new(StringComparer.Ordinal);
+
     public ClusterStatus Status(string requestId) => new(requestId, StateName, Loaded?.Model ?? Pending?.Model,
         _workers.Select(w => w.Node).Distinct().ToArray(),
         Loaded?.Usage ?? _workers.Select(w => new DeviceUsage(w.ToString(), 0, 0, w.Budget)).ToArray(),
@@ -308,7 +323,8 @@ public sealed class CoordinatorState
         _inFlight.Count,
         _queued.Count,
         Loaded?.Moved,
-        Loaded?.Recoveries ?? 0);
+        Loaded?.Recoveries ?? 0,
+        _workers.Where(w => _timings.ContainsKey(w.Path)).Select(w => new DeviceTiming(w.ToString(), _timings[w.Path])).ToArray());
 }
 
 /// <summary>A load in progress: the slices still out (worker path → planned bytes) and those acknowledged.</summary>

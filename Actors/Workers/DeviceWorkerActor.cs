@@ -1,4 +1,5 @@
 using Akka.Actor;
+using ShardPipe.Actors.Diagnostics;
 using Akka.Event;
 using ShardPipe.Actors.Hosting;
 using ShardPipe.Actors.Settings;
@@ -65,7 +66,16 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private RegisterWorker Registration() => new(_settings.DebugProtocolVersion ?? Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
         new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self), Unusable()) },
         _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>(),
-        _slice is { } s && _loaded is { } l ? new HeldSlice(s.PlanEpoch, s.Model, s.ModulePrefixes, l.Bytes, _record is { } r && r.PlanEpoch == s.PlanEpoch ? r : null) : null);
+        _slice is { } s && _loaded is { } l ? new HeldSlice(s.PlanEpoch, s.Model, s.ModulePrefixes, l.Bytes, _record is { } r && r.PlanEpoch == s.PlanEpoch ? r : null) : null,
+        Timing());
+
+    /// <summary>This node's recent step and hop medians (diagnostics kept apart from what benchmarks drain).</summary>
+    private StageTiming Timing()
+    {
+        var d = NodeDiagnostics.For(Context.System);
+        static double Median(List<double> xs) => xs.Count == 0 ? 0 : xs.Order().ElementAt(xs.Count / 2);
+        return new StageTiming(Median(d.StepTimes.Recent()), Median(d.HopLatency.Recent()), d.StepTimes.Count);
+    }
 
     /// <summary>Why this node cannot compute on its device (a CUDA device on a build without CUDA), or null.</summary>
     private string? Unusable()

@@ -4,7 +4,7 @@ namespace ShardPipe.Host.Serving;
 /// The cluster dashboard served at <c>/</c>: one self-contained page (no build step, no external files) that polls
 /// <c>GET /status</c> every second and renders the nodes and their state, the device map as one strip of modules
 /// coloured by node/device (each cell names its module and device), planned, loaded and budget bytes per device (the
-/// load's progress), tokens/s and the queues. It needs no long-lived connection: every render is from one poll.
+/// load's progress) with each node's recent step time and hop latency, tokens/s and the queues. It needs no long-lived connection: every render is from one poll.
 /// </summary>
 public static class Dashboard
 {
@@ -44,7 +44,7 @@ public static class Dashboard
 <h2>Device map</h2>
 <div id="map" class="strip"></div>
 <h2>Devices</h2>
-<table><thead><tr><th>device</th><th>loaded / planned</th><th>budget</th><th></th></tr></thead><tbody id="devices"></tbody></table>
+<table><thead><tr><th>device</th><th>loaded / planned</th><th>budget</th><th></th><th>step p50</th><th>hop p50</th></tr></thead><tbody id="devices"></tbody></table>
 <script>
 const palette = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
 const colours = {};
@@ -78,7 +78,9 @@ function render(s) {
     const tr = el("tr", { "data-device": d.device });
     const bar = el("div", { class: "bar" }); const fill = el("div"); fill.style.width = (d.planned_bytes ? 100 * d.loaded_bytes / d.planned_bytes : 0) + "%"; fill.style.background = colour(d.device); bar.append(fill);
     const progress = el("td"); progress.append(bar);
-    tr.append(el("td", {}, d.device + (d.streamed ? " (streamed)" : "")), el("td", {}, bytes(d.loaded_bytes) + " / " + bytes(d.planned_bytes)), el("td", {}, bytes(d.budget_bytes)), progress);
+    const ms = v => v === null || v === undefined ? "–" : v.toFixed(2) + " ms";
+    tr.append(el("td", {}, d.device + (d.streamed ? " (streamed)" : "")), el("td", {}, bytes(d.loaded_bytes) + " / " + bytes(d.planned_bytes)), el("td", {}, bytes(d.budget_bytes)), progress,
+      el("td", {}, ms(d.step_ms_p50)), el("td", {}, ms(d.hop_ms_p50)));
     rows.append(tr);
   }
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();

@@ -325,9 +325,14 @@ public sealed class OpenAiServer : IAsyncDisposable
             ["epoch"] = s.PlanEpoch,
             ["nodes"] = new JsonArray(s.Nodes.Select(n => (JsonNode)n).ToArray()),
             ["device_map"] = ClusterSession.MapJson(s.DeviceMap),
-            ["devices"] = new JsonArray(s.Devices.Select(d => (JsonNode)new JsonObject
+            ["devices"] = new JsonArray(s.Devices.Select(d =>
             {
-                ["device"] = d.Device, ["planned_bytes"] = d.PlannedBytes, ["loaded_bytes"] = d.LoadedBytes, ["budget_bytes"] = d.BudgetBytes, ["streamed"] = d.Streamed,
+                var timing = s.Timings?.FirstOrDefault(t => t.Device == d.Device)?.Timing;
+                return (JsonNode)new JsonObject
+                {
+                    ["device"] = d.Device, ["planned_bytes"] = d.PlannedBytes, ["loaded_bytes"] = d.LoadedBytes, ["budget_bytes"] = d.BudgetBytes, ["streamed"] = d.Streamed,
+                    ["step_ms_p50"] = timing is null ? null : Math.Round(timing.StepP50Ms, 3), ["hop_ms_p50"] = timing is null ? null : Math.Round(timing.HopP50Ms, 3),
+                };
             }).ToArray()),
             ["cluster_in_flight"] = s.InFlight,
             ["cluster_queued"] = s.Queued,

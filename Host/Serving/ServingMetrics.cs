@@ -7,14 +7,15 @@ namespace ShardPipe.Host.Serving;
 /// The server's Prometheus metrics (prometheus-net, a registry of its own per server): requests by endpoint and
 /// outcome, prompt and completion tokens, time to first token and inter-token latency, rows per step, the server's running and
 /// waiting requests, and — read from the cluster's status at each scrape — its in-flight and queued requests, the
-/// planned, loaded and budget bytes per device, the epoch and the recoveries.
+/// planned, loaded and budget bytes per device, each device's node step time and hop latency (medians the workers
+/// report with their registrations), the epoch and the recoveries.
 /// </summary>
 public sealed class ServingMetrics
 {
     public CollectorRegistry Registry { get; } = Metrics.NewCustomRegistry();
     private readonly Counter _requests, _promptTokens, _completionTokens;
     private readonly Histogram _ttft, _itl, _rows;
-    private readonly Gauge _running, _waiting, _clusterInFlight, _clusterQueued, _deviceBytes, _epoch, _recoveries, _ready;
+    private readonly Gauge _running, _waiting, _clusterInFlight, _clusterQueued, _deviceBytes, _epoch, _recoveries, _ready, _stepMs, _hopMs, _steps;
 
     public ServingMetrics()
     {
@@ -37,6 +38,9 @@ public sealed class ServingMetrics
         _epoch = f.CreateGauge("shardpipe_plan_epoch", "The served model's plan epoch (rises with each recovery).");
         _recoveries = f.CreateGauge("shardpipe_recoveries", "Recoveries of the served model since it was loaded.");
         _ready = f.CreateGauge("shardpipe_model_ready", "1 when the model is served, else 0.");
+        _stepMs = f.CreateGauge("shardpipe_stage_step_ms", "Median of the recent step times (compute per hop) on the device's node, as its worker last reported.", new GaugeConfiguration { LabelNames = new[] { "device" } });
+        _hopMs = f.CreateGauge("shardpipe_hop_latency_ms", "Median of the recent activation hops the device's node received (send to receive).", new GaugeConfiguration { LabelNames = new[] { "device" } });
+        _steps = f.CreateGauge("shardpipe_node_steps", "Steps the device's node has run since it started.", new GaugeConfiguration { LabelNames = new[] { "device" } });
     }
 
     public void Request(string endpoint, string outcome) => _requests.WithLabels(endpoint, outcome).Inc();
@@ -63,6 +67,12 @@ public sealed class ServingMetrics
         _epoch.Set(status.PlanEpoch);
         _recoveries.Set(status.Recoveries);
         _ready.Set(status.State == "ready" ? 1 : 0);
+        foreach (var t in status.Timings ?? Array.Empty<DeviceTiming>())
+        {
+            _stepMs.WithLabels(t.Device).Set(t.Timing.StepP50Ms);
+            _hopMs.WithLabels(t.Device).Set(t.Timing.HopP50Ms);
+            _steps.WithLabels(t.Device).Set(t.Timing.Steps);
+        }
         foreach (var d in status.Devices)
         {
             _deviceBytes.WithLabels(d.Device, "planned").Set(d.PlannedBytes);

@@ -207,6 +207,9 @@ public class ServeTests
             Assert.Contains(expect, metrics);
         double completionTokens = double.Parse(metrics.Split('\n').First(l => l.StartsWith("shardpipe_completion_tokens_total ")).Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
         Assert.True(completionTokens >= 12 * 4 + 16 * 10, $"completion tokens counted: {completionTokens}");
+        // Per-stage timing arrives with the workers' registrations (every second).
+        await Eventually.True(async () => (await http.GetStringAsync("/metrics")).Contains("shardpipe_stage_step_ms{device=\"node-2/cpu\"}"), TimeSpan.FromSeconds(5), "stage step times in /metrics");
+        Assert.Contains("shardpipe_hop_latency_ms{device=\"node-3/cpu\"}", await http.GetStringAsync("/metrics"));
         // The 16 greedy streams that arrived together shared pipeline steps (request batching).
         double Metric(string name) => double.Parse(metrics.Split('\n').First(l => l.StartsWith(name + " ")).Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
         Assert.True(Metric("shardpipe_rows_per_step_sum") / Metric("shardpipe_rows_per_step_count") > 1.5, "rows per step: " + Metric("shardpipe_rows_per_step_sum") / Metric("shardpipe_rows_per_step_count"));
