@@ -33,6 +33,7 @@ public sealed class TokenizerJson
     private readonly AddedTokenSplitter _raw, _normalized;
     private readonly Dictionary<int, string> _addedById = new(); // the first added token of each id, as a scan finds it
     private readonly HashSet<int> _specialIds;
+    private string _path = "tokenizer.json";
 
     private TokenizerJson(BpeModel model, IReadOnlyList<AddedToken> added, INormalizer? normalizer, IPreTokenizer? pre, IPostProcessor? post, IDecoder? decoder)
     {
@@ -58,7 +59,7 @@ public sealed class TokenizerJson
             p.Int(t, "id"), p.Str(t, "content"), p.Bool(t, "special", false), p.Bool(t, "lstrip", false), p.Bool(t, "rstrip", false),
             p.Bool(t, "single_word", false), p.Bool(t, "normalized", false))).ToList();
         return new TokenizerJson(BuildModel(model, p), added, Normalizers.Build(root["normalizer"], p), PreTokenizers.Build(root["pre_tokenizer"], p),
-            PostProcessors.Build(root["post_processor"], p, added), Decoders.Build(root["decoder"], p));
+            PostProcessors.Build(root["post_processor"], p, added), Decoders.Build(root["decoder"], p)) { _path = path };
     }
 
     private static BpeModel BuildModel(JsonObject model, JsonParts p)
@@ -82,6 +83,15 @@ public sealed class TokenizerJson
 
     /// <summary>Ids and tokens of <paramref name="text"/>, as <c>tokenizer.encode(text, add_special_tokens)</c>.</summary>
     public List<(string Token, int Id)> Encode(string text, bool addSpecialTokens)
+    {
+        try { return EncodeCore(text, addSpecialTokens); }
+        catch (RegexMatchTimeoutException ex)
+        {
+            throw new UnsupportedException($"{_path}: a pattern of this tokenizer.json took over {JsonParts.RegexTimeout.TotalSeconds:0} s on one match ('{ex.Pattern}'): refused");
+        }
+    }
+
+    private List<(string Token, int Id)> EncodeCore(string text, bool addSpecialTokens)
     {
         var tokens = new List<(string, int)>();
         foreach (var raw in _raw.Split(text))
@@ -128,6 +138,8 @@ internal sealed class JsonParts(string path)
     public bool Bool(JsonNode? o, string key, bool fallback) => Field(o, key) is JsonValue v && v.TryGetValue(out bool b) ? b : fallback;
     public string Type(JsonNode n, string section) => Field(n, "type") is JsonValue v && v.TryGetValue(out string? t) ? t : throw new CheckpointFormatException(Path, null, $"{section} has no 'type'");
     public CheckpointFormatException NullEntry(string section) => new(Path, null, $"{section} holds a null entry");
+    public static readonly TimeSpan RegexTimeout = TimeSpan.FromSeconds(2);
+
     public UnsupportedException Unsupported(string section, string type, string supported) =>
         new($"{Path}: {section} type '{type}' is not supported (supported: {supported})");
 
@@ -137,7 +149,9 @@ internal sealed class JsonParts(string path)
         if (Field(n, "String") is JsonValue s) return new Regex(Regex.Escape(StrValue(s, $"{section} pattern.String")), RegexOptions.CultureInvariant);
         if (Field(n, "Regex") is JsonValue r)
         {
-            try { return new Regex(StrValue(r, $"{section} pattern.Regex"), RegexOptions.CultureInvariant); }
+            // A regex from the file is the one place a hostile tokenizer.json could make encoding run away (catastrophic
+            // backtracking): each match is bounded, and a timeout becomes a typed error naming the file (see Encode).
+            try { return new Regex(StrValue(r, $"{section} pattern.Regex"), RegexOptions.CultureInvariant, RegexTimeout); }
             catch (ArgumentException ex) { throw new UnsupportedException($"{Path}: {section} regex cannot be compiled here ({ex.Message})"); }
         }
         throw new CheckpointFormatException(Path, null, $"{section} pattern must be {{\"String\": …}} or {{\"Regex\": …}}");
