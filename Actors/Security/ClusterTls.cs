@@ -140,51 +140,43 @@ public sealed class ClusterTls
         new(Protocol(tls), address.System, address.Host, address.Port);
 
     /// <summary>The client side of a side channel's connection: TLS over <paramref name="s"/>, this node's certificate presented.</summary>
-    public Stream Client(Socket s, string host)
+    public Stream Client(Socket s, string host) => Handshake(s, $"with {host}", (ssl, validate, cancel) => ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
     {
-        var ssl = new SslStream(new NetworkStream(s, ownsSocket: false), leaveInnerStreamOpen: false);
-        try
-        {
-            using var cts = new CancellationTokenSource(HandshakeTimeout);
-            ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
-            {
-                TargetHost = host,
-                ClientCertificateContext = _context,
-                EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-                CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-                RemoteCertificateValidationCallback = (_, cert, _, _) => Refusal(cert) is null,
-            }, cts.Token).GetAwaiter().GetResult();
-            return ssl;
-        }
-        catch (Exception ex) when (ex is AuthenticationException or OperationCanceledException or IOException)
-        {
-            ssl.Dispose();
-            throw new TlsRefusedException($"TLS handshake with {host} failed: {ex.Message}");
-        }
-    }
+        TargetHost = host,
+        ClientCertificateContext = _context,
+        EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+        CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+        RemoteCertificateValidationCallback = validate,
+    }, cancel));
 
     /// <summary>The server side of a side channel's connection: TLS over an accepted <paramref name="s"/>, a client certificate required.</summary>
-    public Stream Server(Socket s)
+    public Stream Server(Socket s) => Handshake(s, $"from {s.RemoteEndPoint}", (ssl, validate, cancel) => ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+    {
+        ServerCertificateContext = _context,
+        ClientCertificateRequired = true,
+        EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+        CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+        RemoteCertificateValidationCallback = validate,
+    }, cancel));
+
+    /// <summary>
+    /// One side's handshake over <paramref name="s"/> within <see cref="HandshakeTimeout"/>, the peer checked by
+    /// <see cref="Refusal"/>; a failure is a <see cref="TlsRefusedException"/> with our reason when we refused the peer.
+    /// </summary>
+    private Stream Handshake(Socket s, string peer, Func<SslStream, RemoteCertificateValidationCallback, CancellationToken, Task> authenticate)
     {
         var ssl = new SslStream(new NetworkStream(s, ownsSocket: false), leaveInnerStreamOpen: false);
         string? refused = null;
         try
         {
             using var cts = new CancellationTokenSource(HandshakeTimeout);
-            ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
-            {
-                ServerCertificateContext = _context,
-                ClientCertificateRequired = true,
-                EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-                CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-                RemoteCertificateValidationCallback = (_, cert, _, _) => (refused = Refusal(cert)) is null,
-            }, cts.Token).GetAwaiter().GetResult();
+            authenticate(ssl, (_, cert, _, _) => (refused = Refusal(cert)) is null, cts.Token).GetAwaiter().GetResult();
             return ssl;
         }
         catch (Exception ex) when (ex is AuthenticationException or OperationCanceledException or IOException)
         {
             ssl.Dispose();
-            throw new TlsRefusedException($"TLS handshake from {s.RemoteEndPoint} failed: {refused ?? ex.Message}");
+            throw new TlsRefusedException($"TLS handshake {peer} failed: {refused ?? ex.Message}");
         }
     }
 
