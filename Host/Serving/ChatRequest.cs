@@ -7,9 +7,9 @@ namespace ShardPipe.Host.Serving;
 /// An OpenAI <c>/v1/chat/completions</c> request: the messages (each a role and text content — a string, or a list of
 /// <c>{"type": "text"}</c> parts) and the fields completions share, checked before anything runs.
 /// </summary>
-public sealed record ChatRequest(CompletionRequest Common, IReadOnlyList<ChatMessage> Messages)
+/// <param name="MaxTokensGiven">Whether the request set max_tokens: chat's has no fixed default (up to the context).</param>
+public sealed record ChatRequest(CompletionRequest Common, IReadOnlyList<ChatMessage> Messages, bool MaxTokensGiven)
 {
-    /// <param name="defaultMaxTokens">Chat's max_tokens has no default in the API (up to the context): the caller passes what is left of it.</param>
     public static ChatRequest Parse(JsonNode? body, int maxTokensCap)
     {
         if (body is not JsonObject o) throw OpenAiException.Invalid("the request body must be a JSON object", null);
@@ -19,7 +19,7 @@ public sealed record ChatRequest(CompletionRequest Common, IReadOnlyList<ChatMes
             if (o[key] is { } v && v.ToJsonString() is not ("null" or "false"))
                 throw OpenAiException.Invalid($"'{key}' is not supported by this server", key);
         var common = CompletionRequest.ReadCommon(o, maxTokensCap, defaultMaxTokens: null);
-        return new ChatRequest(common, messages);
+        return new ChatRequest(common, messages, o["max_tokens"] is not null || o["max_completion_tokens"] is not null);
     }
 
     private static ChatMessage Message(JsonNode? m, int i)

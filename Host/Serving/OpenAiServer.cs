@@ -195,11 +195,9 @@ public sealed class OpenAiServer : IAsyncDisposable
         var ids = Encode(new PromptInput(rendered, null), "messages");
         var request = chat.Common;
         // Chat's max_tokens has no fixed default: what the context leaves, within the server's cap.
-        if (ChatMaxTokensUnset(request)) request = request with { MaxTokens = (int)Math.Max(1, Math.Min(_options.MaxTokens, _positions - ids.Length)) };
+        if (!chat.MaxTokensGiven) request = request with { MaxTokens = (int)Math.Max(1, Math.Min(_options.MaxTokens, _positions - ids.Length)) };
         await Run(ctx, request, new[] { ids }, Shape.Chat);
     }
-
-    private bool ChatMaxTokensUnset(CompletionRequest r) => r.MaxTokens == _options.MaxTokens;
 
     private enum Shape { Completion, Chat }
 

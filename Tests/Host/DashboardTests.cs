@@ -1,10 +1,7 @@
 using System.Diagnostics;
-using Microsoft.Extensions.Logging.Abstractions;
 using OpenQA.Selenium;
 using OpenQA.Selenium.Chrome;
 using ShardPipe.Actors.Hosting;
-using ShardPipe.Host.Cli;
-using ShardPipe.Host.Serving;
 using ShardPipe.Tests.Support;
 
 namespace ShardPipe.Tests.Host;
@@ -25,10 +22,10 @@ public class DashboardTests
         Assert.True(File.Exists(Chromium) && File.Exists(Driver), $"{Chromium} and {Driver} are needed (apt-get install chromium chromium-driver; .ci/run installs them)");
         using var tmp = new TempDir();
         string folder = ServeTests.ModelWithTokenizer(tmp);
-        var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
-        await using var session = ClusterSession.Over(cluster);
-        await session.EnsureLoadedAsync(ShardPipe.Tests.Actors.Requests.Load(folder), NullLogger.Instance, json: true);
-        await using var server = await OpenAiServer.StartAsync(new ServeOptions("tiny-llama", folder, "127.0.0.1", 0, 4, 4, 64, TimeSpan.FromSeconds(60)), session, NullLogger.Instance);
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
+        var (server, http) = await ServeTests.Serve(folder, cluster);
+        await using var _ = server;
+        http.Dispose();
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
 
         var options = new ChromeOptions { BinaryLocation = Chromium };

@@ -21,21 +21,16 @@ namespace ShardPipe.Tests.Host;
 [Collection("cluster")]
 public class ServeTests
 {
-    /// <summary>
-    /// A reference Llama (vocabulary 256) with a byte-level tokenizer over exactly those 256 ids: GPT-2's tokenizer.json
-    /// from the reference data, without merges and ids beyond the model's vocabulary.
-    /// </summary>
     internal const string ChatMl = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+    /// <summary>
+    /// A reference Llama (vocabulary 256) with a byte-level tokenizer over exactly those 256 ids (the one
+    /// <c>shardpipe synth</c> writes) and, unless asked otherwise, a ChatML chat template.
+    /// </summary>
     internal static string ModelWithTokenizer(TempDir tmp, bool chatTemplate = true)
     {
         foreach (var f in Directory.GetFiles(TestPaths.Model("llama_untied"))) File.Copy(f, tmp.File(Path.GetFileName(f)));
-        var t = JsonNode.Parse(File.ReadAllText(Path.Combine(TestPaths.HfReference, "tokenizer_json", "gpt2", "tokenizer.json")))!.AsObject();
-        var vocab = t["model"]!["vocab"]!.AsObject();
-        foreach (var k in vocab.Where(kv => kv.Value!.GetValue<int>() >= 256).Select(kv => kv.Key).ToList()) vocab.Remove(k);
-        t["model"]!["merges"] = new JsonArray();
-        t["added_tokens"] = new JsonArray((t["added_tokens"] as JsonArray ?? new JsonArray()).Where(a => a!["id"]!.GetValue<int>() < 256).Select(a => a!.DeepClone()).ToArray());
-        File.WriteAllText(tmp.File("tokenizer.json"), t.ToJsonString());
+        ByteLevelTokenizerFile.Write(tmp.Path, 256);
         if (chatTemplate) File.WriteAllText(tmp.File("tokenizer_config.json"), new JsonObject { ["chat_template"] = ChatMl }.ToJsonString());
         return tmp.Path;
     }
@@ -52,7 +47,7 @@ public class ServeTests
         finally { model.Release(); }
     }
 
-    private static async Task<(OpenAiServer Server, HttpClient Http)> Serve(string folder, EmbeddedCluster cluster, int maxActive = 16, int maxQueued = 64)
+    internal static async Task<(OpenAiServer Server, HttpClient Http)> Serve(string folder, EmbeddedCluster cluster, int maxActive = 16, int maxQueued = 64)
     {
         var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(ShardPipe.Tests.Actors.Requests.Load(folder), NullLogger.Instance, json: true);
