@@ -24,6 +24,8 @@ public interface IClientRequest : IShardPipeMessage
 /// A client asks for greedy or sampled generation; positions follow the mask, as HF's <c>generate</c>. A request that
 /// survived a fault continues with <see cref="Resume"/>: the tokens it already received, one array per step; the
 /// prompt plus those tokens are prefilled and decoding goes on at the next step (the sampler's draws replayed).
+/// <see cref="PrefillChunk"/> &gt; 0 prefills a longer prompt that many positions per step (chunked prefill), so that
+/// the stages' other requests, merged into the same steps, are never held up longer than one chunk; 0 = at once.
 /// </summary>
 [MessagePackObject]
 public sealed record Generate(
@@ -33,7 +35,8 @@ public sealed record Generate(
     [property: Key(4)] int MaxNewTokens,
     [property: Key(5)] bool IgnoreEos,
     [property: Key(6)] SamplingSettings Sampling,
-    [property: Key(7)] long[][]? Resume = null) : IClientRequest;
+    [property: Key(7)] long[][]? Resume = null,
+    [property: Key(8)] int PrefillChunk = 0) : IClientRequest;
 // Key 3 (position ids, used only by forward passes sent as Generate with MaxNewTokens 0) is retired: see Forward.
 
 /// <summary>A client asks for one forward pass: the last position's logits of every row (<see cref="ForwardResult"/>).</summary>
@@ -72,8 +75,30 @@ public sealed record GenerationState(
     [property: Key(3)] long PadTokenId,
     [property: Key(4)] bool[] Finished,
     [property: Key(5)] SamplingSettings Sampling,
-    [property: Key(8)] long[][]? History = null);
+    [property: Key(8)] long[][]? History = null,
+    [property: Key(9)] PromptRest? Prefill = null);
 // Keys 6 and 7 (plan epoch, coordinator) moved to StageInput, where forward passes have them too.
+
+/// <summary>
+/// The part of a prompt not yet prefilled (chunked prefill): its ids, mask and positions, taken <see cref="Chunk"/>
+/// positions per step. The last hop loops the next chunk back to the first instead of sampling, until none is left.
+/// </summary>
+[MessagePackObject]
+public sealed record PromptRest(
+    [property: Key(0)] long[][] InputIds,
+    [property: Key(1)] long[][] AttentionMask,
+    [property: Key(2)] long[][] PositionIds,
+    [property: Key(3)] int Chunk);
+
+/// <summary>
+/// Several requests' steps for one stage, sent as one message because the stage before ran them as one merged step
+/// (continuous batching), so that they arrive — and run — together. <see cref="Released"/>: requests that ended in that
+/// step (released on arrival, as <see cref="ReleaseRequest"/>), so that a first stage waiting for them knows at once.
+/// </summary>
+[MessagePackObject]
+public sealed record StageBatch(
+    [property: Key(0)] StageInput[] Steps,
+    [property: Key(1)] string[] Released) : IShardPipeMessage;
 
 /// <summary>New tokens of one step, one per row (streamed to the caller).</summary>
 [MessagePackObject]

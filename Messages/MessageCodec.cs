@@ -23,7 +23,7 @@ public static class MessageCodec
         ("read", typeof(ReadTensor)), ("read-hdr", typeof(TensorHeader)), ("read-fail", typeof(ReadFailed)),
         ("bulk-offer", typeof(BulkOffer)),
         ("chunk", typeof(TensorChunk)), ("ack", typeof(ChunkAck)), ("mchunk", typeof(MessageChunk)),
-        ("gen", typeof(Generate)), ("fwd", typeof(Forward)), ("stage", typeof(StageInput)), ("tokens", typeof(TokensGenerated)),
+        ("gen", typeof(Generate)), ("fwd", typeof(Forward)), ("stage", typeof(StageInput)), ("stages", typeof(StageBatch)), ("tokens", typeof(TokensGenerated)),
         ("fwd-res", typeof(ForwardResult)), ("gen-done", typeof(GenerationDone)), ("req-fail", typeof(RequestFailed)),
         ("req-rel", typeof(ReleaseRequest)), ("link?", typeof(OpenLink)), ("link-offer", typeof(LinkOffer)),
         ("commit", typeof(ModelCommitted)),

@@ -6,7 +6,8 @@ public interface IShardPipeMessage { }
 /// <summary>Wire protocol constants. Keys are append-only; a breaking change bumps <see cref="Version"/>.</summary>
 public static class Protocol
 {
-    public const int Version = 4;
+    public const int Version = 5;
+    // 5: continuous batching (StageBatch between stages) and chunked prefill (PromptRest): an older stage would drop them.
     // 4: registrations repeat and report the slice held (coordinator moves); ModelCommitted; resumable requests.
     // 2: bulk-channel chunks carry an XXH3-64 trailer (was CRC-32); activation links.
 

@@ -18,13 +18,15 @@ public sealed record RegisterWorker(
 
 /// <summary>
 /// How a worker's node has been running: the median of its recent step times (compute per hop) and of the activation
-/// hops it received (send to receive), and how many steps it ran. Reported with every registration, shown in status.
+/// hops it received (send to receive), how many steps it ran, and the mean rows of its recent steps (continuous
+/// batching merges requests' steps). Reported with every registration, shown in status.
 /// </summary>
 [MessagePackObject]
 public sealed record StageTiming(
     [property: Key(0)] double StepP50Ms,
     [property: Key(1)] double HopP50Ms,
-    [property: Key(2)] long Steps);
+    [property: Key(2)] long Steps,
+    [property: Key(3)] double RowsPerStep = 0);
 
 /// <summary>
 /// A device a node offers, with its memory budget and the path of its device-worker actor; <see cref="Unusable"/>

@@ -53,9 +53,12 @@ public static class FirstStep
                     mask = mask.Select(row => row.Concat(Enumerable.Repeat(1L, resume.Length)).ToArray()).ToArray();
                     step = resume.Length;
                 }
+                if (g.PrefillChunk < 0) return (null, $"prefill_chunk must be 0 (whole prompt) or positive, not {g.PrefillChunk}");
+                var first = ChunkedPrefill.First(ids, mask, DecodeRule.PositionsFromMask(mask), g.PrefillChunk);
                 var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.Stop.Eos, model.Stop.Pad, finished, g.Sampling,
-                    g.Sampling.RepetitionPenalty != 1.0 ? ids : null); // the ids so far travel only when a penalty needs them
-                return (new StageInput(g.RequestId, step, 0, null, ids, mask, DecodeRule.PositionsFromMask(mask), replyTo, state, model.Epoch, coordinator), null);
+                    g.Sampling.RepetitionPenalty != 1.0 ? ids : null, // the ids so far travel only when a penalty needs them
+                    first.Rest);
+                return (new StageInput(g.RequestId, step, 0, null, first.Ids, first.Mask, first.Positions, replyTo, state, model.Epoch, coordinator), null);
             default:
                 return (null, $"unknown request type {request.GetType().Name}");
         }

@@ -26,6 +26,8 @@ public sealed class NodeDiagnostics : IExtension
 
     /// <summary>Milliseconds spent computing each step on this node.</summary>
     public SampleLog<double> StepTimes { get; } = new();
+    /// <summary>Rows (sequences of all the requests merged) in each step on this node.</summary>
+    public SampleLog<double> StepRows { get; } = new();
     /// <summary>
     /// Milliseconds from a peer writing an activation frame to this node reading it (the frame's send time on the
     /// sender's monotonic clock): meaningful when both nodes share a machine, as in the decode benchmark.

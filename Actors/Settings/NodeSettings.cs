@@ -37,6 +37,7 @@ public sealed record NodeSettings
     public required IReadOnlyList<int> ComputeCores { get; init; }
     public required BulkSettings Bulk { get; init; }
     public required ActivationLinkSettings Links { get; init; }
+    public required BatchingSettings Batching { get; init; }
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
     /// <summary>Fault-injection hook: every step on this node sleeps this long first (multi-process tests of faults mid-generation).</summary>
@@ -94,6 +95,7 @@ public sealed record NodeSettings
             ComputeCores = sp.GetIntList("compute-cores").ToList(),
             Bulk = BulkSettings.From(config),
             Links = ActivationLinkSettings.From(config),
+            Batching = BatchingSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
             DebugStepDelay = sp.HasPath("debug.step-delay") ? sp.GetTimeSpan("debug.step-delay") : null,
         };

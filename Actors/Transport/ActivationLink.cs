@@ -9,20 +9,22 @@ namespace ShardPipe.Actors.Transport;
 
 /// <summary>
 /// Activation links: a direct socket from a device worker to a worker on another node, for the
-/// <see cref="StageInput"/>s it sends there (hidden states to the next stage; the sampled token back to the
+/// <see cref="StageInput"/>s (or <see cref="StageBatch"/>es of merged steps) it sends there (hidden states to the next stage; the sampled token back to the
 /// first). Akka.Remote hands a message through several threads on each side (≈0.6 ms a hop on this machine
 /// type); over a link the sending worker writes the frame itself and the reader thread on the far node runs the
 /// step (<see cref="StageExecutor"/>): ≈0.2 ms. Actor messages negotiate a link (<see cref="OpenLink"/> → <see cref="LinkOffer"/>
 /// with a one-time token) and stay the fallback whenever it is off, not yet up, or broken.
 /// <para>On the socket (little-endian): the <see cref="SideChannel"/> opening (magic <c>"SPA1"</c>), then frames,
 /// one way: <c>length u32 | sent-at i64 (the sender's monotonic clock, for hop timing) | manifest length u8 | manifest (ASCII) | body (the MessagePack message) | xxh3 u64 of
-/// the body</c>. Only <c>stage</c> frames are accepted; anything else, a bad checksum or an oversized frame closes
+/// the body</c>. Only <c>stage</c> and <c>stages</c> frames are accepted; anything else, a bad checksum or an oversized frame closes
 /// the link with a logged <see cref="ProtocolException"/>.</para>
 /// </summary>
 public static class ActivationLink
 {
     public static readonly byte[] Magic = "SPA1"u8.ToArray();
     public const string Manifest = "stage";
+    /// <summary>The manifest of a <see cref="StageBatch"/> frame: several requests' steps from one merged step.</summary>
+    public const string BatchManifest = "stages";
     /// <summary><c>length u32 | sent-at i64 | manifest length u8</c>.</summary>
     public const int HeaderBytes = 13;
     public const int TrailerBytes = 8;
@@ -89,7 +91,7 @@ public static class ActivationLink
             string manifest = Encoding.ASCII.GetString(_buffer, _start, manifestLength);
             _start += manifestLength;
             if (length > _maxFrame) throw new ProtocolException($"activation link: a '{manifest}' frame of {length} bytes exceeds the link's maximum of {_maxFrame}");
-            if (manifest != Manifest) throw new ProtocolException($"activation link: frame with manifest '{manifest}' (a link carries only '{Manifest}')");
+            if (manifest != Manifest && manifest != BatchManifest) throw new ProtocolException($"activation link: frame with manifest '{manifest}' (a link carries only '{Manifest}' and '{BatchManifest}')");
             var body = GC.AllocateUninitializedArray<byte>((int)length);
             Take(body);
             Span<byte> trailer = stackalloc byte[TrailerBytes];

@@ -108,8 +108,14 @@ public sealed class ActivationLinks
     }
 
     /// <summary>Sends over the target's link if it is up; false means: send it as actor messages.</summary>
-    public bool TrySend(string target, StageInput message)
+    public bool TrySend(string target, IShardPipeMessage message)
     {
+        string manifest = message switch
+        {
+            StageInput => ActivationLink.Manifest,
+            StageBatch => ActivationLink.BatchManifest,
+            _ => throw new ArgumentException($"an activation link carries steps, not {message.GetType().Name}"),
+        };
         if (!_links.TryGetValue(target, out var link) || link.Stream is not { } s) return false;
         var body = MessageCodec.Encode(message);
         if (body.Length > link.MaxFrameBytes) return false;
@@ -117,7 +123,7 @@ public sealed class ActivationLinks
         _diagnostics.FrameSent();
         try
         {
-            ActivationLink.WriteFrame(s, ActivationLink.Manifest, body);
+            ActivationLink.WriteFrame(s, manifest, body);
             return true;
         }
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException or IOException)

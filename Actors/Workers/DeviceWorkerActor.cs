@@ -74,7 +74,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     {
         var d = NodeDiagnostics.For(Context.System);
         static double Median(List<double> xs) => xs.Count == 0 ? 0 : xs.Order().ElementAt(xs.Count / 2);
-        return new StageTiming(Median(d.StepTimes.Recent()), Median(d.HopLatency.Recent()), d.StepTimes.Count);
+        var rows = d.StepRows.Recent();
+        return new StageTiming(Median(d.StepTimes.Recent()), Median(d.HopLatency.Recent()), d.StepTimes.Count, rows.Count == 0 ? 0 : rows.Average());
     }
 
     /// <summary>Why this node cannot compute on its device (a CUDA device on a build without CUDA), or null.</summary>
@@ -168,6 +169,11 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<LoadSlice>(OnLoadSlice);
         Receive<ReleaseSlice>(_ => { if (FromCoordinator("a release")) Sender.Tell(new ModelUnloaded("")); });
         Receive<StageInput>(i => { if (FromMember()) _executor.Fail(i, "no model slice is loaded on this stage", retryable: true); });
+        Receive<StageBatch>(b =>
+        {
+            if (FromMember())
+                foreach (var i in b.Steps) _executor.Fail(i, "no model slice is loaded on this stage", retryable: true);
+        });
         Receive<ReleaseRequest>(_ => { });
         Receive<EvictTick>(_ => { });
     }
@@ -234,7 +240,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     {
         Stash.UnstashAll();
         Registered();
-        Receive<StageInput>(i => { if (FromMember()) _executor.Run(i, Sender); });
+        Receive<StageInput>(i => { if (FromMember()) _executor.Run(i); });
+        Receive<StageBatch>(b => { if (FromMember()) _executor.Run(b); });
         Receive<MessageChunk>(Reassemble);
         Receive<ReleaseRequest>(r => { if (FromMember()) _executor.Release(r.RequestId); });
         Receive<LoadSlice>(OnLoadSlice);
@@ -290,5 +297,9 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         _epoch = -1;
     }
 
-    protected override void PostStop() => ReleaseModel();
+    protected override void PostStop()
+    {
+        ReleaseModel();
+        _executor.Dispose();
+    }
 }

@@ -10,15 +10,17 @@ using ShardPipe.Messages;
 namespace ShardPipe.Actors.Workers;
 
 /// <summary>
-/// A device worker's loaded stage and its outgoing activation links, behind one lock. The worker actor runs
-/// steps that arrive as actor messages on its own thread; a step that arrives over an activation link runs right
-/// on the link's reader thread (<see cref="Deliver"/>), so a hop costs one thread wake-up — the kernel's, on the
-/// core the sender just left — instead of a second hand-off to the worker's thread. The lock keeps every step,
-/// cache release and link change one at a time, as the actor's mailbox would.
+/// A device worker's loaded stage, its outgoing activation links, and its steps. Steps arrive as actor messages (the
+/// worker's thread) and over activation links (a link's reader thread); both only queue them in the stage's
+/// <see cref="StepBatcher"/>. One compute thread per stage takes what may run together and runs it as one merged step
+/// (continuous batching: a step of every request waiting, one read of the weights), so a step that arrives while
+/// another runs joins the next one. Merged outputs bound for the same stage travel on together as one
+/// <see cref="StageBatch"/>. Runs, cache releases and link changes hold one lock, as the actor's mailbox would.
 /// </summary>
-public sealed class StageExecutor
+public sealed class StageExecutor : IDisposable
 {
-    private readonly object _gate = new();
+    private readonly object _gate = new();   // the runner and the links
+    private readonly object _queue = new();  // the batcher (held briefly: arrivals never wait behind a step)
     private readonly NodeSettings _settings;
     private readonly string _stage;
     private readonly string _selfPath;
@@ -28,7 +30,10 @@ public sealed class StageExecutor
     private readonly IActorRefProvider _provider;
     private readonly ILoggingAdapter _log;
     private readonly ActivationLinks _links;
-    private StageRunner? _runner;
+    private readonly StepBatcher _batcher;
+    private readonly Thread _thread;
+    private volatile StageRunner? _runner;
+    private bool _stopping;
 
     public StageExecutor(NodeSettings settings, string stage, IActorRef self, string selfPath, ActorSystem system, ILoggingAdapter log)
     {
@@ -41,9 +46,12 @@ public sealed class StageExecutor
         _provider = ((ExtendedActorSystem)system).Provider;
         _log = log;
         _links = new ActivationLinks(settings.Links, log, stage, _diagnostics);
+        _batcher = new StepBatcher(settings.Batching);
+        _thread = new Thread(ComputeLoop) { IsBackground = true, Name = $"stage {stage}" };
+        _thread.Start();
     }
 
-    // The worker's link messages (from its own thread): the links are used by steps on reader threads too.
+    // The worker's link messages (from its own thread): the links are used by the compute thread too.
     public void WantLink(string target, IActorRef targetRef)
     {
         lock (_gate) _links.Want(target, targetRef, _self);
@@ -67,9 +75,10 @@ public sealed class StageExecutor
     public void Install(StageRunner runner)
     {
         lock (_gate) _runner = runner;
+        Wake();
     }
 
-    /// <summary>Frees the stage (its KV caches) and closes its links.</summary>
+    /// <summary>Frees the stage (its KV caches) and closes its links; steps still waiting fail (retryable) when next taken.</summary>
     public void Uninstall()
     {
         lock (_gate)
@@ -83,6 +92,8 @@ public sealed class StageExecutor
     public void Release(string requestId)
     {
         lock (_gate) _runner?.Release(requestId);
+        lock (_queue) _batcher.Released(requestId);
+        Wake(); // a first stage may have been holding new requests for this one's group
     }
 
     public int EvictIdle(TimeSpan idle)
@@ -91,69 +102,190 @@ public sealed class StageExecutor
     }
 
     /// <summary>
-    /// A message from an activation link's reader thread: a step runs here and now when the stage is loaded;
-    /// anything else (or a step before the slice is ready) goes to the worker as an actor message.
+    /// A message from an activation link's reader thread: steps are queued for the compute thread when the stage is
+    /// loaded; anything else (or a step before the slice is ready) goes to the worker as an actor message.
     /// </summary>
     public void Deliver(object message, IActorRef from)
     {
-        if (message is StageInput input)
+        if (_runner is not null)
         {
-            lock (_gate)
+            if (message is StageInput input)
             {
-                if (_runner is not null)
-                {
-                    RunLocked(input, from);
-                    return;
-                }
+                Enqueue(new[] { input }, Array.Empty<string>());
+                return;
+            }
+            if (message is StageBatch batch)
+            {
+                Run(batch);
+                return;
             }
         }
         _self.Tell(message, from);
     }
 
     /// <summary>A step that arrived as an actor message (on the worker's thread).</summary>
-    public void Run(StageInput input, IActorRef from)
+    public void Run(StageInput input)
     {
-        lock (_gate)
+        if (_runner is null) Fail(input, "no model slice is loaded on this stage", retryable: true);
+        else Enqueue(new[] { input }, Array.Empty<string>());
+    }
+
+    /// <summary>Steps merged at the stage before, with the requests that ended there.</summary>
+    public void Run(StageBatch batch)
+    {
+        if (batch.Released.Length > 0)
+            lock (_gate)
+                foreach (var id in batch.Released) _runner?.Release(id);
+        Enqueue(batch.Steps, batch.Released);
+    }
+
+    private void Enqueue(IReadOnlyList<StageInput> steps, IReadOnlyList<string> released)
+    {
+        var now = DateTime.UtcNow;
+        lock (_queue)
         {
-            if (_runner is null) Fail(input, "no model slice is loaded on this stage", retryable: true);
-            else RunLocked(input, from);
+            foreach (var id in released) _batcher.Released(id);
+            foreach (var s in steps) _batcher.Add(s, now);
+            Monitor.Pulse(_queue);
         }
     }
 
-    private void RunLocked(StageInput input, IActorRef from)
+    private void Wake()
     {
-        if (input.PlanEpoch != _runner!.Epoch)
+        lock (_queue) Monitor.Pulse(_queue);
+    }
+
+    /// <summary>The stage's compute thread: takes what may run together, runs it, and waits for more.</summary>
+    private void ComputeLoop()
+    {
+        while (true)
         {
-            // A late step of an old route (the plan changed under it): dropped; its caller has resumed it under the new epoch.
-            _log.Debug("{0}: dropped a step of request {1} from epoch {2} (this stage serves epoch {3})", _stage, input.RequestId, input.PlanEpoch, _runner.Epoch);
+            IReadOnlyList<StageInput> batch;
+            lock (_queue)
+            {
+                while (true)
+                {
+                    if (_stopping) return;
+                    var now = DateTime.UtcNow;
+                    batch = _batcher.Take(now);
+                    if (batch.Count > 0) break;
+                    var wait = _batcher.NextDeadline(now) is { } at ? at - now : Timeout.InfiniteTimeSpan;
+                    Monitor.Wait(_queue, wait == Timeout.InfiniteTimeSpan ? wait : TimeSpan.FromMilliseconds(Math.Max(1, wait.TotalMilliseconds)));
+                }
+            }
+            try
+            {
+                lock (_gate) RunLocked(batch);
+            }
+            catch (Exception ex)
+            {
+                _log.Error(ex, "{0}: a step could not be handled", _stage); // never the end of the stage's thread
+            }
+        }
+    }
+
+    private void RunLocked(IReadOnlyList<StageInput> batch)
+    {
+        if (_runner is null)
+        {
+            foreach (var s in batch) Fail(s, "no model slice is loaded on this stage", retryable: true);
             return;
         }
+        var steps = new List<StageInput>(batch.Count);
+        foreach (var input in batch)
+        {
+            // A late step of an old route (the plan changed under it): dropped; its caller has resumed it under the new epoch.
+            if (input.PlanEpoch == _runner.Epoch) steps.Add(input);
+            else _log.Debug("{0}: dropped a step of request {1} from epoch {2} (this stage serves epoch {3})", _stage, input.RequestId, input.PlanEpoch, _runner.Epoch);
+        }
+        if (steps.Count == 0) return;
         IReadOnlyList<Outgoing> outgoing;
         try
         {
-            _faults.BeforeStep?.Invoke();
-            PinThread();
-            long started = Stopwatch.GetTimestamp();
-            outgoing = _runner!.Run(input);
-            _diagnostics.StepTimes.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+            outgoing = Step(steps);
+        }
+        catch (Exception ex) when (steps.Count > 1)
+        {
+            // One request's bad step must not fail the others merged with it: the caches were rolled back; each runs alone.
+            _log.Warning("{0}: a merged step of {1} requests failed ({2}); running them one by one", _stage, steps.Count, ex.GetBaseException().Message);
+            var each = new List<Outgoing>();
+            foreach (var input in steps)
+            {
+                try { each.AddRange(Step(new[] { input })); }
+                catch (Exception one) { Failed(input, one); }
+            }
+            outgoing = each;
         }
         catch (Exception ex)
         {
-            _log.Warning("{0}: request {1} failed: {2}", _stage, input.RequestId, ex.Message);
-            _runner!.Release(input.RequestId);
-            Fail(input, ex.GetBaseException().Message);
+            Failed(steps[0], ex);
             return;
+        }
+        Send(outgoing);
+    }
+
+    private IReadOnlyList<Outgoing> Step(IReadOnlyList<StageInput> steps)
+    {
+        _faults.BeforeStep?.Invoke();
+        PinThread();
+        long started = Stopwatch.GetTimestamp();
+        var outgoing = _runner!.Run(steps);
+        _diagnostics.StepTimes.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        _diagnostics.StepRows.Record(steps.Sum(s => s.AttentionMask.Length));
+        return outgoing;
+    }
+
+    private void Failed(StageInput input, Exception ex)
+    {
+        _log.Warning("{0}: request {1} failed: {2}", _stage, input.RequestId, ex.Message);
+        _runner!.Release(input.RequestId);
+        lock (_queue) _batcher.Released(input.RequestId);
+        Fail(input, ex.GetBaseException().Message);
+    }
+
+    /// <summary>
+    /// Sends a step's outputs: the steps bound for each stage first (the pipeline's critical path), together as one
+    /// <see cref="StageBatch"/> with the releases bound there when there are several or both; then the rest in order.
+    /// Steps and releases for this stage itself stay here.
+    /// </summary>
+    private void Send(IReadOnlyList<Outgoing> outgoing)
+    {
+        var steps = new Dictionary<string, List<StageInput>>(StringComparer.Ordinal);
+        foreach (var o in outgoing)
+            if (o.Message is StageInput s)
+            {
+                if (!steps.TryGetValue(o.Path, out var list)) steps[o.Path] = list = new List<StageInput>();
+                list.Add(s);
+            }
+        var folded = new HashSet<(string, string)>();
+        foreach (var (path, list) in steps)
+        {
+            var released = outgoing.Where(o => o.Path == path && o.Message is ReleaseRequest).Select(o => ((ReleaseRequest)o.Message).RequestId).ToArray();
+            foreach (var id in released) folded.Add((path, id));
+            if (path == _selfPath)
+            {
+                foreach (var id in released) _runner!.Release(id);
+                Enqueue(list, released);
+                continue;
+            }
+            IShardPipeMessage message = list.Count == 1 && released.Length == 0 ? list[0] : new StageBatch(list.ToArray(), released);
+            if (_links.TrySend(path, message)) continue; // straight to the next stage's node
+            _provider.ResolveActorRef(path).TellChunked(message, _self); // large activations travel in chunks to another node
         }
         foreach (var o in outgoing)
         {
-            if (o.Message is ReleaseRequest rel && o.Path == _selfPath) _runner!.Release(rel.RequestId);
-            else
+            if (o.Message is StageInput) continue;
+            if (o.Message is ReleaseRequest rel)
             {
-                var message = o.Message;
-                if (message is StageInput hop && _links.TrySend(o.Path, hop)) continue; // straight to the next stage's node
-                var target = _provider.ResolveActorRef(o.Path);
-                target.TellChunked(message, _self); // large activations/logits travel in chunks to another node
+                if (folded.Contains((o.Path, rel.RequestId))) continue;
+                if (o.Path == _selfPath)
+                {
+                    _runner!.Release(rel.RequestId);
+                    lock (_queue) _batcher.Released(rel.RequestId);
+                    continue;
+                }
             }
+            _provider.ResolveActorRef(o.Path).TellChunked(o.Message, _self);
         }
     }
 
@@ -177,5 +309,15 @@ public sealed class StageExecutor
         var failed = new RequestFailed(input.RequestId, _stage, reason, retryable);
         _provider.ResolveActorRef(input.ReplyTo).Tell(failed);
         if (input.Coordinator is { } c) _provider.ResolveActorRef(c).Tell(failed);
+    }
+
+    /// <summary>Stops the compute thread (the worker stopped).</summary>
+    public void Dispose()
+    {
+        lock (_queue)
+        {
+            _stopping = true;
+            Monitor.Pulse(_queue);
+        }
     }
 }

@@ -40,43 +40,139 @@ public sealed class StageRunner : IDisposable
     public int ActiveRequests => _caches.Count;
     public long CacheBytes => _caches.Values.Sum(c => c.Cache.Bytes);
 
-    public IReadOnlyList<Outgoing> Run(StageInput input)
+    public IReadOnlyList<Outgoing> Run(StageInput input) => Run(new[] { input });
+
+    /// <summary>
+    /// One merged step (continuous batching): the steps of several requests at the same hop run together — every
+    /// row-wise part of the stage once over all their positions, attention per request with its own cache
+    /// (<see cref="RaggedBatch"/>). Each request's outputs are those of its step run alone. If the merged step fails, the
+    /// caches are rolled back to where they were, so that the steps can run again one by one.
+    /// </summary>
+    public IReadOnlyList<Outgoing> Run(IReadOnlyList<StageInput> steps)
     {
-        if (_released.Contains(input.RequestId)) return Array.Empty<Outgoing>();
+        var live = steps.Where(s => !_released.Contains(s.RequestId)).ToList();
+        if (live.Count == 0) return Array.Empty<Outgoing>();
+        int hopIndex = live[0].Hop;
+        bool forwardOnly = live[0].Generation is null;
+        if (live.Any(s => s.Hop != hopIndex || (s.Generation is null) != forwardOnly) || forwardOnly && live.Count > 1)
+            throw new ArgumentException("a merged step takes generation steps of one hop (a forward pass runs alone)");
+        if (hopIndex < 0 || hopIndex >= _route.Length) throw new ProtocolException($"hop {hopIndex} is not on this route of {_route.Length} hops");
+        var hop = _route[hopIndex];
+        var marks = forwardOnly ? null : live.Select(s => CacheFor(s.RequestId)).Select(c => (Cache: c, Mark: c.Mark())).ToList();
+        try
+        {
+            return RunMerged(live, hop, forwardOnly);
+        }
+        catch when (marks is not null)
+        {
+            foreach (var (cache, mark) in marks) cache.Rollback(mark);
+            throw;
+        }
+    }
+
+    private IReadOnlyList<Outgoing> RunMerged(List<StageInput> steps, PipelineHop hop, bool forwardOnly)
+    {
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var hop = _route[input.Hop];
-        var mask = IdRows.ToTensor(input.AttentionMask);
-        var positions = IdRows.ToTensor(input.PositionIds);
-        Tensor hidden = input.Hidden is { } h ? TensorWire.ToTensor(h) : null!;
-        bool forwardOnly = input.Generation is null;
-        if (hop.Embed)
+        var masks = steps.Select(s => IdRows.ToTensor(s.AttentionMask)).ToList();
+        var positions = steps.Select(s => IdRows.ToTensor(s.PositionIds)).ToList();
+        var hidden = new Tensor[steps.Count];
+        for (int i = 0; i < steps.Count; i++)
         {
-            var ids = IdRows.ToTensor(input.InputIds ?? throw new ProtocolException($"hop {input.Hop} embeds but got no input ids"));
-            hidden = _model.Embed(ids, positions);
+            var s = steps[i];
+            if (hop.Embed)
+                hidden[i] = _model.Embed(IdRows.ToTensor(s.InputIds ?? throw new ProtocolException($"hop {s.Hop} embeds but got no input ids")), positions[i]);
+            else
+                hidden[i] = s.Hidden is { } h ? TensorWire.ToTensor(h) : throw new ProtocolException($"hop {s.Hop} of request {s.RequestId} got no hidden states");
+            // Layers need a hidden state per position; after the final norm only each row's last one travels.
+            if (hidden[i].dim() != 3 || hidden[i].shape[0] != s.AttentionMask.Length || hidden[i].shape[1] != s.PositionIds[0].Length && (hop.LayerCount > 0 || hidden[i].shape[1] != 1))
+                throw new ProtocolException($"request {s.RequestId}: hidden states of shape [{string.Join(", ", hidden[i].shape)}] do not match its {s.AttentionMask.Length} rows of {s.PositionIds[0].Length} positions");
         }
+        var sizes = hidden.Select(h => (Rows: h.shape[0], Tokens: h.shape[1])).ToArray();
+        long width = hidden[0].shape[2];
+        var flat = steps.Count == 1 ? hidden[0].reshape(sizes[0].Rows * sizes[0].Tokens, width)
+            : cat(hidden.Select((h, i) => h.reshape(sizes[i].Rows * sizes[i].Tokens, width)).ToArray(), 0);
+        var batch = new RaggedBatch(sizes.Select((z, i) => (z.Rows, z.Tokens, (LayerInputs)null!)));
         if (hop.LayerCount > 0)
         {
-            var cache = forwardOnly ? null : CacheFor(input.RequestId);
-            long t = hidden.shape[1];
-            long past = cache?.SeenTokens(hop.FirstLayer) ?? 0;
-            using var inputs = _model.PrepareLayerInputs(positions, mask, past, t, hidden.dtype, CPU, cache, hop.FirstLayer);
-            for (int i = hop.FirstLayer; i < hop.FirstLayer + hop.LayerCount; i++) hidden = _model.Layer(i, hidden, inputs);
+            var inputs = new List<LayerInputs>();
+            try
+            {
+                for (int i = 0; i < steps.Count; i++)
+                {
+                    var cache = forwardOnly ? null : CacheFor(steps[i].RequestId);
+                    long past = cache?.SeenTokens(hop.FirstLayer) ?? 0;
+                    inputs.Add(_model.PrepareLayerInputs(positions[i], masks[i], past, sizes[i].Tokens, flat.dtype, CPU, cache, hop.FirstLayer));
+                }
+                batch = new RaggedBatch(sizes.Select((z, i) => (z.Rows, z.Tokens, inputs[i])));
+                for (int l = hop.FirstLayer; l < hop.FirstLayer + hop.LayerCount; l++) flat = _model.Layer(l, flat, batch);
+            }
+            finally
+            {
+                foreach (var li in inputs) li.Dispose();
+            }
         }
-        if (hop.Norm || hop.Head)
-            hidden = hidden.narrow(1, hidden.shape[1] - 1, 1); // only the last position matters from here on
-        if (hop.Norm) hidden = _model.FinalNorm(hidden);
-        if (!hop.Head)
-            return new[] { new Outgoing(_route[input.Hop + 1].WorkerPath, input with { Hop = input.Hop + 1, Hidden = TensorWire.ToPayload(hidden), InputIds = null }) };
-
-        var logits = _model.Project(hidden).select(1, 0).to(ScalarType.Float32); // (B, V)
-        if (forwardOnly)
+        var output = new List<Outgoing>();
+        if (!hop.Norm && !hop.Head)
         {
-            var result = new List<Outgoing> { new(input.ReplyTo, new ForwardResult(input.RequestId, TensorWire.ToPayload(logits))) };
-            if (input.Coordinator is { } c) result.Add(new(c, new GenerationDone(input.RequestId, 0))); // frees its slot in the queue
-            return result;
+            for (int i = 0; i < steps.Count; i++)
+                output.Add(Onward(steps[i], RaggedBatch.Of(flat, batch.Segments[i])));
+            return output;
         }
-        return Decide(input, logits);
+        // Only each row's last position matters from here on.
+        var last = flat.index_select(0, tensor(batch.LastPositions()));
+        if (hop.Norm) last = _model.FinalNorm(last);
+        var rowStart = new long[steps.Count];
+        for (int i = 1; i < steps.Count; i++) rowStart[i] = rowStart[i - 1] + sizes[i - 1].Rows;
+        if (!hop.Head)
+        {
+            for (int i = 0; i < steps.Count; i++)
+                output.Add(Onward(steps[i], last.narrow(0, rowStart[i], sizes[i].Rows).unsqueeze(1)));
+            return output;
+        }
+        // The head: logits only for the rows whose prompt is all in (a request still prefilling loops its next chunk).
+        var sampling = Enumerable.Range(0, steps.Count).Where(i => steps[i].Generation?.Prefill is null).ToList();
+        Tensor? logits = null;
+        if (sampling.Count > 0)
+        {
+            var rows = sampling.SelectMany(i => Enumerable.Range(0, (int)sizes[i].Rows).Select(r => rowStart[i] + r)).ToArray();
+            var picked = rows.Length == last.shape[0] ? last : last.index_select(0, tensor(rows));
+            logits = _model.Project(picked).to(ScalarType.Float32); // (R, V)
+        }
+        long at = 0;
+        for (int i = 0; i < steps.Count; i++)
+        {
+            var s = steps[i];
+            if (s.Generation?.Prefill is { } rest)
+            {
+                output.Add(NextChunk(s, rest));
+                continue;
+            }
+            var mine = logits!.narrow(0, at, sizes[i].Rows);
+            at += sizes[i].Rows;
+            if (forwardOnly)
+            {
+                output.Add(new(s.ReplyTo, new ForwardResult(s.RequestId, TensorWire.ToPayload(mine))));
+                if (s.Coordinator is { } c) output.Add(new(c, new GenerationDone(s.RequestId, 0))); // frees its slot in the queue
+            }
+            else output.AddRange(Decide(s, mine));
+        }
+        return output;
+    }
+
+    /// <summary>A request's hidden states (B, T, H) on to the next hop.</summary>
+    private Outgoing Onward(StageInput s, Tensor hidden) =>
+        new(_route[s.Hop + 1].WorkerPath, s with { Hop = s.Hop + 1, Hidden = TensorWire.ToPayload(hidden), InputIds = null });
+
+    /// <summary>A request still prefilling: its next chunk goes to the first hop (nothing is sampled yet).</summary>
+    private Outgoing NextChunk(StageInput s, PromptRest rest)
+    {
+        var next = Coordination.ChunkedPrefill.Next(s.AttentionMask, rest);
+        return new(_route[0].WorkerPath, s with
+        {
+            Hop = 0, Hidden = null, InputIds = next.Ids, AttentionMask = next.Mask, PositionIds = next.Positions,
+            Generation = s.Generation! with { Prefill = next.Rest },
+        });
     }
 
     /// <summary>The last hop: pick tokens, report them, and either loop to hop 0 or finish.</summary>

@@ -28,7 +28,9 @@ public sealed class ClusterSession : IAsyncDisposable
 
     /// <param name="offloadFolder">For embedded nodes with a disk device: where they write weights they convert.</param>
     /// <param name="clientConfig">A HOCON file with the client's settings (<c>--client-config</c>): its TLS certificate for a cluster under TLS.</param>
-    public static async Task<ClusterSession> ConnectAsync(string spec, string? nodes, ILogger log, string? offloadFolder = null, string? clientConfig = null)
+    /// <param name="embeddedConfig">HOCON every embedded node starts with (ignored for a cluster of nodes, whose own configs rule).</param>
+    public static async Task<ClusterSession> ConnectAsync(string spec, string? nodes, ILogger log, string? offloadFolder = null, string? clientConfig = null,
+        string? embeddedConfig = null)
     {
         if (spec.StartsWith("embedded:", StringComparison.Ordinal) || spec == "embedded")
         {
@@ -36,7 +38,7 @@ public sealed class ClusterSession : IAsyncDisposable
                 : throw new InvalidInputException($"--cluster '{spec}': use embedded:N with N ≥ 1, or HOST:PORT");
             if (nodes is not null) n = EmbeddedCluster.Layout(n, nodes).Count;
             var sw = Stopwatch.StartNew();
-            var cluster = await EmbeddedCluster.StartAsync(n, nodes, offloadFolder: offloadFolder);
+            var cluster = await EmbeddedCluster.StartAsync(n, nodes, extraConfig: embeddedConfig is null ? null : _ => embeddedConfig, offloadFolder: offloadFolder);
             log.LogInformation("embedded cluster of {Nodes} nodes up in {Seconds:0.00} s", n, sw.Elapsed.TotalSeconds);
             return new ClusterSession(cluster.Client, n, cluster.DisposeAsync);
         }

@@ -19,17 +19,16 @@ using ShardPipe.Modeling.Tokenization;
 namespace ShardPipe.Host.Serving;
 
 /// <summary>What <c>shardpipe serve</c> was asked for.</summary>
-/// <param name="BatchWindowMs">Greedy prompts arriving within this many milliseconds run as one batch (0 = each alone).</param>
+/// <param name="PrefillChunk">Positions of a long prompt prefilled per step (chunked prefill; 0 = all at once).</param>
 public sealed record ServeOptions(string ModelId, string ModelFolder, string Host, int Port, int MaxActive, int MaxQueued, int MaxTokens, TimeSpan RequestTimeout,
-    int BatchWindowMs = 10, int MaxBatchRows = 16);
+    int PrefillChunk = 128);
 
 /// <summary>
 /// <c>shardpipe serve</c>'s HTTP front end (Kestrel): OpenAI's <c>/v1/models</c> and <c>/v1/completions</c> (streamed
 /// as server-sent events or not), <c>/v1/chat/completions</c>, <c>/health</c>, <c>/status</c>, <c>/metrics</c> and the
 /// dashboard at <c>/</c>, over a <see cref="ClusterSession"/> that serves the model. Prompts run as <see cref="Generate"/>
-/// requests through the cluster — greedy ones that arrive together as the rows of one (<see cref="RequestBatcher"/>);
-/// a client that disconnects ends its row, and its request on every stage once no row needs it; every error is
-/// OpenAI's error body with its status.
+/// requests through the cluster, each its own (the stages merge concurrent requests' steps: continuous batching); a
+/// client that disconnects cancels its request on every stage; every error is OpenAI's error body with its status.
 /// </summary>
 public sealed class OpenAiServer : IAsyncDisposable
 {
@@ -38,7 +37,6 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly ServeOptions _options;
     private readonly ModelTokenizer _tokenizer;
     private readonly CompletionRunner _runner;
-    private readonly RequestBatcher _batcher;
     private readonly ServingAdmission _admission;
     private readonly long _positions;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -59,8 +57,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         _positions = positions;
         _log = log;
         _admission = new ServingAdmission(options.MaxActive, options.MaxQueued);
-        _runner = new CompletionRunner(session.Client, tokenizer, eos, TimeSpan.FromSeconds(120), () => _rate.Add(1), _metrics);
-        _batcher = new RequestBatcher(_runner, TimeSpan.FromMilliseconds(options.BatchWindowMs), options.MaxBatchRows);
+        _runner = new CompletionRunner(session.Client, tokenizer, eos, TimeSpan.FromSeconds(120), options.PrefillChunk, () => _rate.Add(1), _metrics);
         // The chat template is read once: a template outside the supported subset makes every chat request a 400 naming why.
         if (tokenizer.Config.ChatTemplate is not { } source) _chatTemplateProblem = "the model has no chat_template in tokenizer_config.json; use /v1/completions";
         else
@@ -283,7 +280,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         try
         {
             return await Task.WhenAll(prompts.Select((ids, i) =>
-                _batcher.Submit(new CompletionRow(ids, request, piece => onPiece?.Invoke(i, piece), timeout.Token), status.Stages)));
+                _runner.RunAsync(ids, request, status.Stages, piece => onPiece?.Invoke(i, piece), timeout.Token)));
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !aborted.IsCancellationRequested)
         {
@@ -356,7 +353,6 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await _batcher.DisposeAsync();
         await _app.StopAsync();
         await _app.DisposeAsync();
     }

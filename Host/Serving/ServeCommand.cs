@@ -19,10 +19,10 @@ public static class ServeCommand
         var maxQueued = new Option<int>("--max-queued") { Description = "Requests waiting beyond those; past both, 429", DefaultValueFactory = _ => 64 };
         var maxTokens = new Option<int>("--max-tokens") { Description = "The most max_tokens a request may ask for", DefaultValueFactory = _ => 4096 };
         var timeout = new Option<int>("--request-timeout") { Description = "Seconds a request may run before it ends with an error", DefaultValueFactory = _ => 600 };
-        var window = new Option<int>("--batch-window-ms") { Description = "Greedy prompts arriving within this many ms run as one batch (0 = each alone)", DefaultValueFactory = _ => 10 };
-        var batchRows = new Option<int>("--max-batch-rows") { Description = "The most prompts in one batch", DefaultValueFactory = _ => 16 };
+        var prefill = new Option<int>("--prefill-chunk") { Description = "Prompt positions prefilled per step, so that a long prompt holds the running requests up at most one chunk (0 = whole prompts)", DefaultValueFactory = _ => 128 };
+        var batchRows = new Option<int>("--max-batch-rows") { Description = "The most rows (requests) in one merged step, for an embedded cluster (a cluster of nodes: their shardpipe.batching.max-rows)", DefaultValueFactory = _ => 32 };
         var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions), /health, /status, /metrics and a dashboard at /")
-            { host, port, maxActive, maxQueued, maxTokens, timeout, window, batchRows };
+            { host, port, maxActive, maxQueued, maxTokens, timeout, prefill, batchRows };
         m.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
         {
@@ -35,12 +35,15 @@ public static class ServeCommand
             if (parse.GetValue(timeout) < 1) throw new InvalidInputException("--request-timeout must be at least 1 s");
             string hostName = parse.GetValue(host)!;
             if (hostName != "localhost" && !System.Net.IPAddress.TryParse(hostName, out _)) throw new InvalidInputException($"--host {hostName}: an IP address or localhost");
+            if (parse.GetValue(prefill) < 0) throw new InvalidInputException("--prefill-chunk must be at least 0");
+            if (parse.GetValue(batchRows) < 1) throw new InvalidInputException("--max-batch-rows must be at least 1");
             var load = m.LoadRequest(parse);
+            // An embedded cluster takes every admitted request into its pipeline at once, merged up to --max-batch-rows a step.
+            string embedded = $"shardpipe.max-in-flight = {parse.GetValue(maxActive)}\nshardpipe.batching.max-rows = {parse.GetValue(batchRows)}";
             await using var session = await ClusterSession.ConnectAsync(parse.GetValue(m.Cluster) ?? "embedded:1", parse.GetValue(m.Nodes), log,
-                parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig));
+                parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig), embedded);
             var options = new ServeOptions(modelId, load.Model, hostName, p, parse.GetValue(maxActive), parse.GetValue(maxQueued), parse.GetValue(maxTokens),
-                TimeSpan.FromSeconds(parse.GetValue(timeout)), parse.GetValue(window), parse.GetValue(batchRows));
-            if (options.BatchWindowMs < 0 || options.MaxBatchRows < 1) throw new InvalidInputException("--batch-window-ms must be ≥ 0 and --max-batch-rows ≥ 1");
+                TimeSpan.FromSeconds(parse.GetValue(timeout)), parse.GetValue(prefill));
             // The server (and its dashboard) is up first, so the load's progress shows there; requests get 503 until it is done.
             await using var server = await OpenAiServer.StartAsync(options, session, log);
             Console.Error.WriteLine($"dashboard at {server.Address} (loading {modelId})");

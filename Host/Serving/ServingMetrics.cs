@@ -5,17 +5,16 @@ namespace ShardPipe.Host.Serving;
 
 /// <summary>
 /// The server's Prometheus metrics (prometheus-net, a registry of its own per server): requests by endpoint and
-/// outcome, prompt and completion tokens, time to first token and inter-token latency, rows per step, the server's running and
-/// waiting requests, and — read from the cluster's status at each scrape — its in-flight and queued requests, the
-/// planned, loaded and budget bytes per device, each device's node step time and hop latency (medians the workers
-/// report with their registrations), the epoch and the recoveries.
+/// outcome, prompt and completion tokens, time to first token and inter-token latency, the server's running and waiting requests, and — read from the cluster's status at each scrape — its in-flight and queued requests, the
+/// planned, loaded and budget bytes per device, each device's node step time, hop latency and rows per merged step
+/// (what the workers report with their registrations), the epoch and the recoveries.
 /// </summary>
 public sealed class ServingMetrics
 {
     public CollectorRegistry Registry { get; } = Metrics.NewCustomRegistry();
     private readonly Counter _requests, _promptTokens, _completionTokens;
-    private readonly Histogram _ttft, _itl, _rows;
-    private readonly Gauge _running, _waiting, _clusterInFlight, _clusterQueued, _deviceBytes, _epoch, _recoveries, _ready, _stepMs, _hopMs, _steps;
+    private readonly Histogram _ttft, _itl;
+    private readonly Gauge _rows, _running, _waiting, _clusterInFlight, _clusterQueued, _deviceBytes, _epoch, _recoveries, _ready, _stepMs, _hopMs, _steps;
 
     public ServingMetrics()
     {
@@ -28,8 +27,8 @@ public sealed class ServingMetrics
             new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.005, 2, 14) });
         _itl = f.CreateHistogram("shardpipe_inter_token_latency_seconds", "Between consecutive tokens of one request.",
             new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.001, 2, 14) });
-        _rows = f.CreateHistogram("shardpipe_rows_per_step", "Rows (prompts) still streaming in each pipeline step of the server's requests (greedy prompts arriving together share a step).",
-            new HistogramConfiguration { Buckets = new double[] { 1, 2, 4, 8, 16, 32, 64 } });
+        _rows = f.CreateGauge("shardpipe_rows_per_step", "Mean rows (sequences of all the requests merged: continuous batching) of the recent steps on the device's node, as its worker last reported.",
+            new GaugeConfiguration { LabelNames = new[] { "device" } });
         _running = f.CreateGauge("shardpipe_server_requests_running", "Requests holding an admission slot.");
         _waiting = f.CreateGauge("shardpipe_server_requests_waiting", "Requests waiting for an admission slot.");
         _clusterInFlight = f.CreateGauge("shardpipe_cluster_requests_in_flight", "Requests in the cluster's pipeline (all clients).");
@@ -55,8 +54,6 @@ public sealed class ServingMetrics
 
     public void NextToken(double seconds) => _itl.Observe(seconds);
 
-    public void RowsPerStep(int rows) => _rows.Observe(rows);
-
     /// <summary>Refreshes the gauges from the server's admission and the cluster's status (at each scrape).</summary>
     public void Update(ServingAdmission admission, ClusterStatus status)
     {
@@ -72,6 +69,7 @@ public sealed class ServingMetrics
             _stepMs.WithLabels(t.Device).Set(t.Timing.StepP50Ms);
             _hopMs.WithLabels(t.Device).Set(t.Timing.HopP50Ms);
             _steps.WithLabels(t.Device).Set(t.Timing.Steps);
+            _rows.WithLabels(t.Device).Set(t.Timing.RowsPerStep);
         }
         foreach (var d in status.Devices)
         {

@@ -33,6 +33,30 @@ public sealed class KvCache : IDisposable
         return (ck, cv);
     }
 
+    /// <summary>Each layer's length now, to <see cref="Rollback"/> to if the step under way fails.</summary>
+    public IReadOnlyDictionary<int, long> Mark() => _layers.ToDictionary(kv => kv.Key, kv => kv.Value.K.shape[2]);
+
+    /// <summary>Forgets what steps appended since <paramref name="mark"/> (a merged step that failed part-way; it is run again).</summary>
+    public void Rollback(IReadOnlyDictionary<int, long> mark)
+    {
+        foreach (var layer in _layers.Keys.ToList())
+        {
+            var (k, v) = _layers[layer];
+            if (!mark.TryGetValue(layer, out long length))
+            {
+                k.Dispose();
+                v.Dispose();
+                _layers.Remove(layer);
+            }
+            else if (k.shape[2] > length)
+            {
+                _layers[layer] = (k.narrow(2, 0, length).DetachFromDisposeScope(), v.narrow(2, 0, length).DetachFromDisposeScope());
+                k.Dispose();
+                v.Dispose();
+            }
+        }
+    }
+
     public long Bytes => _layers.Values.Sum(kv => kv.K.NumberOfElements * kv.K.ElementSize * 2);
 
     public void Dispose()

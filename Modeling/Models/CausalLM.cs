@@ -65,11 +65,23 @@ public abstract class CausalLMModel : HfModule
         return EmbedCore(inputIds, positionIds);
     }
 
-    /// <summary>Decoder block <paramref name="index"/>; an offloaded block's weights are read in for the call (the next one prefetched).</summary>
+    /// <summary>Decoder block <paramref name="index"/> for one request: hidden (B, T, H) → (B, T, H).</summary>
     public Tensor Layer(int index, Tensor hidden, LayerInputs inputs)
     {
+        long b = hidden.shape[0], t = hidden.shape[1];
+        using var flat = hidden.reshape(b * t, hidden.shape[2]);
+        using var y = Layer(index, flat, RaggedBatch.Single(b, t, inputs));
+        return y.view(b, t, y.shape[1]);
+    }
+
+    /// <summary>
+    /// Decoder block <paramref name="index"/> for the requests of a merged step: flat (N, H) → (N, H). An offloaded
+    /// block's weights are read in for the call (the next one prefetched).
+    /// </summary>
+    public Tensor Layer(int index, Tensor flat, RaggedBatch batch)
+    {
         using var weights = Offload?.Use(LayerPath(index), index + 1 < NumLayers ? LayerPath(index + 1) : FinalNormPath);
-        return LayerCore(index, hidden, inputs);
+        return LayerCore(index, flat, batch);
     }
 
     /// <summary>The final norm: hidden (B, T, H) → hidden.</summary>
@@ -80,7 +92,7 @@ public abstract class CausalLMModel : HfModule
     }
 
     protected abstract Tensor EmbedCore(Tensor inputIds, Tensor positionIds);
-    protected abstract Tensor LayerCore(int index, Tensor hidden, LayerInputs inputs);
+    protected abstract Tensor LayerCore(int index, Tensor flat, RaggedBatch batch);
     protected abstract Tensor FinalNormCore(Tensor hidden);
     /// <summary>Mask and rotary tables for one pass, on <paramref name="device"/>.</summary>
     public abstract LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,

@@ -46,11 +46,20 @@ public sealed class Gpt2Attention : HfModule
         Child("resid_dropout", new Parameterless("Dropout"));
     }
 
-    public Tensor Forward(Tensor x, LayerInputs inputs)
+    /// <summary>Flat (N, E) → (N, E): c_attn and c_proj once over every position, attention per request.</summary>
+    public Tensor Forward(Tensor x, RaggedBatch batch)
     {
         using var scope = NewDisposeScope();
-        long b = x.shape[0], t = x.shape[1], hd = _c.Embd / _c.Heads;
-        var qkv = _cAttn.Forward(x).split(_c.Embd, 2);
+        var qkv = _cAttn.Forward(x);
+        var merged = batch.Map(s => Attend(RaggedBatch.Of(qkv, s), s.Inputs));
+        return _cProj.Forward(merged).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>One request's attention: its (B, T, 3E) projections → (B, T, E).</summary>
+    private Tensor Attend(Tensor qkvRows, LayerInputs inputs)
+    {
+        long b = qkvRows.shape[0], t = qkvRows.shape[1], hd = _c.Embd / _c.Heads;
+        var qkv = qkvRows.split(_c.Embd, 2);
         Tensor Heads(Tensor y) => y.view(b, t, _c.Heads, hd).transpose(1, 2); // (B, nh, T, hd)
         var q = Heads(qkv[0]);
         var k = Heads(qkv[1]);
@@ -65,8 +74,7 @@ public sealed class Gpt2Attention : HfModule
         scores = where(causal, scores, tensor(AttentionMask.MinValue(scores.dtype), scores.dtype, scores.device));
         if (inputs.Mask is not null) scores = scores + inputs.Mask;
         var probs = nn.functional.softmax(scores, -1).to(v.dtype);
-        var merged = probs.matmul(v).transpose(1, 2).reshape(b, t, _c.Embd);
-        return _cProj.Forward(merged).MoveToOuterDisposeScope();
+        return probs.matmul(v).transpose(1, 2).reshape(b, t, _c.Embd);
     }
 }
 
@@ -107,10 +115,10 @@ public sealed class Gpt2Block : HfModule
         _mlp = Child("mlp", new Gpt2Mlp(c));
     }
 
-    public Tensor Forward(Tensor x, LayerInputs inputs)
+    public Tensor Forward(Tensor x, RaggedBatch batch) // flat (N, E) → (N, E)
     {
         using var scope = NewDisposeScope();
-        var h = x + _attn.Forward(_ln1.Forward(x), inputs);
+        var h = x + _attn.Forward(_ln1.Forward(x), batch);
         return (h + _mlp.Forward(_ln2.Forward(h))).MoveToOuterDisposeScope();
     }
 }
@@ -180,7 +188,7 @@ public sealed class Gpt2LMHeadModel : CausalLMModel
         return new LayerInputs { PositionIds = positionIds, Mask = mask, Cache = cache };
     }
 
-    protected override Tensor LayerCore(int index, Tensor hidden, LayerInputs inputs) => Transformer.H[index].Forward(hidden, inputs);
+    protected override Tensor LayerCore(int index, Tensor flat, RaggedBatch batch) => Transformer.H[index].Forward(flat, batch);
 
     protected override Tensor FinalNormCore(Tensor hidden) => Transformer.LnF.Forward(hidden);
     public override string FinalNormPath => "transformer.ln_f";

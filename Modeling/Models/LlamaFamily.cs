@@ -90,13 +90,27 @@ public sealed class LlamaAttention : HfModule
         Rotary = Child("rotary_emb", new RotaryEmbedding(v.Prefix + "RotaryEmbedding", c.HeadDim, c.MaxPositions, c.RopeTheta, c.Scaling, v.CachedRopeTables));
     }
 
-    public Tensor Forward(Tensor x, LayerInputs inputs) // (B, T, H) -> (B, T, H)
+    /// <summary>
+    /// Flat (N, H) → (N, H) for the batch's requests: the projections run once over every position, attention per
+    /// request (its rows, rotary positions, cache and mask).
+    /// </summary>
+    public Tensor Forward(Tensor x, RaggedBatch batch)
     {
         using var scope = NewDisposeScope();
-        long b = x.shape[0], t = x.shape[1];
-        var q = _q.Forward(x).view(b, t, _c.NumHeads, _c.HeadDim).transpose(1, 2);   // (B, nh, T, hd)
-        var k = _k.Forward(x).view(b, t, _c.NumKvHeads, _c.HeadDim).transpose(1, 2); // (B, nkv, T, hd)
-        var v = _v.Forward(x).view(b, t, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
+        var qAll = _q.Forward(x);
+        var kAll = _k.Forward(x);
+        var vAll = _v.Forward(x);
+        var merged = batch.Map(s => Attend(RaggedBatch.Of(qAll, s), RaggedBatch.Of(kAll, s), RaggedBatch.Of(vAll, s), s.Inputs));
+        return _o.Forward(merged).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>One request's attention: q, k, v (B, T, heads·hd) → (B, T, heads·hd).</summary>
+    private Tensor Attend(Tensor qp, Tensor kp, Tensor vp, LayerInputs inputs)
+    {
+        long b = qp.shape[0], t = qp.shape[1];
+        var q = qp.view(b, t, _c.NumHeads, _c.HeadDim).transpose(1, 2);   // (B, nh, T, hd)
+        var k = kp.view(b, t, _c.NumKvHeads, _c.HeadDim).transpose(1, 2); // (B, nkv, T, hd)
+        var v = vp.view(b, t, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
         q = RotaryEmbedding.Apply(q, inputs.Cos!, inputs.Sin!);
         k = RotaryEmbedding.Apply(k, inputs.Cos!, inputs.Sin!);
         if (inputs.Cache is { } cache) (k, v) = cache.Update(_layer, k, v);
@@ -109,8 +123,7 @@ public sealed class LlamaAttention : HfModule
         Tensor attn = Owner?.Attention == AttnImplementation.Eager
             ? Eager(q, k, v, inputs.Mask)
             : nn.functional.scaled_dot_product_attention(q, k, v, inputs.Mask, 0.0, inputs.Mask is null && inputs.IsPlainCausal && t > 1);
-        var merged = attn.transpose(1, 2).reshape(b, t, (long)_c.NumHeads * _c.HeadDim);
-        return _o.Forward(merged).MoveToOuterDisposeScope();
+        return attn.transpose(1, 2).reshape(b, t, (long)_c.NumHeads * _c.HeadDim);
     }
 
     /// <summary>HF's eager attention: scores in the model dtype, softmax in float32, cast back.</summary>
@@ -141,10 +154,11 @@ public sealed class LlamaDecoderLayer : HfModule
         _postNorm = Child("post_attention_layernorm", new RmsNorm(v.Prefix + "RMSNorm", c.HiddenSize, c.RmsEps));
     }
 
-    public Tensor Forward(Tensor x, LayerInputs inputs)
+    /// <summary>Flat (N, H) → (N, H): the batch's requests together (<see cref="RaggedBatch"/>).</summary>
+    public Tensor Forward(Tensor x, RaggedBatch batch)
     {
         using var scope = NewDisposeScope();
-        var h = x + SelfAttn.Forward(_inputNorm.Forward(x), inputs);
+        var h = x + SelfAttn.Forward(_inputNorm.Forward(x), batch);
         var y = h + _mlp.Forward(_postNorm.Forward(h));
         return y.MoveToOuterDisposeScope();
     }
@@ -207,7 +221,7 @@ public sealed class LlamaForCausalLM : CausalLMModel
         return new LayerInputs { PositionIds = positionIds, Mask = mask, IsPlainCausal = plain, Cos = cos.to(device), Sin = sin.to(device), Cache = cache };
     }
 
-    protected override Tensor LayerCore(int index, Tensor hidden, LayerInputs inputs) => Model.Layers[index].Forward(hidden, inputs);
+    protected override Tensor LayerCore(int index, Tensor flat, RaggedBatch batch) => Model.Layers[index].Forward(flat, batch);
 
     protected override Tensor FinalNormCore(Tensor hidden) => Model.Norm.Forward(hidden);
     public override string FinalNormPath => "model.norm";

@@ -1,0 +1,66 @@
+using ShardPipe.Modeling.Models;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// The requests of one decoder step, merged (continuous batching): each request's rows (B, T) are flattened into one
+/// (N, H) tensor, one request after another, so that every row-wise part of a block — norms, projections, the MLP —
+/// runs once for all of them and reads each weight once. Attention alone runs per request (<see cref="Segment"/>), each
+/// with its own mask, positions and KV cache. A single request is a batch of one segment.
+/// </summary>
+public sealed class RaggedBatch
+{
+    /// <summary>One request's part: <see cref="Rows"/> × <see cref="Tokens"/> positions from <see cref="Offset"/> of the flat tensor.</summary>
+    public sealed record Segment(long Rows, long Tokens, LayerInputs Inputs, long Offset)
+    {
+        public long Count => Rows * Tokens;
+    }
+
+    public IReadOnlyList<Segment> Segments { get; }
+    /// <summary>N: the positions of every segment together.</summary>
+    public long TotalTokens { get; }
+
+    public RaggedBatch(IEnumerable<(long Rows, long Tokens, LayerInputs Inputs)> parts)
+    {
+        var list = new List<Segment>();
+        long offset = 0;
+        foreach (var (rows, tokens, inputs) in parts)
+        {
+            if (rows < 1 || tokens < 1) throw new ArgumentException($"a segment needs at least one row and one token, not {rows}×{tokens}");
+            list.Add(new Segment(rows, tokens, inputs, offset));
+            offset += rows * tokens;
+        }
+        if (list.Count == 0) throw new ArgumentException("a batch needs at least one segment");
+        Segments = list;
+        TotalTokens = offset;
+    }
+
+    public static RaggedBatch Single(long rows, long tokens, LayerInputs inputs) => new(new[] { (rows, tokens, inputs) });
+
+    /// <summary>A segment's positions of a flat (N, D) tensor, as (B, T, D).</summary>
+    public static Tensor Of(Tensor flat, Segment s) => flat.narrow(0, s.Offset, s.Count).view(s.Rows, s.Tokens, flat.shape[1]);
+
+    /// <summary>
+    /// Runs <paramref name="perSegment"/> on each segment (which takes its positions with <see cref="Of"/>) and joins
+    /// the (B, T, D') results back into one (N, D') tensor in segment order.
+    /// </summary>
+    public Tensor Map(Func<Segment, Tensor> perSegment)
+    {
+        if (Segments.Count == 1)
+        {
+            var only = perSegment(Segments[0]);
+            return only.reshape(TotalTokens, only.shape[^1]);
+        }
+        var parts = Segments.Select(s =>
+        {
+            var y = perSegment(s);
+            return y.reshape(s.Count, y.shape[^1]);
+        }).ToArray();
+        return cat(parts, 0);
+    }
+
+    /// <summary>The index, in the flat tensor, of each row's last position (segment order): what a head needs.</summary>
+    public long[] LastPositions() =>
+        Segments.SelectMany(s => Enumerable.Range(0, (int)s.Rows).Select(r => s.Offset + r * s.Tokens + s.Tokens - 1)).ToArray();
+}
