@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the official `openai` npm client against `shardpipe serve` on an embedded 3-node cluster: a generated Llama
 # with a byte-level tokenizer, a completion and a streamed completion, both checked against `shardpipe generate`.
+# (The test suite runs the same client, chat completions included: Tests/Host/OpenAiClientTests.cs.)
 # Needs the .NET SDK, node and npm (the npm registry reachable for `npm install openai`).
 # Usage: ops/openai-check.sh [PORT]
 set -euo pipefail
@@ -26,4 +27,6 @@ curl -sf "http://127.0.0.1:$port/health" >/dev/null || { echo "serve did not com
 
 (cd "$work" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund openai >/dev/null)
 cp ops/openai-client.mjs "$work/"
-node "$work/openai-client.mjs" "http://127.0.0.1:$port/v1" "$work/model" "$prompt" 12 "$expected"
+printf '{"baseURL": "http://127.0.0.1:%s/v1", "model": "%s", "prompt": "%s", "maxTokens": 12, "expected": %s, "chat": null}' \
+  "$port" "$work/model" "$prompt" "$expected" > "$work/check.json"
+node "$work/openai-client.mjs" "$work/check.json"

@@ -1,27 +1,38 @@
-// The official `openai` npm client against `shardpipe serve`: a streamed and a non-streamed completion, each
-// checked against the text `shardpipe generate --prompt … --greedy --json` printed for the same prompt.
-// Usage: node ops/openai-client.mjs BASE_URL MODEL PROMPT MAX_TOKENS EXPECTED_TEXT_JSON   (run by ops/openai-check.sh)
+// The official `openai` npm client against `shardpipe serve`: a completion, a streamed completion and a chat
+// completion (streamed too), each checked against the text `shardpipe generate --prompt … --greedy --json` printed
+// for the same prompt (for chat: the chat template rendered with add_generation_prompt).
+// Usage: node ops/openai-client.mjs CHECK.json, with
+//   { "baseURL", "model", "prompt", "maxTokens", "expected", "chat": { "messages": [...], "expected" } | null }
+// Run by ops/openai-check.sh and by Tests/Host/OpenAiClientTests.cs.
 import OpenAI from "openai";
+import { readFileSync } from "node:fs";
 
-const [baseURL, model, prompt, maxTokens, expectedJson] = process.argv.slice(2);
-const expected = JSON.parse(expectedJson);
+const check = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const { baseURL, model, prompt, maxTokens, expected } = check;
 const client = new OpenAI({ baseURL, apiKey: "not-needed" });
+const same = (what, got, want) => {
+  console.log(`${what}: ${JSON.stringify(got)}`);
+  if (got !== want) throw new Error(`${what} ${JSON.stringify(got)} differs from generate's ${JSON.stringify(want)}`);
+};
 
 const models = await client.models.list();
 if (!models.data.some((m) => m.id === model)) throw new Error(`/v1/models does not list ${model}`);
 
-const completion = await client.completions.create({ model, prompt, max_tokens: Number(maxTokens), temperature: 0 });
-const text = completion.choices[0].text;
-console.log(`completion: ${JSON.stringify(text)} (finish_reason ${completion.choices[0].finish_reason}, usage ${JSON.stringify(completion.usage)})`);
-if (text !== expected) throw new Error(`completion text ${JSON.stringify(text)} differs from generate's ${JSON.stringify(expected)}`);
+const completion = await client.completions.create({ model, prompt, max_tokens: maxTokens, temperature: 0 });
+same("completion", completion.choices[0].text, expected);
 
 let streamed = "";
-let pieces = 0;
-const stream = await client.completions.create({ model, prompt, max_tokens: Number(maxTokens), temperature: 0, stream: true });
-for await (const chunk of stream) {
+for await (const chunk of await client.completions.create({ model, prompt, max_tokens: maxTokens, temperature: 0, stream: true }))
   streamed += chunk.choices[0]?.text ?? "";
-  pieces++;
+same("streamed completion", streamed, expected);
+
+if (check.chat) {
+  const { messages } = check.chat;
+  const chat = await client.chat.completions.create({ model, messages, max_tokens: maxTokens, temperature: 0 });
+  same("chat completion", chat.choices[0].message.content, check.chat.expected);
+  let deltas = "";
+  for await (const chunk of await client.chat.completions.create({ model, messages, max_tokens: maxTokens, temperature: 0, stream: true }))
+    deltas += chunk.choices[0]?.delta?.content ?? "";
+  same("streamed chat completion", deltas, check.chat.expected);
 }
-console.log(`streamed: ${JSON.stringify(streamed)} in ${pieces} events`);
-if (streamed !== expected) throw new Error(`streamed text ${JSON.stringify(streamed)} differs from generate's ${JSON.stringify(expected)}`);
-console.log("ok: the openai client's completions (streamed and not) equal shardpipe generate");
+console.log("ok: the openai client's completions equal shardpipe generate");

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net.Http.Json;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
+using ShardPipe.Actors.Diagnostics;
 using ShardPipe.Actors.Hosting;
 using ShardPipe.Checkpoints.Synthetic;
 using ShardPipe.Host.Cli;
@@ -16,7 +17,8 @@ namespace ShardPipe.Host.Bench;
 /// One streamed completion alone (single_stream_tokens_per_s, from its first token to its last), then
 /// <c>--concurrency</c> streams at once (aggregate_tokens_per_s: all their tokens over the wall time), greedy with
 /// eos ignored so every stream is <c>--tokens</c> long; batching_speedup = aggregate ÷ single stream; time to first
-/// token and inter-token latency over the concurrent streams, as a client sees them.
+/// token and inter-token latency over the concurrent streams, as a client sees them. The stages merge the streams'
+/// steps (continuous batching); rows_per_step_mean is the mean rows of the steps the nodes ran meanwhile.
 /// </summary>
 public static class ServeBench
 {
@@ -37,7 +39,8 @@ public static class ServeBench
         string folder = modelArg ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         if (!ModelTokenizer.Exists(folder)) ByteLevelTokenizerFile.Write(folder, SyntheticLlamaSpec.Llama125M.VocabSize);
         BenchSupport.Say(asJson, $"bench serve: {folder} on embedded:3, {n} tokens per stream, greedy, eos ignored");
-        var cluster = await EmbeddedCluster.StartAsync(3);
+        int rowsCap = Math.Max(32, concurrency);
+        var cluster = await EmbeddedCluster.StartAsync(3, extraConfig: _ => $"shardpipe.max-in-flight = {rowsCap}\nshardpipe.batching.max-rows = {rowsCap}");
         await using var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(new ShardPipe.Messages.LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log, json: true);
         await using var server = await OpenAiServer.StartAsync(new ServeOptions("bench", folder, "127.0.0.1", 0, Math.Max(16, concurrency), 64, 4096, TimeSpan.FromMinutes(10)), session, log);
@@ -77,16 +80,18 @@ public static class ServeBench
             single = Math.Max(single, (count - 1) / ((s[^1] - s[0]) / 1000));
         }
         BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of 3)");
+        foreach (var node in cluster.Nodes) NodeDiagnostics.For(node.System).StepRows.Drain();
         var clock = Stopwatch.StartNew();
         var all = await Task.WhenAll(Enumerable.Range(0, concurrency).Select(Stream));
         double wall = clock.Elapsed.TotalSeconds;
+        var rows = cluster.Nodes.SelectMany(node => NodeDiagnostics.For(node.System).StepRows.Drain()).ToList();
         long total = all.Sum(s => (long)s.Tokens);
         double aggregate = total / wall;
         var ttft = all.Select(s => s.Stamps[0]).Order().ToList();
         var itl = all.SelectMany(s => s.Stamps.Zip(s.Stamps.Skip(1), (a, b) => b - a)).Order().ToList();
         double P(List<double> xs, double q) => xs.Count == 0 ? double.NaN : xs[Math.Min(xs.Count - 1, (int)(q * xs.Count))];
         BenchSupport.Say(asJson, $"  {concurrency} streams: {aggregate:0.00} tokens/s in all ({total} tokens in {wall:0.00} s); speedup {aggregate / single:0.00}; " +
-                                 $"TTFT p50 {P(ttft, 0.5):0.0} ms; ITL p50 {P(itl, 0.5):0.0} ms, p99 {P(itl, 0.99):0.0} ms");
+                                 $"TTFT p50 {P(ttft, 0.5):0.0} ms; ITL p50 {P(itl, 0.5):0.0} ms, p99 {P(itl, 0.99):0.0} ms; {rows.Average():0.0} rows per step");
         BenchSupport.Finish(new JsonObject
         {
             ["bench"] = "serve",
@@ -98,8 +103,8 @@ public static class ServeBench
             ["ttft_p50_ms"] = Math.Round(P(ttft, 0.5), 2),
             ["itl_p50_ms"] = Math.Round(P(itl, 0.5), 2),
             ["itl_p99_ms"] = Math.Round(P(itl, 0.99), 2),
-            ["continuous_batching"] = false,
-            ["request_batching"] = "greedy prompts arriving within 10 ms share a pipeline request",
+            ["continuous_batching"] = true,
+            ["rows_per_step_mean"] = Math.Round(rows.Average(), 2),
         });
         return 0;
     }

@@ -27,9 +27,10 @@ public static class GenerateCommand
         var topP = new Option<double?>("--top-p") { Description = "Sample from the smallest set of tokens whose probability reaches P" };
         var seed = new Option<long?>("--seed") { Description = "Seed for sampling (the same seed gives the same tokens)" };
         var penalty = new Option<double>("--repetition-penalty") { Description = "HF's repetition_penalty (1.0 = off)", DefaultValueFactory = _ => 1.0 };
+        var prefill = new Option<int>("--prefill-chunk") { Description = "On a cluster: prefill the prompt this many positions per step (0 = at once), so that requests running beside it wait at most one chunk" };
         var json = CommonOptions.Json();
         var cmd = new Command("generate", "Generate tokens (greedy by default, or sampled), in this process or on a cluster")
-            { ids, prompt, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, penalty, json };
+            { ids, prompt, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, penalty, prefill, json };
         m.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
         {
@@ -48,8 +49,11 @@ public static class GenerateCommand
             if (n < 1) throw new InvalidInputException("--max-new-tokens must be at least 1");
             var sampling = Sampling(parse, greedy, temperature, topK, topP, seed) with { RepetitionPenalty = parse.GetValue(penalty) };
             if (sampling.RepetitionPenalty <= 0) throw new InvalidInputException("--repetition-penalty must be positive");
+            int chunk = parse.GetValue(prefill);
+            if (chunk < 0) throw new InvalidInputException("--prefill-chunk must be at least 0");
             if (parse.GetValue(m.Cluster) is { } cluster)
-                return await OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, parse.GetValue(json), tokenizer, log);
+                return await OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, chunk, parse.GetValue(json), tokenizer, log);
+            if (chunk > 0) throw new InvalidInputException("--prefill-chunk applies on a cluster (--cluster); in one process the prompt is prefilled at once");
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
@@ -114,12 +118,12 @@ public static class GenerateCommand
     }
 
     private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, int n,
-        bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, bool json, ModelTokenizer? tokenizer, ILogger log)
+        bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, int prefillChunk, bool json, ModelTokenizer? tokenizer, ILogger log)
     {
         await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log, parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig));
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log, json);
         var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, n, ignoreEos,
-                sampling), stages, TimeSpan.FromSeconds(120),
+                sampling, PrefillChunk: prefillChunk), stages, TimeSpan.FromSeconds(120),
             json ? null : Live(tokenizer, rows.Length));
         var sequences = rows.Select((r, b) => r.Concat(outcome.NewTokens[b]).ToArray()).ToArray();
         if (json)
