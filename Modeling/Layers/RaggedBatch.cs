@@ -34,7 +34,21 @@ public sealed class RaggedBatch
         if (list.Count == 0) throw new ArgumentException("a batch needs at least one segment");
         Segments = list;
         TotalTokens = offset;
+        // Each segment's rotary tables, flattened to one row per position (N, 1, D) like the hidden states: a block
+        // rotates every request's queries and keys at once (a position's angles are its own, whoever it belongs to).
+        if (list.All(x => x.Inputs?.Cos is not null && x.Inputs.Sin is not null))
+        {
+            Tensor Flat(Func<LayerInputs, Tensor> table) => list.Count == 1
+                ? table(list[0].Inputs).reshape(list[0].Count, 1, -1)
+                : cat(list.Select(x => table(x.Inputs).reshape(x.Count, -1)).ToArray(), 0).unsqueeze(1);
+            FlatCos = Flat(i => i.Cos!);
+            FlatSin = Flat(i => i.Sin!);
+        }
     }
+
+    /// <summary>The segments' rotary cos and sin tables, one row per position of the flat tensor: (N, 1, D); null for models without rotary embeddings.</summary>
+    public Tensor? FlatCos { get; }
+    public Tensor? FlatSin { get; }
 
     public static RaggedBatch Single(long rows, long tokens, LayerInputs inputs) => new(new[] { (rows, tokens, inputs) });
 

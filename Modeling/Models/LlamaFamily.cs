@@ -97,22 +97,24 @@ public sealed class LlamaAttention : HfModule
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
         using var scope = NewDisposeScope();
-        var qAll = _q.Forward(x);
-        var kAll = _k.Forward(x);
-        var vAll = _v.Forward(x);
-        var merged = batch.Map(s => Attend(RaggedBatch.Of(qAll, s), RaggedBatch.Of(kAll, s), RaggedBatch.Of(vAll, s), s.Inputs));
+        long n = x.shape[0];
+        // Every position of every request at once: projections, then rotary (each position's own angles).
+        var q = RotaryEmbedding.Apply(_q.Forward(x).view(n, _c.NumHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!);   // (N, nh, 1, hd)
+        var k = RotaryEmbedding.Apply(_k.Forward(x).view(n, _c.NumKvHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!); // (N, nkv, 1, hd)
+        var v = _v.Forward(x);
+        var merged = batch.Map(s => Attend(q, k, v, s));
         return _o.Forward(merged).MoveToOuterDisposeScope();
     }
 
-    /// <summary>One request's attention: q, k, v (B, T, heads·hd) → (B, T, heads·hd).</summary>
-    private Tensor Attend(Tensor qp, Tensor kp, Tensor vp, LayerInputs inputs)
+    /// <summary>One request's attention over its own cache: its positions of q, k, v → (B, T, heads·hd).</summary>
+    private Tensor Attend(Tensor qAll, Tensor kAll, Tensor vAll, RaggedBatch.Segment s)
     {
-        long b = qp.shape[0], t = qp.shape[1];
-        var q = qp.view(b, t, _c.NumHeads, _c.HeadDim).transpose(1, 2);   // (B, nh, T, hd)
-        var k = kp.view(b, t, _c.NumKvHeads, _c.HeadDim).transpose(1, 2); // (B, nkv, T, hd)
-        var v = vp.view(b, t, _c.NumKvHeads, _c.HeadDim).transpose(1, 2);
-        q = RotaryEmbedding.Apply(q, inputs.Cos!, inputs.Sin!);
-        k = RotaryEmbedding.Apply(k, inputs.Cos!, inputs.Sin!);
+        long b = s.Rows, t = s.Tokens;
+        Tensor Heads(Tensor all, int heads) => all.narrow(0, s.Offset, s.Count).view(b, t, heads, _c.HeadDim).transpose(1, 2); // (B, heads, T, hd)
+        var q = Heads(qAll, _c.NumHeads);
+        var k = Heads(kAll, _c.NumKvHeads);
+        var v = Heads(vAll, _c.NumKvHeads);
+        var inputs = s.Inputs;
         if (inputs.Cache is { } cache) (k, v) = cache.Update(_layer, k, v);
         int groups = _c.NumHeads / _c.NumKvHeads;
         if (groups > 1)
