@@ -19,6 +19,9 @@ namespace ShardPipe.Host.Bench;
 /// eos ignored so every stream is <c>--tokens</c> long; batching_speedup = aggregate ÷ single stream; time to first
 /// token and inter-token latency over the concurrent streams, as a client sees them. The stages merge the streams'
 /// steps (continuous batching); rows_per_step_mean is the mean rows of the steps the nodes ran meanwhile.
+/// <para>Then chunked prefill: while 8 requests decode, a 512-token prompt joins them, prefilled in chunks of 128
+/// positions and then whole; prefill_stall_ms_* is the longest wait between two tokens of the decoding requests while
+/// the long prompt is prefilled (their usual gap: decode_gap_ms).</para>
 /// </summary>
 public static class ServeBench
 {
@@ -92,6 +95,9 @@ public static class ServeBench
         double P(List<double> xs, double q) => xs.Count == 0 ? double.NaN : xs[Math.Min(xs.Count - 1, (int)(q * xs.Count))];
         BenchSupport.Say(asJson, $"  {concurrency} streams: {aggregate:0.00} tokens/s in all ({total} tokens in {wall:0.00} s); speedup {aggregate / single:0.00}; " +
                                  $"TTFT p50 {P(ttft, 0.5):0.0} ms; ITL p50 {P(itl, 0.5):0.0} ms, p99 {P(itl, 0.99):0.0} ms; {rows.Average():0.0} rows per step");
+        var (usual, chunked) = await PrefillStall(session.Client, 128, log);
+        var (_, whole) = await PrefillStall(session.Client, 0, log);
+        BenchSupport.Say(asJson, $"  a 512-token prompt joining 8 decoding requests: their longest wait {chunked:0} ms prefilled in chunks of 128, {whole:0} ms whole (usual gap {usual:0} ms)");
         BenchSupport.Finish(new JsonObject
         {
             ["bench"] = "serve",
@@ -105,7 +111,50 @@ public static class ServeBench
             ["itl_p99_ms"] = Math.Round(P(itl, 0.99), 2),
             ["continuous_batching"] = true,
             ["rows_per_step_mean"] = Math.Round(rows.Average(), 2),
+            ["prefill_chunk"] = 128,
+            ["long_prompt_tokens"] = 512,
+            ["decode_gap_ms"] = Math.Round(usual, 2),
+            ["prefill_stall_ms_chunked"] = Math.Round(chunked, 2),
+            ["prefill_stall_ms_whole"] = Math.Round(whole, 2),
         });
         return 0;
+    }
+
+    /// <summary>
+    /// 8 requests decode; a 512-token prompt joins (prefilled <paramref name="chunk"/> positions a step, 0 = whole). Returns
+    /// the decoders' median gap between tokens before it came, and their longest gap while it was prefilled.
+    /// </summary>
+    private static async Task<(double Usual, double Stall)> PrefillStall(ShardPipe.Actors.Client.ShardPipeClient client, int chunk, ILogger log)
+    {
+        var stages = (await client.StatusAsync(TimeSpan.FromSeconds(10))).Stages;
+        var greedy = new ShardPipe.Messages.SamplingSettings(true, 0, 0, 1, 0);
+        using var stop = new CancellationTokenSource();
+        var stamps = Enumerable.Range(0, 8).Select(_ => new List<long>()).ToArray();
+        var decoders = Enumerable.Range(0, 8).Select(i => client.RunAsync(
+            new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), new[] { Enumerable.Range(0, 8).Select(j => (long)(100 + i * 8 + j)).ToArray() }, null, 1500, true, greedy),
+            stages, TimeSpan.FromMinutes(2), _ => { lock (stamps[i]) stamps[i].Add(Stopwatch.GetTimestamp()); }, stop.Token)).ToList();
+        while (stamps.Any(s => { lock (s) return s.Count < 12; })) await Task.Delay(20);
+        long joined = Stopwatch.GetTimestamp();
+        long prefilled = 0;
+        var longPrompt = new[] { Enumerable.Range(0, 512).Select(j => (long)(1000 + j * 7 % 30000)).ToArray() };
+        await client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), longPrompt, null, 1, true, greedy, PrefillChunk: chunk),
+            stages, TimeSpan.FromMinutes(2), _ => prefilled = Stopwatch.GetTimestamp());
+        await Task.Delay(300); // the decoders' next tokens after it
+        stop.Cancel();
+        foreach (var d in decoders) { try { await d; } catch (OperationCanceledException) { } }
+        double Ms(long a, long b) => Stopwatch.GetElapsedTime(a, b).TotalMilliseconds;
+        var gapsBefore = new List<double>();
+        double stall = 0;
+        foreach (var s in stamps)
+        {
+            lock (s)
+                for (int i = 1; i < s.Count; i++)
+                {
+                    if (s[i] <= joined) gapsBefore.Add(Ms(s[i - 1], s[i]));
+                    else if (s[i - 1] <= prefilled) stall = Math.Max(stall, Ms(s[i - 1], s[i])); // a gap that overlaps the prefill
+                }
+        }
+        log.LogInformation("prefill chunk {Chunk}: longest decoder gap {Stall:0} ms", chunk, stall);
+        return (gapsBefore.Order().ElementAt(gapsBefore.Count / 2), stall);
     }
 }

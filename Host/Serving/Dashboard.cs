@@ -44,7 +44,7 @@ public static class Dashboard
 <h2>Device map</h2>
 <div id="map" class="strip"></div>
 <h2>Devices</h2>
-<table><thead><tr><th>device</th><th>loaded / planned</th><th>budget</th><th></th><th>step p50</th><th>hop p50</th></tr></thead><tbody id="devices"></tbody></table>
+<table><thead><tr><th>device</th><th>loaded / planned</th><th>budget</th><th></th><th>step p50</th><th>hop p50</th><th>rows / step</th></tr></thead><tbody id="devices"></tbody></table>
 <script>
 const palette = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
 const colours = {};
@@ -80,7 +80,7 @@ function render(s) {
     const progress = el("td"); progress.append(bar);
     const ms = v => v === null || v === undefined ? "–" : v.toFixed(2) + " ms";
     tr.append(el("td", {}, d.device + (d.streamed ? " (streamed)" : "")), el("td", {}, bytes(d.loaded_bytes) + " / " + bytes(d.planned_bytes)), el("td", {}, bytes(d.budget_bytes)), progress,
-      el("td", {}, ms(d.step_ms_p50)), el("td", {}, ms(d.hop_ms_p50)));
+      el("td", {}, ms(d.step_ms_p50)), el("td", {}, ms(d.hop_ms_p50)), el("td", {}, d.rows_per_step === null || d.rows_per_step === undefined ? "–" : d.rows_per_step.toFixed(1)));
     rows.append(tr);
   }
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();

@@ -327,6 +327,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                 {
                     ["device"] = d.Device, ["planned_bytes"] = d.PlannedBytes, ["loaded_bytes"] = d.LoadedBytes, ["budget_bytes"] = d.BudgetBytes, ["streamed"] = d.Streamed,
                     ["step_ms_p50"] = timing is null ? null : Math.Round(timing.StepP50Ms, 3), ["hop_ms_p50"] = timing is null ? null : Math.Round(timing.HopP50Ms, 3),
+                    ["rows_per_step"] = timing is null ? null : Math.Round(timing.RowsPerStep, 2),
                 };
             }).ToArray()),
             ["cluster_in_flight"] = s.InFlight,
