@@ -167,7 +167,15 @@ public sealed class StageExecutor : IDisposable
                 {
                     if (_stopping) return;
                     var now = DateTime.UtcNow;
-                    batch = _batcher.Take(now);
+                    try { batch = _batcher.Take(now); }
+                    catch (Exception ex)
+                    {
+                        // Never the end of the stage's thread: what waits fails (its callers hear why) and the stage runs on.
+                        _log.Error(ex, "{0}: the waiting steps could not be batched; they fail", _stage);
+                        batch = _batcher.DropAll();
+                        foreach (var s in batch) Fail(s, $"{_stage}: the step could not be scheduled ({ex.Message})");
+                        continue;
+                    }
                     if (batch.Count > 0) break;
                     var wait = _batcher.NextDeadline(now) is { } at ? at - now : Timeout.InfiniteTimeSpan;
                     Monitor.Wait(_queue, wait == Timeout.InfiniteTimeSpan ? wait : TimeSpan.FromMilliseconds(Math.Max(1, wait.TotalMilliseconds)));
@@ -292,8 +300,8 @@ public sealed class StageExecutor : IDisposable
     [ThreadStatic] private static bool _threadPinned;
 
     /// <summary>
-    /// Steps run on the worker's own thread and on its links' reader threads, each of which serves only this node:
-    /// the first step on a thread pins it to <c>compute-cores</c> (once; a refusal is logged once per thread).
+    /// Steps run on the stage's compute thread: its first step pins it to <c>compute-cores</c> (with the libtorch threads
+    /// it starts; once; a refusal is logged).
     /// </summary>
     private void PinThread()
     {

@@ -40,6 +40,15 @@ public sealed class StepBatcher
         _groups.RemoveAll(g => g.Ids.Count == 0);
     }
 
+    /// <summary>Empties the queue (the steps cannot be scheduled): returns what was waiting.</summary>
+    public IReadOnlyList<StageInput> DropAll()
+    {
+        var all = _pending.Select(p => p.Step).ToList();
+        _pending.Clear();
+        _groups.Clear();
+        return all;
+    }
+
     /// <summary>Rows and positions a step brings to a merged step.</summary>
     public static (long Rows, long Tokens) Size(StageInput s)
     {

@@ -127,12 +127,16 @@ public class ParserFuzzTests
             var step = new StageInput($"r{n}", n, 1, new TensorPayload("F32", new long[] { 1, 1, n }, new byte[n * 4]), null,
                 new[] { new long[] { 1 } }, new[] { new long[] { 2 } }, "akka://x/user/y", null, 1, null);
             ActivationLink.WriteFrame(ms, ActivationLink.Manifest, MessageCodec.Encode(step));
+            // A merged step's outputs: several requests' steps and the requests that ended, as one frame.
+            var state = new GenerationState(8, false, new long[] { 2 }, 0, new[] { false }, new SamplingSettings(true, 0, 0, 1, 0), null,
+                new PromptRest(new[] { new long[] { 3, 4 } }, new[] { new long[] { 1, 1 } }, new[] { new long[] { 5, 6 } }, 2));
+            ActivationLink.WriteFrame(ms, ActivationLink.BatchManifest, MessageCodec.Encode(new StageBatch(new[] { step, step with { RequestId = "b", Generation = state } }, new[] { "gone" })));
         }
         FuzzEngine.Run("link-frames", new[] { ms.ToArray() }, bytes =>
         {
             var reader = new ActivationLink.FrameReader(new MemoryStream(bytes), 1 << 20);
             while (reader.Next() is var (manifest, body, _))
-                if (MessageCodec.Decode(body, manifest) is not StageInput) return false;
+                if (MessageCodec.Decode(body, manifest) is not (StageInput or StageBatch)) return false;
             return true;
         }, FuzzEngine.Cases(), cleanEnd: ex => ex is EndOfStreamException);
     }
