@@ -53,7 +53,10 @@ public class ServeTests
         var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(ShardPipe.Tests.Actors.Requests.Load(folder), NullLogger.Instance, json: true);
         var server = await OpenAiServer.StartAsync(new ServeOptions("tiny-llama", folder, "127.0.0.1", 0, maxActive, maxQueued, 4096, TimeSpan.FromSeconds(120)), session, NullLogger.Instance);
-        return (server, new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromSeconds(120) });
+        // A response disposed before its end closes the connection at once, as a client that goes away does (by default
+        // .NET's handler would first read on for up to 2 s to reuse the connection).
+        var handler = new SocketsHttpHandler { ResponseDrainTimeout = TimeSpan.Zero, MaxResponseDrainSize = 0 };
+        return (server, new HttpClient(handler) { BaseAddress = server.Address, Timeout = TimeSpan.FromSeconds(120) });
     }
 
     private static JsonObject Body(object prompt, int maxTokens, bool stream = false, string? extra = null)
@@ -240,10 +243,18 @@ public class ServeTests
         Assert.NotNull(busy.Headers.RetryAfter);
         Assert.Equal("rate_limit_error", (await busy.Content.ReadFromJsonAsync<JsonObject>())!["error"]!["type"]!.GetValue<string>());
 
-        // The client goes away mid-stream: within a few seconds nothing of its request is left in the cluster.
+        // The client goes away mid-stream: within a second no stage runs a step of its request any more (every step
+        // sleeps 20 ms, so a running request would add a dozen steps in 300 ms), and nothing of it is left in the cluster.
+        long Steps() => cluster.Nodes.Sum(n => NodeDiagnostics.For(n.System).StepTimes.Count);
+        long before = Steps();
         abort.Cancel();
         reader.Dispose();
         first.Dispose();
+        await Task.Delay(1000);
+        long atOneSecond = Steps();
+        Assert.True(atOneSecond > before, "the request was running until the client went");
+        await Task.Delay(300);
+        Assert.Equal(atOneSecond, Steps());
         await Eventually.True(async () => (await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))).InFlight == 0, TimeSpan.FromSeconds(5), "the request was cancelled in the cluster");
         // The slot is free again.
         var again = await http.PostAsJsonAsync("/v1/completions", Body("x", 2));
