@@ -5,66 +5,88 @@ namespace ShardPipe.Modeling.Layers;
 
 /// <summary>
 /// Keys and values of past tokens, per decoder layer (keyed by the layer's global index, so a pipeline stage
-/// holds only its own layers). Shapes (B, kv_heads, T, head_dim). Disposing frees every tensor.
+/// holds only its own layers). Each layer keeps one buffer per K and V, (B, kv_heads, capacity, head_dim), that
+/// doubles when full: a step writes only its own positions and reads the filled part as a view, instead of copying
+/// the whole past into a new tensor every step. Disposing frees every buffer.
 /// </summary>
 public sealed class KvCache : IDisposable
 {
-    private readonly Dictionary<int, (Tensor K, Tensor V)> _layers = new();
+    /// <summary>Positions a layer's first buffer holds at least (a prefill longer than this gets its own length).</summary>
+    public const long InitialCapacity = 64;
 
-    /// <summary>Tokens already in the cache (same for every layer once a forward pass completes).</summary>
-    public long SeenTokens(int layer) => _layers.TryGetValue(layer, out var kv) ? kv.K.shape[2] : 0;
-
-    /// <summary>Appends this step's keys and values; returns the full (past + new) tensors, owned by the cache.</summary>
-    public (Tensor K, Tensor V) Update(int layer, Tensor k, Tensor v)
+    private sealed class Buffers(Tensor k, Tensor v, long length)
     {
-        if (_layers.TryGetValue(layer, out var past))
-        {
-            // The cache outlives the forward pass's dispose scope.
-            var nk = torch.cat(new[] { past.K, k }, 2).DetachFromDisposeScope();
-            var nv = torch.cat(new[] { past.V, v }, 2).DetachFromDisposeScope();
-            past.K.Dispose();
-            past.V.Dispose();
-            _layers[layer] = (nk, nv);
-            return (nk, nv);
-        }
-        var ck = k.alias().DetachFromDisposeScope();
-        var cv = v.alias().DetachFromDisposeScope();
-        _layers[layer] = (ck, cv);
-        return (ck, cv);
+        public Tensor K = k, V = v;
+        public long Length = length;
+        public long Capacity => K.shape[2];
     }
 
+    private readonly Dictionary<int, Buffers> _layers = new();
+
+    /// <summary>Tokens already in the cache (same for every layer once a forward pass completes).</summary>
+    public long SeenTokens(int layer) => _layers.TryGetValue(layer, out var b) ? b.Length : 0;
+
+    /// <summary>
+    /// Appends this step's keys and values (B, kv_heads, T, head_dim); returns the past and new positions together, as
+    /// views of the cache's buffers (valid until the next update of this layer).
+    /// </summary>
+    public (Tensor K, Tensor V) Update(int layer, Tensor k, Tensor v)
+    {
+        long t = k.shape[2];
+        if (!_layers.TryGetValue(layer, out var b))
+        {
+            _layers[layer] = b = new Buffers(Allocate(k, Math.Max(InitialCapacity, t)), Allocate(v, Math.Max(InitialCapacity, t)), 0);
+        }
+        else if (b.Length + t > b.Capacity)
+        {
+            long capacity = Math.Max(2 * b.Capacity, b.Length + t);
+            var nk = Allocate(k, capacity);
+            var nv = Allocate(v, capacity);
+            nk.narrow(2, 0, b.Length).copy_(b.K.narrow(2, 0, b.Length));
+            nv.narrow(2, 0, b.Length).copy_(b.V.narrow(2, 0, b.Length));
+            b.K.Dispose();
+            b.V.Dispose();
+            b.K = nk;
+            b.V = nv;
+        }
+        b.K.narrow(2, b.Length, t).copy_(k);
+        b.V.narrow(2, b.Length, t).copy_(v);
+        b.Length += t;
+        return (b.K.narrow(2, 0, b.Length), b.V.narrow(2, 0, b.Length));
+    }
+
+    /// <summary>A buffer like <paramref name="like"/> with room for <paramref name="capacity"/> positions; it outlives the forward pass's dispose scope.</summary>
+    private static Tensor Allocate(Tensor like, long capacity) =>
+        empty(new[] { like.shape[0], like.shape[1], capacity, like.shape[3] }, like.dtype, like.device).DetachFromDisposeScope();
+
     /// <summary>Each layer's length now, to <see cref="Rollback"/> to if the step under way fails.</summary>
-    public IReadOnlyDictionary<int, long> Mark() => _layers.ToDictionary(kv => kv.Key, kv => kv.Value.K.shape[2]);
+    public IReadOnlyDictionary<int, long> Mark() => _layers.ToDictionary(kv => kv.Key, kv => kv.Value.Length);
 
     /// <summary>Forgets what steps appended since <paramref name="mark"/> (a merged step that failed part-way; it is run again).</summary>
     public void Rollback(IReadOnlyDictionary<int, long> mark)
     {
         foreach (var layer in _layers.Keys.ToList())
         {
-            var (k, v) = _layers[layer];
-            if (!mark.TryGetValue(layer, out long length))
+            var b = _layers[layer];
+            if (mark.TryGetValue(layer, out long length)) b.Length = Math.Min(b.Length, length);
+            else
             {
-                k.Dispose();
-                v.Dispose();
+                b.K.Dispose();
+                b.V.Dispose();
                 _layers.Remove(layer);
-            }
-            else if (k.shape[2] > length)
-            {
-                _layers[layer] = (k.narrow(2, 0, length).DetachFromDisposeScope(), v.narrow(2, 0, length).DetachFromDisposeScope());
-                k.Dispose();
-                v.Dispose();
             }
         }
     }
 
-    public long Bytes => _layers.Values.Sum(kv => kv.K.NumberOfElements * kv.K.ElementSize * 2);
+    /// <summary>Bytes the cache holds (its buffers, filled or not).</summary>
+    public long Bytes => _layers.Values.Sum(b => b.K.NumberOfElements * b.K.ElementSize * 2);
 
     public void Dispose()
     {
-        foreach (var (k, v) in _layers.Values)
+        foreach (var b in _layers.Values)
         {
-            k.Dispose();
-            v.Dispose();
+            b.K.Dispose();
+            b.V.Dispose();
         }
         _layers.Clear();
     }

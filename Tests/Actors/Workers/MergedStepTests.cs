@@ -167,23 +167,6 @@ public class MergedStepTests
     }
 
     [Fact]
-    public void A_cache_rolls_back_to_its_mark()
-    {
-        using var scope = NewDisposeScope();
-        using var cache = new KvCache();
-        cache.Update(0, ones(1, 2, 3, 4), ones(1, 2, 3, 4));
-        var mark = cache.Mark();
-        cache.Update(0, zeros(1, 2, 1, 4), zeros(1, 2, 1, 4));
-        cache.Update(1, zeros(1, 2, 4, 4), zeros(1, 2, 4, 4));
-        Assert.Equal(4, cache.SeenTokens(0));
-        cache.Rollback(mark);
-        Assert.Equal(3, cache.SeenTokens(0));
-        Assert.Equal(0, cache.SeenTokens(1));
-        var (k, _) = cache.Update(0, full(1, 2, 1, 4, 7f), full(1, 2, 1, 4, 7f));
-        Assert.Equal(new float[] { 1, 1, 1, 7 }, k[0, 0, .., 0].data<float>().ToArray());
-    }
-
-    [Fact]
     public void A_merged_step_that_fails_leaves_every_cache_as_it_was()
     {
         var model = PreTrainedModel.FromPretrained(TestPaths.Model("llama_untied"));
