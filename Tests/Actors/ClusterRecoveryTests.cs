@@ -59,6 +59,32 @@ public class ClusterRecoveryTests
     }
 
     [Fact]
+    public async Task Merged_requests_survive_a_worker_crash_each_with_its_fault_free_tokens()
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        var requests = Enumerable.Range(0, 6).Select(i => Requests.Generate(new[] { Enumerable.Range(0, 4 + i * 5).Select(j => (long)((j * 13 + i * 29 + 3) % 256)).ToArray() }, null, 30 + i * 4)
+            with { IgnoreEos = true, PrefillChunk = i == 5 ? 6 : 0, Sampling = i == 4 ? new SamplingSettings(false, 0.9, 20, 0.95, 77) : new SamplingSettings(true, 0, 0, 1, 0) }).ToList();
+        var expected = new List<long[][]>();
+        foreach (var r in requests) expected.Add((await cluster.Client.RunAsync(r with { RequestId = Guid.NewGuid().ToString("N") }, loaded.Stages, TimeSpan.FromSeconds(30))).NewTokens);
+        FaultHooks.For(cluster.Nodes[2].System).BeforeStep = () => Thread.Sleep(20); // keep the generations going past the kill
+
+        int seen = 0;
+        var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var runs = requests.Select(r => cluster.Client.RunAsync(r, loaded.Stages, TimeSpan.FromSeconds(30),
+            _ => { if (Interlocked.Increment(ref seen) == 30) reached.TrySetResult(); })).ToList();
+        await reached.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        await cluster.Nodes[1].Kill(); // node-2: a middle stage, mid-way through every request's merged steps
+        var outcomes = await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(120));
+
+        for (int i = 0; i < requests.Count; i++)
+        {
+            Assert.Equal(expected[i][0], outcomes[i].NewTokens[0]);
+            Assert.Equal(1, outcomes[i].RecoveredFaults);
+        }
+    }
+
+    [Fact]
     public async Task A_crash_of_the_coordinators_node_moves_the_coordinator_and_the_request_still_completes_with_the_same_tokens()
     {
         await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
