@@ -30,20 +30,21 @@ public static class ServeBench
         var tokens = new Option<int>("--tokens") { Description = "New tokens per stream", DefaultValueFactory = _ => 48 };
         var concurrency = new Option<int>("--concurrency") { Description = "Streams at once", DefaultValueFactory = _ => 16 };
         var model = new Option<string?>("--model") { Description = "Checkpoint folder with a tokenizer (default: a generated 134M Llama)" };
+        var microBatches = new Option<int>("--micro-batches") { Description = "The nodes' shardpipe.batching.micro-batches (groups of requests circulating at once)", DefaultValueFactory = _ => 1 };
         var json = CommonOptions.Json();
-        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(json), log));
+        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json };
+        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log));
         return cmd;
     }
 
-    private static async Task<int> Run(string? modelArg, int n, int concurrency, bool asJson, ILogger log)
+    private static async Task<int> Run(string? modelArg, int n, int concurrency, int microBatches, bool asJson, ILogger log)
     {
-        if (n < 2 || concurrency < 1) throw new InvalidInputException("--tokens must be at least 2 and --concurrency at least 1");
+        if (n < 2 || concurrency < 1 || microBatches < 1) throw new InvalidInputException("--tokens must be at least 2, --concurrency and --micro-batches at least 1");
         string folder = modelArg ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         if (!ModelTokenizer.Exists(folder)) ByteLevelTokenizerFile.Write(folder, SyntheticLlamaSpec.Llama125M.VocabSize);
         BenchSupport.Say(asJson, $"bench serve: {folder} on embedded:3, {n} tokens per stream, greedy, eos ignored");
         int rowsCap = Math.Max(32, concurrency);
-        var cluster = await EmbeddedCluster.StartAsync(3, extraConfig: _ => $"shardpipe.max-in-flight = {rowsCap}\nshardpipe.batching.max-rows = {rowsCap}");
+        var cluster = await EmbeddedCluster.StartAsync(3, extraConfig: _ => $"shardpipe.max-in-flight = {rowsCap}\nshardpipe.batching.max-rows = {rowsCap}\nshardpipe.batching.micro-batches = {microBatches}");
         await using var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(new ShardPipe.Messages.LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log, json: true);
         await using var server = await OpenAiServer.StartAsync(new ServeOptions("bench", folder, "127.0.0.1", 0, Math.Max(16, concurrency), 64, 4096, TimeSpan.FromMinutes(10)), session, log);
@@ -111,6 +112,7 @@ public static class ServeBench
             ["itl_p99_ms"] = Math.Round(P(itl, 0.99), 2),
             ["continuous_batching"] = true,
             ["rows_per_step_mean"] = Math.Round(rows.Average(), 2),
+            ["micro_batches"] = microBatches,
             ["prefill_chunk"] = 128,
             ["long_prompt_tokens"] = 512,
             ["decode_gap_ms"] = Math.Round(usual, 2),
