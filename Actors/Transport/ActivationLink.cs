@@ -11,8 +11,8 @@ namespace ShardPipe.Actors.Transport;
 /// Activation links: a direct socket from a device worker to a worker on another node, for the
 /// <see cref="StageInput"/>s (or <see cref="StageBatch"/>es of merged steps) it sends there (hidden states to the next stage; the sampled token back to the
 /// first). Akka.Remote hands a message through several threads on each side (≈0.6 ms a hop on this machine
-/// type); over a link the sending worker writes the frame itself and the reader thread on the far node runs the
-/// step (<see cref="StageExecutor"/>): ≈0.2 ms. Actor messages negotiate a link (<see cref="OpenLink"/> → <see cref="LinkOffer"/>
+/// type); over a link the sending worker writes the frame itself and the reader thread on the far node queues the
+/// step for its stage's compute thread (<see cref="StageExecutor"/>): ≈0.1–0.2 ms. Actor messages negotiate a link (<see cref="OpenLink"/> → <see cref="LinkOffer"/>
 /// with a one-time token) and stay the fallback whenever it is off, not yet up, or broken.
 /// <para>On the socket (little-endian): the <see cref="SideChannel"/> opening (magic <c>"SPA1"</c>), then frames,
 /// one way: <c>length u32 | sent-at i64 (the sender's monotonic clock, for hop timing) | manifest length u8 | manifest (ASCII) | body (the MessagePack message) | xxh3 u64 of

@@ -12,7 +12,7 @@ namespace ShardPipe.Actors.Transport;
 /// <summary>
 /// A node's activation-link listener: holds the offers its workers made (one-time tokens naming the worker and
 /// the peer), and reads each accepted link on its own thread, handing every frame to its worker's
-/// <see cref="StageExecutor.Deliver"/> (which runs the step on that thread).
+/// <see cref="StageExecutor.Deliver"/> (which queues the step for the stage's compute thread).
 /// </summary>
 public sealed class ActivationListener : SideChannelListener<ActivationListener.Pending>
 {

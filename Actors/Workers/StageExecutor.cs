@@ -89,6 +89,7 @@ public sealed class StageExecutor : IDisposable
         }
     }
 
+    /// <summary>A request ended: its cache is freed and its waiting steps dropped (re-entrant: the compute thread calls it under the lock).</summary>
     public void Release(string requestId)
     {
         lock (_gate) _runner?.Release(requestId);
@@ -246,8 +247,7 @@ public sealed class StageExecutor : IDisposable
     private void Failed(StageInput input, Exception ex)
     {
         _log.Warning("{0}: request {1} failed: {2}", _stage, input.RequestId, ex.Message);
-        _runner!.Release(input.RequestId);
-        lock (_queue) _batcher.Released(input.RequestId);
+        Release(input.RequestId);
         Fail(input, ex.GetBaseException().Message);
     }
 
@@ -272,8 +272,7 @@ public sealed class StageExecutor : IDisposable
             foreach (var id in released) folded.Add((path, id));
             if (path == _selfPath)
             {
-                foreach (var id in released) _runner!.Release(id);
-                Enqueue(list, released);
+                Run(new StageBatch(list.ToArray(), released)); // as if it had come from another stage
                 continue;
             }
             IShardPipeMessage message = list.Count == 1 && released.Length == 0 ? list[0] : new StageBatch(list.ToArray(), released);
@@ -288,8 +287,7 @@ public sealed class StageExecutor : IDisposable
                 if (folded.Contains((o.Path, rel.RequestId))) continue;
                 if (o.Path == _selfPath)
                 {
-                    _runner!.Release(rel.RequestId);
-                    lock (_queue) _batcher.Released(rel.RequestId);
+                    Release(rel.RequestId);
                     continue;
                 }
             }

@@ -74,7 +74,6 @@ public sealed class StageRunner : IDisposable
     {
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var masks = steps.Select(s => IdRows.ToTensor(s.AttentionMask)).ToList();
         var positions = steps.Select(s => IdRows.ToTensor(s.PositionIds)).ToList();
         var hidden = new Tensor[steps.Count];
         for (int i = 0; i < steps.Count; i++)
@@ -102,7 +101,7 @@ public sealed class StageRunner : IDisposable
                 {
                     var cache = forwardOnly ? null : CacheFor(steps[i].RequestId);
                     long past = cache?.SeenTokens(hop.FirstLayer) ?? 0;
-                    inputs.Add(_model.PrepareLayerInputs(positions[i], masks[i], past, sizes[i].Tokens, flat.dtype, CPU, cache, hop.FirstLayer));
+                    inputs.Add(_model.PrepareLayerInputs(positions[i], IdRows.ToTensor(steps[i].AttentionMask), past, sizes[i].Tokens, flat.dtype, CPU, cache, hop.FirstLayer));
                 }
                 batch = new RaggedBatch(sizes.Select((z, i) => (z.Rows, z.Tokens, inputs[i])));
                 for (int l = hop.FirstLayer; l < hop.FirstLayer + hop.LayerCount; l++) flat = _model.Layer(l, flat, batch);
