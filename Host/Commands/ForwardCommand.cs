@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using ShardPipe.Host.Cli;
 using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 using System.CommandLine.Parsing;
@@ -19,8 +20,9 @@ public static class ForwardCommand
         var ids = new Option<string>("--input-ids") { Description = "Token ids, rows separated by ';' (e.g. \"1,2,3;4,5,6\")", Required = true };
         var mask = new Option<string?>("--attention-mask") { Description = "0/1 per token, same shape as --input-ids (0 = left padding)" };
         var pos = new Option<string?>("--position-ids") { Description = "Positions per token (default 0..T-1 for every row, as HF's forward)" };
+        var hooks = new Option<bool>("--memory-hooks") { Description = "add_memory_hooks: print every module's RSS before/after its forward and the difference (in this process only)" };
         var json = CommonOptions.Json();
-        var cmd = new Command("forward", "Run one forward pass in this process and print the last logits of every row") { ids, mask, pos, json };
+        var cmd = new Command("forward", "Run one forward pass in this process and print the last logits of every row") { ids, mask, pos, hooks, json };
         m.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
         {
@@ -28,13 +30,15 @@ public static class ForwardCommand
             var maskRows = parse.GetValue(mask) is { } ms ? ModelArguments.ParseRows(ms, "--attention-mask") : null;
             var posRows = parse.GetValue(pos) is { } ps ? ModelArguments.ParseRows(ps, "--position-ids") : null;
             if (parse.GetValue(m.Cluster) is { } cluster)
-                return await OnCluster(parse, m, cluster, rows, maskRows, posRows, parse.GetValue(json), log);
+                return parse.GetValue(hooks) ? throw new InvalidInputException("--memory-hooks measures modules in this process: leave out --cluster")
+                    : await OnCluster(parse, m, cluster, rows, maskRows, posRows, parse.GetValue(json), log);
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
             ModelArguments.ValidateInputs(model, rows, maskRows, posRows);
             using var scope = NewDisposeScope();
             static Tensor T(long[][] r) => tensor(r.SelectMany(x => x).ToArray(), new long[] { r.Length, r[0].Length });
+            if (parse.GetValue(hooks)) model.AddMemoryHooks();
             sw.Restart();
             var logits = model.Forward(T(rows), maskRows is null ? null : T(maskRows), posRows is null ? null : T(posRows), lastOnly: true);
             double forwardS = sw.Elapsed.TotalSeconds;
@@ -49,11 +53,23 @@ public static class ForwardCommand
                 ["forward_s"] = Math.Round(forwardS, 4),
                 ["recovered_faults"] = 0,
             };
+            if (parse.GetValue(hooks)) result["memory_hooks"] = MemoryHooksJson(model);
             Print(result, last, parse.GetValue(json));
             return 0;
         });
         return cmd;
     }
+
+    /// <summary>Every module's <c>mem_rss_pre_forward</c>, <c>mem_rss_post_forward</c> and <c>mem_rss_diff</c> (bytes), in named_modules order.</summary>
+    private static JsonArray MemoryHooksJson(ShardPipe.Modeling.Models.CausalLMModel model) =>
+        new(model.MemoryHooksState().Select(m => (JsonNode)new JsonObject
+        {
+            ["module"] = m.Path,
+            ["class"] = m.ClassName,
+            ["mem_rss_pre_forward"] = m.State.MemRssPreForward,
+            ["mem_rss_post_forward"] = m.State.MemRssPostForward,
+            ["mem_rss_diff"] = m.State.MemRssDiff,
+        }).ToArray());
 
     private static JsonArray LogitsJson(float[][] last) =>
         new(last.Select(r => (JsonNode)new JsonArray(r.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray())).ToArray());
@@ -73,6 +89,10 @@ public static class ForwardCommand
                 Console.WriteLine($"row {b}: argmax {argmax[b]}; top-5 {string.Join(", ", top.Select(x => $"{x.i}:{x.v:0.0000}"))}");
             }
             if (result["hf_device_map"] is JsonObject map) Console.WriteLine($"hf_device_map: {map.ToJsonString()}");
+            if (result["memory_hooks"] is JsonArray hooks)
+                Tables.Print(new[] { "module", "class", "mem_rss_pre_forward>", "mem_rss_post_forward>", "mem_rss_diff>" },
+                    hooks.Select(h => new[] { h!["module"]!.GetValue<string>() is { Length: > 0 } p ? p : "(model)", h["class"]!.ToString(),
+                        h["mem_rss_pre_forward"]!.ToString(), h["mem_rss_post_forward"]!.ToString(), h["mem_rss_diff"]!.ToString() }), "memory hooks (RSS, bytes)");
         }
     }
 

@@ -20,7 +20,8 @@ public static class InspectCommand
         var tensors = new Option<bool>("--tensors") { Description = "List every tensor (name, dtype, shape, shard)" };
         var json = CommonOptions.Json();
         var dtype = new Option<string?>("--dtype") { Description = "dtype for num_parameters/memory_footprint_bytes (default float32, as from_pretrained)" };
-        var cmd = new Command("inspect", "Describe a checkpoint: architecture, config, dtypes, tensors, shards") { model, variant, revision, subfolder, tensors, dtype, json };
+        var flops = new Option<string?>("--flops") { Description = "BxT: estimate_tokens and floating_point_ops (without and with embeddings) for input_ids of that shape" };
+        var cmd = new Command("inspect", "Describe a checkpoint: architecture, config, dtypes, tensors, shards") { model, variant, revision, subfolder, tensors, dtype, flops, json };
         CommandAction.Set(cmd, (parse, log) =>
         {
             string folder = ModelLocator.Locate(parse.GetValue(model)!, new LocateOptions
@@ -28,7 +29,8 @@ public static class InspectCommand
                 Revision = parse.GetValue(revision),
                 Subfolder = parse.GetValue(subfolder),
             });
-            var result = Describe(folder, parse.GetValue(variant), parse.GetValue(tensors), parse.GetValue(dtype));
+            long[]? flopsShape = parse.GetValue(flops) is { } f ? ParseShape(f) : null;
+            var result = Describe(folder, parse.GetValue(variant), parse.GetValue(tensors), parse.GetValue(dtype), flopsShape);
             if (parse.GetValue(json)) JsonOut.Print(result);
             else PrintText(result, folder);
             return 0;
@@ -37,7 +39,7 @@ public static class InspectCommand
     }
 
     /// <summary>The inspect JSON object (keys are a stable contract: other checks read them).</summary>
-    public static JsonObject Describe(string folder, string? variant, bool withTensors, string? dtype = null)
+    public static JsonObject Describe(string folder, string? variant, bool withTensors, string? dtype = null, long[]? flopsShape = null)
     {
         PretrainedConfig? config = File.Exists(Path.Combine(folder, CheckpointNames.Config)) ? PretrainedConfig.FromFolder(folder) : null;
         using var ckpt = Checkpoint.Open(folder, variant);
@@ -54,7 +56,7 @@ public static class InspectCommand
             ["index_file"] = ckpt.IndexFile,
             ["index_total_size"] = ckpt.Index?.TotalSize,
         };
-        AddModelFigures(result, config, ckpt, dtype);
+        AddModelFigures(result, config, ckpt, dtype, flopsShape);
         if (withTensors)
         {
             result["tensors"] = new JsonArray(ckpt.Tensors.Select(t => (JsonNode)new JsonObject
@@ -69,8 +71,13 @@ public static class InspectCommand
     }
 
     /// <summary>Parameter counts, footprint and buffers from the model code's meta tree (no weights read); null for an unknown architecture.</summary>
-    private static void AddModelFigures(JsonObject result, PretrainedConfig? config, Checkpoint ckpt, string? dtype)
+    private static void AddModelFigures(JsonObject result, PretrainedConfig? config, Checkpoint ckpt, string? dtype, long[]? flopsShape)
     {
+        if (flopsShape is not null)
+        {
+            result["flops_input_shape"] = new JsonArray(flopsShape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray());
+            result["estimate_tokens"] = result["floating_point_ops"] = result["floating_point_ops_with_embeddings"] = null;
+        }
         CausalLMModel? meta = null;
         if (config is not null)
         {
@@ -91,6 +98,13 @@ public static class InspectCommand
         result["num_parameters"] = meta.NumParameters();
         result["num_parameters_exclude_embeddings"] = meta.NumParameters(excludeEmbeddings: true);
         result["memory_footprint_bytes"] = meta.GetMemoryFootprint(dt);
+        if (flopsShape is not null)
+        {
+            var inputs = new Dictionary<string, long[]> { [ModelStatistics.MainInputName] = flopsShape };
+            result["estimate_tokens"] = meta.EstimateTokens(inputs);
+            result["floating_point_ops"] = meta.FloatingPointOps(inputs, excludeEmbeddings: true);
+            result["floating_point_ops_with_embeddings"] = meta.FloatingPointOps(inputs, excludeEmbeddings: false);
+        }
         result["buffers"] = new JsonArray(meta.NamedBuffers().Select(b => (JsonNode)new JsonObject
         {
             ["name"] = b.Key,
@@ -98,6 +112,16 @@ public static class InspectCommand
             ["shape"] = new JsonArray(b.Slot.Shape.Select(d => (JsonNode)JsonValue.Create(d)).ToArray()),
             ["persistent"] = b.Slot.Persistent,
         }).ToArray());
+    }
+
+    /// <summary>"BxT" (e.g. 2x128): the shape of the input_ids batch that --flops counts.</summary>
+    public static long[] ParseShape(string text)
+    {
+        var parts = text.Split('x');
+        var dims = parts.Select(p => long.TryParse(p, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long d) && d > 0 ? d : -1).ToArray();
+        if (parts.Length != 2 || dims.Any(d => d < 0))
+            throw new InvalidInputException($"--flops '{text}': expected BxT, a batch size and a sequence length (positive integers), e.g. 2x128");
+        return dims;
     }
 
     private static readonly string[] SummaryKeys =
@@ -134,6 +158,9 @@ public static class InspectCommand
         {
             rows.Add(new[] { "parameters", $"{r["num_parameters"]} ({r["num_parameters_exclude_embeddings"]} without embeddings)" });
             rows.Add(new[] { "footprint", $"{ByteSize.Format((long)r["memory_footprint_bytes"]!)} at {r["loaded_dtype"]}" });
+            if (r["floating_point_ops"] is not null)
+                rows.Add(new[] { "flops", $"input_ids {r["flops_input_shape"]![0]}x{r["flops_input_shape"]![1]}: estimate_tokens {r["estimate_tokens"]}, " +
+                    $"floating_point_ops {r["floating_point_ops"]} ({r["floating_point_ops_with_embeddings"]} with embeddings)" });
             foreach (var b in (JsonArray)r["buffers"]!)
                 rows.Add(new[] { "buffer", $"{b!["name"]} {b["dtype"]} {Shape(b["shape"])} persistent={b["persistent"]}" });
         }

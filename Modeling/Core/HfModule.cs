@@ -101,6 +101,12 @@ public abstract class HfModule
         return slot;
     }
 
+    /// <summary>RSS around this module's forward, while the model's memory hooks are on (<c>add_memory_hooks</c>).</summary>
+    public MemoryHookState? MemoryHook { get; internal set; }
+
+    /// <summary>Taken at the top of a forward: <c>using var hook = Hook();</c> (see <see cref="ForwardHook"/>).</summary>
+    public ForwardHook Hook() => new(MemoryHook);
+
     public IReadOnlyList<(string Name, HfModule Module)> Children => _children;
     public IReadOnlyList<(string Name, TensorSlot Slot)> LocalTensors => _tensors;
 

@@ -23,32 +23,35 @@ public sealed class Linear : HfModule
         Weight = TiedParameter("weight", tiedWeight);
     }
 
-    public Tensor Forward(Tensor x) => DecodeKernels.Applies(x, Weight.Tensor)
-        ? DecodeKernels.LinearBf16(x, Weight.Tensor, Bias?.Tensor)
-        : nn.functional.linear(x, Weight.Tensor, Bias?.Tensor);
+    public Tensor Forward(Tensor x)
+    {
+        using var hook = Hook();
+        return DecodeKernels.Applies(x, Weight.Tensor)
+            ? DecodeKernels.LinearBf16(x, Weight.Tensor, Bias?.Tensor)
+            : nn.functional.linear(x, Weight.Tensor, Bias?.Tensor);
+    }
 }
 
-/// <summary>GPT-2's Conv1D: a linear layer whose weight is stored transposed, [in, out].</summary>
+/// <summary>GPT-2's Conv1D: a linear layer whose weight is stored transposed, [in, out] (head pruning may narrow either).</summary>
 public sealed class Conv1D : HfModule
 {
     public override string ClassName => "Conv1D";
     public TensorSlot Weight { get; }
     public TensorSlot Bias { get; }
-    private readonly long _out;
 
     public Conv1D(long outFeatures, long inFeatures)
     {
-        _out = outFeatures;
         Weight = Parameter("weight", inFeatures, outFeatures);
         Bias = Parameter("bias", outFeatures);
     }
 
     public Tensor Forward(Tensor x) // (..., in) -> (..., out)
     {
+        using var hook = Hook();
         var shape = x.shape;
         var outShape = shape.ToArray();
-        outShape[^1] = _out;
-        using var flat = x.reshape(-1, shape[^1]);
+        outShape[^1] = Weight.Shape[1];
+        using var flat = x.reshape(shape[..^1].Aggregate(1L, (a, d) => a * d), shape[^1]); // no -1: the input may be (N, 0)
         using var y = torch.addmm(Bias.Tensor, flat, Weight.Tensor, 1.0f, 1.0f);
         return y.view(outShape);
     }
@@ -62,7 +65,11 @@ public sealed class Embedding : HfModule
 
     public Embedding(long num, long dim) => Weight = Parameter("weight", num, dim);
 
-    public Tensor Forward(Tensor ids) => Weight.Tensor.index_select(0, ids.reshape(-1)).view(ids.shape.Append(Weight.Shape[1]).ToArray());
+    public Tensor Forward(Tensor ids)
+    {
+        using var hook = Hook();
+        return Weight.Tensor.index_select(0, ids.reshape(-1)).view(ids.shape.Append(Weight.Shape[1]).ToArray());
+    }
 }
 
 /// <summary>RMSNorm as Llama/Mistral/Qwen2 compute it: in float32, then back to the input dtype, times weight.</summary>
@@ -82,6 +89,7 @@ public sealed class RmsNorm : HfModule
 
     public Tensor Forward(Tensor x)
     {
+        using var hook = Hook();
         if (DecodeKernels.RmsNormApplies(x, Weight.Tensor)) return DecodeKernels.RmsNorm(x, Weight.Tensor, _eps); // a decode step: one pass
         using var scope = NewDisposeScope();
         var inputType = x.dtype;
@@ -109,7 +117,11 @@ public sealed class LayerNorm : HfModule
         Bias = Parameter("bias", dim);
     }
 
-    public Tensor Forward(Tensor x) => nn.functional.layer_norm(x, new[] { _dim }, Weight.Tensor, Bias.Tensor, _eps);
+    public Tensor Forward(Tensor x)
+    {
+        using var hook = Hook();
+        return nn.functional.layer_norm(x, new[] { _dim }, Weight.Tensor, Bias.Tensor, _eps);
+    }
 }
 
 /// <summary>Activation functions by their HF config names (ACT2FN).</summary>

@@ -67,6 +67,43 @@ public sealed record FromPretrainedOptions
     public CausalLMModel? Reuse { get; init; }
     /// <summary>Reader threads used to materialise tensors.</summary>
     public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
+    /// <summary>HF's load_in_8bit / load_in_4bit (quantize the weights as they load) and quantization_config (a
+    /// BitsAndBytesConfig-style dict, e.g. <c>{"load_in_8bit": true}</c>). All go through <see cref="QuantizeOnLoad"/>.</summary>
+    public bool LoadIn8Bit { get; init; }
+    public bool LoadIn4Bit { get; init; }
+    public JsonObject? QuantizationConfig { get; init; }
+}
+
+/// <summary>
+/// The one place where from_pretrained's quantization arguments become a quantize-on-load request, checked as
+/// transformers 4.38 checks them: load_in_8bit/load_in_4bit together with quantization_config, or both bit widths at
+/// once, are invalid; a quantization_config needs load_in_8bit/load_in_4bit or a <c>quant_method</c>. This build has no
+/// quantize-on-load yet, so a valid request is refused naming the option.
+/// </summary>
+public static class QuantizeOnLoad
+{
+    /// <summary>Null when nothing is asked; otherwise (until quantize-on-load exists) a typed refusal.</summary>
+    public static string? Requested(FromPretrainedOptions o)
+    {
+        if ((o.LoadIn8Bit || o.LoadIn4Bit) && o.QuantizationConfig is not null)
+            throw new InvalidInputException("You can't pass `load_in_4bit`or `load_in_8bit` as a kwarg when passing `quantization_config` argument at the same time.");
+        bool eight = o.LoadIn8Bit || Flag(o.QuantizationConfig, "load_in_8bit"), four = o.LoadIn4Bit || Flag(o.QuantizationConfig, "load_in_4bit");
+        if (eight && four)
+            throw new InvalidInputException("load_in_4bit and load_in_8bit are both True, but only one can be used at the same time");
+        string option = o.QuantizationConfig is not null ? "quantization_config" : eight ? "load_in_8bit" : four ? "load_in_4bit" : "";
+        if (option.Length == 0) return null;
+        string scheme = eight ? "int8" : four ? "int4"
+            : o.QuantizationConfig!["quant_method"] is JsonValue m && m.TryGetValue(out string? method) ? method
+            : throw new InvalidInputException("quantization_config has no `quant_method` (and neither load_in_8bit nor load_in_4bit)");
+        throw new UnsupportedException($"{option}: quantize-on-load ({scheme}) is not available in this build; load the checkpoint unquantized or use a pre-quantized one");
+    }
+
+    private static bool Flag(JsonObject? config, string key) => config?[key] switch
+    {
+        null => false,
+        JsonValue v when v.TryGetValue(out bool b) => b,
+        var n => throw new InvalidInputException($"quantization_config.{key} must be true or false, not {n.ToJsonString()}"),
+    };
 }
 
 /// <summary>What <c>output_loading_info=True</c> returns.</summary>

@@ -22,6 +22,7 @@ public static class PreTrainedModel
 
     public static CausalLMModel FromPretrained(string? pathOrRepoId, FromPretrainedOptions options, out LoadingInfo info)
     {
+        QuantizeOnLoad.Requested(options);
         TorchRuntime.Initialise();
         string? folder = pathOrRepoId is null || options.Fetcher is not null && options.Config is not null ? null : ModelLocator.Locate(pathOrRepoId, new LocateOptions
         {

@@ -54,6 +54,6 @@ public static class AutoModel
             throw new UnsupportedException(
                 $"{config.SourcePath ?? "config.json"}: unsupported architecture [{string.Join(", ", config.Architectures)}] / model_type '{config.ModelType}' " +
                 $"(supported: {string.Join(", ", Architectures)})");
-        return factory(config);
+        return HeadPruning.CheckBuilt(factory(config));
     }
 }

@@ -157,6 +157,9 @@ public abstract class CausalLMModel : HfModule
     public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null,
         bool lastOnly = false)
     {
+        using var hook = Hook();
+        // The base model (embeddings → final norm) is one module of its own for the memory hooks, as in HF.
+        var baseHook = MemoryHook is null ? default : Children.First(c => c.Name == BaseModelPrefix).Module.Hook();
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         long batch = inputIds.shape[0], t = inputIds.shape[1];
@@ -183,7 +186,9 @@ public abstract class CausalLMModel : HfModule
             foreach (var li in inputsByDevice.Values) li.Dispose();
         }
         if (lastOnly) hidden = hidden.narrow(1, t - 1, 1);
-        var logits = Head(hidden.to(HeadDevice)).to(ScalarType.Float32).cpu();
+        hidden = FinalNorm(hidden.to(HeadDevice));
+        baseHook.Dispose();
+        var logits = Project(hidden).to(ScalarType.Float32).cpu();
         return logits.MoveToOuterDisposeScope();
     }
 }

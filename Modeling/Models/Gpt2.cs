@@ -5,9 +5,9 @@ using static TorchSharp.torch;
 
 namespace ShardPipe.Modeling.Models;
 
-/// <summary>Typed view of a GPT-2 config.json.</summary>
+/// <summary>Typed view of a GPT-2 config.json (<c>pruned_heads</c>: layer → heads removed, from the unpruned n_head).</summary>
 public sealed record Gpt2Config(long Embd, int Layers, int Heads, long Positions, long Vocab, long Inner, double Eps,
-    string Activation, bool ScaleAttnWeights, bool ScaleByInverseLayerIdx)
+    string Activation, bool ScaleAttnWeights, bool ScaleByInverseLayerIdx, IReadOnlyDictionary<int, int[]> PrunedHeads)
 {
     public static Gpt2Config From(PretrainedConfig c)
     {
@@ -16,10 +16,11 @@ public sealed record Gpt2Config(long Embd, int Layers, int Heads, long Positions
         int heads = c.GetInt("n_head");
         if (heads <= 0 || embd % heads != 0)
             throw new CheckpointFormatException(c.SourcePath ?? "config.json", null, $"n_embd {embd} is not divisible by n_head {heads}");
-        return new Gpt2Config(embd, c.GetInt("n_layer"), heads, c.GetLong("n_positions", 1024), c.GetLong("vocab_size"),
+        int layers = c.GetInt("n_layer");
+        return new Gpt2Config(embd, layers, heads, c.GetLong("n_positions", 1024), c.GetLong("vocab_size"),
             c.GetLongOrNull("n_inner") ?? 4 * embd, c.GetDouble("layer_norm_epsilon", 1e-5),
             c.GetString("activation_function") ?? "gelu_new", c.GetBool("scale_attn_weights", true),
-            c.GetBool("scale_attn_by_inverse_layer_idx", false));
+            c.GetBool("scale_attn_by_inverse_layer_idx", false), HeadPruning.Read(c, layers, heads));
     }
 }
 
@@ -30,11 +31,20 @@ public sealed class Gpt2Attention : HfModule
     private readonly int _layer;
     private readonly TensorSlot _bias;
     private readonly Conv1D _cAttn, _cProj;
+    private readonly long _headDim;
+    private readonly HashSet<int> _prunedHeads = new();
+
+    /// <summary>Heads left after pruning (HF's <c>num_heads</c>).</summary>
+    public int NumHeads { get; private set; }
+    /// <summary>Heads removed, as indices of the unpruned layer (HF's <c>pruned_heads</c>).</summary>
+    public IReadOnlySet<int> PrunedHeads => _prunedHeads;
 
     public Gpt2Attention(Gpt2Config c, int layer)
     {
         _c = c;
         _layer = layer;
+        _headDim = c.Embd / c.Heads;
+        NumHeads = c.Heads;
         // 4.38 registers the causal table and masked_bias as non-persistent buffers before its projections.
         _bias = Buffer("bias", new long[] { 1, 1, c.Positions, c.Positions }, persistent: false, fixedDType: Checkpoints.DType.BOOL,
             (_, device) => ones(new[] { c.Positions, c.Positions }, ScalarType.Bool, device).tril().view(1, 1, c.Positions, c.Positions));
@@ -44,26 +54,45 @@ public sealed class Gpt2Attention : HfModule
         _cProj = Child("c_proj", new Conv1D(c.Embd, c.Embd));
         Child("attn_dropout", new Parameterless("Dropout"));
         Child("resid_dropout", new Parameterless("Dropout"));
+        // As init_weights does with config.pruned_heads: on the meta tree, so the checkpoint's pruned shapes load.
+        if (c.PrunedHeads.TryGetValue(layer, out var pruned)) Prune(pruned);
+    }
+
+    /// <summary>
+    /// GPT2Attention.prune_heads: drops the heads' q, k and v columns of c_attn and their rows of c_proj; heads pruned
+    /// before are skipped. Indices are those of the unpruned layer.
+    /// </summary>
+    public void Prune(IReadOnlyCollection<int> heads)
+    {
+        if (heads.Count == 0) return;
+        var (fresh, keep) = HeadPruning.FindPruneableHeadsAndIndices(heads, NumHeads, _headDim, _prunedHeads);
+        long split = NumHeads * _headDim;
+        var keepAttn = keep.Concat(keep.Select(i => i + split)).Concat(keep.Select(i => i + 2 * split)).ToArray();
+        HeadPruning.PruneConv1DLayer(_cAttn, keepAttn, dim: 1);
+        HeadPruning.PruneConv1DLayer(_cProj, keep, dim: 0);
+        NumHeads -= fresh.Count;
+        _prunedHeads.UnionWith(fresh);
     }
 
     /// <summary>Flat (N, E) → (N, E): c_attn and c_proj once over every position, attention per request.</summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         var qkv = _cAttn.Forward(x);
         var merged = batch.Map(s => Attend(RaggedBatch.Of(qkv, s), s.Inputs));
         return _cProj.Forward(merged).MoveToOuterDisposeScope();
     }
 
-    /// <summary>One request's attention: its (B, T, 3E) projections → (B, T, E).</summary>
+    /// <summary>One request's attention: its (B, T, 3S) projections → (B, T, S), S = heads left × head_dim.</summary>
     private Tensor Attend(Tensor qkvRows, LayerInputs inputs)
     {
-        long b = qkvRows.shape[0], t = qkvRows.shape[1], hd = _c.Embd / _c.Heads;
-        var qkv = qkvRows.split(_c.Embd, 2);
-        Tensor Heads(Tensor y) => y.view(b, t, _c.Heads, hd).transpose(1, 2); // (B, nh, T, hd)
-        var q = Heads(qkv[0]);
-        var k = Heads(qkv[1]);
-        var v = Heads(qkv[2]);
+        long b = qkvRows.shape[0], t = qkvRows.shape[1], hd = _headDim, split = NumHeads * hd;
+        // narrow, not split: a layer whose every head was pruned has S = 0 (its keys still go to the cache).
+        Tensor Heads(int part) => qkvRows.narrow(2, part * split, split).view(b, t, NumHeads, hd).transpose(1, 2); // (B, nh, T, hd)
+        var q = Heads(0);
+        var k = Heads(1);
+        var v = Heads(2);
         if (inputs.Cache is { } cache) (k, v) = cache.Update(_layer, k, v);
         long tk = k.shape[2];
         var scores = q.matmul(k.transpose(-1, -2));
@@ -74,7 +103,7 @@ public sealed class Gpt2Attention : HfModule
         scores = where(causal, scores, tensor(AttentionMask.MinValue(scores.dtype), scores.dtype, scores.device));
         if (inputs.Mask is not null) scores = scores + inputs.Mask;
         var probs = nn.functional.softmax(scores, -1).to(v.dtype);
-        return probs.matmul(v).transpose(1, 2).reshape(b, t, _c.Embd);
+        return probs.matmul(v).transpose(1, 2).reshape(b, t, split);
     }
 }
 
@@ -95,6 +124,7 @@ public sealed class Gpt2Mlp : HfModule
 
     public Tensor Forward(Tensor x)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         return _proj.Forward(_act(_fc.Forward(x))).MoveToOuterDisposeScope();
     }
@@ -104,21 +134,22 @@ public sealed class Gpt2Block : HfModule
 {
     public override string ClassName => "GPT2Block";
     private readonly LayerNorm _ln1, _ln2;
-    private readonly Gpt2Attention _attn;
     private readonly Gpt2Mlp _mlp;
+    public Gpt2Attention Attn { get; }
 
     public Gpt2Block(Gpt2Config c, int layer)
     {
         _ln1 = Child("ln_1", new LayerNorm(c.Embd, c.Eps));
-        _attn = Child("attn", new Gpt2Attention(c, layer));
+        Attn = Child("attn", new Gpt2Attention(c, layer));
         _ln2 = Child("ln_2", new LayerNorm(c.Embd, c.Eps));
         _mlp = Child("mlp", new Gpt2Mlp(c));
     }
 
     public Tensor Forward(Tensor x, RaggedBatch batch) // flat (N, E) → (N, E)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
-        var h = x + _attn.Forward(_ln1.Forward(x), batch);
+        var h = x + Attn.Forward(_ln1.Forward(x), batch);
         return (h + _mlp.Forward(_ln2.Forward(h))).MoveToOuterDisposeScope();
     }
 }
@@ -143,7 +174,7 @@ public sealed class Gpt2Model : HfModule
 }
 
 /// <summary><c>GPT2LMHeadModel</c>: Conv1D projections, learned positions, head tied to <c>wte</c>.</summary>
-public sealed class Gpt2LMHeadModel : CausalLMModel
+public sealed class Gpt2LMHeadModel : CausalLMModel, IPrunableHeads
 {
     public Gpt2Config Settings { get; }
     public Gpt2Model Transformer { get; }
@@ -192,4 +223,9 @@ public sealed class Gpt2LMHeadModel : CausalLMModel
 
     protected override Tensor FinalNormCore(Tensor hidden) => Transformer.LnF.Forward(hidden);
     public override string FinalNormPath => "transformer.ln_f";
+
+    public int ConfiguredHeads => Settings.Heads;
+
+    /// <summary>GPT2Model._prune_heads for one layer.</summary>
+    public void PruneLayerHeads(int layer, IReadOnlyCollection<int> heads) => Transformer.H[layer].Attn.Prune(heads);
 }

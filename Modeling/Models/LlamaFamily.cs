@@ -62,6 +62,7 @@ public sealed class LlamaMlp : HfModule
 
     public Tensor Forward(Tensor x) // (B, T, H) -> (B, T, H)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         var h = _act(_gate.Forward(x)) * _up.Forward(x);
         return _down.Forward(h).MoveToOuterDisposeScope();
@@ -96,6 +97,7 @@ public sealed class LlamaAttention : HfModule
     /// </summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         long n = x.shape[0];
         // Every position of every request at once: projections, then rotary (each position's own angles).
@@ -159,6 +161,7 @@ public sealed class LlamaDecoderLayer : HfModule
     /// <summary>Flat (N, H) → (N, H): the batch's requests together (<see cref="RaggedBatch"/>).</summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         var h = x + SelfAttn.Forward(_inputNorm.Forward(x), batch);
         var y = h + _mlp.Forward(_postNorm.Forward(h));

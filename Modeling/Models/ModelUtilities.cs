@@ -117,6 +117,33 @@ public static class ModelUtilities
         return ((1.0 - m) * AttentionMask.MinValue(dtype)).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// <c>add_memory_hooks</c>: every module records the process's RSS before and after each of its forwards
+    /// (<c>mem_rss_pre_forward</c>, <c>mem_rss_post_forward</c>) and sums the differences (<c>mem_rss_diff</c>), from zero.
+    /// Modules that never run a forward here (dropouts, activations applied inline) keep zeros.
+    /// </summary>
+    public static void AddMemoryHooks(this HfModule model)
+    {
+        foreach (var (_, module) in model.NamedModules()) module.MemoryHook ??= new MemoryHookState();
+        model.ResetMemoryHooksState();
+    }
+
+    /// <summary><c>reset_memory_hooks_state</c>: every module's three figures back to zero.</summary>
+    public static void ResetMemoryHooksState(this HfModule model)
+    {
+        foreach (var (_, module) in model.NamedModules()) module.MemoryHook?.Reset();
+    }
+
+    /// <summary>Turns the hooks off again (HF keeps them for the model's life; here they can go).</summary>
+    public static void RemoveMemoryHooks(this HfModule model)
+    {
+        foreach (var (_, module) in model.NamedModules()) module.MemoryHook = null;
+    }
+
+    /// <summary>Each hooked module's path ("" = the model), class and figures, in <c>named_modules()</c> order.</summary>
+    public static IReadOnlyList<(string Path, string ClassName, MemoryHookState State)> MemoryHooksState(this HfModule model) =>
+        model.NamedModules().Where(m => m.Module.MemoryHook is not null).Select(m => (m.Path, m.Module.ClassName, m.Module.MemoryHook!)).ToList();
+
     /// <summary>Casts floating parameters to <paramref name="dtype"/>, except those <paramref name="keep"/> accepts (Flax's to_fp16/to_bf16/to_fp32 with a mask).</summary>
     public static void CastParameters(this CausalLMModel model, DType dtype, Func<string, bool>? keep = null)
     {

@@ -9,6 +9,8 @@ public static class TestPaths
     public static string HfReference => Path.Combine(SharedDir, "hf-reference");
     public static string Models => Path.Combine(HfReference, "models");
     public static string DeviceMaps => Path.Combine(HfReference, "device-maps");
+    /// <summary>The public GPT-2 after <c>prune_heads({0: [1, 2], 1: [0]})</c>, saved and reloaded by transformers.</summary>
+    public static string PrunedGpt2 => Path.Combine(HfReference, "pruned", "gpt2_pruned");
 
     public static IEnumerable<string> ModelNames =>
         Directory.GetDirectories(Models).Select(Path.GetFileName).Order(StringComparer.Ordinal)!;
