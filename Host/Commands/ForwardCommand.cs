@@ -71,6 +71,19 @@ public static class ForwardCommand
             ["mem_rss_diff"] = m.State.MemRssDiff,
         }).ToArray());
 
+    /// <summary>One line per module, columns aligned (module paths are long: a boxed table would wrap them).</summary>
+    private static void PrintMemoryHooks(JsonArray hooks)
+    {
+        var rows = hooks.Select(h => new[] { h!["module"]!.GetValue<string>() is { Length: > 0 } p ? p : "(model)", h["class"]!.ToString(),
+            h["mem_rss_pre_forward"]!.ToString(), h["mem_rss_post_forward"]!.ToString(), h["mem_rss_diff"]!.ToString() }).ToList();
+        var header = new[] { "module", "class", "mem_rss_pre_forward", "mem_rss_post_forward", "mem_rss_diff" };
+        var widths = header.Select((c, i) => rows.Select(r => r[i].Length).Append(c.Length).Max()).ToArray();
+        string Line(string[] r) => string.Join("  ", r.Select((cell, i) => i < 2 ? cell.PadRight(widths[i]) : cell.PadLeft(widths[i]))).TrimEnd();
+        Tables.Line("memory hooks (process RSS in bytes around each module's forward):");
+        Tables.Line(Line(header));
+        foreach (var r in rows) Tables.Line(Line(r));
+    }
+
     private static JsonArray LogitsJson(float[][] last) =>
         new(last.Select(r => (JsonNode)new JsonArray(r.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray())).ToArray());
 
@@ -89,10 +102,7 @@ public static class ForwardCommand
                 Console.WriteLine($"row {b}: argmax {argmax[b]}; top-5 {string.Join(", ", top.Select(x => $"{x.i}:{x.v:0.0000}"))}");
             }
             if (result["hf_device_map"] is JsonObject map) Console.WriteLine($"hf_device_map: {map.ToJsonString()}");
-            if (result["memory_hooks"] is JsonArray hooks)
-                Tables.Print(new[] { "module", "class", "mem_rss_pre_forward>", "mem_rss_post_forward>", "mem_rss_diff>" },
-                    hooks.Select(h => new[] { h!["module"]!.GetValue<string>() is { Length: > 0 } p ? p : "(model)", h["class"]!.ToString(),
-                        h["mem_rss_pre_forward"]!.ToString(), h["mem_rss_post_forward"]!.ToString(), h["mem_rss_diff"]!.ToString() }), "memory hooks (RSS, bytes)");
+            if (result["memory_hooks"] is JsonArray hooks) PrintMemoryHooks(hooks);
         }
     }
 

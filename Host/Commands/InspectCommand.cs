@@ -159,8 +159,10 @@ public static class InspectCommand
             rows.Add(new[] { "parameters", $"{r["num_parameters"]} ({r["num_parameters_exclude_embeddings"]} without embeddings)" });
             rows.Add(new[] { "footprint", $"{ByteSize.Format((long)r["memory_footprint_bytes"]!)} at {r["loaded_dtype"]}" });
             if (r["floating_point_ops"] is not null)
-                rows.Add(new[] { "flops", $"input_ids {r["flops_input_shape"]![0]}x{r["flops_input_shape"]![1]}: estimate_tokens {r["estimate_tokens"]}, " +
-                    $"floating_point_ops {r["floating_point_ops"]} ({r["floating_point_ops_with_embeddings"]} with embeddings)" });
+            {
+                rows.Add(new[] { "estimate_tokens", $"{r["estimate_tokens"]} (input_ids {r["flops_input_shape"]![0]}x{r["flops_input_shape"]![1]})" });
+                rows.Add(new[] { "floating_point_ops", $"{r["floating_point_ops"]} ({r["floating_point_ops_with_embeddings"]} with embeddings)" });
+            }
             foreach (var b in (JsonArray)r["buffers"]!)
                 rows.Add(new[] { "buffer", $"{b!["name"]} {b["dtype"]} {Shape(b["shape"])} persistent={b["persistent"]}" });
         }

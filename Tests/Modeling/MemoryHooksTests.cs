@@ -1,0 +1,81 @@
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Models;
+using ShardPipe.Tests.Support;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Tests.Modeling;
+
+/// <summary><c>add_memory_hooks</c> / <c>reset_memory_hooks_state</c>: RSS around each module's forward, summed, resettable.</summary>
+public class MemoryHooksTests
+{
+    private static readonly long[] Prompt = { 5, 17, 42, 9, 3 };
+
+    private static void Forward(CausalLMModel model)
+    {
+        using var scope = NewDisposeScope();
+        model.Forward(tensor(Prompt, new long[] { 1, Prompt.Length }));
+    }
+
+    private static Dictionary<string, MemoryHookState> States(CausalLMModel model) =>
+        model.MemoryHooksState().ToDictionary(s => s.Path, s => s.State);
+
+    /// <summary>Modules whose forward runs here; dropouts (identity at inference) and activations applied inline do not.</summary>
+    private static bool Runs(string path, string className) =>
+        className is not ("Dropout" or "NewGELUActivation" or "SiLU" or "ModuleList") && !className.EndsWith("RotaryEmbedding", StringComparison.Ordinal);
+
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("llama_tied")]
+    public void Every_module_that_runs_records_its_rss_before_and_after_and_the_difference(string name)
+    {
+        var model = PreTrainedModel.FromPretrained(TestPaths.Model(name));
+        model.AddMemoryHooks();
+        var hooked = model.MemoryHooksState();
+        Assert.Equal(model.NamedModules().Select(m => m.Path), hooked.Select(h => h.Path));
+        Assert.All(hooked, h => Assert.Equal((0L, 0L, 0L), (h.State.MemRssPreForward, h.State.MemRssPostForward, h.State.MemRssDiff)));
+
+        Forward(model);
+        foreach (var (path, className, s) in model.MemoryHooksState())
+        {
+            if (Runs(path, className))
+            {
+                Assert.True(s.MemRssPreForward > 0 && s.MemRssPostForward > 0, $"{path} ({className}) recorded nothing");
+                Assert.Equal(s.MemRssPostForward - s.MemRssPreForward, s.MemRssDiff);
+            }
+            else Assert.Equal((0L, 0L, 0L), (s.MemRssPreForward, s.MemRssPostForward, s.MemRssDiff));
+        }
+        Assert.Contains(hooked, h => Runs(h.Path, h.ClassName) && h.ClassName is "Conv1D" or "Linear");
+    }
+
+    [Fact]
+    public void Differences_accumulate_over_forwards_until_reset()
+    {
+        var model = PreTrainedModel.FromPretrained(TestPaths.Model("gpt2"));
+        model.AddMemoryHooks();
+        Forward(model);
+        var first = States(model).ToDictionary(kv => kv.Key, kv => kv.Value.MemRssDiff);
+        Forward(model);
+        foreach (var (path, s) in States(model).Where(kv => kv.Value.MemRssPreForward > 0))
+            Assert.Equal(first[path] + (s.MemRssPostForward - s.MemRssPreForward), s.MemRssDiff);
+
+        model.ResetMemoryHooksState();
+        Assert.All(States(model).Values, s => Assert.Equal((0L, 0L, 0L), (s.MemRssPreForward, s.MemRssPostForward, s.MemRssDiff)));
+        Forward(model);
+        Assert.True(States(model)["transformer.h.1.mlp"].MemRssPostForward > 0); // still hooked after a reset
+
+        model.RemoveMemoryHooks();
+        Assert.Empty(model.MemoryHooksState());
+        Forward(model);
+    }
+
+    [Fact]
+    public void Rss_follows_the_memory_the_process_touches()
+    {
+        long before = ProcessMemory.Rss();
+        using var big = ones(32L << 20, ScalarType.Float32); // 128 MiB, written
+        long after = ProcessMemory.Rss();
+        Assert.True(after - before >= 100L << 20, $"RSS grew by {after - before} bytes for 128 MiB");
+    }
+}
