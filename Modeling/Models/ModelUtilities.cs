@@ -83,6 +83,44 @@ public static class ModelUtilities
     public static HfModule GetDecoder(this CausalLMModel model) =>
         model.Children.First(c => c.Name == model.BaseModelPrefix).Module;
 
+    /// <summary><c>get_encoder</c>: a decoder-only model has no separate encoder, so (as HF's default) the model itself.</summary>
+    public static HfModule GetEncoder(this CausalLMModel model) => model;
+
+    /// <summary>
+    /// <c>get_expanded_tied_weights_keys</c>: every state-dict key whose tensor is another key's (target → source, the
+    /// source being the first name the shared tensor was registered under), e.g. <c>lm_head.weight</c> →
+    /// <c>model.embed_tokens.weight</c>; empty for an untied model.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> GetExpandedTiedWeightsKeys(this HfModule model)
+    {
+        var first = new Dictionary<TensorSlot, string>(ReferenceEqualityComparer.Instance);
+        var tied = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (key, slot) in model.NamedTensors(removeDuplicate: false))
+            if (!first.TryAdd(slot, key)) tied[key] = first[slot];
+        return tied;
+    }
+
+    /// <summary>
+    /// <c>get_head_mask(head_mask, num_hidden_layers, is_attention_chunked)</c>: a [heads] or [layers, heads] mask (1 keeps
+    /// a head, 0 drops it) as a [layers, batch, heads, query, key]-broadcastable 5-D tensor at the model's dtype (with a
+    /// trailing unit dimension when chunked); no mask gives one null per layer.
+    /// </summary>
+    public static IReadOnlyList<Tensor?> GetHeadMask(this CausalLMModel model, Tensor? headMask, int numHiddenLayers, bool isAttentionChunked = false)
+    {
+        if (headMask is null) return Enumerable.Repeat<Tensor?>(null, numHiddenLayers).ToList();
+        using var scope = NewDisposeScope();
+        var mask = headMask.dim() switch
+        {
+            1 => headMask.unsqueeze(0).unsqueeze(0).unsqueeze(-1).unsqueeze(-1).expand(numHiddenLayers, -1, -1, -1, -1),
+            2 => headMask.unsqueeze(1).unsqueeze(-1).unsqueeze(-1), // a mask per layer
+            5 => headMask,
+            var d => throw new InvalidInputException($"head_mask has {d} dimensions: give [num_heads] or [num_hidden_layers, num_heads]"),
+        };
+        mask = mask.to(model.DType);
+        if (isAttentionChunked) mask = mask.unsqueeze(-1);
+        return Enumerable.Range(0, (int)mask.shape[0]).Select(i => (Tensor?)mask[i].MoveToOuterDisposeScope()).ToList();
+    }
+
     /// <summary><c>get_parameter_or_buffer</c>.</summary>
     public static Tensor GetParameterOrBuffer(this CausalLMModel model, string name) =>
         model.NamedTensors(removeDuplicate: false).FirstOrDefault(t => t.Key == name).Slot?.Tensor
