@@ -66,6 +66,7 @@ public sealed class Gpt2Attention : HfModule
     {
         if (heads.Count == 0) return;
         var (fresh, keep) = HeadPruning.FindPruneableHeadsAndIndices(heads, NumHeads, _headDim, _prunedHeads);
+        if (fresh.Count == 0) return; // all pruned before: HF rebuilds the layers unchanged
         long split = NumHeads * _headDim;
         var keepAttn = keep.Concat(keep.Select(i => i + split)).Concat(keep.Select(i => i + 2 * split)).ToArray();
         HeadPruning.PruneConv1DLayer(_cAttn, keepAttn, dim: 1);

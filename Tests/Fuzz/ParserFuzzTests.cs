@@ -35,10 +35,10 @@ public class ParserFuzzTests
             return index is not null;
         }, FuzzEngine.Cases(), text: true);
 
-    /// <summary>config.json: parsed, checked against the sanity limits, and built as the meta model, as every loader does.</summary>
+    /// <summary>config.json (the pruned GPT-2's with its pruned_heads too): parsed, checked against the sanity limits, and built as the meta model, as every loader does.</summary>
     [Fact]
     public void Config_json() =>
-        FuzzEngine.Run("config-json", ModelFiles("config.json").Select(File).ToList(), bytes =>
+        FuzzEngine.Run("config-json", ModelFiles("config.json").Append(Path.Combine(TestPaths.PrunedGpt2, "config.json")).Select(File).ToList(), bytes =>
         {
             var config = PretrainedConfig.Parse("fuzz/config.json", Encoding.UTF8.GetString(bytes));
             ConfigLimits.Check(config);

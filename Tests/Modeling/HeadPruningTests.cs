@@ -22,34 +22,6 @@ public class HeadPruningTests
     private static CausalLMModel Load(string folder, AttnImplementation attn = AttnImplementation.Sdpa) =>
         PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "float32", AttnImplementation = attn });
 
-    /// <summary>Every forward case's last logits (and the single row's logits at every position) within 1e-4, argmax equal.</summary>
-    internal static void AssertForwardMatches(CausalLMModel model, ReferenceData r, string what)
-    {
-        foreach (var c in r.ForwardCases)
-        {
-            var ids = ReferenceData.Ints(c["input_ids"]);
-            var mask = c["attention_mask"] is JsonArray ? ReferenceData.Ints(c["attention_mask"]) : null;
-            var pos = c["position_ids"] is JsonArray ? ReferenceData.Ints(c["position_ids"]) : null;
-            using var scope = NewDisposeScope();
-            var logits = model.Forward(ReferenceModelTests.Tensor2(ids), mask is null ? null : ReferenceModelTests.Tensor2(mask),
-                pos is null ? null : ReferenceModelTests.Tensor2(pos));
-            var expected = ReferenceData.Doubles(c["last_logits"]!);
-            var argmax = ((JsonArray)c["argmax"]!).Select(x => x!.GetValue<long>()).ToArray();
-            for (int b = 0; b < ids.Length; b++)
-            {
-                var row = logits[b, ids[b].Length - 1].data<float>().ToArray();
-                ReferenceModelTests.AssertClose(expected[b], row, 1e-4, $"{what}/{c["name"]} row {b}");
-                Assert.Equal(argmax[b], (long)Array.IndexOf(row, row.Max()));
-            }
-            if (c["logits_all"] is JsonArray all)
-            {
-                var rows = ReferenceData.Doubles(all[0]!);
-                for (int t = 0; t < rows.Length; t++)
-                    ReferenceModelTests.AssertClose(rows[t], logits[0, t].data<float>().ToArray(), 1e-4, $"{what}/{c["name"]} t={t}");
-            }
-        }
-    }
-
     private static void AssertGreedyMatches(CausalLMModel model, ReferenceData r)
     {
         foreach (var c in r.GenerateCases)
@@ -81,7 +53,7 @@ public class HeadPruningTests
         var layer0 = ((Gpt2LMHeadModel)model).Transformer.H[0].Attn;
         Assert.Equal(2, layer0.NumHeads);
         Assert.Equal(new[] { 1, 2 }, layer0.PrunedHeads.Order());
-        AssertForwardMatches(model, r, "gpt2_pruned");
+        ReferenceModelTests.AssertForwardMatches(model, r, "gpt2_pruned");
     }
 
     [Fact]
@@ -116,7 +88,7 @@ public class HeadPruningTests
         model.PruneHeads(ReferenceHeads());
         Assert.Equal("{\"0\":[1,2],\"1\":[0]}", PrunedHeadsOf(model).ToJsonString());
         AssertSameTensors(Load(TestPaths.PrunedGpt2), model);
-        AssertForwardMatches(model, Pruned(), "gpt2 pruned in place");
+        ReferenceModelTests.AssertForwardMatches(model, Pruned(), "gpt2 pruned in place");
         AssertGreedyMatches(model, Pruned());
     }
 
@@ -159,7 +131,7 @@ public class HeadPruningTests
 
         var reloaded = Load(tmp.Path);
         Assert.Equal(2, ((Gpt2LMHeadModel)reloaded).Transformer.H[0].Attn.NumHeads);
-        AssertForwardMatches(reloaded, r, "gpt2 pruned, saved, reloaded");
+        ReferenceModelTests.AssertForwardMatches(reloaded, r, "gpt2 pruned, saved, reloaded");
         AssertGreedyMatches(reloaded, r);
 
         // Pruning the reloaded model further accumulates on the saved config's heads.
@@ -254,7 +226,7 @@ public class HeadPruningTests
         Assert.Contains("head -1", Assert.Throws<InvalidInputException>(() => model.PruneHeads(new Dictionary<int, int[]> { [0] = new[] { -1 } })).Message);
         Assert.Equal(4, layer0.NumHeads);
         Assert.False(model.Config.Has(HeadPruning.ConfigKey));
-        AssertForwardMatches(model, new ReferenceData("gpt2"), "gpt2 after refused prunes");
+        ReferenceModelTests.AssertForwardMatches(model, new ReferenceData("gpt2"), "gpt2 after refused prunes");
     }
 
     [Theory]

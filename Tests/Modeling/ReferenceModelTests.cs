@@ -30,6 +30,12 @@ public class ReferenceModelTests
     {
         var r = new ReferenceData(name);
         var model = Load(r, attn: attn == "eager" ? AttnImplementation.Eager : AttnImplementation.Sdpa);
+        AssertForwardMatches(model, r, name);
+    }
+
+    /// <summary>Every forward case's last logits (and the single row's logits at every position) within 1e-4, argmax equal.</summary>
+    internal static void AssertForwardMatches(CausalLMModel model, ReferenceData r, string what)
+    {
         foreach (var c in r.ForwardCases)
         {
             var ids = ReferenceData.Ints(c["input_ids"]);
@@ -42,14 +48,14 @@ public class ReferenceModelTests
             for (int b = 0; b < ids.Length; b++)
             {
                 var row = logits[b, ids[b].Length - 1].data<float>().ToArray();
-                AssertClose(expected[b], row, 1e-4, $"{name}/{c["name"]} row {b}");
+                AssertClose(expected[b], row, 1e-4, $"{what}/{c["name"]} row {b}");
                 Assert.Equal(argmax[b], (long)Array.IndexOf(row, row.Max()));
             }
             if (c["logits_all"] is JsonArray all)
             {
                 var rows = ReferenceData.Doubles(all[0]!);
                 for (int t = 0; t < rows.Length; t++)
-                    AssertClose(rows[t], logits[0, t].data<float>().ToArray(), 1e-4, $"{name}/{c["name"]} t={t}");
+                    AssertClose(rows[t], logits[0, t].data<float>().ToArray(), 1e-4, $"{what}/{c["name"]} t={t}");
             }
         }
     }
