@@ -49,8 +49,8 @@ public static class HeadPruning
     /// <summary>Refuses a config with <c>pruned_heads</c> for a model that cannot prune (transformers fails to build it too).</summary>
     public static CausalLMModel CheckBuilt(CausalLMModel model)
     {
-        if (model is not IPrunableHeads && model.Config.GetObject(ConfigKey) is { Count: > 0 } &&
-            model.Config.Values[ConfigKey]!.AsObject().Any(kv => kv.Value is not JsonArray { Count: 0 }))
+        // Any entry, even an empty list, makes init_weights call prune_heads, which fails without _prune_heads.
+        if (model is not IPrunableHeads && model.Config.GetObject(ConfigKey) is { Count: > 0 })
             throw new UnsupportedException($"{model.Config.SourcePath ?? "config.json"}: {ConfigKey} is set, but {model.ClassName} has no head pruning (transformers prunes heads only where the base model defines _prune_heads, e.g. GPT-2)");
         return model;
     }

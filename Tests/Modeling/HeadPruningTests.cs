@@ -211,6 +211,10 @@ public class HeadPruningTests
         Assert.Contains("config.json", refused.Message);
         Assert.Contains("pruned_heads", refused.Message);
 
+        config.Set(HeadPruning.ConfigKey, JsonNode.Parse("{\"0\": []}")); // still makes init_weights call prune_heads
+        config.Save(Path.Combine(folder, CheckpointNames.Config));
+        Assert.Throws<UnsupportedException>(() => Load(folder));
+
         config.Set(HeadPruning.ConfigKey, new JsonObject()); // what every config carries by default
         config.Save(Path.Combine(folder, CheckpointNames.Config));
         Assert.Equal(config.GetLong("num_hidden_layers"), Load(folder).NumLayers);
