@@ -1,3 +1,5 @@
+using static TorchSharp.torch;
+
 namespace ShardPipe.Modeling.Core;
 
 /// <summary>
@@ -10,4 +12,11 @@ public sealed class Parameterless : HfModule
     public override string ClassName => _className;
 
     public Parameterless(string className) => _className = className;
+
+    /// <summary>A dropout's forward at inference: the identity, run where HF runs it (so its memory hook records).</summary>
+    public Tensor Forward(Tensor x)
+    {
+        using var hook = Hook();
+        return x;
+    }
 }

@@ -31,6 +31,7 @@ public sealed class Gpt2Attention : HfModule
     private readonly int _layer;
     private readonly TensorSlot _bias;
     private readonly Conv1D _cAttn, _cProj;
+    private readonly Parameterless _attnDropout, _residDropout;
     private readonly long _headDim;
     private readonly HashSet<int> _prunedHeads = new();
 
@@ -52,8 +53,8 @@ public sealed class Gpt2Attention : HfModule
             (_, device) => tensor(-1e4f, device: device));
         _cAttn = Child("c_attn", new Conv1D(3 * c.Embd, c.Embd));
         _cProj = Child("c_proj", new Conv1D(c.Embd, c.Embd));
-        Child("attn_dropout", new Parameterless("Dropout"));
-        Child("resid_dropout", new Parameterless("Dropout"));
+        _attnDropout = Child("attn_dropout", new Parameterless("Dropout"));
+        _residDropout = Child("resid_dropout", new Parameterless("Dropout"));
         // As init_weights does with config.pruned_heads: on the meta tree, so the checkpoint's pruned shapes load.
         if (c.PrunedHeads.TryGetValue(layer, out var pruned)) Prune(pruned);
     }
@@ -82,7 +83,7 @@ public sealed class Gpt2Attention : HfModule
         using var scope = NewDisposeScope();
         var qkv = _cAttn.Forward(x);
         var merged = batch.Map(s => Attend(RaggedBatch.Of(qkv, s), s.Inputs));
-        return _cProj.Forward(merged).MoveToOuterDisposeScope();
+        return _residDropout.Forward(_cProj.Forward(merged)).MoveToOuterDisposeScope();
     }
 
     /// <summary>One request's attention: its (B, T, 3S) projections → (B, T, S), S = heads left × head_dim.</summary>
@@ -103,7 +104,7 @@ public sealed class Gpt2Attention : HfModule
         var causal = _bias.Tensor.narrow(2, tk - t, t).narrow(3, 0, tk);
         scores = where(causal, scores, tensor(AttentionMask.MinValue(scores.dtype), scores.dtype, scores.device));
         if (inputs.Mask is not null) scores = scores + inputs.Mask;
-        var probs = nn.functional.softmax(scores, -1).to(v.dtype);
+        var probs = _attnDropout.Forward(nn.functional.softmax(scores, -1).to(v.dtype));
         return probs.matmul(v).transpose(1, 2).reshape(b, t, split);
     }
 }
@@ -112,14 +113,15 @@ public sealed class Gpt2Mlp : HfModule
 {
     public override string ClassName => "GPT2MLP";
     private readonly Conv1D _fc, _proj;
+    private readonly Parameterless _actModule, _dropout;
     private readonly Func<Tensor, Tensor> _act;
 
     public Gpt2Mlp(Gpt2Config c)
     {
         _fc = Child("c_fc", new Conv1D(c.Inner, c.Embd));
         _proj = Child("c_proj", new Conv1D(c.Embd, c.Inner));
-        Child("act", new Parameterless(Activations.ClassName(c.Activation)));
-        Child("dropout", new Parameterless("Dropout"));
+        _actModule = Child("act", new Parameterless(Activations.ClassName(c.Activation)));
+        _dropout = Child("dropout", new Parameterless("Dropout"));
         _act = Activations.Get(c.Activation);
     }
 
@@ -127,7 +129,9 @@ public sealed class Gpt2Mlp : HfModule
     {
         using var hook = Hook();
         using var scope = NewDisposeScope();
-        return _proj.Forward(_act(_fc.Forward(x))).MoveToOuterDisposeScope();
+        var h = _fc.Forward(x);
+        using (_actModule.Hook()) h = _act(h); // the activation module's forward, for the memory hooks
+        return _dropout.Forward(_proj.Forward(h)).MoveToOuterDisposeScope();
     }
 }
 
@@ -160,6 +164,7 @@ public sealed class Gpt2Model : HfModule
     public override string ClassName => "GPT2Model";
     public Embedding Wte { get; }
     public Embedding Wpe { get; }
+    public Parameterless Drop { get; }
     public IReadOnlyList<Gpt2Block> H { get; }
     public LayerNorm LnF { get; }
 
@@ -167,7 +172,7 @@ public sealed class Gpt2Model : HfModule
     {
         Wte = Child("wte", new Embedding(c.Vocab, c.Embd));
         Wpe = Child("wpe", new Embedding(c.Positions, c.Embd));
-        Child("drop", new Parameterless("Dropout"));
+        Drop = Child("drop", new Parameterless("Dropout"));
         var list = Child("h", new ModuleList());
         H = Enumerable.Range(0, c.Layers).Select(i => list.Add(new Gpt2Block(c, i))).ToList();
         LnF = Child("ln_f", new LayerNorm(c.Embd, c.Eps));
@@ -202,7 +207,7 @@ public sealed class Gpt2LMHeadModel : CausalLMModel, IPrunableHeads
     protected override Tensor EmbedCore(Tensor inputIds, Tensor positionIds)
     {
         using var scope = NewDisposeScope();
-        return (Transformer.Wte.Forward(inputIds) + Transformer.Wpe.Forward(positionIds)).MoveToOuterDisposeScope();
+        return Transformer.Drop.Forward(Transformer.Wte.Forward(inputIds) + Transformer.Wpe.Forward(positionIds)).MoveToOuterDisposeScope();
     }
 
     public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,

@@ -49,6 +49,7 @@ public sealed class LlamaMlp : HfModule
     public override string ClassName { get; }
     private readonly Linear _gate, _up, _down;
     private readonly Func<Tensor, Tensor> _act;
+    private readonly Parameterless _actFn;
 
     public LlamaMlp(LlamaVariant v, LlamaConfig c)
     {
@@ -56,7 +57,7 @@ public sealed class LlamaMlp : HfModule
         _gate = Child("gate_proj", new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias));
         _up = Child("up_proj", new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias));
         _down = Child("down_proj", new Linear(c.IntermediateSize, c.HiddenSize, c.MlpBias));
-        Child("act_fn", new Parameterless(Activations.ClassName(c.HiddenAct)));
+        _actFn = Child("act_fn", new Parameterless(Activations.ClassName(c.HiddenAct)));
         _act = Activations.Get(c.HiddenAct);
     }
 
@@ -64,7 +65,9 @@ public sealed class LlamaMlp : HfModule
     {
         using var hook = Hook();
         using var scope = NewDisposeScope();
-        var h = _act(_gate.Forward(x)) * _up.Forward(x);
+        var gate = _gate.Forward(x);
+        using (_actFn.Hook()) gate = _act(gate); // act_fn's forward, for the memory hooks
+        var h = gate * _up.Forward(x);
         return _down.Forward(h).MoveToOuterDisposeScope();
     }
 }

@@ -158,7 +158,7 @@ public static class ModelUtilities
     /// <summary>
     /// <c>add_memory_hooks</c>: every module records the process's RSS before and after each of its forwards
     /// (<c>mem_rss_pre_forward</c>, <c>mem_rss_post_forward</c>) and sums the differences (<c>mem_rss_diff</c>), from zero.
-    /// Modules that never run a forward here (dropouts, activations applied inline) keep zeros.
+    /// Modules that never run a forward keep zeros: containers (as in HF) and the rotary embeddings (their tables are made once per pass).
     /// </summary>
     public static void AddMemoryHooks(this HfModule model)
     {

@@ -23,7 +23,8 @@ public class ForwardMemoryHooksCliTests
             Assert.True(h["mem_rss_pre_forward"]!.GetValue<long>() > 0, m);
             Assert.Equal(h["mem_rss_post_forward"]!.GetValue<long>() - h["mem_rss_pre_forward"]!.GetValue<long>(), h["mem_rss_diff"]!.GetValue<long>());
         }
-        Assert.Equal(0, byModule["transformer.drop"]["mem_rss_pre_forward"]!.GetValue<long>());
+        Assert.True(byModule["transformer.drop"]["mem_rss_pre_forward"]!.GetValue<long>() > 0); // dropout: the identity, but it runs
+        Assert.Equal(0, byModule["transformer.h"]["mem_rss_pre_forward"]!.GetValue<long>()); // a container never runs a forward
 
         var text = ShardPipeProcess.Run("forward", "--model", TestPaths.Model("gpt2"), "--input-ids", "5,6,7", "--memory-hooks");
         Assert.True(text.ExitCode == 0, text.Stderr);
