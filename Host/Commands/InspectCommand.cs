@@ -128,7 +128,7 @@ public static class InspectCommand
     {
         "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",
         "max_position_embeddings", "torch_dtype", "tie_word_embeddings", "n_embd", "n_layer", "n_head", "n_positions",
-        "rope_theta", "sliding_window",
+        "rope_theta", "sliding_window", "pruned_heads",
     };
 
     private static JsonObject Summary(PretrainedConfig config)

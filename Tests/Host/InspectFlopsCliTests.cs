@@ -28,6 +28,8 @@ public class InspectFlopsCliTests
     {
         var json = JsonNode.Parse(ShardPipeProcess.Run("inspect", "--model", TestPaths.PrunedGpt2, "--flops", "2x100", "--json").Stdout)!;
         var pruned = new ReferenceData("gpt2_pruned", TestPaths.PrunedGpt2).Json;
+        Assert.Equal("{\"0\":[1,2],\"1\":[0]}", json["config"]!["pruned_heads"]!.ToJsonString());
+        Assert.Equal(pruned["num_parameters"]!.GetValue<long>(), json["num_parameters"]!.GetValue<long>());
         Assert.Equal(6 * 200 * pruned["num_parameters_exclude_embeddings"]!.GetValue<long>(), json["floating_point_ops"]!.GetValue<long>());
         Assert.Equal(6 * 200 * pruned["num_parameters"]!.GetValue<long>(), json["floating_point_ops_with_embeddings"]!.GetValue<long>());
 
