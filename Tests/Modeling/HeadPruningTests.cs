@@ -178,6 +178,37 @@ public class HeadPruningTests
     }
 
     [Fact]
+    public void Random_prunes_in_two_calls_equal_silencing_the_same_heads()
+    {
+        var random = new Random(34);
+        var r = new ReferenceData("gpt2");
+        var c = r.ForwardCases.First(f => f["attention_mask"] is JsonArray);
+        using var ids = ReferenceModelTests.Tensor2(ReferenceData.Ints(c["input_ids"]));
+        using var mask = ReferenceModelTests.Tensor2(ReferenceData.Ints(c["attention_mask"]));
+        int prunedHeads = 0;
+        for (int trial = 0; trial < 6; trial++)
+        {
+            // Two calls with overlapping random heads per layer; the union is what ends up pruned.
+            Dictionary<int, int[]> Draw() => Enumerable.Range(0, 2).Where(_ => random.Next(3) > 0)
+                .ToDictionary(l => l, _ => Enumerable.Range(0, random.Next(1, 4)).Select(_ => random.Next(4)).ToArray());
+            var first = Draw();
+            var second = Draw();
+            var union = first.Keys.Union(second.Keys).ToDictionary(l => l,
+                l => first.GetValueOrDefault(l, Array.Empty<int>()).Union(second.GetValueOrDefault(l, Array.Empty<int>())).ToArray());
+            var pruned = Load(TestPaths.Model("gpt2"));
+            pruned.PruneHeads(first);
+            pruned.PruneHeads(second);
+            prunedHeads += union.Values.Sum(h => h.Distinct().Count());
+            foreach (var (layer, heads) in union)
+                Assert.Equal(4 - heads.Distinct().Count(), ((Gpt2LMHeadModel)pruned).Transformer.H[layer].Attn.NumHeads);
+            using var scope = NewDisposeScope();
+            double worst = (pruned.Forward(ids, mask) - WithHeadsSilenced(union).Forward(ids, mask)).abs().max().item<float>();
+            Assert.True(worst < 1e-5, $"trial {trial}: max |Δ| {worst}");
+        }
+        Assert.True(prunedHeads >= 12, $"the draws pruned only {prunedHeads} heads");
+    }
+
+    [Fact]
     public void The_meta_model_and_the_planner_size_pruned_layers_from_the_config()
     {
         var meta = AutoModel.FromConfig(PretrainedConfig.FromFolder(TestPaths.PrunedGpt2));
