@@ -205,7 +205,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
                 try { return loader.Materialise(slice, replyTo, selfPath, previous); }
                 finally { previous?.Release(); } // what the new slice did not take over
             })
-            .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ex.GetBaseException().Message}"));
+            .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ShardPipeException.Describe(ex)}"));
         Become(() => Loading(replyTo, slice));
     }
 
