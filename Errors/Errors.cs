@@ -4,6 +4,23 @@ namespace ShardPipe;
 public class ShardPipeException : Exception
 {
     public ShardPipeException(string message, Exception? inner = null) : base(message, inner) { }
+
+    /// <summary>
+    /// What to report of a failure that crossed tasks or threads: the outermost <see cref="ShardPipeException"/> in
+    /// the chain — it names the file, tensor or node — else the innermost exception's message (task wrappers and
+    /// reflection add nothing). <c>GetBaseException()</c> alone would drop the name a typed error put around a
+    /// parser's exception (<c>config.json: not valid JSON (…)</c> → <c>'x' is an invalid start…</c>).
+    /// </summary>
+    public static string Describe(Exception ex)
+    {
+        Exception innermost = ex;
+        for (Exception? e = ex; e is not null; e = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerExceptions[0] : e.InnerException)
+        {
+            if (e is ShardPipeException) return e.Message;
+            innermost = e;
+        }
+        return innermost.Message;
+    }
 }
 
 /// <summary>A checkpoint file (safetensors, index or config) breaks the format; names the file and, where known, the tensor.</summary>

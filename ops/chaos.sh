@@ -3,7 +3,7 @@
 # serve a generated ~134M-parameter Llama. A long greedy generation runs fault-free; then again while a worker
 # process is SIGKILLed mid-way; then (a fresh node brought back) again while the node holding the coordinator is
 # SIGKILLed, the client given every node as a contact point. Each faulted run must print exactly the fault-free
-# tokens. Prints the time from each kill to the request's completion; the last line is the verdict (exit 0 only if
+# tokens. Every connection runs mutual TLS with certificates made by `shardpipe cert`. Prints the time from each kill to the request's completion; the last line is the verdict (exit 0 only if
 # both held). Usage: bash ops/chaos.sh   (needs the .NET SDK, as the README; stops everything it started)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,12 @@ model="$work/model"
 echo "generating a Llama (hidden 768, 12 layers) in $model" >&2
 "$sp" synth --out "$model" --preset llama-125m >/dev/null
 
+export SHARDPIPE_TLS_PASSWORD=${SHARDPIPE_TLS_PASSWORD:-$(head -c 18 /dev/urandom | base64)}
+"$sp" cert create-ca --dir "$work/certs" >/dev/null
+for n in node-1 node-2 node-3; do "$sp" cert create-node "$n" --dir "$work/certs" >/dev/null; done
+"$sp" cert create-client client --dir "$work/certs" >/dev/null
+echo "shardpipe.tls { certificate = \"$work/certs/client.p12\", ca = \"$work/certs/ca.crt\" }" > "$work/client.conf"
+
 base=${SHARDPIPE_BASE_PORT:-4153}
 contacts="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 seeds="\"akka.tcp://shardpipe@127.0.0.1:$base\", \"akka.tcp://shardpipe@127.0.0.1:$((base + 1))\", \"akka.tcp://shardpipe@127.0.0.1:$((base + 2))\""
@@ -32,23 +38,24 @@ start_node() {
 akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = $port }
 akka.cluster { roles = [coordinator, worker], seed-nodes = [$seeds] }
 shardpipe { node-name = "node-$i", devices = [ { device = cpu, budget = "2GiB" } ], compute-threads = $threads }
+shardpipe.tls { certificate = "$work/certs/node-$i.p12", ca = "$work/certs/ca.crt" }
 CONF
   "$sp" node --config "$work/node-$i.conf" >> "$work/node-$i.log" 2>&1 &
   pids[$i]=$!
   disown "$!"   # killed on purpose: no job-control notice
 }
-nodes_up() { "$sp" status --cluster "$contacts" --json 2>/dev/null | sed -n 's/.*"nodes":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | grep -c node- || true; }
+nodes_up() { "$sp" status --cluster "$contacts" --client-config "$work/client.conf" --json 2>/dev/null | sed -n 's/.*"nodes":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | grep -c node- || true; }
 wait_nodes() {
   for _ in $(seq 1 90); do [ "$(nodes_up)" = "$1" ] && return 0; sleep 1; done
   echo "FAIL: the cluster did not reach $1 nodes; logs in $work" >&2; tail -n 20 "$work"/node-*.log >&2; exit 1
 }
-generate() { "$sp" generate --cluster "$contacts" --model "$model" --input-ids "1,306,4966,304,5434,278,3186,29889" \
+generate() { "$sp" generate --cluster "$contacts" --client-config "$work/client.conf" --model "$model" --input-ids "1,306,4966,304,5434,278,3186,29889" \
   --max-new-tokens 300 --ignore-eos --greedy --json 2>>"$work/client.log" | sed -n 's/.*"sequences":\(\[\[[^]]*\]\]\).*/\1/p'; }
 
 # The cluster forms one node after another, so node-1 is the oldest and holds the coordinator.
 start_node 1; sleep 3; start_node 2; start_node 3
 wait_nodes 3
-"$sp" load --cluster "$contacts" --model "$model" --device-map balanced >&2 || { echo "FAIL: load"; exit 1; }
+"$sp" load --cluster "$contacts" --client-config "$work/client.conf" --model "$model" --device-map balanced >&2 || { echo "FAIL: load"; exit 1; }
 expected=$(generate)
 [ -n "$expected" ] || { echo "FAIL: the fault-free generation produced nothing (see $work/client.log)"; exit 1; }
 echo "fault-free run: $(echo "$expected" | tr ',' '\n' | wc -l) ids" >&2
@@ -59,7 +66,7 @@ faulted() {
   ( generate > "$out" ) &
   local gen=$!
   for _ in $(seq 1 100); do
-    "$sp" status --cluster "$contacts" --json 2>/dev/null | grep -q '"in_flight":[1-9]' && break; sleep 0.1
+    "$sp" status --cluster "$contacts" --client-config "$work/client.conf" --json 2>/dev/null | grep -q '"in_flight":[1-9]' && break; sleep 0.1
   done
   sleep 3
   local t0; t0=$(date +%s.%N)

@@ -2,8 +2,8 @@
 # Starts a 3-process ShardPipe cluster on loopback (every node a worker that may hold the coordinator, every node a
 # seed; node-3 has no local checkpoint and streams its slice), loads a generated multi-shard Llama across it, generates, and
 # stops every process on exit. Every connection — Akka.Remote, bulk weights, activation links, the client — runs mutual
-# TLS with certificates made by ops/make-certs.sh (SHARDPIPE_TLS=off runs plaintext instead).
-# Usage: ops/local-cluster.sh [MODEL_DIR]   (needs the .NET SDK, as the README, and openssl)
+# TLS with certificates made by `shardpipe cert` (SHARDPIPE_TLS=off runs the nodes --insecure instead).
+# Usage: ops/local-cluster.sh [MODEL_DIR]   (needs the .NET SDK, as the README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/shardpipe-ops.XXXXXX)
@@ -24,13 +24,19 @@ fi
 
 tls_on=${SHARDPIPE_TLS:-on}
 client=()
+node_flags=()
 tls_conf() { :; }
 if [ "$tls_on" = on ]; then
   export SHARDPIPE_TLS_PASSWORD=${SHARDPIPE_TLS_PASSWORD:-$(head -c 18 /dev/urandom | base64)}
-  ops/make-certs.sh "$work/certs" node-1 node-2 node-3 client
-  tls_conf() { echo "shardpipe.tls { enabled = on, certificate = \"$work/certs/$1.p12\", ca = \"$work/certs/ca.crt\" }"; }
+  "$sp" cert create-ca --dir "$work/certs" >/dev/null
+  for n in node-1 node-2 node-3; do "$sp" cert create-node "$n" --dir "$work/certs" >/dev/null; done
+  "$sp" cert create-client client --dir "$work/certs" >/dev/null
+  # A certificate turns TLS on (shardpipe.tls.enabled = auto).
+  tls_conf() { echo "shardpipe.tls { certificate = \"$work/certs/$1.p12\", ca = \"$work/certs/ca.crt\" }"; }
   tls_conf client > "$work/client.conf"
   client=(--client-config "$work/client.conf")
+else
+  node_flags=(--insecure)   # on loopback, and asked for: plaintext
 fi
 
 base=${SHARDPIPE_BASE_PORT:-4053}
@@ -44,7 +50,7 @@ akka.cluster { roles = [coordinator, worker], seed-nodes = ["akka.tcp://shardpip
 shardpipe { node-name = "node-$i", devices = [ { device = cpu, budget = "1GiB" } ], local-checkpoints = $local_ckpt }
 $(tls_conf "node-$i")
 CONF
-  "$sp" node --config "$work/node-$i.conf" > "$work/node-$i.log" 2>&1 &
+  "$sp" node --config "$work/node-$i.conf" "${node_flags[@]}" > "$work/node-$i.log" 2>&1 &
   pids+=($!)
 done
 

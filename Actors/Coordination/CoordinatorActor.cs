@@ -303,7 +303,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         // Reading config.json and the checkpoint's headers is file I/O: off the actor's thread.
         Task.Run(() => ModelDescription.Read(request, settings.HasLocal)).PipeTo(Self,
             success: m => new Planned(request, replyTo, epoch, m),
-            failure: ex => new PlanFailed(request, replyTo, ex.GetBaseException().Message));
+            failure: ex => new PlanFailed(request, replyTo, ShardPipeException.Describe(ex)));
         Become(Planning);
     }
 
@@ -431,7 +431,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         var settings = _settings;
         Task.Run(() => ModelDescription.Read(request, settings.HasLocal)).PipeTo(Self,
             success: m => new Replanned(epoch, m),
-            failure: ex => new ReplanFailed(epoch, ex.GetBaseException().Message));
+            failure: ex => new ReplanFailed(epoch, ShardPipeException.Describe(ex)));
         Become(Replanning);
     }
 

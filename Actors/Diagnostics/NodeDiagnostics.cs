@@ -40,6 +40,11 @@ public sealed class NodeDiagnostics : IExtension
     public void FrameNotSent() => Interlocked.Decrement(ref _linkFramesSent);
     public void FrameReceived() => Interlocked.Increment(ref _linkFramesReceived);
     public void LinkUp() => Interlocked.Increment(ref _linksUp);
+
+    private long _refused;
+    /// <summary>Messages this node's workers refused or dropped by intake (a stranger's step, chunk or link request).</summary>
+    public long Refused => Interlocked.Read(ref _refused);
+    public void Refuse() => Interlocked.Increment(ref _refused);
 }
 
 public sealed class NodeDiagnosticsProvider : ExtensionIdProvider<NodeDiagnostics>

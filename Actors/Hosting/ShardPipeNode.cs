@@ -44,7 +44,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
         var config = ReferenceConfig.Over(hostConfig);
         var system = ActorSystem.Create(SystemName, Security.ClusterTls.SystemSetup(config, out var tls));
         if (tls is null && warnPlaintext)
-            Logging.GetLogger(system, "tls").Warning("shardpipe.tls is off: Akka.Remote and the side channels run in plaintext, unauthenticated; anyone who reaches this node's ports can read the traffic and use the client entry points (see README, Security)");
+            Logging.GetLogger(system, "tls").Warning(Security.NodeTransportRule.InsecureWarning);
         else if (tls is not null)
             Logging.GetLogger(system, "tls").Info("mutual TLS on (certificate {0})", tls.Certificate.Subject);
         var address = Cluster.Get(system).SelfAddress;

@@ -15,6 +15,10 @@ public sealed record ActivationLinkSettings
     public required int MaxFrameBytes { get; init; }
     /// <summary>How long a write may block (a peer that stopped reading) before the link counts as broken.</summary>
     public required TimeSpan SendTimeout { get; init; }
+    /// <summary>How long one frame may take on the receiving side, from its first byte to its last.</summary>
+    public TimeSpan FrameTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Connections at once and the opening's deadline.</summary>
+    public SideChannelLimits Limits { get; init; } = SideChannelLimits.Default;
 
     public static ActivationLinkSettings From(Config config)
     {
@@ -28,6 +32,9 @@ public sealed record ActivationLinkSettings
             Endpoint = endpoint,
             MaxFrameBytes = (int)max,
             SendTimeout = a.GetTimeSpan("send-timeout"),
+            FrameTimeout = a.GetTimeSpan("frame-timeout") is { } ft && ft > TimeSpan.Zero ? ft
+                : throw new ConfigurationException("shardpipe.activation-link.frame-timeout must be positive"),
+            Limits = SideChannelLimits.From(config, "shardpipe.activation-link"),
         };
     }
 }

@@ -11,6 +11,8 @@ public sealed record BulkSettings
     public required int Window { get; init; }
     /// <summary>Smaller tensors go as actor messages (a socket per tensor is not worth it).</summary>
     public required long MinBytes { get; init; }
+    /// <summary>Connections at once and the opening's deadline.</summary>
+    public SideChannelLimits Limits { get; init; } = SideChannelLimits.Default;
 
     public static BulkSettings From(Config config)
     {
@@ -27,6 +29,7 @@ public sealed record BulkSettings
             ChunkBytes = (int)chunk,
             Window = window,
             MinBytes = b.GetByteSize("min-size") ?? 0,
+            Limits = SideChannelLimits.From(config, "shardpipe.bulk-transfer"),
         };
     }
 }

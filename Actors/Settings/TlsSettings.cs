@@ -12,7 +12,8 @@ public sealed record TlsSettings(bool Enabled, string Certificate, string Passwo
     public static TlsSettings From(Config config)
     {
         var t = ReferenceConfig.Over(config).GetConfig("shardpipe.tls");
-        var settings = new TlsSettings(t.GetBoolean("enabled"), t.GetString("certificate") ?? "", t.GetString("password-env") ?? "",
+        string certificate = t.GetString("certificate") ?? "";
+        var settings = new TlsSettings(EnabledValue(t.GetString("enabled") ?? "auto", certificate), certificate, t.GetString("password-env") ?? "",
             t.GetString("ca") ?? "", t.GetStringList("pinned-thumbprints").Select(p => p.Replace(":", "").ToUpperInvariant()).ToList(),
             t.GetTimeSpan("handshake-timeout"));
         if (!settings.Enabled) return settings;
@@ -27,4 +28,13 @@ public sealed record TlsSettings(bool Enabled, string Certificate, string Passwo
             throw new ConfigurationException("shardpipe.tls.handshake-timeout must be positive");
         return settings;
     }
+
+    /// <summary><c>enabled</c>: <c>auto</c> (the default) is on exactly when a certificate is given.</summary>
+    private static bool EnabledValue(string value, string certificate) => value.Trim().ToLowerInvariant() switch
+    {
+        "auto" => certificate.Length > 0,
+        "on" or "true" or "yes" => true,
+        "off" or "false" or "no" => false,
+        _ => throw new ConfigurationException($"shardpipe.tls.enabled: '{value}' is not auto, on or off"),
+    };
 }

@@ -62,18 +62,32 @@ public static class ActivationLink
         finally { System.Buffers.ArrayPool<byte>.Shared.Return(frame); }
     }
 
-    /// <summary>Reads frames from one link, buffered (a decode step's frame arrives in one receive).</summary>
+    /// <summary>
+    /// Reads frames from one link, buffered (a decode step's frame arrives in one receive). A link may idle between
+    /// frames, but once a frame's first byte is in, the whole frame must arrive within the frame deadline, and its
+    /// body is allocated as its bytes arrive (a header that declares the maximum and then goes silent holds at most
+    /// what was sent, until the deadline closes the link).
+    /// </summary>
     public sealed class FrameReader
     {
+        /// <summary>A body up to this size is allocated at once; a larger one grows (doubling) as it arrives.</summary>
+        public const int UpfrontBodyBytes = 1 << 20;
         private readonly Stream _s;
         private readonly int _maxFrame;
+        private readonly Socket? _socket;
+        private readonly TimeSpan _frameTimeout;
         private readonly byte[] _buffer = new byte[64 << 10];
         private int _start, _end;
+        private long _deadline; // Stopwatch ticks; 0 = between frames (no deadline)
 
-        public FrameReader(Stream s, int maxFrame)
+        /// <param name="socket">The link's socket, whose receive timeout enforces the frame deadline (null: no deadline).</param>
+        /// <param name="frameTimeout">How long one frame may take from its first byte to its last.</param>
+        public FrameReader(Stream s, int maxFrame, Socket? socket = null, TimeSpan frameTimeout = default)
         {
             _s = s;
             _maxFrame = maxFrame;
+            _socket = socket;
+            _frameTimeout = frameTimeout;
         }
 
         /// <summary>
@@ -82,6 +96,7 @@ public static class ActivationLink
         /// </summary>
         public (string Manifest, byte[] Body, long SentAt)? Next()
         {
+            _deadline = 0;
             if (!Ensure(HeaderBytes, atFrameStart: true)) return null;
             uint length = BinaryPrimitives.ReadUInt32LittleEndian(_buffer.AsSpan(_start));
             long sentAt = BinaryPrimitives.ReadInt64LittleEndian(_buffer.AsSpan(_start + 4));
@@ -92,13 +107,49 @@ public static class ActivationLink
             _start += manifestLength;
             if (length > _maxFrame) throw new ProtocolException($"activation link: a '{manifest}' frame of {length} bytes exceeds the link's maximum of {_maxFrame}");
             if (manifest != Manifest && manifest != BatchManifest) throw new ProtocolException($"activation link: frame with manifest '{manifest}' (a link carries only '{Manifest}' and '{BatchManifest}')");
-            var body = GC.AllocateUninitializedArray<byte>((int)length);
-            Take(body);
+            var body = ReadBody((int)length);
             Span<byte> trailer = stackalloc byte[TrailerBytes];
             Take(trailer);
             if (XxHash3.HashToUInt64(body) != BinaryPrimitives.ReadUInt64LittleEndian(trailer))
                 throw new ProtocolException($"activation link: a '{manifest}' frame of {length} bytes failed its XXH3 checksum");
+            _deadline = 0;
+            if (_socket is not null) _socket.ReceiveTimeout = 0;
             return (manifest, body, sentAt);
+        }
+
+        /// <summary>The body, allocated as it arrives: at once up to <see cref="UpfrontBodyBytes"/>, else doubling.</summary>
+        private byte[] ReadBody(int length)
+        {
+            var body = GC.AllocateUninitializedArray<byte>(Math.Min(length, UpfrontBodyBytes));
+            int have = 0;
+            while (true)
+            {
+                Take(body.AsSpan(have));
+                have = body.Length;
+                if (have == length) return body;
+                var grown = GC.AllocateUninitializedArray<byte>((int)Math.Min(length, 2L * have));
+                body.AsSpan().CopyTo(grown);
+                body = grown;
+            }
+        }
+
+        /// <summary>One read; starts the frame's deadline at its first byte and keeps the socket's timeout to what is left of it.</summary>
+        private int Read(Span<byte> into)
+        {
+            if (_socket is not null && _frameTimeout > TimeSpan.Zero && _deadline != 0)
+            {
+                var left = Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), _deadline);
+                if (left <= TimeSpan.Zero) throw new ProtocolException($"activation link: a frame did not arrive within {_frameTimeout.TotalSeconds:0.#} s");
+                _socket.ReceiveTimeout = Math.Max(1, (int)Math.Ceiling(left.TotalMilliseconds));
+            }
+            int got;
+            try { got = _s.Read(into); }
+            catch (IOException ex) when (ex.InnerException is SocketException { SocketErrorCode: SocketError.TimedOut } && _deadline != 0)
+            {
+                throw new ProtocolException($"activation link: a frame did not arrive within {_frameTimeout.TotalSeconds:0.#} s");
+            }
+            if (got > 0 && _deadline == 0) _deadline = Stopwatch.GetTimestamp() + (long)(_frameTimeout.TotalSeconds * Stopwatch.Frequency);
+            return got;
         }
 
         private bool Ensure(int n, bool atFrameStart = false)
@@ -107,9 +158,10 @@ public static class ActivationLink
             Buffer.BlockCopy(_buffer, _start, _buffer, 0, _end - _start);
             _end -= _start;
             _start = 0;
+            if (_end > 0 && _deadline == 0) _deadline = Stopwatch.GetTimestamp() + (long)(_frameTimeout.TotalSeconds * Stopwatch.Frequency);
             while (_end < n)
             {
-                int got = _s.Read(_buffer.AsSpan(_end));
+                int got = Read(_buffer.AsSpan(_end));
                 if (got == 0)
                 {
                     if (atFrameStart && _end == 0) return false;
@@ -127,7 +179,7 @@ public static class ActivationLink
             _start += have;
             for (into = into[have..]; into.Length > 0;)
             {
-                int got = _s.Read(into);
+                int got = Read(into);
                 if (got == 0) throw new EndOfStreamException("the link closed in the middle of a frame");
                 into = into[got..];
             }

@@ -63,7 +63,7 @@ public sealed class ActivationLinks
         string what = $"activation link to {offer.Target}";
         Task.Run(() => Connect(offer, timeout, tls, what)).PipeTo(self,
             success: c => new Connected(offer.Target, c.Socket, c.Stream, offer.MaxFrameBytes),
-            failure: ex => new ConnectFailed(offer.Target, ex.GetBaseException().Message));
+            failure: ex => new ConnectFailed(offer.Target, ShardPipeException.Describe(ex)));
     }
 
     private static (Socket Socket, Stream Stream) Connect(LinkOffer offer, TimeSpan timeout, ClusterTls? tls, string what)

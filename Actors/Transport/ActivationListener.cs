@@ -22,11 +22,13 @@ public sealed class ActivationListener : SideChannelListener<ActivationListener.
     private readonly NodeDiagnostics _diagnostics;
 
     public int MaxFrameBytes { get; }
+    private readonly TimeSpan _frameTimeout;
 
     public ActivationListener(ActivationLinkSettings settings, ILoggingAdapter log, NodeDiagnostics diagnostics)
-        : base("activation link", ActivationLink.Magic, settings.Endpoint.BindHost, settings.Endpoint.AdvertisedHost, settings.Endpoint.Port, settings.Endpoint.Tls, log)
+        : base("activation link", ActivationLink.Magic, settings.Endpoint.BindHost, settings.Endpoint.AdvertisedHost, settings.Endpoint.Port, settings.Endpoint.Tls, log, limits: settings.Limits)
     {
         MaxFrameBytes = settings.MaxFrameBytes;
+        _frameTimeout = settings.FrameTimeout;
         _diagnostics = diagnostics;
     }
 
@@ -44,7 +46,7 @@ public sealed class ActivationListener : SideChannelListener<ActivationListener.
         try
         {
             s.ReceiveTimeout = 0; // a link idles between requests
-            var reader = new ActivationLink.FrameReader(stream, MaxFrameBytes);
+            var reader = new ActivationLink.FrameReader(stream, MaxFrameBytes, s, _frameTimeout);
             while (reader.Next() is var (manifest, body, sentAt))
             {
                 if (Stopwatch.GetElapsedTime(sentAt).TotalMilliseconds is > 0 and var hopMs) _diagnostics.HopLatency.Record(hopMs);

@@ -22,8 +22,8 @@ public sealed class BulkServer : SideChannelListener<BulkServer.Pending>
     public int ChunkBytes => _chunkBytes;
     public int Window => _window;
 
-    public BulkServer(string bindHost, string advertisedHost, int port, int chunkBytes, int window, ClusterTls? tls, ILoggingAdapter log)
-        : base("bulk channel", BulkChannel.Magic, bindHost, advertisedHost, port, tls, log, BulkChannel.SocketBuffer)
+    public BulkServer(string bindHost, string advertisedHost, int port, int chunkBytes, int window, ClusterTls? tls, ILoggingAdapter log, Settings.SideChannelLimits? limits = null)
+        : base("bulk channel", BulkChannel.Magic, bindHost, advertisedHost, port, tls, log, BulkChannel.SocketBuffer, limits)
     {
         _chunkBytes = chunkBytes;
         _window = window;

@@ -103,13 +103,14 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             Timers.Cancel("register");
             _log.Error("{0} refused by the coordinator: {1}", _stage, r.Reason);
         });
-        Receive<EvictTick>(_ => { });
+        Receive<EvictTick>(_ => DropStaleChunks());
         ReceiveAny(_ => Stash.Stash());
     }
 
     /// <summary>A chunked message, once whole, is handled as if it had arrived in one piece (same sender).</summary>
     private void Reassemble(MessageChunk c)
     {
+        if (!FromMember("a message chunk")) return; // strangers do not get memory held for their transfers
         try
         {
             if (_chunks.Add(c) is { } whole) Self.Forward(whole);
@@ -136,10 +137,30 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     /// <summary>Activation links: offers to peers (any state after registration), and this worker's own links.</summary>
     private void LinkHandling()
     {
-        Receive<OpenLink>(o => Sender.Tell(_listener is null
-            ? new LinkOffer(o.Target, "", 0, Array.Empty<byte>(), 0, $"activation links are off on {_settings.NodeName}")
-            : new LinkOffer(o.Target, _listener.Host, _listener.Port, _listener.Offer(Self, Sender, _executor.Deliver), _listener.MaxFrameBytes)));
-        Receive<LinkOffer>(_executor.LinkOffered);
+        Receive<OpenLink>(o =>
+        {
+            string? refusal = _listener is null ? $"activation links are off on {_settings.NodeName}"
+                : !FromMember("a link request") ? "not a member of this cluster"
+                : null;
+            if (refusal is null && _slice is null)
+            {
+                Stash.Stash(); // asked before this stage's slice came: answered once it is loaded
+                return;
+            }
+            if (refusal is null && !LinkIntake.SendsTo(_slice!.Route, Sender.Path, ActorPath.Parse(Path())))
+            {
+                refusal = $"{Sender.Path} does not send to {_stage} in epoch {_slice.PlanEpoch}";
+                Refused("a link request", refusal);
+            }
+            Sender.Tell(refusal is not null
+                ? new LinkOffer(o.Target, "", 0, Array.Empty<byte>(), 0, refusal)
+                : new LinkOffer(o.Target, _listener!.Host, _listener.Port, _listener.Offer(Self, Sender, _executor.Deliver), _listener.MaxFrameBytes));
+        });
+        Receive<LinkOffer>(o =>
+        {
+            if (LinkIntake.IsOfferFrom(o.Target, Sender.Path)) _executor.LinkOffered(o);
+            else Refused("a link offer", $"it names {o.Target}, but came from {Sender.Path}");
+        });
         Receive<ActivationLinks.Connected>(_executor.LinkUp);
         Receive<ActivationLinks.ConnectFailed>(_executor.LinkDown);
     }
@@ -175,7 +196,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
                 foreach (var i in b.Steps) _executor.Fail(i, "no model slice is loaded on this stage", retryable: true);
         });
         Receive<ReleaseRequest>(_ => { });
-        Receive<EvictTick>(_ => { });
+        Receive<EvictTick>(_ => DropStaleChunks());
     }
 
     private void StartLoad(LoadSlice slice)
@@ -205,7 +226,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
                 try { return loader.Materialise(slice, replyTo, selfPath, previous); }
                 finally { previous?.Release(); } // what the new slice did not take over
             })
-            .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ex.GetBaseException().Message}"));
+            .PipeTo(self, replyTo, success: r => r, failure: ex => new SliceError(slice.PlanEpoch, $"{_stage}: {ShardPipeException.Describe(ex)}"));
         Become(() => Loading(replyTo, slice));
     }
 
@@ -228,10 +249,17 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             replyTo.Tell(new SliceFailed(e.Epoch, Path(), e.Reason));
             Become(Idle);
         });
-        Receive<EvictTick>(_ => { });
+        Receive<EvictTick>(_ => DropStaleChunks());
         Receive<RegisterTick>(_ => _coordinator.Tell(Registration()));
         Receive<WorkerRegistered>(_ => { });
         ReceiveAny(_ => Stash.Stash());
+    }
+
+    /// <summary>Transfers whose sender stopped mid-way are dropped in every state, not only while serving.</summary>
+    private void DropStaleChunks()
+    {
+        int n = _chunks.DropStale(_settings.RequestTimeout);
+        if (n > 0) _log.Info("{0}: dropped {1} unfinished chunked message(s)", _stage, n);
     }
 
     private readonly ChunkAssembler _chunks = new();
@@ -255,7 +283,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         });
         Receive<EvictTick>(_ =>
         {
-            _chunks.DropStale(_settings.RequestTimeout);
+            DropStaleChunks();
             int n = _executor.EvictIdle(_settings.CacheIdleTimeout);
             if (n > 0) _log.Info("{0}: freed the KV caches of {1} abandoned request(s)", _stage, n);
         });
@@ -271,12 +299,19 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         return false;
     }
 
-    /// <summary>Steps come from members (the previous stage, or the coordinator for a request's first step).</summary>
-    private bool FromMember()
+    /// <summary>Steps, chunks and link requests come from members (the previous stage, or the coordinator for a request's first step).</summary>
+    private bool FromMember(string what = "a step")
     {
         if (SenderRules.IsMemberWithRole(Context.System, Sender, "worker") || SenderRules.IsMemberWithRole(Context.System, Sender, "coordinator")) return true;
-        _log.Warning("{0}: dropped a step from {1}, which is not a member of this cluster", _stage, Sender.Path);
+        Refused(what, "not a member of this cluster");
         return false;
+    }
+
+    /// <summary>Logs and counts a refusal by intake.</summary>
+    private void Refused(string what, string why)
+    {
+        NodeDiagnostics.For(Context.System).Refuse();
+        _log.Warning("{0}: refused {1} from {2}: {3}", _stage, what, Sender.Path, why);
     }
 
     private void OnLoadSlice(LoadSlice slice)

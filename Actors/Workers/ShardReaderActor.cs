@@ -87,7 +87,7 @@ public sealed class ShardReaderActor : ReceiveActor
         if (_server is not null || _bulk is null || !_bulk.Endpoint.Enabled) return _server;
         try
         {
-            _server = new BulkServer(_bulk.Endpoint.BindHost, _bulk.Endpoint.AdvertisedHost, _bulk.Endpoint.Port, _bulk.ChunkBytes, _bulk.Window, _bulk.Endpoint.Tls, _log);
+            _server = new BulkServer(_bulk.Endpoint.BindHost, _bulk.Endpoint.AdvertisedHost, _bulk.Endpoint.Port, _bulk.ChunkBytes, _bulk.Window, _bulk.Endpoint.Tls, _log, _bulk.Limits);
             _log.Info("bulk channel listening on {0}:{1}", _server.Host, _server.Port);
         }
         catch (ClusterException ex)

@@ -216,7 +216,7 @@ public sealed class StageExecutor : IDisposable
         catch (Exception ex) when (steps.Count > 1)
         {
             // One request's bad step must not fail the others merged with it: the caches were rolled back; each runs alone.
-            _log.Warning("{0}: a merged step of {1} requests failed ({2}); running them one by one", _stage, steps.Count, ex.GetBaseException().Message);
+            _log.Warning("{0}: a merged step of {1} requests failed ({2}); running them one by one", _stage, steps.Count, ShardPipeException.Describe(ex));
             var each = new List<Outgoing>();
             foreach (var input in steps)
             {
@@ -248,7 +248,7 @@ public sealed class StageExecutor : IDisposable
     {
         _log.Warning("{0}: request {1} failed: {2}", _stage, input.RequestId, ex.Message);
         Release(input.RequestId);
-        Fail(input, ex.GetBaseException().Message);
+        Fail(input, ShardPipeException.Describe(ex));
     }
 
     /// <summary>

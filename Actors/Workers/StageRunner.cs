@@ -58,7 +58,10 @@ public sealed class StageRunner : IDisposable
             throw new ArgumentException("a merged step takes generation steps of one hop (a forward pass runs alone)");
         if (hopIndex < 0 || hopIndex >= _route.Length) throw new ProtocolException($"hop {hopIndex} is not on this route of {_route.Length} hops");
         var hop = _route[hopIndex];
+        // What a failed step must undo: each request's cache and, at the head, its sampler's random state (a sampler
+        // made during the step is dropped), so that the step rerun — alone, or on another stage — draws the same tokens.
         var marks = forwardOnly ? null : live.Select(s => CacheFor(s.RequestId)).Select(c => (Cache: c, Mark: c.Mark())).ToList();
+        var samplerMarks = forwardOnly ? null : live.Select(s => (s.RequestId, Mark: _samplers.TryGetValue(s.RequestId, out var sm) ? (Had: true, State: sm.Mark()) : (Had: false, State: null))).ToList();
         try
         {
             return RunMerged(live, hop, forwardOnly);
@@ -66,7 +69,17 @@ public sealed class StageRunner : IDisposable
         catch when (marks is not null)
         {
             foreach (var (cache, mark) in marks) cache.Rollback(mark);
+            foreach (var (id, mark) in samplerMarks!)
+            {
+                if (!_samplers.TryGetValue(id, out var sampler)) continue;
+                if (mark.Had) sampler.Restore(mark.State);
+                else { sampler.Dispose(); _samplers.Remove(id); }
+            }
             throw;
+        }
+        finally
+        {
+            if (samplerMarks is not null) foreach (var (_, mark) in samplerMarks) mark.State?.Dispose();
         }
     }
 

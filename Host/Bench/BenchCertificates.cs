@@ -1,45 +1,37 @@
 using System.Security.Cryptography;
-using System.Security.Cryptography.X509Certificates;
+using ShardPipe.Actors.Security;
 
 namespace ShardPipe.Host.Bench;
 
 /// <summary>
-/// A throwaway CA and one certificate issued by it, for benchmarks that run a cluster under mutual TLS (every node
-/// and the client present the same certificate: the CA's signature is what a peer checks). Made in process so that a
-/// benchmark needs no openssl; operators use ops/make-certs.sh. Deleted on dispose.
+/// A throwaway CA with a certificate per name (made by <see cref="CertificateAuthority"/>, as <c>shardpipe cert</c>
+/// does), for benchmarks and tests that run a cluster under mutual TLS. Its password lives in
+/// <see cref="PasswordEnv"/> of this process (node processes started from it inherit it). Deleted on dispose.
 /// </summary>
 public sealed class BenchCertificates : IDisposable
 {
     public const string PasswordEnv = "SHARDPIPE_BENCH_TLS_PASSWORD";
-    private readonly string _dir = Directory.CreateTempSubdirectory("shardpipe-bench-tls").FullName;
+    private readonly string _dir = System.IO.Directory.CreateTempSubdirectory("shardpipe-bench-tls").FullName;
 
-    /// <summary>The <c>shardpipe.tls</c> section every node and the client use.</summary>
+    /// <summary>The folder holding ca.crt, ca.p12 and NAME.p12 for each name.</summary>
+    public string Directory => _dir;
+
+    /// <summary>The <c>shardpipe.tls</c> section of the first name (by default the one certificate every node and the client present).</summary>
     public string Hocon { get; }
 
-    public BenchCertificates()
+    public BenchCertificates(params string[] names)
     {
-        string password = Convert.ToHexString(RandomNumberGenerator.GetBytes(12));
+        if (names.Length == 0) names = ["bench-node"];
+        string password = Environment.GetEnvironmentVariable(PasswordEnv) is { Length: > 0 } existing ? existing
+            : Convert.ToHexString(RandomNumberGenerator.GetBytes(12));
         Environment.SetEnvironmentVariable(PasswordEnv, password);
-        using var caKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var caRequest = new CertificateRequest("CN=ShardPipe bench CA", caKey, HashAlgorithmName.SHA256);
-        caRequest.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
-        caRequest.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true));
-        using var ca = caRequest.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-2), DateTimeOffset.UtcNow.AddDays(8));
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=bench-node", key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension(new OidCollection { new("1.3.6.1.5.5.7.3.1"), new("1.3.6.1.5.5.7.3.2") }, false));
-        var san = new SubjectAlternativeNameBuilder();
-        san.AddDnsName("localhost");
-        san.AddIpAddress(System.Net.IPAddress.Loopback);
-        request.CertificateExtensions.Add(san.Build());
-        using var issued = request.Create(ca, DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7), RandomNumberGenerator.GetBytes(8));
-        using var withKey = issued.CopyWithPrivateKey(key);
-        string caPath = Path.Combine(_dir, "ca.crt"), certPath = Path.Combine(_dir, "bench-node.p12");
-        File.WriteAllText(caPath, ca.ExportCertificatePem());
-        File.WriteAllBytes(certPath, withKey.Export(X509ContentType.Pkcs12, password));
-        Hocon = $"shardpipe.tls {{ enabled = on, certificate = \"{certPath}\", ca = \"{caPath}\", password-env = {PasswordEnv} }}";
+        CertificateAuthority.CreateCa(_dir, password, days: 7, commonName: "ShardPipe test CA");
+        foreach (var n in names) CertificateAuthority.Issue(_dir, n, password, days: 7);
+        Hocon = HoconFor(names[0]);
     }
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    /// <summary>The <c>shardpipe.tls</c> section for one of the names.</summary>
+    public string HoconFor(string name) => CertificateAuthority.TlsHocon(_dir, name, PasswordEnv);
+
+    public void Dispose() => System.IO.Directory.Delete(_dir, recursive: true);
 }

@@ -6,7 +6,9 @@ namespace ShardPipe.Host.Bench;
 /// <summary>
 /// <c>shardpipe node</c> processes on loopback for fault benchmarks and tests: every node may hold the coordinator,
 /// every node is a seed. A node can be killed (SIGKILL), paused (SIGSTOP) and resumed (SIGCONT), or started again.
-/// Everything started is killed on dispose.
+/// Everything started is killed on dispose. With <c>secure</c> every node runs mutual TLS with its own certificate from
+/// a throwaway CA (<see cref="ClientConfig"/> is then what a client needs); otherwise the nodes run
+/// <c>shardpipe.insecure = on</c> — on loopback, for tests and benchmarks whose subject is not security.
 /// </summary>
 public sealed class NodeProcesses : IDisposable
 {
@@ -14,10 +16,13 @@ public sealed class NodeProcesses : IDisposable
     private readonly int[] _ports;
     private readonly Func<int, string> _extra;
     private readonly Process?[] _processes;
+    private readonly BenchCertificates? _certs;
 
     /// <param name="extra">HOCON appended to node i's config (1-based).</param>
-    public NodeProcesses(int count, Func<int, string>? extra = null)
+    /// <param name="secure">Mutual TLS with certificates made for node-1…node-N and "client".</param>
+    public NodeProcesses(int count, Func<int, string>? extra = null, bool secure = false)
     {
+        if (secure) _certs = new BenchCertificates([.. Enumerable.Range(1, count).Select(i => $"node-{i}"), "client"]);
         _dir = Path.Combine(Path.GetTempPath(), "shardpipe-nodes-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(_dir);
         _ports = Enumerable.Range(0, count).Select(_ => Loopback.ReservedPort()).ToArray();
@@ -31,6 +36,13 @@ public sealed class NodeProcesses : IDisposable
 
     public int Count => _ports.Length;
 
+    /// <summary>The client's own config: its TLS certificate when the nodes are secure, else empty.</summary>
+    public Akka.Configuration.Config ClientConfig => _certs is null ? Akka.Configuration.Config.Empty
+        : Akka.Configuration.ConfigurationFactory.ParseString(_certs.HoconFor("client"));
+
+    /// <summary>The certificates' folder (secure nodes only): ca.crt, ca.p12, node-i.p12, client.p12.</summary>
+    public string? CertificateDirectory => _certs?.Directory;
+
     public Process this[int node] => _processes[node - 1] ?? throw new InvalidOperationException($"node-{node} is not running");
 
     /// <summary>Starts node <paramref name="node"/> (1-based), again if it was killed: a fresh node on the same port.</summary>
@@ -42,6 +54,7 @@ public sealed class NodeProcesses : IDisposable
 akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {_ports[node - 1]} }}
 akka.cluster {{ roles = [coordinator, worker], seed-nodes = [{seeds}] }}
 shardpipe.node-name = ""node-{node}""
+{(_certs is null ? "shardpipe.insecure = on" : _certs.HoconFor($"node-{node}"))}
 {_extra(node)}");
         var psi = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "shardpipe.dll"));
@@ -100,5 +113,6 @@ shardpipe.node-name = ""node-{node}""
             catch (InvalidOperationException) { }
         }
         try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+        _certs?.Dispose();
     }
 }

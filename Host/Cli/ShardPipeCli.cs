@@ -19,6 +19,7 @@ public static class ShardPipeCli
         root.Subcommands.Add(TokenizeCommand.Create());
         root.Subcommands.Add(PlanCommand.Create());
         root.Subcommands.Add(NodeCommand.Create());
+        root.Subcommands.Add(CertCommand.Create());
         root.Subcommands.Add(LoadCommand.Create());
         root.Subcommands.Add(StatusCommand.Create());
         root.Subcommands.Add(UnloadCommand.Create());

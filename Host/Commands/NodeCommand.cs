@@ -13,7 +13,8 @@ public static class NodeCommand
     {
         var config = new Option<string>("--config") { Description = "HOCON host config (seed nodes, roles, host/port, devices with budgets, checkpoints)", Required = true };
         var join = new Option<string?>("--join") { Description = "Address of a node to join when the config names no seed nodes (akka.tcp://shardpipe@HOST:PORT)" };
-        var cmd = new Command("node", "Run a ShardPipe cluster node from a host config") { config, join };
+        var insecure = new Option<bool>("--insecure") { Description = "Run without TLS (as shardpipe.insecure = on): anyone who reaches the node's ports can read the traffic and stop the cluster" };
+        var cmd = new Command("node", "Run a ShardPipe cluster node from a host config (mutual TLS unless --insecure)") { config, join, insecure };
         CommandAction.Set(cmd, async (parse, log) =>
         {
             string path = parse.GetValue(config)!;
@@ -21,6 +22,11 @@ public static class NodeCommand
             Config hocon;
             try { hocon = ConfigurationFactory.ParseString(File.ReadAllText(path)); }
             catch (Exception ex) when (ex is not OutOfMemoryException) { throw new InvalidInputException($"{path}: not valid HOCON ({ex.Message})"); }
+            var effective = ShardPipe.Actors.Settings.ReferenceConfig.Over(hocon);
+            bool tlsOn;
+            try { tlsOn = ShardPipe.Actors.Settings.TlsSettings.From(hocon).Enabled; }
+            catch (ConfigurationException ex) { throw new InvalidInputException($"{path}: {ex.Message}"); }
+            ShardPipe.Actors.Security.NodeTransportRule.RunsInsecure(tlsOn, parse.GetValue(insecure) || effective.GetBoolean("shardpipe.insecure"), path);
             var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };
             AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.TrySetResult();

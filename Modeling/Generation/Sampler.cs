@@ -82,5 +82,14 @@ public sealed class Sampler : IDisposable
         for (int i = 0; i < steps; i++) torch.multinomial(uniform, 1, generator: _generator);
     }
 
+    /// <summary>The generator's state (null for greedy), to put back with <see cref="Restore"/> when a step is undone.</summary>
+    public Tensor? Mark() => _generator?.get_state();
+
+    /// <summary>Puts the generator back where <see cref="Mark"/> found it: a rerun step draws the same numbers again.</summary>
+    public void Restore(Tensor? mark)
+    {
+        if (_generator is not null && mark is not null) _generator.set_state(mark);
+    }
+
     public void Dispose() => _generator?.Dispose();
 }

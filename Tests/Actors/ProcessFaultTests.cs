@@ -18,8 +18,9 @@ public sealed class ProcessFaultTests
     public async Task Killed_and_paused_node_processes_leave_every_request_with_the_fault_free_tokens()
     {
         // Every step sleeps 15 ms, so a 60-token generation runs long enough to be hit mid-way.
-        using var nodes = new NodeProcesses(3, _ => "shardpipe { devices = [ { device = cpu, budget = \"1GiB\" } ], compute-threads = 1, debug.step-delay = 15ms }");
-        await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts));
+        // Under mutual TLS (certificates as `shardpipe cert` makes them): the fault tests run secure at least once.
+        using var nodes = new NodeProcesses(3, _ => "shardpipe { devices = [ { device = cpu, budget = \"1GiB\" } ], compute-threads = 1, debug.step-delay = 15ms }", secure: true);
+        await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts), nodes.ClientConfig);
         try { await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(90)); }
         catch (ShardPipe.ClusterException ex)
         {

@@ -12,7 +12,7 @@ using ShardPipe.Tests.Support;
 namespace ShardPipe.Tests.Actors;
 
 /// <summary>
-/// A cluster under mutual TLS (certificates made by ops/make-certs.sh): Akka.Remote, the bulk channel and the
+/// A cluster under mutual TLS (certificates made as `shardpipe cert` makes them): Akka.Remote, the bulk channel and the
 /// activation links all run over TLS and the model matches Hugging Face; a node, a client or a side-channel peer
 /// without a certificate from the cluster's CA gets nowhere, and the cluster is unchanged by the attempts.
 /// </summary>
@@ -21,20 +21,13 @@ public class TlsClusterTests
 {
     private const string PasswordEnv = "SHARDPIPE_TEST_TLS_PASSWORD";
 
-    /// <summary>Runs ops/make-certs.sh into <paramref name="dir"/> for <paramref name="names"/>.</summary>
+    /// <summary>Makes a CA in <paramref name="dir"/> (once) and a certificate per name, as <c>shardpipe cert</c> does.</summary>
     internal static void MakeCerts(string dir, params string[] names)
     {
-        var psi = new ProcessStartInfo("bash", new[] { Path.Combine(TestPaths.RepoRoot, "ops", "make-certs.sh"), dir }.Concat(names))
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-        };
-        psi.Environment["SHARDPIPE_TLS_PASSWORD"] = "test-password";
-        using var p = Process.Start(psi)!;
-        string err = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"make-certs.sh failed: {err}");
         Environment.SetEnvironmentVariable(PasswordEnv, "test-password");
+        if (!File.Exists(Path.Combine(dir, ShardPipe.Actors.Security.CertificateAuthority.CaKeyFile)))
+            ShardPipe.Actors.Security.CertificateAuthority.CreateCa(dir, "test-password");
+        foreach (var n in names) ShardPipe.Actors.Security.CertificateAuthority.Issue(dir, n, "test-password");
     }
 
     internal static string Tls(string dir, string name) =>

@@ -196,4 +196,33 @@ public class MergedStepTests
         }
         finally { model.Release(); }
     }
+
+    [Fact]
+    public void A_merged_step_that_fails_after_sampling_puts_each_samplers_random_state_back()
+    {
+        var model = PreTrainedModel.FromPretrained(TestPaths.Model("llama_untied"));
+        try
+        {
+            var sampled = new SamplingSettings(false, 1.0, 0, 1.0, 1234);
+            var good = new Request("good", new[] { new long[] { 5, 6, 7, 8 } }, null, 8, sampled);
+            var expected = Run(model, false, new[] { good })["good"].Select(t => t[0]).ToList();
+            using var runner = new StageRunner(model, Route(model, false));
+            var tokens = new List<long>();
+            var warm = runner.Run(new[] { First(good) });
+            tokens.AddRange(warm.Select(o => o.Message).OfType<TokensGenerated>().Select(t => t.Tokens[0]));
+            var step = warm.Select(o => o.Message).OfType<StageInput>().Single();
+            // Merged after it, a request whose sampler cannot be made (repetition_penalty ≤ 0): the step fails at the
+            // head, after "good" has drawn its token. Rerun alone, "good" must draw the same number again.
+            Assert.ThrowsAny<Exception>(() => runner.Run(new[] { step, First(good with { Id = "bad", Sampling = sampled with { RepetitionPenalty = -1 } }) }));
+            while (true)
+            {
+                var output = runner.Run(new[] { step });
+                tokens.AddRange(output.Select(o => o.Message).OfType<TokensGenerated>().Select(t => t.Tokens[0]));
+                if (output.Select(o => o.Message).OfType<StageInput>().FirstOrDefault() is not { } next) break;
+                step = next;
+            }
+            Assert.Equal(expected, tokens);
+        }
+        finally { model.Release(); }
+    }
 }
