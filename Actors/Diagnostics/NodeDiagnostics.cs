@@ -41,6 +41,9 @@ public sealed class NodeDiagnostics : IExtension
     public void FrameReceived() => Interlocked.Increment(ref _linkFramesReceived);
     public void LinkUp() => Interlocked.Increment(ref _linksUp);
 
+    /// <summary>The port this node's activation-link listener took (0 while there is none).</summary>
+    public int LinkListenerPort { get; set; }
+
     private long _refused;
     /// <summary>Messages this node's workers refused or dropped by intake (a stranger's step, chunk or link request).</summary>
     public long Refused => Interlocked.Read(ref _refused);

@@ -30,6 +30,7 @@ public sealed class ActivationListener : SideChannelListener<ActivationListener.
         MaxFrameBytes = settings.MaxFrameBytes;
         _frameTimeout = settings.FrameTimeout;
         _diagnostics = diagnostics;
+        diagnostics.LinkListenerPort = Port;
     }
 
     /// <summary>
