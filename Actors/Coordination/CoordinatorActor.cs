@@ -66,6 +66,12 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     /// <summary>What every state answers: registrations, status, membership, departures, unload.</summary>
     private void Always()
     {
+        Receive<ClusterStopping>(_ =>
+        {
+            Timers.CancelAll();
+            Sender.Tell(ClusterStopping.Instance);
+            Become(Stopping);
+        });
         Receive<RegisterWorker>(OnRegister);
         Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
         Receive<Terminated>(t =>
@@ -114,6 +120,17 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         Receive<SliceProgress>(_ => { });
         Receive<LoadTimeout>(_ => { });
         Receive<StartWindowOver>(_ => { });
+    }
+
+    /// <summary>
+    /// The whole cluster is shutting down (<see cref="ClusterStopping"/>): members leaving or lost start no recovery;
+    /// only status is answered.
+    /// </summary>
+    private void Stopping()
+    {
+        Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
+        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator", "the cluster is shutting down")));
+        ReceiveAny(_ => { });
     }
 
     /// <summary>

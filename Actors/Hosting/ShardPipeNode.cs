@@ -99,6 +99,10 @@ akka.remote.dot-netty.tcp.hostname = 127.0.0.1
 akka.cluster.roles = [{string.Join(", ", roles)}]
 # In-process nodes are stopped by Kill() as by a crash: no coordinated shutdown (no leave); DisposeAsync leaves.
 akka.coordinated-shutdown.run-by-actor-system-terminate = off
+# Loopback costs nothing to gossip over: members are Up in a fraction of the default second-long rounds.
+akka.cluster.periodic-tasks-initial-delay = 100ms
+akka.cluster.gossip-interval = 200ms
+akka.cluster.leader-actions-interval = 200ms
 shardpipe.node-name = ""{nodeName}""
 shardpipe.devices = [{devs}]
 shardpipe.local-checkpoints = {(localCheckpoints ? "on" : "off")}
