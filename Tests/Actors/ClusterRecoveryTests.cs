@@ -44,7 +44,7 @@ public class ClusterRecoveryTests
         Assert.Equal(expected.NewTokens, outcome.NewTokens);
         Assert.Equal(1, outcome.RecoveredFaults);
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal("ready", status.State);
+        Assert.Equal(ClusterState.Ready, status.State);
         Assert.True(status.PlanEpoch > loaded.PlanEpoch, $"epoch {status.PlanEpoch} after {loaded.PlanEpoch}");
         Assert.DoesNotContain("node-2", status.Nodes);
         Assert.Equal(1, status.Recoveries);
@@ -99,7 +99,7 @@ public class ClusterRecoveryTests
         Assert.Equal(expected.NewTokens, outcome.NewTokens); // a seeded sampler resumes where it stopped
         Assert.Equal(1, outcome.RecoveredFaults);
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5)); // answered by the coordinator on another node
-        Assert.Equal("ready", status.State);
+        Assert.Equal(ClusterState.Ready, status.State);
         Assert.DoesNotContain("node-1", status.Nodes);
         Assert.All(status.DeviceMap, e => Assert.DoesNotContain("node-1", e.Device));
         Assert.True(status.PlanEpoch > loaded.PlanEpoch);
@@ -120,13 +120,13 @@ public class ClusterRecoveryTests
         Assert.Contains("degraded", ex.Message);
         Assert.Contains("missing", ex.Message);
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal("degraded", status.State);
+        Assert.Equal(ClusterState.Degraded, status.State);
         Assert.Contains("missing", status.Detail);
 
         // A node with room joins: the model recovers by itself, and serves the same tokens.
         await using var extra = new NodeHandle(ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("node-4", new[] { "coordinator", "worker" }, new[] { ("cpu", 1L << 30) }),
             cluster.Nodes[0].Address.ToString()));
-        await Eventually.True(async () => (await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))).State == "ready", TimeSpan.FromSeconds(30), "the model served again");
+        await Eventually.True(async () => (await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))).State == ClusterState.Ready, TimeSpan.FromSeconds(30), "the model served again");
         status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
         Assert.Contains(status.DeviceMap, e => e.Device.StartsWith("node-4/"));
         Assert.Equal(expected.NewTokens, (await cluster.Client.RunAsync(Greedy(20), status.Stages, TimeSpan.FromSeconds(30))).NewTokens);

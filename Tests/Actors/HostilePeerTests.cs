@@ -80,7 +80,7 @@ public class HostilePeerTests
 
         // Every node is still a member, the model is served under the same epoch, and it answers as before.
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal(("ready", loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
+        Assert.Equal((ClusterState.Ready, loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
         Assert.All(cluster.Nodes, n => Assert.Equal(Akka.Cluster.MemberStatus.Up, Akka.Cluster.Cluster.Get(n.System).SelfMember.Status));
         var after = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 12) with { IgnoreEos = true }, status.Stages, TimeSpan.FromSeconds(30));
         Assert.Equal(before.NewTokens, after.NewTokens);
@@ -107,7 +107,7 @@ public class HostilePeerTests
         Assert.Contains("only from the cluster's coordinator", probe.ExpectMsg<SliceFailed>(TimeSpan.FromSeconds(10)).Reason);
 
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal(("ready", loaded.PlanEpoch), (status.State, status.PlanEpoch));
+        Assert.Equal((ClusterState.Ready, loaded.PlanEpoch), (status.State, status.PlanEpoch));
         Assert.DoesNotContain("observer", status.Nodes);
         Assert.Equal(3, (await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 3) with { IgnoreEos = true }, status.Stages, TimeSpan.FromSeconds(30))).Steps);
     }

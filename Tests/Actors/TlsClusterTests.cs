@@ -106,7 +106,7 @@ public class TlsClusterTests
 
         // Every node is still up and serving the same model under the same epoch, with the same tokens.
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(10));
-        Assert.Equal(("ready", loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
+        Assert.Equal((ShardPipe.Messages.ClusterState.Ready, loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
         Assert.All(cluster.Nodes, n => Assert.Equal(Akka.Cluster.MemberStatus.Up, Akka.Cluster.Cluster.Get(n.System).SelfMember.Status));
         await ReferenceOnCluster.Check(cluster.Client, loaded, r, "on 3 nodes under TLS, after the intruders");
     }
