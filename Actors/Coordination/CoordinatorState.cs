@@ -9,19 +9,61 @@ namespace ShardPipe.Actors.Coordination;
 /// This class joins them where a decision needs two, and answers status. Each part is tested with plain xunit; the
 /// actor only moves messages and keeps timers.
 /// </summary>
-public sealed class CoordinatorState<TRequest, TCaller> where TCaller : notnull
+public sealed class CoordinatorState<TCaller> where TCaller : notnull
 {
     public WorkerRegistry Registry { get; }
     public ModelTracker Model { get; } = new();
-    public AdmissionQueue<TRequest, TCaller> Admission { get; }
+    public AdmissionQueue<IClientRequest, TCaller> Admission { get; }
 
     public CoordinatorState(int protocolVersion, long maxFrameSize, int maxInFlight, int maxQueued)
     {
         Registry = new WorkerRegistry(protocolVersion, maxFrameSize);
-        Admission = new AdmissionQueue<TRequest, TCaller>(maxInFlight, maxQueued);
+        Admission = new AdmissionQueue<IClientRequest, TCaller>(maxInFlight, maxQueued);
     }
 
     public ClusterState State => Model.State;
+
+    /// <summary>
+    /// A registration from <paramref name="node"/> (that passed the intake rules): the registry's answer, what a new
+    /// coordinator hears from it (and whether it has now heard every node in <paramref name="workerNodes"/>: adopt), a
+    /// slice it holds of an epoch no longer used (to release), and whether the capacity it brings retries a recovery.
+    /// </summary>
+    public Registered Register(RegisterWorker r, string node, Func<IReadOnlyCollection<string>> workerNodes)
+    {
+        bool starting = State == ClusterState.Starting;
+        if (starting) Model.Report(node);
+        var outcome = Registry.Register(r, node);
+        if (outcome is Registration.Refused refused)
+            return new Registered(new WorkerRefused(r.NodeName, refused.Reason), refused.Reason, Array.Empty<WorkerInfo>(), Array.Empty<RefusedDevice>(), null, false, false);
+        var accepted = (Registration.Accepted)outcome;
+        IShardPipeMessage reply = accepted.RefusedDevices.Count > 0 && accepted.Joined.Count == 0 && r.Devices.All(d => Registry.Worker(d.ActorPath) is null)
+            ? new WorkerRefused(r.NodeName, string.Join("; ", accepted.RefusedDevices.Select(d => $"{d.Device}: {d.Reason}")))
+            : new WorkerRegistered(r.NodeName);
+        (string, int)? release = null;
+        if (r.Holding is { } held && r.Devices.Length == 1 && Registry.Worker(r.Devices[0].ActorPath) is not null)
+        {
+            if (starting) Model.Report(node, r.Devices[0].ActorPath, held);
+            else if (Model.Unused(held)) release = (r.Devices[0].ActorPath, held.PlanEpoch);
+        }
+        bool adopt = starting && Model.AllReported(workerNodes());
+        return new Registered(reply, null, accepted.Joined, accepted.RefusedDevices, release, adopt,
+            !adopt && accepted.Joined.Count > 0 && Model.RetryOnCapacity);
+    }
+
+    /// <summary>Admission of a request from <paramref name="caller"/>: how it goes, and the refusal to answer with when it does not start or queue.</summary>
+    public (Admission Admission, RequestFailed? Refusal) Admit(IClientRequest request, TCaller caller, DateTime now)
+    {
+        string id = request.RequestId, state = State.ToString().ToLowerInvariant();
+        var admission = Admission.Admit(id, request, caller, State, now);
+        return (admission, admission switch
+        {
+            Coordination.Admission.Start or Coordination.Admission.Queue => null,
+            Coordination.Admission.Busy => new RequestFailed(id, "coordinator", $"busy: {Admission.InFlight} requests in flight and {Admission.Queued} queued; retry later"),
+            Coordination.Admission.Starting => new RequestFailed(id, "coordinator", "the coordinator is starting; retry shortly", Retryable: true),
+            Coordination.Admission.Recovering => new RequestFailed(id, "coordinator", $"the model is {state}: {Model.Failure ?? "lost stages are being re-planned"}", Retryable: true),
+            _ => new RequestFailed(id, "coordinator", $"no model is loaded (state: {state}{(Model.Failure is { } f ? $": {f}" : "")})"),
+        });
+    }
 
     /// <summary>Workers are gone (their node crashed, was cut off, or left): out of the registry, and what it means for the model.</summary>
     public Loss Lose(IReadOnlyCollection<string> paths)
@@ -30,12 +72,41 @@ public sealed class CoordinatorState<TRequest, TCaller> where TCaller : notnull
         return known.Count == 0 ? Loss.Nothing : Model.Lose(known);
     }
 
+    /// <summary>
+    /// The plan for a described model under <paramref name="epoch"/>: over every worker, or — recovering — the served
+    /// model's lost modules re-planned onto the survivors (what the holders keep stays in place). Null with the reason
+    /// when it cannot be made (a bad request, too little memory).
+    /// </summary>
+    public (LoadPlan? Plan, int Epoch, string? Error) Plan(LoadModel request, ModelDescription model, int epoch)
+    {
+        try
+        {
+            return (Model.Recovering ? SlicePlanner.Replan(model, Model.Loaded!, Registry.Workers, Model.Holders, epoch).Plan
+                : SlicePlanner.Plan(model, request, Registry.Workers, epoch), epoch, null);
+        }
+        catch (Exception ex) // a bad request must never restart the coordinator (it would forget every worker)
+        {
+            return (null, epoch, ex.Message);
+        }
+    }
+
+    /// <summary>How a loss of <paramref name="paths"/> reads: "node node-2 (node-2/cpu) was lost".</summary>
+    public string LossSummary(IReadOnlyList<string> paths)
+    {
+        var names = paths.Select(Describe).ToList();
+        return $"node {names[0].Split('/')[0]} ({string.Join(", ", names)}) was lost";
+    }
+
     /// <summary>A slice arrived from the worker at <paramref name="path"/>: the served model once it was the last.</summary>
     public ModelRecord? SliceLoaded(string path, SliceLoaded s) => Model.SliceLoaded(path, s, p => Registry.Worker(p)?.ToString());
 
     /// <summary>How a worker is named in logs and errors: node/device, else the stage's device, else its path.</summary>
     public string Describe(string workerPath) => Registry.Worker(workerPath)?.ToString()
         ?? Model.Loaded?.Stages.FirstOrDefault(s => s.WorkerPath == workerPath)?.Device ?? workerPath;
+
+    /// <summary>What moved in a recovery, as log lines write it.</summary>
+    public static string Moves(ModelRecord model, string none) =>
+        model.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : none;
 
     public ClusterStatus Status(string requestId)
     {
@@ -56,3 +127,12 @@ public sealed class CoordinatorState<TRequest, TCaller> where TCaller : notnull
             Registry.Timings());
     }
 }
+
+/// <summary>What a registration comes to for the actor (<see cref="CoordinatorState{TCaller}.Register"/>).</summary>
+/// <param name="Reply">To the registering node: registered, or refused (with why).</param>
+/// <param name="RefusedNode">Why the whole node was refused (its wire settings differ), else null.</param>
+/// <param name="Release">A slice it holds of an epoch no longer used: worker path and epoch.</param>
+/// <param name="Adopt">A new coordinator has now heard every worker node: adopt what they hold.</param>
+/// <param name="RetryRecovery">Capacity joined a degraded model: try the recovery again.</param>
+public sealed record Registered(IShardPipeMessage Reply, string? RefusedNode, IReadOnlyList<WorkerInfo> Joined, IReadOnlyList<RefusedDevice> RefusedDevices,
+    (string Path, int Epoch)? Release, bool Adopt, bool RetryRecovery);

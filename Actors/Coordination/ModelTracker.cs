@@ -32,6 +32,8 @@ public enum LoadFailure
     Stale,
     /// <summary>A recovery load failed (a survivor lost too, a slice refused): plan the recovery again from what is left.</summary>
     Recover,
+    /// <summary>A recovery could not be planned (the survivors lack the memory): degraded until capacity joins.</summary>
+    Degraded,
     /// <summary>A load failed: the model is not served (never half-loaded).</summary>
     Failed,
 }
@@ -150,12 +152,23 @@ public sealed class ModelTracker
         return Loaded;
     }
 
-    /// <summary>The plan or load of <paramref name="epoch"/> failed.</summary>
+    /// <summary>
+    /// The plan or load of <paramref name="epoch"/> failed. In a recovery, a load that failed is planned again; a plan
+    /// that could not be made (the survivors lack the memory) leaves the model degraded — with the reason, and with
+    /// requests refused retryably — until capacity joins.
+    /// </summary>
     public LoadFailure FailLoad(int epoch, string reason)
     {
         if (!IsCurrent(epoch)) return LoadFailure.Stale;
-        Pending = null;
-        if (State == ClusterState.Recovering) return LoadFailure.Recover;
+        if (State == ClusterState.Recovering)
+        {
+            bool loading = Pending is not null;
+            Pending = null;
+            if (loading) return LoadFailure.Recover;
+            State = ClusterState.Degraded;
+            Failure = $"degraded: {reason} (plan epoch {epoch}); the model recovers by itself when a node with enough memory joins";
+            return LoadFailure.Degraded;
+        }
         Forget(reason);
         return LoadFailure.Failed;
     }
@@ -186,16 +199,6 @@ public sealed class ModelTracker
         if (!Recovering) RecoveryStarted = now;
         State = ClusterState.Recovering;
         return ++Epoch;
-    }
-
-    /// <summary>The survivors cannot hold the model: it stays degraded (with the reason) until capacity joins; false when superseded.</summary>
-    public bool Degrade(int epoch, string reason)
-    {
-        if (epoch != Epoch) return false;
-        Pending = null;
-        State = ClusterState.Degraded;
-        Failure = reason;
-        return true;
     }
 
     // ---- unloading, stopping ----

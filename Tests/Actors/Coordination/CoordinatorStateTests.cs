@@ -11,7 +11,7 @@ public class CoordinatorStateTests
     [Fact]
     public void Losing_unregistered_workers_means_nothing_and_losing_a_stage_recovers_with_status_to_match()
     {
-        var s = new CoordinatorState<string, string>(3, 256000, 2, 1);
+        var s = new CoordinatorState<string>(3, 256000, 2, 1);
         Assert.Equal(ClusterState.Starting, s.Status("q").State);
         s.Registry.Register(WorkerRegistryTests.Node("node-1", ("cpu", "a", null)), Node1);
         s.Registry.Register(WorkerRegistryTests.Node("node-2", ("cpu", "b", null)), Node2);

@@ -134,10 +134,11 @@ public class ModelTrackerTests
         Assert.Equal(LoadFailure.Recover, t.FailLoad(epoch, "a lost too"));
         int next = t.BeginRecovery(started.AddSeconds(5));
         Assert.Equal(started, t.RecoveryStarted); // one recovery, however many tries
-        Assert.False(t.Degrade(epoch, "superseded"));
+        Assert.Equal(LoadFailure.Stale, t.FailLoad(epoch, "superseded"));
         Assert.False(t.RetryOnCapacity);
-        Assert.True(t.Degrade(next, "no room"));
-        Assert.Equal((ClusterState.Degraded, "no room"), (t.State, t.Failure));
+        Assert.Equal(LoadFailure.Degraded, t.FailLoad(next, "no room")); // the re-plan could not be made
+        Assert.Equal(ClusterState.Degraded, t.State);
+        Assert.StartsWith($"degraded: no room (plan epoch {next})", t.Failure);
         Assert.False(t.IsCurrent(next)); // a late fact of the degraded plan is stale
         Assert.True(t.RetryOnCapacity);
         Assert.Equal(next + 1, t.BeginRecovery(started.AddSeconds(9)));
