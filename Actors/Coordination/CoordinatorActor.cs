@@ -1,7 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
-using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Checkpoints;
@@ -141,7 +141,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         var reg = _state.Register(r, from, () => // worker nodes up and reachable: a new coordinator waits to hear from each
         {
             var cluster = Cluster.Get(Context.System).State;
-            return cluster.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole("worker") && !cluster.Unreachable.Contains(m)).Select(m => m.Address.ToString()).ToList();
+            return cluster.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole(Roles.Worker) && !cluster.Unreachable.Contains(m)).Select(m => m.Address.ToString()).ToList();
         });
         if (reg.RefusedNode is { } why) _log.Error("refusing node {0} ({1}): {2}", r.NodeName, Sender.Path.Address, why);
         foreach (var d in reg.RefusedDevices) _log.Error("refusing device {0}: {1}", d.Device, d.Reason);

@@ -1,5 +1,6 @@
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Generation;
+using ShardPipe.Actors.Transport;
 
 namespace ShardPipe.Actors.Coordination;
 
@@ -57,7 +58,7 @@ public static class FirstStep
                 var first = ChunkedPrefill.First(ids, mask, DecodeRule.PositionsFromMask(mask), g.PrefillChunk);
                 var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.EosTokenIds, model.PadTokenId, finished, g.Sampling,
                     g.Sampling.RepetitionPenalty != 1.0 ? ids : null, // the ids so far travel only when a penalty needs them
-                    first.Rest);
+                    PromptRestWire.ToWire(first.Rest));
                 return (new StageInput(g.RequestId, step, 0, null, first.Ids, first.Mask, first.Positions, replyTo, state, model.PlanEpoch, coordinator), null);
             default:
                 return (null, $"unknown request type {request.GetType().Name}");

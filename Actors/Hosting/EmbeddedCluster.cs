@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Configuration;
 using ShardPipe.Actors.Coordination;
+using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Client;
 using ShardPipe.Modeling.Core;
 using ShardPipe.Placement;
@@ -40,7 +41,7 @@ public sealed class EmbeddedCluster : IAsyncDisposable
             for (int i = 0; i < layout.Count; i++)
             {
                 var (name, devices) = layout[i];
-                var roles = new[] { "coordinator", "worker" };
+                var roles = new[] { Roles.Coordinator, Roles.Worker };
                 // A disk device writes what it converts under the offload folder, one subfolder per node.
                 string? offload = offloadFolder is null ? null : $"shardpipe.offload-folder = \"{Path.Combine(offloadFolder, name).Replace("\\", "/")}\"";
                 var config = ShardPipeNode.LoopbackConfig(name, roles, devices, 0, localCheckpoints?.Invoke(i) ?? true, string.Join("\n", new[] { offload, extraConfig?.Invoke(i) }.OfType<string>()));
@@ -111,7 +112,7 @@ public sealed class EmbeddedCluster : IAsyncDisposable
         var wait = TimeSpan.FromSeconds(2);
         try
         {
-            var id = await node.System.ActorSelection("/user/coordinator/coordinator").Ask<ActorIdentity>(new Identify(null), wait);
+            var id = await node.System.ActorSelection($"/user/{Roles.SingletonName}/{Roles.SingletonName}").Ask<ActorIdentity>(new Identify(null), wait);
             if (id.Subject is { } coordinator) await coordinator.Ask<ClusterStopping>(ClusterStopping.Instance, wait);
         }
         catch (AskTimeoutException) { } // a node busy past the wait: it stops all the same

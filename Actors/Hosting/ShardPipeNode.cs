@@ -11,6 +11,7 @@ using ShardPipe.Modeling.Core;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Actors.Diagnostics;
+using ShardPipe.Actors.Membership;
 
 namespace ShardPipe.Actors.Hosting;
 
@@ -48,14 +49,14 @@ public sealed class ShardPipeNode : IAsyncDisposable
         else if (tls is not null)
             Logging.GetLogger(system, "tls").Info("mutual TLS on (certificate {0})", tls.Certificate.Subject);
         var address = Cluster.Get(system).SelfAddress;
-        var settings = NodeSettings.From(config, equalShareOf);
+        var settings = NodeSettings.From(config, tls, equalShareOf);
         if (settings.NodeName.Length == 0) settings = settings with { NodeName = $"{address.Host}:{address.Port}" };
         if (settings.IsCoordinator)
             system.ActorOf(ClusterSingletonManager.Props(CoordinatorActor.Props(settings), PoisonPill.Instance,
-                ClusterSingletonManagerSettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator");
+                ClusterSingletonManagerSettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), Roles.SingletonName);
         system.ActorOf(Props.Create(() => new HandshakeActor(settings, settings.DebugProtocolVersion ?? Protocol.Version)), "handshake");
-        var proxy = system.ActorOf(ClusterSingletonProxy.Props("/user/coordinator",
-            ClusterSingletonProxySettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator-proxy");
+        var proxy = system.ActorOf(ClusterSingletonProxy.Props($"/user/{Roles.SingletonName}",
+            ClusterSingletonProxySettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), "coordinator-proxy");
         if (settings.DebugStepDelay is { } delay) FaultHooks.For(system).BeforeStep = () => Thread.Sleep(delay);
         if (settings.IsWorker)
         {

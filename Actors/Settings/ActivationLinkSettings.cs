@@ -16,11 +16,11 @@ public sealed record ActivationLinkSettings
     /// <summary>How long a write may block (a peer that stopped reading) before the link counts as broken.</summary>
     public required TimeSpan SendTimeout { get; init; }
 
-    public static ActivationLinkSettings From(Config config)
+    public static ActivationLinkSettings From(Config config, Security.ClusterTls? tls = null)
     {
         config = ReferenceConfig.Over(config);
         var a = config.GetConfig("shardpipe.activation-link");
-        var endpoint = SideChannelEndpoint.From(config, "shardpipe.activation-link");
+        var endpoint = SideChannelEndpoint.From(config, "shardpipe.activation-link", tls);
         long max = a.GetByteSize("max-frame-size") ?? 0;
         if (max < 64 << 10 || max > 1L << 30) throw new ConfigurationException($"shardpipe.activation-link.max-frame-size must be between 64 KiB and 1 GiB, not {max}");
         return new ActivationLinkSettings

@@ -12,11 +12,11 @@ public sealed record BulkSettings
     /// <summary>Smaller tensors go as actor messages (a socket per tensor is not worth it).</summary>
     public required long MinBytes { get; init; }
 
-    public static BulkSettings From(Config config)
+    public static BulkSettings From(Config config, Security.ClusterTls? tls = null)
     {
         config = ReferenceConfig.Over(config);
         var b = config.GetConfig("shardpipe.bulk-transfer");
-        var endpoint = SideChannelEndpoint.From(config, "shardpipe.bulk-transfer");
+        var endpoint = SideChannelEndpoint.From(config, "shardpipe.bulk-transfer", tls);
         long chunk = b.GetByteSize("chunk-size") ?? 0;
         if (chunk < 4096 || chunk > 64 << 20) throw new ConfigurationException($"shardpipe.bulk-transfer.chunk-size must be between 4 KiB and 64 MiB, not {chunk}");
         int window = b.GetInt("window");

@@ -43,8 +43,8 @@ public sealed record NodeSettings
     /// <summary>Fault-injection hook: every step on this node sleeps this long first (multi-process tests of faults mid-generation).</summary>
     public TimeSpan? DebugStepDelay { get; init; }
 
-    public bool IsCoordinator => Roles.Contains("coordinator");
-    public bool IsWorker => Roles.Contains("worker");
+    public bool IsCoordinator => Roles.Contains(Membership.Roles.Coordinator);
+    public bool IsWorker => Roles.Contains(Membership.Roles.Worker);
 
     /// <summary>Whether this node may read <paramref name="modelFolder"/> from its own disk.</summary>
     public bool HasLocal(string modelFolder) =>
@@ -52,7 +52,11 @@ public sealed record NodeSettings
         (ModelRoots.Count == 0 || ModelRoots.Any(r => Path.GetFullPath(modelFolder).StartsWith(Path.GetFullPath(r), StringComparison.Ordinal)));
 
     /// <param name="equalShareOf">Devices with no budget get this share of the machine's available memory.</param>
-    public static NodeSettings From(Config config, int equalShareOf = 1)
+    /// <summary>A node's settings; its TLS (<c>shardpipe.tls</c>) loaded here, once, for the side channels.</summary>
+    public static NodeSettings From(Config config, int equalShareOf = 1) => From(config, Security.ClusterTls.From(config), equalShareOf);
+
+    /// <summary>A node's settings, with the <paramref name="tls"/> the node already loaded for Akka.Remote (one load of the certificate per node).</summary>
+    public static NodeSettings From(Config config, Security.ClusterTls? tls, int equalShareOf = 1)
     {
         config = ReferenceConfig.Over(config);
         var sp = config.GetConfig("shardpipe");
@@ -93,8 +97,8 @@ public sealed record NodeSettings
             MaxNewTokens = AtLeast("max-new-tokens", 1),
             ComputeThreads = sp.GetInt("compute-threads"),
             ComputeCores = sp.GetIntList("compute-cores").ToList(),
-            Bulk = BulkSettings.From(config),
-            Links = ActivationLinkSettings.From(config),
+            Bulk = BulkSettings.From(config, tls),
+            Links = ActivationLinkSettings.From(config, tls),
             Batching = BatchingSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
             DebugStepDelay = sp.HasPath("debug.step-delay") ? sp.GetTimeSpan("debug.step-delay") : null,

@@ -1,7 +1,7 @@
 using Akka.Actor;
 using ShardPipe.Actors.Diagnostics;
 using Akka.Event;
-using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Checkpoints;
@@ -274,7 +274,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     /// <summary>Steps come from members (the previous stage, or the coordinator for a request's first step).</summary>
     private bool FromMember()
     {
-        if (SenderRules.IsMemberWithRole(Context.System, Sender, "worker") || SenderRules.IsMemberWithRole(Context.System, Sender, "coordinator")) return true;
+        if (SenderRules.IsMemberWithRole(Context.System, Sender, Roles.Worker) || SenderRules.IsMemberWithRole(Context.System, Sender, Roles.Coordinator)) return true;
         _log.Warning("{0}: dropped a step from {1}, which is not a member of this cluster", _stage, Sender.Path);
         return false;
     }

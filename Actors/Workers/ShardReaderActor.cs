@@ -51,7 +51,7 @@ public sealed class ShardReaderActor : ReceiveActor
     {
         try
         {
-            if (!ShardPipe.Actors.Hosting.SenderRules.IsMemberWithRole(Context.System, Sender, "worker"))
+            if (!ShardPipe.Actors.Membership.SenderRules.IsMemberWithRole(Context.System, Sender, ShardPipe.Actors.Membership.Roles.Worker))
                 throw new ClusterException($"tensors are served only to workers of this cluster, not to {Sender.Path.Address}");
             string key = read.Model + "|" + read.Variant;
             if (!_open.TryGetValue(key, out var ckpt))

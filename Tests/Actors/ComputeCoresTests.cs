@@ -1,5 +1,6 @@
 using Akka.Configuration;
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Workers;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Loading;
