@@ -49,7 +49,7 @@ public sealed record NodeSettings
     /// <summary>Whether this node may read <paramref name="modelFolder"/> from its own disk.</summary>
     public bool HasLocal(string modelFolder) =>
         LocalCheckpoints && Directory.Exists(modelFolder) &&
-        (ModelRoots.Count == 0 || ModelRoots.Any(r => Path.GetFullPath(modelFolder).StartsWith(Path.GetFullPath(r), StringComparison.Ordinal)));
+        (ModelRoots.Count == 0 || ModelRoots.Any(r => PathRules.IsUnder(modelFolder, r)));
 
     /// <param name="equalShareOf">Devices with no budget get this share of the machine's available memory.</param>
     /// <summary>A node's settings; its TLS (<c>shardpipe.tls</c>) loaded here, once, for the side channels.</summary>
