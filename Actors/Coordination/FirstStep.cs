@@ -49,7 +49,7 @@ public static class FirstStep
                         return (null, $"a resumed token id is outside the vocabulary (0..{model.Vocab - 1})");
                     foreach (var t in resume)
                         for (int b = 0; b < ids.Length; b++)
-                            if (!g.IgnoreEos && model.EosTokenIds.Contains(t[b])) finished[b] = true;
+                            if (DecodeRule.EndsRow(t[b], model.EosTokenIds, g.IgnoreEos)) finished[b] = true;
                     ids = ids.Select((row, b) => row.Concat(resume.Select(t => t[b])).ToArray()).ToArray();
                     mask = mask.Select(row => row.Concat(Enumerable.Repeat(1L, resume.Length)).ToArray()).ToArray();
                     step = resume.Length;
