@@ -162,7 +162,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Unwatch();
         Context.SetReceiveTimeout(null);
         _attemptId = $"{_request.RequestId}~{_faults}"; // anything of the old attempt that still arrives is dropped
-        Timers.StartPeriodicTimer("poll", new PollStatus(), TimeSpan.Zero, TimeSpan.FromMilliseconds(250));
+        Timers.StartPeriodicTimer("poll", new PollStatus(), TimeSpan.Zero, _settings.StatusPollInterval);
         Timers.StartSingleTimer("deadline", new RecoveryDeadline(_faults), _settings.RecoveryTimeout);
         Become(Recovering);
     }

@@ -47,7 +47,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     protected override void PreStart()
     {
-        Timers.StartPeriodicTimer("sweep", new SweepRequests(), TimeSpan.FromSeconds(10));
+        Timers.StartPeriodicTimer("sweep", new SweepRequests(), _settings.RequestSweepInterval);
         Timers.StartSingleTimer("start-window", new StartWindowOver(), _settings.StartWindow);
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
             typeof(ClusterEvent.MemberLeft), typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.ReachableMember), typeof(ClusterEvent.MemberRemoved));

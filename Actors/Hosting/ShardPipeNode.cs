@@ -57,7 +57,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
         system.ActorOf(Props.Create(() => new HandshakeActor(settings, settings.DebugProtocolVersion ?? Protocol.Version)), "handshake");
         var proxy = system.ActorOf(ClusterSingletonProxy.Props($"/user/{Roles.SingletonName}",
             ClusterSingletonProxySettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), "coordinator-proxy");
-        if (settings.DebugStepDelay is { } delay) FaultHooks.For(system).BeforeStep = () => Thread.Sleep(delay);
+        FaultHooks.FromConfig(system, config);
         if (settings.IsWorker)
         {
             TorchRuntime.Initialise();

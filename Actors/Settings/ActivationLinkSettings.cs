@@ -15,6 +15,8 @@ public sealed record ActivationLinkSettings
     public required int MaxFrameBytes { get; init; }
     /// <summary>How long a write may block (a peer that stopped reading) before the link counts as broken.</summary>
     public required TimeSpan SendTimeout { get; init; }
+    /// <summary>How long a link's one-time token waits for the peer to connect.</summary>
+    public required TimeSpan OfferTimeout { get; init; }
 
     public static ActivationLinkSettings From(Config config, Security.ClusterTls? tls = null)
     {
@@ -28,6 +30,7 @@ public sealed record ActivationLinkSettings
             Endpoint = endpoint,
             MaxFrameBytes = (int)max,
             SendTimeout = a.GetTimeSpan("send-timeout"),
+            OfferTimeout = a.GetTimeSpan("offer-timeout"),
         };
     }
 }

@@ -11,6 +11,8 @@ public sealed record BulkSettings
     public required int Window { get; init; }
     /// <summary>Smaller tensors go as actor messages (a socket per tensor is not worth it).</summary>
     public required long MinBytes { get; init; }
+    /// <summary>How long a tensor's one-time token waits for the worker to connect.</summary>
+    public required TimeSpan OfferTimeout { get; init; }
 
     public static BulkSettings From(Config config, Security.ClusterTls? tls = null)
     {
@@ -27,6 +29,7 @@ public sealed record BulkSettings
             ChunkBytes = (int)chunk,
             Window = window,
             MinBytes = b.GetByteSize("min-size") ?? 0,
+            OfferTimeout = b.GetTimeSpan("offer-timeout"),
         };
     }
 }

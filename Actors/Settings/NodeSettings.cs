@@ -20,6 +20,10 @@ public sealed record NodeSettings
     public required TimeSpan LoadTimeout { get; init; }
     public required TimeSpan RequestTimeout { get; init; }
     public required TimeSpan CacheIdleTimeout { get; init; }
+    /// <summary>How often a worker frees idle caches (<c>cache-sweep-interval</c>).</summary>
+    public required TimeSpan CacheSweepInterval { get; init; }
+    /// <summary>How often the coordinator frees the slots of requests silent past 10 × <see cref="RequestTimeout"/> (<c>request-sweep-interval</c>).</summary>
+    public required TimeSpan RequestSweepInterval { get; init; }
     /// <summary>How often a device worker repeats its registration (what it holds included).</summary>
     public required TimeSpan RegisterInterval { get; init; }
     /// <summary>A <c>shardpipe node</c> process whose node the cluster downed starts a fresh node (rejoining) instead of exiting.</summary>
@@ -41,7 +45,6 @@ public sealed record NodeSettings
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
     /// <summary>Fault-injection hook: every step on this node sleeps this long first (multi-process tests of faults mid-generation).</summary>
-    public TimeSpan? DebugStepDelay { get; init; }
 
     public bool IsCoordinator => Roles.Contains(Membership.Roles.Coordinator);
     public bool IsWorker => Roles.Contains(Membership.Roles.Worker);
@@ -88,6 +91,8 @@ public sealed record NodeSettings
             LoadTimeout = sp.GetTimeSpan("load-timeout"),
             RequestTimeout = sp.GetTimeSpan("request-timeout"),
             CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout"),
+            CacheSweepInterval = sp.GetTimeSpan("cache-sweep-interval"),
+            RequestSweepInterval = sp.GetTimeSpan("request-sweep-interval"),
             RegisterInterval = sp.GetTimeSpan("register-interval"),
             StartWindow = sp.GetTimeSpan("start-window"),
             RestartWhenDowned = sp.GetBoolean("restart-when-downed"),
@@ -101,7 +106,6 @@ public sealed record NodeSettings
             Links = ActivationLinkSettings.From(config, tls),
             Batching = BatchingSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
-            DebugStepDelay = sp.HasPath("debug.step-delay") ? sp.GetTimeSpan("debug.step-delay") : null,
         };
     }
 }

@@ -60,7 +60,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     {
         // Registration repeats for as long as the worker lives: a coordinator that moved learns the cluster from it.
         Timers.StartPeriodicTimer("register", new RegisterTick(), TimeSpan.Zero, _settings.RegisterInterval);
-        Timers.StartPeriodicTimer("evict", new EvictTick(), TimeSpan.FromSeconds(10));
+        Timers.StartPeriodicTimer("evict", new EvictTick(), _settings.CacheSweepInterval);
     }
 
     private RegisterWorker Registration() => new(_settings.DebugProtocolVersion ?? Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
