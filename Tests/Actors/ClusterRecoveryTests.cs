@@ -71,9 +71,13 @@ public class ClusterRecoveryTests
 
         int seen = 0;
         var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        foreach (var node in cluster.Nodes) NodeDiagnostics.For(node.System).StepRows.Drain();
         var runs = requests.Select(r => cluster.Client.RunAsync(r, loaded.Stages, TimeSpan.FromSeconds(30),
             _ => { if (Interlocked.Increment(ref seen) == 30) reached.TrySetResult(); })).ToList();
         await reached.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        // The requests run merged: the surviving stages' steps carried several requests' rows at once.
+        var rows = new[] { cluster.Nodes[0], cluster.Nodes[2] }.SelectMany(n => NodeDiagnostics.For(n.System).StepRows.Drain()).ToList();
+        Assert.True(rows.Count > 0 && rows.Max() >= 2, $"no merged step before the crash (rows per step: {string.Join(", ", rows)})");
         await cluster.Nodes[1].Kill(); // node-2: a middle stage, mid-way through every request's merged steps
         var outcomes = await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(120));
 

@@ -116,7 +116,7 @@ public class TlsClusterTests
     {
         using var tmp = new TempDir();
         string certs = tmp.Sub("certs"), foreign = tmp.Sub("foreign");
-        MakeCerts(certs, "node-1");
+        MakeCerts(certs, "node-1", "node-2");
         MakeCerts(foreign, "intruder");
         ConfigurationException Refused(string hocon) =>
             Assert.Throws<ConfigurationException>(() => ClusterTls.From(ConfigurationFactory.ParseString(hocon)));
@@ -130,8 +130,11 @@ public class TlsClusterTests
         // Pinning: only the listed certificates pass, even from the cluster's CA.
         var tls = ClusterTls.From(ConfigurationFactory.ParseString(Tls(certs, "node-1")))!;
         Assert.Null(tls.Refusal(tls.Certificate));
-        var pinnedOther = ClusterTls.From(ConfigurationFactory.ParseString(Tls(certs, "node-1").Replace("handshake-timeout", $"pinned-thumbprints = [\"{tls.Certificate.Thumbprint}\"], handshake-timeout")))!;
-        Assert.Null(pinnedOther.Refusal(tls.Certificate));
+        var sameCa = ClusterTls.From(ConfigurationFactory.ParseString(Tls(certs, "node-2")))!.Certificate; // node-2: the same CA, not pinned
+        Assert.Null(tls.Refusal(sameCa)); // unpinned: the CA decides
+        var pinned = ClusterTls.From(ConfigurationFactory.ParseString(Tls(certs, "node-1").Replace("handshake-timeout", $"pinned-thumbprints = [\"{tls.Certificate.Thumbprint}\"], handshake-timeout")))!;
+        Assert.Null(pinned.Refusal(tls.Certificate));
+        Assert.NotNull(pinned.Refusal(sameCa)); // issued by the cluster's CA, but not one of the pinned
         var foreignCert = ClusterTls.From(ConfigurationFactory.ParseString(
             $"shardpipe.tls {{ enabled = on, certificate = \"{foreign}/intruder.p12\", ca = \"{foreign}/ca.crt\", password-env = {PasswordEnv} }}"))!.Certificate;
         Assert.Contains("does not chain", tls.Refusal(foreignCert));
