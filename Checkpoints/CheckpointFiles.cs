@@ -17,9 +17,9 @@ public static class CheckpointFiles
         string? repo = HubRepoRoot(Path.GetFullPath(folder));
         if (target is null || repo is null)
             throw new CheckpointFormatException(path, null, $"is a symlink to '{info.LinkTarget}', followed only inside a Hugging Face cache snapshot");
-        string blobs = Path.GetFullPath(Path.Combine(repo, "blobs")) + Path.DirectorySeparatorChar;
+        string blobs = Path.Combine(repo, "blobs");
         string resolved = Path.GetFullPath(target.FullName);
-        if (!resolved.StartsWith(blobs, StringComparison.Ordinal))
+        if (!PathRules.IsUnder(resolved, blobs) || resolved == Path.GetFullPath(blobs))
             throw new CheckpointFormatException(path, null, $"is a symlink to '{resolved}', outside this repo's blobs/ folder");
         if (!File.Exists(resolved))
             throw new CheckpointFormatException(path, null, $"is a broken symlink to '{resolved}'");

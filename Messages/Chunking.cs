@@ -1,5 +1,4 @@
 using System.IO.Hashing;
-using ShardPipe.Checkpoints;
 
 namespace ShardPipe.Messages;
 

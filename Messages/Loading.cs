@@ -55,14 +55,38 @@ public sealed record LoadFailed(
 public sealed record GetStatus([property: Key(0)] string RequestId) : IShardPipeMessage;
 
 /// <summary>
-/// Answer to <see cref="GetStatus"/>: the model's state (<c>empty</c>, <c>loading</c>, <c>ready</c>, <c>failed</c>)
+/// What the cluster is doing with its model — the coordinator's state, one closed set for its behaviour and its
+/// status. Travels as an integer: values are append-only.
+/// </summary>
+public enum ClusterState
+{
+    /// <summary>A new coordinator hears what the workers hold before it decides what the cluster serves.</summary>
+    Starting = 0,
+    /// <summary>No model.</summary>
+    Empty = 1,
+    /// <summary>A model is being planned and loaded.</summary>
+    Loading = 2,
+    /// <summary>The model is served.</summary>
+    Ready = 3,
+    /// <summary>Stages of the served model were lost: the lost modules are being re-planned and loaded.</summary>
+    Recovering = 4,
+    /// <summary>The survivors lack the memory for the lost modules: it recovers when a node with room joins.</summary>
+    Degraded = 5,
+    /// <summary>The last load failed (the detail says why).</summary>
+    Failed = 6,
+    /// <summary>The whole cluster is shutting down: no recovery starts.</summary>
+    Stopping = 7,
+}
+
+/// <summary>
+/// Answer to <see cref="GetStatus"/>: the model's <see cref="ClusterState"/>
 /// and why, the registered nodes, devices refused at registration, and the loaded model's map and stages; after a
 /// recovery (<c>recovering</c>, <c>degraded</c>), what moved where in the last one and how many there were.
 /// </summary>
 [MessagePackObject]
 public sealed record ClusterStatus(
     [property: Key(0)] string RequestId,
-    [property: Key(1)] string State,
+    [property: Key(1)] ClusterState State,
     [property: Key(2)] string? Model,
     [property: Key(3)] string[] Nodes,
     [property: Key(6)] DeviceUsage[] Devices,
@@ -75,7 +99,11 @@ public sealed record ClusterStatus(
     [property: Key(13)] int Queued = 0,
     [property: Key(14)] DeviceMapEntry[]? Moved = null,
     [property: Key(15)] int Recoveries = 0,
-    [property: Key(16)] DeviceTiming[]? Timings = null) : IShardPipeMessage;
+    [property: Key(16)] DeviceTiming[]? Timings = null) : IShardPipeMessage
+{
+    /// <summary>The state as people and JSON read it: <c>ready</c>, <c>recovering</c>…</summary>
+    [IgnoreMember] public string StateName => State.ToString().ToLowerInvariant();
+}
 
 /// <summary>A device's node timing as its worker last reported it (<see cref="StageTiming"/>).</summary>
 [MessagePackObject]
@@ -133,13 +161,13 @@ public sealed record SliceLoaded(
     [property: Key(1)] string WorkerPath,
     [property: Key(2)] long Bytes,
     [property: Key(3)] int Tensors,
-    [property: Key(4)] bool Streamed) : IShardPipeMessage;
+    [property: Key(4)] bool Streamed) : IShardPipeMessage, IPlanEpochFact;
 
 [MessagePackObject]
 public sealed record SliceFailed(
     [property: Key(0)] int PlanEpoch,
     [property: Key(1)] string WorkerPath,
-    [property: Key(2)] string Reason) : IShardPipeMessage;
+    [property: Key(2)] string Reason) : IShardPipeMessage, IPlanEpochFact;
 
 [MessagePackObject]
 public sealed record SliceProgress(
@@ -147,7 +175,7 @@ public sealed record SliceProgress(
     [property: Key(1)] string WorkerPath,
     [property: Key(2)] int TensorsDone,
     [property: Key(3)] int TensorsTotal,
-    [property: Key(4)] long BytesDone) : IShardPipeMessage;
+    [property: Key(4)] long BytesDone) : IShardPipeMessage, IPlanEpochFact;
 
 [MessagePackObject]
 public sealed record ReleaseSlice([property: Key(0)] int PlanEpoch) : IShardPipeMessage;

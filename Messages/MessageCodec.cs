@@ -1,7 +1,6 @@
 using System.Reflection;
 using MessagePack;
 using MessagePack.Resolvers;
-using ShardPipe.Checkpoints;
 
 namespace ShardPipe.Messages;
 

@@ -3,10 +3,20 @@ namespace ShardPipe.Messages;
 /// <summary>Marker for every message that may cross a node boundary; the one serializer is bound to it.</summary>
 public interface IShardPipeMessage { }
 
+/// <summary>
+/// A fact about one plan epoch (a slice loaded, failed, progressing…): the coordinator drops, in one place, every such
+/// fact whose epoch is not the plan it is waiting for.
+/// </summary>
+public interface IPlanEpochFact
+{
+    int PlanEpoch { get; }
+}
+
 /// <summary>Wire protocol constants. Keys are append-only; a breaking change bumps <see cref="Version"/>.</summary>
 public static class Protocol
 {
-    public const int Version = 5;
+    public const int Version = 6;
+    // 6: ClusterStatus.State is a ClusterState (an integer, was a string); ModelRecord.Request may be absent.
     // 5: continuous batching (StageBatch between stages) and chunked prefill (PromptRest): an older stage would drop them.
     // 4: registrations repeat and report the slice held (coordinator moves); ModelCommitted; resumable requests.
     // 2: bulk-channel chunks carry an XXH3-64 trailer (was CRC-32); activation links.

@@ -9,7 +9,7 @@ namespace ShardPipe.Messages;
 /// </summary>
 [MessagePackObject]
 public sealed record ModelRecord(
-    [property: Key(0)] LoadModel Request,
+    [property: Key(0)] LoadModel? Request,
     [property: Key(1)] string Folder,
     [property: Key(2)] int PlanEpoch,
     [property: Key(3)] PipelineHop[] Route,

@@ -1,7 +1,6 @@
 using System.Buffers;
 using MessagePack;
 using MessagePack.Formatters;
-using ShardPipe.Checkpoints;
 
 namespace ShardPipe.Messages;
 

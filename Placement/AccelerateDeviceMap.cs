@@ -157,7 +157,7 @@ public static class AccelerateDeviceMap
             var item = toTreat[0];
             toTreat.RemoveAt(0);
             string name = item.Name;
-            maxLayerNames = maxLayerNames.Where(n => n != name && !n.StartsWith(name + ".", StringComparison.Ordinal)).ToList();
+            maxLayerNames = maxLayerNames.Where(n => !ModulePath.Covers(name, n)).ToList();
             if (maxLayerNames.Count == 0) (maxLayer, maxLayerNames) = MaxLayerSize(toTreat, sizes, noSplit);
             double size = sizes[name];
 

@@ -50,7 +50,7 @@ public static class ClusterPlanner
         double replicated = 0;
         foreach (var g in tied)
         {
-            var owners = g.Select(k => units.FindIndex(u => k == u.Name || k.StartsWith(u.Name + ".", StringComparison.Ordinal)))
+            var owners = g.Select(k => units.FindIndex(u => ModulePath.Covers(u.Name, k)))
                 .Distinct().Order().Select(i => units[i].Name).ToList(); // the first unit in model order leads
             for (int i = 1; i < owners.Count; i++)
             {
@@ -138,7 +138,7 @@ public static class ClusterPlanner
         {
             string p = ModuleNode.Join(path, name);
             if (layers.Contains(p)) units.Add(new Unit(p, sizes[p], true));
-            else if (layers.Any(l => l.StartsWith(p + ".", StringComparison.Ordinal))) Flatten(child, p, layers, sizes, units);
+            else if (layers.Any(l => ModulePath.Covers(p, l))) Flatten(child, p, layers, sizes, units);
             else units.Add(new Unit(p, sizes[p], false));
         }
     }

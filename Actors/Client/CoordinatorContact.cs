@@ -18,17 +18,22 @@ public sealed class CoordinatorContact : ReceiveActor, IWithStash, IWithTimers
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly IReadOnlyList<Address> _contacts;
+    private readonly TimeSpan _probeTimeout, _probeRetry;
     private int _next;
     private long _probe;
 
-    public CoordinatorContact(IReadOnlyList<Address> contacts)
+    public CoordinatorContact(IReadOnlyList<Address> contacts, TimeSpan probeTimeout, TimeSpan probeRetry)
     {
         if (contacts.Count == 0) throw new InvalidInputException("a cluster client needs at least one contact point (HOST:PORT)");
         _contacts = contacts;
+        (_probeTimeout, _probeRetry) = (probeTimeout, probeRetry);
         Searching();
     }
 
-    public static Props Props(IReadOnlyList<Address> contacts) => Akka.Actor.Props.Create(() => new CoordinatorContact(contacts));
+    /// <param name="probeTimeout">A contact point silent this long is passed over for the next (<c>shardpipe.client.probe-timeout</c>).</param>
+    /// <param name="probeRetry">One that answers without a coordinator yet is asked again after this (<c>probe-retry</c>).</param>
+    public static Props Props(IReadOnlyList<Address> contacts, TimeSpan probeTimeout, TimeSpan probeRetry) =>
+        Akka.Actor.Props.Create(() => new CoordinatorContact(contacts, probeTimeout, probeRetry));
 
     public static ActorPath ProxyPath(Address node) => new RootActorPath(node) / "user" / "coordinator-proxy";
 
@@ -40,14 +45,14 @@ public sealed class CoordinatorContact : ReceiveActor, IWithStash, IWithTimers
         {
             var contact = _contacts[_next++ % _contacts.Count];
             Context.ActorSelection(ProxyPath(contact)).Tell(new Identify(++_probe));
-            Timers.StartSingleTimer("probe", new TryNext(), TimeSpan.FromMilliseconds(750)); // no answer: the next one
+            Timers.StartSingleTimer("probe", new TryNext(), _probeTimeout); // no answer: the next one
         });
         Receive<ActorIdentity>(id =>
         {
             if (!Equals(id.MessageId, _probe)) return; // an answer to an earlier probe
             if (id.Subject is null)
             {
-                Timers.StartSingleTimer("probe", new TryNext(), TimeSpan.FromMilliseconds(100));
+                Timers.StartSingleTimer("probe", new TryNext(), _probeRetry);
                 return;
             }
             Timers.Cancel("probe");

@@ -162,7 +162,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Unwatch();
         Context.SetReceiveTimeout(null);
         _attemptId = $"{_request.RequestId}~{_faults}"; // anything of the old attempt that still arrives is dropped
-        Timers.StartPeriodicTimer("poll", new PollStatus(), TimeSpan.Zero, TimeSpan.FromMilliseconds(250));
+        Timers.StartPeriodicTimer("poll", new PollStatus(), TimeSpan.Zero, _settings.StatusPollInterval);
         Timers.StartSingleTimer("deadline", new RecoveryDeadline(_faults), _settings.RecoveryTimeout);
         Become(Recovering);
     }
@@ -173,11 +173,11 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Receive<PollStatus>(_ => _coordinator.Tell(new GetStatus(_attemptId), Self));
         Receive<ClusterStatus>(s =>
         {
-            lastState = s.Detail is { } d ? $"{s.State}: {d}" : s.State;
+            lastState = s.Detail is { } d ? $"{s.StateName}: {d}" : s.StateName;
             // Still on its way back (or served on a route with a stage this request saw die): keep waiting. Any other
             // state answers for itself: ready serves the resumed request, empty or failed refuses it with the reason.
-            if (s.State is "starting" or "recovering" or "degraded" or "loading") return;
-            if (s.State == "ready" && s.Stages.Any(st => _lostStages.Contains(st.WorkerPath))) return;
+            if (s.State is ClusterState.Starting or ClusterState.Recovering or ClusterState.Degraded or ClusterState.Loading) return;
+            if (s.State == ClusterState.Ready && s.Stages.Any(st => _lostStages.Contains(st.WorkerPath))) return;
             Timers.Cancel("poll");
             Timers.Cancel("deadline");
             _stages = s.Stages;

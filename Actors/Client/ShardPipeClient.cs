@@ -53,7 +53,7 @@ akka.remote.dot-netty.tcp.port = 0");
         var system = ActorSystem.Create(ShardPipeNode.SystemName + "-client", Security.ClusterTls.SystemSetup(ReferenceConfig.Over(config), out var tls));
         // Contact points are reached over the client's own transport: TLS (akka.ssl.tcp) when it has a certificate.
         var over = contacts.Select(c => Security.ClusterTls.ForTransport(c, tls is not null)).ToList();
-        var contact = system.ActorOf(CoordinatorContact.Props(over), "coordinator-contact");
+        var contact = system.ActorOf(CoordinatorContact.Props(over, settings.ProbeTimeout, settings.ProbeRetry), "coordinator-contact");
         return new ShardPipeClient(system, contact, settings, ownsSystem: true);
     }
 

@@ -1,7 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
-using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Checkpoints;
@@ -10,52 +10,44 @@ using ShardPipe.Messages;
 namespace ShardPipe.Actors.Coordination;
 
 /// <summary>
-/// The cluster singleton, a thin shell over <see cref="CoordinatorState"/>: registers device workers, plans a
-/// model over them (<see cref="SlicePlanner"/>; the files are read off its thread), hands out slices and tracks
-/// the load to ready or failed, admits requests to the pipeline's first hop, and recovers a served model when
-/// stages are lost. States: <see cref="Starting"/> (a new coordinator hears what the workers hold), <see cref="Idle"/>
-/// (no model, or the last load failed), <see cref="Planning"/>, <see cref="Loading"/>, <see cref="Ready"/>,
-/// <see cref="Replanning"/> (lost modules being re-planned) and <see cref="Degraded"/> (the survivors lack memory).
+/// The cluster singleton: message plumbing and timers over <see cref="CoordinatorState{TCaller}"/>, where every
+/// decision is made — who is registered and lost (<see cref="WorkerRegistry"/>), what a new coordinator adopts, what a
+/// loss means, when a recovery starts, is planned again or degrades (<see cref="ModelTracker"/>), and which request
+/// starts or waits (<see cref="AdmissionQueue{TRequest,TCaller}"/>). Its behaviour is the tracker's
+/// <see cref="ClusterState"/> (<see cref="Enter"/>); facts of a plan epoch no longer awaited are dropped in one place
+/// (<see cref="Behave"/>).
 /// </summary>
 public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 {
     public ITimerScheduler Timers { get; set; } = null!;
     public IStash Stash { get; set; } = null!;
 
-    private sealed record Planned(LoadModel Request, IActorRef ReplyTo, int Epoch, ModelDescription Model);
-    private sealed record PlanFailed(LoadModel Request, IActorRef ReplyTo, string Reason);
-    private sealed record Replanned(int Epoch, ModelDescription Model);
-    private sealed record ReplanFailed(int Epoch, string Reason);
-    private sealed record LoadTimeout(int Epoch);
+    private sealed record Described(int PlanEpoch, LoadModel Request, ModelDescription Model) : IPlanEpochFact;
+    private sealed record DescribeFailed(int PlanEpoch, string Reason) : IPlanEpochFact;
+    private sealed record LoadTimeout(int PlanEpoch) : IPlanEpochFact;
     private sealed record SweepRequests;
     private sealed record StartWindowOver;
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly NodeSettings _settings;
-    private readonly CoordinatorState _state;
-    private readonly Dictionary<string, IActorRef> _refs = new(StringComparer.Ordinal); // worker path → its actor
-    private readonly Dictionary<string, (IClientRequest Request, IActorRef Caller)> _waiting = new(StringComparer.Ordinal); // queued
-    private readonly Dictionary<string, IActorRef> _running = new(StringComparer.Ordinal); // started: request id → caller
-    private readonly HashSet<Address> _leaving = new(); // nodes that announced a graceful leave
-    private readonly HashSet<Address> _unreachable = new(); // nodes the failure detector gave up on (their workers are lost)
-    private readonly Dictionary<string, HeldSlice> _held = new(StringComparer.Ordinal); // what workers reported while starting
-    private readonly HashSet<Address> _reported = new(); // worker nodes heard from while starting
-    private (LoadModel Request, IActorRef ReplyTo, DateTime Started)? _load;
-    private DateTime _recoveryStarted;
+    private readonly CoordinatorState<IActorRef> _state;
+    private readonly WorkerRefs _refs = new();
+    private (LoadModel Request, IActorRef ReplyTo, DateTime Started)? _load; // the load a client waits for
+
+    private ModelTracker Model => _state.Model;
 
     public CoordinatorActor(NodeSettings settings)
     {
         _settings = settings;
-        _state = new CoordinatorState(Protocol.Version, settings.MaxFrameSize, settings.MaxInFlight, settings.MaxQueued);
-        _state.BeginStart();
-        Starting();
+        _state = new(Protocol.Version, settings.MaxFrameSize, settings.MaxInFlight, settings.MaxQueued);
+        Enter();
     }
 
     public static Props Props(NodeSettings settings) => Akka.Actor.Props.Create(() => new CoordinatorActor(settings));
 
     protected override void PreStart()
     {
-        Timers.StartPeriodicTimer("sweep", new SweepRequests(), TimeSpan.FromSeconds(10));
+        Timers.StartPeriodicTimer("sweep", new SweepRequests(), _settings.RequestSweepInterval);
         Timers.StartSingleTimer("start-window", new StartWindowOver(), _settings.StartWindow);
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
             typeof(ClusterEvent.MemberLeft), typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.ReachableMember), typeof(ClusterEvent.MemberRemoved));
@@ -63,466 +55,289 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     protected override void PostStop() => Cluster.Get(Context.System).Unsubscribe(Self);
 
-    /// <summary>What every state answers: registrations, status, membership, departures, unload.</summary>
-    private void Always()
+    /// <summary>Behaves as the cluster's state says: one closed set for the behaviour and for status.</summary>
+    private void Enter() => Become(Model.State switch
     {
+        ClusterState.Starting => () => Behave(() => Receive<StartWindowOver>(_ => AdoptHeld()), load: _ => Stash.Stash()),
+        ClusterState.Loading or ClusterState.Recovering => () => Behave(Loading, load: Refuse),
+        ClusterState.Stopping => Stopping,
+        _ => () => Behave(() => { }, load: StartPlanning), // empty, failed, ready, degraded: a new load replaces the model
+    });
+
+    /// <summary>A state's own handlers, between the one drop of stale plan facts and what every state answers.</summary>
+    private void Behave(Action own, Action<LoadModel> load)
+    {
+        Receive<IPlanEpochFact>(f => !Model.IsCurrent(f.PlanEpoch), _ => { });
+        own();
+        Receive(load);
+        Receive<ClusterStopping>(_ => { Timers.CancelAll(); Model.Stop(); Sender.Tell(ClusterStopping.Instance); Enter(); });
         Receive<RegisterWorker>(OnRegister);
         Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
+        Receive<IClientRequest>(Admit);
         Receive<Terminated>(t =>
         {
-            var workers = _refs.Where(kv => kv.Value.Equals(t.ActorRef)).Select(kv => kv.Key).ToList();
-            if (workers.Count > 0) Lost(workers, t.ActorRef.Path.Address);
+            if (_refs.PathsOf(t.ActorRef) is { Count: > 0 } workers) Lost(workers, t.ActorRef.Path.Address.ToString());
             else CallerGone(t.ActorRef);
         });
-        Receive<ClusterEvent.MemberLeft>(m => _leaving.Add(m.Member.Address));
+        Receive<ClusterEvent.MemberLeft>(m => _state.Registry.NodeLeaving(m.Member.Address.ToString()));
         Receive<ClusterEvent.UnreachableMember>(u =>
         {
             // Recovery starts on unreachability, not on removal (which waits for the downing decision).
-            _unreachable.Add(u.Member.Address);
-            var lost = _state.Workers.Where(w => AddressOf(w.Path) == u.Member.Address).Select(w => w.Path).ToList();
+            var lost = _state.Registry.NodeUnreachable(u.Member.Address.ToString());
             if (lost.Count > 0) _log.Warning("node {0} is unreachable: its workers are lost", u.Member.Address);
-            Lost(lost, u.Member.Address);
+            Lost(lost, u.Member.Address.ToString());
         });
-        Receive<ClusterEvent.ReachableMember>(r => _unreachable.Remove(r.Member.Address)); // its workers register again
-        Receive<ClusterEvent.MemberRemoved>(r => _unreachable.Remove(r.Member.Address));
-        Receive<ClusterEvent.IMemberEvent>(_ => { });
-        Receive<ClusterEvent.CurrentClusterState>(_ => { });
+        Receive<ClusterEvent.ReachableMember>(r => _state.Registry.NodeBack(r.Member.Address.ToString())); // its workers register again
+        Receive<ClusterEvent.MemberRemoved>(r => _state.Registry.NodeBack(r.Member.Address.ToString()));
         Receive<UnloadModel>(u =>
         {
-            if (_state.Pending is { } pending) FailLoad(pending.Epoch, "the load was cancelled by an unload");
-            else if (_load is { } planning) planning.ReplyTo.Tell(new LoadFailed(planning.Request.RequestId, "the load was cancelled by an unload"));
-            _load = null;
-            Unload(null);
+            AnswerLoad(new LoadFailed(_load?.Request.RequestId ?? "", "the load was cancelled by an unload"));
+            Unload();
             Sender.Tell(new ModelUnloaded(u.RequestId));
-            Become(Idle);
+            Enter();
         });
-        Receive<SweepRequests>(_ =>
-        {
-            // A request whose stages went silent without dying is failed by its caller's stall timeout; free its slot too.
-            foreach (var id in _state.Stale(DateTime.UtcNow, _settings.RequestTimeout * 10)) Finished(id);
-        });
+        // A request whose stages went silent without dying is failed by its caller's stall timeout; free its slot too.
+        Receive<SweepRequests>(_ => { foreach (var id in _state.Admission.Stale(DateTime.UtcNow, _settings.RequestTimeout * 10)) Finished(id); });
         Receive<GenerationDone>(d => Finished(d.RequestId));
         Receive<RequestFailed>(f => Finished(f.RequestId));
-        Receive<ModelUnloaded>(_ => { });
-        // Facts of a load or plan that is no longer in progress (unloaded, failed, superseded): dropped.
-        Receive<Planned>(_ => { });
-        Receive<PlanFailed>(_ => { });
-        Receive<Replanned>(_ => { });
-        Receive<ReplanFailed>(_ => { });
-        Receive<SliceLoaded>(_ => { });
-        Receive<SliceFailed>(_ => { });
-        Receive<SliceProgress>(_ => { });
-        Receive<LoadTimeout>(_ => { });
-        Receive<StartWindowOver>(_ => { });
+        ReceiveAny(_ => { }); // other member events, late timers, a worker's ModelUnloaded, a current plan fact of no use here
     }
 
-    /// <summary>
-    /// A new coordinator (first start, or the singleton moved here): for <c>start-window</c> it only listens to the
-    /// workers' registrations — which report the slice each holds — then adopts the newest model they hold.
-    /// </summary>
-    private void Starting()
-    {
-        Receive<StartWindowOver>(_ => AdoptHeld());
-        Receive<LoadModel>(_ => Stash.Stash());
-        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator", "the coordinator is starting; retry shortly", Retryable: true)));
-        Always();
-    }
-
-    /// <summary>Every worker node that is up and reachable has registered (so what the cluster holds is known).</summary>
-    private bool EveryWorkerNodeReported()
-    {
-        var cluster = Cluster.Get(Context.System);
-        var workerNodes = cluster.State.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole("worker") && !cluster.State.Unreachable.Contains(m)).ToList();
-        return workerNodes.Count > 0 && workerNodes.All(m => _reported.Contains(m.Address)); // no membership seen yet: the window decides
-
-    }
-
-    private void AdoptHeld()
-    {
-        _reported.Clear();
-        var records = _held.Values.Where(h => h.Record is not null).Select(h => h.Record!).ToList();
-        var newest = records.OrderByDescending(r => r.PlanEpoch).FirstOrDefault();
-        int highest = _held.Values.Select(h => h.PlanEpoch).Concat(records.Select(r => r.PlanEpoch)).DefaultIfEmpty(0).Max();
-        var holders = newest is null ? new HashSet<string>() : _held.Where(kv => kv.Value.PlanEpoch == newest.PlanEpoch).Select(kv => kv.Key).ToHashSet(StringComparer.Ordinal);
-        var missing = _state.Adopt(newest, holders, highest);
-        foreach (var (path, held) in _held)
-            if (held.PlanEpoch != newest?.PlanEpoch && _refs.TryGetValue(path, out var stale))
-                stale.Tell(new ReleaseSlice(held.PlanEpoch)); // a slice of a model no longer served (a load the old coordinator never finished)
-        _held.Clear();
-        Stash.UnstashAll();
-        if (newest is null)
-        {
-            Become(Idle);
-            return;
-        }
-        _log.Info("adopted model {0} (epoch {1}) from the workers{2}", newest.Folder, newest.PlanEpoch,
-            missing.Count > 0 ? $"; {missing.Count} stage(s) missing: recovering" : "");
-        if (missing.Count > 0) StartRecovery($"stage(s) {string.Join(", ", missing.Select(Describe))} did not report after the coordinator moved");
-        else
-        {
-            Commit(_state.Loaded!);
-            Become(Ready);
-        }
-    }
-
-    private void Idle()
-    {
-        Receive<LoadModel>(StartPlanning);
-        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator",
-            $"no model is loaded (state: {_state.StateName}{(_state.Failure is { } f ? $": {f}" : "")})")));
-        Always();
-    }
-
-    private void Planning()
-    {
-        Receive<Planned>(OnPlanned);
-        Receive<PlanFailed>(f =>
-        {
-            _state.Unload(f.Reason);
-            _load = null;
-            f.ReplyTo.Tell(new LoadFailed(f.Request.RequestId, f.Reason));
-            Become(Idle);
-        });
-        Busy();
-    }
-
+    /// <summary>A plan (first, or of a recovery) made off the actor's thread, then its slices loaded.</summary>
     private void Loading()
     {
+        Receive<Described>(d => SendSlices(_state.Plan(d.Request, d.Model, d.PlanEpoch)));
+        Receive<DescribeFailed>(f => FailLoad(f.PlanEpoch, f.Reason));
         Receive<SliceLoaded>(OnSliceLoaded);
         Receive<SliceFailed>(f => FailLoad(f.PlanEpoch, f.Reason));
-        Receive<LoadTimeout>(t => FailLoad(t.Epoch, $"load did not finish within {_settings.LoadTimeout.TotalSeconds:0} s " +
-            $"(waiting for {string.Join(", ", _state.Pending?.Waiting.Keys.Select(Describe) ?? Array.Empty<string>())})"));
-        Receive<SliceProgress>(p =>
-        {
-            // Progress goes to whoever asked for it; the load request itself is answered once, at the end.
-            if (_state.Pending is { } pending && p.PlanEpoch == pending.Epoch && _load?.Request.ProgressTo is { } to)
-                Resolve(to).Tell(p with { WorkerPath = Describe(p.WorkerPath) });
-        });
-        Busy();
+        Receive<LoadTimeout>(t => FailLoad(t.PlanEpoch, $"load did not finish within {_settings.LoadTimeout.TotalSeconds:0} s " +
+            $"(waiting for {string.Join(", ", Model.Pending?.Waiting.Keys.Select(_state.Describe) ?? Array.Empty<string>())})"));
+        // Progress goes to whoever asked for it; the load request itself is answered once, at the end.
+        Receive<SliceProgress>(p => { if (_load?.Request.ProgressTo is { } to) Resolve(to).Tell(p with { WorkerPath = _state.Describe(p.WorkerPath) }); });
     }
 
-    /// <summary>Planning, loading or recovering: another load waits its turn; requests wait for the model.</summary>
-    private void Busy()
+    /// <summary>The whole cluster is shutting down (<see cref="ClusterStopping"/>): no recovery starts; only status is answered.</summary>
+    private void Stopping()
     {
-        Receive<LoadModel>(r => Sender.Tell(new LoadFailed(r.RequestId, _state.Recovering
-            ? $"the cluster is recovering {_state.Loaded?.Model}; unload it first or retry when it is ready"
-            : $"a load of {_load?.Request.Model} is in progress")));
-        Receive<IClientRequest>(r => Admit(r, Sender));
-        Always();
+        Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
+        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator", "the cluster is shutting down")));
+        ReceiveAny(_ => { });
     }
 
-    private void Ready()
-    {
-        Receive<LoadModel>(StartPlanning);
-        Receive<IClientRequest>(r => Admit(r, Sender));
-        Always();
-    }
-
-    /// <summary>Lost modules are being re-planned (the files are read off the actor's thread).</summary>
-    private void Replanning()
-    {
-        Receive<Replanned>(OnReplanned);
-        Receive<ReplanFailed>(f => Degrade(f.Epoch, f.Reason));
-        Busy();
-    }
-
-    /// <summary>The survivors lack the memory: requests are refused (retryably) until a node with room joins.</summary>
-    private void Degraded()
-    {
-        Receive<LoadModel>(StartPlanning); // a new load replaces the degraded model
-        Receive<IClientRequest>(r => Admit(r, Sender));
-        Always();
-    }
+    private void Refuse(LoadModel r) => Sender.Tell(new LoadFailed(r.RequestId, Model.Recovering
+        ? $"the cluster is recovering {Model.Loaded?.Folder}; unload it first or retry when it is ready"
+        : $"a load of {_load?.Request.Model} is in progress"));
 
     private void OnRegister(RegisterWorker r)
     {
-        var from = SenderRules.NodeOf(Context.System, Sender);
-        if (_unreachable.Contains(from)) return; // lost until the failure detector says otherwise
+        string from = SenderRules.NodeOf(Context.System, Sender).ToString();
+        if (_state.Registry.IsUnreachable(from)) return; // lost until the failure detector says otherwise
         if (SenderRules.RegistrationProblem(Context.System, Sender, r.Devices.Select(d => d.ActorPath)) is { } intake)
         {
             _log.Warning("refused a registration as {0}: {1}", r.NodeName, intake);
             Sender.Tell(new WorkerRefused(r.NodeName, $"registration refused: {intake}", Transient: true));
             return;
         }
-        if (_state.Starting) _reported.Add(from);
-        var outcome = _state.Register(r);
-        switch (outcome)
+        var reg = _state.Register(r, from, () => // worker nodes up and reachable: a new coordinator waits to hear from each
         {
-            case Registration.Refused refused:
-                _log.Error("refusing node {0} ({1}): {2}", r.NodeName, Sender.Path.Address, refused.Reason);
-                Sender.Tell(new WorkerRefused(r.NodeName, refused.Reason));
-                return;
-            case Registration.Accepted accepted:
-                foreach (var d in accepted.RefusedDevices) _log.Error("refusing device {0}: {1}", d.Device, d.Reason);
-                foreach (var w in accepted.Joined)
-                {
-                    _refs[w.Path] = Sender;
-                    Context.Watch(Sender);
-                    _log.Info("worker {0} joined with {1}", w, ByteSize.Format(w.Budget));
-                }
-                Sender.Tell(accepted.RefusedDevices.Count > 0 && accepted.Joined.Count == 0 && r.Devices.All(d => _state.Worker(d.ActorPath) is null)
-                    ? new WorkerRefused(r.NodeName, string.Join("; ", accepted.RefusedDevices.Select(d => $"{d.Device}: {d.Reason}")))
-                    : new WorkerRegistered(r.NodeName));
-                break;
-        }
-        if (r.Holding is { } held && r.Devices.Length == 1 && _state.Worker(r.Devices[0].ActorPath) is not null)
-            Holding(r.Devices[0].ActorPath, held);
-        if (_state.Starting && EveryWorkerNodeReported())
+            var cluster = Cluster.Get(Context.System).State;
+            return cluster.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole(Roles.Worker) && !cluster.Unreachable.Contains(m)).Select(m => m.Address.ToString()).ToList();
+        });
+        if (reg.RefusedNode is { } why) _log.Error("refusing node {0} ({1}): {2}", r.NodeName, Sender.Path.Address, why);
+        foreach (var d in reg.RefusedDevices) _log.Error("refusing device {0}: {1}", d.Device, d.Reason);
+        foreach (var w in reg.Joined)
         {
-            Timers.Cancel("start-window");
-            AdoptHeld();
-            return;
+            _refs.Add(w.Path, Sender);
+            Context.Watch(Sender);
+            _log.Info("worker {0} joined with {1}", w, ByteSize.Format(w.Budget));
         }
-        // Capacity joined while degraded: try the recovery again.
-        if (outcome is Registration.Accepted { Joined.Count: > 0 } && _state.Degraded is not null && _state.Pending is null) StartRecovery("capacity joined");
+        Sender.Tell(reg.Reply);
+        if (reg.Release is var (path, epoch))
+        {
+            _log.Info("worker {0} holds a slice of epoch {1}, which is not served: released", _state.Describe(path), epoch);
+            _refs.Tell(path, new ReleaseSlice(epoch));
+        }
+        if (reg.Adopt) AdoptHeld();
+        else if (reg.RetryRecovery) StartRecovery("capacity joined");
     }
 
-    /// <summary>What a registered worker says it holds: collected while starting; a slice of no epoch in use is released.</summary>
-    private void Holding(string path, HeldSlice held)
+    /// <summary>A new coordinator (first start, or the singleton moved here) takes over the newest model the workers hold.</summary>
+    private void AdoptHeld()
     {
-        if (_state.Starting)
+        Timers.Cancel("start-window");
+        var adoption = Model.Adopt(_refs.Has);
+        foreach (var (path, epoch) in adoption.Release) _refs.Tell(path, new ReleaseSlice(epoch));
+        Stash.UnstashAll();
+        if (adoption.Model is { } model)
+            _log.Info("adopted model {0} (epoch {1}) from the workers{2}", model.Folder, model.PlanEpoch,
+                adoption.Missing.Count > 0 ? $"; {adoption.Missing.Count} stage(s) missing: recovering" : "");
+        if (adoption.Missing.Count > 0)
+            StartRecovery($"stage(s) {string.Join(", ", adoption.Missing.Select(_state.Describe))} did not report after the coordinator moved");
+        else
         {
-            _held[path] = held;
-            return;
-        }
-        bool inUse = held.PlanEpoch == _state.Loaded?.Epoch || held.PlanEpoch == _state.Pending?.Epoch;
-        if (!inUse && held.PlanEpoch < _state.Epoch)
-        {
-            _log.Info("worker {0} holds a slice of epoch {1}, which is not served: released", Describe(path), held.PlanEpoch);
-            _refs[path].Tell(new ReleaseSlice(held.PlanEpoch));
+            if (adoption.Model is { } served) _refs.Commit(served);
+            Enter();
         }
     }
 
     private void StartPlanning(LoadModel request)
     {
-        Unload(null);
-        int epoch = _state.NextEpoch();
-        var replyTo = Sender;
-        _load = (request, replyTo, DateTime.UtcNow);
-        var settings = _settings;
-        // Reading config.json and the checkpoint's headers is file I/O: off the actor's thread.
-        Task.Run(() => ModelDescription.Read(request, settings.HasLocal)).PipeTo(Self,
-            success: m => new Planned(request, replyTo, epoch, m),
-            failure: ex => new PlanFailed(request, replyTo, ShardPipeException.Describe(ex)));
-        Become(Planning);
+        Unload();
+        int epoch = Model.BeginPlan();
+        _load = (request, Sender, DateTime.UtcNow);
+        Describe(request, epoch);
+        Enter();
     }
 
-    private void OnPlanned(Planned p)
+    /// <summary>Reads the model's config and checkpoint headers off the actor's thread (file I/O); the outcome comes back as a message.</summary>
+    private void Describe(LoadModel request, int epoch)
     {
-        LoadPlan plan;
-        try { plan = SlicePlanner.Plan(p.Model, p.Request, _state.Workers, p.Epoch); }
-        catch (Exception ex) // a bad request must never restart the coordinator (it would forget every worker)
+        Func<string, bool> local = _settings.HasLocal;
+        Task.Run(() => ModelDescription.Read(request, local)).PipeTo(Self,
+            success: m => new Described(epoch, request, m), failure: ex => new DescribeFailed(epoch, ShardPipeException.Describe(ex)));
+    }
+
+    /// <summary>A plan goes out (its slices to the workers, a timer for the whole load); a plan that could not be made fails the load.</summary>
+    private void SendSlices((LoadPlan? Plan, int Epoch, string? Error) planned)
+    {
+        if (planned.Plan is not { } plan)
         {
-            Self.Tell(new PlanFailed(p.Request, p.ReplyTo, ex.Message));
+            FailLoad(planned.Epoch, planned.Error!);
             return;
         }
-        SendSlices(plan);
-        _log.Info("loading {0} (epoch {1}) on {2} workers", p.Request.Model, p.Epoch, plan.Slices.Count);
-        Become(Loading);
-    }
-
-    private void SendSlices(LoadPlan plan)
-    {
-        foreach (var (worker, slice) in plan.Slices) _refs[worker.Path].TellChunked(slice); // a big model's slice index may exceed one frame
-        _state.BeginLoad(plan.Result.Model, plan.Result.Epoch, plan.Slices.ToDictionary(s => s.Worker.Path, s => s.Slice.PlannedBytes), plan.Result);
-        Timers.StartSingleTimer("load-timeout", new LoadTimeout(plan.Result.Epoch), _settings.LoadTimeout);
+        if (Model.Recovering) _log.Info("recovery plan (epoch {0}): {1}", plan.Result.PlanEpoch, CoordinatorState<IActorRef>.Moves(plan.Result, "nothing moves"));
+        else _log.Info("loading {0} (epoch {1}) on {2} workers", plan.Result.Folder, plan.Result.PlanEpoch, plan.Slices.Count);
+        _refs.Send(plan);
+        Model.BeginLoad(plan.Slices.ToDictionary(s => s.Worker.Path, s => s.Slice.PlannedBytes), plan.Result);
+        Timers.StartSingleTimer("load-timeout", new LoadTimeout(plan.Result.PlanEpoch), _settings.LoadTimeout);
     }
 
     private void OnSliceLoaded(SliceLoaded s)
     {
-        // The worker is known by the actor that sent the fact, not by the path it names.
-        string? path = _refs.FirstOrDefault(kv => kv.Value.Equals(Sender)).Key;
-        bool recovery = _state.Recovering;
-        if (path is null || _state.SliceLoaded(path, s) is not { } loaded) return;
+        bool recovery = Model.Recovering;
+        if (_refs.PathOf(Sender) is not { } path || _state.SliceLoaded(path, s) is not { } loaded) return;
         Timers.Cancel("load-timeout");
-        Commit(loaded);
+        _refs.Commit(loaded);
+        Enter();
         if (recovery)
         {
-            _log.Warning("model {0} recovered (epoch {1}) in {2:0.00} s: moved {3}", loaded.Model, loaded.Epoch, (DateTime.UtcNow - _recoveryStarted).TotalSeconds,
-                loaded.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing");
-            // Workers that hold a slice of the old epoch and are not in the new plan free it.
-            foreach (var r in _refs.Where(kv => loaded.Stages.All(st => st.WorkerPath != kv.Key)).Select(kv => kv.Value).Distinct())
-                r.Tell(new ReleaseSlice(loaded.Epoch - 1)); // any older epoch's slice
-            Become(Ready);
-            foreach (var id in _state.Drain(DateTime.UtcNow))
-                if (_waiting.Remove(id, out var w)) Start(w.Request, w.Caller);
-            return;
+            _log.Warning("model {0} recovered (epoch {1}) in {2:0.00} s: moved {3}", loaded.Folder, loaded.PlanEpoch,
+                (DateTime.UtcNow - Model.RecoveryStarted).TotalSeconds, CoordinatorState<IActorRef>.Moves(loaded, "nothing"));
+            // Workers that hold a slice of the old epoch and are not in the new plan free it (any older epoch's slice).
+            _refs.Release(loaded.PlanEpoch - 1, where: w => loaded.Stages.All(st => st.WorkerPath != w));
+            foreach (var (_, request, caller) in _state.Admission.Drain(Model.State, DateTime.UtcNow)) Start(request, caller);
         }
-        if (_load is not { } load) return;
-        double seconds = (DateTime.UtcNow - load.Started).TotalSeconds;
-        _log.Info("model {0} ready (epoch {1}) in {2:0.00} s", loaded.Model, loaded.Epoch, seconds);
-        load.ReplyTo.Tell(new ModelLoaded(load.Request.RequestId, loaded.Epoch, loaded.Usage, seconds, loaded.Stages, loaded.DeviceMap));
-        _load = null;
-        Become(Ready);
+        else if (_load is { } load)
+        {
+            double seconds = (DateTime.UtcNow - load.Started).TotalSeconds;
+            _log.Info("model {0} ready (epoch {1}) in {2:0.00} s", loaded.Folder, loaded.PlanEpoch, seconds);
+            AnswerLoad(new ModelLoaded(load.Request.RequestId, loaded.PlanEpoch, loaded.Devices, seconds, loaded.Stages, loaded.DeviceMap));
+        }
     }
 
-    /// <summary>Every stage worker keeps the served model's record, so that a coordinator elsewhere can serve it again.</summary>
-    private void Commit(LoadedModel model)
+    /// <summary>The client that asked for the load in progress gets its one answer.</summary>
+    private void AnswerLoad(object answer)
     {
-        var commit = new ModelCommitted(model.ToRecord());
-        foreach (var path in model.Stages.Select(s => s.WorkerPath).Distinct())
-            if (_refs.TryGetValue(path, out var r)) r.TellChunked(commit);
+        _load?.ReplyTo.Tell(answer);
+        _load = null;
     }
 
     private void FailLoad(int epoch, string reason)
     {
-        bool recovery = _state.Recovering;
-        if (!_state.FailLoad(epoch, reason)) return;
-        Timers.Cancel("load-timeout");
-        if (recovery)
+        bool sent = Model.Pending is not null;
+        var failure = Model.FailLoad(epoch, reason);
+        if (failure != LoadFailure.Stale) Timers.Cancel("load-timeout");
+        switch (failure)
         {
-            // A recovery load that fails (a survivor lost too, a slice refused) is planned again from what is left.
-            _log.Warning("recovery load (epoch {0}) failed: {1}", epoch, reason);
-            StartRecovery(reason);
-            return;
+            case LoadFailure.Recover:
+                _log.Warning("recovery load (epoch {0}) failed: {1}", epoch, reason);
+                StartRecovery(reason);
+                return;
+            case LoadFailure.Degraded:
+                _log.Error("model {0} {1}", Model.Loaded?.Folder, Model.Failure);
+                Enter();
+                return;
+            case LoadFailure.Failed:
+                if (sent) _log.Warning("load of {0} failed: {1}", _load?.Request.Model, reason);
+                if (sent) _refs.Release(epoch); // never a half-loaded model
+                AnswerLoad(new LoadFailed(_load?.Request.RequestId ?? "", reason));
+                Enter();
+                return;
         }
-        _log.Warning("load of {0} failed: {1}", _load?.Request.Model, reason);
-        foreach (var r in _refs.Values.Distinct()) r.Tell(new ReleaseSlice(epoch)); // never a half-loaded model
-        if (_load is { } load) load.ReplyTo.Tell(new LoadFailed(load.Request.RequestId, reason));
-        _load = null;
-        Become(Idle);
     }
 
     /// <summary>Workers lost (their node crashed, was cut off, paused past the failure detector, or left).</summary>
-    private void Lost(IReadOnlyList<string> paths, Address address)
+    private void Lost(IReadOnlyList<string> paths, string node)
     {
         if (paths.Count == 0) return;
-        bool graceful = _leaving.Contains(address);
-        bool failsLoad = false, losesModel = false;
-        var names = new List<string>();
-        foreach (var path in paths)
-        {
-            string name = Describe(path);
-            names.Add(name);
-            var (f, l) = _state.Remove(path);
-            failsLoad |= f;
-            losesModel |= l;
-            _refs.Remove(path);
-            if (graceful) _log.Info("worker {0} left the cluster", name);
+        string what = _state.LossSummary(paths);
+        foreach (var name in paths.Select(_state.Describe))
+            if (_state.Registry.IsLeaving(node)) _log.Info("worker {0} left the cluster", name);
             else _log.Warning("worker {0} was lost", name);
-        }
-        string what = $"node {names[0].Split('/')[0]} ({string.Join(", ", names)}) was lost";
-        if (_state.Starting) return; // adoption counts the stages that reported
-        if (failsLoad && _state.Pending is { } pending) FailLoad(pending.Epoch, $"{what} during the load");
-        else if (losesModel && _state.Loaded is not null && _state.Pending is null) StartRecovery(what);
+        _refs.Remove(paths);
+        var loss = _state.Lose(paths);
+        if (loss == Loss.FailsLoad) FailLoad(Model.Pending!.Epoch, $"{what} during the load");
+        else if (loss == Loss.Recover) StartRecovery(what);
     }
 
-    /// <summary>
-    /// The served model lost stages: re-plan the lost modules onto the survivors under a new epoch (only what moved
-    /// is loaded), or mark it degraded when they lack the memory.
-    /// </summary>
+    /// <summary>The served model lost stages: its lost modules are re-planned onto the survivors under a new epoch (only what moved is loaded).</summary>
     private void StartRecovery(string why)
     {
-        var served = _state.Loaded!;
-        if (!_state.Recovering) _recoveryStarted = DateTime.UtcNow;
-        _state.BeginRecovery();
+        var served = Model.Loaded!;
+        int epoch = Model.BeginRecovery(DateTime.UtcNow);
         // Callers of requests in flight learn now (not when their own watch of the stages fires) and resume once ready.
-        foreach (var (id, caller) in _running)
+        foreach (var (id, caller) in _state.Admission.Interrupt())
             caller.Tell(new RequestFailed(id, "coordinator", $"{why}; the model is being recovered", Retryable: true));
-        _running.Clear();
-        int epoch = _state.NextEpoch();
-        _log.Warning("recovering {0} (epoch {1} → {2}): {3}", served.Model, served.Epoch, epoch, why);
-        var request = served.Request;
-        if (request is null)
-        {
-            Degrade(epoch, $"{why}; no load request is known for {served.Model}: load it again");
-            return;
-        }
-        var settings = _settings;
-        Task.Run(() => ModelDescription.Read(request, settings.HasLocal)).PipeTo(Self,
-            success: m => new Replanned(epoch, m),
-            failure: ex => new ReplanFailed(epoch, ShardPipeException.Describe(ex)));
-        Become(Replanning);
+        _log.Warning("recovering {0} (epoch {1} → {2}): {3}", served.Folder, served.PlanEpoch, epoch, why);
+        Enter();
+        if (served.Request is { } request) Describe(request, epoch);
+        else FailLoad(epoch, $"{why}; no load request is known for {served.Folder}: load it again");
     }
 
-    private void OnReplanned(Replanned r)
+    /// <summary>Forgets the model: every worker frees its slices of it; queued requests fail (those in flight fail by themselves).</summary>
+    private void Unload()
     {
-        if (r.Epoch != _state.Epoch) return; // superseded by a later loss
-        LoadPlan plan;
-        try { plan = SlicePlanner.Replan(r.Model, _state.Loaded!, _state.Workers, _state.Holders, r.Epoch).Plan; }
-        catch (Exception ex)
-        {
-            Degrade(r.Epoch, ex.Message);
-            return;
-        }
-        SendSlices(plan);
-        _log.Info("recovery plan (epoch {0}): {1}", r.Epoch, plan.Result.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing moves");
-        Become(Loading);
+        Timers.Cancel("load-timeout");
+        foreach (int epoch in new[] { Model.Loaded?.PlanEpoch, Model.Pending?.Epoch }.OfType<int>().Distinct()) _refs.Release(epoch);
+        foreach (var (id, caller) in _state.Admission.Clear())
+            caller.Tell(new RequestFailed(id, "coordinator", "the model was unloaded before this request started"));
+        Model.Unload();
     }
 
-    private void Degrade(int epoch, string reason)
+    private void Admit(IClientRequest request)
     {
-        if (epoch != _state.Epoch) return;
-        string detail = $"degraded: {reason} (plan epoch {epoch}); the model recovers by itself when a node with enough memory joins";
-        _log.Error("model {0} {1}", _state.Loaded?.Model, detail);
-        _state.MarkDegraded(detail);
-        Become(Degraded);
-    }
-
-    private void Unload(string? failure)
-    {
-        if (_state.Loaded is { } model)
-            foreach (var r in _refs.Values.Distinct()) r.Tell(new ReleaseSlice(model.Epoch));
-        foreach (var id in _state.Unload(failure))
-            if (_waiting.Remove(id, out var w)) w.Caller.Tell(new RequestFailed(id, "coordinator", "the model was unloaded before this request started"));
-        _running.Clear();
-        _waiting.Clear(); // requests in flight fail by themselves: their callers watch the stages
-    }
-
-    private void Admit(IClientRequest request, IActorRef caller)
-    {
-        switch (_state.Admit(request.RequestId, DateTime.UtcNow))
-        {
-            case Admission.Start: Start(request, caller); break;
-            case Admission.Queue:
-                _waiting[request.RequestId] = (request, caller);
-                Context.Watch(caller); // a caller that goes away while queued withdraws its request
-                break;
-            case Admission.Busy:
-                caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"busy: {_state.InFlight} requests in flight and {_state.Queued} queued; retry later"));
-                break;
-            case Admission.Recovering:
-                caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"the model is {_state.StateName}: {_state.Degraded ?? "lost stages are being re-planned"}", Retryable: true));
-                break;
-            default:
-                caller.Tell(new RequestFailed(request.RequestId, "coordinator", $"no model is loaded (state: {_state.StateName})"));
-                break;
-        }
+        var (admission, refusal) = _state.Admit(request, Sender, DateTime.UtcNow);
+        if (admission == Admission.Start) Start(request, Sender);
+        else if (admission == Admission.Queue) Context.Watch(Sender); // a caller that goes away while queued withdraws its request
+        else Sender.Tell(refusal);
     }
 
     /// <summary>
     /// A caller went away (its client exited, crashed or gave up): its requests are cancelled on every stage — the
-    /// stages drop their caches and any later step of them — and their slots freed.
+    /// stages drop their caches and any later step of them — and their slots freed; its queued ones withdrawn.
     /// </summary>
     private void CallerGone(IActorRef caller)
     {
-        var ids = _running.Where(kv => kv.Value.Equals(caller)).Select(kv => kv.Key).ToList();
-        foreach (var id in ids)
+        var (running, withdrawn) = _state.Admission.CallerGone(caller);
+        foreach (var id in running)
         {
-            if (_state.Loaded is { } model)
-                foreach (var stage in model.Route.Select(h => h.WorkerPath).Distinct()) Resolve(stage).Tell(new ReleaseRequest(id));
+            foreach (var stage in Model.Loaded?.Route.Select(h => h.WorkerPath).Distinct() ?? Enumerable.Empty<string>()) Resolve(stage).Tell(new ReleaseRequest(id));
             _log.Info("request {0} cancelled: its caller is gone", id);
             Finished(id);
         }
-        foreach (var id in _waiting.Where(kv => kv.Value.Caller.Equals(caller)).Select(kv => kv.Key).ToList())
-        {
-            _waiting.Remove(id);
-            _state.Withdraw(id); // a queued request never started: it only leaves the queue
-            _log.Info("queued request {0} withdrawn: its caller is gone", id);
-        }
+        foreach (var id in withdrawn) _log.Info("queued request {0} withdrawn: its caller is gone", id);
     }
 
     private void Finished(string requestId)
     {
-        if (_running.Remove(requestId, out var caller) && !_running.ContainsValue(caller) && !_waiting.Values.Any(w => w.Caller.Equals(caller)))
-            Context.Unwatch(caller);
-        foreach (var next in _state.Finish(requestId, DateTime.UtcNow))
-            if (_waiting.Remove(next, out var w)) Start(w.Request, w.Caller);
+        var (idle, next) = _state.Admission.Finish(requestId, Model.State, DateTime.UtcNow);
+        if (idle is not null) Context.Unwatch(idle);
+        foreach (var (_, request, caller) in next) Start(request, caller);
     }
 
     private void Start(IClientRequest request, IActorRef caller)
     {
-        var model = _state.Loaded!;
+        var model = Model.Loaded!;
         var (step, error) = FirstStep.Build(request, model, Akka.Serialization.Serialization.SerializedActorPath(caller),
             Akka.Serialization.Serialization.SerializedActorPath(Self), (int)Math.Min(int.MaxValue, Math.Max(_settings.MaxNewTokens, model.MaxPositions)));
         if (step is null)
@@ -531,15 +346,9 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             Finished(request.RequestId);
             return;
         }
-        _running[request.RequestId] = caller;
         Context.Watch(caller); // a caller that goes away cancels its requests
         Resolve(model.Route[0].WorkerPath).TellChunked(step, Self); // from the coordinator: stages take steps only from members
     }
 
     private IActorRef Resolve(string path) => ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(path);
-
-    private static Address? AddressOf(string path) => ActorPath.TryParse(path, out var p) ? p.Address : null;
-
-    private string Describe(string workerPath) => _state.Worker(workerPath)?.ToString()
-        ?? _state.Loaded?.Stages.FirstOrDefault(s => s.WorkerPath == workerPath)?.Device ?? workerPath;
 }

@@ -1,5 +1,6 @@
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Generation;
+using ShardPipe.Actors.Transport;
 
 namespace ShardPipe.Actors.Coordination;
 
@@ -12,7 +13,7 @@ public static class FirstStep
 {
     /// <summary>The step for hop 0, or the reason the request cannot run.</summary>
     /// <param name="maxNewTokens">The most new tokens a request may ask for (the node setting, at least the model's positions).</param>
-    public static (StageInput? Step, string? Error) Build(IClientRequest request, LoadedModel model, string replyTo, string coordinator, int maxNewTokens = int.MaxValue)
+    public static (StageInput? Step, string? Error) Build(IClientRequest request, ModelRecord model, string replyTo, string coordinator, int maxNewTokens = int.MaxValue)
     {
         var ids = request.InputIds;
         if (ids.Length == 0 || ids[0].Length == 0 || ids.Any(r => r.Length != ids[0].Length))
@@ -30,7 +31,7 @@ public static class FirstStep
                 var positions = f.PositionIds ?? DecodeRule.ForwardPositions(ids);
                 if (positions.Length != ids.Length || positions.Any(r => r.Length != ids[0].Length))
                     return (null, "position_ids must have the shape of input_ids");
-                return (new StageInput(f.RequestId, 0, 0, null, ids, mask, positions, replyTo, null, model.Epoch, coordinator), null);
+                return (new StageInput(f.RequestId, 0, 0, null, ids, mask, positions, replyTo, null, model.PlanEpoch, coordinator), null);
             case Generate g:
                 if (g.MaxNewTokens < 1) return (null, $"max_new_tokens must be at least 1, not {g.MaxNewTokens}");
                 if (g.MaxNewTokens > maxNewTokens) return (null, $"max_new_tokens {g.MaxNewTokens} exceeds this cluster's limit of {maxNewTokens} (shardpipe.max-new-tokens)");
@@ -48,17 +49,17 @@ public static class FirstStep
                         return (null, $"a resumed token id is outside the vocabulary (0..{model.Vocab - 1})");
                     foreach (var t in resume)
                         for (int b = 0; b < ids.Length; b++)
-                            if (!g.IgnoreEos && model.Stop.Eos.Contains(t[b])) finished[b] = true;
+                            if (DecodeRule.EndsRow(t[b], model.EosTokenIds, g.IgnoreEos)) finished[b] = true;
                     ids = ids.Select((row, b) => row.Concat(resume.Select(t => t[b])).ToArray()).ToArray();
                     mask = mask.Select(row => row.Concat(Enumerable.Repeat(1L, resume.Length)).ToArray()).ToArray();
                     step = resume.Length;
                 }
                 if (g.PrefillChunk < 0) return (null, $"prefill_chunk must be 0 (whole prompt) or positive, not {g.PrefillChunk}");
                 var first = ChunkedPrefill.First(ids, mask, DecodeRule.PositionsFromMask(mask), g.PrefillChunk);
-                var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.Stop.Eos, model.Stop.Pad, finished, g.Sampling,
+                var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.EosTokenIds, model.PadTokenId, finished, g.Sampling,
                     g.Sampling.RepetitionPenalty != 1.0 ? ids : null, // the ids so far travel only when a penalty needs them
-                    first.Rest);
-                return (new StageInput(g.RequestId, step, 0, null, first.Ids, first.Mask, first.Positions, replyTo, state, model.Epoch, coordinator), null);
+                    PromptRestWire.ToWire(first.Rest));
+                return (new StageInput(g.RequestId, step, 0, null, first.Ids, first.Mask, first.Positions, replyTo, state, model.PlanEpoch, coordinator), null);
             default:
                 return (null, $"unknown request type {request.GetType().Name}");
         }

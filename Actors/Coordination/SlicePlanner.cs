@@ -32,7 +32,7 @@ public sealed record ModelDescription(string Folder, PretrainedConfig Config, Ca
 }
 
 /// <summary>A plan ready to send: each worker's slice and the model as it will be once every slice is in.</summary>
-public sealed record LoadPlan(IReadOnlyList<(WorkerInfo Worker, LoadSlice Slice)> Slices, LoadedModel Result);
+public sealed record LoadPlan(IReadOnlyList<(WorkerInfo Worker, LoadSlice Slice)> Slices, ModelRecord Result);
 
 /// <summary>
 /// Plans a described model over the registered workers (pure: no I/O, no actors): budgets per <c>node/device</c>
@@ -96,7 +96,8 @@ public static class SlicePlanner
         var stages = route.Select(h => new StageInfo(ordered.First(w => w.Path == h.WorkerPath).ToString(), h.WorkerPath)).ToArray();
         var deviceMap = plan.DeviceMap.Select(kv => new DeviceMapEntry(kv.Key, kv.Value.ToString())).ToArray();
         long positions = model.Config.GetLongOrNull("max_position_embeddings") ?? model.Config.GetLongOrNull("n_positions") ?? 2048;
-        return new LoadPlan(slices, new LoadedModel(model.Folder, epoch, route, deviceMap, deviceUsage, stages, model.Stop, meta.VocabSize, positions, request));
+        return new LoadPlan(slices, new ModelRecord(request, model.Folder, epoch, route, deviceMap, deviceUsage, stages, model.Stop.Eos, model.Stop.Pad,
+            meta.VocabSize, positions, 0, Array.Empty<DeviceMapEntry>()));
     }
 
     /// <summary>Pipeline order: nodes by name (node-2 before node-10), so that a plan does not depend on who registered first.</summary>
@@ -121,11 +122,11 @@ public static class SlicePlanner
     /// moves the lost ones; the result is planned as an explicit map over the survivors (budgets checked again).
     /// </summary>
     /// <param name="holders">Surviving workers that still hold their slice of the served epoch; the modules of any other device move.</param>
-    public static (LoadPlan Plan, RecoveryPlan Moves) Replan(ModelDescription model, LoadedModel served, IReadOnlyList<WorkerInfo> survivors,
+    public static (LoadPlan Plan, RecoveryPlan Moves) Replan(ModelDescription model, ModelRecord served, IReadOnlyList<WorkerInfo> survivors,
         IReadOnlySet<string> holders, int epoch)
     {
         if (survivors.Count == 0) throw new PlacementException("no device workers survive to hold the model");
-        var request = served.Request ?? throw new ClusterException($"no load request is known for {served.Model}; load it again");
+        var request = served.Request ?? throw new ClusterException($"no load request is known for {served.Folder}; load it again");
         var ordered = Ordered(survivors);
         var budgets = Budgets(ordered, request, ignoreUnknown: true);
         var map = served.DeviceMap.Select(e => new KeyValuePair<string, DeviceId>(e.Module, DeviceId.Parse(e.Device))).ToList();

@@ -9,7 +9,7 @@ namespace ShardPipe.Actors.Diagnostics;
 /// </summary>
 public sealed class NodeDiagnostics : IExtension
 {
-    private long _bulkBytesReceived, _linkFramesSent, _linkFramesReceived, _linksUp;
+    private long _bulkBytesReceived, _linkFramesSent, _linkFramesReceived, _linksUp, _refusedFromWire;
 
     /// <summary>This node's diagnostics (created on first use).</summary>
     public static NodeDiagnostics For(ActorSystem system) => system.WithExtension<NodeDiagnostics, NodeDiagnosticsProvider>();
@@ -23,6 +23,9 @@ public sealed class NodeDiagnostics : IExtension
 
     /// <summary>Activation links this node's workers have brought up (ever; a link that fails is not subtracted).</summary>
     public long LinksUp => Interlocked.Read(ref _linksUp);
+
+    /// <summary>Messages from the wire that this node's serializers refused before building them (typed by name, PoisonPill, Kill).</summary>
+    public long RefusedFromWire => Interlocked.Read(ref _refusedFromWire);
 
     /// <summary>Milliseconds spent computing each step on this node.</summary>
     public SampleLog<double> StepTimes { get; } = new();
@@ -44,10 +47,11 @@ public sealed class NodeDiagnostics : IExtension
     /// <summary>The port this node's activation-link listener took (0 while there is none).</summary>
     public int LinkListenerPort { get; set; }
 
-    private long _refused;
+    private long _refusedByIntake;
     /// <summary>Messages this node's workers refused or dropped by intake (a stranger's step, chunk or link request).</summary>
-    public long Refused => Interlocked.Read(ref _refused);
-    public void Refuse() => Interlocked.Increment(ref _refused);
+    public long RefusedByIntake => Interlocked.Read(ref _refusedByIntake);
+    public void RefuseByIntake() => Interlocked.Increment(ref _refusedByIntake);
+    public void Refused() => Interlocked.Increment(ref _refusedFromWire);
 }
 
 public sealed class NodeDiagnosticsProvider : ExtensionIdProvider<NodeDiagnostics>

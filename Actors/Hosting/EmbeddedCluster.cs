@@ -1,4 +1,7 @@
+using Akka.Actor;
 using Akka.Configuration;
+using ShardPipe.Actors.Coordination;
+using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Client;
 using ShardPipe.Modeling.Core;
 using ShardPipe.Placement;
@@ -38,7 +41,7 @@ public sealed class EmbeddedCluster : IAsyncDisposable
             for (int i = 0; i < layout.Count; i++)
             {
                 var (name, devices) = layout[i];
-                var roles = new[] { "coordinator", "worker" };
+                var roles = new[] { Roles.Coordinator, Roles.Worker };
                 // A disk device writes what it converts under the offload folder, one subfolder per node.
                 string? offload = offloadFolder is null ? null : $"shardpipe.offload-folder = \"{Path.Combine(offloadFolder, name).Replace("\\", "/")}\"";
                 var config = ShardPipeNode.LoopbackConfig(name, roles, devices, 0, localCheckpoints?.Invoke(i) ?? true, string.Join("\n", new[] { offload, extraConfig?.Invoke(i) }.OfType<string>()));
@@ -86,20 +89,32 @@ public sealed class EmbeddedCluster : IAsyncDisposable
         return Enumerable.Range(1, count).Select(i => ($"node-{i}", new List<(string, long)> { ("cpu", share) })).ToList();
     }
 
+    /// <summary>
+    /// Stops the whole cluster, quietly and at once: the coordinator is told first (<see cref="ClusterStopping"/>) so
+    /// that no departure starts a recovery, then every node stops without a graceful leave — nobody stays behind to
+    /// need one, and a leave of all members takes the gossip rounds of several seconds.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         await Client.DisposeAsync();
-        // Every node leaves at once (a graceful leave each; one that does not finish in time is stopped).
+        var live = Nodes.Where(n => !n.System.WhenTerminated.IsCompleted).ToList();
+        await Task.WhenAll(live.Select(StopCoordinatorOn));
         await Task.WhenAll(Nodes.Select(async node =>
         {
-            if (node.System.WhenTerminated.IsCompleted)
-            {
-                node.ReleasePort();
-                return;
-            }
-            try { await node.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10)); }
-            catch (TimeoutException) { await node.Kill(); node.ReleasePort(); }
+            await node.System.Terminate();
+            node.ReleasePort();
         }));
     }
 
+    /// <summary>Tells the coordinator, if this node hosts it, that the cluster stops; returns once it has heard.</summary>
+    private static async Task StopCoordinatorOn(ShardPipeNode node)
+    {
+        var wait = TimeSpan.FromSeconds(2);
+        try
+        {
+            var id = await node.System.ActorSelection($"/user/{Roles.SingletonName}/{Roles.SingletonName}").Ask<ActorIdentity>(new Identify(null), wait);
+            if (id.Subject is { } coordinator) await coordinator.Ask<ClusterStopping>(ClusterStopping.Instance, wait);
+        }
+        catch (AskTimeoutException) { } // a node busy past the wait: it stops all the same
+    }
 }

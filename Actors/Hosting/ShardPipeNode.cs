@@ -11,6 +11,7 @@ using ShardPipe.Modeling.Core;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Actors.Diagnostics;
+using ShardPipe.Actors.Membership;
 
 namespace ShardPipe.Actors.Hosting;
 
@@ -48,15 +49,15 @@ public sealed class ShardPipeNode : IAsyncDisposable
         else if (tls is not null)
             Logging.GetLogger(system, "tls").Info("mutual TLS on (certificate {0})", tls.Certificate.Subject);
         var address = Cluster.Get(system).SelfAddress;
-        var settings = NodeSettings.From(config, equalShareOf);
+        var settings = NodeSettings.From(config, tls, equalShareOf);
         if (settings.NodeName.Length == 0) settings = settings with { NodeName = $"{address.Host}:{address.Port}" };
         if (settings.IsCoordinator)
             system.ActorOf(ClusterSingletonManager.Props(CoordinatorActor.Props(settings), PoisonPill.Instance,
-                ClusterSingletonManagerSettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator");
+                ClusterSingletonManagerSettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), Roles.SingletonName);
         system.ActorOf(Props.Create(() => new HandshakeActor(settings, settings.DebugProtocolVersion ?? Protocol.Version)), "handshake");
-        var proxy = system.ActorOf(ClusterSingletonProxy.Props("/user/coordinator",
-            ClusterSingletonProxySettings.Create(system).WithRole("coordinator").WithSingletonName("coordinator")), "coordinator-proxy");
-        if (settings.DebugStepDelay is { } delay) FaultHooks.For(system).BeforeStep = () => Thread.Sleep(delay);
+        var proxy = system.ActorOf(ClusterSingletonProxy.Props($"/user/{Roles.SingletonName}",
+            ClusterSingletonProxySettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), "coordinator-proxy");
+        FaultHooks.FromConfig(system, config);
         if (settings.IsWorker)
         {
             TorchRuntime.Initialise();
@@ -99,6 +100,10 @@ akka.remote.dot-netty.tcp.hostname = 127.0.0.1
 akka.cluster.roles = [{string.Join(", ", roles)}]
 # In-process nodes are stopped by Kill() as by a crash: no coordinated shutdown (no leave); DisposeAsync leaves.
 akka.coordinated-shutdown.run-by-actor-system-terminate = off
+# Loopback costs nothing to gossip over: members are Up in a fraction of the default second-long rounds.
+akka.cluster.periodic-tasks-initial-delay = 100ms
+akka.cluster.gossip-interval = 200ms
+akka.cluster.leader-actions-interval = 200ms
 shardpipe.node-name = ""{nodeName}""
 shardpipe.devices = [{devs}]
 shardpipe.local-checkpoints = {(localCheckpoints ? "on" : "off")}

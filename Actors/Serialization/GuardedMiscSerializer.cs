@@ -14,8 +14,9 @@ namespace ShardPipe.Actors.Serialization;
 public sealed class GuardedMiscSerializer : SerializerWithStringManifest
 {
     private readonly MiscMessageSerializer _inner;
+    private readonly ExtendedActorSystem _system;
 
-    public GuardedMiscSerializer(ExtendedActorSystem system) : base(system) => _inner = new MiscMessageSerializer(system);
+    public GuardedMiscSerializer(ExtendedActorSystem system) : base(system) => (_inner, _system) = (new MiscMessageSerializer(system), system);
 
     public override int Identifier => _inner.Identifier;
 
@@ -23,10 +24,11 @@ public sealed class GuardedMiscSerializer : SerializerWithStringManifest
 
     public override byte[] ToBinary(object obj) => _inner.ToBinary(obj);
 
-    public override object FromBinary(byte[] bytes, string manifest) => manifest switch
+    public override object FromBinary(byte[] bytes, string manifest)
     {
-        "PP" or "K" => throw new System.Runtime.Serialization.SerializationException(
-            $"refused {(manifest == "PP" ? "PoisonPill" : "Kill")} from a remote peer: ShardPipe actors are not stopped from the wire"),
-        _ => _inner.FromBinary(bytes, manifest),
-    };
+        if (manifest is not ("PP" or "K")) return _inner.FromBinary(bytes, manifest);
+        Diagnostics.NodeDiagnostics.For(_system).Refused();
+        throw new System.Runtime.Serialization.SerializationException(
+            $"refused {(manifest == "PP" ? "PoisonPill" : "Kill")} from a remote peer: ShardPipe actors are not stopped from the wire");
+    }
 }

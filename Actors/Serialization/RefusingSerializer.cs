@@ -23,6 +23,9 @@ public sealed class RefusingSerializer : Serializer
     public override byte[] ToBinary(object obj) =>
         throw new System.Runtime.Serialization.SerializationException($"{obj.GetType().FullName} is not a ShardPipe wire message; it does not cross nodes");
 
-    public override object FromBinary(byte[] bytes, Type? type) =>
+    public override object FromBinary(byte[] bytes, Type? type)
+    {
+        Diagnostics.NodeDiagnostics.For(system).Refused();
         throw new System.Runtime.Serialization.SerializationException("refused a message serialized by type name (Akka's JSON serializer is not accepted from the wire)");
+    }
 }

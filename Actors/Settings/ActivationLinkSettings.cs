@@ -19,12 +19,14 @@ public sealed record ActivationLinkSettings
     public TimeSpan FrameTimeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Connections at once and the opening's deadline.</summary>
     public SideChannelLimits Limits { get; init; } = SideChannelLimits.Default;
+    /// <summary>How long a link's one-time token waits for the peer to connect.</summary>
+    public required TimeSpan OfferTimeout { get; init; }
 
-    public static ActivationLinkSettings From(Config config)
+    public static ActivationLinkSettings From(Config config, Security.ClusterTls? tls = null)
     {
         config = ReferenceConfig.Over(config);
         var a = config.GetConfig("shardpipe.activation-link");
-        var endpoint = SideChannelEndpoint.From(config, "shardpipe.activation-link");
+        var endpoint = SideChannelEndpoint.From(config, "shardpipe.activation-link", tls);
         long max = a.GetByteSize("max-frame-size") ?? 0;
         if (max < 64 << 10 || max > 1L << 30) throw new ConfigurationException($"shardpipe.activation-link.max-frame-size must be between 64 KiB and 1 GiB, not {max}");
         return new ActivationLinkSettings
@@ -35,6 +37,7 @@ public sealed record ActivationLinkSettings
             FrameTimeout = a.GetTimeSpan("frame-timeout") is { } ft && ft > TimeSpan.Zero ? ft
                 : throw new ConfigurationException("shardpipe.activation-link.frame-timeout must be positive"),
             Limits = SideChannelLimits.From(config, "shardpipe.activation-link"),
+            OfferTimeout = a.GetTimeSpan("offer-timeout"),
         };
     }
 }

@@ -13,12 +13,14 @@ public sealed record BulkSettings
     public required long MinBytes { get; init; }
     /// <summary>Connections at once and the opening's deadline.</summary>
     public SideChannelLimits Limits { get; init; } = SideChannelLimits.Default;
+    /// <summary>How long a tensor's one-time token waits for the worker to connect.</summary>
+    public required TimeSpan OfferTimeout { get; init; }
 
-    public static BulkSettings From(Config config)
+    public static BulkSettings From(Config config, Security.ClusterTls? tls = null)
     {
         config = ReferenceConfig.Over(config);
         var b = config.GetConfig("shardpipe.bulk-transfer");
-        var endpoint = SideChannelEndpoint.From(config, "shardpipe.bulk-transfer");
+        var endpoint = SideChannelEndpoint.From(config, "shardpipe.bulk-transfer", tls);
         long chunk = b.GetByteSize("chunk-size") ?? 0;
         if (chunk < 4096 || chunk > 64 << 20) throw new ConfigurationException($"shardpipe.bulk-transfer.chunk-size must be between 4 KiB and 64 MiB, not {chunk}");
         int window = b.GetInt("window");
@@ -30,6 +32,7 @@ public sealed record BulkSettings
             Window = window,
             MinBytes = b.GetByteSize("min-size") ?? 0,
             Limits = SideChannelLimits.From(config, "shardpipe.bulk-transfer"),
+            OfferTimeout = b.GetTimeSpan("offer-timeout"),
         };
     }
 }

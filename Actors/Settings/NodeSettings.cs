@@ -20,6 +20,10 @@ public sealed record NodeSettings
     public required TimeSpan LoadTimeout { get; init; }
     public required TimeSpan RequestTimeout { get; init; }
     public required TimeSpan CacheIdleTimeout { get; init; }
+    /// <summary>How often a worker frees idle caches (<c>cache-sweep-interval</c>).</summary>
+    public required TimeSpan CacheSweepInterval { get; init; }
+    /// <summary>How often the coordinator frees the slots of requests silent past 10 × <see cref="RequestTimeout"/> (<c>request-sweep-interval</c>).</summary>
+    public required TimeSpan RequestSweepInterval { get; init; }
     /// <summary>How often a device worker repeats its registration (what it holds included).</summary>
     public required TimeSpan RegisterInterval { get; init; }
     /// <summary>A <c>shardpipe node</c> process whose node the cluster downed starts a fresh node (rejoining) instead of exiting.</summary>
@@ -41,18 +45,21 @@ public sealed record NodeSettings
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
     /// <summary>Fault-injection hook: every step on this node sleeps this long first (multi-process tests of faults mid-generation).</summary>
-    public TimeSpan? DebugStepDelay { get; init; }
 
-    public bool IsCoordinator => Roles.Contains("coordinator");
-    public bool IsWorker => Roles.Contains("worker");
+    public bool IsCoordinator => Roles.Contains(Membership.Roles.Coordinator);
+    public bool IsWorker => Roles.Contains(Membership.Roles.Worker);
 
     /// <summary>Whether this node may read <paramref name="modelFolder"/> from its own disk.</summary>
     public bool HasLocal(string modelFolder) =>
         LocalCheckpoints && Directory.Exists(modelFolder) &&
-        (ModelRoots.Count == 0 || ModelRoots.Any(r => Path.GetFullPath(modelFolder).StartsWith(Path.GetFullPath(r), StringComparison.Ordinal)));
+        (ModelRoots.Count == 0 || ModelRoots.Any(r => PathRules.IsUnder(modelFolder, r)));
 
     /// <param name="equalShareOf">Devices with no budget get this share of the machine's available memory.</param>
-    public static NodeSettings From(Config config, int equalShareOf = 1)
+    /// <summary>A node's settings; its TLS (<c>shardpipe.tls</c>) loaded here, once, for the side channels.</summary>
+    public static NodeSettings From(Config config, int equalShareOf = 1) => From(config, Security.ClusterTls.From(config), equalShareOf);
+
+    /// <summary>A node's settings, with the <paramref name="tls"/> the node already loaded for Akka.Remote (one load of the certificate per node).</summary>
+    public static NodeSettings From(Config config, Security.ClusterTls? tls, int equalShareOf = 1)
     {
         config = ReferenceConfig.Over(config);
         var sp = config.GetConfig("shardpipe");
@@ -84,6 +91,8 @@ public sealed record NodeSettings
             LoadTimeout = sp.GetTimeSpan("load-timeout"),
             RequestTimeout = sp.GetTimeSpan("request-timeout"),
             CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout"),
+            CacheSweepInterval = sp.GetTimeSpan("cache-sweep-interval"),
+            RequestSweepInterval = sp.GetTimeSpan("request-sweep-interval"),
             RegisterInterval = sp.GetTimeSpan("register-interval"),
             StartWindow = sp.GetTimeSpan("start-window"),
             RestartWhenDowned = sp.GetBoolean("restart-when-downed"),
@@ -93,11 +102,10 @@ public sealed record NodeSettings
             MaxNewTokens = AtLeast("max-new-tokens", 1),
             ComputeThreads = sp.GetInt("compute-threads"),
             ComputeCores = sp.GetIntList("compute-cores").ToList(),
-            Bulk = BulkSettings.From(config),
-            Links = ActivationLinkSettings.From(config),
+            Bulk = BulkSettings.From(config, tls),
+            Links = ActivationLinkSettings.From(config, tls),
             Batching = BatchingSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
-            DebugStepDelay = sp.HasPath("debug.step-delay") ? sp.GetTimeSpan("debug.step-delay") : null,
         };
     }
 }

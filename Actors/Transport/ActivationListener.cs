@@ -31,14 +31,17 @@ public sealed class ActivationListener : SideChannelListener<ActivationListener.
         _frameTimeout = settings.FrameTimeout;
         _diagnostics = diagnostics;
         diagnostics.LinkListenerPort = Port;
+        _offerTimeout = settings.OfferTimeout;
     }
 
+    private readonly TimeSpan _offerTimeout;
+
     /// <summary>
-    /// A one-time token (valid 30 s) for a link from <paramref name="from"/> to the local worker
+    /// A one-time token (valid <c>offer-timeout</c>) for a link from <paramref name="from"/> to the local worker
     /// <paramref name="target"/>; each frame is handed to <paramref name="deliver"/> on the link's reader thread.
     /// </summary>
     public byte[] Offer(IActorRef target, IActorRef from, Action<object, IActorRef> deliver) =>
-        NewToken(new Pending(target, from, deliver), TimeSpan.FromSeconds(30));
+        NewToken(new Pending(target, from, deliver), _offerTimeout);
 
     protected override void Serve(Socket s, Stream stream, Pending p)
     {

@@ -1,7 +1,7 @@
 using Akka.Actor;
 using ShardPipe.Actors.Diagnostics;
 using Akka.Event;
-using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Checkpoints;
@@ -60,7 +60,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     {
         // Registration repeats for as long as the worker lives: a coordinator that moved learns the cluster from it.
         Timers.StartPeriodicTimer("register", new RegisterTick(), TimeSpan.Zero, _settings.RegisterInterval);
-        Timers.StartPeriodicTimer("evict", new EvictTick(), TimeSpan.FromSeconds(10));
+        Timers.StartPeriodicTimer("evict", new EvictTick(), _settings.CacheSweepInterval);
     }
 
     private RegisterWorker Registration() => new(_settings.DebugProtocolVersion ?? Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
@@ -302,7 +302,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     /// <summary>Steps, chunks and link requests come from members (the previous stage, or the coordinator for a request's first step).</summary>
     private bool FromMember(string what = "a step")
     {
-        if (SenderRules.IsMemberWithRole(Context.System, Sender, "worker") || SenderRules.IsMemberWithRole(Context.System, Sender, "coordinator")) return true;
+        if (SenderRules.IsMemberWithRole(Context.System, Sender, Roles.Worker) || SenderRules.IsMemberWithRole(Context.System, Sender, Roles.Coordinator)) return true;
         Refused(what, "not a member of this cluster");
         return false;
     }
@@ -310,7 +310,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     /// <summary>Logs and counts a refusal by intake.</summary>
     private void Refused(string what, string why)
     {
-        NodeDiagnostics.For(Context.System).Refuse();
+        NodeDiagnostics.For(Context.System).RefuseByIntake();
         _log.Warning("{0}: refused {1} from {2}: {3}", _stage, what, Sender.Path, why);
     }
 

@@ -51,7 +51,7 @@ public sealed class ShardReaderActor : ReceiveActor
     {
         try
         {
-            if (!ShardPipe.Actors.Hosting.SenderRules.IsMemberWithRole(Context.System, Sender, "worker"))
+            if (!ShardPipe.Actors.Membership.SenderRules.IsMemberWithRole(Context.System, Sender, ShardPipe.Actors.Membership.Roles.Worker))
                 throw new ClusterException($"tensors are served only to workers of this cluster, not to {Sender.Path.Address}");
             string key = read.Model + "|" + read.Variant;
             if (!_open.TryGetValue(key, out var ckpt))
@@ -63,7 +63,7 @@ public sealed class ShardReaderActor : ReceiveActor
             var loc = ckpt.Get(read.Tensor);
             if (read.Bulk && Bulk() is { } server && loc.Info.ByteLength >= _bulk!.MinBytes)
             {
-                var token = server.Offer($"'{read.Tensor}'", ckpt.Shard(loc.Shard), loc.Info, TimeSpan.FromSeconds(30));
+                var token = server.Offer($"'{read.Tensor}'", ckpt.Shard(loc.Shard), loc.Info, _bulk.OfferTimeout);
                 Sender.Tell(new BulkOffer(read.TransferId, server.Host, server.Port, token, DTypes.Code(loc.Info.DType), loc.Info.Shape,
                     loc.Info.ByteLength, server.ChunkBytes, server.Window));
                 return;

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using Akka.Actor;
 using Akka.Event;
 using ShardPipe.Actors.Diagnostics;
-using ShardPipe.Actors.Hosting;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Transport;
 using ShardPipe.Messages;

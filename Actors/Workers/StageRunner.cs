@@ -179,11 +179,11 @@ public sealed class StageRunner : IDisposable
     /// <summary>A request still prefilling: its next chunk goes to the first hop (nothing is sampled yet).</summary>
     private Outgoing NextChunk(StageInput s, PromptRest rest)
     {
-        var next = Coordination.ChunkedPrefill.Next(s.AttentionMask, rest);
+        var next = ChunkedPrefill.Next(s.AttentionMask, PromptRestWire.FromWire(rest));
         return new(_route[0].WorkerPath, s with
         {
             Hop = 0, Hidden = null, InputIds = next.Ids, AttentionMask = next.Mask, PositionIds = next.Positions,
-            Generation = s.Generation! with { Prefill = next.Rest },
+            Generation = s.Generation! with { Prefill = PromptRestWire.ToWire(next.Rest) },
         });
     }
 

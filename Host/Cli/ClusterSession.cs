@@ -69,7 +69,7 @@ public sealed class ClusterSession : IAsyncDisposable
     public async Task<(StageInfo[] Stages, JsonObject DeviceMap, double LoadSeconds)> EnsureLoadedAsync(LoadModel load, ILogger log, bool json)
     {
         var status = await Client.StatusAsync(TimeSpan.FromSeconds(30));
-        if (status.State == "ready" && status.Model is { } m && Path.GetFullPath(m) == Path.GetFullPath(ShardPipe.Checkpoints.ModelLocator.Locate(load.Model)))
+        if (status.State == ClusterState.Ready && status.Model is { } m && Path.GetFullPath(m) == Path.GetFullPath(ShardPipe.Checkpoints.ModelLocator.Locate(load.Model)))
             return (status.Stages, MapJson(status.DeviceMap), 0);
         var sw = Stopwatch.StartNew();
         var loaded = await LoadWithProgressAsync(load, json);

@@ -20,7 +20,7 @@ public static class StatusCommand
             var refused = s.Refused ?? Array.Empty<ShardPipe.Messages.RefusedDevice>();
             var result = new JsonObject
             {
-                ["state"] = s.State,
+                ["state"] = s.StateName,
                 ["model"] = s.Model,
                 ["nodes"] = new JsonArray(s.Nodes.Select(n => (JsonNode)JsonValue.Create(n)!).ToArray()),
                 ["hf_device_map"] = ClusterSession.MapJson(s.DeviceMap),
@@ -36,7 +36,7 @@ public static class StatusCommand
             if (parse.GetValue(json)) JsonOut.Print(result);
             else
             {
-                DeviceReport.Print($"state {s.State}{(s.Detail is { } d ? $" ({d})" : "")}, model {s.Model ?? "-"}, epoch {s.PlanEpoch}, nodes {string.Join(", ", s.Nodes)}",
+                DeviceReport.Print($"state {s.StateName}{(s.Detail is { } d ? $" ({d})" : "")}, model {s.Model ?? "-"}, epoch {s.PlanEpoch}, nodes {string.Join(", ", s.Nodes)}",
                     s.Devices, s.DeviceMap);
                 if (s.Recoveries > 0)
                     Console.WriteLine($"recoveries {s.Recoveries}; the last moved {(s.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing")}");

@@ -15,7 +15,7 @@ public static class UnloadCommand
             await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, null, log, clientConfig: parse.GetValue(CommonOptions.ClientConfig));
             await session.Client.UnloadAsync(TimeSpan.FromSeconds(60));
             var s = await session.Client.StatusAsync(TimeSpan.FromSeconds(30));
-            Tables.Line($"state {s.State}");
+            Tables.Line($"state {s.StateName}");
             return 0;
         });
         return cmd;

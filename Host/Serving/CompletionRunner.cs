@@ -57,7 +57,7 @@ public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer toke
                 ended = "stop";
                 if (count < request.MaxTokens) stopped.Cancel(); // the pipeline would run on: end it on every stage
             }
-            else if (!request.IgnoreEos && eos.Contains(tokens[0])) ended = "eos";
+            else if (ShardPipe.Modeling.Generation.DecodeRule.EndsRow(tokens[0], eos, request.IgnoreEos)) ended = "eos";
             else if (count >= request.MaxTokens) ended = "length";
         }
         try

@@ -154,8 +154,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private async Task<ClusterStatus> ReadyStatus()
     {
         var status = await _session.Client.StatusAsync(TimeSpan.FromSeconds(10));
-        if (status.State != "ready")
-            throw OpenAiException.Unavailable($"the model is not ready (state: {status.State}{(status.Detail is { } d ? $": {d}" : "")})");
+        if (status.State != ClusterState.Ready)
+            throw OpenAiException.Unavailable($"the model is not ready (state: {status.StateName}{(status.Detail is { } d ? $": {d}" : "")})");
         return status;
     }
 
@@ -306,8 +306,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private async Task Health(HttpContext ctx)
     {
         var status = await _session.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        bool ok = status.State == "ready";
-        await Json(ctx, ok ? 200 : 503, new JsonObject { ["status"] = ok ? "ok" : "unavailable", ["state"] = status.State, ["detail"] = status.Detail });
+        bool ok = status.State == ClusterState.Ready;
+        await Json(ctx, ok ? 200 : 503, new JsonObject { ["status"] = ok ? "ok" : "unavailable", ["state"] = status.StateName, ["detail"] = status.Detail });
     }
 
     private async Task Status(HttpContext ctx)
@@ -316,7 +316,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         await Json(ctx, 200, new JsonObject
         {
             ["model"] = _options.ModelId,
-            ["state"] = s.State,
+            ["state"] = s.StateName,
             ["epoch"] = s.PlanEpoch,
             ["nodes"] = new JsonArray(s.Nodes.Select(n => (JsonNode)n).ToArray()),
             ["device_map"] = ClusterSession.MapJson(s.DeviceMap),

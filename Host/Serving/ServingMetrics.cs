@@ -63,7 +63,7 @@ public sealed class ServingMetrics
         _clusterQueued.Set(status.Queued);
         _epoch.Set(status.PlanEpoch);
         _recoveries.Set(status.Recoveries);
-        _ready.Set(status.State == "ready" ? 1 : 0);
+        _ready.Set(status.State == ClusterState.Ready ? 1 : 0);
         foreach (var t in status.Timings ?? Array.Empty<DeviceTiming>())
         {
             _stepMs.WithLabels(t.Device).Set(t.Timing.StepP50Ms);

@@ -67,10 +67,13 @@ public static class DecodeRule
         for (int b = 0; b < next.Length; b++)
         {
             if (now[b]) next[b] = stop.Pad;
-            else if (!ignoreEos && stop.Eos.Contains(next[b])) now[b] = true;
+            else if (EndsRow(next[b], stop.Eos, ignoreEos)) now[b] = true;
         }
         return now;
     }
+
+    /// <summary>Whether <paramref name="token"/> finishes its row: an eos id, unless the request ignores eos.</summary>
+    public static bool EndsRow(long token, IEnumerable<long> eos, bool ignoreEos) => !ignoreEos && eos.Contains(token);
 
     /// <summary>Whether a request is done after <paramref name="steps"/> steps: every row finished, or the token budget spent.</summary>
     public static bool Done(int steps, int maxNewTokens, bool[] finished) => steps >= maxNewTokens || finished.All(f => f);

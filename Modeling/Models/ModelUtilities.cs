@@ -11,8 +11,6 @@ namespace ShardPipe.Modeling.Models;
 /// <summary>The utilities of PreTrainedModel beyond loading: embeddings, masks, buffers, casts, sharded loads.</summary>
 public static class ModelUtilities
 {
-    public static bool CanGenerate(this CausalLMModel model) => true; // every registered class has an LM head
-
     /// <summary><c>resize_token_embeddings</c>: new rows start at the mean of the old ones (HF's mean_resizing, its
     /// fallback form) or at N(0, initializer_range); a tied head stays tied; config.vocab_size follows.</summary>
     public static Embedding ResizeTokenEmbeddings(this CausalLMModel model, long? newNumTokens = null, int? padToMultipleOf = null, bool meanResizing = true)
@@ -62,21 +60,6 @@ public static class ModelUtilities
         long keep = Math.Min(rows, old.shape[0]);
         fresh.narrow(0, 0, keep).copy_(old.narrow(0, 0, keep));
         return fresh;
-    }
-
-    /// <summary><c>set_input_embeddings</c>: a tied head follows the new weight.</summary>
-    public static void SetInputEmbeddings(this CausalLMModel model, Tensor weight)
-    {
-        model.InputEmbeddings.Weight.Set(weight);
-        model.Config.Set("vocab_size", weight.shape[0]);
-    }
-
-    /// <summary><c>set_output_embeddings</c> for an untied head (a tied head shares the input weight).</summary>
-    public static void SetOutputEmbeddings(this CausalLMModel model, Tensor weight)
-    {
-        if (ReferenceEquals(model.InputEmbeddings.Weight, model.OutputEmbeddings.Weight))
-            throw new InvalidInputException("the head is tied to the input embeddings: set those instead");
-        model.OutputEmbeddings.Weight.Set(weight);
     }
 
     /// <summary><c>get_decoder</c>: the base model (LlamaModel, GPT2Model …).</summary>

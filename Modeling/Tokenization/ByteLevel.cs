@@ -54,17 +54,4 @@ public static class Utf8
     private static readonly Encoding Lossy = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: false);
 
     public static string DecodeLossy(IReadOnlyList<byte> bytes) => bytes is byte[] a ? Lossy.GetString(a) : Lossy.GetString(bytes.ToArray());
-
-    /// <summary>How many bytes at the end of <paramref name="bytes"/> start a UTF-8 sequence that is not complete yet.</summary>
-    public static int IncompleteTail(ReadOnlySpan<byte> bytes)
-    {
-        for (int back = 1; back <= Math.Min(3, bytes.Length); back++)
-        {
-            byte b = bytes[^back];
-            if ((b & 0xC0) == 0x80) continue; // a continuation byte: look further back
-            int need = (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 1;
-            return need > back ? back : 0;
-        }
-        return 0;
-    }
 }

@@ -77,7 +77,7 @@ public class ClusterFaultTests
         var ex = await Assert.ThrowsAsync<ClusterException>(() => load.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Contains("node-3", ex.Message);
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.NotEqual("ready", status.State); // never a half-loaded model served
+        Assert.NotEqual(ClusterState.Ready, status.State); // never a half-loaded model served
         var again = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
         Assert.Equal(new[] { "node-1", "node-2" }, again.DeviceMap.Select(e => e.Device.Split('/')[0]).Distinct().Order());
         var outcome = await cluster.Client.RunAsync(Requests.Forward(Prompt, null, null), again.Stages, TimeSpan.FromSeconds(30));

@@ -44,7 +44,7 @@ public class ClusterRecoveryTests
         Assert.Equal(expected.NewTokens, outcome.NewTokens);
         Assert.Equal(1, outcome.RecoveredFaults);
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal("ready", status.State);
+        Assert.Equal(ClusterState.Ready, status.State);
         Assert.True(status.PlanEpoch > loaded.PlanEpoch, $"epoch {status.PlanEpoch} after {loaded.PlanEpoch}");
         Assert.DoesNotContain("node-2", status.Nodes);
         Assert.Equal(1, status.Recoveries);
@@ -71,9 +71,13 @@ public class ClusterRecoveryTests
 
         int seen = 0;
         var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        foreach (var node in cluster.Nodes) NodeDiagnostics.For(node.System).StepRows.Drain();
         var runs = requests.Select(r => cluster.Client.RunAsync(r, loaded.Stages, TimeSpan.FromSeconds(30),
             _ => { if (Interlocked.Increment(ref seen) == 30) reached.TrySetResult(); })).ToList();
         await reached.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        // The requests run merged: the surviving stages' steps carried several requests' rows at once.
+        var rows = new[] { cluster.Nodes[0], cluster.Nodes[2] }.SelectMany(n => NodeDiagnostics.For(n.System).StepRows.Drain()).ToList();
+        Assert.True(rows.Count > 0 && rows.Max() >= 2, $"no merged step before the crash (rows per step: {string.Join(", ", rows)})");
         await cluster.Nodes[1].Kill(); // node-2: a middle stage, mid-way through every request's merged steps
         var outcomes = await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(120));
 
@@ -99,7 +103,7 @@ public class ClusterRecoveryTests
         Assert.Equal(expected.NewTokens, outcome.NewTokens); // a seeded sampler resumes where it stopped
         Assert.Equal(1, outcome.RecoveredFaults);
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5)); // answered by the coordinator on another node
-        Assert.Equal("ready", status.State);
+        Assert.Equal(ClusterState.Ready, status.State);
         Assert.DoesNotContain("node-1", status.Nodes);
         Assert.All(status.DeviceMap, e => Assert.DoesNotContain("node-1", e.Device));
         Assert.True(status.PlanEpoch > loaded.PlanEpoch);
@@ -120,13 +124,13 @@ public class ClusterRecoveryTests
         Assert.Contains("degraded", ex.Message);
         Assert.Contains("missing", ex.Message);
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal("degraded", status.State);
+        Assert.Equal(ClusterState.Degraded, status.State);
         Assert.Contains("missing", status.Detail);
 
         // A node with room joins: the model recovers by itself, and serves the same tokens.
         await using var extra = new NodeHandle(ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("node-4", new[] { "coordinator", "worker" }, new[] { ("cpu", 1L << 30) }),
             cluster.Nodes[0].Address.ToString()));
-        await Eventually.True(async () => (await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))).State == "ready", TimeSpan.FromSeconds(30), "the model served again");
+        await Eventually.True(async () => (await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))).State == ClusterState.Ready, TimeSpan.FromSeconds(30), "the model served again");
         status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
         Assert.Contains(status.DeviceMap, e => e.Device.StartsWith("node-4/"));
         Assert.Equal(expected.NewTokens, (await cluster.Client.RunAsync(Greedy(20), status.Stages, TimeSpan.FromSeconds(30))).NewTokens);

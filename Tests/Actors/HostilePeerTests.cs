@@ -1,3 +1,4 @@
+using ShardPipe.Actors.Diagnostics;
 using Akka.Actor;
 using Akka.Configuration;
 using ShardPipe.Actors.Hosting;
@@ -57,20 +58,24 @@ public class HostilePeerTests
             worker2.Tell(new MessageChunk("t", 0, -1, "stage", 0, new byte[16]), probe.TestActor);
             worker2.Tell(new MessageChunk("u", 0, 1_000_000_000, "stage", 0, new byte[16]), probe.TestActor);
             (await At(node2, "handshake")).Tell(new Hello(Protocol.Version + 7, 1, "evil"), probe.TestActor);
-            // PoisonPill and Kill from outside are dropped by untrusted mode (they would stop the actor).
+            // PoisonPill and Kill from outside are refused when they are deserialised (they would stop the actor).
+            long Refused(int node) => NodeDiagnostics.For(cluster.Nodes[node].System).RefusedFromWire;
+            long refused1 = Refused(0), refused2 = Refused(1);
             worker2.Tell(PoisonPill.Instance, probe.TestActor);
             worker2.Tell(Kill.Instance, probe.TestActor);
             proxy.Tell(PoisonPill.Instance, probe.TestActor);
-            probe.ExpectNoMsg(TimeSpan.FromSeconds(2));
+            await Eventually.True(() => Refused(1) == refused2 + 2 && Refused(0) == refused1 + 1, TimeSpan.FromSeconds(10),
+                "node-2 refused the PoisonPill and the Kill, node-1 the PoisonPill, at deserialisation");
 
             // A stranger with Akka's stock settings sends objects its JSON serializer writes with their type names:
             // refused on arrival (no serializer that takes type names from the wire is reachable).
             using var plain = ActorSystem.Create("shardpipe", ConfigurationFactory.ParseString(
                 "akka.actor.provider = remote\nakka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }\nakka.loglevel = OFF\nakka.stdout-loglevel = OFF"));
             var viaPlain = ((ExtendedActorSystem)plain).Provider.ResolveActorRef(loaded.Stages.First(s => s.Device.StartsWith("node-2/")).WorkerPath);
+            refused2 = Refused(1);
             viaPlain.Tell(new Dictionary<string, object> { ["$type"] = "System.IO.FileInfo, System.IO.FileSystem", ["fileName"] = "/etc/passwd" });
             viaPlain.Tell(new Exception("typed by name"));
-            await Task.Delay(1000);
+            await Eventually.True(() => Refused(1) == refused2 + 2, TimeSpan.FromSeconds(10), "node-2 refused both objects typed by name at deserialisation");
             await plain.Terminate();
         }
         finally
@@ -80,7 +85,7 @@ public class HostilePeerTests
 
         // Every node is still a member, the model is served under the same epoch, and it answers as before.
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal(("ready", loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
+        Assert.Equal((ClusterState.Ready, loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
         Assert.All(cluster.Nodes, n => Assert.Equal(Akka.Cluster.MemberStatus.Up, Akka.Cluster.Cluster.Get(n.System).SelfMember.Status));
         var after = await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 12) with { IgnoreEos = true }, status.Stages, TimeSpan.FromSeconds(30));
         Assert.Equal(before.NewTokens, after.NewTokens);
@@ -107,7 +112,7 @@ public class HostilePeerTests
         Assert.Contains("only from the cluster's coordinator", probe.ExpectMsg<SliceFailed>(TimeSpan.FromSeconds(10)).Reason);
 
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal(("ready", loaded.PlanEpoch), (status.State, status.PlanEpoch));
+        Assert.Equal((ClusterState.Ready, loaded.PlanEpoch), (status.State, status.PlanEpoch));
         Assert.DoesNotContain("observer", status.Nodes);
         Assert.Equal(3, (await cluster.Client.RunAsync(Requests.Generate(Prompt, null, 3) with { IgnoreEos = true }, status.Stages, TimeSpan.FromSeconds(30))).Steps);
     }

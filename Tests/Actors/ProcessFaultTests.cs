@@ -46,7 +46,7 @@ public sealed class ProcessFaultTests
                 return await Eventually(async () =>
                 {
                     var s = await client.StatusAsync(TimeSpan.FromSeconds(5));
-                    return s.State == "ready" && s.Nodes.Length == nodeCount ? s : null;
+                    return s.State == ClusterState.Ready && s.Nodes.Length == nodeCount ? s : null;
                 });
             }
             catch (Xunit.Sdk.XunitException ex)

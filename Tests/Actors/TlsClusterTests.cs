@@ -99,7 +99,7 @@ public class TlsClusterTests
 
         // Every node is still up and serving the same model under the same epoch, with the same tokens.
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(10));
-        Assert.Equal(("ready", loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
+        Assert.Equal((ShardPipe.Messages.ClusterState.Ready, loaded.PlanEpoch, 3), (status.State, status.PlanEpoch, status.Nodes.Length));
         Assert.All(cluster.Nodes, n => Assert.Equal(Akka.Cluster.MemberStatus.Up, Akka.Cluster.Cluster.Get(n.System).SelfMember.Status));
         await ReferenceOnCluster.Check(cluster.Client, loaded, r, "on 3 nodes under TLS, after the intruders");
     }
@@ -109,7 +109,7 @@ public class TlsClusterTests
     {
         using var tmp = new TempDir();
         string certs = tmp.Sub("certs"), foreign = tmp.Sub("foreign");
-        MakeCerts(certs, "node-1");
+        MakeCerts(certs, "node-1", "node-2");
         MakeCerts(foreign, "intruder");
         ConfigurationException Refused(string hocon) =>
             Assert.Throws<ConfigurationException>(() => ClusterTls.From(ConfigurationFactory.ParseString(hocon)));
@@ -123,8 +123,11 @@ public class TlsClusterTests
         // Pinning: only the listed certificates pass, even from the cluster's CA.
         var tls = ClusterTls.From(ConfigurationFactory.ParseString(Tls(certs, "node-1")))!;
         Assert.Null(tls.Refusal(tls.Certificate));
-        var pinnedOther = ClusterTls.From(ConfigurationFactory.ParseString(Tls(certs, "node-1").Replace("handshake-timeout", $"pinned-thumbprints = [\"{tls.Certificate.Thumbprint}\"], handshake-timeout")))!;
-        Assert.Null(pinnedOther.Refusal(tls.Certificate));
+        var sameCa = ClusterTls.From(ConfigurationFactory.ParseString(Tls(certs, "node-2")))!.Certificate; // node-2: the same CA, not pinned
+        Assert.Null(tls.Refusal(sameCa)); // unpinned: the CA decides
+        var pinned = ClusterTls.From(ConfigurationFactory.ParseString(Tls(certs, "node-1").Replace("handshake-timeout", $"pinned-thumbprints = [\"{tls.Certificate.Thumbprint}\"], handshake-timeout")))!;
+        Assert.Null(pinned.Refusal(tls.Certificate));
+        Assert.NotNull(pinned.Refusal(sameCa)); // issued by the cluster's CA, but not one of the pinned
         var foreignCert = ClusterTls.From(ConfigurationFactory.ParseString(
             $"shardpipe.tls {{ enabled = on, certificate = \"{foreign}/intruder.p12\", ca = \"{foreign}/ca.crt\", password-env = {PasswordEnv} }}"))!.Certificate;
         Assert.Contains("does not chain", tls.Refusal(foreignCert));

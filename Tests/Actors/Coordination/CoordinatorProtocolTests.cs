@@ -98,7 +98,7 @@ shardpipe.start-window = 300ms").WithFallback(ShardPipeNode.Reference);
         Assert.Equal(slices.Sum(s => s.PlannedBytes), loaded.Devices.Sum(d => d.LoadedBytes));
         coordinator.Tell(new GetStatus("s"), TestActor);
         var status = ExpectMsg<ClusterStatus>();
-        Assert.Equal(("ready", loaded.PlanEpoch), (status.State, status.PlanEpoch));
+        Assert.Equal((ClusterState.Ready, loaded.PlanEpoch), (status.State, status.PlanEpoch));
     }
 
     [Fact]
@@ -115,7 +115,7 @@ shardpipe.start-window = 300ms").WithFallback(ShardPipeNode.Reference);
         Assert.Equal(slice.PlanEpoch, workers[1].ExpectMsg<ReleaseSlice>().PlanEpoch);
         coordinator.Tell(new GetStatus("s"), TestActor);
         var status = ExpectMsg<ClusterStatus>();
-        Assert.Equal("failed", status.State);
+        Assert.Equal(ClusterState.Failed, status.State);
         Assert.Contains("disk on fire", status.Detail);
     }
 
@@ -196,7 +196,7 @@ shardpipe.start-window = 300ms").WithFallback(ShardPipeNode.Reference);
         coordinator.Tell(new SliceLoaded(replan.PlanEpoch, PathOf(workers[0].Ref), replan.PlannedBytes, replan.Tensors.Length, false), workers[0].Ref);
         coordinator.Tell(new GetStatus("s"), TestActor);
         var status = ExpectMsg<ClusterStatus>();
-        Assert.Equal(("ready", replan.PlanEpoch, 1), (status.State, status.PlanEpoch, status.Recoveries));
+        Assert.Equal((ClusterState.Ready, replan.PlanEpoch, 1), (status.State, status.PlanEpoch, status.Recoveries));
         Assert.Equal(slices[1].ModulePrefixes.Order(), status.Moved!.Select(m => m.Module).Order());
         Assert.All(status.DeviceMap, e => Assert.Equal("node-1/cpu", e.Device));
     }
@@ -229,7 +229,7 @@ shardpipe.start-window = 300ms").WithFallback(ShardPipeNode.Reference);
         {
             moved.Tell(new GetStatus("s"), TestActor);
             var status = ExpectMsg<ClusterStatus>();
-            Assert.Equal(("ready", loaded.PlanEpoch), (status.State, status.PlanEpoch));
+            Assert.Equal((ClusterState.Ready, loaded.PlanEpoch), (status.State, status.PlanEpoch));
             Assert.Equal(loaded.DeviceMap, status.DeviceMap);
         }, TimeSpan.FromSeconds(10));
         Assert.Equal(loaded.PlanEpoch - 1, stale.FishForMessage<ReleaseSlice>(_ => true, TimeSpan.FromSeconds(10)).PlanEpoch);

@@ -54,7 +54,7 @@ public sealed class StageIntakeTests
         var stage2 = loaded.Stages.First(s => s.Device.StartsWith("node-2/"));
         var worker2 = ((ExtendedActorSystem)stranger).Provider.ResolveActorRef(stage2.WorkerPath);
         var diagnostics = NodeDiagnostics.For(cluster.Nodes[1].System);
-        long refusedBefore = diagnostics.Refused;
+        long refusedBefore = diagnostics.RefusedByIntake;
 
         // A link request: refused, no token.
         worker2.Tell(new OpenLink(stage2.WorkerPath), probe.TestActor);
@@ -69,7 +69,7 @@ public sealed class StageIntakeTests
         uint crc = Crc32.HashToUInt32(data);
         const int sent = 40;
         for (int i = 0; i < sent; i++) worker2.Tell(new MessageChunk("t-never", i, 10_000, "stages", crc, data), probe.TestActor);
-        await Eventually.True(() => diagnostics.Refused >= refusedBefore + 1 + sent, TimeSpan.FromSeconds(20), "every chunk refused by intake");
+        await Eventually.True(() => diagnostics.RefusedByIntake >= refusedBefore + 1 + sent, TimeSpan.FromSeconds(20), "every chunk refused by intake");
 
         var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
         Assert.Equal(loaded.PlanEpoch, status.PlanEpoch);

@@ -1,4 +1,3 @@
-using ShardPipe.Actors.Coordination;
 using ShardPipe.Actors.Workers;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Generation;
@@ -32,7 +31,7 @@ public class MergedStepTests
     {
         var mask = r.Mask ?? DecodeRule.FullMask(r.Ids);
         var chunk = ChunkedPrefill.First(r.Ids, mask, DecodeRule.PositionsFromMask(mask), r.Chunk);
-        var state = new GenerationState(r.MaxNew, true, new long[] { 2 }, 0, new bool[r.Ids.Length], r.Sampling, null, chunk.Rest);
+        var state = new GenerationState(r.MaxNew, true, new long[] { 2 }, 0, new bool[r.Ids.Length], r.Sampling, null, ShardPipe.Actors.Transport.PromptRestWire.ToWire(chunk.Rest));
         return new StageInput(r.Id, 0, 0, null, chunk.Ids, chunk.Mask, chunk.Positions, "caller", state, 0, null);
     }
 

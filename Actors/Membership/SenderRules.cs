@@ -1,7 +1,7 @@
 using Akka.Actor;
 using Akka.Cluster;
 
-namespace ShardPipe.Actors.Hosting;
+namespace ShardPipe.Actors.Membership;
 
 /// <summary>
 /// Who may send what (one home for the intake rules, with or without TLS). Actors of this node's own ActorSystem are
@@ -24,12 +24,12 @@ public static class SenderRules
 
     /// <summary>Commands to a worker (slices, releases, commits) come from the coordinator singleton on a coordinator member.</summary>
     public static bool IsCoordinator(ActorSystem system, IActorRef sender) =>
-        IsMemberWithRole(system, sender, "coordinator") && sender.Path.Elements is ["user", "coordinator", "coordinator"];
+        IsMemberWithRole(system, sender, Roles.Coordinator) && sender.Path.Elements is ["user", Roles.SingletonName, Roles.SingletonName];
 
     /// <summary>Registrations come from a worker member and name actors of the sender's own node only.</summary>
     public static string? RegistrationProblem(ActorSystem system, IActorRef sender, IEnumerable<string> actorPaths)
     {
-        if (!IsMemberWithRole(system, sender, "worker")) return $"{sender.Path.Address} is not a worker member of this cluster";
+        if (!IsMemberWithRole(system, sender, Roles.Worker)) return $"{sender.Path.Address} is not a worker member of this cluster";
         var from = NodeOf(system, sender);
         foreach (var p in actorPaths)
         {

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace ShardPipe.Actors.Hosting;
+namespace ShardPipe.Actors.Workers;
 
 /// <summary>
 /// Restricts the calling thread to a set of CPU cores (<c>shardpipe.compute-cores</c>): Linux
