@@ -55,7 +55,7 @@ public class OpenAiClientTests
         string folder = ServeTests.ModelWithTokenizer(tmp);
         const string prompt = "Hello from the openai client";
         var messages = new JsonArray(new JsonObject { ["role"] = "system", ["content"] = "Be brief." }, new JsonObject { ["role"] = "user", ["content"] = "Hi!" });
-        string rendered = ChatTemplate.Parse(ServeTests.ChatMl).Render(new[] { new ChatMessage("system", "Be brief."), new ChatMessage("user", "Hi!") }, true, new Dictionary<string, string>());
+        string rendered = ServeTests.RenderChatMl(("system", "Be brief."), ("user", "Hi!"));
 
         await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
         var (server, http) = await ServeTests.Serve(folder, cluster);
