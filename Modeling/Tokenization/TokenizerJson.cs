@@ -170,10 +170,10 @@ internal static class Normalizers
         return type switch
         {
             "Sequence" => Chain(((n["normalizers"] as JsonArray) ?? new JsonArray()).Select(x => Build(x, p) ?? throw p.NullEntry("normalizer Sequence")).ToList()),
-            "NFC" => new Fn(t => t.Normalize(NormalizationForm.FormC)),
-            "NFD" => new Fn(t => t.Normalize(NormalizationForm.FormD)),
-            "NFKC" => new Fn(t => t.Normalize(NormalizationForm.FormKC)),
-            "NFKD" => new Fn(t => t.Normalize(NormalizationForm.FormKD)),
+            "NFC" => new Fn(t => UnicodeNormalization.Normalize(t, UnicodeNormalization.Form.NFC)),
+            "NFD" => new Fn(t => UnicodeNormalization.Normalize(t, UnicodeNormalization.Form.NFD)),
+            "NFKC" => new Fn(t => UnicodeNormalization.Normalize(t, UnicodeNormalization.Form.NFKC)),
+            "NFKD" => new Fn(t => UnicodeNormalization.Normalize(t, UnicodeNormalization.Form.NFKD)),
             "Lowercase" => new Fn(t => t.ToLowerInvariant()),
             "Prepend" => Prepend(p.Str(n, "prepend")),
             "Replace" => Replace(p.Pattern(n["pattern"], "normalizer Replace"), p.Str(n, "content")),
@@ -264,12 +264,12 @@ internal static class PreTokenizers
     {
         var pieces = new List<(string Text, bool IsMatch)>();
         int at = 0;
-        foreach (Match m in pattern.Matches(text))
+        foreach (var (index, length) in CodePointRegex.Matches(pattern, text))
         {
-            if (m.Length == 0) continue;
-            if (m.Index > at) pieces.Add((text[at..m.Index], invert));
-            pieces.Add((m.Value, !invert));
-            at = m.Index + m.Length;
+            if (length == 0) continue;
+            if (index > at) pieces.Add((text[at..index], invert));
+            pieces.Add((text.Substring(index, length), !invert));
+            at = index + length;
         }
         if (at < text.Length) pieces.Add((text[at..], invert));
         var output = new List<string>();
