@@ -89,7 +89,7 @@ public sealed record ChatRequest(CompletionRequest Common, ChatInput Input, bool
                         throw OpenAiException.Invalid($"'{field}.content[{k}]' must be a text part ({{\"type\": \"text\", \"text\": …}}); other parts are not supported", "messages");
                 message["content"] = Py.FromJson(parts);
                 break;
-            case null when role is "assistant": message["content"] = null; break;
+            case null when role is "assistant": message["content"] = ""; break; // as vLLM: a tool-calling reply without text has empty content
             default: throw OpenAiException.Invalid($"'{field}.content' must be a string or a list of text parts", "messages");
         }
         if (o["tool_calls"] is JsonArray calls && role == "assistant")
