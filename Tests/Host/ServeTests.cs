@@ -277,6 +277,6 @@ public class ServeTests
         // A model without a chat template: chat requests are a 400 that says so.
         var noTemplate = await http.PostAsJsonAsync("/v1/chat/completions", new JsonObject { ["model"] = "tiny-llama", ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "x" }) });
         Assert.Equal(HttpStatusCode.BadRequest, noTemplate.StatusCode);
-        Assert.Contains("no chat_template", (await noTemplate.Content.ReadFromJsonAsync<JsonObject>())!["error"]!["message"]!.GetValue<string>());
+        Assert.Contains("no chat template", (await noTemplate.Content.ReadFromJsonAsync<JsonObject>())!["error"]!["message"]!.GetValue<string>());
     }
 }
