@@ -29,14 +29,16 @@ public sealed class Interpreter
 
     private sealed class Frame
     {
-        public readonly Dictionary<string, object?> Vars = new(StringComparer.Ordinal);
+        private Dictionary<string, object?>? _vars; // made on the first assignment: most loop iterations bind one or two names
         public readonly Frame? Parent;
         public Frame(Frame? parent) => Parent = parent;
+
+        public Dictionary<string, object?> Vars => _vars ??= new Dictionary<string, object?>(StringComparer.Ordinal);
 
         public bool TryGet(string name, out object? value)
         {
             for (var f = this; f is not null; f = f.Parent)
-                if (f.Vars.TryGetValue(name, out value)) return true;
+                if (f._vars is not null && f._vars.TryGetValue(name, out value)) return true;
             value = null;
             return false;
         }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using ShardPipe.Modeling.Chat;
 using ShardPipe.Tests.Support;
@@ -117,13 +116,12 @@ public class ChatTemplateTests
     [InlineData("{{ 'x' * 100000000000 }}", "characters")]
     [InlineData("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "steps")]
     [InlineData("{% set ns = namespace(l=[1]) %}{% for i in range(80) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", "characters")]
-    public void Hostile_templates_end_in_a_typed_error_quickly(string source, string message)
+    public void Hostile_templates_end_in_a_typed_error_with_bounded_memory(string source, string message)
     {
+        // Bounded by counts, not by a clock (speed is a benchmark's business): steps, characters, depth, range length.
         long before = GC.GetTotalAllocatedBytes(precise: true);
-        var clock = Stopwatch.StartNew();
         var ex = Assert.Throws<ChatTemplateException>(() => Render(source));
         Assert.Contains(message, ex.Message);
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"took {clock.Elapsed}");
         Assert.True(GC.GetTotalAllocatedBytes(precise: true) - before < 512L << 20, "allocated more than 512 MiB");
     }
 
