@@ -96,3 +96,20 @@ public sealed class UnsupportedException : ShardPipeException
 {
     public UnsupportedException(string message) : base(message) { }
 }
+
+/// <summary>
+/// A chat template that cannot be parsed or that fails while rendering (its own raise_exception, an undefined value
+/// used, a render budget passed); names the template and the line.
+/// </summary>
+public sealed class ChatTemplateException : ShardPipeException
+{
+    public string Template { get; }
+    public int Line { get; }
+
+    public ChatTemplateException(string template, int line, string problem)
+        : base($"chat template '{template}'{(line > 0 ? $" line {line}" : "")}: {problem}")
+    {
+        Template = template;
+        Line = line;
+    }
+}

@@ -47,7 +47,7 @@ public static class ServeBench
         var cluster = await EmbeddedCluster.StartAsync(3, extraConfig: _ => $"shardpipe.max-in-flight = {rowsCap}\nshardpipe.batching.max-rows = {rowsCap}\nshardpipe.batching.micro-batches = {microBatches}");
         await using var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(new ShardPipe.Messages.LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log, json: true);
-        await using var server = await OpenAiServer.StartAsync(new ServeOptions("bench", folder, "127.0.0.1", 0, Math.Max(16, concurrency), 64, 4096, TimeSpan.FromMinutes(10)), session, log);
+        await using var server = await OpenAiServer.StartAsync(new ServeSettings { ModelId = "bench", ModelFolder = folder, Port = 0, MaxActive = Math.Max(16, concurrency), RequestTimeout = TimeSpan.FromMinutes(10) }, session, log);
         using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(10) };
 
         // One stream: the times of its text events (ms from sending) and its token count (from the usage event).

@@ -17,6 +17,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(OffloadBench.Create());
         cmd.Subcommands.Add(RecoveryBench.Create());
         cmd.Subcommands.Add(ServeBench.Create());
+        cmd.Subcommands.Add(TokenizerLoadBench.Create());
         return cmd;
     }
 }

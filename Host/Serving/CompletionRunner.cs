@@ -21,13 +21,14 @@ public sealed record CompletionResult(string Text, string FinishReason, int Prom
 public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer tokenizer, IReadOnlySet<long> eos, TimeSpan stallTimeout, int prefillChunk,
     Action? onToken = null, ServingMetrics? metrics = null)
 {
+    /// <param name="keepSpecialTokens">Decode special tokens too (tool-call markers such as [TOOL_CALLS] are special), except eos.</param>
     public async Task<CompletionResult> RunAsync(long[] promptIds, CompletionRequest request, IReadOnlyList<StageInfo> stages,
-        Action<string>? onPiece, CancellationToken cancel)
+        Action<string>? onPiece, CancellationToken cancel, bool keepSpecialTokens = false)
     {
         var sampling = new SamplingSettings(request.Greedy, request.Temperature, 0, request.TopP, request.Seed ?? Random.Shared.NextInt64(1, long.MaxValue));
         var generate = new Generate("srv-" + Guid.NewGuid().ToString("N"), new[] { promptIds }, null, request.MaxTokens, request.IgnoreEos, sampling,
             PrefillChunk: prefillChunk);
-        var decoder = tokenizer.Stream(skipSpecialTokens: true);
+        var decoder = tokenizer.Stream(skipSpecialTokens: !keepSpecialTokens);
         var stops = new StopMatcher(request.Stop);
         var text = new StringBuilder();
         int count = 0;
@@ -51,7 +52,8 @@ public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer toke
             if (count == 1) metrics?.FirstToken(now);
             else metrics?.NextToken(now - lastAt);
             lastAt = now;
-            Release(stops.Add(decoder.Add(new[] { tokens[0] })));
+            bool isEos = eos.Contains(tokens[0]);
+            if (!(keepSpecialTokens && isEos && !request.IgnoreEos)) Release(stops.Add(decoder.Add(new[] { tokens[0] })));
             if (stops.Stopped)
             {
                 ended = "stop";

@@ -13,15 +13,16 @@ public static class ServeCommand
     public static Command Create()
     {
         var m = new ModelArguments();
-        var host = new Option<string>("--host") { Description = "Address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
-        var port = new Option<int>("--port") { Description = "Port to listen on (0 = any free port)", DefaultValueFactory = _ => 8000 };
-        var maxActive = new Option<int>("--max-active") { Description = "Requests running at once", DefaultValueFactory = _ => 16 };
-        var maxQueued = new Option<int>("--max-queued") { Description = "Requests waiting beyond those; past both, 429", DefaultValueFactory = _ => 64 };
-        var maxTokens = new Option<int>("--max-tokens") { Description = "The most max_tokens a request may ask for", DefaultValueFactory = _ => 4096 };
-        var timeout = new Option<int>("--request-timeout") { Description = "Seconds a request may run before it ends with an error", DefaultValueFactory = _ => 600 };
-        var prefill = new Option<int>("--prefill-chunk") { Description = "Prompt positions prefilled per step, so that a long prompt holds the running requests up at most one chunk (0 = whole prompts)", DefaultValueFactory = _ => 128 };
-        var batchRows = new Option<int>("--max-batch-rows") { Description = "The most rows (requests) in one merged step, for an embedded cluster (a cluster of nodes: their shardpipe.batching.max-rows)", DefaultValueFactory = _ => 32 };
-        var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions), /health, /status, /metrics and a dashboard at /")
+        var d = new ServeSettings { ModelId = "", ModelFolder = "" }; // the defaults
+        var host = new Option<string>("--host") { Description = "Address to listen on", DefaultValueFactory = _ => d.Host };
+        var port = new Option<int>("--port") { Description = "Port to listen on (0 = any free port)", DefaultValueFactory = _ => d.Port };
+        var maxActive = new Option<int>("--max-active") { Description = "Requests running at once", DefaultValueFactory = _ => d.MaxActive };
+        var maxQueued = new Option<int>("--max-queued") { Description = "Requests waiting beyond those; past both, 429", DefaultValueFactory = _ => d.MaxQueued };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "The most max_tokens a request may ask for", DefaultValueFactory = _ => d.MaxTokens };
+        var timeout = new Option<int>("--request-timeout") { Description = "Seconds a request may run before it ends with an error", DefaultValueFactory = _ => (int)d.RequestTimeout.TotalSeconds };
+        var prefill = new Option<int>("--prefill-chunk") { Description = "Prompt positions prefilled per step, so that a long prompt holds the running requests up at most one chunk (0 = whole prompts)", DefaultValueFactory = _ => d.PrefillChunk };
+        var batchRows = new Option<int>("--max-batch-rows") { Description = "The most rows (requests) in one merged step, for an embedded cluster (a cluster of nodes: their shardpipe.batching.max-rows)", DefaultValueFactory = _ => d.MaxBatchRows };
+        var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions with tools), vLLM's /tokenize and /detokenize, /health, /status, /metrics and a dashboard at /")
             { host, port, maxActive, maxQueued, maxTokens, timeout, prefill, batchRows };
         m.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
@@ -42,8 +43,12 @@ public static class ServeCommand
             string embedded = $"shardpipe.max-in-flight = {parse.GetValue(maxActive)}\nshardpipe.batching.max-rows = {parse.GetValue(batchRows)}";
             await using var session = await ClusterSession.ConnectAsync(parse.GetValue(m.Cluster) ?? "embedded:1", parse.GetValue(m.Nodes), log,
                 parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig), embedded);
-            var options = new ServeOptions(modelId, load.Model, hostName, p, parse.GetValue(maxActive), parse.GetValue(maxQueued), parse.GetValue(maxTokens),
-                TimeSpan.FromSeconds(parse.GetValue(timeout)), parse.GetValue(prefill));
+            var options = new ServeSettings
+            {
+                ModelId = modelId, ModelFolder = load.Model, Host = hostName, Port = p, MaxActive = parse.GetValue(maxActive), MaxQueued = parse.GetValue(maxQueued),
+                MaxTokens = parse.GetValue(maxTokens), RequestTimeout = TimeSpan.FromSeconds(parse.GetValue(timeout)), PrefillChunk = parse.GetValue(prefill),
+                MaxBatchRows = parse.GetValue(batchRows),
+            };
             // The server (and its dashboard) is up first, so the load's progress shows there; requests get 503 until it is done.
             await using var server = await OpenAiServer.StartAsync(options, session, log);
             Console.Error.WriteLine($"dashboard at {server.Address} (loading {modelId})");

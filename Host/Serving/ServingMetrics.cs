@@ -91,3 +91,24 @@ public sealed class ServingMetrics
         _ => "error",
     };
 }
+
+/// <summary>Tokens produced over the last few seconds (for /status).</summary>
+public sealed class TokenRate
+{
+    private readonly Queue<(long At, int N)> _recent = new();
+    private const double Window = 5.0;
+
+    public void Add(int n)
+    {
+        lock (_recent) _recent.Enqueue((System.Diagnostics.Stopwatch.GetTimestamp(), n));
+    }
+
+    public double PerSecond()
+    {
+        lock (_recent)
+        {
+            while (_recent.Count > 0 && System.Diagnostics.Stopwatch.GetElapsedTime(_recent.Peek().At).TotalSeconds > Window) _recent.Dequeue();
+            return _recent.Sum(r => r.N) / Window;
+        }
+    }
+}

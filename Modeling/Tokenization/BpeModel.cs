@@ -10,7 +10,7 @@ public sealed class BpeModel
 {
     public IReadOnlyDictionary<string, int> Vocab => _vocab;
     private readonly Dictionary<string, int> _vocab;
-    private readonly Dictionary<int, string> _tokens;
+    private readonly string?[] _tokens;
     private readonly Dictionary<(int, int), (int Rank, int NewId)> _merges = new();
     private readonly string? _unk;
     private readonly bool _byteFallback, _fuseUnk, _ignoreMerges;
@@ -19,26 +19,35 @@ public sealed class BpeModel
     public BpeModel(IReadOnlyDictionary<string, int> vocab, IReadOnlyList<(string A, string B)> merges, string? unkToken = null,
         bool byteFallback = false, bool fuseUnk = false, bool ignoreMerges = false, string? continuingSubwordPrefix = null, string? endOfWordSuffix = null, string source = "tokenizer")
     {
-        _vocab = new Dictionary<string, int>(vocab, StringComparer.Ordinal);
-        _tokens = new Dictionary<int, string>();
-        foreach (var (t, id) in _vocab) _tokens.TryAdd(id, t);
+        // Big vocabularies (262k tokens, 515k merges) load in well under a second: the caller's dictionary is kept when
+        // it is already ordinal, tokens by id are an array, and merged tokens are looked up without building strings.
+        _vocab = vocab is Dictionary<string, int> d && d.Comparer == StringComparer.Ordinal ? d : new Dictionary<string, int>(vocab, StringComparer.Ordinal);
+        int maxId = _vocab.Count == 0 ? -1 : _vocab.Values.Max();
+        _tokens = new string?[maxId + 1];
+        foreach (var (t, id) in _vocab) if (id >= 0) _tokens[id] ??= t;
         _unk = unkToken;
         _byteFallback = byteFallback;
         _fuseUnk = fuseUnk;
         _ignoreMerges = ignoreMerges;
         _prefix = continuingSubwordPrefix;
         _suffix = endOfWordSuffix;
+        _merges.EnsureCapacity(merges.Count);
+        var lookup = _vocab.GetAlternateLookup<ReadOnlySpan<char>>();
+        char[] buffer = new char[256];
         for (int rank = 0; rank < merges.Count; rank++)
         {
             var (a, b) = merges[rank];
-            string merged = a + (_prefix is not null && b.StartsWith(_prefix, StringComparison.Ordinal) ? b[_prefix.Length..] : b);
-            if (!_vocab.TryGetValue(a, out int ia) || !_vocab.TryGetValue(b, out int ib) || !_vocab.TryGetValue(merged, out int im))
+            ReadOnlySpan<char> tail = _prefix is not null && b.StartsWith(_prefix, StringComparison.Ordinal) ? b.AsSpan(_prefix.Length) : b.AsSpan();
+            if (buffer.Length < a.Length + tail.Length) buffer = new char[(a.Length + tail.Length) * 2];
+            a.AsSpan().CopyTo(buffer);
+            tail.CopyTo(buffer.AsSpan(a.Length));
+            if (!_vocab.TryGetValue(a, out int ia) || !_vocab.TryGetValue(b, out int ib) || !lookup.TryGetValue(buffer.AsSpan(0, a.Length + tail.Length), out int im))
                 throw new CheckpointFormatException(source, null, $"merge {rank} ('{a}' '{b}') names a token that is not in the vocabulary");
             _merges.TryAdd((ia, ib), (rank, im));
         }
     }
 
-    public string? IdToToken(int id) => _tokens.GetValueOrDefault(id);
+    public string? IdToToken(int id) => id >= 0 && id < _tokens.Length ? _tokens[id] : null;
     public int? TokenToId(string token) => _vocab.TryGetValue(token, out int id) ? id : null;
 
     /// <summary>The tokens of one pre-tokenized word.</summary>
@@ -81,7 +90,7 @@ public sealed class BpeModel
         }
         if (pendingUnk) ids.Add(unkId!.Value);
         Merge(ids);
-        return ids.Select(id => (_tokens[id], id)).ToList();
+        return ids.Select(id => (_tokens[id]!, id)).ToList();
     }
 
     /// <summary>Merges pairs lowest rank first (leftmost on a tie) until no pair of neighbours has a merge.</summary>

@@ -24,8 +24,8 @@ public sealed record TokenizerConfig
     /// <summary>As given; null when the config does not say (each tokenizer class has its own default).</summary>
     public bool? CleanUpTokenizationSpaces { get; init; }
     public IReadOnlyList<AddedToken> AddedTokens { get; init; } = Array.Empty<AddedToken>();
-    /// <summary>The Jinja chat template (a string, or the entry named "default" of a list of named templates); null when none.</summary>
-    public string? ChatTemplate { get; init; }
+    /// <summary>The Jinja chat templates by name: a string is "default"; a list of {name, template} keeps its names. Empty when none.</summary>
+    public IReadOnlyDictionary<string, string> ChatTemplates { get; init; } = new Dictionary<string, string>();
 
     /// <summary>The named special tokens (bos, eos, unk, pad and the additional ones) that are set.</summary>
     public IEnumerable<string> NamedSpecialTokens =>
@@ -67,15 +67,29 @@ public sealed record TokenizerConfig
             AddPrefixSpace = Flag("add_prefix_space"),
             CleanUpTokenizationSpaces = Flag("clean_up_tokenization_spaces"),
             AddedTokens = added,
-            ChatTemplate = config?["chat_template"] switch
-            {
-                null => null,
-                JsonValue v when v.TryGetValue(out string? t) => t,
-                JsonArray named => named.OfType<JsonObject>().FirstOrDefault(o => o["name"] is JsonValue n && n.TryGetValue(out string? name) && name == "default")?["template"] is JsonValue tv && tv.TryGetValue(out string? dt) ? dt
-                    : throw new CheckpointFormatException(configPath, null, "chat_template is a list without a template named 'default'"),
-                _ => throw new CheckpointFormatException(configPath, null, "chat_template must be a string or a list of {name, template}"),
-            },
+            ChatTemplates = NamedChatTemplates(config?["chat_template"], configPath),
         };
+    }
+
+    /// <summary><c>chat_template</c> as transformers reads it: a string (named "default") or a list of <c>{"name", "template"}</c>.</summary>
+    public static Dictionary<string, string> NamedChatTemplates(JsonNode? node, string path)
+    {
+        var named = new Dictionary<string, string>(StringComparer.Ordinal);
+        switch (node)
+        {
+            case null: break;
+            case JsonValue v when v.TryGetValue(out string? t): named["default"] = t; break;
+            case JsonArray list:
+                for (int i = 0; i < list.Count; i++)
+                {
+                    if (list[i] is not JsonObject o || o["name"] is not JsonValue n || !n.TryGetValue(out string? name) || o["template"] is not JsonValue tv || !tv.TryGetValue(out string? template))
+                        throw new CheckpointFormatException(path, null, $"chat_template[{i}] must be {{\"name\": …, \"template\": …}}");
+                    named[name] = template;
+                }
+                break;
+            default: throw new CheckpointFormatException(path, null, "chat_template must be a string or a list of {name, template}");
+        }
+        return named;
     }
 
     private static JsonNode? ReadObject(string path)

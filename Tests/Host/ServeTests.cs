@@ -7,6 +7,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using ShardPipe.Actors.Hosting;
 using ShardPipe.Host.Cli;
 using ShardPipe.Host.Serving;
+using ShardPipe.Modeling.Chat;
 using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Tokenization;
@@ -48,11 +49,25 @@ public class ServeTests
         finally { model.Release(); }
     }
 
-    internal static async Task<(OpenAiServer Server, HttpClient Http)> Serve(string folder, EmbeddedCluster cluster, int maxActive = 16, int maxQueued = 64)
+    /// <summary>The ChatML template rendered with add_generation_prompt (what a chat request's prompt is).</summary>
+    internal static string RenderChatMl(params (string Role, string Content)[] messages) =>
+        ChatTemplates.Of(ChatMl).Apply(new ChatInput
+        {
+            Messages = messages.Select(m => (object?)new Dictionary<string, object?> { ["role"] = m.Role, ["content"] = m.Content }).ToList(),
+            AddGenerationPrompt = true,
+        }, new Dictionary<string, object?>());
+
+    internal static async Task<(OpenAiServer Server, HttpClient Http)> Serve(string folder, EmbeddedCluster cluster, int maxActive = 16, int maxQueued = 64,
+        Func<string, string>? injectedOutput = null)
     {
         var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(ShardPipe.Tests.Actors.Requests.Load(folder), NullLogger.Instance, json: true);
-        var server = await OpenAiServer.StartAsync(new ServeOptions("tiny-llama", folder, "127.0.0.1", 0, maxActive, maxQueued, 4096, TimeSpan.FromSeconds(120)), session, NullLogger.Instance);
+        var settings = new ServeSettings
+        {
+            ModelId = "tiny-llama", ModelFolder = folder, Port = 0, MaxActive = maxActive, MaxQueued = maxQueued, RequestTimeout = TimeSpan.FromSeconds(120),
+            InjectedOutput = injectedOutput,
+        };
+        var server = await OpenAiServer.StartAsync(settings, session, NullLogger.Instance);
         // A response disposed before its end closes the connection at once, as a client that goes away does (by default
         // .NET's handler would first read on for up to 2 s to reuse the connection).
         var handler = new SocketsHttpHandler { ResponseDrainTimeout = TimeSpan.Zero, MaxResponseDrainSize = 0 };
@@ -151,7 +166,7 @@ public class ServeTests
 
         // Chat: the messages rendered with the chat template (add_generation_prompt) and run as generate --prompt runs it.
         var messages = new JsonArray(new JsonObject { ["role"] = "system", ["content"] = "Be brief." }, new JsonObject { ["role"] = "user", ["content"] = "Hi there" });
-        string rendered = ChatTemplate.Parse(ChatMl).Render(new[] { new ChatMessage("system", "Be brief."), new ChatMessage("user", "Hi there") }, true, new Dictionary<string, string>());
+        string rendered = RenderChatMl(("system", "Be brief."), ("user", "Hi there"));
         Assert.Equal("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n", rendered);
         var chatCli = ShardPipeProcess.Run("generate", "--model", folder, "--prompt", rendered, "--max-new-tokens", "10", "--greedy", "--json");
         Assert.True(chatCli.ExitCode == 0, chatCli.Stderr);
@@ -260,6 +275,6 @@ public class ServeTests
         // A model without a chat template: chat requests are a 400 that says so.
         var noTemplate = await http.PostAsJsonAsync("/v1/chat/completions", new JsonObject { ["model"] = "tiny-llama", ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "x" }) });
         Assert.Equal(HttpStatusCode.BadRequest, noTemplate.StatusCode);
-        Assert.Contains("no chat_template", (await noTemplate.Content.ReadFromJsonAsync<JsonObject>())!["error"]!["message"]!.GetValue<string>());
+        Assert.Contains("no chat template", (await noTemplate.Content.ReadFromJsonAsync<JsonObject>())!["error"]!["message"]!.GetValue<string>());
     }
 }
