@@ -20,6 +20,9 @@ public sealed class OpenAiException(int status, string message, string type, str
     public static OpenAiException UnknownModel(string model, string served) =>
         new(404, $"The model '{model}' does not exist; this server serves '{served}'", "invalid_request_error", "model", "model_not_found");
 
+    public static OpenAiException Unauthorized() =>
+        new(401, "missing or wrong API key: send Authorization: Bearer <key>", "invalid_request_error", code: "invalid_api_key");
+
     public static OpenAiException Busy(int active, int queued) =>
         new(429, $"the server is busy: {active} requests running and {queued} waiting; retry later", "rate_limit_error", code: "rate_limit_exceeded", retryAfterSeconds: 1);
 

@@ -36,7 +36,11 @@ public sealed partial class OpenAiServer
 
     private async Task Run(HttpContext ctx, CompletionRequest request, IReadOnlyList<long[]> prompts, ChatRequest? chat)
     {
-        using var slot = await _admission.EnterAsync(ctx.RequestAborted);
+        // Prompt + max_tokens must fit the model's positions (vLLM's rule): checked before a slot is taken.
+        for (int i = 0; i < prompts.Count; i++)
+            if (prompts[i].Length + (long)request.MaxTokens > _positions)
+                throw OpenAiException.Invalid($"the model's context is {_positions} tokens, but {(prompts.Count > 1 ? $"prompt[{i}]" : "the prompt")} has {prompts[i].Length} and max_tokens asks for {request.MaxTokens} more ({prompts[i].Length + (long)request.MaxTokens}); lower max_tokens or shorten the prompt", chat is not null ? "max_tokens" : "max_tokens");
+        using var slot = await _admission.EnterAsync(ctx.RequestAborted, prompts.Count);
         var status = _settings.InjectedOutput is null ? await ReadyStatus() : null;
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
         timeout.CancelAfter(_settings.RequestTimeout);
@@ -162,6 +166,9 @@ public sealed partial class OpenAiServer
     {
         if (ids.Length == 0) throw OpenAiException.Invalid($"'{field}' encodes to no tokens", field == "messages" ? "messages" : "prompt");
         if (ids.Length > _positions) throw OpenAiException.Invalid($"'{field}' has {ids.Length} tokens; the model takes at most {_positions} positions", field == "messages" ? "messages" : "prompt");
+        for (int i = 0; i < ids.Length; i++)
+            if (ids[i] < 0 || ids[i] >= _settings.VocabSize)
+                throw OpenAiException.Invalid($"'{field}' token {i} is {ids[i]}, outside the model's vocabulary (0..{_settings.VocabSize - 1})", field == "messages" ? "messages" : "prompt");
         return ids;
     }
 }

@@ -65,6 +65,7 @@ public sealed partial class OpenAiServer : IAsyncDisposable
         var config = PretrainedConfig.FromFolder(settings.ModelFolder);
         var eos = StopTokens.From(PreTrainedModel.LoadGenerationConfig(settings.ModelFolder, config)).Eos.ToHashSet();
         long positions = config.GetLongOrNull("max_position_embeddings") ?? config.GetLongOrNull("n_positions") ?? long.MaxValue;
+        if (settings.VocabSize == long.MaxValue && config.GetLongOrNull("vocab_size") is { } vocab) settings = settings with { VocabSize = vocab };
 
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
@@ -85,6 +86,19 @@ public sealed partial class OpenAiServer : IAsyncDisposable
 
     private void Map(WebApplication app)
     {
+        // The API key (vLLM's --api-key): checked before any route runs; /health is always open.
+        if (_settings.ApiKey is { Length: > 0 } key)
+            app.Use(async (ctx, next) =>
+            {
+                if (ServeAccess.NeedsKey(ctx.Request.Path, _settings.ProtectStatus) && !ServeAccess.Presents(ctx.Request.Headers.Authorization, key))
+                {
+                    var error = OpenAiException.Unauthorized();
+                    ctx.Response.Headers.WWWAuthenticate = "Bearer";
+                    await Json(ctx, error.Status, error.Body());
+                    return;
+                }
+                await next(ctx);
+            });
         app.MapGet("/v1/models", (HttpContext ctx) => Handle(ctx, () => Json(ctx, 200, OpenAiShapes.Models(_settings.ModelId, _created))));
         app.MapPost("/v1/completions", (HttpContext ctx) => Counted(ctx, "completions", () => Completions(ctx)));
         app.MapPost("/v1/chat/completions", (HttpContext ctx) => Counted(ctx, "chat_completions", () => ChatCompletions(ctx)));

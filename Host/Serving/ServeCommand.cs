@@ -22,8 +22,10 @@ public static class ServeCommand
         var timeout = new Option<int>("--request-timeout") { Description = "Seconds a request may run before it ends with an error", DefaultValueFactory = _ => (int)d.RequestTimeout.TotalSeconds };
         var prefill = new Option<int>("--prefill-chunk") { Description = "Prompt positions prefilled per step, so that a long prompt holds the running requests up at most one chunk (0 = whole prompts)", DefaultValueFactory = _ => d.PrefillChunk };
         var batchRows = new Option<int>("--max-batch-rows") { Description = "The most rows (requests) in one merged step, for an embedded cluster (a cluster of nodes: their shardpipe.batching.max-rows)", DefaultValueFactory = _ => d.MaxBatchRows };
+        var apiKey = new Option<string?>("--api-key") { Description = "Require Authorization: Bearer KEY on /v1/*, /tokenize and /detokenize (401 otherwise); also read from $SHARDPIPE_API_KEY" };
+        var protectStatus = new Option<bool>("--protect-status") { Description = "With an API key: /status, /metrics and the dashboard need it too (/health stays open)" };
         var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions with tools), vLLM's /tokenize and /detokenize, /health, /status, /metrics and a dashboard at /")
-            { host, port, maxActive, maxQueued, maxTokens, timeout, prefill, batchRows };
+            { host, port, maxActive, maxQueued, maxTokens, timeout, prefill, batchRows, apiKey, protectStatus };
         m.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
         {
@@ -38,6 +40,11 @@ public static class ServeCommand
             if (hostName != "localhost" && !System.Net.IPAddress.TryParse(hostName, out _)) throw new InvalidInputException($"--host {hostName}: an IP address or localhost");
             if (parse.GetValue(prefill) < 0) throw new InvalidInputException("--prefill-chunk must be at least 0");
             if (parse.GetValue(batchRows) < 1) throw new InvalidInputException("--max-batch-rows must be at least 1");
+            string? key = parse.GetValue(apiKey) ?? (Environment.GetEnvironmentVariable("SHARDPIPE_API_KEY") is { Length: > 0 } k ? k : null);
+            if (key is { Length: < 8 }) throw new InvalidInputException("--api-key: use at least 8 characters");
+            if (parse.GetValue(protectStatus) && key is null) throw new InvalidInputException("--protect-status needs --api-key (or SHARDPIPE_API_KEY)");
+            if (key is null && hostName is not ("127.0.0.1" or "localhost" or "::1"))
+                log.LogWarning("serving on {Host} without an API key: anyone who reaches the port can run the model (--api-key or SHARDPIPE_API_KEY)", hostName);
             var load = m.LoadRequest(parse);
             // An embedded cluster takes every admitted request into its pipeline at once, merged up to --max-batch-rows a step.
             string embedded = $"shardpipe.max-in-flight = {parse.GetValue(maxActive)}\nshardpipe.batching.max-rows = {parse.GetValue(batchRows)}";
@@ -47,7 +54,7 @@ public static class ServeCommand
             {
                 ModelId = modelId, ModelFolder = load.Model, Host = hostName, Port = p, MaxActive = parse.GetValue(maxActive), MaxQueued = parse.GetValue(maxQueued),
                 MaxTokens = parse.GetValue(maxTokens), RequestTimeout = TimeSpan.FromSeconds(parse.GetValue(timeout)), PrefillChunk = parse.GetValue(prefill),
-                MaxBatchRows = parse.GetValue(batchRows),
+                MaxBatchRows = parse.GetValue(batchRows), ApiKey = key, ProtectStatus = parse.GetValue(protectStatus),
             };
             // The server (and its dashboard) is up first, so the load's progress shows there; requests get 503 until it is done.
             await using var server = await OpenAiServer.StartAsync(options, session, log);

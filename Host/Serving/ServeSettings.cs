@@ -25,6 +25,15 @@ public sealed record ServeSettings
     public TimeSpan StatusTimeout { get; init; } = TimeSpan.FromSeconds(5);
     /// <summary>How long a generation request waits for the coordinator to say the model is ready.</summary>
     public TimeSpan ReadyTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>
+    /// When set, /v1/*, /tokenize and /detokenize need <c>Authorization: Bearer KEY</c> (401 otherwise), as vLLM's
+    /// --api-key; /health stays open. Null = no key (the server should then listen on loopback only).
+    /// </summary>
+    public string? ApiKey { get; init; }
+    /// <summary>With an API key: /status, /metrics and the dashboard need it too (by default they are open).</summary>
+    public bool ProtectStatus { get; init; }
+    /// <summary>The model's vocabulary size: token ids given by a client must be below it (400 otherwise).</summary>
+    public long VocabSize { get; init; } = long.MaxValue;
     /// <summary>The largest request body accepted (413 beyond).</summary>
     public long MaxBodyBytes { get; init; } = 4 << 20;
     /// <summary>

@@ -58,7 +58,7 @@ public class ServeTests
         }, new Dictionary<string, object?>());
 
     internal static async Task<(OpenAiServer Server, HttpClient Http)> Serve(string folder, EmbeddedCluster cluster, int maxActive = 16, int maxQueued = 64,
-        Func<string, string>? injectedOutput = null)
+        Func<string, string>? injectedOutput = null, Func<ServeSettings, ServeSettings>? adjust = null)
     {
         var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(ShardPipe.Tests.Actors.Requests.Load(folder), NullLogger.Instance, json: true);
@@ -67,6 +67,7 @@ public class ServeTests
             ModelId = "tiny-llama", ModelFolder = folder, Port = 0, MaxActive = maxActive, MaxQueued = maxQueued, RequestTimeout = TimeSpan.FromSeconds(120),
             InjectedOutput = injectedOutput,
         };
+        if (adjust is not null) settings = adjust(settings);
         var server = await OpenAiServer.StartAsync(settings, session, NullLogger.Instance);
         // A response disposed before its end closes the connection at once, as a client that goes away does (by default
         // .NET's handler would first read on for up to 2 s to reuse the connection).
