@@ -9,12 +9,17 @@ public sealed class ReferenceData
     public string Folder { get; }
     public JsonNode Json { get; }
 
-    public ReferenceData(string name)
+    public ReferenceData(string name) : this(name, TestPaths.Model(name)) { }
+
+    /// <summary>A reference model in another folder (e.g. <c>families/</c>).</summary>
+    public ReferenceData(string name, string folder)
     {
         Name = name;
-        Folder = TestPaths.Model(name);
+        Folder = folder;
         Json = JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "reference.json")))!;
     }
+
+    public static ReferenceData Family(string name) => new(name, Path.Combine(TestPaths.Families, name));
 
     public string? Variant => Json["variant"]?.GetValue<string>();
     public IEnumerable<JsonNode> ForwardCases => ((JsonArray)Json["forward"]!).Select(n => n!);

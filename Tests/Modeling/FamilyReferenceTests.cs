@@ -1,0 +1,115 @@
+using System.Text.Json.Nodes;
+using ShardPipe.Modeling.Loading;
+using ShardPipe.Modeling.Models;
+using ShardPipe.Tests.Support;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Tests.Modeling;
+
+/// <summary>
+/// Mixtral, Gemma and Phi (shared/hf-reference/families), loaded in one process: Hugging Face's logits (1e-4) and
+/// greedy tokens, their module names and shapes, and their bf16 outputs.
+/// </summary>
+public class FamilyReferenceTests
+{
+    public static TheoryData<string> Families()
+    {
+        var d = new TheoryData<string>();
+        foreach (var m in TestPaths.FamilyNames) d.Add(m);
+        return d;
+    }
+
+    public static TheoryData<string, string> FamiliesAndAttention()
+    {
+        var d = new TheoryData<string, string>();
+        foreach (var m in TestPaths.FamilyNames)
+            foreach (var a in new[] { "sdpa", "eager" })
+                d.Add(m, a);
+        return d;
+    }
+
+    [Theory]
+    [MemberData(nameof(FamiliesAndAttention))]
+    public void Forward_matches_hugging_face_logits(string name, string attn)
+    {
+        var r = ReferenceData.Family(name);
+        var model = ReferenceModelTests.Load(r, attn: attn == "eager" ? AttnImplementation.Eager : AttnImplementation.Sdpa);
+        Assert.Equal(r.Json["model_class"]!.GetValue<string>(), model.ClassName);
+        CheckForward(model, r.ForwardCases, 1e-4, name);
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void Greedy_generation_matches_hugging_face(string name)
+    {
+        var r = ReferenceData.Family(name);
+        var model = ReferenceModelTests.Load(r);
+        foreach (var c in r.GenerateCases)
+            Assert.Equal(ReferenceData.Ints(c["sequences"]), ReferenceData.Greedy(model, c));
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void State_dict_keys_shapes_and_statistics_equal_hugging_faces(string name)
+    {
+        var r = ReferenceData.Family(name);
+        var model = ReferenceModelTests.Load(r);
+        var stats = (JsonObject)r.Json["tensor_stats_float32"]!;
+        var ours = model.StateDictSlots().ToList();
+        Assert.Equal(stats.Select(kv => kv.Key).Order(StringComparer.Ordinal), ours.Select(s => s.Key).Order(StringComparer.Ordinal));
+        foreach (var (key, slot) in ours)
+        {
+            var s = stats[key]!;
+            Assert.Equal(((JsonArray)s["shape"]!).Select(x => x!.GetValue<long>()), slot.Shape);
+            double sum = slot.Tensor.to(ScalarType.Float64).sum().item<double>();
+            Assert.True(Math.Abs(sum - s["sum"]!.GetValue<double>()) <= 1e-3 + 1e-5 * Math.Abs(sum), $"{name}: {key} sum {sum} vs {s["sum"]}");
+        }
+        Assert.Equal(r.Json["num_parameters"]!.GetValue<long>(), model.NamedParameters().Sum(p => p.Slot.ElementCount));
+        Assert.Equal(r.Json["loaded_model_ties_lm_head"]!.GetValue<bool>(),
+            ReferenceEquals(model.InputEmbeddings.Weight, model.OutputEmbeddings.Weight));
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void Native_dtype_outputs_are_close_to_hugging_faces(string name)
+    {
+        var r = ReferenceData.Family(name);
+        if (r.Json["native_dtype"] is not JsonObject native || !native["supported"]!.GetValue<bool>()) return; // fp32, or HF could not run it
+        var model = PreTrainedModel.FromPretrained(r.Folder, new FromPretrainedOptions { DType = "auto" });
+        Assert.Equal(native["dtype"]!.GetValue<string>() == "bfloat16" ? ScalarType.BFloat16 : ScalarType.Float16, model.DType);
+        // bf16 keeps 8 bits of mantissa; kernels differ between torch 1.13 and libtorch 2.10 in accumulation order.
+        CheckForward(model, ((JsonArray)native["forward"]!).Select(n => n!), 0.05, name + " native", argmaxSlack: 1);
+    }
+
+    internal static void CheckForward(CausalLMModel model, IEnumerable<JsonNode> cases, double tol, string what, int argmaxSlack = 0)
+    {
+        int rows = 0, sameArgmax = 0;
+        foreach (var c in cases)
+        {
+            var ids = ReferenceData.Ints(c["input_ids"]);
+            var mask = c["attention_mask"] is JsonArray ? ReferenceData.Ints(c["attention_mask"]) : null;
+            var pos = c["position_ids"] is JsonArray ? ReferenceData.Ints(c["position_ids"]) : null;
+            using var scope = NewDisposeScope();
+            var logits = model.Forward(ReferenceModelTests.Tensor2(ids), mask is null ? null : ReferenceModelTests.Tensor2(mask),
+                pos is null ? null : ReferenceModelTests.Tensor2(pos));
+            var expected = ReferenceData.Doubles(c["last_logits"]!);
+            var argmax = ((JsonArray)c["argmax"]!).Select(x => x!.GetValue<long>()).ToArray();
+            for (int b = 0; b < ids.Length; b++)
+            {
+                var row = logits[b, ids[b].Length - 1].data<float>().ToArray();
+                ReferenceModelTests.AssertClose(expected[b], row, tol, $"{what}/{c["name"]} row {b}");
+                rows++;
+                if (argmax[b] == Array.IndexOf(row, row.Max())) sameArgmax++;
+            }
+            if (c["logits_all"] is JsonArray all)
+            {
+                var expectedAll = ReferenceData.Doubles(all[0]!);
+                for (int t = 0; t < expectedAll.Length; t++)
+                    ReferenceModelTests.AssertClose(expectedAll[t], logits[0, t].data<float>().ToArray(), tol, $"{what}/{c["name"]} t={t}");
+            }
+        }
+        Assert.True(rows > 0);
+        Assert.True(sameArgmax >= rows - argmaxSlack, $"{what}: argmax agreed on {sameArgmax} of {rows} rows");
+    }
+}
