@@ -82,6 +82,26 @@ public class FamilyReferenceTests
         CheckForward(model, ((JsonArray)native["forward"]!).Select(n => n!), 0.05, name + " native", argmaxSlack: 1);
     }
 
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void Half_the_blocks_on_disk_give_hugging_faces_logits_and_tokens(string name)
+    {
+        var r = ReferenceData.Family(name);
+        var meta = AutoModel.FromConfig(ShardPipe.Checkpoints.PretrainedConfig.FromFolder(r.Folder));
+        using var tmp = new TempDir();
+        var model = PreTrainedModel.FromPretrained(r.Folder, new FromPretrainedOptions { DType = "float32", DeviceMapDict = DiskOffloadTests.HalfOnDisk(meta), OffloadFolder = tmp.Path });
+        try
+        {
+            Assert.True(model.Offload is { Bytes: > 0 });
+            string last = meta.LayerPath(meta.NumLayers - 1) + ".";
+            Assert.DoesNotContain(model.NamedParameters(), p => p.Key.StartsWith(last, StringComparison.Ordinal) && p.Slot.IsMaterialised);
+            CheckForward(model, r.ForwardCases, 1e-4, name + " with blocks on disk");
+            foreach (var c in r.GenerateCases)
+                Assert.Equal(ReferenceData.Ints(c["sequences"]), ReferenceData.Greedy(model, c));
+        }
+        finally { model.Release(); }
+    }
+
     internal static void CheckForward(CausalLMModel model, IEnumerable<JsonNode> cases, double tol, string what, int argmaxSlack = 0)
     {
         int rows = 0, sameArgmax = 0;
