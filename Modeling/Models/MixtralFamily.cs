@@ -91,6 +91,7 @@ public sealed class MixtralSparseMoeBlock : HfModule, IFeedForward
     }
 
     public IReadOnlyList<MixtralBlockSparseTop2MLP> Experts => _experts;
+    public int TopK => _moe.TopK;
     /// <summary>Calls of this block: one per step through its layer, however many requests the step merges.</summary>
     public long Calls => Interlocked.Read(ref _calls);
     /// <summary>The most reads of any one expert's weights within a single call, as counted by the experts.</summary>

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Models;
 using ShardPipe.Tests.Support;
@@ -100,6 +101,21 @@ public class FamilyReferenceTests
                 Assert.Equal(ReferenceData.Ints(c["sequences"]), ReferenceData.Greedy(model, c));
         }
         finally { model.Release(); }
+    }
+
+    [Fact]
+    public void A_generated_mixtral_loads_every_key_and_counts_only_chosen_experts_as_active()
+    {
+        using var tmp = new TempDir();
+        var spec = new ShardPipe.Checkpoints.Synthetic.SyntheticLlamaSpec { NumLocalExperts = 4, NumExpertsPerTok = 2, MaxShardSize = "300KB" };
+        ShardPipe.Checkpoints.Synthetic.SyntheticLlama.Write(tmp.Path, spec);
+        var model = PreTrainedModel.FromPretrained(tmp.Path, new FromPretrainedOptions { DType = "bfloat16" });
+        Assert.Equal("MixtralForCausalLM", model.ClassName);
+        Assert.All(model.NamedParameters(), p => Assert.True(p.Slot.IsMaterialised, p.Key));
+        long expert = 3L * spec.HiddenSize * spec.IntermediateSize;
+        Assert.Equal(model.NumParameters() - spec.NumLayers * 2 * expert, model.ActiveParameters());
+        var tokens = TokenGenerator.Greedy(model, new[] { new long[] { 5, 6, 7 } }, null, new GenerationOptions { MaxNewTokens = 4, IgnoreEos = true }).Sequences;
+        Assert.Equal(7, tokens[0].Length);
     }
 
     internal static void CheckForward(CausalLMModel model, IEnumerable<JsonNode> cases, double tol, string what, int argmaxSlack = 0)
