@@ -1,4 +1,5 @@
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Messages;
 using ShardPipe.Tests.Modeling;
 using ShardPipe.Tests.Support;
 
@@ -60,6 +61,46 @@ public class FamilyClusterOffloadTests : IAsyncLifetime
             Assert.True(loaded.DeviceMap.Count(e => e.Device.EndsWith("/disk", StringComparison.Ordinal)) > 0, $"{name}: nothing was planned onto a disk device");
             Assert.Contains(loaded.Devices, d => d.Device.EndsWith("/disk", StringComparison.Ordinal) && d.LoadedBytes == d.PlannedBytes && d.LoadedBytes > 0);
             await ReferenceOnCluster.Check(_cluster.Client, loaded, r, "with blocks on node disks");
+        }
+    }
+}
+
+/// <summary>
+/// Each family served as the others are: 8 requests merged at every stage of a 3-node cluster (continuous batching), a
+/// middle worker crashing mid-way; every request ends with the tokens it gets alone, fault-free.
+/// </summary>
+[Collection("cluster")]
+public class FamilyClusterRecoveryTests
+{
+    [Theory]
+    [InlineData("mixtral")]
+    [InlineData("gemma")]
+    [InlineData("phi")]
+    public async Task Merged_requests_survive_a_worker_crash_each_with_its_tokens_run_alone(string name)
+    {
+        await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(ReferenceData.Family(name).Folder), TimeSpan.FromMinutes(1));
+        Assert.Contains(loaded.DeviceMap, e => e.Device.StartsWith("node-2/", StringComparison.Ordinal));
+        var requests = Enumerable.Range(0, 8).Select(i => Requests.Generate(new[] { Enumerable.Range(0, 3 + i * 4).Select(j => (long)((j * 13 + i * 29 + 3) % 250 + 2)).ToArray() }, null, 24 + i * 2)
+            with { IgnoreEos = true, Sampling = i == 3 ? new SamplingSettings(false, 0.9, 20, 0.95, 77) : new SamplingSettings(true, 0, 0, 1, 0) }).ToList();
+        var expected = new List<long[][]>();
+        foreach (var r in requests) expected.Add((await cluster.Client.RunAsync(r with { RequestId = Guid.NewGuid().ToString("N") }, loaded.Stages, TimeSpan.FromSeconds(30))).NewTokens);
+        foreach (var node in cluster.Nodes) ShardPipe.Actors.Diagnostics.NodeDiagnostics.For(node.System).StepRows.Drain();
+        ShardPipe.Actors.Diagnostics.FaultHooks.For(cluster.Nodes[2].System).BeforeStep = () => Thread.Sleep(20); // keep the generations going past the kill
+
+        int seen = 0;
+        var reached = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var runs = requests.Select(r => cluster.Client.RunAsync(r, loaded.Stages, TimeSpan.FromSeconds(30),
+            _ => { if (Interlocked.Increment(ref seen) == 40) reached.TrySetResult(); })).ToList();
+        await reached.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        var rows = cluster.Nodes.SelectMany(n => ShardPipe.Actors.Diagnostics.NodeDiagnostics.For(n.System).StepRows.Drain()).ToList();
+        Assert.True(rows.Max() >= 4, $"the stages merged the requests' steps: at most {rows.Max()} rows in a step");
+        await cluster.Nodes[1].Kill(); // node-2: a middle stage
+        var outcomes = await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(120));
+        for (int i = 0; i < requests.Count; i++)
+        {
+            Assert.Equal(expected[i][0], outcomes[i].NewTokens[0]);
+            Assert.Equal(1, outcomes[i].RecoveredFaults);
         }
     }
 }
