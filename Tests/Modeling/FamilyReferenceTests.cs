@@ -73,6 +73,46 @@ public class FamilyReferenceTests
 
     [Theory]
     [MemberData(nameof(Families))]
+    public void Meta_model_keys_in_order_buffers_counts_and_footprint_equal_hugging_faces(string name)
+    {
+        var r = ReferenceData.Family(name);
+        var meta = AutoModel.FromConfig(ShardPipe.Checkpoints.PretrainedConfig.FromFolder(r.Folder));
+        Assert.Equal(((JsonObject)r.Json["tensor_stats_float32"]!).Select(kv => kv.Key), meta.StateDictSlots().Select(o => o.Key));
+        var model = PreTrainedModel.FromPretrained(r.Folder, new FromPretrainedOptions { DType = "auto" });
+        Assert.Equal(r.Json["dtype_auto"]!.GetValue<string>(), "torch." + ShardPipe.Checkpoints.DTypes.TorchName(ShardPipe.Modeling.Core.TorchRuntime.ToDType(model.DType)));
+        Assert.Equal(r.Json["num_parameters"]!.GetValue<long>(), model.NumParameters());
+        Assert.Equal(r.Json["num_parameters_exclude_embeddings"]!.GetValue<long>(), model.NumParameters(excludeEmbeddings: true));
+        // 4.38's causal_mask buffer (Gemma, as Llama) is the one HF buffer we do not have; the rotary buffers are HF's.
+        var hfBuffers = ((JsonArray)r.Json["buffers"]!).Where(b => b!["name"]!.GetValue<string>() != "model.causal_mask").ToList();
+        Assert.Equal(hfBuffers.Select(b => b!["name"]!.GetValue<string>()), model.NamedBuffers().Select(b => b.Key));
+        foreach (var fp in (JsonArray)r.Json["memory_footprint"]!)
+        {
+            var dt = ShardPipe.Modeling.Core.TorchRuntime.ParseFloatDType(fp!["loaded_dtype"]!.GetValue<string>());
+            Assert.Equal(fp["bytes_without_buffers"]!.GetValue<long>(), model.GetMemoryFootprint(dt, returnBuffers: false));
+            if (dt == ShardPipe.Checkpoints.DType.F32)
+                Assert.Equal(hfBuffers.Sum(b => b!["bytes"]!.GetValue<long>()), model.GetMemoryFootprint(dt) - model.GetMemoryFootprint(dt, returnBuffers: false));
+        }
+    }
+
+    [Theory]
+    [InlineData("mixtral", "num_experts_per_tok", "5", "num_experts_per_tok 5")]
+    [InlineData("mixtral", "num_local_experts", "0", "num_local_experts 0")]
+    [InlineData("phi", "partial_rotary_factor", "1.5", "partial_rotary_factor 1.5")]
+    [InlineData("phi", "qk_layernorm", "true", "qk_layernorm")]
+    [InlineData("gemma", "num_key_value_heads", "3", "num_key_value_heads 3")]
+    public void A_bad_family_config_is_a_typed_error_naming_the_field(string name, string field, string value, string expected)
+    {
+        using var tmp = new TempDir();
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(TestPaths.Families, name, "config.json")))!.AsObject();
+        config[field] = JsonNode.Parse(value);
+        File.WriteAllText(tmp.File("config.json"), config.ToJsonString());
+        var e = Assert.ThrowsAny<ShardPipeException>(() => AutoModel.FromConfig(ShardPipe.Checkpoints.PretrainedConfig.FromFolder(tmp.Path)));
+        Assert.Contains(expected, e.Message);
+        Assert.Contains("config.json", e.Message);
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
     public void Native_dtype_outputs_are_close_to_hugging_faces(string name)
     {
         var r = ReferenceData.Family(name);
