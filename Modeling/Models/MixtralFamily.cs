@@ -102,13 +102,31 @@ public sealed class MixtralSparseMoeBlock : HfModule, IFeedForward
         using var scope = NewDisposeScope();
         long hidden = x.shape[^1];
         var flat = x.reshape(-1, hidden);                                                           // (N, H)
-        long n = flat.shape[0];
         var probs = nn.functional.softmax(_gate.Forward(flat), 1, ScalarType.Float32);             // (N, E) float32
         var (weights, chosen) = probs.topk(_moe.TopK, dim: -1);                                     // (N, k), (N, k)
         weights = (weights / weights.sum(-1, keepdim: true)).to(x.dtype).reshape(-1);               // (N·k)
         var picks = chosen.reshape(-1).data<long>().ToArray();                                      // row r's j-th expert at r·k + j
 
-        // Group by expert: each expert's rows (and the slot of its weight), in row order.
+        var before = _experts.Select(expert => expert.Runs).ToArray();
+        Tensor output;
+        if (picks.Length == _moe.TopK)
+        {
+            // One row (a decode step of one request): its k experts on it directly, summed in expert order.
+            output = zeros_like(flat);
+            foreach (int j in Enumerable.Range(0, _moe.TopK).OrderBy(j => picks[j]))
+                output = output + _experts[(int)picks[j]].Forward(flat) * weights.narrow(0, j, 1);
+        }
+        else output = Grouped(flat, weights, picks);
+        Interlocked.Increment(ref _calls);
+        long most = _experts.Select((expert, e) => expert.Runs - before[e]).Max();
+        if (most > Interlocked.Read(ref _mostRunsInOneCall)) Interlocked.Exchange(ref _mostRunsInOneCall, most);
+        return output.view(x.shape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Rows (N, H) grouped by expert: each chosen expert once over its rows, added back in expert order.</summary>
+    private Tensor Grouped(Tensor flat, Tensor weights, long[] picks)
+    {
+        // Each expert's rows (and the slot of its weight), in row order.
         var rows = new List<long>[_moe.NumExperts];
         var slots = new List<long>[_moe.NumExperts];
         for (int i = 0; i < picks.Length; i++)
@@ -118,7 +136,6 @@ public sealed class MixtralSparseMoeBlock : HfModule, IFeedForward
             (slots[e] ??= new()).Add(i);
         }
         var output = zeros_like(flat);
-        var before = _experts.Select(x => x.Runs).ToArray();
         for (int e = 0; e < _moe.NumExperts; e++)
         {
             if (rows[e] is null) continue; // not chosen by any row: its weights stay unread
@@ -127,9 +144,6 @@ public sealed class MixtralSparseMoeBlock : HfModule, IFeedForward
             var y = _experts[e].Forward(flat.index_select(0, index)) * weights.index_select(0, slot).unsqueeze(1); // (n_e, H)
             output.index_add_(0, index, y, 1);
         }
-        Interlocked.Increment(ref _calls);
-        long most = _experts.Select((x, e) => x.Runs - before[e]).Max();
-        if (most > Interlocked.Read(ref _mostRunsInOneCall)) Interlocked.Exchange(ref _mostRunsInOneCall, most);
-        return output.view(x.shape).MoveToOuterDisposeScope();
+        return output;
     }
 }
