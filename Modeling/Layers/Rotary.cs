@@ -50,7 +50,7 @@ public sealed class RotaryEmbedding : HfModule
         _scaling = scaling;
         if (invFreqBuffer)
             _invFreq = Buffer("inv_freq", new long[] { dim / 2 }, persistent: false, fixedDType: DType.F32,
-            (_, device) => InvFreq(_base).to(device));
+                (_, device) => InvFreq(_base).to(device));
         if (cachedTables)
         {
             _cos = Buffer("cos_cached", new long[] { maxPositions, dim }, persistent: false, fixedDType: null,
