@@ -17,6 +17,10 @@ public sealed record SyntheticLlamaSpec
     public DType DType { get; init; } = DType.F32;
     public string MaxShardSize { get; init; } = "5GB";
     public ulong Seed { get; init; } = 1234;
+    /// <summary>Experts per block (<c>num_local_experts</c>): 0 writes a dense Llama, more a <c>MixtralForCausalLM</c>.</summary>
+    public int NumLocalExperts { get; init; }
+    /// <summary>Experts each token is routed to (<c>num_experts_per_tok</c>), for a Mixtral.</summary>
+    public int NumExpertsPerTok { get; init; } = 2;
 
     /// <summary>About 125M parameters: hidden 768, 12 layers, vocab 32000 (the decode benchmark's model).</summary>
     public static SyntheticLlamaSpec Llama125M => new()
@@ -30,6 +34,13 @@ public sealed record SyntheticLlamaSpec
     {
         HiddenSize = 1024, IntermediateSize = 2816, NumLayers = 22, NumHeads = 16, NumKeyValueHeads = 8, VocabSize = 32000,
         MaxPositions = 2048, MaxShardSize = "256MB",
+    };
+
+    /// <summary>A Mixtral of ≈294M parameters (8 experts, top-2; ≈104M active per token): the MoE decode benchmark's model.</summary>
+    public static SyntheticLlamaSpec Mixtral300M => new()
+    {
+        HiddenSize = 768, IntermediateSize = 1536, NumLayers = 8, NumHeads = 12, NumKeyValueHeads = 4, VocabSize = 32000,
+        MaxPositions = 2048, MaxShardSize = "200MB", NumLocalExperts = 8, NumExpertsPerTok = 2,
     };
 }
 
@@ -51,9 +62,22 @@ public static class SyntheticLlama
             list.Add((p + "self_attn.k_proj.weight", new long[] { kv, s.HiddenSize }));
             list.Add((p + "self_attn.v_proj.weight", new long[] { kv, s.HiddenSize }));
             list.Add((p + "self_attn.o_proj.weight", new long[] { s.HiddenSize, s.HiddenSize }));
-            list.Add((p + "mlp.gate_proj.weight", new long[] { s.IntermediateSize, s.HiddenSize }));
-            list.Add((p + "mlp.up_proj.weight", new long[] { s.IntermediateSize, s.HiddenSize }));
-            list.Add((p + "mlp.down_proj.weight", new long[] { s.HiddenSize, s.IntermediateSize }));
+            if (s.NumLocalExperts > 0)
+            {
+                list.Add((p + "block_sparse_moe.gate.weight", new long[] { s.NumLocalExperts, s.HiddenSize }));
+                for (int e = 0; e < s.NumLocalExperts; e++)
+                {
+                    list.Add((p + $"block_sparse_moe.experts.{e}.w1.weight", new long[] { s.IntermediateSize, s.HiddenSize }));
+                    list.Add((p + $"block_sparse_moe.experts.{e}.w2.weight", new long[] { s.HiddenSize, s.IntermediateSize }));
+                    list.Add((p + $"block_sparse_moe.experts.{e}.w3.weight", new long[] { s.IntermediateSize, s.HiddenSize }));
+                }
+            }
+            else
+            {
+                list.Add((p + "mlp.gate_proj.weight", new long[] { s.IntermediateSize, s.HiddenSize }));
+                list.Add((p + "mlp.up_proj.weight", new long[] { s.IntermediateSize, s.HiddenSize }));
+                list.Add((p + "mlp.down_proj.weight", new long[] { s.HiddenSize, s.IntermediateSize }));
+            }
             list.Add((p + "input_layernorm.weight", new long[] { s.HiddenSize }));
             list.Add((p + "post_attention_layernorm.weight", new long[] { s.HiddenSize }));
         }
@@ -62,7 +86,26 @@ public static class SyntheticLlama
         return list;
     }
 
-    public static JsonObject Config(SyntheticLlamaSpec s) => new()
+    public static JsonObject Config(SyntheticLlamaSpec s)
+    {
+        var c = LlamaConfig(s);
+        if (s.NumLocalExperts == 0) return c;
+        // MixtralConfig's fields (transformers 4.38): Mistral's plus the router's.
+        c["architectures"] = new JsonArray("MixtralForCausalLM");
+        c["model_type"] = "mixtral";
+        c.Remove("attention_bias");
+        c.Remove("pretraining_tp");
+        c.Remove("rope_scaling");
+        c["rope_theta"] = 1e6;
+        c["sliding_window"] = null;
+        c["num_local_experts"] = s.NumLocalExperts;
+        c["num_experts_per_tok"] = s.NumExpertsPerTok;
+        c["output_router_logits"] = false;
+        c["router_aux_loss_coef"] = 0.001;
+        return c;
+    }
+
+    private static JsonObject LlamaConfig(SyntheticLlamaSpec s) => new()
     {
         ["architectures"] = new JsonArray("LlamaForCausalLM"),
         ["attention_bias"] = false,

@@ -25,7 +25,7 @@ public static class DecodeBench
 {
     public static Command Create()
     {
-        var model = new Option<string?>("--model") { Description = "Checkpoint folder (default: a generated 125M Llama)" };
+        var model = new Option<string?>("--model") { Description = "Checkpoint folder, or a synth preset name such as mixtral-300m (default: a generated 125M Llama)" };
         var tokens = new Option<int>("--tokens") { Description = "New tokens per generation", DefaultValueFactory = _ => 32 };
         var micro = new Option<int>("--microbatches") { Description = "Requests in flight for the micro-batching figure (m)", DefaultValueFactory = _ => 4 };
         var pin = new Option<int>("--pin-core") { Description = "Core that the per-hop figure's nodes run their steps on (shardpipe.compute-cores)", DefaultValueFactory = _ => 0 };
@@ -41,13 +41,21 @@ public static class DecodeBench
 
     private static async Task<int> Run(string? modelArg, int n, int m, int pinCore, bool speedOnly, bool asJson, ILogger log)
     {
-        string folder = modelArg is { } d ? ModelLocator.Locate(d) : BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
+        string folder = modelArg switch
+        {
+            null => BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log),
+            "mixtral-300m" when !Directory.Exists(modelArg) => BenchSupport.GeneratedModel("mixtral-300m", SyntheticLlamaSpec.Mixtral300M, log),
+            var d => ModelLocator.Locate(d),
+        };
         BenchSupport.Say(asJson, $"bench decode: {folder}, {n} new tokens, greedy, EOS ignored");
 
         // 0. Single-stream speed against the read bandwidth: float32 and bfloat16 in turns, and where a step's time goes.
         var speed = DecodeSpeed.Measure(folder, Math.Max(n, 64));
         BenchSupport.Say(asJson, $"  plain float32 {speed.Fp32TokensPerS:0.00} tokens/s, bfloat16 {speed.Bf16TokensPerS:0.00} ({speed.Bf16Speedup:0.00}x); " +
                                  $"read bandwidth {speed.ReadGBps:0.0} GB/s, weights {speed.Fp32WeightBytes / 1e6:0} MB: weight_read_ratio {speed.WeightReadRatio:0.000}");
+        if (speed.ActiveParameters != speed.TotalParameters)
+            BenchSupport.Say(asJson, $"  active parameters {speed.ActiveParameters / 1e6:0.0}M of {speed.TotalParameters / 1e6:0.0}M: " +
+                                     $"weight_read_ratio over active bytes {speed.ActiveWeightReadRatioFp32:0.000} float32, {speed.ActiveWeightReadRatioBf16:0.000} bfloat16");
         foreach (var (name, profile) in new[] { ("float32", speed.Fp32Profile), ("bfloat16", speed.Bf16Profile) })
             BenchSupport.Say(asJson, $"  profile {name} (ms per token): {string.Join(", ", Group(profile).Select(kv => $"{kv.Key} {kv.Value:0.000}"))}");
         var speedFigures = new JsonObject
@@ -58,6 +66,11 @@ public static class DecodeBench
             ["weight_bytes_fp32"] = speed.Fp32WeightBytes,
             ["read_bandwidth_gb_s"] = Math.Round(speed.ReadGBps, 3),
             ["weight_read_ratio"] = Math.Round(speed.WeightReadRatio, 4),
+            ["parameters"] = speed.TotalParameters,
+            ["active_parameters"] = speed.ActiveParameters,
+            // Over the bytes a token actually reads (a mixture of experts: the chosen experts only; a dense model: all).
+            ["weight_read_ratio_active_fp32"] = Math.Round(speed.ActiveWeightReadRatioFp32, 4),
+            ["weight_read_ratio_active_bf16"] = Math.Round(speed.ActiveWeightReadRatioBf16, 4),
             ["profile_fp32_ms"] = Json(Group(speed.Fp32Profile)),
             ["profile_bf16_ms"] = Json(Group(speed.Bf16Profile)),
         };

@@ -18,6 +18,13 @@ public static class DecodeSpeed
     public sealed record Result(double Fp32TokensPerS, double Bf16TokensPerS, long Fp32WeightBytes, double ReadGBps,
         IReadOnlyDictionary<string, double> Fp32Profile, IReadOnlyDictionary<string, double> Bf16Profile)
     {
+        /// <summary>Parameters a decode token reads (a mixture of experts: only the chosen experts'); all of them for a dense model.</summary>
+        public long ActiveParameters { get; init; }
+        public long TotalParameters { get; init; }
+        /// <summary>Active weight bytes read per second at the bfloat16 decode rate, over the plain read's bandwidth.</summary>
+        public double ActiveWeightReadRatioBf16 => ActiveParameters * 2.0 * Bf16TokensPerS / (ReadGBps * 1e9);
+        /// <summary>The same at the float32 rate.</summary>
+        public double ActiveWeightReadRatioFp32 => ActiveParameters * 4.0 * Fp32TokensPerS / (ReadGBps * 1e9);
         /// <summary>Weight bytes read per second at the float32 decode rate, over the plain read's bandwidth.</summary>
         public double WeightReadRatio => Fp32WeightBytes * Fp32TokensPerS / (ReadGBps * 1e9);
         public double Bf16Speedup => Bf16TokensPerS / Fp32TokensPerS;
@@ -39,7 +46,11 @@ public static class DecodeSpeed
                 b = Math.Max(b, Tps(bf16));
             }
             long bytes = fp32.NamedParameters().Sum(p => p.Slot.Tensor.NumberOfElements * p.Slot.Tensor.ElementSize);
-            return new Result(a, b, bytes, ReadBandwidth(bytes), Profile(fp32, newTokens), Profile(bf16, newTokens));
+            return new Result(a, b, bytes, ReadBandwidth(bytes), Profile(fp32, newTokens), Profile(bf16, newTokens))
+            {
+                ActiveParameters = fp32.ActiveParameters(),
+                TotalParameters = fp32.NumParameters(),
+            };
         }
         finally
         {

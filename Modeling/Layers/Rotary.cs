@@ -37,18 +37,20 @@ public sealed class RotaryEmbedding : HfModule
     private readonly double _base;
     private readonly long _maxPositions;
     private readonly RopeScaling? _scaling;
-    private readonly TensorSlot _invFreq;
+    private readonly TensorSlot? _invFreq;
     private readonly TensorSlot? _cos, _sin;
 
-    public RotaryEmbedding(string className, int dim, long maxPositions, double theta, RopeScaling? scaling, bool cachedTables)
+    /// <param name="invFreqBuffer">false: <c>inv_freq</c> is no buffer of the module (Gemma 4.38 computes it on the fly).</param>
+    public RotaryEmbedding(string className, int dim, long maxPositions, double theta, RopeScaling? scaling, bool cachedTables, bool invFreqBuffer = true)
     {
         ClassName = className;
         _dim = dim;
         _base = theta;
         _maxPositions = maxPositions;
         _scaling = scaling;
-        _invFreq = Buffer("inv_freq", new long[] { dim / 2 }, persistent: false, fixedDType: DType.F32,
-            (_, device) => InvFreq(_base).to(device));
+        if (invFreqBuffer)
+            _invFreq = Buffer("inv_freq", new long[] { dim / 2 }, persistent: false, fixedDType: DType.F32,
+                (_, device) => InvFreq(_base).to(device));
         if (cachedTables)
         {
             _cos = Buffer("cos_cached", new long[] { maxPositions, dim }, persistent: false, fixedDType: null,
@@ -106,7 +108,7 @@ public sealed class RotaryEmbedding : HfModule
                 return (cosT.MoveToOuterDisposeScope(), sinT.MoveToOuterDisposeScope());
             }
         }
-        var inv = _invFreq.Tensor;
+        var inv = _invFreq?.Tensor ?? InvFreq(_base).to(positionIds.device);
         var pos = positionIds.to(ScalarType.Float32);
         if (_scaling is { Type: "linear" } lin) pos = pos / (float)lin.Factor;
         if (_scaling is { Type: "dynamic" } dyn)

@@ -15,6 +15,9 @@ public static class AutoModel
         ["MistralForCausalLM"] = c => new LlamaForCausalLM(c, LlamaVariant.Mistral),
         ["Qwen2ForCausalLM"] = c => new LlamaForCausalLM(c, LlamaVariant.Qwen2),
         ["GPT2LMHeadModel"] = c => new Gpt2LMHeadModel(c),
+        ["MixtralForCausalLM"] = MixtralFamily.Create,
+        ["GemmaForCausalLM"] = c => new GemmaForCausalLM(c),
+        ["PhiForCausalLM"] = c => new PhiForCausalLM(c),
     };
     private static readonly Dictionary<string, string> ByModelType = new(StringComparer.Ordinal)
     {
@@ -22,6 +25,9 @@ public static class AutoModel
         ["mistral"] = "MistralForCausalLM",
         ["qwen2"] = "Qwen2ForCausalLM",
         ["gpt2"] = "GPT2LMHeadModel",
+        ["mixtral"] = "MixtralForCausalLM",
+        ["gemma"] = "GemmaForCausalLM",
+        ["phi"] = "PhiForCausalLM",
     };
 
     /// <summary>Registers another architecture (and optionally the model_type that falls back to it).</summary>

@@ -14,6 +14,21 @@ public sealed record LlamaVariant(string Prefix, bool QkvBiasAlways, bool UseSli
     public static readonly LlamaVariant Llama = new("Llama", QkvBiasAlways: false, UseSlidingWindow: false, CachedRopeTables: false);
     public static readonly LlamaVariant Mistral = new("Mistral", QkvBiasAlways: false, UseSlidingWindow: true, CachedRopeTables: true);
     public static readonly LlamaVariant Qwen2 = new("Qwen2", QkvBiasAlways: true, UseSlidingWindow: true, CachedRopeTables: true);
+
+    /// <summary>Whether the rotary embedding registers <c>inv_freq</c> as a buffer (Gemma 4.38 computes it on the fly).</summary>
+    public bool InvFreqBuffer { get; init; } = true;
+
+    /// <summary>
+    /// The block's feed-forward, by layer index: its HF name and module. Null: <see cref="LlamaMlp"/> as <c>mlp</c>
+    /// (Mixtral's is its sparse mixture of experts, <c>block_sparse_moe</c>).
+    /// </summary>
+    public Func<LlamaConfig, int, (string Name, IFeedForward Module)>? FeedForward { get; init; }
+}
+
+/// <summary>A decoder block's feed-forward part: (…, H) → (…, H), row by row.</summary>
+public interface IFeedForward
+{
+    Tensor Forward(Tensor x);
 }
 
 /// <summary>Typed view of a Llama-family config.json.</summary>
@@ -44,7 +59,7 @@ public sealed record LlamaConfig(
     }
 }
 
-public sealed class LlamaMlp : HfModule
+public sealed class LlamaMlp : HfModule, IFeedForward
 {
     public override string ClassName { get; }
     private readonly Linear _gate, _up, _down;
@@ -91,7 +106,7 @@ public sealed class LlamaAttention : HfModule
         _k = Child("k_proj", new Linear(c.HiddenSize, (long)c.NumKvHeads * c.HeadDim, qkvBias));
         _v = Child("v_proj", new Linear(c.HiddenSize, (long)c.NumKvHeads * c.HeadDim, qkvBias));
         _o = Child("o_proj", new Linear((long)c.NumHeads * c.HeadDim, c.HiddenSize, c.AttentionBias));
-        Rotary = Child("rotary_emb", new RotaryEmbedding(v.Prefix + "RotaryEmbedding", c.HeadDim, c.MaxPositions, c.RopeTheta, c.Scaling, v.CachedRopeTables));
+        Rotary = Child("rotary_emb", new RotaryEmbedding(v.Prefix + "RotaryEmbedding", c.HeadDim, c.MaxPositions, c.RopeTheta, c.Scaling, v.CachedRopeTables, v.InvFreqBuffer));
     }
 
     /// <summary>
@@ -149,14 +164,16 @@ public sealed class LlamaDecoderLayer : HfModule
 {
     public override string ClassName { get; }
     public LlamaAttention SelfAttn { get; }
-    private readonly LlamaMlp _mlp;
+    private readonly IFeedForward _mlp;
     private readonly RmsNorm _inputNorm, _postNorm;
 
     public LlamaDecoderLayer(LlamaVariant v, LlamaConfig c, int index)
     {
         ClassName = v.Prefix + "DecoderLayer";
         SelfAttn = Child("self_attn", new LlamaAttention(v, c, index));
-        _mlp = Child("mlp", new LlamaMlp(v, c));
+        var (name, mlp) = v.FeedForward?.Invoke(c, index) ?? ("mlp", new LlamaMlp(v, c));
+        _mlp = mlp;
+        Child(name, (HfModule)mlp);
         _inputNorm = Child("input_layernorm", new RmsNorm(v.Prefix + "RMSNorm", c.HiddenSize, c.RmsEps));
         _postNorm = Child("post_attention_layernorm", new RmsNorm(v.Prefix + "RMSNorm", c.HiddenSize, c.RmsEps));
     }

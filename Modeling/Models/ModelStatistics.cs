@@ -81,6 +81,17 @@ public static class ModelStatistics
         catch (OverflowException) { throw new InvalidInputException($"floating_point_ops: 6 × {tokens} tokens × the parameters exceeds 2^63"); }
     }
 
+    /// <summary>
+    /// Parameters one token reads in a decode step: every unique parameter but, in each sparse mixture-of-experts
+    /// block, the experts its router does not choose (E − top_k of them). A dense model's is <see cref="NumParameters"/>.
+    /// </summary>
+    public static long ActiveParameters(this HfModule model)
+    {
+        long unread = model.NamedModules().Select(m => m.Module).OfType<MixtralSparseMoeBlock>()
+            .Sum(b => (b.Experts.Count - b.TopK) * b.Experts[0].NamedParameters().Sum(p => p.Slot.ElementCount));
+        return model.NumParameters() - unread;
+    }
+
     /// <summary>The footprint of a loaded model at its own dtype.</summary>
     public static long GetMemoryFootprint(this CausalLMModel model, bool returnBuffers = true) =>
         model.GetMemoryFootprint(Core.TorchRuntime.ToDType(model.DType), returnBuffers);

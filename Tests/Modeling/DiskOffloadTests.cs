@@ -13,7 +13,7 @@ namespace ShardPipe.Tests.Modeling;
 public class DiskOffloadTests
 {
     /// <summary>Half of the decoder blocks (the later ones) on disk, everything else on the CPU.</summary>
-    private static Dictionary<string, string> HalfOnDisk(CausalLMModel meta)
+    internal static Dictionary<string, string> HalfOnDisk(CausalLMModel meta)
     {
         var map = new Dictionary<string, string>();
         var layers = Enumerable.Range(0, meta.NumLayers).Select(meta.LayerPath).ToList();

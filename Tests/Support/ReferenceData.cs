@@ -11,13 +11,15 @@ public sealed class ReferenceData
 
     public ReferenceData(string name) : this(name, TestPaths.Model(name)) { }
 
-    /// <summary>A reference checkpoint outside <c>models/</c> (e.g. <c>pruned/gpt2_pruned</c>).</summary>
+    /// <summary>A reference checkpoint outside <c>models/</c> (e.g. <c>pruned/gpt2_pruned</c>, <c>families/</c>).</summary>
     public ReferenceData(string name, string folder)
     {
         Name = name;
         Folder = folder;
         Json = JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "reference.json")))!;
     }
+
+    public static ReferenceData Family(string name) => new(name, Path.Combine(TestPaths.Families, name));
 
     public string? Variant => Json["variant"]?.GetValue<string>();
     public IEnumerable<JsonNode> ForwardCases => ((JsonArray)Json["forward"]!).Select(n => n!);

@@ -17,6 +17,13 @@ public static class TestPaths
 
     public static string Model(string name) => Path.Combine(Models, name);
 
+    /// <summary>More architectures (Mixtral, Gemma, Phi), kept apart from <see cref="Models"/>.</summary>
+    public static string Families => Path.Combine(HfReference, "families");
+    public static string FamilyDeviceMaps => Path.Combine(Families, "device-maps");
+
+    public static IEnumerable<string> FamilyNames =>
+        Directory.GetDirectories(Families).Select(Path.GetFileName).Where(n => n != "device-maps").Order(StringComparer.Ordinal)!;
+
     /// <summary>The repository root (holds Cluster.sln).</summary>
     public static string RepoRoot
     {
