@@ -3,7 +3,7 @@ using ShardPipe.Messages;
 namespace ShardPipe.Actors.Coordination;
 
 /// <summary>What admission decides for a request.</summary>
-public enum Admission { Start, Queue, Busy, NoModel, Recovering, Starting }
+public enum Admission { Start, Queue, Busy, NoModel, Recovering, Starting, Duplicate }
 
 /// <summary>
 /// Admission, without the actor: at most max-in-flight requests in the pipeline and max-queued waiting (beyond both, a
@@ -34,6 +34,8 @@ public sealed class AdmissionQueue<TRequest, TCaller> where TCaller : notnull
             case ClusterState.Recovering or ClusterState.Degraded: return Admission.Recovering;
             case not ClusterState.Ready: return Admission.NoModel;
         }
+        // Ids name requests on every stage (caches, releases): a second request under a running or queued id is refused.
+        if (_inFlight.ContainsKey(id) || _queued.Any(q => q.Id == id)) return Admission.Duplicate;
         if (_inFlight.Count < _maxInFlight)
         {
             _inFlight[id] = (now, caller);
@@ -99,9 +101,6 @@ public sealed class AdmissionQueue<TRequest, TCaller> where TCaller : notnull
         _inFlight.Clear();
         return queued;
     }
-
-    /// <summary>Requests in flight longer than <paramref name="limit"/> (their caller has failed them by its stall timeout).</summary>
-    public IReadOnlyList<string> Stale(DateTime now, TimeSpan limit) => _inFlight.Where(kv => now - kv.Value.Since > limit).Select(kv => kv.Key).ToList();
 
     private bool Holds(TCaller caller) => _inFlight.Values.Any(v => v.Caller.Equals(caller)) || _queued.Any(q => q.Caller.Equals(caller));
 }

@@ -25,7 +25,6 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     private sealed record Described(int PlanEpoch, LoadModel Request, ModelDescription Model) : IPlanEpochFact;
     private sealed record DescribeFailed(int PlanEpoch, string Reason) : IPlanEpochFact;
     private sealed record LoadTimeout(int PlanEpoch) : IPlanEpochFact;
-    private sealed record SweepRequests;
     private sealed record StartWindowOver;
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
@@ -47,7 +46,6 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     protected override void PreStart()
     {
-        Timers.StartPeriodicTimer("sweep", new SweepRequests(), _settings.RequestSweepInterval);
         Timers.StartSingleTimer("start-window", new StartWindowOver(), _settings.StartWindow);
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
             typeof(ClusterEvent.MemberLeft), typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.ReachableMember), typeof(ClusterEvent.MemberRemoved));
@@ -97,7 +95,6 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             Enter();
         });
         // A request whose stages went silent without dying is failed by its caller's stall timeout; free its slot too.
-        Receive<SweepRequests>(_ => { foreach (var id in _state.Admission.Stale(DateTime.UtcNow, _settings.RequestTimeout * 10)) Finished(id); });
         Receive<GenerationDone>(d => Finished(d.RequestId));
         Receive<RequestFailed>(f => Finished(f.RequestId));
         ReceiveAny(_ => { }); // other member events, late timers, a worker's ModelUnloaded, a current plan fact of no use here

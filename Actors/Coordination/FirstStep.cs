@@ -35,6 +35,7 @@ public static class FirstStep
             case Generate g:
                 if (g.MaxNewTokens < 1) return (null, $"max_new_tokens must be at least 1, not {g.MaxNewTokens}");
                 if (g.MaxNewTokens > maxNewTokens) return (null, $"max_new_tokens {g.MaxNewTokens} exceeds this cluster's limit of {maxNewTokens} (shardpipe.max-new-tokens)");
+                if (DecodeRule.PastPositions(ids[0].Length, g.MaxNewTokens, model.MaxPositions) is { } tooLong) return (null, tooLong);
                 var finished = new bool[ids.Length];
                 int step = 0;
                 if (g.Resume is { Length: > 0 } resume)

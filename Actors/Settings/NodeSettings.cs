@@ -22,8 +22,6 @@ public sealed record NodeSettings
     public required TimeSpan CacheIdleTimeout { get; init; }
     /// <summary>How often a worker frees idle caches (<c>cache-sweep-interval</c>).</summary>
     public required TimeSpan CacheSweepInterval { get; init; }
-    /// <summary>How often the coordinator frees the slots of requests silent past 10 × <see cref="RequestTimeout"/> (<c>request-sweep-interval</c>).</summary>
-    public required TimeSpan RequestSweepInterval { get; init; }
     /// <summary>How often a device worker repeats its registration (what it holds included).</summary>
     public required TimeSpan RegisterInterval { get; init; }
     /// <summary>A <c>shardpipe node</c> process whose node the cluster downed starts a fresh node (rejoining) instead of exiting.</summary>
@@ -92,7 +90,6 @@ public sealed record NodeSettings
             RequestTimeout = sp.GetTimeSpan("request-timeout"),
             CacheIdleTimeout = sp.GetTimeSpan("cache-idle-timeout"),
             CacheSweepInterval = sp.GetTimeSpan("cache-sweep-interval"),
-            RequestSweepInterval = sp.GetTimeSpan("request-sweep-interval"),
             RegisterInterval = sp.GetTimeSpan("register-interval"),
             StartWindow = sp.GetTimeSpan("start-window"),
             RestartWhenDowned = sp.GetBoolean("restart-when-downed"),

@@ -77,4 +77,13 @@ public static class DecodeRule
 
     /// <summary>Whether a request is done after <paramref name="steps"/> steps: every row finished, or the token budget spent.</summary>
     public static bool Done(int steps, int maxNewTokens, bool[] finished) => steps >= maxNewTokens || finished.All(f => f);
+
+    /// <summary>
+    /// Why a prompt of <paramref name="promptLength"/> tokens plus <paramref name="maxNewTokens"/> cannot run on a model
+    /// of <paramref name="positions"/> positions (vLLM's admission rule: refused before it starts, so that a resumed
+    /// run never meets a limit its fault-free run would have met later), or null when it fits.
+    /// </summary>
+    public static string? PastPositions(long promptLength, long maxNewTokens, long positions) =>
+        promptLength + maxNewTokens <= positions ? null
+            : $"the prompt has {promptLength} tokens and max_new_tokens asks for {maxNewTokens} more ({promptLength + maxNewTokens}); the model takes at most {positions} positions";
 }

@@ -38,8 +38,22 @@ public class AdmissionQueueTests
         Assert.Equal("c1", idle);
         Assert.Equal(("r3", "r3", "c3"), Assert.Single(next));
         Assert.Equal(2, q.InFlight);
-        Assert.Equal(new[] { "r2" }, q.Stale(Now + TimeSpan.FromMinutes(5), TimeSpan.FromMinutes(1)).Where(id => id == "r2"));
-        Assert.Empty(q.Stale(Now + TimeSpan.FromSeconds(30), TimeSpan.FromMinutes(1)));
+    }
+
+    [Fact]
+    public void A_second_request_under_a_running_or_queued_id_is_refused_and_keeps_nothing()
+    {
+        var q = Queue(maxInFlight: 1, maxQueued: 2);
+        Assert.Equal(Admission.Start, q.Admit("r1", "r1", "c1", ClusterState.Ready, Now));
+        Assert.Equal(Admission.Duplicate, q.Admit("r1", "again", "c2", ClusterState.Ready, Now));
+        Assert.Equal(Admission.Queue, q.Admit("r2", "r2", "c1", ClusterState.Ready, Now));
+        Assert.Equal(Admission.Duplicate, q.Admit("r2", "again", "c2", ClusterState.Ready, Now));
+        Assert.Equal((1, 1), (q.InFlight, q.Queued));
+        // The refused duplicate took no slot: finishing r1 starts r2 as queued.
+        Assert.Equal(("r2", "r2", "c1"), Assert.Single(q.Finish("r1", ClusterState.Ready, Now).Next));
+        // An id may be used again once its request ended.
+        q.Finish("r2", ClusterState.Ready, Now);
+        Assert.Equal(Admission.Start, q.Admit("r1", "r1", "c3", ClusterState.Ready, Now));
     }
 
     [Fact]
