@@ -1,5 +1,5 @@
 using Akka.Actor;
-using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Membership;
 
 namespace ShardPipe.Actors.Client;
 
@@ -14,7 +14,7 @@ public static class ContactPoints
             int colon = part.LastIndexOf(':');
             if (colon <= 0 || !int.TryParse(part[(colon + 1)..], out int port) || port is < 1 or > 65535)
                 throw new InvalidInputException($"--cluster '{part}': a contact point is HOST:PORT (a list is comma-separated)");
-            result.Add(new Address("akka.tcp", ShardPipeNode.SystemName, part[..colon].Trim('[', ']'), port));
+            result.Add(new Address("akka.tcp", Roles.SystemName, part[..colon].Trim('[', ']'), port));
         }
         if (result.Count == 0) throw new InvalidInputException("--cluster names no contact point (HOST:PORT[,HOST:PORT…])");
         return result;

@@ -1,6 +1,6 @@
 using Akka.Actor;
 using Akka.Configuration;
-using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
@@ -50,7 +50,7 @@ akka.actor.provider = remote
 akka.remote.dot-netty.tcp.hostname = ""{hostname}""
 akka.remote.dot-netty.tcp.port = 0");
         if (extra is not null) config = extra.WithFallback(config);
-        var system = ActorSystem.Create(ShardPipeNode.SystemName + "-client", Security.ClusterTls.SystemSetup(ReferenceConfig.Over(config), out var tls));
+        var system = ActorSystem.Create(Roles.SystemName + "-client", Security.ClusterTls.SystemSetup(ReferenceConfig.Over(config), out var tls));
         // Contact points are reached over the client's own transport: TLS (akka.ssl.tcp) when it has a certificate.
         var over = contacts.Select(c => Security.ClusterTls.ForTransport(c, tls is not null)).ToList();
         var contact = system.ActorOf(CoordinatorContact.Props(over, settings.ProbeTimeout, settings.ProbeRetry), "coordinator-contact");

@@ -58,7 +58,12 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     {
         ClusterState.Starting => () => Behave(() => Receive<StartWindowOver>(_ => AdoptHeld()), load: _ => Stash.Stash()),
         ClusterState.Loading or ClusterState.Recovering => () => Behave(Loading, load: Refuse),
-        ClusterState.Stopping => Stopping,
+        ClusterState.Stopping => () => // the whole cluster is shutting down (ClusterStopping): no recovery starts; only status is answered
+        {
+            Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
+            Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator", "the cluster is shutting down")));
+            ReceiveAny(_ => { });
+        },
         _ => () => Behave(() => { }, load: StartPlanning), // empty, failed, ready, degraded: a new load replaces the model
     });
 
@@ -72,11 +77,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         Receive<RegisterWorker>(OnRegister);
         Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
         Receive<IClientRequest>(Admit);
-        Receive<Terminated>(t =>
-        {
-            if (_refs.PathsOf(t.ActorRef) is { Count: > 0 } workers) Lost(workers, t.ActorRef.Path.Address.ToString());
-            else CallerGone(t.ActorRef);
-        });
+        Receive<Terminated>(t => { if (_refs.PathsOf(t.ActorRef) is { Count: > 0 } ws) Lost(ws, t.ActorRef.Path.Address.ToString()); else CallerGone(t.ActorRef); });
         Receive<ClusterEvent.MemberLeft>(m => _state.Registry.NodeLeaving(m.Member.Address.ToString()));
         Receive<ClusterEvent.UnreachableMember>(u =>
         {
@@ -94,7 +95,6 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             Sender.Tell(new ModelUnloaded(u.RequestId));
             Enter();
         });
-        // A request whose stages went silent without dying is failed by its caller's stall timeout; free its slot too.
         Receive<GenerationDone>(d => Finished(d.RequestId));
         Receive<RequestFailed>(f => Finished(f.RequestId));
         ReceiveAny(_ => { }); // other member events, late timers, a worker's ModelUnloaded, a current plan fact of no use here
@@ -107,23 +107,12 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         Receive<DescribeFailed>(f => FailLoad(f.PlanEpoch, f.Reason));
         Receive<SliceLoaded>(OnSliceLoaded);
         Receive<SliceFailed>(f => FailLoad(f.PlanEpoch, f.Reason));
-        Receive<LoadTimeout>(t => FailLoad(t.PlanEpoch, $"load did not finish within {_settings.LoadTimeout.TotalSeconds:0} s " +
-            $"(waiting for {string.Join(", ", Model.Pending?.Waiting.Keys.Select(_state.Describe) ?? Array.Empty<string>())})"));
+        Receive<LoadTimeout>(t => FailLoad(t.PlanEpoch, _state.LoadTimeoutReason(_settings.LoadTimeout)));
         // Progress goes to whoever asked for it; the load request itself is answered once, at the end.
         Receive<SliceProgress>(p => { if (_load?.Request.ProgressTo is { } to) Resolve(to).Tell(p with { WorkerPath = _state.Describe(p.WorkerPath) }); });
     }
 
-    /// <summary>The whole cluster is shutting down (<see cref="ClusterStopping"/>): no recovery starts; only status is answered.</summary>
-    private void Stopping()
-    {
-        Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
-        Receive<IClientRequest>(r => Sender.Tell(new RequestFailed(r.RequestId, "coordinator", "the cluster is shutting down")));
-        ReceiveAny(_ => { });
-    }
-
-    private void Refuse(LoadModel r) => Sender.Tell(new LoadFailed(r.RequestId, Model.Recovering
-        ? $"the cluster is recovering {Model.Loaded?.Folder}; unload it first or retry when it is ready"
-        : $"a load of {_load?.Request.Model} is in progress"));
+    private void Refuse(LoadModel r) => Sender.Tell(new LoadFailed(r.RequestId, _state.LoadRefusal(_load?.Request.Model)));
 
     private void OnRegister(RegisterWorker r)
     {
@@ -135,19 +124,10 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             Sender.Tell(new WorkerRefused(r.NodeName, $"registration refused: {intake}", Transient: true));
             return;
         }
-        var reg = _state.Register(r, from, () => // worker nodes up and reachable: a new coordinator waits to hear from each
-        {
-            var cluster = Cluster.Get(Context.System).State;
-            return cluster.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole(Roles.Worker) && !cluster.Unreachable.Contains(m)).Select(m => m.Address.ToString()).ToList();
-        });
+        var reg = _state.Register(r, from, () => SenderRules.ReachableUp(Context.System, Roles.Worker)); // a new coordinator waits to hear from each
         if (reg.RefusedNode is { } why) _log.Error("refusing node {0} ({1}): {2}", r.NodeName, Sender.Path.Address, why);
         foreach (var d in reg.RefusedDevices) _log.Error("refusing device {0}: {1}", d.Device, d.Reason);
-        foreach (var w in reg.Joined)
-        {
-            _refs.Add(w.Path, Sender);
-            Context.Watch(Sender);
-            _log.Info("worker {0} joined with {1}", w, ByteSize.Format(w.Budget));
-        }
+        foreach (var w in reg.Joined) { _refs.Add(w.Path, Sender); Context.Watch(Sender); _log.Info("worker {0} joined with {1}", w, ByteSize.Format(w.Budget)); }
         Sender.Tell(reg.Reply);
         if (reg.Release is var (path, epoch))
         {
@@ -166,23 +146,20 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         foreach (var (path, epoch) in adoption.Release) _refs.Tell(path, new ReleaseSlice(epoch));
         Stash.UnstashAll();
         if (adoption.Model is { } model)
+        {
             _log.Info("adopted model {0} (epoch {1}) from the workers{2}", model.Folder, model.PlanEpoch,
                 adoption.Missing.Count > 0 ? $"; {adoption.Missing.Count} stage(s) missing: recovering" : "");
-        if (adoption.Missing.Count > 0)
-            StartRecovery($"stage(s) {string.Join(", ", adoption.Missing.Select(_state.Describe))} did not report after the coordinator moved");
-        else
-        {
-            if (adoption.Model is { } served) _refs.Commit(served);
-            Enter();
+            if (adoption.Missing.Count == 0) _refs.Commit(model);
         }
+        if (adoption.Missing.Count > 0) StartRecovery($"stage(s) {string.Join(", ", adoption.Missing.Select(_state.Describe))} did not report after the coordinator moved");
+        else Enter();
     }
 
     private void StartPlanning(LoadModel request)
     {
         Unload();
-        int epoch = Model.BeginPlan();
         _load = (request, Sender, DateTime.UtcNow);
-        Describe(request, epoch);
+        Describe(request, Model.BeginPlan());
         Enter();
     }
 
@@ -197,11 +174,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     /// <summary>A plan goes out (its slices to the workers, a timer for the whole load); a plan that could not be made fails the load.</summary>
     private void SendSlices((LoadPlan? Plan, int Epoch, string? Error) planned)
     {
-        if (planned.Plan is not { } plan)
-        {
-            FailLoad(planned.Epoch, planned.Error!);
-            return;
-        }
+        if (planned.Plan is not { } plan) { FailLoad(planned.Epoch, planned.Error!); return; }
         if (Model.Recovering) _log.Info("recovery plan (epoch {0}): {1}", plan.Result.PlanEpoch, CoordinatorState<IActorRef>.Moves(plan.Result, "nothing moves"));
         else _log.Info("loading {0} (epoch {1}) on {2} workers", plan.Result.Folder, plan.Result.PlanEpoch, plan.Slices.Count);
         _refs.Send(plan);
@@ -233,11 +206,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     }
 
     /// <summary>The client that asked for the load in progress gets its one answer.</summary>
-    private void AnswerLoad(object answer)
-    {
-        _load?.ReplyTo.Tell(answer);
-        _load = null;
-    }
+    private void AnswerLoad(object answer) { _load?.ReplyTo.Tell(answer); _load = null; }
 
     private void FailLoad(int epoch, string reason)
     {
@@ -246,20 +215,13 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         if (failure != LoadFailure.Stale) Timers.Cancel("load-timeout");
         switch (failure)
         {
-            case LoadFailure.Recover:
-                _log.Warning("recovery load (epoch {0}) failed: {1}", epoch, reason);
-                StartRecovery(reason);
-                return;
-            case LoadFailure.Degraded:
-                _log.Error("model {0} {1}", Model.Loaded?.Folder, Model.Failure);
-                Enter();
-                return;
+            case LoadFailure.Recover: _log.Warning("recovery load (epoch {0}) failed: {1}", epoch, reason); StartRecovery(reason); break;
+            case LoadFailure.Degraded: _log.Error("model {0} {1}", Model.Loaded?.Folder, Model.Failure); Enter(); break;
             case LoadFailure.Failed:
-                if (sent) _log.Warning("load of {0} failed: {1}", _load?.Request.Model, reason);
-                if (sent) _refs.Release(epoch); // never a half-loaded model
+                if (sent) { _log.Warning("load of {0} failed: {1}", _load?.Request.Model, reason); _refs.Release(epoch); } // never a half-loaded model
                 AnswerLoad(new LoadFailed(_load?.Request.RequestId ?? "", reason));
                 Enter();
-                return;
+                break;
         }
     }
 
@@ -283,8 +245,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         var served = Model.Loaded!;
         int epoch = Model.BeginRecovery(DateTime.UtcNow);
         // Callers of requests in flight learn now (not when their own watch of the stages fires) and resume once ready.
-        foreach (var (id, caller) in _state.Admission.Interrupt())
-            caller.Tell(new RequestFailed(id, "coordinator", $"{why}; the model is being recovered", Retryable: true));
+        foreach (var (id, caller) in _state.Admission.Interrupt()) caller.Tell(new RequestFailed(id, "coordinator", $"{why}; the model is being recovered", Retryable: true));
         _log.Warning("recovering {0} (epoch {1} → {2}): {3}", served.Folder, served.PlanEpoch, epoch, why);
         Enter();
         if (served.Request is { } request) Describe(request, epoch);
@@ -296,8 +257,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     {
         Timers.Cancel("load-timeout");
         foreach (int epoch in new[] { Model.Loaded?.PlanEpoch, Model.Pending?.Epoch }.OfType<int>().Distinct()) _refs.Release(epoch);
-        foreach (var (id, caller) in _state.Admission.Clear())
-            caller.Tell(new RequestFailed(id, "coordinator", "the model was unloaded before this request started"));
+        foreach (var (id, caller) in _state.Admission.Clear()) caller.Tell(new RequestFailed(id, "coordinator", "the model was unloaded before this request started"));
         Model.Unload();
     }
 
@@ -309,16 +269,13 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         else Sender.Tell(refusal);
     }
 
-    /// <summary>
-    /// A caller went away (its client exited, crashed or gave up): its requests are cancelled on every stage — the
-    /// stages drop their caches and any later step of them — and their slots freed; its queued ones withdrawn.
-    /// </summary>
+    /// <summary>A caller went away (exited, crashed, gave up): its requests are cancelled on every stage (their caches and later steps dropped), its queued ones withdrawn.</summary>
     private void CallerGone(IActorRef caller)
     {
         var (running, withdrawn) = _state.Admission.CallerGone(caller);
         foreach (var id in running)
         {
-            foreach (var stage in Model.Loaded?.Route.Select(h => h.WorkerPath).Distinct() ?? Enumerable.Empty<string>()) Resolve(stage).Tell(new ReleaseRequest(id));
+            foreach (var stage in Model.Loaded?.Route.Select(h => h.WorkerPath).Distinct() ?? []) Resolve(stage).Tell(new ReleaseRequest(id));
             _log.Info("request {0} cancelled: its caller is gone", id);
             Finished(id);
         }
@@ -337,12 +294,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         var model = Model.Loaded!;
         var (step, error) = FirstStep.Build(request, model, Akka.Serialization.Serialization.SerializedActorPath(caller),
             Akka.Serialization.Serialization.SerializedActorPath(Self), (int)Math.Min(int.MaxValue, Math.Max(_settings.MaxNewTokens, model.MaxPositions)));
-        if (step is null)
-        {
-            caller.Tell(new RequestFailed(request.RequestId, "coordinator", error!));
-            Finished(request.RequestId);
-            return;
-        }
+        if (step is null) { caller.Tell(new RequestFailed(request.RequestId, "coordinator", error!)); Finished(request.RequestId); return; }
         Context.Watch(caller); // a caller that goes away cancels its requests
         Resolve(model.Route[0].WorkerPath).TellChunked(step, Self); // from the coordinator: stages take steps only from members
     }

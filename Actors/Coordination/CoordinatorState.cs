@@ -91,6 +91,15 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
         }
     }
 
+    /// <summary>Why a load timed out: the stages still out.</summary>
+    public string LoadTimeoutReason(TimeSpan timeout) => $"load did not finish within {timeout.TotalSeconds:0} s " +
+        $"(waiting for {string.Join(", ", Model.Pending?.Waiting.Keys.Select(Describe) ?? Array.Empty<string>())})";
+
+    /// <summary>Why another load is refused while one (of <paramref name="loading"/>) or a recovery is under way.</summary>
+    public string LoadRefusal(string? loading) => Model.Recovering
+        ? $"the cluster is recovering {Model.Loaded?.Folder}; unload it first or retry when it is ready"
+        : $"a load of {loading} is in progress";
+
     /// <summary>How a loss of <paramref name="paths"/> reads: "node node-2 (node-2/cpu) was lost".</summary>
     public string LossSummary(IReadOnlyList<string> paths)
     {

@@ -22,7 +22,7 @@ namespace ShardPipe.Actors.Hosting;
 /// </summary>
 public sealed class ShardPipeNode : IAsyncDisposable
 {
-    public const string SystemName = "shardpipe";
+    public const string SystemName = Roles.SystemName;
 
     public ActorSystem System { get; }
     public NodeSettings Settings { get; }

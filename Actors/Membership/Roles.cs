@@ -6,6 +6,9 @@ namespace ShardPipe.Actors.Membership;
 /// </summary>
 public static class Roles
 {
+    /// <summary>Every node's ActorSystem name (a client's is this plus <c>-client</c>).</summary>
+    public const string SystemName = "shardpipe";
+
     /// <summary>A member that may hold the coordinator singleton.</summary>
     public const string Coordinator = "coordinator";
     /// <summary>A member with device workers and a shard reader.</summary>

@@ -22,6 +22,13 @@ public static class SenderRules
             && m.Status is MemberStatus.Joining or MemberStatus.WeaklyUp or MemberStatus.Up or MemberStatus.Leaving);
     }
 
+    /// <summary>The addresses of members that are Up, reachable from this node, and have <paramref name="role"/>.</summary>
+    public static List<string> ReachableUp(ActorSystem system, string role)
+    {
+        var state = Cluster.Get(system).State;
+        return state.Members.Where(m => m.Status == MemberStatus.Up && m.HasRole(role) && !state.Unreachable.Contains(m)).Select(m => m.Address.ToString()).ToList();
+    }
+
     /// <summary>Commands to a worker (slices, releases, commits) come from the coordinator singleton on a coordinator member.</summary>
     public static bool IsCoordinator(ActorSystem system, IActorRef sender) =>
         IsMemberWithRole(system, sender, Roles.Coordinator) && sender.Path.Elements is ["user", Roles.SingletonName, Roles.SingletonName];

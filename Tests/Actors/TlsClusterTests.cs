@@ -65,6 +65,9 @@ public class TlsClusterTests
             var intruder = ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("intruder", new[] { "coordinator", "worker" }, new[] { ("cpu", 1L << 30) },
                 extra: nodeTls + "\nakka.loglevel = OFF"), cluster.Nodes[0].Address.ToString());
             int? port = intruder.Address.Port;
+            // The intruder's attempt to associate with node-1 fails (the event Akka.Remote publishes when it does).
+            var refusedAssociation = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            intruder.System.EventStream.Subscribe(intruder.System.ActorOf(Akka.Actor.Props.Create(() => new AssociationWatcher(refusedAssociation))), typeof(Akka.Remote.RemotingLifecycleEvent));
             try
             {
                 if (nodeTls.Length > 0)
@@ -73,7 +76,7 @@ public class TlsClusterTests
                     await intruder.System.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(20));
                     Assert.True(ClusterTls.StoppedByHandshakeFailure(intruder.System), "the intruder was stopped by the failed handshake");
                 }
-                else await Task.Delay(TimeSpan.FromSeconds(6));
+                else await refusedAssociation.Task.WaitAsync(TimeSpan.FromSeconds(20));
                 Assert.All(cluster.Nodes, n => Assert.DoesNotContain(Akka.Cluster.Cluster.Get(n.System).State.Members, m => m.Address.Port == port));
             }
             finally
@@ -140,5 +143,16 @@ public class TlsClusterTests
         int port = ShardPipe.Actors.Diagnostics.NodeDiagnostics.For(node.System).LinkListenerPort;
         Assert.NotEqual(0, port);
         return port;
+    }
+
+    /// <summary>Completes when this system's attempt to associate with a peer fails or is torn down.</summary>
+    private sealed class AssociationWatcher : Akka.Actor.ReceiveActor
+    {
+        public AssociationWatcher(TaskCompletionSource done)
+        {
+            Receive<Akka.Remote.AssociationErrorEvent>(_ => done.TrySetResult());
+            Receive<Akka.Remote.DisassociatedEvent>(_ => done.TrySetResult());
+            ReceiveAny(_ => { });
+        }
     }
 }

@@ -10,6 +10,21 @@ public static class ShardPipeProcess
 
     public static Result Run(params string[] args) => Run(null, args);
 
+    /// <summary>Starts <c>shardpipe</c> and returns at once (its output drained and dropped): for a test that kills it.</summary>
+    public static Process Start(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "shardpipe.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["DOTNET_TC_QuickJitForLoops"] = "1";
+        var p = Process.Start(psi)!;
+        p.OutputDataReceived += (_, _) => { };
+        p.ErrorDataReceived += (_, _) => { };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        return p;
+    }
+
     public static Result Run(IDictionary<string, string>? env, params string[] args)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "shardpipe.dll");
