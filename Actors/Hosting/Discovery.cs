@@ -10,9 +10,9 @@ namespace ShardPipe.Actors.Hosting;
 /// <summary>
 /// Cluster bootstrap by discovery and the management endpoint of one node: turns <c>shardpipe.discovery</c> and
 /// <c>shardpipe.management</c> (<see cref="DiscoverySettings"/>) into Akka.Management / Akka.Discovery config before the
-/// ActorSystem starts, then binds the management HTTP endpoint and starts Cluster Bootstrap in place of a seed-node
-/// join. Only the bootstrap contact-point route and <see cref="HealthRoutes"/> are mounted (Akka.Management's
-/// remote-address and cluster-client routes are switched off): nothing on this plaintext port changes the cluster.
+/// ActorSystem starts, then binds the management endpoint (<see cref="ManagementEndpoint"/>: the bootstrap contact
+/// point and the probes; nothing on this plaintext port changes the cluster) and starts Cluster Bootstrap in place of
+/// a seed-node join.
 /// </summary>
 public sealed class Discovery
 {
@@ -56,14 +56,6 @@ public sealed class Discovery
         var s = new System.Text.StringBuilder();
         s.AppendLine($"akka.management.http.hostname = {Q(host)}");
         s.AppendLine($"akka.management.http.port = {settings.ManagementPort}");
-        // Routes: the bootstrap contact point (only under discovery) and the probes; the others stay unmounted.
-        s.AppendLine("akka.management.http.routes {");
-        s.AppendLine($"  cluster-bootstrap = {Q(settings.Enabled ? "Akka.Management.Cluster.Bootstrap.ClusterBootstrapProvider, Akka.Management" : "")}");
-        s.AppendLine("  remote-address = \"\"");
-        s.AppendLine("  cluster-client-receptionist = \"\"");
-        s.AppendLine($"  shardpipe-health = {Q(typeof(HealthRoutes).FullName + ", " + typeof(HealthRoutes).Assembly.GetName().Name)}");
-        s.AppendLine("}");
-        s.AppendLine("akka.management.http.route-providers-read-only = true");
         if (!settings.Enabled) return s.ToString();
 
         string Seconds(TimeSpan t) => t.TotalMilliseconds.ToString(CultureInfo.InvariantCulture) + "ms";
@@ -77,6 +69,8 @@ public sealed class Discovery
         s.AppendLine("}");
         // A and AAAA records carry no port: contact points are probed at this node's own management port.
         s.AppendLine($"akka.management.cluster.bootstrap.contact-point.fallback-port = {settings.ManagementPort}");
+        // Every discovered endpoint counts, whatever its port (config lists may give each node its own port).
+        s.AppendLine("akka.management.cluster.bootstrap.contact-point.filter-on-fallback-port = false");
         switch (settings.Method)
         {
             case DiscoveryMethod.Config:
@@ -103,22 +97,20 @@ public sealed class Discovery
     public bool Start(ActorSystem system)
     {
         if (!Settings.ManagementEnabled) return false;
-        var management = AkkaManagement.Get(system);
-        string where = $"{management.Settings.Http.EffectiveBindHostname}:{management.Settings.Http.EffectiveBindPort}";
-        try { management.Start().GetAwaiter().GetResult(); }
-        catch (Exception ex) when (ex is not OutOfMemoryException)
+        ManagementEndpoint endpoint;
+        try { endpoint = ManagementEndpoint.Start(system, ManagementHost(Settings, system.Settings.Config), Settings.ManagementPort, Settings.Enabled); }
+        catch (ClusterException)
         {
             system.Terminate().Wait(TimeSpan.FromSeconds(10));
-            throw new ClusterException($"shardpipe.management: cannot serve HTTP at {where} ({ShardPipeException.Describe(ex)})");
+            throw;
         }
-        // A killed node (no coordinated shutdown) frees its port too.
-        system.RegisterOnTermination(() =>
-        {
-            try { management.Stop().Wait(TimeSpan.FromSeconds(5)); }
-            catch (Exception ex) when (ex is not OutOfMemoryException) { }
-        });
+        // Also when the node is killed (no coordinated shutdown): the port is free again.
+        system.RegisterOnTermination(endpoint.Dispose);
         if (!Settings.Enabled) return false;
-        ClusterBootstrap.Get(system).Start().GetAwaiter().GetResult();
+        var bootstrap = ClusterBootstrap.Get(system);
+        // Tells bootstrap its own contact point (the address peers probe; the lowest one forms a new cluster).
+        bootstrap.Routes(ManagementRouteProviderSettings.Create(endpoint.BaseUri, true));
+        bootstrap.Start().GetAwaiter().GetResult();
         return true;
     }
 
