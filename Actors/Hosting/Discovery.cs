@@ -98,7 +98,10 @@ public sealed class Discovery
     {
         if (!Settings.ManagementEnabled) return false;
         ManagementEndpoint endpoint;
-        try { endpoint = ManagementEndpoint.Start(system, ManagementHost(Settings, system.Settings.Config), Settings.ManagementPort, Settings.Enabled); }
+        string host = ManagementHost(Settings, system.Settings.Config);
+        // Listening on every interface: peers reach this node on its remoting address.
+        string advertised = host is "0.0.0.0" or "::" or "*" or "+" ? ManagementHost(Settings with { ManagementHostname = "" }, system.Settings.Config) : host;
+        try { endpoint = ManagementEndpoint.Start(system, host, advertised, Settings.ManagementPort, Settings.Enabled); }
         catch (ClusterException)
         {
             system.Terminate().Wait(TimeSpan.FromSeconds(10));

@@ -32,21 +32,23 @@ public sealed class ManagementEndpoint : IDisposable
     /// <summary>The endpoint's base address as peers reach it (<c>http://host:port/</c>).</summary>
     public Uri BaseUri { get; }
 
-    private ManagementEndpoint(ActorSystem system, string host, int port, bool bootstrap)
+    private ManagementEndpoint(ActorSystem system, string host, string advertised, int port, bool bootstrap)
     {
         _system = system;
         _bootstrap = bootstrap;
         _log = Logging.GetLogger(system, "management");
         bool any = host is "0.0.0.0" or "*" or "+" or "::";
         _listener.Prefixes.Add($"http://{(any ? "+" : host.Contains(':') ? $"[{host}]" : host)}:{port}/");
-        BaseUri = new Uri($"http://{(host.Contains(':') ? $"[{host}]" : host)}:{port}/");
+        BaseUri = new Uri($"http://{(advertised.Contains(':') ? $"[{advertised}]" : advertised)}:{port}/");
     }
 
     /// <summary>Binds the endpoint and starts serving.</summary>
     /// <exception cref="ClusterException">The address cannot be bound (taken, not this machine's); names it.</exception>
-    public static ManagementEndpoint Start(ActorSystem system, string host, int port, bool bootstrap)
+    /// <param name="host">Where to listen (0.0.0.0 = every interface).</param>
+    /// <param name="advertised">The host peers reach it on (the bootstrap's own contact point).</param>
+    public static ManagementEndpoint Start(ActorSystem system, string host, string advertised, int port, bool bootstrap)
     {
-        var endpoint = new ManagementEndpoint(system, host, port, bootstrap);
+        var endpoint = new ManagementEndpoint(system, host, advertised, port, bootstrap);
         try { endpoint._listener.Start(); }
         catch (Exception ex) when (ex is HttpListenerException or System.Net.Sockets.SocketException or ArgumentException)
         {
