@@ -1,8 +1,8 @@
 using System.Net;
-using System.Net.Sockets;
 using Akka.Cluster;
 using ShardPipe.Actors.Client;
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Host.Bench;
 using ShardPipe.Tests.Support;
 
 namespace ShardPipe.Tests.Actors;
@@ -15,15 +15,6 @@ namespace ShardPipe.Tests.Actors;
 [Collection("cluster")]
 public class DiscoveryClusterTests
 {
-    private static int FreePort()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
-    }
-
     private static async Task<(HttpStatusCode Status, string Body)> Get(HttpClient http, int port, string path)
     {
         using var response = await http.GetAsync($"http://127.0.0.1:{port}{path}");
@@ -36,7 +27,7 @@ public class DiscoveryClusterTests
         using var tmp = new TempDir();
         string certs = tmp.Sub("certs");
         TlsClusterTests.MakeCerts(certs, "node-1", "node-2", "node-3", "client");
-        var ports = Enumerable.Range(0, 3).Select(_ => FreePort()).ToArray();
+        var ports = Enumerable.Range(0, 3).Select(_ => Loopback.ReservedPort()).ToArray();
         string endpoints = string.Join(", ", ports.Select(p => $"\"127.0.0.1:{p}\""));
         string Extra(int i) => TlsClusterTests.Tls(certs, $"node-{i + 1}") + $@"
 shardpipe.discovery {{ method = config, endpoints = [{endpoints}], required-contact-points = 3, stable-margin = 1s, interval = 500ms }}
@@ -85,7 +76,7 @@ akka.management.cluster.bootstrap.contact-point.probe-interval = 1s";
             }
             // POST to a probe is not served.
             using (var post = await http.PostAsync($"http://127.0.0.1:{ports[0]}/ready", new StringContent("")))
-                Assert.NotEqual(HttpStatusCode.OK, post.StatusCode);
+                Assert.Equal(HttpStatusCode.MethodNotAllowed, post.StatusCode);
 
             await using var client = ShardPipeClient.Connect(nodes.Select(n => n.Address).ToList(),
                 Akka.Configuration.ConfigurationFactory.ParseString(TlsClusterTests.Tls(certs, "client")));
@@ -105,5 +96,29 @@ akka.management.cluster.bootstrap.contact-point.probe-interval = 1s";
         }
         // The management endpoints are gone with their nodes.
         await Assert.ThrowsAnyAsync<HttpRequestException>(() => Get(http, ports[0], "/alive"));
+    }
+
+    [Fact]
+    public async Task Three_node_processes_bootstrap_by_config_discovery_with_no_seed_list()
+    {
+        var ports = Enumerable.Range(0, 3).Select(_ => Loopback.ReservedPort()).ToArray();
+        string endpoints = string.Join(", ", ports.Select(p => $"\"127.0.0.1:{p}\""));
+        using var nodes = new NodeProcesses(3, i => $@"shardpipe.devices = [ {{ device = cpu, budget = ""1GiB"" }} ]
+shardpipe.discovery {{ method = config, endpoints = [{endpoints}], required-contact-points = 3, stable-margin = 1s, interval = 500ms }}
+shardpipe.management.port = {ports[i - 1]}", secure: true, seedNodes: false);
+        await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts), nodes.ClientConfig);
+        try { await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(60)); }
+        catch (ClusterException ex) { throw new Xunit.Sdk.XunitException($"{ex.Message}\n{string.Join("\n", Enumerable.Range(1, 3).Select(i => $"node-{i}:\n{nodes.Tail(i)}"))}"); }
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        foreach (var p in ports)
+        {
+            var ready = await Get(http, p, "/ready");
+            Assert.Equal(HttpStatusCode.OK, ready.Status);
+            Assert.Contains("\"member\":\"Up\"", ready.Body);
+        }
+        var r = new ReferenceData("llama_untied");
+        var loaded = await client.LoadAsync(Requests.Load(r.Folder, r.Variant), TimeSpan.FromMinutes(2));
+        await ReferenceOnCluster.Check(client, loaded, r, "on 3 node processes bootstrapped by config discovery");
+        for (int i = 1; i <= 3; i++) Assert.False(nodes[i].HasExited, $"node-{i} exited:\n{nodes.Tail(i)}");
     }
 }
