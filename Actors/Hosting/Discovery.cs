@@ -34,9 +34,9 @@ public sealed class Discovery
         {
             var seeds = config.GetStringList("akka.cluster.seed-nodes");
             if (seeds is { Count: > 0 })
-                throw new InvalidInputException($"shardpipe.discovery.method: '{settings.Method}' is set and so is akka.cluster.seed-nodes; a node finds the cluster by one or the other");
+                throw new InvalidInputException($"shardpipe.discovery.method: '{settings.MethodName}' is set and so is akka.cluster.seed-nodes; a node finds the cluster by one or the other");
             if (join is not null)
-                throw new InvalidInputException($"--join: shardpipe.discovery.method is set ('{settings.Method}'); a node finds the cluster by discovery or by --join, not both");
+                throw new InvalidInputException($"--join: shardpipe.discovery.method is set ('{settings.MethodName}'); a node finds the cluster by discovery or by --join, not both");
         }
         return ConfigurationFactory.ParseString(AkkaHocon(settings, config)).WithFallback(config);
     }
@@ -78,7 +78,8 @@ public sealed class Discovery
                 s.AppendLine($"akka.discovery.config.services {{ {Q(settings.ServiceName)} {{ endpoints = [{string.Join(", ", settings.Endpoints.Select(Q))}] }} }}");
                 break;
             case DiscoveryMethod.Dns:
-                s.AppendLine("akka.discovery.method = akka-dns");
+                s.AppendLine("akka.discovery.method = shardpipe-dns");
+                s.AppendLine($"akka.discovery.shardpipe-dns.class = {Q(typeof(DnsDiscovery).FullName + ", " + typeof(DnsDiscovery).Assembly.GetName().Name)}");
                 break;
             case DiscoveryMethod.KubernetesApi:
                 s.AppendLine("akka.discovery.method = kubernetes-api");

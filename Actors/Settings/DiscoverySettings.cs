@@ -9,7 +9,7 @@ public enum DiscoveryMethod
     None,
     /// <summary>A fixed list of management endpoints (<c>host:port</c>) in the config.</summary>
     Config,
-    /// <summary>DNS: SRV records of the service name, else its A/AAAA records at the management port.</summary>
+    /// <summary>DNS: the A/AAAA records of the service name, each at the management port (<see cref="Hosting.DnsDiscovery"/>).</summary>
     Dns,
     /// <summary>The Kubernetes API: pods matching a label selector, at their port named <c>port-name</c>.</summary>
     KubernetesApi,
@@ -35,6 +35,15 @@ public sealed record DiscoverySettings(
     int ManagementPort)
 {
     public bool Enabled => Method != DiscoveryMethod.None;
+
+    /// <summary>The method as written in the config: config, dns, kubernetes-api ("" = none).</summary>
+    public string MethodName => Method switch
+    {
+        DiscoveryMethod.Config => "config",
+        DiscoveryMethod.Dns => "dns",
+        DiscoveryMethod.KubernetesApi => "kubernetes-api",
+        _ => "",
+    };
 
     /// <summary>Reads and validates both sections of <paramref name="config"/> (over the reference defaults).</summary>
     /// <exception cref="InvalidInputException">A setting that cannot be used; the message names it.</exception>
@@ -71,7 +80,7 @@ public sealed record DiscoverySettings(
         if (!settings.Enabled) return settings;
 
         if (!managementEnabled)
-            throw Bad("management.enabled", $"is off, but discovery ({d.GetString("method")}) needs the management endpoint: contact points are probed over it");
+            throw Bad("management.enabled", $"is off, but discovery ({settings.MethodName}) needs the management endpoint: contact points are probed over it");
         if (port == 0)
             throw Bad("management.port", "must be a fixed port under discovery: other nodes probe this node's contact point at it");
         if (service.Length == 0 || !service.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_'))

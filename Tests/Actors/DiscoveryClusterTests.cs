@@ -47,6 +47,7 @@ akka.management.cluster.bootstrap.contact-point.probe-interval = 1s";
             var notReady = await Get(http, ports[0], "/ready");
             Assert.Equal(HttpStatusCode.ServiceUnavailable, notReady.Status);
             Assert.Contains("\"ready\":false", notReady.Body);
+            Assert.Contains("\"member\":\"Removed\"", notReady.Body); // not a member yet
             Assert.DoesNotContain(Cluster.Get(nodes[0].System).State.Members, m => m.Status == MemberStatus.Up);
             // Routes that are not mounted answer 404 (nothing here can change the cluster).
             Assert.Equal(HttpStatusCode.NotFound, (await Get(http, ports[0], "/cluster/members")).Status);
@@ -110,15 +111,45 @@ shardpipe.management.port = {ports[i - 1]}", secure: true, seedNodes: false);
         try { await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(60)); }
         catch (ClusterException ex) { throw new Xunit.Sdk.XunitException($"{ex.Message}\n{string.Join("\n", Enumerable.Range(1, 3).Select(i => $"node-{i}:\n{nodes.Tail(i)}"))}"); }
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        // Registered workers may still be Joining at another node's view; each turns ready once it is Up.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
         foreach (var p in ports)
         {
             var ready = await Get(http, p, "/ready");
+            while (ready.Status != HttpStatusCode.OK && DateTime.UtcNow < deadline)
+            {
+                Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.Status);
+                await Task.Delay(200);
+                ready = await Get(http, p, "/ready");
+            }
             Assert.Equal(HttpStatusCode.OK, ready.Status);
             Assert.Contains("\"member\":\"Up\"", ready.Body);
         }
         var r = new ReferenceData("llama_untied");
         var loaded = await client.LoadAsync(Requests.Load(r.Folder, r.Variant), TimeSpan.FromMinutes(2));
         await ReferenceOnCluster.Check(client, loaded, r, "on 3 node processes bootstrapped by config discovery");
+        Assert.Equal(3, (await client.StatusAsync(TimeSpan.FromSeconds(10))).Nodes.Distinct().Count());
         for (int i = 1; i <= 3; i++) Assert.False(nodes[i].HasExited, $"node-{i} exited:\n{nodes.Tail(i)}");
+    }
+
+    [Fact]
+    public async Task A_node_finds_itself_by_dns_discovery_and_forms_a_cluster()
+    {
+        // DNS A records of "localhost" at the management port: the only contact point is this node's own.
+        int port = Loopback.ReservedPort();
+        var node = ShardPipeNode.Start(ShardPipeNode.LoopbackConfig("solo", new[] { "coordinator", "worker" }, new[] { ("cpu", 1L << 28) },
+            extra: $"shardpipe.discovery {{ method = dns, service-name = localhost, required-contact-points = 1, stable-margin = 1s, interval = 500ms }}\nshardpipe.management.port = {port}\nshardpipe.insecure = on"));
+        try
+        {
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while ((await Get(http, port, "/ready")).Status != HttpStatusCode.OK)
+            {
+                if (DateTime.UtcNow > deadline) throw new ClusterException("the node did not form a cluster by DNS discovery: " + (await Get(http, port, "/ready")).Body);
+                await Task.Delay(200);
+            }
+            Assert.Equal(MemberStatus.Up, Cluster.Get(node.System).SelfMember.Status);
+        }
+        finally { await node.DisposeAsync(); }
     }
 }

@@ -41,10 +41,12 @@ shardpipe.discovery { method = config, endpoints = [""10.0.0.5:8558"", ""10.0.0.
     public void Dns_and_kubernetes_methods_map_to_akka_discovery_methods()
     {
         var dns = Discovery.Prepare(ReferenceConfig.Over(Hocon("shardpipe.discovery { method = dns, service-name = shardpipe.default.svc.cluster.local }")), null, out _);
-        Assert.Equal("akka-dns", dns.GetString("akka.discovery.method"));
+        Assert.Equal("shardpipe-dns", dns.GetString("akka.discovery.method"));
+        Assert.Equal(typeof(DnsDiscovery), Type.GetType(dns.GetString("akka.discovery.shardpipe-dns.class")));
         Assert.Equal(8558, dns.GetInt("akka.management.cluster.bootstrap.contact-point.fallback-port"));
         var k8s = Discovery.Prepare(ReferenceConfig.Over(Hocon("shardpipe.discovery { method = kubernetes-api, required-contact-points = 3 }\nshardpipe.management.hostname = \"0.0.0.0\"")), null, out _);
         Assert.Equal("kubernetes-api", k8s.GetString("akka.discovery.method"));
+        Assert.NotNull(Type.GetType("Akka.Discovery.KubernetesApi.KubernetesApiServiceDiscovery, Akka.Discovery.KubernetesApi")); // the class its reference.conf names
         Assert.Equal("app={0}", k8s.GetString("akka.discovery.kubernetes-api.pod-label-selector"));
         Assert.Equal("management", k8s.GetString("akka.management.cluster.bootstrap.contact-point-discovery.port-name"));
         Assert.Equal("0.0.0.0", k8s.GetString("akka.management.http.hostname"));
