@@ -42,7 +42,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
     /// <param name="warnPlaintext">Log a warning when the config has no TLS (a node facing a network; embedded loopback clusters stay quiet).</param>
     public static ShardPipeNode Start(Config hostConfig, string? join = null, int equalShareOf = 1, bool warnPlaintext = false)
     {
-        var config = ReferenceConfig.Over(hostConfig);
+        var config = Discovery.Prepare(ReferenceConfig.Over(hostConfig), join, out var discovery);
         var system = ActorSystem.Create(SystemName, Security.ClusterTls.SystemSetup(config, out var tls));
         if (tls is null && warnPlaintext)
             Logging.GetLogger(system, "tls").Warning(Security.NodeTransportRule.InsecureWarning);
@@ -84,7 +84,7 @@ public sealed class ShardPipeNode : IAsyncDisposable
             }
         }
         var seeds = config.GetStringList("akka.cluster.seed-nodes");
-        if ((seeds is null || seeds.Count == 0))
+        if ((seeds is null || seeds.Count == 0) && !discovery.Start(system))
             Cluster.Get(system).Join(join is null ? address : Address.Parse(Security.ClusterTls.ForTransport(join, tls is not null)));
         return new ShardPipeNode(system, settings, proxy);
     }

@@ -17,11 +17,14 @@ public sealed class NodeProcesses : IDisposable
     private readonly Func<int, string> _extra;
     private readonly Process?[] _processes;
     private readonly BenchCertificates? _certs;
+    private readonly bool _seedNodes;
 
     /// <param name="extra">HOCON appended to node i's config (1-based).</param>
     /// <param name="secure">Mutual TLS with certificates made for node-1…node-N and "client".</param>
-    public NodeProcesses(int count, Func<int, string>? extra = null, bool secure = false)
+    /// <param name="seedNodes">Off: the configs name no seed nodes (the nodes find each other by shardpipe.discovery in <paramref name="extra"/>).</param>
+    public NodeProcesses(int count, Func<int, string>? extra = null, bool secure = false, bool seedNodes = true)
     {
+        _seedNodes = seedNodes;
         if (secure) _certs = new BenchCertificates([.. Enumerable.Range(1, count).Select(i => $"node-{i}"), "client"]);
         _dir = Path.Combine(Path.GetTempPath(), "shardpipe-nodes-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(_dir);
@@ -52,7 +55,7 @@ public sealed class NodeProcesses : IDisposable
         string conf = Path.Combine(_dir, $"node-{node}.conf");
         File.WriteAllText(conf, $@"
 akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {_ports[node - 1]} }}
-akka.cluster {{ roles = [coordinator, worker], seed-nodes = [{seeds}] }}
+akka.cluster {{ roles = [coordinator, worker]{(_seedNodes ? $", seed-nodes = [{seeds}]" : "")} }}
 shardpipe.node-name = ""node-{node}""
 {(_certs is null ? "shardpipe.insecure = on" : _certs.HoconFor($"node-{node}"))}
 {_extra(node)}");

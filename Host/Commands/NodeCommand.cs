@@ -26,6 +26,8 @@ public static class NodeCommand
             bool tlsOn;
             try { tlsOn = ShardPipe.Actors.Settings.TlsSettings.From(hocon).Enabled; }
             catch (ConfigurationException ex) { throw new InvalidInputException($"{path}: {ex.Message}"); }
+            try { ShardPipe.Actors.Hosting.Discovery.Prepare(effective, parse.GetValue(join), out _); }
+            catch (InvalidInputException ex) { throw new InvalidInputException($"{path}: {ex.Message}"); }
             ShardPipe.Actors.Security.NodeTransportRule.RunsInsecure(tlsOn, parse.GetValue(insecure) || effective.GetBoolean("shardpipe.insecure"), path);
             var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };
