@@ -58,6 +58,9 @@ public static class GenerateCommand
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
             double loadS = sw.Elapsed.TotalSeconds;
             ModelArguments.ValidateInputs(model, rows, maskRows, null);
+            long positions = model.Config.GetLongOrNull("max_position_embeddings") ?? model.Config.GetLongOrNull("n_positions") ?? long.MaxValue;
+            if (ShardPipe.Modeling.Generation.DecodeRule.PastPositions(rows[0].Length, n, positions) is { } tooLong)
+                throw new InvalidInputException($"--max-new-tokens: {tooLong}");
             bool asJson = parse.GetValue(json);
             var result = TokenGenerator.Greedy(model, rows, maskRows, new GenerationOptions
             {

@@ -45,6 +45,18 @@ public class DefectCliTests
         Assert.Equal("error: --input-ids: the prompt has 300 tokens; the model takes at most 256 positions", r.Stderr.Trim().Split('\n')[^1]);
     }
 
+    [Theory]
+    [InlineData(null)]
+    [InlineData("embedded:2")]
+    public void A_prompt_plus_max_new_tokens_past_the_positions_is_refused_in_one_process_and_on_a_cluster(string? cluster)
+    {
+        var args = new List<string> { "generate", "--model", TestPaths.Model("llama_untied"), "--input-ids", "5,17,42", "--max-new-tokens", "254", "--json" };
+        if (cluster is not null) args.AddRange(new[] { "--cluster", cluster });
+        var r = ShardPipeProcess.Run(args.ToArray());
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("the prompt has 3 tokens and max_new_tokens asks for 254 more (257); the model takes at most 256 positions", r.Stderr.Trim().Split('\n')[^1]);
+    }
+
     [Fact]
     public void A_cuda_device_on_a_build_without_cuda_is_refused_promptly_naming_node_and_device()
     {

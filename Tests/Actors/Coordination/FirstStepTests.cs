@@ -26,6 +26,16 @@ public class FirstStepTests
     }
 
     [Fact]
+    public void A_generation_whose_prompt_and_max_new_tokens_pass_the_positions_is_refused_before_it_starts()
+    {
+        var prompt = new[] { new long[] { 5, 6, 7, 8 } };
+        Assert.Null(Build(new Generate("g", prompt, null, 12, false, Greedy)).Error); // 4 + 12 = 16 fits
+        var (step, error) = Build(new Generate("g", prompt, null, 13, false, Greedy));
+        Assert.Null(step);
+        Assert.Equal("the prompt has 4 tokens and max_new_tokens asks for 13 more (17); the model takes at most 16 positions", error);
+    }
+
+    [Fact]
     public void A_forward_gets_a_full_mask_and_positions_0_to_T_and_the_served_epoch()
     {
         var (step, error) = Build(new Forward("f", new[] { new long[] { 5, 6, 7 } }, null, null));
