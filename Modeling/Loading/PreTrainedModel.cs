@@ -53,6 +53,8 @@ public static class PreTrainedModel
         var diskPrefixes = deviceMap.Entries.Where(e => e.Value.Kind == "disk").Select(e => e.Key).ToList();
         if (diskPrefixes.Count > 0 && (folder is null || options.StateDict is not null || options.Fetcher is not null))
             throw new UnsupportedException("device_map sends modules to disk, which needs weights from a checkpoint folder (not a state_dict or streamed slice)");
+        if (diskPrefixes.Count > 0 && Quantization.QuantizedLinears.Of(model).Any())
+            throw new UnsupportedException("device_map sends modules to disk, which is not supported for quantized weights yet (they are small: keep them in memory)");
         var buffers = model.NamedBuffers().Select(b => b.Key).ToHashSet(StringComparer.Ordinal);
         bool OnDisk(string key) => diskPrefixes.Count > 0 && !buffers.Contains(key) && ModulePath.CoveredByAny(diskPrefixes, key);
         var devices = deviceMap.Devices.ToDictionary(d => d, d => d.Kind == "disk" ? CPU : TorchRuntime.ToDevice(d));

@@ -9,10 +9,12 @@ public sealed class ReferenceData
     public string Folder { get; }
     public JsonNode Json { get; }
 
-    public ReferenceData(string name)
+    public ReferenceData(string name) : this(name, TestPaths.Model(name)) { }
+
+    public ReferenceData(string name, string folder)
     {
         Name = name;
-        Folder = TestPaths.Model(name);
+        Folder = folder;
         Json = JsonNode.Parse(File.ReadAllText(Path.Combine(Folder, "reference.json")))!;
     }
 
