@@ -139,7 +139,7 @@ public static unsafe class QuantKernels
             for (int g = 0; g < groups; g++)
             {
                 var d0 = Vector512<float>.Zero; var d1 = d0; var d2 = d0; var d3 = d0;
-                int end = (g + 1) * gs;
+                int end = Math.Min(_w.In, (g + 1) * gs);
                 for (int j = g * gs; j < end; j += 32)
                 {
                     byte* p = row + j / 2;
@@ -176,7 +176,7 @@ public static unsafe class QuantKernels
             for (int g = 0; g < groups; g++)
             {
                 var d0 = Vector512<float>.Zero; var d1 = d0; var d2 = d0; var d3 = d0;
-                int end = (g + 1) * gs;
+                int end = Math.Min(_w.In, (g + 1) * gs);
                 for (int j = g * gs; j < end; j += 16)
                 {
                     byte* p = row + j;

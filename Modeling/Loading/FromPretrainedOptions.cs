@@ -65,6 +65,10 @@ public sealed record FromPretrainedOptions
     /// is loaded). The rest of it is left as it was; the caller releases it.
     /// </summary>
     public CausalLMModel? Reuse { get; init; }
+    /// <summary>Quantize on load: "int8" or "int4" (round-to-nearest, symmetric, every Linear but the head); null keeps floats.</summary>
+    public string? Quantize { get; init; }
+    /// <summary>Inputs per scale group for <see cref="Quantize"/>; −1 = per output channel.</summary>
+    public int QuantizeGroupSize { get; init; } = 128;
     /// <summary>Reader threads used to materialise tensors.</summary>
     public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
 }

@@ -60,7 +60,17 @@ public static class PreTrainedModel
         var devices = deviceMap.Devices.ToDictionary(d => d, d => d.Kind == "disk" ? CPU : TorchRuntime.ToDevice(d));
         Device DeviceOf(string path) => devices[deviceMap.DeviceFor(path) ?? deviceMap.Entries[0].Value];
         var loadOptions = diskPrefixes.Count == 0 ? options : options with { IncludeKey = key => !OnDisk(key) && (options.IncludeKey?.Invoke(key) ?? true) };
+        if (options.Quantize is not null && diskPrefixes.Count > 0) throw new UnsupportedException("quantize on load with modules mapped to disk is not supported");
         info = StateLoader.Load(model, source, dtype, DeviceOf, loadOptions);
+        if (options.Quantize is { } method)
+        {
+            try { Quantization.RoundToNearest.QuantizeModel(model, method, options.QuantizeGroupSize, dtype); }
+            catch
+            {
+                model.Release();
+                throw;
+            }
+        }
         if (diskPrefixes.Count > 0)
         {
             try { model.Offload = DiskOffload.Build(model, folder!, options.Variant, diskPrefixes, dtype, options.OffloadFolder, options.IncludeKey); }
@@ -162,6 +172,7 @@ public static class PreTrainedModel
         var seen = new HashSet<TensorSlot>(ReferenceEqualityComparer.Instance);
         var sources = new List<Checkpoints.SafeTensors.TensorSource>();
         DType? savedFloat = null;
+        JsonObject? quantization = null;
         if (options.StateDict is not null)
         {
             foreach (var (key, t) in options.StateDict)
@@ -169,12 +180,25 @@ public static class PreTrainedModel
         }
         else
         {
+            // A packed Linear is written as compressed-tensors pack-quantized; its bias and every other tensor as usual.
+            var packed = Quantization.QuantizedLinears.Of(model).ToDictionary(l => l.Path, l => l.Linear.Quantized!.Packed!, StringComparer.Ordinal);
+            quantization = Quantization.CompressedTensorsConfig.ForModel(model);
+            bool symmetric = packed.Values.All(w => w.Zeros is null);
             foreach (var (key, slot) in model.StateDictSlots())
-                if (seen.Add(slot)) sources.Add(SourceOf(key, slot.Tensor, castTo, ref savedFloat));
+            {
+                if (!seen.Add(slot)) continue;
+                string parent = ModulePath.Parent(key);
+                if (!packed.TryGetValue(parent, out var w) || key.EndsWith(".bias", StringComparison.Ordinal))
+                    sources.Add(SourceOf(key, slot.Tensor, castTo, ref savedFloat));
+                else if (key.EndsWith(".weight_packed", StringComparison.Ordinal))
+                    sources.AddRange(Quantization.CompressedTensorsConfig.Tensors(parent, w, castTo ?? TorchRuntime.ToDType(model.DType), symmetric).ToList());
+            }
         }
         var config = model.Config.Clone();
         config.Set("architectures", new JsonArray(model.ClassName));
         config.Set("torch_dtype", DTypes.TorchName(savedFloat ?? TorchRuntime.ToDType(model.DType)));
+        config.Values.Remove("quantization_config");
+        if (quantization is not null) config.Set("quantization_config", quantization);
         config.Save(Path.Combine(folder, CheckpointNames.Config));
         File.WriteAllText(Path.Combine(folder, CheckpointNames.GenerationConfig),
             model.GenerationConfig.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");

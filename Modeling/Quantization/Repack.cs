@@ -121,7 +121,7 @@ public static class Repack
     }
 
     /// <summary>Codes [out, in] packed as compressed-tensors does (code k of word c is input c·pf + k).</summary>
-    internal static Tensor Pack(int bits, int outF, int inF, Func<int, int, int> code)
+    public static Tensor Pack(int bits, int outF, int inF, Func<int, int, int> code)
     {
         int pf = 32 / bits, words = (inF + pf - 1) / pf;
         var packed = new int[(long)outF * words];
