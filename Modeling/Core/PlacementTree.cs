@@ -15,7 +15,9 @@ public static class PlacementTree
     private static ModuleNode Convert(HfModule m, Dictionary<TensorSlot, TensorNode> nodes)
     {
         var node = new ModuleNode(m.ClassName);
-        foreach (var (name, slot) in m.LocalTensors)
+        // A quantized Linear not loaded yet is counted as it will be held (packed codes, float32 scales), not as stored.
+        var tensors = m is Layers.Linear { Quantized: { Packed: null } } linear ? Quantization.QuantizedLinears.HeldLayout(linear) : m.LocalTensors;
+        foreach (var (name, slot) in tensors)
         {
             if (!nodes.TryGetValue(slot, out var t))
             {

@@ -79,6 +79,32 @@ public static class QuantizedLinears
         return slot;
     }
 
+    /// <summary>Bits per code held in memory: 2- and 3-bit codes sit in 4-bit fields, 5–7-bit and int8-stored ones in bytes.</summary>
+    public static int HeldBits(QuantizationConfig q) => q.Format == QuantFormat.IntQuantized || q.Bits > 4 ? 8 : 4;
+
+    /// <summary>Whether zero points are held (else every zero is the held codes' midpoint, as symmetric schemes store them).</summary>
+    public static bool HoldsZeros(QuantizationConfig q) => !q.Symmetric || (q.Format != QuantFormat.IntQuantized && q.Bits != HeldBits(q));
+
+    /// <summary>
+    /// The tensors a quantized Linear holds once loaded (as <see cref="Hold"/> installs them), known from the config before
+    /// any weight is read: what the planner counts, so a stage holds exactly its planned bytes.
+    /// </summary>
+    public static List<(string Name, TensorSlot Slot)> HeldLayout(Linear linear)
+    {
+        var q = linear.Quantized!.Config;
+        long inF = linear.InFeatures, outF = linear.OutFeatures;
+        long gs = q.GroupSize <= 0 ? inF : Math.Min(q.GroupSize, inF), groups = (inF + gs - 1) / gs, pf = 32 / HeldBits(q);
+        var held = new List<(string, TensorSlot)>
+        {
+            ("weight_packed", HfModule.NewParameter(new[] { outF, (inF + pf - 1) / pf }, DType.I32)),
+            ("weight_scale", HfModule.NewParameter(new[] { outF, groups }, DType.F32)),
+        };
+        if (HoldsZeros(q)) held.Add(("weight_zero_point", HfModule.NewParameter(new[] { outF, groups }, DType.F32)));
+        if (q.DescAct) held.Add(("weight_perm", HfModule.NewParameter(new[] { inF }, DType.I64)));
+        if (linear.Bias is { } b) held.Add(("bias", b));
+        return held;
+    }
+
     /// <summary>The tensors each format stores for a Linear [out, in], at the shapes the tools write.</summary>
     internal static List<(string Name, TensorSlot Slot)> StoredTensors(QuantizationConfig q, long outF, long inF)
     {

@@ -40,7 +40,7 @@ public static class Repack
             if (g < 0 || g >= groups)
                 throw new CheckpointFormatException(file, module + ".g_idx", $"group {g} is outside [0, {groups}) for group_size {q.GroupSize}");
         int[]? perm = null;
-        if (!gIdx.Select((g, i) => g == i / gs).All(b => b))
+        if (q.DescAct || !gIdx.Select((g, i) => g == i / gs).All(b => b))
         {
             // Act-order: a stable sort by group makes each group's columns contiguous; GPTQ gives each group gs columns.
             perm = Enumerable.Range(0, inF).OrderBy(i => gIdx[i]).ToArray();
@@ -55,7 +55,7 @@ public static class Repack
         var zeros = new float[(long)outF * groups];
         for (int o = 0; o < outF; o++)
             for (int g = 0; g < groups; g++) zeros[(long)o * groups + g] = Zero(g, o);
-        return new PackedWeight(heldBits, outF, inF, gs, codes, scales.t().contiguous(), ZerosOrNull(zeros, outF, groups, heldBits),
+        return new PackedWeight(heldBits, outF, inF, gs, codes, scales.t().contiguous(), ZerosOrNull(q, zeros, outF, groups, heldBits),
             perm is null ? null : tensor(perm.Select(p => (long)p).ToArray()));
     }
 
@@ -81,7 +81,7 @@ public static class Repack
         var zeros = new float[(long)outF * groups];
         for (int o = 0; o < outF; o++)
             for (int g = 0; g < groups; g++) zeros[(long)o * groups + g] = Code(qzeros, g, o);
-        return new PackedWeight(4, outF, inF, gs, codes, t["scales"].t().contiguous(), ZerosOrNull(zeros, outF, groups, 4), null);
+        return new PackedWeight(4, outF, inF, gs, codes, t["scales"].t().contiguous(), ZerosOrNull(q, zeros, outF, groups, 4), null);
     }
 
     private static PackedWeight PackQuantized(QuantizationConfig q, string module, string file, int outF, int inF, IReadOnlyDictionary<string, Tensor> t, int heldBits)
@@ -108,7 +108,7 @@ public static class Repack
                 for (int g = 0; g < groups; g++) zeros[(long)o * groups + g] = (zw[(long)(o / pf) * groups + g] >> (o % pf * bits)) & mask;
         }
         else Array.Fill(zeros, 1 << (bits - 1));
-        return new PackedWeight(heldBits, outF, inF, gs, codes, t["weight_scale"].detach(), ZerosOrNull(zeros, outF, groups, heldBits), null);
+        return new PackedWeight(heldBits, outF, inF, gs, codes, t["weight_scale"].detach(), ZerosOrNull(q, zeros, outF, groups, heldBits), null);
     }
 
     private static PackedWeight IntQuantized(QuantizationConfig q, int outF, int inF, IReadOnlyDictionary<string, Tensor> t)
@@ -117,7 +117,7 @@ public static class Repack
         int gs = q.GroupSize <= 0 ? inF : q.GroupSize, groups = (inF + gs - 1) / gs;
         var codes = Pack(8, outF, inF, (o, i) => w[(long)o * inF + i] + 128);
         var zeros = t.TryGetValue("weight_zero_point", out var zp) ? zp.data<float>().Select(z => z + 128).ToArray() : Enumerable.Repeat(128f, outF * groups).ToArray();
-        return new PackedWeight(8, outF, inF, gs, codes, t["weight_scale"].detach(), ZerosOrNull(zeros, outF, groups, 8), null);
+        return new PackedWeight(8, outF, inF, gs, codes, t["weight_scale"].detach(), ZerosOrNull(q, zeros, outF, groups, 8), null);
     }
 
     /// <summary>Codes [out, in] packed as compressed-tensors does (code k of word c is input c·pf + k).</summary>
@@ -133,10 +133,12 @@ public static class Repack
         return tensor(packed, new long[] { outF, words });
     }
 
-    private static Tensor? ZerosOrNull(float[] zeros, int outF, int groups, int heldBits)
+    /// <summary>Zero points are held as the config says (<see cref="QuantizedLinears.HoldsZeros"/>), and also when a symmetric
+    /// checkpoint's stored zeros are not the midpoint after all (correct outputs before an exact plan).</summary>
+    private static Tensor? ZerosOrNull(QuantizationConfig q, float[] zeros, int outF, int groups, int heldBits)
     {
         float mid = 1 << (heldBits - 1);
-        return zeros.All(z => z == mid) ? null : tensor(zeros, new long[] { outF, groups });
+        return !QuantizedLinears.HoldsZeros(q) && zeros.All(z => z == mid) ? null : tensor(zeros, new long[] { outF, groups });
     }
 
     private static uint[] Words(Tensor t) => MemoryMarshal.Cast<byte, uint>(t.contiguous().bytes).ToArray();
