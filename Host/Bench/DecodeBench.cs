@@ -48,6 +48,8 @@ public static class DecodeBench
         var speed = DecodeSpeed.Measure(folder, Math.Max(n, 64));
         BenchSupport.Say(asJson, $"  plain float32 {speed.Fp32TokensPerS:0.00} tokens/s, bfloat16 {speed.Bf16TokensPerS:0.00} ({speed.Bf16Speedup:0.00}x); " +
                                  $"read bandwidth {speed.ReadGBps:0.0} GB/s, weights {speed.Fp32WeightBytes / 1e6:0} MB: weight_read_ratio {speed.WeightReadRatio:0.000}");
+        BenchSupport.Say(asJson, $"  int8 {speed.Int8TokensPerS:0.00} tokens/s ({speed.Int8Speedup:0.00}x bf16, weight_read_ratio {speed.Int8ReadRatio:0.000} over {speed.Int8WeightBytes / 1e6:0} MB), " +
+                                 $"int4 {speed.Int4TokensPerS:0.00} ({speed.Int4Speedup:0.00}x bf16, {speed.Int4ReadRatio:0.000} over {speed.Int4WeightBytes / 1e6:0} MB); group 128, quantized on load with the head");
         foreach (var (name, profile) in new[] { ("float32", speed.Fp32Profile), ("bfloat16", speed.Bf16Profile) })
             BenchSupport.Say(asJson, $"  profile {name} (ms per token): {string.Join(", ", Group(profile).Select(kv => $"{kv.Key} {kv.Value:0.000}"))}");
         var speedFigures = new JsonObject
@@ -60,6 +62,14 @@ public static class DecodeBench
             ["weight_read_ratio"] = Math.Round(speed.WeightReadRatio, 4),
             ["profile_fp32_ms"] = Json(Group(speed.Fp32Profile)),
             ["profile_bf16_ms"] = Json(Group(speed.Bf16Profile)),
+            ["int8_tokens_per_s"] = Math.Round(speed.Int8TokensPerS, 3),
+            ["int4_tokens_per_s"] = Math.Round(speed.Int4TokensPerS, 3),
+            ["int8_speedup_vs_bf16"] = Math.Round(speed.Int8Speedup, 4),
+            ["int4_speedup_vs_bf16"] = Math.Round(speed.Int4Speedup, 4),
+            ["weight_bytes_int8"] = speed.Int8WeightBytes,
+            ["weight_bytes_int4"] = speed.Int4WeightBytes,
+            ["weight_read_ratio_int8"] = Math.Round(speed.Int8ReadRatio, 4),
+            ["weight_read_ratio_int4"] = Math.Round(speed.Int4ReadRatio, 4),
         };
         if (speedOnly)
         {

@@ -24,10 +24,11 @@ public sealed class ModelArguments
     public Option<bool> OffloadBuffers { get; } = new("--offload-buffers") { Description = "HF's offload_buffers" };
     public Option<string?> Quantize { get; } = CommonOptions.Quantize();
     public Option<int> QuantizeGroupSize { get; } = CommonOptions.QuantizeGroupSize();
+    public Option<bool> QuantizeHead { get; } = CommonOptions.QuantizeHead();
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, MaxMemory, Cluster, Nodes, Attn, OffloadFolder, OffloadStateDict, OffloadBuffers, Quantize, QuantizeGroupSize })
+        foreach (var o in new Option[] { Model, Variant, Revision, Subfolder, DType, DeviceMap, MaxMemory, Cluster, Nodes, Attn, OffloadFolder, OffloadStateDict, OffloadBuffers, Quantize, QuantizeGroupSize, QuantizeHead })
             command.Options.Add(o);
     }
 
@@ -44,6 +45,7 @@ public sealed class ModelArguments
         OffloadBuffers = parse.GetValue(OffloadBuffers),
         Quantize = parse.GetValue(Quantize),
         QuantizeGroupSize = parse.GetValue(QuantizeGroupSize),
+        QuantizeHead = parse.GetValue(QuantizeHead),
         AttnImplementation = parse.GetValue(Attn) switch
         {
             "sdpa" => AttnImplementation.Sdpa,

@@ -22,7 +22,8 @@ public static class SaveCommand
         var json = CommonOptions.Json();
         var quantize = CommonOptions.Quantize();
         var groupSize = CommonOptions.QuantizeGroupSize();
-        var cmd = new Command("save", "Load a model and save it again with save_pretrained's layout (quantized: compressed-tensors pack-quantized)") { model, revision, subfolder, variant, outDir, maxShard, dtype, quantize, groupSize, json };
+        var quantizeHead = CommonOptions.QuantizeHead();
+        var cmd = new Command("save", "Load a model and save it again with save_pretrained's layout (quantized: compressed-tensors pack-quantized)") { model, revision, subfolder, variant, outDir, maxShard, dtype, quantize, groupSize, quantizeHead, json };
         CommandAction.Set(cmd, (parse, log) =>
         {
             string folder = ModelLocator.Locate(parse.GetValue(model)!, new LocateOptions { Revision = parse.GetValue(revision), Subfolder = parse.GetValue(subfolder) });
@@ -38,7 +39,7 @@ public static class SaveCommand
             var loaded = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions
             {
                 Variant = readVariant, DType = castTo ?? stored, Logger = log,
-                Quantize = parse.GetValue(quantize), QuantizeGroupSize = parse.GetValue(groupSize),
+                Quantize = parse.GetValue(quantize), QuantizeGroupSize = parse.GetValue(groupSize), QuantizeHead = parse.GetValue(quantizeHead),
             });
             var files = PreTrainedModel.SavePretrained(loaded, parse.GetValue(outDir)!, new SaveOptions
             {

@@ -26,53 +26,90 @@ public static unsafe class QuantKernels
     {
         int k = w.In, n = w.Out;
         if (x.shape[^1] != k) throw new ShapeMismatchException($"quantized linear expects {k} input features, got {x.shape[^1]}");
-        long mLong = x.NumberOfElements / k;
-        bool direct = x.dtype == ScalarType.Float32 && x.is_contiguous();
-        var xf = direct ? x : x.to(ScalarType.Float32).contiguous();
-        var y = empty(new[] { mLong, (long)n }, ScalarType.Float32);
-        int m = (int)mLong;
+        var type = x.dtype;
+        if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16) || x.device_type != DeviceType.CPU)
+            throw new UnsupportedException($"quantized linear computes on CPU in float32, bfloat16 or float16, not {type} on {x.device_type}");
+        int m = (int)(x.NumberOfElements / k);
         bool simd = Simd(w);
         int kp = w.WordsPerRow * w.CodesPerWord, groups = w.Groups;
+        // Inputs and outputs are read and written here in their own dtype: no libtorch conversions per call (a decode
+        // step makes dozens of these calls, and each libtorch op costs more than the int4 product of a small layer).
+        var input = x.is_contiguous() ? x : x.contiguous();
+        var output = empty(x.shape[..^1].Append(n).ToArray(), type);
         var xs = ArrayPool<float>.Shared.Rent(Math.Max(1, m * kp));
         var sums = ArrayPool<float>.Shared.Rent(Math.Max(1, m * groups));
+        var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(Math.Max(1, m * n));
         try
         {
-            var xp = (float*)PackedWeight.Pointer(xf);
+            var xp = (byte*)PackedWeight.Pointer(input);
             var gather = w.Gather;
+            bool deinterleave = simd && w.Bits == 4;
+            var row = new float[k];
             for (int r = 0; r < m; r++)
             {
-                float* src = xp + (long)r * k;
-                for (int j = 0; j < kp; j++) xs[r * kp + Order(j, simd && w.Bits == 4)] = gather[j] < 0 ? 0f : src[gather[j]];
+                for (int i = 0; i < k; i++) row[i] = Load(xp, (long)r * k + i, type);
+                for (int j = 0; j < kp; j++) xs[r * kp + Order(j, deinterleave)] = gather[j] < 0 ? 0f : row[gather[j]];
                 for (int g = 0; g < groups; g++)
                 {
                     float s = 0;
                     int end = Math.Min(k, (g + 1) * w.GroupSize);
-                    for (int j = g * w.GroupSize; j < end; j++) s += src[gather[j]];
+                    for (int j = g * w.GroupSize; j < end; j++) s += row[gather[j]];
                     sums[r * groups + g] = s;
                 }
             }
             var codes = (byte*)PackedWeight.Pointer(w.Codes);
             var scales = (float*)PackedWeight.Pointer(w.Scales);
             float* zeros = w.Zeros is null ? null : (float*)PackedWeight.Pointer(w.Zeros);
-            var yp = (float*)PackedWeight.Pointer(y);
-            fixed (float* xq0 = xs, sq0 = sums)
+            fixed (float* xq0 = xs, sq0 = sums, yq0 = ys)
             {
-                float* xq = xq0, sq = sq0;
-                var job = new Job(w, codes, scales, zeros, xq, sq, yp, m, kp, simd);
+                float* yp = ys is null ? (float*)PackedWeight.Pointer(output) : yq0;
+                var job = new Job(w, codes, scales, zeros, xq0, sq0, yp, m, kp, simd);
                 int parts = Math.Clamp(n / 32, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
                 SpinPool.Shared.Run(parts, p => job.Rows((int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
+                if (bias is not null)
+                {
+                    var b = bias.is_contiguous() ? bias : bias.contiguous();
+                    var bp = (byte*)PackedWeight.Pointer(b);
+                    var bt = b.dtype;
+                    for (int r = 0; r < m; r++)
+                        for (int o = 0; o < n; o++) yp[(long)r * n + o] += Load(bp, o, bt);
+                    if (!ReferenceEquals(b, bias)) b.Dispose();
+                }
+                if (ys is not null)
+                {
+                    var op = (byte*)PackedWeight.Pointer(output);
+                    for (long i = 0; i < (long)m * n; i++) Store(op, i, type, yp[i]);
+                }
             }
         }
         finally
         {
             ArrayPool<float>.Shared.Return(xs);
             ArrayPool<float>.Shared.Return(sums);
-            if (!direct) xf.Dispose();
+            if (ys is not null) ArrayPool<float>.Shared.Return(ys);
+            if (!ReferenceEquals(input, x)) input.Dispose();
         }
-        if (bias is not null) y.add_(bias.to(ScalarType.Float32));
-        var shaped = y.view(x.shape[..^1].Append(n).ToArray());
-        if (x.dtype == ScalarType.Float32) return shaped;
-        using (y) using (shaped) return shaped.to(x.dtype);
+        return output;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Load(byte* p, long i, ScalarType type) => type switch
+    {
+        ScalarType.Float32 => ((float*)p)[i],
+        ScalarType.BFloat16 => BitConverter.Int32BitsToSingle(((ushort*)p)[i] << 16),
+        _ => (float)((Half*)p)[i],
+    };
+
+    /// <summary>Rounds to the output dtype as libtorch does (bf16: to nearest, ties to even; NaN stays NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(byte* p, long i, ScalarType type, float v)
+    {
+        if (type == ScalarType.BFloat16)
+        {
+            uint bits = BitConverter.SingleToUInt32Bits(v);
+            ((ushort*)p)[i] = (bits & 0x7fffffff) > 0x7f800000 ? (ushort)((bits >> 16) | 0x40) : (ushort)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+        }
+        else ((Half*)p)[i] = (Half)v;
     }
 
     /// <summary>Whether the AVX-512 path applies: whole 16-byte blocks per group.</summary>
@@ -113,7 +150,8 @@ public static unsafe class QuantKernels
                 for (int r0 = 0; r0 < _m; r0 += RowTile)
                 {
                     int rn = Math.Min(RowTile, _m - r0);
-                    if (_simd && _w.Bits == 4) Int4Simd(row, s, rn, r0, d);
+                    if (_simd && rn == 1) d[0] = _w.Bits == 4 ? Int4Row(row, s, _x + (long)r0 * _kp) : Int8Row(row, s, _x + (long)r0 * _kp);
+                    else if (_simd && _w.Bits == 4) Int4Simd(row, s, rn, r0, d);
                     else if (_simd) Int8Simd(row, s, rn, r0, d);
                     else Scalar(row, s, z, rn, r0, d);
                     for (int t = 0; t < rn; t++)
@@ -126,6 +164,67 @@ public static unsafe class QuantKernels
                     }
                 }
             }
+        }
+
+        /// <summary>
+        /// One input row (decode): Σ_g scale_g · Σ_{j∈g} code_j · x_j with four independent FMA chains over 64 codes
+        /// (one chain would wait on the FMA latency, not on memory), one prefetch per cache line.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private float Int4Row(byte* row, float* s, float* x)
+        {
+            int gs = _w.GroupSize, groups = _w.Groups, k = _w.In;
+            var mask = Vector128.Create((byte)0x0F);
+            var acc = Vector512<float>.Zero;
+            for (int g = 0; g < groups; g++)
+            {
+                var e0 = Vector512<float>.Zero; var e1 = e0; var e2 = e0; var e3 = e0;
+                int j = g * gs, end = Math.Min(k, (g + 1) * gs);
+                for (; j + 64 <= end; j += 64)
+                {
+                    byte* p = row + j / 2;
+                    if ((j & 127) == 0) Sse.Prefetch0(p + PrefetchAhead);
+                    var b0 = Vector128.Load(p);
+                    var b1 = Vector128.Load(p + 16);
+                    e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b0 & mask)), Vector512.Load(x + j), e0);
+                    e1 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b0.AsUInt16(), 4).AsByte() & mask)), Vector512.Load(x + j + 16), e1);
+                    e2 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b1 & mask)), Vector512.Load(x + j + 32), e2);
+                    e3 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b1.AsUInt16(), 4).AsByte() & mask)), Vector512.Load(x + j + 48), e3);
+                }
+                for (; j < end; j += 32)
+                {
+                    var b = Vector128.Load(row + j / 2);
+                    e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b & mask)), Vector512.Load(x + j), e0);
+                    e1 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & mask)), Vector512.Load(x + j + 16), e1);
+                }
+                acc = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), (e0 + e1) + (e2 + e3), acc);
+            }
+            return Vector512.Sum(acc);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private float Int8Row(byte* row, float* s, float* x)
+        {
+            int gs = _w.GroupSize, groups = _w.Groups, k = _w.In;
+            var acc = Vector512<float>.Zero;
+            for (int g = 0; g < groups; g++)
+            {
+                var e0 = Vector512<float>.Zero; var e1 = e0; var e2 = e0; var e3 = e0;
+                int j = g * gs, end = Math.Min(k, (g + 1) * gs);
+                for (; j + 64 <= end; j += 64)
+                {
+                    byte* p = row + j;
+                    Sse.Prefetch0(p + PrefetchAhead);
+                    e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p))), Vector512.Load(x + j), e0);
+                    e1 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 16))), Vector512.Load(x + j + 16), e1);
+                    e2 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 32))), Vector512.Load(x + j + 32), e2);
+                    e3 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 48))), Vector512.Load(x + j + 48), e3);
+                }
+                for (; j < end; j += 16)
+                    e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))), Vector512.Load(x + j), e0);
+                acc = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), (e0 + e1) + (e2 + e3), acc);
+            }
+            return Vector512.Sum(acc);
         }
 
         /// <summary>Σ_g scale_g · Σ_{j∈g} code_j · x_j for rn rows; the zero term is added by the caller.</summary>
@@ -143,7 +242,7 @@ public static unsafe class QuantKernels
                 for (int j = g * gs; j < end; j += 32)
                 {
                     byte* p = row + j / 2;
-                    Sse.Prefetch0(p + PrefetchAhead);
+                    if ((j & 127) == 0) Sse.Prefetch0(p + PrefetchAhead);
                     var b = Vector128.Load(p);
                     var lo = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b & mask));
                     var hi = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & mask));
@@ -180,7 +279,7 @@ public static unsafe class QuantKernels
                 for (int j = g * gs; j < end; j += 16)
                 {
                     byte* p = row + j;
-                    Sse.Prefetch0(p + PrefetchAhead);
+                    if ((j & 63) == 0) Sse.Prefetch0(p + PrefetchAhead);
                     var c = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p)));
                     d0 = Vector512.FusedMultiplyAdd(c, Vector512.Load(x0 + j), d0);
                     if (rn > 1)

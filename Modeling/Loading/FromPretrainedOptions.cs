@@ -69,6 +69,8 @@ public sealed record FromPretrainedOptions
     public string? Quantize { get; init; }
     /// <summary>Inputs per scale group for <see cref="Quantize"/>; −1 = per output channel.</summary>
     public int QuantizeGroupSize { get; init; } = 128;
+    /// <summary>With <see cref="Quantize"/>, the output head too when untied (as llama.cpp does; Hugging Face's schemes keep it in float).</summary>
+    public bool QuantizeHead { get; init; }
     /// <summary>Reader threads used to materialise tensors.</summary>
     public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
 }

@@ -64,7 +64,7 @@ public static class PreTrainedModel
         info = StateLoader.Load(model, source, dtype, DeviceOf, loadOptions);
         if (options.Quantize is { } method)
         {
-            try { Quantization.RoundToNearest.QuantizeModel(model, method, options.QuantizeGroupSize, dtype); }
+            try { Quantization.RoundToNearest.QuantizeModel(model, method, options.QuantizeGroupSize, dtype, options.QuantizeHead); }
             catch
             {
                 model.Release();

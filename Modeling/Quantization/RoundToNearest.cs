@@ -30,13 +30,16 @@ public static class RoundToNearest
             ["quantization_config"] = CompressedTensorsConfig.Json(bits, groupSize, symmetric: true, ignore),
         }))!;
 
-    public static void QuantizeModel(CausalLMModel model, string method, int groupSize, DType scaleDType)
+    /// <param name="head">Also the output head when it has its own weight (llama.cpp's habit; Hugging Face keeps it in float).</param>
+    public static void QuantizeModel(CausalLMModel model, string method, int groupSize, DType scaleDType, bool head = false)
     {
         int bits = Bits(method);
         if (groupSize == 0 || groupSize < -1) throw new InvalidInputException($"quantize group size {groupSize}: use a positive size or -1 (per channel)");
         if (QuantizedLinears.Of(model).Any()) throw new InvalidInputException($"quantize {method}: the checkpoint is already quantized (config.json has a quantization_config)");
-        var linears = model.NamedModules().Where(m => m.Module is Linear && m.Path != model.OutputEmbeddingsPath).Select(m => (m.Path, (Linear)m.Module)).ToList();
-        var ignore = model.NamedModules().Where(m => m.Module is Linear && m.Path == model.OutputEmbeddingsPath).Select(m => m.Path).ToList();
+        var tied = model.NamedModules().First(m => m.Path == model.InputEmbeddingsPath).Module.LocalTensors.Select(t => t.Slot).ToHashSet(ReferenceEqualityComparer.Instance);
+        bool Quantized(string path, Linear l) => path != model.OutputEmbeddingsPath || (head && !tied.Contains(l.Weight));
+        var linears = model.NamedModules().Where(m => m.Module is Linear l && Quantized(m.Path, l)).Select(m => (m.Path, (Linear)m.Module)).ToList();
+        var ignore = model.NamedModules().Where(m => m.Module is Linear l && !Quantized(m.Path, l)).Select(m => m.Path).ToList();
         var scheme = Scheme(bits, groupSize, ignore);
         foreach (var (path, linear) in linears)
         {
