@@ -65,9 +65,25 @@ public sealed record QuantizationConfig
         return className == "Linear" && path != outputEmbeddingsPath && !Ignore.Any(i => path.Contains(i, StringComparison.Ordinal));
     }
 
-    private static bool Matches(string target, string path, string className) =>
-        target.StartsWith("re:", StringComparison.Ordinal) ? Regex.IsMatch(path, target[3..], RegexOptions.None, TimeSpan.FromSeconds(1))
-        : target == path || target == className;
+    private static bool Matches(string target, string path, string className)
+    {
+        if (!target.StartsWith("re:", StringComparison.Ordinal)) return target == path || target == className;
+        try { return Regex.IsMatch(path, target[3..], RegexOptions.None, PatternTimeout); }
+        catch (RegexMatchTimeoutException) { throw new UnsupportedException($"quantization_config: pattern '{target}' took too long to match '{path}'"); }
+    }
+
+    private static readonly TimeSpan PatternTimeout = TimeSpan.FromSeconds(1);
+
+    /// <summary>compressed-tensors' <c>re:</c> entries are Python regular expressions; one .NET cannot compile is the config's fault.</summary>
+    private static IReadOnlyList<string> Patterns(IReadOnlyList<string> entries, string file, string field)
+    {
+        foreach (var e in entries.Where(e => e.StartsWith("re:", StringComparison.Ordinal)))
+        {
+            try { _ = new Regex(e[3..], RegexOptions.None, PatternTimeout); }
+            catch (ArgumentException ex) { throw Bad(file, field, $"has an invalid pattern '{e}': {ex.Message}"); }
+        }
+        return entries;
+    }
 
     private static QuantizationConfig Gptq(JsonObject q, string file)
     {
@@ -136,8 +152,8 @@ public sealed record QuantizationConfig
         {
             QuantMethod = "compressed-tensors", Format = kind, Bits = bits, GroupSize = gs,
             Symmetric = Bool(w, file, "symmetric", at + ".weights") ?? true,
-            Targets = g["targets"] is JsonArray ? Strings(g, file, "targets", at) : new[] { "Linear" },
-            Ignore = Strings(q, file, "ignore"), Json = q,
+            Targets = g["targets"] is JsonArray ? Patterns(Strings(g, file, "targets", at), file, at + ".targets") : new[] { "Linear" },
+            Ignore = Patterns(Strings(q, file, "ignore"), file, "ignore"), Json = q,
         };
     }
 
