@@ -53,4 +53,20 @@ public class ClusterQuantizedTests : IClassFixture<ThreeNodeCluster>
             }
         }
     }
+
+    /// <summary>In bfloat16 the float parts halve but scales stay float32: each stage still holds exactly its planned bytes.</summary>
+    [Fact]
+    public async Task A_quantized_model_in_bfloat16_holds_its_planned_bytes_on_every_stage()
+    {
+        var r = QuantizedReferenceTests.Reference("ct_w4a16_g32_sym");
+        var client = _fixture.Cluster.Client;
+        var loaded = await client.LoadAsync(Requests.Load(r.Folder, dtype: "bfloat16"), TimeSpan.FromMinutes(2));
+        // The one difference is not quantization's: Accelerate's sizing counts a stage's float32 rotary inv_freq buffer
+        // (head_dim/2 = 8 values) at the load dtype, 16 bytes fewer than it holds; packed codes and scales count exactly.
+        Assert.All(loaded.Devices, d => Assert.InRange(d.LoadedBytes - d.PlannedBytes, 0, 16));
+        var c = r.ForwardCases.First();
+        var outcome = await client.RunAsync(Requests.Forward(ReferenceData.Ints(c["input_ids"])), loaded.Stages, TimeSpan.FromSeconds(30));
+        var expected = ReferenceData.Doubles(c["last_logits"]!);
+        ReferenceModelTests.AssertClose(expected[0], outcome.LastLogits![0], 0.1, "bfloat16 activations");
+    }
 }
