@@ -29,9 +29,9 @@ public static class DecodeBench
         var tokens = new Option<int>("--tokens") { Description = "New tokens per generation", DefaultValueFactory = _ => 32 };
         var micro = new Option<int>("--microbatches") { Description = "Requests in flight for the micro-batching figure (m)", DefaultValueFactory = _ => 4 };
         var pin = new Option<int>("--pin-core") { Description = "Core that the per-hop figure's nodes run their steps on (shardpipe.compute-cores)", DefaultValueFactory = _ => 0 };
-        var speedOnly = new Option<bool>("--speed-only") { Description = "Only the single-process figures (float32, bfloat16, weight_read_ratio, profile); no clusters" };
+        var speedOnly = new Option<bool>("--speed-only") { Description = "Only the single-process figures (float32, bfloat16, int8, int4, weight_read_ratio, profile); no clusters" };
         var json = CommonOptions.Json();
-        var cmd = new Command("decode", "Decode tokens/s: float32 and bfloat16 against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
+        var cmd = new Command("decode", "Decode tokens/s: float32, bfloat16, int8 and int4 (quantized on load) against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
             { model, tokens, micro, pin, speedOnly, json };
         CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(speedOnly), parse.GetValue(json), log));
         return cmd;
