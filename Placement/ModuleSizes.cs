@@ -29,7 +29,7 @@ public sealed class ModuleSizes
         double n = t.ElementCount;
         if (t.Kind == TensorKind.Bool) return memoryBytes ? n : n / 8;
         DType own = t.FixedDType ?? DType.F32; // the meta model is built in float32
-        if (t.Kind == TensorKind.Int || dtype is null) return n * DTypes.Size(own);
+        if (t.Kind is TensorKind.Int or TensorKind.Held || dtype is null) return n * DTypes.Size(own);
         return n * Math.Min(DTypes.Size(dtype.Value), DTypes.Size(own));
     }
 

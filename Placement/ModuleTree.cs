@@ -2,8 +2,11 @@ using ShardPipe.Checkpoints;
 
 namespace ShardPipe.Placement;
 
-/// <summary>What kind of element a tensor holds; Accelerate sizes floats at the target dtype and leaves the rest alone.</summary>
-public enum TensorKind { Float, Int, Bool }
+/// <summary>
+/// What kind of element a tensor holds; Accelerate sizes floats at the target dtype and leaves the rest alone.
+/// <see cref="Held"/>: kept at its own dtype whatever the load dtype (a quantized weight's codes and float32 scales).
+/// </summary>
+public enum TensorKind { Float, Int, Bool, Held }
 
 /// <summary>A parameter or buffer as the planner sees it: shape, kind, and its own dtype where fixed. Compared by reference (a tied weight is one node).</summary>
 public sealed record TensorNode(long[] Shape, bool IsBuffer, TensorKind Kind, DType? FixedDType, bool Persistent)

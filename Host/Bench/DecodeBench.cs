@@ -29,9 +29,9 @@ public static class DecodeBench
         var tokens = new Option<int>("--tokens") { Description = "New tokens per generation", DefaultValueFactory = _ => 32 };
         var micro = new Option<int>("--microbatches") { Description = "Requests in flight for the micro-batching figure (m)", DefaultValueFactory = _ => 4 };
         var pin = new Option<int>("--pin-core") { Description = "Core that the per-hop figure's nodes run their steps on (shardpipe.compute-cores)", DefaultValueFactory = _ => 0 };
-        var speedOnly = new Option<bool>("--speed-only") { Description = "Only the single-process figures (float32, bfloat16, weight_read_ratio, profile); no clusters" };
+        var speedOnly = new Option<bool>("--speed-only") { Description = "Only the single-process figures (float32, bfloat16, int8, int4, weight_read_ratio, profile); no clusters" };
         var json = CommonOptions.Json();
-        var cmd = new Command("decode", "Decode tokens/s: float32 and bfloat16 against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
+        var cmd = new Command("decode", "Decode tokens/s: float32, bfloat16, int8 and int4 (quantized on load) against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
             { model, tokens, micro, pin, speedOnly, json };
         CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(speedOnly), parse.GetValue(json), log));
         return cmd;
@@ -56,6 +56,8 @@ public static class DecodeBench
         if (speed.ActiveParameters != speed.TotalParameters)
             BenchSupport.Say(asJson, $"  active parameters {speed.ActiveParameters / 1e6:0.0}M of {speed.TotalParameters / 1e6:0.0}M: " +
                                      $"weight_read_ratio over active bytes {speed.ActiveWeightReadRatioFp32:0.000} float32, {speed.ActiveWeightReadRatioBf16:0.000} bfloat16");
+        BenchSupport.Say(asJson, $"  int8 {speed.Int8TokensPerS:0.00} tokens/s ({speed.Int8Speedup:0.00}x bf16, weight_read_ratio {speed.Int8ReadRatio:0.000} over {speed.Int8WeightBytes / 1e6:0} MB), " +
+                                 $"int4 {speed.Int4TokensPerS:0.00} ({speed.Int4Speedup:0.00}x bf16, {speed.Int4ReadRatio:0.000} over {speed.Int4WeightBytes / 1e6:0} MB); group 128, quantized on load with the head");
         foreach (var (name, profile) in new[] { ("float32", speed.Fp32Profile), ("bfloat16", speed.Bf16Profile) })
             BenchSupport.Say(asJson, $"  profile {name} (ms per token): {string.Join(", ", Group(profile).Select(kv => $"{kv.Key} {kv.Value:0.000}"))}");
         var speedFigures = new JsonObject
@@ -73,6 +75,14 @@ public static class DecodeBench
             ["weight_read_ratio_active_bf16"] = Math.Round(speed.ActiveWeightReadRatioBf16, 4),
             ["profile_fp32_ms"] = Json(Group(speed.Fp32Profile)),
             ["profile_bf16_ms"] = Json(Group(speed.Bf16Profile)),
+            ["int8_tokens_per_s"] = Math.Round(speed.Int8TokensPerS, 3),
+            ["int4_tokens_per_s"] = Math.Round(speed.Int4TokensPerS, 3),
+            ["int8_speedup_vs_bf16"] = Math.Round(speed.Int8Speedup, 4),
+            ["int4_speedup_vs_bf16"] = Math.Round(speed.Int4Speedup, 4),
+            ["weight_bytes_int8"] = speed.Int8WeightBytes,
+            ["weight_bytes_int4"] = speed.Int4WeightBytes,
+            ["weight_read_ratio_int8"] = Math.Round(speed.Int8ReadRatio, 4),
+            ["weight_read_ratio_int4"] = Math.Round(speed.Int4ReadRatio, 4),
         };
         if (speedOnly)
         {

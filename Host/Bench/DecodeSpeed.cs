@@ -16,7 +16,8 @@ namespace ShardPipe.Host.Bench;
 public static class DecodeSpeed
 {
     public sealed record Result(double Fp32TokensPerS, double Bf16TokensPerS, long Fp32WeightBytes, double ReadGBps,
-        IReadOnlyDictionary<string, double> Fp32Profile, IReadOnlyDictionary<string, double> Bf16Profile)
+        IReadOnlyDictionary<string, double> Fp32Profile, IReadOnlyDictionary<string, double> Bf16Profile,
+        double Int8TokensPerS, double Int4TokensPerS, long Int8WeightBytes, long Int4WeightBytes)
     {
         /// <summary>Parameters a decode token reads (a mixture of experts: only the chosen experts'); all of them for a dense model.</summary>
         public long ActiveParameters { get; init; }
@@ -25,6 +26,11 @@ public static class DecodeSpeed
         public double ActiveWeightReadRatioBf16 => ActiveParameters * 2.0 * Bf16TokensPerS / (ReadGBps * 1e9);
         /// <summary>The same at the float32 rate.</summary>
         public double ActiveWeightReadRatioFp32 => ActiveParameters * 4.0 * Fp32TokensPerS / (ReadGBps * 1e9);
+        public double Int8Speedup => Int8TokensPerS / Bf16TokensPerS;
+        public double Int4Speedup => Int4TokensPerS / Bf16TokensPerS;
+        /// <summary>As <see cref="WeightReadRatio"/>, over the quantized model's held bytes (packed Linears, bf16 rest).</summary>
+        public double Int8ReadRatio => Int8WeightBytes * Int8TokensPerS / (ReadGBps * 1e9);
+        public double Int4ReadRatio => Int4WeightBytes * Int4TokensPerS / (ReadGBps * 1e9);
         /// <summary>Weight bytes read per second at the float32 decode rate, over the plain read's bandwidth.</summary>
         public double WeightReadRatio => Fp32WeightBytes * Fp32TokensPerS / (ReadGBps * 1e9);
         public double Bf16Speedup => Bf16TokensPerS / Fp32TokensPerS;
@@ -32,21 +38,28 @@ public static class DecodeSpeed
 
     private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338, 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
 
-    public static Result Measure(string folder, int newTokens, int rounds = 4)
+    public static Result Measure(string folder, int newTokens, int rounds = 4, int groupSize = 128, bool quantizeHead = true)
     {
         var fp32 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "float32" });
         var bf16 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "bfloat16" });
+        // Quantized on load from the same weights, every Linear and the untied head (as llama.cpp's Q4_0/Q8_0 files are);
+        // embeddings and norms in bfloat16.
+        var int8 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "bfloat16", Quantize = "int8", QuantizeGroupSize = groupSize, QuantizeHead = quantizeHead });
+        var int4 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "bfloat16", Quantize = "int4", QuantizeGroupSize = groupSize, QuantizeHead = quantizeHead });
         try
         {
             double Tps(CausalLMModel m) => TokenGenerator.Greedy(m, Prompt, null, new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true }).TokensPerSecond;
-            double a = 0, b = 0;
+            double a = 0, b = 0, c = 0, d = 0;
             for (int r = 0; r < rounds; r++)
             {
                 a = Math.Max(a, Tps(fp32));
                 b = Math.Max(b, Tps(bf16));
+                c = Math.Max(c, Tps(int8));
+                d = Math.Max(d, Tps(int4));
             }
-            long bytes = fp32.NamedParameters().Sum(p => p.Slot.Tensor.NumberOfElements * p.Slot.Tensor.ElementSize);
-            return new Result(a, b, bytes, ReadBandwidth(bytes), Profile(fp32, newTokens), Profile(bf16, newTokens))
+            static long Bytes(CausalLMModel m) => m.NamedTensors().Where(p => !p.Slot.IsBuffer && p.Slot.IsMaterialised).Sum(p => p.Slot.Tensor.NumberOfElements * p.Slot.Tensor.ElementSize);
+            long bytes = Bytes(fp32);
+            return new Result(a, b, bytes, ReadBandwidth(bytes), Profile(fp32, newTokens), Profile(bf16, newTokens), c, d, Bytes(int8), Bytes(int4))
             {
                 ActiveParameters = fp32.ActiveParameters(),
                 TotalParameters = fp32.NumParameters(),
@@ -56,6 +69,8 @@ public static class DecodeSpeed
         {
             fp32.Release();
             bf16.Release();
+            int8.Release();
+            int4.Release();
         }
     }
 

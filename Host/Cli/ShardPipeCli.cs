@@ -50,4 +50,7 @@ public static class CommonOptions
     public static Option<string?> Revision() => new("--revision") { Description = "Branch, tag or commit of a repo id in the HF cache (default main)" };
     public static Option<string?> Subfolder() => new("--subfolder") { Description = "Subfolder of the model folder or repo" };
     public static Option<bool> Json() => new("--json") { Description = "Print exactly one JSON object on stdout" };
+    public static Option<string?> Quantize() => new("--quantize") { Description = "Quantize on load: int8 or int4 (round-to-nearest, symmetric; every Linear but the head)" };
+    public static Option<bool> QuantizeHead() => new("--quantize-head") { Description = "With --quantize, the output head too when it is not tied to the embeddings (llama.cpp's habit)" };
+    public static Option<int> QuantizeGroupSize() => new("--quantize-group-size") { Description = "Inputs per scale group for --quantize (default 128; -1 = per output channel)", DefaultValueFactory = _ => 128 };
 }

@@ -57,6 +57,7 @@ public static class InspectCommand
             ["index_total_size"] = ckpt.Index?.TotalSize,
         };
         AddModelFigures(result, config, ckpt, dtype, flopsShape);
+        result["quantization"] = Quantization(config, ckpt);
         if (withTensors)
         {
             result["tensors"] = new JsonArray(ckpt.Tensors.Select(t => (JsonNode)new JsonObject
@@ -114,6 +115,32 @@ public static class InspectCommand
         }).ToArray());
     }
 
+    /// <summary>config.json's quantization_config as ShardPipe reads it, and the bytes its packed Linears take (null: not quantized).</summary>
+    private static JsonObject? Quantization(PretrainedConfig? config, Checkpoint ckpt)
+    {
+        if (config?.GetObject("quantization_config") is not { } raw) return null;
+        QuantizationConfig? q;
+        try { q = QuantizationConfig.From(config); }
+        catch (ShardPipeException ex)
+        {
+            return new JsonObject { ["quant_method"] = raw["quant_method"]?.DeepClone(), ["supported"] = false, ["error"] = ex.Message };
+        }
+        var packed = ckpt.Tensors.Where(t => t.Name.EndsWith(".qweight", StringComparison.Ordinal) || t.Name.EndsWith(".weight_packed", StringComparison.Ordinal)
+            || (q!.Format == QuantFormat.IntQuantized && t.Info.DType == DType.I8)).ToList();
+        return new JsonObject
+        {
+            ["quant_method"] = q!.QuantMethod,
+            ["format"] = q.Format switch { QuantFormat.Gptq => "gptq", QuantFormat.AwqGemm => "awq-gemm", QuantFormat.PackQuantized => "pack-quantized", _ => "int-quantized" },
+            ["bits"] = q.Bits,
+            ["group_size"] = q.GroupSize,
+            ["symmetric"] = q.Symmetric,
+            ["desc_act"] = q.DescAct,
+            ["supported"] = true,
+            ["quantized_modules"] = packed.Count,
+            ["packed_weight_bytes"] = packed.Sum(t => t.Info.ByteLength),
+        };
+    }
+
     /// <summary>"BxT" (e.g. 2x128): the shape of the input_ids batch that --flops counts.</summary>
     public static long[] ParseShape(string text)
     {
@@ -154,6 +181,10 @@ public static class InspectCommand
         rows.Add(new[] { "tensors", r["num_tensors"]!.ToString() });
         rows.Add(new[] { "total bytes", $"{total} ({ByteSize.Format(total)})" });
         rows.Add(new[] { "shards", List(r["shards"]) });
+        if (r["quantization"] is JsonObject q)
+            rows.Add(new[] { "quantization", q["supported"]!.GetValue<bool>()
+                ? $"{q["quant_method"]} ({q["format"]}), {q["bits"]}-bit, group {q["group_size"]}, {(q["symmetric"]!.GetValue<bool>() ? "symmetric" : "zero points")}{(q["desc_act"]!.GetValue<bool>() ? ", act-order" : "")}; {q["quantized_modules"]} packed Linears, {ByteSize.Format((long)q["packed_weight_bytes"]!)} of codes"
+                : $"{q["quant_method"]}: not supported ({q["error"]})" });
         if (r["num_parameters"] is not null)
         {
             rows.Add(new[] { "parameters", $"{r["num_parameters"]} ({r["num_parameters_exclude_embeddings"]} without embeddings)" });

@@ -20,7 +20,10 @@ public static class SaveCommand
         var maxShard = new Option<string>("--max-shard-size") { Description = "Largest shard (\"5GB\", \"200MB\", bytes)", DefaultValueFactory = _ => ShardedWriter.DefaultMaxShardSize };
         var dtype = new Option<string?>("--dtype") { Description = "Cast floating weights (default, or auto: keep the stored dtype)" };
         var json = CommonOptions.Json();
-        var cmd = new Command("save", "Load a model and save it again with save_pretrained's layout") { model, revision, subfolder, variant, outDir, maxShard, dtype, json };
+        var quantize = CommonOptions.Quantize();
+        var groupSize = CommonOptions.QuantizeGroupSize();
+        var quantizeHead = CommonOptions.QuantizeHead();
+        var cmd = new Command("save", "Load a model and save it again with save_pretrained's layout (quantized: compressed-tensors pack-quantized)") { model, revision, subfolder, variant, outDir, maxShard, dtype, quantize, groupSize, quantizeHead, json };
         CommandAction.Set(cmd, (parse, log) =>
         {
             string folder = ModelLocator.Locate(parse.GetValue(model)!, new LocateOptions { Revision = parse.GetValue(revision), Subfolder = parse.GetValue(subfolder) });
@@ -30,8 +33,14 @@ public static class SaveCommand
             string? readVariant = v is not null && HasVariant(folder, v) ? v : null;
             string stored;
             using (var ckpt = Checkpoint.Open(folder, readVariant))
-                stored = DTypes.TorchName(ckpt.Tensors.Select(t => t.Info.DType).FirstOrDefault(DTypes.IsFloating, DType.F32));
-            var loaded = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { Variant = readVariant, DType = castTo ?? stored, Logger = log });
+                stored = PretrainedConfig.FromFolder(folder).GetObject("quantization_config") is not null
+                    ? "auto" // a quantized checkpoint's first floating tensor may be a scale: its torch_dtype says what the model is
+                    : DTypes.TorchName(ckpt.Tensors.Select(t => t.Info.DType).FirstOrDefault(DTypes.IsFloating, DType.F32));
+            var loaded = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions
+            {
+                Variant = readVariant, DType = castTo ?? stored, Logger = log,
+                Quantize = parse.GetValue(quantize), QuantizeGroupSize = parse.GetValue(groupSize), QuantizeHead = parse.GetValue(quantizeHead),
+            });
             var files = PreTrainedModel.SavePretrained(loaded, parse.GetValue(outDir)!, new SaveOptions
             {
                 MaxShardSize = parse.GetValue(maxShard)!,

@@ -107,6 +107,19 @@ public abstract class HfModule
     /// <summary>Taken at the top of a forward: <c>using var hook = Hook();</c> (see <see cref="ForwardHook"/>).</summary>
     public ForwardHook Hook() => new(MemoryHook);
 
+    /// <summary>
+    /// Gives this module another set of tensors (a quantized Linear: the stored format's tensors before loading, its packed
+    /// form after), so the state-dict keys, the planner's sizes and the slices follow what the module really holds.
+    /// </summary>
+    internal void ReplaceTensors(IEnumerable<(string Name, TensorSlot Slot)> tensors)
+    {
+        _tensors.Clear();
+        _tensors.AddRange(tensors);
+    }
+
+    /// <summary>A parameter slot of a fixed dtype, not yet registered (see <see cref="ReplaceTensors"/>).</summary>
+    internal static TensorSlot NewParameter(long[] shape, DType dtype) => new(shape, isBuffer: false, persistent: true, dtype, init: null);
+
     public IReadOnlyList<(string Name, HfModule Module)> Children => _children;
     public IReadOnlyList<(string Name, TensorSlot Slot)> LocalTensors => _tensors;
 

@@ -15,12 +15,16 @@ public static class PlacementTree
     private static ModuleNode Convert(HfModule m, Dictionary<TensorSlot, TensorNode> nodes)
     {
         var node = new ModuleNode(m.ClassName);
-        foreach (var (name, slot) in m.LocalTensors)
+        // A quantized Linear not loaded yet is counted as it will be held (packed codes, float32 scales), not as stored.
+        var quantized = m is Layers.Linear { Quantized: not null } q ? q : null;
+        var tensors = quantized is { Quantized.Packed: null } ? Quantization.QuantizedLinears.HeldLayout(quantized) : m.LocalTensors;
+        foreach (var (name, slot) in tensors)
         {
             if (!nodes.TryGetValue(slot, out var t))
             {
                 var kind = slot.FixedDType switch
                 {
+                    _ when quantized is not null && !ReferenceEquals(slot, quantized.Bias) => TensorKind.Held,
                     DType.BOOL => TensorKind.Bool,
                     { } d when !DTypes.IsFloating(d) => TensorKind.Int,
                     _ => TensorKind.Float,

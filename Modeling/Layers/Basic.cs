@@ -23,13 +23,24 @@ public sealed class Linear : HfModule
         Weight = TiedParameter("weight", tiedWeight);
     }
 
+    /// <summary>How a quantized weight is stored and held (null: a float weight); see <c>Quantization/QuantizedLinears</c>.</summary>
+    public Quantization.QuantizedState? Quantized { get; internal set; }
+
+    public long InFeatures => Weight.Shape[1];
+    public long OutFeatures => Weight.Shape[0];
+
     public Tensor Forward(Tensor x)
     {
         using var hook = Hook();
-        return DecodeKernels.Applies(x, Weight.Tensor)
+        return Quantized?.Packed is { } packed
+            ? QuantKernels.Linear(x, packed, Bias?.Tensor)
+            : DecodeKernels.Applies(x, Weight.Tensor)
             ? DecodeKernels.LinearBf16(x, Weight.Tensor, Bias?.Tensor)
             : nn.functional.linear(x, Weight.Tensor, Bias?.Tensor);
     }
+
+    /// <summary>Replaces this module's tensors (quantized formats); the weight slot keeps the logical shape.</summary>
+    internal void SetTensors(IEnumerable<(string Name, TensorSlot Slot)> tensors) => ReplaceTensors(tensors);
 }
 
 /// <summary>GPT-2's Conv1D: a linear layer whose weight is stored transposed, [in, out] (head pruning may narrow either).</summary>

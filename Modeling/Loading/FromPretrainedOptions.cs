@@ -65,6 +65,12 @@ public sealed record FromPretrainedOptions
     /// is loaded). The rest of it is left as it was; the caller releases it.
     /// </summary>
     public CausalLMModel? Reuse { get; init; }
+    /// <summary>Quantize on load: "int8" or "int4" (round-to-nearest, symmetric, every Linear but the head); null keeps floats.</summary>
+    public string? Quantize { get; init; }
+    /// <summary>Inputs per scale group for <see cref="Quantize"/>; −1 = per output channel.</summary>
+    public int QuantizeGroupSize { get; init; } = 128;
+    /// <summary>With <see cref="Quantize"/>, the output head too when untied (as llama.cpp does; Hugging Face's schemes keep it in float).</summary>
+    public bool QuantizeHead { get; init; }
     /// <summary>Reader threads used to materialise tensors.</summary>
     public int Threads { get; init; } = Math.Max(1, Math.Min(Environment.ProcessorCount, 4));
     /// <summary>HF's load_in_8bit / load_in_4bit (quantize the weights as they load) and quantization_config (a
@@ -77,12 +83,31 @@ public sealed record FromPretrainedOptions
 /// <summary>
 /// The one place where from_pretrained's quantization arguments become a quantize-on-load request, checked as
 /// transformers 4.38 checks them: load_in_8bit/load_in_4bit together with quantization_config, or both bit widths at
-/// once, are invalid; a quantization_config needs load_in_8bit/load_in_4bit or a <c>quant_method</c>. This build has no
-/// quantize-on-load yet, so a valid request is refused naming the option.
+/// once, are invalid; a quantization_config needs load_in_8bit/load_in_4bit or a <c>quant_method</c>. Valid requests
+/// become quantize-on-load (<see cref="Map"/>).
 /// </summary>
 public static class QuantizeOnLoad
 {
-    /// <summary>Null when nothing is asked; otherwise (until quantize-on-load exists) a typed refusal.</summary>
+    /// <summary>
+    /// The options to load with: unchanged when nothing is asked; with <see cref="FromPretrainedOptions.Quantize"/> set
+    /// when load_in_8bit / load_in_4bit (or a bitsandbytes-style quantization_config) asks for it. They map onto
+    /// ShardPipe's round-to-nearest weight-only quantization — 8-bit per output channel (LLM.int8's row-wise absmax
+    /// scales, without its fp16 outlier columns), 4-bit in groups of 64 (bitsandbytes' block size; integer codes, not
+    /// NF4/FP4) — so outputs are close to, not equal to, bitsandbytes'. Other quant_methods in quantization_config
+    /// (GPTQ, AWQ calibration) are refused naming the option.
+    /// </summary>
+    public static FromPretrainedOptions Map(FromPretrainedOptions o)
+    {
+        if (Requested(o) is not { } scheme) return o;
+        string option = o.QuantizationConfig is not null ? "quantization_config" : o.LoadIn8Bit ? "load_in_8bit" : "load_in_4bit";
+        if (scheme is not ("int8" or "int4"))
+            throw new UnsupportedException($"{option}: quantizing with {scheme} on load is not available (it needs calibration data); load a checkpoint {scheme} already wrote, or use load_in_8bit / load_in_4bit");
+        if (o.Quantize is { } already && already != scheme)
+            throw new InvalidInputException($"{option} asks for {scheme}, but Quantize is {already}: give one");
+        return o with { Quantize = scheme, QuantizeGroupSize = scheme == "int8" ? -1 : 64 };
+    }
+
+    /// <summary>Null when nothing is asked; otherwise the scheme asked for ("int8", "int4", or quantization_config's quant_method), checked as transformers checks the arguments.</summary>
     public static string? Requested(FromPretrainedOptions o)
     {
         if ((o.LoadIn8Bit || o.LoadIn4Bit) && o.QuantizationConfig is not null)
@@ -90,12 +115,10 @@ public static class QuantizeOnLoad
         bool eight = o.LoadIn8Bit || Flag(o.QuantizationConfig, "load_in_8bit"), four = o.LoadIn4Bit || Flag(o.QuantizationConfig, "load_in_4bit");
         if (eight && four)
             throw new InvalidInputException("load_in_4bit and load_in_8bit are both True, but only one can be used at the same time");
-        string option = o.QuantizationConfig is not null ? "quantization_config" : eight ? "load_in_8bit" : four ? "load_in_4bit" : "";
-        if (option.Length == 0) return null;
-        string scheme = eight ? "int8" : four ? "int4"
+        if (o.QuantizationConfig is null && !eight && !four) return null;
+        return eight ? "int8" : four ? "int4"
             : o.QuantizationConfig!["quant_method"] is JsonValue m && m.TryGetValue(out string? method) ? method
             : throw new InvalidInputException("quantization_config has no `quant_method` (and neither load_in_8bit nor load_in_4bit)");
-        throw new UnsupportedException($"{option}: quantize-on-load ({scheme}) is not available in this build; load the checkpoint unquantized or use a pre-quantized one");
     }
 
     private static bool Flag(JsonObject? config, string key) => config?[key] switch

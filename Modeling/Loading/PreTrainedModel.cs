@@ -22,7 +22,7 @@ public static class PreTrainedModel
 
     public static CausalLMModel FromPretrained(string? pathOrRepoId, FromPretrainedOptions options, out LoadingInfo info)
     {
-        QuantizeOnLoad.Requested(options);
+        options = QuantizeOnLoad.Map(options);
         TorchRuntime.Initialise();
         string? folder = pathOrRepoId is null || options.Fetcher is not null && options.Config is not null ? null : ModelLocator.Locate(pathOrRepoId, new LocateOptions
         {
@@ -54,12 +54,24 @@ public static class PreTrainedModel
         var diskPrefixes = deviceMap.Entries.Where(e => e.Value.Kind == "disk").Select(e => e.Key).ToList();
         if (diskPrefixes.Count > 0 && (folder is null || options.StateDict is not null || options.Fetcher is not null))
             throw new UnsupportedException("device_map sends modules to disk, which needs weights from a checkpoint folder (not a state_dict or streamed slice)");
+        if (diskPrefixes.Count > 0 && Quantization.QuantizedLinears.Of(model).Any())
+            throw new UnsupportedException("device_map sends modules to disk, which is not supported for quantized weights yet (they are small: keep them in memory)");
         var buffers = model.NamedBuffers().Select(b => b.Key).ToHashSet(StringComparer.Ordinal);
         bool OnDisk(string key) => diskPrefixes.Count > 0 && !buffers.Contains(key) && ModulePath.CoveredByAny(diskPrefixes, key);
         var devices = deviceMap.Devices.ToDictionary(d => d, d => d.Kind == "disk" ? CPU : TorchRuntime.ToDevice(d));
         Device DeviceOf(string path) => devices[deviceMap.DeviceFor(path) ?? deviceMap.Entries[0].Value];
         var loadOptions = diskPrefixes.Count == 0 ? options : options with { IncludeKey = key => !OnDisk(key) && (options.IncludeKey?.Invoke(key) ?? true) };
+        if (options.Quantize is not null && diskPrefixes.Count > 0) throw new UnsupportedException("quantize on load with modules mapped to disk is not supported");
         info = StateLoader.Load(model, source, dtype, DeviceOf, loadOptions);
+        if (options.Quantize is { } method)
+        {
+            try { Quantization.RoundToNearest.QuantizeModel(model, method, options.QuantizeGroupSize, dtype, options.QuantizeHead); }
+            catch
+            {
+                model.Release();
+                throw;
+            }
+        }
         if (diskPrefixes.Count > 0)
         {
             try { model.Offload = DiskOffload.Build(model, folder!, options.Variant, diskPrefixes, dtype, options.OffloadFolder, options.IncludeKey); }
@@ -161,6 +173,7 @@ public static class PreTrainedModel
         var seen = new HashSet<TensorSlot>(ReferenceEqualityComparer.Instance);
         var sources = new List<Checkpoints.SafeTensors.TensorSource>();
         DType? savedFloat = null;
+        JsonObject? quantization = null;
         if (options.StateDict is not null)
         {
             foreach (var (key, t) in options.StateDict)
@@ -168,12 +181,25 @@ public static class PreTrainedModel
         }
         else
         {
+            // A packed Linear is written as compressed-tensors pack-quantized; its bias and every other tensor as usual.
+            var packed = Quantization.QuantizedLinears.Of(model).ToDictionary(l => l.Path, l => l.Linear.Quantized!.Packed!, StringComparer.Ordinal);
+            quantization = Quantization.CompressedTensorsConfig.ForModel(model);
+            bool symmetric = packed.Values.All(w => w.Zeros is null);
             foreach (var (key, slot) in model.StateDictSlots())
-                if (seen.Add(slot)) sources.Add(SourceOf(key, slot.Tensor, castTo, ref savedFloat));
+            {
+                if (!seen.Add(slot)) continue;
+                string parent = ModulePath.Parent(key);
+                if (!packed.TryGetValue(parent, out var w) || key.EndsWith(".bias", StringComparison.Ordinal))
+                    sources.Add(SourceOf(key, slot.Tensor, castTo, ref savedFloat));
+                else if (key.EndsWith(".weight_packed", StringComparison.Ordinal))
+                    sources.AddRange(Quantization.CompressedTensorsConfig.Tensors(parent, w, castTo ?? TorchRuntime.ToDType(model.DType), symmetric).ToList());
+            }
         }
         var config = model.Config.Clone();
         config.Set("architectures", new JsonArray(model.ClassName));
         config.Set("torch_dtype", DTypes.TorchName(savedFloat ?? TorchRuntime.ToDType(model.DType)));
+        config.Values.Remove("quantization_config");
+        if (quantization is not null) config.Set("quantization_config", quantization);
         config.Save(Path.Combine(folder, CheckpointNames.Config));
         File.WriteAllText(Path.Combine(folder, CheckpointNames.GenerationConfig),
             model.GenerationConfig.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");

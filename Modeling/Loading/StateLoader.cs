@@ -102,7 +102,14 @@ internal static class StateLoader
         if (options.Strict && (missing.Count > 0 || unexpected.Count > 0))
             throw new LoadingException($"strict loading of {model.ClassName}: missing keys [{string.Join(", ", missing)}], unexpected keys [{string.Join(", ", unexpected)}]");
 
+        Quantization.QuantizedLinears.RefuseMissing(model, missing);
         Materialise(model, source, jobs, owners, dtype, options.Threads, log, options.Progress);
+        try { Quantization.QuantizedLinears.Finish(model, model.Config.SourcePath ?? "config.json"); }
+        catch
+        {
+            foreach (var (_, slot) in model.NamedTensors()) slot.Release();
+            throw;
+        }
         if (missing.Count > 0)
             log?.LogWarning("Some weights of {Class} were not in the checkpoint and are newly initialised: {Keys}", model.ClassName, string.Join(", ", missing));
         if (unexpected.Count > 0)

@@ -60,6 +60,9 @@ public static class AutoModel
             throw new UnsupportedException(
                 $"{config.SourcePath ?? "config.json"}: unsupported architecture [{string.Join(", ", config.Architectures)}] / model_type '{config.ModelType}' " +
                 $"(supported: {string.Join(", ", Architectures)})");
-        return HeadPruning.CheckBuilt(factory(config));
+        var model = HeadPruning.CheckBuilt(factory(config));
+        // A quantized checkpoint's Linears hold its packed tensors from the start (sizes, keys, slices); unknown schemes stop here.
+        if (QuantizationConfig.From(config) is { } quantization) Quantization.QuantizedLinears.Install(model, quantization);
+        return model;
     }
 }

@@ -46,6 +46,18 @@ public class ParserFuzzTests
             return true;
         }, FuzzEngine.Cases(4), text: true);
 
+    /// <summary>A quantized config.json (GPTQ, AWQ, compressed-tensors): its quantization_config read and the quantized meta model built.</summary>
+    [Fact]
+    public void Quantized_config_json() =>
+        FuzzEngine.Run("quantized-config-json", Directory.GetDirectories(Path.Combine(TestPaths.HfReference, "quantized"))
+            .Select(d => File(Path.Combine(d, "config.json"))).ToList(), bytes =>
+        {
+            var config = PretrainedConfig.Parse("fuzz/config.json", Encoding.UTF8.GetString(bytes));
+            ConfigLimits.Check(config);
+            using var model = AutoModel.FromConfig(config) as IDisposable;
+            return true;
+        }, FuzzEngine.Cases(4), text: true);
+
     [Fact]
     public void Generation_config_json() =>
         FuzzEngine.Run("generation-config-json", ModelFiles("generation_config.json").Select(File).ToList(), bytes =>

@@ -4,31 +4,49 @@ using ShardPipe.Tests.Support;
 
 namespace ShardPipe.Tests.Modeling;
 
-/// <summary>from_pretrained's load_in_8bit / load_in_4bit / quantization_config: checked as transformers checks them, then refused naming the option.</summary>
+/// <summary>from_pretrained's load_in_8bit / load_in_4bit / quantization_config: checked as transformers checks them, then quantize-on-load (or, for a calibrating method, refused naming the option).</summary>
 public class QuantizationOptionsTests
 {
     private static Exception Load(FromPretrainedOptions options, string? folder = null) =>
         Assert.ThrowsAny<ShardPipeException>(() => PreTrainedModel.FromPretrained(folder ?? TestPaths.Model("gpt2"), options));
 
     [Theory]
-    [InlineData(true, false, null, "load_in_8bit", "int8")]
-    [InlineData(false, true, null, "load_in_4bit", "int4")]
-    [InlineData(false, false, "{\"load_in_8bit\": true}", "quantization_config", "int8")]
-    [InlineData(false, false, "{\"load_in_4bit\": true, \"bnb_4bit_quant_type\": \"nf4\"}", "quantization_config", "int4")]
-    [InlineData(false, false, "{\"quant_method\": \"gptq\", \"bits\": 4}", "quantization_config", "gptq")]
-    public void A_quantize_on_load_request_is_refused_naming_the_option(bool eight, bool four, string? config, string option, string scheme)
+    [InlineData(true, false, null, "int8", -1)]
+    [InlineData(false, true, null, "int4", 64)]
+    [InlineData(false, false, "{\"load_in_8bit\": true}", "int8", -1)]
+    [InlineData(false, false, "{\"load_in_4bit\": true, \"bnb_4bit_quant_type\": \"nf4\"}", "int4", 64)]
+    public void Load_in_8bit_and_4bit_become_quantize_on_load(bool eight, bool four, string? config, string scheme, int group)
     {
-        var e = Load(new FromPretrainedOptions { LoadIn8Bit = eight, LoadIn4Bit = four, QuantizationConfig = config is null ? null : JsonNode.Parse(config)!.AsObject() });
-        Assert.IsType<UnsupportedException>(e);
-        Assert.StartsWith(option + ":", e.Message);
-        Assert.Contains(scheme, e.Message);
+        var options = QuantizeOnLoad.Map(new FromPretrainedOptions { LoadIn8Bit = eight, LoadIn4Bit = four, QuantizationConfig = config is null ? null : JsonNode.Parse(config)!.AsObject() });
+        Assert.Equal((scheme, group), (options.Quantize, options.QuantizeGroupSize));
     }
 
     [Fact]
-    public void The_refusal_comes_before_any_file_is_read()
+    public void A_model_loaded_in_8bit_holds_packed_weights_and_stays_close_to_the_float_model()
     {
-        var e = Load(new FromPretrainedOptions { LoadIn8Bit = true }, "/nonexistent/model");
+        string folder = TestPaths.Model("llama_untied");
+        var full = PreTrainedModel.FromPretrained(folder);
+        var eight = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { LoadIn8Bit = true });
+        try
+        {
+            var ids = ShardPipe.Modeling.Generation.IdRows.ToTensor(new[] { new long[] { 5, 17, 42, 9, 3 } });
+            var a = full.Forward(ids, lastOnly: true);
+            var b = eight.Forward(ids, lastOnly: true);
+            Assert.Contains(eight.NamedModules(), m => m.Module is ShardPipe.Modeling.Layers.Linear { Quantized: not null });
+            Assert.True(b.sub(a).abs().max().item<float>() < 0.05f * a.abs().max().item<float>(), "8-bit logits far from the float model's");
+        }
+        finally { full.Release(); eight.Release(); }
+    }
+
+    [Fact]
+    public void A_calibrating_method_in_quantization_config_is_refused_naming_the_option()
+    {
+        var e = Load(new FromPretrainedOptions { QuantizationConfig = JsonNode.Parse("{\"quant_method\": \"gptq\", \"bits\": 4}")!.AsObject() });
         Assert.IsType<UnsupportedException>(e);
+        Assert.StartsWith("quantization_config:", e.Message);
+        Assert.Contains("gptq", e.Message);
+        // Before any file is read.
+        Assert.IsType<UnsupportedException>(Load(new FromPretrainedOptions { QuantizationConfig = JsonNode.Parse("{\"quant_method\": \"awq\"}")!.AsObject() }, "/nonexistent/model"));
     }
 
     [Theory]

@@ -1,0 +1,327 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using ShardPipe.Modeling.Quantization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// <c>F.linear</c> with a packed int4/int8 weight (<see cref="PackedWeight"/>), for decode (one row) and prefill or
+/// merged steps (many rows), on the decode kernels' <see cref="SpinPool"/>. Codes are widened to float32 in registers and
+/// never written out as floats. Per group the kernel accumulates Σ code·x, then adds scale·(that − zero·Σx), which is
+/// Σ scale·(code − zero)·x regrouped: float32 accumulation throughout. With AVX-512 a 16-byte load gives 32 int4 or
+/// 16 int8 codes; the input is gathered once per call into the codes' order (act-order permutation, and for int4 the
+/// low nibbles' even and high nibbles' odd columns), so the inner loop is load, mask/shift, widen, convert, FMA.
+/// </summary>
+public static unsafe class QuantKernels
+{
+    /// <summary>Rows of the input that share one decoding of a weight block.</summary>
+    private const int RowTile = 4;
+    private const int PrefetchAhead = 1024; // bytes ahead within the packed rows
+
+    public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias)
+    {
+        int k = w.In, n = w.Out;
+        if (x.shape[^1] != k) throw new ShapeMismatchException($"quantized linear expects {k} input features, got {x.shape[^1]}");
+        var type = x.dtype;
+        if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16) || x.device_type != DeviceType.CPU)
+            throw new UnsupportedException($"quantized linear computes on CPU in float32, bfloat16 or float16, not {type} on {x.device_type}");
+        int m = (int)(x.NumberOfElements / k);
+        bool simd = Simd(w);
+        int kp = w.WordsPerRow * w.CodesPerWord, groups = w.Groups;
+        // Inputs and outputs are read and written here in their own dtype: no libtorch conversions per call (a decode
+        // step makes dozens of these calls, and each libtorch op costs more than the int4 product of a small layer).
+        var input = x.is_contiguous() ? x : x.contiguous();
+        var output = empty(x.shape[..^1].Append(n).ToArray(), type);
+        var xs = ArrayPool<float>.Shared.Rent(Math.Max(1, m * kp));
+        var sums = ArrayPool<float>.Shared.Rent(Math.Max(1, m * groups));
+        var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(Math.Max(1, m * n));
+        try
+        {
+            var xp = (byte*)PackedWeight.Pointer(input);
+            var gather = w.Gather;
+            bool deinterleave = simd && w.Bits == 4;
+            var row = new float[k];
+            for (int r = 0; r < m; r++)
+            {
+                for (int i = 0; i < k; i++) row[i] = Load(xp, (long)r * k + i, type);
+                for (int j = 0; j < kp; j++) xs[r * kp + Order(j, deinterleave)] = gather[j] < 0 ? 0f : row[gather[j]];
+                for (int g = 0; g < groups; g++)
+                {
+                    float s = 0;
+                    int end = Math.Min(k, (g + 1) * w.GroupSize);
+                    for (int j = g * w.GroupSize; j < end; j++) s += row[gather[j]];
+                    sums[r * groups + g] = s;
+                }
+            }
+            var codes = (byte*)PackedWeight.Pointer(w.Codes);
+            var scales = (float*)PackedWeight.Pointer(w.Scales);
+            float* zeros = w.Zeros is null ? null : (float*)PackedWeight.Pointer(w.Zeros);
+            fixed (float* xq0 = xs, sq0 = sums, yq0 = ys)
+            {
+                float* yp = ys is null ? (float*)PackedWeight.Pointer(output) : yq0;
+                var job = new Job(w, codes, scales, zeros, xq0, sq0, yp, m, kp, simd);
+                int parts = Math.Clamp(n / 32, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
+                SpinPool.Shared.Run(parts, p => job.Rows((int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
+                if (bias is not null)
+                {
+                    var b = bias.is_contiguous() ? bias : bias.contiguous();
+                    var bp = (byte*)PackedWeight.Pointer(b);
+                    var bt = b.dtype;
+                    for (int r = 0; r < m; r++)
+                        for (int o = 0; o < n; o++) yp[(long)r * n + o] += Load(bp, o, bt);
+                    if (!ReferenceEquals(b, bias)) b.Dispose();
+                }
+                if (ys is not null)
+                {
+                    var op = (byte*)PackedWeight.Pointer(output);
+                    for (long i = 0; i < (long)m * n; i++) Store(op, i, type, yp[i]);
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(xs);
+            ArrayPool<float>.Shared.Return(sums);
+            if (ys is not null) ArrayPool<float>.Shared.Return(ys);
+            if (!ReferenceEquals(input, x)) input.Dispose();
+        }
+        return output;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Load(byte* p, long i, ScalarType type) => type switch
+    {
+        ScalarType.Float32 => ((float*)p)[i],
+        ScalarType.BFloat16 => BitConverter.Int32BitsToSingle(((ushort*)p)[i] << 16),
+        _ => (float)((Half*)p)[i],
+    };
+
+    /// <summary>Rounds to the output dtype as libtorch does (bf16: to nearest, ties to even; NaN stays NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(byte* p, long i, ScalarType type, float v)
+    {
+        if (type == ScalarType.BFloat16)
+        {
+            uint bits = BitConverter.SingleToUInt32Bits(v);
+            ((ushort*)p)[i] = (bits & 0x7fffffff) > 0x7f800000 ? (ushort)((bits >> 16) | 0x40) : (ushort)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+        }
+        else ((Half*)p)[i] = (Half)v;
+    }
+
+    /// <summary>Whether the AVX-512 path applies: whole 16-byte blocks per group.</summary>
+    internal static bool Simd(PackedWeight w)
+    {
+        int block = w.Bits == 4 ? 32 : 16;
+        return Avx512F.IsSupported && w.GroupSize % block == 0 && w.In % block == 0;
+    }
+
+    /// <summary>Where packed column j's input goes in the gathered row: for the int4 SIMD path each 32 columns become
+    /// their 16 even ones (low nibbles of 16 bytes) then their 16 odd ones (high nibbles).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int Order(int j, bool deinterleave) => deinterleave ? (j & ~31) | ((j & 1) << 4) | ((j & 31) >> 1) : j;
+
+    private sealed class Job
+    {
+        private readonly PackedWeight _w;
+        private readonly byte* _codes;
+        private readonly float* _scales, _zeros, _x, _sums, _y;
+        private readonly int _m, _kp;
+        private readonly bool _simd;
+
+        public Job(PackedWeight w, byte* codes, float* scales, float* zeros, float* x, float* sums, float* y, int m, int kp, bool simd)
+        {
+            _w = w; _codes = codes; _scales = scales; _zeros = zeros; _x = x; _sums = sums; _y = y; _m = m; _kp = kp; _simd = simd;
+        }
+
+        public void Rows(int from, int to)
+        {
+            int groups = _w.Groups, n = _w.Out, rowBytes = _w.WordsPerRow * 4;
+            float mid = _w.MidZero;
+            float* d = stackalloc float[RowTile];
+            for (int o = from; o < to; o++)
+            {
+                byte* row = _codes + (long)o * rowBytes;
+                float* s = _scales + (long)o * groups;
+                float* z = _zeros is null ? null : _zeros + (long)o * groups;
+                for (int r0 = 0; r0 < _m; r0 += RowTile)
+                {
+                    int rn = Math.Min(RowTile, _m - r0);
+                    if (_simd && rn == 1) d[0] = _w.Bits == 4 ? Int4Row(row, s, _x + (long)r0 * _kp) : Int8Row(row, s, _x + (long)r0 * _kp);
+                    else if (_simd && _w.Bits == 4) Int4Simd(row, s, rn, r0, d);
+                    else if (_simd) Int8Simd(row, s, rn, r0, d);
+                    else Scalar(row, s, z, rn, r0, d);
+                    for (int t = 0; t < rn; t++)
+                    {
+                        float* sums = _sums + (long)(r0 + t) * groups;
+                        float zterm = 0;
+                        if (_simd)
+                            for (int g = 0; g < groups; g++) zterm += s[g] * (z is null ? mid : z[g]) * sums[g];
+                        _y[(long)(r0 + t) * n + o] = d[t] - zterm;
+                    }
+                }
+            }
+        }
+
+        /// <summary>
+        /// One input row (decode): Σ_g scale_g · Σ_{j∈g} code_j · x_j with four independent FMA chains over 64 codes
+        /// (one chain would wait on the FMA latency, not on memory), one prefetch per cache line.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private float Int4Row(byte* row, float* s, float* x)
+        {
+            int gs = _w.GroupSize, groups = _w.Groups, k = _w.In;
+            var mask = Vector128.Create((byte)0x0F);
+            var acc = Vector512<float>.Zero;
+            for (int g = 0; g < groups; g++)
+            {
+                var e0 = Vector512<float>.Zero; var e1 = e0; var e2 = e0; var e3 = e0;
+                int j = g * gs, end = Math.Min(k, (g + 1) * gs);
+                for (; j + 64 <= end; j += 64)
+                {
+                    byte* p = row + j / 2;
+                    if ((j & 127) == 0) Sse.Prefetch0(p + PrefetchAhead);
+                    var b0 = Vector128.Load(p);
+                    var b1 = Vector128.Load(p + 16);
+                    e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b0 & mask)), Vector512.Load(x + j), e0);
+                    e1 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b0.AsUInt16(), 4).AsByte() & mask)), Vector512.Load(x + j + 16), e1);
+                    e2 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b1 & mask)), Vector512.Load(x + j + 32), e2);
+                    e3 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b1.AsUInt16(), 4).AsByte() & mask)), Vector512.Load(x + j + 48), e3);
+                }
+                for (; j < end; j += 32)
+                {
+                    var b = Vector128.Load(row + j / 2);
+                    e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b & mask)), Vector512.Load(x + j), e0);
+                    e1 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & mask)), Vector512.Load(x + j + 16), e1);
+                }
+                acc = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), (e0 + e1) + (e2 + e3), acc);
+            }
+            return Vector512.Sum(acc);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private float Int8Row(byte* row, float* s, float* x)
+        {
+            int gs = _w.GroupSize, groups = _w.Groups, k = _w.In;
+            var acc = Vector512<float>.Zero;
+            for (int g = 0; g < groups; g++)
+            {
+                var e0 = Vector512<float>.Zero; var e1 = e0; var e2 = e0; var e3 = e0;
+                int j = g * gs, end = Math.Min(k, (g + 1) * gs);
+                for (; j + 64 <= end; j += 64)
+                {
+                    byte* p = row + j;
+                    Sse.Prefetch0(p + PrefetchAhead);
+                    e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p))), Vector512.Load(x + j), e0);
+                    e1 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 16))), Vector512.Load(x + j + 16), e1);
+                    e2 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 32))), Vector512.Load(x + j + 32), e2);
+                    e3 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 48))), Vector512.Load(x + j + 48), e3);
+                }
+                for (; j < end; j += 16)
+                    e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))), Vector512.Load(x + j), e0);
+                acc = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), (e0 + e1) + (e2 + e3), acc);
+            }
+            return Vector512.Sum(acc);
+        }
+
+        /// <summary>Σ_g scale_g · Σ_{j∈g} code_j · x_j for rn rows; the zero term is added by the caller.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private void Int4Simd(byte* row, float* s, int rn, int r0, float* d)
+        {
+            int gs = _w.GroupSize, groups = _w.Groups;
+            float* x0 = _x + (long)r0 * _kp, x1 = x0 + _kp, x2 = x1 + _kp, x3 = x2 + _kp;
+            var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+            var mask = Vector128.Create((byte)0x0F);
+            for (int g = 0; g < groups; g++)
+            {
+                var d0 = Vector512<float>.Zero; var d1 = d0; var d2 = d0; var d3 = d0;
+                int end = Math.Min(_w.In, (g + 1) * gs);
+                for (int j = g * gs; j < end; j += 32)
+                {
+                    byte* p = row + j / 2;
+                    if ((j & 127) == 0) Sse.Prefetch0(p + PrefetchAhead);
+                    var b = Vector128.Load(p);
+                    var lo = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b & mask));
+                    var hi = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & mask));
+                    d0 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x0 + j + 16), Vector512.FusedMultiplyAdd(lo, Vector512.Load(x0 + j), d0));
+                    if (rn > 1)
+                    {
+                        d1 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x1 + j + 16), Vector512.FusedMultiplyAdd(lo, Vector512.Load(x1 + j), d1));
+                        if (rn > 2)
+                        {
+                            d2 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x2 + j + 16), Vector512.FusedMultiplyAdd(lo, Vector512.Load(x2 + j), d2));
+                            if (rn > 3) d3 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x3 + j + 16), Vector512.FusedMultiplyAdd(lo, Vector512.Load(x3 + j), d3));
+                        }
+                    }
+                }
+                var sg = Vector512.Create(s[g]);
+                a0 = Vector512.FusedMultiplyAdd(sg, d0, a0);
+                a1 = Vector512.FusedMultiplyAdd(sg, d1, a1);
+                a2 = Vector512.FusedMultiplyAdd(sg, d2, a2);
+                a3 = Vector512.FusedMultiplyAdd(sg, d3, a3);
+            }
+            d[0] = Vector512.Sum(a0); d[1] = Vector512.Sum(a1); d[2] = Vector512.Sum(a2); d[3] = Vector512.Sum(a3);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private void Int8Simd(byte* row, float* s, int rn, int r0, float* d)
+        {
+            int gs = _w.GroupSize, groups = _w.Groups;
+            float* x0 = _x + (long)r0 * _kp, x1 = x0 + _kp, x2 = x1 + _kp, x3 = x2 + _kp;
+            var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+            for (int g = 0; g < groups; g++)
+            {
+                var d0 = Vector512<float>.Zero; var d1 = d0; var d2 = d0; var d3 = d0;
+                int end = Math.Min(_w.In, (g + 1) * gs);
+                for (int j = g * gs; j < end; j += 16)
+                {
+                    byte* p = row + j;
+                    if ((j & 63) == 0) Sse.Prefetch0(p + PrefetchAhead);
+                    var c = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p)));
+                    d0 = Vector512.FusedMultiplyAdd(c, Vector512.Load(x0 + j), d0);
+                    if (rn > 1)
+                    {
+                        d1 = Vector512.FusedMultiplyAdd(c, Vector512.Load(x1 + j), d1);
+                        if (rn > 2)
+                        {
+                            d2 = Vector512.FusedMultiplyAdd(c, Vector512.Load(x2 + j), d2);
+                            if (rn > 3) d3 = Vector512.FusedMultiplyAdd(c, Vector512.Load(x3 + j), d3);
+                        }
+                    }
+                }
+                var sg = Vector512.Create(s[g]);
+                a0 = Vector512.FusedMultiplyAdd(sg, d0, a0);
+                a1 = Vector512.FusedMultiplyAdd(sg, d1, a1);
+                a2 = Vector512.FusedMultiplyAdd(sg, d2, a2);
+                a3 = Vector512.FusedMultiplyAdd(sg, d3, a3);
+            }
+            d[0] = Vector512.Sum(a0); d[1] = Vector512.Sum(a1); d[2] = Vector512.Sum(a2); d[3] = Vector512.Sum(a3);
+        }
+
+        /// <summary>The portable path (any group size, any machine): scale·(code − zero)·x summed per group, zero term included.</summary>
+        private void Scalar(byte* row, float* s, float* z, int rn, int r0, float* d)
+        {
+            int gs = _w.GroupSize, groups = _w.Groups, k = _w.In, bits = _w.Bits, pf = 32 / bits;
+            uint mask = (1u << bits) - 1;
+            uint* words = (uint*)row;
+            float mid = _w.MidZero;
+            for (int t = 0; t < rn; t++)
+            {
+                float* x = _x + (long)(r0 + t) * _kp;
+                float acc = 0;
+                for (int g = 0; g < groups; g++)
+                {
+                    float zero = z is null ? mid : z[g], dot = 0;
+                    int end = Math.Min(k, (g + 1) * gs);
+                    for (int j = g * gs; j < end; j++)
+                        dot += (((words[j / pf] >> (j % pf * bits)) & mask) - zero) * x[j];
+                    acc += s[g] * dot;
+                }
+                d[t] = acc;
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+using ShardPipe.Checkpoints;
+using ShardPipe.Modeling.Core;
+using ShardPipe.Modeling.Layers;
+using ShardPipe.Modeling.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Quantization;
+
+/// <summary>
+/// Quantize on load (<c>--quantize int8|int4</c>): every Linear but the output head, round-to-nearest, symmetric, per group
+/// of inputs (−1: per output channel), as compressed-tensors' W4A16/W8A16 schemes compute it: scale = max|w| / ((2^b − 1)/2)
+/// (at least float32 eps), q = clamp(round(w / scale), −2^(b−1), 2^(b−1) − 1). The scale is rounded to the model's dtype
+/// first, because that is the dtype <c>save</c> writes it in: a saved model loads back with identical outputs.
+/// </summary>
+public static class RoundToNearest
+{
+    /// <summary>"int8" or "int4" → bits; anything else is a typed error naming the option.</summary>
+    public static int Bits(string method) => method switch
+    {
+        "int8" => 8,
+        "int4" => 4,
+        _ => throw new InvalidInputException($"quantize '{method}': use int8 or int4"),
+    };
+
+    /// <summary>The compressed-tensors config that describes the result (what llm-compressor writes for W4A16 / W8A16).</summary>
+    public static QuantizationConfig Scheme(int bits, int groupSize, IReadOnlyList<string> ignore) =>
+        QuantizationConfig.From(new PretrainedConfig(new System.Text.Json.Nodes.JsonObject
+        {
+            ["quantization_config"] = CompressedTensorsConfig.Json(bits, groupSize, symmetric: true, ignore),
+        }))!;
+
+    /// <param name="head">Also the output head when it has its own weight (llama.cpp's habit; Hugging Face keeps it in float).</param>
+    public static void QuantizeModel(CausalLMModel model, string method, int groupSize, DType scaleDType, bool head = false)
+    {
+        int bits = Bits(method);
+        if (groupSize == 0 || groupSize < -1) throw new InvalidInputException($"quantize group size {groupSize}: use a positive size or -1 (per channel)");
+        if (QuantizedLinears.Of(model).Any()) throw new InvalidInputException($"quantize {method}: the checkpoint is already quantized (config.json has a quantization_config)");
+        var tied = model.NamedModules().First(m => m.Path == model.InputEmbeddingsPath).Module.LocalTensors.Select(t => t.Slot).ToHashSet(ReferenceEqualityComparer.Instance);
+        bool Quantized(string path, Linear l) => path != model.OutputEmbeddingsPath || (head && !tied.Contains(l.Weight));
+        var linears = model.NamedModules().Where(m => m.Module is Linear l && Quantized(m.Path, l)).Select(m => (m.Path, (Linear)m.Module)).ToList();
+        var ignore = model.NamedModules().Where(m => m.Module is Linear l && !Quantized(m.Path, l)).Select(m => m.Path).ToList();
+        var scheme = Scheme(bits, groupSize, ignore);
+        foreach (var (path, linear) in linears)
+        {
+            if (!linear.Weight.IsMaterialised) continue; // another stage's slice
+            var packed = Quantize(linear.Weight.Tensor, bits, groupSize, scaleDType);
+            linear.Quantized = new QuantizedState { Config = scheme, Stored = Array.Empty<(string, TensorSlot)>() };
+            QuantizedLinears.Hold(linear, packed);
+            linear.Weight.Release();
+        }
+    }
+
+    /// <summary>W [out, in] → packed codes and scales (symmetric: no zero points).</summary>
+    public static PackedWeight Quantize(Tensor weight, int bits, int groupSize, DType scaleDType)
+    {
+        int outF = (int)weight.shape[0], inF = (int)weight.shape[1], gs = groupSize <= 0 ? inF : groupSize;
+        int[] codes;
+        Tensor scale;
+        using (var scope = NewDisposeScope())
+        {
+            int groups = (inF + gs - 1) / gs; // a last group shorter than the others, as compressed-tensors' ceil(in / group_size)
+            var w = weight.to(ScalarType.Float32);
+            if (groups * gs != inF) w = nn.functional.pad(w, new long[] { 0, groups * gs - inF }); // zeros change no max
+            w = w.view(outF, groups, gs);
+            double qmin = -(1 << (bits - 1)), qmax = (1 << (bits - 1)) - 1;
+            var s = (w.abs().amax(new long[] { -1 }) / ((qmax - qmin) / 2.0)).clamp_min(FloatEps);
+            s = s.to(TorchRuntime.ToScalarType(scaleDType)).to(ScalarType.Float32).contiguous(); // [out, groups]
+            var q = (w / s.unsqueeze(-1)).round().clamp(qmin, qmax).add(1 << (bits - 1)).to(ScalarType.Int32).view(outF, groups * gs)
+                .narrow(1, 0, inF).contiguous();
+            codes = q.data<int>().ToArray();
+            scale = s.MoveToOuterDisposeScope();
+        }
+        var packed = Repack.Pack(bits, outF, inF, (o, i) => codes[(long)o * inF + i]);
+        return new PackedWeight(bits, outF, inF, gs, packed, scale, null, null);
+    }
+
+    private const double FloatEps = 1.1920928955078125e-07; // torch.finfo(torch.float32).eps
+}
