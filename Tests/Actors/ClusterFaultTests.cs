@@ -94,7 +94,7 @@ public class ClusterFaultTests
         // The caller is another process (the CLI as a cluster client), killed with SIGKILL mid-generation: no goodbye,
         // no actor stopped — the coordinator learns only from its failure detector that the caller is gone.
         string contacts = string.Join(",", cluster.Nodes.Select(n => $"127.0.0.1:{n.Address.Port}"));
-        using var caller = ShardPipeProcess.Start("generate", "--cluster", contacts, "--model", Model, "--input-ids", "5,17,42", "--max-new-tokens", "1000", "--ignore-eos");
+        using var caller = ShardPipeProcess.Start("generate", "--cluster", contacts, "--model", Model, "--input-ids", "5,17,42", "--max-new-tokens", "250", "--ignore-eos"); // 3 + 250 ≤ the 256 positions
         await Eventually.True(() => Volatile.Read(ref steps) >= 5, TimeSpan.FromSeconds(60), "the crashing caller's request runs");
         caller.Kill();
         await caller.WaitForExitAsync();

@@ -95,8 +95,13 @@ akka.management.cluster.bootstrap.contact-point.probe-interval = 1s";
                 catch (TimeoutException) { await n.Kill(); n.ReleasePort(); }
             }));
         }
-        // The management endpoints are gone with their nodes.
-        await Assert.ThrowsAnyAsync<HttpRequestException>(() => Get(http, ports[0], "/alive"));
+        // The management endpoints are gone with their nodes (closed by the systems' termination callbacks).
+        await Task.WhenAll(nodes.Select(n => n.System.WhenTerminated)).WaitAsync(TimeSpan.FromSeconds(30));
+        await ShardPipe.Tests.Support.Eventually.True(async () =>
+        {
+            try { await Get(http, ports[0], "/alive"); return false; }
+            catch (HttpRequestException) { return true; }
+        }, TimeSpan.FromSeconds(10), "node-1's management endpoint closed");
     }
 
     [Fact]
