@@ -43,7 +43,12 @@ public sealed record DeviceUsage(
     [property: Key(1)] long PlannedBytes,
     [property: Key(2)] long LoadedBytes,
     [property: Key(3)] long BudgetBytes,
-    [property: Key(4)] bool Streamed = false);
+    [property: Key(4)] bool Streamed = false,
+    // KV cache: bytes one token of one row takes on this device's layers, the bytes its caches may hold (the budget
+    // left after the weights, or shardpipe.kv-cache-budget), and what admitted requests' worst cases reserve now.
+    [property: Key(5)] long KvBytesPerToken = 0,
+    [property: Key(6)] long KvBudgetBytes = 0,
+    [property: Key(7)] long KvReservedBytes = 0);
 
 /// <summary>A load (or anything it needed) failed; names the node or file at fault.</summary>
 [MessagePackObject]

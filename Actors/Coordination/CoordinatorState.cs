@@ -15,8 +15,12 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
     public ModelTracker Model { get; } = new();
     public AdmissionQueue<IClientRequest, TCaller> Admission { get; }
 
-    public CoordinatorState(int protocolVersion, long maxFrameSize, int maxInFlight, int maxQueued)
+    private readonly long _kvCap;
+
+    /// <param name="kvCap">The most KV-cache bytes a device may hold (<c>shardpipe.kv-cache-budget</c>; 0 = what its budget leaves after the weights).</param>
+    public CoordinatorState(int protocolVersion, long maxFrameSize, int maxInFlight, int maxQueued, long kvCap = 0)
     {
+        _kvCap = kvCap;
         Registry = new WorkerRegistry(protocolVersion, maxFrameSize);
         Admission = new AdmissionQueue<IClientRequest, TCaller>(maxInFlight, maxQueued);
     }
@@ -54,10 +58,14 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
     public (Admission Admission, RequestFailed? Refusal) Admit(IClientRequest request, TCaller caller, DateTime now)
     {
         string id = request.RequestId, state = State.ToString().ToLowerInvariant();
-        var admission = Admission.Admit(id, request, caller, State, now);
+        var devices = Model.Loaded?.Devices ?? Array.Empty<DeviceUsage>();
+        Admission.SetKvBudgets(KvDemand.Budgets(devices));
+        long tokens = KvDemand.Tokens(request);
+        var admission = Admission.Admit(id, request, caller, State, now, KvDemand.Of(devices, request.InputIds.Length, tokens));
         return (admission, admission switch
         {
             Coordination.Admission.Start or Coordination.Admission.Queue => null,
+            Coordination.Admission.NeverFits => new RequestFailed(id, "coordinator", $"this request can never run here: {KvDemand.NeverFits(devices, request.InputIds.Length, tokens)}"),
             Coordination.Admission.Duplicate => new RequestFailed(id, "coordinator", $"request id '{id}' is already running or queued; every request needs its own id"),
             Coordination.Admission.Busy => new RequestFailed(id, "coordinator", $"busy: {Admission.InFlight} requests in flight and {Admission.Queued} queued; retry later"),
             Coordination.Admission.Starting => new RequestFailed(id, "coordinator", "the coordinator is starting; retry shortly", Retryable: true),
@@ -82,8 +90,8 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
     {
         try
         {
-            return (Model.Recovering ? SlicePlanner.Replan(model, Model.Loaded!, Registry.Workers, Model.Holders, epoch).Plan
-                : SlicePlanner.Plan(model, request, Registry.Workers, epoch), epoch, null);
+            return (Model.Recovering ? SlicePlanner.Replan(model, Model.Loaded!, Registry.Workers, Model.Holders, epoch, _kvCap).Plan
+                : SlicePlanner.Plan(model, request, Registry.Workers, epoch, _kvCap), epoch, null);
         }
         catch (Exception ex) // a bad request must never restart the coordinator (it would forget every worker)
         {
@@ -124,7 +132,7 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
         var workers = Registry.Workers;
         return new(requestId, State, loaded?.Folder ?? Model.Pending?.Model,
             workers.Select(w => w.Node).Distinct().ToArray(),
-            loaded?.Devices ?? workers.Select(w => new DeviceUsage(w.ToString(), 0, 0, w.Budget)).ToArray(),
+            loaded?.Devices.Select(d => d with { KvReservedBytes = Admission.Reserved(d.Device) }).ToArray() ?? workers.Select(w => new DeviceUsage(w.ToString(), 0, 0, w.Budget)).ToArray(),
             loaded?.Stages ?? Array.Empty<StageInfo>(),
             loaded?.DeviceMap ?? Array.Empty<DeviceMapEntry>(),
             Model.Failure,

@@ -42,7 +42,8 @@ public sealed record LoadPlan(IReadOnlyList<(WorkerInfo Worker, LoadSlice Slice)
 /// </summary>
 public static class SlicePlanner
 {
-    public static LoadPlan Plan(ModelDescription model, LoadModel request, IReadOnlyList<WorkerInfo> workers, int epoch)
+    /// <param name="kvCap">The most KV-cache bytes a device may hold (<c>shardpipe.kv-cache-budget</c>; 0 = what its budget leaves after the weights).</param>
+    public static LoadPlan Plan(ModelDescription model, LoadModel request, IReadOnlyList<WorkerInfo> workers, int epoch, long kvCap = 0)
     {
         if (workers.Count == 0) throw new ClusterException("no device workers have joined the cluster");
         var ordered = Ordered(workers);
@@ -92,12 +93,37 @@ public static class SlicePlanner
             long planned = (long)plan.Devices.Where(u => u.Device == worker.Id).Sum(u => u.Bytes);
             slices.Add((worker, new LoadSlice(epoch, model.Folder, request.Variant, DTypes.TorchName(model.DType), configJson, prefixes, planned, readerPath, route, tensors)));
         }
-        var deviceUsage = plan.Devices.Select(u => new DeviceUsage(u.Device.ToString(), (long)u.Bytes, 0, (long)(u.Budget ?? 0))).ToArray();
+        // KV cache per device: the bytes one token takes on its layers, within what its budget leaves after the weights
+        // (capped by shardpipe.kv-cache-budget). Disk devices hold no caches of their own (their layers run on the CPU).
+        long perLayer = KvBytesPerTokenPerLayer(model.Config, DTypes.Size(model.DType));
+        var layersOn = route.GroupBy(h => ordered.First(w => w.Path == h.WorkerPath).Id).ToDictionary(g => g.Key, g => g.Sum(h => (long)h.LayerCount));
+        var deviceUsage = plan.Devices.Select(u =>
+        {
+            long budget = (long)(u.Budget ?? 0), planned = (long)u.Bytes;
+            long perToken = u.Device.Kind == "disk" ? 0 : layersOn.GetValueOrDefault(u.Device) * perLayer;
+            long kvBudget = perToken == 0 || budget <= 0 ? 0 : Math.Max(1, budget - planned);
+            if (kvCap > 0 && perToken > 0) kvBudget = kvBudget == 0 ? kvCap : Math.Min(kvBudget, kvCap);
+            return new DeviceUsage(u.Device.ToString(), planned, 0, budget, KvBytesPerToken: perToken, KvBudgetBytes: kvBudget);
+        }).ToArray();
         var stages = route.Select(h => new StageInfo(ordered.First(w => w.Path == h.WorkerPath).ToString(), h.WorkerPath)).ToArray();
         var deviceMap = plan.DeviceMap.Select(kv => new DeviceMapEntry(kv.Key, kv.Value.ToString())).ToArray();
         long positions = model.Config.GetLongOrNull("max_position_embeddings") ?? model.Config.GetLongOrNull("n_positions") ?? 2048;
         return new LoadPlan(slices, new ModelRecord(request, model.Folder, epoch, route, deviceMap, deviceUsage, stages, model.Stop.Eos, model.Stop.Pad,
             meta.VocabSize, positions, 0, Array.Empty<DeviceMapEntry>()));
+    }
+
+    /// <summary>
+    /// Bytes one token of one row adds to one layer's KV cache: keys and values of every KV head
+    /// (<c>num_key_value_heads</c>, else the attention heads; GPT-2's <c>n_head</c>) × <c>head_dim</c> (else hidden ÷ heads)
+    /// at the model's dtype. An upper bound for sliding-window models.
+    /// </summary>
+    public static long KvBytesPerTokenPerLayer(PretrainedConfig config, int dtypeBytes)
+    {
+        long heads = config.GetLongOrNull("num_attention_heads") ?? config.GetLongOrNull("n_head") ?? 0;
+        long kvHeads = config.GetLongOrNull("num_key_value_heads") ?? heads;
+        long hidden = config.GetLongOrNull("hidden_size") ?? config.GetLongOrNull("n_embd") ?? 0;
+        long headDim = config.GetLongOrNull("head_dim") ?? (heads > 0 ? hidden / heads : 0);
+        return 2 * kvHeads * headDim * dtypeBytes;
     }
 
     /// <summary>Pipeline order: nodes by name (node-2 before node-10), so that a plan does not depend on who registered first.</summary>
@@ -123,7 +149,7 @@ public static class SlicePlanner
     /// </summary>
     /// <param name="holders">Surviving workers that still hold their slice of the served epoch; the modules of any other device move.</param>
     public static (LoadPlan Plan, RecoveryPlan Moves) Replan(ModelDescription model, ModelRecord served, IReadOnlyList<WorkerInfo> survivors,
-        IReadOnlySet<string> holders, int epoch)
+        IReadOnlySet<string> holders, int epoch, long kvCap = 0)
     {
         if (survivors.Count == 0) throw new PlacementException("no device workers survive to hold the model");
         var request = served.Request ?? throw new ClusterException($"no load request is known for {served.Folder}; load it again");
@@ -138,7 +164,7 @@ public static class SlicePlanner
         string? maxMemory = request.MaxMemory is { } mm
             ? string.Join(",", MaxMemory.Parse(mm).Where(e => budgets.Any(b => b.Id == e.Device)).Select(e => $"{e.Device}={(long)e.Bytes}")) is { Length: > 0 } kept ? kept : null
             : null;
-        var plan = Plan(model, request with { DeviceMap = json, MaxMemory = maxMemory }, ordered, epoch);
+        var plan = Plan(model, request with { DeviceMap = json, MaxMemory = maxMemory }, ordered, epoch, kvCap);
         var result = plan.Result with
         {
             Request = request, Recoveries = served.Recoveries + 1,

@@ -22,6 +22,8 @@ public sealed record NodeSettings
     public required TimeSpan CacheIdleTimeout { get; init; }
     /// <summary>How often a worker frees idle caches (<c>cache-sweep-interval</c>).</summary>
     public required TimeSpan CacheSweepInterval { get; init; }
+    /// <summary>The most KV-cache bytes any device of the served model may hold for admitted requests (<c>kv-cache-budget</c>; 0 = auto: what its budget leaves after the weights).</summary>
+    public long KvCacheBudget { get; init; }
     /// <summary>How often a device worker repeats its registration (what it holds included).</summary>
     public required TimeSpan RegisterInterval { get; init; }
     /// <summary>A <c>shardpipe node</c> process whose node the cluster downed starts a fresh node (rejoining) instead of exiting.</summary>
@@ -95,6 +97,9 @@ public sealed record NodeSettings
             RestartWhenDowned = sp.GetBoolean("restart-when-downed"),
             MaxFrameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 0,
             MaxInFlight = AtLeast("max-in-flight", 1),
+            KvCacheBudget = sp.GetString("kv-cache-budget", "auto") is "auto" or "" ? 0
+                : ByteSize.TryParse(sp.GetString("kv-cache-budget"), out long kvb) && kvb > 0 ? kvb
+                : throw new ConfigurationException($"shardpipe.kv-cache-budget: '{sp.GetString("kv-cache-budget")}' is not auto or a size such as 2GiB"),
             MaxQueued = AtLeast("max-queued", 0),
             MaxNewTokens = AtLeast("max-new-tokens", 1),
             ComputeThreads = sp.GetInt("compute-threads"),
