@@ -50,7 +50,7 @@ public static class VsLlamaCppBench
     private static int Run(string? modelArg, string preset, int threads, int n, int prefill, int rounds, bool quantized, string? npmDir, bool asJson, ILogger log)
     {
         if (threads < 1 || n < 2 || prefill < 1 || rounds < 1) throw new InvalidInputException("--threads, --prefill and --rounds must be ≥ 1 and --tokens ≥ 2");
-        string folder = modelArg is { } d ? ModelLocator.Locate(d) : Generated(preset, log);
+        string folder = modelArg is { } given ? ModelLocator.Locate(given) : Generated(preset, log);
         var llama = LlamaCppRunner.Prepare(npmDir);
         TorchSharp.torch.set_num_threads(threads);
         BenchSupport.Say(asJson, $"bench vs-llamacpp: {folder}, {threads} thread(s), decode {n} new tokens, prefill {prefill} tokens, best of {rounds}");
@@ -60,42 +60,49 @@ public static class VsLlamaCppBench
         var files = types.ToDictionary(t => t, t => Gguf(folder, t, log));
 
         // The check: llama.cpp's greedy continuation from the F32 file equals ShardPipe's float32 one.
-        var figures = new JsonObject { ["bench"] = "vs-llamacpp", ["threads"] = threads, ["decode_new_tokens"] = n, ["prefill_tokens"] = prefill };
+        var figures = new JsonObject { ["bench"] = "vs-llamacpp", ["threads"] = threads, ["decode_new_tokens"] = n, ["prefill_tokens"] = prefill, ["rounds"] = rounds };
         var fp32 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "float32" });
-        long[] ours;
-        double fp32Decode, fp32Prefill;
+        var bf16 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "bfloat16" });
+        JsonObject Theirs(GgmlType t, int r) => llama.Invoke(TimeSpan.FromMinutes(10), "--model", files[t], "--threads", $"{threads}",
+            "--decode", $"{n}", "--prefill", $"{prefill}", "--rounds", $"{r}");
+        static double Tps(JsonObject o, string key) => o[key]!.GetValue<double>();
+        var best = new Dictionary<string, double>();
+        void Keep(string key, double v) => best[key] = Math.Max(best.GetValueOrDefault(key), v);
         try
         {
-            ours = GreedyIds(fp32, DecodePrompt.Select(t => t % fp32.Config.GetInt("vocab_size")).ToArray(), 16);
-            (fp32Decode, fp32Prefill) = Speed(fp32, n, prefill, rounds);
+            int vocab = fp32.Config.GetInt("vocab_size");
+            var prompt = DecodePrompt.Select(t => t % vocab).ToArray();
+            long[] ours = GreedyIds(fp32, prompt, 16);
+            var theirs = llama.Invoke(TimeSpan.FromMinutes(5), "--model", files[GgmlType.F32], "--threads", $"{threads}", "--f32-cache",
+                "--greedy", string.Join(',', prompt), "--new", "16")["greedy_tokens"]!.AsArray().Select(t => t!.GetValue<long>()).ToArray();
+            bool match = ours.SequenceEqual(theirs);
+            BenchSupport.Say(asJson, $"  greedy check (F32 file, 16 tokens): {(match ? "equal" : "DIFFERENT")}: ShardPipe [{string.Join(' ', ours)}], llama.cpp [{string.Join(' ', theirs)}]");
+            figures["greedy_tokens_equal_f32"] = match;
+
+            // Rounds in turns (ShardPipe fp32, llama.cpp F32, ShardPipe bf16, llama.cpp F16), so that drift on a shared
+            // machine hits both alike; each side's best round is reported. Each llama.cpp call warms up once, then times one round.
+            Speed(fp32, n, prefill);
+            Speed(bf16, n, prefill);
+            for (int r = 0; r < rounds; r++)
+            {
+                var (d, p) = Speed(fp32, n, prefill);
+                Keep("ours_fp32_decode", d); Keep("ours_fp32_prefill", p);
+                double fp32Round = d;
+                var f32 = Theirs(GgmlType.F32, 1);
+                Keep("theirs_f32_decode", Tps(f32, "decode_tokens_per_s")); Keep("theirs_f32_prefill", Tps(f32, "prefill_tokens_per_s"));
+                figures["llama_cpp_release"] = f32["llama_cpp_release"]?.DeepClone();
+                (d, p) = Speed(bf16, n, prefill);
+                Keep("ours_bf16_decode", d); Keep("ours_bf16_prefill", p);
+                var f16 = Theirs(GgmlType.F16, 1);
+                Keep("theirs_f16_decode", Tps(f16, "decode_tokens_per_s")); Keep("theirs_f16_prefill", Tps(f16, "prefill_tokens_per_s"));
+                BenchSupport.Say(asJson, $"  round {r + 1}: decode fp32/F32 {fp32Round:0.0}/{Tps(f32, "decode_tokens_per_s"):0.0}, bf16/F16 {d:0.0}/{Tps(f16, "decode_tokens_per_s"):0.0} tok/s (ShardPipe/llama.cpp)");
+            }
         }
         finally
         {
             fp32.Release();
-        }
-        long vocab = PretrainedConfig.FromFolder(folder).GetInt("vocab_size");
-        var theirs = llama.Invoke(TimeSpan.FromMinutes(5), "--model", files[GgmlType.F32], "--threads", $"{threads}", "--f32-cache",
-            "--greedy", string.Join(',', DecodePrompt.Select(t => t % vocab)), "--new", "16")["greedy_tokens"]!.AsArray().Select(t => t!.GetValue<long>()).ToArray();
-        bool match = ours.SequenceEqual(theirs);
-        BenchSupport.Say(asJson, $"  greedy check (F32 file, 16 tokens): {(match ? "equal" : "DIFFERENT")}: ShardPipe [{string.Join(' ', ours)}], llama.cpp [{string.Join(' ', theirs)}]");
-        figures["greedy_tokens_equal_f32"] = match;
-
-        var bf16 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "bfloat16" });
-        double bf16Decode, bf16Prefill;
-        try
-        {
-            (bf16Decode, bf16Prefill) = Speed(bf16, n, prefill, rounds);
-        }
-        finally
-        {
             bf16.Release();
         }
-
-        JsonObject Theirs(GgmlType t) => llama.Invoke(TimeSpan.FromMinutes(10), "--model", files[t], "--threads", $"{threads}",
-            "--decode", $"{n}", "--prefill", $"{prefill}", "--rounds", $"{rounds}");
-        var f32 = Theirs(GgmlType.F32);
-        var f16 = Theirs(GgmlType.F16);
-        figures["llama_cpp_release"] = f32["llama_cpp_release"]?.DeepClone();
         void Pair(string key, double ours, double theirs, string oursName, string theirsName)
         {
             figures[$"{key}_shardpipe_tokens_per_s"] = Math.Round(ours, 3);
@@ -103,16 +110,15 @@ public static class VsLlamaCppBench
             figures[$"{key}_ratio"] = Math.Round(ours / theirs, 4);
             BenchSupport.Say(asJson, $"  {key,-28} ShardPipe {oursName} {ours,9:0.00} tok/s   llama.cpp {theirsName} {theirs,9:0.00} tok/s   ratio {ours / theirs:0.000}");
         }
-        static double Tps(JsonObject o, string key) => o[key]!.GetValue<double>();
-        Pair("decode_fp32", fp32Decode, Tps(f32, "decode_tokens_per_s"), "fp32", "F32");
-        Pair("decode_bf16_vs_f16", bf16Decode, Tps(f16, "decode_tokens_per_s"), "bf16", "F16");
-        Pair($"prefill{prefill}_fp32", fp32Prefill, Tps(f32, "prefill_tokens_per_s"), "fp32", "F32");
-        Pair($"prefill{prefill}_bf16_vs_f16", bf16Prefill, Tps(f16, "prefill_tokens_per_s"), "bf16", "F16");
+        Pair("decode_fp32", best["ours_fp32_decode"], best["theirs_f32_decode"], "fp32", "F32");
+        Pair("decode_bf16_vs_f16", best["ours_bf16_decode"], best["theirs_f16_decode"], "bf16", "F16");
+        Pair($"prefill{prefill}_fp32", best["ours_fp32_prefill"], best["theirs_f32_prefill"], "fp32", "F32");
+        Pair($"prefill{prefill}_bf16_vs_f16", best["ours_bf16_prefill"], best["theirs_f16_prefill"], "bf16", "F16");
 
         if (quantized)
             foreach (var (type, mode) in new[] { (GgmlType.Q8_0, "int8"), (GgmlType.Q4_0, "int4") })
             {
-                var q = Theirs(type);
+                var q = Theirs(type, rounds);
                 string key = $"decode_{mode}_vs_{type.ToString().ToLowerInvariant()}";
                 figures[$"{key}_llamacpp_tokens_per_s"] = Math.Round(Tps(q, "decode_tokens_per_s"), 3);
                 figures[$"prefill{prefill}_{type.ToString().ToLowerInvariant()}_llamacpp_tokens_per_s"] = Math.Round(Tps(q, "prefill_tokens_per_s"), 3);
@@ -126,22 +132,15 @@ public static class VsLlamaCppBench
         return 0;
     }
 
-    /// <summary>Best decode tokens/s and best prefill tokens/s of <paramref name="rounds"/> rounds after a warm-up.</summary>
-    private static (double Decode, double Prefill) Speed(CausalLMModel model, int n, int prefill, int rounds)
+    /// <summary>One round: decode tokens/s (new tokens after the first over the time after it) and prefill tokens/s of a <paramref name="prefill"/>-token prompt.</summary>
+    private static (double Decode, double Prefill) Speed(CausalLMModel model, int n, int prefill)
     {
         int vocab = model.Config.GetInt("vocab_size");
         var decodePrompt = new[] { DecodePrompt.Select(t => t % vocab).ToArray() };
         var prefillPrompt = new[] { Enumerable.Range(0, prefill).Select(i => (long)((i * 7919L + 13) % vocab)).ToArray() };
-        double decode = 0, pre = 0;
-        for (int r = 0; r < rounds + 1; r++)
-        {
-            var d = TokenGenerator.Greedy(model, decodePrompt, null, new GenerationOptions { MaxNewTokens = n, IgnoreEos = true }).TokensPerSecond;
-            var p = TokenGenerator.Greedy(model, prefillPrompt, null, new GenerationOptions { MaxNewTokens = 1, IgnoreEos = true }).PrefillSeconds;
-            if (r == 0) continue;
-            decode = Math.Max(decode, d);
-            pre = Math.Max(pre, prefill / p);
-        }
-        return (decode, pre);
+        double d = TokenGenerator.Greedy(model, decodePrompt, null, new GenerationOptions { MaxNewTokens = n, IgnoreEos = true }).TokensPerSecond;
+        double p = TokenGenerator.Greedy(model, prefillPrompt, null, new GenerationOptions { MaxNewTokens = 1, IgnoreEos = true }).PrefillSeconds;
+        return (d, prefill / p);
     }
 
     private static long[] GreedyIds(CausalLMModel model, long[] prompt, int n) =>
