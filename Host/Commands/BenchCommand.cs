@@ -18,6 +18,8 @@ public static class BenchCommand
         cmd.Subcommands.Add(RecoveryBench.Create());
         cmd.Subcommands.Add(ServeBench.Create());
         cmd.Subcommands.Add(TokenizerLoadBench.Create());
+        cmd.Subcommands.Add(VsLlamaCppBench.Create());
+        cmd.Subcommands.Add(ReadBandwidth.Create());
         return cmd;
     }
 }
