@@ -59,7 +59,7 @@ public static class DecodeSpeed
             }
             static long Bytes(CausalLMModel m) => m.NamedTensors().Where(p => !p.Slot.IsBuffer && p.Slot.IsMaterialised).Sum(p => p.Slot.Tensor.NumberOfElements * p.Slot.Tensor.ElementSize);
             long bytes = Bytes(fp32);
-            return new Result(a, b, bytes, ReadBandwidth(bytes), Profile(fp32, newTokens), Profile(bf16, newTokens), c, d, Bytes(int8), Bytes(int4))
+            return new Result(a, b, bytes, BaselineGBps(bytes), Profile(fp32, newTokens), Profile(bf16, newTokens), c, d, Bytes(int8), Bytes(int4))
             {
                 ActiveParameters = fp32.ActiveParameters(),
                 TotalParameters = fp32.NumParameters(),
@@ -75,19 +75,12 @@ public static class DecodeSpeed
     }
 
     /// <summary>GB/s of libtorch summing a float32 buffer of <paramref name="bytes"/> (best of five), with this process's threads.</summary>
-    private static double ReadBandwidth(long bytes)
-    {
-        using var noGrad = no_grad();
-        using var buffer = ones(new[] { bytes / 4 }, ScalarType.Float32);
-        double best = 0;
-        for (int r = 0; r < 5; r++)
-        {
-            var sw = Stopwatch.StartNew();
-            buffer.sum().Dispose();
-            best = Math.Max(best, bytes / sw.Elapsed.TotalSeconds / 1e9);
-        }
-        return best;
-    }
+    /// <summary>
+    /// The machine's read bandwidth that weight_read_ratio divides by: a STREAM-like sum over a buffer several times the
+    /// last-level cache, on the decode kernels' threads, median of repeats (<see cref="Bench.ReadBandwidth"/>) — not a
+    /// read of the weights' own size, which the cache could partly serve.
+    /// </summary>
+    private static double BaselineGBps(long bytes) => Bench.ReadBandwidth.SumReadGBps();
 
     /// <summary>Milliseconds per decode step by part: embedding, layer inputs (mask, rotary), each decoder layer, final norm, head.</summary>
     private static Dictionary<string, double> Profile(CausalLMModel model, int steps)
