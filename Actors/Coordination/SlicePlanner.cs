@@ -94,14 +94,16 @@ public static class SlicePlanner
             slices.Add((worker, new LoadSlice(epoch, model.Folder, request.Variant, DTypes.TorchName(model.DType), configJson, prefixes, planned, readerPath, route, tensors)));
         }
         // KV cache per device: the bytes one token takes on its layers, within what its budget leaves after the weights
-        // (capped by shardpipe.kv-cache-budget). Disk devices hold no caches of their own (their layers run on the CPU).
+        // (at least one row of the full context; shardpipe.kv-cache-budget, when set, is the cap). Disk devices hold no caches of their own (their layers run on the CPU).
         long perLayer = KvBytesPerTokenPerLayer(model.Config, DTypes.Size(model.DType));
+        long kvFloorPositions = model.Config.GetLongOrNull("max_position_embeddings") ?? model.Config.GetLongOrNull("n_positions") ?? 2048;
         var layersOn = route.GroupBy(h => ordered.First(w => w.Path == h.WorkerPath).Id).ToDictionary(g => g.Key, g => g.Sum(h => (long)h.LayerCount));
         var deviceUsage = plan.Devices.Select(u =>
         {
             long budget = (long)(u.Budget ?? 0), planned = (long)u.Bytes;
             long perToken = u.Device.Kind == "disk" ? 0 : layersOn.GetValueOrDefault(u.Device) * perLayer;
-            long kvBudget = perToken == 0 || budget <= 0 ? 0 : Math.Max(1, budget - planned);
+            // At least one row of the model's whole context, so a tight weight budget does not refuse every request.
+            long kvBudget = perToken == 0 || budget <= 0 ? 0 : Math.Max(budget - planned, kvFloorPositions * perToken);
             if (kvCap > 0 && perToken > 0) kvBudget = kvBudget == 0 ? kvCap : Math.Min(kvBudget, kvCap);
             return new DeviceUsage(u.Device.ToString(), planned, 0, budget, KvBytesPerToken: perToken, KvBudgetBytes: kvBudget);
         }).ToArray();
