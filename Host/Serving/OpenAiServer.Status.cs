@@ -46,6 +46,7 @@ public sealed partial class OpenAiServer
                 return (JsonNode)new JsonObject
                 {
                     ["device"] = d.Device, ["planned_bytes"] = d.PlannedBytes, ["loaded_bytes"] = d.LoadedBytes, ["budget_bytes"] = d.BudgetBytes, ["streamed"] = d.Streamed,
+                    ["kv_bytes_per_token"] = d.KvBytesPerToken, ["kv_budget_bytes"] = d.KvBudgetBytes, ["kv_reserved_bytes"] = d.KvReservedBytes,
                     ["step_ms_p50"] = timing is null ? null : Math.Round(timing.StepP50Ms, 3), ["hop_ms_p50"] = timing is null ? null : Math.Round(timing.HopP50Ms, 3),
                     ["rows_per_step"] = timing is null ? null : Math.Round(timing.RowsPerStep, 2),
                 };
