@@ -42,7 +42,7 @@ public sealed class ActivationLinkTests : IDisposable
             new[] { new long[] { 1, 1, 1 } }, new[] { new long[] { 2 } }, "akka://links/user/caller", state, 1, null);
     }
 
-    private static (Socket Client, Socket Server) Pair()
+    internal static (Socket Client, Socket Server) Pair()
     {
         using var l = new TcpListener(IPAddress.Loopback, 0);
         l.Start();

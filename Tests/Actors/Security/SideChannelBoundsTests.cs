@@ -20,16 +20,7 @@ namespace ShardPipe.Tests.Actors.Security;
 [Collection("cluster")]
 public sealed class SideChannelBoundsTests
 {
-    private static (Socket Client, Socket Server) Pair()
-    {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        var client = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        client.Connect(IPAddress.Loopback, ((IPEndPoint)l.LocalEndpoint).Port);
-        var server = l.AcceptSocket();
-        l.Stop();
-        return (client, server);
-    }
+    private static (Socket Client, Socket Server) Pair() => ActivationLinkTests.Pair();
 
     [Fact]
     public void A_256_MiB_frame_header_then_silence_allocates_what_arrived_and_ends_at_the_frame_deadline()
