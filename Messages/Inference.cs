@@ -124,7 +124,10 @@ public sealed record RequestFailed(
     [property: Key(0)] string RequestId,
     [property: Key(1)] string Stage,
     [property: Key(2)] string Reason,
-    [property: Key(3)] bool Retryable = false) : IShardPipeMessage;
+    [property: Key(3)] bool Retryable = false,
+    // The request itself can never run as given (its ids, its length, its KV worst case, a reused id): the caller gets
+    // an invalid-input error (exit 2, HTTP 400), never one to retry.
+    [property: Key(4)] bool Invalid = false) : IShardPipeMessage;
 
 /// <summary>Free a request's KV cache on a worker.</summary>
 [MessagePackObject]

@@ -81,9 +81,9 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Context.Stop(Self);
     }
 
-    private void Fail(string message)
+    private void Fail(string message, bool invalid = false)
     {
-        _done.TrySetException(new ClusterException(message));
+        _done.TrySetException(invalid ? new InvalidInputException(message) : new ClusterException(message));
         Context.Stop(Self);
     }
 
@@ -127,7 +127,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         {
             if (!Current(f.RequestId)) return;
             if (f.Retryable) Recover($"stage {f.Stage}: {f.Reason}");
-            else Fail($"request {_request.RequestId} failed at stage {f.Stage}: {f.Reason}");
+            else Fail($"request {_request.RequestId} failed at stage {f.Stage}: {f.Reason}", f.Invalid);
         });
         Receive<Terminated>(t =>
         {

@@ -294,7 +294,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         var model = Model.Loaded!;
         var (step, error) = FirstStep.Build(request, model, Akka.Serialization.Serialization.SerializedActorPath(caller),
             Akka.Serialization.Serialization.SerializedActorPath(Self), (int)Math.Min(int.MaxValue, Math.Max(_settings.MaxNewTokens, model.MaxPositions)));
-        if (step is null) { caller.Tell(new RequestFailed(request.RequestId, "coordinator", error!)); Finished(request.RequestId); return; }
+        if (step is null) { caller.Tell(new RequestFailed(request.RequestId, "coordinator", error!, Invalid: true)); Finished(request.RequestId); return; }
         Context.Watch(caller); // a caller that goes away cancels its requests
         Resolve(model.Route[0].WorkerPath).TellChunked(step, Self); // from the coordinator: stages take steps only from members
     }

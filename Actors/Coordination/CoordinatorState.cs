@@ -65,8 +65,8 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
         return (admission, admission switch
         {
             Coordination.Admission.Start or Coordination.Admission.Queue => null,
-            Coordination.Admission.NeverFits => new RequestFailed(id, "coordinator", $"this request can never run here: {KvDemand.NeverFits(devices, request.InputIds.Length, tokens)}"),
-            Coordination.Admission.Duplicate => new RequestFailed(id, "coordinator", $"request id '{id}' is already running or queued; every request needs its own id"),
+            Coordination.Admission.NeverFits => new RequestFailed(id, "coordinator", $"this request can never run here: {KvDemand.NeverFits(devices, request.InputIds.Length, tokens)}", Invalid: true),
+            Coordination.Admission.Duplicate => new RequestFailed(id, "coordinator", $"request id '{id}' is already running or queued; every request needs its own id", Invalid: true),
             Coordination.Admission.Busy => new RequestFailed(id, "coordinator", $"busy: {Admission.InFlight} requests in flight and {Admission.Queued} queued; retry later"),
             Coordination.Admission.Starting => new RequestFailed(id, "coordinator", "the coordinator is starting; retry shortly", Retryable: true),
             Coordination.Admission.Recovering => new RequestFailed(id, "coordinator", $"the model is {state}: {Model.Failure ?? "lost stages are being re-planned"}", Retryable: true),

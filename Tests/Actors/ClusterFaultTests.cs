@@ -191,9 +191,13 @@ public class ClusterFaultTests
             cluster.Client.RunAsync(Requests.Generate(Prompt, null, 2), Array.Empty<StageInfo>(), TimeSpan.FromSeconds(10)));
         Assert.True(noModel.Message.Contains("no model is loaded"), noModel.Message);
         var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
-        var bad = await Assert.ThrowsAsync<ClusterException>(() =>
+        // A request that can never run as given is invalid input (exit 2 / HTTP 400), not a cluster fault to retry.
+        var bad = await Assert.ThrowsAsync<InvalidInputException>(() =>
             cluster.Client.RunAsync(Requests.Generate(new[] { new long[] { 1, 99999 } }, null, 2), loaded.Stages, TimeSpan.FromSeconds(10)));
         Assert.Contains("outside the vocabulary", bad.Message);
+        var tooLong = await Assert.ThrowsAsync<InvalidInputException>(() =>
+            cluster.Client.RunAsync(Requests.Generate(Prompt, null, 1000), loaded.Stages, TimeSpan.FromSeconds(10)));
+        Assert.Contains("the model takes at most 256 positions", tooLong.Message);
     }
 }
 

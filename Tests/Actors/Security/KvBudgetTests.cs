@@ -78,7 +78,7 @@ public sealed class KvBudgetTests
         Assert.Equal(alone.NewTokens, (await second).NewTokens);
 
         // 5 + 40 positions need 23,040 bytes: more than the budget, ever. Refused at once, naming it.
-        var never = await Assert.ThrowsAsync<ClusterException>(() => cluster.Client.RunAsync(Request(40), loaded.Stages, TimeSpan.FromSeconds(30)));
+        var never = await Assert.ThrowsAsync<InvalidInputException>(() => cluster.Client.RunAsync(Request(40), loaded.Stages, TimeSpan.FromSeconds(30)));
         Assert.Contains("can never run here", never.Message);
         Assert.Contains("KV budget is 16384 bytes", never.Message);
         Assert.Equal(0, Assert.Single((await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5))).Devices).KvReservedBytes);
