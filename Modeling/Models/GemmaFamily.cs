@@ -38,6 +38,7 @@ public sealed class GemmaRmsNorm : HfModule
 
     public Tensor Forward(Tensor x) // (..., H) -> (..., H)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         var h = x.to(ScalarType.Float32);
         h = h * rsqrt(h.pow(2).mean(new long[] { -1 }, keepdim: true) + _eps);
@@ -63,6 +64,7 @@ public sealed class GemmaDecoderLayer : HfModule
     /// <summary>Flat (N, H) → (N, H): the batch's requests together (<see cref="RaggedBatch"/>).</summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         var h = x + SelfAttn.Forward(_inputNorm.Forward(x), batch);
         return (h + _mlp.Forward(_postNorm.Forward(h))).MoveToOuterDisposeScope();

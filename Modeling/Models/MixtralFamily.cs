@@ -62,6 +62,7 @@ public sealed class MixtralBlockSparseTop2MLP : HfModule
 
     public Tensor Forward(Tensor x) // (n, H) -> (n, H)
     {
+        using var hook = Hook();
         Interlocked.Increment(ref _runs);
         using var scope = NewDisposeScope();
         return _w2.Forward(_act(_w1.Forward(x)) * _w3.Forward(x)).MoveToOuterDisposeScope();
@@ -99,6 +100,7 @@ public sealed class MixtralSparseMoeBlock : HfModule, IFeedForward
 
     public Tensor Forward(Tensor x) // (..., H) -> (..., H)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         long hidden = x.shape[^1];
         var flat = x.reshape(-1, hidden);                                                           // (N, H)

@@ -60,6 +60,7 @@ public sealed class PhiAttention : HfModule
     /// <summary>Flat (N, H) → (N, H): projections once over every position, attention per request.</summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         long n = x.shape[0];
         var q = PartialRotary(_q.Forward(x).view(n, _c.NumHeads, 1, _c.HeadDim), batch);   // (N, nh, 1, hd)
@@ -128,6 +129,7 @@ public sealed class PhiMlp : HfModule
 
     public Tensor Forward(Tensor x)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         return _fc2.Forward(_act(_fc1.Forward(x))).MoveToOuterDisposeScope();
     }
@@ -151,6 +153,7 @@ public sealed class PhiDecoderLayer : HfModule
 
     public Tensor Forward(Tensor x, RaggedBatch batch) // flat (N, H) → (N, H)
     {
+        using var hook = Hook();
         using var scope = NewDisposeScope();
         var h = _inputNorm.Forward(x);
         return (SelfAttn.Forward(h, batch) + _mlp.Forward(h) + x).MoveToOuterDisposeScope();

@@ -52,6 +52,25 @@ public class MemoryHooksTests
         Assert.Contains(hooked, h => Runs(h.Path, h.ClassName) && h.ClassName is "Conv1D" or "Linear");
     }
 
+    [Theory]
+    [InlineData("mixtral")]
+    [InlineData("gemma")]
+    [InlineData("phi")]
+    public void The_families_decoder_layers_attention_and_feed_forward_record(string family)
+    {
+        var model = PreTrainedModel.FromPretrained(Path.Combine(TestPaths.Families, family));
+        model.AddMemoryHooks();
+        Forward(model);
+        var recorded = model.MemoryHooksState().Where(h => h.State.MemRssPostForward > 0).Select(h => h.Path).ToHashSet();
+        for (int i = 0; i < model.NumLayers; i++)
+        {
+            Assert.Contains($"model.layers.{i}", recorded);
+            Assert.Contains($"model.layers.{i}.self_attn", recorded);
+            Assert.Contains(family == "mixtral" ? $"model.layers.{i}.block_sparse_moe" : $"model.layers.{i}.mlp", recorded);
+        }
+        if (family == "mixtral") Assert.Contains(recorded, p => p.Contains(".block_sparse_moe.experts."));
+    }
+
     [Fact]
     public void Differences_accumulate_over_forwards_until_reset()
     {
