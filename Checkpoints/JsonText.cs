@@ -4,7 +4,7 @@ using System.Text;
 namespace ShardPipe.Checkpoints;
 
 /// <summary>JSON string escaping as serde_json writes it, or Python's json.dumps (ensure_ascii) with <c>asciiOnly</c>.</summary>
-internal static class JsonText
+public static class JsonText
 {
     public static void AppendString(StringBuilder sb, string s, bool asciiOnly = false)
     {

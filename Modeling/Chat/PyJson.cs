@@ -75,26 +75,6 @@ public static class PyJson
         for (int i = 0; i < level; i++) sb.Append(indent);
     }
 
-    public static void Quote(string s, StringBuilder sb, bool ascii)
-    {
-        sb.Append('"');
-        foreach (char c in s)
-        {
-            switch (c)
-            {
-                case '"': sb.Append("\\\""); break;
-                case '\\': sb.Append("\\\\"); break;
-                case '\n': sb.Append("\\n"); break;
-                case '\r': sb.Append("\\r"); break;
-                case '\t': sb.Append("\\t"); break;
-                case '\b': sb.Append("\\b"); break;
-                case '\f': sb.Append("\\f"); break;
-                default:
-                    if (c < 0x20 || ascii && c > 0x7e) sb.Append("\\u").Append(((int)c).ToString("x4"));
-                    else sb.Append(c);
-                    break;
-            }
-        }
-        sb.Append('"');
-    }
+    /// <summary>A JSON string as Python's json.dumps writes it (ensure_ascii with <paramref name="ascii"/>): the checkpoints' one escaper.</summary>
+    public static void Quote(string s, StringBuilder sb, bool ascii) => ShardPipe.Checkpoints.JsonText.AppendString(sb, s, ascii);
 }
