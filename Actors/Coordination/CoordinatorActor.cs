@@ -46,6 +46,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     protected override void PreStart()
     {
+        _log.Info("coordinator started on {0}", Cluster.Get(Context.System).SelfAddress);
         Timers.StartSingleTimer("start-window", new StartWindowOver(), _settings.StartWindow);
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
             typeof(ClusterEvent.MemberLeft), typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.ReachableMember), typeof(ClusterEvent.MemberRemoved));
@@ -157,6 +158,11 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     private void StartPlanning(LoadModel request)
     {
+        if (!ClusterView.HasQuorum(Context.System))
+        {
+            Sender.Tell(new LoadFailed(request.RequestId, "this node's side of the cluster lacks a majority of its members: it plans nothing; retry through another node"));
+            return;
+        }
         Unload();
         _load = (request, Sender, DateTime.UtcNow);
         Describe(request, Model.BeginPlan());
@@ -242,6 +248,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     /// <summary>The served model lost stages: its lost modules are re-planned onto the survivors under a new epoch (only what moved is loaded).</summary>
     private void StartRecovery(string why)
     {
+        if (!ClusterView.HasQuorum(Context.System)) { AwaitQuorum(why); return; }
         var served = Model.Loaded!;
         int epoch = Model.BeginRecovery(DateTime.UtcNow);
         // Callers of requests in flight learn now (not when their own watch of the stages fires) and resume once ready.
@@ -250,6 +257,19 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         Enter();
         if (served.Request is { } request) Describe(request, epoch);
         else FailLoad(epoch, $"{why}; no load request is known for {served.Folder}: load it again");
+    }
+
+    /// <summary>
+    /// Stages were lost, but this side of the cluster is not the one keep-majority keeps: the other side may already run
+    /// a coordinator (fast failover), so this one plans nothing — degraded until workers register again (the cut healed)
+    /// or this node is downed.
+    /// </summary>
+    private void AwaitQuorum(string why)
+    {
+        Model.AwaitQuorum(why, DateTime.UtcNow);
+        foreach (var (id, caller) in _state.Admission.Interrupt()) caller.Tell(new RequestFailed(id, "coordinator", $"{why}; {Model.Failure}", Retryable: true));
+        _log.Warning("{0}: {1}", why, Model.Failure);
+        Enter();
     }
 
     /// <summary>Forgets the model: every worker frees its slices of it; queued requests fail (those in flight fail by themselves).</summary>

@@ -201,6 +201,18 @@ public sealed class ModelTracker
         return ++Epoch;
     }
 
+    /// <summary>
+    /// Stages were lost, but the coordinator's side lacks keep-majority's quorum: nothing is planned (the other side may
+    /// have a coordinator of its own); degraded, so that a worker registering again retries the recovery.
+    /// </summary>
+    public void AwaitQuorum(string reason, DateTime now)
+    {
+        if (!Recovering) RecoveryStarted = now;
+        Pending = null;
+        State = ClusterState.Degraded;
+        Failure = $"degraded: {reason}, and this side of the cluster lacks a majority of its members: waiting for them (or to be downed)";
+    }
+
     // ---- unloading, stopping ----
 
     /// <summary>Forgets the model (an unload): the cluster is empty.</summary>

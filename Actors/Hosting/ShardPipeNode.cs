@@ -54,6 +54,8 @@ public sealed class ShardPipeNode : IAsyncDisposable
         if (settings.IsCoordinator)
             system.ActorOf(ClusterSingletonManager.Props(CoordinatorActor.Props(settings), PoisonPill.Instance,
                 ClusterSingletonManagerSettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), Roles.SingletonName);
+        if (settings.IsCoordinator && config.GetBoolean("shardpipe.fast-failover"))
+            system.ActorOf(FailoverActor.Props(), "failover");
         system.ActorOf(Props.Create(() => new HandshakeActor(settings, settings.DebugProtocolVersion ?? Protocol.Version)), "handshake");
         var proxy = system.ActorOf(ClusterSingletonProxy.Props($"/user/{Roles.SingletonName}",
             ClusterSingletonProxySettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), "coordinator-proxy");

@@ -25,7 +25,7 @@ public sealed class StderrLogger : ReceiveActor
             string message = e.Message?.ToString() ?? "";
             int stack = message.IndexOf("\n", StringComparison.Ordinal); // Akka puts whole stack traces into some messages
             if (stack >= 0) message = message[..stack].TrimEnd('\r') + " …";
-            Console.Error.WriteLine($"{e.Timestamp:HH:mm:ss} {level}: [{e.LogSource}] {message}{cause}");
+            Console.Error.WriteLine($"{e.Timestamp:HH:mm:ss.fff} {level}: [{e.LogSource}] {message}{cause}");
         });
     }
 }

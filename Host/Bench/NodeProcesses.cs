@@ -98,6 +98,17 @@ shardpipe.node-name = ""node-{node}""
         return File.Exists(path) ? string.Join("\n", File.ReadLines(path).TakeLast(lines)) : "";
     }
 
+    /// <summary>Every line of a node's log so far (stdout and stderr; a killed node's too).</summary>
+    public IReadOnlyList<string> Log(int node)
+    {
+        string path = Path.Combine(_dir, $"node-{node}.log");
+        if (!File.Exists(path)) return Array.Empty<string>();
+        using var reader = new StreamReader(new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite));
+        var lines = new List<string>();
+        while (reader.ReadLine() is { } line) lines.Add(line);
+        return lines;
+    }
+
     public void Dispose()
     {
         for (int i = 0; i < _processes.Length; i++)

@@ -34,7 +34,7 @@ public static class RecoveryBench
         if (victim is < 1 or > 3) throw new InvalidInputException("--kill-node must be 1, 2 or 3");
         string folder = BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         int threads = Math.Max(1, Environment.ProcessorCount / 3);
-        using var nodes = new NodeProcesses(3, _ => $"shardpipe {{ devices = [ {{ device = cpu, budget = \"4GiB\" }} ], compute-threads = {threads} }}");
+        using var nodes = new NodeProcesses(3, _ => $"shardpipe {{ devices = [ {{ device = cpu, budget = \"4GiB\" }} ], compute-threads = {threads} }}\nakka.loglevel = INFO");
         await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts));
         await client.WaitForNodesAsync(3, TimeSpan.FromMinutes(2));
         var loaded = await client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
@@ -59,6 +59,7 @@ public static class RecoveryBench
         });
         await third.Task.WaitAsync(TimeSpan.FromMinutes(2));
         double killedAt = clock.Elapsed.TotalSeconds;
+        var killedAtUtc = DateTime.UtcNow;
         nodes.Kill(victim);
         log.LogInformation("killed node-{Node} after {Tokens} tokens", victim, n / 3);
         var outcome = await run;
@@ -74,7 +75,11 @@ public static class RecoveryBench
         bool equal = clean.NewTokens.Zip(outcome.NewTokens).All(p => p.First.SequenceEqual(p.Second));
         BenchSupport.Say(asJson, $"  node-{victim} killed after {n / 3} tokens: resumed {resumedAt - killedAt:0.00} s later, done {doneAt - killedAt:0.00} s after the kill; " +
                                  $"tokens {(equal ? "equal" : "DIFFERENT")}, {afterRate:0.0} tokens/s after, {outcome.RecoveredFaults} fault(s) survived");
-        BenchSupport.Finish(new JsonObject
+        // Where the seconds went (the survivors' logs), and the client's own last step: the resumed request's first token.
+        var timeline = FailoverTimeline.From(Enumerable.Range(1, 3).Where(i => i != victim).SelectMany(nodes.Log), killedAtUtc);
+        timeline["first_token"] = Math.Round(resumedAt - killedAt, 3);
+        BenchSupport.Say(asJson, $"  timeline (s after the kill): {string.Join(", ", timeline.Select(kv => $"{kv.Key} {kv.Value}"))}");
+        var result = new JsonObject
         {
             ["bench"] = "recovery",
             ["killed_node"] = $"node-{victim}",
@@ -85,7 +90,11 @@ public static class RecoveryBench
             ["fault_to_done_s"] = Math.Round(doneAt - killedAt, 3),
             ["fault_free_tokens_per_s"] = Math.Round(clean.TokensPerSecond, 2),
             ["after_recovery_tokens_per_s"] = Math.Round(afterRate, 2),
-        });
+        };
+        // node-1 is the oldest: it holds the coordinator (and the first stage).
+        if (victim == 1) result["coordinator_fault_to_resume_s"] = Math.Round(resumedAt - killedAt, 3);
+        result["timeline"] = timeline;
+        BenchSupport.Finish(result);
         return equal ? 0 : 1;
     }
 }

@@ -75,6 +75,44 @@ public sealed class ProcessFaultTests
         Assert.Equal(expected.NewTokens, (await client.RunAsync(Request(), status.Stages, TimeSpan.FromSeconds(60))).NewTokens);
     }
 
+    [Fact]
+    public async Task A_SIGKILL_of_the_coordinators_node_process_mid_generation_moves_the_coordinator_and_the_request_ends_with_the_fault_free_tokens()
+    {
+        // node-1 is the oldest: it holds the coordinator singleton, and the first stage. Its successor downs it at once
+        // (fast failover), the coordinator starts there, adopts the model from the workers' reports and re-plans the
+        // lost stage; the request resumes with a seeded sampler where it stopped.
+        using var nodes = new NodeProcesses(3, _ => "shardpipe { devices = [ { device = cpu, budget = \"1GiB\" } ], compute-threads = 1, debug.step-delay = 15ms }\nakka.loglevel = INFO");
+        await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts));
+        await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(90));
+        var loaded = await client.LoadAsync(Requests.Load(TestPaths.Model("llama_untied")), TimeSpan.FromMinutes(2));
+        Generate Request() => Requests.Generate(Prompt, null, 60) with { IgnoreEos = true, Sampling = new SamplingSettings(false, 0.9, 20, 0.95, 1234) };
+        var expected = await client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(60));
+        Assert.Contains(nodes.Log(1), l => l.Contains("coordinator started on", StringComparison.Ordinal)); // the victim holds it
+        Assert.Contains(loaded.Stages, s => s.Device.StartsWith("node-1/", StringComparison.Ordinal));
+
+        int seen = 0;
+        var tenth = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var run = client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(30), _ => { if (Interlocked.Increment(ref seen) == 10) tenth.TrySetResult(); });
+        await tenth.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        nodes.Kill(1);
+        RequestOutcome outcome;
+        try { outcome = await run.WaitAsync(TimeSpan.FromSeconds(120)); }
+        catch (Exception ex) when (ex is ShardPipe.ClusterException or TimeoutException)
+        {
+            throw new Xunit.Sdk.XunitException($"{ex.Message}\n" + string.Join("\n", new[] { 2, 3 }.Select(i => $"node-{i}:\n{nodes.Tail(i, 40)}")));
+        }
+
+        Assert.Equal(expected.NewTokens, outcome.NewTokens);
+        Assert.Equal(1, outcome.RecoveredFaults);
+        Assert.Contains(new[] { 2, 3 }, i => nodes.Log(i).Any(l => l.Contains("coordinator started on", StringComparison.Ordinal)));
+        var status = await client.StatusAsync(TimeSpan.FromSeconds(5)); // answered by the coordinator on a survivor
+        Assert.Equal(ClusterState.Ready, status.State);
+        Assert.DoesNotContain("node-1", status.Nodes);
+        Assert.All(status.DeviceMap, e => Assert.DoesNotContain("node-1", e.Device));
+        Assert.True(status.PlanEpoch > loaded.PlanEpoch);
+        Assert.Equal(expected.NewTokens, (await client.RunAsync(Request(), status.Stages, TimeSpan.FromSeconds(60))).NewTokens);
+    }
+
     private static async Task<T> Eventually<T>(Func<Task<T?>> probe) where T : class
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);

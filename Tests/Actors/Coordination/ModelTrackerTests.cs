@@ -145,6 +145,21 @@ public class ModelTrackerTests
     }
 
     [Fact]
+    public void A_coordinator_without_a_quorum_plans_nothing_and_is_degraded_until_a_worker_registers_again()
+    {
+        var t = Serving("a", "b");
+        Assert.Equal(Loss.Recover, t.Lose(new[] { "b" }));
+        int epoch = t.Epoch;
+        t.AwaitQuorum("node n2 (n2/cpu) was lost", DateTime.UtcNow);
+        Assert.Equal(ClusterState.Degraded, t.State);
+        Assert.Equal(epoch, t.Epoch); // no epoch spent: the other side's coordinator owns the next one
+        Assert.Null(t.Pending);
+        Assert.Contains("lacks a majority", t.Failure);
+        Assert.True(t.RetryOnCapacity); // a worker registering again (the cut healed) retries the recovery
+        Assert.Equal(epoch + 1, t.BeginRecovery(DateTime.UtcNow));
+    }
+
+    [Fact]
     public void A_reported_slice_is_unused_when_neither_served_nor_loading_and_older_than_the_newest_epoch()
     {
         var t = Serving("a");
