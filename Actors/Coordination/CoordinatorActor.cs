@@ -158,7 +158,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     private void StartPlanning(LoadModel request)
     {
-        if (!ClusterView.HasQuorum(Context.System))
+        if (!ClusterView.HasQuorum(Context.System, _state.Registry.IsUnreachable))
         {
             Sender.Tell(new LoadFailed(request.RequestId, "this node's side of the cluster lacks a majority of its members: it plans nothing; retry through another node"));
             return;
@@ -248,7 +248,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     /// <summary>The served model lost stages: its lost modules are re-planned onto the survivors under a new epoch (only what moved is loaded).</summary>
     private void StartRecovery(string why)
     {
-        if (!ClusterView.HasQuorum(Context.System)) { AwaitQuorum(why); return; }
+        if (!ClusterView.HasQuorum(Context.System, _state.Registry.IsUnreachable)) { AwaitQuorum(why); return; }
         var served = Model.Loaded!;
         int epoch = Model.BeginRecovery(DateTime.UtcNow);
         // Callers of requests in flight learn now (not when their own watch of the stages fires) and resume once ready.

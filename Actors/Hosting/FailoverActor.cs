@@ -15,10 +15,18 @@ public sealed class FailoverActor : ReceiveActor
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Cluster _cluster = Cluster.Get(Context.System);
     private readonly HashSet<string> _downed = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _lost = new(StringComparer.Ordinal); // unreachable as the events say (Cluster.State may lag them)
 
     public FailoverActor()
     {
-        Receive<ClusterEvent.UnreachableMember>(u => { _log.Info("{0} is unreachable", u.Member.Address); Decide(); });
+        Receive<ClusterEvent.UnreachableMember>(u =>
+        {
+            _log.Info("{0} is unreachable", u.Member.Address);
+            _lost.Add(u.Member.Address.ToString());
+            Decide();
+        });
+        Receive<ClusterEvent.ReachableMember>(r => { _lost.Remove(r.Member.Address.ToString()); Decide(); });
+        Receive<ClusterEvent.MemberRemoved>(r => { _lost.Remove(r.Member.Address.ToString()); Decide(); });
         Receive<ClusterEvent.IClusterDomainEvent>(_ => Decide());
         Receive<ClusterEvent.CurrentClusterState>(_ => Decide());
     }
@@ -33,7 +41,7 @@ public sealed class FailoverActor : ReceiveActor
     private void Decide()
     {
         string self = _cluster.SelfAddress.ToString();
-        if (CoordinatorFailover.NodeToDown(ClusterView.OldestFirst(Context.System), self) is not { } node || !_downed.Add(node)) return;
+        if (CoordinatorFailover.NodeToDown(ClusterView.OldestFirst(Context.System, _lost.Contains), self) is not { } node || !_downed.Add(node)) return;
         _log.Warning("failover: {0} holds the coordinator and is the only member lost; this side is a majority: downing it now", node);
         _cluster.Down(Address.Parse(node));
     }
