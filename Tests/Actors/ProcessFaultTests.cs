@@ -83,7 +83,11 @@ public sealed class ProcessFaultTests
         // lost stage; the request resumes with a seeded sampler where it stopped.
         using var nodes = new NodeProcesses(3, _ => "shardpipe { devices = [ { device = cpu, budget = \"1GiB\" } ], compute-threads = 1, debug.step-delay = 15ms }\nakka.loglevel = INFO");
         await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts));
-        await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(90));
+        try { await client.WaitForNodesAsync(3, TimeSpan.FromSeconds(90)); }
+        catch (ShardPipe.ClusterException ex)
+        {
+            throw new Xunit.Sdk.XunitException($"{ex.Message}\n" + string.Join("\n", Enumerable.Range(1, 3).Select(i => $"node-{i}:\n{nodes.Tail(i, 40)}")));
+        }
         var loaded = await client.LoadAsync(Requests.Load(TestPaths.Model("llama_untied")), TimeSpan.FromMinutes(2));
         Generate Request() => Requests.Generate(Prompt, null, 60) with { IgnoreEos = true, Sampling = new SamplingSettings(false, 0.9, 20, 0.95, 1234) };
         var expected = await client.RunAsync(Request(), loaded.Stages, TimeSpan.FromSeconds(60));
