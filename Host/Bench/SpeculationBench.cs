@@ -17,8 +17,52 @@ public static class SpeculationBench
 {
     private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
 
+    /// <summary>
+    /// One forward pass of k + 1 positions over one of 1, in this process on a cache of <paramref name="past"/> positions,
+    /// taking turns (median of <paramref name="reps"/> each): what the verification costs in compute, without the pipeline.
+    /// </summary>
+    public static (double StepMs, double VerifyMs) SingleProcess(string folder, int k, int past = 200, int reps = 15)
+    {
+        var model = ShardPipe.Modeling.Loading.PreTrainedModel.FromPretrained(folder);
+        try
+        {
+            using var cache = new ShardPipe.Modeling.Layers.KvCache();
+            var prompt = Enumerable.Range(0, past).Select(i => (long)(i * 7 % 200 + 1)).ToArray();
+            using (var _ = model.Forward(TorchSharp.torch.tensor(prompt).unsqueeze(0), cache: cache)) { }
+            double Time(int t)
+            {
+                var ids = TorchSharp.torch.tensor(Enumerable.Range(0, t).Select(i => (long)(i + 5)).ToArray()).unsqueeze(0);
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                using (var _ = model.Forward(ids, cache: cache)) { }
+                double ms = sw.Elapsed.TotalMilliseconds;
+                cache.Truncate(past);
+                ids.Dispose();
+                return ms;
+            }
+            Time(1); Time(k + 1); // warm-up
+            var one = new List<double>();
+            var many = new List<double>();
+            for (int r = 0; r < reps; r++)
+            {
+                one.Add(Time(1));
+                many.Add(Time(k + 1));
+            }
+            return (Median(one), Median(many));
+        }
+        finally { model.Release(); }
+    }
+
+    private static double Median(List<double> xs)
+    {
+        xs.Sort();
+        return xs[xs.Count / 2];
+    }
+
     public static async Task<JsonObject> Run(string folder, int n, int k, int rounds, bool asJson)
     {
+        var (stepMs, verifyMs) = SingleProcess(folder, k);
+        BenchSupport.Say(asJson, $"  one process, cache of 200: a pass of 1 position {stepMs:0.0} ms, of {k + 1} positions {verifyMs:0.0} ms: " +
+                                 $"verify_pass_over_step_single_process {verifyMs / stepMs:0.000}");
         await using var cluster = await EmbeddedCluster.StartAsync(3);
         var loaded = await cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
         var spec = new SpeculationSettings("ngram", k);
@@ -48,6 +92,9 @@ public static class SpeculationBench
                                  $"tokens/s {bestSpec.TokensPerSecond:0.00} vs plain {bestPlain.TokensPerSecond:0.00}: ngram_speedup {speedup:0.000}");
         return new JsonObject
         {
+            ["single_process_step_ms"] = Math.Round(stepMs, 3),
+            ["single_process_verify_ms"] = Math.Round(verifyMs, 3),
+            ["verify_pass_over_step_single_process"] = Math.Round(verifyMs / stepMs, 4),
             ["speculate_nodes"] = 3,
             ["speculate_tokens"] = n,
             ["num_speculative_tokens"] = k,
