@@ -12,6 +12,15 @@ public sealed record SamplingSettings(
     [property: Key(4)] long Seed,
     [property: Key(5)] double RepetitionPenalty = 1.0);
 
+/// <summary>
+/// Speculative decoding for a request: <see cref="Method"/> proposes up to <see cref="Tokens"/> draft tokens per step
+/// ("ngram": prompt lookup) and the target verifies them in one pass through the pipeline.
+/// </summary>
+[MessagePackObject]
+public sealed record SpeculationSettings(
+    [property: Key(0)] string Method,
+    [property: Key(1)] int Tokens);
+
 /// <summary>What a client sends the coordinator to run through the pipeline: a <see cref="Generate"/> or a <see cref="Forward"/>.</summary>
 public interface IClientRequest : IShardPipeMessage
 {
@@ -36,7 +45,8 @@ public sealed record Generate(
     [property: Key(5)] bool IgnoreEos,
     [property: Key(6)] SamplingSettings Sampling,
     [property: Key(7)] long[][]? Resume = null,
-    [property: Key(8)] int PrefillChunk = 0) : IClientRequest;
+    [property: Key(8)] int PrefillChunk = 0,
+    [property: Key(9)] SpeculationSettings? Speculate = null) : IClientRequest;
 // Key 3 (position ids, used only by forward passes sent as Generate with MaxNewTokens 0) is retired: see Forward.
 
 /// <summary>A client asks for one forward pass: the last position's logits of every row (<see cref="ForwardResult"/>).</summary>
@@ -76,7 +86,9 @@ public sealed record GenerationState(
     [property: Key(4)] bool[] Finished,
     [property: Key(5)] SamplingSettings Sampling,
     [property: Key(8)] long[][]? History = null,
-    [property: Key(9)] PromptRest? Prefill = null);
+    [property: Key(9)] PromptRest? Prefill = null,
+    [property: Key(10)] SpeculationSettings? Speculate = null,
+    [property: Key(11)] long[]? Drafts = null);
 // Keys 6 and 7 (plan epoch, coordinator) moved to StageInput, where forward passes have them too.
 
 /// <summary>
@@ -105,7 +117,12 @@ public sealed record StageBatch(
 public sealed record TokensGenerated(
     [property: Key(0)] string RequestId,
     [property: Key(1)] int Step,
-    [property: Key(2)] long[] Tokens) : IShardPipeMessage;
+    [property: Key(2)] long[] Tokens,
+    // A speculative step delivers several tokens: Tokens is step Step's, More the steps after it, in order; Proposed and
+    // Accepted count the step's draft tokens and those the target agreed with.
+    [property: Key(3)] long[][]? More = null,
+    [property: Key(4)] int Proposed = 0,
+    [property: Key(5)] int Accepted = 0) : IShardPipeMessage;
 
 /// <summary>The last hop's logits for a forward request: (B, V) at the last position of each row.</summary>
 [MessagePackObject]

@@ -38,6 +38,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
     private string _attemptId;
     private int _faults;
     private double _prefill;
+    private int _proposed, _accepted; // speculative decoding: draft tokens proposed and accepted, over every attempt
     private string _lastFault = "";
 
     public RequestActor(IActorRef coordinator, IClientRequest request, IReadOnlyList<StageInfo> stages, TimeSpan stallTimeout,
@@ -101,8 +102,16 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
                 return;
             }
             if (_steps.Count == 0) _prefill = _clock.Elapsed.TotalSeconds;
+            // A speculative step delivers several steps' tokens at once (numbered from t.Step on).
             _steps.Add(t.Tokens);
             _onTokens?.Invoke(t.Tokens);
+            foreach (var more in t.More ?? Array.Empty<long[]>())
+            {
+                _steps.Add(more);
+                _onTokens?.Invoke(more);
+            }
+            _proposed += t.Proposed;
+            _accepted += t.Accepted;
         });
         Receive<GenerationDone>(d =>
         {
@@ -113,7 +122,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
                 return;
             }
             var rows = Enumerable.Range(0, _request.InputIds.Length).Select(b => _steps.Select(s => s[b]).ToArray()).ToArray();
-            Finish(new RequestOutcome(rows, null, _steps.Count, _prefill, _clock.Elapsed.TotalSeconds - _prefill));
+            Finish(new RequestOutcome(rows, null, _steps.Count, _prefill, _clock.Elapsed.TotalSeconds - _prefill) { Proposed = _proposed, Accepted = _accepted });
         });
         Receive<ForwardResult>(f =>
         {

@@ -11,6 +11,10 @@ namespace ShardPipe.Actors.Client;
 public sealed record RequestOutcome(long[][] NewTokens, float[][]? LastLogits, int Steps, double PrefillSeconds, double DecodeSeconds, int RecoveredFaults = 0)
 {
     public double TokensPerSecond => Steps > 1 && DecodeSeconds > 0 ? (Steps - 1) / DecodeSeconds : 0;
+
+    /// <summary>Speculative decoding: draft tokens proposed and accepted by the target (0 without speculation).</summary>
+    public int Proposed { get; init; }
+    public int Accepted { get; init; }
 }
 
 /// <summary>

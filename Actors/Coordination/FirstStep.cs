@@ -1,6 +1,7 @@
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Generation;
 using ShardPipe.Actors.Transport;
+using ShardPipe.Actors.Workers;
 
 namespace ShardPipe.Actors.Coordination;
 
@@ -56,11 +57,14 @@ public static class FirstStep
                     step = resume.Length;
                 }
                 if (g.PrefillChunk < 0) return (null, $"prefill_chunk must be 0 (whole prompt) or positive, not {g.PrefillChunk}");
+                if (g.Speculate is { } spec && SpeculativeSteps.Refusal(spec, ids.Length) is { } refused) return (null, refused);
                 var first = ChunkedPrefill.First(ids, mask, DecodeRule.PositionsFromMask(mask), g.PrefillChunk);
                 var state = new GenerationState(g.MaxNewTokens, g.IgnoreEos, model.EosTokenIds, model.PadTokenId, finished, g.Sampling,
-                    g.Sampling.RepetitionPenalty != 1.0 ? ids : null, // the ids so far travel only when a penalty needs them
-                    PromptRestWire.ToWire(first.Rest));
-                return (new StageInput(g.RequestId, step, 0, null, first.Ids, first.Mask, first.Positions, replyTo, state, model.PlanEpoch, coordinator), null);
+                    g.Sampling.RepetitionPenalty != 1.0 || g.Speculate is not null ? ids : null, // the ids so far travel only when a penalty or prompt lookup needs them
+                    PromptRestWire.ToWire(first.Rest), g.Speculate);
+                var input = new StageInput(g.RequestId, step, 0, null, first.Ids, first.Mask, first.Positions, replyTo, state, model.PlanEpoch, coordinator);
+                // A speculative request's prefill (its last chunk) verifies the first drafts too.
+                return (first.Rest is null ? SpeculativeSteps.WithDrafts(input) : input, null);
             default:
                 return (null, $"unknown request type {request.GetType().Name}");
         }

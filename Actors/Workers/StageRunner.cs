@@ -97,7 +97,7 @@ public sealed class StageRunner : IDisposable
             else
                 hidden[i] = s.Hidden is { } h ? TensorWire.ToTensor(h) : throw new ProtocolException($"hop {s.Hop} of request {s.RequestId} got no hidden states");
             // Layers need a hidden state per position; after the final norm only each row's last one travels.
-            if (hidden[i].dim() != 3 || hidden[i].shape[0] != s.AttentionMask.Length || hidden[i].shape[1] != s.PositionIds[0].Length && (hop.LayerCount > 0 || hidden[i].shape[1] != 1))
+            if (hidden[i].dim() != 3 || hidden[i].shape[0] != s.AttentionMask.Length || hidden[i].shape[1] != s.PositionIds[0].Length && (hop.LayerCount > 0 || hidden[i].shape[1] != SpeculativeSteps.Kept(s)))
                 throw new ProtocolException($"request {s.RequestId}: hidden states of shape [{string.Join(", ", hidden[i].shape)}] do not match its {s.AttentionMask.Length} rows of {s.PositionIds[0].Length} positions");
         }
         var sizes = hidden.Select(h => (Rows: h.shape[0], Tokens: h.shape[1])).ToArray();
@@ -113,6 +113,9 @@ public sealed class StageRunner : IDisposable
                 for (int i = 0; i < steps.Count; i++)
                 {
                     var cache = forwardOnly ? null : CacheFor(steps[i].RequestId);
+                    // Positions past the step's mask are rejected drafts of the step before (speculative decoding): dropped.
+                    if (cache is not null && cache.SeenTokens(hop.FirstLayer) > SpeculativeSteps.CacheLength(steps[i], sizes[i].Tokens))
+                        cache.Truncate(SpeculativeSteps.CacheLength(steps[i], sizes[i].Tokens));
                     long past = cache?.SeenTokens(hop.FirstLayer) ?? 0;
                     inputs.Add(_model.PrepareLayerInputs(positions[i], IdRows.ToTensor(steps[i].AttentionMask), past, sizes[i].Tokens, flat.dtype, CPU, cache, hop.FirstLayer));
                 }
@@ -131,15 +134,18 @@ public sealed class StageRunner : IDisposable
                 output.Add(Onward(steps[i], RaggedBatch.Of(flat, batch.Segments[i])));
             return output;
         }
-        // Only each row's last position matters from here on.
-        var last = flat.index_select(0, tensor(batch.LastPositions()));
+        // Only each row's last position matters from here on (a speculative step's last token and drafts: Kept).
+        var kept = steps.Select(SpeculativeSteps.Kept).ToArray();
+        var last = kept.All(k => k == 1) ? flat.index_select(0, tensor(batch.LastPositions()))
+            : flat.index_select(0, tensor(batch.Segments.SelectMany((g, i) => Enumerable.Range(0, (int)g.Rows)
+                .SelectMany(r => Enumerable.Range(0, kept[i]).Select(j => g.Offset + r * g.Tokens + g.Tokens - kept[i] + j))).ToArray()));
         if (hop.Norm) last = _model.FinalNorm(last);
         var rowStart = new long[steps.Count];
-        for (int i = 1; i < steps.Count; i++) rowStart[i] = rowStart[i - 1] + sizes[i - 1].Rows;
+        for (int i = 1; i < steps.Count; i++) rowStart[i] = rowStart[i - 1] + sizes[i - 1].Rows * kept[i - 1];
         if (!hop.Head)
         {
             for (int i = 0; i < steps.Count; i++)
-                output.Add(Onward(steps[i], last.narrow(0, rowStart[i], sizes[i].Rows).unsqueeze(1)));
+                output.Add(Onward(steps[i], last.narrow(0, rowStart[i], sizes[i].Rows * kept[i]).view(sizes[i].Rows, kept[i], -1)));
             return output;
         }
         // The head: logits only for the rows whose prompt is all in (a request still prefilling loops its next chunk).
@@ -147,7 +153,7 @@ public sealed class StageRunner : IDisposable
         Tensor? logits = null;
         if (sampling.Count > 0)
         {
-            var rows = sampling.SelectMany(i => Enumerable.Range(0, (int)sizes[i].Rows).Select(r => rowStart[i] + r)).ToArray();
+            var rows = sampling.SelectMany(i => Enumerable.Range(0, (int)sizes[i].Rows * kept[i]).Select(r => rowStart[i] + r)).ToArray();
             var picked = rows.Length == last.shape[0] ? last : last.index_select(0, tensor(rows));
             logits = _model.Project(picked).to(ScalarType.Float32); // (R, V)
         }
@@ -160,8 +166,8 @@ public sealed class StageRunner : IDisposable
                 output.Add(NextChunk(s, rest));
                 continue;
             }
-            var mine = logits!.narrow(0, at, sizes[i].Rows);
-            at += sizes[i].Rows;
+            var mine = logits!.narrow(0, at, sizes[i].Rows * kept[i]);
+            at += sizes[i].Rows * kept[i];
             if (forwardOnly)
             {
                 output.Add(new(s.ReplyTo, new ForwardResult(s.RequestId, TensorWire.ToPayload(mine))));
@@ -180,11 +186,11 @@ public sealed class StageRunner : IDisposable
     private Outgoing NextChunk(StageInput s, PromptRest rest)
     {
         var next = ChunkedPrefill.Next(s.AttentionMask, PromptRestWire.FromWire(rest));
-        return new(_route[0].WorkerPath, s with
+        return new(_route[0].WorkerPath, SpeculativeSteps.WithDrafts(s with
         {
             Hop = 0, Hidden = null, InputIds = next.Ids, AttentionMask = next.Mask, PositionIds = next.Positions,
             Generation = s.Generation! with { Prefill = PromptRestWire.ToWire(next.Rest) },
-        });
+        }));
     }
 
     /// <summary>The last hop: pick tokens, report them, and either loop to hop 0 or finish.</summary>
@@ -195,20 +201,13 @@ public sealed class StageRunner : IDisposable
         {
             _samplers[input.RequestId] = sampler = new Sampler(st.Sampling.Greedy, st.Sampling.Temperature, st.Sampling.TopK, st.Sampling.TopP, st.Sampling.Seed, st.Sampling.RepetitionPenalty);
             // A resumed request starts at a later step: its sampler continues where the lost one stopped.
-            if (input.Step > 0) sampler.Skip(input.Step, logits.shape[0], logits.shape[1]);
+            if (input.Step > 0 && st.Speculate is null) sampler.Skip(input.Step, logits.shape[0], logits.shape[1]);
         }
+        if (st.Speculate is not null) return Speculative(input, SpeculativeSteps.Decide(input, logits, sampler));
         var next = sampler.Next(logits, st.History);
         var finished = DecodeRule.Settle(next, st.Finished, new StopTokens(st.EosTokenIds, st.PadTokenId), st.IgnoreEos);
         var tokens = new Outgoing(input.ReplyTo, new TokensGenerated(input.RequestId, input.Step, next));
-        if (DecodeRule.Done(input.Step + 1, st.MaxNewTokens, finished))
-        {
-            var output = new List<Outgoing> { tokens };
-            output.Add(new(input.ReplyTo, new GenerationDone(input.RequestId, input.Step + 1)));
-            if (input.Coordinator is { } c) output.Add(new(c, new GenerationDone(input.RequestId, input.Step + 1)));
-            foreach (var path in _route.Select(r => r.WorkerPath).Distinct())
-                output.Add(new(path, new ReleaseRequest(input.RequestId)));
-            return output;
-        }
+        if (DecodeRule.Done(input.Step + 1, st.MaxNewTokens, finished)) return Finish(input, tokens, input.Step + 1);
         var (mask, positions) = DecodeRule.Advance(input.AttentionMask);
         // The next step goes first: it is the pipeline's critical path; the caller's copy of the tokens can follow.
         return new[]
@@ -221,6 +220,24 @@ public sealed class StageRunner : IDisposable
             }),
             tokens,
         };
+    }
+
+    /// <summary>A speculative step's verdict as messages: the next step first (unless done), then the tokens.</summary>
+    private IReadOnlyList<Outgoing> Speculative(StageInput input, SpeculativeSteps.Verdict v)
+    {
+        var tokens = new Outgoing(input.ReplyTo, v.Tokens);
+        if (v.Next is { } next) return new[] { new Outgoing(_route[0].WorkerPath, next), tokens };
+        return Finish(input, tokens, v.Produced);
+    }
+
+    private List<Outgoing> Finish(StageInput input, Outgoing tokens, int steps)
+    {
+        var output = new List<Outgoing> { tokens };
+        output.Add(new(input.ReplyTo, new GenerationDone(input.RequestId, steps)));
+        if (input.Coordinator is { } c) output.Add(new(c, new GenerationDone(input.RequestId, steps)));
+        foreach (var path in _route.Select(r => r.WorkerPath).Distinct())
+            output.Add(new(path, new ReleaseRequest(input.RequestId)));
+        return output;
     }
 
     private KvCache CacheFor(string requestId)

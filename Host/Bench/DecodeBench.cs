@@ -30,10 +30,25 @@ public static class DecodeBench
         var micro = new Option<int>("--microbatches") { Description = "Requests in flight for the micro-batching figure (m)", DefaultValueFactory = _ => 4 };
         var pin = new Option<int>("--pin-core") { Description = "Core that the per-hop figure's nodes run their steps on (shardpipe.compute-cores)", DefaultValueFactory = _ => 0 };
         var speedOnly = new Option<bool>("--speed-only") { Description = "Only the single-process figures (float32, bfloat16, int8, int4, weight_read_ratio, profile); no clusters" };
+        var speculate = new Option<bool>("--speculate") { Description = "Only speculative decoding (ngram, --num-speculative-tokens) on 3 embedded nodes against plain: verify_pass_over_step, ngram_acceptance, ngram_speedup (default --tokens 256)" };
+        var specTokens = new Option<int>("--num-speculative-tokens") { Description = "Draft tokens per step with --speculate", DefaultValueFactory = _ => 4 };
         var json = CommonOptions.Json();
         var cmd = new Command("decode", "Decode tokens/s: float32, bfloat16, int8 and int4 (quantized on load) against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
-            { model, tokens, micro, pin, speedOnly, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(speedOnly), parse.GetValue(json), log));
+            { model, tokens, micro, pin, speedOnly, speculate, specTokens, json };
+        CommandAction.Set(cmd, async (parse, log) =>
+        {
+            if (!parse.GetValue(speculate)) return await Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(speedOnly), parse.GetValue(json), log);
+            int k = parse.GetValue(specTokens);
+            ShardPipe.Modeling.Generation.Speculation.Validate(ShardPipe.Modeling.Generation.Speculation.Ngram, k, 1);
+            int n = parse.GetResult(tokens) is { Implicit: false } ? parse.GetValue(tokens) : 256;
+            if (n < 2) throw new InvalidInputException("--tokens must be at least 2");
+            string folder = parse.GetValue(model) is { } d ? ModelLocator.Locate(d) : BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
+            BenchSupport.Say(parse.GetValue(json), $"bench decode --speculate: {folder}, {n} new tokens, greedy, EOS ignored");
+            var figures = await SpeculationBench.Run(folder, n, k, rounds: 2, parse.GetValue(json));
+            figures["bench"] = "decode";
+            BenchSupport.Finish(figures);
+            return 0;
+        });
         return cmd;
     }
 

@@ -29,9 +29,11 @@ public static class GenerateCommand
         var penalty = new Option<double>("--repetition-penalty") { Description = "HF's repetition_penalty (1.0 = off)", DefaultValueFactory = _ => 1.0 };
         var prefill = new Option<int>("--prefill-chunk") { Description = "On a cluster: prefill the prompt this many positions per step (0 = at once), so that requests running beside it wait at most one chunk" };
         var json = CommonOptions.Json();
+        var speculation = new SpeculationOptions();
         var cmd = new Command("generate", "Generate tokens (greedy by default, or sampled), in this process or on a cluster")
             { ids, prompt, mask, maxNew, greedy, ignoreEos, temperature, topK, topP, seed, penalty, prefill, json };
         m.AddTo(cmd);
+        speculation.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
         {
             ModelTokenizer? tokenizer = null;
@@ -51,8 +53,9 @@ public static class GenerateCommand
             if (sampling.RepetitionPenalty <= 0) throw new InvalidInputException("--repetition-penalty must be positive");
             int chunk = parse.GetValue(prefill);
             if (chunk < 0) throw new InvalidInputException("--prefill-chunk must be at least 0");
+            var speculate = speculation.Read(parse, rows.Length);
             if (parse.GetValue(m.Cluster) is { } cluster)
-                return await OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, chunk, parse.GetValue(json), tokenizer, log);
+                return await OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, chunk, parse.GetValue(json), tokenizer, log, speculate);
             if (chunk > 0) throw new InvalidInputException("--prefill-chunk applies on a cluster (--cluster); in one process the prompt is prefilled at once");
             var sw = Stopwatch.StartNew();
             var model = PreTrainedModel.FromPretrained(parse.GetValue(m.Model)!, m.Options(parse, log));
@@ -62,14 +65,19 @@ public static class GenerateCommand
             if (ShardPipe.Modeling.Generation.DecodeRule.PastPositions(rows[0].Length, n, positions) is { } tooLong)
                 throw new InvalidInputException($"--max-new-tokens: {tooLong}");
             bool asJson = parse.GetValue(json);
-            var result = TokenGenerator.Greedy(model, rows, maskRows, new GenerationOptions
+            var generation = new GenerationOptions
             {
                 MaxNewTokens = n,
                 IgnoreEos = parse.GetValue(ignoreEos),
                 DoSample = !sampling.Greedy, Temperature = sampling.Temperature, TopK = sampling.TopK, TopP = sampling.TopP, Seed = sampling.Seed,
                 RepetitionPenalty = sampling.RepetitionPenalty,
                 OnToken = asJson ? null : Live(tokenizer, rows.Length),
-            });
+            };
+            SpeculationCounts? counts = null;
+            GenerationResult result;
+            if (speculate is not null)
+                (result, counts) = SpeculativeGenerator.Generate(model, rows[0], maskRows?[0], generation, speculate.Tokens);
+            else result = TokenGenerator.Greedy(model, rows, maskRows, generation);
             if (asJson)
             {
                 JsonOut.Print(new JsonObject
@@ -81,6 +89,7 @@ public static class GenerateCommand
                     ["tokens_per_s"] = Math.Round(result.TokensPerSecond, 3),
                     ["hf_device_map"] = HostJson.DeviceMap(model.HfDeviceMap),
                     ["recovered_faults"] = 0,
+                    ["speculation"] = SpeculationJson(speculate, counts?.Proposed ?? 0, counts?.Accepted ?? 0),
                     ["text"] = tokenizer is null ? null : new JsonArray(result.Sequences.Select(seq => (JsonNode)JsonValue.Create(tokenizer.Decode(seq.Skip(rows[0].Length), skipSpecialTokens: true))!).ToArray()),
                 });
             }
@@ -112,6 +121,16 @@ public static class GenerateCommand
         return new ShardPipe.Messages.SamplingSettings(!sample, t, k, p, parse.GetValue(seed) ?? 0);
     }
 
+    /// <summary>generate --json's speculation report: method, draft tokens proposed and accepted (null without speculation).</summary>
+    private static JsonObject? SpeculationJson(ShardPipe.Messages.SpeculationSettings? speculate, int proposed, int accepted) => speculate is null ? null : new JsonObject
+    {
+        ["method"] = speculate.Method,
+        ["num_speculative_tokens"] = speculate.Tokens,
+        ["proposed_tokens"] = proposed,
+        ["accepted_tokens"] = accepted,
+        ["acceptance_rate"] = proposed > 0 ? Math.Round((double)accepted / proposed, 4) : 0,
+    };
+
     /// <summary>Shows tokens on stderr as they come: text (streamed, whole characters only) for one row with a tokenizer, else ids.</summary>
     private static Action<long[]> Live(ModelTokenizer? tokenizer, int rows)
     {
@@ -121,12 +140,13 @@ public static class GenerateCommand
     }
 
     private static async Task<int> OnCluster(ParseResult parse, ModelArguments m, string cluster, long[][] rows, long[][]? mask, int n,
-        bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, int prefillChunk, bool json, ModelTokenizer? tokenizer, ILogger log)
+        bool ignoreEos, ShardPipe.Messages.SamplingSettings sampling, int prefillChunk, bool json, ModelTokenizer? tokenizer, ILogger log,
+        ShardPipe.Messages.SpeculationSettings? speculate)
     {
         await using var session = await ClusterSession.ConnectAsync(cluster, parse.GetValue(m.Nodes), log, parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig));
         var (stages, map, loadS) = await session.EnsureLoadedAsync(m.LoadRequest(parse), log, json);
         var outcome = await session.Client.RunAsync(new ShardPipe.Messages.Generate(Guid.NewGuid().ToString("N"), rows, mask, n, ignoreEos,
-                sampling, PrefillChunk: prefillChunk), stages, TimeSpan.FromSeconds(120),
+                sampling, PrefillChunk: prefillChunk, Speculate: speculate), stages, TimeSpan.FromSeconds(120),
             json ? null : Live(tokenizer, rows.Length));
         var sequences = rows.Select((r, b) => r.Concat(outcome.NewTokens[b]).ToArray()).ToArray();
         if (json)
@@ -140,6 +160,7 @@ public static class GenerateCommand
                 ["tokens_per_s"] = Math.Round(outcome.TokensPerSecond, 3),
                 ["hf_device_map"] = map,
                 ["recovered_faults"] = outcome.RecoveredFaults,
+                ["speculation"] = SpeculationJson(speculate, outcome.Proposed, outcome.Accepted),
                 ["text"] = tokenizer is null ? null : new JsonArray(outcome.NewTokens.Select(t => (JsonNode)JsonValue.Create(tokenizer.Decode(t, skipSpecialTokens: true))!).ToArray()),
             });
         }

@@ -6,7 +6,11 @@ using ShardPipe.Modeling.Tokenization;
 namespace ShardPipe.Host.Serving;
 
 /// <summary>What one prompt's completion produced.</summary>
-public sealed record CompletionResult(string Text, string FinishReason, int PromptTokens, int CompletionTokens);
+public sealed record CompletionResult(string Text, string FinishReason, int PromptTokens, int CompletionTokens)
+{
+    /// <summary>Speculative decoding (null when off): draft tokens proposed and accepted for this prompt.</summary>
+    public (int Proposed, int Accepted)? Speculation { get; init; }
+}
 
 /// <summary>
 /// Runs one prompt on the cluster as its own <see cref="Generate"/> request — the stages merge the steps of concurrent
@@ -19,7 +23,7 @@ public sealed record CompletionResult(string Text, string FinishReason, int Prom
 /// </summary>
 /// <param name="prefillChunk">Positions of a long prompt prefilled per step (0 = all at once).</param>
 public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer tokenizer, IReadOnlySet<long> eos, TimeSpan stallTimeout, int prefillChunk,
-    Action? onToken = null, ServingMetrics? metrics = null)
+    Action? onToken = null, ServingMetrics? metrics = null, SpeculationSettings? speculate = null)
 {
     /// <param name="keepSpecialTokens">Decode special tokens too (tool-call markers such as [TOOL_CALLS] are special), except eos.</param>
     public async Task<CompletionResult> RunAsync(long[] promptIds, CompletionRequest request, IReadOnlyList<StageInfo> stages,
@@ -27,12 +31,13 @@ public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer toke
     {
         var sampling = new SamplingSettings(request.Greedy, request.Temperature, 0, request.TopP, request.Seed ?? Random.Shared.NextInt64(1, long.MaxValue));
         var generate = new Generate("srv-" + Guid.NewGuid().ToString("N"), new[] { promptIds }, null, request.MaxTokens, request.IgnoreEos, sampling,
-            PrefillChunk: prefillChunk);
+            PrefillChunk: prefillChunk, Speculate: speculate);
         var decoder = tokenizer.Stream(skipSpecialTokens: !keepSpecialTokens);
         var stops = new StopMatcher(request.Stop);
         var text = new StringBuilder();
         int count = 0;
         double lastAt = 0;
+        (int Proposed, int Accepted) counts = (0, 0);
         string? ended = null; // "stop" (a stop string), "eos" or "length"
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using var stopped = CancellationTokenSource.CreateLinkedTokenSource(cancel);
@@ -64,7 +69,8 @@ public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer toke
         }
         try
         {
-            await client.RunAsync(generate, stages, stallTimeout, OnTokens, stopped.Token);
+            var outcome = await client.RunAsync(generate, stages, stallTimeout, OnTokens, stopped.Token);
+            counts = (outcome.Proposed, outcome.Accepted);
         }
         catch (OperationCanceledException) when (!cancel.IsCancellationRequested && ended == "stop") { } // it had what it needed
         if (ended != "stop")
@@ -74,6 +80,6 @@ public sealed class CompletionRunner(ShardPipeClient client, ModelTokenizer toke
         }
         metrics?.Tokens(promptIds.Length, count);
         string finish = stops.Stopped || ended == "eos" || count < request.MaxTokens ? "stop" : "length";
-        return new CompletionResult(text.ToString(), finish, promptIds.Length, count);
+        return new CompletionResult(text.ToString(), finish, promptIds.Length, count) { Speculation = speculate is null ? null : counts };
     }
 }

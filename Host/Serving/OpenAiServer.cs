@@ -51,7 +51,7 @@ public sealed partial class OpenAiServer : IAsyncDisposable
         _positions = positions;
         _log = log;
         _admission = new ServingAdmission(settings.MaxActive, settings.MaxQueued);
-        _runner = new CompletionRunner(session.Client, tokenizer, eos, settings.StallTimeout, settings.PrefillChunk, () => _rate.Add(1), _metrics);
+        _runner = new CompletionRunner(session.Client, tokenizer, eos, settings.StallTimeout, settings.PrefillChunk, () => _rate.Add(1), _metrics, settings.Speculate);
         // The chat templates are read once: one that cannot be parsed makes every chat request a 400 naming why.
         _chat = new ChatPromptBuilder(settings.ModelFolder, tokenizer);
     }

@@ -49,10 +49,21 @@ public sealed class OpenAiShapes(string id, string model, long created, bool cha
         return Envelope(new JsonArray(choice), chunk: true);
     }
 
-    public static JsonObject Usage(IReadOnlyList<CompletionResult> results) => new()
+    public static JsonObject Usage(IReadOnlyList<CompletionResult> results)
     {
-        ["prompt_tokens"] = results.Sum(r => r.PromptTokens),
-        ["completion_tokens"] = results.Sum(r => r.CompletionTokens),
-        ["total_tokens"] = results.Sum(r => r.PromptTokens + r.CompletionTokens),
-    };
+        var usage = new JsonObject
+        {
+            ["prompt_tokens"] = results.Sum(r => r.PromptTokens),
+            ["completion_tokens"] = results.Sum(r => r.CompletionTokens),
+            ["total_tokens"] = results.Sum(r => r.PromptTokens + r.CompletionTokens),
+        };
+        // Speculative decoding (serve --speculate): draft tokens proposed and accepted by the target.
+        if (results.Any(r => r.Speculation is not null))
+            usage["speculation"] = new JsonObject
+            {
+                ["proposed_tokens"] = results.Sum(r => r.Speculation?.Proposed ?? 0),
+                ["accepted_tokens"] = results.Sum(r => r.Speculation?.Accepted ?? 0),
+            };
+        return usage;
+    }
 }

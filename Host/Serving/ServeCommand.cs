@@ -24,11 +24,14 @@ public static class ServeCommand
         var batchRows = new Option<int>("--max-batch-rows") { Description = "The most rows (requests) in one merged step, for an embedded cluster (a cluster of nodes: their shardpipe.batching.max-rows)", DefaultValueFactory = _ => d.MaxBatchRows };
         var apiKey = new Option<string?>("--api-key") { Description = "Require Authorization: Bearer KEY on /v1/*, /tokenize and /detokenize (401 otherwise); also read from $SHARDPIPE_API_KEY" };
         var protectStatus = new Option<bool>("--protect-status") { Description = "With an API key: /status, /metrics and the dashboard need it too (/health stays open)" };
+        var speculation = new SpeculationOptions();
         var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions with tools), vLLM's /tokenize and /detokenize, /health, /status, /metrics and a dashboard at /")
             { host, port, maxActive, maxQueued, maxTokens, timeout, prefill, batchRows, apiKey, protectStatus };
         m.AddTo(cmd);
+        speculation.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
         {
+            var speculate = speculation.Read(parse);
             string modelId = parse.GetValue(m.Model)!;
             int p = parse.GetValue(port);
             if (p is < 0 or > 65535) throw new InvalidInputException($"--port {p}: must be 0..65535");
@@ -54,7 +57,7 @@ public static class ServeCommand
             {
                 ModelId = modelId, ModelFolder = load.Model, Host = hostName, Port = p, MaxActive = parse.GetValue(maxActive), MaxQueued = parse.GetValue(maxQueued),
                 MaxTokens = parse.GetValue(maxTokens), RequestTimeout = TimeSpan.FromSeconds(parse.GetValue(timeout)), PrefillChunk = parse.GetValue(prefill),
-                MaxBatchRows = parse.GetValue(batchRows), ApiKey = key, ProtectStatus = parse.GetValue(protectStatus),
+                MaxBatchRows = parse.GetValue(batchRows), ApiKey = key, ProtectStatus = parse.GetValue(protectStatus), Speculate = speculate,
             };
             // The server (and its dashboard) is up first, so the load's progress shows there; requests get 503 until it is done.
             await using var server = await OpenAiServer.StartAsync(options, session, log);

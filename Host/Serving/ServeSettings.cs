@@ -17,6 +17,8 @@ public sealed record ServeSettings
     /// <summary>Positions of a long prompt prefilled per step (chunked prefill; 0 = all at once).</summary>
     public int PrefillChunk { get; init; } = 128;
     public int MaxBatchRows { get; init; } = 32;
+    /// <summary>Speculative decoding for every request (--speculate, --num-speculative-tokens); null = off.</summary>
+    public ShardPipe.Messages.SpeculationSettings? Speculate { get; init; }
     /// <summary>How long a request may run before it ends with a 504 (or an error event when streamed).</summary>
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(600);
     /// <summary>How long a running request may go without a step before it counts as stalled.</summary>

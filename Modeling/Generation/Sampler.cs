@@ -25,13 +25,39 @@ public sealed class Sampler : IDisposable
         _temperature = temperature;
         _topK = topK;
         _topP = topP;
+        Seed = seed;
         if (!_greedy) _generator = new torch.Generator((ulong)seed);
     }
+
+    /// <summary>Whether this sampler takes the argmax (greedy, or temperature 0).</summary>
+    public bool IsGreedy => _greedy;
+
+    /// <summary>The request's seed (speculative sampling derives its per-token generators from it).</summary>
+    public long Seed { get; }
 
     /// <summary>logits (B, V) → one token per row; <paramref name="history"/> (the ids so far, per row) feeds the repetition penalty.</summary>
     public long[] Next(Tensor logits, IReadOnlyList<IReadOnlyCollection<long>>? history = null)
     {
         using var scope = NewDisposeScope();
+        var scores = Penalised(logits, history);
+        if (_greedy) return scores.argmax(-1).data<long>().ToArray();
+        var probs = Warped(scores);
+        return torch.multinomial(probs, 1, generator: _generator).squeeze(-1).data<long>().ToArray();
+    }
+
+    /// <summary>
+    /// The distribution a sampled token is drawn from: logits (B, V) after the repetition penalty and the warpers,
+    /// softmaxed (float32, (B, V)). Speculative sampling accepts or rejects draft tokens against it.
+    /// </summary>
+    public Tensor Distribution(Tensor logits, IReadOnlyList<IReadOnlyCollection<long>>? history = null)
+    {
+        using var scope = NewDisposeScope();
+        var scores = Penalised(logits, history);
+        return (_greedy ? nn.functional.one_hot(scores.argmax(-1), scores.shape[^1]).to(ScalarType.Float32) : Warped(scores)).MoveToOuterDisposeScope();
+    }
+
+    private Tensor Penalised(Tensor logits, IReadOnlyList<IReadOnlyCollection<long>>? history)
+    {
         var scores = logits.to(ScalarType.Float32);
         if (_repetitionPenalty != 1.0 && history is not null)
         {
@@ -46,7 +72,11 @@ public sealed class Sampler : IDisposable
                 row.index_copy_(0, ids, where(seen.lt(0), seen * _repetitionPenalty, seen / _repetitionPenalty));
             }
         }
-        if (_greedy) return scores.argmax(-1).data<long>().ToArray();
+        return scores;
+    }
+
+    private Tensor Warped(Tensor scores)
+    {
         if (_temperature != 1.0) scores = scores / _temperature;
         long vocab = scores.shape[^1];
         if (_topK > 0 && _topK < vocab)
@@ -64,8 +94,7 @@ public sealed class Sampler : IDisposable
             var removeOriginal = remove.scatter(-1, indices, remove);
             scores = scores.masked_fill(removeOriginal, float.NegativeInfinity);
         }
-        var probs = nn.functional.softmax(scores, -1);
-        return torch.multinomial(probs, 1, generator: _generator).squeeze(-1).data<long>().ToArray();
+        return nn.functional.softmax(scores, -1);
     }
 
     /// <summary>

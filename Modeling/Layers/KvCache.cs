@@ -78,6 +78,16 @@ public sealed class KvCache : IDisposable
         }
     }
 
+    /// <summary>
+    /// Keeps only the first <paramref name="length"/> positions of every layer (speculative decoding: the positions of
+    /// rejected draft tokens are dropped; the buffers stay, and the next step overwrites them).
+    /// </summary>
+    public void Truncate(long length)
+    {
+        if (length < 0) throw new ArgumentOutOfRangeException(nameof(length), length, "a cache cannot be truncated below 0 positions");
+        foreach (var b in _layers.Values) b.Length = Math.Min(b.Length, length);
+    }
+
     /// <summary>Bytes the cache holds (its buffers, filled or not).</summary>
     public long Bytes => _layers.Values.Sum(b => b.K.NumberOfElements * b.K.ElementSize * 2);
 

@@ -1,0 +1,115 @@
+using System.Text.Json.Nodes;
+using ShardPipe.Actors.Client;
+using ShardPipe.Actors.Hosting;
+using ShardPipe.Messages;
+
+namespace ShardPipe.Host.Bench;
+
+/// <summary>
+/// <c>shardpipe bench decode --speculate</c>: ngram speculative decoding on 3 embedded nodes against plain decoding on
+/// the same cluster, taking turns (best of <c>rounds</c> each). A greedy generation of the given length (the generated
+/// model's random weights fall into repetitions, which prompt lookup finds); the tokens must be equal.
+/// verify_pass_over_step: one speculative step (the last token plus its drafts, k + 1 positions at every stage, when
+/// prompt lookup proposes k) over one plain decode step, each the decode time over the steps after the first.
+/// ngram_speedup: tokens/s over plain.
+/// </summary>
+public static class SpeculationBench
+{
+    private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
+
+    /// <summary>
+    /// One forward pass of k + 1 positions over one of 1, in this process on a cache of <paramref name="past"/> positions,
+    /// taking turns (median of <paramref name="reps"/> each): what the verification costs in compute, without the pipeline.
+    /// </summary>
+    public static (double StepMs, double VerifyMs) SingleProcess(string folder, int k, int past = 200, int reps = 15)
+    {
+        var model = ShardPipe.Modeling.Loading.PreTrainedModel.FromPretrained(folder);
+        try
+        {
+            using var cache = new ShardPipe.Modeling.Layers.KvCache();
+            var prompt = Enumerable.Range(0, past).Select(i => (long)(i * 7 % 200 + 1)).ToArray();
+            using (var _ = model.Forward(TorchSharp.torch.tensor(prompt).unsqueeze(0), cache: cache)) { }
+            double Time(int t)
+            {
+                var ids = TorchSharp.torch.tensor(Enumerable.Range(0, t).Select(i => (long)(i + 5)).ToArray()).unsqueeze(0);
+                var sw = System.Diagnostics.Stopwatch.StartNew();
+                using (var _ = model.Forward(ids, cache: cache)) { }
+                double ms = sw.Elapsed.TotalMilliseconds;
+                cache.Truncate(past);
+                ids.Dispose();
+                return ms;
+            }
+            Time(1); Time(k + 1); // warm-up
+            var one = new List<double>();
+            var many = new List<double>();
+            for (int r = 0; r < reps; r++)
+            {
+                one.Add(Time(1));
+                many.Add(Time(k + 1));
+            }
+            return (Median(one), Median(many));
+        }
+        finally { model.Release(); }
+    }
+
+    private static double Median(List<double> xs)
+    {
+        xs.Sort();
+        return xs[xs.Count / 2];
+    }
+
+    public static async Task<JsonObject> Run(string folder, int n, int k, int rounds, bool asJson)
+    {
+        var (stepMs, verifyMs) = SingleProcess(folder, k);
+        BenchSupport.Say(asJson, $"  one process, cache of 200: a pass of 1 position {stepMs:0.0} ms, of {k + 1} positions {verifyMs:0.0} ms: " +
+                                 $"verify_pass_over_step_single_process {verifyMs / stepMs:0.000}");
+        await using var cluster = await EmbeddedCluster.StartAsync(3);
+        var loaded = await cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
+        var spec = new SpeculationSettings("ngram", k);
+        Generate Request(SpeculationSettings? s) => new(Guid.NewGuid().ToString("N"), Prompt, null, n, true, new SamplingSettings(true, 0, 0, 1, 0), Speculate: s);
+        await cluster.Client.RunAsync(Request(null) with { MaxNewTokens = 8 }, loaded.Stages, TimeSpan.FromSeconds(300)); // warm-up
+        RequestOutcome? bestPlain = null, bestSpec = null;
+        for (int r = 0; r < rounds; r++)
+        {
+            var plain = await cluster.Client.RunAsync(Request(null), loaded.Stages, TimeSpan.FromSeconds(300));
+            var speculative = await cluster.Client.RunAsync(Request(spec), loaded.Stages, TimeSpan.FromSeconds(300));
+            if (!plain.NewTokens[0].SequenceEqual(speculative.NewTokens[0]))
+                throw new InvalidOperationException("bench decode --speculate: the speculative tokens differ from the plain run's");
+            if (bestPlain is null || plain.TokensPerSecond > bestPlain.TokensPerSecond) bestPlain = plain;
+            if (bestSpec is null || speculative.TokensPerSecond > bestSpec.TokensPerSecond) bestSpec = speculative;
+            BenchSupport.Say(asJson, $"  round {r + 1}: plain {plain.TokensPerSecond:0.00} tokens/s, ngram {speculative.TokensPerSecond:0.00} tokens/s " +
+                                     $"(accepted {speculative.Accepted} of {speculative.Proposed} drafts)");
+        }
+        int specSteps = bestSpec!.Steps - bestSpec.Accepted; // each step delivers its accepted drafts plus one token
+        double plainStep = bestPlain!.DecodeSeconds / Math.Max(1, bestPlain.Steps - 1);
+        double specStep = bestSpec.DecodeSeconds / Math.Max(1, specSteps - 1);
+        double acceptance = bestSpec.Proposed > 0 ? (double)bestSpec.Accepted / bestSpec.Proposed : 0;
+        double speedup = bestSpec.TokensPerSecond / bestPlain.TokensPerSecond;
+        double positions = 1 + (double)bestSpec.Proposed / Math.Max(1, specSteps);
+        BenchSupport.Say(asJson, $"  3 embedded nodes, {n} tokens, k = {k}: plain step {plainStep * 1e3:0.0} ms, speculative step {specStep * 1e3:0.0} ms " +
+                                 $"({positions:0.00} positions on average): verify_pass_over_step {specStep / plainStep:0.000}");
+        BenchSupport.Say(asJson, $"  ngram acceptance {acceptance:0.000} ({bestSpec.Accepted} of {bestSpec.Proposed}), {specSteps} steps for {bestSpec.Steps} tokens; " +
+                                 $"tokens/s {bestSpec.TokensPerSecond:0.00} vs plain {bestPlain.TokensPerSecond:0.00}: ngram_speedup {speedup:0.000}");
+        return new JsonObject
+        {
+            ["single_process_step_ms"] = Math.Round(stepMs, 3),
+            ["single_process_verify_ms"] = Math.Round(verifyMs, 3),
+            ["verify_pass_over_step_single_process"] = Math.Round(verifyMs / stepMs, 4),
+            ["speculate_nodes"] = 3,
+            ["speculate_tokens"] = n,
+            ["num_speculative_tokens"] = k,
+            ["plain_step_ms"] = Math.Round(plainStep * 1e3, 3),
+            ["verify_step_ms"] = Math.Round(specStep * 1e3, 3),
+            ["verify_positions_mean"] = Math.Round(positions, 3),
+            ["verify_pass_over_step"] = Math.Round(specStep / plainStep, 4),
+            ["ngram_acceptance"] = Math.Round(acceptance, 4),
+            ["ngram_proposed"] = bestSpec.Proposed,
+            ["ngram_accepted"] = bestSpec.Accepted,
+            ["ngram_steps"] = specSteps,
+            ["plain_tokens_per_s"] = Math.Round(bestPlain.TokensPerSecond, 3),
+            ["ngram_tokens_per_s"] = Math.Round(bestSpec.TokensPerSecond, 3),
+            ["ngram_speedup"] = Math.Round(speedup, 4),
+            ["ngram_tokens_equal"] = true,
+        };
+    }
+}

@@ -1,0 +1,220 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Generation;
+
+/// <summary>
+/// Speculative decoding's rules (pure), in one place for the single-process loop (<see cref="SpeculativeGenerator"/>)
+/// and the pipeline's head stage. A step feeds the target the last accepted token plus up to k draft tokens; the
+/// target's logits at those k + 1 positions decide, by the standard rule, how many drafts are accepted and which token
+/// follows them (<see cref="SpeculativeAcceptance"/>). Greedy requests get exactly the tokens of plain greedy decoding;
+/// sampled ones tokens distributed exactly as the target's, reproducible from their seed (<see cref="TokenRandom"/>).
+/// </summary>
+public static class Speculation
+{
+    /// <summary>Methods that propose drafts: "ngram" (prompt lookup). "draft" (a small model) is not built yet.</summary>
+    public const string Ngram = "ngram";
+
+    /// <summary>The most draft tokens a step may carry.</summary>
+    public const int MaxTokens = 32;
+
+    /// <summary>Why a method and draft count cannot run (a typed error at the caller), or null when they can.</summary>
+    public static void Validate(string method, int tokens, int rows)
+    {
+        if (method == "draft" || method.StartsWith("draft:", StringComparison.Ordinal))
+            throw new UnsupportedException("speculative decoding with a draft model (--draft-model) is not built yet; use --speculate ngram");
+        if (method != Ngram) throw new InvalidInputException($"speculate must be \"{Ngram}\", not \"{method}\"");
+        if (tokens < 1 || tokens > MaxTokens) throw new InvalidInputException($"num_speculative_tokens must be in 1..{MaxTokens}, not {tokens}");
+        if (rows != 1) throw new InvalidInputException($"speculative decoding takes one row per request (the rows of a batch would accept different numbers of tokens); this request has {rows}");
+    }
+
+    /// <summary>
+    /// How many drafts a step may carry: at most <paramref name="k"/>, and never more than the token budget can
+    /// take after the step's own token (so no draft ever lies past the request's last position).
+    /// </summary>
+    public static int DraftBudget(int k, int produced, int maxNewTokens) => Math.Max(0, Math.Min(k, maxNewTokens - produced - 1));
+
+    /// <summary>
+    /// The tokens a step delivers after the budget and eos: at most <paramref name="maxNewTokens"/> − <paramref name="produced"/>,
+    /// cut after the first eos (unless eos is ignored). <c>Finished</c>: the row ended on an eos.
+    /// </summary>
+    public static (long[] Tokens, bool Finished) Deliver(long[] accepted, int produced, int maxNewTokens, IReadOnlyCollection<long> eos, bool ignoreEos)
+    {
+        int take = Math.Min(accepted.Length, maxNewTokens - produced);
+        for (int i = 0; i < take; i++)
+            if (DecodeRule.EndsRow(accepted[i], eos, ignoreEos)) return (accepted[..(i + 1)], true);
+        return (accepted[..take], false);
+    }
+
+    /// <summary>
+    /// The step after a verification: the cache keeps the positions up to the last accepted draft (the mask so far
+    /// minus the rejected drafts; the stages roll back to it from the mask's length), and the new input is the
+    /// step's last token followed by the new drafts, with their mask and positions. One row.
+    /// </summary>
+    public static (long[] Ids, long[] Mask, long[] Positions) NextInput(long[] mask, int drafted, int delivered, long last, long[] drafts)
+    {
+        int acceptedDrafts = delivered - 1;
+        int keep = mask.Length - drafted + acceptedDrafts;
+        var grown = mask.Take(keep).Concat(Enumerable.Repeat(1L, 1 + drafts.Length)).ToArray();
+        var positions = DecodeRule.PositionsFromMask(new[] { grown })[0];
+        return (new[] { last }.Concat(drafts).ToArray(), grown, positions[^(1 + drafts.Length)..]);
+    }
+
+    /// <summary>A step's ids, mask and positions with the drafts appended (the step that ends a prefill also verifies drafts).</summary>
+    public static (long[][] Ids, long[][] Mask, long[][] Positions) AppendDrafts(long[][] ids, long[][] maskSoFar, long[][] positions, long[] drafts)
+    {
+        if (drafts.Length == 0) return (ids, maskSoFar, positions);
+        var mask = maskSoFar.Select(r => r.Concat(Enumerable.Repeat(1L, drafts.Length)).ToArray()).ToArray();
+        var all = DecodeRule.PositionsFromMask(mask);
+        return (ids.Select(r => r.Concat(drafts).ToArray()).ToArray(), mask,
+            positions.Select((r, b) => r.Concat(all[b][^drafts.Length..]).ToArray()).ToArray());
+    }
+
+    /// <summary>
+    /// The target's verdict on a step (one row): <paramref name="logits"/> (1 + d, V) at the last accepted token and
+    /// the d drafts; <paramref name="context"/> the ids so far (prompt and accepted tokens: the repetition penalty's
+    /// history, each draft position seeing the drafts before it); <paramref name="firstIndex"/> the index, among the
+    /// request's new tokens, of the step's first token. Returns the accepted drafts plus the target's own next token.
+    /// </summary>
+    public static (long[] Tokens, int Accepted) Verify(Sampler sampler, Tensor logits, long[] drafts, IReadOnlyList<long> context, int firstIndex)
+    {
+        if (logits.shape[0] != drafts.Length + 1) throw new ArgumentException($"verification needs {drafts.Length + 1} positions of logits, got {logits.shape[0]}");
+        var histories = Enumerable.Range(0, drafts.Length + 1).Select(j => (IReadOnlyCollection<long>)context.Concat(drafts.Take(j)).ToArray()).ToArray();
+        if (sampler.IsGreedy)
+        {
+            var targets = sampler.Next(logits, histories);
+            var tokens = SpeculativeAcceptance.Greedy(targets, drafts);
+            return (tokens, tokens.Length - 1);
+        }
+        using var scope = NewDisposeScope();
+        var dist = sampler.Distribution(logits, histories).contiguous();
+        long vocab = dist.shape[1];
+        var flat = dist.data<float>().ToArray();
+        var rows = Enumerable.Range(0, drafts.Length + 1).Select(j => new ReadOnlyMemory<float>(flat, (int)(j * vocab), (int)vocab)).ToArray();
+        var sampled = SpeculativeAcceptance.Sample(rows, drafts, sampler.Seed, firstIndex);
+        return (sampled, sampled.Length - 1);
+    }
+}
+
+/// <summary>
+/// Prompt lookup (pure): proposes the continuation of the most recent earlier occurrence of the context's last
+/// n-gram, n from <c>maxN</c> down to <c>minN</c>. A continuation that runs into the end of the context goes on
+/// copying its own proposals, so a repetition of any period is proposed k tokens deep.
+/// </summary>
+public static class NgramProposer
+{
+    public static long[] Propose(IReadOnlyList<long> context, int k, int maxN = 3, int minN = 1)
+    {
+        if (k <= 0) return Array.Empty<long>();
+        int count = context.Count;
+        for (int n = Math.Min(maxN, count - 1); n >= minN; n--)
+        {
+            // The most recent start i < count − n where context[i..i+n) equals the last n tokens.
+            for (int i = count - n - 1; i >= 0; i--)
+            {
+                bool match = true;
+                for (int j = 0; j < n && match; j++) match = context[i + j] == context[count - n + j];
+                if (!match) continue;
+                var proposal = new long[k];
+                for (int m = 0; m < k; m++)
+                {
+                    int at = i + n + m;
+                    proposal[m] = at < count ? context[at] : proposal[at - count];
+                }
+                return proposal;
+            }
+        }
+        return Array.Empty<long>();
+    }
+}
+
+/// <summary>
+/// The standard acceptance rule for deterministic drafts (pure). Greedy: the longest prefix of drafts that equals
+/// the target's argmax at each position, plus the target's token after it. Sampling (the draft distribution q is a
+/// point mass at the draft x): accept x with probability p(x); on rejection draw from p with x removed and
+/// renormalised, and stop; if every draft is accepted draw the next token from p at the last position. Each
+/// token's draws come from its own generator (<see cref="TokenRandom"/>), so the tokens depend only on the seed, the
+/// context and the drafts — never on how many draws earlier steps used.
+/// </summary>
+public static class SpeculativeAcceptance
+{
+    /// <summary><paramref name="targets"/>: the target's token at each of the d + 1 positions.</summary>
+    public static long[] Greedy(long[] targets, long[] drafts)
+    {
+        if (targets.Length != drafts.Length + 1) throw new ArgumentException($"{drafts.Length} drafts need {drafts.Length + 1} target tokens, got {targets.Length}");
+        int a = 0;
+        while (a < drafts.Length && drafts[a] == targets[a]) a++;
+        return targets[..(a + 1)];
+    }
+
+    /// <summary><paramref name="probs"/>: the target's distribution at each of the d + 1 positions.</summary>
+    public static long[] Sample(IReadOnlyList<ReadOnlyMemory<float>> probs, long[] drafts, long seed, int firstIndex)
+    {
+        if (probs.Count != drafts.Length + 1) throw new ArgumentException($"{drafts.Length} drafts need {drafts.Length + 1} distributions, got {probs.Count}");
+        var tokens = new List<long>();
+        for (int j = 0; j < drafts.Length; j++)
+        {
+            var rng = new TokenRandom(seed, firstIndex + j);
+            var p = probs[j].Span;
+            long x = drafts[j];
+            double px = x >= 0 && x < p.Length ? p[(int)x] : 0;
+            if (rng.NextDouble() < px)
+            {
+                tokens.Add(x);
+                continue;
+            }
+            tokens.Add(Draw(p, rng.NextDouble(), exclude: x));
+            return tokens.ToArray();
+        }
+        tokens.Add(Draw(probs[drafts.Length].Span, new TokenRandom(seed, firstIndex + drafts.Length).NextDouble(), exclude: -1));
+        return tokens.ToArray();
+    }
+
+    /// <summary>Inverse-CDF draw from <paramref name="p"/> without <paramref name="exclude"/> (renormalised), with u in [0, 1).</summary>
+    private static long Draw(ReadOnlySpan<float> p, double u, long exclude)
+    {
+        double total = 0;
+        for (int i = 0; i < p.Length; i++) if (i != exclude) total += p[i];
+        if (total <= 0) throw new InvalidOperationException("the target's distribution has no mass outside the rejected draft");
+        double target = u * total, acc = 0;
+        int lastPositive = -1;
+        for (int i = 0; i < p.Length; i++)
+        {
+            if (i == exclude || p[i] <= 0) continue;
+            lastPositive = i;
+            acc += p[i];
+            if (target < acc) return i;
+        }
+        return lastPositive; // rounding: u·total reached the sum
+    }
+}
+
+/// <summary>
+/// A token's own random numbers for speculative sampling: SplitMix64 seeded from the request's seed and the token's
+/// index among its new tokens. A resumed request (whose steps start at an earlier step's boundary) draws exactly
+/// what the fault-free run drew.
+/// </summary>
+public struct TokenRandom
+{
+    private ulong _state;
+
+    public TokenRandom(long seed, int tokenIndex)
+    {
+        _state = unchecked((ulong)seed * 0x9E3779B97F4A7C15UL ^ ((ulong)tokenIndex + 1) * 0xD1B54A32D192ED03UL);
+        Next(); // one round of mixing before the first number
+    }
+
+    private ulong Next()
+    {
+        unchecked
+        {
+            ulong z = _state += 0x9E3779B97F4A7C15UL;
+            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+            return z ^ (z >> 31);
+        }
+    }
+
+    /// <summary>Uniform in [0, 1), 53 bits.</summary>
+    public double NextDouble() => (Next() >> 11) * (1.0 / (1UL << 53));
+}
