@@ -8,6 +8,8 @@ using ShardPipe.Actors.Hosting;
 using ShardPipe.Checkpoints.Synthetic;
 using ShardPipe.Host.Cli;
 using ShardPipe.Host.Serving;
+using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Tokenization;
 
 namespace ShardPipe.Host.Bench;
@@ -16,7 +18,8 @@ namespace ShardPipe.Host.Bench;
 /// <c>shardpipe bench serve</c>: a generated Llama of about 134M parameters on <c>embedded:3</c> behind the HTTP server.
 /// One streamed completion alone (single_stream_tokens_per_s, from its first token to its last), then
 /// <c>--concurrency</c> streams at once (aggregate_tokens_per_s: all their tokens over the wall time), greedy with
-/// eos ignored so every stream is <c>--tokens</c> long; batching_speedup = aggregate ÷ single stream; time to first
+/// eos ignored so every stream is <c>--tokens</c> long; batching_speedup = aggregate ÷ single stream;
+/// single_stream_vs_generate = the single stream ÷ the same generation in one process (generate_tokens_per_s); time to first
 /// token and inter-token latency over the concurrent streams, as a client sees them. The stages merge the streams'
 /// steps (continuous batching); rows_per_step_mean is the mean rows of the steps the nodes ran meanwhile.
 /// <para>Then chunked prefill: while 8 requests decode, a 512-token prompt joins them, prefilled in chunks of 128
@@ -84,6 +87,8 @@ public static class ServeBench
             single = Math.Max(single, (count - 1) / ((s[^1] - s[0]) / 1000));
         }
         BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of 3)");
+        double generate = OneProcessGenerate(folder, "Stream 0: the quick brown fox", n);
+        BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of 3); one stream through serve is {single / generate:0.00}× that");
         foreach (var node in cluster.Nodes) NodeDiagnostics.For(node.System).StepRows.Drain();
         var clock = Stopwatch.StartNew();
         var all = await Task.WhenAll(Enumerable.Range(0, concurrency).Select(Stream));
@@ -107,6 +112,8 @@ public static class ServeBench
             ["concurrency"] = concurrency,
             ["aggregate_tokens_per_s"] = Math.Round(aggregate, 3),
             ["batching_speedup"] = Math.Round(aggregate / single, 4),
+            ["generate_tokens_per_s"] = Math.Round(generate, 3),
+            ["single_stream_vs_generate"] = Math.Round(single / generate, 4),
             ["ttft_p50_ms"] = Math.Round(P(ttft, 0.5), 2),
             ["itl_p50_ms"] = Math.Round(P(itl, 0.5), 2),
             ["itl_p99_ms"] = Math.Round(P(itl, 0.99), 2),
@@ -120,6 +127,27 @@ public static class ServeBench
             ["prefill_stall_ms_whole"] = Math.Round(whole, 2),
         });
         return 0;
+    }
+
+    /// <summary>
+    /// The same greedy generation without serve or a cluster: the checkpoint loaded in this process as the nodes load it
+    /// (float32) and <see cref="TokenGenerator.Greedy"/>; best decode tokens/s of three (after a warm-up), measured as
+    /// the stream's (first token to last).
+    /// </summary>
+    private static double OneProcessGenerate(string folder, string prompt, int n)
+    {
+        var ids = new[] { ModelTokenizer.Load(folder).Encode(prompt).Ids.Select(i => (long)i).ToArray() };
+        var model = PreTrainedModel.FromPretrained(folder); // float32, as the nodes load it
+        try
+        {
+            var options = new GenerationOptions { MaxNewTokens = n, IgnoreEos = true };
+            TokenGenerator.Greedy(model, ids, null, options);
+            return Enumerable.Range(0, 3).Max(_ => TokenGenerator.Greedy(model, ids, null, options).TokensPerSecond);
+        }
+        finally
+        {
+            model.Release();
+        }
     }
 
     /// <summary>

@@ -33,15 +33,43 @@ public sealed class KvCache : IDisposable
     public (Tensor K, Tensor V) Update(int layer, Tensor k, Tensor v)
     {
         long t = k.shape[2];
+        var b = Room(layer, k.shape, v.shape, k.dtype, k.device, t);
+        b.K.narrow(2, b.Length, t).copy_(k);
+        b.V.narrow(2, b.Length, t).copy_(v);
+        b.Length += t;
+        return (b.K.narrow(2, 0, b.Length), b.V.narrow(2, 0, b.Length));
+    }
+
+    /// <summary>
+    /// For a kernel that writes a step's positions itself (<see cref="DecodeAttention"/>): makes room for
+    /// <paramref name="tokens"/> more positions of <paramref name="layer"/> (its buffers made for rows × heads × headDim
+    /// of <paramref name="dtype"/> on first use), counts them as filled, and returns the layer's whole buffers
+    /// (B, kv_heads, capacity, head_dim) with the index of the first new position. The caller writes those positions
+    /// before anything reads the layer; <see cref="Rollback"/> forgets them like any others.
+    /// </summary>
+    public (Tensor K, Tensor V, long Start) Append(int layer, long rows, long heads, long headDim, ScalarType dtype, Device device, long tokens)
+    {
+        if (_layers.TryGetValue(layer, out var had) && (had.K.shape[0] != rows || had.K.shape[1] != heads || had.K.shape[3] != headDim || had.K.dtype != dtype))
+            throw new ArgumentException($"layer {layer}'s cache holds [{string.Join(", ", had.K.shape)}] {had.K.dtype}, not {rows}×{heads}×{headDim} {dtype}");
+        var shape = new[] { rows, heads, 0, headDim };
+        var b = Room(layer, shape, shape, dtype, device, tokens);
+        long start = b.Length;
+        b.Length += tokens;
+        return (b.K, b.V, start);
+    }
+
+    /// <summary>The layer's buffers with room for <paramref name="t"/> more positions (made, or doubled and the filled part copied over).</summary>
+    private Buffers Room(int layer, long[] kShape, long[] vShape, ScalarType dtype, Device device, long t)
+    {
         if (!_layers.TryGetValue(layer, out var b))
         {
-            _layers[layer] = b = new Buffers(Allocate(k, Math.Max(InitialCapacity, t)), Allocate(v, Math.Max(InitialCapacity, t)), 0);
+            _layers[layer] = b = new Buffers(Allocate(kShape, dtype, device, Math.Max(InitialCapacity, t)), Allocate(vShape, dtype, device, Math.Max(InitialCapacity, t)), 0);
         }
         else if (b.Length + t > b.Capacity)
         {
             long capacity = Math.Max(2 * b.Capacity, b.Length + t);
-            var nk = Allocate(k, capacity);
-            var nv = Allocate(v, capacity);
+            var nk = Allocate(kShape, dtype, device, capacity);
+            var nv = Allocate(vShape, dtype, device, capacity);
             nk.narrow(2, 0, b.Length).copy_(b.K.narrow(2, 0, b.Length));
             nv.narrow(2, 0, b.Length).copy_(b.V.narrow(2, 0, b.Length));
             b.K.Dispose();
@@ -49,15 +77,12 @@ public sealed class KvCache : IDisposable
             b.K = nk;
             b.V = nv;
         }
-        b.K.narrow(2, b.Length, t).copy_(k);
-        b.V.narrow(2, b.Length, t).copy_(v);
-        b.Length += t;
-        return (b.K.narrow(2, 0, b.Length), b.V.narrow(2, 0, b.Length));
+        return b;
     }
 
-    /// <summary>A buffer like <paramref name="like"/> with room for <paramref name="capacity"/> positions; it outlives the forward pass's dispose scope.</summary>
-    private static Tensor Allocate(Tensor like, long capacity) =>
-        empty(new[] { like.shape[0], like.shape[1], capacity, like.shape[3] }, like.dtype, like.device).DetachFromDisposeScope();
+    /// <summary>A buffer of a step's (B, kv_heads, T, head_dim) shape with room for <paramref name="capacity"/> positions; it outlives the forward pass's dispose scope.</summary>
+    private static Tensor Allocate(long[] shape, ScalarType dtype, Device device, long capacity) =>
+        empty(new[] { shape[0], shape[1], capacity, shape[3] }, dtype, device).DetachFromDisposeScope();
 
     /// <summary>Each layer's length now, to <see cref="Rollback"/> to if the step under way fails.</summary>
     public IReadOnlyDictionary<int, long> Mark() => _layers.ToDictionary(kv => kv.Key, kv => kv.Value.Length);

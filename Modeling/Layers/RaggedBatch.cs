@@ -6,8 +6,10 @@ namespace ShardPipe.Modeling.Layers;
 /// <summary>
 /// The requests of one decoder step, merged (continuous batching): each request's rows (B, T) are flattened into one
 /// (N, H) tensor, one request after another, so that every row-wise part of a block — norms, projections, the MLP —
-/// runs once for all of them and reads each weight once. Attention alone runs per request (<see cref="Segment"/>), each
-/// with its own mask, positions and KV cache. A single request is a batch of one segment.
+/// runs once for all of them and reads each weight once. Attention (<see cref="Attend"/>) keeps each request's own mask,
+/// positions and KV cache: the decode segments (one new position per row) of every request attend in one call
+/// (<see cref="DecodeAttention"/>); a segment of several positions (a prompt, a chunk of one) attends on its own
+/// (<see cref="Segment"/>). A single request is a batch of one segment.
 /// </summary>
 public sealed class RaggedBatch
 {
@@ -72,6 +74,38 @@ public sealed class RaggedBatch
             return y.reshape(s.Count, y.shape[^1]);
         }).ToArray();
         return cat(parts, 0);
+    }
+
+    /// <summary>Whether decode segments attend together through <see cref="DecodeAttention"/> (default); false: every segment on its own (what tests compare it with).</summary>
+    public bool BatchedDecode { get; init; } = true;
+
+    private IReadOnlyList<Segment>? _decode;
+
+    /// <summary>The segments <see cref="DecodeAttention"/> takes (the same for every layer of the step).</summary>
+    public IReadOnlyList<Segment> DecodeSegments => _decode ??= BatchedDecode ? Segments.Where(DecodeAttention.Takes).ToList() : Array.Empty<Segment>();
+
+    /// <summary>
+    /// A layer's attention over the batch: (N, heads·head_dim). <paramref name="q"/>, <paramref name="k"/>,
+    /// <paramref name="v"/> hold every position's projections (rotated), N rows of heads·head_dim and
+    /// kv_heads·head_dim. The decode segments attend together in one <see cref="DecodeAttention.Run"/> — so for a
+    /// step of decode rows only, the layer's attention is about four libtorch calls (the output, views of q, k and v)
+    /// whatever the number of requests — unless <paramref name="batched"/> is false (a family's exact eager path);
+    /// every other segment runs <paramref name="perSegment"/> (its (B, T, heads·head_dim) result, as <see cref="Map"/>).
+    /// </summary>
+    public Tensor Attend(int layer, Tensor q, Tensor k, Tensor v, DecodeAttention.Shape shape, Func<Segment, Tensor> perSegment, bool batched = true)
+    {
+        var decode = batched ? DecodeSegments : Array.Empty<Segment>();
+        if (decode.Count == 0 || !DecodeAttention.Supports(q)) return Map(perSegment);
+        long n = TotalTokens;
+        var output = empty(new[] { n, (long)shape.Heads * shape.HeadDim }, q.dtype, q.device);
+        DecodeAttention.Run(layer, q.reshape(n, -1), k.reshape(n, -1), v.reshape(n, -1), shape, decode, output);
+        if (decode.Count < Segments.Count)
+            foreach (var s in Segments.Except(decode))
+            {
+                using var y = perSegment(s);
+                output.narrow(0, s.Offset, s.Count).copy_(y.reshape(s.Count, y.shape[^1]));
+            }
+        return output;
     }
 
     /// <summary>The index, in the flat tensor, of each row's last position (segment order): what a head needs.</summary>

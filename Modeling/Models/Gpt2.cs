@@ -76,13 +76,18 @@ public sealed class Gpt2Attention : HfModule
         _prunedHeads.UnionWith(fresh);
     }
 
-    /// <summary>Flat (N, E) → (N, E): c_attn and c_proj once over every position, attention per request.</summary>
+    /// <summary>Flat (N, E) → (N, E): c_attn and c_proj once over every position, attention with each request's cache (<see cref="RaggedBatch.Attend"/>).</summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
         using var hook = Hook();
         using var scope = NewDisposeScope();
         var qkv = _cAttn.Forward(x);
-        var merged = batch.Map(s => Attend(RaggedBatch.Of(qkv, s), s.Inputs));
+        // Decode rows of every request in one call; a prompt's positions per request. At decode the causal table
+        // allows every key, so the scores are GPT2Attention._attn's: scaled (by 1/√hd and 1/(layer+1) as configured), masked.
+        long split = NumHeads * _headDim;
+        double scale = (_c.ScaleAttnWeights ? 1.0 / Math.Sqrt(_headDim) : 1.0) / (_c.ScaleByInverseLayerIdx ? _layer + 1.0 : 1.0);
+        var merged = batch.Attend(_layer, qkv.narrow(1, 0, split), qkv.narrow(1, split, split), qkv.narrow(1, 2 * split, split),
+            new DecodeAttention.Shape(NumHeads, NumHeads, (int)_headDim, scale), s => Attend(RaggedBatch.Of(qkv, s), s.Inputs), batched: NumHeads > 0);
         return _residDropout.Forward(_cProj.Forward(merged)).MoveToOuterDisposeScope();
     }
 

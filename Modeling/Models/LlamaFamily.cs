@@ -110,8 +110,8 @@ public sealed class LlamaAttention : HfModule
     }
 
     /// <summary>
-    /// Flat (N, H) → (N, H) for the batch's requests: the projections run once over every position, attention per
-    /// request (its rows, rotary positions, cache and mask).
+    /// Flat (N, H) → (N, H) for the batch's requests: the projections run once over every position, attention with each
+    /// request's rows, rotary positions, cache and mask (<see cref="RaggedBatch.Attend"/>).
     /// </summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
@@ -122,7 +122,9 @@ public sealed class LlamaAttention : HfModule
         var q = RotaryEmbedding.Apply(_q.Forward(x).view(n, _c.NumHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!);   // (N, nh, 1, hd)
         var k = RotaryEmbedding.Apply(_k.Forward(x).view(n, _c.NumKvHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!); // (N, nkv, 1, hd)
         var v = _v.Forward(x);
-        var merged = batch.Map(s => Attend(q, k, v, s));
+        // Decode rows of every request in one call; a prompt's positions (and the eager path) per request.
+        var merged = batch.Attend(_layer, q, k, v, new DecodeAttention.Shape(_c.NumHeads, _c.NumKvHeads, _c.HeadDim, 1.0 / Math.Sqrt(_c.HeadDim)),
+            s => Attend(q, k, v, s), batched: Owner?.Attention != AttnImplementation.Eager);
         return _o.Forward(merged).MoveToOuterDisposeScope();
     }
 

@@ -57,7 +57,7 @@ public sealed class PhiAttention : HfModule
         Rotary = Child("rotary_emb", new RotaryEmbedding("PhiRotaryEmbedding", c.RotaryDim, c.MaxPositions, c.RopeTheta, c.Scaling, cachedTables: true));
     }
 
-    /// <summary>Flat (N, H) → (N, H): projections once over every position, attention per request.</summary>
+    /// <summary>Flat (N, H) → (N, H): projections once over every position, attention with each request's cache (<see cref="RaggedBatch.Attend"/>).</summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
         using var hook = Hook();
@@ -66,7 +66,9 @@ public sealed class PhiAttention : HfModule
         var q = PartialRotary(_q.Forward(x).view(n, _c.NumHeads, 1, _c.HeadDim), batch);   // (N, nh, 1, hd)
         var k = PartialRotary(_k.Forward(x).view(n, _c.NumKvHeads, 1, _c.HeadDim), batch); // (N, nkv, 1, hd)
         var v = _v.Forward(x);
-        var merged = batch.Map(s => Attend(q, k, v, s));
+        // Decode rows of every request in one call (scores in float32, as Phi upcasts them); a prompt's positions per request.
+        var merged = batch.Attend(_layer, q, k, v, new DecodeAttention.Shape(_c.NumHeads, _c.NumKvHeads, _c.HeadDim, 1.0 / Math.Sqrt(_c.HeadDim)),
+            s => Attend(q, k, v, s), batched: Owner?.Attention != AttnImplementation.Eager);
         return _dense.Forward(merged).MoveToOuterDisposeScope();
     }
 

@@ -1,0 +1,266 @@
+using System.Buffers;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// Attention of every decode row of a merged step in one call (continuous batching): each row — one new position of a
+/// request, whose past lies in its own <see cref="KvCache"/> — appends its key and value to its cache and attends over
+/// that cache's filled part, read in place (no padding, no gather). The rows of all requests and all heads are spread
+/// over the decode kernels' <see cref="SpinPool"/>; scores, softmax and the weighted sum run in float32 whatever the
+/// model's dtype (float32, bf16 or fp16), with the additive mask of the row's request when it has one (left padding,
+/// a sliding window). The libtorch calls of a layer's attention no longer grow with the number of requests: the output
+/// tensor, views of q, k and v, and a cache buffer's growth when it doubles (amortised).
+/// </summary>
+public static unsafe class DecodeAttention
+{
+    /// <summary>
+    /// A family's attention: <see cref="Heads"/> query heads reading <see cref="KvHeads"/> key/value heads (grouped-query:
+    /// head h reads kv head h ÷ (heads ÷ kv heads), as <c>repeat_interleave</c> does), <see cref="HeadDim"/> channels,
+    /// scores q·k × <see cref="Scale"/>.
+    /// </summary>
+    public readonly record struct Shape(int Heads, int KvHeads, int HeadDim, double Scale);
+
+    /// <summary>
+    /// Elements (keys and values read, over all rows and heads) below which one thread runs the whole step: ≈ 2 M (about
+    /// a millisecond on one core; 16 rows of 12 heads × 64 channels over ≈ 85 positions each) — less is not worth waking the
+    /// helpers, which the embedded nodes of one machine share.
+    /// </summary>
+    private const long ParallelWork = 1 << 21;
+
+    /// <summary>Whether the kernel takes tensors of this dtype on this device.</summary>
+    public static bool Supports(Tensor q) =>
+        q.device_type == DeviceType.CPU && q.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16;
+
+    /// <summary>
+    /// Whether a segment's attention can run here: one position per row, a cache to append to, and no mask or the
+    /// per-row additive mask <c>(B, 1, 1, Tk)</c> that <see cref="AttentionMask.Build"/> makes for one new position.
+    /// </summary>
+    public static bool Takes(RaggedBatch.Segment s)
+    {
+        if (s.Tokens != 1 || s.Inputs?.Cache is null) return false;
+        var m = s.Inputs.Mask;
+        return m is null || m.dim() == 4 && m.shape[0] == s.Rows && m.shape[1] == 1 && m.shape[2] == 1
+            && m.device_type == DeviceType.CPU && m.is_contiguous() && m.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16;
+    }
+
+    /// <summary>One decode row's work: where its cache's keys and values lie, how many positions it sees, its mask row.</summary>
+    private struct RowJob
+    {
+        public byte* K, V;      // this row's (kv_heads, capacity, head_dim) block of its cache's buffers
+        public long Capacity;
+        public int Length;      // positions to attend over (the past and the new one)
+        public byte* Mask;      // (Length) additive, or null
+        public ScalarType MaskType;
+        public long FlatRow;    // the row's index in the flat (N, …) tensors
+    }
+
+    /// <summary>
+    /// For the <paramref name="segments"/> (each taken by <see cref="Takes"/>) of layer <paramref name="layer"/>: appends
+    /// each row's key and value (rows of <paramref name="k"/>, <paramref name="v"/>: (N, kv_heads·head_dim)) to its
+    /// request's cache and writes its attention over the cache (queries: rows of <paramref name="q"/>, (N, heads·head_dim))
+    /// into the same row of <paramref name="output"/> (N, heads·head_dim). Other rows of the output are left as they are.
+    /// </summary>
+    public static void Run(int layer, Tensor q, Tensor k, Tensor v, Shape shape, IReadOnlyList<RaggedBatch.Segment> segments, Tensor output)
+    {
+        int hd = shape.HeadDim, heads = shape.Heads, kvHeads = shape.KvHeads;
+        if (heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} heads over {kvHeads} kv heads");
+        var dtype = q.dtype;
+        if (k.dtype != dtype || v.dtype != dtype || output.dtype != dtype) throw new ArgumentException("q, k, v and the output must share a dtype");
+        if (q.shape[^1] != (long)heads * hd || k.shape[^1] != (long)kvHeads * hd || v.shape[^1] != (long)kvHeads * hd || output.shape[^1] != (long)heads * hd || !output.is_contiguous())
+            throw new ArgumentException("q, k, v or the output do not match the attention's shape");
+        Tensor Dense(Tensor t) => t.is_contiguous() ? t : t.contiguous();
+        var qc = Dense(q);
+        var kc = Dense(k);
+        var vc = Dense(v);
+        int es = (int)q.ElementSize;
+        byte* qp = Pointer(qc), kp = Pointer(kc), vp = Pointer(vc), op = Pointer(output);
+        long kvRow = (long)kvHeads * hd;
+
+        int rowCount = 0;
+        foreach (var s in segments) rowCount += (int)s.Rows;
+        var jobs = ArrayPool<RowJob>.Shared.Rent(rowCount);
+        try
+        {
+            int r = 0, maxLength = 0;
+            long work = 0;
+            foreach (var s in segments)
+            {
+                var (kBuf, vBuf, start) = s.Inputs.Cache!.Append(layer, s.Rows, kvHeads, hd, dtype, CPU, 1);
+                long capacity = kBuf.shape[2];
+                byte* kb = Pointer(kBuf), vb = Pointer(vBuf);
+                int length = checked((int)(start + 1));
+                var mask = s.Inputs.Mask;
+                if (mask is not null && mask.shape[3] != length)
+                    throw new InvalidOperationException($"layer {layer}: a decode row's mask covers {mask.shape[3]} positions, its cache {length}");
+                byte* mp = mask is null ? null : Pointer(mask);
+                for (long b = 0; b < s.Rows; b++)
+                {
+                    long flat = s.Offset + b;
+                    long block = b * kvHeads * capacity * hd; // elements to row b's block of the buffers
+                    for (int j = 0; j < kvHeads; j++)
+                    {
+                        long at = (block + (j * capacity + start) * hd) * es;
+                        long from = (flat * kvRow + (long)j * hd) * es;
+                        Buffer.MemoryCopy(kp + from, kb + at, hd * es, hd * es);
+                        Buffer.MemoryCopy(vp + from, vb + at, hd * es, hd * es);
+                    }
+                    jobs[r++] = new RowJob
+                    {
+                        K = kb + block * es, V = vb + block * es, Capacity = capacity, Length = length,
+                        Mask = mp is null ? null : mp + b * length * mask!.ElementSize, MaskType = mask?.dtype ?? dtype, FlatRow = flat,
+                    };
+                }
+                maxLength = Math.Max(maxLength, length);
+                work += s.Rows * length;
+            }
+            work *= 2L * heads * hd;
+            int tasks = rowCount * heads;
+            int parts = work < ParallelWork ? 1 : Math.Clamp(Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1), 1, tasks);
+            var job = new Job(jobs, qp, op, dtype, es, shape, maxLength);
+            if (parts == 1) job.Tasks(0, tasks);
+            else SpinPool.Shared.Run(parts, p => job.Tasks((int)((long)tasks * p / parts), (int)((long)tasks * (p + 1) / parts)));
+        }
+        finally
+        {
+            ArrayPool<RowJob>.Shared.Return(jobs);
+        }
+        if (!ReferenceEquals(qc, q)) qc.Dispose();
+        if (!ReferenceEquals(kc, k)) kc.Dispose();
+        if (!ReferenceEquals(vc, v)) vc.Dispose();
+    }
+
+    /// <summary>The step's (row, head) tasks; each part of the pool takes a range of them with its own scratch.</summary>
+    private sealed class Job(RowJob[] jobs, byte* q, byte* output, ScalarType dtype, int es, Shape shape, int maxLength)
+    {
+        public void Tasks(int from, int to)
+        {
+            int hd = shape.HeadDim, heads = shape.Heads, groups = shape.Heads / shape.KvHeads;
+            var scratch = ArrayPool<float>.Shared.Rent(maxLength + 3 * hd);
+            try
+            {
+                fixed (float* sp = scratch)
+                {
+                    float* scores = sp, qf = sp + maxLength, acc = qf + hd, row = acc + hd;
+                    float scale = (float)shape.Scale;
+                    for (int t = from; t < to; t++)
+                    {
+                        ref readonly var job = ref jobs[t / heads];
+                        int h = t % heads, kvHead = h / groups, n = job.Length;
+                        Widen(q + (job.FlatRow * heads + h) * hd * es, dtype, qf, hd);
+                        for (int i = 0; i < hd; i++) qf[i] *= scale;
+                        byte* keys = job.K + kvHead * job.Capacity * hd * es, values = job.V + kvHead * job.Capacity * hd * es;
+                        float max = float.NegativeInfinity;
+                        for (int p = 0; p < n; p++)
+                        {
+                            float* kf = dtype == ScalarType.Float32 ? (float*)(keys + (long)p * hd * es) : Widen(keys + (long)p * hd * es, dtype, row, hd);
+                            float s = Dot(qf, kf, hd);
+                            if (job.Mask is not null) s += Read(job.Mask, job.MaskType, p);
+                            scores[p] = s;
+                            if (s > max) max = s;
+                        }
+                        float sum = 0;
+                        for (int p = 0; p < n; p++) sum += scores[p] = MathF.Exp(scores[p] - max);
+                        new Span<float>(acc, hd).Clear();
+                        for (int p = 0; p < n; p++)
+                        {
+                            float* vf = dtype == ScalarType.Float32 ? (float*)(values + (long)p * hd * es) : Widen(values + (long)p * hd * es, dtype, row, hd);
+                            Axpy(scores[p] / sum, vf, acc, hd);
+                        }
+                        Narrow(acc, output + (job.FlatRow * heads + h) * hd * es, dtype, hd);
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(scratch);
+            }
+        }
+    }
+
+    private static byte* Pointer(Tensor t) => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot(float* a, float* b, int n)
+    {
+        int i = 0;
+        var sum = Vector<float>.Zero;
+        for (; i <= n - Vector<float>.Count; i += Vector<float>.Count)
+            sum += Unsafe.ReadUnaligned<Vector<float>>(a + i) * Unsafe.ReadUnaligned<Vector<float>>(b + i);
+        float s = Vector.Sum(sum);
+        for (; i < n; i++) s += a[i] * b[i];
+        return s;
+    }
+
+    /// <summary>y += a·x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Axpy(float a, float* x, float* y, int n)
+    {
+        int i = 0;
+        var av = new Vector<float>(a);
+        for (; i <= n - Vector<float>.Count; i += Vector<float>.Count)
+            Unsafe.WriteUnaligned(y + i, Unsafe.ReadUnaligned<Vector<float>>(y + i) + av * Unsafe.ReadUnaligned<Vector<float>>(x + i));
+        for (; i < n; i++) y[i] += a * x[i];
+    }
+
+    private static float Read(byte* p, ScalarType dtype, int i) => dtype switch
+    {
+        ScalarType.Float32 => ((float*)p)[i],
+        ScalarType.BFloat16 => BitConverter.UInt32BitsToSingle((uint)((ushort*)p)[i] << 16),
+        _ => (float)((Half*)p)[i],
+    };
+
+    /// <summary>n elements of <paramref name="dtype"/> at <paramref name="src"/> as float32 into <paramref name="dst"/>; returns dst.</summary>
+    private static float* Widen(byte* src, ScalarType dtype, float* dst, int n)
+    {
+        switch (dtype)
+        {
+            case ScalarType.Float32:
+                Buffer.MemoryCopy(src, dst, n * 4L, n * 4L);
+                break;
+            case ScalarType.BFloat16:
+            {
+                var s = (ushort*)src;
+                int i = 0;
+                for (; i <= n - 8; i += 8)
+                {
+                    var x = Vector128.Load(s + i);
+                    Vector128.ShiftLeft(Vector128.WidenLower(x), 16).AsSingle().Store(dst + i);
+                    Vector128.ShiftLeft(Vector128.WidenUpper(x), 16).AsSingle().Store(dst + i + 4);
+                }
+                for (; i < n; i++) dst[i] = BitConverter.UInt32BitsToSingle((uint)s[i] << 16);
+                break;
+            }
+            default:
+                for (int i = 0; i < n; i++) dst[i] = (float)((Half*)src)[i];
+                break;
+        }
+        return dst;
+    }
+
+    /// <summary>float32 to the model's dtype (bf16: to nearest, ties to even, as libtorch rounds).</summary>
+    private static void Narrow(float* src, byte* dst, ScalarType dtype, int n)
+    {
+        switch (dtype)
+        {
+            case ScalarType.Float32:
+                Buffer.MemoryCopy(src, dst, n * 4L, n * 4L);
+                break;
+            case ScalarType.BFloat16:
+                for (int i = 0; i < n; i++)
+                {
+                    uint bits = BitConverter.SingleToUInt32Bits(src[i]);
+                    ((ushort*)dst)[i] = (bits & 0x7fffffff) > 0x7f800000 ? (ushort)((bits >> 16) | 0x40) : (ushort)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+                }
+                break;
+            default:
+                for (int i = 0; i < n; i++) ((Half*)dst)[i] = (Half)src[i];
+                break;
+        }
+    }
+}
