@@ -5,15 +5,17 @@ namespace ShardPipe.Actors.Workers;
 
 /// <summary>
 /// How fast a node computes, in bytes of weights per second, as a worker reports it for speed-aware placement: a
-/// calibration at start (a float32 matrix-vector product over 16 MiB of weights — what a decode step does per layer —
-/// on the stage's compute thread, the best of a few runs: about 10 ms, and robust to a neighbour's burst), then, once
+/// calibration at start (a float32 matrix-vector product over 32 MiB of weights — what a decode step does per layer —
+/// on the stage's compute thread, the best of seven runs spread over ≈0.1 s: a few ms of compute, and robust to a
+/// neighbour's burst), then, once
 /// the node has run enough single-row steps of a slice, the slice's bytes over its median step time. Both count
 /// each step's fixed costs too, so small slices read somewhat slower than the calibration; only ratios between nodes
 /// matter to the planner.
 /// </summary>
 public static class DeviceSpeed
 {
-    private const int Rows = 2048, Cols = 2048, Runs = 5;
+    private const int Rows = 4096, Cols = 2048, Runs = 7;
+    private static readonly TimeSpan Pause = TimeSpan.FromMilliseconds(10); // runs spread over ≈0.1 s: a neighbour's burst rarely covers them all
     /// <summary>Steps a node must have run (recently) before its step timings replace the calibration.</summary>
     public const int MinSteps = 32;
 
@@ -34,6 +36,7 @@ public static class DeviceSpeed
             using var y = torch.mv(w, x);
             double seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;
             if (i > 0) best = Math.Min(best, seconds);
+            Thread.Sleep(Pause);
         }
         return (double)Rows * Cols * sizeof(float) / Math.Max(best, 1e-7) / slowdown;
     }
