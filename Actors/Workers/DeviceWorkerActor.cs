@@ -38,6 +38,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private int _epoch = -1;
     private SliceLoaded? _loaded;
     private long _stepsAtLoad;      // the node's step count when the slice came in (later steps time this slice)
+    private double? _stepSpeed;     // the last speed this node's real steps showed (bytes/s)
     private LoadSlice? _slice;      // the slice held (what it covers, for registrations and reuse)
     private ModelRecord? _record;   // the served model, once the coordinator committed this epoch
 
@@ -79,12 +80,16 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         return new StageTiming(Median(d.StepTimes.Recent()), Median(d.HopLatency.Recent()), d.StepTimes.Count, rows.Count == 0 ? 0 : rows.Average());
     }
 
-    /// <summary>This node's speed for placement: from its real steps once it ran enough of its slice, else the calibration at start.</summary>
+    /// <summary>
+    /// This node's speed for placement: what its real steps showed once it ran enough of its slice (the last such figure
+    /// is kept after an unload, for the next plan), else the calibration at start. Called from handlers only.
+    /// </summary>
     private double? Speed()
     {
         var d = NodeDiagnostics.For(Context.System);
-        return (_loaded is { } l ? DeviceSpeed.FromSteps(l.Bytes, d.StepTimes.Recent(), d.StepRows.Recent(), d.StepTimes.Count - _stepsAtLoad) : null)
-            ?? _executor.CalibratedSpeed;
+        if (_loaded is { } l && DeviceSpeed.FromSteps(l.Bytes, d.StepTimes.Recent(), d.StepRows.Recent(), d.StepTimes.Count - _stepsAtLoad) is { } measured)
+            _stepSpeed = measured;
+        return _stepSpeed ?? _executor.CalibratedSpeed;
     }
 
     /// <summary>Why this node cannot compute on its device (a CUDA device on a build without CUDA), or null.</summary>
