@@ -17,7 +17,7 @@ namespace ShardPipe.Host.Bench;
 /// ~134M-parameter Llama, and one greedy generation's decode tokens/s is measured under speed-aware placement (the
 /// coordinator's own plan from the speeds its workers report: <c>shardpipe.placement.balance = speed</c>) and under
 /// byte-balanced placement (the plan <c>balance = bytes</c> makes, loaded as an explicit map), alternating, in the same
-/// run. With <c>--heterogeneous</c>, node-2 is a slower machine: its steps (and its speed calibration) take
+/// run; <c>speedup</c> is the median over rounds of the two generations' ratio in each. With <c>--heterogeneous</c>, node-2 is a slower machine: its steps (and its speed calibration) take
 /// <c>--slowdown</c> times their compute time (<c>shardpipe.debug.compute-slowdown</c>; it sleeps the difference, so
 /// the machine's shared cores stay free for the other nodes — a slower node simulated honestly on one machine, where
 /// pinning a node to "fewer cores" cannot make it slower than nodes that share those cores). node-2 is the middle
@@ -84,9 +84,11 @@ public static class DistributedBench
             }
         }
         double speedMedian = Median(speedRates), byteMedian = Median(byteRates);
-        double speedup = byteMedian > 0 ? speedMedian / byteMedian : 0;
+        // Each round's two generations ran back to back: their ratio is robust to a shared machine's load drifting between rounds.
+        var ratios = speedRates.Zip(byteRates, (a, b) => b > 0 ? a / b : 0).ToList();
+        double speedup = Median(ratios);
         var reported = await ReportedSpeeds(client);
-        BenchSupport.Say(asJson, $"  speed-aware {speedMedian:0.00} tokens/s vs byte-balanced {byteMedian:0.00} tokens/s (medians of {rounds}): {speedup:0.00}×; tokens {(equal ? "equal" : "DIFFERENT")}");
+        BenchSupport.Say(asJson, $"  speed-aware {speedMedian:0.00} tokens/s vs byte-balanced {byteMedian:0.00} tokens/s (medians of {rounds}); speed-aware over byte-balanced per round {string.Join(", ", ratios.Select(r => $"{r:0.00}×"))}, median {speedup:0.00}×; tokens {(equal ? "equal" : "DIFFERENT")}");
         BenchSupport.Finish(new JsonObject
         {
             ["bench"] = "distributed",
@@ -98,6 +100,7 @@ public static class DistributedBench
             ["speed_aware_tokens_per_s"] = Math.Round(speedMedian, 3),
             ["byte_balanced_tokens_per_s"] = Math.Round(byteMedian, 3),
             ["speedup"] = Math.Round(speedup, 3),
+            ["speedup_per_round"] = new JsonArray(ratios.Select(r => (JsonNode)Math.Round(r, 3)).ToArray()),
             ["speed_aware_layers"] = Layers(speedLayers),
             ["byte_balanced_layers"] = Layers(byteLayers),
             ["speed_aware_tokens_per_s_runs"] = new JsonArray(speedRates.Select(r => (JsonNode)Math.Round(r, 3)).ToArray()),
