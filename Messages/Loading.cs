@@ -110,11 +110,12 @@ public sealed record ClusterStatus(
     [IgnoreMember] public string StateName => State.ToString().ToLowerInvariant();
 }
 
-/// <summary>A device's node timing as its worker last reported it (<see cref="StageTiming"/>).</summary>
+/// <summary>A device's node timing as its worker last reported it (<see cref="StageTiming"/>), with its measured speed (bytes of weights per second; null when not reported).</summary>
 [MessagePackObject]
 public sealed record DeviceTiming(
     [property: Key(0)] string Device,
-    [property: Key(1)] StageTiming Timing);
+    [property: Key(1)] StageTiming Timing,
+    [property: Key(2)] double? Speed = null);
 // Keys 4 and 5 (the device map as two parallel arrays) are retired: see DeviceMap.
 
 /// <summary>A device the coordinator refused when its node registered (for example cuda:0 on a build without CUDA).</summary>

@@ -4,7 +4,9 @@ namespace ShardPipe.Messages;
 
 /// <summary>
 /// What a device worker tells the coordinator, first and then every couple of seconds (so that a coordinator that moved
-/// learns the cluster again): who it is, its device, its wire settings, and the slice it holds.
+/// learns the cluster again): who it is, its device, its wire settings, and the slice it holds. <see cref="Speed"/>: how
+/// fast its node computes, in bytes of weights per second — a short calibration at start, then its real steps
+/// (<c>DeviceSpeed</c>); null from an older peer (the planner counts it as average).
 /// </summary>
 [MessagePackObject]
 public sealed record RegisterWorker(
@@ -14,7 +16,8 @@ public sealed record RegisterWorker(
     [property: Key(3)] WorkerDevice[] Devices,
     [property: Key(4)] string[] LocalModelRoots,
     [property: Key(5)] HeldSlice? Holding = null,
-    [property: Key(6)] StageTiming? Timing = null) : IShardPipeMessage;
+    [property: Key(6)] StageTiming? Timing = null,
+    [property: Key(7)] double? Speed = null) : IShardPipeMessage;
 
 /// <summary>
 /// How a worker's node has been running: the median of its recent step times (compute per hop) and of the activation

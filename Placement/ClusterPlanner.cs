@@ -16,11 +16,17 @@ public sealed record ClusterPlanRequest
     public required IReadOnlyList<string> Layers { get; init; }
     /// <summary>Put a tied head on the last device with its own copy of the weight (counted twice) instead of closing a ring to the first.</summary>
     public bool ReplicateTiedHead { get; init; }
+    /// <summary>
+    /// Measured speeds of devices (any positive unit; only ratios count): "balanced" then weighs each device by budget ×
+    /// relative speed (<see cref="DeviceSpeeds"/>); a device missing here counts as average. Null = by budgets alone.
+    /// </summary>
+    public IReadOnlyDictionary<DeviceId, double>? Speeds { get; init; }
 }
 
 /// <summary>
 /// Cluster placement: each node's blocks are contiguous (one activation hop per node boundary), faster devices
-/// first within a node, block ranges in proportion to budgets over every device that has room. Tied parameters
+/// first within a node, block ranges in proportion to budgets (× relative speeds, when measured: <see cref="DeviceSpeeds"/>)
+/// over every device that has room. Tied parameters
 /// stay on one device as in Accelerate, so a tied head runs where the embedding lives. Fails before any weight is
 /// read when the model cannot fit, saying how much is missing and where.
 /// </summary>
@@ -92,7 +98,7 @@ public static class ClusterPlanner
             throw new PlacementException($"{devices[i].Device} needs {ByteSize.Format((long)load[i])} for {string.Join(", ", assignment.Where(a => a.Value == i).Select(a => a.Key))} " +
                 $"but its budget is {ByteSize.Format((long)devices[i].Bytes)}: {ByteSize.Format((long)-caps[i])} missing");
         }
-        var ranges = request.Strategy == "sequential" ? Sequential(blocks, caps) : Balanced(blocks, caps, devices.Select(d => d.Bytes).ToArray());
+        var ranges = request.Strategy == "sequential" ? Sequential(blocks, caps) : Balanced(blocks, caps, DeviceSpeeds.Weights(devices, request.Speeds));
         if (ranges is null && request.Devices.Any(d => d.Device.Kind == "disk"))
         {
             // Memory cannot hold every block: blocks spill onto disk devices, each node's disk after its own memory
@@ -183,14 +189,17 @@ public static class ClusterPlanner
     private static int[]? Sequential(List<Unit> blocks, double[] caps) => FillUpTo(blocks, caps.Length, d => caps[d]);
 
     /// <summary>
-    /// Contiguous ranges whose loads are proportional to the budgets: the smallest fill ratio r at which filling
-    /// every device up to r × budget (within capacity) places all blocks, found by bisection; then devices left
-    /// empty while blocks remain take one from a neighbour where it fits.
+    /// Contiguous ranges whose loads are proportional to the weights (budgets, × relative speeds when known): the
+    /// smallest fill ratio r at which filling every device up to r × weight (within capacity) places all blocks, found
+    /// by bisection; then devices left empty while blocks remain take one from a neighbour where it fits.
     /// </summary>
-    private static int[]? Balanced(List<Unit> blocks, double[] caps, double[] budgets)
+    private static int[]? Balanced(List<Unit> blocks, double[] caps, double[] weights)
     {
         if (blocks.Count == 0) return Array.Empty<int>();
-        var best = Smallest(r => FillUpTo(blocks, caps.Length, d => Math.Min(caps[d], r * budgets[d])));
+        // r = 1 must reach every capacity (a slow device's weight is below its budget): scale up when it does not.
+        // Budgets alone never need it (a capacity is at most its budget), so that plan is exactly the byte-balanced one.
+        double scale = Math.Max(1, Enumerable.Range(0, caps.Length).Where(d => weights[d] > 0).Select(d => caps[d] / weights[d]).DefaultIfEmpty(1).Max());
+        var best = Smallest(r => FillUpTo(blocks, caps.Length, d => Math.Min(caps[d], r * scale * weights[d])));
         if (best is null) return null;
         // No device with room left empty: move a boundary block onto an empty device when it fits there.
         for (int d = 0; d < caps.Length; d++)

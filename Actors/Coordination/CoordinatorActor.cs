@@ -38,7 +38,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     public CoordinatorActor(NodeSettings settings)
     {
         _settings = settings;
-        _state = new(Protocol.Version, settings.MaxFrameSize, settings.MaxInFlight, settings.MaxQueued, settings.KvCacheBudget);
+        _state = new(Protocol.Version, settings.MaxFrameSize, settings.MaxInFlight, settings.MaxQueued, settings.KvCacheBudget, settings.PlacementBalance);
         Enter();
     }
 

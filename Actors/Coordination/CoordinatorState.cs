@@ -16,11 +16,14 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
     public AdmissionQueue<IClientRequest, TCaller> Admission { get; }
 
     private readonly long _kvCap;
+    private readonly bool _bySpeed;
 
     /// <param name="kvCap">The most KV-cache bytes a device may hold (<c>shardpipe.kv-cache-budget</c>; 0 = what its budget leaves after the weights).</param>
-    public CoordinatorState(int protocolVersion, long maxFrameSize, int maxInFlight, int maxQueued, long kvCap = 0)
+    /// <param name="balance"><c>shardpipe.placement.balance</c>: <c>speed</c> weighs devices by their measured speeds too, <c>bytes</c> by budgets alone.</param>
+    public CoordinatorState(int protocolVersion, long maxFrameSize, int maxInFlight, int maxQueued, long kvCap = 0, string balance = "speed")
     {
         _kvCap = kvCap;
+        _bySpeed = balance == "speed";
         Registry = new WorkerRegistry(protocolVersion, maxFrameSize);
         Admission = new AdmissionQueue<IClientRequest, TCaller>(maxInFlight, maxQueued);
     }
@@ -91,13 +94,16 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
         try
         {
             return (Model.Recovering ? SlicePlanner.Replan(model, Model.Loaded!, Registry.Workers, Model.Holders, epoch, _kvCap).Plan
-                : SlicePlanner.Plan(model, request, Registry.Workers, epoch, _kvCap), epoch, null);
+                : SlicePlanner.Plan(model, request, Registry.Workers, epoch, _kvCap, PlanningSpeeds), epoch, null);
         }
         catch (Exception ex) // a bad request must never restart the coordinator (it would forget every worker)
         {
             return (null, epoch, ex.Message);
         }
     }
+
+    /// <summary>The speeds a fresh plan weighs devices by: the registered workers' reports under <c>balance = speed</c>, else none.</summary>
+    public IReadOnlyDictionary<Placement.DeviceId, double>? PlanningSpeeds => _bySpeed ? Registry.Speeds() : null;
 
     /// <summary>Why a load timed out: the stages still out.</summary>
     public string LoadTimeoutReason(TimeSpan timeout) => $"load did not finish within {timeout.TotalSeconds:0} s " +

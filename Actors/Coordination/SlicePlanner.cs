@@ -43,7 +43,10 @@ public sealed record LoadPlan(IReadOnlyList<(WorkerInfo Worker, LoadSlice Slice)
 public static class SlicePlanner
 {
     /// <param name="kvCap">The most KV-cache bytes a device may hold (<c>shardpipe.kv-cache-budget</c>; 0 = what its budget leaves after the weights).</param>
-    public static LoadPlan Plan(ModelDescription model, LoadModel request, IReadOnlyList<WorkerInfo> workers, int epoch, long kvCap = 0)
+    /// <param name="speeds">The devices' measured speeds (<c>shardpipe.placement.balance = speed</c>): a strategy then weighs each by budget ×
+    /// relative speed (<see cref="DeviceSpeeds"/>); null = by budgets alone.</param>
+    public static LoadPlan Plan(ModelDescription model, LoadModel request, IReadOnlyList<WorkerInfo> workers, int epoch, long kvCap = 0,
+        IReadOnlyDictionary<DeviceId, double>? speeds = null)
     {
         if (workers.Count == 0) throw new ClusterException("no device workers have joined the cluster");
         var ordered = Ordered(workers);
@@ -59,6 +62,7 @@ public static class SlicePlanner
                 Model = tree, Devices = budgets, Strategy = strategy, DType = model.DType,
                 NoSplitModuleClasses = request.NoSplitModuleClasses ?? meta.NoSplitModules.ToArray(),
                 Layers = Enumerable.Range(0, meta.NumLayers).Select(meta.LayerPath).ToList(),
+                Speeds = speeds,
             });
         }
         else

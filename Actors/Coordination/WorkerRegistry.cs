@@ -32,6 +32,7 @@ public sealed class WorkerRegistry
     private readonly Dictionary<string, string> _nodeOf = new(StringComparer.Ordinal); // worker path → node address
     private readonly Dictionary<string, RefusedDevice> _refused = new(StringComparer.Ordinal);
     private readonly Dictionary<string, StageTiming> _timings = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, double> _speeds = new(StringComparer.Ordinal); // worker path → bytes/s its node reported
     private readonly HashSet<string> _leaving = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unreachable = new(StringComparer.Ordinal);
 
@@ -117,19 +118,28 @@ public sealed class WorkerRegistry
         _workers.Remove(worker);
         _nodeOf.Remove(path);
         _timings.Remove(path);
+        _speeds.Remove(path);
         return true;
     }
 
-    /// <summary>The last timing each worker's node reported, for status.</summary>
+    /// <summary>The last timing and speed each worker's node reported, for status.</summary>
     public DeviceTiming[] Timings() =>
-        _workers.Where(w => _timings.ContainsKey(w.Path)).Select(w => new DeviceTiming(w.ToString(), _timings[w.Path])).ToArray();
+        _workers.Where(w => _timings.ContainsKey(w.Path) || _speeds.ContainsKey(w.Path))
+            .Select(w => new DeviceTiming(w.ToString(), _timings.GetValueOrDefault(w.Path) ?? new StageTiming(0, 0, 0), _speeds.TryGetValue(w.Path, out double s) ? s : null)).ToArray();
 
-    /// <summary>Keeps the node timing a registration reports, for the devices that are workers.</summary>
+    /// <summary>The last speed each registered worker's node reported (bytes of weights per second), for the planner; workers that sent none are absent.</summary>
+    public IReadOnlyDictionary<DeviceId, double> Speeds() =>
+        _workers.Where(w => _speeds.ContainsKey(w.Path)).ToDictionary(w => w.Id, w => _speeds[w.Path]);
+
+    /// <summary>Keeps the node timing and speed a registration reports, for the devices that are workers (a speed that is not a positive number is ignored: the node counts as average).</summary>
     private void NoteTiming(RegisterWorker r)
     {
-        if (r.Timing is not { } timing) return;
         foreach (var d in r.Devices)
-            if (_workers.Any(w => w.Path == d.ActorPath)) _timings[d.ActorPath] = timing;
+        {
+            if (!_workers.Any(w => w.Path == d.ActorPath)) continue;
+            if (r.Timing is { } timing) _timings[d.ActorPath] = timing;
+            if (r.Speed is { } speed && double.IsFinite(speed) && speed > 0) _speeds[d.ActorPath] = speed;
+        }
     }
 
     private static string? DeviceProblem(string node, WorkerDevice d)

@@ -39,6 +39,10 @@ public sealed record NodeSettings
     public required int ComputeThreads { get; init; }
     /// <summary>CPU cores the threads that run this node's steps are pinned to; empty = wherever the OS puts them.</summary>
     public required IReadOnlyList<int> ComputeCores { get; init; }
+    /// <summary><c>placement.balance</c>: <c>speed</c> (a strategy weighs devices by budget × measured speed) or <c>bytes</c> (budgets alone).</summary>
+    public string PlacementBalance { get; init; } = "speed";
+    /// <summary>Benchmark hook (<c>debug.compute-slowdown</c>, unset in production): this node's steps and speed calibration take this many times their compute time (a slower machine, simulated).</summary>
+    public double DebugComputeSlowdown { get; init; } = 1;
     public required BulkSettings Bulk { get; init; }
     public required ActivationLinkSettings Links { get; init; }
     public required BatchingSettings Batching { get; init; }
@@ -104,6 +108,11 @@ public sealed record NodeSettings
             MaxNewTokens = AtLeast("max-new-tokens", 1),
             ComputeThreads = sp.GetInt("compute-threads"),
             ComputeCores = sp.GetIntList("compute-cores").ToList(),
+            PlacementBalance = sp.GetString("placement.balance") is "speed" or "bytes" ? sp.GetString("placement.balance")
+                : throw new ConfigurationException($"shardpipe.placement.balance: '{sp.GetString("placement.balance")}' is not speed or bytes"),
+            DebugComputeSlowdown = !sp.HasPath("debug.compute-slowdown") ? 1
+                : sp.GetDouble("debug.compute-slowdown") is var slow && double.IsFinite(slow) && slow >= 1 ? slow
+                : throw new ConfigurationException($"shardpipe.debug.compute-slowdown must be a number of at least 1, not {sp.GetString("debug.compute-slowdown")}"),
             Bulk = BulkSettings.From(config, tls),
             Links = ActivationLinkSettings.From(config, tls),
             Batching = BatchingSettings.From(config),

@@ -37,6 +37,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private CausalLMModel? _model;
     private int _epoch = -1;
     private SliceLoaded? _loaded;
+    private long _stepsAtLoad;      // the node's step count when the slice came in (later steps time this slice)
+    private double? _stepSpeed;     // the last speed this node's real steps showed (bytes/s)
     private LoadSlice? _slice;      // the slice held (what it covers, for registrations and reuse)
     private ModelRecord? _record;   // the served model, once the coordinator committed this epoch
 
@@ -67,7 +69,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self), Unusable()) },
         _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>(),
         _slice is { } s && _loaded is { } l ? new HeldSlice(s.PlanEpoch, s.Model, s.ModulePrefixes, l.Bytes, _record is { } r && r.PlanEpoch == s.PlanEpoch ? r : null) : null,
-        Timing());
+        Timing(), Speed());
 
     /// <summary>This node's recent step and hop medians (diagnostics kept apart from what benchmarks drain).</summary>
     private StageTiming Timing()
@@ -76,6 +78,18 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         static double Median(List<double> xs) => xs.Count == 0 ? 0 : xs.Order().ElementAt(xs.Count / 2);
         var rows = d.StepRows.Recent();
         return new StageTiming(Median(d.StepTimes.Recent()), Median(d.HopLatency.Recent()), d.StepTimes.Count, rows.Count == 0 ? 0 : rows.Average());
+    }
+
+    /// <summary>
+    /// This node's speed for placement: what its real steps showed once it ran enough of its slice (the last such figure
+    /// is kept after an unload, for the next plan), else the calibration at start. Called from handlers only.
+    /// </summary>
+    private double? Speed()
+    {
+        var d = NodeDiagnostics.For(Context.System);
+        if (_loaded is { } l && DeviceSpeed.FromSteps(l.Bytes, d.StepTimes.Recent(), d.StepRows.Recent(), d.StepTimes.Count - _stepsAtLoad) is { } measured)
+            _stepSpeed = measured;
+        return _stepSpeed ?? _executor.CalibratedSpeed;
     }
 
     /// <summary>Why this node cannot compute on its device (a CUDA device on a build without CUDA), or null.</summary>
@@ -239,6 +253,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             _slice = slice;
             _executor.Install(new StageRunner(r.Model, r.Route, r.Epoch));
             _loaded = new SliceLoaded(r.Epoch, Path(), r.Bytes, r.Tensors, r.Streamed);
+            _stepsAtLoad = NodeDiagnostics.For(Context.System).StepTimes.Count;
             OpenLinks(r.Route);
             replyTo.Tell(_loaded);
             _log.Info("{0}: slice of epoch {1} ready, {2} tensors, {3}", _stage, r.Epoch, r.Tensors, ByteSize.Format(r.Bytes));

@@ -158,6 +158,7 @@ public sealed class StageExecutor : IDisposable
     /// <summary>The stage's compute thread: takes what may run together, runs it, and waits for more.</summary>
     private void ComputeLoop()
     {
+        Calibrate();
         while (true)
         {
             IReadOnlyList<StageInput> batch;
@@ -238,6 +239,8 @@ public sealed class StageExecutor : IDisposable
         PinThread();
         long started = Stopwatch.GetTimestamp();
         var outgoing = _runner!.Run(steps);
+        if (_settings.DebugComputeSlowdown > 1) // benchmarks' simulated slower machine: sleep, so the cores stay free for the other nodes
+            Thread.Sleep(Stopwatch.GetElapsedTime(started) * (_settings.DebugComputeSlowdown - 1));
         _diagnostics.StepTimes.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
         _diagnostics.StepRows.Record(steps.Sum(s => s.AttentionMask.Length));
         return outgoing;
@@ -291,6 +294,27 @@ public sealed class StageExecutor : IDisposable
                 }
             }
             _provider.ResolveActorRef(o.Path).TellChunked(o.Message, _self);
+        }
+    }
+
+    private double _calibratedSpeed; // 0 = not (yet) measured
+
+    /// <summary>This node's speed from the calibration at start (bytes of weights per second), null until it ran or when it failed.</summary>
+    public double? CalibratedSpeed => Volatile.Read(ref _calibratedSpeed) is > 0 and var s ? s : null;
+
+    /// <summary>The speed calibration, on the compute thread pinned as its steps will be (<see cref="DeviceSpeed"/>).</summary>
+    private void Calibrate()
+    {
+        try
+        {
+            PinThread();
+            double speed = DeviceSpeed.Calibrate(_settings.DebugComputeSlowdown);
+            Volatile.Write(ref _calibratedSpeed, speed);
+            _log.Info("{0}: calibrated at {1}", _stage, DeviceSpeed.Format(speed));
+        }
+        catch (Exception ex)
+        {
+            _log.Warning("{0}: speed calibration failed ({1}); the planner counts this node as average", _stage, ex.Message);
         }
     }
 

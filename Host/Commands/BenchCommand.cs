@@ -13,6 +13,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(LoadBench.Create());
         cmd.Subcommands.Add(DecodeBench.Create());
         cmd.Subcommands.Add(DistributedLoadBench.Create());
+        cmd.Subcommands.Add(DistributedBench.Create());
         cmd.Subcommands.Add(MessagesBench.Create());
         cmd.Subcommands.Add(OffloadBench.Create());
         cmd.Subcommands.Add(RecoveryBench.Create());

@@ -20,7 +20,7 @@ public static class PlanCommand
         var maxMemory = new Option<string?>("--max-memory") { Description = "Budgets, e.g. \"0=2MiB,1=2MiB,cpu=10MiB\" (keys: N, cuda:N, cpu, disk)" };
         var noSplit = new Option<string?>("--no-split-module-classes") { Description = "Classes kept whole (default: the model's; \"\" for none)" };
         var dtype = new Option<string?>("--dtype") { Description = "Target dtype for sizes (default float32)" };
-        var nodes = new Option<string?>("--nodes") { Description = "Cluster devices with budgets: \"w1/cuda:0=8GiB,w2/cpu=16GiB\"" };
+        var nodes = new Option<string?>("--nodes") { Description = "Cluster devices with budgets, each optionally @SPEED (relative; the planner weighs budget × speed): \"w1/cuda:0=8GiB,w2/cpu=16GiB@0.5\"" };
         var json = CommonOptions.Json();
         var cmd = new Command("plan", "Plan a device map (Accelerate's strategies, or across cluster nodes) without reading weights")
             { model, revision, deviceMap, maxMemory, noSplit, dtype, nodes, json };
@@ -37,10 +37,12 @@ public static class PlanCommand
             PlanResult result;
             if (parse.GetValue(nodes) is { } nodeSpec)
             {
+                var (devices, speeds) = DeviceSpeeds.Parse(nodeSpec);
                 result = ClusterPlanner.Plan(new ClusterPlanRequest
                 {
                     Model = tree,
-                    Devices = MaxMemory.Parse(nodeSpec),
+                    Devices = devices,
+                    Speeds = speeds.Count > 0 ? speeds : null,
                     Strategy = parse.GetValue(deviceMap)!,
                     NoSplitModuleClasses = noSplitClasses,
                     DType = dt,

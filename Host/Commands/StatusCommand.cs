@@ -18,6 +18,7 @@ public static class StatusCommand
             await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, parse.GetValue(nodes), log, clientConfig: parse.GetValue(CommonOptions.ClientConfig));
             var s = await session.Client.StatusAsync(TimeSpan.FromSeconds(30));
             var refused = s.Refused ?? Array.Empty<ShardPipe.Messages.RefusedDevice>();
+            var speeds = s.Timings ?? Array.Empty<ShardPipe.Messages.DeviceTiming>();
             var result = new JsonObject
             {
                 ["state"] = s.StateName,
@@ -32,6 +33,8 @@ public static class StatusCommand
                 ["recoveries"] = s.Recoveries,
                 ["moved"] = ClusterSession.MapJson(s.Moved ?? Array.Empty<ShardPipe.Messages.DeviceMapEntry>()),
                 ["refused"] = new JsonArray(refused.Select(r => (JsonNode)new JsonObject { ["device"] = r.Device, ["reason"] = r.Reason }).ToArray()),
+                // Each device's measured speed (bytes of weights per second; speed-aware placement weighs by it), null when its node reported none.
+                ["speeds"] = new JsonObject(speeds.Select(t => new KeyValuePair<string, JsonNode?>(t.Device, t.Speed is { } v ? JsonValue.Create(Math.Round(v)) : null))),
             };
             if (parse.GetValue(json)) JsonOut.Print(result);
             else
@@ -40,6 +43,8 @@ public static class StatusCommand
                     s.Devices, s.DeviceMap);
                 if (s.Recoveries > 0)
                     Console.WriteLine($"recoveries {s.Recoveries}; the last moved {(s.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing")}");
+                if (speeds.Any(t => t.Speed is not null))
+                    Console.WriteLine($"speeds {string.Join(", ", speeds.Select(t => $"{t.Device} {(t.Speed is { } v ? ShardPipe.Actors.Workers.DeviceSpeed.Format(v) : "-")}"))}");
                 if (refused.Length > 0) Tables.Print(new[] { "refused device", "reason" }, refused.Select(r => new[] { r.Device, r.Reason }));
             }
             return 0;

@@ -49,6 +49,7 @@ public sealed partial class OpenAiServer
                     ["kv_bytes_per_token"] = d.KvBytesPerToken, ["kv_budget_bytes"] = d.KvBudgetBytes, ["kv_reserved_bytes"] = d.KvReservedBytes,
                     ["step_ms_p50"] = timing is null ? null : Math.Round(timing.StepP50Ms, 3), ["hop_ms_p50"] = timing is null ? null : Math.Round(timing.HopP50Ms, 3),
                     ["rows_per_step"] = timing is null ? null : Math.Round(timing.RowsPerStep, 2),
+                    ["speed_bytes_per_s"] = s.Timings?.FirstOrDefault(t => t.Device == d.Device)?.Speed is { } speed ? Math.Round(speed) : null,
                 };
             }).ToArray()),
             ["cluster_in_flight"] = s.InFlight,
