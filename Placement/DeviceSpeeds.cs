@@ -26,8 +26,28 @@ public static class DeviceSpeeds
         if (speeds is null) return budgets;
         var known = devices.Where(d => speeds.ContainsKey(d.Device)).Select(d => Check(d.Device, speeds[d.Device])).ToList();
         if (known.Count == 0 || known.All(s => s == known[0])) return budgets; // exactly the byte-balanced weights, no rounding
-        double mean = known.Average();
-        return devices.Select(d => d.Bytes * (speeds.TryGetValue(d.Device, out double s) ? s / mean : 1.0)).ToArray();
+        // Measured speeds are noisy: a speed counts only as one of a few steps below the fastest, and one within
+        // MinimumRatio of the fastest counts as equal to it, so that nodes of one kind get the same plan run after run.
+        double fastest = known.Max();
+        double Step(double s) => Relative(s, fastest);
+        var stepped = known.Select(Step).ToList();
+        if (stepped.All(r => r == 1.0)) return budgets;
+        double mean = stepped.Average();
+        return devices.Select(d => d.Bytes * (speeds.TryGetValue(d.Device, out double s) ? Step(s) / mean : 1.0)).ToArray();
+    }
+
+    /// <summary>A device counts as slower only when the fastest is at least this many times faster.</summary>
+    public const double MinimumRatio = 1.5;
+
+    /// <summary>
+    /// A speed relative to the fastest, in the steps the planner uses: 1 within <see cref="MinimumRatio"/>, else
+    /// rounded to a half power of two (0.71, 0.5, 0.35, 0.25, …).
+    /// </summary>
+    public static double Relative(double speed, double fastest)
+    {
+        double r = speed / fastest;
+        if (r * MinimumRatio > 1.0) return 1.0;
+        return Math.Pow(2, Math.Round(Math.Log2(r) * 2, MidpointRounding.AwayFromZero) / 2);
     }
 
     private static double Check(DeviceId device, double speed) =>

@@ -61,6 +61,19 @@ public class SpeedPlacementTests
     }
 
     [Fact]
+    public void Speeds_within_the_minimum_ratio_count_as_equal_so_measurement_noise_does_not_move_layers()
+    {
+        var devices = MaxMemory.Parse($"n1/cpu={(long)Total},n2/cpu={(long)Total},n3/cpu={(long)Total}");
+        var noisy = new Dictionary<DeviceId, double> { [DeviceId.Parse("n1/cpu")] = 1.0, [DeviceId.Parse("n2/cpu")] = 1.3, [DeviceId.Parse("n3/cpu")] = 0.9 };
+        Assert.Equal(Plan(devices, null).DeviceMap, Plan(devices, noisy).DeviceMap);
+        // Past the ratio a node counts as slower, in half-power-of-two steps: 0.45 and 0.55 of the fastest plan alike.
+        Assert.Equal(1.0, DeviceSpeeds.Relative(0.7, 1.0));
+        Assert.Equal(Math.Sqrt(0.5), DeviceSpeeds.Relative(0.66, 1.0), 12);
+        Assert.Equal(DeviceSpeeds.Relative(0.45, 1.0), DeviceSpeeds.Relative(0.55, 1.0));
+        Assert.Equal(0.5, DeviceSpeeds.Relative(0.5, 1.0), 12);
+    }
+
+    [Fact]
     public void A_node_at_a_third_of_the_speed_holds_about_a_seventh_of_the_layers_of_three()
     {
         var devices = MaxMemory.Parse($"node-1/cpu={(long)Total},node-2/cpu={(long)Total},node-3/cpu={(long)Total}");
