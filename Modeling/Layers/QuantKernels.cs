@@ -23,7 +23,7 @@ public static unsafe class QuantKernels
     private const int PrefetchAhead = 1024; // bytes ahead within the packed rows
     /// <summary>From this many input rows (prefill, large merged steps) the weight is dequantized a block of output rows
     /// at a time into float32 and multiplied by libtorch's GEMM: decoding each code once beats decoding it per 4 rows.</summary>
-    internal const int DenseRows = 16;
+    public const int DenseRows = 16;
     /// <summary>The float32 block of dequantized rows, at most (one block at a time: never a float copy of a whole layer).</summary>
     private const long DenseBlockBytes = 16L << 20;
 

@@ -67,7 +67,9 @@ public class QuantKernelTests
             var x = randn(rows, inF);
             var expected = nn.functional.linear(x, dense, rows % 2 == 0 ? bias : null).data<float>().ToArray();
             var actual = QuantKernels.Linear(x, w, rows % 2 == 0 ? bias : null).data<float>().ToArray();
-            ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, 1e-4, $"bits {bits}, in {inF}, group {groupSize}, {rows} rows");
+            // 1e-4, plus float32's own accumulation error on outputs in the hundreds (random 8-bit codes, scales up to 0.11).
+            double tol = 1e-4 + 1e-6 * expected.Max(Math.Abs);
+            ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, tol, $"bits {bits}, in {inF}, group {groupSize}, {rows} rows");
         }
         // A 3-d input in bfloat16 through the GEMM path: float32 inside, rounded once to bfloat16 as the kernel path does.
         var bx = randn(2, 20, inF).to(ScalarType.BFloat16);
