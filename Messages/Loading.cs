@@ -12,7 +12,15 @@ public sealed record LoadModel(
     [property: Key(4)] string DeviceMap,
     [property: Key(5)] string? MaxMemory,
     [property: Key(6)] string[]? NoSplitModuleClasses,
-    [property: Key(7)] string? ProgressTo = null) : IShardPipeMessage;
+    [property: Key(7)] string? ProgressTo = null,
+    [property: Key(8)] QuantizeRequest? Quantize = null) : IShardPipeMessage;
+
+/// <summary>Quantize on load (<c>--quantize</c>): "int8" or "int4", inputs per scale group (−1: per output channel), and whether the untied head too.</summary>
+[MessagePackObject]
+public sealed record QuantizeRequest(
+    [property: Key(0)] string Method,
+    [property: Key(1)] int GroupSize,
+    [property: Key(2)] bool Head);
 
 /// <summary>The coordinator's answer when every slice is materialised.</summary>
 [MessagePackObject]
@@ -152,7 +160,8 @@ public sealed record LoadSlice(
     [property: Key(6)] long PlannedBytes,
     [property: Key(7)] string? ShardReaderPath,
     [property: Key(8)] PipelineHop[] Route,
-    [property: Key(9)] SliceTensor[] Tensors) : IShardPipeMessage;
+    [property: Key(9)] SliceTensor[] Tensors,
+    [property: Key(10)] QuantizeRequest? Quantize = null) : IShardPipeMessage;
 
 /// <summary>A checkpoint tensor of a slice (so a node without the files knows what to stream).</summary>
 [MessagePackObject]

@@ -23,6 +23,8 @@ public sealed record ModelDescription(string Folder, PretrainedConfig Config, Ca
         string folder = ModelLocator.Locate(request.Model);
         var config = PretrainedConfig.FromFolder(folder);
         var meta = AutoModel.FromConfig(config);
+        // Quantize on load: the Linears to be packed count as packed (codes and scales), as a pre-quantized checkpoint's do.
+        if (request.Quantize is { } q) Modeling.Quantization.RoundToNearest.PlanModel(meta, q.Method, q.GroupSize, q.Head);
         using var ckpt = Checkpoint.Open(folder, request.Variant);
         var dtype = PreTrainedModel.ResolveDType(request.DType, config, ckpt.Tensors.Select(t => t.Info.DType));
         var tensors = ckpt.Tensors.Select(t => new SliceTensor(t.Name, DTypes.Code(t.Info.DType), t.Info.Shape)).ToList();
@@ -95,7 +97,7 @@ public static class SlicePlanner
             var tiedKeys = tied.Where(g => g.Any(Include)).SelectMany(g => g).ToHashSet(StringComparer.Ordinal);
             var tensors = model.Tensors.Where(t => Include(t.Name) || tiedKeys.Contains(t.Name)).ToArray();
             long planned = (long)plan.Devices.Where(u => u.Device == worker.Id).Sum(u => u.Bytes);
-            slices.Add((worker, new LoadSlice(epoch, model.Folder, request.Variant, DTypes.TorchName(model.DType), configJson, prefixes, planned, readerPath, route, tensors)));
+            slices.Add((worker, new LoadSlice(epoch, model.Folder, request.Variant, DTypes.TorchName(model.DType), configJson, prefixes, planned, readerPath, route, tensors, request.Quantize)));
         }
         // KV cache per device: the bytes one token takes on its layers, within what its budget leaves after the weights
         // (at least one row of the full context; shardpipe.kv-cache-budget, when set, is the cap). Disk devices hold no caches of their own (their layers run on the CPU).

@@ -20,7 +20,8 @@ public sealed record SliceReady(int Epoch, CausalLMModel Model, long Bytes, int 
 /// Materialises one device worker's slice, off the actor's thread: the model built on meta from the slice's config,
 /// then only the slice's tensors read — from local shards when this node may read the model's folder, otherwise
 /// streamed from the shard reader the plan names (over its bulk channel, falling back to actor messages once if the
-/// channel is unreachable). Progress goes to the coordinator at most every 250 ms.
+/// channel is unreachable). Progress goes to the coordinator at most every 250 ms. A slice with a quantize request
+/// packs its Linears once read (round-to-nearest, as one process does).
 /// </summary>
 public sealed class SliceLoader
 {
@@ -67,6 +68,10 @@ public sealed class SliceLoader
             Fetcher = local ? null : Streamer(slice),
             Progress = Progress,
             Reuse = previous,
+            // Quantize on load: this slice's Linears are packed as they are read, as in one process (the plan counted them packed).
+            Quantize = slice.Quantize?.Method,
+            QuantizeGroupSize = slice.Quantize?.GroupSize ?? 128,
+            QuantizeHead = slice.Quantize?.Head ?? false,
         });
         var materialised = model.NamedTensors().Where(t => t.Slot.IsMaterialised).ToList();
         long bytes = materialised.Sum(t => t.Slot.Tensor.NumberOfElements * t.Slot.Tensor.ElementSize) + (model.Offload?.Bytes ?? 0);

@@ -73,6 +73,8 @@ public static class DecodeBench
                                      $"weight_read_ratio over active bytes {speed.ActiveWeightReadRatioFp32:0.000} float32, {speed.ActiveWeightReadRatioBf16:0.000} bfloat16");
         BenchSupport.Say(asJson, $"  int8 {speed.Int8TokensPerS:0.00} tokens/s ({speed.Int8Speedup:0.00}x bf16, weight_read_ratio {speed.Int8ReadRatio:0.000} over {speed.Int8WeightBytes / 1e6:0} MB), " +
                                  $"int4 {speed.Int4TokensPerS:0.00} ({speed.Int4Speedup:0.00}x bf16, {speed.Int4ReadRatio:0.000} over {speed.Int4WeightBytes / 1e6:0} MB); group 128, quantized on load with the head");
+        BenchSupport.Say(asJson, $"  Linears alone: bf16 {speed.Bf16LinearMs:0.000}, int8 {speed.Int8LinearMs:0.000}, int4 {speed.Int4LinearMs:0.000} ms per token; " +
+                                 $"outside the Linears: bf16 {speed.Bf16OutsideLinearMs:0.000}, int4 {speed.Int4OutsideLinearMs:0.000} ms per token");
         foreach (var (name, profile) in new[] { ("float32", speed.Fp32Profile), ("bfloat16", speed.Bf16Profile) })
             BenchSupport.Say(asJson, $"  profile {name} (ms per token): {string.Join(", ", Group(profile).Select(kv => $"{kv.Key} {kv.Value:0.000}"))}");
         var speedFigures = new JsonObject
@@ -98,6 +100,12 @@ public static class DecodeBench
             ["weight_bytes_int4"] = speed.Int4WeightBytes,
             ["weight_read_ratio_int8"] = Math.Round(speed.Int8ReadRatio, 4),
             ["weight_read_ratio_int4"] = Math.Round(speed.Int4ReadRatio, 4),
+            // The Linears alone per token, and the rest of a step (attention, norms, rotary, sampling): the rest caps int*_speedup_vs_bf16.
+            ["linear_ms_per_token_bf16"] = Math.Round(speed.Bf16LinearMs, 4),
+            ["linear_ms_per_token_int8"] = Math.Round(speed.Int8LinearMs, 4),
+            ["linear_ms_per_token_int4"] = Math.Round(speed.Int4LinearMs, 4),
+            ["outside_linear_ms_per_token_bf16"] = Math.Round(speed.Bf16OutsideLinearMs, 4),
+            ["outside_linear_ms_per_token_int4"] = Math.Round(speed.Int4OutsideLinearMs, 4),
         };
         if (speedOnly)
         {

@@ -34,6 +34,13 @@ public static class DecodeSpeed
         /// <summary>Weight bytes read per second at the float32 decode rate, over the plain read's bandwidth.</summary>
         public double WeightReadRatio => Fp32WeightBytes * Fp32TokensPerS / (ReadGBps * 1e9);
         public double Bf16Speedup => Bf16TokensPerS / Fp32TokensPerS;
+        /// <summary>Milliseconds per token in the model's Linears alone (<see cref="LinearMs"/>); a step's rest is attention, norms, rotary, sampling.</summary>
+        public double Bf16LinearMs { get; init; }
+        public double Int8LinearMs { get; init; }
+        public double Int4LinearMs { get; init; }
+        /// <summary>Milliseconds per token outside the Linears: 1000 / tokens/s − the Linears' time (a floor under every dtype's step).</summary>
+        public double Bf16OutsideLinearMs => 1000 / Bf16TokensPerS - Bf16LinearMs;
+        public double Int4OutsideLinearMs => 1000 / Int4TokensPerS - Int4LinearMs;
     }
 
     private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338, 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
@@ -63,6 +70,9 @@ public static class DecodeSpeed
             {
                 ActiveParameters = fp32.ActiveParameters(),
                 TotalParameters = fp32.NumParameters(),
+                Bf16LinearMs = LinearMs(bf16),
+                Int8LinearMs = LinearMs(int8),
+                Int4LinearMs = LinearMs(int4),
             };
         }
         finally
@@ -71,6 +81,34 @@ public static class DecodeSpeed
             bf16.Release();
             int8.Release();
             int4.Release();
+        }
+    }
+
+    /// <summary>
+    /// Milliseconds per token spent in the model's Linears alone: each called once on one row of its input width in the
+    /// model's dtype, as a decode step calls them (best of rounds). Against the step time it says how much of a token is
+    /// the weights' products and how much the rest, which no weight format speeds up.
+    /// </summary>
+    public static double LinearMs(CausalLMModel model, int rounds = 8)
+    {
+        using var noGrad = no_grad();
+        var linears = model.NamedModules().Select(m => m.Module).OfType<Linear>()
+            .Where(l => l.Quantized?.Packed is not null || l.Weight.IsMaterialised).ToList();
+        var inputs = linears.Select(l => randn(1, 1, l.InFeatures).to(model.DType)).ToList();
+        try
+        {
+            double best = double.MaxValue;
+            for (int r = 0; r < rounds + 1; r++) // one warm-up
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                for (int i = 0; i < linears.Count; i++) linears[i].Forward(inputs[i]).Dispose();
+                if (r > 0) best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            }
+            return best;
+        }
+        finally
+        {
+            foreach (var x in inputs) x.Dispose();
         }
     }
 

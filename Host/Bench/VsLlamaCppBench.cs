@@ -17,15 +17,15 @@ namespace ShardPipe.Host.Bench;
 /// written as GGUF (F32, F16; Q8_0 and Q4_0 with --quantized); llama.cpp runs through node-llama-cpp 3.21.1
 /// (<c>ops/llamacpp/run.mjs</c>). Decode tokens/s (new tokens after the first over the time after it, best of rounds)
 /// and 512-token prefill tokens/s: ShardPipe float32 against F32, bfloat16 against F16. First, as a check that both
-/// run the same model, llama.cpp's greedy tokens from the F32 file must equal ShardPipe's float32 ones.
+/// run the same model, llama.cpp's greedy tokens from the F32 file must equal ShardPipe's float32 ones. With --quantized,
+/// ShardPipe quantizes the same float32 checkpoint on load (<c>--quantize int8|int4 --quantize-group-size 32</c>, every
+/// Linear and the untied head, as the GGUF files quantize every matrix; activations, norms and embeddings in float32,
+/// as llama.cpp's) against Q8_0 and Q4_0, counted and interleaved as the float rows.
 /// </summary>
 public static class VsLlamaCppBench
 {
-    /// <summary>
-    /// Hook for ShardPipe's quantized side of --quantized: given the checkpoint folder, "int8" or "int4" (group size 32,
-    /// to match Q8_0/Q4_0), new tokens and rounds, its decode tokens/s; null until quantize-on-load exists.
-    /// </summary>
-    public static Func<string, string, int, int, double?> QuantizedDecode { get; set; } = (_, _, _, _) => null;
+    /// <summary>Group size of ShardPipe's int8/int4 side under --quantized: 32, as Q8_0's and Q4_0's blocks.</summary>
+    public const int QuantizedGroupSize = 32;
 
     private static readonly long[] DecodePrompt = { 1, 306, 4658, 278, 6593, 310, 2834, 338 };
 
@@ -37,7 +37,7 @@ public static class VsLlamaCppBench
         var tokens = new Option<int>("--tokens") { Description = "New tokens per decode measurement", DefaultValueFactory = _ => 64 };
         var prefill = new Option<int>("--prefill") { Description = "Prompt tokens of the prefill measurement", DefaultValueFactory = _ => 512 };
         var rounds = new Option<int>("--rounds") { Description = "Timed rounds of each measurement (best reported, after one warm-up)", DefaultValueFactory = _ => 3 };
-        var quantized = new Option<bool>("--quantized") { Description = "Also Q8_0 and Q4_0 (llama.cpp) against ShardPipe int8/int4 group 32 where available" };
+        var quantized = new Option<bool>("--quantized") { Description = "Also Q8_0 and Q4_0 (llama.cpp) against ShardPipe int8/int4 group 32 quantized on load from the same float32 weights" };
         var npm = new Option<string?>("--npm-dir") { Description = "Cache folder for node-llama-cpp (default: shardpipe-llamacpp-npm under the temp folder)" };
         var json = CommonOptions.Json();
         var cmd = new Command("vs-llamacpp", "ShardPipe beside llama.cpp (node-llama-cpp 3.21.1) on the same weights: decode and 512-token prefill, fp32 vs F32 and bf16 vs F16")
@@ -63,6 +63,11 @@ public static class VsLlamaCppBench
         var figures = new JsonObject { ["bench"] = "vs-llamacpp", ["threads"] = threads, ["decode_new_tokens"] = n, ["prefill_tokens"] = prefill, ["rounds"] = rounds };
         var fp32 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "float32" });
         var bf16 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "bfloat16" });
+        // --quantized: the same float32 source quantized on load, group 32, head included (ggml's Q8_0/Q4_0 blocks are 32 inputs).
+        var quants = quantized
+            ? new[] { ("int8", GgmlType.Q8_0), ("int4", GgmlType.Q4_0) }.Select(q => (Mode: q.Item1, Type: q.Item2, Model: PreTrainedModel.FromPretrained(folder,
+                new FromPretrainedOptions { DType = "float32", Quantize = q.Item1, QuantizeGroupSize = QuantizedGroupSize, QuantizeHead = true }))).ToList()
+            : new();
         JsonObject Theirs(GgmlType t, int r) => llama.Invoke(TimeSpan.FromMinutes(10), "--model", files[t], "--threads", $"{threads}",
             "--decode", $"{n}", "--prefill", $"{prefill}", "--rounds", $"{r}");
         static double Tps(JsonObject o, string key) => o[key]!.GetValue<double>();
@@ -83,6 +88,7 @@ public static class VsLlamaCppBench
             // machine hits both alike; each side's best round is reported. Each llama.cpp call warms up once, then times one round.
             Speed(fp32, n, prefill);
             Speed(bf16, n, prefill);
+            foreach (var q in quants) Speed(q.Model, n, prefill);
             for (int r = 0; r < rounds; r++)
             {
                 var (d, p) = Speed(fp32, n, prefill);
@@ -96,12 +102,22 @@ public static class VsLlamaCppBench
                 var f16 = Theirs(GgmlType.F16, 1);
                 Keep("theirs_f16_decode", Tps(f16, "decode_tokens_per_s")); Keep("theirs_f16_prefill", Tps(f16, "prefill_tokens_per_s"));
                 BenchSupport.Say(asJson, $"  round {r + 1}: decode fp32/F32 {fp32Round:0.0}/{Tps(f32, "decode_tokens_per_s"):0.0}, bf16/F16 {d:0.0}/{Tps(f16, "decode_tokens_per_s"):0.0} tok/s (ShardPipe/llama.cpp)");
+                foreach (var q in quants)
+                {
+                    string t = Ggml(q.Type);
+                    (d, p) = Speed(q.Model, n, prefill);
+                    Keep($"ours_{q.Mode}_decode", d); Keep($"ours_{q.Mode}_prefill", p);
+                    var theirsQ = Theirs(q.Type, 1);
+                    Keep($"theirs_{t}_decode", Tps(theirsQ, "decode_tokens_per_s")); Keep($"theirs_{t}_prefill", Tps(theirsQ, "prefill_tokens_per_s"));
+                    BenchSupport.Say(asJson, $"  round {r + 1}: decode {q.Mode}/{q.Type} {d:0.0}/{Tps(theirsQ, "decode_tokens_per_s"):0.0}, prefill {p:0.0}/{Tps(theirsQ, "prefill_tokens_per_s"):0.0} tok/s (ShardPipe/llama.cpp)");
+                }
             }
         }
         finally
         {
             fp32.Release();
             bf16.Release();
+            foreach (var q in quants) q.Model.Release();
         }
         void Pair(string key, double ours, double theirs, string oursName, string theirsName)
         {
@@ -115,22 +131,18 @@ public static class VsLlamaCppBench
         Pair($"prefill{prefill}_fp32", best["ours_fp32_prefill"], best["theirs_f32_prefill"], "fp32", "F32");
         Pair($"prefill{prefill}_bf16_vs_f16", best["ours_bf16_prefill"], best["theirs_f16_prefill"], "bf16", "F16");
 
-        if (quantized)
-            foreach (var (type, mode) in new[] { (GgmlType.Q8_0, "int8"), (GgmlType.Q4_0, "int4") })
-            {
-                var q = Theirs(type, rounds);
-                string key = $"decode_{mode}_vs_{type.ToString().ToLowerInvariant()}";
-                figures[$"{key}_llamacpp_tokens_per_s"] = Math.Round(Tps(q, "decode_tokens_per_s"), 3);
-                figures[$"prefill{prefill}_{type.ToString().ToLowerInvariant()}_llamacpp_tokens_per_s"] = Math.Round(Tps(q, "prefill_tokens_per_s"), 3);
-                double? oursQ = QuantizedDecode(folder, mode, n, rounds);
-                figures[$"{key}_shardpipe_tokens_per_s"] = oursQ is { } v ? Math.Round(v, 3) : null;
-                figures[$"{key}_ratio"] = oursQ is { } w ? Math.Round(w / Tps(q, "decode_tokens_per_s"), 4) : null;
-                BenchSupport.Say(asJson, $"  {key,-28} ShardPipe {mode} {(oursQ is { } x ? $"{x,9:0.00} tok/s" : "   (not yet)")}   llama.cpp {type} {Tps(q, "decode_tokens_per_s"),9:0.00} tok/s; " +
-                                         $"prefill {Tps(q, "prefill_tokens_per_s"):0.00} tok/s");
-            }
+        foreach (var q in quants)
+        {
+            string t = Ggml(q.Type);
+            Pair($"decode_{q.Mode}_vs_{t}", best[$"ours_{q.Mode}_decode"], best[$"theirs_{t}_decode"], $"{q.Mode} g{QuantizedGroupSize}", q.Type.ToString());
+            Pair($"prefill{prefill}_{q.Mode}_vs_{t}", best[$"ours_{q.Mode}_prefill"], best[$"theirs_{t}_prefill"], $"{q.Mode} g{QuantizedGroupSize}", q.Type.ToString());
+        }
+        if (quantized) figures["quantize_group_size"] = QuantizedGroupSize;
         BenchSupport.Finish(figures);
         return 0;
     }
+
+    private static string Ggml(GgmlType t) => t.ToString().ToLowerInvariant();
 
     /// <summary>One round: decode tokens/s (new tokens after the first over the time after it) and prefill tokens/s of a <paramref name="prefill"/>-token prompt.</summary>
     private static (double Decode, double Prefill) Speed(CausalLMModel model, int n, int prefill)

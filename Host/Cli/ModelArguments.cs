@@ -56,11 +56,19 @@ public sealed class ModelArguments
     };
 
     /// <summary>The cluster load request these options describe (balanced is the cluster default).</summary>
-    public ShardPipe.Messages.LoadModel LoadRequest(ParseResult parse) => parse.GetValue(Quantize) is { } q
-        ? throw new UnsupportedException($"--quantize {q} with --cluster is not supported yet (quantized checkpoints are: save one with `shardpipe save --quantize {q}` and load that)")
-        : new(Guid.NewGuid().ToString("N"),
-        ShardPipe.Checkpoints.ModelLocator.Locate(parse.GetValue(Model)!, new ShardPipe.Checkpoints.LocateOptions { Revision = parse.GetValue(Revision), Subfolder = parse.GetValue(Subfolder) }),
-        parse.GetValue(Variant), parse.GetValue(DType), parse.GetValue(DeviceMap) ?? "balanced", parse.GetValue(MaxMemory), null);
+    public ShardPipe.Messages.LoadModel LoadRequest(ParseResult parse)
+    {
+        // --quantize on a cluster: each worker packs its slice as it loads it; the request is checked here before it goes out.
+        ShardPipe.Messages.QuantizeRequest? quantize = null;
+        if (parse.GetValue(Quantize) is { } q)
+        {
+            ShardPipe.Modeling.Quantization.RoundToNearest.Check(q, parse.GetValue(QuantizeGroupSize));
+            quantize = new(q, parse.GetValue(QuantizeGroupSize), parse.GetValue(QuantizeHead));
+        }
+        return new(Guid.NewGuid().ToString("N"),
+            ShardPipe.Checkpoints.ModelLocator.Locate(parse.GetValue(Model)!, new ShardPipe.Checkpoints.LocateOptions { Revision = parse.GetValue(Revision), Subfolder = parse.GetValue(Subfolder) }),
+            parse.GetValue(Variant), parse.GetValue(DType), parse.GetValue(DeviceMap) ?? "balanced", parse.GetValue(MaxMemory), null, Quantize: quantize);
+    }
 
     /// <summary>Parses "1,2,3;4,5,6" into rows; every row must have the same length.</summary>
     public static long[][] ParseRows(string text, string option)

@@ -21,6 +21,11 @@ public static unsafe class QuantKernels
     /// <summary>Rows of the input that share one decoding of a weight block.</summary>
     private const int RowTile = 4;
     private const int PrefetchAhead = 1024; // bytes ahead within the packed rows
+    /// <summary>From this many input rows (prefill, large merged steps) the weight is dequantized a block of output rows
+    /// at a time into float32 and multiplied by libtorch's GEMM: decoding each code once beats decoding it per 4 rows.</summary>
+    public const int DenseRows = 16;
+    /// <summary>The float32 block of dequantized rows, at most (one block at a time: never a float copy of a whole layer).</summary>
+    private const long DenseBlockBytes = 16L << 20;
 
     public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias)
     {
@@ -30,6 +35,7 @@ public static unsafe class QuantKernels
         if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16) || x.device_type != DeviceType.CPU)
             throw new UnsupportedException($"quantized linear computes on CPU in float32, bfloat16 or float16, not {type} on {x.device_type}");
         int m = (int)(x.NumberOfElements / k);
+        if (m >= DenseRows) return Dense(x, w, bias, m);
         bool simd = Simd(w);
         int kp = w.WordsPerRow * w.CodesPerWord, groups = w.Groups;
         // Inputs and outputs are read and written here in their own dtype: no libtorch conversions per call (a decode
@@ -90,6 +96,94 @@ public static unsafe class QuantKernels
             if (!ReferenceEquals(input, x)) input.Dispose();
         }
         return output;
+    }
+
+    /// <summary>
+    /// Many rows: y = x · Wᵀ + b with W dequantized exactly as <see cref="PackedWeight.Dequantize"/> does (scale·(code − zero),
+    /// float32), a block of output rows at a time, and the product and bias by libtorch in float32; the result in x's dtype.
+    /// </summary>
+    private static Tensor Dense(Tensor x, PackedWeight w, Tensor? bias, int m)
+    {
+        int k = w.In, n = w.Out;
+        using var scope = NewDisposeScope();
+        var x2 = x.reshape(m, k);
+        var xf = x2.dtype == ScalarType.Float32 ? x2 : x2.to(ScalarType.Float32);
+        var bf = bias is null ? null : bias.dtype == ScalarType.Float32 ? bias : bias.to(ScalarType.Float32);
+        int block = (int)Math.Clamp(DenseBlockBytes / (4L * k), 1, n);
+        var wbuf = empty(new long[] { block, k }, ScalarType.Float32);
+        var dst = (float*)PackedWeight.Pointer(wbuf);
+        Tensor y;
+        if (block == n)
+        {
+            Dequantize(w, 0, n, dst);
+            y = nn.functional.linear(xf, wbuf, bf);
+        }
+        else
+        {
+            y = empty(new long[] { m, n }, ScalarType.Float32);
+            for (int o0 = 0; o0 < n; o0 += block)
+            {
+                int rows = Math.Min(block, n - o0);
+                Dequantize(w, o0, rows, dst);
+                y.narrow(1, o0, rows).copy_(nn.functional.linear(xf, wbuf.narrow(0, 0, rows), bf?.narrow(0, o0, rows)));
+            }
+        }
+        if (y.dtype != x.dtype) y = y.to(x.dtype);
+        return y.reshape(x.shape[..^1].Append(n).ToArray()).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the spin pool.</summary>
+    internal static void Dequantize(PackedWeight w, int o0, int rows, float* dst)
+    {
+        var codes = (byte*)PackedWeight.Pointer(w.Codes);
+        var scales = (float*)PackedWeight.Pointer(w.Scales);
+        float* zeros = w.Zeros is null ? null : (float*)PackedWeight.Pointer(w.Zeros);
+        var gather = w.Gather;
+        bool simd = Simd(w) && w.Perm is null;
+        int k = w.In, groups = w.Groups, gs = w.GroupSize, rowBytes = w.WordsPerRow * 4, bits = w.Bits, pf = 32 / bits;
+        float mid = w.MidZero;
+        uint mask = (1u << bits) - 1;
+        int parts = Math.Clamp(rows / 8, 1, SpinPool.Shared.Helpers + 1);
+        SpinPool.Shared.Run(parts, p =>
+        {
+            int from = (int)((long)rows * p / parts), to = (int)((long)rows * (p + 1) / parts);
+            var nibble = Vector128.Create((byte)0x0F);
+            for (int r = from; r < to; r++)
+            {
+                int o = o0 + r;
+                byte* row = codes + (long)o * rowBytes;
+                float* s = scales + (long)o * groups, z = zeros is null ? null : zeros + (long)o * groups, d = dst + (long)r * k;
+                for (int g = 0; g < groups; g++)
+                {
+                    float sg = s[g], zg = z is null ? mid : z[g];
+                    int j = g * gs, end = Math.Min(k, (g + 1) * gs);
+                    if (simd)
+                    {
+                        var vs = Vector512.Create(sg);
+                        var vz = Vector512.Create(zg);
+                        if (bits == 4)
+                            for (; j < end; j += 32)
+                            {
+                                var b = Vector128.Load(row + j / 2);
+                                var lo = b & nibble;
+                                var hi = Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & nibble;
+                                var c0 = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackLow(lo, hi)));
+                                var c1 = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackHigh(lo, hi)));
+                                ((c0 - vz) * vs).Store(d + j);
+                                ((c1 - vz) * vs).Store(d + j + 16);
+                            }
+                        else
+                            for (; j < end; j += 16)
+                                ((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))) - vz) * vs).Store(d + j);
+                    }
+                    else
+                    {
+                        uint* words = (uint*)row;
+                        for (; j < end; j++) d[gather[j]] = sg * (((words[j / pf] >> (j % pf * bits)) & mask) - zg);
+                    }
+                }
+            }
+        });
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -155,15 +249,30 @@ public static unsafe class QuantKernels
                     else if (_simd) Int8Simd(row, s, rn, r0, d);
                     else Scalar(row, s, z, rn, r0, d);
                     for (int t = 0; t < rn; t++)
-                    {
-                        float* sums = _sums + (long)(r0 + t) * groups;
-                        float zterm = 0;
-                        if (_simd)
-                            for (int g = 0; g < groups; g++) zterm += s[g] * (z is null ? mid : z[g]) * sums[g];
-                        _y[(long)(r0 + t) * n + o] = d[t] - zterm;
-                    }
+                        _y[(long)(r0 + t) * n + o] = _simd ? d[t] - ZeroTerm(s, z, mid, _sums + (long)(r0 + t) * groups, groups) : d[t];
                 }
             }
+        }
+
+        /// <summary>Σ_g scale_g · zero_g · Σ_{j∈g} x_j (zero_g = mid when symmetric), over 16 groups at a time: a scalar
+        /// chain of one FMA per group would cost a small-group layer (32 inputs a group) as much as its codes.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static float ZeroTerm(float* s, float* z, float mid, float* sums, int groups)
+        {
+            int g = 0;
+            float total = 0;
+            if (Vector512.IsHardwareAccelerated && groups >= 16)
+            {
+                var acc = Vector512<float>.Zero;
+                for (; g + 16 <= groups; g += 16)
+                {
+                    var sz = Vector512.Load(s + g) * Vector512.Load(sums + g);
+                    acc = z is null ? acc + sz : Vector512.FusedMultiplyAdd(sz, Vector512.Load(z + g), acc);
+                }
+                total = Vector512.Sum(z is null ? acc * mid : acc);
+            }
+            for (; g < groups; g++) total += s[g] * (z is null ? mid : z[g]) * sums[g];
+            return total;
         }
 
         /// <summary>
@@ -175,7 +284,7 @@ public static unsafe class QuantKernels
         {
             int gs = _w.GroupSize, groups = _w.Groups, k = _w.In;
             var mask = Vector128.Create((byte)0x0F);
-            var acc = Vector512<float>.Zero;
+            var acc = Vector512<float>.Zero; var odd = acc; // even and odd groups: two chains of the per-group FMA, not one
             for (int g = 0; g < groups; g++)
             {
                 var e0 = Vector512<float>.Zero; var e1 = e0; var e2 = e0; var e3 = e0;
@@ -197,16 +306,18 @@ public static unsafe class QuantKernels
                     e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(b & mask)), Vector512.Load(x + j), e0);
                     e1 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & mask)), Vector512.Load(x + j + 16), e1);
                 }
-                acc = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), (e0 + e1) + (e2 + e3), acc);
+                var e = gs >= 64 ? (e0 + e1) + (e2 + e3) : e0 + e1;
+                if ((g & 1) == 0) acc = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), e, acc);
+                else odd = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), e, odd);
             }
-            return Vector512.Sum(acc);
+            return Vector512.Sum(acc + odd);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private float Int8Row(byte* row, float* s, float* x)
         {
             int gs = _w.GroupSize, groups = _w.Groups, k = _w.In;
-            var acc = Vector512<float>.Zero;
+            var acc = Vector512<float>.Zero; var odd = acc;
             for (int g = 0; g < groups; g++)
             {
                 var e0 = Vector512<float>.Zero; var e1 = e0; var e2 = e0; var e3 = e0;
@@ -220,11 +331,18 @@ public static unsafe class QuantKernels
                     e2 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 32))), Vector512.Load(x + j + 32), e2);
                     e3 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(p + 48))), Vector512.Load(x + j + 48), e3);
                 }
-                for (; j < end; j += 16)
+                for (; j + 32 <= end; j += 32)
+                {
                     e0 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))), Vector512.Load(x + j), e0);
-                acc = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), (e0 + e1) + (e2 + e3), acc);
+                    e1 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j + 16))), Vector512.Load(x + j + 16), e1);
+                }
+                for (; j < end; j += 16)
+                    e2 = Vector512.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))), Vector512.Load(x + j), e2);
+                var e = (e0 + e1) + (e2 + e3);
+                if ((g & 1) == 0) acc = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), e, acc);
+                else odd = Vector512.FusedMultiplyAdd(Vector512.Create(s[g]), e, odd);
             }
-            return Vector512.Sum(acc);
+            return Vector512.Sum(acc + odd);
         }
 
         /// <summary>Σ_g scale_g · Σ_{j∈g} code_j · x_j for rn rows; the zero term is added by the caller.</summary>

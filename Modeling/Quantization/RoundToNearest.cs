@@ -23,6 +23,14 @@ public static class RoundToNearest
         _ => throw new InvalidInputException($"quantize '{method}': use int8 or int4"),
     };
 
+    /// <summary>The bits of a quantize-on-load request; a method other than int8/int4 or a group size other than a positive one or −1 is a typed error.</summary>
+    public static int Check(string method, int groupSize)
+    {
+        int bits = Bits(method);
+        if (groupSize == 0 || groupSize < -1) throw new InvalidInputException($"quantize group size {groupSize}: use a positive size or -1 (per channel)");
+        return bits;
+    }
+
     /// <summary>The compressed-tensors config that describes the result (what llm-compressor writes for W4A16 / W8A16).</summary>
     public static QuantizationConfig Scheme(int bits, int groupSize, IReadOnlyList<string> ignore) =>
         QuantizationConfig.From(new PretrainedConfig(new System.Text.Json.Nodes.JsonObject
@@ -33,14 +41,7 @@ public static class RoundToNearest
     /// <param name="head">Also the output head when it has its own weight (llama.cpp's habit; Hugging Face keeps it in float).</param>
     public static void QuantizeModel(CausalLMModel model, string method, int groupSize, DType scaleDType, bool head = false)
     {
-        int bits = Bits(method);
-        if (groupSize == 0 || groupSize < -1) throw new InvalidInputException($"quantize group size {groupSize}: use a positive size or -1 (per channel)");
-        if (QuantizedLinears.Of(model).Any()) throw new InvalidInputException($"quantize {method}: the checkpoint is already quantized (config.json has a quantization_config)");
-        var tied = model.NamedModules().First(m => m.Path == model.InputEmbeddingsPath).Module.LocalTensors.Select(t => t.Slot).ToHashSet(ReferenceEqualityComparer.Instance);
-        bool Quantized(string path, Linear l) => path != model.OutputEmbeddingsPath || (head && !tied.Contains(l.Weight));
-        var linears = model.NamedModules().Where(m => m.Module is Linear l && Quantized(m.Path, l)).Select(m => (m.Path, (Linear)m.Module)).ToList();
-        var ignore = model.NamedModules().Where(m => m.Module is Linear l && !Quantized(m.Path, l)).Select(m => m.Path).ToList();
-        var scheme = Scheme(bits, groupSize, ignore);
+        var (bits, scheme, linears) = Targets(model, method, groupSize, head);
         foreach (var (path, linear) in linears)
         {
             if (!linear.Weight.IsMaterialised) continue; // another stage's slice
@@ -49,6 +50,30 @@ public static class RoundToNearest
             QuantizedLinears.Hold(linear, packed);
             linear.Weight.Release();
         }
+    }
+
+    /// <summary>
+    /// For planning a cluster load that quantizes on load: marks the meta model's targeted Linears as quantized with no
+    /// packed weight yet, so the placement tree counts them as they will be held (<see cref="QuantizedLinears.HeldLayout"/>).
+    /// Checks the request as <see cref="QuantizeModel"/> does, before anything is loaded.
+    /// </summary>
+    public static void PlanModel(CausalLMModel meta, string method, int groupSize, bool head)
+    {
+        var (_, scheme, linears) = Targets(meta, method, groupSize, head);
+        foreach (var (_, linear) in linears) linear.Quantized = new QuantizedState { Config = scheme, Stored = Array.Empty<(string, TensorSlot)>() };
+    }
+
+    /// <summary>The bits, the compressed-tensors scheme, and the Linears a quantize-on-load request packs (every one but the
+    /// output head, and the head too when asked and untied); a bad request or an already quantized model is a typed error.</summary>
+    private static (int Bits, QuantizationConfig Scheme, List<(string Path, Linear Linear)> Linears) Targets(CausalLMModel model, string method, int groupSize, bool head)
+    {
+        int bits = Check(method, groupSize);
+        if (QuantizedLinears.Of(model).Any()) throw new InvalidInputException($"quantize {method}: the checkpoint is already quantized (config.json has a quantization_config)");
+        var tied = model.NamedModules().First(m => m.Path == model.InputEmbeddingsPath).Module.LocalTensors.Select(t => t.Slot).ToHashSet(ReferenceEqualityComparer.Instance);
+        bool Quantized(string path, Linear l) => path != model.OutputEmbeddingsPath || (head && !tied.Contains(l.Weight));
+        var linears = model.NamedModules().Where(m => m.Module is Linear l && Quantized(m.Path, l)).Select(m => (m.Path, (Linear)m.Module)).ToList();
+        var ignore = model.NamedModules().Where(m => m.Module is Linear l && !Quantized(m.Path, l)).Select(m => m.Path).ToList();
+        return (bits, Scheme(bits, groupSize, ignore), linears);
     }
 
     /// <summary>W [out, in] → packed codes and scales (symmetric: no zero points).</summary>

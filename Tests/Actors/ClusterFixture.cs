@@ -45,8 +45,9 @@ internal static class ReferenceOnCluster
 
 internal static class Requests
 {
-    public static LoadModel Load(string folder, string? variant = null, string deviceMap = "balanced", string? dtype = "float32", string? maxMemory = null) =>
-        new(Guid.NewGuid().ToString("N"), folder, variant, dtype, deviceMap, maxMemory, null);
+    public static LoadModel Load(string folder, string? variant = null, string deviceMap = "balanced", string? dtype = "float32", string? maxMemory = null,
+        QuantizeRequest? quantize = null) =>
+        new(Guid.NewGuid().ToString("N"), folder, variant, dtype, deviceMap, maxMemory, null, Quantize: quantize);
 
     public static Generate Generate(long[][] ids, long[][]? mask, int maxNew) =>
         new(Guid.NewGuid().ToString("N"), ids, mask, maxNew, false, new SamplingSettings(true, 0, 0, 1, 0));

@@ -1,4 +1,7 @@
 using System.Text.Json.Nodes;
+using ShardPipe.Messages;
+using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Loading;
 using ShardPipe.Tests.Modeling;
 using ShardPipe.Tests.Support;
 
@@ -68,5 +71,57 @@ public class ClusterQuantizedTests : IClassFixture<ThreeNodeCluster>
         var outcome = await client.RunAsync(Requests.Forward(ReferenceData.Ints(c["input_ids"])), loaded.Stages, TimeSpan.FromSeconds(30));
         var expected = ReferenceData.Doubles(c["last_logits"]!);
         ReferenceModelTests.AssertClose(expected[0], outcome.LastLogits![0], 0.1, "bfloat16 activations");
+    }
+
+    /// <summary>
+    /// --quantize on a cluster: each of three stages packs its own slice as it loads it; the plan counts the packed bytes
+    /// (each stage holds exactly them, far fewer than the float load), and greedy tokens and logits equal one process's
+    /// quantize-on-load run of the same options.
+    /// </summary>
+    [Theory]
+    [InlineData("int4", 32, true)]
+    [InlineData("int8", -1, false)]
+    [InlineData("int4", 128, false)]
+    public async Task Quantize_on_load_over_three_nodes_generates_what_one_process_does(string method, int groupSize, bool head)
+    {
+        string folder = TestPaths.Model("llama_untied");
+        var prompt = new[] { new long[] { 5, 17, 42, 9, 3, 77 } };
+        var local = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "float32", Quantize = method, QuantizeGroupSize = groupSize, QuantizeHead = head });
+        long[] expected;
+        float[] expectedLogits;
+        try
+        {
+            expected = TokenGenerator.Greedy(local, prompt, null, new GenerationOptions { MaxNewTokens = 10, IgnoreEos = true }).Sequences[0][prompt[0].Length..];
+            using var ids = TorchSharp.torch.tensor(prompt[0], new long[] { 1, prompt[0].Length });
+            using var logits = local.Forward(ids, null, null, null, lastOnly: true);
+            expectedLogits = logits.reshape(-1).data<float>().ToArray();
+        }
+        finally { local.Release(); }
+
+        var client = _fixture.Cluster.Client;
+        var floats = await client.LoadAsync(Requests.Load(folder), TimeSpan.FromMinutes(2));
+        long floatBytes = floats.Devices.Sum(d => d.PlannedBytes);
+        var loaded = await client.LoadAsync(Requests.Load(folder, quantize: new QuantizeRequest(method, groupSize, head)), TimeSpan.FromMinutes(2));
+        Assert.Equal(new[] { "node-1", "node-2", "node-3" }, loaded.DeviceMap.Select(e => e.Device.Split('/')[0]).Distinct().Order());
+        Assert.All(loaded.Devices, d => Assert.Equal(d.PlannedBytes, d.LoadedBytes));
+        Assert.True(loaded.Devices.Sum(d => d.PlannedBytes) < floatBytes * 0.8, $"planned {loaded.Devices.Sum(d => d.PlannedBytes)} bytes quantized vs {floatBytes} in float32");
+
+        var outcome = await client.RunAsync(new Generate(Guid.NewGuid().ToString("N"), prompt, null, 10, true, new SamplingSettings(true, 0, 0, 1, 0)),
+            loaded.Stages, TimeSpan.FromSeconds(30));
+        Assert.Equal(expected, outcome.NewTokens[0]);
+        var forward = await client.RunAsync(Requests.Forward(prompt), loaded.Stages, TimeSpan.FromSeconds(30));
+        ReferenceModelTests.AssertClose(expectedLogits.Select(v => (double)v).ToArray(), forward.LastLogits![0], 1e-4, $"{method} g{groupSize} on 3 nodes");
+    }
+
+    [Fact]
+    public async Task Quantize_on_load_of_an_already_quantized_checkpoint_or_with_a_bad_method_fails_the_load_naming_it()
+    {
+        var client = _fixture.Cluster.Client;
+        var already = await Assert.ThrowsAnyAsync<Exception>(() => client.LoadAsync(
+            Requests.Load(QuantizedReferenceTests.Reference("ct_w4a16_g32_sym").Folder, quantize: new QuantizeRequest("int4", 32, false)), TimeSpan.FromMinutes(1)));
+        Assert.Contains("already quantized", already.Message);
+        var bad = await Assert.ThrowsAnyAsync<Exception>(() => client.LoadAsync(
+            Requests.Load(TestPaths.Model("llama_untied"), quantize: new QuantizeRequest("int3", 32, false)), TimeSpan.FromMinutes(1)));
+        Assert.Contains("int3", bad.Message);
     }
 }

@@ -50,4 +50,21 @@ public class QuantizedCliTests
         Assert.Equal(32, sq["group_size"]!.GetValue<int>());
         Assert.Equal(14, sq["quantized_modules"]!.GetValue<int>());
     }
+
+    [Fact]
+    public void Generate_with_quantize_on_an_embedded_cluster_gives_the_one_process_tokens()
+    {
+        string[] Args(params string[] extra) => new[] { "generate", "--model", TestPaths.Model("llama_untied"), "--input-ids", "5,17,42,9", "--max-new-tokens", "8",
+            "--ignore-eos", "--quantize", "int4", "--quantize-group-size", "32", "--json" }.Concat(extra).ToArray();
+        var local = ShardPipeProcess.Run(Args());
+        Assert.True(local.ExitCode == 0, local.Stderr);
+        var cluster = ShardPipeProcess.Run(Args("--cluster", "embedded:3"));
+        Assert.True(cluster.ExitCode == 0, cluster.Stderr);
+        string Sequences(string stdout) => JsonNode.Parse(stdout)!["sequences"]!.ToJsonString();
+        Assert.Equal(Sequences(local.Stdout), Sequences(cluster.Stdout));
+
+        var bad = ShardPipeProcess.Run("generate", "--model", TestPaths.Model("llama_untied"), "--input-ids", "5,17", "--quantize", "int4", "--quantize-group-size", "0", "--cluster", "embedded:2");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("quantize group size 0", bad.Stderr);
+    }
 }
