@@ -14,7 +14,8 @@ namespace ShardPipe.Host.Bench;
 /// <c>shardpipe bench recovery</c>: three <c>shardpipe node</c> processes serve a generated ~134M-parameter Llama; a
 /// long greedy generation runs once fault-free, then again while one node process is SIGKILLed mid-way. Reports
 /// whether the tokens are equal, the time from the kill to the next token the client receives (the resumed
-/// request's first) and to the end, and the decode speed before and after the recovery.
+/// request's first) and to the end, and the decode speed before and after the recovery; then the killed node rejoins
+/// and is rebalanced onto and drained live (<see cref="MoveBench"/>: <c>rebalance_s</c>, <c>drain_s</c>).
 /// </summary>
 public static class RecoveryBench
 {
@@ -74,7 +75,9 @@ public static class RecoveryBench
         bool equal = clean.NewTokens.Zip(outcome.NewTokens).All(p => p.First.SequenceEqual(p.Second));
         BenchSupport.Say(asJson, $"  node-{victim} killed after {n / 3} tokens: resumed {resumedAt - killedAt:0.00} s later, done {doneAt - killedAt:0.00} s after the kill; " +
                                  $"tokens {(equal ? "equal" : "DIFFERENT")}, {afterRate:0.0} tokens/s after, {outcome.RecoveredFaults} fault(s) survived");
-        BenchSupport.Finish(new JsonObject
+        // Live moves: the killed node rejoins and takes layers (rebalance), then is drained; both during a generation.
+        var (moves, movesEqual) = await MoveBench.Run(nodes, client, victim, n, clean.NewTokens, Request, asJson, log);
+        var figures = new JsonObject
         {
             ["bench"] = "recovery",
             ["killed_node"] = $"node-{victim}",
@@ -85,7 +88,9 @@ public static class RecoveryBench
             ["fault_to_done_s"] = Math.Round(doneAt - killedAt, 3),
             ["fault_free_tokens_per_s"] = Math.Round(clean.TokensPerSecond, 2),
             ["after_recovery_tokens_per_s"] = Math.Round(afterRate, 2),
-        });
-        return equal ? 0 : 1;
+        };
+        foreach (var (key, value) in moves.ToList()) { moves.Remove(key); figures[key] = value; }
+        BenchSupport.Finish(figures);
+        return equal && movesEqual ? 0 : 1;
     }
 }

@@ -32,6 +32,7 @@ public static class StatusCommand
                 ["recoveries"] = s.Recoveries,
                 ["moved"] = ClusterSession.MapJson(s.Moved ?? Array.Empty<ShardPipe.Messages.DeviceMapEntry>()),
                 ["refused"] = new JsonArray(refused.Select(r => (JsonNode)new JsonObject { ["device"] = r.Device, ["reason"] = r.Reason }).ToArray()),
+                ["drains"] = new JsonArray((s.Drains ?? []).Select(d => (JsonNode)new JsonObject { ["node"] = d.Node, ["phase"] = d.Phase }).ToArray()),
             };
             if (parse.GetValue(json)) JsonOut.Print(result);
             else
@@ -40,6 +41,7 @@ public static class StatusCommand
                     s.Devices, s.DeviceMap);
                 if (s.Recoveries > 0)
                     Console.WriteLine($"recoveries {s.Recoveries}; the last moved {(s.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing")}");
+                if (s.Drains is { Length: > 0 } drains) Console.WriteLine($"draining {string.Join(", ", drains.Select(d => $"{d.Node} ({d.Phase})"))}");
                 if (refused.Length > 0) Tables.Print(new[] { "refused device", "reason" }, refused.Select(r => new[] { r.Device, r.Reason }));
             }
             return 0;
