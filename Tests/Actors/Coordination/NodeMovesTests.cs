@@ -69,14 +69,14 @@ public class NodeMovesTests
         s.NodeMoves.Started([Address(3)]);
         Assert.Equal(plan.Result.PlanEpoch, s.Model.BeginMove());
         Assert.Equal(ClusterState.Moving, s.Status("q").State);
-        Assert.Equal([new NodeDrain("node-3", "moving")], s.Status("q").Drains);
+        Assert.Equal([new NodeDrain("node-3", "moving")], s.Status("q").Drains!);
         Assert.True(s.Model.IsCurrent(plan.Result.PlanEpoch));
         var served = Load(s, plan);
         Assert.Equal(ClusterState.Ready, s.State);
         var (move, leave) = s.NodeMoves.Committed();
         Assert.Equal("r1", move!.RequestId);
         Assert.Equal([Address(3)], leave);
-        Assert.Equal([new NodeDrain("node-3", "leaving")], s.Status("q").Drains);
+        Assert.Equal([new NodeDrain("node-3", "leaving")], s.Status("q").Drains!);
 
         // Its workers stop (the node left): nothing served needed them, so nothing is recovered.
         Assert.Equal(Loss.Nothing, s.Lose(s.Registry.WorkersOn(Address(3))));
@@ -130,7 +130,7 @@ public class NodeMovesTests
         Register(s, 3, 1 << 20); // joined after the load: holds nothing
         var now = Assert.IsType<MoveDecision.LeaveNow>(s.AskMove("r", "node-3", DateTime.UtcNow));
         Assert.Equal(("node-3", new[] { Address(3) }), (now.Node, now.Addresses.ToArray()));
-        Assert.Equal([new NodeDrain("node-3", "leaving")], s.Status("q").Drains);
+        Assert.Equal([new NodeDrain("node-3", "leaving")], s.Status("q").Drains!);
         Assert.Equal(ClusterState.Ready, s.State);
         Assert.Null(s.NodeMoves.Asked);
     }
