@@ -129,7 +129,8 @@ public class NodeMovesTests
         var s = Serving(1 << 20, 1 << 20);
         Register(s, 3, 1 << 20); // joined after the load: holds nothing
         var now = Assert.IsType<MoveDecision.LeaveNow>(s.AskMove("r", "node-3", DateTime.UtcNow));
-        Assert.Equal(("node-3", new[] { Address(3) }), (now.Node, now.Addresses.ToArray()));
+        Assert.Equal("node-3", now.Node);
+        Assert.Equal([Address(3)], now.Addresses);
         Assert.Equal([new NodeDrain("node-3", "leaving")], s.Status("q").Drains!);
         Assert.Equal(ClusterState.Ready, s.State);
         Assert.Null(s.NodeMoves.Asked);
@@ -154,9 +155,10 @@ public class NodeMovesTests
         Assert.Equal((ClusterState.Ready, before.PlanEpoch), (s.State, s.Model.Epoch));
 
         Assert.IsType<MoveDecision.Plan>(s.AskMove(null, null, DateTime.UtcNow));
-        var planned = s.PlanMove(Description.Value, minGain: 0.1);
+        // (Two decoder layers: the busiest device keeps the embedding and layer 0 whatever the nodes, so the gain is about 0.)
+        var planned = s.PlanMove(Description.Value, minGain: 0);
         var plan = Assert.IsType<LoadPlan>(planned.Plan);
-        Assert.True(planned.Gain >= 0.1, $"gain {planned.Gain}");
+        Assert.InRange(planned.Gain, -0.01, 0.01);
         Assert.Contains(plan.Slices, x => x.Worker.Node == "node-3");
         Assert.NotEmpty(plan.Result.Moved);
         Assert.All(plan.Result.Moved, m => Assert.NotEqual(m.Device, ShardPipe.Placement.ModulePath.Closest(before.DeviceMap.Select(e => new KeyValuePair<string, string>(e.Module, e.Device)), m.Module)));
@@ -187,6 +189,16 @@ public class NodeMovesTests
         var replan = s.Plan(Request, Description.Value, recovery);
         Assert.Null(replan.Error);
         Assert.All(replan.Plan!.Slices, x => Assert.Equal("node-1", x.Worker.Node)); // neither the lost node nor the drained one
+    }
+
+    [Fact]
+    public void The_gain_of_a_move_is_the_relief_of_the_busiest_memory_device()
+    {
+        static ModelRecord With(params (string Device, long Bytes)[] d) =>
+            ModelTrackerTests.Model(1) with { Devices = d.Select(x => new DeviceUsage(x.Device, x.Bytes, 0, 1000)).ToArray() };
+        Assert.Equal(1 - 2.0 / 3, MovePlanner.Gain(With(("node-1/cpu", 300), ("node-2/cpu", 300)), With(("node-1/cpu", 200), ("node-2/cpu", 200), ("node-3/cpu", 200))), 6);
+        Assert.Equal(0, MovePlanner.Gain(With(("node-1/cpu", 300), ("node-1/disk", 900)), With(("node-1/cpu", 300), ("node-2/disk", 10))), 6); // disk devices do not count
+        Assert.True(MovePlanner.Gain(With(("node-1/cpu", 100)), With(("node-1/cpu", 150))) < 0); // a move can make it worse
     }
 
     [Fact]
