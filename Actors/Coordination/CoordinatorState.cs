@@ -107,6 +107,7 @@ public sealed partial class CoordinatorState<TCaller> where TCaller : notnull
     /// <summary>Why another load is refused while one (of <paramref name="loading"/>) or a recovery is under way.</summary>
     public string LoadRefusal(string? loading) => Model.Recovering
         ? $"the cluster is recovering {Model.Loaded?.Folder}; unload it first or retry when it is ready"
+        : Model.Moving ? $"layers of {Model.Loaded?.Folder} are moving ({NodeMoves.Asked?.Describe() ?? "a move"}); retry when it is ready"
         : $"a load of {loading} is in progress";
 
     /// <summary>How a loss of <paramref name="paths"/> reads: "node node-2 (node-2/cpu) was lost".</summary>
