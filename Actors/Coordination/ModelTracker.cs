@@ -201,21 +201,6 @@ public sealed class ModelTracker
         return ++Epoch;
     }
 
-    // ---- drains and rebalances ----
-
-    /// <summary>Layers move (a drain or rebalance, planned from the served model): its plan goes out under a new epoch (returned).</summary>
-    public int BeginMove()
-    {
-        State = ClusterState.Moving;
-        return ++Epoch;
-    }
-
-    /// <summary>Layers are moving for a drain or rebalance.</summary>
-    public bool Moving => State == ClusterState.Moving;
-
-    /// <summary>The epoch a move planned now will be loaded under.</summary>
-    public int NextEpoch => Epoch + 1;
-
     // ---- unloading, stopping ----
 
     /// <summary>Forgets the model (an unload): the cluster is empty.</summary>
@@ -232,4 +217,19 @@ public sealed class ModelTracker
         Failure = failure;
         State = failure is null ? ClusterState.Empty : ClusterState.Failed;
     }
+
+    // ---- drains and rebalances ----
+
+    /// <summary>Layers move (a drain or rebalance, planned from the served model): its plan goes out under a new epoch (returned).</summary>
+    public int BeginMove()
+    {
+        State = ClusterState.Moving;
+        return ++Epoch;
+    }
+
+    /// <summary>Layers are moving for a drain or rebalance.</summary>
+    public bool Moving => State == ClusterState.Moving;
+
+    /// <summary>The epoch a move planned now will be loaded under.</summary>
+    public int NextEpoch => Epoch + 1;
 }

@@ -112,20 +112,22 @@ shardpipe.node-name = ""node-{node}""
         kill.WaitForExit();
     }
 
-    /// <summary>Everything node <paramref name="node"/> has logged so far, every incarnation of it.</summary>
-    public string Log(int node)
-    {
-        string path = Path.Combine(_dir, $"node-{node}.log");
-        if (!File.Exists(path)) return "";
-        using var reader = new StreamReader(new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite));
-        return reader.ReadToEnd();
-    }
-
     /// <summary>The last lines of a node's log (for a failure message).</summary>
     public string Tail(int node, int lines = 20)
     {
         string path = Path.Combine(_dir, $"node-{node}.log");
         return File.Exists(path) ? string.Join("\n", File.ReadLines(path).TakeLast(lines)) : "";
+    }
+
+    /// <summary>Every line of a node's log so far (stdout and stderr; a killed node's too).</summary>
+    public IReadOnlyList<string> Log(int node)
+    {
+        string path = Path.Combine(_dir, $"node-{node}.log");
+        if (!File.Exists(path)) return Array.Empty<string>();
+        using var reader = new StreamReader(new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite));
+        var lines = new List<string>();
+        while (reader.ReadLine() is { } line) lines.Add(line);
+        return lines;
     }
 
     public void Dispose()
