@@ -89,12 +89,15 @@ public enum ClusterState
     Failed = 6,
     /// <summary>The whole cluster is shutting down: no recovery starts.</summary>
     Stopping = 7,
+    /// <summary>Layers move for a drain or a rebalance under a new epoch (only what moves is read); requests resume on the new route.</summary>
+    Moving = 8,
 }
 
 /// <summary>
 /// Answer to <see cref="GetStatus"/>: the model's <see cref="ClusterState"/>
 /// and why, the registered nodes, devices refused at registration, and the loaded model's map and stages; after a
-/// recovery (<c>recovering</c>, <c>degraded</c>), what moved where in the last one and how many there were.
+/// recovery (<c>recovering</c>, <c>degraded</c>), what moved where in the last one and how many there were; the nodes
+/// being drained (<see cref="Drains"/>).
 /// </summary>
 [MessagePackObject]
 public sealed record ClusterStatus(
@@ -112,7 +115,8 @@ public sealed record ClusterStatus(
     [property: Key(13)] int Queued = 0,
     [property: Key(14)] DeviceMapEntry[]? Moved = null,
     [property: Key(15)] int Recoveries = 0,
-    [property: Key(16)] DeviceTiming[]? Timings = null) : IShardPipeMessage
+    [property: Key(16)] DeviceTiming[]? Timings = null,
+    [property: Key(20)] NodeDrain[]? Drains = null) : IShardPipeMessage
 {
     /// <summary>The state as people and JSON read it: <c>ready</c>, <c>recovering</c>…</summary>
     [IgnoreMember] public string StateName => State.ToString().ToLowerInvariant();

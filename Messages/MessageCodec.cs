@@ -26,6 +26,7 @@ public static class MessageCodec
         ("fwd-res", typeof(ForwardResult)), ("gen-done", typeof(GenerationDone)), ("req-fail", typeof(RequestFailed)),
         ("req-rel", typeof(ReleaseRequest)), ("link?", typeof(OpenLink)), ("link-offer", typeof(LinkOffer)),
         ("commit", typeof(ModelCommitted)),
+        ("drain", typeof(DrainNode)), ("rebalance", typeof(RebalanceModel)), ("moved", typeof(LayersMoved)), ("move-fail", typeof(MoveFailed)),
     };
 
     private static readonly Dictionary<Type, string> ByType = Table.ToDictionary(t => t.Type, t => t.Manifest);

@@ -2,7 +2,8 @@
 # Chaos check: three `shardpipe node` processes on loopback (every node may hold the coordinator, every node a seed)
 # serve a generated ~134M-parameter Llama. A long greedy generation runs fault-free; then again while a worker
 # process is SIGKILLed mid-way; then (a fresh node brought back) again while the node holding the coordinator is
-# SIGKILLed, the client given every node as a contact point. Each faulted run must print exactly the fault-free
+# SIGKILLed, the client given every node as a contact point. Between the kills, node-3 is drained while a generation runs
+# (`shardpipe drain`: its layers move live, its process leaves by itself), started again and rebalanced onto. Each faulted run must print exactly the fault-free
 # tokens. Every connection runs mutual TLS with certificates made by `shardpipe cert`. Prints the time from each kill to the request's completion; the last line is the verdict (exit 0 only if
 # both held). Usage: bash ops/chaos.sh   (needs the .NET SDK, as the README; stops everything it started)
 set -uo pipefail
@@ -78,10 +79,42 @@ faulted() {
   echo "FAIL: node-$victim killed mid-generation; ${secs} s after the kill the tokens differ (or none came)" >&2; return 1
 }
 
+# Drains node $1 while a generation runs (its layers move to the others, the request keeps its tokens, the process ends
+# by itself), then starts it again and rebalances layers back onto it while another generation runs.
+drain_and_readd() {
+  local node=$1 out="$work/run-drain.txt" ok=0
+  ( generate > "$out" ) &
+  local gen=$!
+  for _ in $(seq 1 100); do
+    "$sp" status --cluster "$contacts" --client-config "$work/client.conf" --json 2>/dev/null | grep -q '"in_flight":[1-9]' && break; sleep 0.1
+  done
+  sleep 3
+  "$sp" drain --cluster "$contacts" --client-config "$work/client.conf" "node-$node" >&2 || ok=1
+  wait "$gen"
+  [ "$(cat "$out")" = "$expected" ] || { echo "FAIL: node-$node drained mid-generation; the tokens differ (or none came)" >&2; ok=1; }
+  for _ in $(seq 1 60); do kill -0 "${pids[$node]}" 2>/dev/null || break; sleep 1; done
+  if kill -0 "${pids[$node]}" 2>/dev/null || ! grep -q "left the cluster as asked" "$work/node-$node.log"; then
+    echo "FAIL: drained node-$node did not leave by itself" >&2; ok=1
+  fi
+  unset "pids[$node]"
+  [ "$ok" = 0 ] && echo "ok: node-$node drained mid-generation; tokens equal, the process left by itself" >&2
+  start_node "$node"; wait_nodes 3
+  out="$work/run-rebalance.txt"
+  ( generate > "$out" ) &
+  gen=$!
+  sleep 4
+  "$sp" rebalance --cluster "$contacts" --client-config "$work/client.conf" >&2 || ok=1
+  wait "$gen"
+  if [ "$(cat "$out")" = "$expected" ]; then echo "ok: node-$node re-added and rebalanced onto mid-generation; tokens equal" >&2
+  else echo "FAIL: rebalance mid-generation; the tokens differ (or none came)" >&2; ok=1; fi
+  return "$ok"
+}
+
 verdict=0
 faulted 2 || verdict=1
 start_node 2; wait_nodes 3   # a fresh node-2 rejoins, so that losing the next node still leaves a majority
+drain_and_readd 3 || verdict=1  # maintenance: node-3 taken out live and put back
 faulted 1 || verdict=1        # node-1 holds the coordinator singleton
-if [ "$verdict" = 0 ]; then echo "PASS: a worker and the coordinator's node were killed mid-generation; both requests finished with the fault-free tokens"
+if [ "$verdict" = 0 ]; then echo "PASS: a worker and the coordinator's node were killed mid-generation, and a node drained and re-added; every request finished with the fault-free tokens"
 else echo "FAIL: see above (logs in $work)"; fi
 exit "$verdict"

@@ -185,7 +185,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
             lastState = s.Detail is { } d ? $"{s.StateName}: {d}" : s.StateName;
             // Still on its way back (or served on a route with a stage this request saw die): keep waiting. Any other
             // state answers for itself: ready serves the resumed request, empty or failed refuses it with the reason.
-            if (s.State is ClusterState.Starting or ClusterState.Recovering or ClusterState.Degraded or ClusterState.Loading) return;
+            if (s.State is ClusterState.Starting or ClusterState.Recovering or ClusterState.Degraded or ClusterState.Loading or ClusterState.Moving) return;
             if (s.State == ClusterState.Ready && s.Stages.Any(st => _lostStages.Contains(st.WorkerPath))) return;
             Timers.Cancel("poll");
             Timers.Cancel("deadline");

@@ -108,6 +108,30 @@ akka.remote.dot-netty.tcp.port = 0");
     public Task<ModelUnloaded> UnloadAsync(TimeSpan timeout) => _coordinator.Ask<ModelUnloaded>(new UnloadModel(Guid.NewGuid().ToString("N")), timeout);
 
     /// <summary>
+    /// Drains <paramref name="node"/>: its layers move to the others under a new epoch (requests in flight resume there
+    /// with the same tokens), then it is told to leave. Answers once the new epoch serves; a refusal (nothing changed) is
+    /// a typed error: <see cref="PlacementException"/> when the others lack the memory, <see cref="InvalidInputException"/>
+    /// for an unknown node, else <see cref="ClusterException"/>.
+    /// </summary>
+    public Task<LayersMoved> DrainAsync(string node, TimeSpan timeout) => MoveAsync(new DrainNode(Guid.NewGuid().ToString("N"), node), timeout);
+
+    /// <summary>Re-plans the served model over every node and moves what must move, live (as <see cref="DrainAsync"/>).</summary>
+    public Task<LayersMoved> RebalanceAsync(TimeSpan timeout) => MoveAsync(new RebalanceModel(Guid.NewGuid().ToString("N")), timeout);
+
+    private async Task<LayersMoved> MoveAsync(IShardPipeMessage request, TimeSpan timeout)
+    {
+        var reply = await _coordinator.Ask<IShardPipeMessage>(request, timeout);
+        return reply switch
+        {
+            LayersMoved ok => ok,
+            MoveFailed { Fault: MoveFault.Placement } f => throw new PlacementException(f.Reason),
+            MoveFailed { Fault: MoveFault.InvalidInput } f => throw new InvalidInputException(f.Reason),
+            MoveFailed f => throw new ClusterException(f.Reason),
+            _ => throw new ClusterException($"unexpected answer {reply.GetType().Name} to {request.GetType().Name}"),
+        };
+    }
+
+    /// <summary>
     /// Waits until <paramref name="nodes"/> nodes' workers have registered with the coordinator; a device the
     /// coordinator refused (say cuda:0 on a build without CUDA) ends the wait at once with its reason.
     /// </summary>

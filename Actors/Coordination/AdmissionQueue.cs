@@ -69,7 +69,7 @@ public sealed class AdmissionQueue<TRequest, TCaller> where TCaller : notnull
         switch (state)
         {
             case ClusterState.Starting: return Admission.Starting;
-            case ClusterState.Recovering or ClusterState.Degraded: return Admission.Recovering;
+            case ClusterState.Recovering or ClusterState.Degraded or ClusterState.Moving: return Admission.Recovering;
             case not ClusterState.Ready: return Admission.NoModel;
         }
         // Ids name requests on every stage (caches, releases): a second request under a running or queued id is refused.

@@ -17,7 +17,7 @@ namespace ShardPipe.Actors.Coordination;
 /// <see cref="ClusterState"/> (<see cref="Enter"/>); facts of a plan epoch no longer awaited are dropped in one place
 /// (<see cref="Behave"/>).
 /// </summary>
-public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
+public sealed partial class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 {
     public ITimerScheduler Timers { get; set; } = null!;
     public IStash Stash { get; set; } = null!;
@@ -58,7 +58,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     private void Enter() => Become(Model.State switch
     {
         ClusterState.Starting => () => Behave(() => Receive<StartWindowOver>(_ => AdoptHeld()), load: _ => Stash.Stash()),
-        ClusterState.Loading or ClusterState.Recovering => () => Behave(Loading, load: Refuse),
+        ClusterState.Loading or ClusterState.Recovering or ClusterState.Moving => () => Behave(Loading, load: Refuse),
         ClusterState.Stopping => () => // the whole cluster is shutting down (ClusterStopping): no recovery starts; only status is answered
         {
             Receive<GetStatus>(s => Sender.Tell(_state.Status(s.RequestId)));
@@ -88,7 +88,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
             Lost(lost, u.Member.Address.ToString());
         });
         Receive<ClusterEvent.ReachableMember>(r => _state.Registry.NodeBack(r.Member.Address.ToString())); // its workers register again
-        Receive<ClusterEvent.MemberRemoved>(r => _state.Registry.NodeBack(r.Member.Address.ToString()));
+        Receive<ClusterEvent.MemberRemoved>(r => { _state.Registry.NodeBack(r.Member.Address.ToString()); _state.NodeMoves.NodeRemoved(r.Member.Address.ToString()); });
         Receive<UnloadModel>(u =>
         {
             AnswerLoad(new LoadFailed(_load?.Request.RequestId ?? "", "the load was cancelled by an unload"));
@@ -98,6 +98,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         });
         Receive<GenerationDone>(d => Finished(d.RequestId));
         Receive<RequestFailed>(f => Finished(f.RequestId));
+        MoveHandling();
         ReceiveAny(_ => { }); // other member events, late timers, a worker's ModelUnloaded, a current plan fact of no use here
     }
 
@@ -137,6 +138,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
         }
         if (reg.Adopt) AdoptHeld();
         else if (reg.RetryRecovery) StartRecovery("capacity joined");
+        else if (reg.Joined.Count > 0 && _settings.Rebalance.Auto) AskMove(null, null); // a node joined: rebalance if it gains enough
     }
 
     /// <summary>A new coordinator (first start, or the singleton moved here) takes over the newest model the workers hold.</summary>
@@ -182,7 +184,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     {
         if (planned.Plan is not { } plan) { FailLoad(planned.Epoch, planned.Error!); return; }
         if (Model.Recovering) _log.Info("recovery plan (epoch {0}): {1}", plan.Result.PlanEpoch, CoordinatorState<IActorRef>.Moves(plan.Result, "nothing moves"));
-        else _log.Info("loading {0} (epoch {1}) on {2} workers", plan.Result.Folder, plan.Result.PlanEpoch, plan.Slices.Count);
+        else if (!Model.Moving) _log.Info("loading {0} (epoch {1}) on {2} workers", plan.Result.Folder, plan.Result.PlanEpoch, plan.Slices.Count);
         _refs.Send(plan);
         Model.BeginLoad(plan.Slices.ToDictionary(s => s.Worker.Path, s => s.Slice.PlannedBytes), plan.Result);
         Timers.StartSingleTimer("load-timeout", new LoadTimeout(plan.Result.PlanEpoch), _settings.LoadTimeout);
@@ -190,18 +192,21 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
 
     private void OnSliceLoaded(SliceLoaded s)
     {
-        bool recovery = Model.Recovering;
+        bool recovery = Model.Recovering, moving = Model.Moving;
         if (_refs.PathOf(Sender) is not { } path || _state.SliceLoaded(path, s) is not { } loaded) return;
         Timers.Cancel("load-timeout");
         _refs.Commit(loaded);
         Enter();
-        if (recovery)
+        if (moving) MoveServed(loaded);
+        else if (recovery)
         {
             _log.Warning("model {0} recovered (epoch {1}) in {2:0.00} s: moved {3}", loaded.Folder, loaded.PlanEpoch,
                 (DateTime.UtcNow - Model.RecoveryStarted).TotalSeconds, CoordinatorState<IActorRef>.Moves(loaded, "nothing"));
             // Workers that hold a slice of the old epoch and are not in the new plan free it (any older epoch's slice).
             _refs.Release(loaded.PlanEpoch - 1, where: w => loaded.Stages.All(st => st.WorkerPath != w));
             foreach (var (_, request, caller) in _state.Admission.Drain(Model.State, DateTime.UtcNow)) Start(request, caller);
+            TellToLeave(_state.NodeMoves.PendingLeave()); // a drain that a recovery overtook: the node is no longer needed
+            _state.NodeMoves.Leaving();
         }
         else if (_load is { } load)
         {
@@ -250,6 +255,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     {
         if (!ClusterView.HasQuorum(Context.System, _state.Registry.IsUnreachable)) { AwaitQuorum(why); return; }
         var served = Model.Loaded!;
+        AbandonMove($"a recovery began ({why})");
         int epoch = Model.BeginRecovery(DateTime.UtcNow);
         // Callers of requests in flight learn now (not when their own watch of the stages fires) and resume once ready.
         foreach (var (id, caller) in _state.Admission.Interrupt()) caller.Tell(new RequestFailed(id, "coordinator", $"{why}; the model is being recovered", Retryable: true));
@@ -276,6 +282,7 @@ public sealed class CoordinatorActor : ReceiveActor, IWithTimers, IWithStash
     private void Unload()
     {
         Timers.Cancel("load-timeout");
+        AbandonMove("the model was unloaded or replaced");
         foreach (int epoch in new[] { Model.Loaded?.PlanEpoch, Model.Pending?.Epoch }.OfType<int>().Distinct()) _refs.Release(epoch);
         foreach (var (id, caller) in _state.Admission.Clear()) caller.Tell(new RequestFailed(id, "coordinator", "the model was unloaded before this request started"));
         Model.Unload();

@@ -9,7 +9,7 @@ namespace ShardPipe.Actors.Coordination;
 /// This class joins them where a decision needs two, and answers status. Each part is tested with plain xunit; the
 /// actor only moves messages and keeps timers.
 /// </summary>
-public sealed class CoordinatorState<TCaller> where TCaller : notnull
+public sealed partial class CoordinatorState<TCaller> where TCaller : notnull
 {
     public WorkerRegistry Registry { get; }
     public ModelTracker Model { get; } = new();
@@ -72,7 +72,7 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
             Coordination.Admission.Duplicate => new RequestFailed(id, "coordinator", $"request id '{id}' is already running or queued; every request needs its own id", Invalid: true),
             Coordination.Admission.Busy => new RequestFailed(id, "coordinator", $"busy: {Admission.InFlight} requests in flight and {Admission.Queued} queued; retry later"),
             Coordination.Admission.Starting => new RequestFailed(id, "coordinator", "the coordinator is starting; retry shortly", Retryable: true),
-            Coordination.Admission.Recovering => new RequestFailed(id, "coordinator", $"the model is {state}: {Model.Failure ?? "lost stages are being re-planned"}", Retryable: true),
+            Coordination.Admission.Recovering => new RequestFailed(id, "coordinator", $"the model is {state}: {Model.Failure ?? (NodeMoves.Asked is { } m ? $"its layers move ({m.Describe()})" : "lost stages are being re-planned")}", Retryable: true),
             _ => new RequestFailed(id, "coordinator", $"no model is loaded (state: {state}{(Model.Failure is { } f ? $": {f}" : "")})"),
         });
     }
@@ -93,8 +93,9 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
     {
         try
         {
-            return (Model.Recovering ? SlicePlanner.Replan(model, Model.Loaded!, Registry.Workers, Model.Holders, epoch, _kvCap).Plan
-                : SlicePlanner.Plan(model, request, Registry.Workers, epoch, _kvCap, PlanningSpeeds), epoch, null);
+            var workers = NodeMoves.Plannable(Registry.Workers); // never onto a drained node
+            return (Model.Recovering ? SlicePlanner.Replan(model, Model.Loaded!, workers, Model.Holders, epoch, _kvCap).Plan
+                : SlicePlanner.Plan(model, request, workers, epoch, _kvCap, PlanningSpeeds), epoch, null);
         }
         catch (Exception ex) // a bad request must never restart the coordinator (it would forget every worker)
         {
@@ -112,6 +113,7 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
     /// <summary>Why another load is refused while one (of <paramref name="loading"/>) or a recovery is under way.</summary>
     public string LoadRefusal(string? loading) => Model.Recovering
         ? $"the cluster is recovering {Model.Loaded?.Folder}; unload it first or retry when it is ready"
+        : Model.Moving ? $"layers of {Model.Loaded?.Folder} are moving ({NodeMoves.Asked?.Describe() ?? "a move"}); retry when it is ready"
         : $"a load of {loading} is in progress";
 
     /// <summary>How a loss of <paramref name="paths"/> reads: "node node-2 (node-2/cpu) was lost".</summary>
@@ -148,7 +150,8 @@ public sealed class CoordinatorState<TCaller> where TCaller : notnull
             Admission.Queued,
             loaded?.Recoveries > 0 ? loaded.Moved : null,
             loaded?.Recoveries ?? 0,
-            Registry.Timings());
+            Registry.Timings(),
+            NodeMoves.Status() is { Length: > 0 } drains ? drains : null);
     }
 }
 

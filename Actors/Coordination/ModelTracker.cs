@@ -66,7 +66,7 @@ public sealed class ModelTracker
     public bool Recovering => State is ClusterState.Recovering or ClusterState.Degraded;
 
     /// <summary>A fact of <paramref name="epoch"/> is one this tracker waits for: the plan or load of the newest epoch, in progress.</summary>
-    public bool IsCurrent(int epoch) => epoch == Epoch && State is ClusterState.Loading or ClusterState.Recovering;
+    public bool IsCurrent(int epoch) => epoch == Epoch && State is ClusterState.Loading or ClusterState.Recovering or ClusterState.Moving;
 
     // ---- a new coordinator ----
 
@@ -160,7 +160,7 @@ public sealed class ModelTracker
     public LoadFailure FailLoad(int epoch, string reason)
     {
         if (!IsCurrent(epoch)) return LoadFailure.Stale;
-        if (State == ClusterState.Recovering)
+        if (State is ClusterState.Recovering or ClusterState.Moving) // a move that failed half-way is recovered: its old stages stopped
         {
             bool loading = Pending is not null;
             Pending = null;
@@ -229,4 +229,19 @@ public sealed class ModelTracker
         Failure = failure;
         State = failure is null ? ClusterState.Empty : ClusterState.Failed;
     }
+
+    // ---- drains and rebalances ----
+
+    /// <summary>Layers move (a drain or rebalance, planned from the served model): its plan goes out under a new epoch (returned).</summary>
+    public int BeginMove()
+    {
+        State = ClusterState.Moving;
+        return ++Epoch;
+    }
+
+    /// <summary>Layers are moving for a drain or rebalance.</summary>
+    public bool Moving => State == ClusterState.Moving;
+
+    /// <summary>The epoch a move planned now will be loaded under.</summary>
+    public int NextEpoch => Epoch + 1;
 }

@@ -151,6 +151,14 @@ public static class SlicePlanner
         return budgets;
     }
 
+    /// <summary>A max_memory string without the entries naming devices not in <paramref name="devices"/> (lost or drained); null when none is left.</summary>
+    public static string? KeepMaxMemory(string? maxMemory, IEnumerable<DeviceId> devices)
+    {
+        if (maxMemory is null) return null;
+        var here = devices.ToHashSet();
+        return string.Join(",", MaxMemory.Parse(maxMemory).Where(e => here.Contains(e.Device)).Select(e => $"{e.Device}={(long)e.Bytes}")) is { Length: > 0 } kept ? kept : null;
+    }
+
     /// <summary>
     /// The plan after a recovery: <see cref="RecoveryPlanner"/> keeps every module of a surviving worker in place and
     /// moves the lost ones; the result is planned as an explicit map over the survivors (budgets checked again).
@@ -169,10 +177,7 @@ public static class SlicePlanner
         string json = new System.Text.Json.Nodes.JsonObject(moves.DeviceMap.Select(kv =>
             new KeyValuePair<string, System.Text.Json.Nodes.JsonNode?>(kv.Key, kv.Value.ToString()))).ToJsonString();
         // max_memory entries naming lost devices are dropped; the rest still bound the survivors.
-        string? maxMemory = request.MaxMemory is { } mm
-            ? string.Join(",", MaxMemory.Parse(mm).Where(e => budgets.Any(b => b.Id == e.Device)).Select(e => $"{e.Device}={(long)e.Bytes}")) is { Length: > 0 } kept ? kept : null
-            : null;
-        var plan = Plan(model, request with { DeviceMap = json, MaxMemory = maxMemory }, ordered, epoch, kvCap);
+        var plan = Plan(model, request with { DeviceMap = json, MaxMemory = KeepMaxMemory(request.MaxMemory, budgets.Select(b => b.Id)) }, ordered, epoch, kvCap);
         var result = plan.Result with
         {
             Request = request, Recoveries = served.Recoveries + 1,

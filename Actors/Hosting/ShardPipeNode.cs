@@ -113,6 +113,12 @@ shardpipe.local-checkpoints = {(localCheckpoints ? "on" : "off")}
         return ConfigurationFactory.ParseString(hocon);
     }
 
+    /// <summary>
+    /// The node left the cluster because it was asked to (a drain told it to leave, or a leave was issued for it): its
+    /// system shut down for <see cref="CoordinatedShutdown.ClusterLeavingReason"/>, not because it was downed.
+    /// </summary>
+    public bool LeftOnRequest => CoordinatedShutdown.Get(System).ShutdownReason is CoordinatedShutdown.ClusterLeavingReason;
+
     public async ValueTask DisposeAsync()
     {
         await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance);

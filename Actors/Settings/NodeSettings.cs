@@ -46,6 +46,8 @@ public sealed record NodeSettings
     public required BulkSettings Bulk { get; init; }
     public required ActivationLinkSettings Links { get; init; }
     public required BatchingSettings Batching { get; init; }
+    /// <summary>Rebalancing the served model by itself when a node joins (<c>shardpipe.placement</c>).</summary>
+    public RebalanceSettings Rebalance { get; init; } = RebalanceSettings.Off;
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
     /// <summary>Fault-injection hook: every step on this node sleeps this long first (multi-process tests of faults mid-generation).</summary>
@@ -116,6 +118,7 @@ public sealed record NodeSettings
             Bulk = BulkSettings.From(config, tls),
             Links = ActivationLinkSettings.From(config, tls),
             Batching = BatchingSettings.From(config),
+            Rebalance = RebalanceSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
         };
     }

@@ -81,6 +81,27 @@ shardpipe.node-name = ""node-{node}""
         _processes[node - 1] = null;
     }
 
+    /// <summary>Waits for node <paramref name="node"/>'s process to end by itself (a drained node leaves): its exit code, or null if it still runs after <paramref name="timeout"/>.</summary>
+    public int? WaitForExit(int node, TimeSpan timeout)
+    {
+        var p = this[node];
+        if (!p.WaitForExit(timeout)) return null;
+        p.WaitForExit(); // the output readers drained too
+        _processes[node - 1] = null;
+        return p.ExitCode;
+    }
+
+    /// <summary>A file holding <see cref="ClientConfig"/> as HOCON, for a <c>shardpipe</c> command's <c>--client-config</c>.</summary>
+    public string ClientConfigFile
+    {
+        get
+        {
+            string path = Path.Combine(_dir, "client.conf");
+            if (!File.Exists(path)) File.WriteAllText(path, _certs?.HoconFor("client") ?? "");
+            return path;
+        }
+    }
+
     /// <summary>SIGSTOP / SIGCONT: the process is frozen (no heartbeats, no steps) and later resumed.</summary>
     public void Pause(int node) => Signal(node, "STOP");
     public void Resume(int node) => Signal(node, "CONT");

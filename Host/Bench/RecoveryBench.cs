@@ -14,7 +14,8 @@ namespace ShardPipe.Host.Bench;
 /// <c>shardpipe bench recovery</c>: three <c>shardpipe node</c> processes serve a generated ~134M-parameter Llama; a
 /// long greedy generation runs once fault-free, then again while one node process is SIGKILLed mid-way. Reports
 /// whether the tokens are equal, the time from the kill to the next token the client receives (the resumed
-/// request's first) and to the end, and the decode speed before and after the recovery.
+/// request's first) and to the end, and the decode speed before and after the recovery; then the killed node rejoins
+/// and is rebalanced onto and drained live (<see cref="MoveBench"/>: <c>rebalance_s</c>, <c>drain_s</c>).
 /// </summary>
 public static class RecoveryBench
 {
@@ -79,6 +80,8 @@ public static class RecoveryBench
         var timeline = FailoverTimeline.From(Enumerable.Range(1, 3).Where(i => i != victim).SelectMany(nodes.Log), killedAtUtc);
         timeline["first_token"] = Math.Round(resumedAt - killedAt, 3);
         BenchSupport.Say(asJson, $"  timeline (s after the kill): {string.Join(", ", timeline.Select(kv => $"{kv.Key} {kv.Value}"))}");
+        // Live moves: the killed node rejoins and takes layers (rebalance), then is drained; both during a generation.
+        var (moves, movesEqual) = await MoveBench.Run(nodes, client, victim, n, clean.NewTokens, Request, asJson, log);
         var result = new JsonObject
         {
             ["bench"] = "recovery",
@@ -94,7 +97,8 @@ public static class RecoveryBench
         // node-1 is the oldest: it holds the coordinator (and the first stage).
         if (victim == 1) result["coordinator_fault_to_resume_s"] = Math.Round(resumedAt - killedAt, 3);
         result["timeline"] = timeline;
+        foreach (var (key, value) in moves.ToList()) { moves.Remove(key); result[key] = value; }
         BenchSupport.Finish(result);
-        return equal ? 0 : 1;
+        return equal && movesEqual ? 0 : 1;
     }
 }

@@ -23,6 +23,8 @@ public static class ShardPipeCli
         root.Subcommands.Add(LoadCommand.Create());
         root.Subcommands.Add(StatusCommand.Create());
         root.Subcommands.Add(UnloadCommand.Create());
+        root.Subcommands.Add(DrainCommand.Create());
+        root.Subcommands.Add(RebalanceCommand.Create());
         root.Subcommands.Add(SynthCommand.Create());
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(ShardPipe.Host.Serving.ServeCommand.Create());

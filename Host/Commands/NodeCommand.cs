@@ -45,6 +45,12 @@ public static class NodeCommand
                     Console.Error.WriteLine($"error: node {node.Settings.NodeName}: a TLS handshake with a peer failed (see the log above: which certificate was refused, and why); check shardpipe.tls.certificate and shardpipe.tls.ca");
                     return ShardPipe.Actors.Security.ClusterTls.HandshakeFailureExitCode;
                 }
+                if (!stop.Task.IsCompleted && node.LeftOnRequest)
+                {
+                    // Drained: the cluster moved this node's layers away and told it to leave. Done, not downed.
+                    log.LogInformation("node {Name} left the cluster as asked (drained); exiting", node.Settings.NodeName);
+                    break;
+                }
                 if (!stop.Task.IsCompleted && node.Settings.RestartWhenDowned)
                 {
                     // The cluster downed this node (it was unreachable past the decision: a pause, a cut): it cannot

@@ -35,6 +35,7 @@ public static class StatusCommand
                 ["refused"] = new JsonArray(refused.Select(r => (JsonNode)new JsonObject { ["device"] = r.Device, ["reason"] = r.Reason }).ToArray()),
                 // Each device's measured speed (bytes of weights per second; speed-aware placement weighs by it), null when its node reported none.
                 ["speeds"] = new JsonObject(speeds.Select(t => new KeyValuePair<string, JsonNode?>(t.Device, t.Speed is { } v ? JsonValue.Create(Math.Round(v)) : null))),
+                ["drains"] = new JsonArray((s.Drains ?? []).Select(d => (JsonNode)new JsonObject { ["node"] = d.Node, ["phase"] = d.Phase }).ToArray()),
             };
             if (parse.GetValue(json)) JsonOut.Print(result);
             else
@@ -45,6 +46,7 @@ public static class StatusCommand
                     Console.WriteLine($"recoveries {s.Recoveries}; the last moved {(s.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing")}");
                 if (speeds.Any(t => t.Speed is not null))
                     Console.WriteLine($"speeds {string.Join(", ", speeds.Select(t => $"{t.Device} {(t.Speed is { } v ? ShardPipe.Actors.Workers.DeviceSpeed.Format(v) : "-")}"))}");
+                if (s.Drains is { Length: > 0 } drains) Console.WriteLine($"draining {string.Join(", ", drains.Select(d => $"{d.Node} ({d.Phase})"))}");
                 if (refused.Length > 0) Tables.Print(new[] { "refused device", "reason" }, refused.Select(r => new[] { r.Device, r.Reason }));
             }
             return 0;
