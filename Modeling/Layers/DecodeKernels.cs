@@ -47,8 +47,8 @@ public static unsafe class DecodeKernels
             fixed (float* xp = xs, yp = ys)
             {
                 float* xq = xp, yq = yp;
-                int parts = Math.Clamp(n / 64, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
-                SpinPool.Shared.Run(parts, p => Rows(w, xq, yq, k, n, m, (int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
+                int parts = SpinPool.Shared.Parts(n, 64);
+                SpinPool.Shared.Run(parts, p => Rows(w, xq, yq, k, n, m, Split(n, p, parts), Split(n, p + 1, parts)));
             }
             if (bias is not null)
             {
@@ -121,9 +121,27 @@ public static unsafe class DecodeKernels
 
     private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
+    /// <summary>Where part <paramref name="p"/> of <paramref name="parts"/> starts: on a multiple of four rows, so that
+    /// every part but the last takes whole four-row passes.</summary>
+    internal static int Split(int n, int p, int parts) => p >= parts ? n : (int)((long)n * p / parts) & ~3;
+
+    /// <summary>Weight rows per block of <see cref="Rows"/>: 16 rows of a 3072-wide bf16 layer are 96 KB, inside L2.</summary>
+    internal const int Block = 16;
+
+    /// <summary>Output columns [from, to) of every input row, a block of weight rows at a time: each block is read from
+    /// memory once for all <paramref name="m"/> input rows (the later rows find it in cache).</summary>
     private static void Rows(ushort* w, float* x, float* y, int k, int n, int m, int from, int to)
     {
-        for (int r = 0; r < m; r++) Bf16Rows(w, x + (long)r * k, y + (long)r * n, k, from, to);
+        if (m == 1)
+        {
+            Bf16Rows(w, x, y, k, from, to);
+            return;
+        }
+        for (int o = from; o < to; o += Block)
+        {
+            int end = Math.Min(o + Block, to);
+            for (int r = 0; r < m; r++) Bf16Rows(w, x + (long)r * k, y + (long)r * n, k, o, end);
+        }
     }
 
     /// <summary>Elements ahead of the current position to prefetch in each row (4 KB): from DRAM, software prefetch lifts

@@ -11,6 +11,7 @@ public class DecodeKernelTests
     [InlineData(1, 2048, 768, true)]
     [InlineData(3, 100, 37, true)]   // odd sizes: the row and column tails
     [InlineData(8, 33, 5, false)]
+    [InlineData(6, 96, 301, true)]  // several input rows over several 16-row blocks and parts
     public void The_bf16_kernel_matches_libtorch_linear(int rows, int k, int n, bool bias)
     {
         manual_seed(rows * 1000 + k);
