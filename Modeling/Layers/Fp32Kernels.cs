@@ -10,9 +10,9 @@ namespace ShardPipe.Modeling.Layers;
 
 /// <summary>
 /// Matrix-vector products for decoding with float32 weights, the float32 sibling of <see cref="DecodeKernels.LinearBf16"/>.
-/// A decode step reads every weight once, so its speed is the speed of reading weights; libtorch's (MKL's) float32 GEMV
-/// for a single row reads at well under the machine's bandwidth on two threads (BENCHMARKS.md, "session 9, fp32
-/// kernels"). Here four weight rows share each load of the input, the next 4 KB of each row is prefetched, and the rows
+/// A decode step reads every weight once, so its speed is the speed of reading weights; on libtorch's (MKL's) float32
+/// GEMV, fp32 decode read ≈ 17 GB/s of weights where the bf16 kernel reads ≈ 24 (BENCHMARKS.md, vs-llamacpp, session 8
+/// idle rerun: 0.78× llama.cpp F32 against 1.36× F16). Here four weight rows share each load of the input, the next 4 KB of each row is prefetched, and the rows
 /// are split over <see cref="SpinPool"/>'s helper threads. AVX-512 where the CPU has it, <see cref="Vector{T}"/> otherwise.
 /// Longer inputs (prefill) stay with libtorch's GEMM, which this machine measured faster (BENCHMARKS.md).
 /// </summary>
@@ -31,7 +31,7 @@ public static unsafe class Fp32Kernels
     public static bool Applies(Tensor x, Tensor weight) =>
         Enabled && Accelerated && weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32 && weight.dim() == 2
         && weight.device_type == DeviceType.CPU && x.device_type == DeviceType.CPU && weight.is_contiguous()
-        && x.shape[^1] == weight.shape[1] && weight.shape[1] > 0 && x.NumberOfElements / weight.shape[1] <= MaxRows;
+        && x.shape[^1] == weight.shape[1] && weight.shape[1] > 0 && x.NumberOfElements > 0 && x.NumberOfElements / weight.shape[1] <= MaxRows;
 
     /// <summary><c>F.linear(x, weight, bias)</c> for float32: (…, K) × (N, K)ᵀ → (…, N), written straight into the output tensor.</summary>
     public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias) => Linear(x, weight, bias, portable: !Avx512F.IsSupported);
