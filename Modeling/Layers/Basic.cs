@@ -36,6 +36,8 @@ public sealed class Linear : HfModule
             ? QuantKernels.Linear(x, packed, Bias?.Tensor)
             : DecodeKernels.Applies(x, Weight.Tensor)
             ? DecodeKernels.LinearBf16(x, Weight.Tensor, Bias?.Tensor)
+            : Fp32Kernels.Applies(x, Weight.Tensor)
+            ? Fp32Kernels.Linear(x, Weight.Tensor, Bias?.Tensor)
             : nn.functional.linear(x, Weight.Tensor, Bias?.Tensor);
     }
 

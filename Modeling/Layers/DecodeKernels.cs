@@ -47,8 +47,8 @@ public static unsafe class DecodeKernels
             fixed (float* xp = xs, yp = ys)
             {
                 float* xq = xp, yq = yp;
-                int parts = Math.Clamp(n / 64, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
-                SpinPool.Shared.Run(parts, p => Rows(w, xq, yq, k, n, m, (int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
+                int parts = SpinPool.Shared.Parts(n, 64);
+                SpinPool.Shared.Run(parts, p => Rows(w, xq, yq, k, n, m, Split(n, p, parts), Split(n, p + 1, parts)));
             }
             if (bias is not null)
             {
@@ -116,14 +116,72 @@ public static unsafe class DecodeKernels
         return output;
     }
 
+    /// <summary>
+    /// Whether <see cref="Rotary"/> applies: a decode step's queries or keys (B, H, T, D) with B·T at most
+    /// <see cref="MaxRows"/>, tables (B, T, D) of the same float32 or bf16 dtype, all contiguous on CPU.
+    /// </summary>
+    public static bool RotaryApplies(Tensor x, Tensor cos, Tensor sin) =>
+        x.dtype is ScalarType.Float32 or ScalarType.BFloat16 && cos.dtype == x.dtype && sin.dtype == x.dtype
+        && x.device_type == DeviceType.CPU && cos.device_type == DeviceType.CPU && sin.device_type == DeviceType.CPU
+        && x.dim() == 4 && cos.dim() == 3 && sin.dim() == 3 && x.shape[3] % 2 == 0
+        && cos.shape[0] == x.shape[0] && cos.shape[1] == x.shape[2] && cos.shape[2] == x.shape[3]
+        && sin.shape[0] == x.shape[0] && sin.shape[1] == x.shape[2] && sin.shape[2] == x.shape[3]
+        && x.NumberOfElements > 0 && x.shape[0] * x.shape[2] <= MaxRows && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous();
+
+    /// <summary>
+    /// Rotary position embedding in one pass, <c>x·cos + rotate_half(x)·sin</c> with cos and sin broadcast over the
+    /// heads, op for op as the libtorch form computes it (each product rounded to the dtype, then the sum): one
+    /// output tensor instead of nine libtorch calls per query or key of a decode step.
+    /// </summary>
+    public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin)
+    {
+        int b = (int)x.shape[0], h = (int)x.shape[1], t = (int)x.shape[2], d = (int)x.shape[3], half = d / 2;
+        bool bf16 = x.dtype == ScalarType.BFloat16;
+        var output = empty(x.shape, x.dtype);
+        byte* xp = (byte*)Pointer(x), cp = (byte*)Pointer(cos), sp = (byte*)Pointer(sin), yp = (byte*)Pointer(output);
+        for (int bi = 0; bi < b; bi++)
+            for (int hi = 0; hi < h; hi++)
+                for (int ti = 0; ti < t; ti++)
+                {
+                    long row = (((long)bi * h + hi) * t + ti) * d, table = ((long)bi * t + ti) * d;
+                    for (int i = 0; i < d; i++)
+                    {
+                        float xi = Load(xp, row + i, bf16);
+                        float other = i < half ? -Load(xp, row + i + half, bf16) : Load(xp, row + i - half, bf16);
+                        float a = xi * Load(cp, table + i, bf16), r = other * Load(sp, table + i, bf16);
+                        if (bf16) ((ushort*)yp)[row + i] = ToBf16(ToFloat(ToBf16(a)) + ToFloat(ToBf16(r)));
+                        else ((float*)yp)[row + i] = a + r;
+                    }
+                }
+        return output;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Load(byte* p, long i, bool bf16) => bf16 ? ToFloat(((ushort*)p)[i]) : ((float*)p)[i];
 
     private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
+    /// <summary>Where part <paramref name="p"/> of <paramref name="parts"/> starts: on a multiple of four rows, so that
+    /// every part but the last takes whole four-row passes.</summary>
+    internal static int Split(int n, int p, int parts) => p >= parts ? n : (int)((long)n * p / parts) & ~3;
+
+    /// <summary>Weight rows per block of <see cref="Rows"/>: 16 rows of a 3072-wide bf16 layer are 96 KB, inside L2.</summary>
+    internal const int Block = 16;
+
+    /// <summary>Output columns [from, to) of every input row, a block of weight rows at a time: each block is read from
+    /// memory once for all <paramref name="m"/> input rows (the later rows find it in cache).</summary>
     private static void Rows(ushort* w, float* x, float* y, int k, int n, int m, int from, int to)
     {
-        for (int r = 0; r < m; r++) Bf16Rows(w, x + (long)r * k, y + (long)r * n, k, from, to);
+        if (m == 1)
+        {
+            Bf16Rows(w, x, y, k, from, to);
+            return;
+        }
+        for (int o = from; o < to; o += Block)
+        {
+            int end = Math.Min(o + Block, to);
+            for (int r = 0; r < m; r++) Bf16Rows(w, x + (long)r * k, y + (long)r * n, k, o, end);
+        }
     }
 
     /// <summary>Elements ahead of the current position to prefetch in each row (4 KB): from DRAM, software prefetch lifts

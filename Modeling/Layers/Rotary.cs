@@ -130,6 +130,7 @@ public sealed class RotaryEmbedding : HfModule
     /// <summary>x·cos + rotate_half(x)·sin; x (B, H, T, D), cos/sin (B, T, D).</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
+        if (DecodeKernels.RotaryApplies(x, cos, sin)) return DecodeKernels.Rotary(x, cos, sin); // a decode step: one pass
         using var scope = NewDisposeScope();
         long half = x.shape[^1] / 2;
         var x1 = x.narrow(-1, 0, half);

@@ -29,6 +29,20 @@ public sealed class SpinPool
 
     public int Helpers => _threads.Length;
 
+    /// <summary>Parts per helper-and-caller thread that a job is cut into: parts are claimed one at a time, so when the
+    /// OS preempts a thread mid-job (a loaded machine, another node of an embedded cluster) the others take the rest
+    /// and the job waits for at most one small part, not half the job.</summary>
+    public const int PartsPerThread = 4;
+
+    /// <summary>How many parts to cut a job of <paramref name="rows"/> output rows into: at least
+    /// <paramref name="minRowsPerPart"/> rows each, <see cref="PartsPerThread"/> per thread that libtorch's intra-op
+    /// setting and the helpers allow; 1 runs it on the caller alone.</summary>
+    public int Parts(int rows, int minRowsPerPart)
+    {
+        int threads = Math.Max(1, Math.Min(TorchSharp.torch.get_num_threads(), Helpers + 1));
+        return threads == 1 ? 1 : Math.Clamp(rows / Math.Max(1, minRowsPerPart), 1, threads * PartsPerThread);
+    }
+
     /// <summary>Runs <paramref name="body"/> for parts 0..parts−1, on this thread and the helpers; returns when all are done.</summary>
     public void Run(int parts, Action<int> body)
     {

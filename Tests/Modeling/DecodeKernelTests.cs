@@ -11,6 +11,7 @@ public class DecodeKernelTests
     [InlineData(1, 2048, 768, true)]
     [InlineData(3, 100, 37, true)]   // odd sizes: the row and column tails
     [InlineData(8, 33, 5, false)]
+    [InlineData(6, 96, 301, true)]  // several input rows over several 16-row blocks and parts
     public void The_bf16_kernel_matches_libtorch_linear(int rows, int k, int n, bool bias)
     {
         manual_seed(rows * 1000 + k);
@@ -56,5 +57,43 @@ public class RmsNormKernelTests
         using var theirs = w * h.to(dtype);
         double diff = (ours.to(ScalarType.Float64) - theirs.to(ScalarType.Float64)).abs().max().item<double>();
         Assert.True(diff <= tolerance * 4, $"max diff {diff}");
+    }
+}
+
+/// <summary>The one-pass rotary embedding equals the libtorch form (x·cos + rotate_half(x)·sin) exactly, in both dtypes.</summary>
+public class RotaryKernelTests
+{
+    [Theory]
+    [InlineData(ScalarType.Float32, 3, 12, 1, 64)]  // a merged decode step: N rows, one position each
+    [InlineData(ScalarType.BFloat16, 1, 4, 1, 64)]
+    [InlineData(ScalarType.Float32, 2, 3, 4, 10)]   // two rows of four positions, an odd half
+    [InlineData(ScalarType.BFloat16, 1, 5, 8, 6)]
+    public void One_pass_rotary_equals_the_libtorch_ops(ScalarType dtype, int b, int h, int t, int d)
+    {
+        manual_seed(b * 100 + h * 10 + t + d);
+        var x = (randn(b, h, t, d) * 4).to(dtype);
+        var angles = rand(b, t, d) * 6;
+        var cos = angles.cos().to(dtype);
+        var sin = angles.sin().to(dtype);
+        Assert.True(DecodeKernels.RotaryApplies(x, cos, sin));
+        using var ours = DecodeKernels.Rotary(x, cos, sin);
+        var x1 = x.narrow(-1, 0, d / 2);
+        var x2 = x.narrow(-1, d / 2, d / 2);
+        using var theirs = x * cos.unsqueeze(1) + cat(new[] { -x2, x1 }, -1) * sin.unsqueeze(1);
+        Assert.Equal(theirs.shape, ours.shape);
+        Assert.Equal(dtype, ours.dtype);
+        Assert.True(ours.eq(theirs).all().item<bool>(), $"max diff {(ours.to(ScalarType.Float64) - theirs.to(ScalarType.Float64)).abs().max().item<double>()}");
+        using var viaApply = ShardPipe.Modeling.Layers.RotaryEmbedding.Apply(x, cos, sin);
+        Assert.True(viaApply.eq(theirs).all().item<bool>());
+    }
+
+    [Fact]
+    public void Long_or_strided_inputs_take_the_libtorch_form()
+    {
+        var cos = randn(1, 16, 8);
+        Assert.False(DecodeKernels.RotaryApplies(randn(1, 2, 16, 8), cos, cos)); // prefill: 16 positions
+        var wide = randn(1, 2, 1, 16);
+        Assert.False(DecodeKernels.RotaryApplies(wide.narrow(-1, 0, 8), randn(1, 1, 8), randn(1, 1, 8))); // Phi's partial rotary slice
+        Assert.False(DecodeKernels.RotaryApplies(randn(1, 2, 1, 8), randn(1, 1, 8).to(ScalarType.BFloat16), randn(1, 1, 8))); // mixed dtypes
     }
 }

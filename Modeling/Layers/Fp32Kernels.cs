@@ -1,0 +1,228 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// Matrix-vector products for decoding with float32 weights, the float32 sibling of <see cref="DecodeKernels.LinearBf16"/>.
+/// A decode step reads every weight once, so its speed is the speed of reading weights; on libtorch's (MKL's) float32
+/// GEMV, fp32 decode read ≈ 17 GB/s of weights where the bf16 kernel reads ≈ 24 (BENCHMARKS.md, vs-llamacpp, session 8
+/// idle rerun: 0.78× llama.cpp F32 against 1.36× F16). Here four weight rows share each load of the input, the next 4 KB of each row is prefetched, and the rows
+/// are split over <see cref="SpinPool"/>'s helper threads. AVX-512 where the CPU has it, <see cref="Vector{T}"/> otherwise.
+/// Longer inputs (prefill) stay with libtorch's GEMM, which this machine measured faster (BENCHMARKS.md).
+/// </summary>
+public static unsafe class Fp32Kernels
+{
+    /// <summary>Inputs of at most this many rows take the kernel (a decode step, a small merged step); longer ones go to libtorch.</summary>
+    public const int MaxRows = DecodeKernels.MaxRows;
+
+    /// <summary>Whether the portable path is worth taking where AVX-512 is missing: a hardware-accelerated Vector&lt;float&gt; of at least 8 lanes.</summary>
+    private static readonly bool Accelerated = Avx512F.IsSupported || (Vector.IsHardwareAccelerated && Vector<float>.Count >= 8);
+
+    /// <summary>Off: every float32 layer goes to libtorch (benchmarks compare both in one run; default on).</summary>
+    public static bool Enabled { get; set; } = true;
+
+    /// <summary>Whether <see cref="Linear"/> applies: float32 weight and input on CPU, few rows, contiguous 2-D weight, a vector unit.</summary>
+    public static bool Applies(Tensor x, Tensor weight) =>
+        Enabled && Accelerated && weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32 && weight.dim() == 2
+        && weight.device_type == DeviceType.CPU && x.device_type == DeviceType.CPU && weight.is_contiguous()
+        && x.shape[^1] == weight.shape[1] && weight.shape[1] > 0 && x.NumberOfElements > 0 && x.NumberOfElements / weight.shape[1] <= MaxRows;
+
+    /// <summary><c>F.linear(x, weight, bias)</c> for float32: (…, K) × (N, K)ᵀ → (…, N), written straight into the output tensor.</summary>
+    public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias) => Linear(x, weight, bias, portable: !Avx512F.IsSupported);
+
+    /// <summary>As <see cref="Linear(Tensor, Tensor, Tensor?)"/>, choosing the path: <paramref name="portable"/> runs the
+    /// <see cref="Vector{T}"/> code even on an AVX-512 CPU (tests check both paths on one machine).</summary>
+    public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias, bool portable)
+    {
+        int k = (int)weight.shape[1], n = (int)weight.shape[0];
+        int m = (int)(x.NumberOfElements / k);
+        var input = x.is_contiguous() ? x : x.contiguous();
+        var b = bias is null ? null : bias.dtype == ScalarType.Float32 && bias.is_contiguous() ? bias : bias.to(ScalarType.Float32).contiguous();
+        var output = empty(x.shape[..^1].Append(n).ToArray(), ScalarType.Float32);
+        try
+        {
+            float* w = (float*)Pointer(weight), xp = (float*)Pointer(input), yp = (float*)Pointer(output);
+            float* bp = b is null ? null : (float*)Pointer(b);
+            int parts = SpinPool.Shared.Parts(n, 64);
+            if (parts == 1) Rows(w, xp, yp, bp, k, n, m, 0, n, portable);
+            else SpinPool.Shared.Run(parts, p => Rows(w, xp, yp, bp, k, n, m, DecodeKernels.Split(n, p, parts), DecodeKernels.Split(n, p + 1, parts), portable));
+        }
+        finally
+        {
+            if (!ReferenceEquals(input, x)) input.Dispose();
+            if (b is not null && !ReferenceEquals(b, bias)) b.Dispose();
+        }
+        return output;
+    }
+
+    private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+
+    /// <summary>Output columns [from, to) of every input row, four weight rows at a time, each block of weight rows read
+    /// from memory once for all <paramref name="m"/> input rows (the later rows find it in cache).</summary>
+    private static void Rows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
+    {
+        int block = m == 1 ? to - from : DecodeKernels.Block; // 16 rows of a 3072-wide layer are 192 KB, inside L2
+        for (int o = from; o < to; o += block)
+        {
+            int end = Math.Min(o + block, to);
+            for (int r = 0; r < m; r++)
+            {
+                if (portable) PortableRows(w, x + (long)r * k, y + (long)r * n, bias, k, o, end);
+                else Fp32Rows(w, x + (long)r * k, y + (long)r * n, bias, k, o, end);
+            }
+        }
+    }
+
+    /// <summary>Elements ahead of the current position to prefetch in each row (4 KB), as the bf16 kernel does: the
+    /// hardware prefetcher alone keeps too few lines in flight to reach DRAM bandwidth on two cores.</summary>
+    private const int PrefetchAhead = 1024;
+
+    /// <summary>y[o] = Σᵢ W[o, i]·x[i] (+ bias[o]) for rows [from, to) of a row-major float32 W with <paramref name="cols"/> columns; AVX-512.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Fp32Rows(float* w, float* x, float* y, float* bias, int cols, int from, int to)
+    {
+        int o = from;
+        for (; o + 4 <= to; o += 4) // four rows at a time share each load of x; two cache lines of each row per iteration
+        {
+            float* r0 = w + (long)o * cols, r1 = r0 + cols, r2 = r1 + cols, r3 = r2 + cols;
+            var a0 = Vector512<float>.Zero;
+            var a1 = a0;
+            var a2 = a0;
+            var a3 = a0;
+            var c0 = a0;
+            var c1 = a0;
+            var c2 = a0;
+            var c3 = a0;
+            int i = 0;
+            for (; i + 32 <= cols; i += 32)
+            {
+                Sse.Prefetch0(r0 + i + PrefetchAhead);
+                Sse.Prefetch0(r0 + i + PrefetchAhead + 16);
+                Sse.Prefetch0(r1 + i + PrefetchAhead);
+                Sse.Prefetch0(r1 + i + PrefetchAhead + 16);
+                Sse.Prefetch0(r2 + i + PrefetchAhead);
+                Sse.Prefetch0(r2 + i + PrefetchAhead + 16);
+                Sse.Prefetch0(r3 + i + PrefetchAhead); // past a row's end this reaches the next rows: still ahead of use
+                Sse.Prefetch0(r3 + i + PrefetchAhead + 16);
+                var x0 = Vector512.Load(x + i);
+                var x1 = Vector512.Load(x + i + 16);
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + i), x0, a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + i), x0, a1);
+                a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + i), x0, a2);
+                a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + i), x0, a3);
+                c0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + i + 16), x1, c0);
+                c1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + i + 16), x1, c1);
+                c2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + i + 16), x1, c2);
+                c3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + i + 16), x1, c3);
+            }
+            if (i + 16 <= cols)
+            {
+                var x0 = Vector512.Load(x + i);
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + i), x0, a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + i), x0, a1);
+                a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + i), x0, a2);
+                a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + i), x0, a3);
+                i += 16;
+            }
+            float s0 = Vector512.Sum(a0 + c0), s1 = Vector512.Sum(a1 + c1), s2 = Vector512.Sum(a2 + c2), s3 = Vector512.Sum(a3 + c3);
+            for (; i < cols; i++)
+            {
+                float xi = x[i];
+                s0 += r0[i] * xi;
+                s1 += r1[i] * xi;
+                s2 += r2[i] * xi;
+                s3 += r3[i] * xi;
+            }
+            if (bias != null)
+            {
+                s0 += bias[o];
+                s1 += bias[o + 1];
+                s2 += bias[o + 2];
+                s3 += bias[o + 3];
+            }
+            y[o] = s0;
+            y[o + 1] = s1;
+            y[o + 2] = s2;
+            y[o + 3] = s3;
+        }
+        for (; o < to; o++)
+        {
+            float* r = w + (long)o * cols;
+            var a = Vector512<float>.Zero;
+            int i = 0;
+            for (; i + 16 <= cols; i += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(r + i), Vector512.Load(x + i), a);
+            float s = Vector512.Sum(a);
+            for (; i < cols; i++) s += r[i] * x[i];
+            y[o] = bias != null ? s + bias[o] : s;
+        }
+    }
+
+    /// <summary>The same product with <see cref="Vector{T}"/> (the CPU's preferred width) and prefetch where SSE exists: the path for CPUs without AVX-512.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void PortableRows(float* w, float* x, float* y, float* bias, int cols, int from, int to)
+    {
+        int width = Vector<float>.Count;
+        bool prefetch = Sse.IsSupported;
+        int o = from;
+        for (; o + 4 <= to; o += 4)
+        {
+            float* r0 = w + (long)o * cols, r1 = r0 + cols, r2 = r1 + cols, r3 = r2 + cols;
+            var a0 = Vector<float>.Zero;
+            var a1 = a0;
+            var a2 = a0;
+            var a3 = a0;
+            int i = 0;
+            for (; i + width <= cols; i += width)
+            {
+                if (prefetch && (i & 15) == 0)
+                {
+                    Sse.Prefetch0(r0 + i + PrefetchAhead);
+                    Sse.Prefetch0(r1 + i + PrefetchAhead);
+                    Sse.Prefetch0(r2 + i + PrefetchAhead);
+                    Sse.Prefetch0(r3 + i + PrefetchAhead);
+                }
+                var xv = Vector.Load(x + i);
+                a0 = Vector.FusedMultiplyAdd(Vector.Load(r0 + i), xv, a0);
+                a1 = Vector.FusedMultiplyAdd(Vector.Load(r1 + i), xv, a1);
+                a2 = Vector.FusedMultiplyAdd(Vector.Load(r2 + i), xv, a2);
+                a3 = Vector.FusedMultiplyAdd(Vector.Load(r3 + i), xv, a3);
+            }
+            float s0 = Vector.Sum(a0), s1 = Vector.Sum(a1), s2 = Vector.Sum(a2), s3 = Vector.Sum(a3);
+            for (; i < cols; i++)
+            {
+                float xi = x[i];
+                s0 += r0[i] * xi;
+                s1 += r1[i] * xi;
+                s2 += r2[i] * xi;
+                s3 += r3[i] * xi;
+            }
+            if (bias != null)
+            {
+                s0 += bias[o];
+                s1 += bias[o + 1];
+                s2 += bias[o + 2];
+                s3 += bias[o + 3];
+            }
+            y[o] = s0;
+            y[o + 1] = s1;
+            y[o + 2] = s2;
+            y[o + 3] = s3;
+        }
+        for (; o < to; o++)
+        {
+            float* r = w + (long)o * cols;
+            var a = Vector<float>.Zero;
+            int i = 0;
+            for (; i + width <= cols; i += width) a = Vector.FusedMultiplyAdd(Vector.Load(r + i), Vector.Load(x + i), a);
+            float s = Vector.Sum(a);
+            for (; i < cols; i++) s += r[i] * x[i];
+            y[o] = bias != null ? s + bias[o] : s;
+        }
+    }
+}

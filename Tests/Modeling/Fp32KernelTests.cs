@@ -1,0 +1,88 @@
+using ShardPipe.Modeling.Layers;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Tests.Modeling;
+
+/// <summary>The float32 matrix-vector kernel equals libtorch's linear for every shape it takes, on both of its paths.</summary>
+public class Fp32KernelTests
+{
+    public static IEnumerable<object[]> Shapes()
+    {
+        // rows 1..8; in/out features on and off the 16-lane, 32-column and 4-row steps; with and without bias.
+        var shapes = new (int Rows, int K, int N, bool Bias)[]
+        {
+            (1, 768, 2048, false), (1, 2048, 768, true), (2, 100, 37, true), (3, 33, 5, false), (4, 17, 130, true),
+            (5, 64, 64, false), (6, 1, 3, true), (7, 48, 67, false), (8, 771, 259, true), (8, 15, 4, false),
+        };
+        foreach (var s in shapes)
+            foreach (bool portable in new[] { false, true })
+                yield return new object[] { s.Rows, s.K, s.N, s.Bias, portable };
+    }
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void The_fp32_kernel_matches_libtorch_linear(int rows, int k, int n, bool bias, bool portable)
+    {
+        if (!portable && !System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return; // the AVX-512 path needs the ISA; the portable one runs everywhere
+        manual_seed(rows * 1000 + k + n);
+        var w = randn(n, k);
+        var b = bias ? randn(n) : null;
+        var x = randn(1, rows, k);
+        Assert.True(Fp32Kernels.Applies(x, w) || !System.Numerics.Vector.IsHardwareAccelerated);
+        using var ours = Fp32Kernels.Linear(x, w, b, portable);
+        AssertClose(x, w, b, ours, new long[] { 1, rows, n });
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Non_contiguous_inputs_and_a_bias_of_another_dtype_give_the_same_result(bool portable)
+    {
+        if (!portable && !System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return;
+        manual_seed(11);
+        var w = randn(45, 70);
+        using var wide = randn(3, 140);
+        var x = wide[.., TensorIndex.Slice(0, 140, 2)]; // (3, 70) with stride 2
+        Assert.False(x.is_contiguous());
+        var b = randn(45, dtype: ScalarType.Float64);
+        using var ours = Fp32Kernels.Linear(x, w, b, portable);
+        AssertClose(x, w, b, ours, new long[] { 3, 45 });
+        var xt = randn(70, 5).t(); // (5, 70), transposed
+        using var ours2 = Fp32Kernels.Linear(xt, w, null, portable);
+        AssertClose(xt, w, null, ours2, new long[] { 5, 45 });
+    }
+
+    [Fact]
+    public void Large_outputs_split_over_the_helper_threads_cover_every_row()
+    {
+        // 4099 rows: the parts over the helpers end on four-row boundaries and the last takes the odd tail.
+        manual_seed(5);
+        var w = randn(4099, 96);
+        var x = randn(2, 96);
+        using var ours = Fp32Kernels.Linear(x, w, null);
+        AssertClose(x, w, null, ours, new long[] { 2, 4099 });
+    }
+
+    [Fact]
+    public void Long_or_foreign_inputs_go_to_libtorch()
+    {
+        var w = randn(16, 32);
+        Assert.False(Fp32Kernels.Applies(randn(1, Fp32Kernels.MaxRows + 1, 32), w)); // prefill: libtorch's GEMM
+        Assert.False(Fp32Kernels.Applies(randn(1, 1, 32).to(ScalarType.BFloat16), w.to(ScalarType.BFloat16))); // bf16: DecodeKernels
+        Assert.False(Fp32Kernels.Applies(randn(1, 1, 32), randn(32, 16).t())); // a transposed weight
+        Assert.False(Fp32Kernels.Applies(randn(1, 1, 31), w)); // mismatched features
+    }
+
+    /// <summary>Within float32 rounding of the float64 product: the sums differ only in order of accumulation.</summary>
+    private static void AssertClose(Tensor x, Tensor w, Tensor? b, Tensor ours, long[] shape)
+    {
+        Assert.Equal(shape, ours.shape);
+        Assert.Equal(ScalarType.Float32, ours.dtype);
+        using var exact = nn.functional.linear(x.to(ScalarType.Float64), w.to(ScalarType.Float64), b?.to(ScalarType.Float64));
+        using var torch32 = nn.functional.linear(x, w, b?.to(ScalarType.Float32));
+        var bound = exact.abs() * 1e-5 + 2e-5 * Math.Sqrt(w.shape[1]);
+        var diff = (ours.to(ScalarType.Float64) - exact).abs();
+        Assert.True(diff.le(bound).all().item<bool>(), $"max diff {diff.max().item<double>()}");
+        Assert.True((torch32.to(ScalarType.Float64) - exact).abs().le(bound).all().item<bool>()); // libtorch's own float32 result meets the same bound
+    }
+}
