@@ -42,6 +42,8 @@ public sealed record NodeSettings
     public required BulkSettings Bulk { get; init; }
     public required ActivationLinkSettings Links { get; init; }
     public required BatchingSettings Batching { get; init; }
+    /// <summary>Automatic prefix caching at this node's stages (<c>shardpipe.prefix-cache</c>).</summary>
+    public PrefixCacheSettings PrefixCache { get; init; } = PrefixCacheSettings.Off;
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
     /// <summary>Fault-injection hook: every step on this node sleeps this long first (multi-process tests of faults mid-generation).</summary>
@@ -108,6 +110,6 @@ public sealed record NodeSettings
             Links = ActivationLinkSettings.From(config, tls),
             Batching = BatchingSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
-        };
+        } is var settings ? settings with { PrefixCache = PrefixCacheSettings.From(config, settings.KvCacheBudget) } : null!;
     }
 }

@@ -18,6 +18,8 @@ public static class StatusCommand
             await using var session = await ClusterSession.ConnectAsync(parse.GetValue(cluster)!, parse.GetValue(nodes), log, clientConfig: parse.GetValue(CommonOptions.ClientConfig));
             var s = await session.Client.StatusAsync(TimeSpan.FromSeconds(30));
             var refused = s.Refused ?? Array.Empty<ShardPipe.Messages.RefusedDevice>();
+            // Each stage's prefix cache as its worker last reported it (hit rate at the first stage, which plans reuse).
+            var prefix = (s.Timings ?? Array.Empty<ShardPipe.Messages.DeviceTiming>()).Where(t => t.Timing.PrefixCache is not null).ToList();
             var result = new JsonObject
             {
                 ["state"] = s.StateName,
@@ -32,6 +34,12 @@ public static class StatusCommand
                 ["recoveries"] = s.Recoveries,
                 ["moved"] = ClusterSession.MapJson(s.Moved ?? Array.Empty<ShardPipe.Messages.DeviceMapEntry>()),
                 ["refused"] = new JsonArray(refused.Select(r => (JsonNode)new JsonObject { ["device"] = r.Device, ["reason"] = r.Reason }).ToArray()),
+                ["prefix_cache"] = new JsonArray(prefix.Select(t => (JsonNode)new JsonObject
+                {
+                    ["device"] = t.Device, ["hit_rate"] = Math.Round(t.Timing.PrefixCache!.HitRate, 4), ["prompt_tokens"] = t.Timing.PrefixCache.PromptTokens,
+                    ["reused_tokens"] = t.Timing.PrefixCache.ReusedTokens, ["cached_bytes"] = t.Timing.PrefixCache.CachedBytes, ["blocks"] = t.Timing.PrefixCache.Blocks,
+                    ["evictions"] = t.Timing.PrefixCache.Evictions, ["restarts"] = t.Timing.PrefixCache.Restarts,
+                }).ToArray()),
             };
             if (parse.GetValue(json)) JsonOut.Print(result);
             else
@@ -40,6 +48,12 @@ public static class StatusCommand
                     s.Devices, s.DeviceMap);
                 if (s.Recoveries > 0)
                     Console.WriteLine($"recoveries {s.Recoveries}; the last moved {(s.Moved is { Length: > 0 } m ? string.Join(", ", m.Select(e => $"{e.Module} → {e.Device}")) : "nothing")}");
+                if (prefix.Count > 0)
+                    Tables.Print(new[] { "device", "hit rate>", "cached>", "blocks>", "evictions>", "restarts>" }, prefix.Select(t => new[]
+                    {
+                        t.Device, $"{t.Timing.PrefixCache!.HitRate:P1}", ShardPipe.Checkpoints.ByteSize.Format(t.Timing.PrefixCache.CachedBytes),
+                        t.Timing.PrefixCache.Blocks.ToString(), t.Timing.PrefixCache.Evictions.ToString(), t.Timing.PrefixCache.Restarts.ToString(),
+                    }), "prefix cache");
                 if (refused.Length > 0) Tables.Print(new[] { "refused device", "reason" }, refused.Select(r => new[] { r.Device, r.Reason }));
             }
             return 0;

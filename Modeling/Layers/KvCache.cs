@@ -55,6 +55,14 @@ public sealed class KvCache : IDisposable
         return (b.K.narrow(2, 0, b.Length), b.V.narrow(2, 0, b.Length));
     }
 
+    /// <summary>One layer's keys and values at positions [<paramref name="start"/>, + <paramref name="length"/>), as views (valid until the next update of the layer); prefix caching copies prompt blocks from them.</summary>
+    public (Tensor K, Tensor V) Read(int layer, long start, long length)
+    {
+        if (!_layers.TryGetValue(layer, out var b) || start < 0 || length < 0 || start + length > b.Length)
+            throw new ArgumentOutOfRangeException(nameof(start), $"layer {layer} holds {SeenTokens(layer)} positions, not [{start}, {start + length})");
+        return (b.K.narrow(2, start, length), b.V.narrow(2, start, length));
+    }
+
     /// <summary>A buffer like <paramref name="like"/> with room for <paramref name="capacity"/> positions; it outlives the forward pass's dispose scope.</summary>
     private static Tensor Allocate(Tensor like, long capacity) =>
         empty(new[] { like.shape[0], like.shape[1], capacity, like.shape[3] }, like.dtype, like.device).DetachFromDisposeScope();
