@@ -61,7 +61,7 @@ public static class SharedPrefixBench
         {
             var sw = Stopwatch.StartNew();
             double first = -1;
-            var outcome = await client.RunAsync(new Generate(Guid.NewGuid().ToString("N"), new[] { ids }, null, NewTokens, true, greedy), stages, TimeSpan.FromMinutes(5),
+            var outcome = await client.RunAsync(new Generate(Guid.NewGuid().ToString("N"), new[] { ids }, null, NewTokens, true, greedy), stages, TimeSpan.FromMinutes(30),
                 _ => { if (first < 0) first = sw.Elapsed.TotalMilliseconds; });
             return (first, outcome.NewTokens[0]);
         }
@@ -75,16 +75,14 @@ public static class SharedPrefixBench
         {
             // The stages report their prefix caches with each registration (every register-interval).
             var deadline = Stopwatch.StartNew();
-            long expected = 2 + (long)concurrency; // prompts planned after the warm-up
-            while (deadline.Elapsed < TimeSpan.FromSeconds(10))
+            long planned = 40 + (1 + (long)concurrency) * (shared.Length + SuffixTokens); // the warm-up, the first sight, the others
+            while (deadline.Elapsed < TimeSpan.FromSeconds(15))
             {
-                var figures = (await client.StatusAsync(TimeSpan.FromSeconds(10))).Timings?.Select(t => t.Timing.PrefixCache).Where(p => p is { PromptTokens: > 0 }).ToList();
-                if (figures is { Count: > 0 } && figures.Max(p => p!.PromptTokens) >= 40 + expected * (shared.Length + SuffixTokens))
-                {
-                    hitRate = figures.Max(p => p!.HitRate);
-                    break;
-                }
-                await Task.Delay(200);
+                var figures = (await client.StatusAsync(TimeSpan.FromSeconds(10))).Timings?.Select(t => t.Timing.PrefixCache).OfType<PrefixCacheFigures>().ToList();
+                var first = figures?.MaxBy(p => p.PromptTokens);
+                if (first is not null) hitRate = first.HitRate;
+                if (first is not null && first.PromptTokens >= planned) break;
+                await Task.Delay(250);
             }
         }
         return new Figures(firstTtft, ttft[ttft.Count / 2], hitRate, runs.Select(r => string.Join(",", r.Tokens)).ToList());
