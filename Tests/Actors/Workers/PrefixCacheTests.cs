@@ -1,3 +1,5 @@
+using Akka.Configuration;
+using ShardPipe.Actors.Settings;
 using ShardPipe.Actors.Workers;
 using static TorchSharp.torch;
 
@@ -100,5 +102,18 @@ public class PrefixCacheTests
         Assert.False(c.Contains(9, 0));
         Assert.Equal(64, c.Bytes);
         Assert.Throws<InvalidInputException>(() => new PrefixCache(-1));
+    }
+
+    [Fact]
+    public void The_settings_default_to_on_with_blocks_of_16_and_refuse_what_cannot_be_used()
+    {
+        var defaults = PrefixCacheSettings.From(ConfigurationFactory.Empty, kvCacheBudget: 0);
+        Assert.Equal(new PrefixCacheSettings(true, 16, 1L << 30), defaults);
+        Assert.Equal(5_000_000, PrefixCacheSettings.From(ConfigurationFactory.Empty, kvCacheBudget: 5_000_000).MaxBytes); // auto: the KV budget
+        var set = PrefixCacheSettings.From(ConfigurationFactory.ParseString("shardpipe.prefix-cache { enabled = off, block-tokens = 32, max-bytes = 2MiB }"), 0);
+        Assert.Equal(new PrefixCacheSettings(false, 32, 2L << 20), set);
+        Assert.Null(PrefixStage.For(set, 0));
+        Assert.Throws<ConfigurationException>(() => PrefixCacheSettings.From(ConfigurationFactory.ParseString("shardpipe.prefix-cache.block-tokens = 0"), 0));
+        Assert.Throws<ConfigurationException>(() => PrefixCacheSettings.From(ConfigurationFactory.ParseString("shardpipe.prefix-cache.max-bytes = lots"), 0));
     }
 }
