@@ -73,7 +73,8 @@ public sealed record StageInput(
     [property: Key(7)] string ReplyTo,
     [property: Key(8)] GenerationState? Generation,
     [property: Key(10)] int PlanEpoch,
-    [property: Key(11)] string? Coordinator) : IShardPipeMessage;
+    [property: Key(11)] string? Coordinator,
+    [property: Key(12)] PrefixPlan? Prefix = null) : IShardPipeMessage;
 // Key 9 (a send timestamp for hop timing) is retired: activation-link frames carry it in their header.
 
 /// <summary>A generation's state that travels with the activations (so the last hop can decide and loop back).</summary>

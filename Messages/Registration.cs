@@ -29,7 +29,25 @@ public sealed record StageTiming(
     [property: Key(0)] double StepP50Ms,
     [property: Key(1)] double HopP50Ms,
     [property: Key(2)] long Steps,
-    [property: Key(3)] double RowsPerStep = 0);
+    [property: Key(3)] double RowsPerStep = 0,
+    [property: Key(4)] PrefixCacheFigures? PrefixCache = null);
+
+/// <summary>
+/// A stage's prefix cache (<c>shardpipe.prefix-cache</c>): prompt tokens its first stage planned and of those the ones
+/// reused from cached blocks (the hit rate is their ratio), the bytes and blocks it holds, blocks evicted, and first
+/// steps it sent back because it lacked a block the first stage planned to reuse.
+/// </summary>
+[MessagePackObject]
+public sealed record PrefixCacheFigures(
+    [property: Key(0)] long PromptTokens,
+    [property: Key(1)] long ReusedTokens,
+    [property: Key(2)] long CachedBytes,
+    [property: Key(3)] int Blocks,
+    [property: Key(4)] long Evictions,
+    [property: Key(5)] long Restarts)
+{
+    [IgnoreMember] public double HitRate => PromptTokens == 0 ? 0 : (double)ReusedTokens / PromptTokens;
+}
 
 /// <summary>
 /// A device a node offers, with its memory budget and the path of its device-worker actor; <see cref="Unusable"/>

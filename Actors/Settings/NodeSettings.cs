@@ -48,6 +48,8 @@ public sealed record NodeSettings
     public required BatchingSettings Batching { get; init; }
     /// <summary>Rebalancing the served model by itself when a node joins (<c>shardpipe.placement</c>).</summary>
     public RebalanceSettings Rebalance { get; init; } = RebalanceSettings.Off;
+    /// <summary>Automatic prefix caching at this node's stages (<c>shardpipe.prefix-cache</c>).</summary>
+    public PrefixCacheSettings PrefixCache { get; init; } = PrefixCacheSettings.Off;
     /// <summary>Fault-injection hook: the protocol version this node claims in its handshake (tests of refusal).</summary>
     public int? DebugProtocolVersion { get; init; }
     /// <summary>Fault-injection hook: every step on this node sleeps this long first (multi-process tests of faults mid-generation).</summary>
@@ -120,6 +122,6 @@ public sealed record NodeSettings
             Batching = BatchingSettings.From(config),
             Rebalance = RebalanceSettings.From(config),
             DebugProtocolVersion = sp.HasPath("debug.protocol-version") ? sp.GetInt("debug.protocol-version") : null,
-        };
+        } is var settings ? settings with { PrefixCache = PrefixCacheSettings.From(config, settings.KvCacheBudget) } : null!;
     }
 }

@@ -77,7 +77,8 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         var d = NodeDiagnostics.For(Context.System);
         static double Median(List<double> xs) => xs.Count == 0 ? 0 : xs.Order().ElementAt(xs.Count / 2);
         var rows = d.StepRows.Recent();
-        return new StageTiming(Median(d.StepTimes.Recent()), Median(d.HopLatency.Recent()), d.StepTimes.Count, rows.Count == 0 ? 0 : rows.Average());
+        return new StageTiming(Median(d.StepTimes.Recent()), Median(d.HopLatency.Recent()), d.StepTimes.Count, rows.Count == 0 ? 0 : rows.Average(),
+            _executor.Prefix is { } p ? new PrefixCacheFigures(p.PromptTokens, p.ReusedTokens, p.Cache.Bytes, p.Cache.Blocks, p.Cache.Evictions, p.Restarts) : null);
     }
 
     /// <summary>
@@ -251,7 +252,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             _model = r.Model;
             _epoch = r.Epoch;
             _slice = slice;
-            _executor.Install(new StageRunner(r.Model, r.Route, r.Epoch));
+            _executor.Install(new StageRunner(r.Model, r.Route, r.Epoch, PrefixStage.For(_settings.PrefixCache, r.Epoch)));
             _loaded = new SliceLoaded(r.Epoch, Path(), r.Bytes, r.Tensors, r.Streamed);
             _stepsAtLoad = NodeDiagnostics.For(Context.System).StepTimes.Count;
             OpenLinks(r.Route);

@@ -78,6 +78,9 @@ public sealed class StageExecutor : IDisposable
     }
 
     /// <summary>Frees the stage (its KV caches) and closes its links; steps still waiting fail (retryable) when next taken.</summary>
+    /// <summary>The installed stage's prefix cache (its figures are read without the lock: counters for status).</summary>
+    public PrefixStage? Prefix => _runner?.Prefix;
+
     public void Uninstall()
     {
         lock (_gate)

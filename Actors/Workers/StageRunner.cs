@@ -27,12 +27,19 @@ public sealed class StageRunner : IDisposable
     private readonly Queue<string> _releasedOrder = new();
     private const int RememberReleased = 4096;
 
-    public StageRunner(CausalLMModel model, PipelineHop[] route, int epoch = 0)
+    private readonly PrefixStage? _prefix;
+
+    /// <param name="prefix">Automatic prefix caching at this stage (<see cref="PrefixStage"/>), or null for none.</param>
+    public StageRunner(CausalLMModel model, PipelineHop[] route, int epoch = 0, PrefixStage? prefix = null)
     {
         _model = model;
         _route = route;
         Epoch = epoch;
+        _prefix = prefix;
     }
+
+    /// <summary>This stage's prefix cache (null when off): its blocks, bytes and hit counts.</summary>
+    public PrefixStage? Prefix => _prefix;
 
     /// <summary>The plan epoch this stage serves; steps of any other epoch are late messages of an old route.</summary>
     public int Epoch { get; }
@@ -58,13 +65,17 @@ public sealed class StageRunner : IDisposable
             throw new ArgumentException("a merged step takes generation steps of one hop (a forward pass runs alone)");
         if (hopIndex < 0 || hopIndex >= _route.Length) throw new ProtocolException($"hop {hopIndex} is not on this route of {_route.Length} hops");
         var hop = _route[hopIndex];
+        // Prefix caching: the first hop plans a request's first step; each hop seeds its cache or sends it back.
+        var restarts = forwardOnly || _prefix is null ? null : PrefixBefore(live, hop);
+        if (live.Count == 0) return restarts!;
         // What a failed step must undo: each request's cache and, at the head, its sampler's random state (a sampler
         // made during the step is dropped), so that the step rerun — alone, or on another stage — draws the same tokens.
         var marks = forwardOnly ? null : live.Select(s => CacheFor(s.RequestId)).Select(c => (Cache: c, Mark: c.Mark())).ToList();
         var samplerMarks = forwardOnly ? null : live.Select(s => (s.RequestId, Mark: _samplers.TryGetValue(s.RequestId, out var sm) ? (Had: true, State: sm.Mark()) : (Had: false, State: null))).ToList();
         try
         {
-            return RunMerged(live, hop, forwardOnly);
+            var output = RunMerged(live, hop, forwardOnly);
+            return restarts is null ? output : PrefixAfter(live, hop, output, restarts);
         }
         catch when (marks is not null)
         {
@@ -240,6 +251,36 @@ public sealed class StageRunner : IDisposable
         return output;
     }
 
+    /// <summary>Plans (first hop) and seeds each step's prefix; takes out of <paramref name="live"/> the steps sent back to the first hop, and returns those.</summary>
+    private List<Outgoing> PrefixBefore(List<StageInput> live, PipelineHop hop)
+    {
+        var back = new List<Outgoing>();
+        for (int i = live.Count - 1; i >= 0; i--)
+        {
+            live[i] = _prefix!.Plan(live[i], hop);
+            if (_prefix.Seed(live[i], hop, CacheFor(live[i].RequestId), _route[0].WorkerPath) is { } restart)
+            {
+                back.Add(restart);
+                live.RemoveAt(i);
+            }
+        }
+        return back;
+    }
+
+    /// <summary>Keeps the prompt blocks the step completed; a request's next step (back at the first hop) carries no plan.</summary>
+    private IReadOnlyList<Outgoing> PrefixAfter(List<StageInput> live, PipelineHop hop, IReadOnlyList<Outgoing> output, List<Outgoing> restarts)
+    {
+        long requestBytes = CacheBytes;
+        foreach (var s in live)
+            if (_caches.TryGetValue(s.RequestId, out var e)) _prefix!.Store(s, hop, e.Cache, requestBytes);
+        _prefix!.Cache.EvictToFit(requestBytes);
+        var all = new List<Outgoing>(output.Count + restarts.Count);
+        foreach (var o in output)
+            all.Add(o.Message is StageInput { Hop: 0, Prefix: not null } next ? o with { Message = next with { Prefix = null } } : o);
+        all.AddRange(restarts);
+        return all;
+    }
+
     private KvCache CacheFor(string requestId)
     {
         if (!_caches.TryGetValue(requestId, out var entry)) entry = (new KvCache(), DateTime.UtcNow);
@@ -256,6 +297,7 @@ public sealed class StageRunner : IDisposable
         }
         if (_caches.Remove(requestId, out var e)) e.Cache.Dispose();
         if (_samplers.Remove(requestId, out var s)) s.Dispose();
+        _prefix?.Release(requestId);
     }
 
     /// <summary>Frees the caches of requests idle longer than <paramref name="idle"/> (abandoned by their caller).</summary>
@@ -270,5 +312,6 @@ public sealed class StageRunner : IDisposable
     {
         foreach (var id in _caches.Keys.ToList()) Release(id);
         foreach (var id in _samplers.Keys.ToList()) Release(id);
+        _prefix?.Dispose();
     }
 }

@@ -34,9 +34,12 @@ public static class ServeBench
         var concurrency = new Option<int>("--concurrency") { Description = "Streams at once", DefaultValueFactory = _ => 16 };
         var model = new Option<string?>("--model") { Description = "Checkpoint folder with a tokenizer (default: a generated 134M Llama)" };
         var microBatches = new Option<int>("--micro-batches") { Description = "The nodes' shardpipe.batching.micro-batches (groups of requests circulating at once)", DefaultValueFactory = _ => 1 };
+        var sharedPrefix = new Option<int>("--shared-prefix") { Description = "Instead: --concurrency requests sharing a prefix of this many tokens, time to first token with the prefix cache and without (SharedPrefixBench)" };
         var json = CommonOptions.Json();
-        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json };
-        CommandAction.Set(cmd, (parse, log) => Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log));
+        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json, sharedPrefix };
+        CommandAction.Set(cmd, (parse, log) => parse.GetValue(sharedPrefix) is > 0 and var sp
+            ? SharedPrefixBench.Run(parse.GetValue(model) ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log), sp, parse.GetValue(concurrency), parse.GetValue(json), log)
+            : Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log));
         return cmd;
     }
 

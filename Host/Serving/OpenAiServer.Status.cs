@@ -50,6 +50,8 @@ public sealed partial class OpenAiServer
                     ["step_ms_p50"] = timing is null ? null : Math.Round(timing.StepP50Ms, 3), ["hop_ms_p50"] = timing is null ? null : Math.Round(timing.HopP50Ms, 3),
                     ["rows_per_step"] = timing is null ? null : Math.Round(timing.RowsPerStep, 2),
                     ["speed_bytes_per_s"] = s.Timings?.FirstOrDefault(t => t.Device == d.Device)?.Speed is { } speed ? Math.Round(speed) : null,
+                    ["prefix_hit_rate"] = timing?.PrefixCache is { } pc ? Math.Round(pc.HitRate, 4) : null,
+                    ["prefix_cached_bytes"] = timing?.PrefixCache?.CachedBytes, ["prefix_restarts"] = timing?.PrefixCache?.Restarts,
                 };
             }).ToArray()),
             ["cluster_in_flight"] = s.InFlight,

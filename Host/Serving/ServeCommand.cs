@@ -25,8 +25,9 @@ public static class ServeCommand
         var apiKey = new Option<string?>("--api-key") { Description = "Require Authorization: Bearer KEY on /v1/*, /tokenize and /detokenize (401 otherwise); also read from $SHARDPIPE_API_KEY" };
         var protectStatus = new Option<bool>("--protect-status") { Description = "With an API key: /status, /metrics and the dashboard need it too (/health stays open)" };
         var speculation = new SpeculationOptions();
+        var noPrefixCache = new Option<bool>("--no-prefix-cache") { Description = "Turn automatic prefix caching off, for an embedded cluster (a cluster of nodes: their shardpipe.prefix-cache.enabled)" };
         var cmd = new Command("serve", "Serve the model over HTTP with OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions with tools), vLLM's /tokenize and /detokenize, /health, /status, /metrics and a dashboard at /")
-            { host, port, maxActive, maxQueued, maxTokens, timeout, prefill, batchRows, apiKey, protectStatus };
+            { host, port, maxActive, maxQueued, maxTokens, timeout, prefill, batchRows, apiKey, protectStatus, noPrefixCache };
         m.AddTo(cmd);
         speculation.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
@@ -51,6 +52,7 @@ public static class ServeCommand
             var load = m.LoadRequest(parse);
             // An embedded cluster takes every admitted request into its pipeline at once, merged up to --max-batch-rows a step.
             string embedded = $"shardpipe.max-in-flight = {parse.GetValue(maxActive)}\nshardpipe.batching.max-rows = {parse.GetValue(batchRows)}";
+            if (parse.GetValue(noPrefixCache)) embedded += "\nshardpipe.prefix-cache.enabled = off";
             await using var session = await ClusterSession.ConnectAsync(parse.GetValue(m.Cluster) ?? "embedded:1", parse.GetValue(m.Nodes), log,
                 parse.GetValue(m.OffloadFolder), parse.GetValue(CommonOptions.ClientConfig), embedded);
             var options = new ServeSettings

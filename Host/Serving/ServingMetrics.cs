@@ -14,6 +14,7 @@ public sealed class ServingMetrics
     public CollectorRegistry Registry { get; } = Metrics.NewCustomRegistry();
     private readonly Counter _requests, _promptTokens, _completionTokens;
     private readonly Histogram _ttft, _itl;
+    private readonly Gauge _prefixHitRate, _prefixBytes;
     private readonly Gauge _rows, _running, _waiting, _clusterInFlight, _clusterQueued, _deviceBytes, _epoch, _recoveries, _ready, _stepMs, _hopMs, _steps;
 
     public ServingMetrics()
@@ -28,6 +29,10 @@ public sealed class ServingMetrics
         _itl = f.CreateHistogram("shardpipe_inter_token_latency_seconds", "Between consecutive tokens of one request.",
             new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.001, 2, 14) });
         _rows = f.CreateGauge("shardpipe_rows_per_step", "Mean rows (sequences of all the requests merged: continuous batching) of the recent steps on the device's node, as its worker last reported.",
+            new GaugeConfiguration { LabelNames = new[] { "device" } });
+        _prefixHitRate = f.CreateGauge("shardpipe_prefix_cache_hit_rate", "Prompt tokens reused from the prefix cache over prompt tokens planned, at the device's stage (the first stage plans), as its worker last reported.",
+            new GaugeConfiguration { LabelNames = new[] { "device" } });
+        _prefixBytes = f.CreateGauge("shardpipe_prefix_cache_bytes", "Bytes of prompt blocks the device's prefix cache holds, as its worker last reported.",
             new GaugeConfiguration { LabelNames = new[] { "device" } });
         _running = f.CreateGauge("shardpipe_server_requests_running", "Requests holding an admission slot.");
         _waiting = f.CreateGauge("shardpipe_server_requests_waiting", "Requests waiting for an admission slot.");
@@ -70,6 +75,11 @@ public sealed class ServingMetrics
             _hopMs.WithLabels(t.Device).Set(t.Timing.HopP50Ms);
             _steps.WithLabels(t.Device).Set(t.Timing.Steps);
             _rows.WithLabels(t.Device).Set(t.Timing.RowsPerStep);
+            if (t.Timing.PrefixCache is { } pc)
+            {
+                _prefixHitRate.WithLabels(t.Device).Set(pc.HitRate);
+                _prefixBytes.WithLabels(t.Device).Set(pc.CachedBytes);
+            }
         }
         foreach (var d in status.Devices)
         {

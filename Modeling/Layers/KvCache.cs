@@ -84,6 +84,14 @@ public sealed class KvCache : IDisposable
     private static Tensor Allocate(long[] shape, ScalarType dtype, Device device, long capacity) =>
         empty(new[] { shape[0], shape[1], capacity, shape[3] }, dtype, device).DetachFromDisposeScope();
 
+    /// <summary>One layer's keys and values at positions [<paramref name="start"/>, + <paramref name="length"/>), as views (valid until the next update of the layer); prefix caching copies prompt blocks from them.</summary>
+    public (Tensor K, Tensor V) Read(int layer, long start, long length)
+    {
+        if (!_layers.TryGetValue(layer, out var b) || start < 0 || length < 0 || start + length > b.Length)
+            throw new ArgumentOutOfRangeException(nameof(start), $"layer {layer} holds {SeenTokens(layer)} positions, not [{start}, {start + length})");
+        return (b.K.narrow(2, start, length), b.V.narrow(2, start, length));
+    }
+
     /// <summary>Each layer's length now, to <see cref="Rollback"/> to if the step under way fails.</summary>
     public IReadOnlyDictionary<int, long> Mark() => _layers.ToDictionary(kv => kv.Key, kv => kv.Value.Length);
 
