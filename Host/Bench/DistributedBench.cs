@@ -49,7 +49,7 @@ public static class DistributedBench
         string folder = BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         int threads = Math.Max(1, Environment.ProcessorCount / 3);
         // No faults are measured here: a node that a loaded machine pauses for seconds must not be taken for lost.
-        const string patient = "\nakka.cluster.failure-detector.acceptable-heartbeat-pause = 30s\nakka.remote.watch-failure-detector.acceptable-heartbeat-pause = 30s";
+        const string patient = "\nshardpipe.placement.balance = speed\nakka.cluster.failure-detector.acceptable-heartbeat-pause = 30s\nakka.remote.watch-failure-detector.acceptable-heartbeat-pause = 30s";
         using var nodes = new NodeProcesses(3, i => $"shardpipe {{ devices = [ {{ device = cpu, budget = \"{Budget}\" }} ], compute-threads = {threads} }}" + patient +
             (i == 2 && factor > 1 ? $"\nshardpipe.debug.compute-slowdown = {factor.ToString(System.Globalization.CultureInfo.InvariantCulture)}" : ""));
         await using var client = ShardPipeClient.Connect(ContactPoints.Parse(nodes.Contacts));

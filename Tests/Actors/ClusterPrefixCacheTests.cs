@@ -58,7 +58,8 @@ public class ClusterPrefixCacheTests
         for (int i = 2; i < 6; i++) Assert.Equal(local[i], together[i - 2]);
 
         long promptTokens = prompts.Sum(p => (long)p.Length);
-        var figures = await Figures(cluster, f => f.Length > 0 && f.Max(x => x.PromptTokens) >= promptTokens);
+        // Each worker reports with its registration (every register-interval): wait for the stages with layers, not just the first.
+        var figures = await Figures(cluster, f => f.Length >= 2 && f.Max(x => x.PromptTokens) >= promptTokens);
         Assert.True(figures.Length >= 2, $"stages with layers report their prefix caches ({figures.Length})");
         var first = figures.MaxBy(f => f.PromptTokens)!;
         Assert.Equal(promptTokens, first.PromptTokens);

@@ -24,7 +24,7 @@ public class ClusterSpeedPlacementTests
         try
         {
             await using var cluster = await EmbeddedCluster.StartAsync(3, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB",
-                extraConfig: i => i == 2 ? "shardpipe.debug.compute-slowdown = 4" : null);
+                extraConfig: i => "shardpipe.placement.balance = speed" + (i == 2 ? "\nshardpipe.debug.compute-slowdown = 4" : ""));
             var speeds = new Dictionary<string, double>();
             await Eventually.True(async () =>
             {

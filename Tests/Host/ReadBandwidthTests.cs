@@ -11,7 +11,8 @@ public class ReadBandwidthTests
     public void The_buffer_is_at_least_four_times_the_last_level_cache_and_median_lies_in_the_range()
     {
         long llc = ReadBandwidth.LastLevelCacheBytes();
-        if (OperatingSystem.IsLinux()) Assert.True(llc > 0, "Linux reports cache sizes under /sys/devices/system/cpu/cpu0/cache");
+        // Linux reports cache sizes under /sys/devices/system/cpu/cpu0/cache — where the kernel exposes them (some VMs do not).
+        if (OperatingSystem.IsLinux() && Directory.Exists("/sys/devices/system/cpu/cpu0/cache/index0")) Assert.True(llc > 0, "the kernel lists cpu0's caches but none was read");
         var r = ReadBandwidth.Measure(1 << 20, repeats: 3);
         Assert.True(r.Bytes >= 4 * llc && r.Bytes >= 1 << 20, $"{r.Bytes} bytes against a {llc}-byte cache");
         Assert.Equal(Environment.ProcessorCount, r.Threads);
