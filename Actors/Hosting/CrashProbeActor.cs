@@ -68,6 +68,9 @@ public sealed class CrashProbeActor : ReceiveActor
             return;
         }
         _log.Warning("crash probe: {0} refuses connects on its remoting port (its process is gone); this side is a majority: downing it now", node);
-        _cluster.Down(Address.Parse(node));
+        var gone = Address.Parse(node);
+        _cluster.Down(gone);
+        if (_cluster.FailureDetector is { } detector) ProbedFailureDetector.MarkGone(detector, gone); // unreachable too: Akka removes a downed member only then
+
     }
 }
