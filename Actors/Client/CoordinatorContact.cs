@@ -1,5 +1,7 @@
 using Akka.Actor;
 using Akka.Event;
+using Akka.Remote;
+using ShardPipe.Actors.Membership;
 
 namespace ShardPipe.Actors.Client;
 
@@ -15,6 +17,7 @@ public sealed class CoordinatorContact : ReceiveActor, IWithStash, IWithTimers
     public ITimerScheduler Timers { get; set; } = null!;
 
     private sealed record TryNext;
+    private sealed record ContactProbed(Address Node, IReadOnlyList<ProbeResult> Results);
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly IReadOnlyList<Address> _contacts;
@@ -37,7 +40,17 @@ public sealed class CoordinatorContact : ReceiveActor, IWithStash, IWithTimers
 
     public static ActorPath ProxyPath(Address node) => new RootActorPath(node) / "user" / "coordinator-proxy";
 
-    protected override void PreStart() => Self.Tell(new TryNext());
+    protected override void PreStart()
+    {
+        // An association to the contact point that ends or fails: its port is probed (CrashProbe); a port that refuses
+        // every connect means the node's process is gone, so the next contact point is tried now, not after the watch's
+        // failure detector gives up (seconds later).
+        Context.System.EventStream.Subscribe(Self, typeof(DisassociatedEvent));
+        Context.System.EventStream.Subscribe(Self, typeof(AssociationErrorEvent));
+        Self.Tell(new TryNext());
+    }
+
+    protected override void PostStop() => Context.System.EventStream.Unsubscribe(Self);
 
     private void Searching()
     {
@@ -61,6 +74,9 @@ public sealed class CoordinatorContact : ReceiveActor, IWithStash, IWithTimers
             Become(() => Connected(id.Subject));
             Stash.UnstashAll();
         });
+        Receive<DisassociatedEvent>(_ => { });
+        Receive<AssociationErrorEvent>(_ => { });
+        Receive<ContactProbed>(_ => { });
         ReceiveAny(_ => Stash.Stash());
     }
 
@@ -75,6 +91,26 @@ public sealed class CoordinatorContact : ReceiveActor, IWithStash, IWithTimers
         });
         Receive<TryNext>(_ => { });
         Receive<ActorIdentity>(_ => { });
+        bool probing = false;
+        void Suspect(Address? remote)
+        {
+            var node = proxy.Path.Address;
+            if (probing || remote?.Host != node.Host || remote?.Port != node.Port || node.Host is null || node.Port is not { } port) return;
+            probing = true;
+            CrashProbe.Probe(node.Host, port, CrashProbe.Tries, CrashProbe.Interval, CrashProbe.ConnectTimeout)
+                .PipeTo(Self, success: r => new ContactProbed(node, r), failure: _ => new ContactProbed(node, new[] { ProbeResult.Failed }));
+        }
+        Receive<DisassociatedEvent>(e => Suspect(e.RemoteAddress));
+        Receive<AssociationErrorEvent>(e => Suspect(e.RemoteAddress));
+        Receive<ContactProbed>(p =>
+        {
+            probing = false;
+            if (!p.Node.Equals(proxy.Path.Address) || p.Results.Any(r => r != ProbeResult.Refused)) return;
+            _log.Warning("contact point {0} refuses connects (its process is gone); trying the others", p.Node);
+            Context.Unwatch(proxy);
+            Become(Searching);
+            Self.Tell(new TryNext());
+        });
         ReceiveAny(m => proxy.Forward(m));
     }
 }

@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using Akka.Actor;
+using Akka.Remote;
+using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Settings;
 using ShardPipe.Checkpoints;
 using ShardPipe.Messages;
@@ -22,6 +24,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
 
     private sealed record PollStatus;
     private sealed record RecoveryDeadline(int Fault);
+    private sealed record StageNodeProbed(string AttemptId, Address Node, IReadOnlyList<ProbeResult> Results);
 
     private readonly List<long[]> _steps = new();
     private readonly Stopwatch _clock = Stopwatch.StartNew();
@@ -55,7 +58,27 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Running();
     }
 
-    protected override void PreStart() => Send(_request);
+    protected override void PreStart()
+    {
+        // An association to a stage's node that ends or fails: its port is probed (CrashProbe); refused on every try
+        // means the process is gone, and the stage is lost now rather than when the watch's failure detector gives up.
+        Context.System.EventStream.Subscribe(Self, typeof(DisassociatedEvent));
+        Context.System.EventStream.Subscribe(Self, typeof(AssociationErrorEvent));
+        Send(_request);
+    }
+
+    protected override void PostStop() => Context.System.EventStream.Unsubscribe(Self);
+
+    private readonly HashSet<string> _probing = new(StringComparer.Ordinal);
+
+    private void SuspectStageNode(Address? remote)
+    {
+        var node = _watched.Keys.Select(r => r.Path.Address).FirstOrDefault(a => a.Host == remote?.Host && a.Port == remote?.Port);
+        if (node?.Host is not { } host || node.Port is not { } port || !_probing.Add($"{_attemptId} {node}")) return;
+        string attempt = _attemptId;
+        CrashProbe.Probe(host, port, CrashProbe.Tries, CrashProbe.Interval, CrashProbe.ConnectTimeout)
+            .PipeTo(Self, success: r => new StageNodeProbed(attempt, node, r), failure: _ => new StageNodeProbed(attempt, node, new[] { ProbeResult.Failed }));
+    }
 
     private void Unwatch()
     {
@@ -138,6 +161,17 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
             if (f.Retryable) Recover($"stage {f.Stage}: {f.Reason}");
             else Fail($"request {_request.RequestId} failed at stage {f.Stage}: {f.Reason}", f.Invalid);
         });
+        Receive<DisassociatedEvent>(e => SuspectStageNode(e.RemoteAddress));
+        Receive<AssociationErrorEvent>(e => SuspectStageNode(e.RemoteAddress));
+        Receive<StageNodeProbed>(p =>
+        {
+            _probing.Remove($"{p.AttemptId} {p.Node}");
+            if (!Current(p.AttemptId) || p.Results.Any(r => r != ProbeResult.Refused)) return;
+            var lost = _watched.Where(w => w.Key.Path.Address.Equals(p.Node)).Select(w => w.Value).ToList();
+            if (lost.Count == 0) return;
+            foreach (var st in lost) _lostStages.Add(st.WorkerPath);
+            Recover($"stage {lost[0].Device} was lost (its node's process is gone: connects refused)");
+        });
         Receive<Terminated>(t =>
         {
             if (!_watched.TryGetValue(t.ActorRef, out var stage)) return;
@@ -207,6 +241,9 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Receive<MessageChunk>(_ => { });
         Receive<Terminated>(_ => { });
         Receive<ReceiveTimeout>(_ => { });
+        Receive<DisassociatedEvent>(_ => { });
+        Receive<AssociationErrorEvent>(_ => { });
+        Receive<StageNodeProbed>(p => _probing.Remove($"{p.AttemptId} {p.Node}"));
     }
 
     /// <summary>The request as it continues: forward passes run again; a generation carries the tokens delivered so far.</summary>

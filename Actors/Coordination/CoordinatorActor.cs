@@ -49,7 +49,8 @@ public sealed partial class CoordinatorActor : ReceiveActor, IWithTimers, IWithS
         _log.Info("coordinator started on {0}", Cluster.Get(Context.System).SelfAddress);
         Timers.StartSingleTimer("start-window", new StartWindowOver(), _settings.StartWindow);
         Cluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
-            typeof(ClusterEvent.MemberLeft), typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.ReachableMember), typeof(ClusterEvent.MemberRemoved));
+            typeof(ClusterEvent.MemberLeft), typeof(ClusterEvent.UnreachableMember), typeof(ClusterEvent.ReachableMember), typeof(ClusterEvent.MemberRemoved),
+            typeof(ClusterEvent.MemberDowned));
     }
 
     protected override void PostStop() => Cluster.Get(Context.System).Unsubscribe(Self);
@@ -87,8 +88,21 @@ public sealed partial class CoordinatorActor : ReceiveActor, IWithTimers, IWithS
             if (lost.Count > 0) _log.Warning("node {0} is unreachable: its workers are lost", u.Member.Address);
             Lost(lost, u.Member.Address.ToString());
         });
+        // A node downed before the failure detector gave up on it (the crash probe found its process gone): lost now.
+        Receive<ClusterEvent.MemberDowned>(d =>
+        {
+            if (d.Member.Address == Cluster.Get(Context.System).SelfAddress) return;
+            var lost = _state.Registry.NodeUnreachable(d.Member.Address.ToString());
+            if (lost.Count > 0) _log.Warning("node {0} was downed: its workers are lost", d.Member.Address);
+            Lost(lost, d.Member.Address.ToString());
+        });
         Receive<ClusterEvent.ReachableMember>(r => _state.Registry.NodeBack(r.Member.Address.ToString())); // its workers register again
-        Receive<ClusterEvent.MemberRemoved>(r => { _state.Registry.NodeBack(r.Member.Address.ToString()); _state.NodeMoves.NodeRemoved(r.Member.Address.ToString()); });
+        Receive<ClusterEvent.MemberRemoved>(r =>
+        {
+            Lost(_state.Registry.WorkersOn(r.Member.Address.ToString()), r.Member.Address.ToString()); // removed before anything else said so
+            _state.Registry.NodeBack(r.Member.Address.ToString());
+            _state.NodeMoves.NodeRemoved(r.Member.Address.ToString());
+        });
         Receive<UnloadModel>(u =>
         {
             AnswerLoad(new LoadFailed(_load?.Request.RequestId ?? "", "the load was cancelled by an unload"));

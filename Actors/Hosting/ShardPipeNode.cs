@@ -56,6 +56,8 @@ public sealed class ShardPipeNode : IAsyncDisposable
                 ClusterSingletonManagerSettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), Roles.SingletonName);
         if (settings.IsCoordinator && config.GetBoolean("shardpipe.fast-failover"))
             system.ActorOf(FailoverActor.Props(), "failover");
+        if (config.GetBoolean("shardpipe.crash-probe"))
+            system.ActorOf(CrashProbeActor.Props(), "crash-probe");
         system.ActorOf(Props.Create(() => new HandshakeActor(settings, settings.DebugProtocolVersion ?? Protocol.Version)), "handshake");
         var proxy = system.ActorOf(ClusterSingletonProxy.Props($"/user/{Roles.SingletonName}",
             ClusterSingletonProxySettings.Create(system).WithRole(Roles.Coordinator).WithSingletonName(Roles.SingletonName)), "coordinator-proxy");

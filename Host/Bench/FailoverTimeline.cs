@@ -12,6 +12,7 @@ public static class FailoverTimeline
     /// <summary>Each step and the words of the log line that marks it, in the order a coordinator failover goes through them.</summary>
     public static readonly (string Step, string Marker)[] Steps =
     {
+        ("crash_probe_downed", "(its process is gone)"),
         ("unreachable", " is unreachable"),
         ("coordinator_node_downed", "failover: "),
         ("coordinator_started", "coordinator started on "),
