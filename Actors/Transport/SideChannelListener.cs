@@ -81,9 +81,9 @@ public abstract class SideChannelListener<TPending> : IDisposable where TPending
                 Log.Warning("{0}: accept failed: {1}", _kind, ex.Message);
                 continue;
             }
-            if (Interlocked.Increment(ref _connections) > _limits.MaxConnections)
+            // Only this loop adds connections (others only end them), so the count never passes the cap, even for a moment.
+            if (Volatile.Read(ref _connections) >= _limits.MaxConnections)
             {
-                Interlocked.Decrement(ref _connections);
                 Interlocked.Increment(ref _refusedAtCap);
                 s.Dispose();
                 long now = Environment.TickCount64;
@@ -94,6 +94,7 @@ public abstract class SideChannelListener<TPending> : IDisposable where TPending
                 }
                 continue;
             }
+            Interlocked.Increment(ref _connections);
             new Thread(() => { try { Open(s); } finally { Interlocked.Decrement(ref _connections); } }) { IsBackground = true, Name = _kind }.Start();
         }
     }
