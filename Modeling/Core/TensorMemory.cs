@@ -15,6 +15,9 @@ namespace ShardPipe.Modeling.Core;
 /// </summary>
 public static class TensorMemory
 {
+    /// <summary>The address of a CPU tensor's first byte (the caller keeps the tensor alive and contiguous while it uses it): what the kernels read and write through.</summary>
+    internal static unsafe void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+
     /// <summary>The bytes of <paramref name="t"/> (moved to CPU and made contiguous first if needed; no copy when it already is).</summary>
     public static ReadOnlyMemory<byte> Of(Tensor t)
     {

@@ -3,6 +3,7 @@ using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using ShardPipe.Modeling.Core;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -79,7 +80,7 @@ public static unsafe class DecodeAttention
         var kc = Dense(k);
         var vc = Dense(v);
         int es = (int)q.ElementSize;
-        byte* qp = Pointer(qc), kp = Pointer(kc), vp = Pointer(vc), op = Pointer(output);
+        byte* qp = (byte*)TensorMemory.Pointer(qc), kp = (byte*)TensorMemory.Pointer(kc), vp = (byte*)TensorMemory.Pointer(vc), op = (byte*)TensorMemory.Pointer(output);
         long kvRow = (long)kvHeads * hd;
 
         int rowCount = 0;
@@ -93,12 +94,12 @@ public static unsafe class DecodeAttention
             {
                 var (kBuf, vBuf, start) = s.Inputs.Cache!.Append(layer, s.Rows, kvHeads, hd, dtype, CPU, 1);
                 long capacity = kBuf.shape[2];
-                byte* kb = Pointer(kBuf), vb = Pointer(vBuf);
+                byte* kb = (byte*)TensorMemory.Pointer(kBuf), vb = (byte*)TensorMemory.Pointer(vBuf);
                 int length = checked((int)(start + 1));
                 var mask = s.Inputs.Mask;
                 if (mask is not null && mask.shape[3] != length)
                     throw new InvalidOperationException($"layer {layer}: a decode row's mask covers {mask.shape[3]} positions, its cache {length}");
-                byte* mp = mask is null ? null : Pointer(mask);
+                byte* mp = mask is null ? null : (byte*)TensorMemory.Pointer(mask);
                 for (long b = 0; b < s.Rows; b++)
                 {
                     long flat = s.Offset + b;
@@ -183,7 +184,6 @@ public static unsafe class DecodeAttention
         }
     }
 
-    private static byte* Pointer(Tensor t) => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Dot(float* a, float* b, int n)

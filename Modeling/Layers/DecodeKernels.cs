@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using ShardPipe.Modeling.Core;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -41,9 +42,9 @@ public static unsafe class DecodeKernels
         var ys = ArrayPool<float>.Shared.Rent(yn);
         try
         {
-            var xb = (ushort*)Pointer(input);
+            var xb = (ushort*)TensorMemory.Pointer(input);
             for (int i = 0; i < xn; i++) xs[i] = ToFloat(xb[i]);
-            var w = (ushort*)Pointer(weight);
+            var w = (ushort*)TensorMemory.Pointer(weight);
             fixed (float* xp = xs, yp = ys)
             {
                 float* xq = xp, yq = yp;
@@ -53,11 +54,11 @@ public static unsafe class DecodeKernels
             if (bias is not null)
             {
                 var b = bias.dtype == ScalarType.BFloat16 && bias.is_contiguous() ? bias : bias.to(ScalarType.BFloat16).contiguous();
-                var bp = (ushort*)Pointer(b);
+                var bp = (ushort*)TensorMemory.Pointer(b);
                 for (int r = 0; r < m; r++)
                     for (int j = 0; j < n; j++) ys[r * n + j] += ToFloat(bp[j]);
             }
-            var yb = (ushort*)Pointer(output);
+            var yb = (ushort*)TensorMemory.Pointer(output);
             for (int i = 0; i < yn; i++) yb[i] = ToBf16(ys[i]);
         }
         finally
@@ -93,7 +94,7 @@ public static unsafe class DecodeKernels
         var input = x.is_contiguous() ? x : x.contiguous();
         var output = empty(x.shape, x.dtype);
         bool bf16 = x.dtype == ScalarType.BFloat16;
-        byte* xp = (byte*)Pointer(input), wp = (byte*)Pointer(weight), yp = (byte*)Pointer(output);
+        byte* xp = (byte*)TensorMemory.Pointer(input), wp = (byte*)TensorMemory.Pointer(weight), yp = (byte*)TensorMemory.Pointer(output);
         for (int r = 0; r < rows; r++)
         {
             double sum = 0;
@@ -138,7 +139,7 @@ public static unsafe class DecodeKernels
         int b = (int)x.shape[0], h = (int)x.shape[1], t = (int)x.shape[2], d = (int)x.shape[3], half = d / 2;
         bool bf16 = x.dtype == ScalarType.BFloat16;
         var output = empty(x.shape, x.dtype);
-        byte* xp = (byte*)Pointer(x), cp = (byte*)Pointer(cos), sp = (byte*)Pointer(sin), yp = (byte*)Pointer(output);
+        byte* xp = (byte*)TensorMemory.Pointer(x), cp = (byte*)TensorMemory.Pointer(cos), sp = (byte*)TensorMemory.Pointer(sin), yp = (byte*)TensorMemory.Pointer(output);
         for (int bi = 0; bi < b; bi++)
             for (int hi = 0; hi < h; hi++)
                 for (int ti = 0; ti < t; ti++)
@@ -159,7 +160,6 @@ public static unsafe class DecodeKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Load(byte* p, long i, bool bf16) => bf16 ? ToFloat(((ushort*)p)[i]) : ((float*)p)[i];
 
-    private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
     /// <summary>Where part <paramref name="p"/> of <paramref name="parts"/> starts: on a multiple of four rows, so that
     /// every part but the last takes whole four-row passes.</summary>

@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using ShardPipe.Modeling.Core;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -47,8 +48,8 @@ public static unsafe class Fp32Kernels
         var output = empty(x.shape[..^1].Append(n).ToArray(), ScalarType.Float32);
         try
         {
-            float* w = (float*)Pointer(weight), xp = (float*)Pointer(input), yp = (float*)Pointer(output);
-            float* bp = b is null ? null : (float*)Pointer(b);
+            float* w = (float*)TensorMemory.Pointer(weight), xp = (float*)TensorMemory.Pointer(input), yp = (float*)TensorMemory.Pointer(output);
+            float* bp = b is null ? null : (float*)TensorMemory.Pointer(b);
             int parts = SpinPool.Shared.Parts(n, 64);
             if (parts == 1) Rows(w, xp, yp, bp, k, n, m, 0, n, portable);
             else SpinPool.Shared.Run(parts, p => Rows(w, xp, yp, bp, k, n, m, DecodeKernels.Split(n, p, parts), DecodeKernels.Split(n, p + 1, parts), portable));
@@ -61,7 +62,6 @@ public static unsafe class Fp32Kernels
         return output;
     }
 
-    private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
     /// <summary>Output columns [from, to) of every input row, four weight rows at a time, each block of weight rows read
     /// from memory once for all <paramref name="m"/> input rows (the later rows find it in cache).</summary>

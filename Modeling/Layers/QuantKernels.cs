@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -47,7 +48,7 @@ public static unsafe class QuantKernels
         var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(Math.Max(1, m * n));
         try
         {
-            var xp = (byte*)PackedWeight.Pointer(input);
+            var xp = (byte*)TensorMemory.Pointer(input);
             var gather = w.Gather;
             bool deinterleave = simd && w.Bits == 4;
             var row = new float[k];
@@ -63,19 +64,19 @@ public static unsafe class QuantKernels
                     sums[r * groups + g] = s;
                 }
             }
-            var codes = (byte*)PackedWeight.Pointer(w.Codes);
-            var scales = (float*)PackedWeight.Pointer(w.Scales);
-            float* zeros = w.Zeros is null ? null : (float*)PackedWeight.Pointer(w.Zeros);
+            var codes = (byte*)TensorMemory.Pointer(w.Codes);
+            var scales = (float*)TensorMemory.Pointer(w.Scales);
+            float* zeros = w.Zeros is null ? null : (float*)TensorMemory.Pointer(w.Zeros);
             fixed (float* xq0 = xs, sq0 = sums, yq0 = ys)
             {
-                float* yp = ys is null ? (float*)PackedWeight.Pointer(output) : yq0;
+                float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
                 var job = new Job(w, codes, scales, zeros, xq0, sq0, yp, m, kp, simd);
                 int parts = Math.Clamp(n / 32, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
                 SpinPool.Shared.Run(parts, p => job.Rows((int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
                 if (bias is not null)
                 {
                     var b = bias.is_contiguous() ? bias : bias.contiguous();
-                    var bp = (byte*)PackedWeight.Pointer(b);
+                    var bp = (byte*)TensorMemory.Pointer(b);
                     var bt = b.dtype;
                     for (int r = 0; r < m; r++)
                         for (int o = 0; o < n; o++) yp[(long)r * n + o] += Load(bp, o, bt);
@@ -83,7 +84,7 @@ public static unsafe class QuantKernels
                 }
                 if (ys is not null)
                 {
-                    var op = (byte*)PackedWeight.Pointer(output);
+                    var op = (byte*)TensorMemory.Pointer(output);
                     for (long i = 0; i < (long)m * n; i++) Store(op, i, type, yp[i]);
                 }
             }
@@ -111,7 +112,7 @@ public static unsafe class QuantKernels
         var bf = bias is null ? null : bias.dtype == ScalarType.Float32 ? bias : bias.to(ScalarType.Float32);
         int block = (int)Math.Clamp(DenseBlockBytes / (4L * k), 1, n);
         var wbuf = empty(new long[] { block, k }, ScalarType.Float32);
-        var dst = (float*)PackedWeight.Pointer(wbuf);
+        var dst = (float*)TensorMemory.Pointer(wbuf);
         Tensor y;
         if (block == n)
         {
@@ -135,9 +136,9 @@ public static unsafe class QuantKernels
     /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the spin pool.</summary>
     internal static void Dequantize(PackedWeight w, int o0, int rows, float* dst)
     {
-        var codes = (byte*)PackedWeight.Pointer(w.Codes);
-        var scales = (float*)PackedWeight.Pointer(w.Scales);
-        float* zeros = w.Zeros is null ? null : (float*)PackedWeight.Pointer(w.Zeros);
+        var codes = (byte*)TensorMemory.Pointer(w.Codes);
+        var scales = (float*)TensorMemory.Pointer(w.Scales);
+        float* zeros = w.Zeros is null ? null : (float*)TensorMemory.Pointer(w.Zeros);
         var gather = w.Gather;
         bool simd = Simd(w) && w.Perm is null;
         int k = w.In, groups = w.Groups, gs = w.GroupSize, rowBytes = w.WordsPerRow * 4, bits = w.Bits, pf = 32 / bits;

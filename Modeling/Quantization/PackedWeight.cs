@@ -92,5 +92,4 @@ public sealed class PackedWeight
         return tensor(w, new long[] { Out, In });
     }
 
-    internal static unsafe void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 }
