@@ -20,7 +20,7 @@ public sealed partial class CoordinatorState<TCaller> where TCaller : notnull
 
     /// <param name="kvCap">The most KV-cache bytes a device may hold (<c>shardpipe.kv-cache-budget</c>; 0 = what its budget leaves after the weights).</param>
     /// <param name="balance"><c>shardpipe.placement.balance</c>: <c>speed</c> weighs devices by their measured speeds too, <c>bytes</c> by budgets alone.</param>
-    public CoordinatorState(int protocolVersion, long maxFrameSize, int maxInFlight, int maxQueued, long kvCap = 0, string balance = "speed")
+    public CoordinatorState(int protocolVersion, long maxFrameSize, int maxInFlight, int maxQueued, long kvCap = 0, string balance = "bytes")
     {
         _kvCap = kvCap;
         _bySpeed = balance == "speed";
