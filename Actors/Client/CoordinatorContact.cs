@@ -97,7 +97,7 @@ public sealed class CoordinatorContact : ReceiveActor, IWithStash, IWithTimers
             var node = proxy.Path.Address;
             if (probing || remote?.Host != node.Host || remote?.Port != node.Port || node.Host is null || node.Port is not { } port) return;
             probing = true;
-            CrashProbe.Probe(node.Host, port, CrashProbe.Tries, CrashProbe.Interval, CrashProbe.ConnectTimeout)
+            CrashProbe.Probe(node.Host, port)
                 .PipeTo(Self, success: r => new ContactProbed(node, r), failure: _ => new ContactProbed(node, new[] { ProbeResult.Failed }));
         }
         Receive<DisassociatedEvent>(e => Suspect(e.RemoteAddress));

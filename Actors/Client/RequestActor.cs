@@ -76,7 +76,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         var node = _watched.Keys.Select(r => r.Path.Address).FirstOrDefault(a => a.Host == remote?.Host && a.Port == remote?.Port);
         if (node?.Host is not { } host || node.Port is not { } port || !_probing.Add($"{_attemptId} {node}")) return;
         string attempt = _attemptId;
-        CrashProbe.Probe(host, port, CrashProbe.Tries, CrashProbe.Interval, CrashProbe.ConnectTimeout)
+        CrashProbe.Probe(host, port)
             .PipeTo(Self, success: r => new StageNodeProbed(attempt, node, r), failure: _ => new StageNodeProbed(attempt, node, new[] { ProbeResult.Failed }));
     }
 

@@ -54,7 +54,7 @@ public sealed class CrashProbeActor : ReceiveActor
         if (member is null || member.Address == _cluster.SelfAddress) return;
         string address = member.Address.ToString();
         if (_downed.Contains(address) || !_probing.Add(address)) return;
-        CrashProbe.Probe(host, port, CrashProbe.Tries, CrashProbe.Interval, CrashProbe.ConnectTimeout)
+        CrashProbe.Probe(host, port)
             .PipeTo(Self, success: r => new Probed(address, r), failure: _ => new Probed(address, new[] { ProbeResult.Failed }));
     }
 

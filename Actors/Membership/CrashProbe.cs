@@ -59,6 +59,9 @@ public static class CrashProbe
         catch (SocketException) { return ProbeResult.Failed; }
     }
 
+    /// <summary>The probe every caller runs: <see cref="Tries"/> connects <see cref="Interval"/> apart, each at most <see cref="ConnectTimeout"/>.</summary>
+    public static Task<IReadOnlyList<ProbeResult>> Probe(string host, int port) => Probe(host, port, Tries, Interval, ConnectTimeout);
+
     /// <summary><paramref name="tries"/> connects <paramref name="interval"/> apart; stops at the first that is not refused.</summary>
     public static async Task<IReadOnlyList<ProbeResult>> Probe(string host, int port, int tries, TimeSpan interval, TimeSpan timeout)
     {
