@@ -5,10 +5,19 @@ namespace ShardPipe.Modeling.Layers;
 /// operations between them, and waking a thread-pool thread for each costs tens of microseconds on a VM. These
 /// threads spin briefly after each job, so the next product of the same step finds them awake, then sleep. One job
 /// at a time: a caller that finds the helpers busy (another node of an embedded cluster) runs its job alone.
+/// The spin is short (<see cref="SpinTime"/>): a spinning helper holds a core that libtorch's own threads need for
+/// the work that follows a decode step (a prefill's GEMMs, another stage's step). It once spun 0.2 s (a tick-unit
+/// mix-up), twice over after a burst of jobs, and fp32 prefill after a decode ran ≈ 18 % slower (BENCHMARKS.md,
+/// session 10).
 /// </summary>
 public sealed class SpinPool
 {
-    private const long SpinTicks = 2_000_000; // ~0.2 ms of spinning for the next job before sleeping (Stopwatch ticks are 100 ns)
+    /// <summary>How long a helper spins for the next job before it sleeps: longer than the gaps between the products of
+    /// a decode step (microseconds of small libtorch calls), short enough that a core is not held from work that
+    /// follows on libtorch's threads. Waking a sleeping helper costs tens of microseconds, once.</summary>
+    public static readonly TimeSpan SpinTime = TimeSpan.FromMicroseconds(200);
+
+    private static readonly long SpinTimestampTicks = (long)(SpinTime.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
 
     public static SpinPool Shared { get; } = new(Math.Max(0, Environment.ProcessorCount - 1));
 
@@ -88,12 +97,14 @@ public sealed class SpinPool
             long started = System.Diagnostics.Stopwatch.GetTimestamp();
             while (Volatile.Read(ref _generation) == seen)
             {
-                if (System.Diagnostics.Stopwatch.GetTimestamp() - started > SpinTicks * System.Diagnostics.Stopwatch.Frequency / 10_000_000)
+                if (System.Diagnostics.Stopwatch.GetTimestamp() - started > SpinTimestampTicks)
                 {
-                    _wake.Wait();
-                    started = System.Diagnostics.Stopwatch.GetTimestamp();
+                    // Sleep until a job newer than the last one seen: a permit left over from a job that found this
+                    // helper spinning is consumed here, not taken as a reason to spin once more.
+                    do _wake.Wait(); while (Volatile.Read(ref _generation) == seen);
+                    break;
                 }
-                else Thread.SpinWait(20);
+                Thread.SpinWait(20);
             }
             seen = Volatile.Read(ref _generation);
             if (_job is { } job) Work(job, _parts);
