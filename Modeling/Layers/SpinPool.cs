@@ -30,9 +30,12 @@ public sealed class SpinPool
     private long _generation;   // bumps with every job, so spinning helpers notice it
     private int _busy;
 
-    private SpinPool(int helpers)
+    /// <summary>A pool of <paramref name="helpers"/> background threads named <paramref name="name"/>-0, -1, … (the kernels
+    /// share <see cref="Shared"/>; tests make their own).</summary>
+    public SpinPool(int helpers, string name = "shardpipe-kernel")
     {
-        _threads = Enumerable.Range(0, helpers).Select(i => new Thread(Loop) { IsBackground = true, Name = $"shardpipe-kernel-{i}" }).ToArray();
+        ArgumentOutOfRangeException.ThrowIfNegative(helpers);
+        _threads = Enumerable.Range(0, helpers).Select(i => new Thread(Loop) { IsBackground = true, Name = $"{name}-{i}" }).ToArray();
         foreach (var t in _threads) t.Start();
     }
 
