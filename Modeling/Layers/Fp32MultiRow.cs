@@ -90,6 +90,8 @@ public static unsafe partial class Fp32Kernels
     private static void Block4<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch) where TRows : struct, IRowCount
     {
         int rows = TRows.Value;
+        float* sums = stackalloc float[4 * RowBlock];
+        int ahead = prefetch ? PrefetchAhead : 0; // a block after the first finds the rows in cache: it touches the line it reads (no branch in the loop: one would split it and spill the accumulators)
         float* w0 = w + (long)o * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
         float* x0 = x + 0L * k, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
@@ -101,13 +103,10 @@ public static unsafe partial class Fp32Kernels
         int i = 0;
         for (; i + 16 <= k; i += 16)
         {
-            if (prefetch)
-            {
-                Sse.Prefetch0(w0 + i + PrefetchAhead);
-                Sse.Prefetch0(w1 + i + PrefetchAhead);
-                Sse.Prefetch0(w2 + i + PrefetchAhead);
-                Sse.Prefetch0(w3 + i + PrefetchAhead);
-            }
+            Sse.Prefetch0(w0 + i + ahead);
+            Sse.Prefetch0(w1 + i + ahead);
+            Sse.Prefetch0(w2 + i + ahead);
+            Sse.Prefetch0(w3 + i + ahead);
             var v0 = Vector512.Load(w0 + i);
             var v1 = Vector512.Load(w1 + i);
             var v2 = Vector512.Load(w2 + i);
@@ -158,12 +157,14 @@ public static unsafe partial class Fp32Kernels
                 a53 = Vector512.FusedMultiplyAdd(v3, u5, a53);
             }
         }
-        Finish(Vector512.Sum(a00), Vector512.Sum(a01), Vector512.Sum(a02), Vector512.Sum(a03), w0, x0, y + 0L * n, bias, k, o, i);
-        if (rows > 1) Finish(Vector512.Sum(a10), Vector512.Sum(a11), Vector512.Sum(a12), Vector512.Sum(a13), w0, x1, y + 1L * n, bias, k, o, i);
-        if (rows > 2) Finish(Vector512.Sum(a20), Vector512.Sum(a21), Vector512.Sum(a22), Vector512.Sum(a23), w0, x2, y + 2L * n, bias, k, o, i);
-        if (rows > 3) Finish(Vector512.Sum(a30), Vector512.Sum(a31), Vector512.Sum(a32), Vector512.Sum(a33), w0, x3, y + 3L * n, bias, k, o, i);
-        if (rows > 4) Finish(Vector512.Sum(a40), Vector512.Sum(a41), Vector512.Sum(a42), Vector512.Sum(a43), w0, x4, y + 4L * n, bias, k, o, i);
-        if (rows > 5) Finish(Vector512.Sum(a50), Vector512.Sum(a51), Vector512.Sum(a52), Vector512.Sum(a53), w0, x5, y + 5L * n, bias, k, o, i);
+        Sums(a00, a01, a02, a03).Store(sums + 0);
+        if (rows > 1) Sums(a10, a11, a12, a13).Store(sums + 4);
+        if (rows > 2) Sums(a20, a21, a22, a23).Store(sums + 8);
+        if (rows > 3) Sums(a30, a31, a32, a33).Store(sums + 12);
+        if (rows > 4) Sums(a40, a41, a42, a43).Store(sums + 16);
+        if (rows > 5) Sums(a50, a51, a52, a53).Store(sums + 20);
+        // Every accumulator is reduced before the first call: a vector live across a call would be spilled inside the loop.
+        for (int r = 0; r < rows; r++) Finish(sums + 4 * r, w0, x + (long)r * k, y + (long)r * n, bias, k, o, i);
     }
 
     /// <summary>As <see cref="Block4{TRows}"/> with <see cref="Vector{T}"/>: 4 × 2 accumulators, the 4 weight vectors and an input
@@ -172,7 +173,8 @@ public static unsafe partial class Fp32Kernels
     private static void PortableBlock4<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch) where TRows : struct, IRowCount
     {
         int rows = TRows.Value, width = Vector<float>.Count;
-        prefetch &= Sse.IsSupported;
+        float* sums = stackalloc float[4 * PortableRowBlock];
+        int ahead = prefetch ? PrefetchAhead : 0;
         float* w0 = w + (long)o * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
         float* x0 = x + 0L * k, x1 = x + 1L * k;
         Vector<float> a00 = default, a01 = default, a02 = default, a03 = default;
@@ -180,12 +182,12 @@ public static unsafe partial class Fp32Kernels
         int i = 0;
         for (; i + width <= k; i += width)
         {
-            if (prefetch && (i & 15) == 0)
+            if (Sse.IsSupported)
             {
-                Sse.Prefetch0(w0 + i + PrefetchAhead);
-                Sse.Prefetch0(w1 + i + PrefetchAhead);
-                Sse.Prefetch0(w2 + i + PrefetchAhead);
-                Sse.Prefetch0(w3 + i + PrefetchAhead);
+                Sse.Prefetch0(w0 + i + ahead);
+                Sse.Prefetch0(w1 + i + ahead);
+                Sse.Prefetch0(w2 + i + ahead);
+                Sse.Prefetch0(w3 + i + ahead);
             }
             var v0 = Vector.Load(w0 + i);
             var v1 = Vector.Load(w1 + i);
@@ -205,13 +207,35 @@ public static unsafe partial class Fp32Kernels
                 a13 = Vector.FusedMultiplyAdd(v3, u1, a13);
             }
         }
-        Finish(Vector.Sum(a00), Vector.Sum(a01), Vector.Sum(a02), Vector.Sum(a03), w0, x0, y + 0L * n, bias, k, o, i);
-        if (rows > 1) Finish(Vector.Sum(a10), Vector.Sum(a11), Vector.Sum(a12), Vector.Sum(a13), w0, x1, y + 1L * n, bias, k, o, i);
+        sums[0] = Vector.Sum(a00);
+        sums[1] = Vector.Sum(a01);
+        sums[2] = Vector.Sum(a02);
+        sums[3] = Vector.Sum(a03);
+        if (rows > 1)
+        {
+            sums[4] = Vector.Sum(a10);
+            sums[5] = Vector.Sum(a11);
+            sums[6] = Vector.Sum(a12);
+            sums[7] = Vector.Sum(a13);
+        }
+        // Every accumulator is reduced before the first call: a vector live across a call would be spilled inside the loop.
+        for (int r = 0; r < rows; r++) Finish(sums + 4 * r, w0, x + (long)r * k, y + (long)r * n, bias, k, o, i);
+    }
+
+    /// <summary>The horizontal sums of four accumulators as one vector [Σa, Σb, Σc, Σd]: halves added, then two rounds of
+    /// pairwise adds over all four at once (a dozen instructions where four <c>Vector512.Sum</c> take about a hundred).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Sums(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
+    {
+        Vector256<float> p = a.GetLower() + a.GetUpper(), q = b.GetLower() + b.GetUpper(), r = c.GetLower() + c.GetUpper(), s = d.GetLower() + d.GetUpper();
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(p, q), Avx.HorizontalAdd(r, s)); // [Σp0..3, Σq0..3, Σr0..3, Σs0..3 | the same of 4..7]
+        return h.GetLower() + h.GetUpper();
     }
 
     /// <summary>Ends four dot products of one input row: the columns past the last full vector, the bias, the store.</summary>
-    private static void Finish(float s0, float s1, float s2, float s3, float* w0, float* x, float* y, float* bias, int k, int o, int i)
+    private static void Finish(float* sums, float* w0, float* x, float* y, float* bias, int k, int o, int i)
     {
+        float s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
         float* w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
         for (; i < k; i++)
         {
