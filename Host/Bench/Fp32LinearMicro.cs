@@ -16,10 +16,13 @@ public static class Fp32LinearMicro
 {
     public static readonly (int In, int Out)[] Shapes = { (768, 768), (768, 2048), (2048, 768), (768, 32000) };
 
-    public static JsonObject Run(IReadOnlyList<int> rows, int rounds, bool asJson)
+    public static JsonObject Run(IReadOnlyList<int> rows, int rounds, int threads, bool asJson)
     {
         if (rows.Count == 0 || rows.Any(m => m < 1 || m > 4096)) throw new InvalidInputException("--micro-rows: each row count must be 1..4096");
         if (rounds < 1) throw new InvalidInputException("--rounds must be at least 1");
+        if (threads < 0 || threads > 1024) throw new InvalidInputException("--micro-threads must be 0 (the default) or 1..1024");
+        if (threads > 0) set_num_threads(threads);
+        BenchSupport.Say(asJson, $"  {get_num_threads()} threads on each side");
         var figures = new JsonObject();
         var oursTotal = new double[rows.Count];
         var torchTotal = new double[rows.Count];
@@ -84,6 +87,7 @@ public static class Fp32LinearMicro
         {
             ["bench"] = "decode",
             ["micro_rounds"] = rounds,
+            ["micro_threads"] = get_num_threads(),
             ["micro_fp32_linear"] = figures,
             ["micro_fp32_speedup_all_shapes"] = totals,
             ["micro_fp32_ours_wins_up_to_rows"] = threshold,

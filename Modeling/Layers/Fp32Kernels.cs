@@ -15,14 +15,17 @@ namespace ShardPipe.Modeling.Layers;
 /// GEMV, fp32 decode read ≈ 17 GB/s of weights where the bf16 kernel reads ≈ 24 (BENCHMARKS.md, vs-llamacpp, session 8
 /// idle rerun: 0.78× llama.cpp F32 against 1.36× F16). Here four weight rows share each load of the input, the next 4 KB of each row is prefetched, and the rows
 /// are split over <see cref="SpinPool"/>'s helper threads. AVX-512 where the CPU has it, <see cref="Vector{T}"/> otherwise.
-/// Longer inputs (prefill) stay with libtorch's GEMM, which this machine measured faster (BENCHMARKS.md).
+/// Several input rows (up to <see cref="MaxRows"/>) take the register-blocked kernel of Fp32MultiRow.cs; longer inputs
+/// (prefill) stay with libtorch's GEMM.
 /// </summary>
 public static unsafe partial class Fp32Kernels
 {
     /// <summary>Inputs of at most this many rows take the kernel (a decode step, a speculative verification pass, a merged
-    /// serving step of up to this many streams); longer ones go to libtorch's GEMM. Measured with <c>bench decode --micro</c>
-    /// (BENCHMARKS.md, session 10): MEASURED_HERE. Its own limit: <see cref="DecodeKernels.MaxRows"/> is the bf16 kernel's.</summary>
-    public const int MaxRows = 16;
+    /// serving step, a short prefill chunk); longer ones go to libtorch's GEMM. Measured with <c>bench decode --micro</c> on
+    /// this machine (BENCHMARKS.md, session 10; one thread a side, the 134M Llama's four Linear shapes): ours 1.50× libtorch
+    /// at 64 rows (every shape ≥ 1.34×), 1.92× at 128, 0.95× at 512 (the 32000-row head loses); 64 keeps the x rows of a
+    /// register block's pass (64 × 2048 floats, 512 KB) inside L2. Its own limit: <see cref="DecodeKernels.MaxRows"/> is the bf16 kernel's.</summary>
+    public const int MaxRows = 64;
 
     /// <summary>Whether the portable path is worth taking where AVX-512 is missing: a hardware-accelerated Vector&lt;float&gt; of at least 8 lanes.</summary>
     private static readonly bool Accelerated = Avx512F.IsSupported || (Vector.IsHardwareAccelerated && Vector<float>.Count >= 8);

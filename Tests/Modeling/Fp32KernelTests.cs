@@ -8,8 +8,8 @@ public class Fp32KernelTests
 {
     public static IEnumerable<object[]> Shapes()
     {
-        // rows 1..17 (one row, every register-block split of 2..16 rows, and one past the kernel's limit, which the
-        // kernel still computes when called directly); in/out features on and off the 16-lane, 32-column and 4-row
+        // rows 1..17, 33, 64 and 65 (one row, every register-block split of 2..16 rows, the limit and one past it, which
+        // the kernel still computes when called directly); in/out features on and off the 16-lane, 32-column and 4-row
         // steps; with and without bias.
         var shapes = new (int Rows, int K, int N, bool Bias)[]
         {
@@ -17,6 +17,7 @@ public class Fp32KernelTests
             (5, 64, 64, false), (5, 768, 259, true), (6, 1, 3, true), (7, 48, 67, false), (8, 771, 259, true), (8, 15, 4, false),
             (9, 129, 33, true), (10, 16, 8, false), (11, 47, 101, true), (12, 768, 96, false), (13, 5, 7, true),
             (14, 200, 45, false), (15, 31, 12, true), (16, 768, 2048, true), (16, 2048, 771, false), (17, 65, 19, true),
+            (33, 40, 9, false), (64, 130, 21, true), (65, 17, 6, false),
         };
         foreach (var s in shapes)
             foreach (bool portable in new[] { false, true })
