@@ -32,11 +32,21 @@ public static class DecodeBench
         var speedOnly = new Option<bool>("--speed-only") { Description = "Only the single-process figures (float32, bfloat16, int8, int4, weight_read_ratio, profile); no clusters" };
         var speculate = new Option<bool>("--speculate") { Description = "Only speculative decoding (ngram, --num-speculative-tokens) on 3 embedded nodes against plain: verify_pass_over_step, ngram_acceptance, ngram_speedup (default --tokens 256)" };
         var specTokens = new Option<int>("--num-speculative-tokens") { Description = "Draft tokens per step with --speculate", DefaultValueFactory = _ => 4 };
+        var microOnly = new Option<bool>("--micro") { Description = "Only one float32 Linear of the 134M Llama's shapes on m rows, our kernel against libtorch (--micro-rows, --rounds); no model, no clusters" };
+        var microRows = new Option<int[]>("--micro-rows") { Description = "Row counts m for --micro", DefaultValueFactory = _ => new[] { 1, 2, 5, 8, 16, 24, 32, 48, 64 }, AllowMultipleArgumentsPerToken = true };
+        var microRounds = new Option<int>("--rounds") { Description = "Rounds per figure for --micro (median)", DefaultValueFactory = _ => 7 };
+        var microThreads = new Option<int>("--micro-threads") { Description = "Threads for --micro, both sides (libtorch's intra-op setting, which our kernel follows); 0 keeps the default", DefaultValueFactory = _ => 0 };
         var json = CommonOptions.Json();
         var cmd = new Command("decode", "Decode tokens/s: float32, bfloat16, int8 and int4 (quantized on load) against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
-            { model, tokens, micro, pin, speedOnly, speculate, specTokens, json };
+            { model, tokens, micro, pin, speedOnly, speculate, specTokens, microOnly, microRows, microRounds, microThreads, json };
         CommandAction.Set(cmd, async (parse, log) =>
         {
+            if (parse.GetValue(microOnly))
+            {
+                BenchSupport.Say(parse.GetValue(json), "bench decode --micro: one float32 Linear, ours against libtorch");
+                BenchSupport.Finish(Fp32LinearMicro.Run(parse.GetValue(microRows) ?? Array.Empty<int>(), parse.GetValue(microRounds), parse.GetValue(microThreads), parse.GetValue(json)));
+                return 0;
+            }
             if (!parse.GetValue(speculate)) return await Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(speedOnly), parse.GetValue(json), log);
             int k = parse.GetValue(specTokens);
             ShardPipe.Modeling.Generation.Speculation.Validate(ShardPipe.Modeling.Generation.Speculation.Ngram, k, 1);

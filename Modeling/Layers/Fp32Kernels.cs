@@ -15,12 +15,17 @@ namespace ShardPipe.Modeling.Layers;
 /// GEMV, fp32 decode read ≈ 17 GB/s of weights where the bf16 kernel reads ≈ 24 (BENCHMARKS.md, vs-llamacpp, session 8
 /// idle rerun: 0.78× llama.cpp F32 against 1.36× F16). Here four weight rows share each load of the input, the next 4 KB of each row is prefetched, and the rows
 /// are split over <see cref="SpinPool"/>'s helper threads. AVX-512 where the CPU has it, <see cref="Vector{T}"/> otherwise.
-/// Longer inputs (prefill) stay with libtorch's GEMM, which this machine measured faster (BENCHMARKS.md).
+/// Several input rows (up to <see cref="MaxRows"/>) take the register-blocked kernel of Fp32MultiRow.cs; longer inputs
+/// (prefill) stay with libtorch's GEMM.
 /// </summary>
-public static unsafe class Fp32Kernels
+public static unsafe partial class Fp32Kernels
 {
-    /// <summary>Inputs of at most this many rows take the kernel (a decode step, a small merged step); longer ones go to libtorch.</summary>
-    public const int MaxRows = DecodeKernels.MaxRows;
+    /// <summary>Inputs of at most this many rows take the kernel (a decode step, a speculative verification pass, a merged
+    /// serving step, a short prefill chunk); longer ones go to libtorch's GEMM. Measured with <c>bench decode --micro</c> on
+    /// this machine (BENCHMARKS.md, session 10; one thread a side, the 134M Llama's four Linear shapes): ours 1.50× libtorch
+    /// at 64 rows (every shape ≥ 1.34×), 1.92× at 128, 0.95× at 512 (the 32000-row head loses); 64 keeps the x rows of a
+    /// register block's pass (64 × 2048 floats, 512 KB) inside L2. Its own limit: <see cref="DecodeKernels.MaxRows"/> is the bf16 kernel's.</summary>
+    public const int MaxRows = 64;
 
     /// <summary>Whether the portable path is worth taking where AVX-512 is missing: a hardware-accelerated Vector&lt;float&gt; of at least 8 lanes.</summary>
     private static readonly bool Accelerated = Avx512F.IsSupported || (Vector.IsHardwareAccelerated && Vector<float>.Count >= 8);
@@ -63,20 +68,13 @@ public static unsafe class Fp32Kernels
     }
 
 
-    /// <summary>Output columns [from, to) of every input row, four weight rows at a time, each block of weight rows read
-    /// from memory once for all <paramref name="m"/> input rows (the later rows find it in cache).</summary>
+    /// <summary>Output columns [from, to) of every input row: one row takes the matrix-vector kernel below, several the
+    /// register-blocked kernel (Fp32MultiRow.cs), which reads each weight once for all of them.</summary>
     private static void Rows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
     {
-        int block = m == 1 ? to - from : DecodeKernels.Block; // 16 rows of a 3072-wide layer are 192 KB, inside L2
-        for (int o = from; o < to; o += block)
-        {
-            int end = Math.Min(o + block, to);
-            for (int r = 0; r < m; r++)
-            {
-                if (portable) PortableRows(w, x + (long)r * k, y + (long)r * n, bias, k, o, end);
-                else Fp32Rows(w, x + (long)r * k, y + (long)r * n, bias, k, o, end);
-            }
-        }
+        if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable);
+        else if (portable) PortableRows(w, x, y, bias, k, from, to);
+        else Fp32Rows(w, x, y, bias, k, from, to);
     }
 
     /// <summary>Elements ahead of the current position to prefetch in each row (4 KB), as the bf16 kernel does: the

@@ -8,11 +8,16 @@ public class Fp32KernelTests
 {
     public static IEnumerable<object[]> Shapes()
     {
-        // rows 1..8; in/out features on and off the 16-lane, 32-column and 4-row steps; with and without bias.
+        // rows 1..17, 33, 64 and 65 (one row, every register-block split of 2..16 rows, the limit and one past it, which
+        // the kernel still computes when called directly); in/out features on and off the 16-lane, 32-column and 4-row
+        // steps; with and without bias.
         var shapes = new (int Rows, int K, int N, bool Bias)[]
         {
             (1, 768, 2048, false), (1, 2048, 768, true), (2, 100, 37, true), (3, 33, 5, false), (4, 17, 130, true),
-            (5, 64, 64, false), (6, 1, 3, true), (7, 48, 67, false), (8, 771, 259, true), (8, 15, 4, false),
+            (5, 64, 64, false), (5, 768, 259, true), (6, 1, 3, true), (7, 48, 67, false), (8, 771, 259, true), (8, 15, 4, false),
+            (9, 129, 33, true), (10, 16, 8, false), (11, 47, 101, true), (12, 768, 96, false), (13, 5, 7, true),
+            (14, 200, 45, false), (15, 31, 12, true), (16, 768, 2048, true), (16, 2048, 771, false), (17, 65, 19, true),
+            (33, 40, 9, false), (64, 130, 21, true), (65, 17, 6, false),
         };
         foreach (var s in shapes)
             foreach (bool portable in new[] { false, true })
@@ -28,7 +33,8 @@ public class Fp32KernelTests
         var w = randn(n, k);
         var b = bias ? randn(n) : null;
         var x = randn(1, rows, k);
-        Assert.True(Fp32Kernels.Applies(x, w) || !System.Numerics.Vector.IsHardwareAccelerated);
+        if (rows > Fp32Kernels.MaxRows) Assert.False(Fp32Kernels.Applies(x, w)); // libtorch's GEMM in a model
+        else Assert.True(Fp32Kernels.Applies(x, w) || !System.Numerics.Vector.IsHardwareAccelerated);
         using var ours = Fp32Kernels.Linear(x, w, b, portable);
         AssertClose(x, w, b, ours, new long[] { 1, rows, n });
     }
@@ -52,15 +58,29 @@ public class Fp32KernelTests
         AssertClose(xt, w, null, ours2, new long[] { 5, 45 });
     }
 
-    [Fact]
-    public void Large_outputs_split_over_the_helper_threads_cover_every_row()
+    [Theory]
+    [InlineData(2, false)]
+    [InlineData(13, false)]
+    [InlineData(13, true)]
+    public void Large_outputs_split_over_the_helper_threads_cover_every_row(int rows, bool portable)
     {
         // 4099 rows: the parts over the helpers end on four-row boundaries and the last takes the odd tail.
+        if (!portable && !System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return;
         manual_seed(5);
         var w = randn(4099, 96);
-        var x = randn(2, 96);
-        using var ours = Fp32Kernels.Linear(x, w, null);
-        AssertClose(x, w, null, ours, new long[] { 2, 4099 });
+        var x = randn(rows, 96);
+        using var ours = Fp32Kernels.Linear(x, w, null, portable);
+        AssertClose(x, w, null, ours, new long[] { rows, 4099 });
+    }
+
+    [Fact]
+    public void The_fp32_row_limit_is_its_own_and_the_bf16_kernels_is_unchanged()
+    {
+        // A 16-stream merged step and a speculative pass of up to 16 positions take the fp32 kernel; bf16 keeps its 8.
+        var w = randn(16, 32);
+        Assert.True(Fp32Kernels.Applies(randn(1, 16, 32), w) || !System.Numerics.Vector.IsHardwareAccelerated);
+        Assert.Equal(System.Runtime.Intrinsics.X86.Avx512F.IsSupported, DecodeKernels.Applies(randn(1, 8, 32).to(ScalarType.BFloat16), w.to(ScalarType.BFloat16)));
+        Assert.False(DecodeKernels.Applies(randn(1, 9, 32).to(ScalarType.BFloat16), w.to(ScalarType.BFloat16)));
     }
 
     [Fact]

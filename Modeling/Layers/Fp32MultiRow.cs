@@ -1,0 +1,260 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// The multi-row half of <see cref="Fp32Kernels"/>: inputs of 2..<see cref="Fp32Kernels.MaxRows"/> rows (a speculative
+/// verification pass, a merged serving step). A register-blocked micro-kernel takes four weight rows and up to
+/// <see cref="RowBlock"/> input rows at once: each 16-float load of a weight row is multiplied into the accumulators of
+/// every input row of the block, so the weights stream from memory once (with the single-row kernel's prefetch) and the
+/// arithmetic, not the reads, sets the pace. More input rows than a block are cut into near-equal blocks that reuse the
+/// same four weight rows from cache. The output rows are split over <see cref="SpinPool"/> as for one row.
+/// </summary>
+public static unsafe partial class Fp32Kernels
+{
+    /// <summary>Input rows per register block on the AVX-512 path: 4 weight rows × 6 input rows = 24 accumulators.</summary>
+    public const int RowBlock = 6;
+
+    /// <summary>Input rows per register block on the <see cref="Vector{T}"/> path: 4 × 2 = 8 accumulators (AVX2 has 16 registers).</summary>
+    public const int PortableRowBlock = 2;
+
+    /// <summary>Output columns [from, to) of all <paramref name="m"/> ≥ 2 input rows: for each four weight rows, the input rows
+    /// in near-equal blocks of at most <see cref="RowBlock"/> (the first block prefetches ahead in the weights, the others
+    /// find the four rows in cache); the last 1–3 weight rows of the range take the single-row kernel per input row.</summary>
+    private static void MultiRows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
+    {
+        int block = portable ? PortableRowBlock : RowBlock;
+        int blocks = (m + block - 1) / block;
+        int o = from;
+        for (; o + 4 <= to; o += 4)
+        {
+            int r = 0;
+            for (int c = 0; c < blocks; c++)
+            {
+                int size = m / blocks + (c < m % blocks ? 1 : 0);
+                float* xr = x + (long)r * k, yr = y + (long)r * n;
+                if (portable) PortableBlock(size, w, xr, yr, bias, k, n, o, c == 0);
+                else Block(size, w, xr, yr, bias, k, n, o, c == 0);
+                r += size;
+            }
+        }
+        if (o < to)
+            for (int r = 0; r < m; r++)
+            {
+                if (portable) PortableRows(w, x + (long)r * k, y + (long)r * n, bias, k, o, to);
+                else Fp32Rows(w, x + (long)r * k, y + (long)r * n, bias, k, o, to);
+            }
+    }
+
+    private static void Block(int rows, float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch)
+    {
+        switch (rows)
+        {
+            case 1: Block4<One>(w, x, y, bias, k, n, o, prefetch); break;
+            case 2: Block4<Two>(w, x, y, bias, k, n, o, prefetch); break;
+            case 3: Block4<Three>(w, x, y, bias, k, n, o, prefetch); break;
+            case 4: Block4<Four>(w, x, y, bias, k, n, o, prefetch); break;
+            case 5: Block4<Five>(w, x, y, bias, k, n, o, prefetch); break;
+            case 6: Block4<Six>(w, x, y, bias, k, n, o, prefetch); break;
+            default: throw new ArgumentOutOfRangeException(nameof(rows), rows, $"a register block takes 1..{RowBlock} input rows");
+        }
+    }
+
+    private static void PortableBlock(int rows, float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch)
+    {
+        switch (rows)
+        {
+            case 1: PortableBlock4<One>(w, x, y, bias, k, n, o, prefetch); break;
+            case 2: PortableBlock4<Two>(w, x, y, bias, k, n, o, prefetch); break;
+            default: throw new ArgumentOutOfRangeException(nameof(rows), rows, $"a portable register block takes 1..{PortableRowBlock} input rows");
+        }
+    }
+
+    /// <summary>The number of input rows of a register block as a type, so that the JIT compiles one body per count
+    /// with the unused accumulators removed (a struct type argument gets its own code; <c>TRows.Value</c> is a constant there).</summary>
+    private interface IRowCount { static abstract int Value { get; } }
+    private struct One : IRowCount { public static int Value => 1; }
+    private struct Two : IRowCount { public static int Value => 2; }
+    private struct Three : IRowCount { public static int Value => 3; }
+    private struct Four : IRowCount { public static int Value => 4; }
+    private struct Five : IRowCount { public static int Value => 5; }
+    private struct Six : IRowCount { public static int Value => 6; }
+
+    /// <summary>Four weight rows [o, o+4) against <typeparamref name="TRows"/> input rows at once (AVX-512): each 16-float load of a
+    /// weight row feeds the accumulators of every input row, so a block of weights is read once for up to
+    /// <see cref="RowBlock"/> input rows; 4 × 6 = 24 accumulators, the 4 weight vectors and an input vector fit the 32 zmm registers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Block4<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch) where TRows : struct, IRowCount
+    {
+        int rows = TRows.Value;
+        float* sums = stackalloc float[4 * RowBlock];
+        int ahead = prefetch ? PrefetchAhead : 0; // a block after the first finds the rows in cache: it touches the line it reads (no branch in the loop: one would split it and spill the accumulators)
+        float* w0 = w + (long)o * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
+        float* x0 = x + 0L * k, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
+        Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
+        Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
+        Vector512<float> a40 = default, a41 = default, a42 = default, a43 = default;
+        Vector512<float> a50 = default, a51 = default, a52 = default, a53 = default;
+        int i = 0;
+        for (; i + 16 <= k; i += 16)
+        {
+            Sse.Prefetch0(w0 + i + ahead);
+            Sse.Prefetch0(w1 + i + ahead);
+            Sse.Prefetch0(w2 + i + ahead);
+            Sse.Prefetch0(w3 + i + ahead);
+            var v0 = Vector512.Load(w0 + i);
+            var v1 = Vector512.Load(w1 + i);
+            var v2 = Vector512.Load(w2 + i);
+            var v3 = Vector512.Load(w3 + i);
+            var u0 = Vector512.Load(x0 + i);
+            a00 = Vector512.FusedMultiplyAdd(v0, u0, a00);
+            a01 = Vector512.FusedMultiplyAdd(v1, u0, a01);
+            a02 = Vector512.FusedMultiplyAdd(v2, u0, a02);
+            a03 = Vector512.FusedMultiplyAdd(v3, u0, a03);
+            if (rows > 1)
+            {
+                var u1 = Vector512.Load(x1 + i);
+                a10 = Vector512.FusedMultiplyAdd(v0, u1, a10);
+                a11 = Vector512.FusedMultiplyAdd(v1, u1, a11);
+                a12 = Vector512.FusedMultiplyAdd(v2, u1, a12);
+                a13 = Vector512.FusedMultiplyAdd(v3, u1, a13);
+            }
+            if (rows > 2)
+            {
+                var u2 = Vector512.Load(x2 + i);
+                a20 = Vector512.FusedMultiplyAdd(v0, u2, a20);
+                a21 = Vector512.FusedMultiplyAdd(v1, u2, a21);
+                a22 = Vector512.FusedMultiplyAdd(v2, u2, a22);
+                a23 = Vector512.FusedMultiplyAdd(v3, u2, a23);
+            }
+            if (rows > 3)
+            {
+                var u3 = Vector512.Load(x3 + i);
+                a30 = Vector512.FusedMultiplyAdd(v0, u3, a30);
+                a31 = Vector512.FusedMultiplyAdd(v1, u3, a31);
+                a32 = Vector512.FusedMultiplyAdd(v2, u3, a32);
+                a33 = Vector512.FusedMultiplyAdd(v3, u3, a33);
+            }
+            if (rows > 4)
+            {
+                var u4 = Vector512.Load(x4 + i);
+                a40 = Vector512.FusedMultiplyAdd(v0, u4, a40);
+                a41 = Vector512.FusedMultiplyAdd(v1, u4, a41);
+                a42 = Vector512.FusedMultiplyAdd(v2, u4, a42);
+                a43 = Vector512.FusedMultiplyAdd(v3, u4, a43);
+            }
+            if (rows > 5)
+            {
+                var u5 = Vector512.Load(x5 + i);
+                a50 = Vector512.FusedMultiplyAdd(v0, u5, a50);
+                a51 = Vector512.FusedMultiplyAdd(v1, u5, a51);
+                a52 = Vector512.FusedMultiplyAdd(v2, u5, a52);
+                a53 = Vector512.FusedMultiplyAdd(v3, u5, a53);
+            }
+        }
+        Sums(a00, a01, a02, a03).Store(sums + 0);
+        if (rows > 1) Sums(a10, a11, a12, a13).Store(sums + 4);
+        if (rows > 2) Sums(a20, a21, a22, a23).Store(sums + 8);
+        if (rows > 3) Sums(a30, a31, a32, a33).Store(sums + 12);
+        if (rows > 4) Sums(a40, a41, a42, a43).Store(sums + 16);
+        if (rows > 5) Sums(a50, a51, a52, a53).Store(sums + 20);
+        // Every accumulator is reduced before the first call: a vector live across a call would be spilled inside the loop.
+        for (int r = 0; r < rows; r++) Finish(sums + 4 * r, w0, x + (long)r * k, y + (long)r * n, bias, k, o, i);
+    }
+
+    /// <summary>As <see cref="Block4{TRows}"/> with <see cref="Vector{T}"/>: 4 × 2 accumulators, the 4 weight vectors and an input
+    /// vector fit the 16 registers of AVX2.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PortableBlock4<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch) where TRows : struct, IRowCount
+    {
+        int rows = TRows.Value, width = Vector<float>.Count;
+        float* sums = stackalloc float[4 * PortableRowBlock];
+        int ahead = prefetch ? PrefetchAhead : 0;
+        float* w0 = w + (long)o * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
+        float* x0 = x + 0L * k, x1 = x + 1L * k;
+        Vector<float> a00 = default, a01 = default, a02 = default, a03 = default;
+        Vector<float> a10 = default, a11 = default, a12 = default, a13 = default;
+        int i = 0;
+        for (; i + width <= k; i += width)
+        {
+            if (Sse.IsSupported)
+            {
+                Sse.Prefetch0(w0 + i + ahead);
+                Sse.Prefetch0(w1 + i + ahead);
+                Sse.Prefetch0(w2 + i + ahead);
+                Sse.Prefetch0(w3 + i + ahead);
+            }
+            var v0 = Vector.Load(w0 + i);
+            var v1 = Vector.Load(w1 + i);
+            var v2 = Vector.Load(w2 + i);
+            var v3 = Vector.Load(w3 + i);
+            var u0 = Vector.Load(x0 + i);
+            a00 = Vector.FusedMultiplyAdd(v0, u0, a00);
+            a01 = Vector.FusedMultiplyAdd(v1, u0, a01);
+            a02 = Vector.FusedMultiplyAdd(v2, u0, a02);
+            a03 = Vector.FusedMultiplyAdd(v3, u0, a03);
+            if (rows > 1)
+            {
+                var u1 = Vector.Load(x1 + i);
+                a10 = Vector.FusedMultiplyAdd(v0, u1, a10);
+                a11 = Vector.FusedMultiplyAdd(v1, u1, a11);
+                a12 = Vector.FusedMultiplyAdd(v2, u1, a12);
+                a13 = Vector.FusedMultiplyAdd(v3, u1, a13);
+            }
+        }
+        sums[0] = Vector.Sum(a00);
+        sums[1] = Vector.Sum(a01);
+        sums[2] = Vector.Sum(a02);
+        sums[3] = Vector.Sum(a03);
+        if (rows > 1)
+        {
+            sums[4] = Vector.Sum(a10);
+            sums[5] = Vector.Sum(a11);
+            sums[6] = Vector.Sum(a12);
+            sums[7] = Vector.Sum(a13);
+        }
+        // Every accumulator is reduced before the first call: a vector live across a call would be spilled inside the loop.
+        for (int r = 0; r < rows; r++) Finish(sums + 4 * r, w0, x + (long)r * k, y + (long)r * n, bias, k, o, i);
+    }
+
+    /// <summary>The horizontal sums of four accumulators as one vector [Σa, Σb, Σc, Σd]: halves added, then two rounds of
+    /// pairwise adds over all four at once (a dozen instructions where four <c>Vector512.Sum</c> take about a hundred).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Sums(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
+    {
+        Vector256<float> p = a.GetLower() + a.GetUpper(), q = b.GetLower() + b.GetUpper(), r = c.GetLower() + c.GetUpper(), s = d.GetLower() + d.GetUpper();
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(p, q), Avx.HorizontalAdd(r, s)); // [Σp0..3, Σq0..3, Σr0..3, Σs0..3 | the same of 4..7]
+        return h.GetLower() + h.GetUpper();
+    }
+
+    /// <summary>Ends four dot products of one input row: the columns past the last full vector, the bias, the store.</summary>
+    private static void Finish(float* sums, float* w0, float* x, float* y, float* bias, int k, int o, int i)
+    {
+        float s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
+        float* w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
+        for (; i < k; i++)
+        {
+            float xi = x[i];
+            s0 += w0[i] * xi;
+            s1 += w1[i] * xi;
+            s2 += w2[i] * xi;
+            s3 += w3[i] * xi;
+        }
+        if (bias != null)
+        {
+            s0 += bias[o];
+            s1 += bias[o + 1];
+            s2 += bias[o + 2];
+            s3 += bias[o + 3];
+        }
+        y[o] = s0;
+        y[o + 1] = s1;
+        y[o + 2] = s2;
+        y[o + 3] = s3;
+    }
+}
