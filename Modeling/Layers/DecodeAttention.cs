@@ -110,10 +110,11 @@ public static unsafe class DecodeAttention
                 byte* kb = (byte*)TensorMemory.Pointer(kBuf), vb = (byte*)TensorMemory.Pointer(vBuf);
                 int keys = checked((int)(start + tokens)); // the past and the segment's positions
                 var mask = s.Inputs.Mask;
-                if (mask is not null && mask.shape[3] != keys)
-                    throw new InvalidOperationException($"layer {layer}: a segment's mask covers {mask.shape[3]} positions, its cache {keys}");
+                var maskShape = mask?.shape;
+                if (maskShape is not null && maskShape[3] != keys)
+                    throw new InvalidOperationException($"layer {layer}: a segment's mask covers {maskShape[3]} positions, its cache {keys}");
                 byte* mp = mask is null ? null : (byte*)TensorMemory.Pointer(mask);
-                bool perPosition = mask is not null && mask.shape[2] == tokens; // else (B, 1, 1, Tk), the same row for every position
+                bool perPosition = maskShape is not null && maskShape[2] == tokens; // else (B, 1, 1, Tk), the same row for every position
                 for (long b = 0; b < s.Rows; b++)
                 {
                     long block = b * kvHeads * capacity * hd; // elements to row b's block of the buffers

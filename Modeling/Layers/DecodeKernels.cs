@@ -84,13 +84,16 @@ public static unsafe class DecodeKernels
     /// Whether <see cref="Rotary"/> applies: a decode step's queries or keys (B, H, T, D) with B·T at most
     /// <see cref="StepKernels.MaxRows"/>, tables (B, T, D) of the same float32 or bf16 dtype, all contiguous on CPU.
     /// </summary>
-    public static bool RotaryApplies(Tensor x, Tensor cos, Tensor sin) =>
-        x.dtype is ScalarType.Float32 or ScalarType.BFloat16 && cos.dtype == x.dtype && sin.dtype == x.dtype
-        && x.device_type == DeviceType.CPU && cos.device_type == DeviceType.CPU && sin.device_type == DeviceType.CPU
-        && x.dim() == 4 && cos.dim() == 3 && sin.dim() == 3 && x.shape[3] % 2 == 0
-        && cos.shape[0] == x.shape[0] && cos.shape[1] == x.shape[2] && cos.shape[2] == x.shape[3]
-        && sin.shape[0] == x.shape[0] && sin.shape[1] == x.shape[2] && sin.shape[2] == x.shape[3]
-        && x.NumberOfElements > 0 && x.shape[0] * x.shape[2] <= StepKernels.MaxRows && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous();
+    public static bool RotaryApplies(Tensor x, Tensor cos, Tensor sin)
+    {
+        // Each shape read is a native call and an array: read each once (this runs twice per layer of every step).
+        if (x.dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || cos.dtype != x.dtype || sin.dtype != x.dtype
+            || x.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || sin.device_type != DeviceType.CPU) return false;
+        long[] xs = x.shape, cs = cos.shape, ss = sin.shape;
+        return xs.Length == 4 && cs.Length == 3 && ss.Length == 3 && xs[3] % 2 == 0
+            && cs[0] == xs[0] && cs[1] == xs[2] && cs[2] == xs[3] && ss[0] == xs[0] && ss[1] == xs[2] && ss[2] == xs[3]
+            && xs[0] * xs[1] * xs[2] * xs[3] > 0 && xs[0] * xs[2] <= StepKernels.MaxRows && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous();
+    }
 
     /// <summary>
     /// Rotary position embedding in one pass, <c>x·cos + rotate_half(x)·sin</c> with cos and sin broadcast over the

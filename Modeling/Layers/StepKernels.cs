@@ -24,9 +24,13 @@ public static unsafe class StepKernels
     private const int StackFloats = 4096;
 
     /// <summary>Whether x is a float32 or bf16 CPU tensor of at most <see cref="MaxRows"/> rows of <paramref name="width"/> that these kernels take.</summary>
-    public static bool Takes(Tensor x, long width) =>
-        x.dtype is ScalarType.Float32 or ScalarType.BFloat16 && x.device_type == DeviceType.CPU && x.is_contiguous()
-        && x.NumberOfElements > 0 && x.shape[^1] == width && x.NumberOfElements / width <= MaxRows;
+    public static bool Takes(Tensor x, long width)
+    {
+        if (x.dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || x.device_type != DeviceType.CPU || !x.is_contiguous()) return false;
+        var shape = x.shape;
+        long elements = shape.Aggregate(1L, (a, n) => a * n);
+        return elements > 0 && shape[^1] == width && elements / width <= MaxRows;
+    }
 
     /// <summary>
     /// Whether <see cref="AddRmsNorm"/> applies: x and the residual branch of one shape and dtype (float32 or bf16,
@@ -35,7 +39,7 @@ public static unsafe class StepKernels
     public static bool AddRmsNormApplies(Tensor x, Tensor delta, Tensor weight) =>
         weight.dim() == 1 && Takes(x, weight.shape[0]) && delta.dtype == x.dtype && weight.dtype == x.dtype
         && delta.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU && delta.is_contiguous() && weight.is_contiguous()
-        && delta.NumberOfElements == x.NumberOfElements && delta.shape[^1] == x.shape[^1];
+        && delta.shape.SequenceEqual(x.shape);
 
     /// <summary>
     /// <c>sum = x + delta</c> (the residual add, rounded to the dtype) and Llama's RMSNorm of it in the same pass:
@@ -112,10 +116,11 @@ public static unsafe class StepKernels
     /// </summary>
     public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin)
     {
-        int b = (int)x.shape[0], h = (int)x.shape[1], t = (int)x.shape[2], d = (int)x.shape[3], half = d / 2;
+        var shape = x.shape;
+        int b = (int)shape[0], h = (int)shape[1], t = (int)shape[2], d = (int)shape[3], half = d / 2;
         bool bf16 = x.dtype == ScalarType.BFloat16;
         int es = bf16 ? 2 : 4;
-        var output = empty(x.shape, x.dtype);
+        var output = empty(shape, x.dtype);
         byte* xp = (byte*)TensorMemory.Pointer(x), cp = (byte*)TensorMemory.Pointer(cos), sp = (byte*)TensorMemory.Pointer(sin), yp = (byte*)TensorMemory.Pointer(output);
         Span<float> scratch = 5 * d <= StackFloats ? stackalloc float[5 * d] : new float[5 * d];
         fixed (float* f = scratch)
