@@ -40,7 +40,7 @@ public sealed class Sampler : IDisposable
     {
         using var scope = NewDisposeScope();
         var scores = Penalised(logits, history);
-        if (_greedy) return scores.argmax(-1).data<long>().ToArray();
+        if (_greedy) return ShardPipe.Modeling.Layers.StepKernels.Argmax(scores); // one vectorised pass per row
         var probs = Warped(scores);
         return torch.multinomial(probs, 1, generator: _generator).squeeze(-1).data<long>().ToArray();
     }

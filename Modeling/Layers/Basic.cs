@@ -111,6 +111,21 @@ public sealed class RmsNorm : HfModule
         h = h * torch.rsqrt(variance + _eps);
         return (Weight.Tensor * h.to(inputType)).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// The residual add before the norm and the norm of its result: <paramref name="sum"/> = x + delta, returns
+    /// <c>Forward(sum)</c>. A decode step's rows go through one fused pass (<see cref="StepKernels.AddRmsNorm"/>).
+    /// </summary>
+    public Tensor ForwardAdd(Tensor x, Tensor delta, out Tensor sum)
+    {
+        if (StepKernels.AddRmsNormApplies(x, delta, Weight.Tensor))
+        {
+            using var hook = Hook();
+            return StepKernels.AddRmsNorm(x, delta, Weight.Tensor, _eps, out sum);
+        }
+        sum = x + delta;
+        return Forward(sum);
+    }
 }
 
 /// <summary>torch.nn.LayerNorm with weight and bias.</summary>

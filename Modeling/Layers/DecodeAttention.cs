@@ -12,7 +12,9 @@ namespace ShardPipe.Modeling.Layers;
 /// <summary>
 /// Attention of every decode row of a merged step in one call (continuous batching): each row — one new position of a
 /// request, whose past lies in its own <see cref="KvCache"/> — appends its key and value to its cache and attends over
-/// that cache's filled part, read in place (no padding, no gather). The rows of all requests and all heads are spread
+/// that cache's filled part, read in place (no padding, no gather). A segment of a few positions per row (a speculative
+/// verification: the last token and its drafts) runs here too, each position a query row of its own that sees the past
+/// and the segment's positions up to itself (causal order inside the segment, or the segment's mask). The rows of all requests and all heads are spread
 /// over the decode kernels' <see cref="SpinPool"/>; scores, softmax and the weighted sum run in float32 whatever the
 /// model's dtype (float32, bf16 or fp16), with the additive mask of the row's request when it has one (left padding,
 /// a sliding window). The libtorch calls of a layer's attention no longer grow with the number of requests: the output
@@ -39,14 +41,23 @@ public static unsafe class DecodeAttention
         q.device_type == DeviceType.CPU && q.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16;
 
     /// <summary>
-    /// Whether a segment's attention can run here: one position per row, a cache to append to, and no mask or the
-    /// per-row additive mask <c>(B, 1, 1, Tk)</c> that <see cref="AttentionMask.Build"/> makes for one new position.
+    /// The most positions per row a segment may bring to this kernel: a decode step (1) and a speculative verification
+    /// (the last token and its drafts, k + 1 ≤ 8) attend here; longer segments (prompts) go to libtorch's attention.
+    /// </summary>
+    public const int MaxPositions = 8;
+
+    /// <summary>
+    /// Whether a segment's attention can run here: at most <see cref="MaxPositions"/> positions per row, a cache to append
+    /// to, and either no mask (causal order inside the segment: its position t sees the past and positions ≤ t), the
+    /// per-position additive mask <c>(B, 1, T, Tk)</c> that <see cref="AttentionMask.Build"/> makes (causal order,
+    /// padding, a sliding window all in it), or a padding mask <c>(B, 1, 1, Tk)</c> broadcast over the positions
+    /// (GPT-2's), with causal order added as GPT-2 adds it (the dtype's minimum on later positions).
     /// </summary>
     public static bool Takes(RaggedBatch.Segment s)
     {
-        if (s.Tokens != 1 || s.Inputs?.Cache is null) return false;
+        if (s.Tokens > MaxPositions || s.Inputs?.Cache is null) return false;
         var m = s.Inputs.Mask;
-        return m is null || m.dim() == 4 && m.shape[0] == s.Rows && m.shape[1] == 1 && m.shape[2] == 1
+        return m is null || m.dim() == 4 && m.shape[0] == s.Rows && m.shape[1] == 1 && (m.shape[2] == s.Tokens || m.shape[2] == 1)
             && m.device_type == DeviceType.CPU && m.is_contiguous() && m.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16;
     }
 
@@ -55,15 +66,16 @@ public static unsafe class DecodeAttention
     {
         public byte* K, V;      // this row's (kv_heads, capacity, head_dim) block of its cache's buffers
         public long Capacity;
-        public int Length;      // positions to attend over (the past and the new one)
+        public int Length;      // positions to attend over: the past and the segment's positions up to this one (with a mask: all it covers)
         public byte* Mask;      // (Length) additive, or null
+        public int Causal;      // positions after this one get the dtype's minimum added (a broadcast padding mask), or int.MaxValue
         public ScalarType MaskType;
         public long FlatRow;    // the row's index in the flat (N, …) tensors
     }
 
     /// <summary>
     /// For the <paramref name="segments"/> (each taken by <see cref="Takes"/>) of layer <paramref name="layer"/>: appends
-    /// each row's key and value (rows of <paramref name="k"/>, <paramref name="v"/>: (N, kv_heads·head_dim)) to its
+    /// each position's key and value (rows of <paramref name="k"/>, <paramref name="v"/>: (N, kv_heads·head_dim)) to its
     /// request's cache and writes its attention over the cache (queries: rows of <paramref name="q"/>, (N, heads·head_dim))
     /// into the same row of <paramref name="output"/> (N, heads·head_dim). Other rows of the output are left as they are.
     /// </summary>
@@ -83,8 +95,8 @@ public static unsafe class DecodeAttention
         byte* qp = (byte*)TensorMemory.Pointer(qc), kp = (byte*)TensorMemory.Pointer(kc), vp = (byte*)TensorMemory.Pointer(vc), op = (byte*)TensorMemory.Pointer(output);
         long kvRow = (long)kvHeads * hd;
 
-        int rowCount = 0;
-        foreach (var s in segments) rowCount += (int)s.Rows;
+        int rowCount = 0; // query rows: every position of every segment
+        foreach (var s in segments) rowCount += checked((int)s.Count);
         var jobs = ArrayPool<RowJob>.Shared.Rent(rowCount);
         try
         {
@@ -92,33 +104,44 @@ public static unsafe class DecodeAttention
             long work = 0;
             foreach (var s in segments)
             {
-                var (kBuf, vBuf, start) = s.Inputs.Cache!.Append(layer, s.Rows, kvHeads, hd, dtype, CPU, 1);
+                int tokens = (int)s.Tokens;
+                var (kBuf, vBuf, start) = s.Inputs.Cache!.Append(layer, s.Rows, kvHeads, hd, dtype, CPU, tokens);
                 long capacity = kBuf.shape[2];
                 byte* kb = (byte*)TensorMemory.Pointer(kBuf), vb = (byte*)TensorMemory.Pointer(vBuf);
-                int length = checked((int)(start + 1));
+                int keys = checked((int)(start + tokens)); // the past and the segment's positions
                 var mask = s.Inputs.Mask;
-                if (mask is not null && mask.shape[3] != length)
-                    throw new InvalidOperationException($"layer {layer}: a decode row's mask covers {mask.shape[3]} positions, its cache {length}");
+                var maskShape = mask?.shape;
+                if (maskShape is not null && maskShape[3] != keys)
+                    throw new InvalidOperationException($"layer {layer}: a segment's mask covers {maskShape[3]} positions, its cache {keys}");
                 byte* mp = mask is null ? null : (byte*)TensorMemory.Pointer(mask);
+                bool perPosition = maskShape is not null && maskShape[2] == tokens; // else (B, 1, 1, Tk), the same row for every position
                 for (long b = 0; b < s.Rows; b++)
                 {
-                    long flat = s.Offset + b;
                     long block = b * kvHeads * capacity * hd; // elements to row b's block of the buffers
-                    for (int j = 0; j < kvHeads; j++)
+                    for (int t = 0; t < tokens; t++)
                     {
-                        long at = (block + (j * capacity + start) * hd) * es;
-                        long from = (flat * kvRow + (long)j * hd) * es;
-                        Buffer.MemoryCopy(kp + from, kb + at, hd * es, hd * es);
-                        Buffer.MemoryCopy(vp + from, vb + at, hd * es, hd * es);
+                        long flat = s.Offset + b * tokens + t;
+                        for (int j = 0; j < kvHeads; j++)
+                        {
+                            long at = (block + (j * capacity + start + t) * hd) * es;
+                            long from = (flat * kvRow + (long)j * hd) * es;
+                            Buffer.MemoryCopy(kp + from, kb + at, hd * es, hd * es);
+                            Buffer.MemoryCopy(vp + from, vb + at, hd * es, hd * es);
+                        }
+                        // With a mask, every key it covers (masked ones add its minimum, as libtorch's softmax sees them);
+                        // without, causal order: the past and the segment's positions up to this one.
+                        int length = mask is null ? checked((int)(start + t + 1)) : keys;
+                        long maskRow = mask is null ? 0 : perPosition ? b * tokens + t : b;
+                        jobs[r++] = new RowJob
+                        {
+                            K = kb + block * es, V = vb + block * es, Capacity = capacity, Length = length,
+                            Mask = mp is null ? null : mp + maskRow * keys * mask!.ElementSize, MaskType = mask?.dtype ?? dtype, FlatRow = flat,
+                            Causal = mask is null || perPosition ? int.MaxValue : checked((int)(start + t)),
+                        };
+                        work += length;
                     }
-                    jobs[r++] = new RowJob
-                    {
-                        K = kb + block * es, V = vb + block * es, Capacity = capacity, Length = length,
-                        Mask = mp is null ? null : mp + b * length * mask!.ElementSize, MaskType = mask?.dtype ?? dtype, FlatRow = flat,
-                    };
                 }
-                maxLength = Math.Max(maxLength, length);
-                work += s.Rows * length;
+                maxLength = Math.Max(maxLength, keys);
             }
             work *= 2L * heads * hd;
             int tasks = rowCount * heads;
@@ -148,7 +171,7 @@ public static unsafe class DecodeAttention
                 fixed (float* sp = scratch)
                 {
                     float* scores = sp, qf = sp + maxLength, acc = qf + hd, row = acc + hd;
-                    float scale = (float)shape.Scale;
+                    float scale = (float)shape.Scale, causalMin = (float)AttentionMask.MinValue(dtype);
                     for (int t = from; t < to; t++)
                     {
                         ref readonly var job = ref jobs[t / heads];
@@ -162,6 +185,7 @@ public static unsafe class DecodeAttention
                             float* kf = dtype == ScalarType.Float32 ? (float*)(keys + (long)p * hd * es) : Widen(keys + (long)p * hd * es, dtype, row, hd);
                             float s = Dot(qf, kf, hd);
                             if (job.Mask is not null) s += Read(job.Mask, job.MaskType, p);
+                            if (p > job.Causal) s += causalMin;
                             scores[p] = s;
                             if (s > max) max = s;
                         }

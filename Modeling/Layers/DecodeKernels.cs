@@ -25,25 +25,30 @@ public static unsafe class DecodeKernels
     /// Whether <see cref="LinearBf16"/> applies: bf16 weight and input on CPU, few rows, contiguous weight, and AVX-512
     /// (checked as an ISA: .NET reports Vector512 as not accelerated on CPUs where it prefers 256-bit code, yet emits it).
     /// </summary>
-    public static bool Applies(Tensor x, Tensor weight) =>
-        weight.dtype == ScalarType.BFloat16 && x.dtype == ScalarType.BFloat16 && weight.dim() == 2 && System.Runtime.Intrinsics.X86.Avx512F.IsSupported
-        && weight.device_type == DeviceType.CPU && x.device_type == DeviceType.CPU && weight.is_contiguous()
-        && x.shape[^1] == weight.shape[1] && x.NumberOfElements / weight.shape[1] <= MaxRows;
+    public static bool Applies(Tensor x, Tensor weight)
+    {
+        if (weight.dtype != ScalarType.BFloat16 || x.dtype != ScalarType.BFloat16 || !System.Runtime.Intrinsics.X86.Avx512F.IsSupported
+            || weight.device_type != DeviceType.CPU || x.device_type != DeviceType.CPU || !weight.is_contiguous()) return false;
+        long[] ws = weight.shape; // one native read each (a step checks ~85 Linears)
+        return ws.Length == 2 && x.shape[^1] == ws[1] && x.NumberOfElements / ws[1] <= MaxRows;
+    }
 
     /// <summary><c>F.linear(x, weight, bias)</c> for bf16: (…, K) × (N, K)ᵀ → (…, N), one libtorch call (the output).</summary>
     public static Tensor LinearBf16(Tensor x, Tensor weight, Tensor? bias)
     {
-        int k = (int)weight.shape[1], n = (int)weight.shape[0];
-        int m = (int)(x.NumberOfElements / k);
+        long[] ws = weight.shape, xshape = x.shape;
+        int k = (int)ws[1], n = (int)ws[0];
+        int m = (int)(xshape.Aggregate(1L, (a, d) => a * d) / k);
         var input = x.is_contiguous() ? x : x.contiguous();
-        var output = empty(x.shape[..^1].Append(n).ToArray(), ScalarType.BFloat16);
+        xshape[^1] = n;
+        var output = empty(xshape, ScalarType.BFloat16);
         int xn = m * k, yn = m * n;
         var xs = ArrayPool<float>.Shared.Rent(xn); // the input rows widened once; pooled, as a head's output (vocab floats) would be a large-object allocation per token
         var ys = ArrayPool<float>.Shared.Rent(yn);
         try
         {
             var xb = (ushort*)TensorMemory.Pointer(input);
-            for (int i = 0; i < xn; i++) xs[i] = ToFloat(xb[i]);
+            fixed (float* xw = xs) StepKernels.Widen((byte*)xb, bf16: true, xw, xn);
             var w = (ushort*)TensorMemory.Pointer(weight);
             fixed (float* xp = xs, yp = ys)
             {
@@ -58,8 +63,7 @@ public static unsafe class DecodeKernels
                 for (int r = 0; r < m; r++)
                     for (int j = 0; j < n; j++) ys[r * n + j] += ToFloat(bp[j]);
             }
-            var yb = (ushort*)TensorMemory.Pointer(output);
-            for (int i = 0; i < yn; i++) yb[i] = ToBf16(ys[i]);
+            fixed (float* yw = ys) StepKernels.Narrow(yw, (byte*)TensorMemory.Pointer(output), bf16: true, yn); // vectorised rounding (a head's row is the vocabulary)
         }
         finally
         {
@@ -70,96 +74,38 @@ public static unsafe class DecodeKernels
         return output;
     }
 
-    /// <summary>Rounds a float32 to bf16, to nearest with ties to even (as libtorch does); NaN stays NaN.</summary>
-    private static ushort ToBf16(float f)
-    {
-        uint bits = BitConverter.SingleToUInt32Bits(f);
-        if ((bits & 0x7fffffff) > 0x7f800000) return (ushort)((bits >> 16) | 0x40); // quiet NaN
-        return (ushort)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
-    }
-
-    /// <summary>Whether <see cref="RmsNorm"/> applies: a float32 or bf16 input of a few rows on CPU, weight of its dtype.</summary>
+    /// <summary>Whether <see cref="RmsNorm"/> applies: a float32 or bf16 input of at most <see cref="StepKernels.MaxRows"/> rows on CPU, weight of its dtype.</summary>
     public static bool RmsNormApplies(Tensor x, Tensor weight) =>
         x.dtype is ScalarType.Float32 or ScalarType.BFloat16 && weight.dtype == x.dtype && x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
-        && weight.is_contiguous() && weight.dim() == 1 && x.shape[^1] == weight.shape[0] && x.NumberOfElements / weight.shape[0] <= MaxRows;
+        && weight.is_contiguous() && weight.dim() == 1 && x.shape[^1] == weight.shape[0] && x.NumberOfElements / weight.shape[0] <= StepKernels.MaxRows;
 
     /// <summary>
     /// Llama's RMSNorm in one pass per row, as HF computes it: in float32, <c>h·rsqrt(mean(h²)+eps)</c>, cast back to the
     /// input dtype, then times the weight (in the input dtype: a bf16 product is rounded once more).
     /// </summary>
-    public static Tensor RmsNorm(Tensor x, Tensor weight, double eps)
-    {
-        int d = (int)weight.shape[0];
-        int rows = (int)(x.NumberOfElements / d);
-        var input = x.is_contiguous() ? x : x.contiguous();
-        var output = empty(x.shape, x.dtype);
-        bool bf16 = x.dtype == ScalarType.BFloat16;
-        byte* xp = (byte*)TensorMemory.Pointer(input), wp = (byte*)TensorMemory.Pointer(weight), yp = (byte*)TensorMemory.Pointer(output);
-        for (int r = 0; r < rows; r++)
-        {
-            double sum = 0;
-            for (int i = 0; i < d; i++)
-            {
-                float v = Load(xp, (long)r * d + i, bf16);
-                sum += v * v;
-            }
-            float scale = 1f / MathF.Sqrt((float)(sum / d) + (float)eps);
-            for (int i = 0; i < d; i++)
-            {
-                float h = Load(xp, (long)r * d + i, bf16) * scale;
-                if (bf16) h = ToFloat(ToBf16(h)); // .to(input_dtype)
-                float y = Load(wp, i, bf16) * h;
-                if (bf16) ((ushort*)yp)[(long)r * d + i] = ToBf16(y);
-                else ((float*)yp)[(long)r * d + i] = y;
-            }
-        }
-        if (!ReferenceEquals(input, x)) input.Dispose();
-        return output;
-    }
+    public static Tensor RmsNorm(Tensor x, Tensor weight, double eps) => StepKernels.RmsNorm(x, weight, eps);
 
     /// <summary>
     /// Whether <see cref="Rotary"/> applies: a decode step's queries or keys (B, H, T, D) with B·T at most
-    /// <see cref="MaxRows"/>, tables (B, T, D) of the same float32 or bf16 dtype, all contiguous on CPU.
+    /// <see cref="StepKernels.MaxRows"/>, tables (B, T, D) of the same float32 or bf16 dtype, all contiguous on CPU.
     /// </summary>
-    public static bool RotaryApplies(Tensor x, Tensor cos, Tensor sin) =>
-        x.dtype is ScalarType.Float32 or ScalarType.BFloat16 && cos.dtype == x.dtype && sin.dtype == x.dtype
-        && x.device_type == DeviceType.CPU && cos.device_type == DeviceType.CPU && sin.device_type == DeviceType.CPU
-        && x.dim() == 4 && cos.dim() == 3 && sin.dim() == 3 && x.shape[3] % 2 == 0
-        && cos.shape[0] == x.shape[0] && cos.shape[1] == x.shape[2] && cos.shape[2] == x.shape[3]
-        && sin.shape[0] == x.shape[0] && sin.shape[1] == x.shape[2] && sin.shape[2] == x.shape[3]
-        && x.NumberOfElements > 0 && x.shape[0] * x.shape[2] <= MaxRows && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous();
+    public static bool RotaryApplies(Tensor x, Tensor cos, Tensor sin)
+    {
+        // Each shape read is a native call and an array: read each once (this runs twice per layer of every step).
+        if (x.dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || cos.dtype != x.dtype || sin.dtype != x.dtype
+            || x.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || sin.device_type != DeviceType.CPU) return false;
+        long[] xs = x.shape, cs = cos.shape, ss = sin.shape;
+        return xs.Length == 4 && cs.Length == 3 && ss.Length == 3 && xs[3] % 2 == 0
+            && cs[0] == xs[0] && cs[1] == xs[2] && cs[2] == xs[3] && ss[0] == xs[0] && ss[1] == xs[2] && ss[2] == xs[3]
+            && xs[0] * xs[1] * xs[2] * xs[3] > 0 && xs[0] * xs[2] <= StepKernels.MaxRows && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous();
+    }
 
     /// <summary>
     /// Rotary position embedding in one pass, <c>x·cos + rotate_half(x)·sin</c> with cos and sin broadcast over the
     /// heads, op for op as the libtorch form computes it (each product rounded to the dtype, then the sum): one
     /// output tensor instead of nine libtorch calls per query or key of a decode step.
     /// </summary>
-    public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin)
-    {
-        int b = (int)x.shape[0], h = (int)x.shape[1], t = (int)x.shape[2], d = (int)x.shape[3], half = d / 2;
-        bool bf16 = x.dtype == ScalarType.BFloat16;
-        var output = empty(x.shape, x.dtype);
-        byte* xp = (byte*)TensorMemory.Pointer(x), cp = (byte*)TensorMemory.Pointer(cos), sp = (byte*)TensorMemory.Pointer(sin), yp = (byte*)TensorMemory.Pointer(output);
-        for (int bi = 0; bi < b; bi++)
-            for (int hi = 0; hi < h; hi++)
-                for (int ti = 0; ti < t; ti++)
-                {
-                    long row = (((long)bi * h + hi) * t + ti) * d, table = ((long)bi * t + ti) * d;
-                    for (int i = 0; i < d; i++)
-                    {
-                        float xi = Load(xp, row + i, bf16);
-                        float other = i < half ? -Load(xp, row + i + half, bf16) : Load(xp, row + i - half, bf16);
-                        float a = xi * Load(cp, table + i, bf16), r = other * Load(sp, table + i, bf16);
-                        if (bf16) ((ushort*)yp)[row + i] = ToBf16(ToFloat(ToBf16(a)) + ToFloat(ToBf16(r)));
-                        else ((float*)yp)[row + i] = a + r;
-                    }
-                }
-        return output;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Load(byte* p, long i, bool bf16) => bf16 ? ToFloat(((ushort*)p)[i]) : ((float*)p)[i];
-
+    public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin) => StepKernels.Rotary(x, cos, sin); // vectorised, one pass
 
     /// <summary>Where part <paramref name="p"/> of <paramref name="parts"/> starts: on a multiple of four rows, so that
     /// every part but the last takes whole four-row passes.</summary>

@@ -49,8 +49,8 @@ public sealed class KvCache : IDisposable
     /// </summary>
     public (Tensor K, Tensor V, long Start) Append(int layer, long rows, long heads, long headDim, ScalarType dtype, Device device, long tokens)
     {
-        if (_layers.TryGetValue(layer, out var had) && (had.K.shape[0] != rows || had.K.shape[1] != heads || had.K.shape[3] != headDim || had.K.dtype != dtype))
-            throw new ArgumentException($"layer {layer}'s cache holds [{string.Join(", ", had.K.shape)}] {had.K.dtype}, not {rows}×{heads}×{headDim} {dtype}");
+        if (_layers.TryGetValue(layer, out var had) && (had.K.shape is var held) && (held[0] != rows || held[1] != heads || held[3] != headDim || had.K.dtype != dtype))
+            throw new ArgumentException($"layer {layer}'s cache holds [{string.Join(", ", held)}] {had.K.dtype}, not {rows}×{heads}×{headDim} {dtype}");
         var shape = new[] { rows, heads, 0, headDim };
         var b = Room(layer, shape, shape, dtype, device, tokens);
         long start = b.Length;

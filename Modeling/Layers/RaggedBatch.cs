@@ -7,9 +7,10 @@ namespace ShardPipe.Modeling.Layers;
 /// The requests of one decoder step, merged (continuous batching): each request's rows (B, T) are flattened into one
 /// (N, H) tensor, one request after another, so that every row-wise part of a block — norms, projections, the MLP —
 /// runs once for all of them and reads each weight once. Attention (<see cref="Attend"/>) keeps each request's own mask,
-/// positions and KV cache: the decode segments (one new position per row) of every request attend in one call
-/// (<see cref="DecodeAttention"/>); a segment of several positions (a prompt, a chunk of one) attends on its own
-/// (<see cref="Segment"/>). A single request is a batch of one segment.
+/// positions and KV cache: the decode segments (one new position per row, or a few: a speculative verification's
+/// k + 1 ≤ <see cref="DecodeAttention.MaxPositions"/>) of every request attend in one call (<see cref="DecodeAttention"/>);
+/// a longer segment (a prompt, a chunk of one) attends on its own (<see cref="Segment"/>). A single request is a batch of
+/// one segment.
 /// </summary>
 public sealed class RaggedBatch
 {

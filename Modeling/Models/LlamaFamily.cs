@@ -185,8 +185,8 @@ public sealed class LlamaDecoderLayer : HfModule
     {
         using var hook = Hook();
         using var scope = NewDisposeScope();
-        var h = x + SelfAttn.Forward(_inputNorm.Forward(x), batch);
-        var y = h + _mlp.Forward(_postNorm.Forward(h));
+        var normed = _postNorm.ForwardAdd(x, SelfAttn.Forward(_inputNorm.Forward(x), batch), out var h); // h = x + attention, and its norm, in one pass
+        var y = h + _mlp.Forward(normed);
         return y.MoveToOuterDisposeScope();
     }
 }

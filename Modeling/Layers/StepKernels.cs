@@ -1,0 +1,311 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using ShardPipe.Modeling.Core;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// The small row-wise work of a decode step outside the Linears, each in one vectorised pass over float32 or bf16 rows
+/// instead of several libtorch calls (each a native call, an allocation and a pass over memory): RMSNorm fused with the
+/// residual add before it, rotary embedding, the greedy argmax, and the bf16 widening and rounding the kernels share.
+/// Each follows the op order of the libtorch form it replaces, so results round as libtorch's do: bf16 values are
+/// widened exactly, computed in float32, and rounded to bf16 (to nearest, ties to even) wherever the libtorch form
+/// produces a bf16 tensor. <c>Vector&lt;T&gt;</c> code: the machine's widest vectors the JIT uses (256 bits here), scalar
+/// tails; the same code runs on any CPU.
+/// </summary>
+public static unsafe class StepKernels
+{
+    /// <summary>Rows at most (a decode step, a merged step, a verification segment) for which these kernels run; longer inputs go to libtorch.</summary>
+    public const int MaxRows = 64;
+
+    /// <summary>Scratch floats a kernel takes from the stack (16 KB); wider rows take an array.</summary>
+    private const int StackFloats = 4096;
+
+    /// <summary>Whether x is a float32 or bf16 CPU tensor of at most <see cref="MaxRows"/> rows of <paramref name="width"/> that these kernels take.</summary>
+    public static bool Takes(Tensor x, long width)
+    {
+        if (x.dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || x.device_type != DeviceType.CPU || !x.is_contiguous()) return false;
+        var shape = x.shape;
+        long elements = shape.Aggregate(1L, (a, n) => a * n);
+        return elements > 0 && shape[^1] == width && elements / width <= MaxRows;
+    }
+
+    /// <summary>
+    /// Whether <see cref="AddRmsNorm"/> applies: x and the residual branch of one shape and dtype (float32 or bf16,
+    /// contiguous, CPU, few rows), a weight of that dtype.
+    /// </summary>
+    public static bool AddRmsNormApplies(Tensor x, Tensor delta, Tensor weight) =>
+        weight.dim() == 1 && Takes(x, weight.shape[0]) && delta.dtype == x.dtype && weight.dtype == x.dtype
+        && delta.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU && delta.is_contiguous() && weight.is_contiguous()
+        && delta.shape.SequenceEqual(x.shape);
+
+    /// <summary>
+    /// <c>sum = x + delta</c> (the residual add, rounded to the dtype) and Llama's RMSNorm of it in the same pass:
+    /// in float32 <c>sum·rsqrt(mean(sum²) + eps)</c>, cast to the dtype, times the weight (in the dtype). Returns the
+    /// normed rows; <paramref name="sum"/> gets the sum (same shape as x).
+    /// </summary>
+    public static Tensor AddRmsNorm(Tensor x, Tensor delta, Tensor weight, double eps, out Tensor sum)
+    {
+        int d = (int)weight.shape[0], rows = (int)(x.NumberOfElements / d);
+        bool bf16 = x.dtype == ScalarType.BFloat16;
+        var shape = x.shape;
+        sum = empty(shape, x.dtype);
+        var normed = empty(shape, x.dtype);
+        byte* xp = (byte*)TensorMemory.Pointer(x), dp = (byte*)TensorMemory.Pointer(delta), wp = (byte*)TensorMemory.Pointer(weight);
+        byte* sp = (byte*)TensorMemory.Pointer(sum), np = (byte*)TensorMemory.Pointer(normed);
+        int es = bf16 ? 2 : 4;
+        Span<float> scratch = 3 * d <= StackFloats ? stackalloc float[3 * d] : new float[3 * d];
+        fixed (float* f = scratch)
+        {
+            float* a = f, b = f + d, w = f + 2 * d;
+            Widen(wp, bf16, w, d);
+            for (int r = 0; r < rows; r++)
+            {
+                long at = (long)r * d * es;
+                Widen(xp + at, bf16, a, d);
+                Widen(dp + at, bf16, b, d);
+                Add(a, b, a, d);
+                if (bf16) RoundBf16(a, d); // the sum is a bf16 tensor
+                Narrow(a, sp + at, bf16, d);
+                NormRow(a, w, np + at, bf16, d, eps);
+            }
+        }
+        return normed;
+    }
+
+    /// <summary>Llama's RMSNorm of rows (as <see cref="AddRmsNorm"/> without the add); x float32 or bf16, weight of its dtype.</summary>
+    public static Tensor RmsNorm(Tensor x, Tensor weight, double eps)
+    {
+        int d = (int)weight.shape[0], rows = (int)(x.NumberOfElements / d);
+        bool bf16 = x.dtype == ScalarType.BFloat16;
+        var input = x.is_contiguous() ? x : x.contiguous();
+        var normed = empty(x.shape, x.dtype);
+        byte* xp = (byte*)TensorMemory.Pointer(input), wp = (byte*)TensorMemory.Pointer(weight), np = (byte*)TensorMemory.Pointer(normed);
+        int es = bf16 ? 2 : 4;
+        Span<float> scratch = 2 * d <= StackFloats ? stackalloc float[2 * d] : new float[2 * d];
+        fixed (float* f = scratch)
+        {
+            float* a = f, w = f + d;
+            Widen(wp, bf16, w, d);
+            for (int r = 0; r < rows; r++)
+            {
+                long at = (long)r * d * es;
+                Widen(xp + at, bf16, a, d);
+                NormRow(a, w, np + at, bf16, d, eps);
+            }
+        }
+        if (!ReferenceEquals(input, x)) input.Dispose();
+        return normed;
+    }
+
+    /// <summary>One row: <paramref name="h"/> (float32, overwritten) normed and times <paramref name="w"/>, written to <paramref name="dst"/> in the dtype.</summary>
+    private static void NormRow(float* h, float* w, byte* dst, bool bf16, int d, double eps)
+    {
+        float scale = 1f / MathF.Sqrt(SumSquares(h, d) / d + (float)eps);
+        Scale(h, scale, d);
+        if (bf16) RoundBf16(h, d); // .to(input_dtype)
+        Multiply(h, w, h, d);      // weight · h in the dtype: rounded once more by Narrow
+        Narrow(h, dst, bf16, d);
+    }
+
+    /// <summary>
+    /// Rotary embedding <c>x·cos + rotate_half(x)·sin</c> of x (B, H, T, D) with tables (B, T, D) broadcast over the
+    /// heads, op for op as the libtorch form (each product rounded to the dtype, then the sum); output a new tensor.
+    /// </summary>
+    public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin)
+    {
+        var shape = x.shape;
+        int b = (int)shape[0], h = (int)shape[1], t = (int)shape[2], d = (int)shape[3], half = d / 2;
+        bool bf16 = x.dtype == ScalarType.BFloat16;
+        int es = bf16 ? 2 : 4;
+        var output = empty(shape, x.dtype);
+        byte* xp = (byte*)TensorMemory.Pointer(x), cp = (byte*)TensorMemory.Pointer(cos), sp = (byte*)TensorMemory.Pointer(sin), yp = (byte*)TensorMemory.Pointer(output);
+        Span<float> scratch = 5 * d <= StackFloats ? stackalloc float[5 * d] : new float[5 * d];
+        fixed (float* f = scratch)
+        {
+            float* c = f, s = f + d, xf = f + 2 * d, rot = f + 3 * d, acc = f + 4 * d;
+            for (int bi = 0; bi < b; bi++)
+                for (int ti = 0; ti < t; ti++)
+                {
+                    long table = ((long)bi * t + ti) * d * es;
+                    Widen(cp + table, bf16, c, d);
+                    Widen(sp + table, bf16, s, d);
+                    for (int hi = 0; hi < h; hi++)
+                    {
+                        long row = (((long)bi * h + hi) * t + ti) * d * es;
+                        Widen(xp + row, bf16, xf, d);
+                        for (int i = 0; i < half; i++)
+                        {
+                            rot[i] = -xf[i + half];
+                            rot[i + half] = xf[i];
+                        }
+                        Multiply(xf, c, acc, d);
+                        Multiply(rot, s, rot, d);
+                        if (bf16)
+                        {
+                            RoundBf16(acc, d);
+                            RoundBf16(rot, d);
+                        }
+                        Add(acc, rot, acc, d);
+                        Narrow(acc, yp + row, bf16, d);
+                    }
+                }
+        }
+        return output;
+    }
+
+    /// <summary>
+    /// The index of the largest value of each row of float32 logits (B, V), as <c>argmax(-1)</c>: the first of equal
+    /// maxima; a row holding NaN gives its first NaN's index (libtorch treats NaN as the largest).
+    /// </summary>
+    public static long[] Argmax(Tensor logits)
+    {
+        if (logits.dtype != ScalarType.Float32 || logits.dim() != 2 || logits.device_type != DeviceType.CPU || logits.shape[1] == 0)
+            return logits.argmax(-1).data<long>().ToArray();
+        var dense = logits.is_contiguous() ? logits : logits.contiguous();
+        int rows = (int)dense.shape[0], v = (int)dense.shape[1];
+        var result = new long[rows];
+        float* p = (float*)TensorMemory.Pointer(dense);
+        for (int r = 0; r < rows; r++) result[r] = ArgmaxRow(p + (long)r * v, v);
+        if (!ReferenceEquals(dense, logits)) dense.Dispose();
+        return result;
+    }
+
+    /// <summary>One row's argmax: a vector pass for the maximum (and whether any NaN), then the first index holding it.</summary>
+    internal static int ArgmaxRow(float* p, int n)
+    {
+        int i = 0, w = Vector<float>.Count;
+        float max = float.NegativeInfinity;
+        bool nan = false;
+        if (n >= w)
+        {
+            var m = new Vector<float>(float.NegativeInfinity);
+            var ok = Vector<int>.AllBitsSet;
+            for (; i <= n - w; i += w)
+            {
+                var x = Unsafe.ReadUnaligned<Vector<float>>(p + i);
+                ok &= Vector.Equals(x, x);
+                m = Vector.Max(m, x);
+            }
+            nan = ok != Vector<int>.AllBitsSet;
+            for (int j = 0; j < w; j++) max = Math.Max(max, m[j]);
+        }
+        for (; i < n; i++)
+        {
+            if (float.IsNaN(p[i])) nan = true;
+            else if (p[i] > max) max = p[i];
+        }
+        for (int j = 0; j < n; j++)
+            if (nan ? float.IsNaN(p[j]) : p[j] == max) return j;
+        return 0; // every value −∞: libtorch answers index 0 too
+    }
+
+    // ---- float32 rows: the pieces the kernels above are made of ----
+
+    /// <summary>n values of float32 or bf16 at <paramref name="src"/> into float32 <paramref name="dst"/> (bf16 widens exactly).</summary>
+    public static void Widen(byte* src, bool bf16, float* dst, int n)
+    {
+        if (!bf16)
+        {
+            Buffer.MemoryCopy(src, dst, n * 4L, n * 4L);
+            return;
+        }
+        var s = (ushort*)src;
+        int i = 0, w = Vector<ushort>.Count;
+        for (; i <= n - w; i += w)
+        {
+            Vector.Widen(Unsafe.ReadUnaligned<Vector<ushort>>(s + i), out var lo, out var hi);
+            Unsafe.WriteUnaligned(dst + i, Vector.AsVectorSingle(lo << 16));
+            Unsafe.WriteUnaligned(dst + i + w / 2, Vector.AsVectorSingle(hi << 16));
+        }
+        for (; i < n; i++) dst[i] = BitConverter.UInt32BitsToSingle((uint)s[i] << 16);
+    }
+
+    /// <summary>float32 <paramref name="src"/> into <paramref name="dst"/> as float32, or rounded to bf16 (to nearest, ties to even; NaN stays NaN).</summary>
+    public static void Narrow(float* src, byte* dst, bool bf16, int n)
+    {
+        if (!bf16)
+        {
+            Buffer.MemoryCopy(src, dst, n * 4L, n * 4L);
+            return;
+        }
+        var o = (ushort*)dst;
+        int i = 0, w = Vector<uint>.Count;
+        for (; i <= n - 2 * w; i += 2 * w)
+        {
+            var lo = Bf16Bits(Unsafe.ReadUnaligned<Vector<float>>(src + i)) >> 16;
+            var hi = Bf16Bits(Unsafe.ReadUnaligned<Vector<float>>(src + i + w)) >> 16;
+            Unsafe.WriteUnaligned(o + i, Vector.Narrow(lo, hi));
+        }
+        for (; i < n; i++) o[i] = ToBf16(src[i]);
+    }
+
+    /// <summary>Each value rounded to bf16 and widened back (what a bf16 tensor holds), in place.</summary>
+    public static void RoundBf16(float* v, int n)
+    {
+        int i = 0, w = Vector<float>.Count;
+        for (; i <= n - w; i += w)
+            Unsafe.WriteUnaligned(v + i, Vector.AsVectorSingle(Bf16Bits(Unsafe.ReadUnaligned<Vector<float>>(v + i))));
+        for (; i < n; i++) v[i] = BitConverter.UInt32BitsToSingle((uint)ToBf16(v[i]) << 16);
+    }
+
+    /// <summary>The bf16 rounding of each lane, as the high half of a float32's bits (low half zero).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector<uint> Bf16Bits(Vector<float> x)
+    {
+        var bits = Vector.AsVectorUInt32(x);
+        var rounded = (bits + new Vector<uint>(0x7fff) + ((bits >> 16) & Vector<uint>.One)) & new Vector<uint>(0xffff0000);
+        var quiet = (bits | new Vector<uint>(0x400000)) & new Vector<uint>(0xffff0000);
+        return Vector.ConditionalSelect(Vector.AsVectorUInt32(Vector.Equals(x, x)), rounded, quiet);
+    }
+
+    /// <summary>Rounds a float32 to bf16, to nearest with ties to even (as libtorch does); NaN stays NaN.</summary>
+    internal static ushort ToBf16(float f)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(f);
+        if ((bits & 0x7fffffff) > 0x7f800000) return (ushort)((bits >> 16) | 0x40); // quiet NaN
+        return (ushort)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+    }
+
+    private static void Add(float* a, float* b, float* y, int n)
+    {
+        int i = 0, w = Vector<float>.Count;
+        for (; i <= n - w; i += w)
+            Unsafe.WriteUnaligned(y + i, Unsafe.ReadUnaligned<Vector<float>>(a + i) + Unsafe.ReadUnaligned<Vector<float>>(b + i));
+        for (; i < n; i++) y[i] = a[i] + b[i];
+    }
+
+    private static void Multiply(float* a, float* b, float* y, int n)
+    {
+        int i = 0, w = Vector<float>.Count;
+        for (; i <= n - w; i += w)
+            Unsafe.WriteUnaligned(y + i, Unsafe.ReadUnaligned<Vector<float>>(a + i) * Unsafe.ReadUnaligned<Vector<float>>(b + i));
+        for (; i < n; i++) y[i] = a[i] * b[i];
+    }
+
+    private static void Scale(float* a, float s, int n)
+    {
+        int i = 0, w = Vector<float>.Count;
+        var sv = new Vector<float>(s);
+        for (; i <= n - w; i += w) Unsafe.WriteUnaligned(a + i, Unsafe.ReadUnaligned<Vector<float>>(a + i) * sv);
+        for (; i < n; i++) a[i] *= s;
+    }
+
+    /// <summary>Σ a², accumulated in float32 lanes (as libtorch's vectorised reduction), then across them in double.</summary>
+    private static float SumSquares(float* a, int n)
+    {
+        int i = 0, w = Vector<float>.Count;
+        var acc = Vector<float>.Zero;
+        for (; i <= n - w; i += w)
+        {
+            var x = Unsafe.ReadUnaligned<Vector<float>>(a + i);
+            acc += x * x;
+        }
+        double s = 0;
+        for (int j = 0; j < w; j++) s += acc[j];
+        for (; i < n; i++) s += (double)a[i] * a[i];
+        return (float)s;
+    }
+}
