@@ -35,6 +35,19 @@ public sealed class Sampler : IDisposable
     /// <summary>The request's seed (speculative sampling derives its per-token generators from it).</summary>
     public long Seed { get; }
 
+    /// <summary>Whether <see cref="Next"/> is the plain argmax of the logits (greedy, no repetition penalty): a merged step picks such rows' tokens together (<see cref="ArgmaxRows"/>).</summary>
+    public bool Argmax => TakesArgmax(_greedy, _temperature, _repetitionPenalty);
+
+    /// <summary>Whether a sampler of these settings picks the plain argmax (greedy or temperature 0, no repetition penalty).</summary>
+    public static bool TakesArgmax(bool greedy, double temperature, double repetitionPenalty) => (greedy || temperature <= 0) && repetitionPenalty == 1.0;
+
+    /// <summary>Each row's argmax of float32 logits (R, V), in one call: what <see cref="Next"/> gives a sampler whose <see cref="Argmax"/> holds, for every row of a merged step at once.</summary>
+    public static long[] ArgmaxRows(Tensor logits)
+    {
+        using var scope = NewDisposeScope();
+        return logits.to(ScalarType.Float32).argmax(-1).data<long>().ToArray();
+    }
+
     /// <summary>logits (B, V) → one token per row; <paramref name="history"/> (the ids so far, per row) feeds the repetition penalty.</summary>
     public long[] Next(Tensor logits, IReadOnlyList<IReadOnlyCollection<long>>? history = null)
     {
