@@ -41,11 +41,69 @@ public sealed class Sampler : IDisposable
     /// <summary>Whether a sampler of these settings picks the plain argmax (greedy or temperature 0, no repetition penalty).</summary>
     public static bool TakesArgmax(bool greedy, double temperature, double repetitionPenalty) => (greedy || temperature <= 0) && repetitionPenalty == 1.0;
 
-    /// <summary>Each row's argmax of float32 logits (R, V), in one call: what <see cref="Next"/> gives a sampler whose <see cref="Argmax"/> holds, for every row of a merged step at once.</summary>
-    public static long[] ArgmaxRows(Tensor logits)
+    /// <summary>
+    /// Each row's argmax of logits (R, V), for every row of a merged step at once: what <see cref="Next"/> gives a
+    /// sampler whose <see cref="Argmax"/> holds, row by row — libtorch's rule exactly (the first maximal index; the
+    /// first NaN if a row has one). Read in place: libtorch's argmax over several rows cost more here than one call per
+    /// row (its reduction wakes the intra-op threads), and this is one vectorised pass per row.
+    /// </summary>
+    public static unsafe long[] ArgmaxRows(Tensor logits)
     {
+        if (logits.dim() != 2 || logits.shape[1] < 1 || logits.shape[1] > int.MaxValue)
+            throw new ArgumentException($"logits of shape [{string.Join(", ", logits.shape)}]: expected (rows, vocab)");
         using var scope = NewDisposeScope();
-        return logits.to(ScalarType.Float32).argmax(-1).data<long>().ToArray();
+        var x = logits.to(ScalarType.Float32).contiguous();
+        int vocab = (int)x.shape[1];
+        var result = new long[x.shape[0]];
+        float* p = (float*)ShardPipe.Modeling.Core.TensorMemory.Pointer(x);
+        for (long r = 0; r < result.Length; r++) result[r] = ArgmaxRow(new ReadOnlySpan<float>(p + r * vocab, vocab));
+        return result;
+    }
+
+    /// <summary>The first index of the row's maximum (of its first NaN, if any), as torch.argmax.</summary>
+    internal static int ArgmaxRow(ReadOnlySpan<float> row)
+    {
+        var lanes = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(row);
+        int tail = lanes.Length * System.Numerics.Vector<float>.Count;
+        float max = float.NegativeInfinity, sum = 0;
+        if (lanes.Length > 0)
+        {
+            var m = lanes[0];
+            var acc = System.Numerics.Vector<float>.Zero;
+            foreach (var v in lanes)
+            {
+                m = System.Numerics.Vector.Max(m, v);
+                acc += v * System.Numerics.Vector<float>.Zero; // NaN (or ±inf) anywhere leaves a NaN here
+            }
+            for (int i = 0; i < System.Numerics.Vector<float>.Count; i++)
+            {
+                max = Math.Max(max, m[i]);
+                sum += acc[i];
+            }
+        }
+        for (int i = tail; i < row.Length; i++)
+        {
+            max = Math.Max(max, row[i]);
+            sum += row[i] * 0;
+        }
+        if (float.IsNaN(sum) || float.IsNaN(max))
+        {
+            // A NaN or an infinity: the plain scan, which is the rule itself.
+            int best = 0;
+            for (int i = 0; i < row.Length; i++)
+            {
+                if (float.IsNaN(row[i])) return i;
+                if (row[i] > row[best]) best = i;
+            }
+            return best;
+        }
+        int at = 0;
+        var target = new System.Numerics.Vector<float>(max);
+        for (int l = 0; l < lanes.Length; l++, at += System.Numerics.Vector<float>.Count)
+            if (System.Numerics.Vector.EqualsAny(lanes[l], target)) break;
+        for (int i = at; i < row.Length; i++)
+            if (row[i] == max) return i;
+        throw new InvalidOperationException("the row's maximum was not found"); // cannot happen: max is one of the row's values
     }
 
     /// <summary>logits (B, V) → one token per row; <paramref name="history"/> (the ids so far, per row) feeds the repetition penalty.</summary>

@@ -177,6 +177,24 @@ public class MergedStepInputsTests
         var together = Sampler.ArgmaxRows(logits);
         using var greedy = new Sampler(true);
         for (int r = 0; r < 7; r++) Assert.Equal(greedy.Next(logits.narrow(0, r, 1)), new[] { together[r] });
+        // libtorch's rule on awkward rows: ties (the first), a NaN (the first NaN), infinities, -0 beside 0, rows shorter
+        // than a vector and of odd lengths.
+        float nan = float.NaN, inf = float.PositiveInfinity;
+        var awkward = new[]
+        {
+            new float[] { 1, 3, 3, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1 },
+            new float[] { 1, 2, nan, 5, nan, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9 },
+            new float[] { -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf },
+            new float[] { -0f, 0f, -0f, -1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13, -14, -15, -16 },
+            new float[] { -5, -4, -3, -2, -1, -1, -2, -3, -4, -5, -6, -7, -8, -9, -10, -11, -12, -13, inf },
+        };
+        var rows = tensor(awkward.SelectMany(r => r).ToArray(), new long[] { awkward.Length, 19 });
+        Assert.Equal(rows.argmax(-1).data<long>().ToArray(), Sampler.ArgmaxRows(rows));
+        Assert.Equal(rows.narrow(1, 0, 3).argmax(-1).data<long>().ToArray(), Sampler.ArgmaxRows(rows.narrow(1, 0, 3)));
+        Assert.Equal(rows.narrow(0, 2, 3).argmax(-1).data<long>().ToArray(), Sampler.ArgmaxRows(rows.narrow(0, 2, 3))); // a view into the middle
+        var wide = randn(new long[] { 3, 1001 }, generator: new TorchSharp.torch.Generator(6));
+        wide[1, 700] = wide[1].max() ; // a tie far from the start
+        Assert.Equal(wide.argmax(-1).data<long>().ToArray(), Sampler.ArgmaxRows(wide));
         Assert.True(greedy.Argmax);
         Assert.True(Sampler.TakesArgmax(false, 0, 1.0));   // temperature 0 is greedy
         Assert.False(Sampler.TakesArgmax(true, 0, 1.3));   // a repetition penalty changes the scores first
