@@ -98,29 +98,40 @@ public sealed class StageRunner : IDisposable
     {
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var positions = steps.Select(s => IdRows.ToTensor(s.PositionIds)).ToList();
-        var hidden = new Tensor[steps.Count];
-        for (int i = 0; i < steps.Count; i++)
+        // Every request's positions as one flat (N, H) tensor, one request after another: embedded in one lookup at the
+        // first hop, joined from the payloads after it.
+        Tensor flat;
+        (long Rows, long Tokens)[] sizes;
+        if (hop.Embed)
         {
-            var s = steps[i];
-            if (hop.Embed)
-                hidden[i] = _model.Embed(IdRows.ToTensor(s.InputIds ?? throw new ProtocolException($"hop {s.Hop} embeds but got no input ids")), positions[i]);
-            else
-                hidden[i] = s.Hidden is { } h ? TensorWire.ToTensor(h) : throw new ProtocolException($"hop {s.Hop} of request {s.RequestId} got no hidden states");
-            // Layers need a hidden state per position; after the final norm only each row's last one travels.
-            if (hidden[i].dim() != 3 || hidden[i].shape[0] != s.AttentionMask.Length || hidden[i].shape[1] != s.PositionIds[0].Length && (hop.LayerCount > 0 || hidden[i].shape[1] != SpeculativeSteps.Kept(s)))
-                throw new ProtocolException($"request {s.RequestId}: hidden states of shape [{string.Join(", ", hidden[i].shape)}] do not match its {s.AttentionMask.Length} rows of {s.PositionIds[0].Length} positions");
+            foreach (var s in steps)
+                if (s.InputIds is null) throw new ProtocolException($"hop {s.Hop} embeds but got no input ids");
+            flat = MergedStepInputs.Embed(_model, steps.Select(s => (s.RequestId, s.InputIds, s.PositionIds, s.AttentionMask)).ToList());
+            sizes = steps.Select(s => ((long)s.AttentionMask.Length, (long)s.PositionIds[0].Length)).ToArray();
         }
-        var sizes = hidden.Select(h => (Rows: h.shape[0], Tokens: h.shape[1])).ToArray();
-        long width = hidden[0].shape[2];
-        var flat = steps.Count == 1 ? hidden[0].reshape(sizes[0].Rows * sizes[0].Tokens, width)
-            : cat(hidden.Select((h, i) => h.reshape(sizes[i].Rows * sizes[i].Tokens, width)).ToArray(), 0);
+        else
+        {
+            var hidden = new Tensor[steps.Count];
+            for (int i = 0; i < steps.Count; i++)
+            {
+                var s = steps[i];
+                hidden[i] = s.Hidden is { } h ? TensorWire.ToTensor(h) : throw new ProtocolException($"hop {s.Hop} of request {s.RequestId} got no hidden states");
+                // Layers need a hidden state per position; after the final norm only each row's last one travels.
+                if (hidden[i].dim() != 3 || hidden[i].shape[0] != s.AttentionMask.Length || s.PositionIds.Length == 0 || hidden[i].shape[1] != s.PositionIds[0].Length && (hop.LayerCount > 0 || hidden[i].shape[1] != SpeculativeSteps.Kept(s)))
+                    throw new ProtocolException($"request {s.RequestId}: hidden states of shape [{string.Join(", ", hidden[i].shape)}] do not match its {s.AttentionMask.Length} rows of {(s.PositionIds.Length == 0 ? 0 : s.PositionIds[0].Length)} positions");
+            }
+            sizes = hidden.Select(h => (Rows: h.shape[0], Tokens: h.shape[1])).ToArray();
+            long width = hidden[0].shape[2];
+            flat = steps.Count == 1 ? hidden[0].reshape(sizes[0].Rows * sizes[0].Tokens, width)
+                : cat(hidden.Select((h, i) => h.reshape(sizes[i].Rows * sizes[i].Tokens, width)).ToArray(), 0);
+        }
         var batch = new RaggedBatch(sizes.Select((z, i) => (z.Rows, z.Tokens, (LayerInputs)null!)));
         if (hop.LayerCount > 0)
         {
-            var inputs = new List<LayerInputs>();
+            var made = new List<LayerInputs>();
             try
             {
+                var parts = new List<MergedStepInputs.Part>(steps.Count);
                 for (int i = 0; i < steps.Count; i++)
                 {
                     var cache = forwardOnly ? null : CacheFor(steps[i].RequestId);
@@ -128,14 +139,15 @@ public sealed class StageRunner : IDisposable
                     if (cache is not null && cache.SeenTokens(hop.FirstLayer) > SpeculativeSteps.CacheLength(steps[i], sizes[i].Tokens))
                         cache.Truncate(SpeculativeSteps.CacheLength(steps[i], sizes[i].Tokens));
                     long past = cache?.SeenTokens(hop.FirstLayer) ?? 0;
-                    inputs.Add(_model.PrepareLayerInputs(positions[i], IdRows.ToTensor(steps[i].AttentionMask), past, sizes[i].Tokens, flat.dtype, CPU, cache, hop.FirstLayer));
+                    parts.Add(new MergedStepInputs.Part(steps[i].PositionIds, steps[i].AttentionMask, past, cache));
                 }
-                batch = new RaggedBatch(sizes.Select((z, i) => (z.Rows, z.Tokens, inputs[i])));
+                // One preparation for the whole step: rotary tables over every position, masks only for the parts that need one.
+                batch = MergedStepInputs.Prepare(_model, parts, flat.dtype, hop.FirstLayer, made);
                 for (int l = hop.FirstLayer; l < hop.FirstLayer + hop.LayerCount; l++) flat = _model.Layer(l, flat, batch);
             }
             finally
             {
-                foreach (var li in inputs) li.Dispose();
+                foreach (var li in made) li.Dispose();
             }
         }
         var output = new List<Outgoing>();
@@ -168,6 +180,9 @@ public sealed class StageRunner : IDisposable
             var picked = rows.Length == last.shape[0] ? last : last.index_select(0, tensor(rows));
             logits = _model.Project(picked).to(ScalarType.Float32); // (R, V)
         }
+        // Every greedy row's token from one argmax over the step's logits (each row's argmax is its own).
+        var byArgmax = steps.Select(s => s.Generation is { Prefill: null, Speculate: null, Sampling: var g } && Sampler.TakesArgmax(g.Greedy, g.Temperature, g.RepetitionPenalty)).ToArray();
+        long[]? argmax = byArgmax.Any(x => x) ? Sampler.ArgmaxRows(logits!) : null;
         long at = 0;
         for (int i = 0; i < steps.Count; i++)
         {
@@ -177,14 +192,15 @@ public sealed class StageRunner : IDisposable
                 output.Add(NextChunk(s, rest));
                 continue;
             }
-            var mine = logits!.narrow(0, at, sizes[i].Rows * kept[i]);
-            at += sizes[i].Rows * kept[i];
+            long count = sizes[i].Rows * kept[i];
+            var mine = logits!.narrow(0, at, count);
             if (forwardOnly)
             {
                 output.Add(new(s.ReplyTo, new ForwardResult(s.RequestId, TensorWire.ToPayload(mine))));
                 if (s.Coordinator is { } c) output.Add(new(c, new GenerationDone(s.RequestId, 0))); // frees its slot in the queue
             }
-            else output.AddRange(Decide(s, mine));
+            else output.AddRange(Decide(s, mine, byArgmax[i] ? argmax!.AsSpan((int)at, (int)count).ToArray() : null));
+            at += count;
         }
         return output;
     }
@@ -205,17 +221,13 @@ public sealed class StageRunner : IDisposable
     }
 
     /// <summary>The last hop: pick tokens, report them, and either loop to hop 0 or finish.</summary>
-    private IReadOnlyList<Outgoing> Decide(StageInput input, Tensor logits)
+    /// <param name="argmax">The rows' tokens when its sampler takes the argmax (<see cref="Sampler.TakesArgmax"/>), picked for the whole step at once; null: the sampler picks.</param>
+    private IReadOnlyList<Outgoing> Decide(StageInput input, Tensor logits, long[]? argmax)
     {
         var st = input.Generation!;
-        if (!_samplers.TryGetValue(input.RequestId, out var sampler))
-        {
-            _samplers[input.RequestId] = sampler = new Sampler(st.Sampling.Greedy, st.Sampling.Temperature, st.Sampling.TopK, st.Sampling.TopP, st.Sampling.Seed, st.Sampling.RepetitionPenalty);
-            // A resumed request starts at a later step: its sampler continues where the lost one stopped.
-            if (input.Step > 0 && st.Speculate is null) sampler.Skip(input.Step, logits.shape[0], logits.shape[1]);
-        }
+        var sampler = SamplerFor(input, logits.shape[0], logits.shape[1]);
         if (st.Speculate is not null) return Speculative(input, SpeculativeSteps.Decide(input, logits, sampler));
-        var next = sampler.Next(logits, st.History);
+        var next = argmax ?? sampler.Next(logits, st.History);
         var finished = DecodeRule.Settle(next, st.Finished, new StopTokens(st.EosTokenIds, st.PadTokenId), st.IgnoreEos);
         var tokens = new Outgoing(input.ReplyTo, new TokensGenerated(input.RequestId, input.Step, next));
         if (DecodeRule.Done(input.Step + 1, st.MaxNewTokens, finished)) return Finish(input, tokens, input.Step + 1);
@@ -231,6 +243,19 @@ public sealed class StageRunner : IDisposable
             }),
             tokens,
         };
+    }
+
+    /// <summary>The request's sampler, made at its first sampled step (<paramref name="rows"/> × <paramref name="vocab"/> logits).</summary>
+    private Sampler SamplerFor(StageInput input, long rows, long vocab)
+    {
+        var st = input.Generation!;
+        if (!_samplers.TryGetValue(input.RequestId, out var sampler))
+        {
+            _samplers[input.RequestId] = sampler = new Sampler(st.Sampling.Greedy, st.Sampling.Temperature, st.Sampling.TopK, st.Sampling.TopP, st.Sampling.Seed, st.Sampling.RepetitionPenalty);
+            // A resumed request starts at a later step: its sampler continues where the lost one stopped.
+            if (input.Step > 0 && st.Speculate is null) sampler.Skip(input.Step, rows, vocab);
+        }
+        return sampler;
     }
 
     /// <summary>A speculative step's verdict as messages: the next step first (unless done), then the tokens.</summary>

@@ -22,6 +22,12 @@ namespace ShardPipe.Host.Bench;
 /// single_stream_vs_generate = the single stream ÷ the same generation in one process (generate_tokens_per_s); time to first
 /// token and inter-token latency over the concurrent streams, as a client sees them. The stages merge the streams'
 /// steps (continuous batching); rows_per_step_mean is the mean rows of the steps the nodes ran meanwhile.
+/// <para>Where the time goes: <c>single_stage_step_ms</c> / <c>concurrent_stage_step_ms</c> are the stages' median step
+/// times summed (the compute of one round of the pipeline, every stage in turn), <c>*_hop_ms</c> the median activation
+/// hop between stages; the rest of a round (<c>single_ms_per_token</c>, or ITL) is messaging, hand-offs between threads,
+/// HTTP and the client. <c>steady_aggregate_tokens_per_s</c> is the streams' rate once all decode (concurrency ÷ ITL p50:
+/// without the prompts' prefill and the ramp-up that <c>aggregate_tokens_per_s</c> includes), and
+/// <c>steady_batching_speedup</c> that over the single stream.</para>
 /// <para>Then chunked prefill: while 8 requests decode, a 512-token prompt joins them, prefilled in chunks of 128
 /// positions and then whole; prefill_stall_ms_* is the longest wait between two tokens of the decoding requests while
 /// the long prompt is prefilled (their usual gap: decode_gap_ms).</para>
@@ -83,27 +89,31 @@ public static class ServeBench
         }
 
         await Stream(-1); // warm-up
+        Drain(cluster);
         double single = 0;
         for (int r = 0; r < 3; r++)
         {
             var (s, count) = await Stream(r);
             single = Math.Max(single, (count - 1) / ((s[^1] - s[0]) / 1000));
         }
-        BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of 3)");
+        var singleProfile = Drain(cluster);
+        BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of 3); {singleProfile}");
         double generate = OneProcessGenerate(folder, "Stream 0: the quick brown fox", n);
         BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of 3); one stream through serve is {single / generate:0.00}× that");
-        foreach (var node in cluster.Nodes) NodeDiagnostics.For(node.System).StepRows.Drain();
+        Drain(cluster);
         var clock = Stopwatch.StartNew();
         var all = await Task.WhenAll(Enumerable.Range(0, concurrency).Select(Stream));
         double wall = clock.Elapsed.TotalSeconds;
         var rows = cluster.Nodes.SelectMany(node => NodeDiagnostics.For(node.System).StepRows.Drain()).ToList();
+        var concurrentProfile = Drain(cluster);
         long total = all.Sum(s => (long)s.Tokens);
         double aggregate = total / wall;
         var ttft = all.Select(s => s.Stamps[0]).Order().ToList();
         var itl = all.SelectMany(s => s.Stamps.Zip(s.Stamps.Skip(1), (a, b) => b - a)).Order().ToList();
         double P(List<double> xs, double q) => xs.Count == 0 ? double.NaN : xs[Math.Min(xs.Count - 1, (int)(q * xs.Count))];
         BenchSupport.Say(asJson, $"  {concurrency} streams: {aggregate:0.00} tokens/s in all ({total} tokens in {wall:0.00} s); speedup {aggregate / single:0.00}; " +
-                                 $"TTFT p50 {P(ttft, 0.5):0.0} ms; ITL p50 {P(itl, 0.5):0.0} ms, p99 {P(itl, 0.99):0.0} ms; {rows.Average():0.0} rows per step");
+                                 $"TTFT p50 {P(ttft, 0.5):0.0} ms; ITL p50 {P(itl, 0.5):0.0} ms, p99 {P(itl, 0.99):0.0} ms; {rows.Average():0.0} rows per step; {concurrentProfile}; " +
+                                 $"once all decode (ITL p50): {concurrency * 1000 / P(itl, 0.5):0.00} tokens/s, {concurrency * 1000 / P(itl, 0.5) / single:0.00}× one stream");
         var (usual, chunked) = await PrefillStall(session.Client, 128, log);
         var (_, whole) = await PrefillStall(session.Client, 0, log);
         BenchSupport.Say(asJson, $"  a 512-token prompt joining 8 decoding requests: their longest wait {chunked:0} ms prefilled in chunks of 128, {whole:0} ms whole (usual gap {usual:0} ms)");
@@ -123,6 +133,13 @@ public static class ServeBench
             ["continuous_batching"] = true,
             ["rows_per_step_mean"] = Math.Round(rows.Average(), 2),
             ["micro_batches"] = microBatches,
+            ["single_stage_step_ms"] = Math.Round(singleProfile.StageStepMs, 3),
+            ["single_hop_ms"] = Math.Round(singleProfile.HopMs, 3),
+            ["single_ms_per_token"] = Math.Round(1000 / single, 3),
+            ["concurrent_stage_step_ms"] = Math.Round(concurrentProfile.StageStepMs, 3),
+            ["concurrent_hop_ms"] = Math.Round(concurrentProfile.HopMs, 3),
+            ["steady_aggregate_tokens_per_s"] = Math.Round(concurrency * 1000 / P(itl, 0.5), 3),
+            ["steady_batching_speedup"] = Math.Round(concurrency * 1000 / P(itl, 0.5) / single, 4),
             ["prefill_chunk"] = 128,
             ["long_prompt_tokens"] = 512,
             ["decode_gap_ms"] = Math.Round(usual, 2),
@@ -130,6 +147,26 @@ public static class ServeBench
             ["prefill_stall_ms_whole"] = Math.Round(whole, 2),
         });
         return 0;
+    }
+
+    /// <summary>
+    /// Where a token's time goes, from the nodes' own logs since the last drain: the stages' median step times summed
+    /// (compute per round of the pipeline: all stages, in order) and the median activation hop (link frame sent → read).
+    /// The round's time as the client sees it, less these, is messaging, sampling's hand-off, HTTP and the client.
+    /// </summary>
+    private readonly record struct StageProfile(double StageStepMs, double HopMs)
+    {
+        public override string ToString() => $"stages' median steps {StageStepMs:0.0} ms in all, median hop {HopMs:0.00} ms";
+    }
+
+    private static StageProfile Drain(EmbeddedCluster cluster)
+    {
+        double Median(List<double> xs) => xs.Count == 0 ? 0 : xs.Order().ElementAt(xs.Count / 2);
+        var nodes = cluster.Nodes.Select(n => NodeDiagnostics.For(n.System)).ToList();
+        var steps = nodes.Select(d => d.StepTimes.Drain()).ToList();
+        var hops = nodes.SelectMany(d => d.HopLatency.Drain()).ToList();
+        foreach (var d in nodes) d.StepRows.Drain();
+        return new StageProfile(steps.Sum(Median), Median(hops));
     }
 
     /// <summary>

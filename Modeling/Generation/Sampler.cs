@@ -35,6 +35,27 @@ public sealed class Sampler : IDisposable
     /// <summary>The request's seed (speculative sampling derives its per-token generators from it).</summary>
     public long Seed { get; }
 
+    /// <summary>Whether <see cref="Next"/> is the plain argmax of the logits (greedy, no repetition penalty): a merged step picks such rows' tokens together (<see cref="ArgmaxRows"/>).</summary>
+    public bool Argmax => TakesArgmax(_greedy, _temperature, _repetitionPenalty);
+
+    /// <summary>Whether a sampler of these settings picks the plain argmax (greedy or temperature 0, no repetition penalty).</summary>
+    public static bool TakesArgmax(bool greedy, double temperature, double repetitionPenalty) => (greedy || temperature <= 0) && repetitionPenalty == 1.0;
+
+    /// <summary>
+    /// Each row's argmax of logits (R, V), for every row of a merged step at once: what <see cref="Next"/> gives a
+    /// sampler whose <see cref="Argmax"/> holds, row by row — libtorch's rule exactly (<see cref="ShardPipe.Modeling.Layers.StepKernels.Argmax"/>:
+    /// the first maximal index; the first NaN if a row has one). libtorch's argmax over several rows cost more here
+    /// than one call per row (its reduction wakes the intra-op threads).
+    /// </summary>
+    public static long[] ArgmaxRows(Tensor logits)
+    {
+        if (logits.dim() != 2 || logits.shape[1] < 1 || logits.shape[1] > int.MaxValue)
+            throw new ArgumentException($"logits of shape [{string.Join(", ", logits.shape)}]: expected (rows, vocab)");
+        if (logits.dtype == ScalarType.Float32) return ShardPipe.Modeling.Layers.StepKernels.Argmax(logits);
+        using var x = logits.to(ScalarType.Float32);
+        return ShardPipe.Modeling.Layers.StepKernels.Argmax(x);
+    }
+
     /// <summary>logits (B, V) → one token per row; <paramref name="history"/> (the ids so far, per row) feeds the repetition penalty.</summary>
     public long[] Next(Tensor logits, IReadOnlyList<IReadOnlyCollection<long>>? history = null)
     {

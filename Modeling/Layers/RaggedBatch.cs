@@ -24,7 +24,9 @@ public sealed class RaggedBatch
     /// <summary>N: the positions of every segment together.</summary>
     public long TotalTokens { get; }
 
-    public RaggedBatch(IEnumerable<(long Rows, long Tokens, LayerInputs Inputs)> parts)
+    /// <param name="flatCos">The rotary tables of every position, (N, 1, D), made for the whole step at once
+    /// (<c>MergedStepInputs</c>); null: joined from each segment's own.</param>
+    public RaggedBatch(IEnumerable<(long Rows, long Tokens, LayerInputs Inputs)> parts, Tensor? flatCos = null, Tensor? flatSin = null)
     {
         var list = new List<Segment>();
         long offset = 0;
@@ -39,7 +41,13 @@ public sealed class RaggedBatch
         TotalTokens = offset;
         // Each segment's rotary tables, flattened to one row per position (N, 1, D) like the hidden states: a block
         // rotates every request's queries and keys at once (a position's angles are its own, whoever it belongs to).
-        if (list.All(x => x.Inputs?.Cos is not null && x.Inputs.Sin is not null))
+        if (flatCos is not null && flatSin is not null)
+        {
+            if (flatCos.shape[0] != offset || flatSin.shape[0] != offset) throw new ArgumentException($"rotary tables of {flatCos.shape[0]} positions for a batch of {offset}");
+            FlatCos = flatCos;
+            FlatSin = flatSin;
+        }
+        else if (list.All(x => x.Inputs?.Cos is not null && x.Inputs.Sin is not null))
         {
             Tensor Flat(Func<LayerInputs, Tensor> table) => list.Count == 1
                 ? table(list[0].Inputs).reshape(list[0].Count, 1, -1)

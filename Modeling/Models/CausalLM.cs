@@ -97,6 +97,8 @@ public abstract class CausalLMModel : HfModule
     /// <summary>Mask and rotary tables for one pass, on <paramref name="device"/>.</summary>
     public abstract LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
         ScalarType dtype, Device device, KvCache? cache, int firstLayer);
+    /// <summary>The sliding window a row's keys are masked to (Mistral, Qwen2, Mixtral), or null for none.</summary>
+    public virtual long? SlidingWindow => null;
     /// <summary>The LM head projection: normed hidden (B, T, H) → logits (B, T, V).</summary>
     public Tensor Project(Tensor hidden)
     {

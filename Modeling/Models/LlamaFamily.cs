@@ -239,6 +239,8 @@ public sealed class LlamaForCausalLM : CausalLMModel
 
     protected override Tensor EmbedCore(Tensor inputIds, Tensor positionIds) => Model.EmbedTokens.Forward(inputIds);
 
+    public override long? SlidingWindow => Settings.SlidingWindow;
+
     public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
         ScalarType dtype, Device device, KvCache? cache, int firstLayer)
     {
