@@ -117,14 +117,18 @@ public sealed class DraftProposer : IDisposable
         _seen.RemoveRange(common, _seen.Count - common);
         var drafts = new long[k];
         var feed = context.Skip(common).ToArray();
-        for (int j = 0; j < k; j++)
+        // One draft model may serve the first stages of several models in one process: its passes never overlap.
+        lock (_model)
         {
-            using var scope = NewDisposeScope();
-            using var ids = tensor(feed).unsqueeze(0);
-            var logits = _model.Forward(ids, cache: _cache, lastOnly: true); // (1, 1, V)
-            _seen.AddRange(feed);
-            drafts[j] = logits[0, -1].argmax().item<long>();
-            feed = new[] { drafts[j] };
+            for (int j = 0; j < k; j++)
+            {
+                using var scope = NewDisposeScope();
+                using var ids = tensor(feed).unsqueeze(0);
+                var logits = _model.Forward(ids, cache: _cache, lastOnly: true); // (1, 1, V)
+                _seen.AddRange(feed);
+                drafts[j] = logits[0, -1].argmax().item<long>();
+                feed = new[] { drafts[j] };
+            }
         }
         return drafts;
     }
