@@ -14,12 +14,14 @@ public sealed record SamplingSettings(
 
 /// <summary>
 /// Speculative decoding for a request: <see cref="Method"/> proposes up to <see cref="Tokens"/> draft tokens per step
-/// ("ngram": prompt lookup) and the target verifies them in one pass through the pipeline.
+/// ("ngram": prompt lookup; "draft": the model in <see cref="DraftModel"/>, a folder on the first stage's node, run
+/// there) and the target verifies them in one pass through the pipeline.
 /// </summary>
 [MessagePackObject]
 public sealed record SpeculationSettings(
     [property: Key(0)] string Method,
-    [property: Key(1)] int Tokens);
+    [property: Key(1)] int Tokens,
+    [property: Key(2)] string? DraftModel = null);
 
 /// <summary>What a client sends the coordinator to run through the pipeline: a <see cref="Generate"/> or a <see cref="Forward"/>.</summary>
 public interface IClientRequest : IShardPipeMessage

@@ -19,7 +19,7 @@ public static class SpeculativeSteps
     {
         try
         {
-            Speculation.Validate(spec.Method, spec.Tokens, rows);
+            Speculation.Validate(spec.Method, spec.Tokens, rows, spec.DraftModel);
             return null;
         }
         catch (ShardPipeException ex)
@@ -28,10 +28,13 @@ public static class SpeculativeSteps
         }
     }
 
-    /// <summary>The step with drafts proposed from its context appended, if the request speculates and its prompt is all in.</summary>
+    /// <summary>
+    /// The step with drafts proposed from its context appended, if the request speculates by prompt lookup and its
+    /// prompt is all in. A draft model's drafts are left to the first stage (<see cref="DraftStage"/>).
+    /// </summary>
     public static StageInput WithDrafts(StageInput s)
     {
-        if (s.Generation is not { Speculate: { } spec, Prefill: null, History: { Length: 1 } history } st || s.InputIds is null) return s;
+        if (s.Generation is not { Speculate: { Method: Speculation.Ngram } spec, Prefill: null, History: { Length: 1 } history } st || s.InputIds is null) return s;
         var drafts = NgramProposer.Propose(history[0], Speculation.DraftBudget(spec.Tokens, s.Step, st.MaxNewTokens));
         var (ids, mask, positions) = Speculation.AppendDrafts(s.InputIds, s.AttentionMask, s.PositionIds, drafts);
         return s with { InputIds = ids, AttentionMask = mask, PositionIds = positions, Generation = st with { Drafts = drafts } };
@@ -64,8 +67,9 @@ public static class SpeculativeSteps
         int produced = input.Step + tokens.Length;
         if (finished || produced >= st.MaxNewTokens) return new Verdict(message, null, produced);
         var grown = context.Concat(tokens).ToArray();
-        var next = NgramProposer.Propose(grown, Speculation.DraftBudget(st.Speculate!.Tokens, produced, st.MaxNewTokens));
-        var (ids, mask, positions) = Speculation.NextInput(input.AttentionMask[0], drafts.Length, tokens.Length, tokens[^1], next);
+        // Prompt lookup proposes here; a draft model's proposals are made at the first stage (Drafts null until then).
+        var next = st.Speculate!.Method == Speculation.Ngram ? NgramProposer.Propose(grown, Speculation.DraftBudget(st.Speculate.Tokens, produced, st.MaxNewTokens)) : null;
+        var (ids, mask, positions) = Speculation.NextInput(input.AttentionMask[0], drafts.Length, tokens.Length, tokens[^1], next ?? Array.Empty<long>());
         return new Verdict(message, input with
         {
             Step = produced, Hop = 0, Hidden = null, InputIds = new[] { ids }, AttentionMask = new[] { mask }, PositionIds = new[] { positions },

@@ -28,6 +28,7 @@ public sealed class StageRunner : IDisposable
     private const int RememberReleased = 4096;
 
     private readonly PrefixStage? _prefix;
+    private DraftStage? _drafts; // draft-model speculation: made at the first stage when a request first asks for it
 
     /// <param name="prefix">Automatic prefix caching at this stage (<see cref="PrefixStage"/>), or null for none.</param>
     public StageRunner(CausalLMModel model, PipelineHop[] route, int epoch = 0, PrefixStage? prefix = null)
@@ -65,6 +66,9 @@ public sealed class StageRunner : IDisposable
             throw new ArgumentException("a merged step takes generation steps of one hop (a forward pass runs alone)");
         if (hopIndex < 0 || hopIndex >= _route.Length) throw new ProtocolException($"hop {hopIndex} is not on this route of {_route.Length} hops");
         var hop = _route[hopIndex];
+        if (!forwardOnly && hop.Embed)
+            for (int i = 0; i < live.Count; i++)
+                if (DraftStage.Needs(live[i])) live[i] = (_drafts ??= new DraftStage(_model.VocabSize)).Fill(live[i]);
         // Prefix caching: the first hop plans a request's first step; each hop seeds its cache or sends it back.
         var restarts = forwardOnly || _prefix is null ? null : PrefixBefore(live, hop);
         if (live.Count == 0) return restarts!;
@@ -323,6 +327,7 @@ public sealed class StageRunner : IDisposable
         if (_caches.Remove(requestId, out var e)) e.Cache.Dispose();
         if (_samplers.Remove(requestId, out var s)) s.Dispose();
         _prefix?.Release(requestId);
+        _drafts?.Release(requestId);
     }
 
     /// <summary>Frees the caches of requests idle longer than <paramref name="idle"/> (abandoned by their caller).</summary>
@@ -338,5 +343,6 @@ public sealed class StageRunner : IDisposable
         foreach (var id in _caches.Keys.ToList()) Release(id);
         foreach (var id in _samplers.Keys.ToList()) Release(id);
         _prefix?.Dispose();
+        _drafts?.Dispose();
     }
 }

@@ -36,9 +36,10 @@ public static class DecodeBench
         var microRows = new Option<int[]>("--micro-rows") { Description = "Row counts m for --micro", DefaultValueFactory = _ => new[] { 1, 2, 5, 8, 16, 24, 32, 48, 64 }, AllowMultipleArgumentsPerToken = true };
         var microRounds = new Option<int>("--rounds") { Description = "Rounds per figure for --micro (median)", DefaultValueFactory = _ => 7 };
         var microThreads = new Option<int>("--micro-threads") { Description = "Threads for --micro, both sides (libtorch's intra-op setting, which our kernel follows); 0 keeps the default", DefaultValueFactory = _ => 0 };
+        var draftModel = new Option<string?>("--draft-model") { Description = "With --speculate, also a draft model's run against plain: a folder, \"self\" (the target as its own draft) or \"layers:L\" (the target's first L layers with its embeddings, norm and head): draft_acceptance, draft_speedup" };
         var json = CommonOptions.Json();
         var cmd = new Command("decode", "Decode tokens/s: float32, bfloat16, int8 and int4 (quantized on load) against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
-            { model, tokens, micro, pin, speedOnly, speculate, specTokens, microOnly, microRows, microRounds, microThreads, json };
+            { model, tokens, micro, pin, speedOnly, speculate, specTokens, microOnly, microRows, microRounds, microThreads, draftModel, json };
         CommandAction.Set(cmd, async (parse, log) =>
         {
             if (parse.GetValue(microOnly))
@@ -47,14 +48,25 @@ public static class DecodeBench
                 BenchSupport.Finish(Fp32LinearMicro.Run(parse.GetValue(microRows) ?? Array.Empty<int>(), parse.GetValue(microRounds), parse.GetValue(microThreads), parse.GetValue(json)));
                 return 0;
             }
+            if (!parse.GetValue(speculate) && parse.GetValue(draftModel) is not null) throw new InvalidInputException("--draft-model goes with --speculate");
             if (!parse.GetValue(speculate)) return await Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(micro), parse.GetValue(pin), parse.GetValue(speedOnly), parse.GetValue(json), log);
             int k = parse.GetValue(specTokens);
             ShardPipe.Modeling.Generation.Speculation.Validate(ShardPipe.Modeling.Generation.Speculation.Ngram, k, 1);
             int n = parse.GetResult(tokens) is { Implicit: false } ? parse.GetValue(tokens) : 256;
             if (n < 2) throw new InvalidInputException("--tokens must be at least 2");
             string folder = parse.GetValue(model) is { } d ? ModelLocator.Locate(d) : BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
-            BenchSupport.Say(parse.GetValue(json), $"bench decode --speculate: {folder}, {n} new tokens, greedy, EOS ignored");
-            var figures = await SpeculationBench.Run(folder, n, k, rounds: 2, parse.GetValue(json));
+            string? draft = parse.GetValue(draftModel) switch
+            {
+                null => null,
+                "self" => folder,
+                var layers when layers.StartsWith("layers:", StringComparison.Ordinal) => int.TryParse(layers["layers:".Length..], out int l)
+                    ? LayerSkipDraft.Write(folder, l, Path.Combine(Path.GetTempPath(), "shardpipe-bench", $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(folder))}-layers-{l}"))
+                    : throw new InvalidInputException($"--draft-model {layers}: layers:L takes a number of layers"),
+                var named => Path.GetFullPath(ModelLocator.Locate(named)),
+            };
+            if (draft is not null) ShardPipe.Modeling.Generation.DraftModelCheck.Validate(folder, draft);
+            BenchSupport.Say(parse.GetValue(json), $"bench decode --speculate: {folder}, {n} new tokens, greedy, EOS ignored{(draft is null ? "" : $"; draft model {draft}")}");
+            var figures = await SpeculationBench.Run(folder, n, k, rounds: 2, parse.GetValue(json), draft);
             figures["bench"] = "decode";
             BenchSupport.Finish(figures);
             return 0;

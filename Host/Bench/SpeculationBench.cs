@@ -11,7 +11,8 @@ namespace ShardPipe.Host.Bench;
 /// model's random weights fall into repetitions, which prompt lookup finds); the tokens must be equal.
 /// verify_pass_over_step: one speculative step (the last token plus its drafts, k + 1 positions at every stage, when
 /// prompt lookup proposes k) over one plain decode step, each the decode time over the steps after the first.
-/// ngram_speedup: tokens/s over plain.
+/// ngram_speedup: tokens/s over plain. With a draft model (<c>--draft-model</c>), a third run each round proposes with
+/// it at the first stage: draft_acceptance and draft_speedup (tokens/s over plain), the tokens again equal to plain.
 /// </summary>
 public static class SpeculationBench
 {
@@ -58,7 +59,7 @@ public static class SpeculationBench
         return xs[xs.Count / 2];
     }
 
-    public static async Task<JsonObject> Run(string folder, int n, int k, int rounds, bool asJson)
+    public static async Task<JsonObject> Run(string folder, int n, int k, int rounds, bool asJson, string? draft = null)
     {
         var (stepMs, verifyMs) = SingleProcess(folder, k);
         BenchSupport.Say(asJson, $"  one process, cache of 200: a pass of 1 position {stepMs:0.0} ms, of {k + 1} positions {verifyMs:0.0} ms: " +
@@ -68,7 +69,9 @@ public static class SpeculationBench
         var spec = new SpeculationSettings("ngram", k);
         Generate Request(SpeculationSettings? s) => new(Guid.NewGuid().ToString("N"), Prompt, null, n, true, new SamplingSettings(true, 0, 0, 1, 0), Speculate: s);
         await cluster.Client.RunAsync(Request(null) with { MaxNewTokens = 8 }, loaded.Stages, TimeSpan.FromSeconds(300)); // warm-up
-        RequestOutcome? bestPlain = null, bestSpec = null;
+        var draftSpec = draft is null ? null : new SpeculationSettings(ShardPipe.Modeling.Generation.Speculation.Draft, k, draft);
+        if (draftSpec is not null) await cluster.Client.RunAsync(Request(draftSpec) with { MaxNewTokens = 8 }, loaded.Stages, TimeSpan.FromSeconds(300)); // loads the draft
+        RequestOutcome? bestPlain = null, bestSpec = null, bestDraft = null;
         for (int r = 0; r < rounds; r++)
         {
             var plain = await cluster.Client.RunAsync(Request(null), loaded.Stages, TimeSpan.FromSeconds(300));
@@ -79,6 +82,12 @@ public static class SpeculationBench
             if (bestSpec is null || speculative.TokensPerSecond > bestSpec.TokensPerSecond) bestSpec = speculative;
             BenchSupport.Say(asJson, $"  round {r + 1}: plain {plain.TokensPerSecond:0.00} tokens/s, ngram {speculative.TokensPerSecond:0.00} tokens/s " +
                                      $"(accepted {speculative.Accepted} of {speculative.Proposed} drafts)");
+            if (draftSpec is null) continue;
+            var drafted = await cluster.Client.RunAsync(Request(draftSpec), loaded.Stages, TimeSpan.FromSeconds(300));
+            if (!plain.NewTokens[0].SequenceEqual(drafted.NewTokens[0]))
+                throw new InvalidOperationException("bench decode --speculate --draft-model: the speculative tokens differ from the plain run's");
+            if (bestDraft is null || drafted.TokensPerSecond > bestDraft.TokensPerSecond) bestDraft = drafted;
+            BenchSupport.Say(asJson, $"  round {r + 1}: draft model {drafted.TokensPerSecond:0.00} tokens/s (accepted {drafted.Accepted} of {drafted.Proposed} drafts)");
         }
         int specSteps = bestSpec!.Steps - bestSpec.Accepted; // each step delivers its accepted drafts plus one token
         double plainStep = bestPlain!.DecodeSeconds / Math.Max(1, bestPlain.Steps - 1);
@@ -90,7 +99,7 @@ public static class SpeculationBench
                                  $"({positions:0.00} positions on average): verify_pass_over_step {specStep / plainStep:0.000}");
         BenchSupport.Say(asJson, $"  ngram acceptance {acceptance:0.000} ({bestSpec.Accepted} of {bestSpec.Proposed}), {specSteps} steps for {bestSpec.Steps} tokens; " +
                                  $"tokens/s {bestSpec.TokensPerSecond:0.00} vs plain {bestPlain.TokensPerSecond:0.00}: ngram_speedup {speedup:0.000}");
-        return new JsonObject
+        var figures = new JsonObject
         {
             ["single_process_step_ms"] = Math.Round(stepMs, 3),
             ["single_process_verify_ms"] = Math.Round(verifyMs, 3),
@@ -111,5 +120,21 @@ public static class SpeculationBench
             ["ngram_speedup"] = Math.Round(speedup, 4),
             ["ngram_tokens_equal"] = true,
         };
+        if (bestDraft is not null)
+        {
+            double draftAcceptance = bestDraft.Proposed > 0 ? (double)bestDraft.Accepted / bestDraft.Proposed : 0;
+            double draftSpeedup = bestDraft.TokensPerSecond / bestPlain.TokensPerSecond;
+            BenchSupport.Say(asJson, $"  draft model acceptance {draftAcceptance:0.000} ({bestDraft.Accepted} of {bestDraft.Proposed}), {bestDraft.Steps - bestDraft.Accepted} steps for {bestDraft.Steps} tokens; " +
+                                     $"tokens/s {bestDraft.TokensPerSecond:0.00} vs plain {bestPlain.TokensPerSecond:0.00}: draft_speedup {draftSpeedup:0.000}");
+            figures["draft_model"] = draft;
+            figures["draft_acceptance"] = Math.Round(draftAcceptance, 4);
+            figures["draft_proposed"] = bestDraft.Proposed;
+            figures["draft_accepted"] = bestDraft.Accepted;
+            figures["draft_steps"] = bestDraft.Steps - bestDraft.Accepted;
+            figures["draft_tokens_per_s"] = Math.Round(bestDraft.TokensPerSecond, 3);
+            figures["draft_speedup"] = Math.Round(draftSpeedup, 4);
+            figures["draft_tokens_equal"] = true;
+        }
+        return figures;
     }
 }

@@ -53,7 +53,8 @@ public static class GenerateCommand
             if (sampling.RepetitionPenalty <= 0) throw new InvalidInputException("--repetition-penalty must be positive");
             int chunk = parse.GetValue(prefill);
             if (chunk < 0) throw new InvalidInputException("--prefill-chunk must be at least 0");
-            var speculate = speculation.Read(parse, rows.Length);
+            var speculate = speculation.Read(parse, rows.Length, SpeculationOptions.LocalFolder(parse.GetValue(m.Model)!,
+                new LocateOptions { Revision = parse.GetValue(m.Revision), Subfolder = parse.GetValue(m.Subfolder) }));
             if (parse.GetValue(m.Cluster) is { } cluster)
                 return await OnCluster(parse, m, cluster, rows, maskRows, n, parse.GetValue(ignoreEos), sampling, chunk, parse.GetValue(json), tokenizer, log, speculate);
             if (chunk > 0) throw new InvalidInputException("--prefill-chunk applies on a cluster (--cluster); in one process the prompt is prefilled at once");
@@ -75,8 +76,9 @@ public static class GenerateCommand
             };
             SpeculationCounts? counts = null;
             GenerationResult result;
+            var draft = speculate?.DraftModel is { } draftFolder ? PreTrainedModel.FromPretrained(draftFolder) : null;
             if (speculate is not null)
-                (result, counts) = SpeculativeGenerator.Generate(model, rows[0], maskRows?[0], generation, speculate.Tokens);
+                (result, counts) = SpeculativeGenerator.Generate(model, rows[0], maskRows?[0], generation, speculate.Tokens, draft);
             else result = TokenGenerator.Greedy(model, rows, maskRows, generation);
             if (asJson)
             {
@@ -125,6 +127,7 @@ public static class GenerateCommand
     private static JsonObject? SpeculationJson(ShardPipe.Messages.SpeculationSettings? speculate, int proposed, int accepted) => speculate is null ? null : new JsonObject
     {
         ["method"] = speculate.Method,
+        ["draft_model"] = speculate.DraftModel,
         ["num_speculative_tokens"] = speculate.Tokens,
         ["proposed_tokens"] = proposed,
         ["accepted_tokens"] = accepted,

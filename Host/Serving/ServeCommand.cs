@@ -32,7 +32,8 @@ public static class ServeCommand
         speculation.AddTo(cmd);
         CommandAction.Set(cmd, async (parse, log) =>
         {
-            var speculate = speculation.Read(parse);
+            var speculate = speculation.Read(parse, 1, SpeculationOptions.LocalFolder(parse.GetValue(m.Model)!,
+                new ShardPipe.Checkpoints.LocateOptions { Revision = parse.GetValue(m.Revision), Subfolder = parse.GetValue(m.Subfolder) }));
             string modelId = parse.GetValue(m.Model)!;
             int p = parse.GetValue(port);
             if (p is < 0 or > 65535) throw new InvalidInputException($"--port {p}: must be 0..65535");

@@ -12,18 +12,21 @@ namespace ShardPipe.Modeling.Generation;
 /// </summary>
 public static class Speculation
 {
-    /// <summary>Methods that propose drafts: "ngram" (prompt lookup). "draft" (a small model) is not built yet.</summary>
+    /// <summary>Methods that propose drafts: "ngram" (prompt lookup) and "draft" (a small model, <see cref="DraftProposer"/>).</summary>
     public const string Ngram = "ngram";
+
+    /// <summary>Drafts proposed greedily by a small model with the target's vocabulary (<c>--draft-model</c>).</summary>
+    public const string Draft = "draft";
 
     /// <summary>The most draft tokens a step may carry.</summary>
     public const int MaxTokens = 32;
 
     /// <summary>Why a method and draft count cannot run (a typed error at the caller), or null when they can.</summary>
-    public static void Validate(string method, int tokens, int rows)
+    public static void Validate(string method, int tokens, int rows, string? draftModel = null)
     {
-        if (method == "draft" || method.StartsWith("draft:", StringComparison.Ordinal))
-            throw new UnsupportedException("speculative decoding with a draft model (--draft-model) is not built yet; use --speculate ngram");
-        if (method != Ngram) throw new InvalidInputException($"speculate must be \"{Ngram}\", not \"{method}\"");
+        if (method != Ngram && method != Draft) throw new InvalidInputException($"speculate must be \"{Ngram}\" or \"{Draft}\", not \"{method}\"");
+        if (method == Draft && string.IsNullOrWhiteSpace(draftModel)) throw new InvalidInputException($"speculate \"{Draft}\" needs a draft model (--draft-model)");
+        if (method == Ngram && draftModel is not null) throw new InvalidInputException($"a draft model goes with speculate \"{Draft}\", not \"{Ngram}\"");
         if (tokens < 1 || tokens > MaxTokens) throw new InvalidInputException($"num_speculative_tokens must be in 1..{MaxTokens}, not {tokens}");
         if (rows != 1) throw new InvalidInputException($"speculative decoding takes one row per request (the rows of a batch would accept different numbers of tokens); this request has {rows}");
     }

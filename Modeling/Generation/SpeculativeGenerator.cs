@@ -13,16 +13,19 @@ public sealed record SpeculationCounts(int Steps, int Proposed, int Accepted)
 
 /// <summary>
 /// Speculative decoding in one process (one row): each step runs the last accepted token plus up to k drafts
-/// (<see cref="NgramProposer"/>) through the model in one forward pass, keeps what <see cref="Speculation.Verify"/>
-/// accepts and truncates the KV cache to it. The first step prefills the prompt with the first drafts, as the
+/// (<see cref="NgramProposer"/>, or a draft model's <see cref="DraftProposer"/>) through the model in one forward pass,
+/// keeps what <see cref="Speculation.Verify"/> accepts and truncates the KV cache to it. The first step prefills the prompt with the first drafts, as the
 /// pipeline does, so both give the same tokens.
 /// </summary>
 public static class SpeculativeGenerator
 {
     public static (GenerationResult Result, SpeculationCounts Counts) Generate(CausalLMModel model, long[] prompt, long[]? attentionMask,
-        GenerationOptions options, int k)
+        GenerationOptions options, int k, CausalLMModel? draft = null)
     {
-        Speculation.Validate(Speculation.Ngram, k, 1);
+        Speculation.Validate(draft is null ? Speculation.Ngram : Speculation.Draft, k, 1, draft is null ? null : "draft");
+        if (draft is not null) DraftModelCheck.CheckVocab(draft, model.VocabSize, draft.SourceFolder ?? "draft");
+        using var proposer = draft is null ? null : new DraftProposer(draft);
+        Func<IReadOnlyList<long>, int, long[]> propose = proposer is null ? (c, n) => NgramProposer.Propose(c, n) : proposer.Propose;
         var stop = StopTokens.From(model.GenerationConfig, options.EosTokenIds, options.PadTokenId);
         var context = prompt.ToList();
         using var cache = new KvCache();
@@ -30,7 +33,7 @@ public static class SpeculativeGenerator
         var sw = Stopwatch.StartNew();
         double prefill = 0;
         int produced = 0, steps = 0, proposed = 0, accepted = 0;
-        var drafts = NgramProposer.Propose(context, Speculation.DraftBudget(k, 0, options.MaxNewTokens));
+        var drafts = propose(context, Speculation.DraftBudget(k, 0, options.MaxNewTokens));
         var (ids, mask, positions) = Speculation.AppendDrafts(new[] { prompt }, new[] { attentionMask ?? Enumerable.Repeat(1L, prompt.Length).ToArray() },
             DecodeRule.PositionsFromMask(new[] { attentionMask ?? Enumerable.Repeat(1L, prompt.Length).ToArray() }), drafts);
         while (true)
@@ -47,7 +50,7 @@ public static class SpeculativeGenerator
             produced += tokens.Length;
             if (steps == 1) prefill = sw.Elapsed.TotalSeconds;
             if (finished || produced >= options.MaxNewTokens) break;
-            var newDrafts = NgramProposer.Propose(context, Speculation.DraftBudget(k, produced, options.MaxNewTokens));
+            var newDrafts = propose(context, Speculation.DraftBudget(k, produced, options.MaxNewTokens));
             var next = Speculation.NextInput(mask[0], drafts.Length, tokens.Length, tokens[^1], newDrafts);
             cache.Truncate(next.Mask.Length - next.Ids.Length);
             (ids, mask, positions, drafts) = (new[] { next.Ids }, new[] { next.Mask }, new[] { next.Positions }, newDrafts);

@@ -119,6 +119,6 @@ public class ClusterSpeculationTests
         Assert.Contains("one row", ex.Message);
         await Assert.ThrowsAsync<InvalidInputException>(() => cluster.Client.RunAsync(Request(new long[] { 1, 2 }, 5, new SpeculationSettings("ngram", 0)), loaded.Stages, TimeSpan.FromSeconds(30)));
         var draft = await Assert.ThrowsAsync<InvalidInputException>(() => cluster.Client.RunAsync(Request(new long[] { 1, 2 }, 5, new SpeculationSettings("draft", 4)), loaded.Stages, TimeSpan.FromSeconds(30)));
-        Assert.Contains("not built yet", draft.Message);
+        Assert.Contains("needs a draft model", draft.Message);
     }
 }

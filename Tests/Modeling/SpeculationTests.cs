@@ -59,7 +59,7 @@ public class SpeculationTests
         Assert.Equal(new long[] { 4, 5, 6 }, positions);
         Assert.Equal(6, grown.Length - ids.Length); // the cache length every stage truncates to
 
-        Assert.Throws<UnsupportedException>(() => Speculation.Validate("draft", 4, 1));
+        Assert.Throws<InvalidInputException>(() => Speculation.Validate("draft", 4, 1)); // no draft model named
         Assert.Throws<InvalidInputException>(() => Speculation.Validate("eagle", 4, 1));
         Assert.Throws<InvalidInputException>(() => Speculation.Validate("ngram", 0, 1));
         Assert.Throws<InvalidInputException>(() => Speculation.Validate("ngram", 4, 2));
