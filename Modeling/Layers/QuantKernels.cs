@@ -25,8 +25,6 @@ public static unsafe class QuantKernels
     /// <summary>From this many input rows (prefill, large merged steps) the weight is dequantized a block of output rows
     /// at a time into float32 and multiplied by libtorch's GEMM: decoding each code once beats decoding it per 4 rows.</summary>
     public const int DenseRows = 16;
-    /// <summary>The float32 block of dequantized rows, at most (one block at a time: never a float copy of a whole layer).</summary>
-    private const long DenseBlockBytes = 16L << 20;
 
     public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias) => Linear(x, w, bias, portable: false);
 
@@ -105,7 +103,10 @@ public static unsafe class QuantKernels
 
     /// <summary>
     /// Many rows: y = x · Wᵀ + b with W dequantized exactly as <see cref="PackedWeight.Dequantize"/> does (scale·(code − zero),
-    /// float32), a block of output rows at a time, and the product and bias by libtorch in float32; the result in x's dtype.
+    /// float32), a tile of output rows at a time into one reused, cache-sized float32 buffer per thread, each tile multiplied
+    /// by every input row with libtorch's GEMM (float32) before the next is decoded; the result in x's dtype. A tile that
+    /// fits the cache is written and read back there: a whole layer dequantized at once (what this path did before) wrote
+    /// up to 16 MB of fresh, page-faulting memory per call and read it back from DRAM.
     /// </summary>
     private static Tensor Dense(Tensor x, PackedWeight w, Tensor? bias, int m, bool simd)
     {
@@ -114,14 +115,14 @@ public static unsafe class QuantKernels
         var x2 = x.reshape(m, k);
         var xf = x2.dtype == ScalarType.Float32 ? x2 : x2.to(ScalarType.Float32);
         var bf = bias is null ? null : bias.dtype == ScalarType.Float32 ? bias : bias.to(ScalarType.Float32);
-        int block = (int)Math.Clamp(DenseBlockBytes / (4L * k), 1, n);
-        var wbuf = empty(new long[] { block, k }, ScalarType.Float32);
-        var dst = (float*)TensorMemory.Pointer(wbuf);
+        int block = (int)Math.Min(n, Math.Max(8, TileBytes / (4L * k)));
+        var tile = Tile(block, k);
+        var dst = (float*)TensorMemory.Pointer(tile);
         Tensor y;
         if (block == n)
         {
             Dequantize(w, 0, n, dst, simd);
-            y = nn.functional.linear(xf, wbuf, bf);
+            y = nn.functional.linear(xf, tile.narrow(0, 0, n), bf);
         }
         else
         {
@@ -130,11 +131,31 @@ public static unsafe class QuantKernels
             {
                 int rows = Math.Min(block, n - o0);
                 Dequantize(w, o0, rows, dst, simd);
-                y.narrow(1, o0, rows).copy_(nn.functional.linear(xf, wbuf.narrow(0, 0, rows), bf?.narrow(0, o0, rows)));
+                using var part = nn.functional.linear(xf, tile.narrow(0, 0, rows), bf?.narrow(0, o0, rows));
+                y.narrow(1, o0, rows).copy_(part);
             }
         }
         if (y.dtype != x.dtype) y = y.to(x.dtype);
         return y.reshape(x.shape[..^1].Append(n).ToArray()).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The dequantized tile's size: half of a core's L2 on the machines measured (1 MB), so the tile and the
+    /// GEMM's packed panels stay in cache between decoding and use.</summary>
+    private const long TileBytes = 512L << 10;
+
+    [ThreadStatic] private static Tensor? _tile;
+
+    /// <summary>This thread's float32 tile buffer, at least rows × k (grown when a wider layer needs more; never freed while the thread lives).</summary>
+    private static Tensor Tile(int rows, int k)
+    {
+        long need = (long)rows * k;
+        if (_tile is null || _tile.NumberOfElements < need)
+        {
+            _tile?.Dispose();
+            _tile = empty(new long[] { need }, ScalarType.Float32);
+            _tile.DetachFromDisposeScope();
+        }
+        return _tile.narrow(0, 0, need).view(rows, k);
     }
 
     /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the spin pool.</summary>
