@@ -17,7 +17,8 @@ namespace ShardPipe.Host.Bench;
 /// and group 128, head included), on one input row (decode) and on <c>--prefill-rows</c> rows (prefill, the
 /// dequantize-a-block-then-GEMM path). The float formats are the in-run baselines: quantized decode against bfloat16
 /// (what <c>bench decode --speed-only</c>'s int8/int4 speedups divide by), quantized prefill against float32 (the
-/// quantized path computes in float32). Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
+/// quantized path computes in float32); int4 decode also with the paired-layout kernel (the one before the wide layout)
+/// and with the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
 /// best of <c>--rounds</c>, the formats taking turns.
 /// </summary>
 public static class QuantKernelBench
@@ -50,11 +51,24 @@ public static class QuantKernelBench
         {
             var decode = formats.ToDictionary(f => f.Name, _ => double.MaxValue);
             var prefill = formats.ToDictionary(f => f.Name, _ => double.MaxValue);
+            // The int4 decode kernels beside each other: the wide layout with either nibble decoding, and the paired layout
+            // (what int4 ran before the wide one), on the same models in the same rounds.
+            var variants = new[] { ("paired", false, true), ("wide_convert", true, false) };
+            foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int4")))
+                foreach (var (v, _, _) in variants) decode[$"{name}_{v}"] = double.MaxValue;
             for (int r = 0; r < rounds; r++)
                 foreach (var (name, model) in formats)
                 {
                     decode[name] = Math.Min(decode[name], LinearsMs(model, 1, 10));
                     prefill[name] = Math.Min(prefill[name], LinearsMs(model, prefillRows, 2));
+                    if (!name.StartsWith("int4")) continue;
+                    foreach (var (v, wide, permute) in variants)
+                    {
+                        QuantKernels.WideInt4Enabled = wide;
+                        QuantKernels.NibblesByPermute = permute;
+                        try { decode[$"{name}_{v}"] = Math.Min(decode[$"{name}_{v}"], LinearsMs(model, 1, 10)); }
+                        finally { QuantKernels.WideInt4Enabled = true; QuantKernels.NibblesByPermute = true; }
+                    }
                 }
             foreach (var (name, _) in formats)
             {
@@ -62,6 +76,12 @@ public static class QuantKernelBench
                 figures[$"prefill{prefillRows}_linear_ms_{name}"] = Math.Round(prefill[name], 2);
                 BenchSupport.Say(asJson, $"  {name,-9} decode {decode[name],8:0.000} ms/token   prefill {prefill[name],9:0.0} ms ({prefillRows * 1000 / prefill[name],7:0} rows/s)");
             }
+            foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int4")))
+                foreach (var (v, _, _) in variants)
+                {
+                    figures[$"decode_linear_ms_{name}_{v}"] = Math.Round(decode[$"{name}_{v}"], 3);
+                    BenchSupport.Say(asJson, $"  {name} decode, {v} kernel: {decode[$"{name}_{v}"]:0.000} ms/token (wide, permute: {decode[name]:0.000})");
+                }
             foreach (var (name, _) in formats.Skip(2))
             {
                 figures[$"decode_{name}_over_bf16"] = Math.Round(decode["bf16"] / decode[name], 3);

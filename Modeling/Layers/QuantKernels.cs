@@ -72,7 +72,7 @@ public static unsafe class QuantKernels
             fixed (float* xq0 = xs, sq0 = sums, yq0 = ys)
             {
                 float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
-                var job = new Job(w, codes, scales, zeros, xq0, sq0, yp, m, kp, simd, layout == WideInt4);
+                var job = new Job(w, codes, scales, zeros, xq0, sq0, yp, m, kp, simd, layout == WideInt4, NibblesByPermute);
                 int parts = Math.Clamp(n / 32, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
                 SpinPool.Shared.Run(parts, p => job.Rows((int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
                 if (bias is not null)
@@ -248,7 +248,7 @@ public static unsafe class QuantKernels
     /// </summary>
     internal static int Layout(PackedWeight w, bool simd) =>
         !simd || w.Bits != 4 ? NaturalOrder
-        : w.In % 128 == 0 && (w.GroupSize is 32 or 64 || w.GroupSize % 128 == 0) ? WideInt4 : PairedInt4;
+        : WideInt4Enabled && w.In % 128 == 0 && (w.GroupSize is 32 or 64 || w.GroupSize % 128 == 0) ? WideInt4 : PairedInt4;
 
     /// <summary>Where packed column j's input goes in the gathered row. <see cref="PairedInt4"/>: each 32 columns become
     /// their 16 even ones (low nibbles of 16 bytes) then their 16 odd ones (high nibbles). <see cref="WideInt4"/>: a 64-byte
@@ -263,18 +263,32 @@ public static unsafe class QuantKernels
         _ => j,
     };
 
-    /// <summary>Sixteen codes: nibble <paramref name="shift"/>/4 of each word of <paramref name="v"/>, as float32. The
-    /// permute reads only an index's low 4 bits, so the table {0, 1, …, 15} turns a shifted word into its code without a
-    /// mask or a conversion.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Nibbles(Vector512<uint> v, int shift)
+    /// <summary>Off: int4 runs the paired-layout kernels even where the wide layout applies (benchmarks compare both in one run; default on).</summary>
+    public static bool WideInt4Enabled { get; set; } = true;
+
+    /// <summary>How the wide kernels turn a shifted word into a float code: a 16-entry permute (default) or mask and convert (benchmarks compare both).</summary>
+    public static bool NibblesByPermute { get; set; } = true;
+
+    /// <summary>Sixteen codes from the low 4 bits of each word of a shifted register, as float32.</summary>
+    private interface INibbles
     {
-        var shifted = shift == 0 ? v : Vector512.ShiftRightLogical(v, shift);
-        if (UsePermute) return Avx512F.PermuteVar16x32(CodeTable, shifted.AsInt32());
-        return Avx512F.ConvertToVector512Single((shifted & Vector512.Create(15u)).AsInt32());
+        static abstract Vector512<float> Codes(Vector512<uint> shifted);
     }
 
-    private static readonly bool UsePermute = Environment.GetEnvironmentVariable("SHARDPIPE_NIBBLE") != "cvt";
+    /// <summary>The permute reads only an index's low 4 bits, so the table {0, 1, …, 15} turns a shifted word into its
+    /// code without a mask or a conversion.</summary>
+    private readonly struct ByPermute : INibbles
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Codes(Vector512<uint> shifted) => Avx512F.PermuteVar16x32(CodeTable, shifted.AsInt32());
+    }
+
+    private readonly struct ByConvert : INibbles
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Codes(Vector512<uint> shifted) => Avx512F.ConvertToVector512Single((shifted & Vector512.Create(15u)).AsInt32());
+    }
+
     private static readonly Vector512<float> CodeTable = Vector512.Create(0f, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     private static readonly Vector512<int> Quads = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     private static readonly Vector512<int> Octets = Vector512.Create(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -285,11 +299,11 @@ public static unsafe class QuantKernels
         private readonly byte* _codes;
         private readonly float* _scales, _zeros, _x, _sums, _y;
         private readonly int _m, _kp;
-        private readonly bool _simd, _wide;
+        private readonly bool _simd, _wide, _permute;
 
-        public Job(PackedWeight w, byte* codes, float* scales, float* zeros, float* x, float* sums, float* y, int m, int kp, bool simd, bool wide)
+        public Job(PackedWeight w, byte* codes, float* scales, float* zeros, float* x, float* sums, float* y, int m, int kp, bool simd, bool wide, bool permute)
         {
-            _w = w; _codes = codes; _scales = scales; _zeros = zeros; _x = x; _sums = sums; _y = y; _m = m; _kp = kp; _simd = simd; _wide = wide;
+            _w = w; _codes = codes; _scales = scales; _zeros = zeros; _x = x; _sums = sums; _y = y; _m = m; _kp = kp; _simd = simd; _wide = wide; _permute = permute;
         }
 
         public void Rows(int from, int to)
@@ -305,7 +319,8 @@ public static unsafe class QuantKernels
                 for (int r0 = 0; r0 < _m; r0 += RowTile)
                 {
                     int rn = Math.Min(RowTile, _m - r0);
-                    if (_wide) WideRows(row, s, rn, r0, d);
+                    if (_wide && _permute) WideRows<ByPermute>(row, s, rn, r0, d);
+                    else if (_wide) WideRows<ByConvert>(row, s, rn, r0, d);
                     else if (_simd && rn == 1) d[0] = _w.Bits == 4 ? Int4Row(row, s, _x + (long)r0 * _kp) : Int8Row(row, s, _x + (long)r0 * _kp);
                     else if (_simd && _w.Bits == 4) Int4Simd(row, s, rn, r0, d);
                     else if (_simd) Int8Simd(row, s, rn, r0, d);
@@ -382,7 +397,7 @@ public static unsafe class QuantKernels
         /// groups once per group. Σ_g scale_g · Σ_{j∈g} code_j · x_j; the zero term is added by the caller.
         /// </summary>
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-        private void WideRows(byte* row, float* s, int rn, int r0, float* d)
+        private void WideRows<TNibbles>(byte* row, float* s, int rn, int r0, float* d) where TNibbles : struct, INibbles
         {
             int gs = _w.GroupSize, blocks = _w.In / 128;
             float* x0 = _x + (long)r0 * _kp, x1 = x0 + _kp, x2 = x1 + _kp, x3 = x2 + _kp;
@@ -397,8 +412,8 @@ public static unsafe class QuantKernels
                     byte* p = row + b * 64;
                     Sse.Prefetch0(p + PrefetchAhead);
                     var v = Vector512.Load((uint*)p);
-                    var c0 = Nibbles(v, 0); var c1 = Nibbles(v, 4); var c2 = Nibbles(v, 8); var c3 = Nibbles(v, 12);
-                    var c4 = Nibbles(v, 16); var c5 = Nibbles(v, 20); var c6 = Nibbles(v, 24); var c7 = Nibbles(v, 28);
+                    var c0 = TNibbles.Codes(v); var c1 = TNibbles.Codes(v >>> 4); var c2 = TNibbles.Codes(v >>> 8); var c3 = TNibbles.Codes(v >>> 12);
+                    var c4 = TNibbles.Codes(v >>> 16); var c5 = TNibbles.Codes(v >>> 20); var c6 = TNibbles.Codes(v >>> 24); var c7 = TNibbles.Codes(v >>> 28);
                     long o = b * 128L;
                     p0 = Block(c0, c1, c2, c3, c4, c5, c6, c7, x0 + o, p0);
                     if (rn > 1)
