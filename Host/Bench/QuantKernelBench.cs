@@ -76,6 +76,31 @@ public static class QuantKernelBench
                 figures[$"prefill{prefillRows}_linear_ms_{name}"] = Math.Round(prefill[name], 2);
                 BenchSupport.Say(asJson, $"  {name,-9} decode {decode[name],8:0.000} ms/token   prefill {prefill[name],9:0.0} ms ({prefillRows * 1000 / prefill[name],7:0} rows/s)");
             }
+            // One cache-resident layer (the first MLP's up projection), its fastest of 300 calls per kernel: the kernels' own
+            // arithmetic, which a loaded machine's preemptions do not reach the way they reach a pass over the whole model.
+            foreach (var (name, model) in formats.Where(f => f.Name.StartsWith("int4")))
+            {
+                var up = model.NamedModules().Where(m => m.Path.EndsWith("mlp.up_proj")).Select(m => m.Module).OfType<Linear>().First();
+                using var x1 = randn(1, 1, up.InFeatures).to(model.DType);
+                foreach (var (v, wide, permute) in variants.Prepend(("wide", true, true)))
+                {
+                    QuantKernels.WideInt4Enabled = wide;
+                    QuantKernels.NibblesByPermute = permute;
+                    double best = double.MaxValue;
+                    try
+                    {
+                        for (int i = 0; i < 301; i++)
+                        {
+                            long t0 = Stopwatch.GetTimestamp();
+                            up.Forward(x1).Dispose();
+                            if (i > 0) best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
+                        }
+                    }
+                    finally { QuantKernels.WideInt4Enabled = true; QuantKernels.NibblesByPermute = true; }
+                    figures[$"one_layer_us_{name}_{v}"] = Math.Round(best, 1);
+                    BenchSupport.Say(asJson, $"  {name} one layer {up.OutFeatures}x{up.InFeatures} in cache, {v} kernel: {best:0.0} µs");
+                }
+            }
             foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int4")))
                 foreach (var (v, _, _) in variants)
                 {

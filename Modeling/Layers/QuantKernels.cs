@@ -158,7 +158,7 @@ public static unsafe class QuantKernels
         return _tile.narrow(0, 0, need).view(rows, k);
     }
 
-    /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the spin pool.</summary>
+    /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the calling thread.</summary>
     internal static void Dequantize(PackedWeight w, int o0, int rows, float* dst, bool simd)
     {
         var codes = (byte*)TensorMemory.Pointer(w.Codes);
@@ -169,10 +169,10 @@ public static unsafe class QuantKernels
         int k = w.In, groups = w.Groups, gs = w.GroupSize, rowBytes = w.WordsPerRow * 4, bits = w.Bits, pf = 32 / bits;
         float mid = w.MidZero;
         uint mask = (1u << bits) - 1;
-        int parts = Math.Clamp(rows / 8, 1, SpinPool.Shared.Helpers + 1);
-        SpinPool.Shared.Run(parts, p =>
+        // On the calling thread: decoding a tile costs a few per cent of its GEMM, and handing it to the spin pool between
+        // libtorch's parallel GEMMs would set the pool's spinning helpers against libtorch's threads for the same cores.
         {
-            int from = (int)((long)rows * p / parts), to = (int)((long)rows * (p + 1) / parts);
+            int from = 0, to = rows;
             var nibble = Vector128.Create((byte)0x0F);
             for (int r = from; r < to; r++)
             {
@@ -209,7 +209,7 @@ public static unsafe class QuantKernels
                     }
                 }
             }
-        });
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
