@@ -145,4 +145,45 @@ public class QuantKernelTests
             Assert.Equal(0.5f * xs[col], y[1], 5);
         }
     }
+
+    /// <summary>The wide layout's two nibble decodings (16-entry permute, the default; mask and convert) and the paired
+    /// layout forced on a wide-shaped weight all equal F.linear over the dequantized weight, 1–6 rows (the switches are
+    /// the benchmark's; each setting is correct, so another test seeing it mid-run still passes).</summary>
+    [Theory]
+    [InlineData(32, true)]
+    [InlineData(64, false)]
+    [InlineData(128, true)]
+    [InlineData(-1, false)]
+    public void Every_int4_kernel_variant_equals_linear_over_the_dequantized_weight(int groupSize, bool zeros)
+    {
+        const int outF = 21, inF = 512;
+        var rng = new Random(groupSize + 977);
+        int gs = groupSize <= 0 ? inF : groupSize, groups = inF / gs;
+        var codes = Repack.Pack(4, outF, inF, (_, _) => rng.Next(16));
+        var scales = rand(outF, groups) * 0.1 + 0.01;
+        var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(16)).ToArray(), new long[] { outF, groups }) : null;
+        var w = new PackedWeight(4, outF, inF, groupSize, codes, scales, zp, null);
+        using var dense = w.Dequantize();
+        foreach (var (wide, permute) in new[] { (true, false), (false, true), (true, true) })
+        {
+            QuantKernels.WideInt4Enabled = wide;
+            QuantKernels.NibblesByPermute = permute;
+            try
+            {
+                for (int rows = 1; rows <= 6; rows++)
+                {
+                    var x = randn(rows, inF);
+                    var expected = nn.functional.linear(x, dense).data<float>().ToArray();
+                    var actual = QuantKernels.Linear(x, w, null).data<float>().ToArray();
+                    ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, 1e-4 + 1e-6 * expected.Max(Math.Abs),
+                        $"group {groupSize}, wide {wide}, permute {permute}, {rows} rows");
+                }
+            }
+            finally
+            {
+                QuantKernels.WideInt4Enabled = true;
+                QuantKernels.NibblesByPermute = true;
+            }
+        }
+    }
 }
