@@ -15,7 +15,9 @@ namespace ShardPipe.Modeling.Layers;
 /// never written out as floats. Per group the kernel accumulates Σ code·x, then adds scale·(that − zero·Σx), which is
 /// Σ scale·(code − zero)·x regrouped: float32 accumulation throughout. With AVX-512 a 16-byte load gives 32 int4 or
 /// 16 int8 codes; the input is gathered once per call into the codes' order (act-order permutation, and for int4 the
-/// low nibbles' even and high nibbles' odd columns), so the inner loop is load, mask/shift, widen, convert, FMA.
+/// order of <see cref="Layout"/>), so the inner loop is load, mask/shift, widen, convert, FMA — for int4 rows of whole
+/// 128-code blocks (the wide layout) load 64 bytes, shift, permute, FMA. From <see cref="DenseRows"/> rows a cache-sized
+/// tile of dequantized rows at a time goes through libtorch's float32 GEMM.
 /// </summary>
 public static unsafe class QuantKernels
 {
