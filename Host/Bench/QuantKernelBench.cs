@@ -35,7 +35,8 @@ public static class QuantKernelBench
 
     private static int Run(int prefillRows, int rounds, bool asJson, ILogger log)
     {
-        if (prefillRows < 2 || rounds < 1) throw new InvalidInputException("--prefill-rows must be ≥ 2 and --rounds ≥ 1");
+        if (prefillRows < 2) throw new InvalidInputException($"--prefill-rows {prefillRows}: must be ≥ 2 (one row is the decode measurement)");
+        if (rounds < 1) throw new InvalidInputException($"--rounds {rounds}: must be ≥ 1");
         string folder = BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         BenchSupport.Say(asJson, $"bench quant-kernels: {folder}, Linears on 1 row and on {prefillRows} rows, best of {rounds}");
         var formats = new List<(string Name, CausalLMModel Model)>
