@@ -20,6 +20,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(ServeBench.Create());
         cmd.Subcommands.Add(TokenizerLoadBench.Create());
         cmd.Subcommands.Add(VsLlamaCppBench.Create());
+        cmd.Subcommands.Add(QuantKernelBench.Create());
         cmd.Subcommands.Add(ReadBandwidth.Create());
         return cmd;
     }

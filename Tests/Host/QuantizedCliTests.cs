@@ -67,4 +67,18 @@ public class QuantizedCliTests
         Assert.Equal(2, bad.ExitCode);
         Assert.Contains("quantize group size 0", bad.Stderr);
     }
+
+    /// <summary><c>bench quant-kernels</c> refuses a prefill of fewer than 2 rows (or no rounds) with a typed error naming the option, before generating or loading anything.</summary>
+    [Fact]
+    public void Bench_quant_kernels_refuses_bad_options_naming_them()
+    {
+        foreach (var args in new[] { new[] { "--prefill-rows", "1" }, new[] { "--rounds", "0" } })
+        {
+            var r = ShardPipeProcess.Run(new[] { "bench", "quant-kernels" }.Concat(args).Append("--json").ToArray());
+            Assert.NotEqual(0, r.ExitCode);
+            var error = Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.StartsWith("error:", StringComparison.Ordinal));
+            Assert.Contains(args[0], error);
+            Assert.DoesNotContain("generating", r.Stderr);
+        }
+    }
 }

@@ -80,4 +80,110 @@ public class QuantKernelTests
         ReferenceModelTests.AssertClose(bexpected.Select(v => (double)v).ToArray(), by.to(ScalarType.Float32).data<float>().ToArray(),
             bexpected.Max(Math.Abs) / 128, "bfloat16 GEMM path"); // within one bfloat16 rounding of the largest output
     }
+
+    /// <summary>
+    /// Every row count from 1 to 17 (one row, the 4-row tiles with every remainder, and the dequantize-and-GEMM path from
+    /// <see cref="QuantKernels.DenseRows"/>), groups of 32, 64, 128 and per channel, shapes that take the wide int4 layout
+    /// (inputs a multiple of 128), the paired one (a multiple of 32 only) and the portable one, with and without zero points
+    /// and act-order: the AVX-512 path and the portable path forced on the same weights each equal F.linear over the
+    /// dequantized weight.
+    /// </summary>
+    [Theory]
+    [InlineData(4, 37, 256, 32, false, false)]   // wide int4, 4 groups per 128-code block, symmetric
+    [InlineData(4, 29, 384, 64, false, true)]    // wide int4, 2 groups per block, zero points
+    [InlineData(4, 23, 384, 128, true, true)]    // wide int4, one group per block, act-order
+    [InlineData(4, 31, 640, 256, false, true)]   // wide int4, two blocks per group, short last group (640 = 2·256 + 128)
+    [InlineData(4, 19, 512, -1, false, false)]   // wide int4, per channel
+    [InlineData(4, 11, 2048, 32, false, true)]   // wide int4, 64 groups: vector zero term, many blocks
+    [InlineData(4, 13, 224, 32, false, false)]   // paired int4: 224 is whole 32-code blocks, not 128
+    [InlineData(4, 9, 192, 96, false, true)]     // paired int4: groups of 96
+    [InlineData(8, 15, 384, 64, false, true)]    // int8 SIMD, groups of 64
+    [InlineData(8, 7, 256, -1, true, false)]     // int8 SIMD per channel, act-order
+    [InlineData(4, 5, 100, 32, false, true)]     // portable only: 100 inputs
+    public void Simd_and_portable_paths_equal_linear_over_the_dequantized_weight_for_1_to_17_rows(int bits, int outF, int inF, int groupSize, bool permute, bool zeros)
+    {
+        var rng = new Random(bits * 104729 + inF * 17 + outF + groupSize);
+        int gs = groupSize <= 0 ? inF : Math.Min(groupSize, inF), groups = (inF + gs - 1) / gs;
+        var codes = Repack.Pack(bits, outF, inF, (_, _) => rng.Next(1 << bits));
+        var scales = rand(outF, groups) * 0.1 + 0.01;
+        var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(1 << bits)).ToArray(), new long[] { outF, groups }) : null;
+        var perm = permute ? tensor(Enumerable.Range(0, inF).OrderBy(_ => rng.Next()).Select(i => (long)i).ToArray()) : null;
+        var w = new PackedWeight(bits, outF, inF, groupSize, codes, scales, zp, perm);
+        using var dense = w.Dequantize();
+        var bias = randn(outF);
+        for (int rows = 1; rows <= 17; rows++)
+        {
+            var x = randn(rows, inF);
+            var b = rows % 3 == 0 ? bias : null;
+            var expected = nn.functional.linear(x, dense, b).data<float>().ToArray();
+            double tol = 1e-4 + 1e-6 * expected.Max(Math.Abs);
+            foreach (bool portable in new[] { false, true })
+            {
+                var actual = QuantKernels.Linear(x, w, b, portable).data<float>().ToArray();
+                ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, tol,
+                    $"bits {bits}, in {inF}, group {groupSize}, {rows} rows, {(portable ? "portable" : "default")} path");
+            }
+        }
+    }
+
+    /// <summary>The wide int4 layout reads the codes of a word in nibble order: a weight whose only nonzero code sits at one
+    /// column must give exactly that column's input times its scale, for every column of a block (a wrong lane or run order fails).</summary>
+    [Fact]
+    public void Wide_int4_layout_puts_each_code_against_its_own_input()
+    {
+        const int inF = 256, outF = 2;
+        var x = arange(1, inF + 1, ScalarType.Float32).reshape(1, inF) / 64;
+        var xs = x.data<float>().ToArray();
+        foreach (int col in new[] { 0, 1, 7, 8, 9, 15, 16, 63, 64, 120, 127, 128, 135, 200, 255 })
+        {
+            // Symmetric: zero = 8, so code 9 at the column and 8 elsewhere gives scale·(9 − 8) = scale at that column only.
+            var codes = Repack.Pack(4, outF, inF, (o, j) => j == col ? 9 : 8);
+            var scales = full(outF, inF / 32, 0.5f);
+            var w = new PackedWeight(4, outF, inF, 32, codes, scales, null, null);
+            var y = QuantKernels.Linear(x, w, null).data<float>().ToArray();
+            Assert.Equal(0.5f * xs[col], y[0], 5);
+            Assert.Equal(0.5f * xs[col], y[1], 5);
+        }
+    }
+
+    /// <summary>The wide layout's two nibble decodings (16-entry permute, the default; mask and convert) and the paired
+    /// layout forced on a wide-shaped weight all equal F.linear over the dequantized weight, 1–6 rows (the switches are
+    /// the benchmark's; each setting is correct, so another test seeing it mid-run still passes).</summary>
+    [Theory]
+    [InlineData(32, true)]
+    [InlineData(64, false)]
+    [InlineData(128, true)]
+    [InlineData(-1, false)]
+    public void Every_int4_kernel_variant_equals_linear_over_the_dequantized_weight(int groupSize, bool zeros)
+    {
+        const int outF = 21, inF = 512;
+        var rng = new Random(groupSize + 977);
+        int gs = groupSize <= 0 ? inF : groupSize, groups = inF / gs;
+        var codes = Repack.Pack(4, outF, inF, (_, _) => rng.Next(16));
+        var scales = rand(outF, groups) * 0.1 + 0.01;
+        var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(16)).ToArray(), new long[] { outF, groups }) : null;
+        var w = new PackedWeight(4, outF, inF, groupSize, codes, scales, zp, null);
+        using var dense = w.Dequantize();
+        foreach (var (wide, permute) in new[] { (true, false), (false, true), (true, true) })
+        {
+            QuantKernels.WideInt4Enabled = wide;
+            QuantKernels.NibblesByPermute = permute;
+            try
+            {
+                for (int rows = 1; rows <= 6; rows++)
+                {
+                    var x = randn(rows, inF);
+                    var expected = nn.functional.linear(x, dense).data<float>().ToArray();
+                    var actual = QuantKernels.Linear(x, w, null).data<float>().ToArray();
+                    ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, 1e-4 + 1e-6 * expected.Max(Math.Abs),
+                        $"group {groupSize}, wide {wide}, permute {permute}, {rows} rows");
+                }
+            }
+            finally
+            {
+                QuantKernels.WideInt4Enabled = true;
+                QuantKernels.NibblesByPermute = true;
+            }
+        }
+    }
 }
