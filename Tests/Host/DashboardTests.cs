@@ -41,21 +41,31 @@ public class DashboardTests
             await Task.Delay(25);
         }
 
+        // The page re-renders from /status every second: an element found just before a re-render is stale when read,
+        // so each read finds its element again until it reads it whole.
+        string Text(By by)
+        {
+            for (int attempt = 0; ; attempt++)
+            {
+                try { return browser.FindElement(by).Text; }
+                catch (StaleElementReferenceException) when (attempt < 20) { }
+            }
+        }
         foreach (var node in status.Nodes)
-            Assert.Contains(node, browser.FindElement(By.CssSelector($"[data-node='{node}']")).Text);
+            Assert.Contains(node, Text(By.CssSelector($"[data-node='{node}']")));
         Assert.Equal(3, status.Nodes.Length);
         foreach (var entry in status.DeviceMap)
         {
-            var cell = browser.FindElement(By.CssSelector($"[data-module='{entry.Module}']"));
-            Assert.Contains(entry.Module, cell.Text);
-            Assert.Contains(entry.Device, cell.Text);
+            string cell = Text(By.CssSelector($"[data-module='{entry.Module}']"));
+            Assert.Contains(entry.Module, cell);
+            Assert.Contains(entry.Device, cell);
         }
         Assert.Contains(status.DeviceMap, e => e.Module == "model.layers.0");
         foreach (var d in status.Devices)
-            Assert.Contains(d.Device, browser.FindElement(By.CssSelector($"tr[data-device='{d.Device}']")).Text);
-        Assert.Equal("ready", browser.FindElement(By.Id("state")).Text);
+            Assert.Contains(d.Device, Text(By.CssSelector($"tr[data-device='{d.Device}']")));
+        Assert.Equal("ready", Text(By.Id("state")));
         // It keeps polling: the time of the last update changes within two seconds.
-        string updated = browser.FindElement(By.Id("updated")).Text;
-        await Eventually.True(() => browser.FindElement(By.Id("updated")).Text != updated, TimeSpan.FromSeconds(3), "the page refreshes from /status");
+        string updated = Text(By.Id("updated"));
+        await Eventually.True(() => Text(By.Id("updated")) != updated, TimeSpan.FromSeconds(3), "the page refreshes from /status");
     }
 }

@@ -90,8 +90,11 @@ public class RotaryKernelTests
     [Fact]
     public void Long_or_strided_inputs_take_the_libtorch_form()
     {
-        var cos = randn(1, 16, 8);
-        Assert.False(DecodeKernels.RotaryApplies(randn(1, 2, 16, 8), cos, cos)); // prefill: 16 positions
+        int positions = ShardPipe.Modeling.Layers.StepKernels.MaxRows + 1;
+        var cos = randn(1, positions, 8);
+        Assert.False(DecodeKernels.RotaryApplies(randn(1, 2, positions, 8), cos, cos)); // prefill past the step kernels' rows
+        var fits = randn(1, positions - 1, 8);
+        Assert.True(DecodeKernels.RotaryApplies(randn(1, 2, positions - 1, 8), fits, fits)); // the last row count the kernel takes
         var wide = randn(1, 2, 1, 16);
         Assert.False(DecodeKernels.RotaryApplies(wide.narrow(-1, 0, 8), randn(1, 1, 8), randn(1, 1, 8))); // Phi's partial rotary slice
         Assert.False(DecodeKernels.RotaryApplies(randn(1, 2, 1, 8), randn(1, 1, 8).to(ScalarType.BFloat16), randn(1, 1, 8))); // mixed dtypes
