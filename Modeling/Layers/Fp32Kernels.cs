@@ -128,26 +128,7 @@ public static unsafe partial class Fp32Kernels
                 a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + i), x0, a3);
                 i += 16;
             }
-            float s0 = Vector512.Sum(a0 + c0), s1 = Vector512.Sum(a1 + c1), s2 = Vector512.Sum(a2 + c2), s3 = Vector512.Sum(a3 + c3);
-            for (; i < cols; i++)
-            {
-                float xi = x[i];
-                s0 += r0[i] * xi;
-                s1 += r1[i] * xi;
-                s2 += r2[i] * xi;
-                s3 += r3[i] * xi;
-            }
-            if (bias != null)
-            {
-                s0 += bias[o];
-                s1 += bias[o + 1];
-                s2 += bias[o + 2];
-                s3 += bias[o + 3];
-            }
-            y[o] = s0;
-            y[o + 1] = s1;
-            y[o + 2] = s2;
-            y[o + 3] = s3;
+            FinishFour(Vector512.Sum(a0 + c0), Vector512.Sum(a1 + c1), Vector512.Sum(a2 + c2), Vector512.Sum(a3 + c3), r0, x, y, bias, cols, o, i);
         }
         for (; o < to; o++)
         {
@@ -191,26 +172,7 @@ public static unsafe partial class Fp32Kernels
                 a2 = Vector.FusedMultiplyAdd(Vector.Load(r2 + i), xv, a2);
                 a3 = Vector.FusedMultiplyAdd(Vector.Load(r3 + i), xv, a3);
             }
-            float s0 = Vector.Sum(a0), s1 = Vector.Sum(a1), s2 = Vector.Sum(a2), s3 = Vector.Sum(a3);
-            for (; i < cols; i++)
-            {
-                float xi = x[i];
-                s0 += r0[i] * xi;
-                s1 += r1[i] * xi;
-                s2 += r2[i] * xi;
-                s3 += r3[i] * xi;
-            }
-            if (bias != null)
-            {
-                s0 += bias[o];
-                s1 += bias[o + 1];
-                s2 += bias[o + 2];
-                s3 += bias[o + 3];
-            }
-            y[o] = s0;
-            y[o + 1] = s1;
-            y[o + 2] = s2;
-            y[o + 3] = s3;
+            FinishFour(Vector.Sum(a0), Vector.Sum(a1), Vector.Sum(a2), Vector.Sum(a3), r0, x, y, bias, cols, o, i);
         }
         for (; o < to; o++)
         {
@@ -222,5 +184,33 @@ public static unsafe partial class Fp32Kernels
             for (; i < cols; i++) s += r[i] * x[i];
             y[o] = bias != null ? s + bias[o] : s;
         }
+    }
+
+    /// <summary>Ends four dot products of one input row against weight rows <paramref name="o"/>…o+3 (row 0 at
+    /// <paramref name="w0"/>): the columns from <paramref name="i"/> past the last full vector, the bias, the store. Every
+    /// float32 kernel (one row, several rows, portable) ends its four rows here.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void FinishFour(float s0, float s1, float s2, float s3, float* w0, float* x, float* y, float* bias, int cols, int o, int i)
+    {
+        float* w1 = w0 + cols, w2 = w1 + cols, w3 = w2 + cols;
+        for (; i < cols; i++)
+        {
+            float xi = x[i];
+            s0 += w0[i] * xi;
+            s1 += w1[i] * xi;
+            s2 += w2[i] * xi;
+            s3 += w3[i] * xi;
+        }
+        if (bias != null)
+        {
+            s0 += bias[o];
+            s1 += bias[o + 1];
+            s2 += bias[o + 2];
+            s3 += bias[o + 3];
+        }
+        y[o] = s0;
+        y[o + 1] = s1;
+        y[o + 2] = s2;
+        y[o + 3] = s3;
     }
 }

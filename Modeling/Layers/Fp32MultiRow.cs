@@ -232,29 +232,8 @@ public static unsafe partial class Fp32Kernels
         return h.GetLower() + h.GetUpper();
     }
 
-    /// <summary>Ends four dot products of one input row: the columns past the last full vector, the bias, the store.</summary>
-    private static void Finish(float* sums, float* w0, float* x, float* y, float* bias, int k, int o, int i)
-    {
-        float s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
-        float* w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
-        for (; i < k; i++)
-        {
-            float xi = x[i];
-            s0 += w0[i] * xi;
-            s1 += w1[i] * xi;
-            s2 += w2[i] * xi;
-            s3 += w3[i] * xi;
-        }
-        if (bias != null)
-        {
-            s0 += bias[o];
-            s1 += bias[o + 1];
-            s2 += bias[o + 2];
-            s3 += bias[o + 3];
-        }
-        y[o] = s0;
-        y[o + 1] = s1;
-        y[o + 2] = s2;
-        y[o + 3] = s3;
-    }
+    /// <summary>Ends four dot products of one input row (<see cref="Fp32Kernels.FinishFour"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Finish(float* sums, float* w0, float* x, float* y, float* bias, int k, int o, int i) =>
+        Fp32Kernels.FinishFour(sums[0], sums[1], sums[2], sums[3], w0, x, y, bias, k, o, i);
 }
