@@ -99,25 +99,7 @@ public class ClusterDraftSpeculationTests
         Assert.Equal(plain.NewTokens, greedy.NewTokens);
 
         // A worker crash mid-way through each: the resumed request carries only accepted tokens and ends as the fault-free run.
-        FaultHooks.For(cluster.Nodes[2].System).BeforeStep = () => Thread.Sleep(30);
-        var greedyRun = Run(cluster, Request(prompt, 40, spec), loaded.Stages, out var greedyReached);
-        var sampledRun = Run(cluster, Request(prompt, 40, spec, sampled), loaded.Stages, out var sampledReached);
-        await Task.WhenAll(greedyReached, sampledReached).WaitAsync(TimeSpan.FromSeconds(30));
-        await cluster.Nodes[1].Kill(); // node-2: a middle stage
-        var greedyAfter = await greedyRun.WaitAsync(TimeSpan.FromSeconds(90));
-        var sampledAfter = await sampledRun.WaitAsync(TimeSpan.FromSeconds(90));
-        Assert.Equal(greedy.NewTokens, greedyAfter.NewTokens);
-        Assert.Equal(a.NewTokens, sampledAfter.NewTokens);
-        Assert.Equal(1, greedyAfter.RecoveredFaults);
-        Assert.Equal(1, sampledAfter.RecoveredFaults);
-    }
-
-    private static Task<ShardPipe.Actors.Client.RequestOutcome> Run(EmbeddedCluster cluster, Generate request, StageInfo[] stages, out Task reached)
-    {
-        int seen = 0;
-        var at = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        reached = at.Task;
-        return cluster.Client.RunAsync(request, stages, TimeSpan.FromSeconds(30), _ => { if (Interlocked.Increment(ref seen) >= 6) at.TrySetResult(); });
+        await SpeculativeCrash.ResumesWithFaultFreeTokens(cluster, loaded.Stages, Request(prompt, 40, spec), greedy.NewTokens, Request(prompt, 40, spec, sampled), a.NewTokens);
     }
 
     [Fact]
