@@ -41,6 +41,19 @@ public sealed class Linear : HfModule
             : nn.functional.linear(x, Weight.Tensor, Bias?.Tensor);
     }
 
+    /// <summary>
+    /// Linears of one input (a layer's q, k, v; an MLP's gate and up): one decode-kernel job for them all
+    /// (<see cref="DecodeKernels.LinearsBf16"/>) when each would take the bf16 kernel on its own and no memory hook
+    /// watches them; otherwise each one's <see cref="Forward(Tensor)"/>. The outputs are the same either way.
+    /// </summary>
+    public static Tensor[] Forward(Tensor x, params Linear[] linears)
+    {
+        foreach (var l in linears)
+            if (l.Quantized?.Packed is not null || l.MemoryHook is not null || !DecodeKernels.Applies(x, l.Weight.Tensor))
+                return linears.Select(one => one.Forward(x)).ToArray();
+        return DecodeKernels.LinearsBf16(x, linears.Select(l => l.Weight.Tensor).ToArray(), linears.Select(l => l.Bias?.Tensor).ToArray());
+    }
+
     /// <summary>Replaces this module's tensors (quantized formats); the weight slot keeps the logical shape.</summary>
     internal void SetTensors(IEnumerable<(string Name, TensorSlot Slot)> tensors) => ReplaceTensors(tensors);
 }

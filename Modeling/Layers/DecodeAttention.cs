@@ -30,11 +30,13 @@ public static unsafe class DecodeAttention
     public readonly record struct Shape(int Heads, int KvHeads, int HeadDim, double Scale);
 
     /// <summary>
-    /// Elements (keys and values read, over all rows and heads) below which one thread runs the whole step: ≈ 2 M (about
-    /// a millisecond on one core; 16 rows of 12 heads × 64 channels over ≈ 85 positions each) — less is not worth waking the
-    /// helpers, which the embedded nodes of one machine share.
+    /// Elements (keys and values read, over all rows and heads) below which one thread runs the whole step: 32 K (a few
+    /// microseconds on one core). A single request's decode step reads ≈ 0.1–0.5 M per layer (12 heads × 64 channels ×
+    /// 2 over 40–200 positions): tens of microseconds per layer that once ran on one thread (1 << 21 here), about half
+    /// of a bf16 token's time outside the Linears (BENCHMARKS.md, session 10 round 2). The helpers are spinning then —
+    /// the q, k, v projections just ran on them — so handing them half costs about a microsecond.
     /// </summary>
-    private const long ParallelWork = 1 << 21;
+    internal const long ParallelWork = 1 << 15;
 
     /// <summary>Whether the kernel takes tensors of this dtype on this device.</summary>
     public static bool Supports(Tensor q) =>
@@ -172,6 +174,7 @@ public static unsafe class DecodeAttention
                 {
                     float* scores = sp, qf = sp + maxLength, acc = qf + hd, row = acc + hd;
                     float scale = (float)shape.Scale, causalMin = (float)AttentionMask.MinValue(dtype);
+                    bool direct = dtype == ScalarType.BFloat16 && hd % (2 * Vector<float>.Count) == 0; // bf16 keys and values read in place (DotBf16, AxpyBf16)
                     for (int t = from; t < to; t++)
                     {
                         ref readonly var job = ref jobs[t / heads];
@@ -182,8 +185,8 @@ public static unsafe class DecodeAttention
                         float max = float.NegativeInfinity;
                         for (int p = 0; p < n; p++)
                         {
-                            float* kf = dtype == ScalarType.Float32 ? (float*)(keys + (long)p * hd * es) : Widen(keys + (long)p * hd * es, dtype, row, hd);
-                            float s = Dot(qf, kf, hd);
+                            float s = direct ? DotBf16(qf, (ushort*)(keys + (long)p * hd * es), hd)
+                                : Dot(qf, dtype == ScalarType.Float32 ? (float*)(keys + (long)p * hd * es) : Widen(keys + (long)p * hd * es, dtype, row, hd), hd);
                             if (job.Mask is not null) s += Read(job.Mask, job.MaskType, p);
                             if (p > job.Causal) s += causalMin;
                             scores[p] = s;
@@ -194,8 +197,8 @@ public static unsafe class DecodeAttention
                         new Span<float>(acc, hd).Clear();
                         for (int p = 0; p < n; p++)
                         {
-                            float* vf = dtype == ScalarType.Float32 ? (float*)(values + (long)p * hd * es) : Widen(values + (long)p * hd * es, dtype, row, hd);
-                            Axpy(scores[p] / sum, vf, acc, hd);
+                            if (direct) AxpyBf16(scores[p] / sum, (ushort*)(values + (long)p * hd * es), acc, hd);
+                            else Axpy(scores[p] / sum, dtype == ScalarType.Float32 ? (float*)(values + (long)p * hd * es) : Widen(values + (long)p * hd * es, dtype, row, hd), acc, hd);
                         }
                         Narrow(acc, output + (job.FlatRow * heads + h) * hd * es, dtype, hd);
                     }
@@ -210,7 +213,7 @@ public static unsafe class DecodeAttention
 
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Dot(float* a, float* b, int n)
+    public static float Dot(float* a, float* b, int n)
     {
         int i = 0;
         var sum = Vector<float>.Zero;
@@ -221,9 +224,42 @@ public static unsafe class DecodeAttention
         return s;
     }
 
+    /// <summary>
+    /// <see cref="Dot"/> of float32 <paramref name="a"/> with bf16 <paramref name="b"/> widened in registers (a bf16 is the
+    /// high half of a float32): the same products and lane sums in the same order as widening b into a row first, so
+    /// the result is bit for bit <see cref="Dot"/>'s, without the pass through scratch. n: a multiple of 2·Vector&lt;float&gt;.Count.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float DotBf16(float* a, ushort* b, int n)
+    {
+        int c = Vector<float>.Count;
+        var sum = Vector<float>.Zero;
+        for (int i = 0; i < n; i += 2 * c)
+        {
+            Vector.Widen(Unsafe.ReadUnaligned<Vector<ushort>>(b + i), out var lo, out var hi);
+            sum += Unsafe.ReadUnaligned<Vector<float>>(a + i) * Vector.AsVectorSingle(Vector.ShiftLeft(lo, 16));
+            sum += Unsafe.ReadUnaligned<Vector<float>>(a + i + c) * Vector.AsVectorSingle(Vector.ShiftLeft(hi, 16));
+        }
+        return Vector.Sum(sum);
+    }
+
+    /// <summary><see cref="Axpy"/> with bf16 <paramref name="x"/> widened in registers (the same result); n: a multiple of 2·Vector&lt;float&gt;.Count.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AxpyBf16(float a, ushort* x, float* y, int n)
+    {
+        int c = Vector<float>.Count;
+        var av = new Vector<float>(a);
+        for (int i = 0; i < n; i += 2 * c)
+        {
+            Vector.Widen(Unsafe.ReadUnaligned<Vector<ushort>>(x + i), out var lo, out var hi);
+            Unsafe.WriteUnaligned(y + i, Unsafe.ReadUnaligned<Vector<float>>(y + i) + av * Vector.AsVectorSingle(Vector.ShiftLeft(lo, 16)));
+            Unsafe.WriteUnaligned(y + i + c, Unsafe.ReadUnaligned<Vector<float>>(y + i + c) + av * Vector.AsVectorSingle(Vector.ShiftLeft(hi, 16)));
+        }
+    }
+
     /// <summary>y += a·x.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Axpy(float a, float* x, float* y, int n)
+    public static void Axpy(float a, float* x, float* y, int n)
     {
         int i = 0;
         var av = new Vector<float>(a);

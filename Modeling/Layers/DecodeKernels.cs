@@ -34,36 +34,76 @@ public static unsafe class DecodeKernels
     }
 
     /// <summary><c>F.linear(x, weight, bias)</c> for bf16: (…, K) × (N, K)ᵀ → (…, N), one libtorch call (the output).</summary>
-    public static Tensor LinearBf16(Tensor x, Tensor weight, Tensor? bias)
+    public static Tensor LinearBf16(Tensor x, Tensor weight, Tensor? bias) => LinearsBf16(x, new[] { weight }, new[] { bias })[0];
+
+    /// <summary>
+    /// Several Linears of one input — a layer's q, k and v projections, an MLP's gate and up — as one job of the
+    /// <see cref="SpinPool"/>: the input widened once, the output rows of all the weights cut into one set of parts,
+    /// so the helpers are handed work once instead of once per projection (each hand-over and its wait for the last
+    /// part cost microseconds, several times per layer of every token). Each output equals <see cref="LinearBf16"/>
+    /// of its weight bit for bit: every output element is the same dot product, whichever part computes it.
+    /// Every weight must pass <see cref="Applies"/> with <paramref name="x"/>.
+    /// </summary>
+    public static Tensor[] LinearsBf16(Tensor x, IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor?> biases)
     {
-        long[] ws = weight.shape, xshape = x.shape;
-        int k = (int)ws[1], n = (int)ws[0];
+        if (weights.Count == 0 || biases.Count != weights.Count) throw new ArgumentException("one bias (or null) per weight, at least one weight");
+        long[] xshape = x.shape;
+        int k = (int)xshape[^1];
         int m = (int)(xshape.Aggregate(1L, (a, d) => a * d) / k);
+        int count = weights.Count;
+        var ns = new int[count];
+        var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
+        var ws = new nint[count];
+        for (int i = 0; i < count; i++)
+        {
+            long[] shape = weights[i].shape;
+            if (shape[1] != k) throw new ArgumentException($"weight {i} takes {shape[1]} inputs, not {k}");
+            ns[i] = (int)shape[0];
+            offsets[i + 1] = offsets[i] + ns[i];
+            ws[i] = (nint)TensorMemory.Pointer(weights[i]);
+        }
+        int total = offsets[count];
         var input = x.is_contiguous() ? x : x.contiguous();
-        xshape[^1] = n;
-        var output = empty(xshape, ScalarType.BFloat16);
-        int xn = m * k, yn = m * n;
+        var outputs = new Tensor[count];
+        for (int i = 0; i < count; i++)
+        {
+            xshape[^1] = ns[i];
+            outputs[i] = empty(xshape, ScalarType.BFloat16);
+        }
+        int xn = m * k, yn = m * total;
         var xs = ArrayPool<float>.Shared.Rent(xn); // the input rows widened once; pooled, as a head's output (vocab floats) would be a large-object allocation per token
-        var ys = ArrayPool<float>.Shared.Rent(yn);
+        var ys = ArrayPool<float>.Shared.Rent(yn); // weight i's (m, n_i) outputs from m·offsets[i]
         try
         {
             var xb = (ushort*)TensorMemory.Pointer(input);
             fixed (float* xw = xs) StepKernels.Widen((byte*)xb, bf16: true, xw, xn);
-            var w = (ushort*)TensorMemory.Pointer(weight);
             fixed (float* xp = xs, yp = ys)
             {
                 float* xq = xp, yq = yp;
-                int parts = SpinPool.Shared.Parts(n, 64);
-                SpinPool.Shared.Run(parts, p => Rows(w, xq, yq, k, n, m, Split(n, p, parts), Split(n, p + 1, parts)));
+                int parts = SpinPool.Shared.Parts(total, 64);
+                SpinPool.Shared.Run(parts, p =>
+                {
+                    int from = Split(total, p, parts), to = Split(total, p + 1, parts);
+                    for (int i = 0; i < count; i++)
+                    {
+                        int lo = Math.Max(from, offsets[i]), hi = Math.Min(to, offsets[i + 1]);
+                        if (lo < hi) Rows((ushort*)ws[i], xq, yq + (long)m * offsets[i], k, ns[i], m, lo - offsets[i], hi - offsets[i]);
+                    }
+                });
             }
-            if (bias is not null)
+            for (int i = 0; i < count; i++)
             {
-                var b = bias.dtype == ScalarType.BFloat16 && bias.is_contiguous() ? bias : bias.to(ScalarType.BFloat16).contiguous();
-                var bp = (ushort*)TensorMemory.Pointer(b);
-                for (int r = 0; r < m; r++)
-                    for (int j = 0; j < n; j++) ys[r * n + j] += ToFloat(bp[j]);
+                int n = ns[i], at = m * offsets[i];
+                if (biases[i] is { } bias)
+                {
+                    var b = bias.dtype == ScalarType.BFloat16 && bias.is_contiguous() ? bias : bias.to(ScalarType.BFloat16).contiguous();
+                    var bp = (ushort*)TensorMemory.Pointer(b);
+                    for (int r = 0; r < m; r++)
+                        for (int j = 0; j < n; j++) ys[at + r * n + j] += ToFloat(bp[j]);
+                    if (!ReferenceEquals(b, bias)) b.Dispose();
+                }
+                fixed (float* yw = ys) StepKernels.Narrow(yw + at, (byte*)TensorMemory.Pointer(outputs[i]), bf16: true, m * n); // vectorised rounding (a head's row is the vocabulary)
             }
-            fixed (float* yw = ys) StepKernels.Narrow(yw, (byte*)TensorMemory.Pointer(output), bf16: true, yn); // vectorised rounding (a head's row is the vocabulary)
         }
         finally
         {
@@ -71,7 +111,7 @@ public static unsafe class DecodeKernels
             ArrayPool<float>.Shared.Return(ys);
         }
         if (!ReferenceEquals(input, x)) input.Dispose();
-        return output;
+        return outputs;
     }
 
     /// <summary>Whether <see cref="RmsNorm"/> applies: a float32 or bf16 input of at most <see cref="StepKernels.MaxRows"/> rows on CPU, weight of its dtype.</summary>

@@ -80,9 +80,10 @@ public sealed class LlamaMlp : HfModule, IFeedForward
     {
         using var hook = Hook();
         using var scope = NewDisposeScope();
-        var gate = _gate.Forward(x);
+        var gateUp = Linear.Forward(x, _gate, _up); // one kernel job for both in a decode step
+        var gate = gateUp[0];
         using (_actFn.Hook()) gate = _act(gate); // act_fn's forward, for the memory hooks
-        var h = gate * _up.Forward(x);
+        var h = gate * gateUp[1];
         return _down.Forward(h).MoveToOuterDisposeScope();
     }
 }
@@ -119,9 +120,10 @@ public sealed class LlamaAttention : HfModule
         using var scope = NewDisposeScope();
         long n = x.shape[0];
         // Every position of every request at once: projections, then rotary (each position's own angles).
-        var q = RotaryEmbedding.Apply(_q.Forward(x).view(n, _c.NumHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!);   // (N, nh, 1, hd)
-        var k = RotaryEmbedding.Apply(_k.Forward(x).view(n, _c.NumKvHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!); // (N, nkv, 1, hd)
-        var v = _v.Forward(x);
+        var qkv = Linear.Forward(x, _q, _k, _v); // one kernel job for the three in a decode step
+        var q = RotaryEmbedding.Apply(qkv[0].view(n, _c.NumHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!);   // (N, nh, 1, hd)
+        var k = RotaryEmbedding.Apply(qkv[1].view(n, _c.NumKvHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!); // (N, nkv, 1, hd)
+        var v = qkv[2];
         // Decode rows of every request in one call; a prompt's positions (and the eager path) per request.
         var merged = batch.Attend(_layer, q, k, v, new DecodeAttention.Shape(_c.NumHeads, _c.NumKvHeads, _c.HeadDim, 1.0 / Math.Sqrt(_c.HeadDim)),
             s => Attend(q, k, v, s), batched: Owner?.Attention != AttnImplementation.Eager);
