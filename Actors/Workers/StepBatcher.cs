@@ -12,12 +12,17 @@ namespace ShardPipe.Actors.Workers;
 /// its own — unless fewer than <see cref="BatchingSettings.MicroBatches"/> groups are out, or it has waited
 /// <see cref="BatchingSettings.HoldLimit"/> — so that concurrent requests converge into few, full steps. A group is out from
 /// its dispatch until each of its requests came back or was released; one not back within the hold limit is forgotten.</para>
+/// <para>Prompts arriving together (<see cref="ArrivingPrompts"/>): a group made only of new prompts holds no one — a
+/// prompt arriving while only such groups are out starts at once in a group of its own, so its prefill runs on the
+/// first stage while the earlier prompts' prefill runs on the next ones (rather than waiting for their whole round
+/// trip). Groups converge again at the first hop: while more than micro-batches groups are out, a group that comes
+/// back waits (at most hold-limit) for another to come back and runs with it as one step.</para>
 /// </summary>
 public sealed class StepBatcher
 {
     private readonly BatchingSettings _settings;
     private readonly List<(StageInput Step, DateTime Arrived)> _pending = new();
-    private readonly List<(HashSet<string> Ids, DateTime Sent)> _groups = new();
+    private readonly List<(HashSet<string> Ids, DateTime Sent, bool Prompts)> _groups = new();
 
     public StepBatcher(BatchingSettings settings)
     {
@@ -89,9 +94,10 @@ public sealed class StepBatcher
         if (first.Hop == 0 && first.Generation is not null)
         {
             var ids = batch.Select(s => s.RequestId).ToHashSet(StringComparer.Ordinal);
+            bool prompts = batch.All(s => ArrivingPrompts.IsNewPrompt(s, InGroup(s.RequestId)));
             foreach (var g in _groups) g.Ids.ExceptWith(ids); // those that came back now travel in the new group
             _groups.RemoveAll(g => g.Ids.Count == 0);
-            _groups.Add((ids, now));
+            _groups.Add((ids, now, prompts));
         }
         return batch;
     }
@@ -111,8 +117,21 @@ public sealed class StepBatcher
         return next;
     }
 
-    /// <summary>A new request at the first hop waits for a group to join while enough groups are out.</summary>
-    private bool Held(StageInput s, DateTime arrived, DateTime now) =>
-        s.Hop == 0 && s.Generation is not null && !_groups.Any(g => g.Ids.Contains(s.RequestId))
-        && _groups.Count >= _settings.MicroBatches && now - arrived < _settings.HoldLimit;
+    /// <summary>
+    /// At the first hop, within the hold limit: a new request waits for a group to join while enough groups are out
+    /// (unless those are all groups of new prompts); a group that came back waits for another while more than
+    /// micro-batches groups are out (<see cref="ArrivingPrompts"/>).
+    /// </summary>
+    private bool Held(StageInput s, DateTime arrived, DateTime now)
+    {
+        if (s.Hop != 0 || s.Generation is null || now - arrived >= _settings.HoldLimit) return false;
+        if (!InGroup(s.RequestId))
+            return _groups.Count >= _settings.MicroBatches && !_groups.All(g => g.Prompts);
+        return _groups.Count > _settings.MicroBatches && _groups.Any(g => !g.Ids.Contains(s.RequestId) && Out(g.Ids));
+    }
+
+    private bool InGroup(string requestId) => _groups.Any(g => g.Ids.Contains(requestId));
+
+    /// <summary>Whether a group is out: one of its requests has no step waiting here.</summary>
+    private bool Out(HashSet<string> ids) => ids.Any(id => !_pending.Any(p => p.Step.RequestId == id && p.Step.Hop == 0));
 }

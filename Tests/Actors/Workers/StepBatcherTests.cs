@@ -121,6 +121,40 @@ public class StepBatcherTests
     }
 
     [Fact]
+    public void Prompts_arriving_while_only_prompts_are_out_start_at_once_and_the_groups_merge_when_they_come_back()
+    {
+        var b = Batcher();
+        b.Add(Step("p1", tokens: 30), T0);
+        Assert.Equal(new[] { "p1" }, Ids(b.Take(T0)));                          // nothing out: starts at once
+        b.Add(Step("p2", tokens: 29), T0.AddMilliseconds(5));
+        b.Add(Step("p3", tokens: 31), T0.AddMilliseconds(6));
+        Assert.Equal(new[] { "p2", "p3" }, Ids(b.Take(T0.AddMilliseconds(6)))); // only prompts are out: they do not wait
+        Assert.Equal(2, b.GroupsOut);
+        b.Add(Step("p1"), T0.AddMilliseconds(40));                              // p1 decodes: it waits for {p2, p3}
+        Assert.Empty(b.Take(T0.AddMilliseconds(40)));
+        Assert.NotNull(b.NextDeadline(T0.AddMilliseconds(40)));
+        b.Add(Step("p2"), T0.AddMilliseconds(90));
+        b.Add(Step("p3"), T0.AddMilliseconds(90));
+        Assert.Equal(new[] { "p1", "p2", "p3" }, Ids(b.Take(T0.AddMilliseconds(90)))); // one step again
+        Assert.Equal(1, b.GroupsOut);
+        b.Add(Step("late", tokens: 30), T0.AddMilliseconds(95));
+        Assert.Empty(b.Take(T0.AddMilliseconds(95)));                           // a decoding group is out: the prompt joins it
+    }
+
+    [Fact]
+    public void A_group_waiting_for_another_runs_alone_after_the_hold_limit()
+    {
+        var b = Batcher(holdMs: 100);
+        b.Add(Step("p1", tokens: 30), T0);
+        b.Take(T0);
+        b.Add(Step("p2", tokens: 30), T0.AddMilliseconds(1));
+        b.Take(T0.AddMilliseconds(1));
+        b.Add(Step("p1"), T0.AddMilliseconds(20));
+        Assert.Empty(b.Take(T0.AddMilliseconds(50)));
+        Assert.Equal(new[] { "p1" }, Ids(b.Take(T0.AddMilliseconds(121))));   // p2 never came back in time
+    }
+
+    [Fact]
     public void A_released_request_leaves_the_queue()
     {
         var b = Batcher();
