@@ -59,7 +59,9 @@ public class ClusterPrefixCacheTests
 
         long promptTokens = prompts.Sum(p => (long)p.Length);
         // Each worker reports with its registration (every register-interval): wait for the stages with layers, not just the first.
-        var figures = await Figures(cluster, f => f.Length >= 2 && f.Max(x => x.PromptTokens) >= promptTokens);
+        // A later stage's report may predate its blocks (reports come every register-interval): with room for them, wait
+        // until every stage's report shows blocks too (if none ever does, the assertions below fail).
+        var figures = await Figures(cluster, f => f.Length >= 2 && f.Max(x => x.PromptTokens) >= promptTokens && (!roomy || f.All(x => x.Blocks > 0)));
         Assert.True(figures.Length >= 2, $"stages with layers report their prefix caches ({figures.Length})");
         var first = figures.MaxBy(f => f.PromptTokens)!;
         Assert.Equal(promptTokens, first.PromptTokens);
