@@ -20,18 +20,18 @@ public static class DraftModelCheck
     {
         var target = PretrainedConfig.FromFolder(targetFolder);
         var draft = PretrainedConfig.FromFolder(draftFolder);
-        long targetVocab = target.GetLong("vocab_size");
-        long draftVocab = draft.GetLong("vocab_size");
-        if (draftVocab != targetVocab)
-            throw new InvalidInputException($"--draft-model {draftFolder}: config.json vocab_size {draftVocab} differs from the target's {targetVocab} (a draft model needs the target's vocabulary)");
+        SameVocab(draft.GetLong("vocab_size"), target.GetLong("vocab_size"), $"--draft-model {draftFolder}");
         CheckTokenizers(targetFolder, draftFolder);
     }
 
     /// <summary>A loaded draft against the target's vocabulary size (the check a worker repeats before it proposes).</summary>
-    public static void CheckVocab(CausalLMModel draft, long targetVocab, string draftFolder)
+    public static void CheckVocab(CausalLMModel draft, long targetVocab, string draftFolder) =>
+        SameVocab(draft.VocabSize, targetVocab, $"draft model {draftFolder}");
+
+    private static void SameVocab(long draftVocab, long targetVocab, string who)
     {
-        if (draft.VocabSize != targetVocab)
-            throw new InvalidInputException($"draft model {draftFolder}: config.json vocab_size {draft.VocabSize} differs from the target's {targetVocab} (a draft model needs the target's vocabulary)");
+        if (draftVocab != targetVocab)
+            throw new InvalidInputException($"{who}: config.json vocab_size {draftVocab} differs from the target's {targetVocab} (a draft model needs the target's vocabulary)");
     }
 
     private static void CheckTokenizers(string targetFolder, string draftFolder)
@@ -126,7 +126,7 @@ public sealed class DraftProposer : IDisposable
                 using var ids = tensor(feed).unsqueeze(0);
                 var logits = _model.Forward(ids, cache: _cache, lastOnly: true); // (1, 1, V)
                 _seen.AddRange(feed);
-                drafts[j] = logits[0, -1].argmax().item<long>();
+                drafts[j] = StepKernels.Argmax(logits[0])[^1]; // the last position's argmax, libtorch's rule
                 feed = new[] { drafts[j] };
             }
         }
