@@ -62,6 +62,8 @@ public static class ShardPipeProcess
         if (!p.WaitForExit(TimeSpan.FromMinutes(5)))
         {
             p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            sampler.Join(); // before the process object is disposed: the sampler reads it until it sees the exit
             throw new TimeoutException("shardpipe " + string.Join(' ', args) + " did not finish in 5 minutes");
         }
         var elapsed = clock.Elapsed;
