@@ -91,7 +91,10 @@ public sealed record GenerationState(
     [property: Key(8)] long[][]? History = null,
     [property: Key(9)] PromptRest? Prefill = null,
     [property: Key(10)] SpeculationSettings? Speculate = null,
-    [property: Key(11)] long[]? Drafts = null);
+    [property: Key(11)] long[]? Drafts = null,
+    [property: Key(12)] float[]? DraftProbs = null);
+// DraftProbs: a sampled draft model's distribution q at each of Drafts (Drafts.Length rows of the vocabulary,
+// flattened), which the head's rejection rule needs; null for deterministic drafts (prompt lookup, greedy drafts).
 // Keys 6 and 7 (plan epoch, coordinator) moved to StageInput, where forward passes have them too.
 
 /// <summary>

@@ -7,7 +7,9 @@ namespace ShardPipe.Actors.Workers;
 /// Speculative decoding with a draft model in the pipeline: the first stage (the hop that embeds) proposes a
 /// speculative request's drafts before it runs the step, on its compute thread. The draft model is loaded once per
 /// process (<see cref="DraftModels"/>, from the folder the request names, checked against the target's vocabulary);
-/// each request keeps its own <see cref="DraftProposer"/> (and KV cache) here until it is released. The head's verdict
+/// each request keeps its own <see cref="DraftProposer"/> (and KV cache) here until it is released. A sampled request's
+/// drafts are sampled from the draft's distribution under the request's own settings, and that distribution q travels
+/// with the step (<see cref="GenerationState.DraftProbs"/>) to the head, whose rejection rule needs it. The head's verdict
 /// loops the next step back with no drafts (<see cref="GenerationState.Drafts"/> null), and they are filled in here —
 /// so the draft's cache follows the accepted tokens, and a resumed request (perhaps on another node) simply prefills
 /// its context into a new one.
@@ -16,6 +18,7 @@ public sealed class DraftStage : IDisposable
 {
     private readonly long _targetVocab;
     private readonly Dictionary<string, DraftProposer> _proposers = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Sampler> _samplers = new(StringComparer.Ordinal); // a sampled request's settings for its draft's q
 
     public DraftStage(long targetVocab) => _targetVocab = targetVocab;
 
@@ -37,19 +40,27 @@ public sealed class DraftStage : IDisposable
             var model = DraftModels.Get(spec.DraftModel ?? throw new InvalidInputException("speculate \"draft\" needs a draft model"), _targetVocab);
             _proposers[s.RequestId] = proposer = new DraftProposer(model);
         }
-        var drafts = proposer.Propose(st.History![0], Speculation.DraftBudget(spec.Tokens, s.Step, st.MaxNewTokens));
-        var (ids, mask, positions) = Speculation.AppendDrafts(s.InputIds!, s.AttentionMask, s.PositionIds, drafts);
-        return s with { InputIds = ids, AttentionMask = mask, PositionIds = positions, Generation = st with { Drafts = drafts } };
+        var g = st.Sampling;
+        Sampler? sampler = null;
+        if (!(g.Greedy || g.Temperature <= 0) && !_samplers.TryGetValue(s.RequestId, out sampler))
+            _samplers[s.RequestId] = sampler = new Sampler(g.Greedy, g.Temperature, g.TopK, g.TopP, g.Seed, g.RepetitionPenalty);
+        // s.Step counts the request's tokens so far: the first draft is token number s.Step, as the head numbers it.
+        var proposal = proposer.Propose(st.History![0], Speculation.DraftBudget(spec.Tokens, s.Step, st.MaxNewTokens), sampler, s.Step);
+        var (ids, mask, positions) = Speculation.AppendDrafts(s.InputIds!, s.AttentionMask, s.PositionIds, proposal.Tokens);
+        return s with { InputIds = ids, AttentionMask = mask, PositionIds = positions, Generation = st with { Drafts = proposal.Tokens, DraftProbs = proposal.Probs } };
     }
 
     public void Release(string requestId)
     {
         if (_proposers.Remove(requestId, out var p)) p.Dispose();
+        if (_samplers.Remove(requestId, out var sampler)) sampler.Dispose();
     }
 
     public void Dispose()
     {
         foreach (var p in _proposers.Values) p.Dispose();
         _proposers.Clear();
+        foreach (var sampler in _samplers.Values) sampler.Dispose();
+        _samplers.Clear();
     }
 }

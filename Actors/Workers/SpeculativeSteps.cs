@@ -37,7 +37,7 @@ public static class SpeculativeSteps
         if (s.Generation is not { Speculate: { Method: Speculation.Ngram } spec, Prefill: null, History: { Length: 1 } history } st || s.InputIds is null) return s;
         var drafts = NgramProposer.Propose(history[0], Speculation.DraftBudget(spec.Tokens, s.Step, st.MaxNewTokens));
         var (ids, mask, positions) = Speculation.AppendDrafts(s.InputIds, s.AttentionMask, s.PositionIds, drafts);
-        return s with { InputIds = ids, AttentionMask = mask, PositionIds = positions, Generation = st with { Drafts = drafts } };
+        return s with { InputIds = ids, AttentionMask = mask, PositionIds = positions, Generation = st with { Drafts = drafts, DraftProbs = null } };
     }
 
     /// <summary>Positions of a step that the final norm and head need: the last token and every draft (1 for a plain step).</summary>
@@ -60,7 +60,7 @@ public static class SpeculativeSteps
         var st = input.Generation!;
         var drafts = st.Drafts ?? Array.Empty<long>();
         var context = st.History?[0] ?? throw new ProtocolException($"request {input.RequestId}: a speculative step came without its ids so far");
-        var verdict = Speculation.Verify(sampler, logits, drafts, context, input.Step);
+        var verdict = Speculation.Verify(sampler, logits, drafts, context, input.Step, st.DraftProbs);
         var (tokens, finished) = Speculation.Deliver(verdict.Tokens, input.Step, st.MaxNewTokens, st.EosTokenIds, st.IgnoreEos);
         var message = new TokensGenerated(input.RequestId, input.Step, new[] { tokens[0] },
             tokens.Length > 1 ? tokens.Skip(1).Select(t => new[] { t }).ToArray() : null, drafts.Length, Math.Min(verdict.Accepted, tokens.Length));
@@ -73,7 +73,7 @@ public static class SpeculativeSteps
         return new Verdict(message, input with
         {
             Step = produced, Hop = 0, Hidden = null, InputIds = new[] { ids }, AttentionMask = new[] { mask }, PositionIds = new[] { positions },
-            Generation = st with { Finished = new[] { finished }, History = new[] { grown }, Drafts = next },
+            Generation = st with { Finished = new[] { finished }, History = new[] { grown }, Drafts = next, DraftProbs = null },
         }, produced);
     }
 }

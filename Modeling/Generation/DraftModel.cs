@@ -84,8 +84,21 @@ public static class DraftModels
 }
 
 /// <summary>
-/// One request's draft model: proposes k tokens greedily (each the draft's argmax, so the acceptance rule's q is a
-/// point mass at it) and keeps its own KV cache in step with the context. Each call finds where the context leaves
+/// A draft model's proposals: the tokens, and for sampled drafts the draft's processed distribution q at each (d rows
+/// of the vocabulary, flattened: the rejection rule needs q(x) and, at a rejection, the whole row for the residual
+/// norm(max(0, p − q))). <see cref="Probs"/> is null for greedy drafts (q a point mass at each token).
+/// </summary>
+public sealed record DraftProposal(long[] Tokens, float[]? Probs)
+{
+    public static readonly DraftProposal None = new(Array.Empty<long>(), null);
+}
+
+/// <summary>
+/// One request's draft model: proposes k tokens — greedily (each the draft's argmax, so the acceptance rule's q is a
+/// point mass at it), or, for a sampled request, each drawn from the draft's distribution after the request's own
+/// penalty and warpers (<see cref="Sampler.Distribution"/>) with the draft stream of its seed
+/// (<see cref="SpeculativeAcceptance.Propose"/>), keeping q for the verdict — and keeps its own KV cache in step with
+/// the context. Each call finds where the context leaves
 /// what the cache holds — accepted tokens kept, rejected drafts dropped (<see cref="KvCache.Truncate"/>) — feeds the
 /// rest, then runs k − 1 one-token steps. A context that restarts (a resumed request) simply prefills again.
 /// </summary>
@@ -105,17 +118,26 @@ public sealed class DraftProposer : IDisposable
     /// <summary>Positions the cache holds (for tests: kept in step with the accepted context).</summary>
     public int CachedTokens => _seen.Count;
 
-    /// <summary>Up to <paramref name="k"/> draft tokens following <paramref name="context"/> (fewer where the draft runs out of positions).</summary>
-    public long[] Propose(IReadOnlyList<long> context, int k)
+    /// <summary>Up to <paramref name="k"/> greedy draft tokens following <paramref name="context"/> (fewer where the draft runs out of positions).</summary>
+    public long[] Propose(IReadOnlyList<long> context, int k) => Propose(context, k, null, 0).Tokens;
+
+    /// <summary>
+    /// Up to <paramref name="k"/> draft tokens following <paramref name="context"/>: greedy when <paramref name="sampler"/>
+    /// is null or greedy; otherwise sampled from the draft's distribution under <paramref name="sampler"/>'s settings,
+    /// the first being the request's new token number <paramref name="firstIndex"/>, with q kept.
+    /// </summary>
+    public DraftProposal Propose(IReadOnlyList<long> context, int k, Sampler? sampler, int firstIndex)
     {
         k = (int)Math.Min(k, _maxPositions - context.Count);
-        if (k <= 0 || context.Count == 0) return Array.Empty<long>();
+        if (k <= 0 || context.Count == 0) return DraftProposal.None;
+        bool sampled = sampler is { IsGreedy: false };
         int common = 0;
         while (common < _seen.Count && common < context.Count && _seen[common] == context[common]) common++;
         if (common == context.Count) common--; // the last token is fed again: its logits give the first draft
         _cache.Truncate(common);
         _seen.RemoveRange(common, _seen.Count - common);
         var drafts = new long[k];
+        float[]? probs = null;
         var feed = context.Skip(common).ToArray();
         // One draft model may serve the first stages of several models in one process: its passes never overlap.
         lock (_model)
@@ -126,11 +148,20 @@ public sealed class DraftProposer : IDisposable
                 using var ids = tensor(feed).unsqueeze(0);
                 var logits = _model.Forward(ids, cache: _cache, lastOnly: true); // (1, 1, V)
                 _seen.AddRange(feed);
-                drafts[j] = StepKernels.Argmax(logits[0])[^1]; // the last position's argmax, libtorch's rule
+                if (sampled)
+                {
+                    // The repetition penalty's history: the context and the drafts before this one (as the verdict sees them).
+                    var history = new[] { (IReadOnlyCollection<long>)context.Concat(drafts.Take(j)).ToArray() };
+                    var q = sampler!.Distribution(logits[0], history).data<float>().ToArray(); // (1, V)
+                    probs ??= new float[k * q.Length];
+                    q.CopyTo(probs, j * q.Length);
+                    drafts[j] = SpeculativeAcceptance.Propose(q, sampler.Seed, firstIndex + j);
+                }
+                else drafts[j] = StepKernels.Argmax(logits[0])[^1]; // the last position's argmax, libtorch's rule
                 feed = new[] { drafts[j] };
             }
         }
-        return drafts;
+        return new DraftProposal(drafts, probs);
     }
 
     public void Dispose() => _cache.Dispose();

@@ -15,7 +15,7 @@ public static class Speculation
     /// <summary>Methods that propose drafts: "ngram" (prompt lookup) and "draft" (a small model, <see cref="DraftProposer"/>).</summary>
     public const string Ngram = "ngram";
 
-    /// <summary>Drafts proposed greedily by a small model with the target's vocabulary (<c>--draft-model</c>).</summary>
+    /// <summary>Drafts proposed by a small model with the target's vocabulary (<c>--draft-model</c>): greedily for a greedy request, sampled from the draft's processed distribution for a sampled one.</summary>
     public const string Draft = "draft";
 
     /// <summary>The most draft tokens a step may carry.</summary>
@@ -77,9 +77,11 @@ public static class Speculation
     /// The target's verdict on a step (one row): <paramref name="logits"/> (1 + d, V) at the last accepted token and
     /// the d drafts; <paramref name="context"/> the ids so far (prompt and accepted tokens: the repetition penalty's
     /// history, each draft position seeing the drafts before it); <paramref name="firstIndex"/> the index, among the
-    /// request's new tokens, of the step's first token. Returns the accepted drafts plus the target's own next token.
+    /// request's new tokens, of the step's first token; <paramref name="draftProbs"/> the draft's distribution q at each
+    /// draft (d rows of V, flattened; <see cref="DraftProposal.Probs"/>), or null for drafts proposed deterministically
+    /// (prompt lookup, a greedy draft: q a point mass). Returns the accepted drafts plus the target's own next token.
     /// </summary>
-    public static (long[] Tokens, int Accepted) Verify(Sampler sampler, Tensor logits, long[] drafts, IReadOnlyList<long> context, int firstIndex)
+    public static (long[] Tokens, int Accepted) Verify(Sampler sampler, Tensor logits, long[] drafts, IReadOnlyList<long> context, int firstIndex, float[]? draftProbs = null)
     {
         if (logits.shape[0] != drafts.Length + 1) throw new ArgumentException($"verification needs {drafts.Length + 1} positions of logits, got {logits.shape[0]}");
         var histories = Enumerable.Range(0, drafts.Length + 1).Select(j => (IReadOnlyCollection<long>)context.Concat(drafts.Take(j)).ToArray()).ToArray();
@@ -94,7 +96,14 @@ public static class Speculation
         long vocab = dist.shape[1];
         var flat = dist.data<float>().ToArray();
         var rows = Enumerable.Range(0, drafts.Length + 1).Select(j => new ReadOnlyMemory<float>(flat, (int)(j * vocab), (int)vocab)).ToArray();
-        var sampled = SpeculativeAcceptance.Sample(rows, drafts, sampler.Seed, firstIndex);
+        ReadOnlyMemory<float>[]? q = null;
+        if (draftProbs is not null)
+        {
+            if (draftProbs.Length != drafts.Length * vocab)
+                throw new InvalidInputException($"the draft's distributions hold {draftProbs.Length} probabilities; {drafts.Length} drafts over a vocabulary of {vocab} need {drafts.Length * vocab}");
+            q = Enumerable.Range(0, drafts.Length).Select(j => new ReadOnlyMemory<float>(draftProbs, (int)(j * vocab), (int)vocab)).ToArray();
+        }
+        var sampled = SpeculativeAcceptance.Sample(rows, drafts, sampler.Seed, firstIndex, q);
         return (sampled, sampled.Length - 1);
     }
 }
@@ -132,15 +141,21 @@ public static class NgramProposer
 }
 
 /// <summary>
-/// The standard acceptance rule for deterministic drafts (pure). Greedy: the longest prefix of drafts that equals
-/// the target's argmax at each position, plus the target's token after it. Sampling (the draft distribution q is a
-/// point mass at the draft x): accept x with probability p(x); on rejection draw from p with x removed and
-/// renormalised, and stop; if every draft is accepted draw the next token from p at the last position. Each
-/// token's draws come from its own generator (<see cref="TokenRandom"/>), so the tokens depend only on the seed, the
-/// context and the drafts — never on how many draws earlier steps used.
+/// The standard acceptance rule (pure), the one home of speculative decoding's verdict. Greedy: the longest prefix of
+/// drafts that equals the target's argmax at each position, plus the target's token after it. Sampling (rejection
+/// sampling, which keeps the target's distribution p exactly whatever the draft's q): accept draft x with probability
+/// min(1, p(x)/q(x)); at the first rejection draw from norm(max(0, p − q)) and stop; if every draft is accepted draw the
+/// next token from p at the last position. Deterministic drafts (prompt lookup, a greedy draft model) are the point
+/// mass q = δx: accept with p(x), else draw from p with x removed. A sampled draft is drawn from q here too
+/// (<see cref="Propose"/>), from its own stream. Each token's draws come from its own generator
+/// (<see cref="TokenRandom"/>), so the tokens depend only on the seed, the context and the drafts — never on how many
+/// draws earlier steps used.
 /// </summary>
 public static class SpeculativeAcceptance
 {
+    /// <summary>The <see cref="TokenRandom"/> stream a draft model samples its proposals from (the verdict's is stream 0).</summary>
+    public const ulong DraftStream = 1;
+
     /// <summary><paramref name="targets"/>: the target's token at each of the d + 1 positions.</summary>
     public static long[] Greedy(long[] targets, long[] drafts)
     {
@@ -150,42 +165,71 @@ public static class SpeculativeAcceptance
         return targets[..(a + 1)];
     }
 
-    /// <summary><paramref name="probs"/>: the target's distribution at each of the d + 1 positions.</summary>
-    public static long[] Sample(IReadOnlyList<ReadOnlyMemory<float>> probs, long[] drafts, long seed, int firstIndex)
+    /// <summary>
+    /// A sampled draft: the token drawn from the draft's processed distribution <paramref name="q"/> for the request's
+    /// new token number <paramref name="tokenIndex"/>, from the draft stream of the request's <paramref name="seed"/>
+    /// (independent of the verdict's draws, and the same on a rerun or a resumed request).
+    /// </summary>
+    public static long Propose(ReadOnlySpan<float> q, long seed, int tokenIndex) =>
+        Draw(q, default, new TokenRandom(seed, tokenIndex, DraftStream).NextDouble(), exclude: -1);
+
+    /// <summary>
+    /// <paramref name="probs"/>: the target's distribution at each of the d + 1 positions; <paramref name="draftProbs"/>:
+    /// the draft's distribution q at each of the d drafts, or null for deterministic drafts (q a point mass at each).
+    /// </summary>
+    public static long[] Sample(IReadOnlyList<ReadOnlyMemory<float>> probs, long[] drafts, long seed, int firstIndex, IReadOnlyList<ReadOnlyMemory<float>>? draftProbs = null)
     {
         if (probs.Count != drafts.Length + 1) throw new ArgumentException($"{drafts.Length} drafts need {drafts.Length + 1} distributions, got {probs.Count}");
+        if (draftProbs is not null && draftProbs.Count != drafts.Length) throw new ArgumentException($"{drafts.Length} drafts need {drafts.Length} draft distributions, got {draftProbs.Count}");
         var tokens = new List<long>();
         for (int j = 0; j < drafts.Length; j++)
         {
             var rng = new TokenRandom(seed, firstIndex + j);
             var p = probs[j].Span;
+            var q = draftProbs is null ? default : draftProbs[j].Span;
             long x = drafts[j];
-            double px = x >= 0 && x < p.Length ? p[(int)x] : 0;
-            if (rng.NextDouble() < px)
+            bool inVocab = x >= 0 && x < p.Length;
+            double px = inVocab ? p[(int)x] : 0;
+            double qx = draftProbs is null ? 1 : inVocab && x < q.Length ? q[(int)x] : 0;
+            // u < min(1, p(x)/q(x)) (u < 1 always): a draft q never proposes (q(x) = 0) is rejected.
+            if (qx > 0 && rng.NextDouble() * qx < px)
             {
                 tokens.Add(x);
                 continue;
             }
-            tokens.Add(Draw(p, rng.NextDouble(), exclude: x));
+            tokens.Add(Draw(p, q, rng.NextDouble(), exclude: draftProbs is null ? x : -1));
             return tokens.ToArray();
         }
-        tokens.Add(Draw(probs[drafts.Length].Span, new TokenRandom(seed, firstIndex + drafts.Length).NextDouble(), exclude: -1));
+        tokens.Add(Draw(probs[drafts.Length].Span, default, new TokenRandom(seed, firstIndex + drafts.Length).NextDouble(), exclude: -1));
         return tokens.ToArray();
     }
 
-    /// <summary>Inverse-CDF draw from <paramref name="p"/> without <paramref name="exclude"/> (renormalised), with u in [0, 1).</summary>
-    private static long Draw(ReadOnlySpan<float> p, double u, long exclude)
+    /// <summary>
+    /// Inverse-CDF draw, with u in [0, 1), from the residual norm(max(0, p − q)) — or, with <paramref name="q"/> empty,
+    /// from <paramref name="p"/> without <paramref name="exclude"/> (max(0, p − δx)), renormalised. A residual with no
+    /// mass (p equal to q up to rounding, where a rejection has probability 0) draws from p.
+    /// </summary>
+    private static long Draw(ReadOnlySpan<float> p, ReadOnlySpan<float> q, double u, long exclude)
     {
+        bool residual = q.Length > 0;
+        if (residual && q.Length != p.Length) throw new ArgumentException($"the draft's distribution has {q.Length} entries, the target's {p.Length}");
+        double Weight(ReadOnlySpan<float> p, ReadOnlySpan<float> q, int i) =>
+            i == exclude ? 0 : residual ? Math.Max(0.0, (double)p[i] - q[i]) : p[i];
         double total = 0;
-        for (int i = 0; i < p.Length; i++) if (i != exclude) total += p[i];
-        if (total <= 0) throw new InvalidOperationException("the target's distribution has no mass outside the rejected draft");
+        for (int i = 0; i < p.Length; i++) total += Weight(p, q, i);
+        if (total <= 0)
+        {
+            if (!residual) throw new InvalidOperationException("the target's distribution has no mass outside the rejected draft");
+            return Draw(p, default, u, exclude: -1);
+        }
         double target = u * total, acc = 0;
         int lastPositive = -1;
         for (int i = 0; i < p.Length; i++)
         {
-            if (i == exclude || p[i] <= 0) continue;
+            double w = Weight(p, q, i);
+            if (w <= 0) continue;
             lastPositive = i;
-            acc += p[i];
+            acc += w;
             if (target < acc) return i;
         }
         return lastPositive; // rounding: u·total reached the sum
@@ -201,9 +245,10 @@ public struct TokenRandom
 {
     private ulong _state;
 
-    public TokenRandom(long seed, int tokenIndex)
+    /// <param name="stream">Which of the token's independent streams (0: the verdict's; <see cref="SpeculativeAcceptance.DraftStream"/>: a sampled draft's).</param>
+    public TokenRandom(long seed, int tokenIndex, ulong stream = 0)
     {
-        _state = unchecked((ulong)seed * 0x9E3779B97F4A7C15UL ^ ((ulong)tokenIndex + 1) * 0xD1B54A32D192ED03UL);
+        _state = unchecked((ulong)seed * 0x9E3779B97F4A7C15UL ^ ((ulong)tokenIndex + 1) * 0xD1B54A32D192ED03UL ^ stream * 0xA0761D6478BD642FUL);
         Next(); // one round of mixing before the first number
     }
 

@@ -13,7 +13,7 @@ public sealed record SpeculationCounts(int Steps, int Proposed, int Accepted)
 
 /// <summary>
 /// Speculative decoding in one process (one row): each step runs the last accepted token plus up to k drafts
-/// (<see cref="NgramProposer"/>, or a draft model's <see cref="DraftProposer"/>) through the model in one forward pass,
+/// (<see cref="NgramProposer"/>, or a draft model's <see cref="DraftProposer"/>, sampled with q for a sampled request) through the model in one forward pass,
 /// keeps what <see cref="Speculation.Verify"/> accepts and truncates the KV cache to it. The first step prefills the prompt with the first drafts, as the
 /// pipeline does, so both give the same tokens.
 /// </summary>
@@ -25,22 +25,25 @@ public static class SpeculativeGenerator
         Speculation.Validate(draft is null ? Speculation.Ngram : Speculation.Draft, k, 1, draft is null ? null : "draft");
         if (draft is not null) DraftModelCheck.CheckVocab(draft, model.VocabSize, draft.SourceFolder ?? "draft");
         using var proposer = draft is null ? null : new DraftProposer(draft);
-        Func<IReadOnlyList<long>, int, long[]> propose = proposer is null ? (c, n) => NgramProposer.Propose(c, n) : proposer.Propose;
         var stop = StopTokens.From(model.GenerationConfig, options.EosTokenIds, options.PadTokenId);
         var context = prompt.ToList();
         using var cache = new KvCache();
         using var sampler = new Sampler(!options.DoSample, options.Temperature, options.TopK, options.TopP, options.Seed, options.RepetitionPenalty);
+        // A draft model samples its drafts for a sampled request (q kept for the verdict); prompt lookup's are deterministic.
+        DraftProposal propose(IReadOnlyList<long> c, int n, int firstIndex) =>
+            proposer is null ? new DraftProposal(NgramProposer.Propose(c, n), null) : proposer.Propose(c, n, sampler, firstIndex);
         var sw = Stopwatch.StartNew();
         double prefill = 0;
         int produced = 0, steps = 0, proposed = 0, accepted = 0;
-        var drafts = propose(context, Speculation.DraftBudget(k, 0, options.MaxNewTokens));
+        var proposal = propose(context, Speculation.DraftBudget(k, 0, options.MaxNewTokens), 0);
+        var drafts = proposal.Tokens;
         var (ids, mask, positions) = Speculation.AppendDrafts(new[] { prompt }, new[] { attentionMask ?? Enumerable.Repeat(1L, prompt.Length).ToArray() },
             DecodeRule.PositionsFromMask(new[] { attentionMask ?? Enumerable.Repeat(1L, prompt.Length).ToArray() }), drafts);
         while (true)
         {
             using var scope = NewDisposeScope();
             var logits = model.Forward(IdRows.ToTensor(ids), IdRows.ToTensor(mask), IdRows.ToTensor(positions), cache); // (1, T, V)
-            var verdict = Speculation.Verify(sampler, logits[0].narrow(0, logits.shape[1] - drafts.Length - 1, drafts.Length + 1), drafts, context, produced);
+            var verdict = Speculation.Verify(sampler, logits[0].narrow(0, logits.shape[1] - drafts.Length - 1, drafts.Length + 1), drafts, context, produced, proposal.Probs);
             var (tokens, finished) = Speculation.Deliver(verdict.Tokens, produced, options.MaxNewTokens, stop.Eos, options.IgnoreEos);
             steps++;
             proposed += drafts.Length;
@@ -50,10 +53,10 @@ public static class SpeculativeGenerator
             produced += tokens.Length;
             if (steps == 1) prefill = sw.Elapsed.TotalSeconds;
             if (finished || produced >= options.MaxNewTokens) break;
-            var newDrafts = propose(context, Speculation.DraftBudget(k, produced, options.MaxNewTokens));
-            var next = Speculation.NextInput(mask[0], drafts.Length, tokens.Length, tokens[^1], newDrafts);
+            proposal = propose(context, Speculation.DraftBudget(k, produced, options.MaxNewTokens), produced);
+            var next = Speculation.NextInput(mask[0], drafts.Length, tokens.Length, tokens[^1], proposal.Tokens);
             cache.Truncate(next.Mask.Length - next.Ids.Length);
-            (ids, mask, positions, drafts) = (new[] { next.Ids }, new[] { next.Mask }, new[] { next.Positions }, newDrafts);
+            (ids, mask, positions, drafts) = (new[] { next.Ids }, new[] { next.Mask }, new[] { next.Positions }, proposal.Tokens);
         }
         double total = sw.Elapsed.TotalSeconds;
         return (new GenerationResult(new[] { context.ToArray() }, produced, prefill, total - prefill), new SpeculationCounts(steps, proposed, accepted));
