@@ -102,6 +102,16 @@ public static class Speculation
             if (draftProbs.Length != drafts.Length * vocab)
                 throw new InvalidInputException($"the draft's distributions hold {draftProbs.Length} probabilities; {drafts.Length} drafts over a vocabulary of {vocab} need {drafts.Length * vocab}");
             q = Enumerable.Range(0, drafts.Length).Select(j => new ReadOnlyMemory<float>(draftProbs, (int)(j * vocab), (int)vocab)).ToArray();
+            for (int j = 0; j < q.Length; j++)
+            {
+                double sum = 0;
+                foreach (float v in q[j].Span)
+                {
+                    if (!float.IsFinite(v) || v < 0) throw new InvalidInputException($"the draft's distribution at draft {j} holds {v}: probabilities must be finite and non-negative");
+                    sum += v;
+                }
+                if (Math.Abs(sum - 1) > 1e-3) throw new InvalidInputException($"the draft's distribution at draft {j} sums to {sum:g6}, not 1");
+            }
         }
         var sampled = SpeculativeAcceptance.Sample(rows, drafts, sampler.Seed, firstIndex, q);
         return (sampled, sampled.Length - 1);

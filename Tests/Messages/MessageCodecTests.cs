@@ -19,6 +19,7 @@ public class MessageCodecTests
         if (type == typeof(long)) return rng.NextInt64(long.MinValue, long.MaxValue);
         if (type == typeof(uint)) return (uint)rng.NextInt64(0, uint.MaxValue);
         if (type == typeof(double)) return rng.NextDouble() * 1e6 - 5e5;
+        if (type == typeof(float)) return (float)rng.NextDouble();
         if (type == typeof(bool)) return rng.Next(2) == 1;
         if (type.IsEnum) { var values = Enum.GetValues(type); return values.GetValue(rng.Next(values.Length))!; }
         if (type == typeof(byte[])) { var b = new byte[rng.Next(0, 300)]; rng.NextBytes(b); return b; }

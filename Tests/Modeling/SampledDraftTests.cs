@@ -117,6 +117,14 @@ public class SampledDraftTests
         using var logits = tensor(new float[] { 0, 1, 2, 0, 1, 2, 1, 0, 3, 0, 1, 2 }).reshape(2, 6);
         var bad = Assert.Throws<InvalidInputException>(() => Speculation.Verify(sampler, logits, new long[] { 1 }, new long[] { 0 }, 0, new float[5]));
         Assert.Contains("1 drafts over a vocabulary of 6 need 6", bad.Message);
+        var negative = Assert.Throws<InvalidInputException>(() => Speculation.Verify(sampler, logits, new long[] { 1 }, new long[] { 0 }, 0, new[] { 0.5f, 0.7f, -0.2f, 0, 0, 0 }));
+        Assert.Contains("non-negative", negative.Message);
+        var nan = Assert.Throws<InvalidInputException>(() => Speculation.Verify(sampler, logits, new long[] { 1 }, new long[] { 0 }, 0, new[] { 0.5f, float.NaN, 0.5f, 0, 0, 0 }));
+        Assert.Contains("finite", nan.Message);
+        var sum = Assert.Throws<InvalidInputException>(() => Speculation.Verify(sampler, logits, new long[] { 1 }, new long[] { 0 }, 0, new[] { 0.5f, 0.1f, 0, 0, 0, 0 }));
+        Assert.Contains("sums to 0.6", sum.Message);
+        var (tokens, _) = Speculation.Verify(sampler, logits, new long[] { 1 }, new long[] { 0 }, 0, new[] { 0.5f, 0.5f, 0, 0, 0, 0 }); // a well-formed q
+        Assert.InRange(tokens.Length, 1, 2);
     }
 
     [Fact]
