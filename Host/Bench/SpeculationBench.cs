@@ -13,6 +13,9 @@ namespace ShardPipe.Host.Bench;
 /// prompt lookup proposes k) over one plain decode step, each the decode time over the steps after the first.
 /// ngram_speedup: tokens/s over plain. With a draft model (<c>--draft-model</c>), a third run each round proposes with
 /// it at the first stage: draft_acceptance and draft_speedup (tokens/s over plain), the tokens again equal to plain.
+/// Then a seeded sampled request (temperature 0.8, top-p 0.95) plain and with the draft's sampled proposals (rejection
+/// sampling): draft_sampled_acceptance and draft_sampled_speedup (tokens/s over the plain sampled run), the sampled
+/// tokens equal from round to round (seeded).
 /// </summary>
 public static class SpeculationBench
 {
@@ -71,7 +74,8 @@ public static class SpeculationBench
         await cluster.Client.RunAsync(Request(null) with { MaxNewTokens = 8 }, loaded.Stages, TimeSpan.FromSeconds(300)); // warm-up
         var draftSpec = draft is null ? null : new SpeculationSettings(ShardPipe.Modeling.Generation.Speculation.Draft, k, draft);
         if (draftSpec is not null) await cluster.Client.RunAsync(Request(draftSpec) with { MaxNewTokens = 8 }, loaded.Stages, TimeSpan.FromSeconds(300)); // loads the draft
-        RequestOutcome? bestPlain = null, bestSpec = null, bestDraft = null;
+        RequestOutcome? bestPlain = null, bestSpec = null, bestDraft = null, bestPlainSampled = null, bestDraftSampled = null;
+        var sampling = new SamplingSettings(false, 0.8, 0, 0.95, 1234);
         for (int r = 0; r < rounds; r++)
         {
             var plain = await cluster.Client.RunAsync(Request(null), loaded.Stages, TimeSpan.FromSeconds(300));
@@ -88,6 +92,14 @@ public static class SpeculationBench
                 throw new InvalidOperationException("bench decode --speculate --draft-model: the speculative tokens differ from the plain run's");
             if (bestDraft is null || drafted.TokensPerSecond > bestDraft.TokensPerSecond) bestDraft = drafted;
             BenchSupport.Say(asJson, $"  round {r + 1}: draft model {drafted.TokensPerSecond:0.00} tokens/s (accepted {drafted.Accepted} of {drafted.Proposed} drafts)");
+            var plainSampled = await cluster.Client.RunAsync(Request(null) with { Sampling = sampling }, loaded.Stages, TimeSpan.FromSeconds(300));
+            var draftSampled = await cluster.Client.RunAsync(Request(draftSpec) with { Sampling = sampling }, loaded.Stages, TimeSpan.FromSeconds(300));
+            if (bestDraftSampled is not null && !bestDraftSampled.NewTokens[0].SequenceEqual(draftSampled.NewTokens[0]))
+                throw new InvalidOperationException("bench decode --speculate --draft-model: the seeded sampled request gave other tokens in another round");
+            if (bestPlainSampled is null || plainSampled.TokensPerSecond > bestPlainSampled.TokensPerSecond) bestPlainSampled = plainSampled;
+            if (bestDraftSampled is null || draftSampled.TokensPerSecond > bestDraftSampled.TokensPerSecond) bestDraftSampled = draftSampled;
+            BenchSupport.Say(asJson, $"  round {r + 1}: sampled plain {plainSampled.TokensPerSecond:0.00} tokens/s, sampled drafts {draftSampled.TokensPerSecond:0.00} tokens/s " +
+                                     $"(accepted {draftSampled.Accepted} of {draftSampled.Proposed} drafts)");
         }
         int specSteps = bestSpec!.Steps - bestSpec.Accepted; // each step delivers its accepted drafts plus one token
         double plainStep = bestPlain!.DecodeSeconds / Math.Max(1, bestPlain.Steps - 1);
@@ -134,6 +146,19 @@ public static class SpeculationBench
             figures["draft_tokens_per_s"] = Math.Round(bestDraft.TokensPerSecond, 3);
             figures["draft_speedup"] = Math.Round(draftSpeedup, 4);
             figures["draft_tokens_equal"] = true;
+            var ds = bestDraftSampled!;
+            double sampledAcceptance = ds.Proposed > 0 ? (double)ds.Accepted / ds.Proposed : 0;
+            double sampledSpeedup = ds.TokensPerSecond / bestPlainSampled!.TokensPerSecond;
+            BenchSupport.Say(asJson, $"  sampled (t 0.8, top-p 0.95): draft acceptance {sampledAcceptance:0.000} ({ds.Accepted} of {ds.Proposed}), {ds.Steps - ds.Accepted} steps for {ds.Steps} tokens; " +
+                                     $"tokens/s {ds.TokensPerSecond:0.00} vs plain sampled {bestPlainSampled.TokensPerSecond:0.00}: draft_sampled_speedup {sampledSpeedup:0.000}");
+            figures["draft_sampled_acceptance"] = Math.Round(sampledAcceptance, 4);
+            figures["draft_sampled_proposed"] = ds.Proposed;
+            figures["draft_sampled_accepted"] = ds.Accepted;
+            figures["draft_sampled_steps"] = ds.Steps - ds.Accepted;
+            figures["plain_sampled_tokens_per_s"] = Math.Round(bestPlainSampled.TokensPerSecond, 3);
+            figures["draft_sampled_tokens_per_s"] = Math.Round(ds.TokensPerSecond, 3);
+            figures["draft_sampled_speedup"] = Math.Round(sampledSpeedup, 4);
+            figures["draft_sampled_reproduces"] = rounds > 1;
         }
         return figures;
     }
