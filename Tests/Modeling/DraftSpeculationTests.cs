@@ -10,7 +10,8 @@ namespace ShardPipe.Tests.Modeling;
 /// <summary>
 /// Speculative decoding with a draft model in one process: the draft's greedy proposals, its KV cache kept in step
 /// with the accepted context, plain greedy tokens (acceptance 1.0 with the target as its own draft), sampled
-/// tokens reproducible and distributed as the target's, and the vocabulary/tokenizer check.
+/// tokens (sampled drafts, <see cref="SampledDraftTests"/>) reproducible and distributed as the target's, and the
+/// vocabulary/tokenizer check.
 /// </summary>
 public class DraftSpeculationTests
 {
@@ -101,8 +102,8 @@ public class DraftSpeculationTests
     [Fact]
     public void Sampled_tokens_with_a_draft_model_are_distributed_as_the_targets_on_a_tiny_vocabulary()
     {
-        // A target and a different draft over 5 ids: the draft's greedy guesses are often wrong, so both branches of
-        // the rule (accept with p(x); else draw from p without x) decide the tokens.
+        // A target and a different draft over 5 ids: the draft's sampled proposals are often rejected, so both branches
+        // of the rule (accept with min(1, p(x)/q(x)); else draw from norm(max(0, p − q))) decide the tokens.
         using var tmp = new TempDir();
         const int vocab = 5;
         string targetFolder = tmp.Sub("target");
