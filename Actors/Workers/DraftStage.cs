@@ -29,6 +29,9 @@ public sealed class DraftStage : IDisposable
     /// <summary>Requests holding a draft cache here.</summary>
     public int Active => _proposers.Count;
 
+    /// <summary>Bytes of the draft caches held here (counted with the stage's request caches against its KV byte budget).</summary>
+    public long CacheBytes => _proposers.Values.Sum(p => p.CacheBytes);
+
     /// <summary>The step with the draft model's proposals appended (as prompt lookup's are), or the step unchanged.</summary>
     public StageInput Fill(StageInput s)
     {

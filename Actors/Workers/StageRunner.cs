@@ -46,7 +46,8 @@ public sealed class StageRunner : IDisposable
     public int Epoch { get; }
 
     public int ActiveRequests => _caches.Count;
-    public long CacheBytes => _caches.Values.Sum(c => c.Cache.Bytes);
+    /// <summary>Bytes of this stage's request KV caches, draft models' included (they count in the prefix cache's max-bytes).</summary>
+    public long CacheBytes => _caches.Values.Sum(c => c.Cache.Bytes) + (_drafts?.CacheBytes ?? 0);
 
     public IReadOnlyList<Outgoing> Run(StageInput input) => Run(new[] { input });
 

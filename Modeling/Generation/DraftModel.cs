@@ -118,6 +118,9 @@ public sealed class DraftProposer : IDisposable
     /// <summary>Positions the cache holds (for tests: kept in step with the accepted context).</summary>
     public int CachedTokens => _seen.Count;
 
+    /// <summary>Bytes the draft's KV cache holds.</summary>
+    public long CacheBytes => _cache.Bytes;
+
     /// <summary>Up to <paramref name="k"/> greedy draft tokens following <paramref name="context"/> (fewer where the draft runs out of positions).</summary>
     public long[] Propose(IReadOnlyList<long> context, int k) => Propose(context, k, null, 0).Tokens;
 
