@@ -197,8 +197,20 @@ public static unsafe class StepKernels
             if (float.IsNaN(p[i])) nan = true;
             else if (p[i] > max) max = p[i];
         }
-        for (int j = 0; j < n; j++)
-            if (nan ? float.IsNaN(p[j]) : p[j] == max) return j;
+        // The first index holding it, a vector of lanes at a time (a NaN is the only value unequal to itself).
+        int k = 0;
+        if (n >= w)
+        {
+            var mv = new Vector<float>(max);
+            for (; k <= n - w; k += w)
+            {
+                var x = Unsafe.ReadUnaligned<Vector<float>>(p + k);
+                var hit = nan ? Vector.OnesComplement(Vector.Equals(x, x)) : Vector.Equals(x, mv);
+                if (hit != Vector<int>.Zero) break;
+            }
+        }
+        for (; k < n; k++)
+            if (nan ? float.IsNaN(p[k]) : p[k] == max) return k;
         return 0; // every value −∞: libtorch answers index 0 too
     }
 

@@ -107,6 +107,28 @@ public class StepKernelTests
     }
 
     [Fact]
+    public void Argmax_finds_the_first_maximum_in_every_lane_vector_and_the_tail()
+    {
+        // The index search runs a vector of lanes at a time, then the tail: a maximum (or NaN) at every position of
+        // the first vectors and of the tail, alone or tied with a later one across a vector boundary.
+        int w = System.Numerics.Vector<float>.Count, v = 4 * w + 3;
+        manual_seed(12);
+        var baseRow = rand(1, v); // values in [0, 1)
+        for (int at = 0; at < v; at++)
+        {
+            var alone = baseRow.clone();
+            alone[0, at] = tensor(2f);
+            var tied = alone.clone();
+            tied[0, Math.Min(v - 1, at + w)] = tensor(2f);
+            var nan = baseRow.clone();
+            nan[0, at] = tensor(float.NaN);
+            nan[0, v - 1] = tensor(float.NaN);
+            foreach (var logits in new[] { alone, tied, nan })
+                Assert.Equal(logits.argmax(-1).data<long>().ToArray(), StepKernels.Argmax(logits));
+        }
+    }
+
+    [Fact]
     public void Bf16_rounding_equals_libtorch_to_the_bit()
     {
         manual_seed(5);
