@@ -147,7 +147,9 @@ public static unsafe class DecodeAttention
             }
             work *= 2L * heads * hd;
             int tasks = rowCount * heads;
-            int parts = work < ParallelWork ? 1 : Math.Clamp(Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1), 1, tasks);
+            // Several parts per thread, claimed one at a time (as the Linears' jobs): a helper the OS preempts mid-step
+            // (a loaded machine, another node's process) holds back one small part, not half the heads.
+            int parts = work < ParallelWork ? 1 : Math.Clamp(Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1) * SpinPool.PartsPerThread, 1, tasks);
             var job = new Job(jobs, qp, op, dtype, es, shape, maxLength);
             if (parts == 1) job.Tasks(0, tasks);
             else SpinPool.Shared.Run(parts, p => job.Tasks((int)((long)tasks * p / parts), (int)((long)tasks * (p + 1) / parts)));

@@ -127,6 +127,19 @@ public sealed class RotaryEmbedding : HfModule
         return (cosT.MoveToOuterDisposeScope(), sinT.MoveToOuterDisposeScope());
     }
 
+    /// <summary>
+    /// A step's flat queries (N, heads·D) and keys (N, kv_heads·D) rotated with each position's tables (N, 1, D): one
+    /// pass over both (<see cref="StepKernels.RotaryPair"/>: one check, no views, each table row widened once) when the
+    /// step kernels take them, else <see cref="Apply(Tensor, Tensor, Tensor)"/> on each one's (N, heads, 1, D) view.
+    /// Either way the values are the same; the fast path returns (N, heads·D), the other (N, heads, 1, D).
+    /// </summary>
+    public static (Tensor Q, Tensor K) ApplyPair(Tensor q, int heads, Tensor k, int kvHeads, int headDim, Tensor cos, Tensor sin)
+    {
+        if (StepKernels.RotaryPairApplies(q, k, cos, sin, headDim)) return StepKernels.RotaryPair(q, k, cos, sin, headDim);
+        long n = q.shape[0];
+        return (Apply(q.view(n, heads, 1, headDim), cos, sin), Apply(k.view(n, kvHeads, 1, headDim), cos, sin));
+    }
+
     /// <summary>x·cos + rotate_half(x)·sin; x (B, H, T, D), cos/sin (B, T, D).</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {

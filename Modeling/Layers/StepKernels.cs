@@ -117,15 +117,56 @@ public static unsafe class StepKernels
     public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin)
     {
         var shape = x.shape;
-        int b = (int)shape[0], h = (int)shape[1], t = (int)shape[2], d = (int)shape[3], half = d / 2;
-        bool bf16 = x.dtype == ScalarType.BFloat16;
-        int es = bf16 ? 2 : 4;
+        int b = (int)shape[0], h = (int)shape[1], t = (int)shape[2], d = (int)shape[3];
         var output = empty(shape, x.dtype);
-        byte* xp = (byte*)TensorMemory.Pointer(x), cp = (byte*)TensorMemory.Pointer(cos), sp = (byte*)TensorMemory.Pointer(sin), yp = (byte*)TensorMemory.Pointer(output);
+        RotaryCore((byte*)TensorMemory.Pointer(x), null, (byte*)TensorMemory.Pointer(output), null, h, 0,
+            (byte*)TensorMemory.Pointer(cos), (byte*)TensorMemory.Pointer(sin), b, t, d, x.dtype == ScalarType.BFloat16);
+        return output;
+    }
+
+    /// <summary>
+    /// Whether <see cref="RotaryPair"/> applies: a step's flat queries (N, heads·D) and keys (N, kv_heads·D), N at most
+    /// <see cref="MaxRows"/>, tables (N, 1, D), all of one float32 or bf16 dtype, contiguous on CPU; D even.
+    /// </summary>
+    public static bool RotaryPairApplies(Tensor q, Tensor k, Tensor cos, Tensor sin, int headDim)
+    {
+        var dtype = q.dtype;
+        if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || k.dtype != dtype || cos.dtype != dtype || sin.dtype != dtype
+            || q.device_type != DeviceType.CPU || k.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || sin.device_type != DeviceType.CPU
+            || headDim <= 0 || headDim % 2 != 0) return false;
+        long[] qs = q.shape, ks = k.shape, cs = cos.shape, ss = sin.shape; // each shape read is a native call: once each
+        return qs.Length == 2 && ks.Length == 2 && cs.Length == 3 && ss.Length == 3 && qs[0] > 0 && qs[0] <= MaxRows
+            && ks[0] == qs[0] && qs[1] > 0 && ks[1] > 0 && qs[1] % headDim == 0 && ks[1] % headDim == 0
+            && cs[0] == qs[0] && cs[1] == 1 && cs[2] == headDim && ss[0] == qs[0] && ss[1] == 1 && ss[2] == headDim
+            && q.is_contiguous() && k.is_contiguous() && cos.is_contiguous() && sin.is_contiguous();
+    }
+
+    /// <summary>
+    /// Rotary embedding of a step's queries and keys together (each row's tables widened once for both), each as
+    /// <see cref="Rotary"/> computes it on its (N, heads, 1, D) view; outputs of the inputs' flat shapes.
+    /// </summary>
+    public static (Tensor Q, Tensor K) RotaryPair(Tensor q, Tensor k, Tensor cos, Tensor sin, int headDim)
+    {
+        long[] qs = q.shape, ks = k.shape;
+        var qOut = empty(qs, q.dtype);
+        var kOut = empty(ks, k.dtype);
+        RotaryCore((byte*)TensorMemory.Pointer(q), (byte*)TensorMemory.Pointer(k), (byte*)TensorMemory.Pointer(qOut), (byte*)TensorMemory.Pointer(kOut),
+            (int)(qs[1] / headDim), (int)(ks[1] / headDim), (byte*)TensorMemory.Pointer(cos), (byte*)TensorMemory.Pointer(sin),
+            (int)qs[0], 1, headDim, q.dtype == ScalarType.BFloat16);
+        return (qOut, kOut);
+    }
+
+    /// <summary>
+    /// Rotary of x (B, H, T, D) into y and, when <paramref name="x2"/> is not null, of x2 (B, H2, T, D) into y2, with
+    /// tables (B, T, D): each table row widened once for both.
+    /// </summary>
+    private static void RotaryCore(byte* xp, byte* x2, byte* yp, byte* y2, int h, int h2, byte* cp, byte* sp, int b, int t, int d, bool bf16)
+    {
+        int es = bf16 ? 2 : 4;
         Span<float> scratch = 5 * d <= StackFloats ? stackalloc float[5 * d] : new float[5 * d];
         fixed (float* f = scratch)
         {
-            float* c = f, s = f + d, xf = f + 2 * d, rot = f + 3 * d, acc = f + 4 * d;
+            float* c = f, s = f + d, work = f + 2 * d;
             for (int bi = 0; bi < b; bi++)
                 for (int ti = 0; ti < t; ti++)
                 {
@@ -135,25 +176,38 @@ public static unsafe class StepKernels
                     for (int hi = 0; hi < h; hi++)
                     {
                         long row = (((long)bi * h + hi) * t + ti) * d * es;
-                        Widen(xp + row, bf16, xf, d);
-                        for (int i = 0; i < half; i++)
-                        {
-                            rot[i] = -xf[i + half];
-                            rot[i + half] = xf[i];
-                        }
-                        Multiply(xf, c, acc, d);
-                        Multiply(rot, s, rot, d);
-                        if (bf16)
-                        {
-                            RoundBf16(acc, d);
-                            RoundBf16(rot, d);
-                        }
-                        Add(acc, rot, acc, d);
-                        Narrow(acc, yp + row, bf16, d);
+                        RotaryRow(xp + row, yp + row, c, s, work, d, bf16);
+                    }
+                    if (x2 is null) continue;
+                    for (int hi = 0; hi < h2; hi++)
+                    {
+                        long row = (((long)bi * h2 + hi) * t + ti) * d * es;
+                        RotaryRow(x2 + row, y2 + row, c, s, work, d, bf16);
                     }
                 }
         }
-        return output;
+    }
+
+    /// <summary>One row: <c>x·cos + rotate_half(x)·sin</c>, each product rounded to the dtype, then the sum; scratch of 3·d floats.</summary>
+    private static void RotaryRow(byte* x, byte* y, float* c, float* s, float* scratch, int d, bool bf16)
+    {
+        int half = d / 2;
+        float* xf = scratch, rot = scratch + d, acc = scratch + 2 * d;
+        Widen(x, bf16, xf, d);
+        for (int i = 0; i < half; i++)
+        {
+            rot[i] = -xf[i + half];
+            rot[i + half] = xf[i];
+        }
+        Multiply(xf, c, acc, d);
+        Multiply(rot, s, rot, d);
+        if (bf16)
+        {
+            RoundBf16(acc, d);
+            RoundBf16(rot, d);
+        }
+        Add(acc, rot, acc, d);
+        Narrow(acc, y, bf16, d);
     }
 
     /// <summary>
@@ -197,8 +251,20 @@ public static unsafe class StepKernels
             if (float.IsNaN(p[i])) nan = true;
             else if (p[i] > max) max = p[i];
         }
-        for (int j = 0; j < n; j++)
-            if (nan ? float.IsNaN(p[j]) : p[j] == max) return j;
+        // The first index holding it, a vector of lanes at a time (a NaN is the only value unequal to itself).
+        int k = 0;
+        if (n >= w)
+        {
+            var mv = new Vector<float>(max);
+            for (; k <= n - w; k += w)
+            {
+                var x = Unsafe.ReadUnaligned<Vector<float>>(p + k);
+                var hit = nan ? Vector.OnesComplement(Vector.Equals(x, x)) : Vector.Equals(x, mv);
+                if (hit != Vector<int>.Zero) break;
+            }
+        }
+        for (; k < n; k++)
+            if (nan ? float.IsNaN(p[k]) : p[k] == max) return k;
         return 0; // every value −∞: libtorch answers index 0 too
     }
 

@@ -169,24 +169,29 @@ public abstract class CausalLMModel : HfModule
         long past = cache?.SeenTokens(0) ?? 0;
         var positions = positionIds ?? arange(past, past + t, dtype: ScalarType.Int64).unsqueeze(0).expand(batch, t);
         var hidden = Embed(inputIds.to(EmbedDevice), positions.to(EmbedDevice));
-        var inputsByDevice = new Dictionary<string, LayerInputs>();
+        var inputsByDevice = new Dictionary<string, (LayerInputs Inputs, RaggedBatch Batch)>();
+        long width = hidden.shape[2];
+        var flat = hidden.reshape(batch * t, width); // the blocks' flat (N, H) rows, and one batch per device for every block
         try
         {
             for (int i = 0; i < NumLayers; i++)
             {
                 var device = LayerDevice?.Invoke(i) ?? EmbedDevice;
-                if (!inputsByDevice.TryGetValue(device.ToString(), out var li))
+                string key = device.ToString();
+                if (!inputsByDevice.TryGetValue(key, out var per))
                 {
-                    li = PrepareLayerInputs(positions.to(device), attentionMask?.to(device), past, t, hidden.dtype, device, cache, i);
-                    inputsByDevice[device.ToString()] = li;
+                    var li = PrepareLayerInputs(positions.to(device), attentionMask?.to(device), past, t, hidden.dtype, device, cache, i);
+                    per = (li, RaggedBatch.Single(batch, t, li));
+                    inputsByDevice[key] = per;
                 }
-                hidden = Layer(i, hidden.to(device), li);
+                flat = Layer(i, flat.to(device), per.Batch);
             }
         }
         finally
         {
-            foreach (var li in inputsByDevice.Values) li.Dispose();
+            foreach (var per in inputsByDevice.Values) per.Inputs.Dispose();
         }
+        hidden = flat.view(batch, t, width);
         if (lastOnly) hidden = hidden.narrow(1, t - 1, 1);
         hidden = FinalNorm(hidden.to(HeadDevice));
         baseHook.Dispose();

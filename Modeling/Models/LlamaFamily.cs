@@ -118,11 +118,9 @@ public sealed class LlamaAttention : HfModule
     {
         using var hook = Hook();
         using var scope = NewDisposeScope();
-        long n = x.shape[0];
         // Every position of every request at once: projections, then rotary (each position's own angles).
         var qkv = Linear.Forward(x, _q, _k, _v); // one kernel job for the three in a decode step
-        var q = RotaryEmbedding.Apply(qkv[0].view(n, _c.NumHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!);   // (N, nh, 1, hd)
-        var k = RotaryEmbedding.Apply(qkv[1].view(n, _c.NumKvHeads, 1, _c.HeadDim), batch.FlatCos!, batch.FlatSin!); // (N, nkv, 1, hd)
+        var (q, k) = RotaryEmbedding.ApplyPair(qkv[0], _c.NumHeads, qkv[1], _c.NumKvHeads, _c.HeadDim, batch.FlatCos!, batch.FlatSin!); // N rows of nh·hd, nkv·hd
         var v = qkv[2];
         // Decode rows of every request in one call; a prompt's positions (and the eager path) per request.
         var merged = batch.Attend(_layer, q, k, v, new DecodeAttention.Shape(_c.NumHeads, _c.NumKvHeads, _c.HeadDim, 1.0 / Math.Sqrt(_c.HeadDim)),

@@ -81,6 +81,39 @@ public class StepKernelTests
         Assert.True(Same(ours, theirs), $"max diff {(ours.to(ScalarType.Float32) - theirs.to(ScalarType.Float32)).abs().max().item<float>()}");
     }
 
+    [Theory]
+    [InlineData(ScalarType.Float32, 1, 12, 12, 64)]
+    [InlineData(ScalarType.Float32, 7, 6, 2, 22)]   // grouped-query keys; half 11: a vector and a tail
+    [InlineData(ScalarType.BFloat16, 1, 12, 12, 64)]
+    [InlineData(ScalarType.BFloat16, 64, 4, 1, 36)] // a merged step's most rows
+    public void Rotary_of_queries_and_keys_together_equals_the_libtorch_form(ScalarType dtype, int n, int heads, int kvHeads, int d)
+    {
+        manual_seed(n * 100 + d);
+        var q = randn(n, heads * d).to(dtype);
+        var k = randn(n, kvHeads * d).to(dtype);
+        var cos = randn(n, 1, d).to(dtype);
+        var sin = randn(n, 1, d).to(dtype);
+        Assert.True(StepKernels.RotaryPairApplies(q, k, cos, sin, d));
+        var (qOurs, kOurs) = RotaryEmbedding.ApplyPair(q, heads, k, kvHeads, d, cos, sin);
+        Tensor Theirs(Tensor flat, int h)
+        {
+            var x = flat.view(n, h, 1, d);
+            long half = d / 2;
+            var rotated = cat(new[] { -x.narrow(-1, half, half), x.narrow(-1, 0, half) }, -1);
+            return (x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)).reshape(n, h * d);
+        }
+        Assert.True(Same(qOurs, Theirs(q, heads)), "queries");
+        Assert.True(Same(kOurs, Theirs(k, kvHeads)), "keys");
+        // Inputs the kernel does not take (more rows than a step's, an odd head width) go through libtorch, same values.
+        var many = randn(StepKernels.MaxRows + 1, heads * d).to(dtype);
+        var manyCos = randn(StepKernels.MaxRows + 1, 1, d).to(dtype);
+        var manySin = randn(StepKernels.MaxRows + 1, 1, d).to(dtype);
+        Assert.False(StepKernels.RotaryPairApplies(many, many, manyCos, manySin, d));
+        var (qLib, _) = RotaryEmbedding.ApplyPair(many, heads, many, heads, d, manyCos, manySin);
+        Assert.Equal(new long[] { StepKernels.MaxRows + 1, heads, 1, d }, qLib.shape);
+        Assert.False(StepKernels.RotaryPairApplies(q, k, cos, sin, d - 1));
+    }
+
     [Fact]
     public void Argmax_equals_libtorch_with_ties_infinities_and_nan()
     {
@@ -104,6 +137,28 @@ public class StepKernelTests
         using var sampler = new Sampler(greedy: true);
         var row = randn(2, 1000);
         Assert.Equal(row.argmax(-1).data<long>().ToArray(), sampler.Next(row));
+    }
+
+    [Fact]
+    public void Argmax_finds_the_first_maximum_in_every_lane_vector_and_the_tail()
+    {
+        // The index search runs a vector of lanes at a time, then the tail: a maximum (or NaN) at every position of
+        // the first vectors and of the tail, alone or tied with a later one across a vector boundary.
+        int w = System.Numerics.Vector<float>.Count, v = 4 * w + 3;
+        manual_seed(12);
+        var baseRow = rand(1, v); // values in [0, 1)
+        for (int at = 0; at < v; at++)
+        {
+            var alone = baseRow.clone();
+            alone[0, at] = tensor(2f);
+            var tied = alone.clone();
+            tied[0, Math.Min(v - 1, at + w)] = tensor(2f);
+            var nan = baseRow.clone();
+            nan[0, at] = tensor(float.NaN);
+            nan[0, v - 1] = tensor(float.NaN);
+            foreach (var logits in new[] { alone, tied, nan })
+                Assert.Equal(logits.argmax(-1).data<long>().ToArray(), StepKernels.Argmax(logits));
+        }
     }
 
     [Fact]
