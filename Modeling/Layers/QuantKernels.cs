@@ -123,6 +123,10 @@ public static unsafe class QuantKernels
     /// (benchmarks and tests compare both; default on).</summary>
     public static bool DecodeRowsEnabled { get; set; } = true;
 
+    /// <summary>int4 in <see cref="QuantDecodeRows"/>: nibbles decoded by mask-into-2²³ (<see cref="QuantDecodeRows.ByMagic"/>)
+    /// rather than by the 16-entry permute (benchmarks compare both; default on).</summary>
+    public static bool NibblesByMagic { get; set; } = true;
+
     /// <summary>Whether a one-row product takes <see cref="QuantDecodeRows"/>: AVX-512, int4 in the wide layout or int8 in
     /// 32-code steps of whole groups.</summary>
     internal static bool DecodeRowsApply(PackedWeight w, bool simd) => DecodeRowsEnabled && simd
@@ -162,6 +166,8 @@ public static unsafe class QuantKernels
             {
                 for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : Load(xp, src[d], type);
                 QuantDecodeRows.LaneSums(xq, k, chunkCodes, w.Zeros is null ? -w.MidZero : 1f, zq);
+                bool magic = int4 && NibblesByMagic;
+                if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq, k); // after the sums: they are of the inputs themselves
                 float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
                 nint codes = (nint)TensorMemory.Pointer(w.Codes), scales = (nint)TensorMemory.Pointer(w.Scales);
                 nint zeros = w.Zeros is null ? 0 : (nint)TensorMemory.Pointer(w.Zeros), xa = (nint)xq, za = (nint)zq, ya = (nint)yp;
@@ -170,7 +176,8 @@ public static unsafe class QuantKernels
                 {
                     int from = DecodeKernels.Split(n, p, parts), to = DecodeKernels.Split(n, p + 1, parts);
                     if (from >= to) return;
-                    if (int4) QuantDecodeRows.Int4Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
+                    if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
+                    else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
                     else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
                 });
                 Finish(yp, output, bias, 1, n, type);
