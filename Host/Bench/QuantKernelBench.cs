@@ -18,7 +18,7 @@ namespace ShardPipe.Host.Bench;
 /// dequantize-a-block-then-GEMM path). The float formats are the in-run baselines: quantized decode against bfloat16
 /// (what <c>bench decode --speed-only</c>'s int8/int4 speedups divide by), quantized prefill against float32 (the
 /// quantized path computes in float32); int4/int8 decode also with the per-row kernels that the four-rows-a-pass ones
-/// replaced, int4 also with the paired-layout kernel (the one before the wide layout) and the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
+/// replaced, int4 also with the four-rows kernel's permute decoding (the default) and its mask-into-2²³ decoding (rows4_magic), the paired-layout kernel (the one before the wide layout) and the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
 /// best of <c>--rounds</c>, the formats taking turns.
 /// </summary>
 public static class QuantKernelBench
@@ -57,17 +57,17 @@ public static class QuantKernelBench
             // with the permute decoding), and for int4 also the per-row wide kernel's mask-and-convert decoding and the
             // paired layout (what int4 ran before the wide one).
             foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int")))
-                foreach (var (v, _, _, _) in Variants(name)) decode[$"{name}_{v}"] = double.MaxValue;
+                foreach (var (v, _, _, _, _) in Variants(name)) decode[$"{name}_{v}"] = double.MaxValue;
             for (int r = 0; r < rounds; r++)
                 foreach (var (name, model) in formats)
                 {
                     decode[name] = Math.Min(decode[name], LinearsMs(model, 1, 10));
                     prefill[name] = Math.Min(prefill[name], LinearsMs(model, prefillRows, 2));
-                    foreach (var (v, wide, permute, rows) in Variants(name))
+                    foreach (var (v, wide, permute, rows, magic) in Variants(name))
                     {
-                        SetKernels(wide, permute, rows);
+                        SetKernels(wide, permute, rows, magic);
                         try { decode[$"{name}_{v}"] = Math.Min(decode[$"{name}_{v}"], LinearsMs(model, 1, 10)); }
-                        finally { SetKernels(true, true, true); }
+                        finally { SetKernels(true, true, true, false); }
                     }
                 }
             foreach (var (name, _) in formats)
@@ -82,9 +82,9 @@ public static class QuantKernelBench
             {
                 var up = model.NamedModules().Where(m => m.Path.EndsWith("mlp.up_proj")).Select(m => m.Module).OfType<Linear>().First();
                 using var x1 = randn(1, 1, up.InFeatures).to(model.DType);
-                foreach (var (v, wide, permute, rows) in Variants(name).Prepend((name.StartsWith("int4") ? "wide" : "default", true, true, true)))
+                foreach (var (v, wide, permute, rows, magic) in Variants(name).Prepend((name.StartsWith("int4") ? "wide" : "default", true, true, true, false)))
                 {
-                    SetKernels(wide, permute, rows);
+                    SetKernels(wide, permute, rows, magic);
                     double best = double.MaxValue;
                     try
                     {
@@ -95,13 +95,13 @@ public static class QuantKernelBench
                             if (i > 0) best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
                         }
                     }
-                    finally { SetKernels(true, true, true); }
+                    finally { SetKernels(true, true, true, false); }
                     figures[$"one_layer_us_{name}_{v}"] = Math.Round(best, 1);
                     BenchSupport.Say(asJson, $"  {name} one layer {up.OutFeatures}x{up.InFeatures} in cache, {v} kernel: {best:0.0} µs");
                 }
             }
             foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int")))
-                foreach (var (v, _, _, _) in Variants(name))
+                foreach (var (v, _, _, _, _) in Variants(name))
                 {
                     figures[$"decode_linear_ms_{name}_{v}"] = Math.Round(decode[$"{name}_{v}"], 3);
                     BenchSupport.Say(asJson, $"  {name} decode, {v} kernel: {decode[$"{name}_{v}"]:0.000} ms/token (four rows a pass: {decode[name]:0.000})");
@@ -121,15 +121,17 @@ public static class QuantKernelBench
         return 0;
     }
 
-    /// <summary>The kernel variants measured beside the default for a format: (name, wide int4 layout, permute decoding,
-    /// four-rows-a-pass decode kernels).</summary>
-    private static (string Name, bool Wide, bool Permute, bool Rows)[] Variants(string format) =>
-        format.StartsWith("int4") ? new[] { ("per_row", true, true, false), ("paired", false, true, false), ("wide_convert", true, false, false) }
-        : format.StartsWith("int8") ? new[] { ("per_row", true, true, false) }
+    /// <summary>The kernel variants measured beside the default for a format: (name, wide int4 layout, permute decoding in
+    /// the per-row kernels, four-rows-a-pass decode kernels, mask-into-2²³ decoding in those).</summary>
+    private static (string Name, bool Wide, bool Permute, bool Rows, bool Magic)[] Variants(string format) =>
+        format.StartsWith("int4") ? new[] { ("rows4_magic", true, true, true, true), ("per_row", true, true, false, false),
+            ("paired", false, true, false, false), ("wide_convert", true, false, false, false) }
+        : format.StartsWith("int8") ? new[] { ("per_row", true, true, false, false) }
         : [];
 
-    private static void SetKernels(bool wide, bool permute, bool rows)
+    private static void SetKernels(bool wide, bool permute, bool rows, bool magic)
     {
+        QuantKernels.NibblesByMagic = magic;
         QuantKernels.WideInt4Enabled = wide;
         QuantKernels.NibblesByPermute = permute;
         QuantKernels.DecodeRowsEnabled = rows;

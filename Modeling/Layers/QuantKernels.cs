@@ -124,8 +124,9 @@ public static unsafe class QuantKernels
     public static bool DecodeRowsEnabled { get; set; } = true;
 
     /// <summary>int4 in <see cref="QuantDecodeRows"/>: nibbles decoded by mask-into-2²³ (<see cref="QuantDecodeRows.ByMagic"/>)
-    /// rather than by the 16-entry permute (benchmarks compare both; default on).</summary>
-    public static bool NibblesByMagic { get; set; } = true;
+    /// rather than by the 16-entry permute. Default off: on the loaded 2-core helper machine neither won clearly (the
+    /// benchmark's in-cache layer favoured the permute); <c>bench quant-kernels</c> measures both (rows4_magic).</summary>
+    public static bool NibblesByMagic { get; set; }
 
     /// <summary>Whether a one-row product takes <see cref="QuantDecodeRows"/>: AVX-512, int4 in the wide layout or int8 in
     /// 32-code steps of whole groups.</summary>

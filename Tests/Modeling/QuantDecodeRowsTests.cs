@@ -6,7 +6,7 @@ namespace ShardPipe.Tests.Modeling;
 
 /// <summary>
 /// The one-row (decode) kernels that take four output rows a pass (QuantDecodeRows): with either int4 nibble decoding
-/// (mask-into-2²³, permute), and the per-row kernels they replaced, each equals F.linear over the dequantized weight —
+/// (permute, the default; mask-into-2²³), and the per-row kernels they replaced, each equals F.linear over the dequantized weight —
 /// output counts that leave 1–3 rows past the last four and parts of the spin pool, zero points folded into the lane
 /// sums, groups of 32/64/128/256 (a chunk of two blocks) and per channel, act-order, bias, and bf16 inputs and outputs.
 /// </summary>
@@ -62,7 +62,7 @@ public class QuantDecodeRowsTests
                 finally
                 {
                     QuantKernels.DecodeRowsEnabled = true;
-                    QuantKernels.NibblesByMagic = true;
+                    QuantKernels.NibblesByMagic = false;
                 }
             }
         }
@@ -82,11 +82,11 @@ public class QuantDecodeRowsTests
         foreach (float magnitude in new[] { 1e30f, 1f, 1e-30f, 3e-36f })
         {
             var x = randn(1, inF) * magnitude;
-            QuantKernels.NibblesByMagic = false;
-            float[] byPermute;
-            try { byPermute = QuantKernels.Linear(x, w, null).data<float>().ToArray(); }
-            finally { QuantKernels.NibblesByMagic = true; }
-            var byMagic = QuantKernels.Linear(x, w, null).data<float>().ToArray();
+            var byPermute = QuantKernels.Linear(x, w, null).data<float>().ToArray();
+            QuantKernels.NibblesByMagic = true;
+            float[] byMagic;
+            try { byMagic = QuantKernels.Linear(x, w, null).data<float>().ToArray(); }
+            finally { QuantKernels.NibblesByMagic = false; }
             Assert.Contains(byPermute, v => v != 0);
             for (int o = 0; o < outF; o++)
                 if (magnitude >= 1e-30f) Assert.Equal(byPermute[o], byMagic[o]);
