@@ -17,8 +17,8 @@ namespace ShardPipe.Host.Bench;
 /// and group 128, head included), on one input row (decode) and on <c>--prefill-rows</c> rows (prefill, the
 /// dequantize-a-block-then-GEMM path). The float formats are the in-run baselines: quantized decode against bfloat16
 /// (what <c>bench decode --speed-only</c>'s int8/int4 speedups divide by), quantized prefill against float32 (the
-/// quantized path computes in float32); int4 decode also with the paired-layout kernel (the one before the wide layout)
-/// and with the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
+/// quantized path computes in float32); int4/int8 decode also with the per-row kernels that the four-rows-a-pass ones
+/// replaced, int4 also with the four-rows kernel's permute decoding (the default) and its mask-into-2²³ decoding (rows4_magic), the paired-layout kernel (the one before the wide layout) and the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
 /// best of <c>--rounds</c>, the formats taking turns.
 /// </summary>
 public static class QuantKernelBench
@@ -52,24 +52,27 @@ public static class QuantKernelBench
         {
             var decode = formats.ToDictionary(f => f.Name, _ => double.MaxValue);
             var prefill = formats.ToDictionary(f => f.Name, _ => double.MaxValue);
-            // The int4 decode kernels beside each other: the wide layout with either nibble decoding, and the paired layout
-            // (what int4 ran before the wide one), on the same models in the same rounds.
-            var variants = new[] { ("paired", false, true), ("wide_convert", true, false) };
-            foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int4")))
-                foreach (var (v, _, _) in variants) decode[$"{name}_{v}"] = double.MaxValue;
+            // The decode kernels beside each other, on the same models in the same rounds: the four-rows-a-pass kernels
+            // (QuantDecodeRows, the default) against the per-row kernels they replaced ("per_row": for int4 the wide layout
+            // with the permute decoding), and for int4 also the per-row wide kernel's mask-and-convert decoding and the
+            // paired layout (what int4 ran before the wide one).
+            foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int")))
+                foreach (var (v, _, _, _, _) in Variants(name)) decode[$"{name}_{v}"] = double.MaxValue;
             for (int r = 0; r < rounds; r++)
                 foreach (var (name, model) in formats)
                 {
                     decode[name] = Math.Min(decode[name], LinearsMs(model, 1, 10));
                     prefill[name] = Math.Min(prefill[name], LinearsMs(model, prefillRows, 2));
-                    if (!name.StartsWith("int4")) continue;
-                    foreach (var (v, wide, permute) in variants)
+                    foreach (var (v, wide, permute, rows, magic) in Variants(name))
                     {
-                        QuantKernels.WideInt4Enabled = wide;
-                        QuantKernels.NibblesByPermute = permute;
+                        SetKernels(wide, permute, rows, magic);
                         try { decode[$"{name}_{v}"] = Math.Min(decode[$"{name}_{v}"], LinearsMs(model, 1, 10)); }
-                        finally { QuantKernels.WideInt4Enabled = true; QuantKernels.NibblesByPermute = true; }
+                        finally { SetKernels(true, true, true, false); }
                     }
+                    // The default again after its variants: the first decode figure of a format follows the previous
+                    // format's prefill, whose libtorch threads still spin for a while (on the loaded helper machine the
+                    // first kernel measured after it, whichever it was, came out ≈ 30 % slower).
+                    if (Variants(name).Length > 0) decode[name] = Math.Min(decode[name], LinearsMs(model, 1, 10));
                 }
             foreach (var (name, _) in formats)
             {
@@ -79,14 +82,14 @@ public static class QuantKernelBench
             }
             // One cache-resident layer (the first MLP's up projection), its fastest of 300 calls per kernel: the kernels' own
             // arithmetic, which a loaded machine's preemptions do not reach the way they reach a pass over the whole model.
-            foreach (var (name, model) in formats.Where(f => f.Name.StartsWith("int4")))
+            foreach (var (name, model) in formats.Where(f => f.Name == "bf16" || f.Name.StartsWith("int")))
             {
                 var up = model.NamedModules().Where(m => m.Path.EndsWith("mlp.up_proj")).Select(m => m.Module).OfType<Linear>().First();
                 using var x1 = randn(1, 1, up.InFeatures).to(model.DType);
-                foreach (var (v, wide, permute) in variants.Prepend(("wide", true, true)))
+                for (int i = 0; i < 300; i++) up.Forward(x1).Dispose(); // warm-up, untimed: the first kernel timed is not the one that pays for it
+                foreach (var (v, wide, permute, rows, magic) in Variants(name).Prepend((name.StartsWith("int4") ? "wide" : "default", true, true, true, false)))
                 {
-                    QuantKernels.WideInt4Enabled = wide;
-                    QuantKernels.NibblesByPermute = permute;
+                    SetKernels(wide, permute, rows, magic);
                     double best = double.MaxValue;
                     try
                     {
@@ -97,16 +100,16 @@ public static class QuantKernelBench
                             if (i > 0) best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
                         }
                     }
-                    finally { QuantKernels.WideInt4Enabled = true; QuantKernels.NibblesByPermute = true; }
+                    finally { SetKernels(true, true, true, false); }
                     figures[$"one_layer_us_{name}_{v}"] = Math.Round(best, 1);
                     BenchSupport.Say(asJson, $"  {name} one layer {up.OutFeatures}x{up.InFeatures} in cache, {v} kernel: {best:0.0} µs");
                 }
             }
-            foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int4")))
-                foreach (var (v, _, _) in variants)
+            foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int")))
+                foreach (var (v, _, _, _, _) in Variants(name))
                 {
                     figures[$"decode_linear_ms_{name}_{v}"] = Math.Round(decode[$"{name}_{v}"], 3);
-                    BenchSupport.Say(asJson, $"  {name} decode, {v} kernel: {decode[$"{name}_{v}"]:0.000} ms/token (wide, permute: {decode[name]:0.000})");
+                    BenchSupport.Say(asJson, $"  {name} decode, {v} kernel: {decode[$"{name}_{v}"]:0.000} ms/token (four rows a pass: {decode[name]:0.000})");
                 }
             foreach (var (name, _) in formats.Skip(2))
             {
@@ -121,6 +124,22 @@ public static class QuantKernelBench
         }
         BenchSupport.Finish(figures);
         return 0;
+    }
+
+    /// <summary>The kernel variants measured beside the default for a format: (name, wide int4 layout, permute decoding in
+    /// the per-row kernels, four-rows-a-pass decode kernels, mask-into-2²³ decoding in those).</summary>
+    private static (string Name, bool Wide, bool Permute, bool Rows, bool Magic)[] Variants(string format) =>
+        format.StartsWith("int4") ? new[] { ("rows4_magic", true, true, true, true), ("per_row", true, true, false, false),
+            ("paired", false, true, false, false), ("wide_convert", true, false, false, false) }
+        : format.StartsWith("int8") ? new[] { ("per_row", true, true, false, false) }
+        : [];
+
+    private static void SetKernels(bool wide, bool permute, bool rows, bool magic)
+    {
+        QuantKernels.NibblesByMagic = magic;
+        QuantKernels.WideInt4Enabled = wide;
+        QuantKernels.NibblesByPermute = permute;
+        QuantKernels.DecodeRowsEnabled = rows;
     }
 
     /// <summary>

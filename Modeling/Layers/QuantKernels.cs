@@ -42,6 +42,7 @@ public static unsafe class QuantKernels
         int m = (int)(x.NumberOfElements / k);
         bool simd = !portable && Simd(w);
         if (m >= DenseRows) return Dense(x, w, bias, m, simd);
+        if (m == 1 && DecodeRowsApply(w, simd)) return DecodeRow(x, w, bias);
         int kp = w.WordsPerRow * w.CodesPerWord, groups = w.Groups;
         // Inputs and outputs are read and written here in their own dtype: no libtorch conversions per call (a decode
         // step makes dozens of these calls, and each libtorch op costs more than the int4 product of a small layer).
@@ -77,26 +78,116 @@ public static unsafe class QuantKernels
                 var job = new Job(w, codes, scales, zeros, xq0, sq0, yp, m, kp, simd, layout == WideInt4, NibblesByPermute);
                 int parts = Math.Clamp(n / 32, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
                 SpinPool.Shared.Run(parts, p => job.Rows((int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
-                if (bias is not null)
-                {
-                    var b = bias.is_contiguous() ? bias : bias.contiguous();
-                    var bp = (byte*)TensorMemory.Pointer(b);
-                    var bt = b.dtype;
-                    for (int r = 0; r < m; r++)
-                        for (int o = 0; o < n; o++) yp[(long)r * n + o] += Load(bp, o, bt);
-                    if (!ReferenceEquals(b, bias)) b.Dispose();
-                }
-                if (ys is not null)
-                {
-                    var op = (byte*)TensorMemory.Pointer(output);
-                    for (long i = 0; i < (long)m * n; i++) Store(op, i, type, yp[i]);
-                }
+                Finish(yp, output, bias, m, n, type);
             }
         }
         finally
         {
             ArrayPool<float>.Shared.Return(xs);
             ArrayPool<float>.Shared.Return(sums);
+            if (ys is not null) ArrayPool<float>.Shared.Return(ys);
+            if (!ReferenceEquals(input, x)) input.Dispose();
+        }
+        return output;
+    }
+
+    /// <summary>The bias added to the float32 results <paramref name="yp"/> (m rows of n), and — when the output is not
+    /// float32 (then yp is a separate buffer) — the results stored into <paramref name="output"/> in its dtype.</summary>
+    private static void Finish(float* yp, Tensor output, Tensor? bias, int m, int n, ScalarType type)
+    {
+        if (bias is not null)
+        {
+            var b = bias.is_contiguous() ? bias : bias.contiguous();
+            var bp = (byte*)TensorMemory.Pointer(b);
+            var bt = b.dtype;
+            for (int r = 0; r < m; r++)
+                for (int o = 0; o < n; o++) yp[(long)r * n + o] += Load(bp, o, bt);
+            if (!ReferenceEquals(b, bias)) b.Dispose();
+        }
+        if (type == ScalarType.Float32) return;
+        var op = (byte*)TensorMemory.Pointer(output);
+        long i = 0, count = (long)m * n;
+        if (type == ScalarType.BFloat16 && Avx512F.IsSupported)
+            for (; i + 16 <= count; i += 16)
+            {
+                // Store's rounding, 16 at a time (the head's 32000 outputs one by one cost tens of µs a token).
+                var v = Vector512.Load((uint*)(yp + i));
+                var rounded = (v + Vector512.Create(0x7fffu) + ((v >>> 16) & Vector512.Create(1u))) >>> 16;
+                var nan = Vector512.GreaterThan(v & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
+                Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, (v >>> 16) | Vector512.Create(0x40u), rounded)).Store((ushort*)op + i);
+            }
+        for (; i < count; i++) Store(op, i, type, yp[i]);
+    }
+
+    /// <summary>Off: one-row int4/int8 products take the per-row kernels below instead of <see cref="QuantDecodeRows"/>
+    /// (benchmarks and tests compare both; default on).</summary>
+    public static bool DecodeRowsEnabled { get; set; } = true;
+
+    /// <summary>int4 in <see cref="QuantDecodeRows"/>: nibbles decoded by mask-into-2²³ (<see cref="QuantDecodeRows.ByMagic"/>)
+    /// rather than by the 16-entry permute. Default off: on the loaded 2-core helper machine neither won clearly (the
+    /// benchmark's in-cache layer favoured the permute); <c>bench quant-kernels</c> measures both (rows4_magic).</summary>
+    public static bool NibblesByMagic { get; set; }
+
+    /// <summary>Whether a one-row product takes <see cref="QuantDecodeRows"/>: AVX-512, int4 in the wide layout or int8 in
+    /// 32-code steps of whole groups.</summary>
+    internal static bool DecodeRowsApply(PackedWeight w, bool simd) => DecodeRowsEnabled && simd
+        && (Layout(w, simd) == WideInt4 || (w.Bits == 8 && QuantDecodeRows.Int8Applies(w.In, w.GroupSize)));
+
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<PackedWeight, int[]> Sources = new();
+
+    /// <summary>For each position of the gathered row (the kernels' order, <see cref="Layout"/>), the input it reads
+    /// (−1: padding): built once per weight, so a decode call gathers with one indexed load per input.</summary>
+    private static int[] SourceMap(PackedWeight w, int layout) => Sources.GetValue(w, pw =>
+    {
+        var gather = pw.Gather;
+        var src = new int[gather.Length];
+        for (int j = 0; j < gather.Length; j++) src[Order(j, layout)] = gather[j];
+        return src;
+    });
+
+    /// <summary>One input row through <see cref="QuantDecodeRows"/>: the row gathered into the kernels' order (in float32),
+    /// its lane-wise chunk sums (the zero term, folded into the kernels), then four output rows per pass on the spin pool,
+    /// cut into parts of whole fours that the threads claim one at a time.</summary>
+    private static Tensor DecodeRow(Tensor x, PackedWeight w, Tensor? bias)
+    {
+        int k = w.In, n = w.Out, gs = w.GroupSize, layout = Layout(w, true);
+        bool int4 = w.Bits == 4;
+        var type = x.dtype;
+        var src = SourceMap(w, layout);
+        int kp = src.Length, chunkCodes = int4 ? QuantDecodeRows.Int4ChunkCodes(gs) : gs, chunks = (k + chunkCodes - 1) / chunkCodes;
+        var input = x.is_contiguous() ? x : x.contiguous();
+        var output = empty(x.shape[..^1].Append(n).ToArray(), type);
+        var xs = ArrayPool<float>.Shared.Rent(kp);
+        var zx = ArrayPool<float>.Shared.Rent(chunks * 16);
+        var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(n);
+        try
+        {
+            var xp = (byte*)TensorMemory.Pointer(input);
+            fixed (float* xq = xs, zq = zx, yq0 = ys)
+            {
+                for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : Load(xp, src[d], type);
+                QuantDecodeRows.LaneSums(xq, k, chunkCodes, w.Zeros is null ? -w.MidZero : 1f, zq);
+                bool magic = int4 && NibblesByMagic;
+                if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq, k); // after the sums: they are of the inputs themselves
+                float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
+                nint codes = (nint)TensorMemory.Pointer(w.Codes), scales = (nint)TensorMemory.Pointer(w.Scales);
+                nint zeros = w.Zeros is null ? 0 : (nint)TensorMemory.Pointer(w.Zeros), xa = (nint)xq, za = (nint)zq, ya = (nint)yp;
+                int parts = SpinPool.Shared.Parts(n, 64);
+                SpinPool.Shared.Run(parts, p =>
+                {
+                    int from = DecodeKernels.Split(n, p, parts), to = DecodeKernels.Split(n, p + 1, parts);
+                    if (from >= to) return;
+                    if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
+                    else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
+                    else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
+                });
+                Finish(yp, output, bias, 1, n, type);
+            }
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(xs);
+            ArrayPool<float>.Shared.Return(zx);
             if (ys is not null) ArrayPool<float>.Shared.Return(ys);
             if (!ReferenceEquals(input, x)) input.Dispose();
         }

@@ -1,0 +1,96 @@
+using ShardPipe.Modeling.Layers;
+using ShardPipe.Modeling.Quantization;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Tests.Modeling;
+
+/// <summary>
+/// The one-row (decode) kernels that take four output rows a pass (QuantDecodeRows): with either int4 nibble decoding
+/// (permute, the default; mask-into-2²³), and the per-row kernels they replaced, each equals F.linear over the dequantized weight —
+/// output counts that leave 1–3 rows past the last four and parts of the spin pool, zero points folded into the lane
+/// sums, groups of 32/64/128/256 (a chunk of two blocks) and per channel, act-order, bias, and bf16 inputs and outputs.
+/// </summary>
+public class QuantDecodeRowsTests
+{
+    [Theory]
+    [InlineData(4, 32, false, false)]
+    [InlineData(4, 64, false, true)]
+    [InlineData(4, 128, true, false)]
+    [InlineData(4, 128, false, true)]
+    [InlineData(4, 256, false, true)]   // 640 inputs: chunks of two blocks and a short last one
+    [InlineData(4, -1, true, true)]
+    [InlineData(8, 32, false, false)]
+    [InlineData(8, 64, true, true)]
+    [InlineData(8, -1, false, false)]
+    public void Four_rows_a_pass_equal_linear_over_the_dequantized_weight(int bits, int groupSize, bool permute, bool zeros)
+    {
+        const int inF = 640;
+        foreach (int outF in new[] { 1, 2, 3, 5, 6, 7, 130, 259 })
+        {
+            var rng = new Random(bits * 31 + groupSize * 7 + outF);
+            int gs = groupSize <= 0 ? inF : groupSize, groups = (inF + gs - 1) / gs;
+            var codes = Repack.Pack(bits, outF, inF, (_, _) => rng.Next(1 << bits));
+            var scales = rand(outF, groups) * 0.1 + 0.01;
+            var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(1 << bits)).ToArray(), new long[] { outF, groups }) : null;
+            var perm = permute ? tensor(Enumerable.Range(0, inF).OrderBy(_ => rng.Next()).Select(i => (long)i).ToArray()) : null;
+            var w = new PackedWeight(bits, outF, inF, groupSize, codes, scales, zp, perm);
+            using var dense = w.Dequantize();
+            var bias = randn(outF);
+            var x = randn(1, inF) * 3;
+            var expected = nn.functional.linear(x, dense, bias).data<float>().ToArray();
+            double codeBound = ((1 << bits) - 1) * scales.max().item<float>() * x.abs().sum().item<float>();
+            double tol = 1e-4 + 1e-6 * expected.Max(Math.Abs) + 1e-6 * codeBound;
+            var xb = x.to(ScalarType.BFloat16);
+            var expectedBf = nn.functional.linear(xb.to(ScalarType.Float32), dense, bias).data<float>().ToArray();
+            foreach (var (rows, magic) in new[] { (true, true), (true, false), (false, true) })
+            {
+                QuantKernels.DecodeRowsEnabled = rows;
+                QuantKernels.NibblesByMagic = magic;
+                try
+                {
+                    string what = $"int{bits}, group {groupSize}, {outF} outputs, four rows {rows}, magic {magic}";
+                    var actual = QuantKernels.Linear(x, w, bias).data<float>().ToArray();
+                    ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, tol, what);
+                    // bf16 in and out: the float32 result rounded once to bf16 (relative 2^-9), against the bf16 input's product.
+                    using var yb = QuantKernels.Linear(xb, w, bias);
+                    Assert.Equal(ScalarType.BFloat16, yb.dtype);
+                    var actualBf = yb.to(ScalarType.Float32).data<float>().ToArray();
+                    for (int o = 0; o < outF; o++)
+                        Assert.True(Math.Abs(actualBf[o] - expectedBf[o]) <= tol + Math.Abs(expectedBf[o]) / 256,
+                            $"{what}, bf16: output {o} is {actualBf[o]}, expected {expectedBf[o]}");
+                }
+                finally
+                {
+                    QuantKernels.DecodeRowsEnabled = true;
+                    QuantKernels.NibblesByMagic = false;
+                }
+            }
+        }
+    }
+
+    /// <summary>The mask-into-2²³ decoding computes code·16^s · x·16^−s, which is code·x exactly while x·16^−s stays a
+    /// normal float: for inputs from 1e-30 to 1e30 its outputs equal the permute decoding's bit for bit (same sums in the
+    /// same order); inputs so small that the scaled value is subnormal (below ≈ 7.7e-34) lose low bits of products far
+    /// below any tolerance, never more.</summary>
+    [Fact]
+    public void Magic_decoding_equals_the_permute_decoding_bit_for_bit()
+    {
+        const int outF = 13, inF = 384;
+        var rng = new Random(5);
+        var codes = Repack.Pack(4, outF, inF, (_, _) => rng.Next(16));
+        var w = new PackedWeight(4, outF, inF, 128, codes, rand(outF, 3) + 0.5, null, null);
+        foreach (float magnitude in new[] { 1e30f, 1f, 1e-30f, 3e-36f })
+        {
+            var x = randn(1, inF) * magnitude;
+            var byPermute = QuantKernels.Linear(x, w, null).data<float>().ToArray();
+            QuantKernels.NibblesByMagic = true;
+            float[] byMagic;
+            try { byMagic = QuantKernels.Linear(x, w, null).data<float>().ToArray(); }
+            finally { QuantKernels.NibblesByMagic = false; }
+            Assert.Contains(byPermute, v => v != 0);
+            for (int o = 0; o < outF; o++)
+                if (magnitude >= 1e-30f) Assert.Equal(byPermute[o], byMagic[o]);
+                else Assert.True(Math.Abs(byPermute[o] - byMagic[o]) <= 1e-36, $"{magnitude}: output {o} {byMagic[o]} vs {byPermute[o]}");
+        }
+    }
+}
