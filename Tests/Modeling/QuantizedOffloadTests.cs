@@ -204,6 +204,35 @@ public class QuantizedOffloadTests
     }
 
     [Fact]
+    public void Forward_cli_runs_a_gptq_checkpoint_planned_onto_disk()
+    {
+        var r = QuantizedReferenceTests.Reference("gptq_4bit_g32_sym");
+        var meta = AutoModel.FromConfig(PretrainedConfig.FromFolder(r.Folder));
+        var sizes = ModuleSizes.Compute(meta.ToPlacementTree(), DType.F32, memoryBytes: true);
+        long budget = (long)(sizes[meta.InputEmbeddingsPath] + sizes[meta.LayerPath(0)] * 1.5);
+        var c = r.ForwardCases.First();
+        using var tmp = new TempDir();
+        var run = ShardPipeProcess.Run("forward", "--model", r.Folder, "--dtype", "float32", "--input-ids", ReferenceData.Csv(ReferenceData.Ints(c["input_ids"])),
+            "--device-map", "auto", "--max-memory", $"cpu={budget}", "--offload-folder", tmp.Path, "--json");
+        Assert.True(run.ExitCode == 0, run.Stderr);
+        var json = JsonNode.Parse(run.Stdout)!;
+        Assert.Contains(((JsonObject)json["hf_device_map"]!).Select(kv => kv.Value!.GetValue<string>()), d => d == "disk");
+        ReferenceModelTests.AssertClose(ReferenceData.Doubles(c["last_logits"]!)[0],
+            ((JsonArray)json["last_logits"]![0]!).Select(x => (float)x!.GetValue<double>()).ToArray(), 1e-4, "forward CLI, gptq blocks on disk");
+        // Read into reused buffers instead of mapped (as off Linux): the same logits.
+        using var tmp2 = new TempDir();
+        var read = ShardPipeProcess.Run(new Dictionary<string, string> { ["SHARDPIPE_OFFLOAD_READ"] = "1" }, "forward", "--model", r.Folder, "--dtype", "float32",
+            "--input-ids", ReferenceData.Csv(ReferenceData.Ints(c["input_ids"])), "--device-map", "auto", "--max-memory", $"cpu={budget}", "--offload-folder", tmp2.Path, "--json");
+        Assert.True(read.ExitCode == 0, read.Stderr);
+        ReferenceModelTests.AssertClose(ReferenceData.Doubles(c["last_logits"]!)[0],
+            ((JsonArray)JsonNode.Parse(read.Stdout)!["last_logits"]![0]!).Select(x => (float)x!.GetValue<double>()).ToArray(), 1e-4, "forward CLI, gptq blocks on disk, read into buffers");
+        // Without an offload folder: exit 2, one error line naming offload_folder.
+        var refused = ShardPipeProcess.Run("forward", "--model", r.Folder, "--input-ids", "1,2", "--device-map", "auto", "--max-memory", $"cpu={budget}");
+        Assert.Equal(2, refused.ExitCode);
+        Assert.Contains("offload_folder", refused.Stderr);
+    }
+
+    [Fact]
     public void Quantized_layers_on_disk_need_an_offload_folder()
     {
         var r = QuantizedReferenceTests.Reference("gptq_8bit_g64");
