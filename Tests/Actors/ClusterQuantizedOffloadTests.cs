@@ -28,13 +28,19 @@ public class ClusterQuantizedOffloadTests : IAsyncLifetime
         _offload.Dispose();
     }
 
-    /// <summary>Memory for the embeddings, final norm and head (float), not for a decoder block.</summary>
-    private static string MaxMemoryOutsideBlocks(ReferenceData r)
+    /// <summary>
+    /// Memory for the embeddings on node-1 and the norm and head on node-3 plus half a packed block, and almost none on
+    /// node-2: the blocks, counted packed (as quantize on load counts them too), go to the nodes' disks.
+    /// </summary>
+    private static string MaxMemory(ReferenceData r, string? quantize = null)
     {
         var meta = ShardPipe.Modeling.Models.AutoModel.FromConfig(ShardPipe.Checkpoints.PretrainedConfig.FromFolder(r.Folder));
-        var layers = Enumerable.Range(0, meta.NumLayers).Select(meta.LayerPath).ToList();
-        long outside = meta.NamedParameters().Where(p => !layers.Any(l => ShardPipe.Placement.ModulePath.Covers(l, p.Key))).Sum(p => p.Slot.ElementCount * 4);
-        return string.Join(",", Enumerable.Range(1, 3).Select(i => $"node-{i}/cpu={outside * 105 / 100}"));
+        var tree = quantize is null ? ShardPipe.Modeling.Core.PlacementTree.ToPlacementTree(meta)
+            : ShardPipe.Modeling.Quantization.RoundToNearest.PlanTree(meta, quantize, 32, false);
+        var sizes = ShardPipe.Placement.ModuleSizes.Compute(tree, ShardPipe.Checkpoints.DType.F32, memoryBytes: true);
+        long half = (long)sizes[meta.LayerPath(0)] / 2;
+        long first = (long)sizes[meta.InputEmbeddingsPath] + half, last = (long)(sizes[meta.FinalNormPath] + sizes[meta.OutputEmbeddingsPath]) + half;
+        return $"node-1/cpu={first},node-2/cpu=1KB,node-3/cpu={last}";
     }
 
     private async Task CheckAgainst(ModelLoaded loaded, ReferenceData r, ShardPipe.Modeling.Models.CausalLMModel resident, string what)
@@ -64,8 +70,8 @@ public class ClusterQuantizedOffloadTests : IAsyncLifetime
     public async Task A_quantized_checkpoint_with_blocks_on_node_disks_gives_the_resident_outputs(string name)
     {
         var r = QuantizedReferenceTests.Reference(name);
-        var loaded = await _cluster.Client.LoadAsync(Requests.Load(r.Folder, maxMemory: MaxMemoryOutsideBlocks(r)), TimeSpan.FromMinutes(2));
-        Assert.Contains(loaded.DeviceMap, e => e.Device.EndsWith("/disk", StringComparison.Ordinal));
+        var loaded = await _cluster.Client.LoadAsync(Requests.Load(r.Folder, maxMemory: MaxMemory(r)), TimeSpan.FromMinutes(2));
+        Assert.Contains(loaded.DeviceMap, e => e.Module.StartsWith("model.layers.", StringComparison.Ordinal) && e.Device.EndsWith("/disk", StringComparison.Ordinal));
         // A disk worker holds (on disk) exactly the packed bytes it was planned.
         Assert.Contains(loaded.Devices, d => d.Device.EndsWith("/disk", StringComparison.Ordinal) && d.LoadedBytes == d.PlannedBytes && d.LoadedBytes > 0);
         Assert.NotEmpty(Directory.GetFiles(_offload.Path, "*.safetensors", SearchOption.AllDirectories));
@@ -78,8 +84,8 @@ public class ClusterQuantizedOffloadTests : IAsyncLifetime
     public async Task Quantize_on_load_with_blocks_on_node_disks_gives_one_process_quantized_outputs()
     {
         var r = new ReferenceData("llama_untied");
-        var loaded = await _cluster.Client.LoadAsync(Requests.Load(r.Folder, r.Variant, maxMemory: MaxMemoryOutsideBlocks(r), quantize: new QuantizeRequest("int4", 32, false)), TimeSpan.FromMinutes(2));
-        Assert.Contains(loaded.DeviceMap, e => e.Device.EndsWith("/disk", StringComparison.Ordinal));
+        var loaded = await _cluster.Client.LoadAsync(Requests.Load(r.Folder, r.Variant, maxMemory: MaxMemory(r, "int4"), quantize: new QuantizeRequest("int4", 32, false)), TimeSpan.FromMinutes(2));
+        Assert.Contains(loaded.DeviceMap, e => e.Module.StartsWith("model.layers.", StringComparison.Ordinal) && e.Device.EndsWith("/disk", StringComparison.Ordinal));
         var resident = PreTrainedModel.FromPretrained(r.Folder, new FromPretrainedOptions { Variant = r.Variant, DType = "float32", Quantize = "int4", QuantizeGroupSize = 32 });
         try { await CheckAgainst(loaded, r, resident, "quantized on load, blocks on node disks"); }
         finally { resident.Release(); }
