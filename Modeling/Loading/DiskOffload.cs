@@ -38,6 +38,7 @@ public sealed class DiskOffload : IDisposable
     private MappedWeights? _mapped;
     private readonly List<PackedOffload.Unit> _units;
     private long _inUse, _peakInUse;
+    private string? _packedFolder;
 
     /// <summary>Whether the next module's weights are brought in while the current one runs.</summary>
     public bool Prefetch { get; set; } = true;
@@ -91,9 +92,10 @@ public sealed class DiskOffload : IDisposable
             ?? (key.StartsWith(prefix, StringComparison.Ordinal) ? checkpoint.Tensors.FirstOrDefault(t => t.Name == key[prefix.Length..]) : null);
         // Quantized Linears first: their offloaded unit is the packed form, written to the offload folder (never the stored form).
         List<PackedOffload.Unit> units;
+        string? packedFolder;
         try
         {
-            (units, var packed, var packedFiles) = PackedOffload.Write(model, checkpoint, diskPrefixes, dtype, offloadFolder, quantize, include, Find);
+            (units, var packed, var packedFiles, packedFolder) = PackedOffload.Write(model, checkpoint, diskPrefixes, dtype, offloadFolder, quantize, include, Find);
             files.AddRange(packedFiles);
             foreach (var w in packed)
                 entries.Add(new Entry(new[] { w.Key }, w.Slot, w.File, w.Info, TorchRuntime.ToScalarType(w.Info.DType)) { Hash = w.Hash });
@@ -130,7 +132,7 @@ public sealed class DiskOffload : IDisposable
             foreach (var c in converted)
                 entries.Add(new Entry(c.Keys, c.Slot, written, written.Header.Tensors.First(t => t.Name == c.Keys[0]), TorchRuntime.ToScalarType(c.Target)));
         }
-        return new DiskOffload(entries, checkpoint, files, folder, units);
+        return new DiskOffload(entries, checkpoint, files, folder, units) { _packedFolder = packedFolder };
     }
 
     /// <summary>Converted tensors, one safetensors file and an index naming where each lives.</summary>
@@ -303,5 +305,6 @@ public sealed class DiskOffload : IDisposable
         foreach (var stack in _pool.Values) while (stack.Count > 0) stack.Pop().Dispose();
         foreach (var f in _files) f.Dispose();
         _checkpoint.Dispose();
+        PackedOffload.Remove(_packedFolder); // this load's packed files, closed above
     }
 }

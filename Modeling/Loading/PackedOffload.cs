@@ -19,7 +19,8 @@ public sealed record QuantizeOnLoadRequest(string Method, int GroupSize, bool He
 /// (<see cref="PackedWeight"/>: codes, float32 scales, zero points, the act-order permutation), not the checkpoint's stored
 /// form: at load each such Linear is packed once — repacked from its GPTQ / AWQ / compressed-tensors tensors, or quantized
 /// from its float weight when quantizing on load — and written into <c>offload_folder</c> as its own safetensors file
-/// (<c>quantized/&lt;module&gt;.safetensors</c>, an XxHash3 of each tensor in the file's metadata), one Linear at a time, so
+/// (<c>quantized-&lt;id&gt;/&lt;module&gt;.safetensors</c>, an XxHash3 of each tensor in the file's metadata; the folder is this
+/// load's own, so two models or two loads on one node never share a file, and it is removed when the model is), one Linear at a time, so
 /// the load never holds more than one packed Linear beyond the resident model. When its module runs,
 /// <see cref="DiskOffload"/> brings those tensors in like any offloaded tensor (mapped in place or read into reused
 /// buffers, the next module prefetched), checks each one's hash, and the Linear computes on a <see cref="PackedWeight"/>
@@ -45,7 +46,7 @@ internal static class PackedOffload
     /// Packs and writes every quantized Linear (or, with <paramref name="quantize"/>, every Linear quantize-on-load targets)
     /// under <paramref name="diskPrefixes"/>; the model's Linears are left holding empty packed slots.
     /// </summary>
-    public static (List<Unit> Units, List<Written> Tensors, List<SafeTensorsFile> Files) Write(CausalLMModel model, Checkpoint checkpoint,
+    public static (List<Unit> Units, List<Written> Tensors, List<SafeTensorsFile> Files, string? Folder) Write(CausalLMModel model, Checkpoint checkpoint,
         IReadOnlyList<string> diskPrefixes, DType dtype, string? offloadFolder, QuantizeOnLoadRequest? quantize, Func<string, bool>? include,
         Func<string, TensorLocation?> find)
     {
@@ -62,13 +63,14 @@ internal static class PackedOffload
         var units = new List<Unit>();
         var tensors = new List<Written>();
         var files = new List<SafeTensorsFile>();
-        if (stored.Count + floats.Count == 0) return (units, tensors, files);
-        string folder = offloadFolder ?? throw new InvalidInputException(
+        if (stored.Count + floats.Count == 0) return (units, tensors, files, null);
+        string root = offloadFolder ?? throw new InvalidInputException(
             $"the device map offloads {stored.Count + floats.Count} quantized Linear(s) to disk (first {(stored.Count > 0 ? stored[0].Path : floats[0].Path)}), which are kept there packed as they run: give an offload_folder (--offload-folder) to write them to");
 
         // Stored forms absent from the checkpoint are an error, as for resident quantized Linears.
         var missing = stored.SelectMany(l => l.Linear.Quantized!.Stored.Select(s => HfModule.Join(l.Path, s.Name))).Where(k => find(k) is null).ToList();
         QuantizedLinears.RefuseMissing(model, missing);
+        string folder = Path.Combine(root, "quantized-" + Guid.NewGuid().ToString("N")[..12]);
         try
         {
             foreach (var (path, linear) in stored)
@@ -109,9 +111,10 @@ internal static class PackedOffload
         catch
         {
             foreach (var f in files) f.Dispose();
+            Remove(folder);
             throw;
         }
-        return (units, tensors, files);
+        return (units, tensors, files, folder);
     }
 
     /// <summary>A checkpoint tensor at <paramref name="target"/> dtype, its shape checked against the model's.</summary>
@@ -138,7 +141,7 @@ internal static class PackedOffload
         var held = new List<(string Name, Tensor Tensor)> { ("weight_packed", packed.Codes), ("weight_scale", packed.Scales) };
         if (packed.Zeros is { } z) held.Add(("weight_zero_point", z));
         if (packed.Perm is { } p) held.Add(("weight_perm", p));
-        string file = Path.Combine(folder, "quantized", path + ".safetensors");
+        string file = Path.Combine(folder, path + ".safetensors");
         var metadata = new Dictionary<string, string>(SafeTensorsWriter.PtMetadata);
         foreach (var (name, t) in held) metadata[HashKey + name] = Hash(t.contiguous().bytes).ToString("x16");
         try
@@ -149,7 +152,7 @@ internal static class PackedOffload
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            throw new CheckpointFormatException(folder, null, $"offload folder cannot be written: {ex.Message}", ex);
+            throw new CheckpointFormatException(Path.GetDirectoryName(folder)!, null, $"offload folder cannot be written: {ex.Message}", ex);
         }
         var opened = SafeTensorsFile.Open(file);
         files.Add(opened);
@@ -163,6 +166,14 @@ internal static class PackedOffload
             tensors.Add(new Written(HfModule.Join(path, name), slot, opened, info, hash));
         }
         return new Unit(path, linear, packed.Bits, packed.GroupSize, slots);
+    }
+
+    /// <summary>Removes a load's packed files (after they were closed); a folder already gone or busy is left as it is.</summary>
+    public static void Remove(string? folder)
+    {
+        if (folder is null) return;
+        try { Directory.Delete(folder, recursive: true); }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException) { }
     }
 
     public static ulong Hash(ReadOnlySpan<byte> bytes) => XxHash3.HashToUInt64(bytes);

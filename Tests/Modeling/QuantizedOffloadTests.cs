@@ -70,7 +70,7 @@ public class QuantizedOffloadTests
         try
         {
             Assert.True(model.Offload!.PackedLinears > 0);
-            Assert.NotEmpty(Directory.GetFiles(Path.Combine(tmp.Path, "quantized"), "*.safetensors"));
+            Assert.NotEmpty(Directory.GetDirectories(tmp.Path, "quantized-*").SelectMany(d => Directory.GetFiles(d, "*.safetensors")));
             AssertNothingHeld(model, disk);
             var got = Run(model, r);
             AssertSame(expected, got, $"{name}, layers on disk");
@@ -86,6 +86,8 @@ public class QuantizedOffloadTests
             Assert.Equal(expected.Greedy, Run(model, r).Greedy);
         }
         finally { model.Release(); }
+        // The load's packed files go with the model.
+        Assert.Empty(Directory.GetDirectories(tmp.Path, "quantized-*"));
     }
 
     [Fact]
@@ -184,7 +186,7 @@ public class QuantizedOffloadTests
         {
             var prompt = new[] { new long[] { 5, 17, 42 } };
             TokenGenerator.Greedy(model, prompt, null, new GenerationOptions { MaxNewTokens = 2 });
-            string file = Directory.GetFiles(Path.Combine(tmp.Path, "quantized"), "*.safetensors").OrderByDescending(f => new FileInfo(f).Length).First();
+            string file = Directory.GetDirectories(tmp.Path, "quantized-*").SelectMany(d => Directory.GetFiles(d, "*.safetensors")).OrderByDescending(f => new FileInfo(f).Length).First();
             using (var fs = new FileStream(file, FileMode.Open, FileAccess.ReadWrite))
             {
                 if (truncate) fs.SetLength(fs.Length / 2);
