@@ -106,33 +106,45 @@ public sealed class DiskOffload : IDisposable
             throw;
         }
         var packedSlots = entries.Select(e => e.Slot).ToHashSet(ReferenceEqualityComparer.Instance);
-        foreach (var group in model.StateDictSlots().GroupBy(s => s.Slot, ReferenceEqualityComparer.Instance))
+        try { return BuildFloats(); }
+        catch
         {
-            var slot = (TensorSlot)group.Key!;
-            if (packedSlots.Contains(slot)) continue;
-            var keys = group.Select(g => g.Key).ToArray();
-            var mine = keys.Where(k => ModulePath.CoveredByAny(diskPrefixes, k) && include?.Invoke(k) != false).ToArray();
-            if (slot.IsMaterialised || slot.IsBuffer || mine.Length == 0) continue;
-            // A tied weight is stored under one of its names (HF saves it once).
-            var location = keys.Select(Find).FirstOrDefault(l => l is not null);
-            if (location is null) continue; // missing from the checkpoint: initialised in memory like any missing key
-            var target = slot.FixedDType ?? (DTypes.IsFloating(location.Info.DType) ? dtype : location.Info.DType);
-            if (location.Info.DType == target)
-                entries.Add(new Entry(mine, slot, checkpoint.Shard(location.Shard), location.Info, TorchRuntime.ToScalarType(target)));
-            else converted.Add((mine, slot, location, target));
+            foreach (var f in files) f.Dispose();
+            checkpoint.Dispose();
+            PackedOffload.Remove(packedFolder);
+            throw;
         }
-        string? folder = null;
-        if (converted.Count > 0)
+
+        DiskOffload BuildFloats()
         {
-            folder = offloadFolder ?? throw new InvalidInputException(
-                $"the device map offloads {converted.Count} tensor(s) to disk that are stored as {converted[0].Source.Info.DType}, not {DTypes.TorchName(converted[0].Target)}: give an offload_folder (--offload-folder) to write them to");
-            string path = WriteConverted(folder, converted, checkpoint);
-            var written = SafeTensorsFile.Open(path);
-            files.Add(written);
-            foreach (var c in converted)
-                entries.Add(new Entry(c.Keys, c.Slot, written, written.Header.Tensors.First(t => t.Name == c.Keys[0]), TorchRuntime.ToScalarType(c.Target)));
+            foreach (var group in model.StateDictSlots().GroupBy(s => s.Slot, ReferenceEqualityComparer.Instance))
+            {
+                var slot = (TensorSlot)group.Key!;
+                if (packedSlots.Contains(slot)) continue;
+                var keys = group.Select(g => g.Key).ToArray();
+                var mine = keys.Where(k => ModulePath.CoveredByAny(diskPrefixes, k) && include?.Invoke(k) != false).ToArray();
+                if (slot.IsMaterialised || slot.IsBuffer || mine.Length == 0) continue;
+                // A tied weight is stored under one of its names (HF saves it once).
+                var location = keys.Select(Find).FirstOrDefault(l => l is not null);
+                if (location is null) continue; // missing from the checkpoint: initialised in memory like any missing key
+                var target = slot.FixedDType ?? (DTypes.IsFloating(location.Info.DType) ? dtype : location.Info.DType);
+                if (location.Info.DType == target)
+                    entries.Add(new Entry(mine, slot, checkpoint.Shard(location.Shard), location.Info, TorchRuntime.ToScalarType(target)));
+                else converted.Add((mine, slot, location, target));
+            }
+            string? folder = null;
+            if (converted.Count > 0)
+            {
+                folder = offloadFolder ?? throw new InvalidInputException(
+                    $"the device map offloads {converted.Count} tensor(s) to disk that are stored as {converted[0].Source.Info.DType}, not {DTypes.TorchName(converted[0].Target)}: give an offload_folder (--offload-folder) to write them to");
+                string path = WriteConverted(folder, converted, checkpoint);
+                var written = SafeTensorsFile.Open(path);
+                files.Add(written);
+                foreach (var c in converted)
+                    entries.Add(new Entry(c.Keys, c.Slot, written, written.Header.Tensors.First(t => t.Name == c.Keys[0]), TorchRuntime.ToScalarType(c.Target)));
+            }
+            return new DiskOffload(entries, checkpoint, files, folder, units) { _packedFolder = packedFolder };
         }
-        return new DiskOffload(entries, checkpoint, files, folder, units) { _packedFolder = packedFolder };
     }
 
     /// <summary>Converted tensors, one safetensors file and an index naming where each lives.</summary>
