@@ -139,6 +139,10 @@ public class QuantizedOffloadTests
             AssertNothingHeld(model, disk);
             AssertSame(expected, Run(model, r), $"{name} {method} g{groupSize}, layers on disk");
             AssertNothingHeld(model, disk);
+            // Saving needs every packed Linear in memory: refused naming one on disk, not written half.
+            var save = Assert.Throws<UnsupportedException>(() => PreTrainedModel.SavePretrained(model, tmp.Sub("saved")));
+            Assert.Contains(disk[0], save.Message);
+            Assert.False(File.Exists(Path.Combine(tmp.Path, "saved", "config.json")));
         }
         finally { model.Release(); }
     }
