@@ -23,6 +23,9 @@ namespace ShardPipe.Host.Bench;
 /// in the same run as what the in-memory process holds beyond its weights (activations, KV cache, libtorch's
 /// allocator, the .NET heap). Offloaded weights are read with pread into reused tensors, never mapped, so the page
 /// cache does not count towards RSS.</para>
+/// <para>With <c>--quantize int4|int8</c> every run quantizes on load (group 128): the in-memory baseline is the packed
+/// model, and the offloaded blocks are kept on disk packed (<c>PackedOffload</c>, in a temporary offload folder), so
+/// the ratio is quantized offload over quantized in memory.</para>
 /// </summary>
 public static class OffloadBench
 {
@@ -33,11 +36,17 @@ public static class OffloadBench
         var child = new Option<string?>("--child") { Description = "(internal) run one measurement: memory, offload, offload-noprefetch", Hidden = true };
         var cold = new Option<bool>("--cold") { Description = "(internal) drop the offloaded shards from the page cache first", Hidden = true };
         var model = new Option<string?>("--model") { Description = "(internal) checkpoint folder", Hidden = true };
+        var quantize = new Option<string?>("--quantize") { Description = "Quantize on load (int4 or int8, group 128) in every run: packed blocks kept on disk packed" };
         var json = CommonOptions.Json();
-        var cmd = new Command("offload", "Decode with half the decoder blocks on disk vs in memory: tokens/s, prefetch speedup, peak RSS over budget") { tokens, child, cold, model, json };
-        CommandAction.Set(cmd, async (parse, log) => parse.GetValue(child) is { } mode
-            ? Child(parse.GetValue(model)!, mode, parse.GetValue(cold), parse.GetValue(tokens))
-            : await Run(parse.GetValue(tokens), parse.GetValue(json), log));
+        var cmd = new Command("offload", "Decode with half the decoder blocks on disk vs in memory: tokens/s, prefetch speedup, peak RSS over budget") { tokens, child, cold, model, quantize, json };
+        CommandAction.Set(cmd, async (parse, log) =>
+        {
+            string? q = parse.GetValue(quantize);
+            if (q is not null) ShardPipe.Modeling.Quantization.RoundToNearest.Check(q, QuantizeGroupSize);
+            return parse.GetValue(child) is { } mode
+                ? Child(parse.GetValue(model)!, mode, parse.GetValue(cold), parse.GetValue(tokens), q)
+                : await Run(parse.GetValue(tokens), parse.GetValue(json), log, q);
+        });
         return cmd;
     }
 
@@ -49,15 +58,18 @@ public static class OffloadBench
         public double OverBudget(long working) => (double)(PeakRss - IdleRss) / Budget(working);
     }
 
-    private static async Task<int> Run(int n, bool asJson, ILogger log)
+    private const int QuantizeGroupSize = 128;
+
+    private static async Task<int> Run(int n, bool asJson, ILogger log, string? quantize)
     {
         string folder = BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
-        BenchSupport.Say(asJson, $"bench offload: {folder}, blocks 6–11 of 12 on disk, {n} new tokens, greedy");
-        var memory = await Spawn(folder, "memory", false, n);
-        var warmPrefetch = await Spawn(folder, "offload", false, n);
-        var warmNoPrefetch = await Spawn(folder, "offload-noprefetch", false, n);
-        var coldPrefetch = await Spawn(folder, "offload", true, n);
-        var coldNoPrefetch = await Spawn(folder, "offload-noprefetch", true, n);
+        BenchSupport.Say(asJson, $"bench offload: {folder}, blocks 6–11 of 12 on disk, {n} new tokens, greedy" +
+                                 (quantize is null ? "" : $", quantized on load {quantize} group {QuantizeGroupSize} (in memory and on disk)"));
+        var memory = await Spawn(folder, "memory", false, n, quantize);
+        var warmPrefetch = await Spawn(folder, "offload", false, n, quantize);
+        var warmNoPrefetch = await Spawn(folder, "offload-noprefetch", false, n, quantize);
+        var coldPrefetch = await Spawn(folder, "offload", true, n, quantize);
+        var coldNoPrefetch = await Spawn(folder, "offload-noprefetch", true, n, quantize);
         long working = memory.Working;
         // The figures of record are the default's: prefetch only where a core is free beyond the compute threads.
         TorchRuntime.Initialise();
@@ -71,6 +83,7 @@ public static class OffloadBench
         BenchSupport.Finish(new JsonObject
         {
             ["bench"] = "offload",
+            ["quantize"] = quantize ?? "none",
             ["in_memory_tokens_per_s"] = Math.Round(memory.TokensPerS, 3),
             ["offload_tokens_per_s"] = Math.Round(warm.TokensPerS, 3),
             ["offload_ratio"] = Math.Round(warm.TokensPerS / memory.TokensPerS, 4),
@@ -92,12 +105,17 @@ public static class OffloadBench
     }
 
     /// <summary>Runs one measurement in a child process and reads its JSON line.</summary>
-    private static async Task<Measure> Spawn(string folder, string mode, bool cold, int n)
+    private static async Task<Measure> Spawn(string folder, string mode, bool cold, int n, string? quantize)
     {
         var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(OffloadBench).Assembly.Location);
         foreach (var a in new[] { "bench", "offload", "--child", mode, "--model", folder, "--tokens", n.ToString(System.Globalization.CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
         if (cold) psi.ArgumentList.Add("--cold");
+        if (quantize is not null)
+        {
+            psi.ArgumentList.Add("--quantize");
+            psi.ArgumentList.Add(quantize);
+        }
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
@@ -108,22 +126,31 @@ public static class OffloadBench
             j["offloaded"]!.GetValue<long>(), j["block"]!.GetValue<long>());
     }
 
-    private static int Child(string folder, string mode, bool cold, int n)
+    private static int Child(string folder, string mode, bool cold, int n, string? quantize)
     {
         TorchRuntime.Initialise();
         long idle = Status("VmRSS");
         var meta = AutoModel.FromConfig(PretrainedConfig.FromFolder(folder));
         var map = new Dictionary<string, string> { [meta.InputEmbeddingsPath] = "cpu", [meta.FinalNormPath] = "cpu", [meta.OutputEmbeddingsPath] = "cpu" };
         for (int i = 0; i < meta.NumLayers; i++) map[meta.LayerPath(i)] = mode != "memory" && i >= meta.NumLayers / 2 ? "disk" : "cpu";
-        var model = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DeviceMapDict = map, OffloadPrefetch = mode != "offload-noprefetch" });
+        using var offloadFolder = quantize is null ? null : new TemporaryFolder();
+        var model = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions
+        {
+            DeviceMapDict = map, OffloadPrefetch = mode != "offload-noprefetch",
+            Quantize = quantize, QuantizeGroupSize = QuantizeGroupSize, OffloadFolder = offloadFolder?.Path,
+        });
         long resident = model.NamedParameters().Where(p => p.Slot.IsMaterialised).Sum(p => p.Slot.Tensor.NumberOfElements * p.Slot.Tensor.ElementSize);
-        long block = meta.NamedParameters().Where(p => ShardPipe.Placement.ModulePath.Covers(meta.LayerPath(meta.NumLayers - 1), p.Key)).Sum(p => p.Slot.ElementCount * 4);
+        long block = quantize is null
+            ? meta.NamedParameters().Where(p => ShardPipe.Placement.ModulePath.Covers(meta.LayerPath(meta.NumLayers - 1), p.Key)).Sum(p => p.Slot.ElementCount * 4)
+            : (long)ShardPipe.Placement.ModuleSizes.Compute(ShardPipe.Modeling.Quantization.RoundToNearest.PlanTree(meta, quantize, QuantizeGroupSize, false),
+                DType.F32, memoryBytes: true)[meta.LayerPath(meta.NumLayers - 1)];
         long[][] prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
         double Tps() => TokenGenerator.Greedy(model, prompt, null, new GenerationOptions { MaxNewTokens = n, IgnoreEos = true }).TokensPerSecond;
         double best = 0;
         for (int r = 0; r < 3; r++)
         {
             if (cold) DropFromPageCache(folder);
+            if (cold && offloadFolder is not null) foreach (var packed in Directory.GetDirectories(offloadFolder.Path)) DropFromPageCache(packed);
             best = Math.Max(best, Tps());
         }
         Console.WriteLine(new JsonObject
@@ -140,6 +167,18 @@ public static class OffloadBench
             if (line.StartsWith(field + ":", StringComparison.Ordinal))
                 return long.Parse(line[(field.Length + 1)..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) * 1024;
         return 0;
+    }
+
+    /// <summary>A folder under the temporary directory, removed on dispose (where a quantized run's packed blocks are written).</summary>
+    private sealed class TemporaryFolder : IDisposable
+    {
+        public string Path { get; } = Directory.CreateDirectory(System.IO.Path.Combine(System.IO.Path.GetTempPath(), "shardpipe-offload-" + Guid.NewGuid().ToString("N")[..12])).FullName;
+
+        public void Dispose()
+        {
+            try { Directory.Delete(Path, recursive: true); }
+            catch (IOException) { }
+        }
     }
 
     [DllImport("libc", SetLastError = true)]

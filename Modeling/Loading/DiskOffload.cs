@@ -25,6 +25,8 @@ public sealed class DiskOffload : IDisposable
         public bool Under(string modulePath) => Keys.Any(k => ModulePath.Covers(modulePath, k));
         /// <summary>The tensor over its bytes in the file's mapping, when mapped (then it is never copied).</summary>
         public (Tensor Tensor, IntPtr Start, long Length)? Mapped { get; set; }
+        /// <summary>XxHash3 its bytes must read back with (packed quantized tensors, <see cref="PackedOffload"/>); null: unchecked.</summary>
+        public ulong? Hash { get; init; }
     }
 
     private readonly List<Entry> _entries;
@@ -34,6 +36,9 @@ public sealed class DiskOffload : IDisposable
     private readonly object _gate = new();
     private (string Path, Task<List<(Entry, Tensor)>> Load)? _prefetch;
     private MappedWeights? _mapped;
+    private readonly List<PackedOffload.Unit> _units;
+    private long _inUse, _peakInUse;
+    private string? _packedFolder;
 
     /// <summary>Whether the next module's weights are brought in while the current one runs.</summary>
     public bool Prefetch { get; set; } = true;
@@ -44,10 +49,16 @@ public sealed class DiskOffload : IDisposable
     public long Bytes { get; }
     /// <summary>Where converted weights were written (null when every offloaded tensor is read from the checkpoint itself).</summary>
     public string? Folder { get; }
+    /// <summary>Quantized Linears kept on disk in their packed form (<see cref="PackedOffload"/>).</summary>
+    public int PackedLinears => _units.Count;
+    /// <summary>Bytes of offloaded tensors brought in now (modules running or prefetched), and the most there ever were at once.</summary>
+    public long InUseBytes => Interlocked.Read(ref _inUse);
+    public long PeakInUseBytes => Interlocked.Read(ref _peakInUse);
 
-    private DiskOffload(List<Entry> entries, Checkpoint checkpoint, List<SafeTensorsFile> files, string? folder)
+    private DiskOffload(List<Entry> entries, Checkpoint checkpoint, List<SafeTensorsFile> files, string? folder, List<PackedOffload.Unit> units)
     {
         _entries = entries;
+        _units = units;
         _checkpoint = checkpoint;
         _files = files;
         Folder = folder;
@@ -68,8 +79,9 @@ public sealed class DiskOffload : IDisposable
     /// Hugging Face asks for one); a folder that cannot be created or written is an error naming it.
     /// </summary>
     /// <param name="include">Only these keys (a pipeline stage's slice); null = all.</param>
+    /// <param name="quantize">Quantize on load: the offloaded Linears it targets are packed too, and kept on disk packed.</param>
     public static DiskOffload Build(CausalLMModel model, string checkpointFolder, string? variant, IReadOnlyList<string> diskPrefixes,
-        DType dtype, string? offloadFolder, Func<string, bool>? include = null)
+        DType dtype, string? offloadFolder, Func<string, bool>? include = null, QuantizeOnLoadRequest? quantize = null)
     {
         var checkpoint = Checkpoint.Open(checkpointFolder, variant);
         var files = new List<SafeTensorsFile>();
@@ -78,32 +90,61 @@ public sealed class DiskOffload : IDisposable
         var converted = new List<(string[] Keys, TensorSlot Slot, TensorLocation Source, DType Target)>();
         TensorLocation? Find(string key) => checkpoint.Tensors.FirstOrDefault(t => t.Name == key)
             ?? (key.StartsWith(prefix, StringComparison.Ordinal) ? checkpoint.Tensors.FirstOrDefault(t => t.Name == key[prefix.Length..]) : null);
-        foreach (var group in model.StateDictSlots().GroupBy(s => s.Slot, ReferenceEqualityComparer.Instance))
+        // Quantized Linears first: their offloaded unit is the packed form, written to the offload folder (never the stored form).
+        List<PackedOffload.Unit> units;
+        string? packedFolder;
+        try
         {
-            var slot = (TensorSlot)group.Key!;
-            var keys = group.Select(g => g.Key).ToArray();
-            var mine = keys.Where(k => ModulePath.CoveredByAny(diskPrefixes, k) && include?.Invoke(k) != false).ToArray();
-            if (slot.IsMaterialised || slot.IsBuffer || mine.Length == 0) continue;
-            // A tied weight is stored under one of its names (HF saves it once).
-            var location = keys.Select(Find).FirstOrDefault(l => l is not null);
-            if (location is null) continue; // missing from the checkpoint: initialised in memory like any missing key
-            var target = slot.FixedDType ?? (DTypes.IsFloating(location.Info.DType) ? dtype : location.Info.DType);
-            if (location.Info.DType == target)
-                entries.Add(new Entry(mine, slot, checkpoint.Shard(location.Shard), location.Info, TorchRuntime.ToScalarType(target)));
-            else converted.Add((mine, slot, location, target));
+            (units, var packed, var packedFiles, packedFolder) = PackedOffload.Write(model, checkpoint, diskPrefixes, dtype, offloadFolder, quantize, include, Find);
+            files.AddRange(packedFiles);
+            foreach (var w in packed)
+                entries.Add(new Entry(new[] { w.Key }, w.Slot, w.File, w.Info, TorchRuntime.ToScalarType(w.Info.DType)) { Hash = w.Hash });
         }
-        string? folder = null;
-        if (converted.Count > 0)
+        catch
         {
-            folder = offloadFolder ?? throw new InvalidInputException(
-                $"the device map offloads {converted.Count} tensor(s) to disk that are stored as {converted[0].Source.Info.DType}, not {DTypes.TorchName(converted[0].Target)}: give an offload_folder (--offload-folder) to write them to");
-            string path = WriteConverted(folder, converted, checkpoint);
-            var written = SafeTensorsFile.Open(path);
-            files.Add(written);
-            foreach (var c in converted)
-                entries.Add(new Entry(c.Keys, c.Slot, written, written.Header.Tensors.First(t => t.Name == c.Keys[0]), TorchRuntime.ToScalarType(c.Target)));
+            checkpoint.Dispose();
+            throw;
         }
-        return new DiskOffload(entries, checkpoint, files, folder);
+        var packedSlots = entries.Select(e => e.Slot).ToHashSet(ReferenceEqualityComparer.Instance);
+        try { return BuildFloats(); }
+        catch
+        {
+            foreach (var f in files) f.Dispose();
+            checkpoint.Dispose();
+            PackedOffload.Remove(packedFolder);
+            throw;
+        }
+
+        DiskOffload BuildFloats()
+        {
+            foreach (var group in model.StateDictSlots().GroupBy(s => s.Slot, ReferenceEqualityComparer.Instance))
+            {
+                var slot = (TensorSlot)group.Key!;
+                if (packedSlots.Contains(slot)) continue;
+                var keys = group.Select(g => g.Key).ToArray();
+                var mine = keys.Where(k => ModulePath.CoveredByAny(diskPrefixes, k) && include?.Invoke(k) != false).ToArray();
+                if (slot.IsMaterialised || slot.IsBuffer || mine.Length == 0) continue;
+                // A tied weight is stored under one of its names (HF saves it once).
+                var location = keys.Select(Find).FirstOrDefault(l => l is not null);
+                if (location is null) continue; // missing from the checkpoint: initialised in memory like any missing key
+                var target = slot.FixedDType ?? (DTypes.IsFloating(location.Info.DType) ? dtype : location.Info.DType);
+                if (location.Info.DType == target)
+                    entries.Add(new Entry(mine, slot, checkpoint.Shard(location.Shard), location.Info, TorchRuntime.ToScalarType(target)));
+                else converted.Add((mine, slot, location, target));
+            }
+            string? folder = null;
+            if (converted.Count > 0)
+            {
+                folder = offloadFolder ?? throw new InvalidInputException(
+                    $"the device map offloads {converted.Count} tensor(s) to disk that are stored as {converted[0].Source.Info.DType}, not {DTypes.TorchName(converted[0].Target)}: give an offload_folder (--offload-folder) to write them to");
+                string path = WriteConverted(folder, converted, checkpoint);
+                var written = SafeTensorsFile.Open(path);
+                files.Add(written);
+                foreach (var c in converted)
+                    entries.Add(new Entry(c.Keys, c.Slot, written, written.Header.Tensors.First(t => t.Name == c.Keys[0]), TorchRuntime.ToScalarType(c.Target)));
+            }
+            return new DiskOffload(entries, checkpoint, files, folder, units) { _packedFolder = packedFolder };
+        }
     }
 
     /// <summary>Converted tensors, one safetensors file and an index naming where each lives.</summary>
@@ -154,8 +195,10 @@ public sealed class DiskOffload : IDisposable
             }
         loaded = pending is not null ? pending.GetAwaiter().GetResult() : Read(mine);
         foreach (var (entry, tensor) in loaded) entry.Slot.Set(tensor);
+        var units = _units.Where(u => ModulePath.Covers(modulePath, u.Path)).ToList();
+        foreach (var u in units) u.Wrap(); // each packed Linear over the tensors just brought in
         StartPrefetch(next);
-        return new Lease(this, loaded);
+        return new Lease(this, loaded, units);
     }
 
     private void StartPrefetch(string? next)
@@ -179,6 +222,7 @@ public sealed class DiskOffload : IDisposable
         {
             if (e.Mapped is { } m)
             {
+                Check(e, m.Start, m.Length);
                 output.Add((e, m.Tensor));
                 continue;
             }
@@ -186,10 +230,29 @@ public sealed class DiskOffload : IDisposable
             lock (_gate)
                 t = _pool.TryGetValue((e.Type, string.Join(",", e.Info.Shape)), out var stack) && stack.Count > 0 ? stack.Pop() : null!;
             t ??= empty(e.Info.Shape, e.Type).DetachFromDisposeScope();
-            ReadInto(e, t);
+            try
+            {
+                ReadInto(e, t);
+                unsafe { Check(e, new IntPtr(TensorMemory.Pointer(t)), e.Info.ByteLength); }
+            }
+            catch
+            {
+                t.Dispose();
+                throw;
+            }
             output.Add((e, t));
         }
+        long now = Interlocked.Add(ref _inUse, entries.Sum(e => e.Info.ByteLength));
+        for (long peak = Interlocked.Read(ref _peakInUse); now > peak; peak = Interlocked.Read(ref _peakInUse))
+            if (Interlocked.CompareExchange(ref _peakInUse, now, peak) == peak) break;
         return output;
+    }
+
+    /// <summary>A hashed (packed) tensor must read back as written: changed bytes are a typed error naming the file, never wrong output.</summary>
+    private static void Check(Entry e, IntPtr start, long length)
+    {
+        if (e.Hash is { } expected && PackedOffload.Hash(start, length) != expected)
+            throw new CheckpointFormatException(e.File.Path, e.Info.Name, "offloaded packed weights do not read back as they were written (the file changed or is corrupt)");
     }
 
     private static void ReadInto(Entry e, Tensor t)
@@ -208,8 +271,10 @@ public sealed class DiskOffload : IDisposable
         }
     }
 
-    private void GiveBack(List<(Entry Entry, Tensor Tensor)> loaded)
+    private void GiveBack(List<(Entry Entry, Tensor Tensor)> loaded, List<PackedOffload.Unit> units)
     {
+        foreach (var u in units) u.Unwrap();
+        Interlocked.Add(ref _inUse, -loaded.Sum(l => l.Entry.Info.ByteLength));
         MappedWeights.Drop(loaded.Where(l => l.Entry.Mapped is not null).Select(l => (l.Entry.Mapped!.Value.Start, l.Entry.Mapped!.Value.Length)));
         foreach (var (entry, tensor) in loaded)
         {
@@ -224,16 +289,21 @@ public sealed class DiskOffload : IDisposable
         }
     }
 
-    private sealed class Lease(DiskOffload owner, List<(Entry, Tensor)> loaded) : IDisposable
+    private sealed class Lease(DiskOffload owner, List<(Entry, Tensor)> loaded, List<PackedOffload.Unit> units) : IDisposable
     {
-        public void Dispose() => owner.GiveBack(loaded);
+        public void Dispose() => owner.GiveBack(loaded, units);
     }
 
     public void Dispose()
     {
         (string, Task<List<(Entry, Tensor)>>)? pending;
         lock (_gate) { pending = _prefetch; _prefetch = null; }
-        if (pending is { } p) foreach (var (e, t) in p.Item2.GetAwaiter().GetResult()) if (e.Mapped is null) t.Dispose();
+        if (pending is { } p)
+        {
+            try { foreach (var (e, t) in p.Item2.GetAwaiter().GetResult()) if (e.Mapped is null) t.Dispose(); }
+            catch (ShardPipeException) { } // the prefetch failed (the file went bad): nothing of it to free
+        }
+        foreach (var u in _units) u.Unwrap();
         foreach (var e in _entries)
         {
             if (e.Mapped is { } m)
@@ -247,5 +317,6 @@ public sealed class DiskOffload : IDisposable
         foreach (var stack in _pool.Values) while (stack.Count > 0) stack.Pop().Dispose();
         foreach (var f in _files) f.Dispose();
         _checkpoint.Dispose();
+        PackedOffload.Remove(_packedFolder); // this load's packed files, closed above
     }
 }

@@ -54,14 +54,11 @@ public static class PreTrainedModel
         var diskPrefixes = deviceMap.Entries.Where(e => e.Value.Kind == "disk").Select(e => e.Key).ToList();
         if (diskPrefixes.Count > 0 && (folder is null || options.StateDict is not null || options.Fetcher is not null))
             throw new UnsupportedException("device_map sends modules to disk, which needs weights from a checkpoint folder (not a state_dict or streamed slice)");
-        if (diskPrefixes.Count > 0 && Quantization.QuantizedLinears.Of(model).Any())
-            throw new UnsupportedException("device_map sends modules to disk, which is not supported for quantized weights yet (they are small: keep them in memory)");
         var buffers = model.NamedBuffers().Select(b => b.Key).ToHashSet(StringComparer.Ordinal);
         bool OnDisk(string key) => diskPrefixes.Count > 0 && !buffers.Contains(key) && ModulePath.CoveredByAny(diskPrefixes, key);
         var devices = deviceMap.Devices.ToDictionary(d => d, d => d.Kind == "disk" ? CPU : TorchRuntime.ToDevice(d));
         Device DeviceOf(string path) => devices[deviceMap.DeviceFor(path) ?? deviceMap.Entries[0].Value];
         var loadOptions = diskPrefixes.Count == 0 ? options : options with { IncludeKey = key => !OnDisk(key) && (options.IncludeKey?.Invoke(key) ?? true) };
-        if (options.Quantize is not null && diskPrefixes.Count > 0) throw new UnsupportedException("quantize on load with modules mapped to disk is not supported");
         info = StateLoader.Load(model, source, dtype, DeviceOf, loadOptions);
         if (options.Quantize is { } method)
         {
@@ -74,7 +71,9 @@ public static class PreTrainedModel
         }
         if (diskPrefixes.Count > 0)
         {
-            try { model.Offload = DiskOffload.Build(model, folder!, options.Variant, diskPrefixes, dtype, options.OffloadFolder, options.IncludeKey); }
+            // Quantized Linears on disk (from the checkpoint or quantized on load) are kept there packed (PackedOffload).
+            var quantize = options.Quantize is { } q ? new QuantizeOnLoadRequest(q, options.QuantizeGroupSize, options.QuantizeHead) : null;
+            try { model.Offload = DiskOffload.Build(model, folder!, options.Variant, diskPrefixes, dtype, options.OffloadFolder, options.IncludeKey, quantize); }
             catch
             {
                 model.Release();
@@ -112,9 +111,11 @@ public static class PreTrainedModel
     /// </summary>
     private static DeviceMapSpec PlanDeviceMap(CausalLMModel model, DeviceMapSpec strategy, DType dtype, FromPretrainedOptions options)
     {
+        // Quantize on load: the Linears it packs are counted packed (on the CPU and on disk alike), as a cluster plan counts them.
+        var tree = options.Quantize is { } method ? Quantization.RoundToNearest.PlanTree(model, method, options.QuantizeGroupSize, options.QuantizeHead) : model.ToPlacementTree();
         var plan = DevicePlanner.Plan(new PlanRequest
         {
-            Model = model.ToPlacementTree(),
+            Model = tree,
             DeviceMap = strategy,
             MaxMemory = options.MaxMemory is { } mm ? ShardPipe.Placement.MaxMemory.Parse(mm) : null,
             NoSplitModuleClasses = options.NoSplitModuleClasses ?? model.NoSplitModules,

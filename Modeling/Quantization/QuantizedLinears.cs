@@ -72,6 +72,29 @@ public static class QuantizedLinears
         linear.Quantized!.Packed = packed;
     }
 
+    /// <summary>
+    /// Installs a packed weight's tensors as the Linear's, left empty: the Linear is offloaded (its packed tensors live in
+    /// a file and are set only while it runs, see <c>Loading/PackedOffload</c>). Returns the empty slots by name.
+    /// </summary>
+    internal static List<(string Name, TensorSlot Slot)> HoldOffloaded(Linear linear, QuantizedState state, PackedWeight shapes)
+    {
+        TensorSlot Empty(Tensor t) => HfModule.NewParameter(t.shape, TorchRuntime.ToDType(t.dtype));
+        var tensors = new List<(string Name, TensorSlot Slot)> { ("weight_packed", Empty(shapes.Codes)), ("weight_scale", Empty(shapes.Scales)) };
+        if (shapes.Zeros is { } z) tensors.Add(("weight_zero_point", Empty(z)));
+        if (shapes.Perm is { } p) tensors.Add(("weight_perm", Empty(p)));
+        var held = tensors.ToList();
+        if (linear.Bias is { } b) tensors.Add(("bias", b));
+        linear.Quantized = state;
+        linear.SetTensors(tensors);
+        state.Packed = null;
+        return held;
+    }
+
+    /// <summary>An offloaded Linear's packed weight over its tensors as read in for one call (no copy).</summary>
+    internal static PackedWeight Rewrap(Linear linear, int bits, int groupSize, IReadOnlyDictionary<string, Tensor> held) =>
+        new(bits, (int)linear.OutFeatures, (int)linear.InFeatures, groupSize, held["weight_packed"], held["weight_scale"],
+            held.GetValueOrDefault("weight_zero_point"), held.GetValueOrDefault("weight_perm"));
+
     private static TensorSlot Slot(Tensor t)
     {
         var slot = HfModule.NewParameter(t.shape, TorchRuntime.ToDType(t.dtype));

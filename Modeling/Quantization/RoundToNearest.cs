@@ -63,12 +63,29 @@ public static class RoundToNearest
         foreach (var (_, linear) in linears) linear.Quantized = new QuantizedState { Config = scheme, Stored = Array.Empty<(string, TensorSlot)>() };
     }
 
+    /// <summary>The placement tree of <paramref name="model"/> with the Linears quantize on load targets counted packed; the
+    /// model is left as it was (its Linears load as floats and are packed after, <see cref="QuantizeModel"/>).</summary>
+    public static ShardPipe.Placement.ModuleNode PlanTree(CausalLMModel model, string method, int groupSize, bool head)
+    {
+        var (_, scheme, linears) = Targets(model, method, groupSize, head);
+        try
+        {
+            foreach (var (_, linear) in linears) linear.Quantized = new QuantizedState { Config = scheme, Stored = Array.Empty<(string, TensorSlot)>() };
+            return model.ToPlacementTree();
+        }
+        finally
+        {
+            foreach (var (_, linear) in linears) linear.Quantized = null;
+        }
+    }
+
     /// <summary>The bits, the compressed-tensors scheme, and the Linears a quantize-on-load request packs (every one but the
     /// output head, and the head too when asked and untied); a bad request or an already quantized model is a typed error.</summary>
-    private static (int Bits, QuantizationConfig Scheme, List<(string Path, Linear Linear)> Linears) Targets(CausalLMModel model, string method, int groupSize, bool head)
+    /// <param name="loaded">The resident Linears were quantized already (a disk-offloaded model's remaining Linears): not an error.</param>
+    internal static (int Bits, QuantizationConfig Scheme, List<(string Path, Linear Linear)> Linears) Targets(CausalLMModel model, string method, int groupSize, bool head, bool loaded = false)
     {
         int bits = Check(method, groupSize);
-        if (QuantizedLinears.Of(model).Any()) throw new InvalidInputException($"quantize {method}: the checkpoint is already quantized (config.json has a quantization_config)");
+        if (!loaded && QuantizedLinears.Of(model).Any()) throw new InvalidInputException($"quantize {method}: the checkpoint is already quantized (config.json has a quantization_config)");
         var tied = model.NamedModules().First(m => m.Path == model.InputEmbeddingsPath).Module.LocalTensors.Select(t => t.Slot).ToHashSet(ReferenceEqualityComparer.Instance);
         bool Quantized(string path, Linear l) => path != model.OutputEmbeddingsPath || (head && !tied.Contains(l.Weight));
         var linears = model.NamedModules().Where(m => m.Module is Linear l && Quantized(m.Path, l)).Select(m => (m.Path, (Linear)m.Module)).ToList();
