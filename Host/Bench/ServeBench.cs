@@ -41,22 +41,23 @@ public static class ServeBench
         var model = new Option<string?>("--model") { Description = "Checkpoint folder with a tokenizer (default: a generated 134M Llama)" };
         var microBatches = new Option<int>("--micro-batches") { Description = "The nodes' shardpipe.batching.micro-batches (groups of requests circulating at once)", DefaultValueFactory = _ => 1 };
         var sharedPrefix = new Option<int>("--shared-prefix") { Description = "Instead: --concurrency requests sharing a prefix of this many tokens, time to first token with the prefix cache and without (SharedPrefixBench)" };
+        var computeShare = new Option<bool>("--compute-share") { Description = "The nodes' shardpipe.compute-share (false: the fixed split of cores ÷ nodes, for comparison)", DefaultValueFactory = _ => true };
         var json = CommonOptions.Json();
-        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json, sharedPrefix };
+        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json, sharedPrefix, computeShare };
         CommandAction.Set(cmd, (parse, log) => parse.GetValue(sharedPrefix) is > 0 and var sp
             ? SharedPrefixBench.Run(parse.GetValue(model) ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log), sp, parse.GetValue(concurrency), parse.GetValue(json), log)
-            : Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log));
+            : Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log, parse.GetValue(computeShare)));
         return cmd;
     }
 
-    private static async Task<int> Run(string? modelArg, int n, int concurrency, int microBatches, bool asJson, ILogger log)
+    private static async Task<int> Run(string? modelArg, int n, int concurrency, int microBatches, bool asJson, ILogger log, bool computeShare = true)
     {
         if (n < 2 || concurrency < 1 || microBatches < 1) throw new InvalidInputException("--tokens must be at least 2, --concurrency and --micro-batches at least 1");
         string folder = modelArg ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         if (!ModelTokenizer.Exists(folder)) ByteLevelTokenizerFile.Write(folder, SyntheticLlamaSpec.Llama125M.VocabSize);
         BenchSupport.Say(asJson, $"bench serve: {folder} on embedded:3, {n} tokens per stream, greedy, eos ignored");
         int rowsCap = Math.Max(32, concurrency);
-        var cluster = await EmbeddedCluster.StartAsync(3, extraConfig: _ => $"shardpipe.max-in-flight = {rowsCap}\nshardpipe.batching.max-rows = {rowsCap}\nshardpipe.batching.micro-batches = {microBatches}");
+        var cluster = await EmbeddedCluster.StartAsync(3, extraConfig: _ => $"shardpipe.max-in-flight = {rowsCap}\nshardpipe.batching.max-rows = {rowsCap}\nshardpipe.batching.micro-batches = {microBatches}\nshardpipe.compute-share = {(computeShare ? "on" : "off")}");
         await using var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(new ShardPipe.Messages.LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log, json: true);
         await using var server = await OpenAiServer.StartAsync(new ServeSettings { ModelId = "bench", ModelFolder = folder, Port = 0, MaxActive = Math.Max(16, concurrency), RequestTimeout = TimeSpan.FromMinutes(10) }, session, log);
