@@ -339,11 +339,14 @@ public sealed class StageExecutor : IDisposable
 
     /// <summary>
     /// Sets the compute thread's libtorch intra-op threads (OpenMP's setting is the calling thread's own, and the
-    /// decode kernels' pool reads it too), only when it changes: other threads keep theirs.
+    /// decode kernels' pool reads it too), only when it changes: other threads keep theirs. The first call reads the
+    /// setting first: libtorch initialises a thread's setting lazily, at its first read or parallel loop, from the
+    /// process-wide value — which would undo a setting made before it.
     /// </summary>
     private static void UseThreads(int threads)
     {
         if (_threadsSet == threads) return;
+        if (_threadsSet == 0) TorchSharp.torch.get_num_threads();
         TorchSharp.torch.set_num_threads(threads);
         _threadsSet = threads;
     }
