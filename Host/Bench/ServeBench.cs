@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using ShardPipe.Actors.Diagnostics;
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Workers;
 using ShardPipe.Checkpoints.Synthetic;
 using ShardPipe.Host.Cli;
 using ShardPipe.Host.Serving;
@@ -91,14 +92,33 @@ public static class ServeBench
 
         await Stream(-1); // warm-up
         Drain(cluster);
-        double single = 0;
+        // The in-run baseline of shardpipe.compute-share: the same stream with every step held to the fixed split of
+        // cores ÷ nodes (as before the arbiter), the two interleaved round by round so that the machine's load falls on both.
+        int cores = CoreArbiter.Shared.Cores, fixedSplit = Math.Max(1, cores / cluster.Nodes.Count);
+        double single = 0, singleFixed = 0;
+        var fixedSteps = new List<double>();
+        var sharedRounds = new List<StageProfile>();
         for (int r = 0; r < 3; r++)
         {
             var (s, count) = await Stream(r);
             single = Math.Max(single, (count - 1) / ((s[^1] - s[0]) / 1000));
+            if (!computeShare) continue;
+            sharedRounds.Add(Drain(cluster));
+            CoreArbiter.Shared.Cores = fixedSplit;
+            try
+            {
+                var (f, fixedCount) = await Stream(r);
+                singleFixed = Math.Max(singleFixed, (fixedCount - 1) / ((f[^1] - f[0]) / 1000));
+                fixedSteps.Add(Drain(cluster).StageStepMs);
+            }
+            finally { CoreArbiter.Shared.Cores = cores; }
         }
-        var singleProfile = Drain(cluster);
+        double MedianOf(IEnumerable<double> xs) => xs.Order().ElementAt(xs.Count() / 2);
+        var singleProfile = computeShare ? new StageProfile(MedianOf(sharedRounds.Select(p => p.StageStepMs)), MedianOf(sharedRounds.Select(p => p.HopMs))) : Drain(cluster);
         BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of 3); {singleProfile}");
+        if (computeShare)
+            BenchSupport.Say(asJson, $"  one stream, steps held to {fixedSplit} thread(s) each (cores ÷ nodes, no compute-share), interleaved: {singleFixed:0.00} tokens/s; " +
+                                     $"stages' median steps {MedianOf(fixedSteps):0.0} ms in all");
         double generate = OneProcessGenerate(folder, "Stream 0: the quick brown fox", n);
         BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of 3); one stream through serve is {single / generate:0.00}× that");
         Drain(cluster);
@@ -146,6 +166,9 @@ public static class ServeBench
             ["decode_gap_ms"] = Math.Round(usual, 2),
             ["prefill_stall_ms_chunked"] = Math.Round(chunked, 2),
             ["prefill_stall_ms_whole"] = Math.Round(whole, 2),
+            ["compute_share"] = computeShare,
+            ["single_stream_fixed_split_tokens_per_s"] = computeShare ? Math.Round(singleFixed, 3) : null,
+            ["single_fixed_split_stage_step_ms"] = computeShare ? Math.Round(MedianOf(fixedSteps), 3) : null,
         });
         return 0;
     }
