@@ -52,7 +52,7 @@ public sealed class CoreArbiter
     public Lease Enter(int limit = 0)
     {
         int now = Interlocked.Increment(ref _computing);
-        try { return new Lease(this, Threads(Cores, now, limit)); }
+        try { return new Lease(this, Threads(Cores, now, limit), limit); }
         catch { Interlocked.Decrement(ref _computing); throw; }
     }
 
@@ -60,15 +60,24 @@ public sealed class CoreArbiter
     public sealed class Lease : IDisposable
     {
         private CoreArbiter? _owner;
+        private readonly int _limit;
 
-        internal Lease(CoreArbiter owner, int threads)
+        internal Lease(CoreArbiter owner, int threads, int limit)
         {
             _owner = owner;
+            _limit = limit;
             Threads = threads;
         }
 
-        /// <summary>Intra-op threads this step runs with.</summary>
+        /// <summary>Intra-op threads this step starts with.</summary>
         public int Threads { get; }
+
+        /// <summary>
+        /// The step's share now (between two of its layers): a long step — a prefill of hundreds of positions — that
+        /// started beside another stage's step takes every core once that one ended, and one that started alone gives
+        /// back its extra threads once another stage starts. <see cref="Threads"/> after the lease is disposed.
+        /// </summary>
+        public int Current => _owner is { } owner ? CoreArbiter.Threads(owner.Cores, Math.Max(1, owner.Computing), _limit) : Threads;
 
         public void Dispose()
         {

@@ -242,8 +242,9 @@ public sealed class StageExecutor : IDisposable
         PinThread();
         using var cores = _settings.ComputeShare ? CoreArbiter.Shared.Enter(ThreadLimit) : null;
         if (cores is not null) UseThreads(cores.Threads);
+        _runner!.BetweenLayers = cores is null ? null : () => UseThreads(cores.Current);
         long started = Stopwatch.GetTimestamp();
-        var outgoing = _runner!.Run(steps);
+        var outgoing = _runner.Run(steps);
         if (_settings.DebugComputeSlowdown > 1) // benchmarks' simulated slower machine: sleep, so the cores stay free for the other nodes
             Thread.Sleep(Stopwatch.GetElapsedTime(started) * (_settings.DebugComputeSlowdown - 1));
         _diagnostics.StepTimes.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);

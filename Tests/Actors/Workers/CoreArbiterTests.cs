@@ -46,6 +46,25 @@ public class CoreArbiterTests
     }
 
     [Fact]
+    public void A_leases_current_share_follows_the_stages_computing_now()
+    {
+        var arbiter = new CoreArbiter(2);
+        var other = arbiter.Enter();
+        var prefill = arbiter.Enter();
+        Assert.Equal(1, prefill.Threads);            // started beside another stage's step
+        other.Dispose();
+        Assert.Equal(2, prefill.Current);            // that one ended: every core, from the next layer on
+        using (var late = arbiter.Enter())
+            Assert.Equal(1, prefill.Current);        // another started: back to a share
+        var capped = arbiter.Enter(limit: 1);
+        prefill.Dispose();
+        Assert.Equal(1, capped.Current);             // alone, but within its node's cap
+        capped.Dispose();
+        Assert.Equal(1, capped.Current);             // after the step: what it started with
+        Assert.Equal(0, arbiter.Computing);
+    }
+
+    [Fact]
     public void Leases_taken_and_returned_concurrently_leave_no_stage_counted()
     {
         var arbiter = new CoreArbiter(4);
