@@ -3,6 +3,7 @@ using Akka.Configuration;
 using ShardPipe.Actors.Coordination;
 using ShardPipe.Actors.Membership;
 using ShardPipe.Actors.Client;
+using ShardPipe.Actors.Workers;
 using ShardPipe.Modeling.Core;
 using ShardPipe.Placement;
 
@@ -35,6 +36,9 @@ public sealed class EmbeddedCluster : IAsyncDisposable
         // or their thread pools oversubscribe the machine and every hand-off between stages waits for a time slice.
         TorchRuntime.Initialise();
         TorchSharp.torch.set_num_threads(computeThreads ?? Math.Max(1, Environment.ProcessorCount / Math.Max(1, layout.Count)));
+        // That split is the default of threads outside a step; each step takes its threads from the cores shared among
+        // the stages computing at that moment (shardpipe.compute-share, CoreArbiter), so a stage computing alone uses all.
+        CoreArbiter.Shared.Cores = computeThreads ?? Environment.ProcessorCount;
         var nodes = new List<ShardPipeNode>();
         try
         {

@@ -65,7 +65,11 @@ public sealed class ShardPipeNode : IAsyncDisposable
         if (settings.IsWorker)
         {
             TorchRuntime.Initialise();
-            if (settings.ComputeThreads > 0) TorchSharp.torch.set_num_threads(settings.ComputeThreads);
+            if (settings.ComputeThreads > 0)
+            {
+                TorchSharp.torch.set_num_threads(settings.ComputeThreads);
+                CoreArbiter.Shared.Cores = settings.ComputeThreads;
+            }
             system.ActorOf(Props.Create(() => new ShardReaderActor(settings.Bulk, settings.HasLocal)), "shard-reader");
             ActivationListener? links = null;
             if (settings.Links.Endpoint.Enabled)

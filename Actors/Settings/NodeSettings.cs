@@ -39,6 +39,8 @@ public sealed record NodeSettings
     public required int ComputeThreads { get; init; }
     /// <summary>CPU cores the threads that run this node's steps are pinned to; empty = wherever the OS puts them.</summary>
     public required IReadOnlyList<int> ComputeCores { get; init; }
+    /// <summary><c>compute-share</c>: each step's libtorch threads from the process's cores shared among the stages computing at once (<see cref="Workers.CoreArbiter"/>); off = the process-wide setting.</summary>
+    public bool ComputeShare { get; init; } = true;
     /// <summary><c>placement.balance</c>: <c>speed</c> (a strategy weighs devices by budget × measured speed) or <c>bytes</c> (budgets alone).</summary>
     public string PlacementBalance { get; init; } = "speed";
     /// <summary>Benchmark hook (<c>debug.compute-slowdown</c>, unset in production): this node's steps and speed calibration take this many times their compute time (a slower machine, simulated).</summary>
@@ -112,6 +114,7 @@ public sealed record NodeSettings
             MaxNewTokens = AtLeast("max-new-tokens", 1),
             ComputeThreads = sp.GetInt("compute-threads"),
             ComputeCores = sp.GetIntList("compute-cores").ToList(),
+            ComputeShare = sp.GetBoolean("compute-share"),
             PlacementBalance = sp.GetString("placement.balance") is "speed" or "bytes" ? sp.GetString("placement.balance")
                 : throw new ConfigurationException($"shardpipe.placement.balance: '{sp.GetString("placement.balance")}' is not speed or bytes"),
             DebugComputeSlowdown = !sp.HasPath("debug.compute-slowdown") ? 1

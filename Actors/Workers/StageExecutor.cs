@@ -240,8 +240,11 @@ public sealed class StageExecutor : IDisposable
     {
         _faults.BeforeStep?.Invoke();
         PinThread();
+        using var cores = _settings.ComputeShare ? CoreArbiter.Shared.Enter(ThreadLimit) : null;
+        if (cores is not null) UseThreads(cores.Threads);
+        _runner!.BetweenLayers = cores is null ? null : () => UseThreads(cores.Current);
         long started = Stopwatch.GetTimestamp();
-        var outgoing = _runner!.Run(steps);
+        var outgoing = _runner.Run(steps);
         if (_settings.DebugComputeSlowdown > 1) // benchmarks' simulated slower machine: sleep, so the cores stay free for the other nodes
             Thread.Sleep(Stopwatch.GetElapsedTime(started) * (_settings.DebugComputeSlowdown - 1));
         _diagnostics.StepTimes.Record(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
@@ -322,6 +325,32 @@ public sealed class StageExecutor : IDisposable
     }
 
     [ThreadStatic] private static bool _threadPinned;
+    [ThreadStatic] private static int _threadsSet; // this thread's libtorch intra-op setting, as last set here (0 = never)
+
+    /// <summary>The node's own cap on a step's threads (<see cref="CoreArbiter.Threads"/>): compute-threads, the pinned cores; 0 = none.</summary>
+    private int ThreadLimit
+    {
+        get
+        {
+            int limit = _settings.ComputeThreads;
+            if (_settings.ComputeCores.Count > 0) limit = limit > 0 ? Math.Min(limit, _settings.ComputeCores.Count) : _settings.ComputeCores.Count;
+            return limit;
+        }
+    }
+
+    /// <summary>
+    /// Sets the compute thread's libtorch intra-op threads (OpenMP's setting is the calling thread's own, and the
+    /// decode kernels' pool reads it too), only when it changes: other threads keep theirs. The first call reads the
+    /// setting first: libtorch initialises a thread's setting lazily, at its first read or parallel loop, from the
+    /// process-wide value — which would undo a setting made before it.
+    /// </summary>
+    private static void UseThreads(int threads)
+    {
+        if (_threadsSet == threads) return;
+        if (_threadsSet == 0) TorchSharp.torch.get_num_threads();
+        TorchSharp.torch.set_num_threads(threads);
+        _threadsSet = threads;
+    }
 
     /// <summary>
     /// Steps run on the stage's compute thread: its first step pins it to <c>compute-cores</c> (with the libtorch threads

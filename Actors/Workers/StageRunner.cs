@@ -39,6 +39,9 @@ public sealed class StageRunner : IDisposable
         _prefix = prefix;
     }
 
+    /// <summary>Called between two layers of a step (the stage's compute thread adjusts its threads to its current share of the cores: <see cref="CoreArbiter"/>); null = nothing.</summary>
+    public Action? BetweenLayers { get; set; }
+
     /// <summary>This stage's prefix cache (null when off): its blocks, bytes and hit counts.</summary>
     public PrefixStage? Prefix => _prefix;
 
@@ -148,7 +151,11 @@ public sealed class StageRunner : IDisposable
                 }
                 // One preparation for the whole step: rotary tables over every position, masks only for the parts that need one.
                 batch = MergedStepInputs.Prepare(_model, parts, flat.dtype, hop.FirstLayer, made);
-                for (int l = hop.FirstLayer; l < hop.FirstLayer + hop.LayerCount; l++) flat = _model.Layer(l, flat, batch);
+                for (int l = hop.FirstLayer; l < hop.FirstLayer + hop.LayerCount; l++)
+                {
+                    if (l > hop.FirstLayer) BetweenLayers?.Invoke();
+                    flat = _model.Layer(l, flat, batch);
+                }
             }
             finally
             {

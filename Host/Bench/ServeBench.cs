@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using ShardPipe.Actors.Diagnostics;
 using ShardPipe.Actors.Hosting;
+using ShardPipe.Actors.Workers;
 using ShardPipe.Checkpoints.Synthetic;
 using ShardPipe.Host.Cli;
 using ShardPipe.Host.Serving;
@@ -41,22 +42,23 @@ public static class ServeBench
         var model = new Option<string?>("--model") { Description = "Checkpoint folder with a tokenizer (default: a generated 134M Llama)" };
         var microBatches = new Option<int>("--micro-batches") { Description = "The nodes' shardpipe.batching.micro-batches (groups of requests circulating at once)", DefaultValueFactory = _ => 1 };
         var sharedPrefix = new Option<int>("--shared-prefix") { Description = "Instead: --concurrency requests sharing a prefix of this many tokens, time to first token with the prefix cache and without (SharedPrefixBench)" };
+        var computeShare = new Option<bool>("--compute-share") { Description = "The nodes' shardpipe.compute-share (false: the fixed split of cores ÷ nodes, for comparison)", DefaultValueFactory = _ => true };
         var json = CommonOptions.Json();
-        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json, sharedPrefix };
+        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json, sharedPrefix, computeShare };
         CommandAction.Set(cmd, (parse, log) => parse.GetValue(sharedPrefix) is > 0 and var sp
             ? SharedPrefixBench.Run(parse.GetValue(model) ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log), sp, parse.GetValue(concurrency), parse.GetValue(json), log)
-            : Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log));
+            : Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log, parse.GetValue(computeShare)));
         return cmd;
     }
 
-    private static async Task<int> Run(string? modelArg, int n, int concurrency, int microBatches, bool asJson, ILogger log)
+    private static async Task<int> Run(string? modelArg, int n, int concurrency, int microBatches, bool asJson, ILogger log, bool computeShare = true)
     {
         if (n < 2 || concurrency < 1 || microBatches < 1) throw new InvalidInputException("--tokens must be at least 2, --concurrency and --micro-batches at least 1");
         string folder = modelArg ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log);
         if (!ModelTokenizer.Exists(folder)) ByteLevelTokenizerFile.Write(folder, SyntheticLlamaSpec.Llama125M.VocabSize);
         BenchSupport.Say(asJson, $"bench serve: {folder} on embedded:3, {n} tokens per stream, greedy, eos ignored");
         int rowsCap = Math.Max(32, concurrency);
-        var cluster = await EmbeddedCluster.StartAsync(3, extraConfig: _ => $"shardpipe.max-in-flight = {rowsCap}\nshardpipe.batching.max-rows = {rowsCap}\nshardpipe.batching.micro-batches = {microBatches}");
+        var cluster = await EmbeddedCluster.StartAsync(3, extraConfig: _ => $"shardpipe.max-in-flight = {rowsCap}\nshardpipe.batching.max-rows = {rowsCap}\nshardpipe.batching.micro-batches = {microBatches}\nshardpipe.compute-share = {(computeShare ? "on" : "off")}");
         await using var session = ClusterSession.Over(cluster);
         await session.EnsureLoadedAsync(new ShardPipe.Messages.LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), log, json: true);
         await using var server = await OpenAiServer.StartAsync(new ServeSettings { ModelId = "bench", ModelFolder = folder, Port = 0, MaxActive = Math.Max(16, concurrency), RequestTimeout = TimeSpan.FromMinutes(10) }, session, log);
@@ -90,14 +92,33 @@ public static class ServeBench
 
         await Stream(-1); // warm-up
         Drain(cluster);
-        double single = 0;
+        // The in-run baseline of shardpipe.compute-share: the same stream with every step held to the fixed split of
+        // cores ÷ nodes (as before the arbiter), the two interleaved round by round so that the machine's load falls on both.
+        int cores = CoreArbiter.Shared.Cores, fixedSplit = Math.Max(1, cores / cluster.Nodes.Count);
+        double single = 0, singleFixed = 0;
+        var fixedSteps = new List<double>();
+        var sharedRounds = new List<StageProfile>();
         for (int r = 0; r < 3; r++)
         {
             var (s, count) = await Stream(r);
             single = Math.Max(single, (count - 1) / ((s[^1] - s[0]) / 1000));
+            if (!computeShare) continue;
+            sharedRounds.Add(Drain(cluster));
+            CoreArbiter.Shared.Cores = fixedSplit;
+            try
+            {
+                var (f, fixedCount) = await Stream(r);
+                singleFixed = Math.Max(singleFixed, (fixedCount - 1) / ((f[^1] - f[0]) / 1000));
+                fixedSteps.Add(Drain(cluster).StageStepMs);
+            }
+            finally { CoreArbiter.Shared.Cores = cores; }
         }
-        var singleProfile = Drain(cluster);
+        double MedianOf(IEnumerable<double> xs) => xs.Order().ElementAt(xs.Count() / 2);
+        var singleProfile = computeShare ? new StageProfile(MedianOf(sharedRounds.Select(p => p.StageStepMs)), MedianOf(sharedRounds.Select(p => p.HopMs))) : Drain(cluster);
         BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of 3); {singleProfile}");
+        if (computeShare)
+            BenchSupport.Say(asJson, $"  one stream, steps held to {fixedSplit} thread(s) each (cores ÷ nodes, no compute-share), interleaved: {singleFixed:0.00} tokens/s; " +
+                                     $"stages' median steps {MedianOf(fixedSteps):0.0} ms in all");
         double generate = OneProcessGenerate(folder, "Stream 0: the quick brown fox", n);
         BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of 3); one stream through serve is {single / generate:0.00}× that");
         Drain(cluster);
@@ -145,6 +166,9 @@ public static class ServeBench
             ["decode_gap_ms"] = Math.Round(usual, 2),
             ["prefill_stall_ms_chunked"] = Math.Round(chunked, 2),
             ["prefill_stall_ms_whole"] = Math.Round(whole, 2),
+            ["compute_share"] = computeShare,
+            ["single_stream_fixed_split_tokens_per_s"] = computeShare ? Math.Round(singleFixed, 3) : null,
+            ["single_fixed_split_stage_step_ms"] = computeShare ? Math.Round(MedianOf(fixedSteps), 3) : null,
         });
         return 0;
     }
