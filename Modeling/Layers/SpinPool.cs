@@ -23,12 +23,21 @@ public sealed class SpinPool
 
     private readonly Thread[] _threads;
     private readonly SemaphoreSlim _wake = new(0);
-    private Action<int>? _job;
-    private int _parts;
-    private int _next;          // next part to take
-    private int _remaining;     // parts not finished
+    private Job? _job;          // the current job; each job counts its own parts, so a helper still in an old one never takes a newer one's
     private long _generation;   // bumps with every job, so spinning helpers notice it
     private int _busy;
+
+    /// <summary>One job: its body and its own part counters. A helper that finishes the last part of a job and loops to
+    /// claim another finds this job's counter past its parts and stops — it cannot claim a part of the next job (with
+    /// shared counters it once did, running the old body again and leaving a part of the new job undone: its output
+    /// rows uninitialised).</summary>
+    private sealed class Job(Action<int> body, int parts)
+    {
+        public readonly Action<int> Body = body;
+        public readonly int Parts = parts;
+        public int Next;      // next part to take
+        public int Remaining = parts; // parts not finished
+    }
 
     /// <summary>A pool of <paramref name="helpers"/> background threads named <paramref name="name"/>-0, -1, … (the kernels
     /// share <see cref="Shared"/>; tests make their own).</summary>
@@ -63,32 +72,30 @@ public sealed class SpinPool
             for (int p = 0; p < parts; p++) body(p);
             return;
         }
+        var job = new Job(body, parts);
         try
         {
-            _job = body;
-            _parts = parts;
-            Volatile.Write(ref _next, 0);
-            Volatile.Write(ref _remaining, parts);
+            Volatile.Write(ref _job, job);
             Interlocked.Increment(ref _generation);
             if (_wake.CurrentCount < _threads.Length) _wake.Release(_threads.Length - _wake.CurrentCount);
-            Work(body, parts);
+            Work(job);
             var spin = new SpinWait();
-            while (Volatile.Read(ref _remaining) > 0) spin.SpinOnce(-1);
+            while (Volatile.Read(ref job.Remaining) > 0) spin.SpinOnce(-1);
         }
         finally
         {
-            _job = null;
+            Volatile.Write(ref _job, null);
             Volatile.Write(ref _busy, 0);
         }
     }
 
-    private void Work(Action<int> body, int parts)
+    private static void Work(Job job)
     {
         int p;
-        while ((p = Interlocked.Increment(ref _next) - 1) < parts)
+        while ((p = Interlocked.Increment(ref job.Next) - 1) < job.Parts)
         {
-            body(p);
-            Interlocked.Decrement(ref _remaining);
+            job.Body(p);
+            Interlocked.Decrement(ref job.Remaining);
         }
     }
 
@@ -110,7 +117,7 @@ public sealed class SpinPool
                 Thread.SpinWait(20);
             }
             seen = Volatile.Read(ref _generation);
-            if (_job is { } job) Work(job, _parts);
+            if (Volatile.Read(ref _job) is { } job) Work(job);
         }
     }
 }

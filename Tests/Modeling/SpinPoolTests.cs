@@ -22,6 +22,28 @@ public class SpinPoolTests
     }
 
     [Fact]
+    public void Back_to_back_jobs_each_run_every_part_exactly_once()
+    {
+        // A helper that finished a job's last part loops to claim another; with counters shared across jobs it once
+        // claimed a part of the next job and ran the old body for it, so that part of the new job never ran (its output
+        // rows stayed uninitialised: greedy tokens changed from run to run on an embedded cluster).
+        var pool = new SpinPool(6, "spinpool-test-b2b"); // more helpers than cores: they get preempted mid-claim
+        const int parts = 16;
+        int[]? previous = null;
+        for (int job = 0; job < 100_000; job++)
+        {
+            var counts = new int[parts];
+            pool.Run(parts, p => Interlocked.Increment(ref counts[p]));
+            for (int p = 0; p < parts; p++)
+                Assert.True(counts[p] == 1, $"job {job}: part {p} ran {counts[p]} times");
+            if (previous is not null)
+                for (int p = 0; p < parts; p++)
+                    Assert.True(Volatile.Read(ref previous[p]) == 1, $"job {job - 1}: part {p} ran {previous[p]} times after its job returned");
+            previous = counts;
+        }
+    }
+
+    [Fact]
     public void A_helper_sleeps_soon_after_a_burst_of_jobs()
     {
         const string name = "sp-sleep-test"; // the kernel shows thread names up to 15 characters: "sp-sleep-test-0"
