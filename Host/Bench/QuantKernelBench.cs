@@ -18,7 +18,7 @@ namespace ShardPipe.Host.Bench;
 /// dequantize-a-block-then-GEMM path). The float formats are the in-run baselines: quantized decode against bfloat16
 /// (what <c>bench decode --speed-only</c>'s int8/int4 speedups divide by), quantized prefill against float32 (the
 /// quantized path computes in float32); int4/int8 decode also with the per-row kernels that the four-rows-a-pass ones
-/// replaced, int4 also with the four-rows kernel's permute decoding (the default) and its mask-into-2²³ decoding (rows4_magic), the paired-layout kernel (the one before the wide layout) and the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
+/// replaced, int4 also with the four-rows kernel's mask-into-2²³ decoding (rows4_magic: the default) and its permute decoding (rows4_permute), the paired-layout kernel (the one before the wide layout) and the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
 /// best of <c>--rounds</c>, the formats taking turns.
 /// </summary>
 public static class QuantKernelBench
@@ -67,7 +67,7 @@ public static class QuantKernelBench
                     {
                         SetKernels(wide, permute, rows, magic);
                         try { decode[$"{name}_{v}"] = Math.Min(decode[$"{name}_{v}"], LinearsMs(model, 1, 10)); }
-                        finally { SetKernels(true, true, true, false); }
+                        finally { SetKernels(true, true, true, QuantKernels.DefaultNibblesByMagic); }
                     }
                     // The default again after its variants: the first decode figure of a format follows the previous
                     // format's prefill, whose libtorch threads still spin for a while (on the loaded helper machine the
@@ -87,7 +87,7 @@ public static class QuantKernelBench
                 var up = model.NamedModules().Where(m => m.Path.EndsWith("mlp.up_proj")).Select(m => m.Module).OfType<Linear>().First();
                 using var x1 = randn(1, 1, up.InFeatures).to(model.DType);
                 for (int i = 0; i < 300; i++) up.Forward(x1).Dispose(); // warm-up, untimed: the first kernel timed is not the one that pays for it
-                foreach (var (v, wide, permute, rows, magic) in Variants(name).Prepend((name.StartsWith("int4") ? "wide" : "default", true, true, true, false)))
+                foreach (var (v, wide, permute, rows, magic) in Variants(name).Prepend((name.StartsWith("int4") ? "wide" : "default", true, true, true, QuantKernels.DefaultNibblesByMagic)))
                 {
                     SetKernels(wide, permute, rows, magic);
                     double best = double.MaxValue;
@@ -100,7 +100,7 @@ public static class QuantKernelBench
                             if (i > 0) best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
                         }
                     }
-                    finally { SetKernels(true, true, true, false); }
+                    finally { SetKernels(true, true, true, QuantKernels.DefaultNibblesByMagic); }
                     figures[$"one_layer_us_{name}_{v}"] = Math.Round(best, 1);
                     BenchSupport.Say(asJson, $"  {name} one layer {up.OutFeatures}x{up.InFeatures} in cache, {v} kernel: {best:0.0} µs");
                 }
@@ -129,7 +129,7 @@ public static class QuantKernelBench
     /// <summary>The kernel variants measured beside the default for a format: (name, wide int4 layout, permute decoding in
     /// the per-row kernels, four-rows-a-pass decode kernels, mask-into-2²³ decoding in those).</summary>
     private static (string Name, bool Wide, bool Permute, bool Rows, bool Magic)[] Variants(string format) =>
-        format.StartsWith("int4") ? new[] { ("rows4_magic", true, true, true, true), ("per_row", true, true, false, false),
+        format.StartsWith("int4") ? new[] { ("rows4_magic", true, true, true, true), ("rows4_permute", true, true, true, false), ("per_row", true, true, false, false),
             ("paired", false, true, false, false), ("wide_convert", true, false, false, false) }
         : format.StartsWith("int8") ? new[] { ("per_row", true, true, false, false) }
         : [];

@@ -124,9 +124,13 @@ public static unsafe class QuantKernels
     public static bool DecodeRowsEnabled { get; set; } = true;
 
     /// <summary>int4 in <see cref="QuantDecodeRows"/>: nibbles decoded by mask-into-2²³ (<see cref="QuantDecodeRows.ByMagic"/>)
-    /// rather than by the 16-entry permute. Default off: on the loaded 2-core helper machine neither won clearly (the
-    /// benchmark's in-cache layer favoured the permute); <c>bench quant-kernels</c> measures both (rows4_magic).</summary>
-    public static bool NibblesByMagic { get; set; }
+    /// rather than by the 16-entry permute (the same results bit for bit). Default on (<see cref="DefaultNibblesByMagic"/>):
+    /// three quiet runs of <c>bench quant-kernels</c> gave an in-cache layer 28.5–30 µs against 40–42 µs, and the model's
+    /// int4 Linears 2.6–3.3 ms against 3.2–3.5 ms a token (BENCHMARKS.md, session 11); rows4_permute measures the other.</summary>
+    public static bool NibblesByMagic { get; set; } = DefaultNibblesByMagic;
+
+    /// <summary>The default of <see cref="NibblesByMagic"/> (tests and benchmarks that switch it put this back).</summary>
+    public const bool DefaultNibblesByMagic = true;
 
     /// <summary>Whether a one-row product takes <see cref="QuantDecodeRows"/>: AVX-512, int4 in the wide layout or int8 in
     /// 32-code steps of whole groups.</summary>

@@ -62,7 +62,7 @@ public class QuantDecodeRowsTests
                 finally
                 {
                     QuantKernels.DecodeRowsEnabled = true;
-                    QuantKernels.NibblesByMagic = false;
+                    QuantKernels.NibblesByMagic = QuantKernels.DefaultNibblesByMagic;
                 }
             }
         }
@@ -82,11 +82,15 @@ public class QuantDecodeRowsTests
         foreach (float magnitude in new[] { 1e30f, 1f, 1e-30f, 3e-36f })
         {
             var x = randn(1, inF) * magnitude;
-            var byPermute = QuantKernels.Linear(x, w, null).data<float>().ToArray();
-            QuantKernels.NibblesByMagic = true;
-            float[] byMagic;
-            try { byMagic = QuantKernels.Linear(x, w, null).data<float>().ToArray(); }
-            finally { QuantKernels.NibblesByMagic = false; }
+            float[] byPermute, byMagic;
+            try
+            {
+                QuantKernels.NibblesByMagic = false;
+                byPermute = QuantKernels.Linear(x, w, null).data<float>().ToArray();
+                QuantKernels.NibblesByMagic = true;
+                byMagic = QuantKernels.Linear(x, w, null).data<float>().ToArray();
+            }
+            finally { QuantKernels.NibblesByMagic = QuantKernels.DefaultNibblesByMagic; }
             Assert.Contains(byPermute, v => v != 0);
             for (int o = 0; o < outF; o++)
                 if (magnitude >= 1e-30f) Assert.Equal(byPermute[o], byMagic[o]);
