@@ -45,7 +45,7 @@ public sealed class DraftStage : IDisposable
         }
         var g = st.Sampling;
         Sampler? sampler = null;
-        if (!(g.Greedy || g.Temperature <= 0) && !_samplers.TryGetValue(s.RequestId, out sampler))
+        if (!Sampler.IsGreedyRule(g.Greedy, g.Temperature) && !_samplers.TryGetValue(s.RequestId, out sampler))
             _samplers[s.RequestId] = sampler = new Sampler(g.Greedy, g.Temperature, g.TopK, g.TopP, g.Seed, g.RepetitionPenalty);
         // s.Step counts the request's tokens so far: the first draft is token number s.Step, as the head numbers it.
         var proposal = proposer.Propose(st.History![0], Speculation.DraftBudget(spec.Tokens, s.Step, st.MaxNewTokens), sampler, s.Step);

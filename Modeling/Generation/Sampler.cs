@@ -21,7 +21,7 @@ public sealed class Sampler : IDisposable
     {
         if (repetitionPenalty <= 0) throw new InvalidInputException("repetition_penalty must be positive");
         _repetitionPenalty = repetitionPenalty;
-        _greedy = greedy || temperature <= 0;
+        _greedy = IsGreedyRule(greedy, temperature);
         _temperature = temperature;
         _topK = topK;
         _topP = topP;
@@ -39,7 +39,10 @@ public sealed class Sampler : IDisposable
     public bool Argmax => TakesArgmax(_greedy, _temperature, _repetitionPenalty);
 
     /// <summary>Whether a sampler of these settings picks the plain argmax (greedy or temperature 0, no repetition penalty).</summary>
-    public static bool TakesArgmax(bool greedy, double temperature, double repetitionPenalty) => (greedy || temperature <= 0) && repetitionPenalty == 1.0;
+    public static bool TakesArgmax(bool greedy, double temperature, double repetitionPenalty) => IsGreedyRule(greedy, temperature) && repetitionPenalty == 1.0;
+
+    /// <summary>The rule behind <see cref="IsGreedy"/>: greedy, or a temperature of 0 or less (no distribution to sample).</summary>
+    public static bool IsGreedyRule(bool greedy, double temperature) => greedy || temperature <= 0;
 
     /// <summary>
     /// Each row's argmax of logits (R, V), for every row of a merged step at once: what <see cref="Next"/> gives a
