@@ -89,7 +89,8 @@ public static class DecodeBench
         // 0. Single-stream speed against the read bandwidth: float32 and bfloat16 in turns, and where a step's time goes.
         var speed = DecodeSpeed.Measure(folder, Math.Max(n, 64));
         BenchSupport.Say(asJson, $"  plain float32 {speed.Fp32TokensPerS:0.00} tokens/s, bfloat16 {speed.Bf16TokensPerS:0.00} ({speed.Bf16Speedup:0.00}x); " +
-                                 $"read bandwidth {speed.ReadGBps:0.0} GB/s, weights {speed.Fp32WeightBytes / 1e6:0} MB: weight_read_ratio {speed.WeightReadRatio:0.000}");
+                                 $"read bandwidth {speed.ReadGBps:0.0} GB/s (rounds {speed.ReadGBpsMin:0.0}–{speed.ReadGBpsMax:0.0}), weights {speed.Fp32WeightBytes / 1e6:0} MB: weight_read_ratio {speed.WeightReadRatio:0.000}; " +
+                                 $"bfloat16 over active bytes {speed.ActiveWeightReadRatioBf16:0.000} (rounds {speed.ActiveWeightReadRatioBf16Range.Min:0.000}–{speed.ActiveWeightReadRatioBf16Range.Max:0.000}), each round over the read measured beside it");
         if (speed.ActiveParameters != speed.TotalParameters)
             BenchSupport.Say(asJson, $"  active parameters {speed.ActiveParameters / 1e6:0.0}M of {speed.TotalParameters / 1e6:0.0}M: " +
                                      $"weight_read_ratio over active bytes {speed.ActiveWeightReadRatioFp32:0.000} float32, {speed.ActiveWeightReadRatioBf16:0.000} bfloat16");
@@ -106,6 +107,11 @@ public static class DecodeBench
             ["bf16_speedup"] = Math.Round(speed.Bf16Speedup, 4),
             ["weight_bytes_fp32"] = speed.Fp32WeightBytes,
             ["read_bandwidth_gb_s"] = Math.Round(speed.ReadGBps, 3),
+            // The rounds' baselines (read_bandwidth_gb_s is their median) and the range of the paired bf16 ratios.
+            ["read_bandwidth_gb_s_min"] = Math.Round(speed.ReadGBpsMin, 3),
+            ["read_bandwidth_gb_s_max"] = Math.Round(speed.ReadGBpsMax, 3),
+            ["weight_read_ratio_active_bf16_min"] = Math.Round(speed.ActiveWeightReadRatioBf16Range.Min, 4),
+            ["weight_read_ratio_active_bf16_max"] = Math.Round(speed.ActiveWeightReadRatioBf16Range.Max, 4),
             ["weight_read_ratio"] = Math.Round(speed.WeightReadRatio, 4),
             ["parameters"] = speed.TotalParameters,
             ["active_parameters"] = speed.ActiveParameters,

@@ -9,9 +9,10 @@ using static TorchSharp.torch;
 namespace ShardPipe.Host.Bench;
 
 /// <summary>
-/// Single-stream decode speed against the machine's read bandwidth, for <c>bench decode</c>: float32 and bfloat16
-/// tokens/s of the plain loop (taking turns, best of each), a plain read (libtorch <c>sum</c> with this process's
-/// threads) over a buffer the size of the float32 weights, and a profile of one decode step by part.
+/// Single-stream decode speed against the machine's read bandwidth, for <c>bench decode</c>: float32, bfloat16, int8 and
+/// int4 tokens/s of the plain loop (taking turns, best of each), each round beside a STREAM-like sum of a 2 GiB buffer on
+/// the decode threads (<see cref="ReadBandwidth.Probe"/>; the read ratios pair each round's decode with its own baseline,
+/// median of the rounds), and a profile of one decode step by part.
 /// </summary>
 public static class DecodeSpeed
 {
@@ -22,17 +23,38 @@ public static class DecodeSpeed
         /// <summary>Parameters a decode token reads (a mixture of experts: only the chosen experts'); all of them for a dense model.</summary>
         public long ActiveParameters { get; init; }
         public long TotalParameters { get; init; }
-        /// <summary>Active weight bytes read per second at the bfloat16 decode rate, over the plain read's bandwidth.</summary>
-        public double ActiveWeightReadRatioBf16 => ActiveParameters * 2.0 * Bf16TokensPerS / (ReadGBps * 1e9);
+        /// <summary>
+        /// Active weight bytes read per second at the bfloat16 decode rate over the plain read's bandwidth, each round's
+        /// decode over the read measured just before it (<see cref="RoundBaselines"/>), median of the rounds: the
+        /// machine's bandwidth drifts (28–48 GB/s between runs in session 11), and a pair taken seconds apart shares it.
+        /// </summary>
+        public double ActiveWeightReadRatioBf16 => PairedRatio(ActiveParameters * 2.0, RoundBf16TokensPerS);
         /// <summary>The same at the float32 rate.</summary>
-        public double ActiveWeightReadRatioFp32 => ActiveParameters * 4.0 * Fp32TokensPerS / (ReadGBps * 1e9);
+        public double ActiveWeightReadRatioFp32 => PairedRatio(ActiveParameters * 4.0, RoundFp32TokensPerS);
+        /// <summary>The lowest and highest of the rounds' bfloat16 ratios.</summary>
+        public (double Min, double Max) ActiveWeightReadRatioBf16Range => PairedRange(ActiveParameters * 2.0, RoundBf16TokensPerS);
+        /// <summary>Each round's sum-read baseline (GB/s, median of its passes), and its float32 and bfloat16 decode rates.</summary>
+        public IReadOnlyList<double> RoundBaselines { get; init; } = Array.Empty<double>();
+        public IReadOnlyList<double> RoundFp32TokensPerS { get; init; } = Array.Empty<double>();
+        public IReadOnlyList<double> RoundBf16TokensPerS { get; init; } = Array.Empty<double>();
+        public IReadOnlyList<double> RoundInt8TokensPerS { get; init; } = Array.Empty<double>();
+        public IReadOnlyList<double> RoundInt4TokensPerS { get; init; } = Array.Empty<double>();
+        private IEnumerable<double> Paired(double bytesPerToken, IReadOnlyList<double> rates) =>
+            rates.Count == RoundBaselines.Count && rates.Count > 0
+                ? rates.Zip(RoundBaselines, (tps, gbps) => bytesPerToken * tps / (gbps * 1e9))
+                : new[] { bytesPerToken * (rates.Count > 0 ? rates.Max() : 0) / (ReadGBps * 1e9) };
+        private double PairedRatio(double bytesPerToken, IReadOnlyList<double> rates) => Bench.ReadBandwidth.Median(Paired(bytesPerToken, rates).ToList());
+        private (double, double) PairedRange(double bytesPerToken, IReadOnlyList<double> rates) { var r = Paired(bytesPerToken, rates).ToList(); return (r.Min(), r.Max()); }
+        /// <summary>The range of the rounds' read baselines (<see cref="ReadGBps"/> is their median).</summary>
+        public double ReadGBpsMin { get; init; }
+        public double ReadGBpsMax { get; init; }
         public double Int8Speedup => Int8TokensPerS / Bf16TokensPerS;
         public double Int4Speedup => Int4TokensPerS / Bf16TokensPerS;
         /// <summary>As <see cref="WeightReadRatio"/>, over the quantized model's held bytes (packed Linears, bf16 rest).</summary>
-        public double Int8ReadRatio => Int8WeightBytes * Int8TokensPerS / (ReadGBps * 1e9);
-        public double Int4ReadRatio => Int4WeightBytes * Int4TokensPerS / (ReadGBps * 1e9);
+        public double Int8ReadRatio => PairedRatio(Int8WeightBytes, RoundInt8TokensPerS);
+        public double Int4ReadRatio => PairedRatio(Int4WeightBytes, RoundInt4TokensPerS);
         /// <summary>Weight bytes read per second at the float32 decode rate, over the plain read's bandwidth.</summary>
-        public double WeightReadRatio => Fp32WeightBytes * Fp32TokensPerS / (ReadGBps * 1e9);
+        public double WeightReadRatio => PairedRatio(Fp32WeightBytes, RoundFp32TokensPerS);
         public double Bf16Speedup => Bf16TokensPerS / Fp32TokensPerS;
         /// <summary>Milliseconds per token in the model's Linears alone (<see cref="LinearMs"/>); a step's rest is attention, norms, rotary, sampling.</summary>
         public double Bf16LinearMs { get; init; }
@@ -45,7 +67,7 @@ public static class DecodeSpeed
 
     private static readonly long[][] Prompt = { new long[] { 1, 306, 4658, 278, 6593, 310, 2834, 338, 1, 306, 4658, 278, 6593, 310, 2834, 338 } };
 
-    public static Result Measure(string folder, int newTokens, int rounds = 4, int groupSize = 128, bool quantizeHead = true)
+    public static Result Measure(string folder, int newTokens, int rounds = 5, int groupSize = 128, bool quantizeHead = true)
     {
         var fp32 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "float32" });
         var bf16 = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { DType = "bfloat16" });
@@ -56,18 +78,33 @@ public static class DecodeSpeed
         try
         {
             double Tps(CausalLMModel m) => TokenGenerator.Greedy(m, Prompt, null, new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true }).TokensPerSecond;
-            double a = 0, b = 0, c = 0, d = 0;
-            for (int r = 0; r < rounds; r++)
+            var baselines = new List<double>();
+            var fp32Rates = new List<double>();
+            var bf16Rates = new List<double>();
+            var int8Rates = new List<double>();
+            var int4Rates = new List<double>();
+            using (var probe = new ReadBandwidth.Probe())
             {
-                a = Math.Max(a, Tps(fp32));
-                b = Math.Max(b, Tps(bf16));
-                c = Math.Max(c, Tps(int8));
-                d = Math.Max(d, Tps(int4));
+                for (int r = 0; r < rounds; r++)
+                {
+                    baselines.Add(probe.SumMedianGBps(3)); // the read baseline beside this round's decodes
+                    fp32Rates.Add(Tps(fp32));
+                    bf16Rates.Add(Tps(bf16));
+                    int8Rates.Add(Tps(int8));
+                    int4Rates.Add(Tps(int4));
+                }
             }
             static long Bytes(CausalLMModel m) => m.NamedTensors().Where(p => !p.Slot.IsBuffer && p.Slot.IsMaterialised).Sum(p => p.Slot.Tensor.NumberOfElements * p.Slot.Tensor.ElementSize);
             long bytes = Bytes(fp32);
-            return new Result(a, b, bytes, BaselineGBps(bytes), Profile(fp32, newTokens), Profile(bf16, newTokens), c, d, Bytes(int8), Bytes(int4))
+            return new Result(fp32Rates.Max(), bf16Rates.Max(), bytes, ReadBandwidth.Median(baselines), Profile(fp32, newTokens), Profile(bf16, newTokens), int8Rates.Max(), int4Rates.Max(), Bytes(int8), Bytes(int4))
             {
+                RoundBaselines = baselines,
+                RoundFp32TokensPerS = fp32Rates,
+                RoundBf16TokensPerS = bf16Rates,
+                RoundInt8TokensPerS = int8Rates,
+                RoundInt4TokensPerS = int4Rates,
+                ReadGBpsMin = baselines.Min(),
+                ReadGBpsMax = baselines.Max(),
                 ActiveParameters = fp32.ActiveParameters(),
                 TotalParameters = fp32.NumParameters(),
                 Bf16LinearMs = LinearMs(bf16),
@@ -112,13 +149,6 @@ public static class DecodeSpeed
         }
     }
 
-    /// <summary>GB/s of libtorch summing a float32 buffer of <paramref name="bytes"/> (best of five), with this process's threads.</summary>
-    /// <summary>
-    /// The machine's read bandwidth that weight_read_ratio divides by: a STREAM-like sum over a buffer several times the
-    /// last-level cache, on the decode kernels' threads, median of repeats (<see cref="Bench.ReadBandwidth"/>) — not a
-    /// read of the weights' own size, which the cache could partly serve.
-    /// </summary>
-    private static double BaselineGBps(long bytes) => Bench.ReadBandwidth.SumReadGBps();
 
     /// <summary>Milliseconds per decode step by part: embedding, layer inputs (mask, rotary), each decoder layer, final norm, head.</summary>
     private static Dictionary<string, double> Profile(CausalLMModel model, int steps)

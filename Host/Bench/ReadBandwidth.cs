@@ -81,58 +81,115 @@ public static class ReadBandwidth
     public static double SumReadGBps() => Measure(DefaultBytes, 5).SumMedianGBps;
 
     /// <summary>Measures sum and memcpy reads of <paramref name="bytes"/> (raised to 4× the last-level cache), each <paramref name="repeats"/> times.</summary>
-    public static unsafe Result Measure(long bytes = DefaultBytes, int repeats = 7)
+    public static Result Measure(long bytes = DefaultBytes, int repeats = 7)
     {
         if (repeats < 1) throw new InvalidInputException($"--repeats {repeats}: at least 1");
-        long llc = LastLevelCacheBytes();
-        bytes = Math.Max(bytes, 4 * llc) / 4096 * 4096;
-        var pool = SpinPool.Shared;
-        int threads = pool.Helpers + 1;
-        byte* buffer = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 4096);
-        try
+        using var probe = new Probe(bytes);
+        var sums = new List<double>();
+        var copies = new List<double>();
+        for (int r = 0; r < repeats + 1; r++) // the first pass of each warms up
         {
+            double sum = probe.SumGBps(), copy = probe.CopyGBps();
+            if (r == 0) continue;
+            sums.Add(sum);
+            copies.Add(copy);
+        }
+        return new Result(probe.Bytes, probe.LastLevelCacheBytes, probe.Threads, repeats, Median(sums), sums.Min(), sums.Max(), Median(copies), copies.Min(), copies.Max());
+    }
+
+    /// <summary>The median of <paramref name="xs"/> (the mean of the middle two for an even count).</summary>
+    public static double Median(IReadOnlyCollection<double> xs)
+    {
+        var o = xs.Order().ToList();
+        return o.Count % 2 == 1 ? o[o.Count / 2] : (o[o.Count / 2 - 1] + o[o.Count / 2]) / 2;
+    }
+
+    /// <summary>
+    /// A read buffer of several times the last-level cache, every page touched with a value, kept so that a benchmark can
+    /// take the baseline again beside each of its own rounds (<c>bench decode</c> pairs each round's decode with the read
+    /// measured just before it: the machine's bandwidth drifts between runs, and a baseline taken once, minutes away from
+    /// the decode it divides, carried that drift into the ratio).
+    /// </summary>
+    public sealed unsafe class Probe : IDisposable
+    {
+        private byte* _buffer;
+        private readonly float[] _partial;
+
+        public Probe(long bytes = DefaultBytes)
+        {
+            LastLevelCacheBytes = ReadBandwidth.LastLevelCacheBytes();
+            Bytes = Math.Max(bytes, 4 * LastLevelCacheBytes) / 4096 * 4096;
+            if (Bytes <= 0) throw new InvalidInputException($"read buffer of {bytes} bytes: at least 4 KiB");
+            Threads = SpinPool.Shared.Helpers + 1;
+            _partial = new float[Threads];
+            _buffer = (byte*)NativeMemory.AlignedAlloc((nuint)Bytes, 4096);
+            byte* buffer = _buffer;
+            long size = Bytes;
+            int threads = Threads;
             // Touch every page with a value (fresh pages of zeros might be one shared page).
-            pool.Run(threads, p =>
+            SpinPool.Shared.Run(threads, p =>
             {
-                var (start, length) = Part(bytes, threads, p);
+                var (start, length) = Part(size, threads, p);
                 for (long o = 0; o < length; o += 1 << 30)
                     new Span<float>(buffer + start + o, (int)(Math.Min(1L << 30, length - o) / 4)).Fill(1f);
             });
-            var sums = new List<double>();
-            var copies = new List<double>();
-            var partial = new float[threads];
-            for (int r = 0; r < repeats + 1; r++) // the first pass of each warms up
-            {
-                long t0 = Stopwatch.GetTimestamp();
-                pool.Run(threads, p =>
-                {
-                    var (start, length) = Part(bytes, threads, p);
-                    partial[p] = Sum(buffer + start, length);
-                });
-                double sumSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-                if (partial.Sum() <= 0) throw new InvalidOperationException("the read buffer summed to nothing");
-                long half = bytes / 2;
-                t0 = Stopwatch.GetTimestamp();
-                pool.Run(threads, p =>
-                {
-                    var (start, length) = Part(half, threads, p);
-                    for (long o = 0; o < length; o += 1 << 30)
-                    {
-                        long n = Math.Min(1L << 30, length - o);
-                        Buffer.MemoryCopy(buffer + start + o, buffer + half + start + o, n, n);
-                    }
-                });
-                double copySeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-                if (r == 0) continue;
-                sums.Add(bytes / sumSeconds / 1e9);
-                copies.Add(half / copySeconds / 1e9);
-            }
-            static double Median(List<double> xs) { var o = xs.Order().ToList(); return o.Count % 2 == 1 ? o[o.Count / 2] : (o[o.Count / 2 - 1] + o[o.Count / 2]) / 2; }
-            return new Result(bytes, llc, threads, repeats, Median(sums), sums.Min(), sums.Max(), Median(copies), copies.Min(), copies.Max());
         }
-        finally
+
+        public long Bytes { get; }
+        public long LastLevelCacheBytes { get; }
+        public int Threads { get; }
+
+        /// <summary>One sum of the whole buffer, split in contiguous parts over the decode threads: GB/s read.</summary>
+        public double SumGBps()
         {
-            NativeMemory.AlignedFree(buffer);
+            ObjectDisposedException.ThrowIf(_buffer is null, this);
+            byte* buffer = _buffer;
+            long size = Bytes;
+            int threads = Threads;
+            var partial = _partial;
+            long t0 = Stopwatch.GetTimestamp();
+            SpinPool.Shared.Run(threads, p =>
+            {
+                var (start, length) = Part(size, threads, p);
+                partial[p] = Sum(buffer + start, length);
+            });
+            double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            if (partial.Sum() <= 0) throw new InvalidOperationException("the read buffer summed to nothing");
+            return size / seconds / 1e9;
+        }
+
+        /// <summary>The median of <paramref name="passes"/> sums after one pass that warms up.</summary>
+        public double SumMedianGBps(int passes)
+        {
+            SumGBps();
+            return Median(Enumerable.Range(0, passes).Select(_ => SumGBps()).ToList());
+        }
+
+        /// <summary>One memcpy of the buffer's first half into its second, on the same threads: GB/s read.</summary>
+        public double CopyGBps()
+        {
+            ObjectDisposedException.ThrowIf(_buffer is null, this);
+            byte* buffer = _buffer;
+            long half = Bytes / 2;
+            int threads = Threads;
+            long t0 = Stopwatch.GetTimestamp();
+            SpinPool.Shared.Run(threads, p =>
+            {
+                var (start, length) = Part(half, threads, p);
+                for (long o = 0; o < length; o += 1 << 30)
+                {
+                    long n = Math.Min(1L << 30, length - o);
+                    Buffer.MemoryCopy(buffer + start + o, buffer + half + start + o, n, n);
+                }
+            });
+            return half / Stopwatch.GetElapsedTime(t0).TotalSeconds / 1e9;
+        }
+
+        public void Dispose()
+        {
+            if (_buffer is null) return;
+            NativeMemory.AlignedFree(_buffer);
+            _buffer = null;
         }
     }
 
