@@ -170,65 +170,48 @@ public static unsafe class DecodeKernels
         }
     }
 
-    /// <summary>Elements ahead of the current position to prefetch in each row (4 KB): from DRAM, software prefetch lifts
-    /// this loop from about 12 to 22–25 GB/s on two cores (the hardware prefetcher alone keeps too few lines in flight).</summary>
+    /// <summary>Elements ahead of the current position to prefetch (4 KB): from DRAM, software prefetch lifts this loop
+    /// well past what the hardware prefetcher alone keeps in flight on two cores.</summary>
     private const int PrefetchAhead = 2048;
 
-    /// <summary>y[o] = Σᵢ W[o, i]·x[i] for rows [from, to) of a row-major bf16 W with <paramref name="cols"/> columns.</summary>
+    /// <summary>
+    /// y[o] = Σᵢ W[o, i]·x[i] for rows [from, to) of a row-major bf16 W with <paramref name="cols"/> columns: one row at a
+    /// time, front to back, so each thread reads one sequential stream. Four rows in lock-step (four streams 1.5–4 KB
+    /// apart, sharing each load of x) read ≈ 36–40 GB/s on two cores here against ≈ 55–65 GB/s one row at a time
+    /// (session 12, the whole 134M Llama's layer shapes from memory, alternating runs; BENCHMARKS "Session 12 — the bf16
+    /// decode kernel reads one row at a time"). Each row's sum is its own (four accumulators over its columns, then
+    /// their sum), so the result does not depend on how the rows are split between threads.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Bf16Rows(ushort* w, float* x, float* y, int cols, int from, int to)
     {
-        int o = from;
-        for (; o + 4 <= to; o += 4) // four rows at a time share each load of x; a cache line of each row per iteration
+        for (int o = from; o < to; o++)
         {
-            ushort* r0 = w + (long)o * cols, r1 = r0 + cols, r2 = r1 + cols, r3 = r2 + cols;
+            ushort* r = w + (long)o * cols;
             var a0 = Vector512<float>.Zero;
             var a1 = a0;
             var a2 = a0;
             var a3 = a0;
             int i = 0;
-            for (; i + 32 <= cols; i += 32)
+            for (; i + 64 <= cols; i += 64)
             {
-                Sse.Prefetch0(r0 + i + PrefetchAhead);
-                Sse.Prefetch0(r1 + i + PrefetchAhead);
-                Sse.Prefetch0(r2 + i + PrefetchAhead);
-                Sse.Prefetch0(r3 + i + PrefetchAhead); // past a row's end this reaches the next rows: still ahead of use
-                var x0 = Vector512.Load(x + i);
-                var x1 = Vector512.Load(x + i + 16);
-                var v0 = Vector512.Load(r0 + i);
-                var v1 = Vector512.Load(r1 + i);
-                var v2 = Vector512.Load(r2 + i);
-                var v3 = Vector512.Load(r3 + i);
-                a0 = Vector512.FusedMultiplyAdd(High(v0), x1, Vector512.FusedMultiplyAdd(Low(v0), x0, a0));
-                a1 = Vector512.FusedMultiplyAdd(High(v1), x1, Vector512.FusedMultiplyAdd(Low(v1), x0, a1));
-                a2 = Vector512.FusedMultiplyAdd(High(v2), x1, Vector512.FusedMultiplyAdd(Low(v2), x0, a2));
-                a3 = Vector512.FusedMultiplyAdd(High(v3), x1, Vector512.FusedMultiplyAdd(Low(v3), x0, a3));
+                Sse.Prefetch0(r + i + PrefetchAhead); // past a row's end this reaches the next rows: still ahead of use
+                Sse.Prefetch0(r + i + PrefetchAhead + 32);
+                var v0 = Vector512.Load(r + i);
+                var v1 = Vector512.Load(r + i + 32);
+                a0 = Vector512.FusedMultiplyAdd(Low(v0), Vector512.Load(x + i), a0);
+                a1 = Vector512.FusedMultiplyAdd(High(v0), Vector512.Load(x + i + 16), a1);
+                a2 = Vector512.FusedMultiplyAdd(Low(v1), Vector512.Load(x + i + 32), a2);
+                a3 = Vector512.FusedMultiplyAdd(High(v1), Vector512.Load(x + i + 48), a3);
             }
-            float s0 = Vector512.Sum(a0), s1 = Vector512.Sum(a1), s2 = Vector512.Sum(a2), s3 = Vector512.Sum(a3);
-            for (; i < cols; i++)
-            {
-                float xi = x[i];
-                s0 += ToFloat(r0[i]) * xi;
-                s1 += ToFloat(r1[i]) * xi;
-                s2 += ToFloat(r2[i]) * xi;
-                s3 += ToFloat(r3[i]) * xi;
-            }
-            y[o] = s0;
-            y[o + 1] = s1;
-            y[o + 2] = s2;
-            y[o + 3] = s3;
-        }
-        for (; o < to; o++)
-        {
-            ushort* r = w + (long)o * cols;
-            var a = Vector512<float>.Zero;
-            int i = 0;
-            for (; i + 32 <= cols; i += 32)
+            if (i + 32 <= cols)
             {
                 var v = Vector512.Load(r + i);
-                a = Vector512.FusedMultiplyAdd(High(v), Vector512.Load(x + i + 16), Vector512.FusedMultiplyAdd(Low(v), Vector512.Load(x + i), a));
+                a0 = Vector512.FusedMultiplyAdd(Low(v), Vector512.Load(x + i), a0);
+                a1 = Vector512.FusedMultiplyAdd(High(v), Vector512.Load(x + i + 16), a1);
+                i += 32;
             }
-            float s = Vector512.Sum(a);
+            float s = Vector512.Sum((a0 + a1) + (a2 + a3));
             for (; i < cols; i++) s += ToFloat(r[i]) * x[i];
             y[o] = s;
         }
