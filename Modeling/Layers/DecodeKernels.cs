@@ -148,7 +148,8 @@ public static unsafe class DecodeKernels
     public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin) => StepKernels.Rotary(x, cos, sin); // vectorised, one pass
 
     /// <summary>Where part <paramref name="p"/> of <paramref name="parts"/> starts: on a multiple of four rows, so that
-    /// every part but the last takes whole four-row passes.</summary>
+    /// every part but the last takes whole four-row passes of the kernels that run four rows a pass (the multi-row and
+    /// quantized ones; the one-row bf16 kernel is indifferent).</summary>
     internal static int Split(int n, int p, int parts) => p >= parts ? n : (int)((long)n * p / parts) & ~3;
 
     /// <summary>Weight rows per block of <see cref="Rows"/>: 16 rows of a 3072-wide bf16 layer are 96 KB, inside L2.</summary>

@@ -13,7 +13,7 @@ namespace ShardPipe.Modeling.Layers;
 /// Matrix-vector products for decoding with float32 weights, the float32 sibling of <see cref="DecodeKernels.LinearBf16"/>.
 /// A decode step reads every weight once, so its speed is the speed of reading weights; on libtorch's (MKL's) float32
 /// GEMV, fp32 decode read ≈ 17 GB/s of weights where the bf16 kernel reads ≈ 24 (BENCHMARKS.md, vs-llamacpp, session 8
-/// idle rerun: 0.78× llama.cpp F32 against 1.36× F16). Here four weight rows share each load of the input, the next 4 KB of each row is prefetched, and the rows
+/// idle rerun: 0.78× llama.cpp F32 against 1.36× F16). Here one input row reads each weight row front to back with the next 4 KB prefetched, and the rows
 /// are split over <see cref="SpinPool"/>'s helper threads. AVX-512 where the CPU has it, <see cref="Vector{T}"/> otherwise.
 /// Several input rows (up to <see cref="MaxRows"/>) take the register-blocked kernel of Fp32MultiRow.cs; longer inputs
 /// (prefill) stay with libtorch's GEMM.
@@ -81,62 +81,36 @@ public static unsafe partial class Fp32Kernels
     /// hardware prefetcher alone keeps too few lines in flight to reach DRAM bandwidth on two cores.</summary>
     private const int PrefetchAhead = 1024;
 
-    /// <summary>y[o] = Σᵢ W[o, i]·x[i] (+ bias[o]) for rows [from, to) of a row-major float32 W with <paramref name="cols"/> columns; AVX-512.</summary>
+    /// <summary>
+    /// y[o] = Σᵢ W[o, i]·x[i] (+ bias[o]) for rows [from, to) of a row-major float32 W with <paramref name="cols"/> columns;
+    /// AVX-512. One row at a time, front to back (one sequential stream per thread, as the bf16 kernel reads): four rows
+    /// in lock-step read ≈ 8 % slower from memory here (session 12, alternating runs over the 134M Llama's layer shapes).
+    /// Each row's sum is its own (four accumulators, then their sum), whichever thread computes it.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Fp32Rows(float* w, float* x, float* y, float* bias, int cols, int from, int to)
     {
-        int o = from;
-        for (; o + 4 <= to; o += 4) // four rows at a time share each load of x; two cache lines of each row per iteration
+        for (int o = from; o < to; o++)
         {
-            float* r0 = w + (long)o * cols, r1 = r0 + cols, r2 = r1 + cols, r3 = r2 + cols;
+            float* r = w + (long)o * cols;
             var a0 = Vector512<float>.Zero;
             var a1 = a0;
             var a2 = a0;
             var a3 = a0;
-            var c0 = a0;
-            var c1 = a0;
-            var c2 = a0;
-            var c3 = a0;
             int i = 0;
-            for (; i + 32 <= cols; i += 32)
+            for (; i + 64 <= cols; i += 64)
             {
-                Sse.Prefetch0(r0 + i + PrefetchAhead);
-                Sse.Prefetch0(r0 + i + PrefetchAhead + 16);
-                Sse.Prefetch0(r1 + i + PrefetchAhead);
-                Sse.Prefetch0(r1 + i + PrefetchAhead + 16);
-                Sse.Prefetch0(r2 + i + PrefetchAhead);
-                Sse.Prefetch0(r2 + i + PrefetchAhead + 16);
-                Sse.Prefetch0(r3 + i + PrefetchAhead); // past a row's end this reaches the next rows: still ahead of use
-                Sse.Prefetch0(r3 + i + PrefetchAhead + 16);
-                var x0 = Vector512.Load(x + i);
-                var x1 = Vector512.Load(x + i + 16);
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + i), x0, a0);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + i), x0, a1);
-                a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + i), x0, a2);
-                a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + i), x0, a3);
-                c0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + i + 16), x1, c0);
-                c1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + i + 16), x1, c1);
-                c2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + i + 16), x1, c2);
-                c3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + i + 16), x1, c3);
+                Sse.Prefetch0(r + i + PrefetchAhead); // past a row's end this reaches the next rows: still ahead of use
+                Sse.Prefetch0(r + i + PrefetchAhead + 16);
+                Sse.Prefetch0(r + i + PrefetchAhead + 32);
+                Sse.Prefetch0(r + i + PrefetchAhead + 48);
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i), Vector512.Load(x + i), a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 16), Vector512.Load(x + i + 16), a1);
+                a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 32), Vector512.Load(x + i + 32), a2);
+                a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 48), Vector512.Load(x + i + 48), a3);
             }
-            if (i + 16 <= cols)
-            {
-                var x0 = Vector512.Load(x + i);
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + i), x0, a0);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + i), x0, a1);
-                a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + i), x0, a2);
-                a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + i), x0, a3);
-                i += 16;
-            }
-            FinishFour(Vector512.Sum(a0 + c0), Vector512.Sum(a1 + c1), Vector512.Sum(a2 + c2), Vector512.Sum(a3 + c3), r0, x, y, bias, cols, o, i);
-        }
-        for (; o < to; o++)
-        {
-            float* r = w + (long)o * cols;
-            var a = Vector512<float>.Zero;
-            int i = 0;
-            for (; i + 16 <= cols; i += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(r + i), Vector512.Load(x + i), a);
-            float s = Vector512.Sum(a);
+            for (; i + 16 <= cols; i += 16) a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i), Vector512.Load(x + i), a0);
+            float s = Vector512.Sum((a0 + a1) + (a2 + a3));
             for (; i < cols; i++) s += r[i] * x[i];
             y[o] = bias != null ? s + bias[o] : s;
         }
