@@ -20,7 +20,7 @@ namespace ShardPipe.Modeling.Layers;
 /// a sliding window). The libtorch calls of a layer's attention no longer grow with the number of requests: the output
 /// tensor, views of q, k and v, and a cache buffer's growth when it doubles (amortised).
 /// </summary>
-public static unsafe class DecodeAttention
+public static unsafe partial class DecodeAttention
 {
     /// <summary>
     /// A family's attention: <see cref="Heads"/> query heads reading <see cref="KvHeads"/> key/value heads (grouped-query:
@@ -146,11 +146,14 @@ public static unsafe class DecodeAttention
                 maxLength = Math.Max(maxLength, keys);
             }
             work *= 2L * heads * hd;
-            int tasks = rowCount * heads;
+            // A segment of several positions per row: each (row, head) is one task over all its positions, which read the
+            // head's keys and values once (DecodeAttentionSegments.cs); plain decode rows keep one task per (row, head).
+            var groups = rowCount > RowGroups(segments) ? GroupStarts(segments) : null;
+            int tasks = (groups is null ? rowCount : groups.Length - 1) * heads;
             // Several parts per thread, claimed one at a time (as the Linears' jobs): a helper the OS preempts mid-step
             // (a loaded machine, another node's process) holds back one small part, not half the heads.
             int parts = work < ParallelWork ? 1 : Math.Clamp(Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1) * SpinPool.PartsPerThread, 1, tasks);
-            var job = new Job(jobs, qp, op, dtype, es, shape, maxLength);
+            var job = new Job(jobs, qp, op, dtype, es, shape, maxLength, groups);
             if (parts == 1) job.Tasks(0, tasks);
             else SpinPool.Shared.Run(parts, p => job.Tasks((int)((long)tasks * p / parts), (int)((long)tasks * (p + 1) / parts)));
         }
@@ -164,10 +167,15 @@ public static unsafe class DecodeAttention
     }
 
     /// <summary>The step's (row, head) tasks; each part of the pool takes a range of them with its own scratch.</summary>
-    private sealed class Job(RowJob[] jobs, byte* q, byte* output, ScalarType dtype, int es, Shape shape, int maxLength)
+    private sealed class Job(RowJob[] jobs, byte* q, byte* output, ScalarType dtype, int es, Shape shape, int maxLength, int[]? rowStarts)
     {
         public void Tasks(int from, int to)
         {
+            if (rowStarts is not null)
+            {
+                GroupTasks(jobs, rowStarts, q, output, dtype, es, shape, maxLength, from, to);
+                return;
+            }
             int hd = shape.HeadDim, heads = shape.Heads, groups = shape.Heads / shape.KvHeads;
             var scratch = ArrayPool<float>.Shared.Rent(maxLength + 3 * hd);
             try
