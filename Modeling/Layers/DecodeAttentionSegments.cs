@@ -8,16 +8,15 @@ using static TorchSharp.torch;
 namespace ShardPipe.Modeling.Layers;
 
 /// <summary>
-/// The multi-position half of <see cref="DecodeAttention"/>: a segment of several positions per row (a speculative
-/// verification: the last token and its k drafts, ≤ <see cref="DecodeAttention.MaxPositions"/>) attends as one task per
-/// (row, head) over all its positions, instead of one task per (position, head). The head's keys and values are read
-/// once per key for every position of the segment (each key loaded — and, for float16, widened — once, then dotted with
-/// each position's query), where one task per position read the head's whole cache again for each position, from L2
-/// or memory: a 5-position segment over a 200-position past cost ≈ 3.3× one position's attention (BENCHMARKS.md,
-/// "Session 12 — verification pass"). Each position's arithmetic is the one-position task's, in the same order (the
-/// same <see cref="Dot"/>/<see cref="DotBf16"/> per key, mask and causal bound, the max, the exponentials summed in key
-/// order, the weighted values accumulated in key order): its output is bit for bit what the same position gives as a
-/// decode row of its own, so a verification pass's logits equal the plain steps' as before.
+/// The arithmetic of <see cref="DecodeAttention"/>: one task per (segment row, head) over all the row's positions — one
+/// for a decode row, the last token and its k drafts (≤ <see cref="DecodeAttention.MaxPositions"/>) for a speculative
+/// verification segment — so a segment's positions read their head's keys and values in one task, from cache after the
+/// first, where one task per position read the head's whole cache again for each (a 5-position segment over a
+/// 200-position past cost ≈ 4× one position's attention: BENCHMARKS.md, "Session 12 — verification pass"). Decode rows
+/// and segments share this one path, so a position's output is the same bits as a decode row of its own or inside a
+/// verification pass (<c>SegmentAttentionKernelTests</c> checks it bit for bit), and a verification's logits stay the
+/// plain steps'. Float32 heads of a multiple of 16 channels on AVX-512 take fused multiply-add dots and a weighted sum
+/// held in registers; other dtypes and CPUs the <see cref="Dot"/>/<see cref="DotBf16"/>/<see cref="Axpy"/> forms.
 /// </summary>
 public static unsafe partial class DecodeAttention
 {
@@ -25,8 +24,8 @@ public static unsafe partial class DecodeAttention
     /// Softmax's numerators in place — scores[p] = exp(scores[p] − max), p &lt; n — and their sum: eight lanes at a time
     /// (<see cref="Vector256.Exp(Vector256{float})"/>, which computes in double lanes and rounds once, within an ulp of
     /// MathF.Exp), the lanes summed at the end, the last n mod 8 one by one. The one-position task and the multi-position
-    /// one both call it, so a position's weights are the same bits either way. Scalar MathF.Exp, one call per key, was the
-    /// largest part of a multi-position segment's attention (BENCHMARKS.md, "Session 12 — verification pass").
+    /// one both call it, so a position's weights are the same bits either way. Scalar MathF.Exp, one call per key, was about
+    /// a fifth of a multi-position segment's attention (BENCHMARKS.md, "Session 12 — verification pass").
     /// </summary>
     internal static float Exponentials(float* scores, int n, float max)
     {
