@@ -20,7 +20,7 @@ namespace ShardPipe.Modeling.Layers;
 /// a sliding window). The libtorch calls of a layer's attention no longer grow with the number of requests: the output
 /// tensor, views of q, k and v, and a cache buffer's growth when it doubles (amortised).
 /// </summary>
-public static unsafe class DecodeAttention
+public static unsafe partial class DecodeAttention
 {
     /// <summary>
     /// A family's attention: <see cref="Heads"/> query heads reading <see cref="KvHeads"/> key/value heads (grouped-query:
@@ -146,11 +146,14 @@ public static unsafe class DecodeAttention
                 maxLength = Math.Max(maxLength, keys);
             }
             work *= 2L * heads * hd;
-            int tasks = rowCount * heads;
+            // One task per (segment row, head) over all the row's positions (one for a decode row; the last token and its
+            // drafts for a verification segment): DecodeAttentionSegments.cs.
+            var groups = GroupStarts(segments);
+            int tasks = (groups.Length - 1) * heads;
             // Several parts per thread, claimed one at a time (as the Linears' jobs): a helper the OS preempts mid-step
             // (a loaded machine, another node's process) holds back one small part, not half the heads.
             int parts = work < ParallelWork ? 1 : Math.Clamp(Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1) * SpinPool.PartsPerThread, 1, tasks);
-            var job = new Job(jobs, qp, op, dtype, es, shape, maxLength);
+            var job = new Job(jobs, qp, op, dtype, es, shape, maxLength, groups);
             if (parts == 1) job.Tasks(0, tasks);
             else SpinPool.Shared.Run(parts, p => job.Tasks((int)((long)tasks * p / parts), (int)((long)tasks * (p + 1) / parts)));
         }
@@ -163,56 +166,11 @@ public static unsafe class DecodeAttention
         if (!ReferenceEquals(vc, v)) vc.Dispose();
     }
 
-    /// <summary>The step's (row, head) tasks; each part of the pool takes a range of them with its own scratch.</summary>
-    private sealed class Job(RowJob[] jobs, byte* q, byte* output, ScalarType dtype, int es, Shape shape, int maxLength)
+    /// <summary>The step's (segment row, head) tasks (DecodeAttentionSegments.cs); each part of the pool takes a range of them with its own scratch.</summary>
+    private sealed class Job(RowJob[] jobs, byte* q, byte* output, ScalarType dtype, int es, Shape shape, int maxLength, int[] rowStarts)
     {
-        public void Tasks(int from, int to)
-        {
-            int hd = shape.HeadDim, heads = shape.Heads, groups = shape.Heads / shape.KvHeads;
-            var scratch = ArrayPool<float>.Shared.Rent(maxLength + 3 * hd);
-            try
-            {
-                fixed (float* sp = scratch)
-                {
-                    float* scores = sp, qf = sp + maxLength, acc = qf + hd, row = acc + hd;
-                    float scale = (float)shape.Scale, causalMin = (float)AttentionMask.MinValue(dtype);
-                    bool direct = dtype == ScalarType.BFloat16 && hd % (2 * Vector<float>.Count) == 0; // bf16 keys and values read in place (DotBf16, AxpyBf16)
-                    for (int t = from; t < to; t++)
-                    {
-                        ref readonly var job = ref jobs[t / heads];
-                        int h = t % heads, kvHead = h / groups, n = job.Length;
-                        Widen(q + (job.FlatRow * heads + h) * hd * es, dtype, qf, hd);
-                        for (int i = 0; i < hd; i++) qf[i] *= scale;
-                        byte* keys = job.K + kvHead * job.Capacity * hd * es, values = job.V + kvHead * job.Capacity * hd * es;
-                        float max = float.NegativeInfinity;
-                        for (int p = 0; p < n; p++)
-                        {
-                            float s = direct ? DotBf16(qf, (ushort*)(keys + (long)p * hd * es), hd)
-                                : Dot(qf, dtype == ScalarType.Float32 ? (float*)(keys + (long)p * hd * es) : Widen(keys + (long)p * hd * es, dtype, row, hd), hd);
-                            if (job.Mask is not null) s += Read(job.Mask, job.MaskType, p);
-                            if (p > job.Causal) s += causalMin;
-                            scores[p] = s;
-                            if (s > max) max = s;
-                        }
-                        float sum = 0;
-                        for (int p = 0; p < n; p++) sum += scores[p] = MathF.Exp(scores[p] - max);
-                        new Span<float>(acc, hd).Clear();
-                        for (int p = 0; p < n; p++)
-                        {
-                            if (direct) AxpyBf16(scores[p] / sum, (ushort*)(values + (long)p * hd * es), acc, hd);
-                            else Axpy(scores[p] / sum, dtype == ScalarType.Float32 ? (float*)(values + (long)p * hd * es) : Widen(values + (long)p * hd * es, dtype, row, hd), acc, hd);
-                        }
-                        Narrow(acc, output + (job.FlatRow * heads + h) * hd * es, dtype, hd);
-                    }
-                }
-            }
-            finally
-            {
-                ArrayPool<float>.Shared.Return(scratch);
-            }
-        }
+        public void Tasks(int from, int to) => GroupTasks(jobs, rowStarts, q, output, dtype, es, shape, maxLength, from, to);
     }
-
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Dot(float* a, float* b, int n)
