@@ -10,6 +10,7 @@ using ShardPipe.Checkpoints.Synthetic;
 using ShardPipe.Host.Cli;
 using ShardPipe.Host.Serving;
 using ShardPipe.Modeling.Generation;
+using ShardPipe.Modeling.Layers;
 using ShardPipe.Modeling.Loading;
 using ShardPipe.Modeling.Tokenization;
 
@@ -43,11 +44,16 @@ public static class ServeBench
         var microBatches = new Option<int>("--micro-batches") { Description = "The nodes' shardpipe.batching.micro-batches (groups of requests circulating at once)", DefaultValueFactory = _ => 1 };
         var sharedPrefix = new Option<int>("--shared-prefix") { Description = "Instead: --concurrency requests sharing a prefix of this many tokens, time to first token with the prefix cache and without (SharedPrefixBench)" };
         var computeShare = new Option<bool>("--compute-share") { Description = "The nodes' shardpipe.compute-share (false: the fixed split of cores ÷ nodes, for comparison)", DefaultValueFactory = _ => true };
+        var longInputs = new Option<bool>("--fp32-long-inputs") { Description = "float32 inputs of more than 64 rows (the arriving prompts' prefill) on our kernel in passes (false: libtorch's GEMM, for comparison)", DefaultValueFactory = _ => true };
         var json = CommonOptions.Json();
-        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json, sharedPrefix, computeShare };
-        CommandAction.Set(cmd, (parse, log) => parse.GetValue(sharedPrefix) is > 0 and var sp
-            ? SharedPrefixBench.Run(parse.GetValue(model) ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log), sp, parse.GetValue(concurrency), parse.GetValue(json), log)
-            : Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log, parse.GetValue(computeShare)));
+        var cmd = new Command("serve", "Serving throughput: one stream vs N concurrent streams through the OpenAI HTTP server on 3 embedded nodes") { tokens, concurrency, model, microBatches, json, sharedPrefix, computeShare, longInputs };
+        CommandAction.Set(cmd, (parse, log) =>
+        {
+            Fp32LongInputs.Enabled = parse.GetValue(longInputs); // the embedded nodes run in this process
+            return parse.GetValue(sharedPrefix) is > 0 and var sp
+                ? SharedPrefixBench.Run(parse.GetValue(model) ?? BenchSupport.GeneratedModel("llama-125m", SyntheticLlamaSpec.Llama125M, log), sp, parse.GetValue(concurrency), parse.GetValue(json), log)
+                : Run(parse.GetValue(model), parse.GetValue(tokens), parse.GetValue(concurrency), parse.GetValue(microBatches), parse.GetValue(json), log, parse.GetValue(computeShare));
+        });
         return cmd;
     }
 
@@ -169,6 +175,7 @@ public static class ServeBench
             ["compute_share"] = computeShare,
             ["single_stream_fixed_split_tokens_per_s"] = computeShare ? Math.Round(singleFixed, 3) : null,
             ["single_fixed_split_stage_step_ms"] = computeShare ? Math.Round(MedianOf(fixedSteps), 3) : null,
+            ["fp32_long_inputs"] = Fp32LongInputs.Enabled,
         });
         return 0;
     }

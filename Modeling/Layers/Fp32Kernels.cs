@@ -16,12 +16,13 @@ namespace ShardPipe.Modeling.Layers;
 /// idle rerun: 0.78× llama.cpp F32 against 1.36× F16). Here one input row reads each weight row front to back with the next 4 KB prefetched, and the rows
 /// are split over <see cref="SpinPool"/>'s helper threads. AVX-512 where the CPU has it, <see cref="Vector{T}"/> otherwise.
 /// Several input rows (up to <see cref="MaxRows"/>) take the register-blocked kernel of Fp32MultiRow.cs; longer inputs
-/// (prefill) stay with libtorch's GEMM.
+/// (prefill, the prompts of many arriving streams as one merged step) take it in passes of at most <see cref="MaxRows"/>
+/// rows (<see cref="Fp32LongInputs"/>; off: libtorch's GEMM, as before session 12).
 /// </summary>
 public static unsafe partial class Fp32Kernels
 {
-    /// <summary>Inputs of at most this many rows take the kernel (a decode step, a speculative verification pass, a merged
-    /// serving step, a short prefill chunk); longer ones go to libtorch's GEMM. Measured with <c>bench decode --micro</c> on
+    /// <summary>Inputs of at most this many rows take the kernel in one pass (a decode step, a speculative verification pass,
+    /// a merged serving step, a short prefill chunk); longer ones in passes of at most this many (<see cref="Fp32LongInputs"/>). Measured with <c>bench decode --micro</c> on
     /// this machine (BENCHMARKS.md, session 10; one thread a side, the 134M Llama's four Linear shapes): ours 1.50× libtorch
     /// at 64 rows (every shape ≥ 1.34×), 1.92× at 128, 0.95× at 512 (the 32000-row head loses); 64 keeps the x rows of a
     /// register block's pass (64 × 2048 floats, 512 KB) inside L2. Its own limit: <see cref="DecodeKernels.MaxRows"/> is the bf16 kernel's.</summary>
@@ -37,7 +38,8 @@ public static unsafe partial class Fp32Kernels
     public static bool Applies(Tensor x, Tensor weight) =>
         Enabled && Accelerated && weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32 && weight.dim() == 2
         && weight.device_type == DeviceType.CPU && x.device_type == DeviceType.CPU && weight.is_contiguous()
-        && x.shape[^1] == weight.shape[1] && weight.shape[1] > 0 && x.NumberOfElements > 0 && x.NumberOfElements / weight.shape[1] <= MaxRows;
+        && x.shape[^1] == weight.shape[1] && weight.shape[1] > 0 && x.NumberOfElements > 0
+        && (Fp32LongInputs.Enabled || x.NumberOfElements / weight.shape[1] <= MaxRows);
 
     /// <summary><c>F.linear(x, weight, bias)</c> for float32: (…, K) × (N, K)ᵀ → (…, N), written straight into the output tensor.</summary>
     public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias) => Linear(x, weight, bias, portable: !Avx512F.IsSupported);
@@ -72,10 +74,15 @@ public static unsafe partial class Fp32Kernels
     /// register-blocked kernel (Fp32MultiRow.cs), which reads each weight once for all of them.</summary>
     private static void Rows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
     {
-        if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable);
+        if (m > MaxRows) Fp32LongInputs.Passes(w, x, y, bias, k, n, m, from, to, portable);
+        else if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable);
         else if (portable) PortableRows(w, x, y, bias, k, from, to);
         else Fp32Rows(w, x, y, bias, k, from, to);
     }
+
+    /// <summary>One pass of 1..<see cref="MaxRows"/> input rows over output columns [from, to) (<see cref="Fp32LongInputs"/>).</summary>
+    internal static void PassOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable) =>
+        Rows(w, x, y, bias, k, n, m, from, to, portable);
 
     /// <summary>Elements ahead of the current position to prefetch in each row (4 KB), as the bf16 kernel does: the
     /// hardware prefetcher alone keeps too few lines in flight to reach DRAM bandwidth on two cores.</summary>

@@ -33,8 +33,7 @@ public class Fp32KernelTests
         var w = randn(n, k);
         var b = bias ? randn(n) : null;
         var x = randn(1, rows, k);
-        if (rows > Fp32Kernels.MaxRows) Assert.False(Fp32Kernels.Applies(x, w)); // libtorch's GEMM in a model
-        else Assert.True(Fp32Kernels.Applies(x, w) || !System.Numerics.Vector.IsHardwareAccelerated);
+        Assert.True(Fp32Kernels.Applies(x, w) || !System.Numerics.Vector.IsHardwareAccelerated); // longer than MaxRows: in passes (Fp32LongInputs)
         using var ours = Fp32Kernels.Linear(x, w, b, portable);
         AssertClose(x, w, b, ours, new long[] { 1, rows, n });
     }
@@ -84,10 +83,9 @@ public class Fp32KernelTests
     }
 
     [Fact]
-    public void Long_or_foreign_inputs_go_to_libtorch()
+    public void Foreign_inputs_go_to_libtorch()
     {
         var w = randn(16, 32);
-        Assert.False(Fp32Kernels.Applies(randn(1, Fp32Kernels.MaxRows + 1, 32), w)); // prefill: libtorch's GEMM
         Assert.False(Fp32Kernels.Applies(randn(1, 1, 32).to(ScalarType.BFloat16), w.to(ScalarType.BFloat16))); // bf16: DecodeKernels
         Assert.False(Fp32Kernels.Applies(randn(1, 1, 32), randn(32, 16).t())); // a transposed weight
         Assert.False(Fp32Kernels.Applies(randn(1, 1, 31), w)); // mismatched features
