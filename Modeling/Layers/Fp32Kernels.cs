@@ -75,6 +75,7 @@ public static unsafe partial class Fp32Kernels
     private static void Rows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
     {
         if (m > MaxRows) Fp32LongInputs.Passes(w, x, y, bias, k, n, m, from, to, portable);
+        else if (m > 1 && m <= FewRows && !portable) FewRowsPass(w, x, y, bias, k, n, m, from, to);
         else if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable);
         else if (portable) PortableRows(w, x, y, bias, k, from, to);
         else Fp32Rows(w, x, y, bias, k, from, to);

@@ -1,0 +1,42 @@
+using ShardPipe.Modeling.Layers;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Tests.Modeling;
+
+/// <summary>
+/// The few-row path (2..<see cref="Fp32Kernels.FewRows"/> input rows: a verification pass of k + 1 positions) gives each
+/// row exactly the bits the one-row kernel gives that row alone, so a speculative pass's products equal single-row
+/// decode's; and it stays within float rounding of libtorch's linear.
+/// </summary>
+public class Fp32FewRowsTests
+{
+    [Theory]
+    [InlineData(2, 768, 37, false)]
+    [InlineData(3, 2048, 20, true)]
+    [InlineData(4, 100, 9, true)]      // 64 + 2 × 16 + 4: every tail
+    [InlineData(5, 768, 259, false)]   // the verification pass of k = 4
+    [InlineData(5, 2069, 13, true)]    // 32 × 64 + 16 + 5
+    [InlineData(6, 47, 11, false)]     // no 64-float chunk at all
+    [InlineData(6, 16, 5, true)]
+    public void Each_row_equals_the_one_row_kernel_bit_for_bit(int rows, int k, int n, bool bias)
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return; // the few-row path is the AVX-512 one
+        Assert.InRange(rows, 2, Fp32Kernels.FewRows);
+        manual_seed(rows * 7919 + k + n);
+        using var w = randn(n, k);
+        using var b = bias ? randn(n) : null;
+        using var x = randn(rows, k);
+        using var together = Fp32Kernels.Linear(x, w, b, portable: false);
+        for (int r = 0; r < rows; r++)
+        {
+            using var alone = Fp32Kernels.Linear(x[r].unsqueeze(0), w, b, portable: false);
+            var a = alone.data<float>().ToArray();
+            var t = together[r].data<float>().ToArray();
+            for (int j = 0; j < n; j++)
+                Assert.True(BitConverter.SingleToInt32Bits(a[j]) == BitConverter.SingleToInt32Bits(t[j]), $"row {r}, column {j}: alone {a[j]:R}, with {rows} rows {t[j]:R}");
+        }
+        using var reference = nn.functional.linear(x.to(ScalarType.Float64), w.to(ScalarType.Float64), b?.to(ScalarType.Float64));
+        double worst = (together.to(ScalarType.Float64) - reference).abs().max().item<double>();
+        Assert.True(worst < 1e-3, $"off libtorch's float64 linear by {worst}");
+    }
+}
