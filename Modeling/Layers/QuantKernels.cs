@@ -170,7 +170,7 @@ public static unsafe class QuantKernels
             fixed (float* xq = xs, zq = zx, yq0 = ys)
             {
                 for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : Load(xp, src[d], type);
-                QuantDecodeRows.LaneSums(xq, k, chunkCodes, w.Zeros is null ? -w.MidZero : 1f, zq);
+                QuantDecodeRows.LaneSums(xq, k, chunkCodes, QuantDecodeRows.LaneFactor(w.Zeros is not null, w.MidZero), zq);
                 bool magic = int4 && NibblesByMagic;
                 if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq, k); // after the sums: they are of the inputs themselves
                 float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
