@@ -101,25 +101,28 @@ internal static unsafe class QuantDecodeRows
     {
         var spread = TLanes.Spread;
         var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
-        for (int b = 0; b < blocks; b++)
+        for (int b = 0, g = 0, left = perGroup; b < blocks; b++)
         {
+            // g: the group of block b where groups span blocks (counted, not divided: the JIT kept one idiv per row)
+            if (left == 0) { g++; left = perGroup; }
+            left--;
             var zi = Vector512.Load(zx + b * 16);
             Vector512<float> i0 = zi, i1 = zi, i2 = zi, i3 = zi;
             if (TZeros.Has)
             {
-                i0 = TLanes.Load(z0, b, perGroup, spread) * zi; i1 = TLanes.Load(z1, b, perGroup, spread) * zi;
-                i2 = TLanes.Load(z2, b, perGroup, spread) * zi; i3 = TLanes.Load(z3, b, perGroup, spread) * zi;
+                i0 = TLanes.Load(z0, b, g, spread) * zi; i1 = TLanes.Load(z1, b, g, spread) * zi;
+                i2 = TLanes.Load(z2, b, g, spread) * zi; i3 = TLanes.Load(z3, b, g, spread) * zi;
             }
             float* xb = x + b * 128L;
             long off = b * 64L;
             Sse.Prefetch0(c0 + off + PrefetchAhead);
-            a0 = Vector512.FusedMultiplyAdd(TLanes.Load(s0, b, perGroup, spread), TDecode.Block(Vector512.Load((uint*)(c0 + off)), i0, xb), a0);
+            a0 = Vector512.FusedMultiplyAdd(TLanes.Load(s0, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c0 + off)), i0, xb), a0);
             Sse.Prefetch0(c1 + off + PrefetchAhead);
-            a1 = Vector512.FusedMultiplyAdd(TLanes.Load(s1, b, perGroup, spread), TDecode.Block(Vector512.Load((uint*)(c1 + off)), i1, xb), a1);
+            a1 = Vector512.FusedMultiplyAdd(TLanes.Load(s1, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c1 + off)), i1, xb), a1);
             Sse.Prefetch0(c2 + off + PrefetchAhead);
-            a2 = Vector512.FusedMultiplyAdd(TLanes.Load(s2, b, perGroup, spread), TDecode.Block(Vector512.Load((uint*)(c2 + off)), i2, xb), a2);
+            a2 = Vector512.FusedMultiplyAdd(TLanes.Load(s2, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c2 + off)), i2, xb), a2);
             Sse.Prefetch0(c3 + off + PrefetchAhead);
-            a3 = Vector512.FusedMultiplyAdd(TLanes.Load(s3, b, perGroup, spread), TDecode.Block(Vector512.Load((uint*)(c3 + off)), i3, xb), a3);
+            a3 = Vector512.FusedMultiplyAdd(TLanes.Load(s3, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c3 + off)), i3, xb), a3);
         }
         return Sum4(a0, a1, a2, a3);
     }
@@ -198,19 +201,19 @@ internal static unsafe class QuantDecodeRows
     }
 
     /// <summary>A block's per-lane values (scales or zero points), wide layout: lane i covers columns 8i … 8i + 7, so groups
-    /// of 32 give 4 values per block, groups of 64 give 2, larger groups one (group b / perGroup).</summary>
+    /// of 32 give 4 values per block, groups of 64 give 2, larger groups one (group g of block b).</summary>
     private interface ILanes
     {
         /// <summary>The permute indices that spread a block's values over the lanes (held in a register across the loop).</summary>
         static abstract Vector512<int> Spread { get; }
-        static abstract Vector512<float> Load(float* v, int b, int perGroup, Vector512<int> spread);
+        static abstract Vector512<float> Load(float* v, int b, int g, Vector512<int> spread);
     }
 
     private readonly struct Quarters : ILanes
     {
         public static Vector512<int> Spread => Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load(float* v, int b, int perGroup, Vector512<int> spread) =>
+        public static Vector512<float> Load(float* v, int b, int g, Vector512<int> spread) =>
             Avx512F.PermuteVar16x32(Vector128.Load(v + b * 4).ToVector256Unsafe().ToVector512Unsafe(), spread);
     }
 
@@ -218,7 +221,7 @@ internal static unsafe class QuantDecodeRows
     {
         public static Vector512<int> Spread => Vector512.Create(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load(float* v, int b, int perGroup, Vector512<int> spread) =>
+        public static Vector512<float> Load(float* v, int b, int g, Vector512<int> spread) =>
             Avx512F.PermuteVar16x32(Sse2.LoadScalarVector128((double*)(v + b * 2)).AsSingle().ToVector256Unsafe().ToVector512Unsafe(), spread);
     }
 
@@ -226,7 +229,7 @@ internal static unsafe class QuantDecodeRows
     {
         public static Vector512<int> Spread => Vector512<int>.Zero;
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load(float* v, int b, int perGroup, Vector512<int> spread) => Vector512.Create(v[perGroup == 1 ? b : b / perGroup]);
+        public static Vector512<float> Load(float* v, int b, int g, Vector512<int> spread) => Vector512.Create(v[g]);
     }
 
     /// <summary>Whether the weight has zero points (else the symmetric midpoint, folded into the lane sums by the caller).</summary>
