@@ -126,7 +126,7 @@ public static unsafe class QuantKernels
     /// <summary>int4 in <see cref="QuantDecodeRows"/>: nibbles decoded by mask-into-2²³ (<see cref="QuantDecodeRows.ByMagic"/>)
     /// rather than by the 16-entry permute (the same results bit for bit). Default off since session 12
     /// (<see cref="DefaultNibblesByMagic"/>): in the restructured kernel (one flat loop, no spills) the permute decoding takes
-    /// fewer instructions per 128 codes (≈ 37 against ≈ 44 a row: the ternary logic op overwrites an operand, so each code
+    /// fewer instructions per 128 codes (≈ 37 against ≈ 47 a row: the ternary logic op overwrites an operand, so each code
     /// vector also costs a register copy) and measured ≈ 10 % faster on the in-cache layer in every helper run (BENCHMARKS.md,
     /// session 12), and it needs no rescaled inputs; session 11's quiet runs had favoured magic in the kernel before it
     /// (28.5–30 against 40–42 µs). rows4_magic and rows4_permute in <c>bench quant-kernels</c> measure both.</summary>
