@@ -18,7 +18,7 @@ namespace ShardPipe.Host.Bench;
 /// dequantize-a-block-then-GEMM path). The float formats are the in-run baselines: quantized decode against bfloat16
 /// (what <c>bench decode --speed-only</c>'s int8/int4 speedups divide by), quantized prefill against float32 (the
 /// quantized path computes in float32); int4/int8 decode also with the per-row kernels that the four-rows-a-pass ones
-/// replaced, int4 also with the four-rows kernel's mask-into-2²³ decoding (rows4_magic: the default) and its permute decoding (rows4_permute), the paired-layout kernel (the one before the wide layout) and the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
+/// replaced, int4 also with the four-rows kernel's mask-into-2²³ decoding (rows4_magic) and its permute decoding (rows4_permute: the default since session 12), the paired-layout kernel (the one before the wide layout) and the wide layout's mask-and-convert decoding. Per Linear the fastest of its calls (10 per round decoding, 2 prefilling), summed;
 /// best of <c>--rounds</c>, the formats taking turns.
 /// </summary>
 public static class QuantKernelBench

@@ -11,11 +11,13 @@ namespace ShardPipe.Modeling.Layers;
 /// much as half its codes). The zero point is folded into each chunk's accumulator before its codes: Σ_j (code_j − z)·x_j
 /// = Σ_j code_j·x_j − z·Σ_j x_j, and with lane-wise input sums <c>zx</c> computed once per call (lane i of a chunk's vector
 /// is the sum of the inputs that lane i of the accumulator meets) the accumulator starts at −z·zx — for symmetric
-/// weights the caller stores −mid·zx and it is a plain load. Per chunk (a 128-code block, or a whole group where groups
-/// are larger) the accumulator is then scaled lane-wise and added: Σ_g scale_g·Σ_{j∈g} (code_j − zero_g)·x_j, float32
-/// throughout (activations are not quantized).
+/// weights the caller stores −mid·zx and it is a plain load, with zero points z·(−zx). Per chunk (int4: a 128-code block,
+/// whatever the group size; int8: a group) the accumulator is then scaled lane-wise and added: Σ_g scale_g·Σ_{j∈g}
+/// (code_j − zero_g)·x_j, float32 throughout (activations are not quantized).
 /// int4 runs on <see cref="QuantKernels"/>' wide layout (64 bytes = 128 codes, shift + 16-entry permute per 16 codes);
-/// int8 on the natural layout, 32 codes (two vectors) at a time, zero-extend + convert.
+/// int8 on the natural layout, 32 codes (two vectors) at a time, zero-extend + convert. Each kernel is one flat loop
+/// specialised (generic struct parameters) per decoding, group-size kind and zero kind, so the JIT keeps accumulators and
+/// constants in registers (BENCHMARKS.md, session 12: the instructions per 128 codes before and after).
 /// </summary>
 internal static unsafe class QuantDecodeRows
 {
@@ -28,8 +30,8 @@ internal static unsafe class QuantDecodeRows
     public static bool Int8Applies(int inF, int groupSize) => inF % 32 == 0 && groupSize % 32 == 0 && inF % groupSize == 0;
 
     /// <summary>Lane-wise input sums per chunk into <paramref name="zx"/> (16 floats a chunk), multiplied by
-    /// <paramref name="factor"/> (−mid for symmetric weights, 1 with zero points). int4 wide: chunk = block of 128 codes
-    /// (or gs/128 blocks for larger groups), lane i = Σ_s x[b·128 + 16s + i]; int8: chunk = group, lane i = Σ_v x[g·gs + 16v + i].</summary>
+    /// <paramref name="factor"/> (<see cref="LaneFactor"/>). int4 wide: chunk = block of 128 codes, lane i = Σ_s x[b·128 + 16s + i];
+    /// int8: chunk = group, lane i = Σ_v x[g·gs + 16v + i].</summary>
     public static void LaneSums(float* x, int inF, int chunkCodes, float factor, float* zx)
     {
         for (int c = 0; c * chunkCodes < inF; c++)
@@ -41,97 +43,118 @@ internal static unsafe class QuantDecodeRows
         }
     }
 
-    /// <summary>The codes a chunk spans for int4 wide (block, or whole group when larger).</summary>
-    public static int Int4ChunkCodes(int groupSize) => groupSize >= 128 ? groupSize : 128;
+    /// <summary>The codes a chunk of <see cref="LaneSums"/> spans for int4 wide: one 128-code block, whatever the group
+    /// size (the kernel folds the zero term and applies the scale once per block).</summary>
+    public static int Int4ChunkCodes(int groupSize) => 128;
 
-    /// <summary>Output rows [from, to) of an int4 wide-layout weight against one gathered input row.</summary>
+    /// <summary>The factor <see cref="LaneSums"/> multiplies lane sums by (int4 and int8): −mid for symmetric weights; with
+    /// zero points −1, so that a chunk's start is z·(−Σx), one multiplication.</summary>
+    public static float LaneFactor(bool zeroPoints, float mid) => zeroPoints ? -1f : -mid;
+
+    /// <summary>Output rows [from, to) of an int4 wide-layout weight against one gathered input row (lane sums of
+    /// <see cref="Int4ChunkCodes"/>, factor <see cref="LaneFactor"/>).</summary>
     public static void Int4Rows<TDecode>(byte* codes, float* scales, float* zeros, float* x, float* zx, int inF, int gs, int from, int to, float* y)
         where TDecode : struct, IInt4Decode
     {
-        int rowBytes = inF / 2, groups = (inF + gs - 1) / gs;
+        if (gs == 32) Int4Rows<TDecode, Quarters>(codes, scales, zeros, x, zx, inF, gs, from, to, y);
+        else if (gs == 64) Int4Rows<TDecode, Halves>(codes, scales, zeros, x, zx, inF, gs, from, to, y);
+        else Int4Rows<TDecode, Whole>(codes, scales, zeros, x, zx, inF, gs, from, to, y);
+    }
+
+    private static void Int4Rows<TDecode, TLanes>(byte* codes, float* scales, float* zeros, float* x, float* zx, int inF, int gs, int from, int to, float* y)
+        where TDecode : struct, IInt4Decode where TLanes : struct, ILanes
+    {
+        if (zeros is null) Int4Rows<TDecode, TLanes, Symmetric>(codes, scales, zeros, x, zx, inF, gs, from, to, y);
+        else Int4Rows<TDecode, TLanes, ZeroPoints>(codes, scales, zeros, x, zx, inF, gs, from, to, y);
+    }
+
+    private static void Int4Rows<TDecode, TLanes, TZeros>(byte* codes, float* scales, float* zeros, float* x, float* zx, int inF, int gs, int from, int to, float* y)
+        where TDecode : struct, IInt4Decode where TLanes : struct, ILanes where TZeros : struct, IZeros
+    {
+        int rowBytes = inF / 2, groups = (inF + gs - 1) / gs, blocks = inF / 128, perGroup = gs >= 128 ? gs / 128 : 1;
         for (int o = from; o < to; o += 4)
         {
             int last = Math.Min(o + 3, to - 1);
             int o1 = Math.Min(o + 1, last), o2 = Math.Min(o + 2, last), o3 = last;
-            var r = Int4Four<TDecode>(codes + (long)o * rowBytes, codes + (long)o1 * rowBytes, codes + (long)o2 * rowBytes, codes + (long)o3 * rowBytes,
+            var r = Int4Four<TDecode, TLanes, TZeros>(codes + (long)o * rowBytes, codes + (long)o1 * rowBytes, codes + (long)o2 * rowBytes, codes + (long)o3 * rowBytes,
                 scales + (long)o * groups, scales + (long)o1 * groups, scales + (long)o2 * groups, scales + (long)o3 * groups,
-                zeros is null ? null : zeros + (long)o * groups, zeros is null ? null : zeros + (long)o1 * groups,
-                zeros is null ? null : zeros + (long)o2 * groups, zeros is null ? null : zeros + (long)o3 * groups,
-                x, zx, inF, gs);
+                TZeros.Has ? zeros + (long)o * groups : null, TZeros.Has ? zeros + (long)o1 * groups : null,
+                TZeros.Has ? zeros + (long)o2 * groups : null, TZeros.Has ? zeros + (long)o3 * groups : null,
+                x, zx, blocks, perGroup);
             if (last == o + 3) r.Store(y + o);
             else for (int t = 0; t <= last - o; t++) y[o + t] = r.GetElement(t);
         }
     }
 
+    /// <summary>
+    /// Four rows, one 128-code block a step: per row the block's codes decoded and multiplied into two FMA chains, the first
+    /// started at the block's zero term, then scaled into the row's accumulator (one FMA). One flat loop, specialised per
+    /// group-size kind (<typeparamref name="TLanes"/>) and zero kind (<typeparamref name="TZeros"/>): no branch, no spill and
+    /// no constant reloaded inside it. (Session 12: the chunk loop it replaced kept its accumulators on the stack and re-ran
+    /// the group-size switch, with the class-init checks of its permute tables, for every row of every chunk — for groups
+    /// of 128 about as many instructions again as the codes' own work.)
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static Vector128<float> Int4Four<TDecode>(byte* c0, byte* c1, byte* c2, byte* c3, float* s0, float* s1, float* s2, float* s3,
-        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int inF, int gs)
-        where TDecode : struct, IInt4Decode
+    private static Vector128<float> Int4Four<TDecode, TLanes, TZeros>(byte* c0, byte* c1, byte* c2, byte* c3, float* s0, float* s1, float* s2, float* s3,
+        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int blocks, int perGroup)
+        where TDecode : struct, IInt4Decode where TLanes : struct, ILanes where TZeros : struct, IZeros
     {
-        int blocks = inF / 128, perChunk = gs >= 128 ? gs / 128 : 1;
+        var spread = TLanes.Spread;
         var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
-        for (int b0 = 0, ci = 0; b0 < blocks; b0 += perChunk, ci++)
+        for (int b = 0, g = 0, left = perGroup; b < blocks; b++)
         {
-            var init = Vector512.Load(zx + ci * 16);
-            Vector512<float> p0, p1, p2, p3;
-            if (z0 is null) { p0 = init; p1 = init; p2 = init; p3 = init; }
-            else
+            // g: the group of block b where groups span blocks (counted, not divided: the JIT kept one idiv per row)
+            if (left == 0) { g++; left = perGroup; }
+            left--;
+            var zi = Vector512.Load(zx + b * 16);
+            Vector512<float> i0 = zi, i1 = zi, i2 = zi, i3 = zi;
+            if (TZeros.Has)
             {
-                p0 = -(Lanes(z0, b0, ci, gs) * init); p1 = -(Lanes(z1, b0, ci, gs) * init);
-                p2 = -(Lanes(z2, b0, ci, gs) * init); p3 = -(Lanes(z3, b0, ci, gs) * init);
+                i0 = TLanes.Load(z0, b, g, spread) * zi; i1 = TLanes.Load(z1, b, g, spread) * zi;
+                i2 = TLanes.Load(z2, b, g, spread) * zi; i3 = TLanes.Load(z3, b, g, spread) * zi;
             }
-            int bEnd = Math.Min(blocks, b0 + perChunk);
-            for (int b = b0; b < bEnd; b++)
-            {
-                float* xb = x + b * 128L;
-                var x0 = Vector512.Load(xb); var x1 = Vector512.Load(xb + 16); var x2 = Vector512.Load(xb + 32); var x3 = Vector512.Load(xb + 48);
-                var x4 = Vector512.Load(xb + 64); var x5 = Vector512.Load(xb + 80); var x6 = Vector512.Load(xb + 96); var x7 = Vector512.Load(xb + 112);
-                long off = b * 64L;
-                Sse.Prefetch0(c0 + off + PrefetchAhead);
-                p0 += TDecode.Block(Vector512.Load((uint*)(c0 + off)), x0, x1, x2, x3, x4, x5, x6, x7);
-                Sse.Prefetch0(c1 + off + PrefetchAhead);
-                p1 += TDecode.Block(Vector512.Load((uint*)(c1 + off)), x0, x1, x2, x3, x4, x5, x6, x7);
-                Sse.Prefetch0(c2 + off + PrefetchAhead);
-                p2 += TDecode.Block(Vector512.Load((uint*)(c2 + off)), x0, x1, x2, x3, x4, x5, x6, x7);
-                Sse.Prefetch0(c3 + off + PrefetchAhead);
-                p3 += TDecode.Block(Vector512.Load((uint*)(c3 + off)), x0, x1, x2, x3, x4, x5, x6, x7);
-            }
-            a0 = Vector512.FusedMultiplyAdd(Lanes(s0, b0, ci, gs), p0, a0);
-            a1 = Vector512.FusedMultiplyAdd(Lanes(s1, b0, ci, gs), p1, a1);
-            a2 = Vector512.FusedMultiplyAdd(Lanes(s2, b0, ci, gs), p2, a2);
-            a3 = Vector512.FusedMultiplyAdd(Lanes(s3, b0, ci, gs), p3, a3);
+            float* xb = x + b * 128L;
+            long off = b * 64L;
+            Sse.Prefetch0(c0 + off + PrefetchAhead);
+            a0 = Vector512.FusedMultiplyAdd(TLanes.Load(s0, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c0 + off)), i0, xb), a0);
+            Sse.Prefetch0(c1 + off + PrefetchAhead);
+            a1 = Vector512.FusedMultiplyAdd(TLanes.Load(s1, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c1 + off)), i1, xb), a1);
+            Sse.Prefetch0(c2 + off + PrefetchAhead);
+            a2 = Vector512.FusedMultiplyAdd(TLanes.Load(s2, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c2 + off)), i2, xb), a2);
+            Sse.Prefetch0(c3 + off + PrefetchAhead);
+            a3 = Vector512.FusedMultiplyAdd(TLanes.Load(s3, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c3 + off)), i3, xb), a3);
         }
         return Sum4(a0, a1, a2, a3);
     }
 
     /// <summary>How a 64-byte load of wide-layout int4 (16 words, 8 codes each; run s of the gathered input meets nibble s
-    /// of every word) becomes Σ_s code_s · x_s.</summary>
+    /// of every word) becomes <c>init</c> + Σ_s code_s · x_s (x: the block's 128 gathered inputs).</summary>
     internal interface IInt4Decode
     {
-        static abstract Vector512<float> Block(Vector512<uint> v, Vector512<float> x0, Vector512<float> x1, Vector512<float> x2,
-            Vector512<float> x3, Vector512<float> x4, Vector512<float> x5, Vector512<float> x6, Vector512<float> x7);
+        static abstract Vector512<float> Block(Vector512<uint> v, Vector512<float> init, float* x);
     }
 
     /// <summary>Shift, then a 16-entry permute (it reads only each index's low 4 bits) of the table {0 … 15}: 7 shifts and
-    /// 8 permutes per 128 codes, all on the shuffle-capable pipes.</summary>
+    /// 8 permutes per 128 codes (nibble 0 needs no shift); exact for every input (the inputs are not rescaled).</summary>
     internal readonly struct ByPermute : IInt4Decode
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Block(Vector512<uint> v, Vector512<float> x0, Vector512<float> x1, Vector512<float> x2,
-            Vector512<float> x3, Vector512<float> x4, Vector512<float> x5, Vector512<float> x6, Vector512<float> x7)
+        public static Vector512<float> Block(Vector512<uint> v, Vector512<float> init, float* x)
         {
-            var t = Vector512.Create(0f, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            var e = Vector512.FusedMultiplyAdd(Code(t, v), x0, Code(t, v >>> 4) * x1);
-            var f = Vector512.FusedMultiplyAdd(Code(t, v >>> 8), x2, Code(t, v >>> 12) * x3);
-            e = Vector512.FusedMultiplyAdd(Code(t, v >>> 16), x4, e);
-            f = Vector512.FusedMultiplyAdd(Code(t, v >>> 20), x5, f);
-            e = Vector512.FusedMultiplyAdd(Code(t, v >>> 24), x6, e);
-            f = Vector512.FusedMultiplyAdd(Code(t, v >>> 28), x7, f);
+            var e = Vector512.FusedMultiplyAdd(Code(v), Vector512.Load(x), init);
+            var f = Code(v >>> 4) * Vector512.Load(x + 16);
+            e = Vector512.FusedMultiplyAdd(Code(v >>> 8), Vector512.Load(x + 32), e);
+            f = Vector512.FusedMultiplyAdd(Code(v >>> 12), Vector512.Load(x + 48), f);
+            e = Vector512.FusedMultiplyAdd(Code(v >>> 16), Vector512.Load(x + 64), e);
+            f = Vector512.FusedMultiplyAdd(Code(v >>> 20), Vector512.Load(x + 80), f);
+            e = Vector512.FusedMultiplyAdd(Code(v >>> 24), Vector512.Load(x + 96), e);
+            f = Vector512.FusedMultiplyAdd(Code(v >>> 28), Vector512.Load(x + 112), f);
             return e + f;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static Vector512<float> Code(Vector512<float> table, Vector512<uint> shifted) => Avx512F.PermuteVar16x32(table, shifted.AsInt32());
+        private static Vector512<float> Code(Vector512<uint> shifted) =>
+            Avx512F.PermuteVar16x32(Vector512.Create(0f, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), shifted.AsInt32());
     }
 
     /// <summary>
@@ -139,22 +162,23 @@ internal static unsafe class QuantDecodeRows
     /// is the float 2²³ + code·16^s for a nibble at bits 4s … 4s + 3 (s ≤ 4, below the exponent); subtracting 2²³ leaves
     /// code·16^s exactly, and the caller has scaled run s of the input by 16^−s (exact: a power of two), so the product is
     /// code·x as before. Nibbles 5–7 take the same path after one shift by 20 (as s = 0–2). Per 16 codes: a logic op on
-    /// any vector pipe, a subtraction on the adders, an FMA on the multipliers — spread over the pipes the permute
-    /// decoding queues on two of.
+    /// any vector pipe, a subtraction on the adders, an FMA on the multipliers — and, ternary logic overwriting one of its
+    /// operands, a register copy of 2²³ that the JIT adds before each.
     /// </summary>
     internal readonly struct ByMagic : IInt4Decode
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Block(Vector512<uint> v, Vector512<float> x0, Vector512<float> x1, Vector512<float> x2,
-            Vector512<float> x3, Vector512<float> x4, Vector512<float> x5, Vector512<float> x6, Vector512<float> x7)
+        public static Vector512<float> Block(Vector512<uint> v, Vector512<float> init, float* x)
         {
             var h = v >>> 20;
-            var e = Vector512.FusedMultiplyAdd(Code(v, 0xFu), x0, Code(v, 0xF0u) * x1);
-            var f = Vector512.FusedMultiplyAdd(Code(v, 0xF00u), x2, Code(v, 0xF000u) * x3);
-            e = Vector512.FusedMultiplyAdd(Code(v, 0xF0000u), x4, e);
-            f = Vector512.FusedMultiplyAdd(Code(h, 0xFu), x5, f);
-            e = Vector512.FusedMultiplyAdd(Code(h, 0xF0u), x6, e);
-            f = Vector512.FusedMultiplyAdd(Code(h, 0xF00u), x7, f);
+            var e = Vector512.FusedMultiplyAdd(Code(v, 0xFu), Vector512.Load(x), init);
+            var f = Code(v, 0xF0u) * Vector512.Load(x + 16);
+            e = Vector512.FusedMultiplyAdd(Code(v, 0xF00u), Vector512.Load(x + 32), e);
+            f = Vector512.FusedMultiplyAdd(Code(v, 0xF000u), Vector512.Load(x + 48), f);
+            e = Vector512.FusedMultiplyAdd(Code(v, 0xF0000u), Vector512.Load(x + 64), e);
+            f = Vector512.FusedMultiplyAdd(Code(h, 0xFu), Vector512.Load(x + 80), f);
+            e = Vector512.FusedMultiplyAdd(Code(h, 0xF0u), Vector512.Load(x + 96), e);
+            f = Vector512.FusedMultiplyAdd(Code(h, 0xF00u), Vector512.Load(x + 112), f);
             return e + f;
         }
 
@@ -176,60 +200,111 @@ internal static unsafe class QuantDecodeRows
         }
     }
 
-    /// <summary>Per-lane values (scales or zeros) of chunk ci, starting at block b0, wide layout: lane i covers columns
-    /// 8i … 8i + 7, so groups of 32 give 4 values per block, groups of 64 give 2, larger groups one.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Lanes(float* v, int b0, int ci, int gs) => gs switch
+    /// <summary>A block's per-lane values (scales or zero points), wide layout: lane i covers columns 8i … 8i + 7, so groups
+    /// of 32 give 4 values per block, groups of 64 give 2, larger groups one (group g of block b).</summary>
+    private interface ILanes
     {
-        32 => Avx512F.PermuteVar16x32(Vector128.Load(v + b0 * 4).ToVector256Unsafe().ToVector512Unsafe(), Quads),
-        64 => Avx512F.PermuteVar16x32(Sse2.LoadScalarVector128((double*)(v + b0 * 2)).AsSingle().ToVector256Unsafe().ToVector512Unsafe(), Octets),
-        _ => Vector512.Create(v[ci]), // groups of 128 or more: chunk ci is group ci
-    };
+        /// <summary>The permute indices that spread a block's values over the lanes (held in a register across the loop).</summary>
+        static abstract Vector512<int> Spread { get; }
+        static abstract Vector512<float> Load(float* v, int b, int g, Vector512<int> spread);
+    }
 
-    /// <summary>Output rows [from, to) of an int8 weight (natural layout) against one gathered input row.</summary>
+    private readonly struct Quarters : ILanes
+    {
+        public static Vector512<int> Spread => Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(float* v, int b, int g, Vector512<int> spread) =>
+            Avx512F.PermuteVar16x32(Vector128.Load(v + b * 4).ToVector256Unsafe().ToVector512Unsafe(), spread);
+    }
+
+    private readonly struct Halves : ILanes
+    {
+        public static Vector512<int> Spread => Vector512.Create(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(float* v, int b, int g, Vector512<int> spread) =>
+            Avx512F.PermuteVar16x32(Sse2.LoadScalarVector128((double*)(v + b * 2)).AsSingle().ToVector256Unsafe().ToVector512Unsafe(), spread);
+    }
+
+    private readonly struct Whole : ILanes
+    {
+        public static Vector512<int> Spread => Vector512<int>.Zero;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(float* v, int b, int g, Vector512<int> spread) => Vector512.Create(v[g]);
+    }
+
+    /// <summary>Whether the weight has zero points (else the symmetric midpoint, folded into the lane sums by the caller).</summary>
+    private interface IZeros { static abstract bool Has { get; } }
+    private readonly struct Symmetric : IZeros { public static bool Has => false; }
+    private readonly struct ZeroPoints : IZeros { public static bool Has => true; }
+
+    /// <summary>Output rows [from, to) of an int8 weight (natural layout) against one gathered input row (lane sums per
+    /// group, factor <see cref="LaneFactor"/>).</summary>
     public static void Int8Rows(byte* codes, float* scales, float* zeros, float* x, float* zx, int inF, int gs, int from, int to, float* y)
+    {
+        if (zeros is null) Int8Rows<Symmetric>(codes, scales, zeros, x, zx, inF, gs, from, to, y);
+        else Int8Rows<ZeroPoints>(codes, scales, zeros, x, zx, inF, gs, from, to, y);
+    }
+
+    private static void Int8Rows<TZeros>(byte* codes, float* scales, float* zeros, float* x, float* zx, int inF, int gs, int from, int to, float* y)
+        where TZeros : struct, IZeros
     {
         int groups = inF / gs;
         for (int o = from; o < to; o += 4)
         {
             int last = Math.Min(o + 3, to - 1);
             int o1 = Math.Min(o + 1, last), o2 = Math.Min(o + 2, last), o3 = last;
-            var r = Int8Four(codes + (long)o * inF, codes + (long)o1 * inF, codes + (long)o2 * inF, codes + (long)o3 * inF,
+            var r = gs == 32 ? Int8Four32<TZeros>(codes + (long)o * inF, codes + (long)o1 * inF, codes + (long)o2 * inF, codes + (long)o3 * inF,
                 scales + (long)o * groups, scales + (long)o1 * groups, scales + (long)o2 * groups, scales + (long)o3 * groups,
-                zeros is null ? null : zeros + (long)o * groups, zeros is null ? null : zeros + (long)o1 * groups,
-                zeros is null ? null : zeros + (long)o2 * groups, zeros is null ? null : zeros + (long)o3 * groups,
-                x, zx, inF, gs);
+                TZeros.Has ? zeros + (long)o * groups : null, TZeros.Has ? zeros + (long)o1 * groups : null,
+                TZeros.Has ? zeros + (long)o2 * groups : null, TZeros.Has ? zeros + (long)o3 * groups : null,
+                x, zx, groups)
+                : Int8Four<TZeros>(codes + (long)o * inF, codes + (long)o1 * inF, codes + (long)o2 * inF, codes + (long)o3 * inF,
+                scales + (long)o * groups, scales + (long)o1 * groups, scales + (long)o2 * groups, scales + (long)o3 * groups,
+                TZeros.Has ? zeros + (long)o * groups : null, TZeros.Has ? zeros + (long)o1 * groups : null,
+                TZeros.Has ? zeros + (long)o2 * groups : null, TZeros.Has ? zeros + (long)o3 * groups : null,
+                x, zx, groups, gs);
             if (last == o + 3) r.Store(y + o);
             else for (int t = 0; t <= last - o; t++) y[o + t] = r.GetElement(t);
         }
     }
 
+    /// <summary>Four rows, a group a step: per row two FMA chains over the group's 32-code steps, the first started at the
+    /// group's zero term and the second at its first product (no zeroed accumulators), then one scaling FMA; specialised
+    /// per zero kind, so the loop holds no branch but the prefetch's once-a-cache-line test.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static Vector128<float> Int8Four(byte* c0, byte* c1, byte* c2, byte* c3, float* s0, float* s1, float* s2, float* s3,
-        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int inF, int gs)
+    private static Vector128<float> Int8Four<TZeros>(byte* c0, byte* c1, byte* c2, byte* c3, float* s0, float* s1, float* s2, float* s3,
+        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int groups, int gs)
+        where TZeros : struct, IZeros
     {
-        int groups = inF / gs;
         var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
         for (int g = 0; g < groups; g++)
         {
-            var init = Vector512.Load(zx + g * 16);
-            Vector512<float> p0, p1, p2, p3;
-            if (z0 is null) { p0 = init; p1 = init; p2 = init; p3 = init; }
-            else
+            var zi = Vector512.Load(zx + g * 16);
+            Vector512<float> p0 = zi, p1 = zi, p2 = zi, p3 = zi;
+            if (TZeros.Has)
             {
-                p0 = -(Vector512.Create(z0[g]) * init); p1 = -(Vector512.Create(z1[g]) * init);
-                p2 = -(Vector512.Create(z2[g]) * init); p3 = -(Vector512.Create(z3[g]) * init);
+                p0 = Vector512.Create(z0[g]) * zi; p1 = Vector512.Create(z1[g]) * zi;
+                p2 = Vector512.Create(z2[g]) * zi; p3 = Vector512.Create(z3[g]) * zi;
             }
-            var q0 = Vector512<float>.Zero; var q1 = q0; var q2 = q0; var q3 = q0;
-            int end = (g + 1) * gs;
-            for (int j = g * gs; j < end; j += 32)
+            int j = g * gs, end = j + gs;
+            if ((j & 63) == 0)
             {
-                var xa = Vector512.Load(x + j); var xb = Vector512.Load(x + j + 16);
+                Sse.Prefetch0(c0 + j + PrefetchAhead); Sse.Prefetch0(c1 + j + PrefetchAhead);
+                Sse.Prefetch0(c2 + j + PrefetchAhead); Sse.Prefetch0(c3 + j + PrefetchAhead);
+            }
+            var xa = Vector512.Load(x + j); var xb = Vector512.Load(x + j + 16);
+            p0 = Vector512.FusedMultiplyAdd(Widen(c0 + j), xa, p0); var q0 = Widen(c0 + j + 16) * xb;
+            p1 = Vector512.FusedMultiplyAdd(Widen(c1 + j), xa, p1); var q1 = Widen(c1 + j + 16) * xb;
+            p2 = Vector512.FusedMultiplyAdd(Widen(c2 + j), xa, p2); var q2 = Widen(c2 + j + 16) * xb;
+            p3 = Vector512.FusedMultiplyAdd(Widen(c3 + j), xa, p3); var q3 = Widen(c3 + j + 16) * xb;
+            for (j += 32; j < end; j += 32)
+            {
                 if ((j & 63) == 0)
                 {
                     Sse.Prefetch0(c0 + j + PrefetchAhead); Sse.Prefetch0(c1 + j + PrefetchAhead);
                     Sse.Prefetch0(c2 + j + PrefetchAhead); Sse.Prefetch0(c3 + j + PrefetchAhead);
                 }
+                xa = Vector512.Load(x + j); xb = Vector512.Load(x + j + 16);
                 p0 = Vector512.FusedMultiplyAdd(Widen(c0 + j), xa, p0); q0 = Vector512.FusedMultiplyAdd(Widen(c0 + j + 16), xb, q0);
                 p1 = Vector512.FusedMultiplyAdd(Widen(c1 + j), xa, p1); q1 = Vector512.FusedMultiplyAdd(Widen(c1 + j + 16), xb, q1);
                 p2 = Vector512.FusedMultiplyAdd(Widen(c2 + j), xa, p2); q2 = Vector512.FusedMultiplyAdd(Widen(c2 + j + 16), xb, q2);
@@ -239,6 +314,43 @@ internal static unsafe class QuantDecodeRows
             a1 = Vector512.FusedMultiplyAdd(Vector512.Create(s1[g]), p1 + q1, a1);
             a2 = Vector512.FusedMultiplyAdd(Vector512.Create(s2[g]), p2 + q2, a2);
             a3 = Vector512.FusedMultiplyAdd(Vector512.Create(s3[g]), p3 + q3, a3);
+        }
+        return Sum4(a0, a1, a2, a3);
+    }
+
+    /// <summary>Groups of 32 (one 32-code step a group): per row one chain, zero term → two FMAs → the scaling FMA, so a
+    /// group costs a row 3 FMAs, not 4 plus an add; the chains restart every group, so the rows and the next groups'
+    /// chains overlap their latency. A prefetch per row every other group (one per 64-byte line).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static Vector128<float> Int8Four32<TZeros>(byte* c0, byte* c1, byte* c2, byte* c3, float* s0, float* s1, float* s2, float* s3,
+        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int groups)
+        where TZeros : struct, IZeros
+    {
+        var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        for (int g = 0; g < groups; g++)
+        {
+            var zi = Vector512.Load(zx + g * 16);
+            Vector512<float> p0 = zi, p1 = zi, p2 = zi, p3 = zi;
+            if (TZeros.Has)
+            {
+                p0 = Vector512.Create(z0[g]) * zi; p1 = Vector512.Create(z1[g]) * zi;
+                p2 = Vector512.Create(z2[g]) * zi; p3 = Vector512.Create(z3[g]) * zi;
+            }
+            int j = g * 32;
+            if ((g & 1) == 0)
+            {
+                Sse.Prefetch0(c0 + j + PrefetchAhead); Sse.Prefetch0(c1 + j + PrefetchAhead);
+                Sse.Prefetch0(c2 + j + PrefetchAhead); Sse.Prefetch0(c3 + j + PrefetchAhead);
+            }
+            var xa = Vector512.Load(x + j); var xb = Vector512.Load(x + j + 16);
+            p0 = Vector512.FusedMultiplyAdd(Widen(c0 + j + 16), xb, Vector512.FusedMultiplyAdd(Widen(c0 + j), xa, p0));
+            p1 = Vector512.FusedMultiplyAdd(Widen(c1 + j + 16), xb, Vector512.FusedMultiplyAdd(Widen(c1 + j), xa, p1));
+            p2 = Vector512.FusedMultiplyAdd(Widen(c2 + j + 16), xb, Vector512.FusedMultiplyAdd(Widen(c2 + j), xa, p2));
+            p3 = Vector512.FusedMultiplyAdd(Widen(c3 + j + 16), xb, Vector512.FusedMultiplyAdd(Widen(c3 + j), xa, p3));
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Create(s0[g]), p0, a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Create(s1[g]), p1, a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Create(s2[g]), p2, a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Create(s3[g]), p3, a3);
         }
         return Sum4(a0, a1, a2, a3);
     }
@@ -257,6 +369,4 @@ internal static unsafe class QuantDecodeRows
         return h.GetLower() + h.GetUpper();
     }
 
-    private static readonly Vector512<int> Quads = Vector512.Create(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    private static readonly Vector512<int> Octets = Vector512.Create(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
 }

@@ -124,13 +124,16 @@ public static unsafe class QuantKernels
     public static bool DecodeRowsEnabled { get; set; } = true;
 
     /// <summary>int4 in <see cref="QuantDecodeRows"/>: nibbles decoded by mask-into-2²³ (<see cref="QuantDecodeRows.ByMagic"/>)
-    /// rather than by the 16-entry permute (the same results bit for bit). Default on (<see cref="DefaultNibblesByMagic"/>):
-    /// three quiet runs of <c>bench quant-kernels</c> gave an in-cache layer 28.5–30 µs against 40–42 µs, and the model's
-    /// int4 Linears 2.6–3.3 ms against 3.2–3.5 ms a token (BENCHMARKS.md, session 11); rows4_permute measures the other.</summary>
+    /// rather than by the 16-entry permute (the same results bit for bit). Default off since session 12
+    /// (<see cref="DefaultNibblesByMagic"/>): in the restructured kernel (one flat loop, no spills) the permute decoding takes
+    /// fewer instructions per 128 codes (≈ 37 against ≈ 47 a row: the ternary logic op overwrites an operand, so each code
+    /// vector also costs a register copy) and measured ≈ 10 % faster on the in-cache layer in every helper run (BENCHMARKS.md,
+    /// session 12), and it needs no rescaled inputs; session 11's quiet runs had favoured magic in the kernel before it
+    /// (28.5–30 against 40–42 µs). rows4_magic and rows4_permute in <c>bench quant-kernels</c> measure both.</summary>
     public static bool NibblesByMagic { get; set; } = DefaultNibblesByMagic;
 
     /// <summary>The default of <see cref="NibblesByMagic"/> (tests and benchmarks that switch it put this back).</summary>
-    public const bool DefaultNibblesByMagic = true;
+    public const bool DefaultNibblesByMagic = false;
 
     /// <summary>Whether a one-row product takes <see cref="QuantDecodeRows"/>: AVX-512, int4 in the wide layout or int8 in
     /// 32-code steps of whole groups.</summary>
@@ -169,8 +172,11 @@ public static unsafe class QuantKernels
             var xp = (byte*)TensorMemory.Pointer(input);
             fixed (float* xq = xs, zq = zx, yq0 = ys)
             {
-                for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : Load(xp, src[d], type);
-                QuantDecodeRows.LaneSums(xq, k, chunkCodes, w.Zeros is null ? -w.MidZero : 1f, zq);
+                if (type == ScalarType.BFloat16) // the decode step's dtype: one shift per input, no dtype switch per element
+                    for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : BitConverter.Int32BitsToSingle(((ushort*)xp)[src[d]] << 16);
+                else
+                    for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : Load(xp, src[d], type);
+                QuantDecodeRows.LaneSums(xq, k, chunkCodes, QuantDecodeRows.LaneFactor(w.Zeros is not null, w.MidZero), zq);
                 bool magic = int4 && NibblesByMagic;
                 if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq, k); // after the sums: they are of the inputs themselves
                 float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;

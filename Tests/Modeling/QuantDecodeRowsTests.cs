@@ -8,18 +8,20 @@ namespace ShardPipe.Tests.Modeling;
 /// The one-row (decode) kernels that take four output rows a pass (QuantDecodeRows): with either int4 nibble decoding
 /// (permute, the default; mask-into-2²³), and the per-row kernels they replaced, each equals F.linear over the dequantized weight —
 /// output counts that leave 1–3 rows past the last four and parts of the spin pool, zero points folded into the lane
-/// sums, groups of 32/64/128/256 (a chunk of two blocks) and per channel, act-order, bias, and bf16 inputs and outputs.
+/// sums, groups of 32/64/128/256 (two blocks a group) and per channel, act-order, bias, and bf16 inputs and outputs.
 /// </summary>
 public class QuantDecodeRowsTests
 {
     [Theory]
     [InlineData(4, 32, false, false)]
+    [InlineData(4, 32, true, true)]     // quarter-block scales and zero points (each specialisation of the int4 loop runs)
     [InlineData(4, 64, false, true)]
     [InlineData(4, 128, true, false)]
     [InlineData(4, 128, false, true)]
-    [InlineData(4, 256, false, true)]   // 640 inputs: chunks of two blocks and a short last one
+    [InlineData(4, 256, false, true)]   // 640 inputs: groups of two blocks (the block's group counted) and a short last one
     [InlineData(4, -1, true, true)]
     [InlineData(8, 32, false, false)]
+    [InlineData(8, 32, true, true)]     // the one-step-a-group int8 loop (Int8Four32) with zero points
     [InlineData(8, 64, true, true)]
     [InlineData(8, -1, false, false)]
     public void Four_rows_a_pass_equal_linear_over_the_dequantized_weight(int bits, int groupSize, bool permute, bool zeros)
