@@ -92,8 +92,11 @@ public static unsafe partial class Fp32Kernels
     /// <summary>
     /// y[o] = Σᵢ W[o, i]·x[i] (+ bias[o]) for rows [from, to) of a row-major float32 W with <paramref name="cols"/> columns;
     /// AVX-512. One row at a time, front to back (one sequential stream per thread, as the bf16 kernel reads): four rows
-    /// in lock-step read ≈ 8 % slower from memory here (session 12, alternating runs over the 134M Llama's layer shapes).
-    /// Each row's sum is its own (four accumulators, then their sum), whichever thread computes it.
+    /// in lock-step read ≈ 5–8 % slower from memory here (session 12, alternating runs over the 134M Llama's layer shapes).
+    /// Each row's sum is the one every AVX-512 float32 path computes for it (<see cref="RowSum"/>'s order): one
+    /// accumulator over the 16-float chunks, the register-blocked kernel's reduction, the scalar tail, the bias — so a
+    /// row's bits do not depend on how many rows its input has (one, a verification pass, a merged step, a prefill) or
+    /// on the split between threads.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Fp32Rows(float* w, float* x, float* y, float* bias, int cols, int from, int to)
@@ -101,10 +104,7 @@ public static unsafe partial class Fp32Kernels
         for (int o = from; o < to; o++)
         {
             float* r = w + (long)o * cols;
-            var a0 = Vector512<float>.Zero;
-            var a1 = a0;
-            var a2 = a0;
-            var a3 = a0;
+            var a = Vector512<float>.Zero;
             int i = 0;
             for (; i + 64 <= cols; i += 64)
             {
@@ -112,16 +112,26 @@ public static unsafe partial class Fp32Kernels
                 Sse.Prefetch0(r + i + PrefetchAhead + 16);
                 Sse.Prefetch0(r + i + PrefetchAhead + 32);
                 Sse.Prefetch0(r + i + PrefetchAhead + 48);
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i), Vector512.Load(x + i), a0);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 16), Vector512.Load(x + i + 16), a1);
-                a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 32), Vector512.Load(x + i + 32), a2);
-                a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 48), Vector512.Load(x + i + 48), a3);
+                a = Vector512.FusedMultiplyAdd(Vector512.Load(r + i), Vector512.Load(x + i), a);
+                a = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 16), Vector512.Load(x + i + 16), a);
+                a = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 32), Vector512.Load(x + i + 32), a);
+                a = Vector512.FusedMultiplyAdd(Vector512.Load(r + i + 48), Vector512.Load(x + i + 48), a);
             }
-            for (; i + 16 <= cols; i += 16) a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r + i), Vector512.Load(x + i), a0);
-            float s = Vector512.Sum((a0 + a1) + (a2 + a3));
-            for (; i < cols; i++) s += r[i] * x[i];
-            y[o] = bias != null ? s + bias[o] : s;
+            for (; i + 16 <= cols; i += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(r + i), Vector512.Load(x + i), a);
+            y[o] = RowSum(Sums(a, a, a, a).ToScalar(), r, x, bias == null ? null : bias + o, cols, i);
         }
+    }
+
+    /// <summary>
+    /// The end of one float32 dot product on every AVX-512 path: <paramref name="s"/> is the accumulator's reduction
+    /// (<see cref="Sums"/>: lanes i and i + 8 added, then pairwise), then the columns from <paramref name="i"/> past the
+    /// last full vector one at a time, then the bias.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float RowSum(float s, float* w, float* x, float* bias, int cols, int i)
+    {
+        for (; i < cols; i++) s += w[i] * x[i];
+        return bias != null ? s + bias[0] : s;
     }
 
     /// <summary>The same product with <see cref="Vector{T}"/> (the CPU's preferred width) and prefetch where SSE exists: the path for CPUs without AVX-512.</summary>

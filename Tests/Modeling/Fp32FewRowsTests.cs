@@ -4,9 +4,11 @@ using static TorchSharp.torch;
 namespace ShardPipe.Tests.Modeling;
 
 /// <summary>
-/// The few-row path (2..<see cref="Fp32Kernels.FewRows"/> input rows: a verification pass of k + 1 positions) gives each
-/// row exactly the bits the one-row kernel gives that row alone, so a speculative pass's products equal single-row
-/// decode's; and it stays within float rounding of libtorch's linear.
+/// Every AVX-512 float32 path sums a row in one order, so a row's bits do not depend on how many rows its input has:
+/// the few-row path (2..<see cref="Fp32Kernels.FewRows"/> rows: a verification pass of k + 1 positions), the
+/// register-blocked one (a merged step) and the long-input passes (a prefill) give each row exactly the bits the one-row
+/// kernel gives it alone — a speculative pass's products equal single-row decode's, a request's tokens do not depend on
+/// the requests merged beside it — and stay within float rounding of libtorch's linear.
 /// </summary>
 public class Fp32FewRowsTests
 {
@@ -18,10 +20,13 @@ public class Fp32FewRowsTests
     [InlineData(5, 2069, 13, true)]    // 32 × 64 + 16 + 5
     [InlineData(6, 47, 11, false)]     // no 64-float chunk at all
     [InlineData(6, 16, 5, true)]
+    [InlineData(7, 768, 40, false)]    // the register-blocked kernel from here
+    [InlineData(16, 2048, 21, true)]
+    [InlineData(64, 100, 9, false)]
+    [InlineData(150, 768, 13, true)]   // past 64 rows: passes of the register-blocked kernel (Fp32LongInputs)
     public void Each_row_equals_the_one_row_kernel_bit_for_bit(int rows, int k, int n, bool bias)
     {
         if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return; // the few-row path is the AVX-512 one
-        Assert.InRange(rows, 2, Fp32Kernels.FewRows);
         manual_seed(rows * 7919 + k + n);
         using var w = randn(n, k);
         using var b = bias ? randn(n) : null;
