@@ -21,10 +21,19 @@ namespace ShardPipe.Modeling.Layers;
 /// </summary>
 internal static unsafe class QuantDecodeRows
 {
-    /// <summary>Bytes ahead of the four rows being read that are prefetched: the same place in the next four rows'
-    /// stretch is <c>4 · rowBytes</c> ahead; a fixed distance a few cache lines past the current four rows' reads keeps the
-    /// stream requested early without reaching past what the next pass reads.</summary>
-    private const int PrefetchAhead = 1536;
+    /// <summary>How far ahead of each row's read the kernels prefetch: the same place in a later pass of four rows (the
+    /// four rows of a pass are one contiguous stretch of <c>4 · rowBytes</c>, so a fixed distance shorter than that lands in
+    /// the rows the pass is reading already), whole passes of at least <see cref="MinPrefetchBytes"/>. Session 12: a
+    /// fixed 1,536 bytes fell inside the current pass for every row wider than 384 bytes (int8 at 768 inputs, int4 at
+    /// 2,048), and the kernels waited on memory.</summary>
+    internal static long PrefetchAhead(int rowBytes)
+    {
+        long pass = 4L * rowBytes;
+        return pass * Math.Max(1, (MinPrefetchBytes + pass - 1) / pass);
+    }
+
+    /// <summary>The least prefetch distance (4 KB, as the one-row kernels use): enough requests in flight to cover memory latency.</summary>
+    private const int MinPrefetchBytes = 4096;
 
     /// <summary>Whether the int8 kernel applies: 32-code steps fit every group, whole groups the row.</summary>
     public static bool Int8Applies(int inF, int groupSize) => inF % 32 == 0 && groupSize % 32 == 0 && inF % groupSize == 0;
@@ -72,6 +81,7 @@ internal static unsafe class QuantDecodeRows
         where TDecode : struct, IInt4Decode where TLanes : struct, ILanes where TZeros : struct, IZeros
     {
         int rowBytes = inF / 2, groups = (inF + gs - 1) / gs, blocks = inF / 128, perGroup = gs >= 128 ? gs / 128 : 1;
+        long ahead = PrefetchAhead(rowBytes);
         for (int o = from; o < to; o += 4)
         {
             int last = Math.Min(o + 3, to - 1);
@@ -80,7 +90,7 @@ internal static unsafe class QuantDecodeRows
                 scales + (long)o * groups, scales + (long)o1 * groups, scales + (long)o2 * groups, scales + (long)o3 * groups,
                 TZeros.Has ? zeros + (long)o * groups : null, TZeros.Has ? zeros + (long)o1 * groups : null,
                 TZeros.Has ? zeros + (long)o2 * groups : null, TZeros.Has ? zeros + (long)o3 * groups : null,
-                x, zx, blocks, perGroup);
+                x, zx, blocks, perGroup, ahead);
             if (last == o + 3) r.Store(y + o);
             else for (int t = 0; t <= last - o; t++) y[o + t] = r.GetElement(t);
         }
@@ -96,7 +106,7 @@ internal static unsafe class QuantDecodeRows
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static Vector128<float> Int4Four<TDecode, TLanes, TZeros>(byte* c0, byte* c1, byte* c2, byte* c3, float* s0, float* s1, float* s2, float* s3,
-        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int blocks, int perGroup)
+        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int blocks, int perGroup, long ahead)
         where TDecode : struct, IInt4Decode where TLanes : struct, ILanes where TZeros : struct, IZeros
     {
         var spread = TLanes.Spread;
@@ -115,13 +125,13 @@ internal static unsafe class QuantDecodeRows
             }
             float* xb = x + b * 128L;
             long off = b * 64L;
-            Sse.Prefetch0(c0 + off + PrefetchAhead);
+            Sse.Prefetch0(c0 + off + ahead);
             a0 = Vector512.FusedMultiplyAdd(TLanes.Load(s0, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c0 + off)), i0, xb), a0);
-            Sse.Prefetch0(c1 + off + PrefetchAhead);
+            Sse.Prefetch0(c1 + off + ahead);
             a1 = Vector512.FusedMultiplyAdd(TLanes.Load(s1, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c1 + off)), i1, xb), a1);
-            Sse.Prefetch0(c2 + off + PrefetchAhead);
+            Sse.Prefetch0(c2 + off + ahead);
             a2 = Vector512.FusedMultiplyAdd(TLanes.Load(s2, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c2 + off)), i2, xb), a2);
-            Sse.Prefetch0(c3 + off + PrefetchAhead);
+            Sse.Prefetch0(c3 + off + ahead);
             a3 = Vector512.FusedMultiplyAdd(TLanes.Load(s3, b, g, spread), TDecode.Block(Vector512.Load((uint*)(c3 + off)), i3, xb), a3);
         }
         return Sum4(a0, a1, a2, a3);
@@ -249,6 +259,7 @@ internal static unsafe class QuantDecodeRows
         where TZeros : struct, IZeros
     {
         int groups = inF / gs;
+        long ahead = PrefetchAhead(inF);
         for (int o = from; o < to; o += 4)
         {
             int last = Math.Min(o + 3, to - 1);
@@ -257,12 +268,12 @@ internal static unsafe class QuantDecodeRows
                 scales + (long)o * groups, scales + (long)o1 * groups, scales + (long)o2 * groups, scales + (long)o3 * groups,
                 TZeros.Has ? zeros + (long)o * groups : null, TZeros.Has ? zeros + (long)o1 * groups : null,
                 TZeros.Has ? zeros + (long)o2 * groups : null, TZeros.Has ? zeros + (long)o3 * groups : null,
-                x, zx, groups)
+                x, zx, groups, ahead)
                 : Int8Four<TZeros>(codes + (long)o * inF, codes + (long)o1 * inF, codes + (long)o2 * inF, codes + (long)o3 * inF,
                 scales + (long)o * groups, scales + (long)o1 * groups, scales + (long)o2 * groups, scales + (long)o3 * groups,
                 TZeros.Has ? zeros + (long)o * groups : null, TZeros.Has ? zeros + (long)o1 * groups : null,
                 TZeros.Has ? zeros + (long)o2 * groups : null, TZeros.Has ? zeros + (long)o3 * groups : null,
-                x, zx, groups, gs);
+                x, zx, groups, gs, ahead);
             if (last == o + 3) r.Store(y + o);
             else for (int t = 0; t <= last - o; t++) y[o + t] = r.GetElement(t);
         }
@@ -273,7 +284,7 @@ internal static unsafe class QuantDecodeRows
     /// per zero kind, so the loop holds no branch but the prefetch's once-a-cache-line test.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static Vector128<float> Int8Four<TZeros>(byte* c0, byte* c1, byte* c2, byte* c3, float* s0, float* s1, float* s2, float* s3,
-        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int groups, int gs)
+        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int groups, int gs, long ahead)
         where TZeros : struct, IZeros
     {
         var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
@@ -289,8 +300,8 @@ internal static unsafe class QuantDecodeRows
             int j = g * gs, end = j + gs;
             if ((j & 63) == 0)
             {
-                Sse.Prefetch0(c0 + j + PrefetchAhead); Sse.Prefetch0(c1 + j + PrefetchAhead);
-                Sse.Prefetch0(c2 + j + PrefetchAhead); Sse.Prefetch0(c3 + j + PrefetchAhead);
+                Sse.Prefetch0(c0 + j + ahead); Sse.Prefetch0(c1 + j + ahead);
+                Sse.Prefetch0(c2 + j + ahead); Sse.Prefetch0(c3 + j + ahead);
             }
             var xa = Vector512.Load(x + j); var xb = Vector512.Load(x + j + 16);
             p0 = Vector512.FusedMultiplyAdd(Widen(c0 + j), xa, p0); var q0 = Widen(c0 + j + 16) * xb;
@@ -301,8 +312,8 @@ internal static unsafe class QuantDecodeRows
             {
                 if ((j & 63) == 0)
                 {
-                    Sse.Prefetch0(c0 + j + PrefetchAhead); Sse.Prefetch0(c1 + j + PrefetchAhead);
-                    Sse.Prefetch0(c2 + j + PrefetchAhead); Sse.Prefetch0(c3 + j + PrefetchAhead);
+                    Sse.Prefetch0(c0 + j + ahead); Sse.Prefetch0(c1 + j + ahead);
+                    Sse.Prefetch0(c2 + j + ahead); Sse.Prefetch0(c3 + j + ahead);
                 }
                 xa = Vector512.Load(x + j); xb = Vector512.Load(x + j + 16);
                 p0 = Vector512.FusedMultiplyAdd(Widen(c0 + j), xa, p0); q0 = Vector512.FusedMultiplyAdd(Widen(c0 + j + 16), xb, q0);
@@ -323,7 +334,7 @@ internal static unsafe class QuantDecodeRows
     /// chains overlap their latency. A prefetch per row every other group (one per 64-byte line).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static Vector128<float> Int8Four32<TZeros>(byte* c0, byte* c1, byte* c2, byte* c3, float* s0, float* s1, float* s2, float* s3,
-        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int groups)
+        float* z0, float* z1, float* z2, float* z3, float* x, float* zx, int groups, long ahead)
         where TZeros : struct, IZeros
     {
         var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
@@ -339,8 +350,8 @@ internal static unsafe class QuantDecodeRows
             int j = g * 32;
             if ((g & 1) == 0)
             {
-                Sse.Prefetch0(c0 + j + PrefetchAhead); Sse.Prefetch0(c1 + j + PrefetchAhead);
-                Sse.Prefetch0(c2 + j + PrefetchAhead); Sse.Prefetch0(c3 + j + PrefetchAhead);
+                Sse.Prefetch0(c0 + j + ahead); Sse.Prefetch0(c1 + j + ahead);
+                Sse.Prefetch0(c2 + j + ahead); Sse.Prefetch0(c3 + j + ahead);
             }
             var xa = Vector512.Load(x + j); var xb = Vector512.Load(x + j + 16);
             p0 = Vector512.FusedMultiplyAdd(Widen(c0 + j + 16), xb, Vector512.FusedMultiplyAdd(Widen(c0 + j), xa, p0));
