@@ -66,7 +66,7 @@ public static class DecodeBench
             };
             if (draft is not null) ShardPipe.Modeling.Generation.DraftModelCheck.Validate(folder, draft);
             BenchSupport.Say(parse.GetValue(json), $"bench decode --speculate: {folder}, {n} new tokens, greedy, EOS ignored{(draft is null ? "" : $"; draft model {draft}")}");
-            var figures = await SpeculationBench.Run(folder, n, k, rounds: 2, parse.GetValue(json), draft);
+            var figures = await SpeculationBench.Run(folder, n, k, rounds: 3, parse.GetValue(json), draft);
             figures["bench"] = "decode";
             BenchSupport.Finish(figures);
             return 0;
