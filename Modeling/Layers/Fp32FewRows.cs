@@ -50,16 +50,35 @@ public static unsafe partial class Fp32Kernels
             Sse.Prefetch0(wr + i + PrefetchAhead + 16);
             Sse.Prefetch0(wr + i + PrefetchAhead + 32);
             Sse.Prefetch0(wr + i + PrefetchAhead + 48);
-            for (int c = 0; c < 64; c += 16) // unrolled by the JIT: four chunks, each into every row's accumulator
-            {
-                var v = Vector512.Load(wr + i + c);
-                a0 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x0 + i + c), a0);
-                a1 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x1 + i + c), a1);
-                if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x2 + i + c), a2);
-                if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x3 + i + c), a3);
-                if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x4 + i + c), a4);
-                if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x5 + i + c), a5);
-            }
+            // Four 16-float chunks, each into every row's accumulator in order (written out: the JIT does not unroll loops).
+            var v0 = Vector512.Load(wr + i);
+            var v1 = Vector512.Load(wr + i + 16);
+            var v2 = Vector512.Load(wr + i + 32);
+            var v3 = Vector512.Load(wr + i + 48);
+            a0 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x0 + i), a0);
+            a1 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x1 + i), a1);
+            if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x2 + i), a2);
+            if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x3 + i), a3);
+            if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x4 + i), a4);
+            if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x5 + i), a5);
+            a0 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x0 + i + 16), a0);
+            a1 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x1 + i + 16), a1);
+            if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x2 + i + 16), a2);
+            if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x3 + i + 16), a3);
+            if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x4 + i + 16), a4);
+            if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x5 + i + 16), a5);
+            a0 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x0 + i + 32), a0);
+            a1 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x1 + i + 32), a1);
+            if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x2 + i + 32), a2);
+            if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x3 + i + 32), a3);
+            if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x4 + i + 32), a4);
+            if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x5 + i + 32), a5);
+            a0 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x0 + i + 48), a0);
+            a1 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x1 + i + 48), a1);
+            if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x2 + i + 48), a2);
+            if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x3 + i + 48), a3);
+            if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x4 + i + 48), a4);
+            if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x5 + i + 48), a5);
         }
         for (; i + 16 <= k; i += 16)
         {
