@@ -67,9 +67,18 @@ public class QuantKernelTests
             var x = randn(rows, inF);
             var expected = nn.functional.linear(x, dense, rows % 2 == 0 ? bias : null).data<float>().ToArray();
             var actual = QuantKernels.Linear(x, w, rows % 2 == 0 ? bias : null).data<float>().ToArray();
-            // 1e-4, plus float32's own accumulation error on outputs in the hundreds (random 8-bit codes, scales up to 0.11).
-            double tol = 1e-4 + 1e-6 * expected.Max(Math.Abs);
-            ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, tol, $"bits {bits}, in {inF}, group {groupSize}, {rows} rows");
+            // 1e-4, plus float32's own accumulation error: the kernels sum code·x and subtract zero·Σx after, so their
+            // rounding scales with Σ (code + zero)·scale·|x| over a row (random 8-bit codes and zero points up to 255,
+            // scales up to 0.11: hundreds), not with the output; a few float32 ulps of that bound each row. A wrong
+            // weight still misses by O(scale · |x|) ≫ this.
+            double maxCode = (1 << bits) - 1, maxZero = zeros ? maxCode : 1 << (bits - 1), maxScale = scales.max().item<float>();
+            var absRowSums = x.abs().sum(1).data<float>().ToArray();
+            for (int r = 0; r < rows; r++)
+            {
+                double tol = 1e-4 + 8 * 1.2e-7 * (maxCode + maxZero) * maxScale * absRowSums[r];
+                ReferenceModelTests.AssertClose(expected.Skip(r * outF).Take(outF).Select(v => (double)v).ToArray(), actual.Skip(r * outF).Take(outF).ToArray(), tol,
+                    $"bits {bits}, in {inF}, group {groupSize}, {rows} rows, row {r}");
+            }
         }
         // A 3-d input in bfloat16 through the GEMM path: float32 inside, rounded once to bfloat16 as the kernel path does.
         var bx = randn(2, 20, inF).to(ScalarType.BFloat16);
