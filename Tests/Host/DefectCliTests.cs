@@ -42,7 +42,7 @@ public class DefectCliTests
         string ids = string.Join(",", Enumerable.Range(0, 300).Select(i => i % 200 + 2));
         var r = ShardPipeProcess.Run("forward", "--model", TestPaths.Model("llama_untied"), "--input-ids", ids, "--json");
         Assert.Equal(2, r.ExitCode);
-        Assert.Equal("error: --input-ids: the prompt has 300 tokens; the model takes at most 256 positions", r.Stderr.Trim().Split('\n')[^1]);
+        Assert.Equal("error: --input-ids: the prompt has 300 tokens; the model takes at most 256 positions", r.LastMessageLine);
     }
 
     [Theory]
@@ -54,7 +54,7 @@ public class DefectCliTests
         if (cluster is not null) args.AddRange(new[] { "--cluster", cluster });
         var r = ShardPipeProcess.Run(args.ToArray());
         Assert.Equal(2, r.ExitCode);
-        Assert.Contains("the prompt has 3 tokens and max_new_tokens asks for 254 more (257); the model takes at most 256 positions", r.Stderr.Trim().Split('\n')[^1]);
+        Assert.Contains("the prompt has 3 tokens and max_new_tokens asks for 254 more (257); the model takes at most 256 positions", r.LastMessageLine);
     }
 
     [Fact]
@@ -65,7 +65,7 @@ public class DefectCliTests
             "--cluster", "embedded:2", "--nodes", "node-1/cpu=1GiB,node-2/cuda:0=1GiB", "--json");
         Assert.Equal(2, r.ExitCode);
         Assert.Equal("", r.Stdout.Trim());
-        Assert.Equal("error: node-2: cuda:0 requested, but this build has no CUDA", r.Stderr.Trim().Split('\n')[^1]);
+        Assert.Equal("error: node-2: cuda:0 requested, but this build has no CUDA", r.LastMessageLine);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"took {clock.Elapsed.TotalSeconds:0} s");
     }
 }
@@ -91,7 +91,7 @@ public class ConfigLimitCliTests
             var clock = Stopwatch.StartNew();
             var r = ShardPipeProcess.Run(args);
             Assert.Equal(2, r.ExitCode);
-            string last = r.Stderr.Trim().Split('\n')[^1];
+            string last = r.LastMessageLine;
             Assert.StartsWith("error: config.json: ", last);
             Assert.Contains(expect, last);
             Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60));

@@ -6,7 +6,15 @@ namespace ShardPipe.Tests.Support;
 public static class ShardPipeProcess
 {
     /// <param name="PeakRssBytes">The process's peak resident set (VmHWM, the runtime included), sampled until it exited.</param>
-    public sealed record Result(int ExitCode, string Stdout, string Stderr, long PeakRssBytes = 0, TimeSpan Elapsed = default);
+    public sealed record Result(int ExitCode, string Stdout, string Stderr, long PeakRssBytes = 0, TimeSpan Elapsed = default)
+    {
+        /// <summary>The last line of stderr that is not a log line: the CLI's own last word (its <c>error: …</c> line).
+        /// An embedded cluster's actor systems log asynchronously, so one of their lines (timestamped, "HH:mm:ss") may
+        /// land after it while they shut down.</summary>
+        public string LastMessageLine => Stderr.Trim().Split('\n').Select(l => l.TrimEnd('\r')).LastOrDefault(l => !LogLine.IsMatch(l)) ?? "";
+
+        private static readonly System.Text.RegularExpressions.Regex LogLine = new(@"^\d{2}:\d{2}:\d{2}(\.\d+)? ", System.Text.RegularExpressions.RegexOptions.Compiled);
+    }
 
     public static Result Run(params string[] args) => Run(null, args);
 
