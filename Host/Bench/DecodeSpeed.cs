@@ -46,8 +46,8 @@ public static class DecodeSpeed
         private double PairedRatio(double bytesPerToken, IReadOnlyList<double> rates) => Bench.ReadBandwidth.Median(Paired(bytesPerToken, rates).ToList());
         private (double, double) PairedRange(double bytesPerToken, IReadOnlyList<double> rates) { var r = Paired(bytesPerToken, rates).ToList(); return (r.Min(), r.Max()); }
         /// <summary>The range of the rounds' read baselines (<see cref="ReadGBps"/> is their median).</summary>
-        public double ReadGBpsMin { get; init; }
-        public double ReadGBpsMax { get; init; }
+        public double ReadGBpsMin => RoundBaselines.Count > 0 ? RoundBaselines.Min() : ReadGBps;
+        public double ReadGBpsMax => RoundBaselines.Count > 0 ? RoundBaselines.Max() : ReadGBps;
         public double Int8Speedup => Int8TokensPerS / Bf16TokensPerS;
         public double Int4Speedup => Int4TokensPerS / Bf16TokensPerS;
         /// <summary>As <see cref="WeightReadRatio"/>, over the quantized model's held bytes (packed Linears, bf16 rest).</summary>
@@ -103,8 +103,6 @@ public static class DecodeSpeed
                 RoundBf16TokensPerS = bf16Rates,
                 RoundInt8TokensPerS = int8Rates,
                 RoundInt4TokensPerS = int4Rates,
-                ReadGBpsMin = baselines.Min(),
-                ReadGBpsMax = baselines.Max(),
                 ActiveParameters = fp32.ActiveParameters(),
                 TotalParameters = fp32.NumParameters(),
                 Bf16LinearMs = LinearMs(bf16),

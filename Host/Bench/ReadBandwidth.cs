@@ -77,9 +77,6 @@ public static class ReadBandwidth
         return best;
     }
 
-    /// <summary>Median sum-read GB/s over a 2 GiB buffer on the decode threads: the baseline for weight_read_ratio.</summary>
-    public static double SumReadGBps() => Measure(DefaultBytes, 5).SumMedianGBps;
-
     /// <summary>Measures sum and memcpy reads of <paramref name="bytes"/> (raised to 4× the last-level cache), each <paramref name="repeats"/> times.</summary>
     public static Result Measure(long bytes = DefaultBytes, int repeats = 7)
     {

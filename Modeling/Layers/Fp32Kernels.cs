@@ -123,9 +123,9 @@ public static unsafe partial class Fp32Kernels
     }
 
     /// <summary>
-    /// The end of one float32 dot product on every AVX-512 path: <paramref name="s"/> is the accumulator's reduction
-    /// (<see cref="Sums"/>: lanes i and i + 8 added, then pairwise), then the columns from <paramref name="i"/> past the
-    /// last full vector one at a time, then the bias.
+    /// The end of one float32 dot product on every path (<see cref="FinishFour"/> ends four with it): <paramref name="s"/>
+    /// is the accumulator's reduction (on AVX-512 <see cref="Sums"/>: lanes i and i + 8 added, then pairwise), then the
+    /// columns from <paramref name="i"/> past the last full vector one at a time, then the bias.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static float RowSum(float s, float* w, float* x, float* bias, int cols, int i)
@@ -172,37 +172,20 @@ public static unsafe partial class Fp32Kernels
             var a = Vector<float>.Zero;
             int i = 0;
             for (; i + width <= cols; i += width) a = Vector.FusedMultiplyAdd(Vector.Load(r + i), Vector.Load(x + i), a);
-            float s = Vector.Sum(a);
-            for (; i < cols; i++) s += r[i] * x[i];
-            y[o] = bias != null ? s + bias[o] : s;
+            y[o] = RowSum(Vector.Sum(a), r, x, bias == null ? null : bias + o, cols, i);
         }
     }
 
     /// <summary>Ends four dot products of one input row against weight rows <paramref name="o"/>…o+3 (row 0 at
-    /// <paramref name="w0"/>): the columns from <paramref name="i"/> past the last full vector, the bias, the store. Every
-    /// float32 kernel (one row, several rows, portable) ends its four rows here.</summary>
+    /// <paramref name="w0"/>): each row's <see cref="RowSum"/> (the columns from <paramref name="i"/> past the last full
+    /// vector, the bias) and the store; the kernels that compute four rows at once (several rows, portable) end them here.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void FinishFour(float s0, float s1, float s2, float s3, float* w0, float* x, float* y, float* bias, int cols, int o, int i)
     {
-        float* w1 = w0 + cols, w2 = w1 + cols, w3 = w2 + cols;
-        for (; i < cols; i++)
-        {
-            float xi = x[i];
-            s0 += w0[i] * xi;
-            s1 += w1[i] * xi;
-            s2 += w2[i] * xi;
-            s3 += w3[i] * xi;
-        }
-        if (bias != null)
-        {
-            s0 += bias[o];
-            s1 += bias[o + 1];
-            s2 += bias[o + 2];
-            s3 += bias[o + 3];
-        }
-        y[o] = s0;
-        y[o + 1] = s1;
-        y[o + 2] = s2;
-        y[o + 3] = s3;
+        float* b = bias == null ? null : bias + o;
+        y[o] = RowSum(s0, w0, x, b, cols, i);
+        y[o + 1] = RowSum(s1, w0 + cols, x, b == null ? null : b + 1, cols, i);
+        y[o + 2] = RowSum(s2, w0 + 2L * cols, x, b == null ? null : b + 2, cols, i);
+        y[o + 3] = RowSum(s3, w0 + 3L * cols, x, b == null ? null : b + 3, cols, i);
     }
 }
