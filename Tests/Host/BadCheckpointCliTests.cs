@@ -115,7 +115,7 @@ public class BadCheckpointCliTests
         }
 
         var r = ShardPipeProcess.Run(args.ToArray());
-        string last = r.Stderr.Trim().Split('\n')[^1];
+        string last = r.LastMessageLine;
         Assert.True(r.ExitCode == 2, $"{name}: exit {r.ExitCode}; stderr: {r.Stderr}");
         Assert.Equal("", r.Stdout.Trim());
         Assert.StartsWith("error: ", last);

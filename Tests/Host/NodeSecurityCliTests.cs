@@ -54,7 +54,7 @@ public class NodeSecurityCliTests
         File.WriteAllText(conf, $"akka.remote.dot-netty.tcp {{ hostname = 127.0.0.1, port = {port} }}\nakka.cluster.seed-nodes = [\"akka.tcp://shardpipe@127.0.0.1:{port}\"]\nshardpipe.devices = [ {{ device = cpu, budget = \"64MiB\" }} ]");
         var refused = ShardPipeProcess.Run("node", "--config", conf);
         Assert.Equal(2, refused.ExitCode);
-        string last = refused.Stderr.Trim().Split('\n')[^1];
+        string last = refused.LastMessageLine;
         Assert.StartsWith($"error: {conf}: shardpipe.tls has no certificate", last);
         Assert.Contains("--insecure", last);
 

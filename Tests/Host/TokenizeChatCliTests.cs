@@ -93,6 +93,6 @@ public class TokenizeChatCliTests
         var cli = ShardPipeProcess.Run("tokenize", "--model", folder, "--chat", tmp.File("chat.json"));
         Assert.Equal(2, cli.ExitCode);
         Assert.Contains(message, cli.Stderr);
-        Assert.StartsWith("error:", cli.Stderr.Trim().Split('\n')[^1]);
+        Assert.StartsWith("error:", cli.LastMessageLine);
     }
 }

@@ -1,6 +1,7 @@
 using ShardPipe.Modeling.Layers;
 using ShardPipe.Modeling.Quantization;
 using static TorchSharp.torch;
+using ShardPipe.Tests.Support;
 
 namespace ShardPipe.Tests.Modeling;
 
@@ -30,17 +31,12 @@ public class QuantDecodeRowsTests
         foreach (int outF in new[] { 1, 2, 3, 5, 6, 7, 130, 259 })
         {
             var rng = new Random(bits * 31 + groupSize * 7 + outF);
-            int gs = groupSize <= 0 ? inF : groupSize, groups = (inF + gs - 1) / gs;
-            var codes = Repack.Pack(bits, outF, inF, (_, _) => rng.Next(1 << bits));
-            var scales = rand(outF, groups) * 0.1 + 0.01;
-            var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(1 << bits)).ToArray(), new long[] { outF, groups }) : null;
-            var perm = permute ? tensor(Enumerable.Range(0, inF).OrderBy(_ => rng.Next()).Select(i => (long)i).ToArray()) : null;
-            var w = new PackedWeight(bits, outF, inF, groupSize, codes, scales, zp, perm);
+            var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, permute, zeros);
             using var dense = w.Dequantize();
             var bias = randn(outF);
             var x = randn(1, inF) * 3;
             var expected = nn.functional.linear(x, dense, bias).data<float>().ToArray();
-            double codeBound = ((1 << bits) - 1) * scales.max().item<float>() * x.abs().sum().item<float>();
+            double codeBound = ((1 << bits) - 1) * w.Scales.max().item<float>() * x.abs().sum().item<float>();
             double tol = 1e-4 + 1e-6 * expected.Max(Math.Abs) + 1e-6 * codeBound;
             var xb = x.to(ScalarType.BFloat16);
             var expectedBf = nn.functional.linear(xb.to(ScalarType.Float32), dense, bias).data<float>().ToArray();

@@ -1,6 +1,7 @@
 using ShardPipe.Modeling.Layers;
 using ShardPipe.Modeling.Quantization;
 using static TorchSharp.torch;
+using ShardPipe.Tests.Support;
 
 namespace ShardPipe.Tests.Modeling;
 
@@ -16,12 +17,7 @@ public class QuantKernelTests
     public void Kernel_equals_linear_over_the_dequantized_weight(int bits, int outF, int inF, int groupSize, bool permute, bool zeros)
     {
         var rng = new Random(bits * 1000 + inF);
-        int gs = groupSize <= 0 ? inF : groupSize, groups = (inF + gs - 1) / gs;
-        var codes = Repack.Pack(bits, outF, inF, (_, _) => rng.Next(1 << bits));
-        var scales = rand(outF, groups) * 0.1 + 0.01;
-        var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(1 << bits)).ToArray(), new long[] { outF, groups }) : null;
-        var perm = permute ? tensor(Enumerable.Range(0, inF).OrderBy(_ => rng.Next()).Select(i => (long)i).ToArray()) : null;
-        var w = new PackedWeight(bits, outF, inF, groupSize, codes, scales, zp, perm);
+        var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, permute, zeros);
         using var dense = w.Dequantize();
         var bias = randn(outF);
         foreach (int rows in new[] { 1, 3, 9 })
@@ -54,12 +50,7 @@ public class QuantKernelTests
     public void Kernel_equals_linear_over_the_dequantized_weight_for_odd_shapes_and_every_row_count(int bits, int outF, int inF, int groupSize, bool permute, bool zeros)
     {
         var rng = new Random(bits * 7919 + inF * 31 + outF);
-        int gs = groupSize <= 0 ? inF : Math.Min(groupSize, inF), groups = (inF + gs - 1) / gs;
-        var codes = Repack.Pack(bits, outF, inF, (_, _) => rng.Next(1 << bits));
-        var scales = rand(outF, groups) * 0.1 + 0.01;
-        var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(1 << bits)).ToArray(), new long[] { outF, groups }) : null;
-        var perm = permute ? tensor(Enumerable.Range(0, inF).OrderBy(_ => rng.Next()).Select(i => (long)i).ToArray()) : null;
-        var w = new PackedWeight(bits, outF, inF, groupSize, codes, scales, zp, perm);
+        var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, permute, zeros);
         using var dense = w.Dequantize();
         var bias = randn(outF);
         foreach (int rows in new[] { 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, QuantKernels.DenseRows, 40 })
@@ -71,7 +62,7 @@ public class QuantKernelTests
             // rounding scales with Σ (code + zero)·scale·|x| over a row (random 8-bit codes and zero points up to 255,
             // scales up to 0.11: hundreds), not with the output; a few float32 ulps of that bound each row. A wrong
             // weight still misses by O(scale · |x|) ≫ this.
-            double maxCode = (1 << bits) - 1, maxZero = zeros ? maxCode : 1 << (bits - 1), maxScale = scales.max().item<float>();
+            double maxCode = (1 << bits) - 1, maxZero = zeros ? maxCode : 1 << (bits - 1), maxScale = w.Scales.max().item<float>();
             var absRowSums = x.abs().sum(1).data<float>().ToArray();
             for (int r = 0; r < rows; r++)
             {
@@ -112,12 +103,7 @@ public class QuantKernelTests
     public void Simd_and_portable_paths_equal_linear_over_the_dequantized_weight_for_1_to_17_rows(int bits, int outF, int inF, int groupSize, bool permute, bool zeros)
     {
         var rng = new Random(bits * 104729 + inF * 17 + outF + groupSize);
-        int gs = groupSize <= 0 ? inF : Math.Min(groupSize, inF), groups = (inF + gs - 1) / gs;
-        var codes = Repack.Pack(bits, outF, inF, (_, _) => rng.Next(1 << bits));
-        var scales = rand(outF, groups) * 0.1 + 0.01;
-        var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(1 << bits)).ToArray(), new long[] { outF, groups }) : null;
-        var perm = permute ? tensor(Enumerable.Range(0, inF).OrderBy(_ => rng.Next()).Select(i => (long)i).ToArray()) : null;
-        var w = new PackedWeight(bits, outF, inF, groupSize, codes, scales, zp, perm);
+        var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, permute, zeros);
         using var dense = w.Dequantize();
         var bias = randn(outF);
         for (int rows = 1; rows <= 17; rows++)
@@ -127,7 +113,7 @@ public class QuantKernelTests
             var expected = nn.functional.linear(x, dense, b).data<float>().ToArray();
             // The kernels accumulate Σ code·x in float32 and subtract zero·Σx after (the zero point is 2^(bits-1) when
             // symmetric), so their rounding scales with Σ |code·scale·x|, not with the output: bound that per output.
-            double codeBound = ((1 << bits) - 1) * scales.max().item<float>() * x.abs().sum(1).max().item<float>();
+            double codeBound = ((1 << bits) - 1) * w.Scales.max().item<float>() * x.abs().sum(1).max().item<float>();
             double tol = 1e-4 + 1e-6 * expected.Max(Math.Abs) + 1e-6 * codeBound;
             foreach (bool portable in new[] { false, true })
             {
@@ -170,11 +156,7 @@ public class QuantKernelTests
     {
         const int outF = 21, inF = 512;
         var rng = new Random(groupSize + 977);
-        int gs = groupSize <= 0 ? inF : groupSize, groups = inF / gs;
-        var codes = Repack.Pack(4, outF, inF, (_, _) => rng.Next(16));
-        var scales = rand(outF, groups) * 0.1 + 0.01;
-        var zp = zeros ? tensor(Enumerable.Range(0, outF * groups).Select(_ => (float)rng.Next(16)).ToArray(), new long[] { outF, groups }) : null;
-        var w = new PackedWeight(4, outF, inF, groupSize, codes, scales, zp, null);
+        var w = RandomPackedWeight.Create(rng, 4, outF, inF, groupSize, permute: false, zeros);
         using var dense = w.Dequantize();
         foreach (var (wide, permute) in new[] { (true, false), (false, true), (true, true) })
         {
