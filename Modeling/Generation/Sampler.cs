@@ -103,10 +103,11 @@ public sealed class Sampler : IDisposable
     {
         if (_temperature != 1.0) scores = scores / _temperature;
         long vocab = scores.shape[^1];
+        using Scalar minusInfinity = float.NegativeInfinity; // held across the native calls (see AttentionMask.Build)
         if (_topK > 0 && _topK < vocab)
         {
             var kth = scores.topk(_topK, -1).values.narrow(-1, _topK - 1, 1);
-            scores = scores.masked_fill(scores.lt(kth), float.NegativeInfinity);
+            scores = scores.masked_fill(scores.lt(kth), minusInfinity);
         }
         if (_topP < 1.0)
         {
@@ -116,7 +117,7 @@ public sealed class Sampler : IDisposable
             var remove = cumulative.le(1 - _topP);
             remove.index_put_(tensor(false), TensorIndex.Ellipsis, TensorIndex.Single(-1));
             var removeOriginal = remove.scatter(-1, indices, remove);
-            scores = scores.masked_fill(removeOriginal, float.NegativeInfinity);
+            scores = scores.masked_fill(removeOriginal, minusInfinity);
         }
         return nn.functional.softmax(scores, -1);
     }

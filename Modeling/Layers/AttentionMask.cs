@@ -38,8 +38,12 @@ public static class AttentionMask
             var keep = mask2d!.to(device).narrow(1, mask2d.shape[1] - keyLength, keyLength).ne(0).unsqueeze(1).unsqueeze(1); // (B,1,1,Tk)
             allowed4 = allowed4.logical_and(keep);
         }
+        // The fill value as a Scalar held until the call returns: an implicit conversion's temporary is unreachable once its
+        // handle is read, and a garbage collection during the native call could finalize it (seen once in CI: libtorch's
+        // Scalar tag assert under masked_fill while other tests ran).
+        using TorchSharp.Scalar fill = MinValue(dtype);
         var additive = zeros(new[] { batch, 1, queryLength, keyLength }, dtype, device)
-            .masked_fill(allowed4.logical_not(), MinValue(dtype));
+            .masked_fill(allowed4.logical_not(), fill);
         return additive.MoveToOuterDisposeScope();
     }
 }
