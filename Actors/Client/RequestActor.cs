@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using System.Diagnostics;
 using Akka.Actor;
 using Akka.Remote;
@@ -151,7 +152,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         {
             if (!Current(f.RequestId)) return;
             using var t = TensorWire.ToTensor(f.LastLogits);
-            var logits = Enumerable.Range(0, (int)t.shape[0]).Select(b => t[b].data<float>().ToArray()).ToArray();
+            var logits = Enumerable.Range(0, (int)t.Shape()[0]).Select(b => t[b].data<float>().ToArray()).ToArray();
             Finish(new RequestOutcome(Array.Empty<long[]>(), logits, 0, _clock.Elapsed.TotalSeconds, 0));
         });
         Receive<MessageChunk>(Reassemble);

@@ -10,7 +10,7 @@ namespace ShardPipe.Actors.Transport;
 public static class TensorWire
 {
     /// <summary>A payload viewing the tensor's storage (no copy; encoding copies it once into the frame).</summary>
-    public static TensorPayload ToPayload(Tensor t) => new(DTypes.Code(TorchRuntime.ToDType(t.dtype)), t.shape, TensorMemory.Of(t));
+    public static TensorPayload ToPayload(Tensor t) => new(DTypes.Code(TorchRuntime.ToDType(t.dtype)), t.Shape(), TensorMemory.Of(t));
 
     public static Tensor ToTensor(TensorPayload p)
     {

@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using ShardPipe.Messages;
 using ShardPipe.Modeling.Generation;
 using ShardPipe.Modeling.Layers;
@@ -125,11 +126,11 @@ public sealed class StageRunner : IDisposable
                 var s = steps[i];
                 hidden[i] = s.Hidden is { } h ? TensorWire.ToTensor(h) : throw new ProtocolException($"hop {s.Hop} of request {s.RequestId} got no hidden states");
                 // Layers need a hidden state per position; after the final norm only each row's last one travels.
-                if (hidden[i].dim() != 3 || hidden[i].shape[0] != s.AttentionMask.Length || s.PositionIds.Length == 0 || hidden[i].shape[1] != s.PositionIds[0].Length && (hop.LayerCount > 0 || hidden[i].shape[1] != SpeculativeSteps.Kept(s)))
-                    throw new ProtocolException($"request {s.RequestId}: hidden states of shape [{string.Join(", ", hidden[i].shape)}] do not match its {s.AttentionMask.Length} rows of {(s.PositionIds.Length == 0 ? 0 : s.PositionIds[0].Length)} positions");
+                if (hidden[i].dim() != 3 || hidden[i].Shape()[0] != s.AttentionMask.Length || s.PositionIds.Length == 0 || hidden[i].Shape()[1] != s.PositionIds[0].Length && (hop.LayerCount > 0 || hidden[i].Shape()[1] != SpeculativeSteps.Kept(s)))
+                    throw new ProtocolException($"request {s.RequestId}: hidden states of shape [{string.Join(", ", hidden[i].Shape())}] do not match its {s.AttentionMask.Length} rows of {(s.PositionIds.Length == 0 ? 0 : s.PositionIds[0].Length)} positions");
             }
-            sizes = hidden.Select(h => (Rows: h.shape[0], Tokens: h.shape[1])).ToArray();
-            long width = hidden[0].shape[2];
+            sizes = hidden.Select(h => (Rows: h.Shape()[0], Tokens: h.Shape()[1])).ToArray();
+            long width = hidden[0].Shape()[2];
             flat = steps.Count == 1 ? hidden[0].reshape(sizes[0].Rows * sizes[0].Tokens, width)
                 : cat(hidden.Select((h, i) => h.reshape(sizes[i].Rows * sizes[i].Tokens, width)).ToArray(), 0);
         }
@@ -189,7 +190,7 @@ public sealed class StageRunner : IDisposable
         if (sampling.Count > 0)
         {
             var rows = sampling.SelectMany(i => Enumerable.Range(0, (int)sizes[i].Rows * kept[i]).Select(r => rowStart[i] + r)).ToArray();
-            var picked = rows.Length == last.shape[0] ? last : last.index_select(0, tensor(rows));
+            var picked = rows.Length == last.Shape()[0] ? last : last.index_select(0, tensor(rows));
             logits = _model.Project(picked).to(ScalarType.Float32); // (R, V)
         }
         // Every greedy row's token from one argmax over the step's logits (each row's argmax is its own).
@@ -237,7 +238,7 @@ public sealed class StageRunner : IDisposable
     private IReadOnlyList<Outgoing> Decide(StageInput input, Tensor logits, long[]? argmax)
     {
         var st = input.Generation!;
-        var sampler = SamplerFor(input, logits.shape[0], logits.shape[1]);
+        var sampler = SamplerFor(input, logits.Shape()[0], logits.Shape()[1]);
         if (st.Speculate is not null) return Speculative(input, SpeculativeSteps.Decide(input, logits, sampler));
         var next = argmax ?? sampler.Next(logits, st.History);
         var finished = DecodeRule.Settle(next, st.Finished, new StopTokens(st.EosTokenIds, st.PadTokenId), st.IgnoreEos);

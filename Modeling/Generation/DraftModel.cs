@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using System.Text.Json.Nodes;
 using ShardPipe.Checkpoints;
 using ShardPipe.Modeling.Layers;

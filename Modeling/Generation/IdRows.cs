@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using static TorchSharp.torch;
 
 namespace ShardPipe.Modeling.Generation;

@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -52,8 +53,8 @@ public sealed class Sampler : IDisposable
     /// </summary>
     public static long[] ArgmaxRows(Tensor logits)
     {
-        if (logits.dim() != 2 || logits.shape[1] < 1 || logits.shape[1] > int.MaxValue)
-            throw new ArgumentException($"logits of shape [{string.Join(", ", logits.shape)}]: expected (rows, vocab)");
+        if (logits.dim() != 2 || logits.Shape()[1] < 1 || logits.Shape()[1] > int.MaxValue)
+            throw new ArgumentException($"logits of shape [{string.Join(", ", logits.Shape())}]: expected (rows, vocab)");
         if (logits.dtype == ScalarType.Float32) return ShardPipe.Modeling.Layers.StepKernels.Argmax(logits);
         using var x = logits.to(ScalarType.Float32);
         return ShardPipe.Modeling.Layers.StepKernels.Argmax(x);
@@ -77,7 +78,7 @@ public sealed class Sampler : IDisposable
     {
         using var scope = NewDisposeScope();
         var scores = Penalised(logits, history);
-        return (_greedy ? nn.functional.one_hot(scores.argmax(-1), scores.shape[^1]).to(ScalarType.Float32) : Warped(scores)).MoveToOuterDisposeScope();
+        return (_greedy ? nn.functional.one_hot(scores.argmax(-1), scores.Shape()[^1]).to(ScalarType.Float32) : Warped(scores)).MoveToOuterDisposeScope();
     }
 
     private Tensor Penalised(Tensor logits, IReadOnlyList<IReadOnlyCollection<long>>? history)
@@ -90,7 +91,7 @@ public sealed class Sampler : IDisposable
             for (int b = 0; b < history.Count; b++)
             {
                 var ids = tensor(history[b].Distinct().ToArray());
-                if (ids.shape[0] == 0) continue;
+                if (ids.Shape()[0] == 0) continue;
                 var row = scores[b];
                 var seen = row.index_select(0, ids);
                 row.index_copy_(0, ids, where(seen.lt(0), seen * _repetitionPenalty, seen / _repetitionPenalty));
@@ -102,7 +103,7 @@ public sealed class Sampler : IDisposable
     private Tensor Warped(Tensor scores)
     {
         if (_temperature != 1.0) scores = scores / _temperature;
-        long vocab = scores.shape[^1];
+        long vocab = scores.Shape()[^1];
         using Scalar minusInfinity = float.NegativeInfinity; // held across the native calls (see AttentionMask.Build)
         if (_topK > 0 && _topK < vocab)
         {

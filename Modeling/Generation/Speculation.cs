@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -83,7 +84,7 @@ public static class Speculation
     /// </summary>
     public static (long[] Tokens, int Accepted) Verify(Sampler sampler, Tensor logits, long[] drafts, IReadOnlyList<long> context, int firstIndex, float[]? draftProbs = null)
     {
-        if (logits.shape[0] != drafts.Length + 1) throw new ArgumentException($"verification needs {drafts.Length + 1} positions of logits, got {logits.shape[0]}");
+        if (logits.Shape()[0] != drafts.Length + 1) throw new ArgumentException($"verification needs {drafts.Length + 1} positions of logits, got {logits.Shape()[0]}");
         var histories = Enumerable.Range(0, drafts.Length + 1).Select(j => (IReadOnlyCollection<long>)context.Concat(drafts.Take(j)).ToArray()).ToArray();
         if (sampler.IsGreedy)
         {
@@ -93,7 +94,7 @@ public static class Speculation
         }
         using var scope = NewDisposeScope();
         var dist = sampler.Distribution(logits, histories).contiguous();
-        long vocab = dist.shape[1];
+        long vocab = dist.Shape()[1];
         var flat = dist.data<float>().ToArray();
         var rows = Enumerable.Range(0, drafts.Length + 1).Select(j => new ReadOnlyMemory<float>(flat, (int)(j * vocab), (int)vocab)).ToArray();
         ReadOnlyMemory<float>[]? q = null;

@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using System.Diagnostics;
 using ShardPipe.Modeling.Layers;
 using ShardPipe.Modeling.Models;
@@ -43,7 +44,7 @@ public static class SpeculativeGenerator
         {
             using var scope = NewDisposeScope();
             var logits = model.Forward(IdRows.ToTensor(ids), IdRows.ToTensor(mask), IdRows.ToTensor(positions), cache); // (1, T, V)
-            var verdict = Speculation.Verify(sampler, logits[0].narrow(0, logits.shape[1] - drafts.Length - 1, drafts.Length + 1), drafts, context, produced, proposal.Probs);
+            var verdict = Speculation.Verify(sampler, logits[0].narrow(0, logits.Shape()[1] - drafts.Length - 1, drafts.Length + 1), drafts, context, produced, proposal.Probs);
             var (tokens, finished) = Speculation.Deliver(verdict.Tokens, produced, options.MaxNewTokens, stop.Eos, options.IgnoreEos);
             steps++;
             proposed += drafts.Length;

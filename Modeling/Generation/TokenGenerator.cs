@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using ShardPipe.Modeling.Layers;

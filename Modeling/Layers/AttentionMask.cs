@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using static TorchSharp.torch;
 
 namespace ShardPipe.Modeling.Layers;
@@ -35,7 +36,7 @@ public static class AttentionMask
         var allowed4 = allowed.unsqueeze(0).unsqueeze(0).expand(batch, 1, queryLength, keyLength);
         if (hasPadding)
         {
-            var keep = mask2d!.to(device).narrow(1, mask2d.shape[1] - keyLength, keyLength).ne(0).unsqueeze(1).unsqueeze(1); // (B,1,1,Tk)
+            var keep = mask2d!.to(device).narrow(1, mask2d.Shape()[1] - keyLength, keyLength).ne(0).unsqueeze(1).unsqueeze(1); // (B,1,1,Tk)
             allowed4 = allowed4.logical_and(keep);
         }
         // The fill value as a Scalar held until the call returns: an implicit conversion's temporary is unreachable once its

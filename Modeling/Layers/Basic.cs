@@ -74,7 +74,7 @@ public sealed class Conv1D : HfModule
     public Tensor Forward(Tensor x) // (..., in) -> (..., out)
     {
         using var hook = Hook();
-        var shape = x.shape;
+        var shape = x.Shape();
         var outShape = shape.ToArray();
         outShape[^1] = Weight.Shape[1];
         using var flat = x.reshape(shape[..^1].Aggregate(1L, (a, d) => a * d), shape[^1]); // no -1: the input may be (N, 0)
@@ -94,7 +94,7 @@ public sealed class Embedding : HfModule
     public Tensor Forward(Tensor ids)
     {
         using var hook = Hook();
-        return Weight.Tensor.index_select(0, ids.reshape(-1)).view(ids.shape.Append(Weight.Shape[1]).ToArray());
+        return Weight.Tensor.index_select(0, ids.reshape(-1)).view(ids.Shape().Append(Weight.Shape[1]).ToArray());
     }
 }
 

@@ -59,7 +59,7 @@ public static unsafe partial class DecodeAttention
     {
         if (s.Tokens > MaxPositions || s.Inputs?.Cache is null) return false;
         var m = s.Inputs.Mask;
-        return m is null || m.dim() == 4 && m.shape[0] == s.Rows && m.shape[1] == 1 && (m.shape[2] == s.Tokens || m.shape[2] == 1)
+        return m is null || m.dim() == 4 && m.Shape()[0] == s.Rows && m.Shape()[1] == 1 && (m.Shape()[2] == s.Tokens || m.Shape()[2] == 1)
             && m.device_type == DeviceType.CPU && m.is_contiguous() && m.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16;
     }
 
@@ -87,7 +87,7 @@ public static unsafe partial class DecodeAttention
         if (heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0) throw new ArgumentException($"{heads} heads over {kvHeads} kv heads");
         var dtype = q.dtype;
         if (k.dtype != dtype || v.dtype != dtype || output.dtype != dtype) throw new ArgumentException("q, k, v and the output must share a dtype");
-        if (q.shape[^1] != (long)heads * hd || k.shape[^1] != (long)kvHeads * hd || v.shape[^1] != (long)kvHeads * hd || output.shape[^1] != (long)heads * hd || !output.is_contiguous())
+        if (q.Shape()[^1] != (long)heads * hd || k.Shape()[^1] != (long)kvHeads * hd || v.Shape()[^1] != (long)kvHeads * hd || output.Shape()[^1] != (long)heads * hd || !output.is_contiguous())
             throw new ArgumentException("q, k, v or the output do not match the attention's shape");
         Tensor Dense(Tensor t) => t.is_contiguous() ? t : t.contiguous();
         var qc = Dense(q);
@@ -108,11 +108,11 @@ public static unsafe partial class DecodeAttention
             {
                 int tokens = (int)s.Tokens;
                 var (kBuf, vBuf, start) = s.Inputs.Cache!.Append(layer, s.Rows, kvHeads, hd, dtype, CPU, tokens);
-                long capacity = kBuf.shape[2];
+                long capacity = kBuf.Shape()[2];
                 byte* kb = (byte*)TensorMemory.Pointer(kBuf), vb = (byte*)TensorMemory.Pointer(vBuf);
                 int keys = checked((int)(start + tokens)); // the past and the segment's positions
                 var mask = s.Inputs.Mask;
-                var maskShape = mask?.shape;
+                var maskShape = mask?.Shape();
                 if (maskShape is not null && maskShape[3] != keys)
                     throw new InvalidOperationException($"layer {layer}: a segment's mask covers {maskShape[3]} positions, its cache {keys}");
                 byte* mp = mask is null ? null : (byte*)TensorMemory.Pointer(mask);

@@ -29,8 +29,8 @@ public static unsafe class DecodeKernels
     {
         if (weight.dtype != ScalarType.BFloat16 || x.dtype != ScalarType.BFloat16 || !System.Runtime.Intrinsics.X86.Avx512F.IsSupported
             || weight.device_type != DeviceType.CPU || x.device_type != DeviceType.CPU || !weight.is_contiguous()) return false;
-        long[] ws = weight.shape; // one native read each (a step checks ~85 Linears)
-        return ws.Length == 2 && x.shape[^1] == ws[1] && x.NumberOfElements / ws[1] <= MaxRows;
+        long[] ws = weight.Shape(); // one native read each (a step checks ~85 Linears)
+        return ws.Length == 2 && x.Shape()[^1] == ws[1] && x.NumberOfElements / ws[1] <= MaxRows;
     }
 
     /// <summary><c>F.linear(x, weight, bias)</c> for bf16: (…, K) × (N, K)ᵀ → (…, N), one libtorch call (the output).</summary>
@@ -47,7 +47,7 @@ public static unsafe class DecodeKernels
     public static Tensor[] LinearsBf16(Tensor x, IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor?> biases)
     {
         if (weights.Count == 0 || biases.Count != weights.Count) throw new ArgumentException("one bias (or null) per weight, at least one weight");
-        long[] xshape = x.shape;
+        long[] xshape = x.Shape();
         int k = (int)xshape[^1];
         int m = (int)(xshape.Aggregate(1L, (a, d) => a * d) / k);
         int count = weights.Count;
@@ -56,7 +56,7 @@ public static unsafe class DecodeKernels
         var ws = new nint[count];
         for (int i = 0; i < count; i++)
         {
-            long[] shape = weights[i].shape;
+            long[] shape = weights[i].Shape();
             if (shape[1] != k) throw new ArgumentException($"weight {i} takes {shape[1]} inputs, not {k}");
             ns[i] = (int)shape[0];
             offsets[i + 1] = offsets[i] + ns[i];
@@ -117,7 +117,7 @@ public static unsafe class DecodeKernels
     /// <summary>Whether <see cref="RmsNorm"/> applies: a float32 or bf16 input of at most <see cref="StepKernels.MaxRows"/> rows on CPU, weight of its dtype.</summary>
     public static bool RmsNormApplies(Tensor x, Tensor weight) =>
         x.dtype is ScalarType.Float32 or ScalarType.BFloat16 && weight.dtype == x.dtype && x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
-        && weight.is_contiguous() && weight.dim() == 1 && x.shape[^1] == weight.shape[0] && x.NumberOfElements / weight.shape[0] <= StepKernels.MaxRows;
+        && weight.is_contiguous() && weight.dim() == 1 && x.Shape()[^1] == weight.Shape()[0] && x.NumberOfElements / weight.Shape()[0] <= StepKernels.MaxRows;
 
     /// <summary>
     /// Llama's RMSNorm in one pass per row, as HF computes it: in float32, <c>h·rsqrt(mean(h²)+eps)</c>, cast back to the
@@ -134,7 +134,7 @@ public static unsafe class DecodeKernels
         // Each shape read is a native call and an array: read each once (this runs twice per layer of every step).
         if (x.dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || cos.dtype != x.dtype || sin.dtype != x.dtype
             || x.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || sin.device_type != DeviceType.CPU) return false;
-        long[] xs = x.shape, cs = cos.shape, ss = sin.shape;
+        long[] xs = x.Shape(), cs = cos.Shape(), ss = sin.Shape();
         return xs.Length == 4 && cs.Length == 3 && ss.Length == 3 && xs[3] % 2 == 0
             && cs[0] == xs[0] && cs[1] == xs[2] && cs[2] == xs[3] && ss[0] == xs[0] && ss[1] == xs[2] && ss[2] == xs[3]
             && xs[0] * xs[1] * xs[2] * xs[3] > 0 && xs[0] * xs[2] <= StepKernels.MaxRows && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous();

@@ -38,8 +38,8 @@ public static unsafe partial class Fp32Kernels
     public static bool Applies(Tensor x, Tensor weight) =>
         Enabled && Accelerated && weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32 && weight.dim() == 2
         && weight.device_type == DeviceType.CPU && x.device_type == DeviceType.CPU && weight.is_contiguous()
-        && x.shape[^1] == weight.shape[1] && weight.shape[1] > 0 && x.NumberOfElements > 0
-        && (Fp32LongInputs.Enabled || x.NumberOfElements / weight.shape[1] <= MaxRows);
+        && x.Shape()[^1] == weight.Shape()[1] && weight.Shape()[1] > 0 && x.NumberOfElements > 0
+        && (Fp32LongInputs.Enabled || x.NumberOfElements / weight.Shape()[1] <= MaxRows);
 
     /// <summary><c>F.linear(x, weight, bias)</c> for float32: (…, K) × (N, K)ᵀ → (…, N), written straight into the output tensor.</summary>
     public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias) => Linear(x, weight, bias, portable: !Avx512F.IsSupported);
@@ -48,11 +48,11 @@ public static unsafe partial class Fp32Kernels
     /// <see cref="Vector{T}"/> code even on an AVX-512 CPU (tests check both paths on one machine).</summary>
     public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias, bool portable)
     {
-        int k = (int)weight.shape[1], n = (int)weight.shape[0];
+        int k = (int)weight.Shape()[1], n = (int)weight.Shape()[0];
         int m = (int)(x.NumberOfElements / k);
         var input = x.is_contiguous() ? x : x.contiguous();
         var b = bias is null ? null : bias.dtype == ScalarType.Float32 && bias.is_contiguous() ? bias : bias.to(ScalarType.Float32).contiguous();
-        var output = empty(x.shape[..^1].Append(n).ToArray(), ScalarType.Float32);
+        var output = empty(x.Shape()[..^1].Append(n).ToArray(), ScalarType.Float32);
         try
         {
             float* w = (float*)TensorMemory.Pointer(weight), xp = (float*)TensorMemory.Pointer(input), yp = (float*)TensorMemory.Pointer(output);

@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -18,7 +19,7 @@ public sealed class KvCache : IDisposable
     {
         public Tensor K = k, V = v;
         public long Length = length;
-        public long Capacity => K.shape[2];
+        public long Capacity => K.Shape()[2];
     }
 
     private readonly Dictionary<int, Buffers> _layers = new();
@@ -32,8 +33,8 @@ public sealed class KvCache : IDisposable
     /// </summary>
     public (Tensor K, Tensor V) Update(int layer, Tensor k, Tensor v)
     {
-        long t = k.shape[2];
-        var b = Room(layer, k.shape, v.shape, k.dtype, k.device, t);
+        long t = k.Shape()[2];
+        var b = Room(layer, k.Shape(), v.Shape(), k.dtype, k.device, t);
         b.K.narrow(2, b.Length, t).copy_(k);
         b.V.narrow(2, b.Length, t).copy_(v);
         b.Length += t;
@@ -49,7 +50,7 @@ public sealed class KvCache : IDisposable
     /// </summary>
     public (Tensor K, Tensor V, long Start) Append(int layer, long rows, long heads, long headDim, ScalarType dtype, Device device, long tokens)
     {
-        if (_layers.TryGetValue(layer, out var had) && (had.K.shape is var held) && (held[0] != rows || held[1] != heads || held[3] != headDim || had.K.dtype != dtype))
+        if (_layers.TryGetValue(layer, out var had) && (had.K.Shape() is var held) && (held[0] != rows || held[1] != heads || held[3] != headDim || had.K.dtype != dtype))
             throw new ArgumentException($"layer {layer}'s cache holds [{string.Join(", ", held)}] {had.K.dtype}, not {rows}×{heads}×{headDim} {dtype}");
         var shape = new[] { rows, heads, 0, headDim };
         var b = Room(layer, shape, shape, dtype, device, tokens);

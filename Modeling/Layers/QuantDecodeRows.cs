@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;

@@ -35,7 +35,7 @@ public static unsafe class QuantKernels
     public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias, bool portable)
     {
         int k = w.In, n = w.Out;
-        if (x.shape[^1] != k) throw new ShapeMismatchException($"quantized linear expects {k} input features, got {x.shape[^1]}");
+        if (x.Shape()[^1] != k) throw new ShapeMismatchException($"quantized linear expects {k} input features, got {x.Shape()[^1]}");
         var type = x.dtype;
         if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16) || x.device_type != DeviceType.CPU)
             throw new UnsupportedException($"quantized linear computes on CPU in float32, bfloat16 or float16, not {type} on {x.device_type}");
@@ -47,7 +47,7 @@ public static unsafe class QuantKernels
         // Inputs and outputs are read and written here in their own dtype: no libtorch conversions per call (a decode
         // step makes dozens of these calls, and each libtorch op costs more than the int4 product of a small layer).
         var input = x.is_contiguous() ? x : x.contiguous();
-        var output = empty(x.shape[..^1].Append(n).ToArray(), type);
+        var output = empty(x.Shape()[..^1].Append(n).ToArray(), type);
         var xs = ArrayPool<float>.Shared.Rent(Math.Max(1, m * kp));
         var sums = ArrayPool<float>.Shared.Rent(Math.Max(1, m * groups));
         var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(Math.Max(1, m * n));
@@ -69,9 +69,9 @@ public static unsafe class QuantKernels
                     sums[r * groups + g] = s;
                 }
             }
-            var codes = (byte*)TensorMemory.Pointer(w.Codes);
-            var scales = (float*)TensorMemory.Pointer(w.Scales);
-            float* zeros = w.Zeros is null ? null : (float*)TensorMemory.Pointer(w.Zeros);
+            var at = w.Memory;
+            byte* codes = (byte*)at.Codes;
+            float* scales = (float*)at.Scales, zeros = (float*)at.Zeros;
             fixed (float* xq0 = xs, sq0 = sums, yq0 = ys)
             {
                 float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
@@ -163,7 +163,7 @@ public static unsafe class QuantKernels
         var src = SourceMap(w, layout);
         int kp = src.Length, chunkCodes = int4 ? QuantDecodeRows.Int4ChunkCodes(gs) : gs, chunks = (k + chunkCodes - 1) / chunkCodes;
         var input = x.is_contiguous() ? x : x.contiguous();
-        var output = empty(x.shape[..^1].Append(n).ToArray(), type);
+        var output = empty(x.Shape()[..^1].Append(n).ToArray(), type);
         var xs = ArrayPool<float>.Shared.Rent(kp);
         var zx = ArrayPool<float>.Shared.Rent(chunks * 16);
         var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(n);
@@ -180,8 +180,8 @@ public static unsafe class QuantKernels
                 bool magic = int4 && NibblesByMagic;
                 if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq, k); // after the sums: they are of the inputs themselves
                 float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
-                nint codes = (nint)TensorMemory.Pointer(w.Codes), scales = (nint)TensorMemory.Pointer(w.Scales);
-                nint zeros = w.Zeros is null ? 0 : (nint)TensorMemory.Pointer(w.Zeros), xa = (nint)xq, za = (nint)zq, ya = (nint)yp;
+                var at = w.Memory;
+                nint codes = at.Codes, scales = at.Scales, zeros = at.Zeros, xa = (nint)xq, za = (nint)zq, ya = (nint)yp;
                 int parts = SpinPool.Shared.Parts(n, 64);
                 SpinPool.Shared.Run(parts, p =>
                 {
@@ -239,7 +239,7 @@ public static unsafe class QuantKernels
             }
         }
         if (y.dtype != x.dtype) y = y.to(x.dtype);
-        return y.reshape(x.shape[..^1].Append(n).ToArray()).MoveToOuterDisposeScope();
+        return y.reshape(x.Shape()[..^1].Append(n).ToArray()).MoveToOuterDisposeScope();
     }
 
     /// <summary>The dequantized tile's size: half of a core's L2 on the machines measured (1 MB), so the tile and the
@@ -264,9 +264,9 @@ public static unsafe class QuantKernels
     /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the calling thread.</summary>
     internal static void Dequantize(PackedWeight w, int o0, int rows, float* dst, bool simd)
     {
-        var codes = (byte*)TensorMemory.Pointer(w.Codes);
-        var scales = (float*)TensorMemory.Pointer(w.Scales);
-        float* zeros = w.Zeros is null ? null : (float*)TensorMemory.Pointer(w.Zeros);
+        var at = w.Memory;
+        byte* codes = (byte*)at.Codes;
+        float* scales = (float*)at.Scales, zeros = (float*)at.Zeros;
         var gather = w.Gather;
         simd = simd && w.Perm is null;
         int k = w.In, groups = w.Groups, gs = w.GroupSize, rowBytes = w.WordsPerRow * 4, bits = w.Bits, pf = 32 / bits;

@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using ShardPipe.Modeling.Models;
 using static TorchSharp.torch;
 
@@ -43,7 +44,7 @@ public sealed class RaggedBatch
         // rotates every request's queries and keys at once (a position's angles are its own, whoever it belongs to).
         if (flatCos is not null && flatSin is not null)
         {
-            if (flatCos.shape[0] != offset || flatSin.shape[0] != offset) throw new ArgumentException($"rotary tables of {flatCos.shape[0]} positions for a batch of {offset}");
+            if (flatCos.Shape()[0] != offset || flatSin.Shape()[0] != offset) throw new ArgumentException($"rotary tables of {flatCos.Shape()[0]} positions for a batch of {offset}");
             FlatCos = flatCos;
             FlatSin = flatSin;
         }
@@ -64,7 +65,7 @@ public sealed class RaggedBatch
     public static RaggedBatch Single(long rows, long tokens, LayerInputs inputs) => new(new[] { (rows, tokens, inputs) });
 
     /// <summary>A segment's positions of a flat (N, D) tensor, as (B, T, D).</summary>
-    public static Tensor Of(Tensor flat, Segment s) => flat.narrow(0, s.Offset, s.Count).view(s.Rows, s.Tokens, flat.shape[1]);
+    public static Tensor Of(Tensor flat, Segment s) => flat.narrow(0, s.Offset, s.Count).view(s.Rows, s.Tokens, flat.Shape()[1]);
 
     /// <summary>
     /// Runs <paramref name="perSegment"/> on each segment (which takes its positions with <see cref="Of"/>) and joins
@@ -75,12 +76,12 @@ public sealed class RaggedBatch
         if (Segments.Count == 1)
         {
             var only = perSegment(Segments[0]);
-            return only.reshape(TotalTokens, only.shape[^1]);
+            return only.reshape(TotalTokens, only.Shape()[^1]);
         }
         var parts = Segments.Select(s =>
         {
             var y = perSegment(s);
-            return y.reshape(s.Count, y.shape[^1]);
+            return y.reshape(s.Count, y.Shape()[^1]);
         }).ToArray();
         return cat(parts, 0);
     }
@@ -112,7 +113,7 @@ public sealed class RaggedBatch
             foreach (var s in Segments.Except(decode))
             {
                 using var y = perSegment(s);
-                output.narrow(0, s.Offset, s.Count).copy_(y.reshape(s.Count, y.shape[^1]));
+                output.narrow(0, s.Offset, s.Count).copy_(y.reshape(s.Count, y.Shape()[^1]));
             }
         return output;
     }

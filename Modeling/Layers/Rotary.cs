@@ -102,7 +102,7 @@ public sealed class RotaryEmbedding : HfModule
             long maxPos = flat.max().item<long>();
             if (maxPos < _maxPositions)
             {
-                var shape = positionIds.shape.Append(_dim).ToArray();
+                var shape = positionIds.Shape().Append(_dim).ToArray();
                 cosT = _cos.Tensor.index_select(0, flat).view(shape).to(dtype);
                 sinT = _sin.Tensor.index_select(0, flat).view(shape).to(dtype);
                 return (cosT.MoveToOuterDisposeScope(), sinT.MoveToOuterDisposeScope());
@@ -136,7 +136,7 @@ public sealed class RotaryEmbedding : HfModule
     public static (Tensor Q, Tensor K) ApplyPair(Tensor q, int heads, Tensor k, int kvHeads, int headDim, Tensor cos, Tensor sin)
     {
         if (StepKernels.RotaryPairApplies(q, k, cos, sin, headDim)) return StepKernels.RotaryPair(q, k, cos, sin, headDim);
-        long n = q.shape[0];
+        long n = q.Shape()[0];
         return (Apply(q.view(n, heads, 1, headDim), cos, sin), Apply(k.view(n, kvHeads, 1, headDim), cos, sin));
     }
 
@@ -145,7 +145,7 @@ public sealed class RotaryEmbedding : HfModule
     {
         if (DecodeKernels.RotaryApplies(x, cos, sin)) return DecodeKernels.Rotary(x, cos, sin); // a decode step: one pass
         using var scope = NewDisposeScope();
-        long half = x.shape[^1] / 2;
+        long half = x.Shape()[^1] / 2;
         var x1 = x.narrow(-1, 0, half);
         var x2 = x.narrow(-1, half, half);
         var rotated = cat(new[] { -x2, x1 }, -1);

@@ -27,7 +27,7 @@ public static unsafe class StepKernels
     public static bool Takes(Tensor x, long width)
     {
         if (x.dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || x.device_type != DeviceType.CPU || !x.is_contiguous()) return false;
-        var shape = x.shape;
+        var shape = x.Shape();
         long elements = shape.Aggregate(1L, (a, n) => a * n);
         return elements > 0 && shape[^1] == width && elements / width <= MaxRows;
     }
@@ -37,9 +37,9 @@ public static unsafe class StepKernels
     /// contiguous, CPU, few rows), a weight of that dtype.
     /// </summary>
     public static bool AddRmsNormApplies(Tensor x, Tensor delta, Tensor weight) =>
-        weight.dim() == 1 && Takes(x, weight.shape[0]) && delta.dtype == x.dtype && weight.dtype == x.dtype
+        weight.dim() == 1 && Takes(x, weight.Shape()[0]) && delta.dtype == x.dtype && weight.dtype == x.dtype
         && delta.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU && delta.is_contiguous() && weight.is_contiguous()
-        && delta.shape.SequenceEqual(x.shape);
+        && delta.Shape().SequenceEqual(x.Shape());
 
     /// <summary>
     /// <c>sum = x + delta</c> (the residual add, rounded to the dtype) and Llama's RMSNorm of it in the same pass:
@@ -48,9 +48,9 @@ public static unsafe class StepKernels
     /// </summary>
     public static Tensor AddRmsNorm(Tensor x, Tensor delta, Tensor weight, double eps, out Tensor sum)
     {
-        int d = (int)weight.shape[0], rows = (int)(x.NumberOfElements / d);
+        int d = (int)weight.Shape()[0], rows = (int)(x.NumberOfElements / d);
         bool bf16 = x.dtype == ScalarType.BFloat16;
-        var shape = x.shape;
+        var shape = x.Shape();
         sum = empty(shape, x.dtype);
         var normed = empty(shape, x.dtype);
         byte* xp = (byte*)TensorMemory.Pointer(x), dp = (byte*)TensorMemory.Pointer(delta), wp = (byte*)TensorMemory.Pointer(weight);
@@ -78,10 +78,10 @@ public static unsafe class StepKernels
     /// <summary>Llama's RMSNorm of rows (as <see cref="AddRmsNorm"/> without the add); x float32 or bf16, weight of its dtype.</summary>
     public static Tensor RmsNorm(Tensor x, Tensor weight, double eps)
     {
-        int d = (int)weight.shape[0], rows = (int)(x.NumberOfElements / d);
+        int d = (int)weight.Shape()[0], rows = (int)(x.NumberOfElements / d);
         bool bf16 = x.dtype == ScalarType.BFloat16;
         var input = x.is_contiguous() ? x : x.contiguous();
-        var normed = empty(x.shape, x.dtype);
+        var normed = empty(x.Shape(), x.dtype);
         byte* xp = (byte*)TensorMemory.Pointer(input), wp = (byte*)TensorMemory.Pointer(weight), np = (byte*)TensorMemory.Pointer(normed);
         int es = bf16 ? 2 : 4;
         Span<float> scratch = 2 * d <= StackFloats ? stackalloc float[2 * d] : new float[2 * d];
@@ -116,7 +116,7 @@ public static unsafe class StepKernels
     /// </summary>
     public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin)
     {
-        var shape = x.shape;
+        var shape = x.Shape();
         int b = (int)shape[0], h = (int)shape[1], t = (int)shape[2], d = (int)shape[3];
         var output = empty(shape, x.dtype);
         RotaryCore((byte*)TensorMemory.Pointer(x), null, (byte*)TensorMemory.Pointer(output), null, h, 0,
@@ -134,7 +134,7 @@ public static unsafe class StepKernels
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || k.dtype != dtype || cos.dtype != dtype || sin.dtype != dtype
             || q.device_type != DeviceType.CPU || k.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || sin.device_type != DeviceType.CPU
             || headDim <= 0 || headDim % 2 != 0) return false;
-        long[] qs = q.shape, ks = k.shape, cs = cos.shape, ss = sin.shape; // each shape read is a native call: once each
+        long[] qs = q.Shape(), ks = k.Shape(), cs = cos.Shape(), ss = sin.Shape(); // each shape read is a native call: once each
         return qs.Length == 2 && ks.Length == 2 && cs.Length == 3 && ss.Length == 3 && qs[0] > 0 && qs[0] <= MaxRows
             && ks[0] == qs[0] && qs[1] > 0 && ks[1] > 0 && qs[1] % headDim == 0 && ks[1] % headDim == 0
             && cs[0] == qs[0] && cs[1] == 1 && cs[2] == headDim && ss[0] == qs[0] && ss[1] == 1 && ss[2] == headDim
@@ -147,7 +147,7 @@ public static unsafe class StepKernels
     /// </summary>
     public static (Tensor Q, Tensor K) RotaryPair(Tensor q, Tensor k, Tensor cos, Tensor sin, int headDim)
     {
-        long[] qs = q.shape, ks = k.shape;
+        long[] qs = q.Shape(), ks = k.Shape();
         var qOut = empty(qs, q.dtype);
         var kOut = empty(ks, k.dtype);
         RotaryCore((byte*)TensorMemory.Pointer(q), (byte*)TensorMemory.Pointer(k), (byte*)TensorMemory.Pointer(qOut), (byte*)TensorMemory.Pointer(kOut),
@@ -216,10 +216,10 @@ public static unsafe class StepKernels
     /// </summary>
     public static long[] Argmax(Tensor logits)
     {
-        if (logits.dtype != ScalarType.Float32 || logits.dim() != 2 || logits.device_type != DeviceType.CPU || logits.shape[1] == 0)
+        if (logits.dtype != ScalarType.Float32 || logits.dim() != 2 || logits.device_type != DeviceType.CPU || logits.Shape()[1] == 0)
             return logits.argmax(-1).data<long>().ToArray();
         var dense = logits.is_contiguous() ? logits : logits.contiguous();
-        int rows = (int)dense.shape[0], v = (int)dense.shape[1];
+        int rows = (int)dense.Shape()[0], v = (int)dense.Shape()[1];
         var result = new long[rows];
         float* p = (float*)TensorMemory.Pointer(dense);
         for (int r = 0; r < rows; r++) result[r] = ArgmaxRow(p + (long)r * v, v);

@@ -68,10 +68,10 @@ public abstract class CausalLMModel : HfModule
     /// <summary>Decoder block <paramref name="index"/> for one request: hidden (B, T, H) → (B, T, H).</summary>
     public Tensor Layer(int index, Tensor hidden, LayerInputs inputs)
     {
-        long b = hidden.shape[0], t = hidden.shape[1];
-        using var flat = hidden.reshape(b * t, hidden.shape[2]);
+        long b = hidden.Shape()[0], t = hidden.Shape()[1];
+        using var flat = hidden.reshape(b * t, hidden.Shape()[2]);
         using var y = Layer(index, flat, RaggedBatch.Single(b, t, inputs));
-        return y.view(b, t, y.shape[1]);
+        return y.view(b, t, y.Shape()[1]);
     }
 
     /// <summary>
@@ -134,9 +134,9 @@ public abstract class CausalLMModel : HfModule
     /// <summary>HF's one-time warning: padding ids at a row's edge but no attention mask given.</summary>
     public bool WarnIfPaddingAndNoAttentionMask(Tensor inputIds, Tensor? attentionMask)
     {
-        if (_warnedPadding || attentionMask is not null || Config.GetLongOrNull("pad_token_id") is not { } pad || inputIds.shape[1] == 0) return false;
+        if (_warnedPadding || attentionMask is not null || Config.GetLongOrNull("pad_token_id") is not { } pad || inputIds.Shape()[1] == 0) return false;
         using var scope = NewDisposeScope();
-        bool edge = inputIds.select(1, 0).eq(pad).any().item<bool>() || inputIds.select(1, inputIds.shape[1] - 1).eq(pad).any().item<bool>();
+        bool edge = inputIds.select(1, 0).eq(pad).any().item<bool>() || inputIds.select(1, inputIds.Shape()[1] - 1).eq(pad).any().item<bool>();
         if (!edge) return false;
         _warnedPadding = true;
         Microsoft.Extensions.Logging.LoggerExtensions.LogWarning(Logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance,
@@ -164,13 +164,13 @@ public abstract class CausalLMModel : HfModule
         var baseHook = MemoryHook is null ? default : Children.First(c => c.Name == BaseModelPrefix).Module.Hook();
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        long batch = inputIds.shape[0], t = inputIds.shape[1];
+        long batch = inputIds.Shape()[0], t = inputIds.Shape()[1];
         WarnIfPaddingAndNoAttentionMask(inputIds, attentionMask);
         long past = cache?.SeenTokens(0) ?? 0;
         var positions = positionIds ?? arange(past, past + t, dtype: ScalarType.Int64).unsqueeze(0).expand(batch, t);
         var hidden = Embed(inputIds.to(EmbedDevice), positions.to(EmbedDevice));
         var inputsByDevice = new Dictionary<string, (LayerInputs Inputs, RaggedBatch Batch)>();
-        long width = hidden.shape[2];
+        long width = hidden.Shape()[2];
         var flat = hidden.reshape(batch * t, width); // the blocks' flat (N, H) rows, and one batch per device for every block
         try
         {

@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using ShardPipe.Checkpoints;
 
 namespace ShardPipe.Modeling.Models;

@@ -125,7 +125,7 @@ public sealed class GemmaForCausalLM : CausalLMModel
     public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
         ScalarType dtype, Device device, KvCache? cache, int firstLayer)
     {
-        var mask = AttentionMask.Build(attentionMask, positionIds.shape[0], queryLength, pastLength, null, dtype, device, out bool plain);
+        var mask = AttentionMask.Build(attentionMask, positionIds.Shape()[0], queryLength, pastLength, null, dtype, device, out bool plain);
         var (cos, sin) = Model.Layers[firstLayer].SelfAttn.Rotary.Forward(positionIds.to(Model.Layers[firstLayer].Device), dtype);
         return new LayerInputs { PositionIds = positionIds, Mask = mask, IsPlainCausal = plain, Cos = cos.to(device), Sin = sin.to(device), Cache = cache };
     }

@@ -94,14 +94,14 @@ public sealed class Gpt2Attention : HfModule
     /// <summary>One request's attention: its (B, T, 3S) projections → (B, T, S), S = heads left × head_dim.</summary>
     private Tensor Attend(Tensor qkvRows, LayerInputs inputs)
     {
-        long b = qkvRows.shape[0], t = qkvRows.shape[1], hd = _headDim, split = NumHeads * hd;
+        long b = qkvRows.Shape()[0], t = qkvRows.Shape()[1], hd = _headDim, split = NumHeads * hd;
         // narrow, not split: a layer whose every head was pruned has S = 0 (its keys still go to the cache).
         Tensor Heads(int part) => qkvRows.narrow(2, part * split, split).view(b, t, NumHeads, hd).transpose(1, 2); // (B, nh, T, hd)
         var q = Heads(0);
         var k = Heads(1);
         var v = Heads(2);
         if (inputs.Cache is { } cache) (k, v) = cache.Update(_layer, k, v);
-        long tk = k.shape[2];
+        long tk = k.Shape()[2];
         var scores = q.matmul(k.transpose(-1, -2));
         if (_c.ScaleAttnWeights) scores = scores / Math.Sqrt(hd);
         if (_c.ScaleByInverseLayerIdx) scores = scores / (_layer + 1.0);
@@ -224,7 +224,7 @@ public sealed class Gpt2LMHeadModel : CausalLMModel, IPrunableHeads
         {
             using var scope = NewDisposeScope();
             long tk = pastLength + queryLength;
-            var m = attentionMask.narrow(1, attentionMask.shape[1] - tk, tk).to(dtype).view(attentionMask.shape[0], 1, 1, tk);
+            var m = attentionMask.narrow(1, attentionMask.Shape()[1] - tk, tk).to(dtype).view(attentionMask.Shape()[0], 1, 1, tk);
             mask = ((1.0 - m) * AttentionMask.MinValue(dtype)).to(device).MoveToOuterDisposeScope();
         }
         return new LayerInputs { PositionIds = positionIds, Mask = mask, Cache = cache };

@@ -155,8 +155,8 @@ public sealed class LlamaAttention : HfModule
     {
         var scores = q.matmul(k.transpose(2, 3)) / Math.Sqrt(_c.HeadDim);
         if (mask is not null) scores = scores + mask;
-        else if (q.shape[2] > 1)
-            scores = scores + AttentionMask.Build(null, q.shape[0], q.shape[2], k.shape[2] - q.shape[2], _c.SlidingWindow, scores.dtype, scores.device, out _)!;
+        else if (q.Shape()[2] > 1)
+            scores = scores + AttentionMask.Build(null, q.Shape()[0], q.Shape()[2], k.Shape()[2] - q.Shape()[2], _c.SlidingWindow, scores.dtype, scores.device, out _)!;
         var probs = nn.functional.softmax(scores, -1, ScalarType.Float32).to(q.dtype);
         return probs.matmul(v);
     }
@@ -244,7 +244,7 @@ public sealed class LlamaForCausalLM : CausalLMModel
     public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
         ScalarType dtype, Device device, KvCache? cache, int firstLayer)
     {
-        var mask = AttentionMask.Build(attentionMask, positionIds.shape[0], queryLength, pastLength, Settings.SlidingWindow, dtype, device, out bool plain);
+        var mask = AttentionMask.Build(attentionMask, positionIds.Shape()[0], queryLength, pastLength, Settings.SlidingWindow, dtype, device, out bool plain);
         var rotary = Model.Layers[firstLayer].SelfAttn.Rotary; // every layer's tables are equal; this one is materialised here
         var (cos, sin) = rotary.Forward(positionIds.to(Model.Layers[firstLayer].Device), dtype);
         return new LayerInputs { PositionIds = positionIds, Mask = mask, IsPlainCausal = plain, Cos = cos.to(device), Sin = sin.to(device), Cache = cache };

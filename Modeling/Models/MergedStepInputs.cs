@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using ShardPipe.Modeling.Layers;
 using static TorchSharp.torch;
 
@@ -49,7 +50,7 @@ public static class MergedStepInputs
         using var idTensor = tensor(ids.ToArray(), new[] { 1L, n });
         using var positionTensor = tensor(positions.ToArray(), new[] { 1L, n });
         using var embedded = model.Embed(idTensor, positionTensor); // (1, N, H)
-        return embedded.reshape(n, embedded.shape[2]);
+        return embedded.reshape(n, embedded.Shape()[2]);
     }
 
     /// <summary>

@@ -102,7 +102,7 @@ public sealed class MixtralSparseMoeBlock : HfModule, IFeedForward
     {
         using var hook = Hook();
         using var scope = NewDisposeScope();
-        long hidden = x.shape[^1];
+        long hidden = x.Shape()[^1];
         var flat = x.reshape(-1, hidden);                                                           // (N, H)
         var probs = nn.functional.softmax(_gate.Forward(flat), 1, ScalarType.Float32);             // (N, E) float32
         var (weights, chosen) = probs.topk(_moe.TopK, dim: -1);                                     // (N, k), (N, k)
@@ -122,7 +122,7 @@ public sealed class MixtralSparseMoeBlock : HfModule, IFeedForward
         Interlocked.Increment(ref _calls);
         long most = _experts.Select((expert, e) => expert.Runs - before[e]).Max();
         if (most > Interlocked.Read(ref _mostRunsInOneCall)) Interlocked.Exchange(ref _mostRunsInOneCall, most);
-        return output.view(x.shape).MoveToOuterDisposeScope();
+        return output.view(x.Shape()).MoveToOuterDisposeScope();
     }
 
     /// <summary>Rows (N, H) grouped by expert: each chosen expert once over its rows, added back in expert order.</summary>

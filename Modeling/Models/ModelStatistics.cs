@@ -66,7 +66,7 @@ public static class ModelStatistics
         model.FloatingPointOps(Shapes(inputs), excludeEmbeddings);
 
     private static Dictionary<string, long[]> Shapes(IReadOnlyDictionary<string, TorchSharp.torch.Tensor> inputs) =>
-        inputs.ToDictionary(kv => kv.Key, kv => kv.Value.shape, StringComparer.Ordinal);
+        inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Shape(), StringComparer.Ordinal);
 
     /// <summary>
     /// <c>floating_point_ops(input_dict, exclude_embeddings)</c>: 6 × tokens × parameters, the forward and backward

@@ -41,13 +41,13 @@ public static class ModelUtilities
     {
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        long keep = Math.Min(rows, old.shape[0]);
-        var fresh = empty(new[] { rows, old.shape[1] }, old.dtype, old.device);
+        long keep = Math.Min(rows, old.Shape()[0]);
+        var fresh = empty(new[] { rows, old.Shape()[1] }, old.dtype, old.device);
         fresh.narrow(0, 0, keep).copy_(old.narrow(0, 0, keep));
         if (rows > keep)
         {
             var tail = fresh.narrow(0, keep, rows - keep);
-            if (mean) tail.copy_(old.to(ScalarType.Float32).mean(new long[] { 0 }, keepdim: true).expand(rows - keep, old.shape[1]).to(old.dtype));
+            if (mean) tail.copy_(old.to(ScalarType.Float32).mean(new long[] { 0 }, keepdim: true).expand(rows - keep, old.Shape()[1]).to(old.dtype));
             else tail.normal_(0, std);
         }
         return fresh.MoveToOuterDisposeScope();
@@ -57,7 +57,7 @@ public static class ModelUtilities
     {
         using var noGrad = torch.no_grad();
         var fresh = zeros(new[] { rows }, old.dtype, old.device);
-        long keep = Math.Min(rows, old.shape[0]);
+        long keep = Math.Min(rows, old.Shape()[0]);
         fresh.narrow(0, 0, keep).copy_(old.narrow(0, 0, keep));
         return fresh;
     }
@@ -101,7 +101,7 @@ public static class ModelUtilities
         };
         mask = mask.to(model.DType);
         if (isAttentionChunked) mask = mask.unsqueeze(-1);
-        return Enumerable.Range(0, (int)mask.shape[0]).Select(i => (Tensor?)mask[i].MoveToOuterDisposeScope()).ToList();
+        return Enumerable.Range(0, (int)mask.Shape()[0]).Select(i => (Tensor?)mask[i].MoveToOuterDisposeScope()).ToList();
     }
 
     /// <summary><c>get_parameter_or_buffer</c>.</summary>
@@ -124,7 +124,7 @@ public static class ModelUtilities
     /// <summary><c>get_extended_attention_mask</c> for a decoder: (B, T) 0/1 → additive (B, 1, T, T), causal and padding.</summary>
     public static Tensor GetExtendedAttentionMask(Tensor attentionMask, ScalarType dtype)
     {
-        long b = attentionMask.shape[0], t = attentionMask.shape[1];
+        long b = attentionMask.Shape()[0], t = attentionMask.Shape()[1];
         var hasPad = attentionMask.eq(0).any().item<bool>();
         return AttentionMask.Build(hasPad ? attentionMask : null, b, t, 0, null, dtype, attentionMask.device, out _)
                ?? zeros(new[] { b, 1, t, t }, dtype, attentionMask.device);

@@ -62,7 +62,7 @@ public sealed class PhiAttention : HfModule
     {
         using var hook = Hook();
         using var scope = NewDisposeScope();
-        long n = x.shape[0];
+        long n = x.Shape()[0];
         var q = PartialRotary(_q.Forward(x).view(n, _c.NumHeads, 1, _c.HeadDim), batch);   // (N, nh, 1, hd)
         var k = PartialRotary(_k.Forward(x).view(n, _c.NumKvHeads, 1, _c.HeadDim), batch); // (N, nkv, 1, hd)
         var v = _v.Forward(x);
@@ -102,7 +102,7 @@ public sealed class PhiAttention : HfModule
             var scores = q.to(ScalarType.Float32).matmul(k.to(ScalarType.Float32).transpose(2, 3)) / Math.Sqrt(_c.HeadDim);
             var mask = inputs.Mask;
             if (mask is null && t > 1)
-                mask = AttentionMask.Build(null, b, t, k.shape[2] - t, null, q.dtype, q.device, out _);
+                mask = AttentionMask.Build(null, b, t, k.Shape()[2] - t, null, q.dtype, q.device, out _);
             if (mask is not null) scores = scores + mask;
             attn = nn.functional.softmax(scores, -1, ScalarType.Float32).to(v.dtype).matmul(v);
         }
@@ -211,7 +211,7 @@ public sealed class PhiForCausalLM : CausalLMModel
     public override LayerInputs PrepareLayerInputs(Tensor positionIds, Tensor? attentionMask, long pastLength, long queryLength,
         ScalarType dtype, Device device, KvCache? cache, int firstLayer)
     {
-        var mask = AttentionMask.Build(attentionMask, positionIds.shape[0], queryLength, pastLength, null, dtype, device, out bool plain);
+        var mask = AttentionMask.Build(attentionMask, positionIds.Shape()[0], queryLength, pastLength, null, dtype, device, out bool plain);
         var (cos, sin) = Model.Layers[firstLayer].SelfAttn.Rotary.Forward(positionIds.to(Model.Layers[firstLayer].Device), dtype);
         return new LayerInputs { PositionIds = positionIds, Mask = mask, IsPlainCausal = plain, Cos = cos.to(device), Sin = sin.to(device), Cache = cache };
     }

@@ -78,7 +78,7 @@ public static class QuantizedLinears
     /// </summary>
     internal static List<(string Name, TensorSlot Slot)> HoldOffloaded(Linear linear, QuantizedState state, PackedWeight shapes)
     {
-        TensorSlot Empty(Tensor t) => HfModule.NewParameter(t.shape, TorchRuntime.ToDType(t.dtype));
+        TensorSlot Empty(Tensor t) => HfModule.NewParameter(t.Shape(), TorchRuntime.ToDType(t.dtype));
         var tensors = new List<(string Name, TensorSlot Slot)> { ("weight_packed", Empty(shapes.Codes)), ("weight_scale", Empty(shapes.Scales)) };
         if (shapes.Zeros is { } z) tensors.Add(("weight_zero_point", Empty(z)));
         if (shapes.Perm is { } p) tensors.Add(("weight_perm", Empty(p)));
@@ -97,7 +97,7 @@ public static class QuantizedLinears
 
     private static TensorSlot Slot(Tensor t)
     {
-        var slot = HfModule.NewParameter(t.shape, TorchRuntime.ToDType(t.dtype));
+        var slot = HfModule.NewParameter(t.Shape(), TorchRuntime.ToDType(t.dtype));
         slot.Set(t);
         return slot;
     }

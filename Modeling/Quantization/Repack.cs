@@ -1,3 +1,4 @@
+using ShardPipe.Modeling.Core;
 using System.Runtime.InteropServices;
 using ShardPipe.Checkpoints;
 using TorchSharp;
@@ -32,7 +33,7 @@ public static class Repack
         int bits = q.Bits;
         var qweight = Words(t["qweight"]);
         var qzeros = Words(t["qzeros"]);
-        int zeroWords = (int)t["qzeros"].shape[1];
+        int zeroWords = (int)t["qzeros"].Shape()[1];
         var gIdx = t["g_idx"].data<int>().ToArray();
         int gs = q.GroupSize <= 0 ? inF : q.GroupSize;
         int groups = (inF + gs - 1) / gs;
@@ -92,7 +93,7 @@ public static class Repack
         int bits = q.Bits, pf = 32 / bits, gs = q.GroupSize <= 0 ? inF : q.GroupSize, groups = (inF + gs - 1) / gs;
         uint mask = (1u << bits) - 1;
         var packed = t["weight_packed"];
-        int wordsPerRow = (int)packed.shape[1];
+        int wordsPerRow = (int)packed.Shape()[1];
         Tensor codes;
         if (bits == heldBits) codes = packed.detach(); // already our layout: kept as read
         else

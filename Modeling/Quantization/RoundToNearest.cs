@@ -96,7 +96,7 @@ public static class RoundToNearest
     /// <summary>W [out, in] → packed codes and scales (symmetric: no zero points).</summary>
     public static PackedWeight Quantize(Tensor weight, int bits, int groupSize, DType scaleDType)
     {
-        int outF = (int)weight.shape[0], inF = (int)weight.shape[1], gs = groupSize <= 0 ? inF : groupSize;
+        int outF = (int)weight.Shape()[0], inF = (int)weight.Shape()[1], gs = groupSize <= 0 ? inF : groupSize;
         int[] codes;
         Tensor scale;
         using (var scope = NewDisposeScope())
