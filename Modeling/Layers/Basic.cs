@@ -42,17 +42,25 @@ public sealed class Linear : HfModule
     }
 
     /// <summary>
-    /// Linears of one input (a layer's q, k, v; an MLP's gate and up): one decode-kernel job for them all
-    /// (<see cref="DecodeKernels.LinearsBf16"/>) when each would take the bf16 kernel on its own and no memory hook
-    /// watches them; otherwise each one's <see cref="Forward(Tensor)"/>. The outputs are the same either way.
+    /// Linears of one input (a layer's q, k, v; an MLP's gate and up): one kernel job for them all when each would take
+    /// the same kernel on its own — bf16 (<see cref="DecodeKernels.LinearsBf16"/>), float32 (<see cref="Fp32Kernels.Linears"/>)
+    /// or one-row packed products of one layout (<see cref="QuantKernels.Linears"/>) — and no memory hook watches them;
+    /// otherwise each one's <see cref="Forward(Tensor)"/>. The outputs are the same either way, bit for bit.
     /// </summary>
     public static Tensor[] Forward(Tensor x, params Linear[] linears)
     {
-        foreach (var l in linears)
-            if (l.Quantized?.Packed is not null || l.MemoryHook is not null || !DecodeKernels.Applies(x, l.Weight.Tensor))
-                return linears.Select(one => one.Forward(x)).ToArray();
-        return DecodeKernels.LinearsBf16(x, linears.Select(l => l.Weight.Tensor).ToArray(), linears.Select(l => l.Bias?.Tensor).ToArray());
+        if (linears.Length < 2 || linears.Any(l => l.MemoryHook is not null)) return Each(x, linears);
+        var biases = linears.Select(l => l.Bias?.Tensor).ToArray();
+        if (linears.All(l => l.Quantized?.Packed is not null))
+            return QuantKernels.Linears(x, linears.Select(l => l.Quantized!.Packed!).ToArray(), biases);
+        if (linears.Any(l => l.Quantized?.Packed is not null)) return Each(x, linears);
+        var weights = linears.Select(l => l.Weight.Tensor).ToArray();
+        if (weights.All(w => DecodeKernels.Applies(x, w))) return DecodeKernels.LinearsBf16(x, weights, biases);
+        if (weights.All(w => Fp32Kernels.Applies(x, w))) return Fp32Kernels.Linears(x, weights, biases);
+        return Each(x, linears);
     }
+
+    private static Tensor[] Each(Tensor x, Linear[] linears) => linears.Select(one => one.Forward(x)).ToArray();
 
     /// <summary>Replaces this module's tensors (quantized formats); the weight slot keeps the logical shape.</summary>
     internal void SetTensors(IEnumerable<(string Name, TensorSlot Slot)> tensors) => ReplaceTensors(tensors);

@@ -70,6 +70,62 @@ public static unsafe partial class Fp32Kernels
     }
 
 
+    /// <summary>
+    /// Several float32 Linears of one input — a layer's q, k and v, an MLP's gate and up — as one job of the
+    /// <see cref="SpinPool"/> (as <see cref="DecodeKernels.LinearsBf16"/> does for bf16): the output rows of all the weights
+    /// cut into one set of parts, one hand-over to the helpers instead of one per weight. Each output equals
+    /// <see cref="Linear(Tensor, Tensor, Tensor?)"/> of its weight bit for bit (every row's sum has one order, whichever
+    /// part computes it). Every weight must pass <see cref="Applies"/> with <paramref name="x"/>.
+    /// </summary>
+    public static Tensor[] Linears(Tensor x, IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor?> biases)
+    {
+        if (weights.Count == 0 || biases.Count != weights.Count) throw new ArgumentException("one bias (or null) per weight, at least one weight");
+        long[] shape = x.Shape();
+        int k = (int)shape[^1], m = (int)(x.NumberOfElements / k), count = weights.Count;
+        bool portable = !Avx512F.IsSupported;
+        var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
+        var jobs = new (nint W, nint Y, nint Bias, int N)[count];
+        var outputs = new Tensor[count];
+        var converted = new List<Tensor>();
+        var input = x.is_contiguous() ? x : x.contiguous();
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                int n = (int)weights[i].size(0);
+                if (weights[i].size(1) != k) throw new ArgumentException($"weight {i} takes {weights[i].size(1)} inputs, not {k}");
+                offsets[i + 1] = offsets[i] + n;
+                shape[^1] = n;
+                outputs[i] = empty(shape, ScalarType.Float32);
+                var bias = biases[i];
+                var b = bias is null ? null : bias.dtype == ScalarType.Float32 && bias.is_contiguous() ? bias : bias.to(ScalarType.Float32).contiguous();
+                if (b is not null && !ReferenceEquals(b, bias)) converted.Add(b);
+                jobs[i] = ((nint)TensorMemory.Pointer(weights[i]), (nint)TensorMemory.Pointer(outputs[i]), b is null ? 0 : (nint)TensorMemory.Pointer(b), n);
+            }
+            float* xp = (float*)TensorMemory.Pointer(input);
+            int total = offsets[count];
+            void Range(int from, int to)
+            {
+                for (int i = 0; i < count; i++)
+                {
+                    int lo = Math.Max(from, offsets[i]) - offsets[i], hi = Math.Min(to, offsets[i + 1]) - offsets[i];
+                    var (w, y, bp, n) = jobs[i];
+                    if (lo < hi) Rows((float*)w, xp, (float*)y, (float*)bp, k, n, m, lo, hi, portable);
+                }
+            }
+            int parts = SpinPool.Shared.Parts(total, 64);
+            if (parts == 1) Range(0, total);
+            else SpinPool.Shared.Run(parts, p => Range(DecodeKernels.Split(total, p, parts), DecodeKernels.Split(total, p + 1, parts)));
+        }
+        finally
+        {
+            if (!ReferenceEquals(input, x)) input.Dispose();
+            foreach (var b in converted) b.Dispose();
+        }
+        return outputs;
+    }
+
+
     /// <summary>Output columns [from, to) of every input row: one row takes the matrix-vector kernel below, several the
     /// register-blocked kernel (Fp32MultiRow.cs), which reads each weight once for all of them.</summary>
     private static void Rows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)

@@ -152,21 +152,62 @@ public static unsafe class QuantKernels
         return src;
     });
 
-    /// <summary>One input row through <see cref="QuantDecodeRows"/>: the row gathered into the kernels' order (in float32),
-    /// its lane-wise chunk sums (the zero term, folded into the kernels), then four output rows per pass on the spin pool,
-    /// cut into parts of whole fours that the threads claim one at a time.</summary>
-    private static Tensor DecodeRow(Tensor x, PackedWeight w, Tensor? bias)
+    /// <summary>One input row through <see cref="QuantDecodeRows"/>: <see cref="DecodeRows"/> of one weight.</summary>
+    private static Tensor DecodeRow(Tensor x, PackedWeight w, Tensor? bias) => DecodeRows(x, new[] { w }, new[] { bias })[0];
+
+    /// <summary>
+    /// Whether <see cref="DecodeRows"/> takes these weights together: each takes <see cref="QuantDecodeRows"/> on its own,
+    /// and they share bits, input width, group size, zero kind, layout and input order, so one gathered row serves them all
+    /// (a layer's q, k and v; an MLP's gate and up — unless act-order gave each its own permutation).
+    /// </summary>
+    public static bool DecodeRowsTogether(IReadOnlyList<PackedWeight> weights)
     {
-        int k = w.In, n = w.Out, gs = w.GroupSize, layout = Layout(w, true);
-        bool int4 = w.Bits == 4;
+        if (weights.Count == 0) return false;
+        var w0 = weights[0];
+        if (!DecodeRowsApply(w0, Simd(w0))) return false;
+        int layout = Layout(w0, true);
+        var src = SourceMap(w0, layout);
+        for (int i = 1; i < weights.Count; i++)
+        {
+            var w = weights[i];
+            if (!Simd(w) || !DecodeRowsApply(w, true) || w.Bits != w0.Bits || w.In != w0.In || w.GroupSize != w0.GroupSize
+                || (w.Zeros is null) != (w0.Zeros is null) || Layout(w, true) != layout) return false;
+            var other = SourceMap(w, layout);
+            if (!ReferenceEquals(other, src) && !other.AsSpan().SequenceEqual(src)) return false;
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// One input row times several packed weights (<see cref="DecodeRowsTogether"/>) through <see cref="QuantDecodeRows"/>:
+    /// the row gathered into the kernels' order (in float32) and its lane-wise chunk sums (the zero term, folded into the
+    /// kernels) once, then four output rows per pass on the spin pool, the output rows of all the weights cut into one set
+    /// of parts of whole fours that the threads claim one at a time (one hand-over to the helpers instead of one per
+    /// weight). Each output equals the weight's product alone bit for bit: every output row is the same sum, whichever part
+    /// computes it.
+    /// </summary>
+    private static Tensor[] DecodeRows(Tensor x, IReadOnlyList<PackedWeight> weights, IReadOnlyList<Tensor?> biases)
+    {
+        var w0 = weights[0];
+        int k = w0.In, gs = w0.GroupSize, layout = Layout(w0, true), count = weights.Count;
+        bool int4 = w0.Bits == 4;
         var type = x.dtype;
-        var src = SourceMap(w, layout);
+        var src = SourceMap(w0, layout);
         int kp = src.Length, chunkCodes = int4 ? QuantDecodeRows.Int4ChunkCodes(gs) : gs, chunks = (k + chunkCodes - 1) / chunkCodes;
         var input = x.is_contiguous() ? x : x.contiguous();
-        var output = empty(x.Shape()[..^1].Append(n).ToArray(), type);
+        var shape = x.Shape();
+        var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
+        var outputs = new Tensor[count];
+        for (int i = 0; i < count; i++)
+        {
+            offsets[i + 1] = offsets[i] + weights[i].Out;
+            shape[^1] = weights[i].Out;
+            outputs[i] = empty(shape, type);
+        }
+        int total = offsets[count];
         var xs = ArrayPool<float>.Shared.Rent(kp);
         var zx = ArrayPool<float>.Shared.Rent(chunks * 16);
-        var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(n);
+        var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(total);
         try
         {
             var xp = (byte*)TensorMemory.Pointer(input);
@@ -176,22 +217,31 @@ public static unsafe class QuantKernels
                     for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : BitConverter.Int32BitsToSingle(((ushort*)xp)[src[d]] << 16);
                 else
                     for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : Load(xp, src[d], type);
-                QuantDecodeRows.LaneSums(xq, k, chunkCodes, QuantDecodeRows.LaneFactor(w.Zeros is not null, w.MidZero), zq);
+                QuantDecodeRows.LaneSums(xq, k, chunkCodes, QuantDecodeRows.LaneFactor(w0.Zeros is not null, w0.MidZero), zq);
                 bool magic = int4 && NibblesByMagic;
                 if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq, k); // after the sums: they are of the inputs themselves
-                float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
-                var at = w.Memory;
-                nint codes = at.Codes, scales = at.Scales, zeros = at.Zeros, xa = (nint)xq, za = (nint)zq, ya = (nint)yp;
-                int parts = SpinPool.Shared.Parts(n, 64);
+                var jobs = new (nint Codes, nint Scales, nint Zeros, nint Y)[count];
+                for (int i = 0; i < count; i++)
+                {
+                    var at = weights[i].Memory;
+                    jobs[i] = (at.Codes, at.Scales, at.Zeros, ys is null ? (nint)TensorMemory.Pointer(outputs[i]) : (nint)(yq0 + offsets[i]));
+                }
+                nint xa = (nint)xq, za = (nint)zq;
+                int parts = SpinPool.Shared.Parts(total, 64);
                 SpinPool.Shared.Run(parts, p =>
                 {
-                    int from = DecodeKernels.Split(n, p, parts), to = DecodeKernels.Split(n, p + 1, parts);
-                    if (from >= to) return;
-                    if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
-                    else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
-                    else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, from, to, (float*)ya);
+                    int from = DecodeKernels.Split(total, p, parts), to = DecodeKernels.Split(total, p + 1, parts);
+                    for (int i = 0; i < count; i++)
+                    {
+                        int lo = Math.Max(from, offsets[i]) - offsets[i], hi = Math.Min(to, offsets[i + 1]) - offsets[i];
+                        if (lo >= hi) continue;
+                        var (codes, scales, zeros, ya) = jobs[i];
+                        if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
+                        else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
+                        else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
+                    }
                 });
-                Finish(yp, output, bias, 1, n, type);
+                for (int i = 0; i < count; i++) Finish((float*)jobs[i].Y, outputs[i], biases[i], 1, weights[i].Out, type);
             }
         }
         finally
@@ -201,7 +251,26 @@ public static unsafe class QuantKernels
             if (ys is not null) ArrayPool<float>.Shared.Return(ys);
             if (!ReferenceEquals(input, x)) input.Dispose();
         }
-        return output;
+        return outputs;
+    }
+
+    /// <summary>
+    /// Several one-row products of one input (<see cref="DecodeRowsTogether"/>) as one job; each output as
+    /// <see cref="Linear(Tensor, PackedWeight, Tensor?)"/> gives it. x: one row of the weights' input width, CPU, float32,
+    /// bfloat16 or float16.
+    /// </summary>
+    public static Tensor[] Linears(Tensor x, IReadOnlyList<PackedWeight> weights, IReadOnlyList<Tensor?> biases)
+    {
+        if (weights.Count == 0 || biases.Count != weights.Count) throw new ArgumentException("one bias (or null) per weight, at least one weight");
+        var w0 = weights[0];
+        long last = x.size(-1);
+        if (last != w0.In) throw new ShapeMismatchException($"quantized linear expects {w0.In} input features, got {last}");
+        var type = x.dtype;
+        if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16) || x.device_type != DeviceType.CPU)
+            throw new UnsupportedException($"quantized linear computes on CPU in float32, bfloat16 or float16, not {type} on {x.device_type}");
+        if (x.NumberOfElements != w0.In || !DecodeRowsTogether(weights))
+            return weights.Select((w, i) => Linear(x, w, biases[i])).ToArray();
+        return DecodeRows(x, weights, biases);
     }
 
     /// <summary>
