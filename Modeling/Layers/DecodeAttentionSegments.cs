@@ -105,16 +105,30 @@ public static unsafe partial class DecodeAttention
                         Widen(q + (job.FlatRow * heads + h) * hd * es, dtype, qf, hd);
                         for (int c = 0; c < hd; c++) qf[c] *= scale;
                         float max = float.NegativeInfinity;
-                        for (int p = 0; p < n; p++)
-                        {
-                            byte* key = keys + (long)p * hd * es;
-                            float s = fast ? Dot16(qf, (float*)key, hd) : direct ? DotBf16(qf, (ushort*)key, hd)
-                                : Dot(qf, dtype == ScalarType.Float32 ? (float*)key : Widen(key, dtype, row, hd), hd);
-                            if (job.Mask is not null) s += Read(job.Mask, job.MaskType, p);
-                            if (p > job.Causal) s += causalMin;
-                            scores[p] = s;
-                            if (s > max) max = s;
-                        }
+                        if (fast)
+                            for (int p = 0; p < n; p += 4) // four keys a pass: each key's dot is the same bits whichever four it is among
+                            {
+                                float* k0 = (float*)(keys + (long)p * hd * es);
+                                var four = Dot16Four(qf, k0, p + 1 < n ? k0 + hd : k0, p + 2 < n ? k0 + 2 * hd : k0, p + 3 < n ? k0 + 3 * hd : k0, hd);
+                                for (int j = 0; j < 4 && p + j < n; j++)
+                                {
+                                    float s = four.GetElement(j);
+                                    if (job.Mask is not null) s += Read(job.Mask, job.MaskType, p + j);
+                                    if (p + j > job.Causal) s += causalMin;
+                                    scores[p + j] = s;
+                                    if (s > max) max = s;
+                                }
+                            }
+                        else
+                            for (int p = 0; p < n; p++)
+                            {
+                                byte* key = keys + (long)p * hd * es;
+                                float s = direct ? DotBf16(qf, (ushort*)key, hd) : Dot(qf, dtype == ScalarType.Float32 ? (float*)key : Widen(key, dtype, row, hd), hd);
+                                if (job.Mask is not null) s += Read(job.Mask, job.MaskType, p);
+                                if (p > job.Causal) s += causalMin;
+                                scores[p] = s;
+                                if (s > max) max = s;
+                            }
                         float sum = Exponentials(scores, n, max);
                         if (fast)
                         {
@@ -140,13 +154,29 @@ public static unsafe partial class DecodeAttention
         }
     }
 
-    /// <summary>a·b over n float32 (a multiple of 16): fused multiply-adds into one 16-lane accumulator, then its lanes summed.</summary>
+    /// <summary>
+    /// q·k for four keys over n float32 channels (a multiple of 16): per key a product of the first 16 channels, fused
+    /// multiply-adds of the rest into its one 16-lane accumulator, and the four accumulators' lanes summed together
+    /// (<see cref="Fp32Kernels.Sums"/>: a dozen instructions where one <c>Vector512.Sum</c> per key took about 25). A key's
+    /// dot is the same bits in any of the four places, so a position's scores do not depend on how its keys fall into fours.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Dot16(float* a, float* b, int n)
+    private static Vector128<float> Dot16Four(float* q, float* k0, float* k1, float* k2, float* k3, int n)
     {
-        var sum = Avx512F.Multiply(Vector512.Load(a), Vector512.Load(b));
-        for (int i = 16; i < n; i += 16) sum = Avx512F.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), sum);
-        return Vector512.Sum(sum);
+        var x = Vector512.Load(q);
+        var a0 = Avx512F.Multiply(x, Vector512.Load(k0));
+        var a1 = Avx512F.Multiply(x, Vector512.Load(k1));
+        var a2 = Avx512F.Multiply(x, Vector512.Load(k2));
+        var a3 = Avx512F.Multiply(x, Vector512.Load(k3));
+        for (int i = 16; i < n; i += 16)
+        {
+            x = Vector512.Load(q + i);
+            a0 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k0 + i), a0);
+            a1 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k1 + i), a1);
+            a2 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k2 + i), a2);
+            a3 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k3 + i), a3);
+        }
+        return Fp32Kernels.Sums(a0, a1, a2, a3);
     }
 
     /// <summary>weights[p] /= sum for p &lt; n.</summary>
@@ -159,20 +189,34 @@ public static unsafe partial class DecodeAttention
     }
 
     /// <summary>
-    /// output[c] = Σ_p weights[p]·values[p, c] over n rows of hd float32 (a multiple of 16), in key order: 64 channels at a
-    /// time in four 16-lane accumulators held in registers, so each value row is read once and nothing is stored until the end.
+    /// output[c] = Σ_p weights[p]·values[p, c] over n rows of hd float32 (a multiple of 16): 64 channels at a time, the
+    /// even keys and the odd keys each into their own four 16-lane accumulators held in registers (two chains of fused
+    /// multiply-adds per channel block instead of one: a chain's four-cycle latency per key had set the pace), added at the
+    /// end. Which accumulator a key goes to depends on its index alone, and a masked key's weight is an exact zero, so a
+    /// position's output is the same bits over its own keys or over a segment's longer, masked range.
     /// </summary>
     private static void WeightedSum16(float* weights, float* values, int n, int hd, float* output)
     {
         int c = 0;
         for (; c + 64 <= hd; c += 64)
         {
-            var a0 = Vector512<float>.Zero;
-            var a1 = Vector512<float>.Zero;
-            var a2 = Vector512<float>.Zero;
-            var a3 = Vector512<float>.Zero;
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
             float* v = values + c;
-            for (int p = 0; p < n; p++, v += hd)
+            int p = 0;
+            for (; p + 2 <= n; p += 2, v += 2 * hd)
+            {
+                var w = Vector512.Create(weights[p]);
+                var u = Vector512.Create(weights[p + 1]);
+                a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v), a0);
+                a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 16), a1);
+                a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 32), a2);
+                a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 48), a3);
+                b0 = Avx512F.FusedMultiplyAdd(u, Vector512.Load(v + hd), b0);
+                b1 = Avx512F.FusedMultiplyAdd(u, Vector512.Load(v + hd + 16), b1);
+                b2 = Avx512F.FusedMultiplyAdd(u, Vector512.Load(v + hd + 32), b2);
+                b3 = Avx512F.FusedMultiplyAdd(u, Vector512.Load(v + hd + 48), b3);
+            }
+            if (p < n)
             {
                 var w = Vector512.Create(weights[p]);
                 a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v), a0);
@@ -180,17 +224,23 @@ public static unsafe partial class DecodeAttention
                 a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 32), a2);
                 a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 48), a3);
             }
-            a0.Store(output + c);
-            a1.Store(output + c + 16);
-            a2.Store(output + c + 32);
-            a3.Store(output + c + 48);
+            (a0 + b0).Store(output + c);
+            (a1 + b1).Store(output + c + 16);
+            (a2 + b2).Store(output + c + 32);
+            (a3 + b3).Store(output + c + 48);
         }
         for (; c < hd; c += 16)
         {
-            var a = Vector512<float>.Zero;
+            Vector512<float> a = default, b = default;
             float* v = values + c;
-            for (int p = 0; p < n; p++, v += hd) a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Vector512.Load(v), a);
-            a.Store(output + c);
+            int p = 0;
+            for (; p + 2 <= n; p += 2, v += 2 * hd)
+            {
+                a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Vector512.Load(v), a);
+                b = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p + 1]), Vector512.Load(v + hd), b);
+            }
+            if (p < n) a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Vector512.Load(v), a);
+            (a + b).Store(output + c);
         }
     }
 }

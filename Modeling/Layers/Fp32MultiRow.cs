@@ -226,7 +226,7 @@ public static unsafe partial class Fp32Kernels
     /// <summary>The horizontal sums of four accumulators as one vector [Σa, Σb, Σc, Σd]: halves added, then two rounds of
     /// pairwise adds over all four at once (a dozen instructions where four <c>Vector512.Sum</c> take about a hundred).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Sums(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
+    internal static Vector128<float> Sums(Vector512<float> a, Vector512<float> b, Vector512<float> c, Vector512<float> d)
     {
         Vector256<float> p = a.GetLower() + a.GetUpper(), q = b.GetLower() + b.GetUpper(), r = c.GetLower() + c.GetUpper(), s = d.GetLower() + d.GetUpper();
         var h = Avx.HorizontalAdd(Avx.HorizontalAdd(p, q), Avx.HorizontalAdd(r, s)); // [Σp0..3, Σq0..3, Σr0..3, Σs0..3 | the same of 4..7]
