@@ -92,7 +92,11 @@ public static unsafe partial class Fp32Kernels
     {
         int rows = TRows.Value;
         float* sums = stackalloc float[4 * RowBlock];
-        int ahead = prefetch ? PrefetchAhead : 0; // a block after the first finds the rows in cache: it touches the line it reads (no branch in the loop: one would split it and spill the accumulators)
+        // The same place in the next four rows (at least PrefetchAhead on): the four rows lie back to back, so a fixed 4 KB
+        // ahead of each landed inside this block's own rows for all but the last, and the next block's rows came in as misses
+        // (as the int4/int8 kernels found in session 12). A block after the first finds the rows in cache: it touches the
+        // line it reads (no branch in the loop: one would split it and spill the accumulators).
+        int ahead = prefetch ? Math.Max(PrefetchAhead, 4 * k) : 0;
         float* w0 = w + (long)o * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
         float* x0 = x + 0L * k, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
