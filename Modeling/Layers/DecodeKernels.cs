@@ -80,16 +80,7 @@ public static unsafe class DecodeKernels
             fixed (float* xp = xs, yp = ys)
             {
                 float* xq = xp, yq = yp;
-                int parts = SpinPool.Shared.Parts(total, 64);
-                SpinPool.Shared.Run(parts, p =>
-                {
-                    int from = Split(total, p, parts), to = Split(total, p + 1, parts);
-                    for (int i = 0; i < count; i++)
-                    {
-                        int lo = Math.Max(from, offsets[i]), hi = Math.Min(to, offsets[i + 1]);
-                        if (lo < hi) Rows((ushort*)ws[i], xq, yq + (long)m * offsets[i], k, ns[i], m, lo - offsets[i], hi - offsets[i]);
-                    }
-                });
+                RunWeights(offsets, (i, lo, hi) => Rows((ushort*)ws[i], xq, yq + (long)m * offsets[i], k, ns[i], m, lo, hi));
             }
             for (int i = 0; i < count; i++)
             {
@@ -146,6 +137,26 @@ public static unsafe class DecodeKernels
     /// output tensor instead of nine libtorch calls per query or key of a decode step.
     /// </summary>
     public static Tensor Rotary(Tensor x, Tensor cos, Tensor sin) => StepKernels.Rotary(x, cos, sin); // vectorised, one pass
+
+    /// <summary>
+    /// One <see cref="SpinPool"/> job over the output rows of several weights of one input (weight i's are rows
+    /// [offsets[i], offsets[i + 1]) of the job), cut into parts of whole fours (<see cref="Split"/>) that the threads claim
+    /// one at a time; <paramref name="rows"/>(i, lo, hi) computes weight i's rows [lo, hi). The grouped Linears of every
+    /// dtype (<see cref="LinearsBf16"/>, <c>Fp32Kernels.Linears</c>, <c>QuantKernels.Linears</c>) share this cut.
+    /// </summary>
+    internal static void RunWeights(int[] offsets, Action<int, int, int> rows)
+    {
+        int total = offsets[^1], parts = SpinPool.Shared.Parts(total, 64);
+        SpinPool.Shared.Run(parts, p =>
+        {
+            int from = Split(total, p, parts), to = Split(total, p + 1, parts);
+            for (int i = 0; i + 1 < offsets.Length; i++)
+            {
+                int lo = Math.Max(from, offsets[i]) - offsets[i], hi = Math.Min(to, offsets[i + 1]) - offsets[i];
+                if (lo < hi) rows(i, lo, hi);
+            }
+        });
+    }
 
     /// <summary>Where part <paramref name="p"/> of <paramref name="parts"/> starts: on a multiple of four rows, so that
     /// every part but the last takes whole four-row passes of the kernels that run four rows a pass (the multi-row and

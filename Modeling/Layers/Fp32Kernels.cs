@@ -103,19 +103,11 @@ public static unsafe partial class Fp32Kernels
                 jobs[i] = ((nint)TensorMemory.Pointer(weights[i]), (nint)TensorMemory.Pointer(outputs[i]), b is null ? 0 : (nint)TensorMemory.Pointer(b), n);
             }
             float* xp = (float*)TensorMemory.Pointer(input);
-            int total = offsets[count];
-            void Range(int from, int to)
+            DecodeKernels.RunWeights(offsets, (i, lo, hi) =>
             {
-                for (int i = 0; i < count; i++)
-                {
-                    int lo = Math.Max(from, offsets[i]) - offsets[i], hi = Math.Min(to, offsets[i + 1]) - offsets[i];
-                    var (w, y, bp, n) = jobs[i];
-                    if (lo < hi) Rows((float*)w, xp, (float*)y, (float*)bp, k, n, m, lo, hi, portable);
-                }
-            }
-            int parts = SpinPool.Shared.Parts(total, 64);
-            if (parts == 1) Range(0, total);
-            else SpinPool.Shared.Run(parts, p => Range(DecodeKernels.Split(total, p, parts), DecodeKernels.Split(total, p + 1, parts)));
+                var (w, y, bp, n) = jobs[i];
+                Rows((float*)w, xp, (float*)y, (float*)bp, k, n, m, lo, hi, portable);
+            });
         }
         finally
         {

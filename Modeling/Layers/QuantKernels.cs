@@ -30,15 +30,24 @@ public static unsafe class QuantKernels
 
     public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias) => Linear(x, w, bias, portable: false);
 
+    /// <summary>The input a quantized product takes — <paramref name="inFeatures"/> wide, float32, bfloat16 or float16 on
+    /// CPU — or a typed error naming what is wrong; returns its dtype.</summary>
+    private static ScalarType CheckInput(Tensor x, int inFeatures)
+    {
+        long last = x.Shape()[^1];
+        if (last != inFeatures) throw new ShapeMismatchException($"quantized linear expects {inFeatures} input features, got {last}");
+        var type = x.dtype;
+        if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16) || x.device_type != DeviceType.CPU)
+            throw new UnsupportedException($"quantized linear computes on CPU in float32, bfloat16 or float16, not {type} on {x.device_type}");
+        return type;
+    }
+
     /// <summary>As <see cref="Linear(Tensor, PackedWeight, Tensor?)"/>; <paramref name="portable"/> forces the portable
     /// (scalar) path on a machine with AVX-512, so that tests compare both paths on the same weights.</summary>
     public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias, bool portable)
     {
         int k = w.In, n = w.Out;
-        if (x.Shape()[^1] != k) throw new ShapeMismatchException($"quantized linear expects {k} input features, got {x.Shape()[^1]}");
-        var type = x.dtype;
-        if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16) || x.device_type != DeviceType.CPU)
-            throw new UnsupportedException($"quantized linear computes on CPU in float32, bfloat16 or float16, not {type} on {x.device_type}");
+        var type = CheckInput(x, k);
         int m = (int)(x.NumberOfElements / k);
         bool simd = !portable && Simd(w);
         if (m >= DenseRows) return Dense(x, w, bias, m, simd);
@@ -227,19 +236,12 @@ public static unsafe class QuantKernels
                     jobs[i] = (at.Codes, at.Scales, at.Zeros, ys is null ? (nint)TensorMemory.Pointer(outputs[i]) : (nint)(yq0 + offsets[i]));
                 }
                 nint xa = (nint)xq, za = (nint)zq;
-                int parts = SpinPool.Shared.Parts(total, 64);
-                SpinPool.Shared.Run(parts, p =>
+                DecodeKernels.RunWeights(offsets, (i, lo, hi) =>
                 {
-                    int from = DecodeKernels.Split(total, p, parts), to = DecodeKernels.Split(total, p + 1, parts);
-                    for (int i = 0; i < count; i++)
-                    {
-                        int lo = Math.Max(from, offsets[i]) - offsets[i], hi = Math.Min(to, offsets[i + 1]) - offsets[i];
-                        if (lo >= hi) continue;
-                        var (codes, scales, zeros, ya) = jobs[i];
-                        if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
-                        else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
-                        else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
-                    }
+                    var (codes, scales, zeros, ya) = jobs[i];
+                    if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
+                    else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
+                    else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
                 });
                 for (int i = 0; i < count; i++) Finish((float*)jobs[i].Y, outputs[i], biases[i], 1, weights[i].Out, type);
             }
@@ -263,11 +265,7 @@ public static unsafe class QuantKernels
     {
         if (weights.Count == 0 || biases.Count != weights.Count) throw new ArgumentException("one bias (or null) per weight, at least one weight");
         var w0 = weights[0];
-        long last = x.size(-1);
-        if (last != w0.In) throw new ShapeMismatchException($"quantized linear expects {w0.In} input features, got {last}");
-        var type = x.dtype;
-        if (type is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16) || x.device_type != DeviceType.CPU)
-            throw new UnsupportedException($"quantized linear computes on CPU in float32, bfloat16 or float16, not {type} on {x.device_type}");
+        CheckInput(x, w0.In);
         if (x.NumberOfElements != w0.In || !DecodeRowsTogether(weights))
             return weights.Select((w, i) => Linear(x, w, biases[i])).ToArray();
         return DecodeRows(x, weights, biases);
