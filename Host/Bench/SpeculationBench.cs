@@ -43,7 +43,9 @@ public static class SpeculationBench
                 ids.Dispose();
                 return ms;
             }
-            Time(1); Time(k + 1); // warm-up
+            // Warm-up: enough passes of both widths for the JIT's tiering to finish (a method is recompiled optimised
+            // after 30 calls, on a background thread that on 2 cores takes one from the measured passes).
+            for (int w = 0; w < 40; w++) { Time(1); Time(k + 1); }
             var one = new List<double>();
             var many = new List<double>();
             for (int r = 0; r < reps; r++)
@@ -55,6 +57,10 @@ public static class SpeculationBench
         }
         finally { model.Release(); }
     }
+
+    /// <summary>The stages' median step times (ms) since the last call, summed over the nodes: one round of the pipeline's compute.</summary>
+    private static double StageSteps(EmbeddedCluster cluster) =>
+        cluster.Nodes.Select(node => ShardPipe.Actors.Diagnostics.NodeDiagnostics.For(node.System).StepTimes.Drain()).Where(xs => xs.Count > 0).Sum(xs => Median(xs.ToList()));
 
     private static double Median(List<double> xs)
     {
@@ -71,15 +77,23 @@ public static class SpeculationBench
         var loaded = await cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
         var spec = new SpeculationSettings("ngram", k);
         Generate Request(SpeculationSettings? s) => new(Guid.NewGuid().ToString("N"), Prompt, null, n, true, new SamplingSettings(true, 0, 0, 1, 0), Speculate: s);
-        await cluster.Client.RunAsync(Request(null) with { MaxNewTokens = 8 }, loaded.Stages, TimeSpan.FromSeconds(300)); // warm-up
+        // Warm-up: a whole generation of each kind, so that the JIT's background tiering (a perf trace of session 14 had it
+        // on half a core through the first rounds: 3 nodes' actors, the speculative path's code) is done before the rounds.
+        await cluster.Client.RunAsync(Request(null), loaded.Stages, TimeSpan.FromSeconds(300));
+        await cluster.Client.RunAsync(Request(spec), loaded.Stages, TimeSpan.FromSeconds(300));
         var draftSpec = draft is null ? null : new SpeculationSettings(ShardPipe.Modeling.Generation.Speculation.Draft, k, draft);
         if (draftSpec is not null) await cluster.Client.RunAsync(Request(draftSpec) with { MaxNewTokens = 8 }, loaded.Stages, TimeSpan.FromSeconds(300)); // loads the draft
         RequestOutcome? bestPlain = null, bestSpec = null, bestDraft = null, bestPlainSampled = null, bestDraftSampled = null;
         var sampling = new SamplingSettings(false, 0.8, 0, 0.95, 1234);
+        var plainStages = new List<double>();
+        var specStages = new List<double>();
         for (int r = 0; r < rounds; r++)
         {
+            StageSteps(cluster);
             var plain = await cluster.Client.RunAsync(Request(null), loaded.Stages, TimeSpan.FromSeconds(300));
+            plainStages.Add(StageSteps(cluster));
             var speculative = await cluster.Client.RunAsync(Request(spec), loaded.Stages, TimeSpan.FromSeconds(300));
+            specStages.Add(StageSteps(cluster));
             if (!plain.NewTokens[0].SequenceEqual(speculative.NewTokens[0]))
                 throw new InvalidOperationException("bench decode --speculate: the speculative tokens differ from the plain run's");
             if (bestPlain is null || plain.TokensPerSecond > bestPlain.TokensPerSecond) bestPlain = plain;
@@ -109,6 +123,9 @@ public static class SpeculationBench
         double positions = 1 + (double)bestSpec.Proposed / Math.Max(1, specSteps);
         BenchSupport.Say(asJson, $"  3 embedded nodes, {n} tokens, k = {k}: plain step {plainStep * 1e3:0.0} ms, speculative step {specStep * 1e3:0.0} ms " +
                                  $"({positions:0.00} positions on average): verify_pass_over_step {specStep / plainStep:0.000}");
+        double plainStage = Median(plainStages), specStage = Median(specStages);
+        BenchSupport.Say(asJson, $"  the stages' own compute (median step summed over the 3 stages, median of the rounds): plain {plainStage:0.00} ms, " +
+                                 $"speculative {specStage:0.00} ms ({specStage / plainStage:0.000}×); the rest of a step is the pipeline's messaging and hand-offs");
         BenchSupport.Say(asJson, $"  ngram acceptance {acceptance:0.000} ({bestSpec.Accepted} of {bestSpec.Proposed}), {specSteps} steps for {bestSpec.Steps} tokens; " +
                                  $"tokens/s {bestSpec.TokensPerSecond:0.00} vs plain {bestPlain.TokensPerSecond:0.00}: ngram_speedup {speedup:0.000}");
         var figures = new JsonObject
@@ -123,6 +140,8 @@ public static class SpeculationBench
             ["verify_step_ms"] = Math.Round(specStep * 1e3, 3),
             ["verify_positions_mean"] = Math.Round(positions, 3),
             ["verify_pass_over_step"] = Math.Round(specStep / plainStep, 4),
+            ["plain_stage_step_ms"] = Math.Round(plainStage, 3),
+            ["verify_stage_step_ms"] = Math.Round(specStage, 3),
             ["ngram_acceptance"] = Math.Round(acceptance, 4),
             ["ngram_proposed"] = bestSpec.Proposed,
             ["ngram_accepted"] = bestSpec.Accepted,

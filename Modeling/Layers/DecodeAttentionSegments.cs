@@ -84,12 +84,12 @@ public static unsafe partial class DecodeAttention
     private static void GroupTasks(RowJob[] jobs, int[] groups, byte* q, byte* output, ScalarType dtype, int es, Shape shape, int maxLength, int from, int to)
     {
         int hd = shape.HeadDim, heads = shape.Heads, perKv = shape.Heads / shape.KvHeads;
-        var scratch = ArrayPool<float>.Shared.Rent(maxLength + 3 * hd);
+        var scratch = ArrayPool<float>.Shared.Rent(maxLength + 3 * hd + JointPositions * (maxLength + hd));
         try
         {
             fixed (float* sp = scratch)
             {
-                float* scores = sp, qf = sp + maxLength, acc = qf + hd, row = acc + hd;
+                float* scores = sp, qf = sp + maxLength, acc = qf + hd, row = acc + hd, joint = row + hd; // joint: JointPositions × (hd + maxLength)
                 float scale = (float)shape.Scale, causalMin = (float)AttentionMask.MinValue(dtype);
                 bool direct = dtype == ScalarType.BFloat16 && hd % (2 * System.Numerics.Vector<float>.Count) == 0; // bf16 keys and values read in place (DotBf16, AxpyBf16)
                 bool fast = dtype == ScalarType.Float32 && Avx512F.IsSupported && hd % 16 == 0;
@@ -98,6 +98,25 @@ public static unsafe partial class DecodeAttention
                     int g = t / heads, h = t % heads, first = groups[g], count = groups[g + 1] - first, kvHead = h / perKv;
                     ref readonly var lead = ref jobs[first];
                     byte* keys = lead.K + kvHead * lead.Capacity * hd * es, values = lead.V + kvHead * lead.Capacity * hd * es;
+                    if (fast && count > 1)
+                    {
+                        // A segment's positions together, at most JointPositions at a time: each key and value row is read
+                        // once for all of them (JointTask), with the one-position arithmetic per position.
+                        for (int at = 0; at < count; at += JointPositions)
+                        {
+                            int size = Math.Min(JointPositions, count - at);
+                            var part = new ReadOnlySpan<RowJob>(jobs, first + at, size);
+                            switch (size)
+                            {
+                                case 1: JointTask<P1>(part, q, output, heads, h, hd, scale, causalMin, (float*)keys, (float*)values, joint, maxLength); break;
+                                case 2: JointTask<P2>(part, q, output, heads, h, hd, scale, causalMin, (float*)keys, (float*)values, joint, maxLength); break;
+                                case 3: JointTask<P3>(part, q, output, heads, h, hd, scale, causalMin, (float*)keys, (float*)values, joint, maxLength); break;
+                                case 4: JointTask<P4>(part, q, output, heads, h, hd, scale, causalMin, (float*)keys, (float*)values, joint, maxLength); break;
+                                default: JointTask<P5>(part, q, output, heads, h, hd, scale, causalMin, (float*)keys, (float*)values, joint, maxLength); break;
+                            }
+                        }
+                        continue;
+                    }
                     for (int i = 0; i < count; i++)
                     {
                         ref readonly var job = ref jobs[first + i];
@@ -152,6 +171,161 @@ public static unsafe partial class DecodeAttention
         {
             ArrayPool<float>.Shared.Return(scratch);
         }
+    }
+
+    /// <summary>Positions of a segment row that <see cref="JointTask{TPositions}"/> takes at once: 5 × 4 accumulators of four
+    /// keys' dots, the four keys and a query vector fit the 32 zmm registers (k + 1 = 5: a verification of 4 drafts).</summary>
+    internal const int JointPositions = 5;
+
+    /// <summary>The number of positions of a <see cref="JointTask{TPositions}"/> as a type (a constant in each one's code,
+    /// the unused accumulators removed, as the fp32 kernel's row counts are).</summary>
+    private interface IPositions { static abstract int Value { get; } }
+    private struct P1 : IPositions { public static int Value => 1; }
+    private struct P2 : IPositions { public static int Value => 2; }
+    private struct P3 : IPositions { public static int Value => 3; }
+    private struct P4 : IPositions { public static int Value => 4; }
+    private struct P5 : IPositions { public static int Value => 5; }
+
+    /// <summary>
+    /// Head <paramref name="h"/> of 1..<see cref="JointPositions"/> positions of one segment row (<paramref name="jobs"/>,
+    /// in order; float32, AVX-512, a multiple of 16 channels) together: every key row is loaded once for all the positions'
+    /// dots and every value row once for all their weighted sums, where a position at a time read the head's keys and values
+    /// again for each (from L2: 2 × 200 × 64 floats outgrow L1). Per position the arithmetic is the one-position task's —
+    /// the same products of the same query (scaled, as there) and key in the same order (<see cref="Dot16Four"/>'s: a first
+    /// product, then fused multiply-adds, the four keys' lanes summed by <see cref="Fp32Kernels.Sums"/>), the same mask,
+    /// causal bound, <see cref="Exponentials"/> and <see cref="Normalise"/> over its own keys, and the weighted sum's even
+    /// and odd chains per 16 channels (<see cref="WeightedSum16"/>); the keys past a position's own (the later positions of
+    /// its segment) get an exact zero weight there, as a masked key does. So each position's output is the same bits as
+    /// alone (SegmentAttentionKernelTests). <paramref name="scratch"/>: <see cref="JointPositions"/> × (hd + maxLength) floats.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void JointTask<TPositions>(ReadOnlySpan<RowJob> jobs, byte* q, byte* output, int heads, int h, int hd, float scale, float causalMin,
+        float* keys, float* values, float* scratch, int maxLength) where TPositions : struct, IPositions
+    {
+        int count = TPositions.Value, nMax = 0;
+        float* queries = scratch, weights = scratch + JointPositions * hd; // position i: queries + i·hd, weights + i·maxLength
+        for (int i = 0; i < count; i++)
+        {
+            float* qi = queries + i * hd;
+            Buffer.MemoryCopy(q + (jobs[i].FlatRow * heads + h) * hd * 4, qi, hd * 4L, hd * 4L);
+            for (int c = 0; c < hd; c++) qi[c] *= scale;
+            nMax = Math.Max(nMax, jobs[i].Length);
+        }
+        float* q0 = queries, q1 = queries + hd, q2 = queries + 2 * hd, q3 = queries + 3 * hd, q4 = queries + 4 * hd;
+        float* w0 = weights, w1 = weights + maxLength, w2 = weights + 2 * maxLength, w3 = weights + 3 * maxLength, w4 = weights + 4 * maxLength;
+        // The dots: four keys at a time (past nMax the last pointer repeats key p, as Dot16Four's callers do), each position's
+        // raw dots into its row of weights.
+        for (int p = 0; p < nMax; p += 4)
+        {
+            float* k0 = keys + (long)p * hd, k1 = p + 1 < nMax ? k0 + hd : k0, k2 = p + 2 < nMax ? k0 + 2 * hd : k0, k3 = p + 3 < nMax ? k0 + 3 * hd : k0;
+            var kv0 = Vector512.Load(k0);
+            var kv1 = Vector512.Load(k1);
+            var kv2 = Vector512.Load(k2);
+            var kv3 = Vector512.Load(k3);
+            var x = Vector512.Load(q0);
+            Vector512<float> a00 = Avx512F.Multiply(x, kv0), a01 = Avx512F.Multiply(x, kv1), a02 = Avx512F.Multiply(x, kv2), a03 = Avx512F.Multiply(x, kv3);
+            Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default, a20 = default, a21 = default, a22 = default, a23 = default;
+            Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default, a40 = default, a41 = default, a42 = default, a43 = default;
+            if (count > 1) { x = Vector512.Load(q1); a10 = Avx512F.Multiply(x, kv0); a11 = Avx512F.Multiply(x, kv1); a12 = Avx512F.Multiply(x, kv2); a13 = Avx512F.Multiply(x, kv3); }
+            if (count > 2) { x = Vector512.Load(q2); a20 = Avx512F.Multiply(x, kv0); a21 = Avx512F.Multiply(x, kv1); a22 = Avx512F.Multiply(x, kv2); a23 = Avx512F.Multiply(x, kv3); }
+            if (count > 3) { x = Vector512.Load(q3); a30 = Avx512F.Multiply(x, kv0); a31 = Avx512F.Multiply(x, kv1); a32 = Avx512F.Multiply(x, kv2); a33 = Avx512F.Multiply(x, kv3); }
+            if (count > 4) { x = Vector512.Load(q4); a40 = Avx512F.Multiply(x, kv0); a41 = Avx512F.Multiply(x, kv1); a42 = Avx512F.Multiply(x, kv2); a43 = Avx512F.Multiply(x, kv3); }
+            for (int c = 16; c < hd; c += 16)
+            {
+                kv0 = Vector512.Load(k0 + c);
+                kv1 = Vector512.Load(k1 + c);
+                kv2 = Vector512.Load(k2 + c);
+                kv3 = Vector512.Load(k3 + c);
+                x = Vector512.Load(q0 + c);
+                a00 = Avx512F.FusedMultiplyAdd(x, kv0, a00); a01 = Avx512F.FusedMultiplyAdd(x, kv1, a01); a02 = Avx512F.FusedMultiplyAdd(x, kv2, a02); a03 = Avx512F.FusedMultiplyAdd(x, kv3, a03);
+                if (count > 1) { x = Vector512.Load(q1 + c); a10 = Avx512F.FusedMultiplyAdd(x, kv0, a10); a11 = Avx512F.FusedMultiplyAdd(x, kv1, a11); a12 = Avx512F.FusedMultiplyAdd(x, kv2, a12); a13 = Avx512F.FusedMultiplyAdd(x, kv3, a13); }
+                if (count > 2) { x = Vector512.Load(q2 + c); a20 = Avx512F.FusedMultiplyAdd(x, kv0, a20); a21 = Avx512F.FusedMultiplyAdd(x, kv1, a21); a22 = Avx512F.FusedMultiplyAdd(x, kv2, a22); a23 = Avx512F.FusedMultiplyAdd(x, kv3, a23); }
+                if (count > 3) { x = Vector512.Load(q3 + c); a30 = Avx512F.FusedMultiplyAdd(x, kv0, a30); a31 = Avx512F.FusedMultiplyAdd(x, kv1, a31); a32 = Avx512F.FusedMultiplyAdd(x, kv2, a32); a33 = Avx512F.FusedMultiplyAdd(x, kv3, a33); }
+                if (count > 4) { x = Vector512.Load(q4 + c); a40 = Avx512F.FusedMultiplyAdd(x, kv0, a40); a41 = Avx512F.FusedMultiplyAdd(x, kv1, a41); a42 = Avx512F.FusedMultiplyAdd(x, kv2, a42); a43 = Avx512F.FusedMultiplyAdd(x, kv3, a43); }
+            }
+            // Each position's four sums stored whole: the weights rows have room past nMax (maxLength ≥ nMax + 3 is not
+            // promised, so the last group of four goes through a small buffer).
+            StoreFour(Fp32Kernels.Sums(a00, a01, a02, a03), w0, p, nMax);
+            if (count > 1) StoreFour(Fp32Kernels.Sums(a10, a11, a12, a13), w1, p, nMax);
+            if (count > 2) StoreFour(Fp32Kernels.Sums(a20, a21, a22, a23), w2, p, nMax);
+            if (count > 3) StoreFour(Fp32Kernels.Sums(a30, a31, a32, a33), w3, p, nMax);
+            if (count > 4) StoreFour(Fp32Kernels.Sums(a40, a41, a42, a43), w4, p, nMax);
+        }
+        // Per position: its mask and causal bound over its own keys, softmax, normalised; exact zeros past its own keys.
+        for (int i = 0; i < count; i++)
+        {
+            ref readonly var job = ref jobs[i];
+            float* s = weights + i * maxLength;
+            int n = job.Length;
+            float max = float.NegativeInfinity;
+            for (int p = 0; p < n; p++)
+            {
+                float v = s[p];
+                if (job.Mask is not null) v += Read(job.Mask, job.MaskType, p);
+                if (p > job.Causal) v += causalMin;
+                s[p] = v;
+                if (v > max) max = v;
+            }
+            float sum = Exponentials(s, n, max);
+            Normalise(s, n, sum);
+            new Span<float>(s + n, nMax - n).Clear();
+        }
+        // The weighted sums, 32 channels a pass: per position two 16-channel blocks, each with its even-key and odd-key chain.
+        for (int c = 0; c < hd; c += 32)
+        {
+            bool two = c + 32 <= hd; // else the last 16 channels
+            Vector512<float> e00 = default, e01 = default, o00 = default, o01 = default, e10 = default, e11 = default, o10 = default, o11 = default;
+            Vector512<float> e20 = default, e21 = default, o20 = default, o21 = default, e30 = default, e31 = default, o30 = default, o31 = default;
+            Vector512<float> e40 = default, e41 = default, o40 = default, o41 = default;
+            float* v = values + c;
+            int p = 0;
+            for (; p + 2 <= nMax; p += 2, v += 2 * hd)
+            {
+                var ve0 = Vector512.Load(v);
+                var ve1 = two ? Vector512.Load(v + 16) : default;
+                var vo0 = Vector512.Load(v + hd);
+                var vo1 = two ? Vector512.Load(v + hd + 16) : default;
+                Vector512<float> we = Vector512.Create(w0[p]), wo = Vector512.Create(w0[p + 1]);
+                e00 = Avx512F.FusedMultiplyAdd(we, ve0, e00); e01 = Avx512F.FusedMultiplyAdd(we, ve1, e01); o00 = Avx512F.FusedMultiplyAdd(wo, vo0, o00); o01 = Avx512F.FusedMultiplyAdd(wo, vo1, o01);
+                if (count > 1) { we = Vector512.Create(w1[p]); wo = Vector512.Create(w1[p + 1]); e10 = Avx512F.FusedMultiplyAdd(we, ve0, e10); e11 = Avx512F.FusedMultiplyAdd(we, ve1, e11); o10 = Avx512F.FusedMultiplyAdd(wo, vo0, o10); o11 = Avx512F.FusedMultiplyAdd(wo, vo1, o11); }
+                if (count > 2) { we = Vector512.Create(w2[p]); wo = Vector512.Create(w2[p + 1]); e20 = Avx512F.FusedMultiplyAdd(we, ve0, e20); e21 = Avx512F.FusedMultiplyAdd(we, ve1, e21); o20 = Avx512F.FusedMultiplyAdd(wo, vo0, o20); o21 = Avx512F.FusedMultiplyAdd(wo, vo1, o21); }
+                if (count > 3) { we = Vector512.Create(w3[p]); wo = Vector512.Create(w3[p + 1]); e30 = Avx512F.FusedMultiplyAdd(we, ve0, e30); e31 = Avx512F.FusedMultiplyAdd(we, ve1, e31); o30 = Avx512F.FusedMultiplyAdd(wo, vo0, o30); o31 = Avx512F.FusedMultiplyAdd(wo, vo1, o31); }
+                if (count > 4) { we = Vector512.Create(w4[p]); wo = Vector512.Create(w4[p + 1]); e40 = Avx512F.FusedMultiplyAdd(we, ve0, e40); e41 = Avx512F.FusedMultiplyAdd(we, ve1, e41); o40 = Avx512F.FusedMultiplyAdd(wo, vo0, o40); o41 = Avx512F.FusedMultiplyAdd(wo, vo1, o41); }
+            }
+            if (p < nMax)
+            {
+                var ve0 = Vector512.Load(v);
+                var ve1 = two ? Vector512.Load(v + 16) : default;
+                Vector512<float> we = Vector512.Create(w0[p]);
+                e00 = Avx512F.FusedMultiplyAdd(we, ve0, e00); e01 = Avx512F.FusedMultiplyAdd(we, ve1, e01);
+                if (count > 1) { we = Vector512.Create(w1[p]); e10 = Avx512F.FusedMultiplyAdd(we, ve0, e10); e11 = Avx512F.FusedMultiplyAdd(we, ve1, e11); }
+                if (count > 2) { we = Vector512.Create(w2[p]); e20 = Avx512F.FusedMultiplyAdd(we, ve0, e20); e21 = Avx512F.FusedMultiplyAdd(we, ve1, e21); }
+                if (count > 3) { we = Vector512.Create(w3[p]); e30 = Avx512F.FusedMultiplyAdd(we, ve0, e30); e31 = Avx512F.FusedMultiplyAdd(we, ve1, e31); }
+                if (count > 4) { we = Vector512.Create(w4[p]); e40 = Avx512F.FusedMultiplyAdd(we, ve0, e40); e41 = Avx512F.FusedMultiplyAdd(we, ve1, e41); }
+            }
+            StoreOutput(output, jobs[0].FlatRow, heads, h, hd, c, two, e00 + o00, e01 + o01);
+            if (count > 1) StoreOutput(output, jobs[1].FlatRow, heads, h, hd, c, two, e10 + o10, e11 + o11);
+            if (count > 2) StoreOutput(output, jobs[2].FlatRow, heads, h, hd, c, two, e20 + o20, e21 + o21);
+            if (count > 3) StoreOutput(output, jobs[3].FlatRow, heads, h, hd, c, two, e30 + o30, e31 + o31);
+            if (count > 4) StoreOutput(output, jobs[4].FlatRow, heads, h, hd, c, two, e40 + o40, e41 + o41);
+        }
+    }
+
+    /// <summary>Four keys' dots [p, p + 4) into a position's row, those below <paramref name="n"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreFour(Vector128<float> four, float* row, int p, int n)
+    {
+        if (p + 4 <= n) four.Store(row + p);
+        else for (int j = 0; p + j < n; j++) row[p + j] = four.GetElement(j);
+    }
+
+    /// <summary>A position's output channels [c, c + 32) of head h (the first 16 only where <paramref name="two"/> is false).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreOutput(byte* output, long flatRow, int heads, int h, int hd, int c, bool two, Vector512<float> first, Vector512<float> second)
+    {
+        float* o = (float*)(output + (flatRow * heads + h) * hd * 4) + c;
+        first.Store(o);
+        if (two) second.Store(o + 16);
     }
 
     /// <summary>

@@ -18,9 +18,36 @@ public static unsafe partial class Fp32Kernels
     /// <summary>Inputs of 2..FewRows rows take the few-row path.</summary>
     public const int FewRows = RowBlock;
 
+    /// <summary>
+    /// Elements ahead (32 KB) of the current position that the few-row path of <see cref="FarRows"/> or more input rows
+    /// also prefetches into L2, besides the 4 KB into L1 that every kernel prefetches: their arithmetic takes longer per
+    /// weight row than one row's, and the 4 KB alone left the reads and the arithmetic taking turns. From memory (96
+    /// weights of 2048 × 768, the time over one row's, medians of 8–10 alternating rounds in one process), 4 rows 1.24 →
+    /// 1.20, 5 rows 1.30–1.32 → 1.18–1.22, 6 rows 1.43 → 1.34 (16–64 KB: the same; 128 KB: worse); 2 rows 1.06 → 1.20 and
+    /// 3 rows 1.14 → 1.19 lose by it, and one row's kernel gains nothing (0.99 either way). BENCHMARKS.md, session 14.
+    /// </summary>
+    private const int FewRowsFarAhead = 8192;
+
+    /// <summary>Input rows from which the few-row path prefetches <see cref="FewRowsFarAhead"/> too.</summary>
+    private const int FarRows = 4;
+
     /// <summary>Output columns [from, to) of all <paramref name="m"/> (2..<see cref="FewRows"/>) input rows, one weight row at a time.</summary>
     private static void FewRowsPass(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to)
     {
+        int slice = InputSlice(m, k);
+        if (slice < (k & ~15))
+        {
+            switch (m)
+            {
+                case 2: TiledRows<Two>(w, x, y, bias, k, n, from, to, slice); break;
+                case 3: TiledRows<Three>(w, x, y, bias, k, n, from, to, slice); break;
+                case 4: TiledRows<Four>(w, x, y, bias, k, n, from, to, slice); break;
+                case 5: TiledRows<Five>(w, x, y, bias, k, n, from, to, slice); break;
+                case 6: TiledRows<Six>(w, x, y, bias, k, n, from, to, slice); break;
+                default: throw new ArgumentOutOfRangeException(nameof(m), m, $"the few-row path takes 2..{FewRows} input rows");
+            }
+            return;
+        }
         for (int o = from; o < to; o++)
         {
             float* wr = w + (long)o * k, b = bias == null ? null : bias + o;
@@ -36,6 +63,138 @@ public static unsafe partial class Fp32Kernels
         }
     }
 
+    /// <summary>
+    /// Bytes of the input rows that one slice of the columns may span (8 KB). The few-row kernel keeps its m input rows in
+    /// L1 (48 KB here) while a weight row streams past them, and from memory it slowed sharply where they outgrew about
+    /// half of it: an MLP's down projection (k = 2048) at 5 rows (40 KB) took 1.58–1.62× one row's time, at 3 rows (24 KB)
+    /// 1.22× (96 weights of 768 × 2048, medians of 6–10 alternating rounds in one process; 4 rows 1.35–1.41×, 6 rows 2.0×).
+    /// In slices (<see cref="TiledRows{TRows}"/>): 16 KB 1.45×, 8 KB 1.25–1.33× in the same rounds (4 KB and blocks of 4–16
+    /// weight rows: within the noise). BENCHMARKS.md, session 14.
+    /// </summary>
+    private const int InputSliceBytes = 8 * 1024;
+
+    /// <summary>Input rows of more bytes than this (24 KB) take the sliced kernel; below it the untiled one is faster (k = 768,
+    /// 6 rows, 18 KB: 1.33× one row untiled, 1.81× in 8 KB slices; 5 rows, 15 KB: 1.17× against 1.55×).</summary>
+    private const int TileAboveBytes = 24 * 1024;
+
+    /// <summary>Weight rows that <see cref="TiledRows{TRows}"/> takes through every slice before the next rows (64 KB of a
+    /// down projection's weights: the block stays in L2 from its first slice to its last).</summary>
+    private const int TileRows = 8;
+
+    /// <summary>Columns per slice for <paramref name="m"/> input rows of <paramref name="k"/> columns: all of the vector part
+    /// up to <see cref="TileAboveBytes"/>, else near-equal slices of a multiple of 64 columns of at most about
+    /// <see cref="InputSliceBytes"/>.</summary>
+    internal static int InputSlice(int m, int k)
+    {
+        int full = k & ~15;
+        long bytes = 4L * m * full;
+        if (bytes <= TileAboveBytes) return full;
+        int slices = (int)((bytes + InputSliceBytes - 1) / InputSliceBytes);
+        return Math.Max(64, (full / slices + 63) & ~63);
+    }
+
+    /// <summary>
+    /// <see cref="WeightRow{TRows}"/>'s sums for weight rows [from, to) with the columns cut into slices of
+    /// <paramref name="slice"/> (a multiple of 16) so that the input rows' part in use stays in L1: for each
+    /// <see cref="TileRows"/> weight rows, slice after slice, each row's accumulators carried from one slice to the next
+    /// in order — so every sum adds the same 16-float products in the same order as the untiled kernel (and the one-row
+    /// kernel, <see cref="RowSum"/>), bit for bit. The next block's weights are prefetched into L2 while this block runs
+    /// (front to back, a line per 16 columns done: a whole block ahead of their use, which goes slice by slice); the L1
+    /// prefetch of the untiled kernel ahead in a row made no difference here (from L2).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TiledRows<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int from, int to, int slice) where TRows : struct, IRowCount
+    {
+        int rows = TRows.Value, full = k & ~15;
+        var carried = stackalloc Vector512<float>[TileRows * RowBlock];
+        float* sums = stackalloc float[8];
+        float* x0 = x, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
+        // The first block's rows into L2 now; each block then fetches the next as it goes (one line per 16 columns done).
+        for (float* l = w + (long)from * k, end = w + (long)Math.Min(to, from + TileRows) * k; l < end; l += 16) Sse.Prefetch1(l);
+        for (int o0 = from; o0 < to; o0 += TileRows)
+        {
+            int count = Math.Min(TileRows, to - o0);
+            float* next = w + (long)(o0 + count) * k, stop = w + (long)Math.Min(to, o0 + count + TileRows) * k;
+            for (int c0 = 0; c0 < full; c0 += slice)
+            {
+                int c1 = Math.Min(full, c0 + slice);
+                for (int g = 0; g < count; g++)
+                {
+                    float* wr = w + (long)(o0 + g) * k;
+                    Vector512<float>* held = carried + g * RowBlock;
+                    Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default;
+                    if (c0 > 0)
+                    {
+                        a0 = held[0];
+                        a1 = held[1];
+                        if (rows > 2) a2 = held[2];
+                        if (rows > 3) a3 = held[3];
+                        if (rows > 4) a4 = held[4];
+                        if (rows > 5) a5 = held[5];
+                    }
+                    int i = c0;
+                    for (; i + 64 <= c1; i += 64)
+                    {
+                        if (next < stop) { Sse.Prefetch1(next); Sse.Prefetch1(next + 16); Sse.Prefetch1(next + 32); Sse.Prefetch1(next + 48); next += 64; }
+                        var v0 = Vector512.Load(wr + i);
+                        var v1 = Vector512.Load(wr + i + 16);
+                        var v2 = Vector512.Load(wr + i + 32);
+                        var v3 = Vector512.Load(wr + i + 48);
+                        a0 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x0 + i), a0);
+                        a1 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x1 + i), a1);
+                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x2 + i), a2);
+                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x3 + i), a3);
+                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x4 + i), a4);
+                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x5 + i), a5);
+                        a0 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x0 + i + 16), a0);
+                        a1 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x1 + i + 16), a1);
+                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x2 + i + 16), a2);
+                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x3 + i + 16), a3);
+                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x4 + i + 16), a4);
+                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x5 + i + 16), a5);
+                        a0 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x0 + i + 32), a0);
+                        a1 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x1 + i + 32), a1);
+                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x2 + i + 32), a2);
+                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x3 + i + 32), a3);
+                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x4 + i + 32), a4);
+                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x5 + i + 32), a5);
+                        a0 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x0 + i + 48), a0);
+                        a1 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x1 + i + 48), a1);
+                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x2 + i + 48), a2);
+                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x3 + i + 48), a3);
+                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x4 + i + 48), a4);
+                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x5 + i + 48), a5);
+                    }
+                    for (; i < c1; i += 16)
+                    {
+                        var v = Vector512.Load(wr + i);
+                        a0 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x0 + i), a0);
+                        a1 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x1 + i), a1);
+                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x2 + i), a2);
+                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x3 + i), a3);
+                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x4 + i), a4);
+                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x5 + i), a5);
+                    }
+                    held[0] = a0;
+                    held[1] = a1;
+                    if (rows > 2) held[2] = a2;
+                    if (rows > 3) held[3] = a3;
+                    if (rows > 4) held[4] = a4;
+                    if (rows > 5) held[5] = a5;
+                }
+            }
+            for (int g = 0; g < count; g++)
+            {
+                Vector512<float>* held = carried + g * RowBlock;
+                Sums(held[0], held[1], rows > 2 ? held[2] : held[0], rows > 3 ? held[3] : held[0]).Store(sums);
+                Sums(rows > 4 ? held[4] : held[0], rows > 5 ? held[5] : held[0], held[0], held[0]).Store(sums + 4);
+                int o = o0 + g;
+                float* wr = w + (long)o * k, b = bias == null ? null : bias + o;
+                for (int r = 0; r < rows; r++) y[(long)r * n + o] = RowSum(sums[r], wr, x + (long)r * k, b, k, full);
+            }
+        }
+    }
+
     /// <summary>One weight row (<paramref name="wr"/>, <paramref name="k"/> floats) against <typeparamref name="TRows"/> input
     /// rows: y[r·n] = Σᵢ wr[i]·x[r·k + i] (+ bias[0]), each in <see cref="RowSum"/>'s order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -44,6 +203,7 @@ public static unsafe partial class Fp32Kernels
         int rows = TRows.Value;
         float* x0 = x, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default;
+        bool far = rows >= FarRows; // a constant in each row count's code
         int i = 0;
         for (; i + 64 <= k; i += 64)
         {
@@ -51,6 +211,13 @@ public static unsafe partial class Fp32Kernels
             Sse.Prefetch0(wr + i + PrefetchAhead + 16);
             Sse.Prefetch0(wr + i + PrefetchAhead + 32);
             Sse.Prefetch0(wr + i + PrefetchAhead + 48);
+            if (far)
+            {
+                Sse.Prefetch1(wr + i + FewRowsFarAhead); // and into L2 further on: see FewRowsFarAhead
+                Sse.Prefetch1(wr + i + FewRowsFarAhead + 16);
+                Sse.Prefetch1(wr + i + FewRowsFarAhead + 32);
+                Sse.Prefetch1(wr + i + FewRowsFarAhead + 48);
+            }
             // Four 16-float chunks, each into every row's accumulator in order (written out: the JIT does not unroll loops).
             var v0 = Vector512.Load(wr + i);
             var v1 = Vector512.Load(wr + i + 16);
