@@ -79,6 +79,27 @@ public static class BenchSupport
     /// <summary>Prints the closing JSON line; in --json mode it is the only stdout line.</summary>
     public static void Finish(JsonObject figures) => JsonOut.Print(figures);
 
+    /// <summary>Milliseconds the JIT has spent compiling in this process so far (every thread: the background tiering too).</summary>
+    public static double JitMs() => System.Runtime.JitInfo.GetCompilationTime(currentThread: false).TotalMilliseconds;
+
+    /// <summary>
+    /// Runs <paramref name="round"/> as a warm-up until a round leaves the JIT almost idle (under
+    /// <paramref name="quietMs"/> of compilation), at most <paramref name="maxRounds"/> times; returns the rounds run. On 2
+    /// cores the JIT's background tiering takes a core from what is measured: a perf trace of session 14 had it at 381 ms
+    /// of CPU inside the measured merged prefill of <c>bench serve</c> (630 ms over the 3 stages) after one warm-up round,
+    /// recompiling the methods that code had run only a few times (with tiered PGO it compiled 250–1,100 ms a round for 5
+    /// rounds; without, 387, 401, 103, 26 ms: the host's TieredPGO is off since).
+    /// </summary>
+    public static async Task<int> WarmUntilJitQuiet(Func<Task> round, int maxRounds = 5, double quietMs = 30)
+    {
+        for (int r = 1; ; r++)
+        {
+            double before = JitMs();
+            await round();
+            if (JitMs() - before < quietMs || r >= maxRounds) return r;
+        }
+    }
+
     /// <summary>Human lines go to stdout only without --json (stderr otherwise, so stdout stays one line).</summary>
     public static void Say(bool json, string line)
     {

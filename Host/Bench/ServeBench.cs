@@ -128,15 +128,19 @@ public static class ServeBench
                                      $"stages' median steps {MedianOf(fixedSteps):0.0} ms in all");
         double generate = OneProcessGenerate(folder, "Stream 0: the quick brown fox", n);
         BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of 3); one stream through serve is {single / generate:0.00}× that");
-        // A concurrent round first, as the single stream had its warm-up: the first merged prefill of many prompts and the
+        // Concurrent rounds first, as the single stream had its warm-up: the first merged prefill of many prompts and the
         // first steps of many rows run code no single stream ran (the JIT compiled for ≈ 0.8 s of CPU time inside the
-        // measured round, on a machine of 2 cores: a perf trace of session 13). Its prompts ("Stream 100" on) share no
+        // measured round, on a machine of 2 cores: a perf trace of session 13). Their prompts ("Stream 100" on) share no
         // full prefix-cache block with the measured ones.
-        await Task.WhenAll(Enumerable.Range(100, concurrency).Select(Stream));
+        // Warm-up rounds until one leaves the JIT quiet (BenchSupport.WarmUntilJitQuiet), each with its own prompts.
+        int warmRound = 0;
+        int warmRounds = await BenchSupport.WarmUntilJitQuiet(() => Task.WhenAll(Enumerable.Range(100 * ++warmRound, concurrency).Select(Stream)));
         Drain(cluster);
+        double jitBefore = BenchSupport.JitMs();
         var clock = Stopwatch.StartNew();
         var all = await Task.WhenAll(Enumerable.Range(0, concurrency).Select(Stream));
         double wall = clock.Elapsed.TotalSeconds;
+        double jitDuring = BenchSupport.JitMs() - jitBefore;
         var rows = cluster.Nodes.SelectMany(node => NodeDiagnostics.For(node.System).StepRows.Drain()).ToList();
         var concurrentProfile = Drain(cluster);
         long total = all.Sum(s => (long)s.Tokens);
@@ -146,7 +150,8 @@ public static class ServeBench
         double P(List<double> xs, double q) => xs.Count == 0 ? double.NaN : xs[Math.Min(xs.Count - 1, (int)(q * xs.Count))];
         BenchSupport.Say(asJson, $"  {concurrency} streams: {aggregate:0.00} tokens/s in all ({total} tokens in {wall:0.00} s); speedup {aggregate / single:0.00}; " +
                                  $"TTFT p50 {P(ttft, 0.5):0.0} ms; ITL p50 {P(itl, 0.5):0.0} ms, p99 {P(itl, 0.99):0.0} ms; {rows.Average():0.0} rows per step; {concurrentProfile}; " +
-                                 $"once all decode (ITL p50): {concurrency * 1000 / P(itl, 0.5):0.00} tokens/s, {concurrency * 1000 / P(itl, 0.5) / single:0.00}× one stream");
+                                 $"once all decode (ITL p50): {concurrency * 1000 / P(itl, 0.5):0.00} tokens/s, {concurrency * 1000 / P(itl, 0.5) / single:0.00}× one stream; " +
+                                 $"after {warmRounds} concurrent warm-up round(s), the JIT compiled for {jitDuring:0} ms meanwhile");
         var (usual, chunked) = await PrefillStall(session.Client, 128, log);
         var (_, whole) = await PrefillStall(session.Client, 0, log);
         BenchSupport.Say(asJson, $"  a 512-token prompt joining 8 decoding requests: their longest wait {chunked:0} ms prefilled in chunks of 128, {whole:0} ms whole (usual gap {usual:0} ms)");
@@ -182,6 +187,8 @@ public static class ServeBench
             ["single_stream_fixed_split_tokens_per_s"] = computeShare ? Math.Round(singleFixed, 3) : null,
             ["single_fixed_split_stage_step_ms"] = computeShare ? Math.Round(MedianOf(fixedSteps), 3) : null,
             ["fp32_long_inputs"] = Fp32LongInputs.Enabled,
+            ["concurrent_warmup_rounds"] = warmRounds,
+            ["jit_ms_during_concurrent"] = Math.Round(jitDuring, 1),
         });
         return 0;
     }
