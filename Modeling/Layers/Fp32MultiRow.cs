@@ -30,6 +30,7 @@ public static unsafe partial class Fp32Kernels
         int block = portable ? PortableRowBlock : RowBlock;
         int blocks = (m + block - 1) / block;
         int o = from;
+        float* packed = portable ? null : PackedInputs(x, k, m, blocks);
         for (; o + 4 <= to; o += 4)
         {
             int r = 0;
@@ -38,7 +39,7 @@ public static unsafe partial class Fp32Kernels
                 int size = m / blocks + (c < m % blocks ? 1 : 0);
                 float* xr = x + (long)r * k, yr = y + (long)r * n;
                 if (portable) PortableBlock(size, w, xr, yr, bias, k, n, o, c == 0);
-                else Block(size, w, xr, yr, bias, k, n, o, c == 0);
+                else Block(size, w, packed + (long)r * (k & ~15), xr, yr, bias, k, n, o, c == 0);
                 r += size;
             }
         }
@@ -50,18 +51,148 @@ public static unsafe partial class Fp32Kernels
             }
     }
 
-    private static void Block(int rows, float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch)
+    /// <summary>This thread's buffer for <see cref="PackedInputs"/> (grown as needed, kept for the thread's life).</summary>
+    [ThreadStatic] private static nint _packed;
+    [ThreadStatic] private static long _packedFloats;
+
+    /// <summary>
+    /// The input rows' vector part (columns below k rounded down to 16) rearranged block by block, as
+    /// <see cref="MultiRows"/> cuts them (near-equal blocks of at most <see cref="RowBlock"/> rows): a block of s rows
+    /// starting at row r lies at r·full, column chunk c of its row j at (c·s + j)·16. The register block then reads
+    /// its s input vectors of a chunk from one pointer at fixed offsets, where s row pointers did not fit the
+    /// registers beside the four weight rows (the JIT reloaded five of them from the stack every 16 columns). Each part of
+    /// a product packs the rows again (a copy of m × k floats: ≈ 4 % of a down projection's part at 16 rows). From memory,
+    /// 96 weights of 2048 × 768 (medians of 6–10 alternating rounds in one process): 16 rows 30.0–30.3 → 24.7–24.8 ms,
+    /// 12 rows 30.4 → 28.9, 32 rows 45.6 → 44.4, 64 rows 74.7 → 73.2; 768 × 2048 at 16 rows 28.5 → 29.7 (the copy's
+    /// share). bench serve, 2 alternating pairs: ITL p50 37.9 → 33.5 and 45.8 → 37.0 ms, aggregate 335 → 365 and 273 → 334
+    /// tokens/s. BENCHMARKS.md, session 14.
+    /// </summary>
+    private static float* PackedInputs(float* x, int k, int m, int blocks)
+    {
+        int full = k & ~15;
+        long need = (long)m * full;
+        if (_packedFloats < need)
+        {
+            if (_packed != 0) System.Runtime.InteropServices.NativeMemory.AlignedFree((void*)_packed);
+            _packed = (nint)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(need * 4), 64);
+            _packedFloats = need;
+        }
+        float* dst = (float*)_packed;
+        int r = 0;
+        for (int c = 0; c < blocks; c++)
+        {
+            int size = m / blocks + (c < m % blocks ? 1 : 0);
+            float* d = dst + (long)r * full;
+            for (int i = 0; i < full; i += 16)
+                for (int j = 0; j < size; j++, d += 16)
+                    Vector512.Load(x + (long)(r + j) * k + i).Store(d);
+            r += size;
+        }
+        return dst;
+    }
+
+    private static void Block(int rows, float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, bool prefetch)
     {
         switch (rows)
         {
-            case 1: Block4<One>(w, x, y, bias, k, n, o, prefetch); break;
-            case 2: Block4<Two>(w, x, y, bias, k, n, o, prefetch); break;
-            case 3: Block4<Three>(w, x, y, bias, k, n, o, prefetch); break;
-            case 4: Block4<Four>(w, x, y, bias, k, n, o, prefetch); break;
-            case 5: Block4<Five>(w, x, y, bias, k, n, o, prefetch); break;
-            case 6: Block4<Six>(w, x, y, bias, k, n, o, prefetch); break;
+            case 1: Block4<One>(w, packed, x, y, bias, k, n, o, prefetch); break;
+            case 2: Block4<Two>(w, packed, x, y, bias, k, n, o, prefetch); break;
+            case 3: Block4<Three>(w, packed, x, y, bias, k, n, o, prefetch); break;
+            case 4: Block4<Four>(w, packed, x, y, bias, k, n, o, prefetch); break;
+            case 5: Block4<Five>(w, packed, x, y, bias, k, n, o, prefetch); break;
+            case 6: Block4<Six>(w, packed, x, y, bias, k, n, o, prefetch); break;
             default: throw new ArgumentOutOfRangeException(nameof(rows), rows, $"a register block takes 1..{RowBlock} input rows");
         }
+    }
+
+    /// <summary>Four weight rows [o, o+4) against <typeparamref name="TRows"/> input rows at once (AVX-512): each 16-float load of a
+    /// weight row feeds the accumulators of every input row, so a block of weights is read once for up to
+    /// <see cref="RowBlock"/> input rows; 4 × 6 = 24 accumulators, the 4 weight vectors and an input vector fit the 32 zmm registers.
+    /// The input rows come packed (<see cref="PackedInputs"/>: one pointer, fixed offsets); the unpacked rows
+    /// <paramref name="x"/> serve the scalar tail.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Block4<TRows>(float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, bool prefetch) where TRows : struct, IRowCount
+    {
+        int rows = TRows.Value;
+        float* sums = stackalloc float[4 * RowBlock];
+        // The same place in the next four rows (at least PrefetchAhead on): the four rows lie back to back, so a fixed 4 KB
+        // ahead of each landed inside this block's own rows for all but the last, and the next block's rows came in as misses
+        // (as the int4/int8 kernels found in session 12). A block after the first finds the rows in cache: it touches the
+        // line it reads (no branch in the loop: one would split it and spill the accumulators).
+        int ahead = prefetch ? Math.Max(PrefetchAhead, 4 * k) : 0;
+        float* w0 = w + (long)o * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
+        float* f0 = w0 + ahead, f1 = w1 + ahead, f2 = w2 + ahead, f3 = w3 + ahead;
+        float* u = packed;
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
+        Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
+        Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
+        Vector512<float> a40 = default, a41 = default, a42 = default, a43 = default;
+        Vector512<float> a50 = default, a51 = default, a52 = default, a53 = default;
+        int i = 0;
+        for (; i + 16 <= k; i += 16, u += 16 * rows)
+        {
+            Sse.Prefetch0(f0 + i);
+            Sse.Prefetch0(f1 + i);
+            Sse.Prefetch0(f2 + i);
+            Sse.Prefetch0(f3 + i);
+            var v0 = Vector512.Load(w0 + i);
+            var v1 = Vector512.Load(w1 + i);
+            var v2 = Vector512.Load(w2 + i);
+            var v3 = Vector512.Load(w3 + i);
+            var u0 = Vector512.Load(u);
+            a00 = Vector512.FusedMultiplyAdd(v0, u0, a00);
+            a01 = Vector512.FusedMultiplyAdd(v1, u0, a01);
+            a02 = Vector512.FusedMultiplyAdd(v2, u0, a02);
+            a03 = Vector512.FusedMultiplyAdd(v3, u0, a03);
+            if (rows > 1)
+            {
+                var u1 = Vector512.Load(u + 16);
+                a10 = Vector512.FusedMultiplyAdd(v0, u1, a10);
+                a11 = Vector512.FusedMultiplyAdd(v1, u1, a11);
+                a12 = Vector512.FusedMultiplyAdd(v2, u1, a12);
+                a13 = Vector512.FusedMultiplyAdd(v3, u1, a13);
+            }
+            if (rows > 2)
+            {
+                var u2 = Vector512.Load(u + 32);
+                a20 = Vector512.FusedMultiplyAdd(v0, u2, a20);
+                a21 = Vector512.FusedMultiplyAdd(v1, u2, a21);
+                a22 = Vector512.FusedMultiplyAdd(v2, u2, a22);
+                a23 = Vector512.FusedMultiplyAdd(v3, u2, a23);
+            }
+            if (rows > 3)
+            {
+                var u3 = Vector512.Load(u + 48);
+                a30 = Vector512.FusedMultiplyAdd(v0, u3, a30);
+                a31 = Vector512.FusedMultiplyAdd(v1, u3, a31);
+                a32 = Vector512.FusedMultiplyAdd(v2, u3, a32);
+                a33 = Vector512.FusedMultiplyAdd(v3, u3, a33);
+            }
+            if (rows > 4)
+            {
+                var u4 = Vector512.Load(u + 64);
+                a40 = Vector512.FusedMultiplyAdd(v0, u4, a40);
+                a41 = Vector512.FusedMultiplyAdd(v1, u4, a41);
+                a42 = Vector512.FusedMultiplyAdd(v2, u4, a42);
+                a43 = Vector512.FusedMultiplyAdd(v3, u4, a43);
+            }
+            if (rows > 5)
+            {
+                var u5 = Vector512.Load(u + 80);
+                a50 = Vector512.FusedMultiplyAdd(v0, u5, a50);
+                a51 = Vector512.FusedMultiplyAdd(v1, u5, a51);
+                a52 = Vector512.FusedMultiplyAdd(v2, u5, a52);
+                a53 = Vector512.FusedMultiplyAdd(v3, u5, a53);
+            }
+        }
+        Sums(a00, a01, a02, a03).Store(sums + 0);
+        if (rows > 1) Sums(a10, a11, a12, a13).Store(sums + 4);
+        if (rows > 2) Sums(a20, a21, a22, a23).Store(sums + 8);
+        if (rows > 3) Sums(a30, a31, a32, a33).Store(sums + 12);
+        if (rows > 4) Sums(a40, a41, a42, a43).Store(sums + 16);
+        if (rows > 5) Sums(a50, a51, a52, a53).Store(sums + 20);
+        for (int r = 0; r < rows; r++) Finish(sums + 4 * r, w0, x + (long)r * k, y + (long)r * n, bias, k, o, i);
     }
 
     private static void PortableBlock(int rows, float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch)
@@ -83,94 +214,6 @@ public static unsafe partial class Fp32Kernels
     private struct Four : IRowCount { public static int Value => 4; }
     private struct Five : IRowCount { public static int Value => 5; }
     private struct Six : IRowCount { public static int Value => 6; }
-
-    /// <summary>Four weight rows [o, o+4) against <typeparamref name="TRows"/> input rows at once (AVX-512): each 16-float load of a
-    /// weight row feeds the accumulators of every input row, so a block of weights is read once for up to
-    /// <see cref="RowBlock"/> input rows; 4 × 6 = 24 accumulators, the 4 weight vectors and an input vector fit the 32 zmm registers.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Block4<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int o, bool prefetch) where TRows : struct, IRowCount
-    {
-        int rows = TRows.Value;
-        float* sums = stackalloc float[4 * RowBlock];
-        // The same place in the next four rows (at least PrefetchAhead on): the four rows lie back to back, so a fixed 4 KB
-        // ahead of each landed inside this block's own rows for all but the last, and the next block's rows came in as misses
-        // (as the int4/int8 kernels found in session 12). A block after the first finds the rows in cache: it touches the
-        // line it reads (no branch in the loop: one would split it and spill the accumulators).
-        int ahead = prefetch ? Math.Max(PrefetchAhead, 4 * k) : 0;
-        float* w0 = w + (long)o * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k;
-        float* x0 = x + 0L * k, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
-        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
-        Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
-        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
-        Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
-        Vector512<float> a40 = default, a41 = default, a42 = default, a43 = default;
-        Vector512<float> a50 = default, a51 = default, a52 = default, a53 = default;
-        int i = 0;
-        for (; i + 16 <= k; i += 16)
-        {
-            Sse.Prefetch0(w0 + i + ahead);
-            Sse.Prefetch0(w1 + i + ahead);
-            Sse.Prefetch0(w2 + i + ahead);
-            Sse.Prefetch0(w3 + i + ahead);
-            var v0 = Vector512.Load(w0 + i);
-            var v1 = Vector512.Load(w1 + i);
-            var v2 = Vector512.Load(w2 + i);
-            var v3 = Vector512.Load(w3 + i);
-            var u0 = Vector512.Load(x0 + i);
-            a00 = Vector512.FusedMultiplyAdd(v0, u0, a00);
-            a01 = Vector512.FusedMultiplyAdd(v1, u0, a01);
-            a02 = Vector512.FusedMultiplyAdd(v2, u0, a02);
-            a03 = Vector512.FusedMultiplyAdd(v3, u0, a03);
-            if (rows > 1)
-            {
-                var u1 = Vector512.Load(x1 + i);
-                a10 = Vector512.FusedMultiplyAdd(v0, u1, a10);
-                a11 = Vector512.FusedMultiplyAdd(v1, u1, a11);
-                a12 = Vector512.FusedMultiplyAdd(v2, u1, a12);
-                a13 = Vector512.FusedMultiplyAdd(v3, u1, a13);
-            }
-            if (rows > 2)
-            {
-                var u2 = Vector512.Load(x2 + i);
-                a20 = Vector512.FusedMultiplyAdd(v0, u2, a20);
-                a21 = Vector512.FusedMultiplyAdd(v1, u2, a21);
-                a22 = Vector512.FusedMultiplyAdd(v2, u2, a22);
-                a23 = Vector512.FusedMultiplyAdd(v3, u2, a23);
-            }
-            if (rows > 3)
-            {
-                var u3 = Vector512.Load(x3 + i);
-                a30 = Vector512.FusedMultiplyAdd(v0, u3, a30);
-                a31 = Vector512.FusedMultiplyAdd(v1, u3, a31);
-                a32 = Vector512.FusedMultiplyAdd(v2, u3, a32);
-                a33 = Vector512.FusedMultiplyAdd(v3, u3, a33);
-            }
-            if (rows > 4)
-            {
-                var u4 = Vector512.Load(x4 + i);
-                a40 = Vector512.FusedMultiplyAdd(v0, u4, a40);
-                a41 = Vector512.FusedMultiplyAdd(v1, u4, a41);
-                a42 = Vector512.FusedMultiplyAdd(v2, u4, a42);
-                a43 = Vector512.FusedMultiplyAdd(v3, u4, a43);
-            }
-            if (rows > 5)
-            {
-                var u5 = Vector512.Load(x5 + i);
-                a50 = Vector512.FusedMultiplyAdd(v0, u5, a50);
-                a51 = Vector512.FusedMultiplyAdd(v1, u5, a51);
-                a52 = Vector512.FusedMultiplyAdd(v2, u5, a52);
-                a53 = Vector512.FusedMultiplyAdd(v3, u5, a53);
-            }
-        }
-        Sums(a00, a01, a02, a03).Store(sums + 0);
-        if (rows > 1) Sums(a10, a11, a12, a13).Store(sums + 4);
-        if (rows > 2) Sums(a20, a21, a22, a23).Store(sums + 8);
-        if (rows > 3) Sums(a30, a31, a32, a33).Store(sums + 12);
-        if (rows > 4) Sums(a40, a41, a42, a43).Store(sums + 16);
-        if (rows > 5) Sums(a50, a51, a52, a53).Store(sums + 20);
-        // Every accumulator is reduced before the first call: a vector live across a call would be spilled inside the loop.
-        for (int r = 0; r < rows; r++) Finish(sums + 4 * r, w0, x + (long)r * k, y + (long)r * n, bias, k, o, i);
-    }
 
     /// <summary>As <see cref="Block4{TRows}"/> with <see cref="Vector{T}"/>: 4 × 2 accumulators, the 4 weight vectors and an input
     /// vector fit the 16 registers of AVX2.</summary>
