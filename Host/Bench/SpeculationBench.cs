@@ -11,6 +11,8 @@ namespace ShardPipe.Host.Bench;
 /// model's random weights fall into repetitions, which prompt lookup finds); the tokens must be equal.
 /// verify_pass_over_step: one speculative step (the last token plus its drafts, k + 1 positions at every stage, when
 /// prompt lookup proposes k) over one plain decode step, each the decode time over the steps after the first.
+/// plain_stage_step_ms / verify_stage_step_ms: the stages' own compute of each kind of step (every stage's median step
+/// time summed, median of the rounds); the rest of a step is the pipeline's messaging and hand-offs.
 /// ngram_speedup: tokens/s over plain. With a draft model (<c>--draft-model</c>), a third run each round proposes with
 /// it at the first stage: draft_acceptance and draft_speedup (tokens/s over plain), the tokens again equal to plain.
 /// Then a seeded sampled request (temperature 0.8, top-p 0.95) plain and with the draft's sampled proposals (rejection
