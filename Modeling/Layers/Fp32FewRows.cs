@@ -102,13 +102,11 @@ public static unsafe partial class Fp32Kernels
     /// (front to back, a line per 16 columns done: a whole block ahead of their use, which goes slice by slice); the L1
     /// prefetch of the untiled kernel ahead in a row made no difference here (from L2).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
     private static void TiledRows<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int from, int to, int slice) where TRows : struct, IRowCount
     {
-        int rows = TRows.Value, full = k & ~15;
+        int full = k & ~15;
         var carried = stackalloc Vector512<float>[TileRows * RowBlock];
-        float* sums = stackalloc float[8];
-        float* x0 = x, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
         // The first block's rows into L2 now; each block then fetches the next as it goes (one line per 16 columns done).
         for (float* l = w + (long)from * k, end = w + (long)Math.Min(to, from + TileRows) * k; l < end; l += 16) Sse.Prefetch1(l);
         for (int o0 = from; o0 < to; o0 += TileRows)
@@ -116,109 +114,89 @@ public static unsafe partial class Fp32Kernels
             int count = Math.Min(TileRows, to - o0);
             float* next = w + (long)(o0 + count) * k, stop = w + (long)Math.Min(to, o0 + count + TileRows) * k;
             for (int c0 = 0; c0 < full; c0 += slice)
-            {
-                int c1 = Math.Min(full, c0 + slice);
                 for (int g = 0; g < count; g++)
-                {
-                    float* wr = w + (long)(o0 + g) * k;
-                    Vector512<float>* held = carried + g * RowBlock;
-                    Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default;
-                    if (c0 > 0)
-                    {
-                        a0 = held[0];
-                        a1 = held[1];
-                        if (rows > 2) a2 = held[2];
-                        if (rows > 3) a3 = held[3];
-                        if (rows > 4) a4 = held[4];
-                        if (rows > 5) a5 = held[5];
-                    }
-                    int i = c0;
-                    for (; i + 64 <= c1; i += 64)
-                    {
-                        if (next < stop) { Sse.Prefetch1(next); Sse.Prefetch1(next + 16); Sse.Prefetch1(next + 32); Sse.Prefetch1(next + 48); next += 64; }
-                        var v0 = Vector512.Load(wr + i);
-                        var v1 = Vector512.Load(wr + i + 16);
-                        var v2 = Vector512.Load(wr + i + 32);
-                        var v3 = Vector512.Load(wr + i + 48);
-                        a0 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x0 + i), a0);
-                        a1 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x1 + i), a1);
-                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x2 + i), a2);
-                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x3 + i), a3);
-                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x4 + i), a4);
-                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v0, Vector512.Load(x5 + i), a5);
-                        a0 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x0 + i + 16), a0);
-                        a1 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x1 + i + 16), a1);
-                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x2 + i + 16), a2);
-                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x3 + i + 16), a3);
-                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x4 + i + 16), a4);
-                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v1, Vector512.Load(x5 + i + 16), a5);
-                        a0 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x0 + i + 32), a0);
-                        a1 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x1 + i + 32), a1);
-                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x2 + i + 32), a2);
-                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x3 + i + 32), a3);
-                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x4 + i + 32), a4);
-                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v2, Vector512.Load(x5 + i + 32), a5);
-                        a0 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x0 + i + 48), a0);
-                        a1 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x1 + i + 48), a1);
-                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x2 + i + 48), a2);
-                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x3 + i + 48), a3);
-                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x4 + i + 48), a4);
-                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x5 + i + 48), a5);
-                    }
-                    for (; i < c1; i += 16)
-                    {
-                        var v = Vector512.Load(wr + i);
-                        a0 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x0 + i), a0);
-                        a1 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x1 + i), a1);
-                        if (rows > 2) a2 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x2 + i), a2);
-                        if (rows > 3) a3 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x3 + i), a3);
-                        if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x4 + i), a4);
-                        if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x5 + i), a5);
-                    }
-                    held[0] = a0;
-                    held[1] = a1;
-                    if (rows > 2) held[2] = a2;
-                    if (rows > 3) held[3] = a3;
-                    if (rows > 4) held[4] = a4;
-                    if (rows > 5) held[5] = a5;
-                }
-            }
+                    next = Slice<TRows, NextBlock>(w + (long)(o0 + g) * k, x, k, c0, Math.Min(full, c0 + slice), carried + g * RowBlock, c0 > 0, next, stop);
             for (int g = 0; g < count; g++)
             {
-                Vector512<float>* held = carried + g * RowBlock;
-                Sums(held[0], held[1], rows > 2 ? held[2] : held[0], rows > 3 ? held[3] : held[0]).Store(sums);
-                Sums(rows > 4 ? held[4] : held[0], rows > 5 ? held[5] : held[0], held[0], held[0]).Store(sums + 4);
                 int o = o0 + g;
-                float* wr = w + (long)o * k, b = bias == null ? null : bias + o;
-                for (int r = 0; r < rows; r++) y[(long)r * n + o] = RowSum(sums[r], wr, x + (long)r * k, b, k, full);
+                FinishRows<TRows>(carried + g * RowBlock, w + (long)o * k, x, y + o, bias == null ? null : bias + o, k, n, full);
             }
         }
     }
 
     /// <summary>One weight row (<paramref name="wr"/>, <paramref name="k"/> floats) against <typeparamref name="TRows"/> input
     /// rows: y[r·n] = Σᵢ wr[i]·x[r·k + i] (+ bias[0]), each in <see cref="RowSum"/>'s order.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
     private static void WeightRow<TRows>(float* wr, float* x, float* y, float* bias, int k, int n) where TRows : struct, IRowCount
+    {
+        int full = k & ~15;
+        var held = stackalloc Vector512<float>[RowBlock];
+        if (TRows.Value >= FarRows) Slice<TRows, AheadAndFar>(wr, x, k, 0, full, held, false, null, null);
+        else Slice<TRows, Ahead>(wr, x, k, 0, full, held, false, null, null);
+        FinishRows<TRows>(held, wr, x, y, bias, k, n, full);
+    }
+
+    /// <summary>What <see cref="Slice{TRows, TPrefetch}"/> prefetches, as a type (a constant in each one's code): 4 KB ahead
+    /// in the row into L1 (<see cref="Near"/>), 32 KB ahead into L2 (<see cref="Far"/>, <see cref="FewRowsFarAhead"/>), or
+    /// the next block of rows into L2 a line per 16 columns (<see cref="Next"/>, <see cref="TiledRows{TRows}"/>).</summary>
+    private interface IRowPrefetch
+    {
+        static abstract bool Near { get; }
+        static abstract bool Far { get; }
+        static abstract bool Next { get; }
+    }
+    private struct Ahead : IRowPrefetch { public static bool Near => true; public static bool Far => false; public static bool Next => false; }
+    private struct AheadAndFar : IRowPrefetch { public static bool Near => true; public static bool Far => true; public static bool Next => false; }
+    private struct NextBlock : IRowPrefetch { public static bool Near => false; public static bool Far => false; public static bool Next => true; }
+
+    /// <summary>
+    /// Columns [<paramref name="from"/>, <paramref name="to"/>) (multiples of 16) of one weight row against
+    /// <typeparamref name="TRows"/> input rows: each row's accumulator (in <paramref name="held"/>, 16 floats a row; zero
+    /// to start unless <paramref name="carry"/>) takes the 16-float products in column order, four chunks a pass (written
+    /// out: the JIT does not unroll loops), and goes back to <paramref name="held"/>. The accumulators live in registers
+    /// through the loop and touch memory once a slice. Returns <paramref name="next"/> moved past what it prefetched.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] // into WeightRow and TiledRows: no call per weight row
+    private static float* Slice<TRows, TPrefetch>(float* wr, float* x, int k, int from, int to, Vector512<float>* held, bool carry, float* next, float* stop)
+        where TRows : struct, IRowCount where TPrefetch : struct, IRowPrefetch
     {
         int rows = TRows.Value;
         float* x0 = x, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default;
-        bool far = rows >= FarRows; // a constant in each row count's code
-        int i = 0;
-        for (; i + 64 <= k; i += 64)
+        if (carry)
         {
-            Sse.Prefetch0(wr + i + PrefetchAhead); // past a row's end this reaches the next rows: still ahead of use
-            Sse.Prefetch0(wr + i + PrefetchAhead + 16);
-            Sse.Prefetch0(wr + i + PrefetchAhead + 32);
-            Sse.Prefetch0(wr + i + PrefetchAhead + 48);
-            if (far)
+            a0 = held[0];
+            a1 = held[1];
+            if (rows > 2) a2 = held[2];
+            if (rows > 3) a3 = held[3];
+            if (rows > 4) a4 = held[4];
+            if (rows > 5) a5 = held[5];
+        }
+        int i = from;
+        for (; i + 64 <= to; i += 64)
+        {
+            if (TPrefetch.Near)
             {
-                Sse.Prefetch1(wr + i + FewRowsFarAhead); // and into L2 further on: see FewRowsFarAhead
+                Sse.Prefetch0(wr + i + PrefetchAhead); // past a row's end this reaches the next rows: still ahead of use
+                Sse.Prefetch0(wr + i + PrefetchAhead + 16);
+                Sse.Prefetch0(wr + i + PrefetchAhead + 32);
+                Sse.Prefetch0(wr + i + PrefetchAhead + 48);
+            }
+            if (TPrefetch.Far)
+            {
+                Sse.Prefetch1(wr + i + FewRowsFarAhead);
                 Sse.Prefetch1(wr + i + FewRowsFarAhead + 16);
                 Sse.Prefetch1(wr + i + FewRowsFarAhead + 32);
                 Sse.Prefetch1(wr + i + FewRowsFarAhead + 48);
             }
-            // Four 16-float chunks, each into every row's accumulator in order (written out: the JIT does not unroll loops).
+            if (TPrefetch.Next && next < stop)
+            {
+                Sse.Prefetch1(next);
+                Sse.Prefetch1(next + 16);
+                Sse.Prefetch1(next + 32);
+                Sse.Prefetch1(next + 48);
+                next += 64;
+            }
             var v0 = Vector512.Load(wr + i);
             var v1 = Vector512.Load(wr + i + 16);
             var v2 = Vector512.Load(wr + i + 32);
@@ -248,7 +226,7 @@ public static unsafe partial class Fp32Kernels
             if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x4 + i + 48), a4);
             if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v3, Vector512.Load(x5 + i + 48), a5);
         }
-        for (; i + 16 <= k; i += 16)
+        for (; i < to; i += 16)
         {
             var v = Vector512.Load(wr + i);
             a0 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x0 + i), a0);
@@ -258,10 +236,24 @@ public static unsafe partial class Fp32Kernels
             if (rows > 4) a4 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x4 + i), a4);
             if (rows > 5) a5 = Vector512.FusedMultiplyAdd(v, Vector512.Load(x5 + i), a5);
         }
-        // Every accumulator is reduced before the first call: a vector live across a call would be spilled inside the loop.
+        held[0] = a0;
+        held[1] = a1;
+        if (rows > 2) held[2] = a2;
+        if (rows > 3) held[3] = a3;
+        if (rows > 4) held[4] = a4;
+        if (rows > 5) held[5] = a5;
+        return next;
+    }
+
+    /// <summary>The end of one weight row's sums (<paramref name="held"/>: its accumulators after column <paramref name="full"/>):
+    /// each reduced (<see cref="Sums"/>), then <see cref="RowSum"/>'s scalar tail and bias, into y[r·n].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining), SkipLocalsInit]
+    private static void FinishRows<TRows>(Vector512<float>* held, float* wr, float* x, float* y, float* bias, int k, int n, int full) where TRows : struct, IRowCount
+    {
+        int rows = TRows.Value;
         float* sums = stackalloc float[8];
-        Sums(a0, a1, a2, a3).Store(sums);
-        Sums(a4, a5, a4, a5).Store(sums + 4);
-        for (int r = 0; r < rows; r++) y[(long)r * n] = RowSum(sums[r], wr, x + (long)r * k, bias, k, i);
+        Sums(held[0], held[1], rows > 2 ? held[2] : held[0], rows > 3 ? held[3] : held[0]).Store(sums);
+        Sums(rows > 4 ? held[4] : held[0], rows > 5 ? held[5] : held[0], held[0], held[0]).Store(sums + 4);
+        for (int r = 0; r < rows; r++) y[(long)r * n] = RowSum(sums[r], wr, x + (long)r * k, bias, k, full);
     }
 }
