@@ -79,6 +79,12 @@ public static class BenchSupport
     /// <summary>Prints the closing JSON line; in --json mode it is the only stdout line.</summary>
     public static void Finish(JsonObject figures) => JsonOut.Print(figures);
 
+    /// <summary>The stages' median step times (ms) since the last drain, summed over the nodes: the compute of one round of
+    /// the pipeline, every stage in turn (drains the nodes' step-time logs).</summary>
+    public static double DrainStageSteps(ShardPipe.Actors.Hosting.EmbeddedCluster cluster) =>
+        cluster.Nodes.Select(node => ShardPipe.Actors.Diagnostics.NodeDiagnostics.For(node.System).StepTimes.Drain())
+            .Sum(xs => xs.Count == 0 ? 0 : xs.Order().ElementAt(xs.Count / 2));
+
     /// <summary>Milliseconds the JIT has spent compiling in this process so far (every thread: the background tiering too).</summary>
     public static double JitMs() => System.Runtime.JitInfo.GetCompilationTime(currentThread: false).TotalMilliseconds;
 

@@ -23,7 +23,8 @@ namespace ShardPipe.Host.Bench;
 /// eos ignored so every stream is <c>--tokens</c> long; batching_speedup = aggregate ÷ single stream;
 /// single_stream_vs_generate = the single stream ÷ the same generation in one process (generate_tokens_per_s); time to first
 /// token and inter-token latency over the concurrent streams, as a client sees them. Each measurement follows a warm-up of
-/// its own kind (one stream; one concurrent round of other prompts). The stages merge the streams''
+/// its own kind (one stream; concurrent rounds of other prompts until one leaves the JIT quiet: concurrent_warmup_rounds,
+/// and jit_ms_during_concurrent the JIT's time inside the measured round). The stages merge the streams''
 /// steps (continuous batching); rows_per_step_mean is the mean rows of the steps the nodes ran meanwhile.
 /// <para>Where the time goes: <c>single_stage_step_ms</c> / <c>concurrent_stage_step_ms</c> are the stages' median step
 /// times summed (the compute of one round of the pipeline, every stage in turn), <c>*_hop_ms</c> the median activation
@@ -128,11 +129,11 @@ public static class ServeBench
                                      $"stages' median steps {MedianOf(fixedSteps):0.0} ms in all");
         double generate = OneProcessGenerate(folder, "Stream 0: the quick brown fox", n);
         BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of 3); one stream through serve is {single / generate:0.00}× that");
-        // Concurrent rounds first, as the single stream had its warm-up: the first merged prefill of many prompts and the
-        // first steps of many rows run code no single stream ran (the JIT compiled for ≈ 0.8 s of CPU time inside the
-        // measured round, on a machine of 2 cores: a perf trace of session 13). Their prompts ("Stream 100" on) share no
-        // full prefix-cache block with the measured ones.
-        // Warm-up rounds until one leaves the JIT quiet (BenchSupport.WarmUntilJitQuiet), each with its own prompts.
+        // Concurrent rounds first, as the single stream had its warm-up, until one leaves the JIT quiet
+        // (BenchSupport.WarmUntilJitQuiet): the first merged prefill of many prompts and the first steps of many rows run
+        // code no single stream ran (the JIT compiled for ≈ 0.8 s of CPU time inside the measured round, on a machine of 2
+        // cores: a perf trace of session 13). Each round's prompts ("Stream 100", "Stream 200" … on) share no full
+        // prefix-cache block with the measured ones.
         int warmRound = 0;
         int warmRounds = await BenchSupport.WarmUntilJitQuiet(() => Task.WhenAll(Enumerable.Range(100 * ++warmRound, concurrency).Select(Stream)));
         Drain(cluster);
@@ -207,10 +208,10 @@ public static class ServeBench
     {
         double Median(List<double> xs) => xs.Count == 0 ? 0 : xs.Order().ElementAt(xs.Count / 2);
         var nodes = cluster.Nodes.Select(n => NodeDiagnostics.For(n.System)).ToList();
-        var steps = nodes.Select(d => d.StepTimes.Drain()).ToList();
+        double steps = BenchSupport.DrainStageSteps(cluster);
         var hops = nodes.SelectMany(d => d.HopLatency.Drain()).ToList();
         foreach (var d in nodes) d.StepRows.Drain();
-        return new StageProfile(steps.Sum(Median), Median(hops));
+        return new StageProfile(steps, Median(hops));
     }
 
     /// <summary>

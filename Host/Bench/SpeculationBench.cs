@@ -60,10 +60,6 @@ public static class SpeculationBench
         finally { model.Release(); }
     }
 
-    /// <summary>The stages' median step times (ms) since the last call, summed over the nodes: one round of the pipeline's compute.</summary>
-    private static double StageSteps(EmbeddedCluster cluster) =>
-        cluster.Nodes.Select(node => ShardPipe.Actors.Diagnostics.NodeDiagnostics.For(node.System).StepTimes.Drain()).Where(xs => xs.Count > 0).Sum(xs => Median(xs.ToList()));
-
     private static double Median(List<double> xs)
     {
         xs.Sort();
@@ -91,11 +87,11 @@ public static class SpeculationBench
         var specStages = new List<double>();
         for (int r = 0; r < rounds; r++)
         {
-            StageSteps(cluster);
+            BenchSupport.DrainStageSteps(cluster);
             var plain = await cluster.Client.RunAsync(Request(null), loaded.Stages, TimeSpan.FromSeconds(300));
-            plainStages.Add(StageSteps(cluster));
+            plainStages.Add(BenchSupport.DrainStageSteps(cluster));
             var speculative = await cluster.Client.RunAsync(Request(spec), loaded.Stages, TimeSpan.FromSeconds(300));
-            specStages.Add(StageSteps(cluster));
+            specStages.Add(BenchSupport.DrainStageSteps(cluster));
             if (!plain.NewTokens[0].SequenceEqual(speculative.NewTokens[0]))
                 throw new InvalidOperationException("bench decode --speculate: the speculative tokens differ from the plain run's");
             if (bestPlain is null || plain.TokensPerSecond > bestPlain.TokensPerSecond) bestPlain = plain;

@@ -31,36 +31,31 @@ public static unsafe partial class Fp32Kernels
     /// <summary>Input rows from which the few-row path prefetches <see cref="FewRowsFarAhead"/> too.</summary>
     private const int FarRows = 4;
 
-    /// <summary>Output columns [from, to) of all <paramref name="m"/> (2..<see cref="FewRows"/>) input rows, one weight row at a time.</summary>
+    /// <summary>Output columns [from, to) of all <paramref name="m"/> (2..<see cref="FewRows"/>) input rows (<see cref="FewRowsOf{TRows}"/>).</summary>
     private static void FewRowsPass(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to)
     {
-        int slice = InputSlice(m, k);
+        switch (m)
+        {
+            case 2: FewRowsOf<Two>(w, x, y, bias, k, n, from, to); break;
+            case 3: FewRowsOf<Three>(w, x, y, bias, k, n, from, to); break;
+            case 4: FewRowsOf<Four>(w, x, y, bias, k, n, from, to); break;
+            case 5: FewRowsOf<Five>(w, x, y, bias, k, n, from, to); break;
+            case 6: FewRowsOf<Six>(w, x, y, bias, k, n, from, to); break;
+            default: throw new ArgumentOutOfRangeException(nameof(m), m, $"the few-row path takes 2..{FewRows} input rows");
+        }
+    }
+
+    /// <summary><see cref="FewRowsPass"/> for <typeparamref name="TRows"/> input rows: weight row after weight row, or in
+    /// column slices (<see cref="TiledRows{TRows}"/>) where the input rows outgrow <see cref="TileAboveBytes"/>.</summary>
+    private static void FewRowsOf<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int from, int to) where TRows : struct, IRowCount
+    {
+        int slice = InputSlice(TRows.Value, k);
         if (slice < (k & ~15))
         {
-            switch (m)
-            {
-                case 2: TiledRows<Two>(w, x, y, bias, k, n, from, to, slice); break;
-                case 3: TiledRows<Three>(w, x, y, bias, k, n, from, to, slice); break;
-                case 4: TiledRows<Four>(w, x, y, bias, k, n, from, to, slice); break;
-                case 5: TiledRows<Five>(w, x, y, bias, k, n, from, to, slice); break;
-                case 6: TiledRows<Six>(w, x, y, bias, k, n, from, to, slice); break;
-                default: throw new ArgumentOutOfRangeException(nameof(m), m, $"the few-row path takes 2..{FewRows} input rows");
-            }
+            TiledRows<TRows>(w, x, y, bias, k, n, from, to, slice);
             return;
         }
-        for (int o = from; o < to; o++)
-        {
-            float* wr = w + (long)o * k, b = bias == null ? null : bias + o;
-            switch (m)
-            {
-                case 2: WeightRow<Two>(wr, x, y + o, b, k, n); break;
-                case 3: WeightRow<Three>(wr, x, y + o, b, k, n); break;
-                case 4: WeightRow<Four>(wr, x, y + o, b, k, n); break;
-                case 5: WeightRow<Five>(wr, x, y + o, b, k, n); break;
-                case 6: WeightRow<Six>(wr, x, y + o, b, k, n); break;
-                default: throw new ArgumentOutOfRangeException(nameof(m), m, $"the few-row path takes 2..{FewRows} input rows");
-            }
-        }
+        for (int o = from; o < to; o++) WeightRow<TRows>(w + (long)o * k, x, y + o, bias == null ? null : bias + o, k, n);
     }
 
     /// <summary>

@@ -46,28 +46,7 @@ public static unsafe partial class Fp32Kernels
 
     /// <summary>As <see cref="Linear(Tensor, Tensor, Tensor?)"/>, choosing the path: <paramref name="portable"/> runs the
     /// <see cref="Vector{T}"/> code even on an AVX-512 CPU (tests check both paths on one machine).</summary>
-    public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias, bool portable)
-    {
-        int k = (int)weight.Shape()[1], n = (int)weight.Shape()[0];
-        int m = (int)(x.NumberOfElements / k);
-        var input = x.is_contiguous() ? x : x.contiguous();
-        var b = bias is null ? null : bias.dtype == ScalarType.Float32 && bias.is_contiguous() ? bias : bias.to(ScalarType.Float32).contiguous();
-        var output = empty(x.Shape()[..^1].Append(n).ToArray(), ScalarType.Float32);
-        try
-        {
-            float* w = (float*)TensorMemory.Pointer(weight), xp = (float*)TensorMemory.Pointer(input), yp = (float*)TensorMemory.Pointer(output);
-            float* bp = b is null ? null : (float*)TensorMemory.Pointer(b);
-            int parts = SpinPool.Shared.Parts(n, 64);
-            if (parts == 1) Rows(w, xp, yp, bp, k, n, m, 0, n, portable);
-            else SpinPool.Shared.Run(parts, p => Rows(w, xp, yp, bp, k, n, m, DecodeKernels.Split(n, p, parts), DecodeKernels.Split(n, p + 1, parts), portable));
-        }
-        finally
-        {
-            if (!ReferenceEquals(input, x)) input.Dispose();
-            if (b is not null && !ReferenceEquals(b, bias)) b.Dispose();
-        }
-        return output;
-    }
+    public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias, bool portable) => Linears(x, new[] { weight }, new[] { bias }, portable)[0];
 
 
     /// <summary>
@@ -77,12 +56,15 @@ public static unsafe partial class Fp32Kernels
     /// <see cref="Linear(Tensor, Tensor, Tensor?)"/> of its weight bit for bit (every row's sum has one order, whichever
     /// part computes it). Every weight must pass <see cref="Applies"/> with <paramref name="x"/>.
     /// </summary>
-    public static Tensor[] Linears(Tensor x, IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor?> biases)
+    public static Tensor[] Linears(Tensor x, IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor?> biases) => Linears(x, weights, biases, portable: !Avx512F.IsSupported);
+
+    /// <summary>As <see cref="Linears(Tensor, IReadOnlyList{Tensor}, IReadOnlyList{Tensor?})"/>, choosing the path (as
+    /// <see cref="Linear(Tensor, Tensor, Tensor?, bool)"/>, which is this for one weight).</summary>
+    private static Tensor[] Linears(Tensor x, IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor?> biases, bool portable)
     {
         if (weights.Count == 0 || biases.Count != weights.Count) throw new ArgumentException("one bias (or null) per weight, at least one weight");
         long[] shape = x.Shape();
         int k = (int)shape[^1], m = (int)(x.NumberOfElements / k), count = weights.Count;
-        bool portable = !Avx512F.IsSupported;
         var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
         var jobs = new (nint W, nint Y, nint Bias, int N)[count];
         var outputs = new Tensor[count];
