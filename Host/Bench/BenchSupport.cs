@@ -76,8 +76,13 @@ public static class BenchSupport
         return sw.Elapsed.TotalSeconds;
     }
 
-    /// <summary>Prints the closing JSON line; in --json mode it is the only stdout line.</summary>
-    public static void Finish(JsonObject figures) => JsonOut.Print(figures);
+    /// <summary>Prints the closing JSON line (with <c>openmp_wait_policy</c>, which libtorch's share of the figures
+    /// depends on: <see cref="ShardPipe.Modeling.Core.OpenMpWaitPolicy"/>); in --json mode it is the only stdout line.</summary>
+    public static void Finish(JsonObject figures)
+    {
+        figures["openmp_wait_policy"] = ShardPipe.Modeling.Core.OpenMpWaitPolicy.Effective;
+        JsonOut.Print(figures);
+    }
 
     /// <summary>The stages' median step times (ms) since the last drain, summed over the nodes: the compute of one round of
     /// the pipeline, every stage in turn (drains the nodes' step-time logs).</summary>

@@ -13,14 +13,16 @@ public static class TorchRuntime
 
     /// <summary>
     /// Call before the first tensor allocation. Asks libtorch's CPU allocator for transparent huge pages on
-    /// large tensors (THP is in madvise mode on this OS; 4 KiB first-touch faults otherwise dominate loading).
-    /// The variable must be in the native environment, which .NET's SetEnvironmentVariable does not touch.
+    /// large tensors (THP is in madvise mode on this OS; 4 KiB first-touch faults otherwise dominate loading), and
+    /// libgomp for passive OpenMP threads (<see cref="OpenMpWaitPolicy"/>).
+    /// The variables must be in the native environment, which .NET's SetEnvironmentVariable does not touch.
     /// </summary>
     public static void Initialise()
     {
         if (Interlocked.Exchange(ref _initialised, 1) == 1) return;
         if (OperatingSystem.IsLinux() && Environment.GetEnvironmentVariable("THP_MEM_ALLOC_ENABLE") is null)
             setenv("THP_MEM_ALLOC_ENABLE", "1", 0);
+        OpenMpWaitPolicy.Apply(); // before libtorch (and its libgomp) loads, where the host's Main has not already
         torch.InitializeDeviceType(DeviceType.CPU);
     }
 
