@@ -93,6 +93,7 @@ public static unsafe partial class DecodeAttention
                 float scale = (float)shape.Scale, causalMin = (float)AttentionMask.MinValue(dtype);
                 bool direct = dtype == ScalarType.BFloat16 && hd % (2 * System.Numerics.Vector<float>.Count) == 0; // bf16 keys and values read in place (DotBf16, AxpyBf16)
                 bool fast = dtype == ScalarType.Float32 && Avx512F.IsSupported && hd % 16 == 0;
+                bool fastBf16 = dtype == ScalarType.BFloat16 && Avx512F.IsSupported && hd % 16 == 0; // bf16 keys and values widened 16 at a time in registers
                 for (int t = from; t < to; t++)
                 {
                     int g = t / heads, h = t % heads, first = groups[g], count = groups[g + 1] - first, kvHead = h / perKv;
@@ -124,11 +125,20 @@ public static unsafe partial class DecodeAttention
                         Widen(q + (job.FlatRow * heads + h) * hd * es, dtype, qf, hd);
                         for (int c = 0; c < hd; c++) qf[c] *= scale;
                         float max = float.NegativeInfinity;
-                        if (fast)
+                        if (fast || fastBf16)
                             for (int p = 0; p < n; p += 4) // four keys a pass: each key's dot is the same bits whichever four it is among
                             {
-                                float* k0 = (float*)(keys + (long)p * hd * es);
-                                var four = Dot16Four(qf, k0, p + 1 < n ? k0 + hd : k0, p + 2 < n ? k0 + 2 * hd : k0, p + 3 < n ? k0 + 3 * hd : k0, hd);
+                                Vector128<float> four;
+                                if (fast)
+                                {
+                                    float* k0 = (float*)(keys + (long)p * hd * es);
+                                    four = Dot16Four(qf, k0, p + 1 < n ? k0 + hd : k0, p + 2 < n ? k0 + 2 * hd : k0, p + 3 < n ? k0 + 3 * hd : k0, hd);
+                                }
+                                else
+                                {
+                                    ushort* k0 = (ushort*)(keys + (long)p * hd * es);
+                                    four = Dot16FourBf16(qf, k0, p + 1 < n ? k0 + hd : k0, p + 2 < n ? k0 + 2 * hd : k0, p + 3 < n ? k0 + 3 * hd : k0, hd);
+                                }
                                 for (int j = 0; j < 4 && p + j < n; j++)
                                 {
                                     float s = four.GetElement(j);
@@ -153,6 +163,13 @@ public static unsafe partial class DecodeAttention
                         {
                             Normalise(scores, n, sum);
                             WeightedSum16(scores, (float*)values, n, hd, (float*)(output + (job.FlatRow * heads + h) * hd * es));
+                            continue;
+                        }
+                        if (fastBf16)
+                        {
+                            Normalise(scores, n, sum);
+                            WeightedSum16Bf16(scores, (ushort*)values, n, hd, acc);
+                            Narrow(acc, output + (job.FlatRow * heads + h) * hd * es, dtype, hd);
                             continue;
                         }
                         new Span<float>(acc, hd).Clear();
@@ -351,6 +368,83 @@ public static unsafe partial class DecodeAttention
             a3 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k3 + i), a3);
         }
         return Fp32Kernels.Sums(a0, a1, a2, a3);
+    }
+
+    /// <summary>16 bf16 values as float32 (a bf16 is a float32's high half): zero-extended to 32 bits, shifted up.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Bf16x16(ushort* p) => Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)), 16).AsSingle();
+
+    /// <summary><see cref="Dot16Four"/> over bf16 keys, each 16 channels widened in registers (exact): the same products,
+    /// accumulation order and lane sums as the float32 keys would give.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Dot16FourBf16(float* q, ushort* k0, ushort* k1, ushort* k2, ushort* k3, int n)
+    {
+        var x = Vector512.Load(q);
+        var a0 = Avx512F.Multiply(x, Bf16x16(k0));
+        var a1 = Avx512F.Multiply(x, Bf16x16(k1));
+        var a2 = Avx512F.Multiply(x, Bf16x16(k2));
+        var a3 = Avx512F.Multiply(x, Bf16x16(k3));
+        for (int i = 16; i < n; i += 16)
+        {
+            x = Vector512.Load(q + i);
+            a0 = Avx512F.FusedMultiplyAdd(x, Bf16x16(k0 + i), a0);
+            a1 = Avx512F.FusedMultiplyAdd(x, Bf16x16(k1 + i), a1);
+            a2 = Avx512F.FusedMultiplyAdd(x, Bf16x16(k2 + i), a2);
+            a3 = Avx512F.FusedMultiplyAdd(x, Bf16x16(k3 + i), a3);
+        }
+        return Fp32Kernels.Sums(a0, a1, a2, a3);
+    }
+
+    /// <summary><see cref="WeightedSum16"/> over bf16 values (widened in registers, exact), into float32
+    /// <paramref name="output"/>: the same even and odd chains per 16 channels, so a masked key's zero weight leaves the
+    /// bits as over the position's own keys.</summary>
+    private static void WeightedSum16Bf16(float* weights, ushort* values, int n, int hd, float* output)
+    {
+        int c = 0;
+        for (; c + 64 <= hd; c += 64)
+        {
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+            ushort* v = values + c;
+            int p = 0;
+            for (; p + 2 <= n; p += 2, v += 2 * hd)
+            {
+                var w = Vector512.Create(weights[p]);
+                var u = Vector512.Create(weights[p + 1]);
+                a0 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v), a0);
+                a1 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 16), a1);
+                a2 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 32), a2);
+                a3 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 48), a3);
+                b0 = Avx512F.FusedMultiplyAdd(u, Bf16x16(v + hd), b0);
+                b1 = Avx512F.FusedMultiplyAdd(u, Bf16x16(v + hd + 16), b1);
+                b2 = Avx512F.FusedMultiplyAdd(u, Bf16x16(v + hd + 32), b2);
+                b3 = Avx512F.FusedMultiplyAdd(u, Bf16x16(v + hd + 48), b3);
+            }
+            if (p < n)
+            {
+                var w = Vector512.Create(weights[p]);
+                a0 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v), a0);
+                a1 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 16), a1);
+                a2 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 32), a2);
+                a3 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 48), a3);
+            }
+            (a0 + b0).Store(output + c);
+            (a1 + b1).Store(output + c + 16);
+            (a2 + b2).Store(output + c + 32);
+            (a3 + b3).Store(output + c + 48);
+        }
+        for (; c < hd; c += 16)
+        {
+            Vector512<float> a = default, b = default;
+            ushort* v = values + c;
+            int p = 0;
+            for (; p + 2 <= n; p += 2, v += 2 * hd)
+            {
+                a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Bf16x16(v), a);
+                b = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p + 1]), Bf16x16(v + hd), b);
+            }
+            if (p < n) a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Bf16x16(v), a);
+            (a + b).Store(output + c);
+        }
     }
 
     /// <summary>weights[p] /= sum for p &lt; n.</summary>
