@@ -16,8 +16,10 @@ namespace ShardPipe.Modeling.Layers;
 /// 200-position past cost ≈ 4× one position's attention: BENCHMARKS.md, "Session 12 — verification pass"). Decode rows
 /// and segments share this one path, so a position's output is the same bits as a decode row of its own or inside a
 /// verification pass (<c>SegmentAttentionKernelTests</c> checks it bit for bit), and a verification's logits stay the
-/// plain steps'. Float32 heads of a multiple of 16 channels on AVX-512 take fused multiply-add dots and a weighted sum
-/// held in registers; other dtypes and CPUs the <see cref="Dot"/>/<see cref="DotBf16"/>/<see cref="Axpy"/> forms.
+/// plain steps'. Float32 and bf16 heads of a multiple of 16 channels on AVX-512 take fused multiply-add dots and a
+/// weighted sum held in registers (bf16 keys and values widened 16 at a time in registers: one position over 200 bf16
+/// keys 22.8 → 15.2 µs a layer against the portable forms, BENCHMARKS.md session 15); float16, other head sizes and
+/// CPUs the <see cref="Dot"/>/<see cref="DotBf16"/>/<see cref="Axpy"/> forms.
 /// </summary>
 public static unsafe partial class DecodeAttention
 {
@@ -79,7 +81,8 @@ public static unsafe partial class DecodeAttention
     /// positions, which share the row's cache block) and head t mod heads. Per position: its scores over the keys it sees
     /// (with its mask and causal bound), <see cref="Exponentials"/>, the weights normalised, and the weighted sum of the
     /// values. Float32 heads of a multiple of 16 channels on AVX-512 take <see cref="Dot16"/> and <see cref="WeightedSum16"/>
-    /// (fused multiply-adds, the output accumulated in registers); the rest the <see cref="Dot"/>/<see cref="Axpy"/> forms.
+    /// (fused multiply-adds, the output accumulated in registers), bf16 ones <see cref="Dot16FourBf16"/> and
+    /// <see cref="WeightedSum16Bf16"/> (the same, a position at a time); the rest the <see cref="Dot"/>/<see cref="Axpy"/> forms.
     /// </summary>
     private static void GroupTasks(RowJob[] jobs, int[] groups, byte* q, byte* output, ScalarType dtype, int es, Shape shape, int maxLength, int from, int to)
     {
