@@ -80,7 +80,7 @@ public static unsafe class DecodeKernels
             fixed (float* xp = xs, yp = ys)
             {
                 float* xq = xp, yq = yp;
-                RunWeights(offsets, (i, lo, hi) => Rows((ushort*)ws[i], xq, yq + (long)m * offsets[i], k, ns[i], m, lo, hi));
+                RunWeights(offsets, (i, lo, hi) => Rows((ushort*)ws[i], xq, yq + (long)m * offsets[i], k, ns[i], m, lo, hi)); // no WeightPrefetch: measured no gain in bf16
             }
             for (int i = 0; i < count; i++)
             {
@@ -143,10 +143,13 @@ public static unsafe class DecodeKernels
     /// [offsets[i], offsets[i + 1]) of the job), cut into parts of whole fours (<see cref="Split"/>) that the threads claim
     /// one at a time; <paramref name="rows"/>(i, lo, hi) computes weight i's rows [lo, hi). The grouped Linears of every
     /// dtype (<see cref="LinearsBf16"/>, <c>Fp32Kernels.Linears</c>, <c>QuantKernels.Linears</c>) share this cut.
+    /// <paramref name="firstWeight"/> (<paramref name="firstWeightBytes"/> long): where the first weight's data lies, the
+    /// key of <see cref="WeightPrefetch"/>'s learnt order (0: the product takes no part in it).
     /// </summary>
-    internal static void RunWeights(int[] offsets, Action<int, int, int> rows)
+    internal static void RunWeights(int[] offsets, Action<int, int, int> rows, nint firstWeight = 0, long firstWeightBytes = 0)
     {
         int total = offsets[^1], parts = SpinPool.Shared.Parts(total, 64);
+        WeightPrefetch.Starting(firstWeight, firstWeightBytes);
         SpinPool.Shared.Run(parts, p =>
         {
             int from = Split(total, p, parts), to = Split(total, p + 1, parts);
@@ -156,6 +159,7 @@ public static unsafe class DecodeKernels
                 if (lo < hi) rows(i, lo, hi);
             }
         });
+        WeightPrefetch.Done(firstWeight, SpinPool.Shared); // the next product's weights toward the cache while this thread's serial work runs
     }
 
     /// <summary>Where part <paramref name="p"/> of <paramref name="parts"/> starts: on a multiple of four rows, so that

@@ -89,7 +89,7 @@ public static unsafe partial class Fp32Kernels
             {
                 var (w, y, bp, n) = jobs[i];
                 Rows((float*)w, xp, (float*)y, (float*)bp, k, n, m, lo, hi, portable);
-            });
+            }); // no WeightPrefetch: float32 weights outgrow L2, and it measured no gain (BENCHMARKS.md, session 15)
         }
         finally
         {

@@ -8,7 +8,7 @@ namespace ShardPipe.Modeling.Layers;
 /// The spin is short (<see cref="SpinTime"/>): a spinning helper holds a core that libtorch's own threads need for
 /// the work that follows a decode step (a prefill's GEMMs, another stage's step). It once spun 0.2 s (a tick-unit
 /// mix-up), twice over after a burst of jobs, and fp32 prefill after a decode ran ≈ 18 % slower (BENCHMARKS.md,
-/// session 10).
+/// session 10). While they spin they prefetch what <see cref="PrefetchHint"/> names (<see cref="WeightPrefetch"/>).
 /// </summary>
 public sealed class SpinPool
 {
@@ -26,6 +26,40 @@ public sealed class SpinPool
     private Job? _job;          // the current job; each job counts its own parts, so a helper still in an old one never takes a newer one's
     private long _generation;   // bumps with every job, so spinning helpers notice it
     private int _busy;
+    private nint _prefetchAt, _prefetchEnd; // what idle helpers pull toward the cache next (PrefetchHint); 0: nothing
+
+    /// <summary>Bytes an idle helper prefetches between two looks for a new job (4 KB: about a microsecond).</summary>
+    private const int PrefetchChunk = 4096;
+
+    /// <summary>
+    /// Asks the helpers to prefetch [<paramref name="address"/>, + <paramref name="bytes"/>) into L2 while they wait for
+    /// the next job (<see cref="WeightPrefetch"/>: the next product's weights, during the caller's serial work). A
+    /// newer hint replaces an older one; a new job comes first (a helper looks for one every <see cref="PrefetchChunk"/>).
+    /// </summary>
+    public void PrefetchHint(nint address, long bytes)
+    {
+        if (address == 0 || bytes <= 0 || _threads.Length == 0) return;
+        Volatile.Write(ref _prefetchAt, 0);
+        Volatile.Write(ref _prefetchEnd, address + (nint)bytes);
+        Volatile.Write(ref _prefetchAt, address);
+    }
+
+    /// <summary>What is still to be prefetched: [At, End), At = 0 when nothing (diagnostics, tests).</summary>
+    public (nint At, nint End) PendingPrefetch => (Volatile.Read(ref _prefetchAt), Volatile.Read(ref _prefetchEnd));
+
+    /// <summary>One chunk of the pending prefetch, claimed from the other helpers; false when there is none.</summary>
+    private unsafe bool PrefetchSome()
+    {
+        nint at = Volatile.Read(ref _prefetchAt);
+        if (at == 0) return false;
+        nint end = Volatile.Read(ref _prefetchEnd);
+        if (end <= at) return true; // a newer hint is being written: look again
+        nint stop = Math.Min(end, at + PrefetchChunk);
+        if (Interlocked.CompareExchange(ref _prefetchAt, stop >= end ? 0 : stop, at) != at) return true; // another helper took it, or a newer hint
+        if (System.Runtime.Intrinsics.X86.Sse.IsSupported)
+            for (nint a = at; a < stop; a += 64) System.Runtime.Intrinsics.X86.Sse.Prefetch1((void*)a);
+        return true;
+    }
 
     /// <summary>One job: its body and its own part counters. A helper that finishes the last part of a job and loops to
     /// claim another finds this job's counter past its parts and stops — it cannot claim a part of the next job (with
@@ -137,7 +171,7 @@ public sealed class SpinPool
                     do _wake.Wait(); while (Volatile.Read(ref _generation) == seen);
                     break;
                 }
-                Thread.SpinWait(20);
+                if (!PrefetchSome()) Thread.SpinWait(20);
             }
             seen = Volatile.Read(ref _generation);
             if (Volatile.Read(ref _job) is { } job) Work(job);
