@@ -80,9 +80,9 @@ public static unsafe partial class DecodeAttention
     /// Tasks [from, to) of a step: task t is group t ÷ heads (one segment row, its 1 to <see cref="MaxPositions"/>
     /// positions, which share the row's cache block) and head t mod heads. Per position: its scores over the keys it sees
     /// (with its mask and causal bound), <see cref="Exponentials"/>, the weights normalised, and the weighted sum of the
-    /// values. Float32 heads of a multiple of 16 channels on AVX-512 take <see cref="Dot16"/> and <see cref="WeightedSum16"/>
-    /// (fused multiply-adds, the output accumulated in registers), bf16 ones <see cref="Dot16FourBf16"/> and
-    /// <see cref="WeightedSum16Bf16"/> (the same, a position at a time); the rest the <see cref="Dot"/>/<see cref="Axpy"/> forms.
+    /// values. Float32 and bf16 heads of a multiple of 16 channels on AVX-512 take <see cref="Dot16Four{T}"/> and
+    /// <see cref="WeightedSum16{T}"/> (fused multiply-adds, the output accumulated in registers; float32 segments of several
+    /// positions <see cref="JointTask{TPositions}"/>); the rest the <see cref="Dot"/>/<see cref="Axpy"/> forms.
     /// </summary>
     private static void GroupTasks(RowJob[] jobs, int[] groups, byte* q, byte* output, ScalarType dtype, int es, Shape shape, int maxLength, int from, int to)
     {
@@ -131,17 +131,8 @@ public static unsafe partial class DecodeAttention
                         if (fast || fastBf16)
                             for (int p = 0; p < n; p += 4) // four keys a pass: each key's dot is the same bits whichever four it is among
                             {
-                                Vector128<float> four;
-                                if (fast)
-                                {
-                                    float* k0 = (float*)(keys + (long)p * hd * es);
-                                    four = Dot16Four(qf, k0, p + 1 < n ? k0 + hd : k0, p + 2 < n ? k0 + 2 * hd : k0, p + 3 < n ? k0 + 3 * hd : k0, hd);
-                                }
-                                else
-                                {
-                                    ushort* k0 = (ushort*)(keys + (long)p * hd * es);
-                                    four = Dot16FourBf16(qf, k0, p + 1 < n ? k0 + hd : k0, p + 2 < n ? k0 + 2 * hd : k0, p + 3 < n ? k0 + 3 * hd : k0, hd);
-                                }
+                                byte* k0 = keys + (long)p * hd * es, k1 = p + 1 < n ? k0 + hd * es : k0, k2 = p + 2 < n ? k0 + 2 * hd * es : k0, k3 = p + 3 < n ? k0 + 3 * hd * es : k0;
+                                var four = fast ? Dot16Four<Float32s>(qf, k0, k1, k2, k3, hd) : Dot16Four<Bf16s>(qf, k0, k1, k2, k3, hd);
                                 for (int j = 0; j < 4 && p + j < n; j++)
                                 {
                                     float s = four.GetElement(j);
@@ -165,13 +156,13 @@ public static unsafe partial class DecodeAttention
                         if (fast)
                         {
                             Normalise(scores, n, sum);
-                            WeightedSum16(scores, (float*)values, n, hd, (float*)(output + (job.FlatRow * heads + h) * hd * es));
+                            WeightedSum16<Float32s>(scores, values, n, hd, (float*)(output + (job.FlatRow * heads + h) * hd * es));
                             continue;
                         }
                         if (fastBf16)
                         {
                             Normalise(scores, n, sum);
-                            WeightedSum16Bf16(scores, (ushort*)values, n, hd, acc);
+                            WeightedSum16<Bf16s>(scores, values, n, hd, acc);
                             Narrow(acc, output + (job.FlatRow * heads + h) * hd * es, dtype, hd);
                             continue;
                         }
@@ -211,10 +202,10 @@ public static unsafe partial class DecodeAttention
     /// in order; float32, AVX-512, a multiple of 16 channels) together: every key row is loaded once for all the positions'
     /// dots and every value row once for all their weighted sums, where a position at a time read the head's keys and values
     /// again for each (from L2: 2 × 200 × 64 floats outgrow L1). Per position the arithmetic is the one-position task's —
-    /// the same products of the same query (scaled, as there) and key in the same order (<see cref="Dot16Four"/>'s: a first
+    /// the same products of the same query (scaled, as there) and key in the same order (<see cref="Dot16Four{T}"/>'s: a first
     /// product, then fused multiply-adds, the four keys' lanes summed by <see cref="Fp32Kernels.Sums"/>), the same mask,
     /// causal bound, <see cref="Exponentials"/> and <see cref="Normalise"/> over its own keys, and the weighted sum's even
-    /// and odd chains per 16 channels (<see cref="WeightedSum16"/>); the keys past a position's own (the later positions of
+    /// and odd chains per 16 channels (<see cref="WeightedSum16{T}"/>); the keys past a position's own (the later positions of
     /// its segment) get an exact zero weight there, as a masked key does. So each position's output is the same bits as
     /// alone (SegmentAttentionKernelTests). <paramref name="scratch"/>: <see cref="JointPositions"/> × (hd + maxLength) floats.
     /// </summary>
@@ -348,106 +339,50 @@ public static unsafe partial class DecodeAttention
         if (two) second.Store(o + 16);
     }
 
+    /// <summary>How a cache's keys and values become float32, 16 channels at a time (AVX-512), as a type (a constant in
+    /// each kernel's code): float32 as they are, bf16 widened in registers (a bf16 is a float32's high half: exact). Both
+    /// dtypes go through the same arithmetic below.</summary>
+    private interface ICacheFloats
+    {
+        static abstract Vector512<float> Load16(byte* at);
+        static abstract int Size { get; }
+    }
+    private struct Float32s : ICacheFloats
+    {
+        public static Vector512<float> Load16(byte* at) => Vector512.Load((float*)at);
+        public static int Size => 4;
+    }
+    private struct Bf16s : ICacheFloats
+    {
+        public static Vector512<float> Load16(byte* at) => Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)at)), 16).AsSingle();
+        public static int Size => 2;
+    }
+
     /// <summary>
-    /// q·k for four keys over n float32 channels (a multiple of 16): per key a product of the first 16 channels, fused
-    /// multiply-adds of the rest into its one 16-lane accumulator, and the four accumulators' lanes summed together
-    /// (<see cref="Fp32Kernels.Sums"/>: a dozen instructions where one <c>Vector512.Sum</c> per key took about 25). A key's
-    /// dot is the same bits in any of the four places, so a position's scores do not depend on how its keys fall into fours.
+    /// q·k for four keys over n channels (a multiple of 16) of <typeparamref name="T"/>: per key a product of the first 16
+    /// channels, fused multiply-adds of the rest into its one 16-lane accumulator, and the four accumulators' lanes summed
+    /// together (<see cref="Fp32Kernels.Sums"/>: a dozen instructions where one <c>Vector512.Sum</c> per key took about 25).
+    /// A key's dot is the same bits in any of the four places, so a position's scores do not depend on how its keys fall
+    /// into fours. bf16 keys: one position over 200 of them 22.8 → 15.2 µs a layer against the portable forms (session 15).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Dot16Four(float* q, float* k0, float* k1, float* k2, float* k3, int n)
+    private static Vector128<float> Dot16Four<T>(float* q, byte* k0, byte* k1, byte* k2, byte* k3, int n) where T : struct, ICacheFloats
     {
         var x = Vector512.Load(q);
-        var a0 = Avx512F.Multiply(x, Vector512.Load(k0));
-        var a1 = Avx512F.Multiply(x, Vector512.Load(k1));
-        var a2 = Avx512F.Multiply(x, Vector512.Load(k2));
-        var a3 = Avx512F.Multiply(x, Vector512.Load(k3));
+        var a0 = Avx512F.Multiply(x, T.Load16(k0));
+        var a1 = Avx512F.Multiply(x, T.Load16(k1));
+        var a2 = Avx512F.Multiply(x, T.Load16(k2));
+        var a3 = Avx512F.Multiply(x, T.Load16(k3));
         for (int i = 16; i < n; i += 16)
         {
             x = Vector512.Load(q + i);
-            a0 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k0 + i), a0);
-            a1 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k1 + i), a1);
-            a2 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k2 + i), a2);
-            a3 = Avx512F.FusedMultiplyAdd(x, Vector512.Load(k3 + i), a3);
+            int at = i * T.Size;
+            a0 = Avx512F.FusedMultiplyAdd(x, T.Load16(k0 + at), a0);
+            a1 = Avx512F.FusedMultiplyAdd(x, T.Load16(k1 + at), a1);
+            a2 = Avx512F.FusedMultiplyAdd(x, T.Load16(k2 + at), a2);
+            a3 = Avx512F.FusedMultiplyAdd(x, T.Load16(k3 + at), a3);
         }
         return Fp32Kernels.Sums(a0, a1, a2, a3);
-    }
-
-    /// <summary>16 bf16 values as float32 (a bf16 is a float32's high half): zero-extended to 32 bits, shifted up.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Bf16x16(ushort* p) => Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512UInt32(Vector256.Load(p)), 16).AsSingle();
-
-    /// <summary><see cref="Dot16Four"/> over bf16 keys, each 16 channels widened in registers (exact): the same products,
-    /// accumulation order and lane sums as the float32 keys would give.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Dot16FourBf16(float* q, ushort* k0, ushort* k1, ushort* k2, ushort* k3, int n)
-    {
-        var x = Vector512.Load(q);
-        var a0 = Avx512F.Multiply(x, Bf16x16(k0));
-        var a1 = Avx512F.Multiply(x, Bf16x16(k1));
-        var a2 = Avx512F.Multiply(x, Bf16x16(k2));
-        var a3 = Avx512F.Multiply(x, Bf16x16(k3));
-        for (int i = 16; i < n; i += 16)
-        {
-            x = Vector512.Load(q + i);
-            a0 = Avx512F.FusedMultiplyAdd(x, Bf16x16(k0 + i), a0);
-            a1 = Avx512F.FusedMultiplyAdd(x, Bf16x16(k1 + i), a1);
-            a2 = Avx512F.FusedMultiplyAdd(x, Bf16x16(k2 + i), a2);
-            a3 = Avx512F.FusedMultiplyAdd(x, Bf16x16(k3 + i), a3);
-        }
-        return Fp32Kernels.Sums(a0, a1, a2, a3);
-    }
-
-    /// <summary><see cref="WeightedSum16"/> over bf16 values (widened in registers, exact), into float32
-    /// <paramref name="output"/>: the same even and odd chains per 16 channels, so a masked key's zero weight leaves the
-    /// bits as over the position's own keys.</summary>
-    private static void WeightedSum16Bf16(float* weights, ushort* values, int n, int hd, float* output)
-    {
-        int c = 0;
-        for (; c + 64 <= hd; c += 64)
-        {
-            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-            ushort* v = values + c;
-            int p = 0;
-            for (; p + 2 <= n; p += 2, v += 2 * hd)
-            {
-                var w = Vector512.Create(weights[p]);
-                var u = Vector512.Create(weights[p + 1]);
-                a0 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v), a0);
-                a1 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 16), a1);
-                a2 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 32), a2);
-                a3 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 48), a3);
-                b0 = Avx512F.FusedMultiplyAdd(u, Bf16x16(v + hd), b0);
-                b1 = Avx512F.FusedMultiplyAdd(u, Bf16x16(v + hd + 16), b1);
-                b2 = Avx512F.FusedMultiplyAdd(u, Bf16x16(v + hd + 32), b2);
-                b3 = Avx512F.FusedMultiplyAdd(u, Bf16x16(v + hd + 48), b3);
-            }
-            if (p < n)
-            {
-                var w = Vector512.Create(weights[p]);
-                a0 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v), a0);
-                a1 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 16), a1);
-                a2 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 32), a2);
-                a3 = Avx512F.FusedMultiplyAdd(w, Bf16x16(v + 48), a3);
-            }
-            (a0 + b0).Store(output + c);
-            (a1 + b1).Store(output + c + 16);
-            (a2 + b2).Store(output + c + 32);
-            (a3 + b3).Store(output + c + 48);
-        }
-        for (; c < hd; c += 16)
-        {
-            Vector512<float> a = default, b = default;
-            ushort* v = values + c;
-            int p = 0;
-            for (; p + 2 <= n; p += 2, v += 2 * hd)
-            {
-                a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Bf16x16(v), a);
-                b = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p + 1]), Bf16x16(v + hd), b);
-            }
-            if (p < n) a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Bf16x16(v), a);
-            (a + b).Store(output + c);
-        }
     }
 
     /// <summary>weights[p] /= sum for p &lt; n.</summary>
@@ -460,40 +395,41 @@ public static unsafe partial class DecodeAttention
     }
 
     /// <summary>
-    /// output[c] = Σ_p weights[p]·values[p, c] over n rows of hd float32 (a multiple of 16): 64 channels at a time, the
-    /// even keys and the odd keys each into their own four 16-lane accumulators held in registers (two chains of fused
-    /// multiply-adds per channel block instead of one: a chain's four-cycle latency per key had set the pace), added at the
-    /// end. Which accumulator a key goes to depends on its index alone, and a masked key's weight is an exact zero, so a
-    /// position's output is the same bits over its own keys or over a segment's longer, masked range.
+    /// output[c] = Σ_p weights[p]·values[p, c] over n rows of hd channels of <typeparamref name="T"/> (a multiple of 16),
+    /// into float32: 64 channels at a time, the even keys and the odd keys each into their own four 16-lane accumulators
+    /// held in registers (two chains of fused multiply-adds per channel block instead of one: a chain's four-cycle latency
+    /// per key had set the pace), added at the end. Which accumulator a key goes to depends on its index alone, and a
+    /// masked key's weight is an exact zero, so a position's output is the same bits over its own keys or over a
+    /// segment's longer, masked range.
     /// </summary>
-    private static void WeightedSum16(float* weights, float* values, int n, int hd, float* output)
+    private static void WeightedSum16<T>(float* weights, byte* values, int n, int hd, float* output) where T : struct, ICacheFloats
     {
-        int c = 0;
+        int c = 0, row = hd * T.Size, c16 = 16 * T.Size;
         for (; c + 64 <= hd; c += 64)
         {
             Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-            float* v = values + c;
+            byte* v = values + c * T.Size;
             int p = 0;
-            for (; p + 2 <= n; p += 2, v += 2 * hd)
+            for (; p + 2 <= n; p += 2, v += 2 * row)
             {
                 var w = Vector512.Create(weights[p]);
                 var u = Vector512.Create(weights[p + 1]);
-                a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v), a0);
-                a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 16), a1);
-                a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 32), a2);
-                a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 48), a3);
-                b0 = Avx512F.FusedMultiplyAdd(u, Vector512.Load(v + hd), b0);
-                b1 = Avx512F.FusedMultiplyAdd(u, Vector512.Load(v + hd + 16), b1);
-                b2 = Avx512F.FusedMultiplyAdd(u, Vector512.Load(v + hd + 32), b2);
-                b3 = Avx512F.FusedMultiplyAdd(u, Vector512.Load(v + hd + 48), b3);
+                a0 = Avx512F.FusedMultiplyAdd(w, T.Load16(v), a0);
+                a1 = Avx512F.FusedMultiplyAdd(w, T.Load16(v + c16), a1);
+                a2 = Avx512F.FusedMultiplyAdd(w, T.Load16(v + 2 * c16), a2);
+                a3 = Avx512F.FusedMultiplyAdd(w, T.Load16(v + 3 * c16), a3);
+                b0 = Avx512F.FusedMultiplyAdd(u, T.Load16(v + row), b0);
+                b1 = Avx512F.FusedMultiplyAdd(u, T.Load16(v + row + c16), b1);
+                b2 = Avx512F.FusedMultiplyAdd(u, T.Load16(v + row + 2 * c16), b2);
+                b3 = Avx512F.FusedMultiplyAdd(u, T.Load16(v + row + 3 * c16), b3);
             }
             if (p < n)
             {
                 var w = Vector512.Create(weights[p]);
-                a0 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v), a0);
-                a1 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 16), a1);
-                a2 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 32), a2);
-                a3 = Avx512F.FusedMultiplyAdd(w, Vector512.Load(v + 48), a3);
+                a0 = Avx512F.FusedMultiplyAdd(w, T.Load16(v), a0);
+                a1 = Avx512F.FusedMultiplyAdd(w, T.Load16(v + c16), a1);
+                a2 = Avx512F.FusedMultiplyAdd(w, T.Load16(v + 2 * c16), a2);
+                a3 = Avx512F.FusedMultiplyAdd(w, T.Load16(v + 3 * c16), a3);
             }
             (a0 + b0).Store(output + c);
             (a1 + b1).Store(output + c + 16);
@@ -503,14 +439,14 @@ public static unsafe partial class DecodeAttention
         for (; c < hd; c += 16)
         {
             Vector512<float> a = default, b = default;
-            float* v = values + c;
+            byte* v = values + c * T.Size;
             int p = 0;
-            for (; p + 2 <= n; p += 2, v += 2 * hd)
+            for (; p + 2 <= n; p += 2, v += 2 * row)
             {
-                a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Vector512.Load(v), a);
-                b = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p + 1]), Vector512.Load(v + hd), b);
+                a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), T.Load16(v), a);
+                b = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p + 1]), T.Load16(v + row), b);
             }
-            if (p < n) a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), Vector512.Load(v), a);
+            if (p < n) a = Avx512F.FusedMultiplyAdd(Vector512.Create(weights[p]), T.Load16(v), a);
             (a + b).Store(output + c);
         }
     }
