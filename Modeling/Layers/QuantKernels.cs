@@ -242,7 +242,7 @@ public static unsafe class QuantKernels
                     if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
                     else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
                     else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
-                }, jobs[0].Codes, w0.Codes.NumberOfElements * 4);
+                }, int4 ? jobs[0].Codes : 0, w0.Codes.NumberOfElements * 4); // WeightPrefetch: int4 only (int8 measured no gain)
                 for (int i = 0; i < count; i++) Finish((float*)jobs[i].Y, outputs[i], biases[i], 1, weights[i].Out, type);
             }
         }

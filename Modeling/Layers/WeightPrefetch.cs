@@ -9,11 +9,11 @@ namespace ShardPipe.Modeling.Layers;
 /// before it on this thread, and when a product ends the helpers are handed the first <see cref="Bytes"/> of the weight
 /// that followed it last time (<see cref="SpinPool.PrefetchHint"/>). The first step only learns; a wrong guess (another
 /// request's shape, a model released) costs a few prefetches of memory nobody reads next — a prefetch never faults.
-/// <para>The quantized one-row products take part (<c>QuantKernels</c>: their weights are small next to the serial work
+/// <para>The int4 one-row products take part (<c>QuantKernels</c>: their weights are small next to the serial work
 /// around them). In one process, alternating generations of the 134M Llama with it on and off (medians of 10–14):
-/// int4 364 → 385, 343 → 352 tok/s (and 374 → 398 in the prototype, 4 MB; 386 at 1 MB, 390 at 16 MB); int8 262 → 247,
-/// 253 → 251 (within the noise); bf16 134 → 142 and 148 → 148; float32 79 → 80 and 89 → 85 — so bf16 and float32
-/// products, whose next weight outgrows L2, do not take part (BENCHMARKS.md, session 15).</para>
+/// int4 364 → 385, 343 → 352, 361 → 370 tok/s (and 374 → 398 in the prototype, 4 MB; 386 at 1 MB, 390 at 16 MB); int8
+/// 262 → 247, 253 → 251; bf16 134 → 142 and 148 → 148; float32 79 → 80 and 89 → 85 — so int8, bf16 and float32
+/// products do not take part (BENCHMARKS.md, session 15).</para>
 /// </summary>
 public static class WeightPrefetch
 {
