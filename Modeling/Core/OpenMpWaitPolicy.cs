@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-
 namespace ShardPipe.Modeling.Core;
 
 /// <summary>
@@ -36,7 +34,7 @@ public static class OpenMpWaitPolicy
         {
             if (_effective is not null) return _effective;
             var (set, report) = Decide(Environment.GetEnvironmentVariable(EnvironmentVariable), LibgompLoaded(), OperatingSystem.IsLinux());
-            if (set && setenv(EnvironmentVariable, "PASSIVE", 1) != 0) report = "libgomp default (setenv failed)";
+            if (set && TorchRuntime.setenv(EnvironmentVariable, "PASSIVE", 1) != 0) report = "libgomp default (setenv failed)";
             return _effective = report;
         }
     }
@@ -68,6 +66,4 @@ public static class OpenMpWaitPolicy
         return false;
     }
 
-    [DllImport("libc", CharSet = CharSet.Ansi)]
-    private static extern int setenv(string name, string value, int overwrite);
 }

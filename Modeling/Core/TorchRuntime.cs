@@ -26,8 +26,10 @@ public static class TorchRuntime
         torch.InitializeDeviceType(DeviceType.CPU);
     }
 
+    /// <summary>Sets <paramref name="name"/> in the C environment, which native libraries read (.NET's
+    /// SetEnvironmentVariable does not touch it); <paramref name="overwrite"/> 0 keeps a value already there. 0 on success.</summary>
     [DllImport("libc", CharSet = CharSet.Ansi)]
-    private static extern int setenv(string name, string value, int overwrite);
+    internal static extern int setenv(string name, string value, int overwrite);
 
     public static ScalarType ToScalarType(DType dtype) => dtype switch
     {

@@ -5,7 +5,7 @@ namespace ShardPipe.Modeling.Layers;
 /// products of a decode step the calling thread runs the step's serial work (norms, rotary, attention's set-up, small
 /// libtorch calls) — in an int4 decode step about 29 % of the token on the main thread, with the helper spinning
 /// idle and memory unused. A step reads its weights in the same order every time, so the order is learnt: each product
-/// (<see cref="DecodeKernels.RunWeights"/>: the grouped Linears of every dtype) notes which weight followed the one
+/// that takes part (<see cref="DecodeKernels.RunWeights"/> given its first weight) notes which weight followed the one
 /// before it on this thread, and when a product ends the helpers are handed the first <see cref="Bytes"/> of the weight
 /// that followed it last time (<see cref="SpinPool.PrefetchHint"/>). The first step only learns; a wrong guess (another
 /// request's shape, a model released) costs a few prefetches of memory nobody reads next — a prefetch never faults.
@@ -21,7 +21,7 @@ public static class WeightPrefetch
     public static bool Enabled { get; set; } = true;
 
     /// <summary>The most of the next weight handed to the helpers (4 MB: a 134M Llama's int4 layer weights whole, the
-    /// first part of a bf16 or float32 one).</summary>
+    /// first part of its head).</summary>
     public const long Bytes = 4L << 20;
 
     /// <summary>Entries the learnt order keeps before it starts again (models come and go; a model has a few hundred).</summary>
