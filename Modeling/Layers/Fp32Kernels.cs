@@ -111,6 +111,12 @@ public static unsafe partial class Fp32Kernels
         else Fp32Rows(w, x, y, bias, k, from, to);
     }
 
+    /// <summary>Output columns [from, to) of all <paramref name="m"/> input rows (row-major, <paramref name="k"/> wide;
+    /// outputs <paramref name="n"/> wide) on the calling thread, by the path <see cref="Linear(Tensor, Tensor, Tensor?)"/>
+    /// takes for m rows (the quantized many-row path multiplies its dequantized tiles with it).</summary>
+    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to) =>
+        Rows(w, x, y, bias, k, n, m, from, to, portable: !Avx512F.IsSupported);
+
     /// <summary>One pass of 1..<see cref="MaxRows"/> input rows over output columns [from, to) (<see cref="Fp32LongInputs"/>).</summary>
     internal static void PassOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable) =>
         Rows(w, x, y, bias, k, n, m, from, to, portable);

@@ -50,7 +50,7 @@ public static unsafe class QuantKernels
         var type = CheckInput(x, k);
         int m = (int)(x.NumberOfElements / k);
         bool simd = !portable && Simd(w);
-        if (m >= DenseRows) return Dense(x, w, bias, m, simd);
+        if (m >= DenseRows) return DenseOnPool && simd ? DenseTiles(x, w, bias, m, simd) : Dense(x, w, bias, m, simd);
         if (m == 1 && DecodeRowsApply(w, simd)) return DecodeRow(x, w, bias);
         int kp = w.WordsPerRow * w.CodesPerWord, groups = w.Groups;
         // Inputs and outputs are read and written here in their own dtype: no libtorch conversions per call (a decode
@@ -307,6 +307,64 @@ public static unsafe class QuantKernels
         }
         if (y.dtype != x.dtype) y = y.to(x.dtype);
         return y.reshape(x.Shape()[..^1].Append(n).ToArray()).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Off: many-row products take <see cref="Dense"/> (tiles on the calling thread through libtorch's GEMM)
+    /// instead of <see cref="DenseTiles"/> (benchmarks and tests compare both; default on).</summary>
+    public static bool DenseOnPool { get; set; } = true;
+
+    /// <summary>
+    /// Many rows on the spin pool: the output rows cut into tiles of <see cref="TileBytes"/> of dequantized float32 weight
+    /// (whole fours), each thread claiming a tile at a time, decoding it into its own cache-resident buffer
+    /// (<see cref="Dequantize"/>, the values of <see cref="PackedWeight.Dequantize"/>) and multiplying every input row by it
+    /// with the float32 kernels (<see cref="Fp32Kernels.RowsOf"/>: register-blocked passes of at most
+    /// <see cref="Fp32Kernels.MaxRows"/> input rows), straight into its columns of the output. Against <see cref="Dense"/>:
+    /// both cores decode (there the calling thread decoded while libtorch's threads waited), one hand-over per product
+    /// instead of a GEMM call, a wake-up of libtorch's threads and a strided copy per tile (a 128-row prefill of the
+    /// 134M Llama made ≈ 650 of each).
+    /// </summary>
+    private static Tensor DenseTiles(Tensor x, PackedWeight w, Tensor? bias, int m, bool simd)
+    {
+        int k = w.In, n = w.Out;
+        using var scope = NewDisposeScope();
+        var x2 = x.reshape(m, k);
+        var xf = x2.dtype == ScalarType.Float32 && x2.is_contiguous() ? x2 : x2.to(ScalarType.Float32).contiguous();
+        var bf = bias is null ? null : bias.dtype == ScalarType.Float32 && bias.is_contiguous() ? bias : bias.to(ScalarType.Float32).contiguous();
+        var y = empty(new long[] { m, n }, ScalarType.Float32);
+        float* xp = (float*)TensorMemory.Pointer(xf), yp = (float*)TensorMemory.Pointer(y), bp = bf is null ? null : (float*)TensorMemory.Pointer(bf);
+        int tileRows = TileRows(k, n), tiles = (n + tileRows - 1) / tileRows;
+        nint xa = (nint)xp, ya = (nint)yp, ba = (nint)bp;
+        SpinPool.Shared.Run(tiles, t =>
+        {
+            int o0 = t * tileRows, rows = Math.Min(tileRows, n - o0);
+            float* tile = ThreadTile((long)tileRows * k);
+            Dequantize(w, o0, rows, tile, simd);
+            // The tile holds rows [o0, o0 + rows): the kernels index W by output row.
+            Fp32Kernels.RowsOf(tile - (long)o0 * k, (float*)xa, (float*)ya, (float*)ba, k, n, m, o0, o0 + rows);
+        });
+        var result = y.dtype != x.dtype ? y.to(x.dtype) : y;
+        return result.reshape(x.Shape()[..^1].Append(n).ToArray()).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Output rows per tile of <see cref="DenseTiles"/>: <see cref="TileBytes"/> of float32 rows, whole fours (the
+    /// register-blocked kernel's step), at least 4, at most the weight.</summary>
+    public static int TileRows(int k, int n) => (int)Math.Min(n, Math.Max(4, TileBytes / (4L * k) & ~3L));
+
+    [ThreadStatic] private static nint _poolTile;
+    [ThreadStatic] private static long _poolTileFloats;
+
+    /// <summary>This thread's tile buffer for <see cref="DenseTiles"/>, at least <paramref name="floats"/> (native, 64-byte
+    /// aligned; grown when a wider layer needs more, kept for the thread's life: the spin pool's threads live as long as
+    /// the process).</summary>
+    private static float* ThreadTile(long floats)
+    {
+        if (_poolTileFloats < floats)
+        {
+            if (_poolTile != 0) System.Runtime.InteropServices.NativeMemory.AlignedFree((void*)_poolTile);
+            _poolTile = (nint)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(floats * 4), 64);
+            _poolTileFloats = floats;
+        }
+        return (float*)_poolTile;
     }
 
     /// <summary>The dequantized tile's size: half of a core's L2 on the machines measured (1 MB), so the tile and the

@@ -32,6 +32,39 @@ public class QuantKernelTests
     }
 
     /// <summary>
+    /// The many-row path on the spin pool (<see cref="QuantKernels.DenseOnPool"/>, the default): weights of several tiles
+    /// (out features past two tiles' rows and not a multiple of 4) and inputs of one pass (16, 64 rows) or several (65,
+    /// 150 rows: passes of at most 64), with act-order, zero points and a bias: each output row equals F.linear over the
+    /// dequantized weight, and the libtorch GEMM path it replaced within float32 rounding.
+    /// </summary>
+    [Theory]
+    [InlineData(4, 256, 32, false, true)]    // int4 wide layout, zero points
+    [InlineData(4, 192, 64, true, false)]    // int4 act-order (the decoding's scalar gather), symmetric
+    [InlineData(8, 160, 32, true, true)]     // int8 act-order, zero points
+    public void Many_rows_on_the_pool_equal_linear_over_the_dequantized_weight_across_tiles_and_passes(int bits, int inF, int groupSize, bool permute, bool zeros)
+    {
+        int outF = 2 * QuantKernels.TileRows(inF, int.MaxValue) + 7;
+        var rng = new Random(bits * 131 + inF);
+        var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, permute, zeros);
+        using var dense = w.Dequantize();
+        var bias = randn(outF);
+        foreach (int rows in new[] { QuantKernels.DenseRows, 64, 65, 150 })
+        {
+            var x = randn(rows, inF);
+            var expected = nn.functional.linear(x, dense, bias).data<float>().ToArray();
+            Assert.True(QuantKernels.DenseOnPool);
+            var actual = QuantKernels.Linear(x, w, bias).data<float>().ToArray();
+            float[] gemm;
+            QuantKernels.DenseOnPool = false;
+            try { gemm = QuantKernels.Linear(x, w, bias).data<float>().ToArray(); }
+            finally { QuantKernels.DenseOnPool = true; }
+            double tol = 1e-4 + 1e-6 * expected.Max(Math.Abs);
+            ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, tol, $"int{bits}, {outF} outputs, {rows} rows, on the pool");
+            ReferenceModelTests.AssertClose(gemm.Select(v => (double)v).ToArray(), actual, tol, $"int{bits}, {outF} outputs, {rows} rows, pool against GEMM");
+        }
+    }
+
+    /// <summary>
     /// Odd shapes through every path: one row (decode), 2–8 rows (the row-tiled kernel), 9–15, and from
     /// <see cref="QuantKernels.DenseRows"/> rows up the dequantize-and-GEMM path; groups 32/64/128/per channel, inputs that
     /// are not a multiple of the group (a short last group), and inputs not a multiple of the SIMD block (portable path).
