@@ -65,6 +65,38 @@ public class QuantKernelTests
     }
 
     /// <summary>
+    /// bfloat16 inputs of <see cref="QuantKernels.DenseBf16Rows"/> rows and more (a bf16 model's prefill): the weight
+    /// dequantized to bf16 in chunks on the pool, then libtorch's bf16 GEMM — equal to F.linear over the dequantized
+    /// weight cast to bf16 (what transformers computes for a bf16 model whose quantized Linears hold their dequantized
+    /// weights), with a weight of two chunks and a bias, and within bf16 rounding of the float32 tile path.
+    /// </summary>
+    [Theory]
+    [InlineData(4, 32, true)]
+    [InlineData(8, 128, false)]
+    public void Bf16_inputs_of_many_rows_equal_linear_over_the_bf16_dequantized_weight(int bits, int groupSize, bool zeros)
+    {
+        const int inF = 512, outF = 4096 + 9; // 4 MB of bf16 weight a chunk: 4096 rows of 512, so two chunks
+        var rng = new Random(bits * 17 + groupSize);
+        var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, false, zeros);
+        using var dense = w.Dequantize();
+        var bias = randn(outF).to(ScalarType.BFloat16);
+        var x = randn(QuantKernels.DenseBf16Rows + 3, inF).to(ScalarType.BFloat16);
+        var expected = nn.functional.linear(x, dense.to(ScalarType.BFloat16), bias).to(ScalarType.Float32).data<float>().ToArray();
+        Assert.True(QuantKernels.DenseBf16Enabled);
+        using var y = QuantKernels.Linear(x, w, bias);
+        Assert.Equal(ScalarType.BFloat16, y.dtype);
+        var actual = y.to(ScalarType.Float32).data<float>().ToArray();
+        ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), actual, 1e-6, $"int{bits}: the bf16 GEMM over the bf16 dequantized weight");
+        float[] tiles;
+        QuantKernels.DenseBf16Enabled = false;
+        try { tiles = QuantKernels.Linear(x, w, bias).to(ScalarType.Float32).data<float>().ToArray(); }
+        finally { QuantKernels.DenseBf16Enabled = true; }
+        // The float32 tile path keeps the exact dequantized values: the two differ by the weights' bf16 rounding (2^-9 relative each).
+        double scale = expected.Max(Math.Abs);
+        ReferenceModelTests.AssertClose(tiles.Select(v => (double)v).ToArray(), actual, scale / 32, $"int{bits}: against the float32 tiles");
+    }
+
+    /// <summary>
     /// Odd shapes through every path: one row (decode), 2–8 rows (the row-tiled kernel), 9–15, and from
     /// <see cref="QuantKernels.DenseRows"/> rows up the dequantize-and-GEMM path; groups 32/64/128/per channel, inputs that
     /// are not a multiple of the group (a short last group), and inputs not a multiple of the SIMD block (portable path).
