@@ -16,16 +16,20 @@ namespace ShardPipe.Modeling.Layers;
 /// Σ scale·(code − zero)·x regrouped: float32 accumulation throughout. With AVX-512 a 16-byte load gives 32 int4 or
 /// 16 int8 codes; the input is gathered once per call into the codes' order (act-order permutation, and for int4 the
 /// order of <see cref="Layout"/>), so the inner loop is load, mask/shift, widen, convert, FMA — for int4 rows of whole
-/// 128-code blocks (the wide layout) load 64 bytes, shift, permute, FMA. From <see cref="DenseRows"/> rows a cache-sized
-/// tile of dequantized rows at a time goes through libtorch's float32 GEMM.
+/// 128-code blocks (the wide layout) load 64 bytes, shift, permute, FMA. From <see cref="DenseRows"/> rows (prefill, merged
+/// steps) each code is decoded once: on the spin pool, a cache-sized tile of dequantized float32 rows per thread through the
+/// float32 kernels (<see cref="DenseTiles"/>), or for bfloat16 inputs of <see cref="DenseBf16Rows"/> rows and more the weight
+/// dequantized to bf16 in chunks through libtorch's bf16 GEMM (<see cref="DenseBf16"/>); <see cref="Dense"/>, the tiles
+/// through libtorch's float32 GEMM on the calling thread, remains for the portable path and comparisons.
 /// </summary>
 public static unsafe class QuantKernels
 {
     /// <summary>Rows of the input that share one decoding of a weight block.</summary>
     private const int RowTile = 4;
     private const int PrefetchAhead = 1024; // bytes ahead within the packed rows
-    /// <summary>From this many input rows (prefill, large merged steps) the weight is dequantized a block of output rows
-    /// at a time into float32 and multiplied by libtorch's GEMM: decoding each code once beats decoding it per 4 rows.</summary>
+    /// <summary>From this many input rows (prefill, large merged steps) the weight is dequantized a tile of output rows at a
+    /// time and multiplied by a dense kernel (<see cref="DenseTiles"/>, <see cref="DenseBf16"/>): decoding each code once
+    /// beats decoding it per 4 rows.</summary>
     public const int DenseRows = 16;
 
     public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias) => Linear(x, w, bias, portable: false);
@@ -275,7 +279,8 @@ public static unsafe class QuantKernels
     }
 
     /// <summary>
-    /// Many rows: y = x · Wᵀ + b with W dequantized exactly as <see cref="PackedWeight.Dequantize"/> does (scale·(code − zero),
+    /// Many rows, the path before <see cref="DenseTiles"/> (now the portable path's, and <see cref="DenseOnPool"/> off):
+    /// y = x · Wᵀ + b with W dequantized exactly as <see cref="PackedWeight.Dequantize"/> does (scale·(code − zero),
     /// float32), a tile of output rows at a time into one reused, cache-sized float32 buffer per thread, each tile multiplied
     /// by every input row with libtorch's GEMM (float32) before the next is decoded; the result in x's dtype. A tile that
     /// fits the cache is written and read back there: a whole layer dequantized at once (what this path did before) wrote
