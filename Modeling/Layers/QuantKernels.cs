@@ -389,9 +389,7 @@ public static unsafe class QuantKernels
             SpinPool.Shared.Run(parts, p =>
             {
                 int from = (int)((long)rows * p / parts), to = (int)((long)rows * (p + 1) / parts);
-                float* tile = ThreadTile((long)(to - from) * k);
-                Dequantize(w, first + from, to - from, tile, simd);
-                StepKernels.Narrow(tile, (byte*)dst + 2L * from * k, bf16: true, (to - from) * k);
+                DequantizeBf16(w, first + from, to - from, (ushort*)dst + (long)from * k, simd);
             });
             var part = nn.functional.linear(x2, chunk.narrow(0, 0, rows), bb?.narrow(0, o0, rows));
             if (y is null) y = part;
@@ -507,6 +505,68 @@ public static unsafe class QuantKernels
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// Rows [o0, o0 + rows) of the weight dequantized as <see cref="Dequantize"/> does (the same float32 values), each
+    /// rounded once to bf16 (to nearest, ties to even) into <paramref name="dst"/> (rows × In, row-major): with AVX-512 and
+    /// no act-order 16 codes a step straight from the packed codes, otherwise through a float32 row.
+    /// </summary>
+    internal static void DequantizeBf16(PackedWeight w, int o0, int rows, ushort* dst, bool simd)
+    {
+        int k = w.In;
+        if (!simd || w.Perm is not null)
+        {
+            var buffer = new float[k];
+            fixed (float* b = buffer)
+                for (int r = 0; r < rows; r++)
+                {
+                    Dequantize(w, o0 + r, 1, b, simd);
+                    StepKernels.Narrow(b, (byte*)(dst + (long)r * k), bf16: true, k);
+                }
+            return;
+        }
+        var at = w.Memory;
+        byte* codes = (byte*)at.Codes;
+        float* scales = (float*)at.Scales, zeros = (float*)at.Zeros;
+        int groups = w.Groups, gs = w.GroupSize, rowBytes = w.WordsPerRow * 4, bits = w.Bits;
+        float mid = w.MidZero;
+        var nibble = Vector128.Create((byte)0x0F);
+        for (int r = 0; r < rows; r++)
+        {
+            int o = o0 + r;
+            byte* row = codes + (long)o * rowBytes;
+            float* s = scales + (long)o * groups, z = zeros is null ? null : zeros + (long)o * groups;
+            ushort* d = dst + (long)r * k;
+            for (int g = 0; g < groups; g++)
+            {
+                var vs = Vector512.Create(s[g]);
+                var vz = Vector512.Create(z is null ? mid : z[g]);
+                int j = g * gs, end = Math.Min(k, (g + 1) * gs);
+                if (bits == 4)
+                    for (; j < end; j += 32)
+                    {
+                        var b = Vector128.Load(row + j / 2);
+                        var lo = b & nibble;
+                        var hi = Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & nibble;
+                        RoundToBf16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackLow(lo, hi))) - vz) * vs).Store(d + j);
+                        RoundToBf16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackHigh(lo, hi))) - vz) * vs).Store(d + j + 16);
+                    }
+                else
+                    for (; j < end; j += 16)
+                        RoundToBf16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))) - vz) * vs).Store(d + j);
+            }
+        }
+    }
+
+    /// <summary>16 floats rounded to bf16 as <see cref="Store"/> rounds one (nearest, ties to even; NaN stays NaN).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<ushort> RoundToBf16(Vector512<float> f)
+    {
+        var v = f.AsUInt32();
+        var rounded = (v + Vector512.Create(0x7fffu) + ((v >>> 16) & Vector512.Create(1u))) >>> 16;
+        var nan = Vector512.GreaterThan(v & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
+        return Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, (v >>> 16) | Vector512.Create(0x40u), rounded));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -71,13 +71,14 @@ public class QuantKernelTests
     /// weights), with a weight of two chunks and a bias, and within bf16 rounding of the float32 tile path.
     /// </summary>
     [Theory]
-    [InlineData(4, 32, true)]
-    [InlineData(8, 128, false)]
-    public void Bf16_inputs_of_many_rows_equal_linear_over_the_bf16_dequantized_weight(int bits, int groupSize, bool zeros)
+    [InlineData(4, 32, true, false)]
+    [InlineData(8, 128, false, false)]
+    [InlineData(4, 64, false, true)]   // act-order: dequantized a row at a time through float32 (the permutation's scatter)
+    public void Bf16_inputs_of_many_rows_equal_linear_over_the_bf16_dequantized_weight(int bits, int groupSize, bool zeros, bool permute)
     {
         const int inF = 512, outF = 4096 + 9; // 4 MB of bf16 weight a chunk: 4096 rows of 512, so two chunks
         var rng = new Random(bits * 17 + groupSize);
-        var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, false, zeros);
+        var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, permute, zeros);
         using var dense = w.Dequantize();
         var bias = randn(outF).to(ScalarType.BFloat16);
         var x = randn(QuantKernels.DenseBf16Rows + 3, inF).to(ScalarType.BFloat16);
