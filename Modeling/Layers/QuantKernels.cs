@@ -401,17 +401,7 @@ public static unsafe class QuantKernels
     [ThreadStatic] private static Tensor? _bf16Chunk;
 
     /// <summary>This thread's bf16 chunk buffer for <see cref="DenseBf16"/>, at least rows × k (grown as needed, kept).</summary>
-    private static Tensor Bf16Chunk(int rows, int k)
-    {
-        long need = (long)rows * k;
-        if (_bf16Chunk is null || _bf16Chunk.NumberOfElements < need)
-        {
-            _bf16Chunk?.Dispose();
-            _bf16Chunk = empty(new long[] { need }, ScalarType.BFloat16);
-            _bf16Chunk.DetachFromDisposeScope();
-        }
-        return _bf16Chunk.narrow(0, 0, need).view(rows, k);
-    }
+    private static Tensor Bf16Chunk(int rows, int k) => Reused(ref _bf16Chunk, rows, k, ScalarType.BFloat16);
 
     /// <summary>Output rows per tile of <see cref="DenseTiles"/>: <see cref="TileBytes"/> of float32 rows, whole fours (the
     /// register-blocked kernel's step), at least 4, at most the weight.</summary>
@@ -441,16 +431,20 @@ public static unsafe class QuantKernels
     [ThreadStatic] private static Tensor? _tile;
 
     /// <summary>This thread's float32 tile buffer, at least rows × k (grown when a wider layer needs more; never freed while the thread lives).</summary>
-    private static Tensor Tile(int rows, int k)
+    private static Tensor Tile(int rows, int k) => Reused(ref _tile, rows, k, ScalarType.Float32);
+
+    /// <summary>A rows × k view of the buffer in <paramref name="slot"/> (a thread's own), replaced by a larger one of
+    /// <paramref name="type"/> when it holds fewer elements; outside every dispose scope.</summary>
+    private static Tensor Reused(ref Tensor? slot, int rows, int k, ScalarType type)
     {
         long need = (long)rows * k;
-        if (_tile is null || _tile.NumberOfElements < need)
+        if (slot is null || slot.NumberOfElements < need)
         {
-            _tile?.Dispose();
-            _tile = empty(new long[] { need }, ScalarType.Float32);
-            _tile.DetachFromDisposeScope();
+            slot?.Dispose();
+            slot = empty(new long[] { need }, type);
+            slot.DetachFromDisposeScope();
         }
-        return _tile.narrow(0, 0, need).view(rows, k);
+        return slot.narrow(0, 0, need).view(rows, k);
     }
 
     /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the calling thread.</summary>
