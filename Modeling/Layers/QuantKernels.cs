@@ -124,14 +124,8 @@ public static unsafe class QuantKernels
         var op = (byte*)TensorMemory.Pointer(output);
         long i = 0, count = (long)m * n;
         if (type == ScalarType.BFloat16 && Avx512F.IsSupported)
-            for (; i + 16 <= count; i += 16)
-            {
-                // Store's rounding, 16 at a time (the head's 32000 outputs one by one cost tens of µs a token).
-                var v = Vector512.Load((uint*)(yp + i));
-                var rounded = (v + Vector512.Create(0x7fffu) + ((v >>> 16) & Vector512.Create(1u))) >>> 16;
-                var nan = Vector512.GreaterThan(v & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
-                Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, (v >>> 16) | Vector512.Create(0x40u), rounded)).Store((ushort*)op + i);
-            }
+            for (; i + 16 <= count; i += 16) // Store's rounding, 16 at a time (the head's 32000 outputs one by one cost tens of µs a token)
+                StepKernels.Bf16Of16(Vector512.Load(yp + i)).Store((ushort*)op + i);
         for (; i < count; i++) Store(op, i, type, yp[i]);
     }
 
@@ -543,24 +537,14 @@ public static unsafe class QuantKernels
                         var b = Vector128.Load(row + j / 2);
                         var lo = b & nibble;
                         var hi = Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & nibble;
-                        RoundToBf16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackLow(lo, hi))) - vz) * vs).Store(d + j);
-                        RoundToBf16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackHigh(lo, hi))) - vz) * vs).Store(d + j + 16);
+                        StepKernels.Bf16Of16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackLow(lo, hi))) - vz) * vs).Store(d + j);
+                        StepKernels.Bf16Of16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackHigh(lo, hi))) - vz) * vs).Store(d + j + 16);
                     }
                 else
                     for (; j < end; j += 16)
-                        RoundToBf16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))) - vz) * vs).Store(d + j);
+                        StepKernels.Bf16Of16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))) - vz) * vs).Store(d + j);
             }
         }
-    }
-
-    /// <summary>16 floats rounded to bf16 as <see cref="Store"/> rounds one (nearest, ties to even; NaN stays NaN).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<ushort> RoundToBf16(Vector512<float> f)
-    {
-        var v = f.AsUInt32();
-        var rounded = (v + Vector512.Create(0x7fffu) + ((v >>> 16) & Vector512.Create(1u))) >>> 16;
-        var nan = Vector512.GreaterThan(v & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
-        return Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, (v >>> 16) | Vector512.Create(0x40u), rounded));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -1,5 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using ShardPipe.Modeling.Core;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -315,6 +317,17 @@ public static unsafe class StepKernels
         for (; i <= n - w; i += w)
             Unsafe.WriteUnaligned(v + i, Vector.AsVectorSingle(Bf16Bits(Unsafe.ReadUnaligned<Vector<float>>(v + i))));
         for (; i < n; i++) v[i] = BitConverter.UInt32BitsToSingle((uint)ToBf16(v[i]) << 16);
+    }
+
+    /// <summary>16 floats rounded to bf16 (to nearest, ties to even; NaN stays NaN, quieted), AVX-512: what
+    /// <see cref="Narrow"/> and <see cref="ToBf16"/> give, for kernels that produce bf16 16 lanes at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<ushort> Bf16Of16(Vector512<float> f)
+    {
+        var v = f.AsUInt32();
+        var rounded = (v + Vector512.Create(0x7fffu) + ((v >>> 16) & Vector512.Create(1u))) >>> 16;
+        var nan = Vector512.GreaterThan(v & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
+        return Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, (v >>> 16) | Vector512.Create(0x40u), rounded));
     }
 
     /// <summary>The bf16 rounding of each lane, as the high half of a float32's bits (low half zero).</summary>
