@@ -32,7 +32,8 @@ public static class AttentionMask
         var q = arange(pastLength, keyLength, dtype: ScalarType.Int64, device: device).unsqueeze(1); // (Tq, 1)
         var k = arange(0, keyLength, dtype: ScalarType.Int64, device: device).unsqueeze(0);          // (1, Tk)
         var allowed = k.le(q);
-        if (slidingWindow is { } window) allowed = allowed.logical_and(k.gt(q - window));
+        using TorchSharp.Scalar window = slidingWindow ?? 0; // held until the call returns, as the fill value below
+        if (slidingWindow is not null) allowed = allowed.logical_and(k.gt(q - window));
         var allowed4 = allowed.unsqueeze(0).unsqueeze(0).expand(batch, 1, queryLength, keyLength);
         if (hasPadding)
         {

@@ -128,8 +128,9 @@ public sealed class RmsNorm : HfModule
         using var scope = NewDisposeScope();
         var inputType = x.dtype;
         var h = x.to(ScalarType.Float32);
-        var variance = h.pow(2).mean(new long[] { -1 }, keepdim: true);
-        h = h * torch.rsqrt(variance + _eps);
+        var variance = h.square().mean(new long[] { -1 }, keepdim: true);
+        using TorchSharp.Scalar eps = _eps; // Scalars held until the calls return (an implicit conversion's temporary can be finalized mid-call: AttentionMask.Build)
+        h = h * torch.rsqrt(variance + eps);
         return (Weight.Tensor * h.to(inputType)).MoveToOuterDisposeScope();
     }
 
@@ -201,7 +202,8 @@ public static class Activations
     private static Tensor GeluTanh(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var inner = (x + x.pow(3.0) * 0.044715) * Math.Sqrt(2.0 / Math.PI);
-        return (x * 0.5 * (torch.tanh(inner) + 1.0)).MoveToOuterDisposeScope();
+        using TorchSharp.Scalar three = 3.0, c = 0.044715, root = Math.Sqrt(2.0 / Math.PI), half = 0.5, one = 1.0; // Scalars held until the calls return (an implicit conversion's temporary can be finalized mid-call: AttentionMask.Build)
+        var inner = (x + x.pow(three) * c) * root;
+        return (x * half * (torch.tanh(inner) + one)).MoveToOuterDisposeScope();
     }
 }

@@ -41,8 +41,9 @@ public sealed class GemmaRmsNorm : HfModule
         using var hook = Hook();
         using var scope = NewDisposeScope();
         var h = x.to(ScalarType.Float32);
-        h = h * rsqrt(h.pow(2).mean(new long[] { -1 }, keepdim: true) + _eps);
-        return (h.to(x.dtype) * (Weight.Tensor + 1.0)).MoveToOuterDisposeScope();
+        using TorchSharp.Scalar eps = _eps, one = 1.0; // Scalars held until the calls return (an implicit conversion's temporary can be finalized mid-call: AttentionMask.Build)
+        h = h * rsqrt(h.square().mean(new long[] { -1 }, keepdim: true) + eps);
+        return (h.to(x.dtype) * (Weight.Tensor + one)).MoveToOuterDisposeScope();
     }
 }
 

@@ -103,8 +103,9 @@ public sealed class Gpt2Attention : HfModule
         if (inputs.Cache is { } cache) (k, v) = cache.Update(_layer, k, v);
         long tk = k.Shape()[2];
         var scores = q.matmul(k.transpose(-1, -2));
-        if (_c.ScaleAttnWeights) scores = scores / Math.Sqrt(hd);
-        if (_c.ScaleByInverseLayerIdx) scores = scores / (_layer + 1.0);
+        using TorchSharp.Scalar root = Math.Sqrt(hd), layerNumber = _layer + 1.0; // Scalars held until the calls return (an implicit conversion's temporary can be finalized mid-call: AttentionMask.Build)
+        if (_c.ScaleAttnWeights) scores = scores / root;
+        if (_c.ScaleByInverseLayerIdx) scores = scores / layerNumber;
         // Causal order from the bias table, the padding mask added on top, as GPT2Attention._attn does.
         var causal = _bias.Tensor.narrow(2, tk - t, t).narrow(3, 0, tk);
         scores = where(causal, scores, tensor(AttentionMask.MinValue(scores.dtype), scores.dtype, scores.device));

@@ -153,7 +153,8 @@ public sealed class LlamaAttention : HfModule
     /// <summary>HF's eager attention: scores in the model dtype, softmax in float32, cast back.</summary>
     private Tensor Eager(Tensor q, Tensor k, Tensor v, Tensor? mask)
     {
-        var scores = q.matmul(k.transpose(2, 3)) / Math.Sqrt(_c.HeadDim);
+        using TorchSharp.Scalar root = Math.Sqrt(_c.HeadDim); // Scalars held until the calls return (an implicit conversion's temporary can be finalized mid-call: AttentionMask.Build)
+        var scores = q.matmul(k.transpose(2, 3)) / root;
         if (mask is not null) scores = scores + mask;
         else if (q.Shape()[2] > 1)
             scores = scores + AttentionMask.Build(null, q.Shape()[0], q.Shape()[2], k.Shape()[2] - q.Shape()[2], _c.SlidingWindow, scores.dtype, scores.device, out _)!;

@@ -99,7 +99,8 @@ public sealed class PhiAttention : HfModule
         if (Owner?.Attention == AttnImplementation.Eager || q.dtype != ScalarType.Float32)
         {
             // PhiAttention upcasts queries and keys to float32 for the scores (phi-2 overflows otherwise).
-            var scores = q.to(ScalarType.Float32).matmul(k.to(ScalarType.Float32).transpose(2, 3)) / Math.Sqrt(_c.HeadDim);
+            using TorchSharp.Scalar root = Math.Sqrt(_c.HeadDim); // Scalars held until the calls return (an implicit conversion's temporary can be finalized mid-call: AttentionMask.Build)
+            var scores = q.to(ScalarType.Float32).matmul(k.to(ScalarType.Float32).transpose(2, 3)) / root;
             var mask = inputs.Mask;
             if (mask is null && t > 1)
                 mask = AttentionMask.Build(null, b, t, k.Shape()[2] - t, null, q.dtype, q.device, out _);
