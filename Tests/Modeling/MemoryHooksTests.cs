@@ -93,11 +93,12 @@ public class MemoryHooksTests
     }
 }
 
-/// <summary>The process's RSS, which the memory hooks read, follows the memory it touches. RSS is the whole process's:
-/// a test class running beside this one that frees tens of MB between the two reads hid most of the growth (a full-suite
-/// run: "RSS grew by 42545152 bytes for 128 MiB"), so this runs alone; and the finalizer thread frees the native memory of
-/// earlier tests' unreachable tensors whenever a collection finds them (run last, alone: 101154816 bytes), so the test
-/// first lets the garbage collector and the finalizers settle.</summary>
+/// <summary>The process's RSS, which the memory hooks read, follows the memory it touches. RSS is the whole process's, and
+/// other threads give memory back while it is read: a test class running beside this one (a full-suite run: "RSS grew by
+/// 42545152 bytes for 128 MiB"), and, run last and alone, the runtime returning the regions a collection freed and the
+/// finalizers freeing earlier tests' tensors (101154816 and 100728832 bytes: about 32 MB given back meanwhile). So this
+/// runs alone, after the collector and finalizers settle, and takes the largest growth of three fresh 128 MiB buffers:
+/// RSS that did not follow touched memory would miss in all three.</summary>
 [Collection(ProcessRssCollection.Name)]
 public class ProcessRssTests
 {
@@ -107,10 +108,15 @@ public class ProcessRssTests
         GC.Collect();
         GC.WaitForPendingFinalizers();
         GC.Collect();
-        long before = ProcessMemory.Rss();
-        using var big = ones(32L << 20, ScalarType.Float32); // 128 MiB, written
-        long after = ProcessMemory.Rss();
-        Assert.True(after - before >= 100L << 20, $"RSS grew by {after - before} bytes for 128 MiB");
+        Thread.Sleep(200);
+        long best = 0;
+        for (int attempt = 0; attempt < 3 && best < 100L << 20; attempt++)
+        {
+            long before = ProcessMemory.Rss();
+            using var big = ones(32L << 20, ScalarType.Float32); // 128 MiB, written
+            best = Math.Max(best, ProcessMemory.Rss() - before);
+        }
+        Assert.True(best >= 100L << 20, $"RSS grew by at most {best} bytes for 128 MiB (3 tries)");
     }
 }
 
