@@ -441,8 +441,42 @@ public static unsafe class QuantKernels
         return slot.narrow(0, 0, need).view(rows, k);
     }
 
-    /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the calling thread.</summary>
-    internal static void Dequantize(PackedWeight w, int o0, int rows, float* dst, bool simd)
+    /// <summary>Rows [o0, o0 + rows) of W [Out, In] in float32 into <paramref name="dst"/> (row-major, In per row), on the
+    /// calling thread (the many-row paths call it from each pool thread for its own tile).</summary>
+    internal static void Dequantize(PackedWeight w, int o0, int rows, float* dst, bool simd) => DequantizeRows<Float32Out>(w, o0, rows, (byte*)dst, simd);
+
+    /// <summary>
+    /// Rows [o0, o0 + rows) of the weight dequantized as <see cref="Dequantize"/> does (the same float32 values), each
+    /// rounded once to bf16 (to nearest, ties to even, as <see cref="StepKernels.Narrow"/>) into <paramref name="dst"/>
+    /// (rows × In, row-major).
+    /// </summary>
+    internal static void DequantizeBf16(PackedWeight w, int o0, int rows, ushort* dst, bool simd) => DequantizeRows<Bf16Out>(w, o0, rows, (byte*)dst, simd);
+
+    /// <summary>Where <see cref="DequantizeRows{TOut}"/> writes its values: float32 as they are, or rounded to bf16.</summary>
+    private interface IDequantizedOut
+    {
+        static abstract int Size { get; }
+        static abstract void Store16(Vector512<float> v, byte* at);
+        static abstract void Store(float v, byte* at);
+    }
+
+    private readonly struct Float32Out : IDequantizedOut
+    {
+        public static int Size => 4;
+        public static void Store16(Vector512<float> v, byte* at) => v.Store((float*)at);
+        public static void Store(float v, byte* at) => *(float*)at = v;
+    }
+
+    private readonly struct Bf16Out : IDequantizedOut
+    {
+        public static int Size => 2;
+        public static void Store16(Vector512<float> v, byte* at) => StepKernels.Bf16Of16(v).Store((ushort*)at);
+        public static void Store(float v, byte* at) => *(ushort*)at = StepKernels.ToBf16(v);
+    }
+
+    /// <summary>The one decoding of <see cref="Dequantize"/> and <see cref="DequantizeBf16"/>: scale·(code − zero) in
+    /// float32, with AVX-512 and no act-order 32 (int4) or 16 (int8) codes a step, else code by code through the gather.</summary>
+    private static void DequantizeRows<TOut>(PackedWeight w, int o0, int rows, byte* dst, bool simd) where TOut : struct, IDequantizedOut
     {
         var at = w.Memory;
         byte* codes = (byte*)at.Codes;
@@ -452,97 +486,41 @@ public static unsafe class QuantKernels
         int k = w.In, groups = w.Groups, gs = w.GroupSize, rowBytes = w.WordsPerRow * 4, bits = w.Bits, pf = 32 / bits;
         float mid = w.MidZero;
         uint mask = (1u << bits) - 1;
-        // On the calling thread: decoding a tile costs a few per cent of its GEMM, and handing it to the spin pool between
-        // libtorch's parallel GEMMs would set the pool's spinning helpers against libtorch's threads for the same cores.
-        {
-            int from = 0, to = rows;
-            var nibble = Vector128.Create((byte)0x0F);
-            for (int r = from; r < to; r++)
-            {
-                int o = o0 + r;
-                byte* row = codes + (long)o * rowBytes;
-                float* s = scales + (long)o * groups, z = zeros is null ? null : zeros + (long)o * groups, d = dst + (long)r * k;
-                for (int g = 0; g < groups; g++)
-                {
-                    float sg = s[g], zg = z is null ? mid : z[g];
-                    int j = g * gs, end = Math.Min(k, (g + 1) * gs);
-                    if (simd)
-                    {
-                        var vs = Vector512.Create(sg);
-                        var vz = Vector512.Create(zg);
-                        if (bits == 4)
-                            for (; j < end; j += 32)
-                            {
-                                var b = Vector128.Load(row + j / 2);
-                                var lo = b & nibble;
-                                var hi = Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & nibble;
-                                var c0 = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackLow(lo, hi)));
-                                var c1 = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackHigh(lo, hi)));
-                                ((c0 - vz) * vs).Store(d + j);
-                                ((c1 - vz) * vs).Store(d + j + 16);
-                            }
-                        else
-                            for (; j < end; j += 16)
-                                ((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))) - vz) * vs).Store(d + j);
-                    }
-                    else
-                    {
-                        uint* words = (uint*)row;
-                        for (; j < end; j++) d[gather[j]] = sg * (((words[j / pf] >> (j % pf * bits)) & mask) - zg);
-                    }
-                }
-            }
-        }
-    }
-
-    /// <summary>
-    /// Rows [o0, o0 + rows) of the weight dequantized as <see cref="Dequantize"/> does (the same float32 values), each
-    /// rounded once to bf16 (to nearest, ties to even) into <paramref name="dst"/> (rows × In, row-major): with AVX-512 and
-    /// no act-order 16 codes a step straight from the packed codes, otherwise through a float32 row.
-    /// </summary>
-    internal static void DequantizeBf16(PackedWeight w, int o0, int rows, ushort* dst, bool simd)
-    {
-        int k = w.In;
-        if (!simd || w.Perm is not null)
-        {
-            var buffer = new float[k];
-            fixed (float* b = buffer)
-                for (int r = 0; r < rows; r++)
-                {
-                    Dequantize(w, o0 + r, 1, b, simd);
-                    StepKernels.Narrow(b, (byte*)(dst + (long)r * k), bf16: true, k);
-                }
-            return;
-        }
-        var at = w.Memory;
-        byte* codes = (byte*)at.Codes;
-        float* scales = (float*)at.Scales, zeros = (float*)at.Zeros;
-        int groups = w.Groups, gs = w.GroupSize, rowBytes = w.WordsPerRow * 4, bits = w.Bits;
-        float mid = w.MidZero;
         var nibble = Vector128.Create((byte)0x0F);
         for (int r = 0; r < rows; r++)
         {
             int o = o0 + r;
             byte* row = codes + (long)o * rowBytes;
             float* s = scales + (long)o * groups, z = zeros is null ? null : zeros + (long)o * groups;
-            ushort* d = dst + (long)r * k;
+            byte* d = dst + (long)r * k * TOut.Size;
             for (int g = 0; g < groups; g++)
             {
-                var vs = Vector512.Create(s[g]);
-                var vz = Vector512.Create(z is null ? mid : z[g]);
+                float sg = s[g], zg = z is null ? mid : z[g];
                 int j = g * gs, end = Math.Min(k, (g + 1) * gs);
-                if (bits == 4)
-                    for (; j < end; j += 32)
-                    {
-                        var b = Vector128.Load(row + j / 2);
-                        var lo = b & nibble;
-                        var hi = Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & nibble;
-                        StepKernels.Bf16Of16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackLow(lo, hi))) - vz) * vs).Store(d + j);
-                        StepKernels.Bf16Of16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackHigh(lo, hi))) - vz) * vs).Store(d + j + 16);
-                    }
+                if (simd)
+                {
+                    var vs = Vector512.Create(sg);
+                    var vz = Vector512.Create(zg);
+                    if (bits == 4)
+                        for (; j < end; j += 32)
+                        {
+                            var b = Vector128.Load(row + j / 2);
+                            var lo = b & nibble;
+                            var hi = Vector128.ShiftRightLogical(b.AsUInt16(), 4).AsByte() & nibble;
+                            var c0 = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackLow(lo, hi)));
+                            var c1 = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.UnpackHigh(lo, hi)));
+                            TOut.Store16((c0 - vz) * vs, d + (long)j * TOut.Size);
+                            TOut.Store16((c1 - vz) * vs, d + (long)(j + 16) * TOut.Size);
+                        }
+                    else
+                        for (; j < end; j += 16)
+                            TOut.Store16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))) - vz) * vs, d + (long)j * TOut.Size);
+                }
                 else
-                    for (; j < end; j += 16)
-                        StepKernels.Bf16Of16((Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load(row + j))) - vz) * vs).Store(d + j);
+                {
+                    uint* words = (uint*)row;
+                    for (; j < end; j++) TOut.Store(sg * (((words[j / pf] >> (j % pf * bits)) & mask) - zg), d + (long)gather[j] * TOut.Size);
+                }
             }
         }
     }
