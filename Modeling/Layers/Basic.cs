@@ -186,6 +186,18 @@ public static class Activations
         _ => throw new UnsupportedException($"activation '{name}' is not supported"),
     };
 
+    /// <summary>
+    /// A gated MLP's <c>act(gate) * up</c> (Llama, Mistral, Qwen2, Mixtral's experts), in the dtype: for SiLU on
+    /// <see cref="SiluKernels"/> where it gives libtorch's values (a decode step's few rows), otherwise the activation
+    /// <paramref name="act"/> (<see cref="Get"/> of <paramref name="name"/>) and libtorch's multiply.
+    /// </summary>
+    public static Tensor Gated(string name, Func<Tensor, Tensor> act, Tensor gate, Tensor up)
+    {
+        if (name is "silu" or "swish" && SiluKernels.Applies(gate, up)) return SiluKernels.SiluMul(gate, up);
+        using var scope = NewDisposeScope();
+        return (act(gate) * up).MoveToOuterDisposeScope();
+    }
+
     /// <summary>The HF activation module class that ACT2FN instantiates for a name.</summary>
     public static string ClassName(string name) => name switch
     {

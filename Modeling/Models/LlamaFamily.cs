@@ -64,10 +64,12 @@ public sealed class LlamaMlp : HfModule, IFeedForward
     public override string ClassName { get; }
     private readonly Linear _gate, _up, _down;
     private readonly Func<Tensor, Tensor> _act;
+    private readonly string _actName;
     private readonly Parameterless _actFn;
 
     public LlamaMlp(LlamaVariant v, LlamaConfig c)
     {
+        _actName = c.HiddenAct;
         ClassName = v.Prefix + "MLP";
         _gate = Child("gate_proj", new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias));
         _up = Child("up_proj", new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias));
@@ -81,9 +83,14 @@ public sealed class LlamaMlp : HfModule, IFeedForward
         using var hook = Hook();
         using var scope = NewDisposeScope();
         var gateUp = Linear.Forward(x, _gate, _up); // one kernel job for both in a decode step
-        var gate = gateUp[0];
-        using (_actFn.Hook()) gate = _act(gate); // act_fn's forward, for the memory hooks
-        var h = gate * gateUp[1];
+        Tensor h;
+        if (_actFn.MemoryHook is null) h = Activations.Gated(_actName, _act, gateUp[0], gateUp[1]); // SiLU·up in one pass in a decode step
+        else
+        {
+            Tensor gate;
+            using (_actFn.Hook()) gate = _act(gateUp[0]); // act_fn's forward, for the memory hooks
+            h = gate * gateUp[1];
+        }
         return _down.Forward(h).MoveToOuterDisposeScope();
     }
 }

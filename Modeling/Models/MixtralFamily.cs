@@ -46,6 +46,7 @@ public sealed class MixtralBlockSparseTop2MLP : HfModule
     public override string ClassName => "MixtralBlockSparseTop2MLP";
     private readonly Linear _w1, _w2, _w3;
     private readonly Func<Tensor, Tensor> _act;
+    private readonly string _actName;
     private long _runs;
 
     /// <summary>How often this expert's weights were read (one run over its rows), since it was built.</summary>
@@ -58,6 +59,7 @@ public sealed class MixtralBlockSparseTop2MLP : HfModule
         _w3 = Child("w3", new Linear(c.HiddenSize, c.IntermediateSize, bias: false));
         Child("act_fn", new Parameterless(Activations.ClassName(c.HiddenAct)));
         _act = Activations.Get(c.HiddenAct);
+        _actName = c.HiddenAct;
     }
 
     public Tensor Forward(Tensor x) // (n, H) -> (n, H)
@@ -65,7 +67,7 @@ public sealed class MixtralBlockSparseTop2MLP : HfModule
         using var hook = Hook();
         Interlocked.Increment(ref _runs);
         using var scope = NewDisposeScope();
-        return _w2.Forward(_act(_w1.Forward(x)) * _w3.Forward(x)).MoveToOuterDisposeScope();
+        return _w2.Forward(Activations.Gated(_actName, _act, _w1.Forward(x), _w3.Forward(x))).MoveToOuterDisposeScope();
     }
 }
 

@@ -1,0 +1,122 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using ShardPipe.Modeling.Core;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Modeling.Layers;
+
+/// <summary>
+/// A gated MLP's <c>act_fn(gate) * up</c> for SiLU in one pass over a decode step's few rows, with the values libtorch's
+/// two calls give. libtorch's CPU SiLU (AVX-512 build, the vectorised loop) computes, per float32 lane,
+/// <c>x / (1 + exp(−x))</c> with SLEEF's <c>expf</c> (1-ULP variant, fused multiply-adds), and for bf16 rounds that to
+/// bf16; the product is then the dtype's multiply (bf16: both widened, multiplied in float32, rounded). This class
+/// repeats SLEEF's exp step for step (<see cref="Exp"/>) and the rounding, so its output equals libtorch's bit for bit:
+/// the tests compare every one of the 65,536 bf16 inputs and millions of float32 ones.
+/// <para>Why: in a decode step the two libtorch calls (SiLU, then the multiply) took ≈ 12 µs a layer between the
+/// gate/up and down products — with the weights streaming through the caches, libtorch's dispatch runs cold — against
+/// ≈ 1 µs of arithmetic; about 5 % of an int4 token of the 134M Llama (BENCHMARKS.md, session 17).</para>
+/// <para>Where libtorch would not take its vectorised path for every element, the kernel does not apply and the caller
+/// keeps the libtorch calls: the scalar tail (elements past the last whole 64) uses the C library's <c>expf</c>, and at
+/// 32,768 elements or more libtorch may cut the loop across threads, each part with its own tail.</para>
+/// </summary>
+public static unsafe class SiluKernels
+{
+    /// <summary>Off: the libtorch calls always (benchmarks compare both in one process; default on).</summary>
+    public static bool Enabled { get; set; } = true;
+
+    /// <summary>Elements per pass of libtorch's vectorised loop for bf16 (two vectors of 32); float32's (two of 16) divides it.</summary>
+    private const int LoopElements = 64;
+
+    /// <summary>libtorch's grain size: at or above it an elementwise loop may be split across threads.</summary>
+    private const int GrainElements = 32768;
+
+    /// <summary>
+    /// Whether <see cref="SiluMul"/> gives libtorch's values here: AVX-512 (the SLEEF variant it repeats), gate and up of
+    /// one shape and dtype (float32 or bf16), contiguous, on the CPU, a whole number of vectorised passes and below the
+    /// grain size.
+    /// </summary>
+    public static bool Applies(Tensor gate, Tensor up)
+    {
+        if (!Enabled || !Avx512F.IsSupported || gate.dtype is not (ScalarType.Float32 or ScalarType.BFloat16) || up.dtype != gate.dtype
+            || gate.device_type != DeviceType.CPU || up.device_type != DeviceType.CPU || !gate.is_contiguous() || !up.is_contiguous())
+            return false;
+        long n = gate.NumberOfElements;
+        return n > 0 && n < GrainElements && n % LoopElements == 0 && up.NumberOfElements == n && gate.Shape().SequenceEqual(up.Shape());
+    }
+
+    /// <summary><c>silu(gate) * up</c> in the dtype (see <see cref="Applies"/>): a new tensor of gate's shape.</summary>
+    public static Tensor SiluMul(Tensor gate, Tensor up)
+    {
+        var y = empty(gate.Shape(), gate.dtype);
+        int n = (int)gate.NumberOfElements;
+        byte* g = (byte*)TensorMemory.Pointer(gate), u = (byte*)TensorMemory.Pointer(up), o = (byte*)TensorMemory.Pointer(y);
+        if (gate.dtype == ScalarType.BFloat16) Bf16((ushort*)g, (ushort*)u, (ushort*)o, n);
+        else Float32((float*)g, (float*)u, (float*)o, n);
+        return y;
+    }
+
+    /// <summary>libtorch's float32 SiLU of 16 lanes: <c>x / (1 + exp(−x))</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Silu(Vector512<float> x) => x / (Vector512.Create(1f) + Exp(-x));
+
+    private static void Float32(float* g, float* u, float* y, int n)
+    {
+        for (int i = 0; i < n; i += 16)
+            (Silu(Vector512.Load(g + i)) * Vector512.Load(u + i)).Store(y + i);
+    }
+
+    private static void Bf16(ushort* g, ushort* u, ushort* y, int n)
+    {
+        for (int i = 0; i < n; i += 16)
+        {
+            var act = Widen(Bf16Of16(Silu(Widen(Vector256.Load(g + i)))));   // silu(gate): a bf16 tensor
+            Bf16Of16(act * Widen(Vector256.Load(u + i))).Store(y + i);       // times up, rounded again
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Widen(Vector256<ushort> v) => (Avx512F.ConvertToVector512UInt32(v) << 16).AsSingle();
+
+    /// <summary>float32 to bf16 as libtorch's vectorised conversion rounds it: to nearest, ties to even; every NaN
+    /// becomes 0xFFFF (its scalar conversion, <see cref="StepKernels.ToBf16"/>, keeps the NaN's sign and payload instead).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<ushort> Bf16Of16(Vector512<float> f)
+    {
+        var v = f.AsUInt32();
+        var rounded = (v + Vector512.Create(0x7fffu) + ((v >>> 16) & Vector512.Create(1u))) >>> 16;
+        var nan = Vector512.GreaterThan(v & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
+        return Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, Vector512.Create(0xffffu), rounded));
+    }
+
+    /// <summary>
+    /// SLEEF's single-precision exp, 1-ULP variant, as its AVX-512 build computes it: q = round-to-even(x·log₂e);
+    /// s = x − q·ln2 in two fused steps (ln2's upper and lower parts); a degree-5 polynomial in s by fused
+    /// multiply-adds; 1 + (s·s·p + s); times 2^q in two halves; 0 below −104, +∞ above 100.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Exp(Vector512<float> d)
+    {
+        var q = Avx512F.ConvertToVector512Int32(d * Vector512.Create(1.442695040888963407359924681001892137426645954152985934135449406931f)); // round to nearest even
+        var qf = Avx512F.ConvertToVector512Single(q);
+        var s = Vector512.FusedMultiplyAdd(qf, Vector512.Create(-0.693145751953125f), d);
+        s = Vector512.FusedMultiplyAdd(qf, Vector512.Create(-1.428606765330187045e-06f), s);
+        var u = Vector512.Create(0.000198527617612853646278381f);
+        u = Vector512.FusedMultiplyAdd(u, s, Vector512.Create(0.00139304355252534151077271f));
+        u = Vector512.FusedMultiplyAdd(u, s, Vector512.Create(0.00833336077630519866943359f));
+        u = Vector512.FusedMultiplyAdd(u, s, Vector512.Create(0.0416664853692054748535156f));
+        u = Vector512.FusedMultiplyAdd(u, s, Vector512.Create(0.166666671633720397949219f));
+        u = Vector512.FusedMultiplyAdd(u, s, Vector512.Create(0.5f));
+        u = Vector512.Create(1f) + Vector512.FusedMultiplyAdd(s * s, u, s);
+        // ldexp in two halves: u · 2^(q>>1) · 2^(q − (q>>1))
+        var half = q >> 1;
+        u = u * Pow2(half) * Pow2(q - half);
+        u = Vector512.ConditionalSelect(Vector512.LessThan(d, Vector512.Create(-104f)), Vector512<float>.Zero, u);
+        return Vector512.ConditionalSelect(Vector512.GreaterThan(d, Vector512.Create(100f)), Vector512.Create(float.PositiveInfinity), u);
+    }
+
+    /// <summary>2^e as a float built from its exponent bits (e + 127 in bits 23–30), as SLEEF's pow2i.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Pow2(Vector512<int> e) => ((e + Vector512.Create(0x7f)) << 23).AsSingle();
+}

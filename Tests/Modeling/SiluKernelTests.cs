@@ -1,0 +1,104 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+using ShardPipe.Modeling.Layers;
+using ShardPipe.Modeling.Models;
+using static TorchSharp.torch;
+
+namespace ShardPipe.Tests.Modeling;
+
+/// <summary>
+/// The fused <c>silu(gate) * up</c> of a decode step's gated MLP gives libtorch's bits: every bf16 input, millions of
+/// float32 ones (SLEEF's exp repeated step for step), and the MLP's output with the kernel on and off.
+/// </summary>
+public class SiluKernelTests
+{
+    private static ushort[] Bits16(Tensor t) => MemoryMarshal.Cast<byte, ushort>(t.bytes).ToArray();
+    private static uint[] Bits32(Tensor t) => MemoryMarshal.Cast<byte, uint>(t.bytes).ToArray();
+
+    /// <summary>libtorch's two calls, as the MLP made them before the kernel.</summary>
+    private static Tensor Libtorch(Tensor gate, Tensor up) => nn.functional.silu(gate) * up;
+
+    [Fact]
+    public void Every_bf16_input_gives_libtorchs_bits()
+    {
+        Assert.True(Avx512F.IsSupported, "this machine's CPU has AVX-512 (the kernel's condition); the fallback is tested below");
+        using var all = empty(65536, ScalarType.BFloat16);
+        var span = MemoryMarshal.Cast<byte, ushort>(all.bytes);
+        for (int i = 0; i < span.Length; i++) span[i] = (ushort)i; // every pattern: zeros, subnormals, ±∞, NaNs
+        manual_seed(17);
+        int silu = 0, product = 0;
+        for (int part = 0; part < 4; part++)
+        {
+            using var gate = all.narrow(0, part * 16384, 16384).reshape(8, 2048).contiguous();
+            using var ones = ones_like(gate);
+            using var up = randn(8, 2048).to(ScalarType.BFloat16);
+            Assert.True(SiluKernels.Applies(gate, up));
+            silu += Bits16(SiluKernels.SiluMul(gate, ones)).Zip(Bits16(Libtorch(gate, ones))).Count(p => p.First != p.Second);
+            product += Bits16(SiluKernels.SiluMul(gate, up)).Zip(Bits16(Libtorch(gate, up))).Count(p => p.First != p.Second);
+        }
+        Assert.Equal(0, silu);
+        Assert.Equal(0, product);
+    }
+
+    [Fact]
+    public void Float32_inputs_across_the_range_give_libtorchs_bits()
+    {
+        Assert.True(Avx512F.IsSupported);
+        manual_seed(5);
+        var special = new float[] { 0f, -0f, float.PositiveInfinity, float.NegativeInfinity, float.NaN, -104f, -104.00001f, -103.99999f,
+            100f, 100.00001f, 99.99999f, 88.7f, -88.7f, 1e-30f, -1e-30f, float.Epsilon, -float.Epsilon, 1e-45f, 0.5f, -0.5f };
+        int mismatches = 0;
+        for (int round = 0; round < 120; round++)
+        {
+            using var gate = round == 0
+                ? tensor(Enumerable.Range(0, 16384).Select(i => special[i % special.Length]).ToArray()).reshape(8, 2048)
+                : (round % 3) switch { 0 => randn(8, 2048) * 10, 1 => rand(8, 2048) * 220 - 110, _ => randn(8, 2048) * 0.01 };
+            using var up = randn(8, 2048);
+            var mine = Bits32(SiluKernels.SiluMul(gate, up));
+            var theirs = Bits32(Libtorch(gate, up));
+            for (int i = 0; i < mine.Length; i++)
+            {
+                bool bothNaN = float.IsNaN(BitConverter.UInt32BitsToSingle(mine[i])) && float.IsNaN(BitConverter.UInt32BitsToSingle(theirs[i]));
+                if (mine[i] != theirs[i] && !bothNaN) mismatches++;
+            }
+        }
+        Assert.Equal(0, mismatches);
+    }
+
+    [Fact]
+    public void Shapes_libtorch_would_not_vectorise_whole_keep_the_libtorch_calls()
+    {
+        var g = randn(1, 2048).to(ScalarType.BFloat16);
+        Assert.Equal(Avx512F.IsSupported, SiluKernels.Applies(g, randn(1, 2048).to(ScalarType.BFloat16)));
+        Assert.False(SiluKernels.Applies(randn(1, 100), randn(1, 100)));               // a scalar tail (C library expf)
+        Assert.False(SiluKernels.Applies(randn(16, 2048), randn(16, 2048)));            // 32,768: libtorch may split it across threads
+        Assert.False(SiluKernels.Applies(g, randn(1, 2048)));                           // dtypes differ
+        Assert.False(SiluKernels.Applies(randn(2048, 2).t(), randn(2, 2048)));          // not contiguous
+        Assert.False(SiluKernels.Applies(randn(1, 2048).to(ScalarType.Float16), randn(1, 2048).to(ScalarType.Float16)));
+        // Activations.Gated falls back to the two calls with the same values.
+        var x = randn(1, 100);
+        var u = randn(1, 100);
+        Assert.True(Activations.Gated("silu", Activations.Get("silu"), x, u).eq(Libtorch(x, u)).all().item<bool>());
+        var gelu = Activations.Gated("gelu", Activations.Get("gelu"), x, u);
+        Assert.True(gelu.eq(nn.functional.gelu(x) * u).all().item<bool>());
+    }
+
+    [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float32)]
+    public void A_llama_mlp_gives_the_same_bits_with_the_kernel_on_and_off(ScalarType dtype)
+    {
+        Assert.True(Avx512F.IsSupported);
+        var mlp = new LlamaMlp(LlamaVariant.Llama, new LlamaConfig(64, 192, 1, 4, 4, 16, 10, 32, 1e-6, 10000, null, false, false, "silu", null));
+        manual_seed(9);
+        foreach (var (_, slot) in mlp.NamedTensors()) slot.Set((randn(slot.Shape) * 0.2).to(dtype));
+        using var x = randn(1, 1, 64).to(dtype);
+        using var on = mlp.Forward(x);
+        SiluKernels.Enabled = false;
+        Tensor off;
+        try { off = mlp.Forward(x); }
+        finally { SiluKernels.Enabled = true; }
+        Assert.True(on.eq(off).all().item<bool>(), "the MLP's output changed with the fused kernel");
+        Assert.True(SiluKernels.Applies(randn(1, 1, 192).to(dtype), randn(1, 1, 192).to(dtype)), "the test's shape takes the kernel");
+    }
+}
