@@ -18,8 +18,9 @@ namespace ShardPipe.Modeling.Layers;
 /// gate/up and down products — with the weights streaming through the caches, libtorch's dispatch runs cold — against
 /// ≈ 1 µs of arithmetic; about 5 % of an int4 token of the 134M Llama (BENCHMARKS.md, session 17).</para>
 /// <para>Where libtorch would not take its vectorised path for every element, the kernel does not apply and the caller
-/// keeps the libtorch calls: the scalar tail (elements past the last whole 64) uses the C library's <c>expf</c>, and at
-/// 32,768 elements or more libtorch may cut the loop across threads, each part with its own tail.</para>
+/// keeps the libtorch calls: the scalar tail (elements past the last whole 64) uses the C library's <c>expf</c>, and above
+/// 32,768 elements libtorch may cut the loop across threads, each part with its own tail. (A merged step of 16 rows of
+/// 2,048 is 32,768: one loop.)</para>
 /// </summary>
 public static unsafe class SiluKernels
 {
@@ -29,12 +30,13 @@ public static unsafe class SiluKernels
     /// <summary>Elements per pass of libtorch's vectorised loop for bf16 (two vectors of 32); float32's (two of 16) divides it.</summary>
     private const int LoopElements = 64;
 
-    /// <summary>libtorch's grain size: at or above it an elementwise loop may be split across threads.</summary>
+    /// <summary>libtorch's grain size: above it an elementwise loop may be split across threads (at::parallel_for runs
+    /// ranges up to the grain size as one call).</summary>
     private const int GrainElements = 32768;
 
     /// <summary>
     /// Whether <see cref="SiluMul"/> gives libtorch's values here: AVX-512 (the SLEEF variant it repeats), gate and up of
-    /// one shape and dtype (float32 or bf16), contiguous, on the CPU, a whole number of vectorised passes and below the
+    /// one shape and dtype (float32 or bf16), contiguous, on the CPU, a whole number of vectorised passes and at most the
     /// grain size.
     /// </summary>
     public static bool Applies(Tensor gate, Tensor up)
@@ -43,7 +45,7 @@ public static unsafe class SiluKernels
             || gate.device_type != DeviceType.CPU || up.device_type != DeviceType.CPU || !gate.is_contiguous() || !up.is_contiguous())
             return false;
         long n = gate.NumberOfElements;
-        return n > 0 && n < GrainElements && n % LoopElements == 0 && up.NumberOfElements == n && gate.Shape().SequenceEqual(up.Shape());
+        return n > 0 && n <= GrainElements && n % LoopElements == 0 && up.NumberOfElements == n && gate.Shape().SequenceEqual(up.Shape());
     }
 
     /// <summary><c>silu(gate) * up</c> in the dtype (see <see cref="Applies"/>): a new tensor of gate's shape.</summary>
