@@ -9,6 +9,8 @@ namespace ShardPipe.Modeling.Layers;
 /// the work that follows a decode step (a prefill's GEMMs, another stage's step). It once spun 0.2 s (a tick-unit
 /// mix-up), twice over after a burst of jobs, and fp32 prefill after a decode ran ≈ 18 % slower (BENCHMARKS.md,
 /// session 10). While they spin they prefetch what <see cref="PrefetchHint"/> names (<see cref="WeightPrefetch"/>).
+/// A job's parts are shared out in contiguous runs, one per thread, the rest taken from the back of the others' runs
+/// (<see cref="PartRuns"/>).
 /// </summary>
 public sealed class SpinPool
 {
@@ -61,16 +63,29 @@ public sealed class SpinPool
         return true;
     }
 
+    /// <summary>Off: the threads take a job's parts in one shared order, each whichever is next (benchmarks compare both in
+    /// one process; default on: each thread its own contiguous run, <see cref="PartRuns"/>).</summary>
+    public static bool ContiguousRuns { get; set; } = true;
+
     /// <summary>One job: its body and its own part counters. A helper that finishes the last part of a job and loops to
-    /// claim another finds this job's counter past its parts and stops — it cannot claim a part of the next job (with
-    /// shared counters it once did, running the old body again and leaving a part of the new job undone: its output
-    /// rows uninitialised).</summary>
-    private sealed class Job(Action<int> body, int parts)
+    /// claim another finds this job's parts all taken and stops — it cannot claim a part of the next job (with shared
+    /// counters it once did, running the old body again and leaving a part of the new job undone: its output rows
+    /// uninitialised).</summary>
+    private sealed class Job(Action<int> body, int parts, int slots)
     {
         public readonly Action<int> Body = body;
         public readonly int Parts = parts;
-        public int Next;      // next part to take
+        public readonly PartRuns? Runs = ContiguousRuns && slots > 1 ? new PartRuns(parts, slots) : null;
+        public int Next;      // next part to take, in the shared order (Runs null)
         public int Remaining = parts; // parts not finished
+
+        /// <summary>The next part for thread slot <paramref name="slot"/>, −1 when none is left.</summary>
+        public int Claim(int slot)
+        {
+            if (Runs is not null) return Runs.Claim(slot);
+            int p = Interlocked.Increment(ref Next) - 1;
+            return p < Parts ? p : -1;
+        }
     }
 
     /// <summary>A pool of <paramref name="helpers"/> background threads named <paramref name="name"/>-0, -1, … (the kernels
@@ -78,7 +93,7 @@ public sealed class SpinPool
     public SpinPool(int helpers, string name = "shardpipe-kernel")
     {
         ArgumentOutOfRangeException.ThrowIfNegative(helpers);
-        _threads = Enumerable.Range(0, helpers).Select(i => new Thread(Loop) { IsBackground = true, Name = $"{name}-{i}" }).ToArray();
+        _threads = Enumerable.Range(0, helpers).Select(i => new Thread(() => Loop(i + 1)) { IsBackground = true, Name = $"{name}-{i}" }).ToArray();
         foreach (var t in _threads) t.Start();
     }
 
@@ -106,13 +121,13 @@ public sealed class SpinPool
             for (int p = 0; p < parts; p++) body(p);
             return;
         }
-        var job = new Job(body, parts);
+        var job = new Job(body, parts, _threads.Length + 1);
         try
         {
             Volatile.Write(ref _job, job);
             Interlocked.Increment(ref _generation);
             if (_wake.CurrentCount < _threads.Length) _wake.Release(_threads.Length - _wake.CurrentCount);
-            Work(job);
+            Work(job, 0);
             AwaitHelpers(job);
         }
         finally
@@ -146,17 +161,19 @@ public sealed class SpinPool
         }
     }
 
-    private static void Work(Job job)
+    /// <summary>Runs parts of <paramref name="job"/> as thread slot <paramref name="slot"/> (0: the caller) until none is left.</summary>
+    private static void Work(Job job, int slot)
     {
         int p;
-        while ((p = Interlocked.Increment(ref job.Next) - 1) < job.Parts)
+        while ((p = job.Claim(slot)) >= 0)
         {
             job.Body(p);
             Interlocked.Decrement(ref job.Remaining);
         }
     }
 
-    private void Loop()
+    /// <summary>A helper's life as thread slot <paramref name="slot"/>: spin for a job (prefetching what it is hinted), run its parts, sleep when none comes.</summary>
+    private void Loop(int slot)
     {
         long seen = 0;
         while (true)
@@ -174,7 +191,7 @@ public sealed class SpinPool
                 if (!PrefetchSome()) Thread.SpinWait(20);
             }
             seen = Volatile.Read(ref _generation);
-            if (Volatile.Read(ref _job) is { } job) Work(job);
+            if (Volatile.Read(ref _job) is { } job) Work(job, slot);
         }
     }
 }
