@@ -56,6 +56,8 @@ public static unsafe class SiluKernels
         byte* g = (byte*)TensorMemory.Pointer(gate), u = (byte*)TensorMemory.Pointer(up), o = (byte*)TensorMemory.Pointer(y);
         if (gate.dtype == ScalarType.BFloat16) Bf16((ushort*)g, (ushort*)u, (ushort*)o, n);
         else Float32((float*)g, (float*)u, (float*)o, n);
+        GC.KeepAlive(gate); // the inputs' memory is read through pointers: held until the pass is done
+        GC.KeepAlive(up);
         return y;
     }
 

@@ -12,8 +12,21 @@ namespace ShardPipe.Tests.Modeling;
 /// </summary>
 public class SiluKernelTests
 {
-    private static ushort[] Bits16(Tensor t) => MemoryMarshal.Cast<byte, ushort>(t.bytes).ToArray();
-    private static uint[] Bits32(Tensor t) => MemoryMarshal.Cast<byte, uint>(t.bytes).ToArray();
+    // The tensor is held until its bytes are copied: a temporary whose last use is reading its span could otherwise be
+    // finalized, and its memory freed, mid-copy (a run of the full suite read garbage for 32 values that way).
+    private static ushort[] Bits16(Tensor t)
+    {
+        var bits = MemoryMarshal.Cast<byte, ushort>(t.bytes).ToArray();
+        GC.KeepAlive(t);
+        return bits;
+    }
+
+    private static uint[] Bits32(Tensor t)
+    {
+        var bits = MemoryMarshal.Cast<byte, uint>(t.bytes).ToArray();
+        GC.KeepAlive(t);
+        return bits;
+    }
 
     /// <summary>libtorch's two calls, as the MLP made them before the kernel.</summary>
     private static Tensor Libtorch(Tensor gate, Tensor up) => nn.functional.silu(gate) * up;
@@ -48,6 +61,7 @@ public class SiluKernelTests
         var special = new float[] { 0f, -0f, float.PositiveInfinity, float.NegativeInfinity, float.NaN, -104f, -104.00001f, -103.99999f,
             100f, 100.00001f, 99.99999f, 88.7f, -88.7f, 1e-30f, -1e-30f, float.Epsilon, -float.Epsilon, 1e-45f, 0.5f, -0.5f };
         int mismatches = 0;
+        var examples = new List<string>();
         for (int round = 0; round < 120; round++)
         {
             using var gate = round == 0
@@ -56,13 +70,18 @@ public class SiluKernelTests
             using var up = randn(8, 2048);
             var mine = Bits32(SiluKernels.SiluMul(gate, up));
             var theirs = Bits32(Libtorch(gate, up));
+            var g = Bits32(gate);
+            var u = Bits32(up);
             for (int i = 0; i < mine.Length; i++)
             {
                 bool bothNaN = float.IsNaN(BitConverter.UInt32BitsToSingle(mine[i])) && float.IsNaN(BitConverter.UInt32BitsToSingle(theirs[i]));
-                if (mine[i] != theirs[i] && !bothNaN) mismatches++;
+                if (mine[i] == theirs[i] || bothNaN) continue;
+                if (mismatches++ < 4)
+                    examples.Add($"round {round} gate {BitConverter.UInt32BitsToSingle(g[i]):R} up {BitConverter.UInt32BitsToSingle(u[i]):R}: " +
+                                 $"{BitConverter.UInt32BitsToSingle(mine[i]):R} against libtorch's {BitConverter.UInt32BitsToSingle(theirs[i]):R}");
             }
         }
-        Assert.Equal(0, mismatches);
+        Assert.True(mismatches == 0, $"{mismatches} values differ, e.g. " + string.Join("; ", examples));
     }
 
     [Fact]
