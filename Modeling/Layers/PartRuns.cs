@@ -7,7 +7,8 @@ namespace ShardPipe.Modeling.Layers;
 /// part it is in. Front to back matters: the parts are consecutive rows of a weight, and a kernel prefetches past the end
 /// of the part it runs into the rows of the next — which, in a shared order (each thread taking whichever part is next),
 /// the other thread usually ran. In its own run a thread streams through one stretch of memory (alternating
-/// generations of the 134M Llama in one process, session 17: int4 +1.4 to +4.3 %, int8 +11 %, bf16 +2.6 %, float32 ±0).
+/// generations of the 134M Llama in one process, session 17: int4 +1.4 to +4.3 %, int8 +2.4 to +11 %, bf16 +1.8 to
+/// +3.3 %, float32 ±0).
 /// Lock-free: each slot's run is one 64-bit word (next part, end), changed by compare-and-swap.
 /// </summary>
 public sealed class PartRuns

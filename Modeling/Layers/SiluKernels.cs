@@ -13,7 +13,7 @@ namespace ShardPipe.Modeling.Layers;
 /// <c>x / (1 + exp(−x))</c> with SLEEF's <c>expf</c> (1-ULP variant, fused multiply-adds), and for bf16 rounds that to
 /// bf16; the product is then the dtype's multiply (bf16: both widened, multiplied in float32, rounded). This class
 /// repeats SLEEF's exp step for step (<see cref="Exp"/>) and the rounding, so its output equals libtorch's bit for bit:
-/// the tests compare every one of the 65,536 bf16 inputs and millions of float32 ones.
+/// the tests compare every one of the 65,536 bf16 inputs and a million float32 ones (16 M while it was built).
 /// <para>Why: in a decode step the two libtorch calls (SiLU, then the multiply) took ≈ 12 µs a layer between the
 /// gate/up and down products — with the weights streaming through the caches, libtorch's dispatch runs cold — against
 /// ≈ 1 µs of arithmetic; about 5 % of an int4 token of the 134M Llama (BENCHMARKS.md, session 17).</para>

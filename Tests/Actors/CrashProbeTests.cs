@@ -83,7 +83,18 @@ public class CrashProbeTests
                 catch (OperationCanceledException) { last = ProbeResult.TimedOut; }
             }
             Assert.Equal(ProbeResult.TimedOut, last); // the queue is full now
-            Assert.Equal(new[] { ProbeResult.TimedOut }, await CrashProbe.Probe("127.0.0.1", port, 2, TimeSpan.FromMilliseconds(150), TimeSpan.FromMilliseconds(500)));
+            // The kernel answers a SYN whenever a slot of the queue is free at that instant (a half-open connection of
+            // the filling loop expiring meanwhile: a clean-clone CI run once saw the probe accepted). An accepted probe's
+            // connection stays queued, as the listener never accepts, and holds that slot: probe again, a few times at
+            // most, until the queue stays full. Never "refused" on the way.
+            IReadOnlyList<ProbeResult> probe = Array.Empty<ProbeResult>();
+            for (int attempt = 0; attempt < 5; attempt++)
+            {
+                probe = await CrashProbe.Probe("127.0.0.1", port, 2, TimeSpan.FromMilliseconds(150), TimeSpan.FromMilliseconds(500));
+                Assert.DoesNotContain(ProbeResult.Refused, probe);
+                if (!probe.SequenceEqual(new[] { ProbeResult.Accepted })) break;
+            }
+            Assert.Equal(new[] { ProbeResult.TimedOut }, probe);
         }
         finally
         {

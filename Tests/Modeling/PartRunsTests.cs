@@ -48,7 +48,7 @@ public class PartRunsTests
     [Fact]
     public void Threads_claiming_at_once_take_every_part_exactly_once()
     {
-        for (int round = 0; round < 200; round++)
+        for (int round = 0; round < 50; round++)
         {
             const int parts = 997, slots = 4;
             var runs = new PartRuns(parts, slots);

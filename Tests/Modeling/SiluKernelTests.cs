@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace ShardPipe.Tests.Modeling;
 
 /// <summary>
-/// The fused <c>silu(gate) * up</c> of a decode step's gated MLP gives libtorch's bits: every bf16 input, millions of
+/// The fused <c>silu(gate) * up</c> of a decode step's gated MLP gives libtorch's bits: every bf16 input, a million
 /// float32 ones (SLEEF's exp repeated step for step), and the MLP's output with the kernel on and off.
 /// </summary>
 public class SiluKernelTests
@@ -62,7 +62,7 @@ public class SiluKernelTests
             100f, 100.00001f, 99.99999f, 88.7f, -88.7f, 1e-30f, -1e-30f, float.Epsilon, -float.Epsilon, 1e-45f, 0.5f, -0.5f };
         int mismatches = 0;
         var examples = new List<string>();
-        for (int round = 0; round < 120; round++)
+        for (int round = 0; round < 64; round++)
         {
             using var gate = round == 0
                 ? tensor(Enumerable.Range(0, 16384).Select(i => special[i % special.Length]).ToArray()).reshape(8, 2048)
