@@ -14,9 +14,9 @@ namespace ShardPipe.Modeling.Layers;
 /// bf16; the product is then the dtype's multiply (bf16: both widened, multiplied in float32, rounded). This class
 /// repeats SLEEF's exp step for step (<see cref="Exp"/>) and the rounding, so its output equals libtorch's bit for bit:
 /// the tests compare every one of the 65,536 bf16 inputs and a million float32 ones (16 M while it was built).
-/// <para>Why: in a decode step the two libtorch calls (SiLU, then the multiply) took ≈ 12 µs a layer between the
-/// gate/up and down products — with the weights streaming through the caches, libtorch's dispatch runs cold — against
-/// ≈ 1 µs of arithmetic; about 5 % of an int4 token of the 134M Llama (BENCHMARKS.md, session 17).</para>
+/// <para>Why: in a decode step the two libtorch calls (SiLU, then the multiply) took 8–9 µs a layer of serial time between
+/// the gate/up and down products — with the weights streaming through the caches, libtorch's dispatch runs cold — and
+/// the fused pass 3–4 µs (100–111 against 40–51 µs a token of the 134M Llama in int4, BENCHMARKS.md, session 17).</para>
 /// <para>Where libtorch would not take its vectorised path for every element, the kernel does not apply and the caller
 /// keeps the libtorch calls: the scalar tail (elements past the last whole 64) uses the C library's <c>expf</c>, and above
 /// 32,768 elements libtorch may cut the loop across threads, each part with its own tail. (A merged step of 16 rows of
