@@ -354,7 +354,7 @@ public static unsafe partial class DecodeAttention
     }
     private struct Bf16s : ICacheFloats
     {
-        public static Vector512<float> Load16(byte* at) => Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)at)), 16).AsSingle();
+        public static Vector512<float> Load16(byte* at) => StepKernels.Widen16(Vector256.Load((ushort*)at));
         public static int Size => 2;
     }
 

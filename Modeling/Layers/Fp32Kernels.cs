@@ -113,12 +113,9 @@ public static unsafe partial class Fp32Kernels
 
     /// <summary>Output columns [from, to) of all <paramref name="m"/> input rows (row-major, <paramref name="k"/> wide;
     /// outputs <paramref name="n"/> wide) on the calling thread, by the path <see cref="Linear(Tensor, Tensor, Tensor?)"/>
-    /// takes for m rows (the quantized many-row path multiplies its dequantized tiles with it).</summary>
-    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to) =>
-        Rows(w, x, y, bias, k, n, m, from, to, portable: !Avx512F.IsSupported);
-
-    /// <summary>One pass of 1..<see cref="MaxRows"/> input rows over output columns [from, to) (<see cref="Fp32LongInputs"/>).</summary>
-    internal static void PassOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable) =>
+    /// takes for m rows: for <see cref="Fp32LongInputs"/>' passes of at most <see cref="MaxRows"/> rows, and for the
+    /// quantized many-row path's dequantized tiles.</summary>
+    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable) =>
         Rows(w, x, y, bias, k, n, m, from, to, portable);
 
     /// <summary>Elements ahead of the current position to prefetch in each row (4 KB), as the bf16 kernel does: the

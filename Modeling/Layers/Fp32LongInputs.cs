@@ -27,7 +27,7 @@ public static unsafe class Fp32LongInputs
         for (int p = 0; p < passes; p++)
         {
             int rows = PassRows(m, passes, p);
-            Fp32Kernels.PassOf(w, x + (long)r * k, y + (long)r * n, bias, k, n, rows, from, to, portable);
+            Fp32Kernels.RowsOf(w, x + (long)r * k, y + (long)r * n, bias, k, n, rows, from, to, portable);
             r += rows;
         }
     }

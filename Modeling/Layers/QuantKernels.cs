@@ -342,7 +342,7 @@ public static unsafe class QuantKernels
             float* tile = ThreadTile((long)tileRows * k);
             Dequantize(w, o0, rows, tile, simd);
             // The tile holds rows [o0, o0 + rows): the kernels index W by output row.
-            Fp32Kernels.RowsOf(tile - (long)o0 * k, (float*)xa, (float*)ya, (float*)ba, k, n, m, o0, o0 + rows);
+            Fp32Kernels.RowsOf(tile - (long)o0 * k, (float*)xa, (float*)ya, (float*)ba, k, n, m, o0, o0 + rows, portable: !simd);
         });
         var result = y.dtype != x.dtype ? y.to(x.dtype) : y;
         return result.reshape(x.Shape()[..^1].Append(n).ToArray()).MoveToOuterDisposeScope();

@@ -75,23 +75,10 @@ public static unsafe class SiluKernels
     {
         for (int i = 0; i < n; i += 16)
         {
-            var act = Widen(Bf16Of16(Silu(Widen(Vector256.Load(g + i)))));   // silu(gate): a bf16 tensor
-            Bf16Of16(act * Widen(Vector256.Load(u + i))).Store(y + i);       // times up, rounded again
+            // silu(gate) is a bf16 tensor; times up, rounded again — each rounding libtorch's vectorised one
+            var act = StepKernels.Widen16(StepKernels.Bf16Of16AsLibtorchVectors(Silu(StepKernels.Widen16(Vector256.Load(g + i)))));
+            StepKernels.Bf16Of16AsLibtorchVectors(act * StepKernels.Widen16(Vector256.Load(u + i))).Store(y + i);
         }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Widen(Vector256<ushort> v) => (Avx512F.ConvertToVector512UInt32(v) << 16).AsSingle();
-
-    /// <summary>float32 to bf16 as libtorch's vectorised conversion rounds it: to nearest, ties to even; every NaN
-    /// becomes 0xFFFF (its scalar conversion, <see cref="StepKernels.ToBf16"/>, keeps the NaN's sign and payload instead).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<ushort> Bf16Of16(Vector512<float> f)
-    {
-        var v = f.AsUInt32();
-        var rounded = (v + Vector512.Create(0x7fffu) + ((v >>> 16) & Vector512.Create(1u))) >>> 16;
-        var nan = Vector512.GreaterThan(v & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
-        return Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, Vector512.Create(0xffffu), rounded));
     }
 
     /// <summary>

@@ -322,13 +322,27 @@ public static unsafe class StepKernels
     /// <summary>16 floats rounded to bf16 (to nearest, ties to even; NaN stays NaN, quieted), AVX-512: what
     /// <see cref="Narrow"/> and <see cref="ToBf16"/> give, for kernels that produce bf16 16 lanes at a time.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<ushort> Bf16Of16(Vector512<float> f)
+    internal static Vector256<ushort> Bf16Of16(Vector512<float> f) => Bf16Of16(f, (f.AsUInt32() >>> 16) | Vector512.Create(0x40u));
+
+    /// <summary>16 floats rounded to bf16 as libtorch's vectorised conversion rounds them (its AVX-512 elementwise
+    /// kernels): to nearest, ties to even, and every NaN 0xFFFF (<see cref="Bf16Of16(Vector512{float})"/> keeps the NaN's
+    /// sign and payload instead, as libtorch's scalar conversion does).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<ushort> Bf16Of16AsLibtorchVectors(Vector512<float> f) => Bf16Of16(f, Vector512.Create(0xffffu));
+
+    /// <summary>The one rounding of the two above: to nearest, ties to even; NaN lanes take <paramref name="nanBits"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<ushort> Bf16Of16(Vector512<float> f, Vector512<uint> nanBits)
     {
         var v = f.AsUInt32();
         var rounded = (v + Vector512.Create(0x7fffu) + ((v >>> 16) & Vector512.Create(1u))) >>> 16;
         var nan = Vector512.GreaterThan(v & Vector512.Create(0x7fffffffu), Vector512.Create(0x7f800000u));
-        return Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, (v >>> 16) | Vector512.Create(0x40u), rounded));
+        return Avx512F.ConvertToVector256UInt16(Vector512.ConditionalSelect(nan, nanBits, rounded));
     }
+
+    /// <summary>16 bf16 values widened exactly to float32 (their bits in the high half), AVX-512.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Widen16(Vector256<ushort> v) => (Avx512F.ConvertToVector512UInt32(v) << 16).AsSingle();
 
     /// <summary>The bf16 rounding of each lane, as the high half of a float32's bits (low half zero).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
