@@ -21,10 +21,13 @@ namespace ShardPipe.Host.Bench;
 /// One streamed completion alone (single_stream_tokens_per_s, from its first token to its last), then
 /// <c>--concurrency</c> streams at once (aggregate_tokens_per_s: all their tokens over the wall time), greedy with
 /// eos ignored so every stream is <c>--tokens</c> long; batching_speedup = aggregate ÷ single stream;
-/// single_stream_vs_generate = the single stream ÷ the same generation in one process (generate_tokens_per_s); time to first
+/// single_stream_vs_generate = the single stream ÷ the same generation in one process with all the process's cores
+/// (generate_tokens_per_s, generate_threads; before session 18 it ran on cores ÷ nodes threads, which the embedded
+/// cluster had made libtorch's default: 1 of 2, half speed); time to first
 /// token and inter-token latency over the concurrent streams, as a client sees them. Each measurement follows a warm-up of
-/// its own kind (one stream; concurrent rounds of other prompts until one leaves the JIT quiet: concurrent_warmup_rounds,
-/// and jit_ms_during_concurrent the JIT's time inside the measured round). The stages merge the streams''
+/// its own kind (streams of other prompts, one at a time, until one leaves the JIT quiet: single_warmup_rounds; then
+/// concurrent rounds of other prompts until one leaves the JIT quiet: concurrent_warmup_rounds; jit_ms_during_single and
+/// jit_ms_during_concurrent are the JIT's time inside the measured rounds). The stages merge the streams''
 /// steps (continuous batching); rows_per_step_mean is the mean rows of the steps the nodes ran meanwhile.
 /// <para>Where the time goes: <c>single_stage_step_ms</c> / <c>concurrent_stage_step_ms</c> are the stages' median step
 /// times summed (the compute of one round of the pipeline, every stage in turn), <c>*_hop_ms</c> the median activation
@@ -98,12 +101,16 @@ public static class ServeBench
             return (stamps, count);
         }
 
-        await Stream(-1); // warm-up
+        // Warm-up streams until one leaves the JIT quiet (as the concurrent rounds below): after one stream the JIT's
+        // background tiering still took 0.2–0.5 of a core through the measured single-stream rounds (a perf trace of
+        // session 18), on a machine whose two cores the stream's steps use both of.
+        int singleWarm = 0;
+        int singleWarmRounds = await BenchSupport.WarmUntilJitQuiet(() => Stream(-++singleWarm), maxRounds: 12);
         Drain(cluster);
         // The in-run baseline of shardpipe.compute-share: the same stream with every step held to the fixed split of
         // cores ÷ nodes (as before the arbiter), the two interleaved round by round so that the machine's load falls on both.
         int cores = CoreArbiter.Shared.Cores, fixedSplit = Math.Max(1, cores / cluster.Nodes.Count);
-        double single = 0, singleFixed = 0;
+        double single = 0, singleFixed = 0, singleJitBefore = BenchSupport.JitMs();
         var fixedSteps = new List<double>();
         var sharedRounds = new List<StageProfile>();
         for (int r = 0; r < 3; r++)
@@ -127,6 +134,7 @@ public static class ServeBench
         if (computeShare)
             BenchSupport.Say(asJson, $"  one stream, steps held to {fixedSplit} thread(s) each (cores ÷ nodes, no compute-share), interleaved: {singleFixed:0.00} tokens/s; " +
                                      $"stages' median steps {MedianOf(fixedSteps):0.0} ms in all");
+        double singleJit = BenchSupport.JitMs() - singleJitBefore;
         double generate = OneProcessGenerate(folder, "Stream 0: the quick brown fox", n);
         BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of 3); one stream through serve is {single / generate:0.00}× that");
         // Concurrent rounds first, as the single stream had its warm-up, until one leaves the JIT quiet
@@ -166,6 +174,7 @@ public static class ServeBench
             ["batching_speedup"] = Math.Round(aggregate / single, 4),
             ["generate_tokens_per_s"] = Math.Round(generate, 3),
             ["single_stream_vs_generate"] = Math.Round(single / generate, 4),
+            ["generate_threads"] = CoreArbiter.Shared.Cores,
             ["ttft_p50_ms"] = Math.Round(P(ttft, 0.5), 2),
             ["itl_p50_ms"] = Math.Round(P(itl, 0.5), 2),
             ["itl_p99_ms"] = Math.Round(P(itl, 0.99), 2),
@@ -188,8 +197,10 @@ public static class ServeBench
             ["single_stream_fixed_split_tokens_per_s"] = computeShare ? Math.Round(singleFixed, 3) : null,
             ["single_fixed_split_stage_step_ms"] = computeShare ? Math.Round(MedianOf(fixedSteps), 3) : null,
             ["fp32_long_inputs"] = Fp32LongInputs.Enabled,
+            ["single_warmup_rounds"] = singleWarmRounds,
             ["concurrent_warmup_rounds"] = warmRounds,
             ["jit_ms_during_concurrent"] = Math.Round(jitDuring, 1),
+            ["jit_ms_during_single"] = Math.Round(singleJit, 1),
         });
         return 0;
     }
@@ -223,6 +234,10 @@ public static class ServeBench
     {
         var ids = new[] { ModelTokenizer.Load(folder).Encode(prompt).Ids.Select(i => (long)i).ToArray() };
         var model = PreTrainedModel.FromPretrained(folder); // float32, as the nodes load it
+        // The machine's cores, as `shardpipe generate` gets them: the embedded cluster set libtorch's process-wide default
+        // (which this thread inherits) to cores ÷ nodes, and the decode kernels follow it.
+        int threadsBefore = TorchSharp.torch.get_num_threads();
+        TorchSharp.torch.set_num_threads(CoreArbiter.Shared.Cores);
         try
         {
             var options = new GenerationOptions { MaxNewTokens = n, IgnoreEos = true };
@@ -231,6 +246,7 @@ public static class ServeBench
         }
         finally
         {
+            TorchSharp.torch.set_num_threads(threadsBefore);
             model.Release();
         }
     }
