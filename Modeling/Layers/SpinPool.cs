@@ -14,12 +14,31 @@ namespace ShardPipe.Modeling.Layers;
 /// </summary>
 public sealed class SpinPool
 {
-    /// <summary>How long a helper spins for the next job before it sleeps: longer than the gaps between the products of
-    /// a decode step (microseconds of small libtorch calls), short enough that a core is not held from work that
-    /// follows on libtorch's threads. Waking a sleeping helper costs tens of microseconds, once.</summary>
-    public static readonly TimeSpan SpinTime = TimeSpan.FromMicroseconds(200);
+    /// <summary>
+    /// How long a helper spins for the next job before it sleeps (default 0.6 ms): longer than the gaps between the
+    /// products of a decode step (microseconds of small libtorch calls) and than a pipeline stage's hand-over to the next
+    /// stage of an embedded cluster in this process (0.23–0.29 ms from one stage's last product to the next one's first
+    /// on a quiet machine, 0.47–0.65 ms loaded), short enough that a core is not held long from work that follows on
+    /// libtorch's threads. Waking a sleeping helper costs tens of microseconds and leaves the job's first parts to the
+    /// caller alone. At 0.2 ms the helper fell asleep during every hand-over: one stream through 3 embedded nodes took
+    /// 1.17–1.25× the one-process time per token against 1.09–1.18× at 0.6 ms (4 experiments, medians of 10–12
+    /// alternating generations each; 16 streams at once: the same aggregate). BENCHMARKS.md, session 18. Settable so
+    /// that benchmarks compare in one process; 1 µs to 5 ms.
+    /// </summary>
+    public static TimeSpan SpinTime
+    {
+        get => TimeSpan.FromSeconds((double)Volatile.Read(ref _spinTicks) / System.Diagnostics.Stopwatch.Frequency);
+        set
+        {
+            if (value < TimeSpan.FromMicroseconds(1) || value > TimeSpan.FromMilliseconds(5))
+                throw new ArgumentOutOfRangeException(nameof(value), value, "a helper's spin is 1 µs to 5 ms");
+            Volatile.Write(ref _spinTicks, Ticks(value));
+        }
+    }
 
-    private static readonly long SpinTimestampTicks = (long)(SpinTime.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+    private static long _spinTicks = Ticks(TimeSpan.FromMicroseconds(600));
+
+    private static long Ticks(TimeSpan t) => (long)(t.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
 
     public static SpinPool Shared { get; } = new(Math.Max(0, Environment.ProcessorCount - 1));
 
@@ -178,10 +197,10 @@ public sealed class SpinPool
         long seen = 0;
         while (true)
         {
-            long started = System.Diagnostics.Stopwatch.GetTimestamp();
+            long started = System.Diagnostics.Stopwatch.GetTimestamp(), spin = Volatile.Read(ref _spinTicks);
             while (Volatile.Read(ref _generation) == seen)
             {
-                if (System.Diagnostics.Stopwatch.GetTimestamp() - started > SpinTimestampTicks)
+                if (System.Diagnostics.Stopwatch.GetTimestamp() - started > spin)
                 {
                     // Sleep until a job newer than the last one seen: a permit left over from a job that found this
                     // helper spinning is consumed here, not taken as a reason to spin once more.

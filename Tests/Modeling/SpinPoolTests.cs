@@ -60,9 +60,21 @@ public class SpinPoolTests
             if (sw.Elapsed < fastest) fastest = sw.Elapsed;
         }
         // Before the fix a helper spun 0.2 s of wall time after a job (0.4 s after a burst), whatever the load;
-        // now 0.2 ms (SpinTime) plus the time it waits for a core. The fastest of five rounds is under a tenth of the old spin.
+        // now SpinTime (0.6 ms) plus the time it waits for a core. The fastest of five rounds is under a tenth of the old spin.
         Assert.True(fastest < TimeSpan.FromMilliseconds(20), $"the helper was still runnable {fastest.TotalMilliseconds:0} ms after its last job");
         Assert.True(SpinPool.SpinTime <= TimeSpan.FromMilliseconds(1));
+    }
+
+    [Fact]
+    public void The_spin_time_takes_1_microsecond_to_5_milliseconds()
+    {
+        var before = SpinPool.SpinTime;
+        Assert.Throws<ArgumentOutOfRangeException>(() => SpinPool.SpinTime = TimeSpan.Zero);
+        Assert.Throws<ArgumentOutOfRangeException>(() => SpinPool.SpinTime = TimeSpan.FromMilliseconds(5.5));
+        Assert.Equal(before, SpinPool.SpinTime); // a refused value changes nothing
+        SpinPool.SpinTime = before;              // set back as read: the same ticks
+        Assert.Equal(before, SpinPool.SpinTime);
+        Assert.True(before > TimeSpan.FromMicroseconds(300), $"the default spin ({before.TotalMilliseconds} ms) no longer outlasts a stage hand-over");
     }
 
     /// <summary>A job of two parts that each wait (up to 5 s) for the other to start: the helper must take one.</summary>
