@@ -21,13 +21,13 @@ public sealed class SpinPool
     /// on a quiet machine, 0.47–0.65 ms loaded), short enough that a core is not held long from work that follows on
     /// libtorch's threads. Waking a sleeping helper costs tens of microseconds and leaves the job's first parts to the
     /// caller alone. At 0.2 ms the helper fell asleep during every hand-over: one stream through 3 embedded nodes took
-    /// 1.17–1.25× the one-process time per token against 1.09–1.18× at 0.6 ms (4 experiments, medians of 10–12
-    /// alternating generations each; 16 streams at once: the same aggregate). BENCHMARKS.md, session 18. Settable so
-    /// that benchmarks compare in one process; 1 µs to 5 ms.
+    /// 1.17–1.25× the one-process time per token against 1.09–1.18× at 0.6 ms (3 experiments, medians of 10–12
+    /// alternating generations each; 1.0 ms: once no better than 0.2, once as 0.6; 16 streams at once: the same
+    /// aggregate). BENCHMARKS.md, session 18. Settable so that benchmarks compare in one process; 1 µs to 5 ms.
     /// </summary>
     public static TimeSpan SpinTime
     {
-        get => TimeSpan.FromSeconds((double)Volatile.Read(ref _spinTicks) / System.Diagnostics.Stopwatch.Frequency);
+        get => TimeSpan.FromTicks((long)Math.Round(Volatile.Read(ref _spinTicks) * (double)TimeSpan.TicksPerSecond / System.Diagnostics.Stopwatch.Frequency));
         set
         {
             if (value < TimeSpan.FromMicroseconds(1) || value > TimeSpan.FromMilliseconds(5))
@@ -38,7 +38,7 @@ public sealed class SpinPool
 
     private static long _spinTicks = Ticks(TimeSpan.FromMicroseconds(600));
 
-    private static long Ticks(TimeSpan t) => (long)(t.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+    private static long Ticks(TimeSpan t) => (long)Math.Round(t.Ticks * (double)System.Diagnostics.Stopwatch.Frequency / TimeSpan.TicksPerSecond);
 
     public static SpinPool Shared { get; } = new(Math.Max(0, Environment.ProcessorCount - 1));
 

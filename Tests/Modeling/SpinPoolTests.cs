@@ -72,7 +72,7 @@ public class SpinPoolTests
         Assert.Throws<ArgumentOutOfRangeException>(() => SpinPool.SpinTime = TimeSpan.Zero);
         Assert.Throws<ArgumentOutOfRangeException>(() => SpinPool.SpinTime = TimeSpan.FromMilliseconds(5.5));
         Assert.Equal(before, SpinPool.SpinTime); // a refused value changes nothing
-        SpinPool.SpinTime = before;              // set back as read: the same ticks
+        SpinPool.SpinTime = before;              // set back as read: exactly the same
         Assert.Equal(before, SpinPool.SpinTime);
         Assert.True(before > TimeSpan.FromMicroseconds(300), $"the default spin ({before.TotalMilliseconds} ms) no longer outlasts a stage hand-over");
     }
