@@ -88,7 +88,7 @@ public static unsafe partial class Fp32Kernels
             DecodeKernels.RunWeights(offsets, (i, lo, hi) =>
             {
                 var (w, y, bp, n) = jobs[i];
-                Rows((float*)w, xp, (float*)y, (float*)bp, k, n, m, lo, hi, portable);
+                RowsOf((float*)w, xp, (float*)y, (float*)bp, k, n, m, lo, hi, portable);
             }); // no WeightPrefetch: float32 weights outgrow L2, and it measured no gain (BENCHMARKS.md, session 15)
         }
         finally
@@ -100,9 +100,13 @@ public static unsafe partial class Fp32Kernels
     }
 
 
-    /// <summary>Output columns [from, to) of every input row: one row takes the matrix-vector kernel below, several the
-    /// register-blocked kernel (Fp32MultiRow.cs), which reads each weight once for all of them.</summary>
-    private static void Rows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
+    /// <summary>Output columns [from, to) of all <paramref name="m"/> input rows (row-major, <paramref name="k"/> wide;
+    /// outputs <paramref name="n"/> wide) on the calling thread: one row takes the matrix-vector kernel below, several the
+    /// few-row or register-blocked kernels (Fp32FewRows.cs, Fp32MultiRow.cs), which read each weight once for all of them,
+    /// more than <see cref="MaxRows"/> passes of them (<see cref="Fp32LongInputs"/>). The path
+    /// <see cref="Linear(Tensor, Tensor, Tensor?)"/> takes for each part, and the one <see cref="Fp32LongInputs"/>' passes and
+    /// the quantized many-row path's dequantized tiles take.</summary>
+    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
     {
         if (m > MaxRows) Fp32LongInputs.Passes(w, x, y, bias, k, n, m, from, to, portable);
         else if (m > 1 && m <= FewRows && !portable) FewRowsPass(w, x, y, bias, k, n, m, from, to);
@@ -110,13 +114,6 @@ public static unsafe partial class Fp32Kernels
         else if (portable) PortableRows(w, x, y, bias, k, from, to);
         else Fp32Rows(w, x, y, bias, k, from, to);
     }
-
-    /// <summary>Output columns [from, to) of all <paramref name="m"/> input rows (row-major, <paramref name="k"/> wide;
-    /// outputs <paramref name="n"/> wide) on the calling thread, by the path <see cref="Linear(Tensor, Tensor, Tensor?)"/>
-    /// takes for m rows: for <see cref="Fp32LongInputs"/>' passes of at most <see cref="MaxRows"/> rows, and for the
-    /// quantized many-row path's dequantized tiles.</summary>
-    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable) =>
-        Rows(w, x, y, bias, k, n, m, from, to, portable);
 
     /// <summary>Elements ahead of the current position to prefetch in each row (4 KB), as the bf16 kernel does: the
     /// hardware prefetcher alone keeps too few lines in flight to reach DRAM bandwidth on two cores.</summary>
