@@ -156,6 +156,154 @@ internal static unsafe class QuantDecodeRows
         return Sum4(a0, a1, a2, a3);
     }
 
+    /// <summary>
+    /// Output rows [from, to) of an int4 wide-layout weight against <paramref name="m"/> gathered input rows (a verification
+    /// pass, a few streams' decode step): input i's gathered row at <c>x + i·xStride</c>, its lane sums at
+    /// <c>zx + i·zStride</c>, its outputs at <c>y + i·yStride</c>. Two weight rows against two inputs a pass
+    /// (<see cref="Int4Pair{TLanes, TZeros}"/>): each code vector decoded once serves two inputs and each input vector loaded
+    /// serves two rows, where running the one-row kernel per input decoded and read every code m times. The passes over
+    /// a pair of rows follow each other, so its codes stay in L1. Every output equals the one-row kernel's
+    /// (<see cref="Int4Rows{TDecode}"/> with <see cref="ByPermute"/>) bit for bit: per product the same two FMA chains per
+    /// block, the same scaling FMA and the same transposing reduction — so a verification pass's products are single-row
+    /// decode's, as in float32.
+    /// </summary>
+    public static void Int4RowsMany(byte* codes, float* scales, float* zeros, float* x, int xStride, float* zx, int zStride, int m,
+        int inF, int gs, int from, int to, float* y, int yStride)
+    {
+        if (gs == 32) Int4RowsMany<Quarters>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+        else if (gs == 64) Int4RowsMany<Halves>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+        else Int4RowsMany<Whole>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+    }
+
+    private static void Int4RowsMany<TLanes>(byte* codes, float* scales, float* zeros, float* x, int xStride, float* zx, int zStride, int m,
+        int inF, int gs, int from, int to, float* y, int yStride) where TLanes : struct, ILanes
+    {
+        if (zeros is null) Int4RowsMany<TLanes, Symmetric>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+        else Int4RowsMany<TLanes, ZeroPoints>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+    }
+
+    private static void Int4RowsMany<TLanes, TZeros>(byte* codes, float* scales, float* zeros, float* x, int xStride, float* zx, int zStride, int m,
+        int inF, int gs, int from, int to, float* y, int yStride) where TLanes : struct, ILanes where TZeros : struct, IZeros
+    {
+        int rowBytes = inF / 2, groups = (inF + gs - 1) / gs, blocks = inF / 128, perGroup = gs >= 128 ? gs / 128 : 1;
+        long ahead = PrefetchAhead(rowBytes);
+        if (PartStartPrefetch) PrefetchStart(codes + (long)from * rowBytes, Math.Min(ahead, (long)(to - from) * rowBytes));
+        for (int o = from; o < to; o += 2)
+        {
+            int o1 = Math.Min(o + 1, to - 1);
+            for (int i = 0; i < m;)
+            {
+                // Passes of three inputs and two (5 = 3 + 2, 4 = 2 + 2, 7 = 3 + 2 + 2): none left half empty.
+                int take = m - i == 1 ? 1 : m - i == 4 || m - i == 2 ? 2 : 3;
+                int i1 = Math.Min(i + 1, m - 1), i2 = Math.Min(i + 2, m - 1);
+                byte* r0 = codes + (long)o * rowBytes, r1 = codes + (long)o1 * rowBytes;
+                float* sc0 = scales + (long)o * groups, sc1 = scales + (long)o1 * groups;
+                float* ze0 = TZeros.Has ? zeros + (long)o * groups : null, ze1 = TZeros.Has ? zeros + (long)o1 * groups : null;
+                long pf = i == 0 ? ahead : -1;
+                if (take == 3)
+                {
+                    var (r, third) = Int4Pair<TLanes, TZeros, ThreeInputs>(r0, r1, sc0, sc1, ze0, ze1, x + (long)i * xStride, x + (long)i1 * xStride,
+                        x + (long)i2 * xStride, zx + (long)i * zStride, zx + (long)i1 * zStride, zx + (long)i2 * zStride, blocks, perGroup, pf);
+                    Store(y, yStride, r, i, i1, o, o1);
+                    y[(long)i2 * yStride + o] = third.GetElement(0);
+                    if (o1 != o) y[(long)i2 * yStride + o1] = third.GetElement(1);
+                }
+                else
+                {
+                    var (r, _) = Int4Pair<TLanes, TZeros, TwoInputs>(r0, r1, sc0, sc1, ze0, ze1, x + (long)i * xStride, x + (long)i1 * xStride,
+                        null, zx + (long)i * zStride, zx + (long)i1 * zStride, null, blocks, perGroup, pf);
+                    Store(y, yStride, r, i, take == 2 ? i1 : i, o, o1);
+                }
+                i += take;
+            }
+        }
+    }
+
+    /// <summary>A pass's four products: lanes (row o, input i), (o, i1), (o1, i), (o1, i1); a repeated row or input is written once.</summary>
+    private static void Store(float* y, int yStride, Vector128<float> r, int i, int i1, int o, int o1)
+    {
+        y[(long)i * yStride + o] = r.GetElement(0);
+        if (i1 != i) y[(long)i1 * yStride + o] = r.GetElement(1);
+        if (o1 == o) return;
+        y[(long)i * yStride + o1] = r.GetElement(2);
+        if (i1 != i) y[(long)i1 * yStride + o1] = r.GetElement(3);
+    }
+
+    /// <summary>Whether <see cref="Int4Pair{TLanes, TZeros, TInputs}"/> takes a third input.</summary>
+    private interface IInputs { static abstract bool Three { get; } }
+    private readonly struct TwoInputs : IInputs { public static bool Three => false; }
+    private readonly struct ThreeInputs : IInputs { public static bool Three => true; }
+
+    /// <summary>Two weight rows (<paramref name="c0"/>, <paramref name="c1"/>) against two or three inputs: per block each
+    /// row's codes decoded once (shift, permute) and multiplied into every input's two chains in
+    /// <see cref="ByPermute.Block"/>'s order, each chain pair then scaled into the product's accumulator as
+    /// <see cref="Int4Four{TDecode, TLanes, TZeros}"/> does. Returns the sums of (c0, x0), (c0, x1), (c1, x0), (c1, x1) and
+    /// of (c0, x2), (c1, x2) in the second's first two lanes. <paramref name="ahead"/> &lt; 0: no prefetch (a later pass
+    /// over rows already read).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static (Vector128<float>, Vector128<float>) Int4Pair<TLanes, TZeros, TInputs>(byte* c0, byte* c1, float* s0, float* s1, float* z0, float* z1,
+        float* x0, float* x1, float* x2, float* zx0, float* zx1, float* zx2, int blocks, int perGroup, long ahead)
+        where TLanes : struct, ILanes where TZeros : struct, IZeros where TInputs : struct, IInputs
+    {
+        var spread = TLanes.Spread;
+        var table = Vector512.Create(0f, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        var a00 = Vector512<float>.Zero; var a01 = a00; var a10 = a00; var a11 = a00; var a02 = a00; var a12 = a00;
+        for (int b = 0, g = 0, left = perGroup; b < blocks; b++)
+        {
+            if (left == 0) { g++; left = perGroup; }
+            left--;
+            long off = b * 64L;
+            float* p0 = x0 + b * 128L, p1 = x1 + b * 128L, p2 = TInputs.Three ? x2 + b * 128L : null;
+            if (ahead >= 0) { Sse.Prefetch0(c0 + off + ahead); Sse.Prefetch0(c1 + off + ahead); }
+            var v0 = Vector512.Load((uint*)(c0 + off));
+            var v1 = Vector512.Load((uint*)(c1 + off));
+            Vector512<float> i0 = Vector512.Load(zx0 + b * 16), i1 = Vector512.Load(zx1 + b * 16), i2 = TInputs.Three ? Vector512.Load(zx2 + b * 16) : default;
+            Vector512<float> e00 = i0, e01 = i1, e10 = i0, e11 = i1, e02 = i2, e12 = i2;
+            if (TZeros.Has)
+            {
+                var zr0 = TLanes.Load(z0, b, g, spread); var zr1 = TLanes.Load(z1, b, g, spread);
+                e00 = zr0 * i0; e01 = zr0 * i1; e10 = zr1 * i0; e11 = zr1 * i1;
+                if (TInputs.Three) { e02 = zr0 * i2; e12 = zr1 * i2; }
+            }
+            // Nibble 0 (no shift) into the e chains, nibble 1 starts the f chains.
+            var k0 = Avx512F.PermuteVar16x32(table, v0.AsInt32()); var k1 = Avx512F.PermuteVar16x32(table, v1.AsInt32());
+            var xa = Vector512.Load(p0); var xb = Vector512.Load(p1);
+            e00 = Vector512.FusedMultiplyAdd(k0, xa, e00); e01 = Vector512.FusedMultiplyAdd(k0, xb, e01);
+            e10 = Vector512.FusedMultiplyAdd(k1, xa, e10); e11 = Vector512.FusedMultiplyAdd(k1, xb, e11);
+            if (TInputs.Three) { var xc = Vector512.Load(p2); e02 = Vector512.FusedMultiplyAdd(k0, xc, e02); e12 = Vector512.FusedMultiplyAdd(k1, xc, e12); }
+            k0 = Avx512F.PermuteVar16x32(table, (v0 >>> 4).AsInt32()); k1 = Avx512F.PermuteVar16x32(table, (v1 >>> 4).AsInt32());
+            xa = Vector512.Load(p0 + 16); xb = Vector512.Load(p1 + 16);
+            var f00 = k0 * xa; var f01 = k0 * xb; var f10 = k1 * xa; var f11 = k1 * xb;
+            Vector512<float> f02 = default, f12 = default;
+            if (TInputs.Three) { var xc = Vector512.Load(p2 + 16); f02 = k0 * xc; f12 = k1 * xc; }
+            Step<TInputs>(v0, v1, 8, p0 + 32, p1 + 32, p2 + 32, table, ref e00, ref e01, ref e10, ref e11, ref e02, ref e12);
+            Step<TInputs>(v0, v1, 12, p0 + 48, p1 + 48, p2 + 48, table, ref f00, ref f01, ref f10, ref f11, ref f02, ref f12);
+            Step<TInputs>(v0, v1, 16, p0 + 64, p1 + 64, p2 + 64, table, ref e00, ref e01, ref e10, ref e11, ref e02, ref e12);
+            Step<TInputs>(v0, v1, 20, p0 + 80, p1 + 80, p2 + 80, table, ref f00, ref f01, ref f10, ref f11, ref f02, ref f12);
+            Step<TInputs>(v0, v1, 24, p0 + 96, p1 + 96, p2 + 96, table, ref e00, ref e01, ref e10, ref e11, ref e02, ref e12);
+            Step<TInputs>(v0, v1, 28, p0 + 112, p1 + 112, p2 + 112, table, ref f00, ref f01, ref f10, ref f11, ref f02, ref f12);
+            var sr0 = TLanes.Load(s0, b, g, spread); var sr1 = TLanes.Load(s1, b, g, spread);
+            a00 = Vector512.FusedMultiplyAdd(sr0, e00 + f00, a00); a01 = Vector512.FusedMultiplyAdd(sr0, e01 + f01, a01);
+            a10 = Vector512.FusedMultiplyAdd(sr1, e10 + f10, a10); a11 = Vector512.FusedMultiplyAdd(sr1, e11 + f11, a11);
+            if (TInputs.Three) { a02 = Vector512.FusedMultiplyAdd(sr0, e02 + f02, a02); a12 = Vector512.FusedMultiplyAdd(sr1, e12 + f12, a12); }
+        }
+        return (Sum4(a00, a01, a10, a11), TInputs.Three ? Sum4(a02, a12, a02, a12) : default);
+    }
+
+    /// <summary>One nibble position (<paramref name="shift"/>) of both rows into every input's chains.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step<TInputs>(Vector512<uint> v0, Vector512<uint> v1, int shift, float* p0, float* p1, float* p2, Vector512<float> table,
+        ref Vector512<float> c00, ref Vector512<float> c01, ref Vector512<float> c10, ref Vector512<float> c11,
+        ref Vector512<float> c02, ref Vector512<float> c12) where TInputs : struct, IInputs
+    {
+        var k0 = Avx512F.PermuteVar16x32(table, (v0 >>> shift).AsInt32());
+        var k1 = Avx512F.PermuteVar16x32(table, (v1 >>> shift).AsInt32());
+        var xa = Vector512.Load(p0); var xb = Vector512.Load(p1);
+        c00 = Vector512.FusedMultiplyAdd(k0, xa, c00); c01 = Vector512.FusedMultiplyAdd(k0, xb, c01);
+        c10 = Vector512.FusedMultiplyAdd(k1, xa, c10); c11 = Vector512.FusedMultiplyAdd(k1, xb, c11);
+        if (TInputs.Three) { var xc = Vector512.Load(p2); c02 = Vector512.FusedMultiplyAdd(k0, xc, c02); c12 = Vector512.FusedMultiplyAdd(k1, xc, c12); }
+    }
+
     /// <summary>How a 64-byte load of wide-layout int4 (16 words, 8 codes each; run s of the gathered input meets nibble s
     /// of every word) becomes <c>init</c> + Σ_s code_s · x_s (x: the block's 128 gathered inputs).</summary>
     internal interface IInt4Decode

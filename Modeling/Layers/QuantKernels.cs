@@ -30,7 +30,7 @@ public static unsafe class QuantKernels
     /// <summary>From this many input rows (prefill, large merged steps) the weight is dequantized a tile of output rows at a
     /// time and multiplied by a dense kernel (<see cref="DenseTiles"/>, <see cref="DenseBf16"/>): decoding each code once
     /// beats decoding it per 4 rows.</summary>
-    public const int DenseRows = 16;
+    public static int DenseRows { get; set; } = 16;
 
     public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias) => Linear(x, w, bias, portable: false);
 
@@ -58,7 +58,7 @@ public static unsafe class QuantKernels
             return !DenseOnPool || !simd ? Dense(x, w, bias, m, simd)
                 : DenseBf16Enabled && type == ScalarType.BFloat16 && m >= DenseBf16Rows ? DenseBf16(x, w, bias, m, simd)
                 : DenseTiles(x, w, bias, m, simd);
-        if (m == 1 && DecodeRowsApply(w, simd)) return DecodeRow(x, w, bias);
+        if (DecodeRowsApply(w, simd) && (m == 1 || (m > 1 && ManyRowsEnabled))) return DecodeRow(x, w, bias);
         int kp = w.WordsPerRow * w.CodesPerWord, groups = w.Groups;
         // Inputs and outputs are read and written here in their own dtype: no libtorch conversions per call (a decode
         // step makes dozens of these calls, and each libtorch op costs more than the int4 product of a small layer).
@@ -111,27 +111,37 @@ public static unsafe class QuantKernels
     /// float32 (then yp is a separate buffer) — the results stored into <paramref name="output"/> in its dtype.</summary>
     private static void Finish(float* yp, Tensor output, Tensor? bias, int m, int n, ScalarType type)
     {
-        if (bias is not null)
-        {
-            var b = bias.is_contiguous() ? bias : bias.contiguous();
-            var bp = (byte*)TensorMemory.Pointer(b);
-            var bt = b.dtype;
-            for (int r = 0; r < m; r++)
-                for (int o = 0; o < n; o++) yp[(long)r * n + o] += Load(bp, o, bt);
-            if (!ReferenceEquals(b, bias)) b.Dispose();
-        }
-        if (type == ScalarType.Float32) return;
+        using var b = bias is null || bias.is_contiguous() ? null : bias.contiguous();
+        var bp = bias is null ? null : (byte*)TensorMemory.Pointer(b ?? bias);
         var op = (byte*)TensorMemory.Pointer(output);
-        long i = 0, count = (long)m * n;
+        int size = type == ScalarType.Float32 ? 4 : 2;
+        for (int r = 0; r < m; r++) FinishRange(yp + (long)r * n, bp, bias?.dtype ?? type, op + (long)r * n * size, type, 0, n);
+    }
+
+    /// <summary>Outputs [lo, hi) of one row: <paramref name="bias"/> (null: none; of dtype <paramref name="biasType"/>) added
+    /// to the float32 results <paramref name="yp"/>, then — when the output's <paramref name="type"/> is not float32 (yp is
+    /// then a separate buffer) — stored into <paramref name="op"/> in that dtype, rounded as libtorch rounds. Ranges are
+    /// independent, so the decode kernels' threads each finish the rows they computed.</summary>
+    private static void FinishRange(float* yp, byte* bias, ScalarType biasType, byte* op, ScalarType type, int lo, int hi)
+    {
+        if (bias is not null)
+            for (int o = lo; o < hi; o++) yp[o] += Load(bias, o, biasType);
+        if (type == ScalarType.Float32) return;
+        long i = lo;
         if (type == ScalarType.BFloat16 && Avx512F.IsSupported)
-            for (; i + 16 <= count; i += 16) // Store's rounding, 16 at a time (the head's 32000 outputs one by one cost tens of µs a token)
+            for (; i + 16 <= hi; i += 16) // Store's rounding, 16 at a time (the head's 32000 outputs one by one cost tens of µs a token)
                 StepKernels.Bf16Of16(Vector512.Load(yp + i)).Store((ushort*)op + i);
-        for (; i < count; i++) Store(op, i, type, yp[i]);
+        for (; i < hi; i++) Store(op, i, type, yp[i]);
     }
 
     /// <summary>Off: one-row int4/int8 products take the per-row kernels below instead of <see cref="QuantDecodeRows"/>
     /// (benchmarks and tests compare both; default on).</summary>
     public static bool DecodeRowsEnabled { get; set; } = true;
+
+    /// <summary>Off: 2 to <see cref="DenseRows"/> − 1 input rows take the per-row path below (its gather and kernels)
+    /// instead of <see cref="DecodeRows"/> with <see cref="QuantDecodeRows.Int4RowsMany"/> (benchmarks and tests compare
+    /// both; default on).</summary>
+    public static bool ManyRowsEnabled { get; set; } = true;
 
     /// <summary>int4 in <see cref="QuantDecodeRows"/>: nibbles decoded by mask-into-2²³ (<see cref="QuantDecodeRows.ByMagic"/>)
     /// rather than by the 16-entry permute (the same results bit for bit). Default off since session 12
@@ -151,16 +161,27 @@ public static unsafe class QuantKernels
         && (Layout(w, simd) == WideInt4 || (w.Bits == 8 && QuantDecodeRows.Int8Applies(w.In, w.GroupSize)));
 
     private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<PackedWeight, int[]> Sources = new();
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(int Layout, int Packed, int In), int[]> PlainSources = new();
 
     /// <summary>For each position of the gathered row (the kernels' order, <see cref="Layout"/>), the input it reads
-    /// (−1: padding): built once per weight, so a decode call gathers with one indexed load per input.</summary>
-    private static int[] SourceMap(PackedWeight w, int layout) => Sources.GetValue(w, pw =>
+    /// (−1: padding): built once per weight with an act-order permutation, and once per shape for all the weights without
+    /// one — so that <see cref="DecodeRowsTogether"/> finds a layer's q, k and v (or gate and up) sharing one map by
+    /// reference instead of comparing them input by input each step, and <see cref="GatherRow"/> knows the plain wide order.</summary>
+    private static int[] SourceMap(PackedWeight w, int layout) => w.Perm is null
+        ? PlainSources.GetOrAdd((layout, w.WordsPerRow * w.CodesPerWord, w.In), _ => Map(w.Gather, layout))
+        : Sources.GetValue(w, pw => Map(pw.Gather, layout));
+
+    private static int[] Map(int[] gather, int layout)
     {
-        var gather = pw.Gather;
         var src = new int[gather.Length];
         for (int j = 0; j < gather.Length; j++) src[Order(j, layout)] = gather[j];
         return src;
-    });
+    }
+
+    /// <summary>Whether <paramref name="src"/> is the wide layout's own order of whole 128-input blocks (no permutation, no
+    /// padding): <see cref="GatherRow"/> then transposes each block in registers.</summary>
+    private static bool PlainWide(int[] src, int k) =>
+        src.Length == k && k % 128 == 0 && PlainSources.TryGetValue((WideInt4, k, k), out var plain) && ReferenceEquals(plain, src);
 
     /// <summary>One input row through <see cref="QuantDecodeRows"/>: <see cref="DecodeRows"/> of one weight.</summary>
     private static Tensor DecodeRow(Tensor x, PackedWeight w, Tensor? bias) => DecodeRows(x, new[] { w }, new[] { bias })[0];
@@ -203,7 +224,8 @@ public static unsafe class QuantKernels
         bool int4 = w0.Bits == 4;
         var type = x.dtype;
         var src = SourceMap(w0, layout);
-        int kp = src.Length, chunkCodes = int4 ? QuantDecodeRows.Int4ChunkCodes(gs) : gs, chunks = (k + chunkCodes - 1) / chunkCodes;
+        int m = (int)(x.NumberOfElements / k), kp = src.Length, chunkCodes = int4 ? QuantDecodeRows.Int4ChunkCodes(gs) : gs;
+        int zStride = (k + chunkCodes - 1) / chunkCodes * 16;
         var input = x.is_contiguous() ? x : x.contiguous();
         var shape = x.Shape();
         var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
@@ -215,36 +237,54 @@ public static unsafe class QuantKernels
             outputs[i] = empty(shape, type);
         }
         int total = offsets[count];
-        var xs = ArrayPool<float>.Shared.Rent(kp);
-        var zx = ArrayPool<float>.Shared.Rent(chunks * 16);
-        var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(total);
+        var xs = ArrayPool<float>.Shared.Rent(m * kp);
+        var zx = ArrayPool<float>.Shared.Rent(m * zStride);
+        var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(m * total);
+        List<Tensor>? held = null; // contiguous copies of strided biases, for the job's length
         try
         {
             var xp = (byte*)TensorMemory.Pointer(input);
+            int inSize = type == ScalarType.Float32 ? 4 : 2;
+            bool magic = int4 && NibblesByMagic;
             fixed (float* xq = xs, zq = zx, yq0 = ys)
             {
-                if (type == ScalarType.BFloat16) // the decode step's dtype: one shift per input, no dtype switch per element
-                    for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : BitConverter.Int32BitsToSingle(((ushort*)xp)[src[d]] << 16);
-                else
-                    for (int d = 0; d < kp; d++) xq[d] = src[d] < 0 ? 0f : Load(xp, src[d], type);
-                QuantDecodeRows.LaneSums(xq, k, chunkCodes, QuantDecodeRows.LaneFactor(w0.Zeros is not null, w0.MidZero), zq);
-                bool magic = int4 && NibblesByMagic;
-                if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq, k); // after the sums: they are of the inputs themselves
-                var jobs = new (nint Codes, nint Scales, nint Zeros, nint Y)[count];
+                for (int r = 0; r < m; r++)
+                {
+                    GatherRow(xp + (long)r * k * inSize, type, src, xq + (long)r * kp, k);
+                    QuantDecodeRows.LaneSums(xq + (long)r * kp, k, chunkCodes, QuantDecodeRows.LaneFactor(w0.Zeros is not null, w0.MidZero), zq + (long)r * zStride);
+                    if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq + (long)r * kp, k); // after the sums: they are of the inputs themselves
+                }
+                // Weight i's outputs: row r at Y + r·Out (its own tensor in float32, else its block of the float32 buffer).
+                var jobs = new (nint Codes, nint Scales, nint Zeros, nint Y, nint Out, nint Bias, ScalarType BiasType)[count];
                 for (int i = 0; i < count; i++)
                 {
                     var at = weights[i].Memory;
-                    jobs[i] = (at.Codes, at.Scales, at.Zeros, ys is null ? (nint)TensorMemory.Pointer(outputs[i]) : (nint)(yq0 + offsets[i]));
+                    var op = (nint)TensorMemory.Pointer(outputs[i]);
+                    var b = biases[i];
+                    if (b is not null && !b.is_contiguous()) (held ??= new()).Add(b = b.contiguous());
+                    jobs[i] = (at.Codes, at.Scales, at.Zeros, ys is null ? op : (nint)(yq0 + (long)offsets[i] * m), op,
+                        b is null ? 0 : (nint)TensorMemory.Pointer(b), b?.dtype ?? type);
                 }
                 nint xa = (nint)xq, za = (nint)zq;
                 DecodeKernels.RunWeights(offsets, (i, lo, hi) =>
                 {
-                    var (codes, scales, zeros, ya) = jobs[i];
-                    if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
-                    else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
-                    else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, (float*)za, k, gs, lo, hi, (float*)ya);
+                    var (codes, scales, zeros, ya, op, bias, biasType) = jobs[i];
+                    int n = weights[i].Out;
+                    if (m > 1 && int4 && !magic)
+                        QuantDecodeRows.Int4RowsMany((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, kp, (float*)za, zStride, m, k, gs, lo, hi, (float*)ya, n);
+                    else
+                        for (int r = 0; r < m; r++)
+                        {
+                            float* xr = (float*)xa + (long)r * kp, zr = (float*)za + (long)r * zStride, yr = (float*)ya + (long)r * n;
+                            if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
+                            else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
+                            else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
+                        }
+                    // Each thread finishes the rows it computed (bias, the output's dtype) while they are in its cache, in
+                    // parallel: on the calling thread after the job this was ≈ 1.2 % of a bf16-activation int4 step's main thread.
+                    for (int r = 0; r < m; r++)
+                        FinishRange((float*)ya + (long)r * n, (byte*)bias, biasType, (byte*)op + (long)r * n * (type == ScalarType.Float32 ? 4 : 2), type, lo, hi);
                 }, int4 ? jobs[0].Codes : 0, w0.Codes.NumberOfElements * 4); // WeightPrefetch: int4 only (int8 measured no gain)
-                for (int i = 0; i < count; i++) Finish((float*)jobs[i].Y, outputs[i], biases[i], 1, weights[i].Out, type);
             }
         }
         finally
@@ -253,8 +293,96 @@ public static unsafe class QuantKernels
             ArrayPool<float>.Shared.Return(zx);
             if (ys is not null) ArrayPool<float>.Shared.Return(ys);
             if (!ReferenceEquals(input, x)) input.Dispose();
+            held?.ForEach(t => t.Dispose());
         }
         return outputs;
+    }
+
+    /// <summary>
+    /// One input row into the kernels' order: <c>xq[d] = x[src[d]]</c> as float32, 0 where src[d] is −1 (padding). The
+    /// wide layout's own order (<see cref="PlainWide"/>) is a fixed transpose of each 128-input block, done in registers
+    /// (<see cref="TransposeWide"/>); any other order one input at a time, one loop per input dtype. This runs on the
+    /// calling thread before every one-row product (53 K inputs a token on the 134M Llama). Read through a per-element
+    /// dtype switch, which the JIT kept inside the loop, it took ≈ 9 % of an int4 decode step's main thread (int4
+    /// generations alternating both in one process, medians of 14: 364 → 389 tok/s); one at a time without the switch
+    /// ≈ 1.5 %.
+    /// </summary>
+    private static void GatherRow(byte* xp, ScalarType type, int[] src, float* xq, int k)
+    {
+        int kp = src.Length;
+        if (type is ScalarType.Float32 or ScalarType.BFloat16 && Avx512F.IsSupported && PlainWide(src, k))
+        {
+            for (int b = 0; b < k; b += 128) TransposeWide(xp, type == ScalarType.BFloat16, b, xq + b);
+            return;
+        }
+        fixed (int* s = src)
+        {
+            if (type == ScalarType.Float32)
+                for (int d = 0; d < kp; d++) xq[d] = s[d] < 0 ? 0f : ((float*)xp)[s[d]];
+            else if (type == ScalarType.BFloat16)
+                for (int d = 0; d < kp; d++) xq[d] = s[d] < 0 ? 0f : BitConverter.Int32BitsToSingle(((ushort*)xp)[s[d]] << 16);
+            else
+                for (int d = 0; d < kp; d++) xq[d] = s[d] < 0 ? 0f : (float)((Half*)xp)[s[d]];
+        }
+    }
+
+    /// <summary>
+    /// One 128-input block from <paramref name="b"/> into the wide order (<see cref="Order"/>): run s of the output is
+    /// inputs s, 8 + s, …, 120 + s — the 16 × 8 block transposed. Three rounds of two-source permutes over the block's eight
+    /// vectors (24 in all): pairs of vectors into half-runs of four inputs, of eight, then whole runs.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TransposeWide(byte* xp, bool bf16, int b, float* dst)
+    {
+        var t = WideTables.Instance;
+        Vector512<float> R(int v) => bf16 ? StepKernels.Widen16(Vector256.Load((ushort*)xp + b + 16 * v)) : Vector512.Load((float*)xp + b + 16 * v);
+        // Round 1: vectors 2u, 2u + 1 (inputs 32u … 32u + 31) → p[u, h]: inputs 8i + 4h + s' of i = 4u … 4u + 3, s' = 0 … 3.
+        Vector512<float> r0 = R(0), r1 = R(1), r2 = R(2), r3 = R(3), r4 = R(4), r5 = R(5), r6 = R(6), r7 = R(7);
+        var p00 = Avx512F.PermuteVar16x32x2(r0, t.First0, r1); var p01 = Avx512F.PermuteVar16x32x2(r0, t.First1, r1);
+        var p10 = Avx512F.PermuteVar16x32x2(r2, t.First0, r3); var p11 = Avx512F.PermuteVar16x32x2(r2, t.First1, r3);
+        var p20 = Avx512F.PermuteVar16x32x2(r4, t.First0, r5); var p21 = Avx512F.PermuteVar16x32x2(r4, t.First1, r5);
+        var p30 = Avx512F.PermuteVar16x32x2(r6, t.First0, r7); var p31 = Avx512F.PermuteVar16x32x2(r6, t.First1, r7);
+        // Round 2: p[2X, h], p[2X + 1, h] → q[X, h, g]: s' = 2g, 2g + 1 of i = 8X … 8X + 7.
+        var qa00 = Avx512F.PermuteVar16x32x2(p00, t.Second0, p10); var qa01 = Avx512F.PermuteVar16x32x2(p00, t.Second1, p10);
+        var qa10 = Avx512F.PermuteVar16x32x2(p01, t.Second0, p11); var qa11 = Avx512F.PermuteVar16x32x2(p01, t.Second1, p11);
+        var qb00 = Avx512F.PermuteVar16x32x2(p20, t.Second0, p30); var qb01 = Avx512F.PermuteVar16x32x2(p20, t.Second1, p30);
+        var qb10 = Avx512F.PermuteVar16x32x2(p21, t.Second0, p31); var qb11 = Avx512F.PermuteVar16x32x2(p21, t.Second1, p31);
+        // Round 3: q[0, h, g], q[1, h, g] → runs s = 4h + 2g and 4h + 2g + 1, all 16 i.
+        Avx512F.PermuteVar16x32x2(qa00, t.Third0, qb00).Store(dst);
+        Avx512F.PermuteVar16x32x2(qa00, t.Third1, qb00).Store(dst + 16);
+        Avx512F.PermuteVar16x32x2(qa01, t.Third0, qb01).Store(dst + 32);
+        Avx512F.PermuteVar16x32x2(qa01, t.Third1, qb01).Store(dst + 48);
+        Avx512F.PermuteVar16x32x2(qa10, t.Third0, qb10).Store(dst + 64);
+        Avx512F.PermuteVar16x32x2(qa10, t.Third1, qb10).Store(dst + 80);
+        Avx512F.PermuteVar16x32x2(qa11, t.Third0, qb11).Store(dst + 96);
+        Avx512F.PermuteVar16x32x2(qa11, t.Third1, qb11).Store(dst + 112);
+    }
+
+    /// <summary>The index vectors of <see cref="TransposeWide"/>'s rounds (bit 4 of an index picks the second source).</summary>
+    private sealed class WideTables
+    {
+        public static readonly WideTables Instance = new();
+        public readonly Vector512<int> First0, First1, Second0, Second1, Third0, Third1;
+
+        private WideTables()
+        {
+            // Round 1, half h: element s'·4 + j is input i = 4u + j, s = 4h + s' — vector 2u + j / 2, lane 8·(j % 2) + s.
+            First0 = Table(e => (e % 4 >= 2 ? 16 : 0) + 8 * (e % 2) + e / 4);
+            First1 = Table(e => (e % 4 >= 2 ? 16 : 0) + 8 * (e % 2) + 4 + e / 4);
+            // Round 2, pair g: element t'·8 + i' (s' = 2g + t', i' = 0 … 7) is at s'·4 + i' % 4 of p[2X + i' / 4].
+            Second0 = Table(e => (e % 8 >= 4 ? 16 : 0) + (e / 8) * 4 + e % 4);
+            Second1 = Table(e => (e % 8 >= 4 ? 16 : 0) + (2 + e / 8) * 4 + e % 4);
+            // Round 3, run t: element i is at t·8 + i % 8 of q[i / 8].
+            Third0 = Table(e => (e >= 8 ? 16 : 0) + e % 8);
+            Third1 = Table(e => (e >= 8 ? 16 : 0) + 8 + e % 8);
+        }
+
+        private static Vector512<int> Table(Func<int, int> index)
+        {
+            var v = new int[16];
+            for (int e = 0; e < 16; e++) v[e] = index(e);
+            return Vector512.Create(v);
+        }
     }
 
     /// <summary>
@@ -267,7 +395,8 @@ public static unsafe class QuantKernels
         if (weights.Count == 0 || biases.Count != weights.Count) throw new ArgumentException("one bias (or null) per weight, at least one weight");
         var w0 = weights[0];
         CheckInput(x, w0.In);
-        if (x.NumberOfElements != w0.In || !DecodeRowsTogether(weights))
+        long m = x.NumberOfElements / w0.In;
+        if (m >= DenseRows || (m > 1 && !ManyRowsEnabled) || !DecodeRowsTogether(weights))
             return weights.Select((w, i) => Linear(x, w, biases[i])).ToArray();
         return DecodeRows(x, weights, biases);
     }

@@ -74,6 +74,10 @@ public sealed class PackedWeight
             var gather = new int[kp];
             var perm = Perm is null ? null : Perm.data<long>().ToArray();
             for (int j = 0; j < kp; j++) gather[j] = j >= In ? -1 : perm is null ? j : (int)perm[j];
+            // The kernels read input gather[j] by address: a permutation from a peer or a file must stay inside the row.
+            for (int j = 0; j < In && perm is not null; j++)
+                if (perm[j] < 0 || perm[j] >= In)
+                    throw new ShapeMismatchException($"packed weight [{Out}, {In}]: input permutation entry {j} is {perm[j]}, outside [0, {In})");
             return _gather = gather;
         }
     }

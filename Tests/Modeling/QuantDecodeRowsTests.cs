@@ -95,4 +95,69 @@ public class QuantDecodeRowsTests
                 else Assert.True(Math.Abs(byPermute[o] - byMagic[o]) <= 1e-36, $"{magnitude}: output {o} {byMagic[o]} vs {byPermute[o]}");
         }
     }
+
+    /// <summary>The kernels read input perm[j] by address: a permutation that points outside the row (from a peer's message
+    /// or a file) is refused with a typed error naming the weight's shape and the entry, before any read.</summary>
+    [Fact]
+    public void A_permutation_outside_the_row_is_refused_before_any_read()
+    {
+        const int outF = 8, inF = 256;
+        var rng = new Random(9);
+        var codes = Repack.Pack(4, outF, inF, (_, _) => rng.Next(16));
+        var perm = Enumerable.Range(0, inF).Select(i => (long)i).ToArray();
+        perm[17] = inF + 1000;
+        var w = new PackedWeight(4, outF, inF, 128, codes, rand(outF, 2) + 0.5, null, tensor(perm));
+        var e = Assert.Throws<ShapeMismatchException>(() => QuantKernels.Linear(randn(1, inF), w, null));
+        Assert.Contains("permutation entry 17 is 1256", e.Message);
+        perm[17] = -3;
+        var w2 = new PackedWeight(4, outF, inF, 128, codes, rand(outF, 2) + 0.5, null, tensor(perm));
+        Assert.Throws<ShapeMismatchException>(() => QuantKernels.Linear(randn(2, inF), w2, null));
+    }
+
+    /// <summary>
+    /// A few input rows (a verification pass, a few streams' step: 2 to 15) through <see cref="QuantDecodeRows"/>: each row's
+    /// outputs equal that row alone through the one-row kernel bit for bit — int4 in passes of two weight rows against
+    /// two or three inputs (every split of 2–9 rows, odd output counts so a pass repeats its last row), int8 one input at
+    /// a time — with group sizes 32/64/128/256/per channel, zero points, act-order, bias, and float32 and bf16 inputs; and
+    /// they equal the per-row path that took these inputs before.
+    /// </summary>
+    [Theory]
+    [InlineData(4, 32, false, true)]
+    [InlineData(4, 64, true, false)]
+    [InlineData(4, 128, false, false)]
+    [InlineData(4, 256, true, true)]
+    [InlineData(4, -1, false, true)]
+    [InlineData(8, 32, true, true)]
+    [InlineData(8, 64, false, false)]
+    public void A_few_rows_give_each_row_the_one_row_kernels_outputs_bit_for_bit(int bits, int groupSize, bool permute, bool zeros)
+    {
+        const int inF = 640;
+        foreach (int outF in new[] { 1, 7, 130 })
+        {
+            var rng = new Random(bits * 131 + groupSize * 17 + outF);
+            var w = RandomPackedWeight.Create(rng, bits, outF, inF, groupSize, permute, zeros);
+            using var dense = w.Dequantize();
+            var bias = randn(outF);
+            foreach (int m in new[] { 2, 3, 4, 5, 6, 7, 9, 15 })
+                foreach (var type in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+                {
+                    using var x = (randn(m, inF) * 2).to(type);
+                    using var many = QuantKernels.Linear(x, w, bias);
+                    var got = many.to(ScalarType.Float32).data<float>().ToArray();
+                    for (int r = 0; r < m; r++)
+                    {
+                        using var one = QuantKernels.Linear(x.narrow(0, r, 1), w, bias);
+                        var alone = one.to(ScalarType.Float32).data<float>().ToArray();
+                        for (int o = 0; o < outF; o++)
+                            Assert.True(BitConverter.SingleToInt32Bits(alone[o]) == BitConverter.SingleToInt32Bits(got[r * outF + o]),
+                                $"int{bits}, group {groupSize}, {outF} outputs, {m} rows ({type}): row {r} output {o} is {got[r * outF + o]}, alone {alone[o]}");
+                    }
+                    // And against the weight itself: the float32 product over the dequantized weight.
+                    if (type != ScalarType.Float32) continue;
+                    var expected = nn.functional.linear(x, dense, bias).data<float>().ToArray();
+                    double bound = ((1 << bits) - 1) * 2 * w.Scales.max().item<float>() * x.abs().sum(1).max().item<float>();
+                    ReferenceModelTests.AssertClose(expected.Select(v => (double)v).ToArray(), got, 1e-4 + 1e-6 * bound, $"int{bits} group {groupSize}, {m} rows");
+                }
+        }
+    }
 }
