@@ -14,7 +14,9 @@ namespace ShardPipe.Host.Bench;
 /// <summary>
 /// <c>shardpipe bench quant-kernels</c>: the generated ~134M Llama's Linears alone (every decoder Linear and the untied
 /// head, each called once, as a step calls them), in float32, bfloat16 and quantized on load (int8 group 32, int4 group 32
-/// and group 128, head included), on one input row (decode) and on <c>--prefill-rows</c> rows (prefill, the
+/// and group 128, head included), on one input row (decode), on five (a 4-token speculation's verification pass or a few
+/// streams' step: <c>few5_*</c>, the quantized formats also through the per-row path those products took before the
+/// few-row kernels, <c>few5_speedup_*</c>) and on <c>--prefill-rows</c> rows (prefill, the
 /// dequantize-a-block-then-GEMM path). The float formats are the in-run baselines: quantized decode against bfloat16
 /// (what <c>bench decode --speed-only</c>'s int8/int4 speedups divide by), quantized prefill against float32 (the
 /// quantized path computes in float32); int4/int8 decode also with the per-row kernels that the four-rows-a-pass ones
@@ -58,11 +60,22 @@ public static class QuantKernelBench
             // paired layout (what int4 ran before the wide one).
             foreach (var (name, _) in formats.Where(f => f.Name.StartsWith("int")))
                 foreach (var (v, _, _, _, _) in Variants(name)) decode[$"{name}_{v}"] = double.MaxValue;
+            // A few rows (a 4-token speculation's verification pass), the quantized formats also through the per-row path
+            // that such products took before the few-row kernels (ManyRowsEnabled off).
+            var few = formats.ToDictionary(f => f.Name, _ => double.MaxValue);
+            var fewPerRow = formats.ToDictionary(f => f.Name, _ => double.MaxValue);
             for (int r = 0; r < rounds; r++)
                 foreach (var (name, model) in formats)
                 {
                     decode[name] = Math.Min(decode[name], LinearsMs(model, 1, 10));
                     prefill[name] = Math.Min(prefill[name], LinearsMs(model, prefillRows, 2));
+                    few[name] = Math.Min(few[name], LinearsMs(model, FewRows, 4));
+                    if (name.StartsWith("int"))
+                    {
+                        QuantKernels.ManyRowsEnabled = false;
+                        try { fewPerRow[name] = Math.Min(fewPerRow[name], LinearsMs(model, FewRows, 4)); }
+                        finally { QuantKernels.ManyRowsEnabled = true; }
+                    }
                     foreach (var (v, wide, permute, rows, magic) in Variants(name))
                     {
                         SetKernels(wide, permute, rows, magic);
@@ -111,6 +124,19 @@ public static class QuantKernelBench
                     figures[$"decode_linear_ms_{name}_{v}"] = Math.Round(decode[$"{name}_{v}"], 3);
                     BenchSupport.Say(asJson, $"  {name} decode, {v} kernel: {decode[$"{name}_{v}"]:0.000} ms/token (four rows a pass: {decode[name]:0.000})");
                 }
+            foreach (var (name, _) in formats)
+            {
+                figures[$"few{FewRows}_linear_ms_{name}"] = Math.Round(few[name], 3);
+                figures[$"few{FewRows}_over_decode_{name}"] = Math.Round(few[name] / decode[name], 3);
+                string before = "";
+                if (name.StartsWith("int"))
+                {
+                    figures[$"few{FewRows}_linear_ms_{name}_per_row"] = Math.Round(fewPerRow[name], 3);
+                    figures[$"few{FewRows}_speedup_{name}"] = Math.Round(fewPerRow[name] / few[name], 3);
+                    before = $"; the per-row path before: {fewPerRow[name]:0.000} ms ({fewPerRow[name] / few[name]:0.00}x slower)";
+                }
+                BenchSupport.Say(asJson, $"  {name} on {FewRows} rows: {few[name]:0.000} ms, {few[name] / decode[name]:0.00}x one row{before}");
+            }
             foreach (var (name, _) in formats.Skip(2))
             {
                 figures[$"decode_{name}_over_bf16"] = Math.Round(decode["bf16"] / decode[name], 3);
@@ -125,6 +151,9 @@ public static class QuantKernelBench
         BenchSupport.Finish(figures);
         return 0;
     }
+
+    /// <summary>Input rows of the few-row measurement: a verification pass of 4 speculated tokens.</summary>
+    private const int FewRows = 5;
 
     /// <summary>The kernel variants measured beside the default for a format: (name, wide int4 layout, permute decoding in
     /// the per-row kernels, four-rows-a-pass decode kernels, mask-into-2²³ decoding in those).</summary>
