@@ -188,35 +188,179 @@ internal static unsafe class QuantDecodeRows
         int rowBytes = inF / 2, groups = (inF + gs - 1) / gs, blocks = inF / 128, perGroup = gs >= 128 ? gs / 128 : 1;
         long ahead = PrefetchAhead(rowBytes);
         if (PartStartPrefetch) PrefetchStart(codes + (long)from * rowBytes, Math.Min(ahead, (long)(to - from) * rowBytes));
+        RowsMany<Int4Pairs<TLanes, TZeros>>(codes, rowBytes, scales, zeros, groups, x, xStride, zx, zStride, m, blocks, perGroup, from, to, y, yStride, ahead);
+    }
+
+    /// <summary>
+    /// Output rows [from, to) of an int8 weight (natural layout) against <paramref name="m"/> gathered input rows, as
+    /// <see cref="Int4RowsMany"/>: two weight rows against two or three inputs a pass (<see cref="Int8Pair{TZeros, TGroups, TInputs}"/>),
+    /// each 16 codes widened once for every input, and every output bit for bit <see cref="Int8Rows"/>'s.
+    /// </summary>
+    public static void Int8RowsMany(byte* codes, float* scales, float* zeros, float* x, int xStride, float* zx, int zStride, int m,
+        int inF, int gs, int from, int to, float* y, int yStride)
+    {
+        if (zeros is null)
+        {
+            if (gs == 32) Int8RowsMany<Symmetric, Groups32>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+            else Int8RowsMany<Symmetric, GroupsWide>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+        }
+        else if (gs == 32) Int8RowsMany<ZeroPoints, Groups32>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+        else Int8RowsMany<ZeroPoints, GroupsWide>(codes, scales, zeros, x, xStride, zx, zStride, m, inF, gs, from, to, y, yStride);
+    }
+
+    private static void Int8RowsMany<TZeros, TGroups>(byte* codes, float* scales, float* zeros, float* x, int xStride, float* zx, int zStride, int m,
+        int inF, int gs, int from, int to, float* y, int yStride) where TZeros : struct, IZeros where TGroups : struct, IGroups
+    {
+        int groups = inF / gs;
+        RowsMany<Int8Pairs<TZeros, TGroups>>(codes, inF, scales, zeros, groups, x, xStride, zx, zStride, m, groups, gs, from, to, y, yStride, PrefetchAhead(inF));
+    }
+
+    /// <summary>
+    /// The few-row passes over output rows [from, to): two weight rows at a time (the last alone repeated), and against
+    /// them the inputs in passes of three and two (5 = 3 + 2, 4 = 2 + 2, 7 = 3 + 2 + 2: none left half empty), one after
+    /// another so the two rows' codes stay in L1; only the first pass prefetches ahead. <paramref name="a"/>,
+    /// <paramref name="b"/>: the kernel's loop bounds (<typeparamref name="TPair"/>).
+    /// </summary>
+    private static void RowsMany<TPair>(byte* codes, int rowBytes, float* scales, float* zeros, int groups, float* x, int xStride, float* zx, int zStride,
+        int m, int a, int b, int from, int to, float* y, int yStride, long ahead) where TPair : struct, IPair
+    {
         for (int o = from; o < to; o += 2)
         {
             int o1 = Math.Min(o + 1, to - 1);
+            byte* r0 = codes + (long)o * rowBytes, r1 = codes + (long)o1 * rowBytes;
+            float* sc0 = scales + (long)o * groups, sc1 = scales + (long)o1 * groups;
+            float* ze0 = zeros is null ? null : zeros + (long)o * groups, ze1 = zeros is null ? null : zeros + (long)o1 * groups;
             for (int i = 0; i < m;)
             {
-                // Passes of three inputs and two (5 = 3 + 2, 4 = 2 + 2, 7 = 3 + 2 + 2): none left half empty.
                 int take = m - i == 1 ? 1 : m - i == 4 || m - i == 2 ? 2 : 3;
                 int i1 = Math.Min(i + 1, m - 1), i2 = Math.Min(i + 2, m - 1);
-                byte* r0 = codes + (long)o * rowBytes, r1 = codes + (long)o1 * rowBytes;
-                float* sc0 = scales + (long)o * groups, sc1 = scales + (long)o1 * groups;
-                float* ze0 = TZeros.Has ? zeros + (long)o * groups : null, ze1 = TZeros.Has ? zeros + (long)o1 * groups : null;
                 long pf = i == 0 ? ahead : -1;
                 if (take == 3)
                 {
-                    var (r, third) = Int4Pair<TLanes, TZeros, ThreeInputs>(r0, r1, sc0, sc1, ze0, ze1, x + (long)i * xStride, x + (long)i1 * xStride,
-                        x + (long)i2 * xStride, zx + (long)i * zStride, zx + (long)i1 * zStride, zx + (long)i2 * zStride, blocks, perGroup, pf);
+                    var (r, third) = TPair.Run<ThreeInputs>(r0, r1, sc0, sc1, ze0, ze1, x + (long)i * xStride, x + (long)i1 * xStride,
+                        x + (long)i2 * xStride, zx + (long)i * zStride, zx + (long)i1 * zStride, zx + (long)i2 * zStride, a, b, pf);
                     Store(y, yStride, r, i, i1, o, o1);
                     y[(long)i2 * yStride + o] = third.GetElement(0);
                     if (o1 != o) y[(long)i2 * yStride + o1] = third.GetElement(1);
                 }
                 else
                 {
-                    var (r, _) = Int4Pair<TLanes, TZeros, TwoInputs>(r0, r1, sc0, sc1, ze0, ze1, x + (long)i * xStride, x + (long)i1 * xStride,
-                        null, zx + (long)i * zStride, zx + (long)i1 * zStride, null, blocks, perGroup, pf);
+                    var (r, _) = TPair.Run<TwoInputs>(r0, r1, sc0, sc1, ze0, ze1, x + (long)i * xStride, x + (long)i1 * xStride,
+                        null, zx + (long)i * zStride, zx + (long)i1 * zStride, null, a, b, pf);
                     Store(y, yStride, r, i, take == 2 ? i1 : i, o, o1);
                 }
                 i += take;
             }
         }
+    }
+
+    /// <summary>Two weight rows against two or three inputs (<see cref="RowsMany{TPair}"/>): the sums of (c0, x0), (c0, x1),
+    /// (c1, x0), (c1, x1), and of (c0, x2), (c1, x2) in the second vector's first lanes.</summary>
+    private interface IPair
+    {
+        static abstract (Vector128<float>, Vector128<float>) Run<TInputs>(byte* c0, byte* c1, float* s0, float* s1, float* z0, float* z1,
+            float* x0, float* x1, float* x2, float* zx0, float* zx1, float* zx2, int a, int b, long ahead) where TInputs : struct, IInputs;
+    }
+
+    private readonly struct Int4Pairs<TLanes, TZeros> : IPair where TLanes : struct, ILanes where TZeros : struct, IZeros
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector128<float>, Vector128<float>) Run<TInputs>(byte* c0, byte* c1, float* s0, float* s1, float* z0, float* z1,
+            float* x0, float* x1, float* x2, float* zx0, float* zx1, float* zx2, int a, int b, long ahead) where TInputs : struct, IInputs =>
+            Int4Pair<TLanes, TZeros, TInputs>(c0, c1, s0, s1, z0, z1, x0, x1, x2, zx0, zx1, zx2, a, b, ahead);
+    }
+
+    private readonly struct Int8Pairs<TZeros, TGroups> : IPair where TZeros : struct, IZeros where TGroups : struct, IGroups
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static (Vector128<float>, Vector128<float>) Run<TInputs>(byte* c0, byte* c1, float* s0, float* s1, float* z0, float* z1,
+            float* x0, float* x1, float* x2, float* zx0, float* zx1, float* zx2, int a, int b, long ahead) where TInputs : struct, IInputs =>
+            Int8Pair<TZeros, TGroups, TInputs>(c0, c1, s0, s1, z0, z1, x0, x1, x2, zx0, zx1, zx2, a, b, ahead);
+    }
+
+    /// <summary>Whether int8 groups are 32 codes (<see cref="Int8Four32{TZeros}"/>'s one step a group) or more
+    /// (<see cref="Int8Four{TZeros}"/>'s two chains a group).</summary>
+    private interface IGroups { static abstract bool Of32 { get; } }
+    private readonly struct Groups32 : IGroups { public static bool Of32 => true; }
+    private readonly struct GroupsWide : IGroups { public static bool Of32 => false; }
+
+    /// <summary>Two int8 weight rows against two or three inputs, every product's sum in <see cref="Int8Four{TZeros}"/>'s
+    /// order (groups of 32: <see cref="Int8Four32{TZeros}"/>'s): per 16 codes each row widened once and multiplied into
+    /// every input's chain. <paramref name="ahead"/> &lt; 0: no prefetch.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static (Vector128<float>, Vector128<float>) Int8Pair<TZeros, TGroups, TInputs>(byte* c0, byte* c1, float* s0, float* s1, float* z0, float* z1,
+        float* x0, float* x1, float* x2, float* zx0, float* zx1, float* zx2, int groups, int gs, long ahead)
+        where TZeros : struct, IZeros where TGroups : struct, IGroups where TInputs : struct, IInputs
+    {
+        var a00 = Vector512<float>.Zero; var a01 = a00; var a10 = a00; var a11 = a00; var a02 = a00; var a12 = a00;
+        for (int g = 0; g < groups; g++)
+        {
+            Vector512<float> i0 = Vector512.Load(zx0 + g * 16), i1 = Vector512.Load(zx1 + g * 16), i2 = TInputs.Three ? Vector512.Load(zx2 + g * 16) : default;
+            Vector512<float> p00 = i0, p01 = i1, p10 = i0, p11 = i1, p02 = i2, p12 = i2;
+            if (TZeros.Has)
+            {
+                var zr0 = Vector512.Create(z0[g]); var zr1 = Vector512.Create(z1[g]);
+                p00 = zr0 * i0; p01 = zr0 * i1; p10 = zr1 * i0; p11 = zr1 * i1;
+                if (TInputs.Three) { p02 = zr0 * i2; p12 = zr1 * i2; }
+            }
+            int j = g * gs;
+            if (ahead >= 0 && (j & 63) == 0) { Sse.Prefetch0(c0 + j + ahead); Sse.Prefetch0(c1 + j + ahead); }
+            if (TGroups.Of32)
+            {
+                // p = fma(W(j + 16), x(j + 16), fma(W(j), x(j), p)), then the scaling FMA.
+                var w0 = Widen(c0 + j); var w1 = Widen(c1 + j);
+                var xa = Vector512.Load(x0 + j); var xb = Vector512.Load(x1 + j);
+                p00 = Vector512.FusedMultiplyAdd(w0, xa, p00); p01 = Vector512.FusedMultiplyAdd(w0, xb, p01);
+                p10 = Vector512.FusedMultiplyAdd(w1, xa, p10); p11 = Vector512.FusedMultiplyAdd(w1, xb, p11);
+                if (TInputs.Three) { var xc = Vector512.Load(x2 + j); p02 = Vector512.FusedMultiplyAdd(w0, xc, p02); p12 = Vector512.FusedMultiplyAdd(w1, xc, p12); }
+                w0 = Widen(c0 + j + 16); w1 = Widen(c1 + j + 16);
+                xa = Vector512.Load(x0 + j + 16); xb = Vector512.Load(x1 + j + 16);
+                p00 = Vector512.FusedMultiplyAdd(w0, xa, p00); p01 = Vector512.FusedMultiplyAdd(w0, xb, p01);
+                p10 = Vector512.FusedMultiplyAdd(w1, xa, p10); p11 = Vector512.FusedMultiplyAdd(w1, xb, p11);
+                if (TInputs.Three) { var xc = Vector512.Load(x2 + j + 16); p02 = Vector512.FusedMultiplyAdd(w0, xc, p02); p12 = Vector512.FusedMultiplyAdd(w1, xc, p12); }
+                var sr0 = Vector512.Create(s0[g]); var sr1 = Vector512.Create(s1[g]);
+                a00 = Vector512.FusedMultiplyAdd(sr0, p00, a00); a01 = Vector512.FusedMultiplyAdd(sr0, p01, a01);
+                a10 = Vector512.FusedMultiplyAdd(sr1, p10, a10); a11 = Vector512.FusedMultiplyAdd(sr1, p11, a11);
+                if (TInputs.Three) { a02 = Vector512.FusedMultiplyAdd(sr0, p02, a02); a12 = Vector512.FusedMultiplyAdd(sr1, p12, a12); }
+                continue;
+            }
+            // Two chains a group: p from the zero term over the first 16 of each 32, q over the second 16.
+            {
+                var w0 = Widen(c0 + j); var w1 = Widen(c1 + j);
+                var xa = Vector512.Load(x0 + j); var xb = Vector512.Load(x1 + j);
+                p00 = Vector512.FusedMultiplyAdd(w0, xa, p00); p01 = Vector512.FusedMultiplyAdd(w0, xb, p01);
+                p10 = Vector512.FusedMultiplyAdd(w1, xa, p10); p11 = Vector512.FusedMultiplyAdd(w1, xb, p11);
+                if (TInputs.Three) { var xc = Vector512.Load(x2 + j); p02 = Vector512.FusedMultiplyAdd(w0, xc, p02); p12 = Vector512.FusedMultiplyAdd(w1, xc, p12); }
+            }
+            Vector512<float> q00, q01, q10, q11, q02 = default, q12 = default;
+            {
+                var w0 = Widen(c0 + j + 16); var w1 = Widen(c1 + j + 16);
+                var xa = Vector512.Load(x0 + j + 16); var xb = Vector512.Load(x1 + j + 16);
+                q00 = w0 * xa; q01 = w0 * xb; q10 = w1 * xa; q11 = w1 * xb;
+                if (TInputs.Three) { var xc = Vector512.Load(x2 + j + 16); q02 = w0 * xc; q12 = w1 * xc; }
+            }
+            for (j += 32; j < (g + 1) * gs; j += 32)
+            {
+                if (ahead >= 0 && (j & 63) == 0) { Sse.Prefetch0(c0 + j + ahead); Sse.Prefetch0(c1 + j + ahead); }
+                var w0 = Widen(c0 + j); var w1 = Widen(c1 + j);
+                var xa = Vector512.Load(x0 + j); var xb = Vector512.Load(x1 + j);
+                p00 = Vector512.FusedMultiplyAdd(w0, xa, p00); p01 = Vector512.FusedMultiplyAdd(w0, xb, p01);
+                p10 = Vector512.FusedMultiplyAdd(w1, xa, p10); p11 = Vector512.FusedMultiplyAdd(w1, xb, p11);
+                if (TInputs.Three) { var xc = Vector512.Load(x2 + j); p02 = Vector512.FusedMultiplyAdd(w0, xc, p02); p12 = Vector512.FusedMultiplyAdd(w1, xc, p12); }
+                w0 = Widen(c0 + j + 16); w1 = Widen(c1 + j + 16);
+                xa = Vector512.Load(x0 + j + 16); xb = Vector512.Load(x1 + j + 16);
+                q00 = Vector512.FusedMultiplyAdd(w0, xa, q00); q01 = Vector512.FusedMultiplyAdd(w0, xb, q01);
+                q10 = Vector512.FusedMultiplyAdd(w1, xa, q10); q11 = Vector512.FusedMultiplyAdd(w1, xb, q11);
+                if (TInputs.Three) { var xc = Vector512.Load(x2 + j + 16); q02 = Vector512.FusedMultiplyAdd(w0, xc, q02); q12 = Vector512.FusedMultiplyAdd(w1, xc, q12); }
+            }
+            {
+                var sr0 = Vector512.Create(s0[g]); var sr1 = Vector512.Create(s1[g]);
+                a00 = Vector512.FusedMultiplyAdd(sr0, p00 + q00, a00); a01 = Vector512.FusedMultiplyAdd(sr0, p01 + q01, a01);
+                a10 = Vector512.FusedMultiplyAdd(sr1, p10 + q10, a10); a11 = Vector512.FusedMultiplyAdd(sr1, p11 + q11, a11);
+                if (TInputs.Three) { a02 = Vector512.FusedMultiplyAdd(sr0, p02 + q02, a02); a12 = Vector512.FusedMultiplyAdd(sr1, p12 + q12, a12); }
+            }
+        }
+        return (Sum4(a00, a01, a10, a11), TInputs.Three ? Sum4(a02, a12, a02, a12) : default);
     }
 
     /// <summary>A pass's four products: lanes (row o, input i), (o, i1), (o1, i), (o1, i1); a repeated row or input is written once.</summary>

@@ -272,6 +272,8 @@ public static unsafe class QuantKernels
                     int n = weights[i].Out;
                     if (m > 1 && int4 && !magic)
                         QuantDecodeRows.Int4RowsMany((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, kp, (float*)za, zStride, m, k, gs, lo, hi, (float*)ya, n);
+                    else if (m > 1 && !int4)
+                        QuantDecodeRows.Int8RowsMany((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, kp, (float*)za, zStride, m, k, gs, lo, hi, (float*)ya, n);
                     else
                         for (int r = 0; r < m; r++)
                         {

@@ -116,9 +116,9 @@ public class QuantDecodeRowsTests
 
     /// <summary>
     /// A few input rows (a verification pass, a few streams' step: 2 to 15) through <see cref="QuantDecodeRows"/>: each row's
-    /// outputs equal that row alone through the one-row kernel bit for bit — int4 in passes of two weight rows against
-    /// two or three inputs (every split of 2–9 rows, odd output counts so a pass repeats its last row), int8 one input at
-    /// a time — with group sizes 32/64/128/256/per channel, zero points, act-order, bias, and float32 and bf16 inputs; and
+    /// outputs equal that row alone through the one-row kernel bit for bit — passes of two weight rows against two or
+    /// three inputs (every split of 2–15 rows, odd output counts so a pass repeats its last row), int8 in groups of 32
+    /// and wider — with group sizes 32/64/128/256/per channel, zero points, act-order, bias, and float32 and bf16 inputs; and
     /// they equal the per-row path that took these inputs before.
     /// </summary>
     [Theory]
