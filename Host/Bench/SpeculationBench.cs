@@ -13,7 +13,9 @@ namespace ShardPipe.Host.Bench;
 /// prompt lookup proposes k) over one plain decode step, each the decode time over the steps after the first.
 /// plain_stage_step_ms / verify_stage_step_ms: the stages' own compute of each kind of step (every stage's median step
 /// time summed, median of the rounds); the rest of a step is the pipeline's messaging and hand-offs.
-/// ngram_speedup: tokens/s over plain. With a draft model (<c>--draft-model</c>), a third run each round proposes with
+/// ngram_speedup: tokens/s over plain. Before the cluster, in this process: verify_pass_over_step_single_process (float32),
+/// and _int4 / _int8 (quantized on load, group 128, bf16 activations), each quantized one also _per_row — the path
+/// quantized passes of a few rows took before the few-row kernels, timed in the same turns. With a draft model (<c>--draft-model</c>), a third run each round proposes with
 /// it at the first stage: draft_acceptance and draft_speedup (tokens/s over plain), the tokens again equal to plain.
 /// Then a seeded sampled request (temperature 0.8, top-p 0.95) plain and with the draft's sampled proposals (rejection
 /// sampling): draft_sampled_acceptance and draft_sampled_speedup (tokens/s over the plain sampled run), the sampled
@@ -29,7 +31,19 @@ public static class SpeculationBench
     /// </summary>
     public static (double StepMs, double VerifyMs) SingleProcess(string folder, int k, int past = 200, int reps = 15)
     {
-        var model = ShardPipe.Modeling.Loading.PreTrainedModel.FromPretrained(folder);
+        var (step, verify, _) = SingleProcess(folder, k, new ShardPipe.Modeling.Loading.FromPretrainedOptions(), null, past, reps);
+        return (step, verify);
+    }
+
+    /// <summary>
+    /// As <see cref="SingleProcess(string, int, int, int)"/> for a model loaded with <paramref name="options"/>, and — when
+    /// <paramref name="baseline"/> is given — the k + 1 pass also with <c>baseline(true)</c> in force (restored by
+    /// <c>baseline(false)</c>), taking turns with the others: the verification's cost before a change, in the same run.
+    /// </summary>
+    public static (double StepMs, double VerifyMs, double BaselineVerifyMs) SingleProcess(string folder, int k,
+        ShardPipe.Modeling.Loading.FromPretrainedOptions options, Action<bool>? baseline, int past = 200, int reps = 15)
+    {
+        var model = ShardPipe.Modeling.Loading.PreTrainedModel.FromPretrained(folder, options);
         try
         {
             using var cache = new ShardPipe.Modeling.Layers.KvCache();
@@ -47,15 +61,23 @@ public static class SpeculationBench
             }
             // Warm-up: enough passes of both widths for the JIT's tiering to finish (a method is recompiled optimised
             // after 30 calls, on a background thread that on 2 cores takes one from the measured passes).
-            for (int w = 0; w < 40; w++) { Time(1); Time(k + 1); }
+            double Before(int t)
+            {
+                baseline!(true);
+                try { return Time(t); }
+                finally { baseline(false); }
+            }
+            for (int w = 0; w < 40; w++) { Time(1); Time(k + 1); if (baseline is not null) Before(k + 1); }
             var one = new List<double>();
             var many = new List<double>();
+            var before = new List<double>();
             for (int r = 0; r < reps; r++)
             {
                 one.Add(Time(1));
                 many.Add(Time(k + 1));
+                if (baseline is not null) before.Add(Before(k + 1));
             }
-            return (Median(one), Median(many));
+            return (Median(one), Median(many), before.Count > 0 ? Median(before) : double.NaN);
         }
         finally { model.Release(); }
     }
@@ -71,6 +93,20 @@ public static class SpeculationBench
         var (stepMs, verifyMs) = SingleProcess(folder, k);
         BenchSupport.Say(asJson, $"  one process, cache of 200: a pass of 1 position {stepMs:0.0} ms, of {k + 1} positions {verifyMs:0.0} ms: " +
                                  $"verify_pass_over_step_single_process {verifyMs / stepMs:0.000}");
+        // The same in int4 and int8 (quantized on load, group 128, head included, bf16 activations: bench decode's
+        // quantized models), beside the per-row path that quantized verification passes took before the few-row kernels.
+        var quantized = new Dictionary<string, double>();
+        foreach (var scheme in new[] { "int4", "int8" })
+        {
+            var (qStep, qVerify, qBefore) = SingleProcess(folder, k,
+                new ShardPipe.Modeling.Loading.FromPretrainedOptions { DType = "bfloat16", Quantize = scheme, QuantizeGroupSize = 128, QuantizeHead = true },
+                on => ShardPipe.Modeling.Layers.QuantKernels.ManyRowsEnabled = !on);
+            quantized[$"verify_pass_over_step_single_process_{scheme}"] = Math.Round(qVerify / qStep, 4);
+            quantized[$"verify_pass_over_step_single_process_{scheme}_per_row"] = Math.Round(qBefore / qStep, 4);
+            quantized[$"single_process_step_ms_{scheme}"] = Math.Round(qStep, 3);
+            BenchSupport.Say(asJson, $"  one process, {scheme}: a pass of 1 position {qStep:0.00} ms, of {k + 1} positions {qVerify:0.00} ms " +
+                                     $"({qVerify / qStep:0.000}x; the per-row path before: {qBefore:0.00} ms, {qBefore / qStep:0.000}x)");
+        }
         await using var cluster = await EmbeddedCluster.StartAsync(3);
         var loaded = await cluster.Client.LoadAsync(new LoadModel(Guid.NewGuid().ToString("N"), folder, null, "float32", "balanced", null, null), TimeSpan.FromMinutes(10));
         var spec = new SpeculationSettings("ngram", k);
@@ -149,6 +185,7 @@ public static class SpeculationBench
             ["ngram_speedup"] = Math.Round(speedup, 4),
             ["ngram_tokens_equal"] = true,
         };
+        foreach (var (key, value) in quantized) figures[key] = value;
         if (bestDraft is not null)
         {
             double draftAcceptance = bestDraft.Proposed > 0 ? (double)bestDraft.Accepted / bestDraft.Proposed : 0;
