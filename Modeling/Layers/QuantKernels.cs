@@ -71,12 +71,17 @@ public static unsafe class QuantKernels
         {
             var xp = (byte*)TensorMemory.Pointer(input);
             var gather = w.Gather;
-            int layout = Layout(w, simd);
+            int layout = Layout(w, simd), inSize = type == ScalarType.Float32 ? 4 : 2;
+            var src = SourceMap(w, layout);
             var row = new float[k];
             for (int r = 0; r < m; r++)
             {
-                for (int i = 0; i < k; i++) row[i] = Load(xp, (long)r * k + i, type);
-                for (int j = 0; j < kp; j++) xs[r * kp + Order(j, layout)] = gather[j] < 0 ? 0f : row[gather[j]];
+                byte* xr = xp + (long)r * k * inSize;
+                fixed (float* xq = &xs[r * kp], rp = row)
+                {
+                    GatherRow(xr, type, src, xq, k);
+                    GatherRow(xr, type, Identity(k), rp, k); // the row as float32, for the group sums
+                }
                 for (int g = 0; g < groups; g++)
                 {
                     float s = 0;
@@ -160,7 +165,9 @@ public static unsafe class QuantKernels
     internal static bool DecodeRowsApply(PackedWeight w, bool simd) => DecodeRowsEnabled && simd
         && (Layout(w, simd) == WideInt4 || (w.Bits == 8 && QuantDecodeRows.Int8Applies(w.In, w.GroupSize)));
 
-    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<PackedWeight, int[]> Sources = new();
+    /// <summary>Per weight with a permutation, its map in each layout (indexed by layout; the portable path and the SIMD
+    /// kernels read the same weight in different orders).</summary>
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<PackedWeight, int[]?[]> Sources = new();
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<(int Layout, int Packed, int In), int[]> PlainSources = new();
 
     /// <summary>For each position of the gathered row (the kernels' order, <see cref="Layout"/>), the input it reads
@@ -169,7 +176,7 @@ public static unsafe class QuantKernels
     /// reference instead of comparing them input by input each step, and <see cref="GatherRow"/> knows the plain wide order.</summary>
     private static int[] SourceMap(PackedWeight w, int layout) => w.Perm is null
         ? PlainSources.GetOrAdd((layout, w.WordsPerRow * w.CodesPerWord, w.In), _ => Map(w.Gather, layout))
-        : Sources.GetValue(w, pw => Map(pw.Gather, layout));
+        : Sources.GetValue(w, _ => new int[]?[3])[layout] ??= Map(w.Gather, layout);
 
     private static int[] Map(int[] gather, int layout)
     {
@@ -177,6 +184,11 @@ public static unsafe class QuantKernels
         for (int j = 0; j < gather.Length; j++) src[Order(j, layout)] = gather[j];
         return src;
     }
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<int, int[]> Identities = new();
+
+    /// <summary>0 … k − 1: <see cref="GatherRow"/> with it reads a row as float32 in its own order.</summary>
+    private static int[] Identity(int k) => Identities.GetOrAdd(k, n => Enumerable.Range(0, n).ToArray());
 
     /// <summary>Whether <paramref name="src"/> is the wide layout's own order of whole 128-input blocks (no permutation, no
     /// padding): <see cref="GatherRow"/> then transposes each block in registers.</summary>
