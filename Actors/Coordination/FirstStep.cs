@@ -63,7 +63,8 @@ public static class FirstStep
                     g.Sampling.RepetitionPenalty != 1.0 || g.Speculate is not null ? ids : null, // the ids so far travel only when a penalty or prompt lookup needs them
                     PromptRestWire.ToWire(first.Rest), g.Speculate);
                 var input = new StageInput(g.RequestId, step, 0, null, first.Ids, first.Mask, first.Positions, replyTo, state, model.PlanEpoch, coordinator);
-                // A speculative request's prefill (its last chunk) verifies the first drafts too.
+                // A speculative request's prefill (its last chunk) carries drafts only when it resumes a request with tokens
+                // already (Speculation.DraftBudget: none on the first step, whose prompt runs alone as in plain decoding).
                 return (first.Rest is null ? SpeculativeSteps.WithDrafts(input) : input, null);
             default:
                 return (null, $"unknown request type {request.GetType().Name}");

@@ -34,9 +34,15 @@ public static class Speculation
 
     /// <summary>
     /// How many drafts a step may carry: at most <paramref name="k"/>, and never more than the token budget can
-    /// take after the step's own token (so no draft ever lies past the request's last position).
+    /// take after the step's own token (so no draft ever lies past the request's last position). None on the first
+    /// step (<paramref name="produced"/> 0): the prompt runs alone, as in plain decoding, and the drafts come with the
+    /// later steps, whose few positions (k + 1 ≤ 8) attend through the decode-attention kernel as single-row decode does.
+    /// A prompt carrying its drafts attended through libtorch's attention instead, whose bf16 results for the drafts'
+    /// positions differ from decode's (≈ 70 % of a 2-layer model's logits, by up to 0.016), so a near-tie could make a
+    /// greedy speculative request part from plain decoding (BENCHMARKS.md, session 19).
     /// </summary>
-    public static int DraftBudget(int k, int produced, int maxNewTokens) => Math.Max(0, Math.Min(k, maxNewTokens - produced - 1));
+    public static int DraftBudget(int k, int produced, int maxNewTokens) =>
+        produced == 0 ? 0 : Math.Max(0, Math.Min(k, maxNewTokens - produced - 1));
 
     /// <summary>
     /// The tokens a step delivers after the budget and eos: at most <paramref name="maxNewTokens"/> − <paramref name="produced"/>,

@@ -15,8 +15,8 @@ public sealed record SpeculationCounts(int Steps, int Proposed, int Accepted)
 /// <summary>
 /// Speculative decoding in one process (one row): each step runs the last accepted token plus up to k drafts
 /// (<see cref="NgramProposer"/>, or a draft model's <see cref="DraftProposer"/>, sampled with q for a sampled request) through the model in one forward pass,
-/// keeps what <see cref="Speculation.Verify"/> accepts and truncates the KV cache to it. The first step prefills the prompt with the first drafts, as the
-/// pipeline does, so both give the same tokens.
+/// keeps what <see cref="Speculation.Verify"/> accepts and truncates the KV cache to it. The first step prefills the prompt alone and the drafts begin with
+/// the second (<see cref="Speculation.DraftBudget"/>), as the pipeline does, so both give the same tokens.
 /// </summary>
 public static class SpeculativeGenerator
 {

@@ -47,7 +47,7 @@ public class ClusterSampledDraftTests
         // The target as its own draft: q (sampled at the first stage) equals the head's p, so every draft is accepted.
         var self = await cluster.Client.RunAsync(Request(prompt, 30, new SpeculationSettings("draft", 4, target), sampled with { Temperature = 1.0, TopP = 1.0 }), loaded.Stages, TimeSpan.FromSeconds(60));
         Assert.Equal(30, self.Steps);
-        Assert.Equal(30 - (30 + 4) / 5, self.Proposed);
+        Assert.Equal(30 - (1 + (29 + 4) / 5), self.Proposed); // the prompt's step gives one token, then 5 a step
         Assert.Equal(self.Proposed, self.Accepted);
     }
 }

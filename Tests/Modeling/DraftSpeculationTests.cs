@@ -65,7 +65,7 @@ public class DraftSpeculationTests
         SameGreedyTokens(model, plain.Sequences[0], same.Sequences[0]);
         Assert.Equal(selfCounts.Proposed, selfCounts.Accepted); // acceptance 1.0
         Assert.Equal(1.0, selfCounts.AcceptanceRate);
-        Assert.Equal(8, selfCounts.Steps); // 40 tokens, 5 a step
+        Assert.Equal(9, selfCounts.Steps); // 40 tokens: the prompt's step gives one, then 5 a step
     }
 
     /// <summary>

@@ -180,29 +180,43 @@ public class SampledDraftTests
         var options = new GenerationOptions { MaxNewTokens = 20, IgnoreEos = true, DoSample = true, Temperature = 1.0, Seed = 3 };
         var (_, selfCounts) = SpeculativeGenerator.Generate(target, prompt, null, options, 4, self);
         Assert.Equal(selfCounts.Proposed, selfCounts.Accepted);
-        Assert.Equal(4, selfCounts.Steps); // 20 tokens, 5 a step
+        Assert.Equal(5, selfCounts.Steps); // 20 tokens: the prompt's step gives one, then 5 a step
 
-        // A different draft: the first token's distribution is the target's p over fixed seeds.
+        // A different draft: the first speculated token — the second of the request, the first step running the prompt
+        // alone — is distributed as the target's p given the first token, over fixed seeds.
         using var sampler = new Sampler(false, 1.0, 0, 1.0, 0);
-        using var logits = target.Forward(tensor(prompt).unsqueeze(0));
-        using var pt = sampler.Distribution(logits[0, -1].unsqueeze(0));
-        var p = pt[0].data<float>().ToArray();
-        const int n = 4000;
-        var counts = new int[vocab];
+        var p = new float[vocab][];
+        for (int first = 0; first < vocab; first++)
+        {
+            using var logits = target.Forward(tensor(prompt.Append(first).ToArray()).unsqueeze(0));
+            using var pt = sampler.Distribution(logits[0, -1].unsqueeze(0));
+            p[first] = pt[0].data<float>().ToArray();
+        }
+        const int n = 6000;
+        var counts = new int[vocab, vocab];
+        var firsts = new int[vocab];
         int proposed = 0, accepted = 0;
         for (int seed = 0; seed < n; seed++)
         {
-            var (result, c) = SpeculativeGenerator.Generate(target, prompt, null, options with { MaxNewTokens = 2, Seed = seed }, 1, draft);
-            counts[result.Sequences[0][prompt.Length]]++;
+            var (result, c) = SpeculativeGenerator.Generate(target, prompt, null, options with { MaxNewTokens = 3, Seed = seed }, 1, draft);
+            int first = (int)result.Sequences[0][prompt.Length];
+            firsts[first]++;
+            counts[first, result.Sequences[0][prompt.Length + 1]]++;
             proposed += c.Proposed;
             accepted += c.Accepted;
         }
         Assert.InRange(accepted, 1, proposed - 1); // both branches ran
-        for (int v = 0; v < vocab; v++)
+        for (int first = 0; first < vocab; first++)
         {
-            double sd = Math.Sqrt(p[v] * (1 - p[v]) / n) + 1e-9;
-            Assert.True(Math.Abs(counts[v] / (double)n - p[v]) < 4.5 * sd, $"first token {v}: {counts[v] / (double)n:0.0000} drawn, p = {p[v]:0.0000}");
+            if (firsts[first] < 200) continue; // too few draws after this first token to test its row
+            for (int v = 0; v < vocab; v++)
+            {
+                double pv = p[first][v], sd = Math.Sqrt(pv * (1 - pv) / firsts[first]) + 1e-9;
+                Assert.True(Math.Abs(counts[first, v] / (double)firsts[first] - pv) < 4.5 * sd,
+                    $"after {first}: token {v} {counts[first, v] / (double)firsts[first]:0.0000} drawn ({firsts[first]} draws), p = {pv:0.0000}");
+            }
         }
+        Assert.True(Enumerable.Range(0, vocab).Count(f => firsts[f] >= 200) >= 2, "at least two first tokens' rows tested");
     }
 
     [Fact]

@@ -11,8 +11,10 @@ namespace ShardPipe.Tests.Actors.Workers;
 /// </summary>
 public class DraftStageTests
 {
-    private static StageInput Step(string id, long[] prompt, SamplingSettings sampling, string draft) =>
-        new(id, 0, 0, null, new[] { prompt }, new[] { prompt.Select(_ => 1L).ToArray() }, new[] { prompt.Select((_, i) => (long)i).ToArray() }, "path",
+    /// <summary>A step after the request's first token (<paramref name="step"/> 1): the first step carries no drafts (the
+    /// prompt runs alone, <c>Speculation.DraftBudget</c>).</summary>
+    private static StageInput Step(string id, long[] prompt, SamplingSettings sampling, string draft, int step = 1) =>
+        new(id, step, 0, null, new[] { prompt }, new[] { prompt.Select(_ => 1L).ToArray() }, new[] { prompt.Select((_, i) => (long)i).ToArray() }, "path",
             new GenerationState(8, true, Array.Empty<long>(), 0, new[] { false }, sampling, History: new[] { prompt }, Speculate: new SpeculationSettings("draft", 3, draft)), 1, null);
 
     [Fact]
@@ -22,6 +24,11 @@ public class DraftStageTests
         string folder = DraftFolders.Small(tmp, 16, seed: 4, hidden: 16);
         using var stage = new DraftStage(16);
         var prompt = new long[] { 3, 1, 4, 1, 5 };
+
+        var first = stage.Fill(Step("f", prompt, new SamplingSettings(false, 0.9, 0, 1, 8), folder, step: 0));
+        Assert.Empty(first.Generation!.Drafts!);
+        Assert.Equal(prompt, first.InputIds![0]);
+        stage.Release("f");
 
         var sampled = stage.Fill(Step("s", prompt, new SamplingSettings(false, 0.9, 0, 1, 8), folder));
         Assert.Equal(3, sampled.Generation!.Drafts!.Length);
