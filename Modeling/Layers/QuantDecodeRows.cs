@@ -373,7 +373,7 @@ internal static unsafe class QuantDecodeRows
         if (i1 != i) y[(long)i1 * yStride + o1] = r.GetElement(3);
     }
 
-    /// <summary>Whether <see cref="Int4Pair{TLanes, TZeros, TInputs}"/> takes a third input.</summary>
+    /// <summary>Whether a pair kernel (<see cref="Int4Pair{TLanes, TZeros, TInputs}"/>, <see cref="Int8Pair{TZeros, TGroups, TInputs}"/>) takes a third input.</summary>
     private interface IInputs { static abstract bool Three { get; } }
     private readonly struct TwoInputs : IInputs { public static bool Three => false; }
     private readonly struct ThreeInputs : IInputs { public static bool Three => true; }
