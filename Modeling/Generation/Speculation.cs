@@ -39,7 +39,9 @@ public static class Speculation
     /// later steps, whose few positions (k + 1 ≤ 8) attend through the decode-attention kernel as single-row decode does.
     /// A prompt carrying its drafts attended through libtorch's attention instead, whose bf16 results for the drafts'
     /// positions differ from decode's (≈ 70 % of a 2-layer model's logits, by up to 0.016), so a near-tie could make a
-    /// greedy speculative request part from plain decoding (BENCHMARKS.md, session 19).
+    /// greedy speculative request part from plain decoding (BENCHMARKS.md, session 19). A request resumed after a node's
+    /// loss (<paramref name="produced"/> &gt; 0) does carry drafts with its prefill: its steps then fall where the fault-free
+    /// run's did, which a sampled request needs to resume with the same tokens (each draft and verdict drawn per token).
     /// </summary>
     public static int DraftBudget(int k, int produced, int maxNewTokens) =>
         produced == 0 ? 0 : Math.Max(0, Math.Min(k, maxNewTokens - produced - 1));
