@@ -30,7 +30,7 @@ public static unsafe class QuantKernels
     /// <summary>From this many input rows (prefill, large merged steps) the weight is dequantized a tile of output rows at a
     /// time and multiplied by a dense kernel (<see cref="DenseTiles"/>, <see cref="DenseBf16"/>): decoding each code once
     /// beats decoding it per 4 rows.</summary>
-    public static int DenseRows { get; set; } = 16;
+    public const int DenseRows = 16;
 
     public static Tensor Linear(Tensor x, PackedWeight w, Tensor? bias) => Linear(x, w, bias, portable: false);
 
@@ -222,12 +222,15 @@ public static unsafe class QuantKernels
     }
 
     /// <summary>
-    /// One input row times several packed weights (<see cref="DecodeRowsTogether"/>) through <see cref="QuantDecodeRows"/>:
-    /// the row gathered into the kernels' order (in float32) and its lane-wise chunk sums (the zero term, folded into the
-    /// kernels) once, then four output rows per pass on the spin pool, the output rows of all the weights cut into one set
-    /// of parts of whole fours that the threads claim one at a time (one hand-over to the helpers instead of one per
-    /// weight). Each output equals the weight's product alone bit for bit: every output row is the same sum, whichever part
-    /// computes it.
+    /// One input row — or up to <see cref="DenseRows"/> − 1 (a verification pass, a few streams' step) — times several
+    /// packed weights (<see cref="DecodeRowsTogether"/>) through <see cref="QuantDecodeRows"/>: each row gathered into the
+    /// kernels' order (in float32) and its lane-wise chunk sums (the zero term, folded into the kernels) once, then on the
+    /// spin pool four output rows a pass for one input row, two weight rows against two or three inputs a pass for more
+    /// (<see cref="QuantDecodeRows.Int4RowsMany"/>, <see cref="QuantDecodeRows.Int8RowsMany"/>); the output rows of all the
+    /// weights cut into one set of parts of whole fours that the threads claim one at a time (one hand-over to the helpers
+    /// instead of one per weight), each thread adding the bias and storing the dtype of the rows it computed. Each output
+    /// equals the weight's product alone bit for bit, and each input row's outputs that row's alone: every output is the
+    /// same sum, whichever part and pass compute it.
     /// </summary>
     private static Tensor[] DecodeRows(Tensor x, IReadOnlyList<PackedWeight> weights, IReadOnlyList<Tensor?> biases)
     {
@@ -316,7 +319,7 @@ public static unsafe class QuantKernels
     /// One input row into the kernels' order: <c>xq[d] = x[src[d]]</c> as float32, 0 where src[d] is −1 (padding). The
     /// wide layout's own order (<see cref="PlainWide"/>) is a fixed transpose of each 128-input block, done in registers
     /// (<see cref="TransposeWide"/>); any other order one input at a time, one loop per input dtype. This runs on the
-    /// calling thread before every one-row product (53 K inputs a token on the 134M Llama). Read through a per-element
+    /// calling thread before every product of a few rows, once a row (53 K inputs a decode token on the 134M Llama). Read through a per-element
     /// dtype switch, which the JIT kept inside the loop, it took ≈ 9 % of an int4 decode step's main thread (int4
     /// generations alternating both in one process, medians of 14: 364 → 389 tok/s); one at a time without the switch
     /// ≈ 1.5 %.
@@ -400,8 +403,8 @@ public static unsafe class QuantKernels
     }
 
     /// <summary>
-    /// Several one-row products of one input (<see cref="DecodeRowsTogether"/>) as one job; each output as
-    /// <see cref="Linear(Tensor, PackedWeight, Tensor?)"/> gives it. x: one row of the weights' input width, CPU, float32,
+    /// Several products of one input of 1 to <see cref="DenseRows"/> − 1 rows (<see cref="DecodeRowsTogether"/>) as one
+    /// job; each output as <see cref="Linear(Tensor, PackedWeight, Tensor?)"/> gives it. x: rows of the weights' input width, CPU, float32,
     /// bfloat16 or float16.
     /// </summary>
     public static Tensor[] Linears(Tensor x, IReadOnlyList<PackedWeight> weights, IReadOnlyList<Tensor?> biases)

@@ -147,8 +147,10 @@ public class SpeculationTests
     /// A quantized model (int4 and int8 on load, shapes that take the AVX-512 kernels) in float32 and bfloat16, and the
     /// bfloat16 model unquantized: the verification pass's products of k + 1 rows are the one-row kernels' bit for bit
     /// (QuantDecodeRowsTests), and the prompt runs alone on the first step (<see cref="Speculation.DraftBudget"/>), so
-    /// ngram speculation gives the plain greedy tokens. In bfloat16 this model's tokens parted after 26 while the first
-    /// step carried drafts (the prompt's pass attended through libtorch's SDPA).
+    /// ngram speculation gives the plain greedy tokens — up to a dead heat (<see cref="GreedyTies"/>: the prompt's pass runs
+    /// on libtorch's threads, whose count tests running beside this one change). In bfloat16 this model's tokens parted
+    /// after 26 while the first step carried drafts (the prompt's pass attended through libtorch's SDPA); that rule itself
+    /// is asserted on <see cref="Speculation.DraftBudget"/> and on the draft stage.
     /// </summary>
     [Theory]
     [InlineData("int4", "float32")]
@@ -170,7 +172,7 @@ public class SpeculationTests
             foreach (int k in new[] { 2, 4, 6 })
             {
                 var (spec, counts) = SpeculativeGenerator.Generate(model, prompt, null, options, k);
-                Assert.Equal(plain.Sequences[0], spec.Sequences[0]);
+                GreedyTies.AssertSame(model, plain.Sequences[0], spec.Sequences[0]);
                 Assert.True(counts.Accepted > 0, $"{scheme}/{dtype} k={k}: no draft accepted, the passes of several rows went untested");
             }
         }
