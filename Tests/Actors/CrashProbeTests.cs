@@ -58,9 +58,14 @@ public class CrashProbeTests
             Assert.Equal(new[] { ProbeResult.Accepted }, await CrashProbe.Probe("127.0.0.1", open, 2, TimeSpan.FromMilliseconds(150), TimeSpan.FromMilliseconds(500)));
         }
         finally { listener.Stop(); }
-        // The same port, nothing listening now (as after a SIGKILL): refused on every try.
+        // A port with nothing listening (as after a SIGKILL): refused on every try. Held bound, never listening, for the
+        // probe's length: a freed port (this listener's, once stopped) can be taken by a test running beside this one,
+        // and was once (the probe found it accepting).
+        using var reserved = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        reserved.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        int closed = ((IPEndPoint)reserved.LocalEndPoint!).Port;
         Assert.Equal(new[] { ProbeResult.Refused, ProbeResult.Refused },
-            await CrashProbe.Probe("127.0.0.1", open, 2, TimeSpan.FromMilliseconds(150), TimeSpan.FromMilliseconds(500)));
+            await CrashProbe.Probe("127.0.0.1", closed, 2, TimeSpan.FromMilliseconds(150), TimeSpan.FromMilliseconds(500)));
     }
 
     [Fact]
