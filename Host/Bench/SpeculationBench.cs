@@ -27,18 +27,10 @@ public static class SpeculationBench
 
     /// <summary>
     /// One forward pass of k + 1 positions over one of 1, in this process on a cache of <paramref name="past"/> positions,
-    /// taking turns (median of <paramref name="reps"/> each): what the verification costs in compute, without the pipeline.
-    /// </summary>
-    public static (double StepMs, double VerifyMs) SingleProcess(string folder, int k, int past = 200, int reps = 15)
-    {
-        var (step, verify, _) = SingleProcess(folder, k, new ShardPipe.Modeling.Loading.FromPretrainedOptions(), null, past, reps);
-        return (step, verify);
-    }
-
-    /// <summary>
-    /// As <see cref="SingleProcess(string, int, int, int)"/> for a model loaded with <paramref name="options"/>, and — when
-    /// <paramref name="baseline"/> is given — the k + 1 pass also with <c>baseline(true)</c> in force (restored by
-    /// <c>baseline(false)</c>), taking turns with the others: the verification's cost before a change, in the same run.
+    /// taking turns (median of <paramref name="reps"/> each): what the verification costs in compute, without the pipeline,
+    /// for the model loaded with <paramref name="options"/>. When <paramref name="baseline"/> is given, the k + 1 pass also
+    /// with <c>baseline(true)</c> in force (restored by <c>baseline(false)</c>) in the same turns: the verification's cost
+    /// before a change, in the same run (NaN without one).
     /// </summary>
     public static (double StepMs, double VerifyMs, double BaselineVerifyMs) SingleProcess(string folder, int k,
         ShardPipe.Modeling.Loading.FromPretrainedOptions options, Action<bool>? baseline, int past = 200, int reps = 15)
@@ -90,7 +82,7 @@ public static class SpeculationBench
 
     public static async Task<JsonObject> Run(string folder, int n, int k, int rounds, bool asJson, string? draft = null)
     {
-        var (stepMs, verifyMs) = SingleProcess(folder, k);
+        var (stepMs, verifyMs, _) = SingleProcess(folder, k, new ShardPipe.Modeling.Loading.FromPretrainedOptions(), null);
         BenchSupport.Say(asJson, $"  one process, cache of 200: a pass of 1 position {stepMs:0.0} ms, of {k + 1} positions {verifyMs:0.0} ms: " +
                                  $"verify_pass_over_step_single_process {verifyMs / stepMs:0.000}");
         // The same in int4 and int8 (quantized on load, group 128, head included, bf16 activations: bench decode's

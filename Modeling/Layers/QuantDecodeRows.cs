@@ -159,9 +159,10 @@ internal static unsafe class QuantDecodeRows
     /// <summary>
     /// Output rows [from, to) of an int4 wide-layout weight against <paramref name="m"/> gathered input rows (a verification
     /// pass, a few streams' decode step): input i's gathered row at <c>x + i·xStride</c>, its lane sums at
-    /// <c>zx + i·zStride</c>, its outputs at <c>y + i·yStride</c>. Two weight rows against two inputs a pass
-    /// (<see cref="Int4Pair{TLanes, TZeros}"/>): each code vector decoded once serves two inputs and each input vector loaded
-    /// serves two rows, where running the one-row kernel per input decoded and read every code m times. The passes over
+    /// <c>zx + i·zStride</c>, its outputs at <c>y + i·yStride</c>. Two weight rows against two or three inputs a pass
+    /// (<see cref="RowsMany{TPair}"/>, <see cref="Int4Pair{TLanes, TZeros, TInputs}"/>): each code vector decoded once serves
+    /// every input of the pass and each input vector loaded serves both rows, where running the one-row kernel per input
+    /// decoded and read every code m times. The passes over
     /// a pair of rows follow each other, so its codes stay in L1. Every output equals the one-row kernel's
     /// (<see cref="Int4Rows{TDecode}"/> with <see cref="ByPermute"/>) bit for bit: per product the same two FMA chains per
     /// block, the same scaling FMA and the same transposing reduction — so a verification pass's products are single-row

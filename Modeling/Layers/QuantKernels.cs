@@ -300,7 +300,7 @@ public static unsafe class QuantKernels
                     // Each thread finishes the rows it computed (bias, the output's dtype) while they are in its cache, in
                     // parallel: on the calling thread after the job this was ≈ 1.2 % of a bf16-activation int4 step's main thread.
                     for (int r = 0; r < m; r++)
-                        FinishRange((float*)ya + (long)r * n, (byte*)bias, biasType, (byte*)op + (long)r * n * (type == ScalarType.Float32 ? 4 : 2), type, lo, hi);
+                        FinishRange((float*)ya + (long)r * n, (byte*)bias, biasType, (byte*)op + (long)r * n * inSize, type, lo, hi); // outputs take the input's dtype
                 }, int4 ? jobs[0].Codes : 0, w0.Codes.NumberOfElements * 4); // WeightPrefetch: int4 only (int8 measured no gain)
             }
         }
