@@ -111,6 +111,7 @@ public sealed class RmsNorm : HfModule
 {
     private readonly string _className;
     private readonly double _eps;
+    internal double Eps => _eps;
     public override string ClassName => _className;
     public TensorSlot Weight { get; }
 

@@ -55,7 +55,29 @@ public static unsafe partial class Fp32Kernels
             TiledRows<TRows>(w, x, y, bias, k, n, from, to, slice);
             return;
         }
-        for (int o = from; o < to; o++) WeightRow<TRows>(w + (long)o * k, x, y + o, bias == null ? null : bias + o, k, n);
+        int o = from;
+        if (PairedRows)
+            for (; o + 1 < to; o += 2) WeightPair<TRows>(w + (long)o * k, x, y + o, bias == null ? null : bias + o, k, n);
+        for (; o < to; o++) WeightRow<TRows>(w + (long)o * k, x, y + o, bias == null ? null : bias + o, k, n);
+    }
+
+    /// <summary>Off: the few-row path takes one weight row at a time (<see cref="WeightRow{TRows}"/>) instead of two
+    /// (<see cref="WeightPair{TRows}"/>; benchmarks and tests compare both; default on).</summary>
+    public static bool PairedRows { get; set; } = true;
+    public static int PairNear = 2048, PairFar = 16384;
+
+    /// <summary>Two adjacent weight rows (<paramref name="wr"/> and the next) against <typeparamref name="TRows"/> input rows, as
+    /// <see cref="WeightRow{TRows}"/> for each: every input vector loaded serves both rows, so a pass of m rows issues
+    /// 2 + m loads per 2·m FMAs instead of 1 + m per m (the few-row kernel is bound by its loads in cache).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
+    private static void WeightPair<TRows>(float* wr, float* x, float* y, float* bias, int k, int n) where TRows : struct, IRowCount
+    {
+        int full = k & ~15;
+        var held = stackalloc Vector512<float>[2 * RowBlock];
+        if (TRows.Value >= FarRows) SlicePair<TRows, AheadAndFar>(wr, wr + k, x, k, 0, full, held, held + RowBlock, false);
+        else SlicePair<TRows, Ahead>(wr, wr + k, x, k, 0, full, held, held + RowBlock, false);
+        FinishRows<TRows>(held, wr, x, y, bias, k, n, full);
+        FinishRows<TRows>(held + RowBlock, wr + k, x, y + 1, bias == null ? null : bias + 1, k, n, full);
     }
 
     /// <summary>
@@ -109,8 +131,17 @@ public static unsafe partial class Fp32Kernels
             int count = Math.Min(TileRows, to - o0);
             float* next = w + (long)(o0 + count) * k, stop = w + (long)Math.Min(to, o0 + count + TileRows) * k;
             for (int c0 = 0; c0 < full; c0 += slice)
-                for (int g = 0; g < count; g++)
-                    next = Slice<TRows, NextBlock>(w + (long)(o0 + g) * k, x, k, c0, Math.Min(full, c0 + slice), carried + g * RowBlock, c0 > 0, next, stop);
+            {
+                int g = 0, end = Math.Min(full, c0 + slice);
+                if (PairedRows)
+                    for (; g + 1 < count; g += 2)
+                    {
+                        next = PrefetchNext(next, stop, end - c0);
+                        SlicePair<TRows, NoPrefetch>(w + (long)(o0 + g) * k, w + (long)(o0 + g + 1) * k, x, k, c0, end, carried + g * RowBlock, carried + (g + 1) * RowBlock, c0 > 0);
+                    }
+                for (; g < count; g++)
+                    next = Slice<TRows, NextBlock>(w + (long)(o0 + g) * k, x, k, c0, end, carried + g * RowBlock, c0 > 0, next, stop);
+            }
             for (int g = 0; g < count; g++)
             {
                 int o = o0 + g;
@@ -143,6 +174,65 @@ public static unsafe partial class Fp32Kernels
     private struct Ahead : IRowPrefetch { public static bool Near => true; public static bool Far => false; public static bool Next => false; }
     private struct AheadAndFar : IRowPrefetch { public static bool Near => true; public static bool Far => true; public static bool Next => false; }
     private struct NextBlock : IRowPrefetch { public static bool Near => false; public static bool Far => false; public static bool Next => true; }
+    private struct NoPrefetch : IRowPrefetch { public static bool Near => false; public static bool Far => false; public static bool Next => false; }
+
+    /// <summary>The next block's prefetch for two rows' slice of <paramref name="columns"/> (as <see cref="Slice{TRows, TPrefetch}"/>
+    /// with <see cref="NextBlock"/> issues it for each row: a line per 16 columns done).</summary>
+    private static float* PrefetchNext(float* next, float* stop, int columns)
+    {
+        for (int c = 0; c < 2 * columns && next < stop; c += 16, next += 16) Sse.Prefetch1(next);
+        return next;
+    }
+
+    /// <summary>
+    /// <see cref="Slice{TRows, TPrefetch}"/> for two weight rows at once (<paramref name="w0"/>, <paramref name="w1"/>):
+    /// each input vector is loaded once for both, and each (weight row, input row) accumulator takes its 16-float products
+    /// in the same column order as the one-row slice — bit for bit the same sums.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SlicePair<TRows, TPrefetch>(float* w0, float* w1, float* x, int k, int from, int to, Vector512<float>* held0, Vector512<float>* held1, bool carry)
+        where TRows : struct, IRowCount where TPrefetch : struct, IRowPrefetch
+    {
+        int rows = TRows.Value;
+        long nearA = Math.Max(PairNear, 2L * k), farA = PairFar;
+        float* x0 = x, x1 = x + 1L * k, x2 = x + 2L * k, x3 = x + 3L * k, x4 = x + 4L * k, x5 = x + 5L * k;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default;
+        if (carry)
+        {
+            a0 = held0[0]; a1 = held0[1]; b0 = held1[0]; b1 = held1[1];
+            if (rows > 2) { a2 = held0[2]; b2 = held1[2]; }
+            if (rows > 3) { a3 = held0[3]; b3 = held1[3]; }
+            if (rows > 4) { a4 = held0[4]; b4 = held1[4]; }
+            if (rows > 5) { a5 = held0[5]; b5 = held1[5]; }
+        }
+        for (int i = from; i < to; i += 16)
+        {
+            if (TPrefetch.Near)
+            {
+                Sse.Prefetch0(w0 + 2 * i + nearA);
+                Sse.Prefetch0(w0 + 2 * i + nearA + 16);
+            }
+            if (TPrefetch.Far && farA > 0)
+            {
+                Sse.Prefetch1(w0 + 2 * i + farA);
+                Sse.Prefetch1(w0 + 2 * i + farA + 16);
+            }
+            var v = Vector512.Load(w0 + i);
+            var u = Vector512.Load(w1 + i);
+            var xv = Vector512.Load(x0 + i); a0 = Vector512.FusedMultiplyAdd(v, xv, a0); b0 = Vector512.FusedMultiplyAdd(u, xv, b0);
+            xv = Vector512.Load(x1 + i); a1 = Vector512.FusedMultiplyAdd(v, xv, a1); b1 = Vector512.FusedMultiplyAdd(u, xv, b1);
+            if (rows > 2) { xv = Vector512.Load(x2 + i); a2 = Vector512.FusedMultiplyAdd(v, xv, a2); b2 = Vector512.FusedMultiplyAdd(u, xv, b2); }
+            if (rows > 3) { xv = Vector512.Load(x3 + i); a3 = Vector512.FusedMultiplyAdd(v, xv, a3); b3 = Vector512.FusedMultiplyAdd(u, xv, b3); }
+            if (rows > 4) { xv = Vector512.Load(x4 + i); a4 = Vector512.FusedMultiplyAdd(v, xv, a4); b4 = Vector512.FusedMultiplyAdd(u, xv, b4); }
+            if (rows > 5) { xv = Vector512.Load(x5 + i); a5 = Vector512.FusedMultiplyAdd(v, xv, a5); b5 = Vector512.FusedMultiplyAdd(u, xv, b5); }
+        }
+        held0[0] = a0; held0[1] = a1; held1[0] = b0; held1[1] = b1;
+        if (rows > 2) { held0[2] = a2; held1[2] = b2; }
+        if (rows > 3) { held0[3] = a3; held1[3] = b3; }
+        if (rows > 4) { held0[4] = a4; held1[4] = b4; }
+        if (rows > 5) { held0[5] = a5; held1[5] = b5; }
+    }
 
     /// <summary>
     /// Columns [<paramref name="from"/>, <paramref name="to"/>) (multiples of 16) of one weight row against

@@ -65,13 +65,13 @@ public static unsafe class SiluKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static Vector512<float> Silu(Vector512<float> x) => x / (Vector512.Create(1f) + Exp(-x));
 
-    private static void Float32(float* g, float* u, float* y, int n)
+    internal static void Float32(float* g, float* u, float* y, int n)
     {
         for (int i = 0; i < n; i += 16)
             (Silu(Vector512.Load(g + i)) * Vector512.Load(u + i)).Store(y + i);
     }
 
-    private static void Bf16(ushort* g, ushort* u, ushort* y, int n)
+    internal static void Bf16(ushort* g, ushort* u, ushort* y, int n)
     {
         for (int i = 0; i < n; i += 16)
         {

@@ -55,8 +55,15 @@ public static unsafe class StepKernels
         var shape = x.Shape();
         sum = empty(shape, x.dtype);
         var normed = empty(shape, x.dtype);
-        byte* xp = (byte*)TensorMemory.Pointer(x), dp = (byte*)TensorMemory.Pointer(delta), wp = (byte*)TensorMemory.Pointer(weight);
-        byte* sp = (byte*)TensorMemory.Pointer(sum), np = (byte*)TensorMemory.Pointer(normed);
+        AddRmsNormRows((byte*)TensorMemory.Pointer(x), (byte*)TensorMemory.Pointer(delta), (byte*)TensorMemory.Pointer(weight),
+            (byte*)TensorMemory.Pointer(sum), (byte*)TensorMemory.Pointer(normed), bf16, d, rows, eps);
+        return normed;
+    }
+
+    /// <summary><see cref="AddRmsNorm"/> of <paramref name="rows"/> rows of <paramref name="d"/> at pointers (float32 or bf16
+    /// throughout): <paramref name="sp"/> gets x + delta, <paramref name="np"/> its norm times the weight.</summary>
+    internal static void AddRmsNormRows(byte* xp, byte* dp, byte* wp, byte* sp, byte* np, bool bf16, int d, int rows, double eps)
+    {
         int es = bf16 ? 2 : 4;
         Span<float> scratch = 3 * d <= StackFloats ? stackalloc float[3 * d] : new float[3 * d];
         fixed (float* f = scratch)
@@ -74,7 +81,28 @@ public static unsafe class StepKernels
                 NormRow(a, w, np + at, bf16, d, eps);
             }
         }
-        return normed;
+    }
+
+    /// <summary><c>x + delta</c> of <paramref name="n"/> elements at pointers, float32 or bf16 (each sum rounded to the
+    /// dtype, as libtorch's add of two tensors of that dtype); <paramref name="y"/> may be x or delta.</summary>
+    internal static void AddElements(byte* x, byte* delta, byte* y, bool bf16, int n)
+    {
+        if (!bf16)
+        {
+            Add((float*)x, (float*)delta, (float*)y, n);
+            return;
+        }
+        const int Chunk = 1024;
+        float* a = stackalloc float[Chunk], b = stackalloc float[Chunk];
+        for (int at = 0; at < n; at += Chunk)
+        {
+            int len = Math.Min(Chunk, n - at);
+            Widen(x + 2L * at, bf16: true, a, len);
+            Widen(delta + 2L * at, bf16: true, b, len);
+            Add(a, b, a, len);
+            RoundBf16(a, len);
+            Narrow(a, y + 2L * at, bf16: true, len);
+        }
     }
 
     /// <summary>Llama's RMSNorm of rows (as <see cref="AddRmsNorm"/> without the add); x float32 or bf16, weight of its dtype.</summary>
@@ -84,7 +112,14 @@ public static unsafe class StepKernels
         bool bf16 = x.dtype == ScalarType.BFloat16;
         var input = x.is_contiguous() ? x : x.contiguous();
         var normed = empty(x.Shape(), x.dtype);
-        byte* xp = (byte*)TensorMemory.Pointer(input), wp = (byte*)TensorMemory.Pointer(weight), np = (byte*)TensorMemory.Pointer(normed);
+        RmsNormRows((byte*)TensorMemory.Pointer(input), (byte*)TensorMemory.Pointer(weight), (byte*)TensorMemory.Pointer(normed), bf16, d, rows, eps);
+        if (!ReferenceEquals(input, x)) input.Dispose();
+        return normed;
+    }
+
+    /// <summary><see cref="RmsNorm"/> of <paramref name="rows"/> rows of <paramref name="d"/> at pointers (float32 or bf16 throughout).</summary>
+    internal static void RmsNormRows(byte* xp, byte* wp, byte* np, bool bf16, int d, int rows, double eps)
+    {
         int es = bf16 ? 2 : 4;
         Span<float> scratch = 2 * d <= StackFloats ? stackalloc float[2 * d] : new float[2 * d];
         fixed (float* f = scratch)
@@ -98,8 +133,6 @@ public static unsafe class StepKernels
                 NormRow(a, w, np + at, bf16, d, eps);
             }
         }
-        if (!ReferenceEquals(input, x)) input.Dispose();
-        return normed;
     }
 
     /// <summary>One row: <paramref name="h"/> (float32, overwritten) normed and times <paramref name="w"/>, written to <paramref name="dst"/> in the dtype.</summary>
@@ -147,6 +180,16 @@ public static unsafe class StepKernels
     /// Rotary embedding of a step's queries and keys together (each row's tables widened once for both), each as
     /// <see cref="Rotary"/> computes it on its (N, heads, 1, D) view; outputs of the inputs' flat shapes.
     /// </summary>
+    /// <summary><see cref="RotaryPair"/> written over its inputs (each row is read whole before it is written): the decode
+    /// layer's path (<c>LlamaDecodeLayer</c>), whose q and k are its own fresh products.</summary>
+    public static void RotaryPairInPlace(Tensor q, Tensor k, Tensor cos, Tensor sin, int headDim)
+    {
+        long[] qs = q.Shape(), ks = k.Shape();
+        byte* qp = (byte*)TensorMemory.Pointer(q), kp = (byte*)TensorMemory.Pointer(k);
+        RotaryCore(qp, kp, qp, kp, (int)(qs[1] / headDim), (int)(ks[1] / headDim), (byte*)TensorMemory.Pointer(cos), (byte*)TensorMemory.Pointer(sin),
+            (int)qs[0], 1, headDim, q.dtype == ScalarType.BFloat16);
+    }
+
     public static (Tensor Q, Tensor K) RotaryPair(Tensor q, Tensor k, Tensor cos, Tensor sin, int headDim)
     {
         long[] qs = q.Shape(), ks = k.Shape();

@@ -66,6 +66,11 @@ public sealed class LlamaMlp : HfModule, IFeedForward
     private readonly Func<Tensor, Tensor> _act;
     private readonly string _actName;
     private readonly Parameterless _actFn;
+    internal Linear Gate => _gate;
+    internal Linear Up => _up;
+    internal Linear Down => _down;
+    internal string ActName => _actName;
+    internal Parameterless ActFn => _actFn;
 
     public LlamaMlp(LlamaVariant v, LlamaConfig c)
     {
@@ -101,6 +106,12 @@ public sealed class LlamaAttention : HfModule
     private readonly LlamaConfig _c;
     private readonly int _layer;
     private readonly Linear _q, _k, _v, _o;
+    internal LlamaConfig Settings => _c;
+    internal int Index => _layer;
+    internal Linear Q => _q;
+    internal Linear K => _k;
+    internal Linear V => _v;
+    internal Linear O => _o;
     public RotaryEmbedding Rotary { get; }
     internal CausalLMModel? Owner { get; set; }
 
@@ -176,6 +187,9 @@ public sealed class LlamaDecoderLayer : HfModule
     public LlamaAttention SelfAttn { get; }
     private readonly IFeedForward _mlp;
     private readonly RmsNorm _inputNorm, _postNorm;
+    internal IFeedForward Mlp => _mlp;
+    internal RmsNorm InputNorm => _inputNorm;
+    internal RmsNorm PostNorm => _postNorm;
 
     public LlamaDecoderLayer(LlamaVariant v, LlamaConfig c, int index)
     {
@@ -191,6 +205,7 @@ public sealed class LlamaDecoderLayer : HfModule
     /// <summary>Flat (N, H) → (N, H): the batch's requests together (<see cref="RaggedBatch"/>).</summary>
     public Tensor Forward(Tensor x, RaggedBatch batch)
     {
+        if (LlamaDecodeLayer.TryForward(this, x, batch) is { } fast) return fast; // a step of decode rows: the same kernels without the module scaffolding
         using var hook = Hook();
         using var scope = NewDisposeScope();
         var normed = _postNorm.ForwardAdd(x, SelfAttn.Forward(_inputNorm.Forward(x), batch), out var h); // h = x + attention, and its norm, in one pass
