@@ -234,31 +234,59 @@ public static unsafe class QuantKernels
     /// </summary>
     private static Tensor[] DecodeRows(Tensor x, IReadOnlyList<PackedWeight> weights, IReadOnlyList<Tensor?> biases)
     {
+        int k = weights[0].In, count = weights.Count;
+        var type = x.dtype;
+        int m = (int)(x.NumberOfElements / k);
+        var input = x.is_contiguous() ? x : x.contiguous();
+        var shape = x.Shape();
+        var outputs = new Tensor[count];
+        var outs = new nint[count];
+        var bs = new (nint, ScalarType)[count];
+        List<Tensor>? held = null; // contiguous copies of strided biases, for the job's length
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                shape[^1] = weights[i].Out;
+                outputs[i] = empty(shape, type);
+                outs[i] = (nint)TensorMemory.Pointer(outputs[i]);
+                var b = biases[i];
+                if (b is not null && !b.is_contiguous()) (held ??= new()).Add(b = b.contiguous());
+                bs[i] = (b is null ? 0 : (nint)TensorMemory.Pointer(b), b?.dtype ?? type);
+            }
+            DecodeRowsInto((byte*)TensorMemory.Pointer(input), type, m, weights, bs, outs);
+        }
+        finally
+        {
+            if (!ReferenceEquals(input, x)) input.Dispose();
+            held?.ForEach(t => t.Dispose());
+        }
+        return outputs;
+    }
+
+    /// <summary>
+    /// <see cref="DecodeRows(Tensor, IReadOnlyList{PackedWeight}, IReadOnlyList{Tensor?})"/> at pointers: <paramref name="m"/>
+    /// contiguous input rows of <paramref name="type"/> at <paramref name="xp"/>; weight i's (m, Out) outputs, of the same
+    /// dtype, at <paramref name="outputs"/>[i]; its bias (contiguous, of its own dtype) or 0. The weights must pass
+    /// <see cref="DecodeRowsTogether"/> and m be below <see cref="DenseRows"/>. The decode layer's path
+    /// (<c>LlamaDecodeLayer</c>) writes into buffers it keeps; the tensor form above allocates them.
+    /// </summary>
+    internal static void DecodeRowsInto(byte* xp, ScalarType type, int m, IReadOnlyList<PackedWeight> weights, IReadOnlyList<(nint Ptr, ScalarType Type)> biases, IReadOnlyList<nint> outputs)
+    {
         var w0 = weights[0];
         int k = w0.In, gs = w0.GroupSize, layout = Layout(w0, true), count = weights.Count;
         bool int4 = w0.Bits == 4;
-        var type = x.dtype;
         var src = SourceMap(w0, layout);
-        int m = (int)(x.NumberOfElements / k), kp = src.Length, chunkCodes = int4 ? QuantDecodeRows.Int4ChunkCodes(gs) : gs;
+        int kp = src.Length, chunkCodes = int4 ? QuantDecodeRows.Int4ChunkCodes(gs) : gs;
         int zStride = (k + chunkCodes - 1) / chunkCodes * 16;
-        var input = x.is_contiguous() ? x : x.contiguous();
-        var shape = x.Shape();
         var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
-        var outputs = new Tensor[count];
-        for (int i = 0; i < count; i++)
-        {
-            offsets[i + 1] = offsets[i] + weights[i].Out;
-            shape[^1] = weights[i].Out;
-            outputs[i] = empty(shape, type);
-        }
+        for (int i = 0; i < count; i++) offsets[i + 1] = offsets[i] + weights[i].Out;
         int total = offsets[count];
         var xs = ArrayPool<float>.Shared.Rent(m * kp);
         var zx = ArrayPool<float>.Shared.Rent(m * zStride);
         var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(m * total);
-        List<Tensor>? held = null; // contiguous copies of strided biases, for the job's length
         try
         {
-            var xp = (byte*)TensorMemory.Pointer(input);
             int inSize = type == ScalarType.Float32 ? 4 : 2;
             bool magic = int4 && NibblesByMagic;
             fixed (float* xq = xs, zq = zx, yq0 = ys)
@@ -274,11 +302,8 @@ public static unsafe class QuantKernels
                 for (int i = 0; i < count; i++)
                 {
                     var at = weights[i].Memory;
-                    var op = (nint)TensorMemory.Pointer(outputs[i]);
-                    var b = biases[i];
-                    if (b is not null && !b.is_contiguous()) (held ??= new()).Add(b = b.contiguous());
-                    jobs[i] = (at.Codes, at.Scales, at.Zeros, ys is null ? op : (nint)(yq0 + (long)offsets[i] * m), op,
-                        b is null ? 0 : (nint)TensorMemory.Pointer(b), b?.dtype ?? type);
+                    var op = outputs[i];
+                    jobs[i] = (at.Codes, at.Scales, at.Zeros, ys is null ? op : (nint)(yq0 + (long)offsets[i] * m), op, biases[i].Ptr, biases[i].Type);
                 }
                 nint xa = (nint)xq, za = (nint)zq;
                 DecodeKernels.RunWeights(offsets, (i, lo, hi) =>
@@ -309,10 +334,7 @@ public static unsafe class QuantKernels
             ArrayPool<float>.Shared.Return(xs);
             ArrayPool<float>.Shared.Return(zx);
             if (ys is not null) ArrayPool<float>.Shared.Return(ys);
-            if (!ReferenceEquals(input, x)) input.Dispose();
-            held?.ForEach(t => t.Dispose());
         }
-        return outputs;
     }
 
     /// <summary>

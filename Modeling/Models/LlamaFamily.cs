@@ -190,6 +190,8 @@ public sealed class LlamaDecoderLayer : HfModule
     internal IFeedForward Mlp => _mlp;
     internal RmsNorm InputNorm => _inputNorm;
     internal RmsNorm PostNorm => _postNorm;
+    /// <summary>How <see cref="LlamaDecodeLayer"/> runs this block's products (kept while its weights stay in place).</summary>
+    internal LlamaDecodeLayer.Plan? DecodePlan { get; set; }
 
     public LlamaDecoderLayer(LlamaVariant v, LlamaConfig c, int index)
     {

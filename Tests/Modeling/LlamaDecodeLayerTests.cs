@@ -23,7 +23,12 @@ public class LlamaDecodeLayerTests
         new object?[] { "llama_untied", null, null }, new object?[] { "mistral_window", null, null }, new object?[] { "qwen2", null, null },
         new object?[] { "llama_bf16", null, null }, new object?[] { "llama_untied", "int4", "bfloat16" }, new object?[] { "llama_untied", "int4", "float32" },
         new object?[] { "qwen2", "int8", "bfloat16" }, new object?[] { "mistral", "int8", "float32" },
+        // 256 wide: int4 takes its decode kernels (the reference models' 64 inputs are narrower than a 128-code block)
+        new object?[] { Synthetic, "int4", "bfloat16" }, new object?[] { Synthetic, "int4", "float32" }, new object?[] { Synthetic, "int8", "bfloat16" },
+        new object?[] { Synthetic, null, "bfloat16" },
     };
+
+    private const string Synthetic = "synthetic 256";
 
     private sealed class Request(long[] ids)
     {
@@ -59,7 +64,14 @@ public class LlamaDecodeLayerTests
     [MemberData(nameof(Cases))]
     public void Decode_rows_through_the_fused_block_give_the_generic_blocks_bits(string name, string? quantize, string? dtype)
     {
-        var model = PreTrainedModel.FromPretrained(TestPaths.Model(name), quantize is null ? new() : new FromPretrainedOptions { Quantize = quantize, DType = dtype, QuantizeGroupSize = 32 });
+        using var tmp = new TempDir();
+        string folder = name == Synthetic ? tmp.Sub("llama") : TestPaths.Model(name);
+        if (name == Synthetic)
+            ShardPipe.Checkpoints.Synthetic.SyntheticLlama.Write(folder, new ShardPipe.Checkpoints.Synthetic.SyntheticLlamaSpec
+            {
+                HiddenSize = 256, IntermediateSize = 512, NumLayers = 2, NumHeads = 4, NumKeyValueHeads = 2, VocabSize = 384, MaxPositions = 256, Seed = 5,
+            });
+        var model = PreTrainedModel.FromPretrained(folder, new FromPretrainedOptions { Quantize = quantize, DType = dtype, QuantizeGroupSize = quantize == "int4" ? 128 : 32 });
         try
         {
             using var noGrad = no_grad();
