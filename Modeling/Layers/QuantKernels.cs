@@ -271,69 +271,116 @@ public static unsafe class QuantKernels
     /// <see cref="DecodeRowsTogether"/> and m be below <see cref="DenseRows"/>. The decode layer's path
     /// (<c>LlamaDecodeLayer</c>) writes into buffers it keeps; the tensor form above allocates them.
     /// </summary>
-    internal static void DecodeRowsInto(byte* xp, ScalarType type, int m, IReadOnlyList<PackedWeight> weights, IReadOnlyList<(nint Ptr, ScalarType Type)> biases, IReadOnlyList<nint> outputs)
+    internal static void DecodeRowsInto(byte* xp, ScalarType type, int m, IReadOnlyList<PackedWeight> weights, IReadOnlyList<(nint Ptr, ScalarType Type)> biases, IReadOnlyList<nint> outputs) =>
+        new DecodeRowsJob(weights, biases).Run(xp, type, m, outputs);
+
+    /// <summary>
+    /// <see cref="DecodeRowsInto"/> for one set of weights, what depends on them alone worked out once: the kernels' input
+    /// order, the job's row offsets, the weights' addresses. The decode layer (<c>LlamaDecodeLayer</c>) keeps one per group
+    /// of a block's products; the tensor forms make one per call.
+    /// </summary>
+    internal sealed class DecodeRowsJob
     {
-        var w0 = weights[0];
-        int k = w0.In, gs = w0.GroupSize, layout = Layout(w0, true), count = weights.Count;
-        bool int4 = w0.Bits == 4;
-        var src = SourceMap(w0, layout);
-        int kp = src.Length, chunkCodes = int4 ? QuantDecodeRows.Int4ChunkCodes(gs) : gs;
-        int zStride = (k + chunkCodes - 1) / chunkCodes * 16;
-        var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
-        for (int i = 0; i < count; i++) offsets[i + 1] = offsets[i] + weights[i].Out;
-        int total = offsets[count];
-        var xs = ArrayPool<float>.Shared.Rent(m * kp);
-        var zx = ArrayPool<float>.Shared.Rent(m * zStride);
-        var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(m * total);
-        try
+        private readonly PackedWeight[] _weights;
+        private readonly (nint Ptr, ScalarType Type)[] _biases;
+        private readonly (nint Codes, nint Scales, nint Zeros)[] _memory;
+        private readonly int[] _offsets, _outs; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
+        private readonly int[] _src;
+        private readonly int _k, _gs, _kp, _chunkCodes, _zStride, _total;
+        private readonly bool _int4;
+        private readonly float _laneFactor;
+        private readonly long _firstCodeBytes;
+
+        public DecodeRowsJob(IReadOnlyList<PackedWeight> weights, IReadOnlyList<(nint Ptr, ScalarType Type)> biases)
         {
-            int inSize = type == ScalarType.Float32 ? 4 : 2;
-            bool magic = int4 && NibblesByMagic;
-            fixed (float* xq = xs, zq = zx, yq0 = ys)
+            _weights = weights.ToArray();
+            _biases = biases.ToArray();
+            var w0 = _weights[0];
+            _k = w0.In;
+            _gs = w0.GroupSize;
+            _int4 = w0.Bits == 4;
+            _src = SourceMap(w0, Layout(w0, true));
+            _kp = _src.Length;
+            _chunkCodes = _int4 ? QuantDecodeRows.Int4ChunkCodes(_gs) : _gs;
+            _zStride = (_k + _chunkCodes - 1) / _chunkCodes * 16;
+            _laneFactor = QuantDecodeRows.LaneFactor(w0.Zeros is not null, w0.MidZero);
+            _offsets = new int[_weights.Length + 1];
+            _outs = new int[_weights.Length];
+            _memory = new (nint, nint, nint)[_weights.Length];
+            for (int i = 0; i < _weights.Length; i++)
             {
-                for (int r = 0; r < m; r++)
-                {
-                    GatherRow(xp + (long)r * k * inSize, type, src, xq + (long)r * kp, k);
-                    QuantDecodeRows.LaneSums(xq + (long)r * kp, k, chunkCodes, QuantDecodeRows.LaneFactor(w0.Zeros is not null, w0.MidZero), zq + (long)r * zStride);
-                    if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq + (long)r * kp, k); // after the sums: they are of the inputs themselves
-                }
-                // Weight i's outputs: row r at Y + r·Out (its own tensor in float32, else its block of the float32 buffer).
-                var jobs = new (nint Codes, nint Scales, nint Zeros, nint Y, nint Out, nint Bias, ScalarType BiasType)[count];
-                for (int i = 0; i < count; i++)
-                {
-                    var at = weights[i].Memory;
-                    var op = outputs[i];
-                    jobs[i] = (at.Codes, at.Scales, at.Zeros, ys is null ? op : (nint)(yq0 + (long)offsets[i] * m), op, biases[i].Ptr, biases[i].Type);
-                }
-                nint xa = (nint)xq, za = (nint)zq;
-                DecodeKernels.RunWeights(offsets, (i, lo, hi) =>
-                {
-                    var (codes, scales, zeros, ya, op, bias, biasType) = jobs[i];
-                    int n = weights[i].Out;
-                    if (m > 1 && int4 && !magic)
-                        QuantDecodeRows.Int4RowsMany((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, kp, (float*)za, zStride, m, k, gs, lo, hi, (float*)ya, n);
-                    else if (m > 1 && !int4)
-                        QuantDecodeRows.Int8RowsMany((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, kp, (float*)za, zStride, m, k, gs, lo, hi, (float*)ya, n);
-                    else
-                        for (int r = 0; r < m; r++)
-                        {
-                            float* xr = (float*)xa + (long)r * kp, zr = (float*)za + (long)r * zStride, yr = (float*)ya + (long)r * n;
-                            if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
-                            else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
-                            else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
-                        }
-                    // Each thread finishes the rows it computed (bias, the output's dtype) while they are in its cache, in
-                    // parallel: on the calling thread after the job this was ≈ 1.2 % of a bf16-activation int4 step's main thread.
-                    for (int r = 0; r < m; r++)
-                        FinishRange((float*)ya + (long)r * n, (byte*)bias, biasType, (byte*)op + (long)r * n * inSize, type, lo, hi); // outputs take the input's dtype
-                }, int4 ? jobs[0].Codes : 0, w0.Codes.NumberOfElements * 4); // WeightPrefetch: int4 only (int8 measured no gain)
+                _outs[i] = _weights[i].Out;
+                _offsets[i + 1] = _offsets[i] + _outs[i];
+                var at = _weights[i].Memory;
+                _memory[i] = (at.Codes, at.Scales, at.Zeros);
             }
+            _total = _offsets[^1];
+            _firstCodeBytes = _int4 ? w0.Codes.NumberOfElements * 4 : 0;
         }
-        finally
+
+        /// <summary>The products of <paramref name="m"/> rows at <paramref name="xp"/> (of <paramref name="type"/>) into <paramref name="outputs"/>.</summary>
+        public void Run(byte* xp, ScalarType type, int m, IReadOnlyList<nint> outputs)
         {
-            ArrayPool<float>.Shared.Return(xs);
-            ArrayPool<float>.Shared.Return(zx);
-            if (ys is not null) ArrayPool<float>.Shared.Return(ys);
+            int k = _k, gs = _gs, kp = _kp, zStride = _zStride, count = _weights.Length;
+            bool int4 = _int4;
+            var xs = ArrayPool<float>.Shared.Rent(m * kp);
+            var zx = ArrayPool<float>.Shared.Rent(m * zStride);
+            var ys = type == ScalarType.Float32 ? null : ArrayPool<float>.Shared.Rent(m * _total);
+            try
+            {
+                int inSize = type == ScalarType.Float32 ? 4 : 2;
+                bool magic = int4 && NibblesByMagic;
+                fixed (float* xq = xs, zq = zx, yq0 = ys)
+                {
+                    for (int r = 0; r < m; r++)
+                    {
+                        GatherRow(xp + (long)r * k * inSize, type, _src, xq + (long)r * kp, k);
+                        QuantDecodeRows.LaneSums(xq + (long)r * kp, k, _chunkCodes, _laneFactor, zq + (long)r * zStride);
+                        if (magic) QuantDecodeRows.ByMagic.ScaleInputs(xq + (long)r * kp, k); // after the sums: they are of the inputs themselves
+                    }
+                    // Weight i's outputs: row r at Y + r·Out (the output itself in float32, else its block of the float32 buffer).
+                    var ya0 = new nint[count];
+                    var ops = new nint[count];
+                    for (int i = 0; i < count; i++)
+                    {
+                        ops[i] = outputs[i];
+                        ya0[i] = ys is null ? outputs[i] : (nint)(yq0 + (long)_offsets[i] * m);
+                    }
+                    nint xa = (nint)xq, za = (nint)zq;
+                    var memory = _memory;
+                    var biases = _biases;
+                    var outs = _outs;
+                    DecodeKernels.RunWeights(_offsets, (i, lo, hi) =>
+                    {
+                        var (codes, scales, zeros) = memory[i];
+                        nint ya = ya0[i];
+                        int n = outs[i];
+                        if (m > 1 && int4 && !magic)
+                            QuantDecodeRows.Int4RowsMany((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, kp, (float*)za, zStride, m, k, gs, lo, hi, (float*)ya, n);
+                        else if (m > 1 && !int4)
+                            QuantDecodeRows.Int8RowsMany((byte*)codes, (float*)scales, (float*)zeros, (float*)xa, kp, (float*)za, zStride, m, k, gs, lo, hi, (float*)ya, n);
+                        else
+                            for (int r = 0; r < m; r++)
+                            {
+                                float* xr = (float*)xa + (long)r * kp, zr = (float*)za + (long)r * zStride, yr = (float*)ya + (long)r * n;
+                                if (magic) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByMagic>((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
+                                else if (int4) QuantDecodeRows.Int4Rows<QuantDecodeRows.ByPermute>((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
+                                else QuantDecodeRows.Int8Rows((byte*)codes, (float*)scales, (float*)zeros, xr, zr, k, gs, lo, hi, yr);
+                            }
+                        // Each thread finishes the rows it computed (bias, the output's dtype) while they are in its cache, in
+                        // parallel: on the calling thread after the job this was ≈ 1.2 % of a bf16-activation int4 step's main thread.
+                        var (bias, biasType) = biases[i];
+                        for (int r = 0; r < m; r++)
+                            FinishRange((float*)ya + (long)r * n, (byte*)bias, biasType, (byte*)ops[i] + (long)r * n * inSize, type, lo, hi); // outputs take the input's dtype
+                    }, int4 ? memory[0].Codes : 0, _firstCodeBytes); // WeightPrefetch: int4 only (int8 measured no gain)
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(xs);
+                ArrayPool<float>.Shared.Return(zx);
+                if (ys is not null) ArrayPool<float>.Shared.Return(ys);
+            }
         }
     }
 

@@ -45,8 +45,12 @@ public static unsafe class SiluKernels
             || gate.device_type != DeviceType.CPU || up.device_type != DeviceType.CPU || !gate.is_contiguous() || !up.is_contiguous())
             return false;
         long n = gate.NumberOfElements;
-        return n > 0 && n <= GrainElements && n % LoopElements == 0 && up.NumberOfElements == n && gate.Shape().SequenceEqual(up.Shape());
+        return AppliesTo(n) && up.NumberOfElements == n && gate.Shape().SequenceEqual(up.Shape());
     }
+
+    /// <summary>The part of <see cref="Applies"/> that depends on the element count alone (contiguous float32 or bf16 gate and
+    /// up of one shape on the CPU being known, as for the decode layer's own buffers).</summary>
+    internal static bool AppliesTo(long n) => Enabled && Avx512F.IsSupported && n > 0 && n <= GrainElements && n % LoopElements == 0;
 
     /// <summary><c>silu(gate) * up</c> in the dtype (see <see cref="Applies"/>): a new tensor of gate's shape.</summary>
     public static Tensor SiluMul(Tensor gate, Tensor up)

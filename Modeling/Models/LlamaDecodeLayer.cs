@@ -35,21 +35,23 @@ public static unsafe class LlamaDecodeLayer
     private sealed class Scratch
     {
         private readonly Tensor?[] _slots = new Tensor?[(int)Slot.Count];
-        private readonly nint[] _pointers = new nint[(int)Slot.Count];
+        private readonly (long Rows, long Width, ScalarType Type, nint At)[] _shapes = new (long, long, ScalarType, nint)[(int)Slot.Count];
 
-        /// <summary>Slot <paramref name="s"/> as a contiguous (rows, width) tensor of <paramref name="dtype"/>, reused while its shape holds.</summary>
+        /// <summary>Slot <paramref name="s"/> as a contiguous (rows, width) tensor of <paramref name="dtype"/>, reused while its shape
+        /// holds (the shape kept here: no native call to look).</summary>
         public Tensor Get(Slot s, long rows, long width, ScalarType dtype)
         {
             var t = _slots[(int)s];
-            if (t is not null && t.dtype == dtype && t.size(0) == rows && t.size(1) == width) return t;
+            var (r, w, type, _) = _shapes[(int)s];
+            if (t is not null && type == dtype && r == rows && w == width) return t;
             t?.Dispose();
             t = _slots[(int)s] = empty(new[] { rows, width }, dtype).DetachFromDisposeScope(); // kept past the caller's scope
-            _pointers[(int)s] = (nint)TensorMemory.Pointer(t);
+            _shapes[(int)s] = (rows, width, dtype, (nint)TensorMemory.Pointer(t));
             return t;
         }
 
         /// <summary>The data of slot <paramref name="s"/> (after <see cref="Get"/>).</summary>
-        public byte* At(Slot s) => (byte*)_pointers[(int)s];
+        public byte* At(Slot s) => (byte*)_shapes[(int)s].At;
     }
 
     /// <summary>
@@ -61,37 +63,65 @@ public static unsafe class LlamaDecodeLayer
     {
         public required object?[] Key;
         public required Group?[] Groups;
+        /// <summary>The norms' weights (their tensors are part of the key), each contiguous, one-dimensional, on the CPU.</summary>
+        public required nint InputNorm, PostNorm;
+        public required ScalarType NormType;
+        public required long NormWidth;
+        /// <summary>False: the norms' weights do not suit the kernels (the block always goes the generic way).</summary>
+        public bool Usable = true;
     }
 
-    internal sealed record Group(PackedWeight[] Weights, (nint Ptr, ScalarType Type)[] Biases);
+    internal sealed record Group(PackedWeight[] Weights, QuantKernels.DecodeRowsJob Job);
 
-    private static object?[] KeyOf(Linear[] all)
+    /// <summary>The objects a plan was made from: each product's weight (packed or float) and bias, then the two norms' weights.</summary>
+    private static bool SameKey(object?[]? key, LlamaDecoderLayer layer, LlamaAttention attn, LlamaMlp mlp)
     {
-        var key = new object?[2 * all.Length];
-        for (int i = 0; i < all.Length; i++)
+        if (key is null) return false;
+        int i = 0;
+        bool Same(object? o) => ReferenceEquals(key[i++], o);
+        foreach (var l in new[] { attn.Q, attn.K, attn.V, attn.O, mlp.Gate, mlp.Up, mlp.Down })
+            if (!Same((object?)l.Quantized?.Packed ?? l.Weight.Tensor) || !Same(l.Bias?.Tensor)) return false;
+        return Same(layer.InputNorm.Weight.Tensor) && Same(layer.PostNorm.Weight.Tensor);
+    }
+
+    /// <summary>The block's plan, made again when a weight object changed; null when its norms' weights do not suit the kernels.</summary>
+    private static Plan? PlanOf(LlamaDecoderLayer layer, LlamaAttention attn, LlamaMlp mlp)
+    {
+        if (layer.DecodePlan is { } plan && SameKey(plan.Key, layer, attn, mlp)) return plan.Usable ? plan : null;
+        var linears = new[] { attn.Q, attn.K, attn.V, attn.O, mlp.Gate, mlp.Up, mlp.Down };
+        var key = linears.SelectMany(l => new[] { (object?)l.Quantized?.Packed ?? l.Weight.Tensor, l.Bias?.Tensor })
+            .Append(layer.InputNorm.Weight.Tensor).Append(layer.PostNorm.Weight.Tensor).ToArray();
+        Tensor inW = layer.InputNorm.Weight.Tensor, postW = layer.PostNorm.Weight.Tensor;
+        bool Norm(Tensor w) => w.device_type == DeviceType.CPU && w.is_contiguous() && w.dim() == 1 && w.dtype == inW.dtype && w.size(0) == inW.size(0);
+        if (!Norm(inW) || !Norm(postW))
         {
-            key[2 * i] = (object?)all[i].Quantized?.Packed ?? all[i].Weight.Tensor;
-            key[2 * i + 1] = all[i].Bias?.Tensor;
+            layer.DecodePlan = new Plan { Key = key, Groups = Array.Empty<Group?>(), InputNorm = 0, PostNorm = 0, NormType = inW.dtype, NormWidth = 0, Usable = false };
+            return null;
         }
-        return key;
-    }
-
-    private static Plan PlanOf(LlamaDecoderLayer layer, LlamaAttention attn, LlamaMlp mlp)
-    {
         var groups = new[] { new[] { attn.Q, attn.K, attn.V }, new[] { attn.O }, new[] { mlp.Gate, mlp.Up }, new[] { mlp.Down } };
-        var all = groups.SelectMany(g => g).ToArray();
-        if (layer.DecodePlan is { } plan && SameKey(plan.Key, all)) return plan;
-        var built = new Plan { Key = KeyOf(all), Groups = groups.Select(PackedGroup).ToArray() };
+        var built = new Plan
+        {
+            Key = key, Groups = groups.Select(PackedGroup).ToArray(), InputNorm = (nint)TensorMemory.Pointer(inW), PostNorm = (nint)TensorMemory.Pointer(postW),
+            NormType = inW.dtype, NormWidth = inW.size(0),
+        };
         layer.DecodePlan = built;
         return built;
     }
 
-    private static bool SameKey(object?[] key, Linear[] all)
+    /// <summary>Whether the step's rotary tables suit the kernel (<see cref="StepKernels.RotaryPairApplies"/> for tables), kept
+    /// for the last batch this thread saw: every block of a step has the same.</summary>
+    [ThreadStatic] private static (RaggedBatch? Batch, ScalarType Type, int HeadDim, bool Fits) _tables;
+
+    private static bool TablesFit(RaggedBatch batch, Tensor cos, Tensor sin, ScalarType dtype, int headDim, long n)
     {
-        for (int i = 0; i < all.Length; i++)
-            if (!ReferenceEquals(key[2 * i], (object?)all[i].Quantized?.Packed ?? all[i].Weight.Tensor) || !ReferenceEquals(key[2 * i + 1], all[i].Bias?.Tensor))
-                return false;
-        return true;
+        var (b, type, hd, fits) = _tables;
+        if (ReferenceEquals(b, batch) && type == dtype && hd == headDim) return fits;
+        long[] cs = cos.Shape(), ss = sin.Shape();
+        fits = headDim > 0 && headDim % 2 == 0 && cos.dtype == dtype && sin.dtype == dtype && cos.device_type == DeviceType.CPU && sin.device_type == DeviceType.CPU
+            && cs.Length == 3 && ss.Length == 3 && cs[0] == n && cs[1] == 1 && cs[2] == headDim && ss[0] == n && ss[1] == 1 && ss[2] == headDim
+            && cos.is_contiguous() && sin.is_contiguous();
+        _tables = (batch, dtype, headDim, fits);
+        return fits;
     }
 
     /// <summary>The group's packed weights when every one is packed, they share one gathered input
@@ -108,7 +138,7 @@ public static unsafe class LlamaDecodeLayer
             if (b is not null && (!b.is_contiguous() || b.device_type != DeviceType.CPU)) return null;
             biases[i] = (b is null ? 0 : (nint)TensorMemory.Pointer(b), b?.dtype ?? ScalarType.Float32);
         }
-        return new Group(weights, biases);
+        return new Group(weights, new QuantKernels.DecodeRowsJob(weights, biases));
     }
 
     /// <summary>The block's output for <paramref name="x"/> (N, H), or null when the step is not one this path takes.</summary>
@@ -124,12 +154,12 @@ public static unsafe class LlamaDecodeLayer
             || Hooked(layer, attn, mlp))
             return null;
         long n = x.size(0), hidden = x.size(1);
-        var inW = layer.InputNorm.Weight.Tensor;
-        if (!DecodeKernels.RmsNormApplies(x, inW) || layer.PostNorm.Weight.Tensor is not { } postW || !StepKernels.AddRmsNormApplies(x, x, postW)) return null;
+        if (n < 1 || n > StepKernels.MaxRows || PlanOf(layer, attn, mlp) is not { } plan || plan.NormType != dtype || plan.NormWidth != hidden
+            || !TablesFit(batch, cos, sin, dtype, c.HeadDim, n))
+            return null;
         bool bf16 = dtype == ScalarType.BFloat16;
         int d = (int)hidden, rows = (int)n;
         var scratch = _scratch ??= new Scratch();
-        var plan = PlanOf(layer, attn, mlp);
         _taken++;
         var owned = new List<Tensor>(4); // products the generic dispatch made: disposed at the end
 
@@ -137,33 +167,39 @@ public static unsafe class LlamaDecodeLayer
         {
             // input_layernorm, then q, k, v in one job
             var normed = scratch.Get(Slot.Normed, n, hidden, dtype);
-            StepKernels.RmsNormRows((byte*)TensorMemory.Pointer(x), (byte*)TensorMemory.Pointer(inW), scratch.At(Slot.Normed), bf16, d, rows, layer.InputNorm.Eps);
-            var qkv = Products(plan.Groups[0], normed, rows, dtype, new[] { attn.Q, attn.K, attn.V }, scratch, new[] { Slot.Q, Slot.K, Slot.V }, owned);
+            byte* xp = (byte*)TensorMemory.Pointer(x);
+            StepKernels.RmsNormRows(xp, (byte*)plan.InputNorm, scratch.At(Slot.Normed), bf16, d, rows, layer.InputNorm.Eps);
+            var qkv = Products(plan.Groups[0], normed, scratch.At(Slot.Normed), rows, dtype, new[] { attn.Q, attn.K, attn.V }, scratch, new[] { Slot.Q, Slot.K, Slot.V }, owned);
             var (q, k, v) = (qkv[0], qkv[1], qkv[2]);
-            if (!StepKernels.RotaryPairApplies(q, k, cos, sin, c.HeadDim) || !DecodeAttention.Supports(q)) return null; // nothing written yet: the generic path starts over
+            if (plan.Groups[0] is null && (!StepKernels.RotaryPairApplies(q, k, cos, sin, c.HeadDim) || !DecodeAttention.Supports(q)))
+                return null; // nothing written yet: the generic path starts over (the buffers' own products suit both)
             StepKernels.RotaryPairInPlace(q, k, cos, sin, c.HeadDim);
             var attended = scratch.Get(Slot.Attended, n, (long)c.NumHeads * c.HeadDim, dtype);
             DecodeAttention.Run(attn.Index, q, k, v, new DecodeAttention.Shape(c.NumHeads, c.NumKvHeads, c.HeadDim, 1.0 / Math.Sqrt(c.HeadDim)), batch.DecodeSegments, attended);
-            var delta = Products(plan.Groups[1], attended, rows, dtype, new[] { attn.O }, scratch, new[] { Slot.Delta }, owned)[0];
+            var delta = Products(plan.Groups[1], attended, scratch.At(Slot.Attended), rows, dtype, new[] { attn.O }, scratch, new[] { Slot.Delta }, owned)[0];
             // The cache holds this step's keys now: from here on a part the kernels do not take finishes the generic way.
-            if (delta.dtype != dtype || !delta.is_contiguous()) return FinishGeneric(layer, x, delta);
+            if (plan.Groups[1] is null && (delta.dtype != dtype || !delta.is_contiguous())) return FinishGeneric(layer, x, delta);
+            byte* deltaAt = plan.Groups[1] is null ? (byte*)TensorMemory.Pointer(delta) : scratch.At(Slot.Delta);
 
             // h = x + attention and post_attention_layernorm of it, in one pass; then gate and up in one job
             scratch.Get(Slot.Sum, n, hidden, dtype);
-            StepKernels.AddRmsNormRows((byte*)TensorMemory.Pointer(x), (byte*)TensorMemory.Pointer(delta), (byte*)TensorMemory.Pointer(postW),
-                scratch.At(Slot.Sum), scratch.At(Slot.Normed), bf16, d, rows, layer.PostNorm.Eps);
-            var gateUp = Products(plan.Groups[2], normed, rows, dtype, new[] { mlp.Gate, mlp.Up }, scratch, new[] { Slot.Gate, Slot.Up }, owned);
-            if (!SiluKernels.Applies(gateUp[0], gateUp[1])) return FinishGeneric(layer, x, delta);
-            var gated = scratch.Get(Slot.Gated, n, gateUp[0].size(1), dtype);
-            int gn = (int)gateUp[0].NumberOfElements;
-            if (bf16) SiluKernels.Bf16((ushort*)TensorMemory.Pointer(gateUp[0]), (ushort*)TensorMemory.Pointer(gateUp[1]), (ushort*)scratch.At(Slot.Gated), gn);
-            else SiluKernels.Float32((float*)TensorMemory.Pointer(gateUp[0]), (float*)TensorMemory.Pointer(gateUp[1]), (float*)scratch.At(Slot.Gated), gn);
-            var down = Products(plan.Groups[3], gated, rows, dtype, new[] { mlp.Down }, scratch, new[] { Slot.Down }, owned)[0];
-            if (down.dtype != dtype || !down.is_contiguous()) return FinishGeneric(layer, x, delta);
+            StepKernels.AddRmsNormRows(xp, deltaAt, (byte*)plan.PostNorm, scratch.At(Slot.Sum), scratch.At(Slot.Normed), bf16, d, rows, layer.PostNorm.Eps);
+            var gateUp = Products(plan.Groups[2], normed, scratch.At(Slot.Normed), rows, dtype, new[] { mlp.Gate, mlp.Up }, scratch, new[] { Slot.Gate, Slot.Up }, owned);
+            bool ownGateUp = plan.Groups[2] is not null;
+            long inter = ownGateUp ? plan.Groups[2]!.Weights[0].Out : gateUp[0].size(1);
+            if (ownGateUp ? plan.Groups[2]!.Weights[1].Out != inter || !SiluKernels.AppliesTo(n * inter) : !SiluKernels.Applies(gateUp[0], gateUp[1]))
+                return FinishGeneric(layer, x, delta);
+            var gated = scratch.Get(Slot.Gated, n, inter, dtype);
+            int gn = (int)(n * inter);
+            byte* g = ownGateUp ? scratch.At(Slot.Gate) : (byte*)TensorMemory.Pointer(gateUp[0]), u = ownGateUp ? scratch.At(Slot.Up) : (byte*)TensorMemory.Pointer(gateUp[1]);
+            if (bf16) SiluKernels.Bf16((ushort*)g, (ushort*)u, (ushort*)scratch.At(Slot.Gated), gn);
+            else SiluKernels.Float32((float*)g, (float*)u, (float*)scratch.At(Slot.Gated), gn);
+            var down = Products(plan.Groups[3], gated, scratch.At(Slot.Gated), rows, dtype, new[] { mlp.Down }, scratch, new[] { Slot.Down }, owned)[0];
+            if (plan.Groups[3] is null && (down.dtype != dtype || !down.is_contiguous())) return FinishGeneric(layer, x, delta);
 
             // the block's output: h + mlp, in the dtype (as libtorch adds two tensors of it)
             var y = empty(new[] { n, hidden }, dtype);
-            StepKernels.AddElements(scratch.At(Slot.Sum), (byte*)TensorMemory.Pointer(down), (byte*)TensorMemory.Pointer(y), bf16, rows * d);
+            StepKernels.AddElements(scratch.At(Slot.Sum), plan.Groups[3] is null ? (byte*)TensorMemory.Pointer(down) : scratch.At(Slot.Down), (byte*)TensorMemory.Pointer(y), bf16, rows * d);
             return y;
         }
         finally
@@ -177,7 +213,7 @@ public static unsafe class LlamaDecodeLayer
     /// <paramref name="slots"/> through the packed decode kernel when the plan has the group, else <see cref="Linear"/>'s
     /// dispatch (its tensors, added to <paramref name="owned"/>). The values are the same either way.
     /// </summary>
-    private static Tensor[] Products(Group? group, Tensor input, int rows, ScalarType dtype, Linear[] linears, Scratch scratch, Slot[] slots, List<Tensor> owned)
+    private static Tensor[] Products(Group? group, Tensor input, byte* inputAt, int rows, ScalarType dtype, Linear[] linears, Scratch scratch, Slot[] slots, List<Tensor> owned)
     {
         if (group is not null && rows < QuantKernels.DenseRows && (rows == 1 || QuantKernels.ManyRowsEnabled))
         {
@@ -188,7 +224,7 @@ public static unsafe class LlamaDecodeLayer
                 outputs[i] = scratch.Get(slots[i], rows, group.Weights[i].Out, dtype);
                 at[i] = (nint)scratch.At(slots[i]);
             }
-            QuantKernels.DecodeRowsInto((byte*)TensorMemory.Pointer(input), dtype, rows, group.Weights, group.Biases, at);
+            group.Job.Run(inputAt, dtype, rows, at);
             return outputs;
         }
         var made = linears.Length == 1 ? new[] { linears[0].Forward(input) } : Linear.Forward(input, linears);
