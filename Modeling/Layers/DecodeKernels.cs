@@ -30,8 +30,11 @@ public static unsafe class DecodeKernels
         if (weight.dtype != ScalarType.BFloat16 || x.dtype != ScalarType.BFloat16 || !System.Runtime.Intrinsics.X86.Avx512F.IsSupported
             || weight.device_type != DeviceType.CPU || x.device_type != DeviceType.CPU || !weight.is_contiguous()) return false;
         long[] ws = weight.Shape(); // one native read each (a step checks ~85 Linears)
-        return ws.Length == 2 && x.Shape()[^1] == ws[1] && x.NumberOfElements / ws[1] <= MaxRows;
+        return ws.Length == 2 && x.Shape()[^1] == ws[1] && TakesRows(x.NumberOfElements / ws[1]);
     }
+
+    /// <summary>The part of <see cref="Applies"/> that depends on the machine and the input's row count.</summary>
+    internal static bool TakesRows(long m) => System.Runtime.Intrinsics.X86.Avx512F.IsSupported && m <= MaxRows;
 
     /// <summary><c>F.linear(x, weight, bias)</c> for bf16: (…, K) × (N, K)ᵀ → (…, N), one libtorch call (the output).</summary>
     public static Tensor LinearBf16(Tensor x, Tensor weight, Tensor? bias) => LinearsBf16(x, new[] { weight }, new[] { bias })[0];
@@ -52,48 +55,78 @@ public static unsafe class DecodeKernels
         int m = (int)(xshape.Aggregate(1L, (a, d) => a * d) / k);
         int count = weights.Count;
         var ns = new int[count];
-        var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
         var ws = new nint[count];
         for (int i = 0; i < count; i++)
         {
             long[] shape = weights[i].Shape();
             if (shape[1] != k) throw new ArgumentException($"weight {i} takes {shape[1]} inputs, not {k}");
             ns[i] = (int)shape[0];
-            offsets[i + 1] = offsets[i] + ns[i];
             ws[i] = (nint)TensorMemory.Pointer(weights[i]);
         }
-        int total = offsets[count];
         var input = x.is_contiguous() ? x : x.contiguous();
         var outputs = new Tensor[count];
-        for (int i = 0; i < count; i++)
+        var outs = new nint[count];
+        var bs = new nint[count];
+        var converted = new List<Tensor>();
+        try
         {
-            xshape[^1] = ns[i];
-            outputs[i] = empty(xshape, ScalarType.BFloat16);
+            for (int i = 0; i < count; i++)
+            {
+                xshape[^1] = ns[i];
+                outputs[i] = empty(xshape, ScalarType.BFloat16);
+                outs[i] = (nint)TensorMemory.Pointer(outputs[i]);
+                if (biases[i] is { } bias)
+                {
+                    var b = bias.dtype == ScalarType.BFloat16 && bias.is_contiguous() ? bias : bias.to(ScalarType.BFloat16).contiguous();
+                    if (!ReferenceEquals(b, bias)) converted.Add(b);
+                    bs[i] = (nint)TensorMemory.Pointer(b);
+                }
+            }
+            LinearsBf16Into((ushort*)TensorMemory.Pointer(input), m, k, ws, ns, bs, outs);
         }
+        finally
+        {
+            if (!ReferenceEquals(input, x)) input.Dispose();
+            foreach (var b in converted) b.Dispose();
+        }
+        return outputs;
+    }
+
+    /// <summary>
+    /// <see cref="LinearsBf16"/> at pointers: <paramref name="m"/> contiguous bf16 input rows of <paramref name="k"/>; weight i
+    /// (contiguous bf16, <paramref name="ns"/>[i] × k) at <paramref name="weights"/>[i], its contiguous bf16 bias or 0, its
+    /// (m, ns[i]) bf16 outputs at <paramref name="outputs"/>[i]. The decode layer (<c>LlamaDecodeLayer</c>) writes into
+    /// buffers it keeps; the tensor form allocates them.
+    /// </summary>
+    internal static void LinearsBf16Into(ushort* x, int m, int k, IReadOnlyList<nint> weights, IReadOnlyList<int> ns, IReadOnlyList<nint> biases, IReadOnlyList<nint> outputs)
+    {
+        int count = weights.Count;
+        var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
+        for (int i = 0; i < count; i++) offsets[i + 1] = offsets[i] + ns[i];
+        int total = offsets[count];
         int xn = m * k, yn = m * total;
         var xs = ArrayPool<float>.Shared.Rent(xn); // the input rows widened once; pooled, as a head's output (vocab floats) would be a large-object allocation per token
         var ys = ArrayPool<float>.Shared.Rent(yn); // weight i's (m, n_i) outputs from m·offsets[i]
         try
         {
-            var xb = (ushort*)TensorMemory.Pointer(input);
-            fixed (float* xw = xs) StepKernels.Widen((byte*)xb, bf16: true, xw, xn);
+            fixed (float* xw = xs) StepKernels.Widen((byte*)x, bf16: true, xw, xn);
             fixed (float* xp = xs, yp = ys)
             {
                 float* xq = xp, yq = yp;
-                RunWeights(offsets, (i, lo, hi) => Rows((ushort*)ws[i], xq, yq + (long)m * offsets[i], k, ns[i], m, lo, hi)); // no WeightPrefetch: measured no gain in bf16
+                var w = weights;
+                var n = ns;
+                RunWeights(offsets, (i, lo, hi) => Rows((ushort*)w[i], xq, yq + (long)m * offsets[i], k, n[i], m, lo, hi)); // no WeightPrefetch: measured no gain in bf16
             }
             for (int i = 0; i < count; i++)
             {
                 int n = ns[i], at = m * offsets[i];
-                if (biases[i] is { } bias)
+                if (biases[i] != 0)
                 {
-                    var b = bias.dtype == ScalarType.BFloat16 && bias.is_contiguous() ? bias : bias.to(ScalarType.BFloat16).contiguous();
-                    var bp = (ushort*)TensorMemory.Pointer(b);
+                    var bp = (ushort*)biases[i];
                     for (int r = 0; r < m; r++)
                         for (int j = 0; j < n; j++) ys[at + r * n + j] += ToFloat(bp[j]);
-                    if (!ReferenceEquals(b, bias)) b.Dispose();
                 }
-                fixed (float* yw = ys) StepKernels.Narrow(yw + at, (byte*)TensorMemory.Pointer(outputs[i]), bf16: true, m * n); // vectorised rounding (a head's row is the vocabulary)
+                fixed (float* yw = ys) StepKernels.Narrow(yw + at, (byte*)outputs[i], bf16: true, m * n); // vectorised rounding (a head's row is the vocabulary)
             }
         }
         finally
@@ -101,8 +134,6 @@ public static unsafe class DecodeKernels
             ArrayPool<float>.Shared.Return(xs);
             ArrayPool<float>.Shared.Return(ys);
         }
-        if (!ReferenceEquals(input, x)) input.Dispose();
-        return outputs;
     }
 
     /// <summary>Whether <see cref="RmsNorm"/> applies: a float32 or bf16 input of at most <see cref="StepKernels.MaxRows"/> rows on CPU, weight of its dtype.</summary>

@@ -36,10 +36,13 @@ public static unsafe partial class Fp32Kernels
 
     /// <summary>Whether <see cref="Linear"/> applies: float32 weight and input on CPU, few rows, contiguous 2-D weight, a vector unit.</summary>
     public static bool Applies(Tensor x, Tensor weight) =>
-        Enabled && Accelerated && weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32 && weight.dim() == 2
+        weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32 && weight.dim() == 2
         && weight.device_type == DeviceType.CPU && x.device_type == DeviceType.CPU && weight.is_contiguous()
         && x.Shape()[^1] == weight.Shape()[1] && weight.Shape()[1] > 0 && x.NumberOfElements > 0
-        && (Fp32LongInputs.Enabled || x.NumberOfElements / weight.Shape()[1] <= MaxRows);
+        && TakesRows(x.NumberOfElements / weight.Shape()[1]);
+
+    /// <summary>The part of <see cref="Applies"/> that depends on the machine, the settings and the input's row count.</summary>
+    internal static bool TakesRows(long m) => Enabled && Accelerated && m > 0 && (Fp32LongInputs.Enabled || m <= MaxRows);
 
     /// <summary><c>F.linear(x, weight, bias)</c> for float32: (…, K) × (N, K)ᵀ → (…, N), written straight into the output tensor.</summary>
     public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias) => Linear(x, weight, bias, portable: !Avx512F.IsSupported);
@@ -65,8 +68,10 @@ public static unsafe partial class Fp32Kernels
         if (weights.Count == 0 || biases.Count != weights.Count) throw new ArgumentException("one bias (or null) per weight, at least one weight");
         long[] shape = x.Shape();
         int k = (int)shape[^1], m = (int)(x.NumberOfElements / k), count = weights.Count;
-        var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
-        var jobs = new (nint W, nint Y, nint Bias, int N)[count];
+        var ws = new nint[count];
+        var ns = new int[count];
+        var bs = new nint[count];
+        var outs = new nint[count];
         var outputs = new Tensor[count];
         var converted = new List<Tensor>();
         var input = x.is_contiguous() ? x : x.contiguous();
@@ -76,20 +81,14 @@ public static unsafe partial class Fp32Kernels
             {
                 int n = (int)weights[i].size(0);
                 if (weights[i].size(1) != k) throw new ArgumentException($"weight {i} takes {weights[i].size(1)} inputs, not {k}");
-                offsets[i + 1] = offsets[i] + n;
                 shape[^1] = n;
                 outputs[i] = empty(shape, ScalarType.Float32);
                 var bias = biases[i];
                 var b = bias is null ? null : bias.dtype == ScalarType.Float32 && bias.is_contiguous() ? bias : bias.to(ScalarType.Float32).contiguous();
                 if (b is not null && !ReferenceEquals(b, bias)) converted.Add(b);
-                jobs[i] = ((nint)TensorMemory.Pointer(weights[i]), (nint)TensorMemory.Pointer(outputs[i]), b is null ? 0 : (nint)TensorMemory.Pointer(b), n);
+                (ws[i], ns[i], bs[i], outs[i]) = ((nint)TensorMemory.Pointer(weights[i]), n, b is null ? 0 : (nint)TensorMemory.Pointer(b), (nint)TensorMemory.Pointer(outputs[i]));
             }
-            float* xp = (float*)TensorMemory.Pointer(input);
-            DecodeKernels.RunWeights(offsets, (i, lo, hi) =>
-            {
-                var (w, y, bp, n) = jobs[i];
-                RowsOf((float*)w, xp, (float*)y, (float*)bp, k, n, m, lo, hi, portable);
-            }); // no WeightPrefetch: float32 weights outgrow L2, and it measured no gain (BENCHMARKS.md, session 15)
+            LinearsInto((float*)TensorMemory.Pointer(input), m, k, ws, ns, bs, outs, portable);
         }
         finally
         {
@@ -97,6 +96,21 @@ public static unsafe partial class Fp32Kernels
             foreach (var b in converted) b.Dispose();
         }
         return outputs;
+    }
+
+    /// <summary>
+    /// <see cref="Linears(Tensor, IReadOnlyList{Tensor}, IReadOnlyList{Tensor?})"/> at pointers: <paramref name="m"/> contiguous
+    /// float32 input rows of <paramref name="k"/>; weight i (contiguous, <paramref name="ns"/>[i] × k) at
+    /// <paramref name="weights"/>[i], its contiguous float32 bias or 0, its (m, ns[i]) outputs at <paramref name="outputs"/>[i].
+    /// The decode layer (<c>LlamaDecodeLayer</c>) writes into buffers it keeps; the tensor form allocates them.
+    /// </summary>
+    internal static void LinearsInto(float* x, int m, int k, IReadOnlyList<nint> weights, IReadOnlyList<int> ns, IReadOnlyList<nint> biases, IReadOnlyList<nint> outputs, bool portable)
+    {
+        int count = weights.Count;
+        var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
+        for (int i = 0; i < count; i++) offsets[i + 1] = offsets[i] + ns[i];
+        DecodeKernels.RunWeights(offsets, (i, lo, hi) => RowsOf((float*)weights[i], x, (float*)outputs[i], (float*)biases[i], k, ns[i], m, lo, hi, portable));
+        // no WeightPrefetch: float32 weights outgrow L2, and it measured no gain (BENCHMARKS.md, session 15)
     }
 
 

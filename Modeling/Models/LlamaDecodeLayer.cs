@@ -71,7 +71,38 @@ public static unsafe class LlamaDecodeLayer
         public bool Usable = true;
     }
 
-    internal sealed record Group(PackedWeight[] Weights, QuantKernels.DecodeRowsJob Job);
+    /// <summary>A group of a block's products (q/k/v, o, gate/up, down) that one kernel job runs into the thread's buffers.</summary>
+    internal abstract class Group
+    {
+        /// <summary>Each product's outputs per row.</summary>
+        public required int[] Outs;
+        /// <summary>Whether the generic dispatch would take this group's kernel for <paramref name="rows"/> rows of <paramref name="dtype"/>.</summary>
+        public abstract bool Takes(ScalarType dtype, int rows);
+        public abstract void Run(byte* input, ScalarType dtype, int rows, nint[] outputs);
+    }
+
+    /// <summary>Packed weights of one gathered input (<see cref="QuantKernels.DecodeRowsTogether"/>): <see cref="QuantKernels.DecodeRowsJob"/>.</summary>
+    private sealed class PackedProducts : Group
+    {
+        public required QuantKernels.DecodeRowsJob Job;
+        public override bool Takes(ScalarType dtype, int rows) => rows < QuantKernels.DenseRows && (rows == 1 || QuantKernels.ManyRowsEnabled);
+        public override void Run(byte* input, ScalarType dtype, int rows, nint[] outputs) => Job.Run(input, dtype, rows, outputs);
+    }
+
+    /// <summary>bf16 or float32 weights (contiguous, on the CPU, biases of their dtype): <see cref="DecodeKernels.LinearsBf16Into"/>, <see cref="Fp32Kernels.LinearsInto"/>.</summary>
+    private sealed class DenseProducts : Group
+    {
+        public required ScalarType Type;
+        public required int In;
+        public required nint[] Weights, Biases;
+        public override bool Takes(ScalarType dtype, int rows) =>
+            dtype == Type && (Type == ScalarType.BFloat16 ? DecodeKernels.TakesRows(rows) : Fp32Kernels.TakesRows(rows));
+        public override void Run(byte* input, ScalarType dtype, int rows, nint[] outputs)
+        {
+            if (Type == ScalarType.BFloat16) DecodeKernels.LinearsBf16Into((ushort*)input, rows, In, Weights, Outs, Biases, outputs);
+            else Fp32Kernels.LinearsInto((float*)input, rows, In, Weights, Outs, Biases, outputs, portable: !System.Runtime.Intrinsics.X86.Avx512F.IsSupported);
+        }
+    }
 
     /// <summary>The objects a plan was made from: each product's weight (packed or float) and bias, then the two norms' weights.</summary>
     private static bool SameKey(object?[]? key, LlamaDecoderLayer layer, LlamaAttention attn, LlamaMlp mlp)
@@ -98,10 +129,13 @@ public static unsafe class LlamaDecodeLayer
             layer.DecodePlan = new Plan { Key = key, Groups = Array.Empty<Group?>(), InputNorm = 0, PostNorm = 0, NormType = inW.dtype, NormWidth = 0, Usable = false };
             return null;
         }
-        var groups = new[] { new[] { attn.Q, attn.K, attn.V }, new[] { attn.O }, new[] { mlp.Gate, mlp.Up }, new[] { mlp.Down } };
+        var c = attn.Settings;
+        long hidden = inW.size(0), heads = (long)c.NumHeads * c.HeadDim, inter = mlp.Down.Quantized?.Packed?.In ?? mlp.Down.Weight.Shape[1];
         var built = new Plan
         {
-            Key = key, Groups = groups.Select(PackedGroup).ToArray(), InputNorm = (nint)TensorMemory.Pointer(inW), PostNorm = (nint)TensorMemory.Pointer(postW),
+            Key = key,
+            Groups = new[] { GroupOf(new[] { attn.Q, attn.K, attn.V }, (int)hidden), GroupOf(new[] { attn.O }, (int)heads),
+                GroupOf(new[] { mlp.Gate, mlp.Up }, (int)hidden), GroupOf(new[] { mlp.Down }, (int)inter) }, InputNorm = (nint)TensorMemory.Pointer(inW), PostNorm = (nint)TensorMemory.Pointer(postW),
             NormType = inW.dtype, NormWidth = inW.size(0),
         };
         layer.DecodePlan = built;
@@ -124,21 +158,47 @@ public static unsafe class LlamaDecodeLayer
         return fits;
     }
 
-    /// <summary>The group's packed weights when every one is packed, they share one gathered input
-    /// (<see cref="QuantKernels.DecodeRowsTogether"/>) and their biases are contiguous; else null.</summary>
-    private static Group? PackedGroup(Linear[] linears)
+    /// <summary>
+    /// How a group's products run into the buffers: packed weights that share one gathered input and have contiguous
+    /// biases (<see cref="PackedProducts"/>); bf16 or float32 weights, each contiguous and two-dimensional on the CPU with
+    /// biases of their dtype (<see cref="DenseProducts"/>); else null (<see cref="Linear"/>'s dispatch, fresh tensors).
+    /// </summary>
+    private static Group? GroupOf(Linear[] linears, int inputs)
     {
-        if (!linears.All(l => l.Quantized?.Packed is not null)) return null;
-        var weights = linears.Select(l => l.Quantized!.Packed!).ToArray();
-        if (!QuantKernels.DecodeRowsTogether(weights)) return null;
-        var biases = new (nint, ScalarType)[linears.Length];
+        var biases = new nint[linears.Length];
+        var biasTypes = new ScalarType[linears.Length];
         for (int i = 0; i < linears.Length; i++)
         {
             var b = linears[i].Bias?.Tensor;
             if (b is not null && (!b.is_contiguous() || b.device_type != DeviceType.CPU)) return null;
-            biases[i] = (b is null ? 0 : (nint)TensorMemory.Pointer(b), b?.dtype ?? ScalarType.Float32);
+            biases[i] = b is null ? 0 : (nint)TensorMemory.Pointer(b);
+            biasTypes[i] = b?.dtype ?? ScalarType.Float32;
         }
-        return new Group(weights, new QuantKernels.DecodeRowsJob(weights, biases));
+        if (linears.All(l => l.Quantized?.Packed is not null))
+        {
+            var packed = linears.Select(l => l.Quantized!.Packed!).ToArray();
+            if (packed.Any(w => w.In != inputs) || !QuantKernels.DecodeRowsTogether(packed)) return null;
+            return new PackedProducts
+            {
+                Outs = packed.Select(w => w.Out).ToArray(),
+                Job = new QuantKernels.DecodeRowsJob(packed, biases.Select((p, i) => (p, biasTypes[i])).ToArray()),
+            };
+        }
+        if (linears.Any(l => l.Quantized is not null)) return null;
+        var weights = linears.Select(l => l.Weight.Tensor).ToArray();
+        var type = weights[0].dtype;
+        if (type is not (ScalarType.BFloat16 or ScalarType.Float32)) return null;
+        for (int i = 0; i < weights.Length; i++)
+        {
+            var w = weights[i];
+            if (w.dtype != type || w.device_type != DeviceType.CPU || !w.is_contiguous() || w.dim() != 2 || w.size(1) != inputs || w.size(0) < 1
+                || biases[i] != 0 && biasTypes[i] != type) return null;
+        }
+        return new DenseProducts
+        {
+            Type = type, In = inputs, Outs = weights.Select(w => (int)w.size(0)).ToArray(),
+            Weights = weights.Select(w => (nint)TensorMemory.Pointer(w)).ToArray(), Biases = biases,
+        };
     }
 
     /// <summary>The block's output for <paramref name="x"/> (N, H), or null when the step is not one this path takes.</summary>
@@ -169,37 +229,36 @@ public static unsafe class LlamaDecodeLayer
             var normed = scratch.Get(Slot.Normed, n, hidden, dtype);
             byte* xp = (byte*)TensorMemory.Pointer(x);
             StepKernels.RmsNormRows(xp, (byte*)plan.InputNorm, scratch.At(Slot.Normed), bf16, d, rows, layer.InputNorm.Eps);
-            var qkv = Products(plan.Groups[0], normed, scratch.At(Slot.Normed), rows, dtype, new[] { attn.Q, attn.K, attn.V }, scratch, new[] { Slot.Q, Slot.K, Slot.V }, owned);
+            var qkv = Products(plan.Groups[0], normed, scratch.At(Slot.Normed), rows, dtype, new[] { attn.Q, attn.K, attn.V }, scratch, new[] { Slot.Q, Slot.K, Slot.V }, owned, out bool ownQkv);
             var (q, k, v) = (qkv[0], qkv[1], qkv[2]);
-            if (plan.Groups[0] is null && (!StepKernels.RotaryPairApplies(q, k, cos, sin, c.HeadDim) || !DecodeAttention.Supports(q)))
+            if (!ownQkv && (!StepKernels.RotaryPairApplies(q, k, cos, sin, c.HeadDim) || !DecodeAttention.Supports(q)))
                 return null; // nothing written yet: the generic path starts over (the buffers' own products suit both)
             StepKernels.RotaryPairInPlace(q, k, cos, sin, c.HeadDim);
             var attended = scratch.Get(Slot.Attended, n, (long)c.NumHeads * c.HeadDim, dtype);
             DecodeAttention.Run(attn.Index, q, k, v, new DecodeAttention.Shape(c.NumHeads, c.NumKvHeads, c.HeadDim, 1.0 / Math.Sqrt(c.HeadDim)), batch.DecodeSegments, attended);
-            var delta = Products(plan.Groups[1], attended, scratch.At(Slot.Attended), rows, dtype, new[] { attn.O }, scratch, new[] { Slot.Delta }, owned)[0];
+            var delta = Products(plan.Groups[1], attended, scratch.At(Slot.Attended), rows, dtype, new[] { attn.O }, scratch, new[] { Slot.Delta }, owned, out bool ownDelta)[0];
             // The cache holds this step's keys now: from here on a part the kernels do not take finishes the generic way.
-            if (plan.Groups[1] is null && (delta.dtype != dtype || !delta.is_contiguous())) return FinishGeneric(layer, x, delta);
-            byte* deltaAt = plan.Groups[1] is null ? (byte*)TensorMemory.Pointer(delta) : scratch.At(Slot.Delta);
+            if (!ownDelta && (delta.dtype != dtype || !delta.is_contiguous())) return FinishGeneric(layer, x, delta);
+            byte* deltaAt = ownDelta ? scratch.At(Slot.Delta) : (byte*)TensorMemory.Pointer(delta);
 
             // h = x + attention and post_attention_layernorm of it, in one pass; then gate and up in one job
             scratch.Get(Slot.Sum, n, hidden, dtype);
             StepKernels.AddRmsNormRows(xp, deltaAt, (byte*)plan.PostNorm, scratch.At(Slot.Sum), scratch.At(Slot.Normed), bf16, d, rows, layer.PostNorm.Eps);
-            var gateUp = Products(plan.Groups[2], normed, scratch.At(Slot.Normed), rows, dtype, new[] { mlp.Gate, mlp.Up }, scratch, new[] { Slot.Gate, Slot.Up }, owned);
-            bool ownGateUp = plan.Groups[2] is not null;
-            long inter = ownGateUp ? plan.Groups[2]!.Weights[0].Out : gateUp[0].size(1);
-            if (ownGateUp ? plan.Groups[2]!.Weights[1].Out != inter || !SiluKernels.AppliesTo(n * inter) : !SiluKernels.Applies(gateUp[0], gateUp[1]))
+            var gateUp = Products(plan.Groups[2], normed, scratch.At(Slot.Normed), rows, dtype, new[] { mlp.Gate, mlp.Up }, scratch, new[] { Slot.Gate, Slot.Up }, owned, out bool ownGateUp);
+            long inter = ownGateUp ? plan.Groups[2]!.Outs[0] : gateUp[0].size(1);
+            if (ownGateUp ? plan.Groups[2]!.Outs[1] != inter || !SiluKernels.AppliesTo(n * inter) : !SiluKernels.Applies(gateUp[0], gateUp[1]))
                 return FinishGeneric(layer, x, delta);
             var gated = scratch.Get(Slot.Gated, n, inter, dtype);
             int gn = (int)(n * inter);
             byte* g = ownGateUp ? scratch.At(Slot.Gate) : (byte*)TensorMemory.Pointer(gateUp[0]), u = ownGateUp ? scratch.At(Slot.Up) : (byte*)TensorMemory.Pointer(gateUp[1]);
             if (bf16) SiluKernels.Bf16((ushort*)g, (ushort*)u, (ushort*)scratch.At(Slot.Gated), gn);
             else SiluKernels.Float32((float*)g, (float*)u, (float*)scratch.At(Slot.Gated), gn);
-            var down = Products(plan.Groups[3], gated, scratch.At(Slot.Gated), rows, dtype, new[] { mlp.Down }, scratch, new[] { Slot.Down }, owned)[0];
-            if (plan.Groups[3] is null && (down.dtype != dtype || !down.is_contiguous())) return FinishGeneric(layer, x, delta);
+            var down = Products(plan.Groups[3], gated, scratch.At(Slot.Gated), rows, dtype, new[] { mlp.Down }, scratch, new[] { Slot.Down }, owned, out bool ownDown)[0];
+            if (!ownDown && (down.dtype != dtype || !down.is_contiguous())) return FinishGeneric(layer, x, delta);
 
             // the block's output: h + mlp, in the dtype (as libtorch adds two tensors of it)
             var y = empty(new[] { n, hidden }, dtype);
-            StepKernels.AddElements(scratch.At(Slot.Sum), plan.Groups[3] is null ? (byte*)TensorMemory.Pointer(down) : scratch.At(Slot.Down), (byte*)TensorMemory.Pointer(y), bf16, rows * d);
+            StepKernels.AddElements(scratch.At(Slot.Sum), ownDown ? scratch.At(Slot.Down) : (byte*)TensorMemory.Pointer(down), (byte*)TensorMemory.Pointer(y), bf16, rows * d);
             return y;
         }
         finally
@@ -213,18 +272,19 @@ public static unsafe class LlamaDecodeLayer
     /// <paramref name="slots"/> through the packed decode kernel when the plan has the group, else <see cref="Linear"/>'s
     /// dispatch (its tensors, added to <paramref name="owned"/>). The values are the same either way.
     /// </summary>
-    private static Tensor[] Products(Group? group, Tensor input, byte* inputAt, int rows, ScalarType dtype, Linear[] linears, Scratch scratch, Slot[] slots, List<Tensor> owned)
+    private static Tensor[] Products(Group? group, Tensor input, byte* inputAt, int rows, ScalarType dtype, Linear[] linears, Scratch scratch, Slot[] slots, List<Tensor> owned, out bool buffered)
     {
-        if (group is not null && rows < QuantKernels.DenseRows && (rows == 1 || QuantKernels.ManyRowsEnabled))
+        buffered = group is not null && group.Takes(dtype, rows);
+        if (group is not null && buffered)
         {
             var outputs = new Tensor[linears.Length];
             var at = new nint[linears.Length];
             for (int i = 0; i < linears.Length; i++)
             {
-                outputs[i] = scratch.Get(slots[i], rows, group.Weights[i].Out, dtype);
+                outputs[i] = scratch.Get(slots[i], rows, group.Outs[i], dtype);
                 at[i] = (nint)scratch.At(slots[i]);
             }
-            group.Job.Run(inputAt, dtype, rows, at);
+            group.Run(inputAt, dtype, rows, at);
             return outputs;
         }
         var made = linears.Length == 1 ? new[] { linears[0].Forward(input) } : Linear.Forward(input, linears);

@@ -21,7 +21,7 @@ public class LlamaDecodeLayerTests
     public static IEnumerable<object?[]> Cases() => new[]
     {
         new object?[] { "llama_untied", null, null }, new object?[] { "mistral_window", null, null }, new object?[] { "qwen2", null, null },
-        new object?[] { "llama_bf16", null, null }, new object?[] { "llama_untied", "int4", "bfloat16" }, new object?[] { "llama_untied", "int4", "float32" },
+        new object?[] { "llama_bf16", null, null }, new object?[] { "qwen2", null, "bfloat16" }, new object?[] { "llama_untied", "int4", "bfloat16" }, new object?[] { "llama_untied", "int4", "float32" },
         new object?[] { "qwen2", "int8", "bfloat16" }, new object?[] { "mistral", "int8", "float32" },
         // 256 wide: int4 takes its decode kernels (the reference models' 64 inputs are narrower than a 128-code block)
         new object?[] { Synthetic, "int4", "bfloat16" }, new object?[] { Synthetic, "int4", "float32" }, new object?[] { Synthetic, "int8", "bfloat16" },
