@@ -64,7 +64,12 @@ public static unsafe partial class Fp32Kernels
     /// <summary>Off: the few-row path takes one weight row at a time (<see cref="WeightRow{TRows}"/>) instead of two
     /// (<see cref="WeightPair{TRows}"/>; benchmarks and tests compare both; default on).</summary>
     public static bool PairedRows { get; set; } = true;
-    public static int PairNear = 2048, PairFar = 16384;
+
+    /// <summary>Elements ahead of a pair's rows (8 KB, at least the pair's own length) that <see cref="SlicePair{TRows, TPrefetch}"/>
+    /// prefetches into L1, and (64 KB, with <see cref="FarRows"/> or more input rows) into L2: the two adjacent rows are one
+    /// stream that moves two lines per 16 columns, so it prefetches two lines a step (a fixed distance per row, as the
+    /// one-row slice takes, landed inside the pair's own second row for rows shorter than it).</summary>
+    private const int PairNear = 2048, PairFar = 16384;
 
     /// <summary>Two adjacent weight rows (<paramref name="wr"/> and the next) against <typeparamref name="TRows"/> input rows, as
     /// <see cref="WeightRow{TRows}"/> for each: every input vector loaded serves both rows, so a pass of m rows issues
@@ -213,7 +218,7 @@ public static unsafe partial class Fp32Kernels
                 Sse.Prefetch0(w0 + 2 * i + nearA);
                 Sse.Prefetch0(w0 + 2 * i + nearA + 16);
             }
-            if (TPrefetch.Far && farA > 0)
+            if (TPrefetch.Far)
             {
                 Sse.Prefetch1(w0 + 2 * i + farA);
                 Sse.Prefetch1(w0 + 2 * i + farA + 16);
