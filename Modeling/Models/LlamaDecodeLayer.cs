@@ -10,11 +10,11 @@ namespace ShardPipe.Modeling.Models;
 /// A Llama-family decoder block over a step of decode rows (one new position per request, or a verification's few), as
 /// <see cref="LlamaDecoderLayer.Forward"/> computes it — the same kernels in the same order, so the same values bit for
 /// bit — without the scaffolding around them: no dispose scope or memory hook per module, no libtorch add, and the norms,
-/// the rotary embedding, SiLU·up, the residual add and the packed (int4/int8) products written into buffers this thread
-/// keeps from step to step instead of fresh tensors. A decode step is dozens of kernels of microseconds each with small
-/// operations between them; at one row the int4 kernels take about half of a token's time and the serial work between
-/// them most of the rest (BENCHMARKS.md, session 20). Float products run through <see cref="Linear"/>'s own dispatch.
-/// Takes the step when every part would take its decode kernel in the generic path: float32 or bf16 rows on the CPU,
+/// the rotary embedding, SiLU·up, the residual add and the products (packed, bf16, float32) written into buffers this
+/// thread keeps from step to step instead of fresh tensors. A decode step is dozens of kernels of microseconds each with
+/// small operations between them; at one row the int4 kernels take about half of a token's time and the serial work
+/// between them most of the rest (BENCHMARKS.md, session 20). A product group no kernel of ours takes for the step goes
+/// through <see cref="Linear"/>'s own dispatch (its fresh tensors). Takes the step when every part would take its decode kernel in the generic path: float32 or bf16 rows on the CPU,
 /// the batched decode attention (not eager), every segment a decode segment, no memory hooks, Llama's MLP with SiLU and
 /// the fused SiLU·up kernel; anything else goes the generic way.
 /// </summary>
@@ -55,9 +55,9 @@ public static unsafe class LlamaDecodeLayer
     }
 
     /// <summary>
-    /// A block's products as the packed decode kernel takes them (<see cref="QuantKernels.DecodeRowsInto"/>): per group
-    /// (q/k/v, o, gate/up, down) its packed weights and biases, or null where the group goes through <see cref="Linear"/>.
-    /// Built once and kept on the block while the same weight and bias objects are in place.
+    /// How a block's products run into the buffers: per group (q/k/v, o, gate/up, down) a <see cref="Group"/>, or null where
+    /// the group goes through <see cref="Linear"/>; and the norms' weights. Built once and kept on the block while the same
+    /// weight and bias objects are in place (an offloaded block's are new ones each time it is read in: a new plan).
     /// </summary>
     internal sealed class Plan
     {
