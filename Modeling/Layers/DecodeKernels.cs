@@ -113,9 +113,7 @@ public static unsafe class DecodeKernels
             fixed (float* xp = xs, yp = ys)
             {
                 float* xq = xp, yq = yp;
-                var w = weights;
-                var n = ns;
-                RunWeights(offsets, (i, lo, hi) => Rows((ushort*)w[i], xq, yq + (long)m * offsets[i], k, n[i], m, lo, hi)); // no WeightPrefetch: measured no gain in bf16
+                RunWeights(offsets, (i, lo, hi) => Rows((ushort*)weights[i], xq, yq + (long)m * offsets[i], k, ns[i], m, lo, hi)); // no WeightPrefetch: measured no gain in bf16
             }
             for (int i = 0; i < count; i++)
             {

@@ -32,6 +32,9 @@ public static unsafe class LlamaDecodeLayer
 
     private enum Slot { Normed, Sum, Attended, Gated, Q, K, V, Delta, Gate, Up, Down, Count }
 
+    /// <summary>The output slots of each product group, in the plan's order (q/k/v, o, gate/up, down).</summary>
+    private static readonly Slot[][] GroupSlots = { new[] { Slot.Q, Slot.K, Slot.V }, new[] { Slot.Delta }, new[] { Slot.Gate, Slot.Up }, new[] { Slot.Down } };
+
     private sealed class Scratch
     {
         private readonly Tensor?[] _slots = new Tensor?[(int)Slot.Count];
@@ -62,6 +65,8 @@ public static unsafe class LlamaDecodeLayer
     internal sealed class Plan
     {
         public required object?[] Key;
+        /// <summary>The products of each group (q/k/v, o, gate/up, down), what <see cref="Groups"/> runs or <see cref="Linear"/> dispatches.</summary>
+        public required Linear[][] Linears;
         public required Group?[] Groups;
         /// <summary>The norms' weights (their tensors are part of the key), each contiguous, one-dimensional, on the CPU.</summary>
         public required nint InputNorm, PostNorm;
@@ -104,39 +109,47 @@ public static unsafe class LlamaDecodeLayer
         }
     }
 
-    /// <summary>The objects a plan was made from: each product's weight (packed or float) and bias, then the two norms' weights.</summary>
-    private static bool SameKey(object?[]? key, LlamaDecoderLayer layer, LlamaAttention attn, LlamaMlp mlp)
+    /// <summary>
+    /// The objects a plan is made from, in one order: each product's weight (packed or float) and bias, then the two norms'
+    /// weights. <paramref name="fill"/>: written into <paramref name="key"/>; else compared with it (true: all the same).
+    /// </summary>
+    private static bool Key(object?[] key, bool fill, LlamaDecoderLayer layer, LlamaAttention attn, LlamaMlp mlp)
     {
-        if (key is null) return false;
         int i = 0;
-        bool Same(object? o) => ReferenceEquals(key[i++], o);
-        foreach (var l in new[] { attn.Q, attn.K, attn.V, attn.O, mlp.Gate, mlp.Up, mlp.Down })
-            if (!Same((object?)l.Quantized?.Packed ?? l.Weight.Tensor) || !Same(l.Bias?.Tensor)) return false;
-        return Same(layer.InputNorm.Weight.Tensor) && Same(layer.PostNorm.Weight.Tensor);
+        bool Part(object? o)
+        {
+            if (!fill) return ReferenceEquals(key[i++], o);
+            key[i++] = o;
+            return true;
+        }
+        bool Product(Linear l) => Part((object?)l.Quantized?.Packed ?? l.Weight.Tensor) & Part(l.Bias?.Tensor);
+        return Product(attn.Q) && Product(attn.K) && Product(attn.V) && Product(attn.O) && Product(mlp.Gate) && Product(mlp.Up) && Product(mlp.Down)
+            && Part(layer.InputNorm.Weight.Tensor) && Part(layer.PostNorm.Weight.Tensor);
     }
+
+    private const int KeyLength = 2 * 7 + 2;
 
     /// <summary>The block's plan, made again when a weight object changed; null when its norms' weights do not suit the kernels.</summary>
     private static Plan? PlanOf(LlamaDecoderLayer layer, LlamaAttention attn, LlamaMlp mlp)
     {
-        if (layer.DecodePlan is { } plan && SameKey(plan.Key, layer, attn, mlp)) return plan.Usable ? plan : null;
-        var linears = new[] { attn.Q, attn.K, attn.V, attn.O, mlp.Gate, mlp.Up, mlp.Down };
-        var key = linears.SelectMany(l => new[] { (object?)l.Quantized?.Packed ?? l.Weight.Tensor, l.Bias?.Tensor })
-            .Append(layer.InputNorm.Weight.Tensor).Append(layer.PostNorm.Weight.Tensor).ToArray();
+        if (layer.DecodePlan is { } plan && Key(plan.Key, fill: false, layer, attn, mlp)) return plan.Usable ? plan : null;
+        var key = new object?[KeyLength];
+        Key(key, fill: true, layer, attn, mlp);
+        var linears = new[] { new[] { attn.Q, attn.K, attn.V }, new[] { attn.O }, new[] { mlp.Gate, mlp.Up }, new[] { mlp.Down } };
         Tensor inW = layer.InputNorm.Weight.Tensor, postW = layer.PostNorm.Weight.Tensor;
         bool Norm(Tensor w) => w.device_type == DeviceType.CPU && w.is_contiguous() && w.dim() == 1 && w.dtype == inW.dtype && w.size(0) == inW.size(0);
         if (!Norm(inW) || !Norm(postW))
         {
-            layer.DecodePlan = new Plan { Key = key, Groups = Array.Empty<Group?>(), InputNorm = 0, PostNorm = 0, NormType = inW.dtype, NormWidth = 0, Usable = false };
+            layer.DecodePlan = new Plan { Key = key, Linears = linears, Groups = Array.Empty<Group?>(), InputNorm = 0, PostNorm = 0, NormType = inW.dtype, NormWidth = 0, Usable = false };
             return null;
         }
         var c = attn.Settings;
         long hidden = inW.size(0), heads = (long)c.NumHeads * c.HeadDim, inter = mlp.Down.Quantized?.Packed?.In ?? mlp.Down.Weight.Shape[1];
+        var inputs = new[] { hidden, heads, hidden, inter };
         var built = new Plan
         {
-            Key = key,
-            Groups = new[] { GroupOf(new[] { attn.Q, attn.K, attn.V }, (int)hidden), GroupOf(new[] { attn.O }, (int)heads),
-                GroupOf(new[] { mlp.Gate, mlp.Up }, (int)hidden), GroupOf(new[] { mlp.Down }, (int)inter) }, InputNorm = (nint)TensorMemory.Pointer(inW), PostNorm = (nint)TensorMemory.Pointer(postW),
-            NormType = inW.dtype, NormWidth = inW.size(0),
+            Key = key, Linears = linears, Groups = linears.Select((g, i) => GroupOf(g, (int)inputs[i])).ToArray(),
+            InputNorm = (nint)TensorMemory.Pointer(inW), PostNorm = (nint)TensorMemory.Pointer(postW), NormType = inW.dtype, NormWidth = inW.size(0),
         };
         layer.DecodePlan = built;
         return built;
@@ -229,14 +242,14 @@ public static unsafe class LlamaDecodeLayer
             var normed = scratch.Get(Slot.Normed, n, hidden, dtype);
             byte* xp = (byte*)TensorMemory.Pointer(x);
             StepKernels.RmsNormRows(xp, (byte*)plan.InputNorm, scratch.At(Slot.Normed), bf16, d, rows, layer.InputNorm.Eps);
-            var qkv = Products(plan.Groups[0], normed, scratch.At(Slot.Normed), rows, dtype, new[] { attn.Q, attn.K, attn.V }, scratch, new[] { Slot.Q, Slot.K, Slot.V }, owned, out bool ownQkv);
+            var qkv = Products(plan, 0, normed, scratch.At(Slot.Normed), rows, dtype, scratch, owned, out bool ownQkv);
             var (q, k, v) = (qkv[0], qkv[1], qkv[2]);
             if (!ownQkv && (!StepKernels.RotaryPairApplies(q, k, cos, sin, c.HeadDim) || !DecodeAttention.Supports(q)))
                 return null; // nothing written yet: the generic path starts over (the buffers' own products suit both)
             StepKernels.RotaryPairInPlace(q, k, cos, sin, c.HeadDim);
             var attended = scratch.Get(Slot.Attended, n, (long)c.NumHeads * c.HeadDim, dtype);
             DecodeAttention.Run(attn.Index, q, k, v, new DecodeAttention.Shape(c.NumHeads, c.NumKvHeads, c.HeadDim, 1.0 / Math.Sqrt(c.HeadDim)), batch.DecodeSegments, attended);
-            var delta = Products(plan.Groups[1], attended, scratch.At(Slot.Attended), rows, dtype, new[] { attn.O }, scratch, new[] { Slot.Delta }, owned, out bool ownDelta)[0];
+            var delta = Products(plan, 1, attended, scratch.At(Slot.Attended), rows, dtype, scratch, owned, out bool ownDelta)[0];
             // The cache holds this step's keys now: from here on a part the kernels do not take finishes the generic way.
             if (!ownDelta && (delta.dtype != dtype || !delta.is_contiguous())) return FinishGeneric(layer, x, delta);
             byte* deltaAt = ownDelta ? scratch.At(Slot.Delta) : (byte*)TensorMemory.Pointer(delta);
@@ -244,7 +257,7 @@ public static unsafe class LlamaDecodeLayer
             // h = x + attention and post_attention_layernorm of it, in one pass; then gate and up in one job
             scratch.Get(Slot.Sum, n, hidden, dtype);
             StepKernels.AddRmsNormRows(xp, deltaAt, (byte*)plan.PostNorm, scratch.At(Slot.Sum), scratch.At(Slot.Normed), bf16, d, rows, layer.PostNorm.Eps);
-            var gateUp = Products(plan.Groups[2], normed, scratch.At(Slot.Normed), rows, dtype, new[] { mlp.Gate, mlp.Up }, scratch, new[] { Slot.Gate, Slot.Up }, owned, out bool ownGateUp);
+            var gateUp = Products(plan, 2, normed, scratch.At(Slot.Normed), rows, dtype, scratch, owned, out bool ownGateUp);
             long inter = ownGateUp ? plan.Groups[2]!.Outs[0] : gateUp[0].size(1);
             if (ownGateUp ? plan.Groups[2]!.Outs[1] != inter || !SiluKernels.AppliesTo(n * inter) : !SiluKernels.Applies(gateUp[0], gateUp[1]))
                 return FinishGeneric(layer, x, delta);
@@ -253,7 +266,7 @@ public static unsafe class LlamaDecodeLayer
             byte* g = ownGateUp ? scratch.At(Slot.Gate) : (byte*)TensorMemory.Pointer(gateUp[0]), u = ownGateUp ? scratch.At(Slot.Up) : (byte*)TensorMemory.Pointer(gateUp[1]);
             if (bf16) SiluKernels.Bf16((ushort*)g, (ushort*)u, (ushort*)scratch.At(Slot.Gated), gn);
             else SiluKernels.Float32((float*)g, (float*)u, (float*)scratch.At(Slot.Gated), gn);
-            var down = Products(plan.Groups[3], gated, scratch.At(Slot.Gated), rows, dtype, new[] { mlp.Down }, scratch, new[] { Slot.Down }, owned, out bool ownDown)[0];
+            var down = Products(plan, 3, gated, scratch.At(Slot.Gated), rows, dtype, scratch, owned, out bool ownDown)[0];
             if (!ownDown && (down.dtype != dtype || !down.is_contiguous())) return FinishGeneric(layer, x, delta);
 
             // the block's output: h + mlp, in the dtype (as libtorch adds two tensors of it)
@@ -268,15 +281,18 @@ public static unsafe class LlamaDecodeLayer
     }
 
     /// <summary>
-    /// A group's outputs for <paramref name="input"/> (<paramref name="rows"/> contiguous rows): into this thread's
-    /// <paramref name="slots"/> through the packed decode kernel when the plan has the group, else <see cref="Linear"/>'s
-    /// dispatch (its tensors, added to <paramref name="owned"/>). The values are the same either way.
+    /// Group <paramref name="g"/>'s outputs for <paramref name="input"/> (<paramref name="rows"/> contiguous rows at
+    /// <paramref name="inputAt"/>): into this thread's slots (<see cref="GroupSlots"/>) through the plan's <see cref="Group"/>
+    /// when it takes the step (<paramref name="buffered"/>), else <see cref="Linear"/>'s dispatch (its tensors, added to
+    /// <paramref name="owned"/>). The values are the same either way.
     /// </summary>
-    private static Tensor[] Products(Group? group, Tensor input, byte* inputAt, int rows, ScalarType dtype, Linear[] linears, Scratch scratch, Slot[] slots, List<Tensor> owned, out bool buffered)
+    private static Tensor[] Products(Plan plan, int g, Tensor input, byte* inputAt, int rows, ScalarType dtype, Scratch scratch, List<Tensor> owned, out bool buffered)
     {
-        buffered = group is not null && group.Takes(dtype, rows);
-        if (group is not null && buffered)
+        var linears = plan.Linears[g];
+        if (plan.Groups[g] is { } group && group.Takes(dtype, rows))
         {
+            buffered = true;
+            var slots = GroupSlots[g];
             var outputs = new Tensor[linears.Length];
             var at = new nint[linears.Length];
             for (int i = 0; i < linears.Length; i++)
@@ -287,6 +303,7 @@ public static unsafe class LlamaDecodeLayer
             group.Run(inputAt, dtype, rows, at);
             return outputs;
         }
+        buffered = false;
         var made = linears.Length == 1 ? new[] { linears[0].Forward(input) } : Linear.Forward(input, linears);
         owned.AddRange(made);
         return made;
