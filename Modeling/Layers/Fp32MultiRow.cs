@@ -31,9 +31,9 @@ public static unsafe partial class Fp32Kernels
         int blocks = (m + block - 1) / block;
         int o = from;
         float* packed = portable ? null : PackedInputs(x, k, m, blocks);
-        // Each block prefetches its own slice of the next four weight rows (SpreadPrefetch): ⌈4 ÷ blocks⌉ new lines an
-        // iteration (at most 4), so the next group's 4k floats stream in across all the blocks of this one.
-        int lines = Math.Min(4, (4 + blocks - 1) / blocks), slice = (4 * k / blocks) & ~15;
+        // Each block prefetches from its own slice of the next four weight rows (SpreadPrefetch), lines new lines an
+        // iteration (lines ≥ 4 ÷ blocks, so the next group's 4k floats stream in across the blocks of this one).
+        int lines = blocks == 1 ? 4 : blocks <= 3 ? 2 : 1, slice = (4 * k / blocks) & ~15;
         for (; o + 4 <= to; o += 4)
         {
             int r = 0;
@@ -43,8 +43,8 @@ public static unsafe partial class Fp32Kernels
                 int size = m / blocks + (c < m % blocks ? 1 : 0);
                 float* xr = x + (long)r * k, yr = y + (long)r * n;
                 if (portable) PortableBlock(size, w, xr, yr, bias, k, n, o, c == 0);
-                else if (SpreadPrefetch) Block(size, w, packed + (long)r * (k & ~15), xr, yr, bias, k, n, o, w0 + 4L * k + (long)c * slice, 16 * lines, 16);
-                else Block(size, w, packed + (long)r * (k & ~15), xr, yr, bias, k, n, o, w0 + (c == 0 ? Math.Max(PrefetchAhead, 4 * k) : 0), 16, k);
+                else if (SpreadPrefetch) Block(size, lines == 1 ? 1 : 4, w, packed + (long)r * (k & ~15), xr, yr, bias, k, n, o, w0 + 4L * k + (long)c * slice, 16 * lines, 16);
+                else Block(size, 4, w, packed + (long)r * (k & ~15), xr, yr, bias, k, n, o, w0 + (c == 0 ? Math.Max(PrefetchAhead, 4 * k) : 0), 16, k);
                 r += size;
             }
         }
@@ -98,26 +98,42 @@ public static unsafe partial class Fp32Kernels
 
     /// <summary>
     /// How the register blocks prefetch the next four weight rows (which lie back to back: 4k floats). On (the default):
-    /// block c of b prefetches slice c of them, ⌈4 ÷ b⌉ lines an iteration, so the reads go out evenly while all b blocks
-    /// of the current four rows run. Off (before session 21): the first block prefetched all of them, four lines an
-    /// iteration, and the later blocks, which find the current rows in cache, none — a burst of misses a third of the time
-    /// at 16 rows, then nothing. Alternating generations in one process (float32 134M Llama, batched greedy decode, medians
-    /// of paired on/off ratios): 16 rows 1.147–1.149 (592 → 679 tokens/s), 12 rows 1.141–1.153, 8 rows 1.083, 32 rows
-    /// 1.068; a 16 × 30 prefill unchanged. Two groups ahead measured no better than none; an L2 prefetch (prefetcht1) 0.91×
-    /// the L1 one. Outputs are unchanged (a prefetch reads nothing into the sums).
+    /// block c of b prefetches slice c of them onwards, so the reads go out evenly while all b blocks of the current four
+    /// rows run: four prefetches an iteration one line apart, moving 4 lines an iteration for one block and 2 for two or
+    /// three (so each covers two slices: the next rows are asked for earlier); one prefetch moving a line an iteration
+    /// for four blocks and more (a prefill's passes, where the weights are mostly in cache and the prefetches cost issue
+    /// slots). Off (before session 21): the first block prefetched all of them, four lines an iteration, and the later
+    /// blocks the lines they read — a burst of misses a third of the time at 16 rows, then nothing. Alternating
+    /// generations in one process (float32 134M Llama, batched greedy decode, medians of paired on/off ratios): 16 rows
+    /// 1.134–1.149 (592 → 679 tokens/s), 12 rows 1.141–1.153, 8 rows 1.083, 32 rows 1.016–1.068; a 16 × 30 prefill
+    /// 0.97× the time (noisy); one thread in cache at 60 rows, 2304 × 768: 142–147 → 164–166 GFLOP/s. Two prefetches an
+    /// iteration at 16 rows instead of four: 0.92×. Two groups ahead: no better than none; prefetcht1 instead of
+    /// prefetcht0: 0.91×. Outputs are unchanged (a prefetch reads nothing into the sums).
     /// </summary>
     internal static bool SpreadPrefetch { get; set; } = true;
 
-    private static void Block(int rows, float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap)
+    /// <summary>A register block of <paramref name="rows"/> input rows that issues <paramref name="lines"/> prefetches an
+    /// iteration (1, 2 or 4) at pf, pf + gap, … (pf moving <paramref name="step"/> floats an iteration).</summary>
+    private static void Block(int rows, int lines, float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap)
+    {
+        switch (lines)
+        {
+            case 1: Block<One>(rows, w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 4: Block<Four>(rows, w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            default: throw new ArgumentOutOfRangeException(nameof(lines), lines, "a register block issues 1 or 4 prefetches an iteration");
+        }
+    }
+
+    private static void Block<TLines>(int rows, float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap) where TLines : struct, IRowCount
     {
         switch (rows)
         {
-            case 1: Block4<One>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 2: Block4<Two>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 3: Block4<Three>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 4: Block4<Four>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 5: Block4<Five>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 6: Block4<Six>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 1: Block4<One, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 2: Block4<Two, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 3: Block4<Three, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 4: Block4<Four, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 5: Block4<Five, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 6: Block4<Six, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
             default: throw new ArgumentOutOfRangeException(nameof(rows), rows, $"a register block takes 1..{RowBlock} input rows");
         }
     }
@@ -128,7 +144,7 @@ public static unsafe partial class Fp32Kernels
     /// The input rows come packed (<see cref="PackedInputs"/>: one pointer, fixed offsets); the unpacked rows
     /// <paramref name="x"/> serve the scalar tail.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Block4<TRows>(float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap) where TRows : struct, IRowCount
+    private static void Block4<TRows, TLines>(float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap) where TRows : struct, IRowCount where TLines : struct, IRowCount
     {
         int rows = TRows.Value;
         float* sums = stackalloc float[4 * RowBlock];
@@ -149,9 +165,12 @@ public static unsafe partial class Fp32Kernels
         for (; i + 16 <= k; i += 16, u += 16 * rows, pf += step)
         {
             Sse.Prefetch0(pf);
-            Sse.Prefetch0(pf + gap);
-            Sse.Prefetch0(pf + 2 * gap);
-            Sse.Prefetch0(pf + 3 * gap);
+            if (TLines.Value > 1)
+            {
+                Sse.Prefetch0(pf + gap);
+                Sse.Prefetch0(pf + 2 * gap);
+                Sse.Prefetch0(pf + 3 * gap);
+            }
             var v0 = Vector512.Load(w0 + i);
             var v1 = Vector512.Load(w1 + i);
             var v2 = Vector512.Load(w2 + i);
