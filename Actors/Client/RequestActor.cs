@@ -41,6 +41,9 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
     private IReadOnlyList<StageInfo> _stages;
     private string _attemptId;
     private int _faults;
+    private int _attempts; // attempt ids: a fault's recovery may take more than one (a resumed attempt turned back before it progressed)
+    private bool _progressed; // the current attempt delivered something (tokens, logits, its end)
+    private TimeSpan _faultAt; // when the fault being recovered happened (its recovery's deadline runs from there)
     private double _prefill;
     private int _proposed, _accepted; // speculative decoding: draft tokens proposed and accepted, over every attempt
     private string _lastFault = "";
@@ -126,6 +129,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
                 return;
             }
             if (_steps.Count == 0) _prefill = _clock.Elapsed.TotalSeconds;
+            _progressed = true;
             // A speculative step delivers several steps' tokens at once (numbered from t.Step on).
             _steps.Add(t.Tokens);
             _onTokens?.Invoke(t.Tokens);
@@ -159,7 +163,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Receive<RequestFailed>(f =>
         {
             if (!Current(f.RequestId)) return;
-            if (f.Retryable) Recover($"stage {f.Stage}: {f.Reason}");
+            if (f.Retryable) Recover($"stage {f.Stage}: {f.Reason}", sameFault: _faults > 0 && !_progressed);
             else Fail($"request {_request.RequestId} failed at stage {f.Stage}: {f.Reason}", f.Invalid);
         });
         Receive<DisassociatedEvent>(e => SuspectStageNode(e.RemoteAddress));
@@ -194,20 +198,33 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         if (whole is not null) Self.Forward(whole);
     }
 
-    /// <summary>A fault the cluster recovers from: wait until the model is served again, then resume (bounded).</summary>
-    private void Recover(string fault)
+    /// <summary>
+    /// A fault the cluster recovers from: wait until the model is served again, then resume (bounded). With
+    /// <paramref name="sameFault"/> — a resumed attempt turned back (retryable) before it delivered anything: the cluster
+    /// was not quite serving yet, e.g. a stage still taking up its new layers — the wait goes on as part of the fault
+    /// being recovered: it is not counted again (RecoveredFaults, max-recoveries) and keeps that fault's deadline.
+    /// </summary>
+    private void Recover(string fault, bool sameFault = false)
     {
         _lastFault = fault;
-        if (++_faults > _settings.MaxRecoveries)
+        if (!sameFault && ++_faults > _settings.MaxRecoveries)
         {
             Fail($"request {_request.RequestId} failed after {_faults - 1} recoveries (shardpipe.client.max-recoveries): {fault}");
             return;
         }
+        if (!sameFault) _faultAt = _clock.Elapsed;
+        var left = _settings.RecoveryTimeout - (_clock.Elapsed - _faultAt);
+        if (left <= TimeSpan.Zero)
+        {
+            Fail($"request {_request.RequestId} was interrupted ({fault}) and the model was not served again within " +
+                 $"{_settings.RecoveryTimeout.TotalSeconds:0} s (shardpipe.client.recovery-timeout)");
+            return;
+        }
         Unwatch();
         Context.SetReceiveTimeout(null);
-        _attemptId = $"{_request.RequestId}~{_faults}"; // anything of the old attempt that still arrives is dropped
+        _attemptId = $"{_request.RequestId}~{++_attempts}"; // anything of the old attempt that still arrives is dropped
         Timers.StartPeriodicTimer("poll", new PollStatus(), TimeSpan.Zero, _settings.StatusPollInterval);
-        Timers.StartSingleTimer("deadline", new RecoveryDeadline(_faults), _settings.RecoveryTimeout);
+        Timers.StartSingleTimer("deadline", new RecoveryDeadline(_faults), left);
         Become(Recovering);
     }
 
@@ -226,6 +243,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
             Timers.Cancel("deadline");
             _stages = s.Stages;
             Become(Running);
+            _progressed = false;
             Send(Resumed());
         });
         Receive<RecoveryDeadline>(d =>

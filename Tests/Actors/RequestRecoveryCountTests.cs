@@ -1,0 +1,104 @@
+using Akka.Actor;
+using Akka.TestKit;
+using Akka.TestKit.Xunit2;
+using ShardPipe.Actors.Client;
+using ShardPipe.Actors.Settings;
+using ShardPipe.Messages;
+using Xunit;
+
+namespace ShardPipe.Tests.Actors;
+
+/// <summary>
+/// How a request counts the faults it recovers from (<see cref="RequestOutcome.RecoveredFaults"/>, max-recoveries), against
+/// a coordinator played by a probe: a resumed attempt turned back (retryable) before it delivered anything is the same
+/// fault still being recovered — the cluster was not quite serving yet — and keeps that fault's deadline; one turned back
+/// after it delivered tokens is a new fault. (A 3-node crash test once counted 2 faults for one kill: a stage still taking
+/// up its new layers turned the resumed attempt back.)
+/// </summary>
+public class RequestRecoveryCountTests : TestKit
+{
+    private static ClientSettings Settings(TimeSpan recoveryTimeout) =>
+        new("127.0.0.1", 3, recoveryTimeout, TimeSpan.FromMilliseconds(20), TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(100));
+
+    private (TaskCompletionSource<RequestOutcome> Done, TestProbe Coordinator) Start(TimeSpan recoveryTimeout)
+    {
+        var coordinator = CreateTestProbe();
+        var done = new TaskCompletionSource<RequestOutcome>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var request = new Generate("r", new[] { new long[] { 1, 2, 3 } }, null, 3, true, new SamplingSettings(true, 0, 0, 1, 0));
+        Sys.ActorOf(Props.Create(typeof(RequestActor), coordinator.Ref, request, Array.Empty<StageInfo>(), TimeSpan.FromSeconds(20), null, done, Settings(recoveryTimeout)));
+        coordinator.ExpectMsg<Generate>(g => g.RequestId == "r");
+        return (done, coordinator);
+    }
+
+    /// <summary>Answers the recovering request's status polls with "ready" and returns the attempt it resumes with.</summary>
+    private static Generate Resume(TestProbe coordinator)
+    {
+        var poll = coordinator.ExpectMsg<GetStatus>();
+        coordinator.Reply(new ClusterStatus(poll.RequestId, ClusterState.Ready, "m", Array.Empty<string>(), Array.Empty<DeviceUsage>(),
+            Array.Empty<StageInfo>(), Array.Empty<DeviceMapEntry>()));
+        return (Generate)coordinator.FishForMessage(m => m is Generate, TimeSpan.FromSeconds(5));
+    }
+
+    private static void Tokens(TestProbe coordinator, string attempt, int step) =>
+        coordinator.LastSender.Tell(new TokensGenerated(attempt, step, new long[] { 10 + step }), coordinator.Ref);
+
+    [Fact]
+    public async Task A_resumed_attempt_turned_back_before_it_delivered_anything_is_the_same_fault()
+    {
+        var (done, coordinator) = Start(TimeSpan.FromSeconds(10));
+        var actor = coordinator.LastSender;
+        actor.Tell(new TokensGenerated("r", 0, new long[] { 10 }));
+        actor.Tell(new RequestFailed("r", "node-2/cpu", "the model is being recovered", Retryable: true));
+        var first = Resume(coordinator);
+        Assert.Single(first.Resume!); // the delivered token travels with the resumed attempt
+        actor.Tell(new RequestFailed(first.RequestId, "node-1/cpu", "no model slice is loaded on this stage", Retryable: true));
+        var second = Resume(coordinator);
+        Assert.NotEqual(first.RequestId, second.RequestId); // late messages of the turned-back attempt are dropped
+        actor.Tell(new TokensGenerated(first.RequestId, 1, new long[] { 99 }));
+        actor.Tell(new TokensGenerated(second.RequestId, 1, new long[] { 11 }));
+        actor.Tell(new TokensGenerated(second.RequestId, 2, new long[] { 12 }));
+        actor.Tell(new GenerationDone(second.RequestId, 3));
+        var outcome = await done.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(new long[] { 10, 11, 12 }, outcome.NewTokens[0]);
+        Assert.Equal(1, outcome.RecoveredFaults);
+    }
+
+    [Fact]
+    public async Task A_resumed_attempt_interrupted_after_it_delivered_tokens_is_a_second_fault()
+    {
+        var (done, coordinator) = Start(TimeSpan.FromSeconds(10));
+        var actor = coordinator.LastSender;
+        actor.Tell(new TokensGenerated("r", 0, new long[] { 10 }));
+        actor.Tell(new RequestFailed("r", "node-2/cpu", "the model is being recovered", Retryable: true));
+        var first = Resume(coordinator);
+        actor.Tell(new TokensGenerated(first.RequestId, 1, new long[] { 11 }));
+        actor.Tell(new RequestFailed(first.RequestId, "node-3/cpu", "the model is being recovered", Retryable: true));
+        var second = Resume(coordinator);
+        Assert.Equal(2, second.Resume!.Length);
+        actor.Tell(new TokensGenerated(second.RequestId, 2, new long[] { 12 }));
+        actor.Tell(new GenerationDone(second.RequestId, 3));
+        var outcome = await done.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(new long[] { 10, 11, 12 }, outcome.NewTokens[0]);
+        Assert.Equal(2, outcome.RecoveredFaults);
+    }
+
+    [Fact]
+    public async Task Attempts_turned_back_again_and_again_end_at_the_first_faults_recovery_deadline()
+    {
+        var (done, coordinator) = Start(TimeSpan.FromMilliseconds(600));
+        var actor = coordinator.LastSender;
+        actor.Tell(new RequestFailed("r", "node-2/cpu", "the model is being recovered", Retryable: true));
+        var started = DateTime.UtcNow;
+        // More turned-back attempts than max-recoveries (3): none counts as a fault of its own, so the request ends at the
+        // recovery deadline of the first fault, not at max-recoveries, and not later.
+        for (int i = 0; i < 5 && !done.Task.IsCompleted; i++)
+        {
+            var attempt = Resume(coordinator);
+            actor.Tell(new RequestFailed(attempt.RequestId, "node-1/cpu", "no model slice is loaded on this stage", Retryable: true));
+        }
+        var error = await Assert.ThrowsAsync<ClusterException>(() => done.Task.WaitAsync(TimeSpan.FromSeconds(10)));
+        Assert.Contains("shardpipe.client.recovery-timeout", error.Message);
+        Assert.DoesNotContain("max-recoveries", error.Message);
+        Assert.InRange((DateTime.UtcNow - started).TotalSeconds, 0.4, 5);
+    }
+}
