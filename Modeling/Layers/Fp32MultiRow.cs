@@ -10,8 +10,8 @@ namespace ShardPipe.Modeling.Layers;
 /// The multi-row half of <see cref="Fp32Kernels"/>: inputs of 2..<see cref="Fp32Kernels.MaxRows"/> rows (a speculative
 /// verification pass, a merged serving step). A register-blocked micro-kernel takes four weight rows and up to
 /// <see cref="RowBlock"/> input rows at once: each 16-float load of a weight row is multiplied into the accumulators of
-/// every input row of the block, so the weights stream from memory once (with the single-row kernel's prefetch) and the
-/// arithmetic, not the reads, sets the pace. More input rows than a block are cut into near-equal blocks that reuse the
+/// every input row of the block, so the weights stream from memory once (prefetched by all the blocks of the rows before
+/// them) and the arithmetic, not the reads, sets the pace. More input rows than a block are cut into near-equal blocks that reuse the
 /// same four weight rows from cache. The output rows are split over <see cref="SpinPool"/> as for one row.
 /// </summary>
 public static unsafe partial class Fp32Kernels
@@ -23,15 +23,16 @@ public static unsafe partial class Fp32Kernels
     public const int PortableRowBlock = 2;
 
     /// <summary>Output columns [from, to) of all <paramref name="m"/> ≥ 2 input rows: for each four weight rows, the input rows
-    /// in near-equal blocks of at most <see cref="RowBlock"/> (the first block prefetches ahead in the weights, the others
-    /// find the four rows in cache); the last 1–3 weight rows of the range take the single-row kernel per input row.</summary>
+    /// in near-equal blocks of at most <see cref="RowBlock"/> (the first block reads the four rows from memory, the others find
+    /// them in cache, and all of them prefetch the next four: <see cref="SpreadPrefetch"/>); the last 1–3 weight rows of the
+    /// range take the single-row kernel per input row.</summary>
     private static void MultiRows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
     {
         int block = portable ? PortableRowBlock : RowBlock;
         int blocks = (m + block - 1) / block;
         int o = from;
         float* packed = portable ? null : PackedInputs(x, k, m, blocks);
-        // Each block prefetches from its own slice of the next four weight rows (SpreadPrefetch), lines new lines an
+        // Each block prefetches from its own slice of the next four weight rows (SpreadPrefetch), moving `lines` lines an
         // iteration (lines ≥ 4 ÷ blocks, so the next group's 4k floats stream in across the blocks of this one).
         int lines = blocks == 1 ? 4 : blocks <= 3 ? 2 : 1, slice = (4 * k / blocks) & ~15;
         for (; o + 4 <= to; o += 4)
@@ -112,28 +113,28 @@ public static unsafe partial class Fp32Kernels
     /// </summary>
     internal static bool SpreadPrefetch { get; set; } = true;
 
-    /// <summary>A register block of <paramref name="rows"/> input rows that issues <paramref name="lines"/> prefetches an
-    /// iteration (1, 2 or 4) at pf, pf + gap, … (pf moving <paramref name="step"/> floats an iteration).</summary>
-    private static void Block(int rows, int lines, float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap)
+    /// <summary>A register block of <paramref name="rows"/> input rows that issues <paramref name="prefetches"/> prefetches
+    /// an iteration (1 or 4) at pf, pf + gap, … (pf moving <paramref name="step"/> floats an iteration).</summary>
+    private static void Block(int rows, int prefetches, float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap)
     {
-        switch (lines)
+        switch (prefetches)
         {
             case 1: Block<One>(rows, w, packed, x, y, bias, k, n, o, pf, step, gap); break;
             case 4: Block<Four>(rows, w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            default: throw new ArgumentOutOfRangeException(nameof(lines), lines, "a register block issues 1 or 4 prefetches an iteration");
+            default: throw new ArgumentOutOfRangeException(nameof(prefetches), prefetches, "a register block issues 1 or 4 prefetches an iteration");
         }
     }
 
-    private static void Block<TLines>(int rows, float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap) where TLines : struct, IRowCount
+    private static void Block<TPrefetches>(int rows, float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap) where TPrefetches : struct, IRowCount
     {
         switch (rows)
         {
-            case 1: Block4<One, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 2: Block4<Two, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 3: Block4<Three, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 4: Block4<Four, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 5: Block4<Five, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
-            case 6: Block4<Six, TLines>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 1: Block4<One, TPrefetches>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 2: Block4<Two, TPrefetches>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 3: Block4<Three, TPrefetches>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 4: Block4<Four, TPrefetches>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 5: Block4<Five, TPrefetches>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
+            case 6: Block4<Six, TPrefetches>(w, packed, x, y, bias, k, n, o, pf, step, gap); break;
             default: throw new ArgumentOutOfRangeException(nameof(rows), rows, $"a register block takes 1..{RowBlock} input rows");
         }
     }
@@ -144,11 +145,11 @@ public static unsafe partial class Fp32Kernels
     /// The input rows come packed (<see cref="PackedInputs"/>: one pointer, fixed offsets); the unpacked rows
     /// <paramref name="x"/> serve the scalar tail.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Block4<TRows, TLines>(float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap) where TRows : struct, IRowCount where TLines : struct, IRowCount
+    private static void Block4<TRows, TPrefetches>(float* w, float* packed, float* x, float* y, float* bias, int k, int n, int o, float* pf, int step, int gap) where TRows : struct, IRowCount where TPrefetches : struct, IRowCount
     {
         int rows = TRows.Value;
         float* sums = stackalloc float[4 * RowBlock];
-        // Four prefetches an iteration at pf, pf + gap, pf + 2·gap, pf + 3·gap, pf moving step floats (SpreadPrefetch: a
+        // TPrefetches (1 or 4) prefetches an iteration at pf, pf + gap, pf + 2·gap, pf + 3·gap, pf moving step floats (SpreadPrefetch: a
         // slice of the next four rows; off: the same place in the next four rows for the first block, the line it reads
         // for the others). No branch in the loop: one would split it and spill the accumulators. The prefetch place comes
         // as scalars: a struct of them was stored field by field and loaded as one vector before each call, a store-forwarding
@@ -165,7 +166,7 @@ public static unsafe partial class Fp32Kernels
         for (; i + 16 <= k; i += 16, u += 16 * rows, pf += step)
         {
             Sse.Prefetch0(pf);
-            if (TLines.Value > 1)
+            if (TPrefetches.Value > 1)
             {
                 Sse.Prefetch0(pf + gap);
                 Sse.Prefetch0(pf + 2 * gap);
