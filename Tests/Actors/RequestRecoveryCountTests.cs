@@ -85,20 +85,32 @@ public class RequestRecoveryCountTests : TestKit
     [Fact]
     public async Task Attempts_turned_back_again_and_again_end_at_the_first_faults_recovery_deadline()
     {
-        var (done, coordinator) = Start(TimeSpan.FromMilliseconds(600));
+        var deadline = TimeSpan.FromSeconds(2);
+        var (done, coordinator) = Start(deadline);
         var actor = coordinator.LastSender;
-        actor.Tell(new RequestFailed("r", "node-2/cpu", "the model is being recovered", Retryable: true));
         var started = DateTime.UtcNow;
-        // More turned-back attempts than max-recoveries (3): none counts as a fault of its own, so the request ends at the
-        // recovery deadline of the first fault, not at max-recoveries, and not later.
-        for (int i = 0; i < 5 && !done.Task.IsCompleted; i++)
+        actor.Tell(new RequestFailed("r", "node-2/cpu", "the model is being recovered", Retryable: true));
+        // The coordinator says "ready" to every poll and every resumed attempt is turned back before it delivers anything,
+        // until the request ends (or 10 s pass, which would mean the deadline restarted with each attempt).
+        int turnedBack = 0;
+        while (!done.Task.IsCompleted && DateTime.UtcNow - started < TimeSpan.FromSeconds(10))
         {
-            var attempt = Resume(coordinator);
-            actor.Tell(new RequestFailed(attempt.RequestId, "node-1/cpu", "no model slice is loaded on this stage", Retryable: true));
+            var message = coordinator.ReceiveOne(TimeSpan.FromMilliseconds(200)); // null when nothing came
+            if (message is GetStatus poll)
+                coordinator.Reply(new ClusterStatus(poll.RequestId, ClusterState.Ready, "m", Array.Empty<string>(), Array.Empty<DeviceUsage>(),
+                    Array.Empty<StageInfo>(), Array.Empty<DeviceMapEntry>()));
+            else if (message is Generate attempt)
+            {
+                turnedBack++;
+                actor.Tell(new RequestFailed(attempt.RequestId, "node-1/cpu", "no model slice is loaded on this stage", Retryable: true));
+            }
         }
-        var error = await Assert.ThrowsAsync<ClusterException>(() => done.Task.WaitAsync(TimeSpan.FromSeconds(10)));
+        var error = await Assert.ThrowsAsync<ClusterException>(() => done.Task.WaitAsync(TimeSpan.FromSeconds(5)));
+        // More turned-back attempts than max-recoveries (3), none counted as a fault of its own: the request ends at the
+        // first fault's recovery deadline, not at max-recoveries, and not later.
+        Assert.True(turnedBack > 3, $"only {turnedBack} attempts were turned back before the request ended");
         Assert.Contains("shardpipe.client.recovery-timeout", error.Message);
         Assert.DoesNotContain("max-recoveries", error.Message);
-        Assert.InRange((DateTime.UtcNow - started).TotalSeconds, 0.4, 5);
+        Assert.InRange((DateTime.UtcNow - started).TotalSeconds, 0.9 * deadline.TotalSeconds, deadline.TotalSeconds + 5);
     }
 }
