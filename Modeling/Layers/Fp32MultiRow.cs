@@ -242,7 +242,8 @@ public static unsafe partial class Fp32Kernels
     }
 
     /// <summary>The number of input rows of a register block as a type, so that the JIT compiles one body per count
-    /// with the unused accumulators removed (a struct type argument gets its own code; <c>TRows.Value</c> is a constant there).</summary>
+    /// with the unused accumulators removed (a struct type argument gets its own code; <c>TRows.Value</c> is a constant there);
+    /// also the block's prefetches an iteration (<c>TPrefetches</c>, 1 or 4), the unused ones removed the same way.</summary>
     private interface IRowCount { static abstract int Value { get; } }
     private struct One : IRowCount { public static int Value => 1; }
     private struct Two : IRowCount { public static int Value => 2; }

@@ -180,25 +180,25 @@ public static unsafe class StepKernels
     /// Rotary embedding of a step's queries and keys together (each row's tables widened once for both), each as
     /// <see cref="Rotary"/> computes it on its (N, heads, 1, D) view; outputs of the inputs' flat shapes.
     /// </summary>
-    /// <summary><see cref="RotaryPair"/> written over its inputs (each row is read whole before it is written): the decode
-    /// layer's path (<c>LlamaDecodeLayer</c>), whose q and k are its own fresh products.</summary>
-    public static void RotaryPairInPlace(Tensor q, Tensor k, Tensor cos, Tensor sin, int headDim)
-    {
-        long[] qs = q.Shape(), ks = k.Shape();
-        byte* qp = (byte*)TensorMemory.Pointer(q), kp = (byte*)TensorMemory.Pointer(k);
-        RotaryCore(qp, kp, qp, kp, (int)(qs[1] / headDim), (int)(ks[1] / headDim), (byte*)TensorMemory.Pointer(cos), (byte*)TensorMemory.Pointer(sin),
-            (int)qs[0], 1, headDim, q.dtype == ScalarType.BFloat16);
-    }
-
     public static (Tensor Q, Tensor K) RotaryPair(Tensor q, Tensor k, Tensor cos, Tensor sin, int headDim)
     {
-        long[] qs = q.Shape(), ks = k.Shape();
-        var qOut = empty(qs, q.dtype);
-        var kOut = empty(ks, k.dtype);
-        RotaryCore((byte*)TensorMemory.Pointer(q), (byte*)TensorMemory.Pointer(k), (byte*)TensorMemory.Pointer(qOut), (byte*)TensorMemory.Pointer(kOut),
-            (int)(qs[1] / headDim), (int)(ks[1] / headDim), (byte*)TensorMemory.Pointer(cos), (byte*)TensorMemory.Pointer(sin),
-            (int)qs[0], 1, headDim, q.dtype == ScalarType.BFloat16);
+        var qOut = empty(q.Shape(), q.dtype);
+        var kOut = empty(k.Shape(), k.dtype);
+        RotaryPairInto(q, k, (byte*)TensorMemory.Pointer(qOut), (byte*)TensorMemory.Pointer(kOut), cos, sin, headDim);
         return (qOut, kOut);
+    }
+
+    /// <summary><see cref="RotaryPair"/> written over its inputs (each row is read whole before it is written): the decode
+    /// layer's path (<c>LlamaDecodeLayer</c>), whose q and k are its own fresh products.</summary>
+    public static void RotaryPairInPlace(Tensor q, Tensor k, Tensor cos, Tensor sin, int headDim) =>
+        RotaryPairInto(q, k, (byte*)TensorMemory.Pointer(q), (byte*)TensorMemory.Pointer(k), cos, sin, headDim);
+
+    /// <summary><see cref="RotaryPair"/> into <paramref name="qOut"/> and <paramref name="kOut"/> (of q's and k's shapes and dtype; may be q and k).</summary>
+    private static void RotaryPairInto(Tensor q, Tensor k, byte* qOut, byte* kOut, Tensor cos, Tensor sin, int headDim)
+    {
+        long[] qs = q.Shape(), ks = k.Shape();
+        RotaryCore((byte*)TensorMemory.Pointer(q), (byte*)TensorMemory.Pointer(k), qOut, kOut, (int)(qs[1] / headDim), (int)(ks[1] / headDim),
+            (byte*)TensorMemory.Pointer(cos), (byte*)TensorMemory.Pointer(sin), (int)qs[0], 1, headDim, q.dtype == ScalarType.BFloat16);
     }
 
     /// <summary>
