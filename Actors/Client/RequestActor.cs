@@ -216,8 +216,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         var left = _settings.RecoveryTimeout - (_clock.Elapsed - _faultAt);
         if (left <= TimeSpan.Zero)
         {
-            Fail($"request {_request.RequestId} was interrupted ({fault}) and the model was not served again within " +
-                 $"{_settings.RecoveryTimeout.TotalSeconds:0} s (shardpipe.client.recovery-timeout)");
+            RecoveryTimedOut(null);
             return;
         }
         Unwatch();
@@ -227,6 +226,11 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Timers.StartSingleTimer("deadline", new RecoveryDeadline(_faults), left);
         Become(Recovering);
     }
+
+    /// <summary>The fault being recovered (<see cref="_lastFault"/>) ran past recovery-timeout; <paramref name="lastState"/>: the cluster's last answer, where one came.</summary>
+    private void RecoveryTimedOut(string? lastState) =>
+        Fail($"request {_request.RequestId} was interrupted ({_lastFault}) and the model was not served again within " +
+             $"{_settings.RecoveryTimeout.TotalSeconds:0} s (shardpipe.client.recovery-timeout){(lastState is null ? "" : $"; last state {lastState}")}");
 
     private void Recovering()
     {
@@ -248,9 +252,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         });
         Receive<RecoveryDeadline>(d =>
         {
-            if (d.Fault == _faults)
-                Fail($"request {_request.RequestId} was interrupted ({_lastFault}) and the model was not served again within " +
-                     $"{_settings.RecoveryTimeout.TotalSeconds:0} s (shardpipe.client.recovery-timeout); last state {lastState}");
+            if (d.Fault == _faults) RecoveryTimedOut(lastState);
         });
         // Late messages of the interrupted attempt.
         Receive<TokensGenerated>(_ => { });
