@@ -103,6 +103,13 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         _coordinator.Tell(attempt);
     }
 
+    /// <summary>A generation's outcome from the steps delivered (in order, each one token per row).</summary>
+    private void FinishGeneration()
+    {
+        var rows = Enumerable.Range(0, _request.InputIds.Length).Select(b => _steps.Select(s => s[b]).ToArray()).ToArray();
+        Finish(new RequestOutcome(rows, null, _steps.Count, _prefill, _clock.Elapsed.TotalSeconds - _prefill) { Proposed = _proposed, Accepted = _accepted });
+    }
+
     private void Finish(RequestOutcome o)
     {
         _done.TrySetResult(o with { RecoveredFaults = _faults });
@@ -149,8 +156,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
                 Fail($"request {_request.RequestId}: the pipeline reports {d.Steps} steps but {_steps.Count} arrived");
                 return;
             }
-            var rows = Enumerable.Range(0, _request.InputIds.Length).Select(b => _steps.Select(s => s[b]).ToArray()).ToArray();
-            Finish(new RequestOutcome(rows, null, _steps.Count, _prefill, _clock.Elapsed.TotalSeconds - _prefill) { Proposed = _proposed, Accepted = _accepted });
+            FinishGeneration();
         });
         Receive<ForwardResult>(f =>
         {
@@ -207,6 +213,14 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
     private void Recover(string fault, bool sameFault = false)
     {
         _lastFault = fault;
+        if (_request is Generate { MaxNewTokens: > 0 } g && _steps.Count >= g.MaxNewTokens)
+        {
+            // Every token already came (the fault fell between the last step and the pipeline's end of generation): the
+            // outcome is whole, and a resume of no steps left would be refused as invalid.
+            if (!sameFault) _faults++;
+            FinishGeneration();
+            return;
+        }
         if (!sameFault && ++_faults > _settings.MaxRecoveries)
         {
             Fail($"request {_request.RequestId} failed after {_faults - 1} recoveries (shardpipe.client.max-recoveries): {fault}");

@@ -83,6 +83,20 @@ public class RequestRecoveryCountTests : TestKit
     }
 
     [Fact]
+    public async Task A_fault_after_the_last_token_came_ends_the_request_with_its_tokens_without_a_resume()
+    {
+        var (done, coordinator) = Start(TimeSpan.FromSeconds(10));
+        var actor = coordinator.LastSender;
+        for (int step = 0; step < 3; step++) actor.Tell(new TokensGenerated("r", step, new long[] { 10 + step }));
+        // layers move (a drain) after the third and last step, before the pipeline's GenerationDone
+        actor.Tell(new RequestFailed("r", "coordinator", "layers are moving; resume once it serves", Retryable: true));
+        var outcome = await done.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(new long[] { 10, 11, 12 }, outcome.NewTokens[0]);
+        Assert.Equal(1, outcome.RecoveredFaults);
+        coordinator.ExpectNoMsg(TimeSpan.FromMilliseconds(300)); // no status poll, no resumed attempt
+    }
+
+    [Fact]
     public async Task Attempts_turned_back_again_and_again_end_at_the_first_faults_recovery_deadline()
     {
         var deadline = TimeSpan.FromSeconds(2);
