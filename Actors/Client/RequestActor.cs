@@ -25,6 +25,8 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
 
     private sealed record PollStatus;
     private sealed record RecoveryDeadline(int Fault);
+    /// <summary>The attempt's stall timer ran out: nothing of it arrived for the stall timeout.</summary>
+    private sealed record Stalled(string AttemptId);
     private sealed record StageNodeProbed(string AttemptId, Address Node, IReadOnlyList<ProbeResult> Results);
 
     private readonly List<long[]> _steps = new();
@@ -99,9 +101,18 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
             var r = provider.ResolveActorRef(s.WorkerPath);
             if (_watched.TryAdd(r, s)) Context.Watch(r);
         }
-        Context.SetReceiveTimeout(_stallTimeout);
+        Progressed();
         _coordinator.Tell(attempt);
     }
+
+    /// <summary>
+    /// (Re)starts the stall timer of the current attempt: the request fails if nothing of it arrives for the stall timeout.
+    /// A timer rather than the actor's receive timeout, which every message resets — and a request hears more than its
+    /// own traffic: association events of any node (the event stream, which the system repeats every few seconds while a
+    /// gone node's address is retried) and late messages of replaced attempts. With the receive timeout, a stalled request
+    /// beside a departed node never timed out.
+    /// </summary>
+    private void Progressed() => Timers.StartSingleTimer("stall", new Stalled(_attemptId), _stallTimeout);
 
     /// <summary>A generation's outcome from the steps delivered (in order, each one token per row).</summary>
     private void FinishGeneration()
@@ -137,6 +148,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
             }
             if (_steps.Count == 0) _prefill = _clock.Elapsed.TotalSeconds;
             _progressed = true;
+            Progressed();
             // A speculative step delivers several steps' tokens at once (numbered from t.Step on).
             _steps.Add(t.Tokens);
             _onTokens?.Invoke(t.Tokens);
@@ -189,8 +201,11 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
             _lostStages.Add(stage.WorkerPath);
             Recover($"stage {stage.Device} was lost (node stopped or unreachable)");
         });
-        Receive<ReceiveTimeout>(_ => Fail($"request {_request.RequestId} made no progress for {_stallTimeout.TotalSeconds:0.#} s after {_steps.Count} step(s); " +
-                                          $"stages: {string.Join(" -> ", _stages.Select(s => s.Device))}"));
+        Receive<Stalled>(st =>
+        {
+            if (Current(st.AttemptId)) Fail($"request {_request.RequestId} made no progress for {_stallTimeout.TotalSeconds:0.#} s after {_steps.Count} step(s); " +
+                                          $"stages: {string.Join(" -> ", _stages.Select(s => s.Device))}");
+        });
         Receive<ClusterStatus>(_ => { });
         Receive<PollStatus>(_ => { });
         Receive<RecoveryDeadline>(_ => { });
@@ -198,6 +213,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
 
     private void Reassemble(MessageChunk c)
     {
+        Progressed(); // a large answer arriving in pieces
         object? whole;
         try { whole = _chunks.Add(c); }
         catch (ProtocolException ex) { Fail($"request {_request.RequestId}: {ex.Message}"); return; }
@@ -234,7 +250,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
             return;
         }
         Unwatch();
-        Context.SetReceiveTimeout(null);
+        Timers.Cancel("stall");
         _attemptId = $"{_request.RequestId}~{++_attempts}"; // anything of the old attempt that still arrives is dropped
         Timers.StartPeriodicTimer("poll", new PollStatus(), TimeSpan.Zero, _settings.StatusPollInterval);
         Timers.StartSingleTimer("deadline", new RecoveryDeadline(_faults), left);
@@ -275,7 +291,7 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
         Receive<RequestFailed>(_ => { });
         Receive<MessageChunk>(_ => { });
         Receive<Terminated>(_ => { });
-        Receive<ReceiveTimeout>(_ => { });
+        Receive<Stalled>(_ => { });
         Receive<DisassociatedEvent>(_ => { });
         Receive<AssociationErrorEvent>(_ => { });
         Receive<StageNodeProbed>(p => _probing.Remove($"{p.AttemptId} {p.Node}"));

@@ -20,12 +20,12 @@ public class RequestRecoveryCountTests : TestKit
     private static ClientSettings Settings(TimeSpan recoveryTimeout) =>
         new("127.0.0.1", 3, recoveryTimeout, TimeSpan.FromMilliseconds(20), TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(100));
 
-    private (TaskCompletionSource<RequestOutcome> Done, TestProbe Coordinator) Start(TimeSpan recoveryTimeout)
+    private (TaskCompletionSource<RequestOutcome> Done, TestProbe Coordinator) Start(TimeSpan recoveryTimeout, TimeSpan? stallTimeout = null)
     {
         var coordinator = CreateTestProbe();
         var done = new TaskCompletionSource<RequestOutcome>(TaskCreationOptions.RunContinuationsAsynchronously);
         var request = new Generate("r", new[] { new long[] { 1, 2, 3 } }, null, 3, true, new SamplingSettings(true, 0, 0, 1, 0));
-        Sys.ActorOf(Props.Create(typeof(RequestActor), coordinator.Ref, request, Array.Empty<StageInfo>(), TimeSpan.FromSeconds(20), null, done, Settings(recoveryTimeout)));
+        Sys.ActorOf(Props.Create(typeof(RequestActor), coordinator.Ref, request, Array.Empty<StageInfo>(), stallTimeout ?? TimeSpan.FromSeconds(20), null, done, Settings(recoveryTimeout)));
         coordinator.ExpectMsg<Generate>(g => g.RequestId == "r");
         return (done, coordinator);
     }
@@ -126,5 +126,27 @@ public class RequestRecoveryCountTests : TestKit
         Assert.Contains("shardpipe.client.recovery-timeout", error.Message);
         Assert.DoesNotContain("max-recoveries", error.Message);
         Assert.InRange((DateTime.UtcNow - started).TotalSeconds, 0.9 * deadline.TotalSeconds, deadline.TotalSeconds + 5);
+    }
+
+    [Fact]
+    public async Task A_stalled_request_times_out_though_association_events_of_other_nodes_keep_arriving()
+    {
+        // The client's system repeats association errors every few seconds while a departed node's address is retried;
+        // every request hears them (the event stream). They are not the request's progress: its stall timer runs on.
+        var (done, coordinator) = Start(TimeSpan.FromSeconds(10), stallTimeout: TimeSpan.FromSeconds(1));
+        var actor = coordinator.LastSender;
+        actor.Tell(new TokensGenerated("r", 0, new long[] { 10 }));
+        var lastProgress = DateTime.UtcNow;
+        var gone = new Address("akka.tcp", "shardpipe", "10.0.0.9", 4053);
+        var local = new Address("akka.tcp", "shardpipe", "127.0.0.1", 4052);
+        while (!done.Task.IsCompleted && DateTime.UtcNow - lastProgress < TimeSpan.FromSeconds(5))
+        {
+            Sys.EventStream.Publish(new Akka.Remote.DisassociatedEvent(local, gone, inbound: false));
+            actor.Tell(new TokensGenerated("r~9", 1, new long[] { 99 })); // a late message of no current attempt
+            await Task.Delay(100);
+        }
+        var error = await Assert.ThrowsAsync<ClusterException>(() => done.Task.WaitAsync(TimeSpan.FromSeconds(1)));
+        Assert.Contains("made no progress for 1 s after 1 step(s)", error.Message);
+        Assert.InRange((DateTime.UtcNow - lastProgress).TotalSeconds, 0.9, 3);
     }
 }
