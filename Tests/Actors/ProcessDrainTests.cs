@@ -42,7 +42,13 @@ public sealed class ProcessDrainTests
             await Task.WhenAll(tenth.Select(t => t.Task)).WaitAsync(TimeSpan.FromSeconds(60));
             Assert.All(runs, r => Assert.False(r.IsCompleted)); // still streaming when the layers move
             var moved = await move();
-            return (moved, await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(120)));
+            try { return (moved, await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(120))); }
+            catch (Exception ex) when (ex is TimeoutException or ClusterException)
+            {
+                // Which request, and the nodes' own account (a CI run once timed out here with nothing else to go on).
+                var states = string.Join("; ", runs.Select((r, i) => $"request {i}: {(r.IsCompletedSuccessfully ? "done" : r.IsFaulted ? r.Exception!.InnerException!.Message : "still running")}"));
+                throw new Xunit.Sdk.XunitException($"{ex.GetType().Name}: {ex.Message}\n{states}\n{Logs()}");
+            }
         }
         async Task<ClusterStatus> Eventually(Func<ClusterStatus, bool> until, string what)
         {
