@@ -108,9 +108,9 @@ public sealed class RequestActor : ReceiveActor, IWithTimers
     /// <summary>
     /// (Re)starts the stall timer of the current attempt: the request fails if nothing of it arrives for the stall timeout.
     /// A timer rather than the actor's receive timeout, which every message resets — and a request hears more than its
-    /// own traffic: association events of any node (the event stream, which the system repeats every few seconds while a
-    /// gone node's address is retried) and late messages of replaced attempts. With the receive timeout, a stalled request
-    /// beside a departed node never timed out.
+    /// own traffic: association events of any node (the event stream; they recur while anything in the system retries a
+    /// departed node's address) and late messages of replaced attempts. With the receive timeout, a stalled request could
+    /// go on forever while such messages kept coming (RequestRecoveryCountTests shows it with one every 100 ms).
     /// </summary>
     private void Progressed() => Timers.StartSingleTimer("stall", new Stalled(_attemptId), _stallTimeout);
 
