@@ -83,7 +83,7 @@ public static class ServeBench
         using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(10) };
 
         // One stream: the times of its text events (ms from sending) and its token count (from the usage event).
-        async Task<(List<double> Stamps, int Tokens)> Stream(int i) => await Prompted($"Stream {i}: the quick brown fox");
+        Task<(List<double> Stamps, int Tokens)> Stream(int i) => Prompted($"Stream {i}: the quick brown fox");
         async Task<(List<double> Stamps, int Tokens)> Prompted(string prompt)
         {
             var body = new JsonObject
@@ -161,7 +161,7 @@ public static class ServeBench
         // "Stream 0/1/2", the single stream's prompts, did: three of the sixteen prefills were partly cached); latencies
         // and rows pool all rounds.
         double jitBefore = BenchSupport.JitMs();
-        var rounds = new List<(double Aggregate, double Wall, long Total)>();
+        var rounds = new List<(double Wall, long Total)>();
         var all = new List<(List<double> Stamps, int Tokens)>();
         var rows = new List<double>();
         var profiles = new List<StageProfile>();
@@ -169,19 +169,16 @@ public static class ServeBench
         {
             var clock = Stopwatch.StartNew();
             var streams = await Task.WhenAll(Enumerable.Range(0, concurrency).Select(i => Prompted($"{RoundWords[round]} {i}: the quick brown fox")));
-            double roundWall = clock.Elapsed.TotalSeconds;
-            long roundTotal = streams.Sum(st => (long)st.Tokens);
-            rounds.Add((roundTotal / roundWall, roundWall, roundTotal));
+            rounds.Add((clock.Elapsed.TotalSeconds, streams.Sum(st => (long)st.Tokens)));
             all.AddRange(streams);
             rows.AddRange(cluster.Nodes.SelectMany(node => NodeDiagnostics.For(node.System).StepRows.Drain()));
             profiles.Add(Drain(cluster));
         }
         double jitDuring = BenchSupport.JitMs() - jitBefore;
         var concurrentProfile = new StageProfile(MedianOf(profiles.Select(p => p.StageStepMs)), MedianOf(profiles.Select(p => p.HopMs)));
-        var best = rounds.MaxBy(r => r.Aggregate);
-        double aggregate = best.Aggregate, wall = best.Wall;
-        long total = best.Total;
-        var aggregates = rounds.Select(r => r.Aggregate).ToList();
+        var aggregates = rounds.Select(r => r.Total / r.Wall).ToList();
+        var (wall, total) = rounds[aggregates.IndexOf(aggregates.Max())];
+        double aggregate = total / wall;
         var ttft = all.Select(s => s.Stamps[0]).Order().ToList();
         var itl = all.SelectMany(s => s.Stamps.Zip(s.Stamps.Skip(1), (a, b) => b - a)).Order().ToList();
         double P(List<double> xs, double q) => xs.Count == 0 ? double.NaN : xs[Math.Min(xs.Count - 1, (int)(q * xs.Count))];

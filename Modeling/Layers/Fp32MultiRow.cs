@@ -238,26 +238,13 @@ public static unsafe partial class Fp32Kernels
         {
             // No columns past the last full vector: each row's four sums are its four outputs (plus their biases, added
             // as RowSum adds one), stored as one vector — no round trip through memory and no scalar end per output.
-            float* yo = y + o;
-            if (bias == null)
-            {
-                Sums(a00, a01, a02, a03).Store(yo);
-                if (rows > 1) Sums(a10, a11, a12, a13).Store(yo + n);
-                if (rows > 2) Sums(a20, a21, a22, a23).Store(yo + 2L * n);
-                if (rows > 3) Sums(a30, a31, a32, a33).Store(yo + 3L * n);
-                if (rows > 4) Sums(a40, a41, a42, a43).Store(yo + 4L * n);
-                if (rows > 5) Sums(a50, a51, a52, a53).Store(yo + 5L * n);
-            }
-            else
-            {
-                var b = Vector128.Load(bias + o);
-                (Sums(a00, a01, a02, a03) + b).Store(yo);
-                if (rows > 1) (Sums(a10, a11, a12, a13) + b).Store(yo + n);
-                if (rows > 2) (Sums(a20, a21, a22, a23) + b).Store(yo + 2L * n);
-                if (rows > 3) (Sums(a30, a31, a32, a33) + b).Store(yo + 3L * n);
-                if (rows > 4) (Sums(a40, a41, a42, a43) + b).Store(yo + 4L * n);
-                if (rows > 5) (Sums(a50, a51, a52, a53) + b).Store(yo + 5L * n);
-            }
+            float* yo = y + o, bo = bias == null ? null : bias + o;
+            StoreFour(Sums(a00, a01, a02, a03), yo, bo);
+            if (rows > 1) StoreFour(Sums(a10, a11, a12, a13), yo + n, bo);
+            if (rows > 2) StoreFour(Sums(a20, a21, a22, a23), yo + 2L * n, bo);
+            if (rows > 3) StoreFour(Sums(a30, a31, a32, a33), yo + 3L * n, bo);
+            if (rows > 4) StoreFour(Sums(a40, a41, a42, a43), yo + 4L * n, bo);
+            if (rows > 5) StoreFour(Sums(a50, a51, a52, a53), yo + 5L * n, bo);
             return;
         }
         Sums(a00, a01, a02, a03).Store(sums + 0);
@@ -354,6 +341,12 @@ public static unsafe partial class Fp32Kernels
         var h = Avx.HorizontalAdd(Avx.HorizontalAdd(p, q), Avx.HorizontalAdd(r, s)); // [Σp0..3, Σq0..3, Σr0..3, Σs0..3 | the same of 4..7]
         return h.GetLower() + h.GetUpper();
     }
+
+    /// <summary>Four finished sums of one input row stored at <paramref name="y"/>, each plus its bias where there is one
+    /// (as <see cref="RowSum"/> adds it; none added where there is none, so −0 stays −0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreFour(Vector128<float> sums, float* y, float* bias) =>
+        (bias == null ? sums : sums + Vector128.Load(bias)).Store(y);
 
     /// <summary>Ends four dot products of one input row (<see cref="Fp32Kernels.FinishFour"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

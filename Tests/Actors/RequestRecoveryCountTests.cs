@@ -30,17 +30,16 @@ public class RequestRecoveryCountTests : TestKit
         return (done, coordinator);
     }
 
+    /// <summary>The coordinator's answer to a status poll: the model is served.</summary>
+    private static ClusterStatus Ready(GetStatus poll) => new(poll.RequestId, ClusterState.Ready, "m", Array.Empty<string>(), Array.Empty<DeviceUsage>(),
+        Array.Empty<StageInfo>(), Array.Empty<DeviceMapEntry>());
+
     /// <summary>Answers the recovering request's status polls with "ready" and returns the attempt it resumes with.</summary>
     private static Generate Resume(TestProbe coordinator)
     {
-        var poll = coordinator.ExpectMsg<GetStatus>();
-        coordinator.Reply(new ClusterStatus(poll.RequestId, ClusterState.Ready, "m", Array.Empty<string>(), Array.Empty<DeviceUsage>(),
-            Array.Empty<StageInfo>(), Array.Empty<DeviceMapEntry>()));
+        coordinator.Reply(Ready(coordinator.ExpectMsg<GetStatus>()));
         return (Generate)coordinator.FishForMessage(m => m is Generate, TimeSpan.FromSeconds(5));
     }
-
-    private static void Tokens(TestProbe coordinator, string attempt, int step) =>
-        coordinator.LastSender.Tell(new TokensGenerated(attempt, step, new long[] { 10 + step }), coordinator.Ref);
 
     [Fact]
     public async Task A_resumed_attempt_turned_back_before_it_delivered_anything_is_the_same_fault()
@@ -110,9 +109,7 @@ public class RequestRecoveryCountTests : TestKit
         while (!done.Task.IsCompleted && DateTime.UtcNow - started < TimeSpan.FromSeconds(10))
         {
             var message = coordinator.ReceiveOne(TimeSpan.FromMilliseconds(200)); // null when nothing came
-            if (message is GetStatus poll)
-                coordinator.Reply(new ClusterStatus(poll.RequestId, ClusterState.Ready, "m", Array.Empty<string>(), Array.Empty<DeviceUsage>(),
-                    Array.Empty<StageInfo>(), Array.Empty<DeviceMapEntry>()));
+            if (message is GetStatus poll) coordinator.Reply(Ready(poll));
             else if (message is Generate attempt)
             {
                 turnedBack++;
@@ -131,8 +128,8 @@ public class RequestRecoveryCountTests : TestKit
     [Fact]
     public async Task A_stalled_request_times_out_though_association_events_of_other_nodes_keep_arriving()
     {
-        // The client's system repeats association errors every few seconds while a departed node's address is retried;
-        // every request hears them (the event stream). They are not the request's progress: its stall timer runs on.
+        // Association events recur while anything in the client's system retries a departed node's address; every request
+        // hears them (the event stream). They are not the request's progress: its stall timer runs on.
         var (done, coordinator) = Start(TimeSpan.FromSeconds(10), stallTimeout: TimeSpan.FromSeconds(1));
         var actor = coordinator.LastSender;
         actor.Tell(new TokensGenerated("r", 0, new long[] { 10 }));
