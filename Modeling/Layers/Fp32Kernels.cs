@@ -116,14 +116,15 @@ public static unsafe partial class Fp32Kernels
 
     /// <summary>Output columns [from, to) of all <paramref name="m"/> input rows (row-major, <paramref name="k"/> wide;
     /// outputs <paramref name="n"/> wide) on the calling thread: one row takes the matrix-vector kernel below, several the
-    /// few-row or register-blocked kernels (Fp32FewRows.cs, Fp32MultiRow.cs), which read each weight once for all of them,
+    /// few-row kernel (Fp32FewRows.cs: up to <see cref="FewRows"/> rows that fit L1, <see cref="FewRowsFit"/>) or the
+    /// register-blocked one (Fp32MultiRow.cs), which read each weight once for all of them,
     /// more than <see cref="MaxRows"/> passes of them (<see cref="Fp32LongInputs"/>). The path
     /// <see cref="Linear(Tensor, Tensor, Tensor?)"/> takes for each part, and the one <see cref="Fp32LongInputs"/>' passes and
     /// the quantized many-row path's dequantized tiles take.</summary>
     internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
     {
         if (m > MaxRows) Fp32LongInputs.Passes(w, x, y, bias, k, n, m, from, to, portable);
-        else if (m > 1 && m <= FewRows && !portable) FewRowsPass(w, x, y, bias, k, n, m, from, to);
+        else if (m > 1 && !portable && FewRowsFit(m, k)) FewRowsPass(w, x, y, bias, k, n, m, from, to);
         else if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable);
         else if (portable) PortableRows(w, x, y, bias, k, from, to);
         else Fp32Rows(w, x, y, bias, k, from, to);

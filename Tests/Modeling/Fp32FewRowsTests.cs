@@ -19,8 +19,9 @@ public class Fp32FewRowsTests
     [InlineData(5, 768, 259, false)]   // the verification pass of k = 4
     [InlineData(5, 2069, 13, true)]    // 32 × 64 + 16 + 5
     [InlineData(6, 47, 11, false)]     // no 64-float chunk at all
-    [InlineData(6, 1100, 9, true)]     // 25.8 KB of input rows: column slices (TiledRows)
-    [InlineData(4, 2048, 6, false)]    // a down projection: 32 KB in four slices
+    [InlineData(6, 1100, 9, true)]     // 25.8 KB of input rows: past FewRowsFit, the register-blocked kernel
+    [InlineData(4, 2048, 6, false)]    // a down projection, 32 KB: the register-blocked kernel too
+    [InlineData(3, 2048, 6, false)]    // 24 KB: the last few-row input of k = 2048
     [InlineData(6, 16, 5, true)]
     [InlineData(7, 768, 40, false)]    // the register-blocked kernel from here
     [InlineData(16, 2048, 21, true)]
