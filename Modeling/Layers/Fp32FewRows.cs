@@ -50,14 +50,23 @@ public static unsafe partial class Fp32Kernels
     private static void FewRowsOf<TRows>(float* w, float* x, float* y, float* bias, int k, int n, int from, int to) where TRows : struct, IRowCount
     {
         int o = from;
-        if (PairedRows)
+        if (PairedRows && TRows.Value >= PairRows)
             for (; o + 1 < to; o += 2) WeightPair<TRows>(w + (long)o * k, x, y + o, bias == null ? null : bias + o, k, n);
         for (; o < to; o++) WeightRow<TRows>(w + (long)o * k, x, y + o, bias == null ? null : bias + o, k, n);
     }
 
     /// <summary>Off: the few-row path takes one weight row at a time (<see cref="WeightRow{TRows}"/>) instead of two
-    /// (<see cref="WeightPair{TRows}"/>; benchmarks and tests compare both; default on).</summary>
+    /// (<see cref="WeightPair{TRows}"/>) from <see cref="PairRows"/> input rows on (benchmarks and tests compare both; default on).</summary>
     public static bool PairedRows { get; set; } = true;
+
+    /// <summary>
+    /// Input rows from which the few-row path takes weight rows in pairs (4). Below it one weight row at a time is the
+    /// faster: from memory, two threads, 2 and 3 rows of 768 columns took 1.05–1.10× one row's time a row at a time
+    /// against 1.27–1.34× in pairs (256 weights of 768 × 768, 96 of 2048 × 768, the 32000 × 768 head; medians of 10
+    /// alternating rounds); 4 rows the same either way (0.99), 5 rows 0.97 and 6 rows 0.91 with pairs; k = 2048 at 2 rows
+    /// the same. Session 23 (pairs were measured at 5 rows only when they came in, session 19).
+    /// </summary>
+    private const int PairRows = 4;
 
     /// <summary>Elements ahead of a pair's rows (8 KB, at least the pair's own length) that <see cref="SlicePair{TRows, TPrefetch}"/>
     /// prefetches into L1, and (64 KB, with <see cref="FarRows"/> or more input rows) into L2: the two adjacent rows are one
