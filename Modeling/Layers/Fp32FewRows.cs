@@ -62,9 +62,8 @@ public static unsafe partial class Fp32Kernels
     /// <summary>
     /// Input rows from which the few-row path takes weight rows in pairs (4). Below it one weight row at a time is the
     /// faster: from memory, two threads, 2 and 3 rows of 768 columns took 1.05–1.10× one row's time a row at a time
-    /// against 1.27–1.34× in pairs (256 weights of 768 × 768, 96 of 2048 × 768, the 32000 × 768 head; medians of 10
-    /// alternating rounds); 4 rows the same either way (0.99), 5 rows 0.97 and 6 rows 0.91 with pairs; k = 2048 at 2 rows
-    /// the same. Session 23 (pairs were measured at 5 rows only when they came in, session 19).
+    /// against 1.27–1.34× in pairs (256 weights 768→768, 96 of 768→2048, the 768→32000 head; medians of 10 alternating
+    /// rounds); 4 rows the same either way (0.99), 5 rows 0.97 and 6 rows 0.91 with pairs; 2048→768 at 2 rows the same. Session 23 (pairs were measured at 5 rows only when they came in, session 19).
     /// </summary>
     private const int PairRows = 4;
 
@@ -93,10 +92,10 @@ public static unsafe partial class Fp32Kernels
     /// while a weight row streams past them, and slowed sharply where they outgrew about half of it. Longer inputs — an MLP's
     /// down projection (k = 2048) from 3 rows on — take the register-blocked kernel (Fp32MultiRow.cs: four weight rows
     /// against the input rows packed, one pass over them per four weight rows), which beat the few-row kernel's column
-    /// slices there (session 23, 96 weights of 768 × 2048 from memory, medians of paired rounds in one process: 4 rows
+    /// slices there (session 23, 96 weights 2048→768 from memory, medians of paired rounds in one process: 4 rows
     /// 0.98, 5 rows 0.90–0.94, 6 rows 0.86× the time; the float32 134M verification pass of 5 positions 0.96–1.00×, median
     /// 0.975). Below it the few-row kernel is the faster (k = 768: 5 rows on the register blocks 1.25× the time for
-    /// 768 × 768, 1.01× for 2048 × 768). BENCHMARKS.md, session 23.
+    /// 768→768, 1.01× for 768→2048). BENCHMARKS.md, session 23.
     /// </summary>
     private const int FewRowsBytes = 24 * 1024;
 
