@@ -63,7 +63,8 @@ public static unsafe partial class Fp32Kernels
     /// Input rows from which the few-row path takes weight rows in pairs (4). Below it one weight row at a time is the
     /// faster: from memory, two threads, 2 and 3 rows of 768 columns took 1.05–1.10× one row's time a row at a time
     /// against 1.27–1.34× in pairs (256 weights 768→768, 96 of 768→2048, the 768→32000 head; medians of 10 alternating
-    /// rounds); 4 rows the same either way (0.99), 5 rows 0.97 and 6 rows 0.91 with pairs; 2048→768 at 2 rows the same. Session 23 (pairs were measured at 5 rows only when they came in, session 19).
+    /// rounds); 4 rows the same either way (0.99), 5 rows 0.97 and 6 rows 0.91 with pairs; 2048→768 at 2 rows the same.
+    /// Session 23 (pairs were measured at 5 rows only when they came in, session 19).
     /// </summary>
     private const int PairRows = 4;
 

@@ -124,7 +124,7 @@ public static unsafe partial class Fp32Kernels
     internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
     {
         if (m > MaxRows) Fp32LongInputs.Passes(w, x, y, bias, k, n, m, from, to, portable);
-        else if (m > 1 && !portable && FewRowsFit(m, k)) FewRowsPass(w, x, y, bias, k, n, m, from, to);
+        else if (!portable && FewRowsFit(m, k)) FewRowsPass(w, x, y, bias, k, n, m, from, to); // FewRowsFit: 2..FewRows rows
         else if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable);
         else if (portable) PortableRows(w, x, y, bias, k, from, to);
         else Fp32Rows(w, x, y, bias, k, from, to);
