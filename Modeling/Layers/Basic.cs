@@ -189,8 +189,9 @@ public static class Activations
 
     /// <summary>
     /// A gated MLP's <c>act(gate) * up</c> (Llama, Mistral, Qwen2, Mixtral's experts), in the dtype: for SiLU on
-    /// <see cref="SiluKernels"/> where it gives libtorch's values (a decode step's few rows), otherwise the activation
-    /// <paramref name="act"/> (<see cref="Get"/> of <paramref name="name"/>) and libtorch's multiply.
+    /// <see cref="SiluKernels"/> where it applies (float32 and bf16 with AVX-512: each row with libtorch's values for that
+    /// row alone), otherwise the activation <paramref name="act"/> (<see cref="Get"/> of <paramref name="name"/>) and
+    /// libtorch's multiply.
     /// </summary>
     public static Tensor Gated(string name, Func<Tensor, Tensor> act, Tensor gate, Tensor up)
     {

@@ -262,10 +262,8 @@ public static unsafe class LlamaDecodeLayer
             if (ownGateUp ? plan.Groups[2]!.Outs[1] != inter || !SiluKernels.AppliesTo(n * inter) : !SiluKernels.Applies(gateUp[0], gateUp[1]))
                 return FinishGeneric(layer, x, delta);
             var gated = scratch.Get(Slot.Gated, n, inter, dtype);
-            int gn = (int)(n * inter);
             byte* g = ownGateUp ? scratch.At(Slot.Gate) : (byte*)TensorMemory.Pointer(gateUp[0]), u = ownGateUp ? scratch.At(Slot.Up) : (byte*)TensorMemory.Pointer(gateUp[1]);
-            if (bf16) SiluKernels.Bf16((ushort*)g, (ushort*)u, (ushort*)scratch.At(Slot.Gated), gn);
-            else SiluKernels.Float32((float*)g, (float*)u, (float*)scratch.At(Slot.Gated), gn);
+            SiluKernels.Rows(bf16, g, u, scratch.At(Slot.Gated), rows, (int)inter);
             var down = Products(plan, 3, gated, scratch.At(Slot.Gated), rows, dtype, scratch, owned, out bool ownDown)[0];
             if (!ownDown && (down.dtype != dtype || !down.is_contiguous())) return FinishGeneric(layer, x, delta);
 

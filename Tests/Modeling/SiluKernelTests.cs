@@ -85,22 +85,75 @@ public class SiluKernelTests
     }
 
     [Fact]
-    public void Shapes_libtorch_would_not_vectorise_whole_keep_the_libtorch_calls()
+    public void It_takes_contiguous_float32_and_bf16_of_one_shape_and_leaves_the_rest_to_libtorch()
     {
         var g = randn(1, 2048).to(ScalarType.BFloat16);
         Assert.Equal(Avx512F.IsSupported, SiluKernels.Applies(g, randn(1, 2048).to(ScalarType.BFloat16)));
-        Assert.False(SiluKernels.Applies(randn(1, 100), randn(1, 100)));               // a scalar tail (C library expf)
-        Assert.Equal(Avx512F.IsSupported, SiluKernels.Applies(randn(16, 2048), randn(16, 2048))); // 32,768: still one loop
-        Assert.False(SiluKernels.Applies(randn(17, 2048), randn(17, 2048)));            // more: libtorch may split it across threads
-        Assert.False(SiluKernels.Applies(g, randn(1, 2048)));                           // dtypes differ
-        Assert.False(SiluKernels.Applies(randn(2048, 2).t(), randn(2, 2048)));          // not contiguous
+        Assert.Equal(Avx512F.IsSupported, SiluKernels.Applies(randn(1, 100), randn(1, 100)));       // a row with a scalar tail
+        Assert.Equal(Avx512F.IsSupported, SiluKernels.Applies(randn(17, 2048), randn(17, 2048)));   // more than one thread's share
+        Assert.False(SiluKernels.Applies(g, randn(1, 2048)));                                       // dtypes differ
+        Assert.False(SiluKernels.Applies(randn(2048, 2).t(), randn(2, 2048)));                      // not contiguous
+        Assert.False(SiluKernels.Applies(randn(2, 100), randn(1, 200)));                            // shapes differ
         Assert.False(SiluKernels.Applies(randn(1, 2048).to(ScalarType.Float16), randn(1, 2048).to(ScalarType.Float16)));
-        // Activations.Gated falls back to the two calls with the same values.
+        // Activations.Gated: the kernel where it applies, otherwise the two calls — with libtorch's values for one row.
         var x = randn(1, 100);
         var u = randn(1, 100);
         Assert.True(Activations.Gated("silu", Activations.Get("silu"), x, u).eq(Libtorch(x, u)).all().item<bool>());
+        var half = x.to(ScalarType.Float16);
+        Assert.True(Activations.Gated("silu", Activations.Get("silu"), half, u.to(ScalarType.Float16)).eq(Libtorch(half, u.to(ScalarType.Float16))).all().item<bool>());
         var gelu = Activations.Gated("gelu", Activations.Get("gelu"), x, u);
         Assert.True(gelu.eq(nn.functional.gelu(x) * u).all().item<bool>());
+    }
+
+    /// <summary>
+    /// A row of any width gets libtorch's bits for that row alone: its whole passes (32 float32, 64 bf16 elements)
+    /// vectorised, the rest through the C library's <c>expf</c> — widths below one pass, with a tail, and whole.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void One_row_of_any_width_gives_libtorchs_bits(ScalarType dtype)
+    {
+        Assert.True(Avx512F.IsSupported);
+        manual_seed(23);
+        foreach (int width in new[] { 1, 7, 16, 40, 100, 176, 2048, 2064, 2111 })
+        {
+            using var gate = (randn(1, width) * 6).to(dtype);
+            using var up = randn(1, width).to(dtype);
+            Assert.True(SiluKernels.Applies(gate, up));
+            var mine = Bits32(SiluKernels.SiluMul(gate, up).to(ScalarType.Float32));
+            var theirs = Bits32(Libtorch(gate, up).to(ScalarType.Float32));
+            int differ = mine.Zip(theirs).Count(p => p.First != p.Second);
+            Assert.True(differ == 0, $"{dtype}, width {width}: {differ} of {width} values differ from libtorch's");
+        }
+    }
+
+    /// <summary>
+    /// Each row of a step is computed as that row alone, whatever the rows beside it: 5 rows of 176 (where libtorch's
+    /// scalar tail falls on other elements for 5 rows than for one), and 40 rows of 2,111 (more than 32,768 elements: cut
+    /// into whole rows over the spin pool; libtorch cuts such a loop across its threads, each share with its own tail).
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, 5, 176)]
+    [InlineData(ScalarType.BFloat16, 5, 176)]
+    [InlineData(ScalarType.Float32, 40, 2111)]
+    [InlineData(ScalarType.BFloat16, 40, 2111)]
+    public void A_row_has_the_same_bits_in_any_number_of_rows(ScalarType dtype, int rows, int width)
+    {
+        Assert.True(Avx512F.IsSupported);
+        manual_seed(31);
+        using var gate = (randn(rows, width) * 6).to(dtype);
+        using var up = randn(rows, width).to(dtype);
+        using var all = SiluKernels.SiluMul(gate, up).to(ScalarType.Float32);
+        for (int r = 0; r < rows; r++)
+        {
+            using var g = gate.narrow(0, r, 1).contiguous();
+            using var u = up.narrow(0, r, 1).contiguous();
+            var alone = Bits32(Libtorch(g, u).to(ScalarType.Float32));
+            var inStep = Bits32(all.narrow(0, r, 1).contiguous());
+            int differ = alone.Zip(inStep).Count(p => p.First != p.Second);
+            Assert.True(differ == 0, $"{dtype}, row {r} of {rows}: {differ} of {width} values differ from libtorch's for the row alone");
+        }
     }
 
     [Theory]
