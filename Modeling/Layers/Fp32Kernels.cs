@@ -109,7 +109,8 @@ public static unsafe partial class Fp32Kernels
         int count = weights.Count;
         var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
         for (int i = 0; i < count; i++) offsets[i + 1] = offsets[i] + ns[i];
-        DecodeKernels.RunWeights(offsets, (i, lo, hi) => RowsOf((float*)weights[i], x, (float*)outputs[i], (float*)biases[i], k, ns[i], m, lo, hi, portable));
+        long job = Interlocked.Increment(ref _jobs); // the parts of this job on one thread pack its input rows once (PackedInputs)
+        DecodeKernels.RunWeights(offsets, (i, lo, hi) => RowsOf((float*)weights[i], x, (float*)outputs[i], (float*)biases[i], k, ns[i], m, lo, hi, portable, job));
         // no WeightPrefetch: float32 weights outgrow L2, and it measured no gain (BENCHMARKS.md, session 15)
     }
 
@@ -121,14 +122,17 @@ public static unsafe partial class Fp32Kernels
     /// more than <see cref="MaxRows"/> passes of them (<see cref="Fp32LongInputs"/>). The path
     /// <see cref="Linear(Tensor, Tensor, Tensor?)"/> takes for each part, and the one <see cref="Fp32LongInputs"/>' passes and
     /// the quantized many-row path's dequantized tiles take.</summary>
-    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
+    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable, long job = 0)
     {
         if (m > MaxRows) Fp32LongInputs.Passes(w, x, y, bias, k, n, m, from, to, portable);
         else if (!portable && FewRowsFit(m, k)) FewRowsPass(w, x, y, bias, k, n, m, from, to); // FewRowsFit: 2..FewRows rows
-        else if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable);
+        else if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable, job);
         else if (portable) PortableRows(w, x, y, bias, k, from, to);
         else Fp32Rows(w, x, y, bias, k, from, to);
     }
+
+    /// <summary>Jobs of <see cref="LinearsInto"/> so far: each job's number tells its parts' packed input rows apart (<see cref="PackedInputs"/>).</summary>
+    private static long _jobs;
 
     /// <summary>Elements ahead of the current position to prefetch in each row (4 KB), as the bf16 kernel does: the
     /// hardware prefetcher alone keeps too few lines in flight to reach DRAM bandwidth on two cores.</summary>

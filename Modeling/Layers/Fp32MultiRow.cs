@@ -26,12 +26,12 @@ public static unsafe partial class Fp32Kernels
     /// in near-equal blocks of at most <see cref="RowBlock"/> (the first block reads the four rows from memory, the others find
     /// them in cache, and all of them prefetch the next four: <see cref="SpreadPrefetch"/>); the last 1–3 weight rows of the
     /// range take the single-row kernel per input row.</summary>
-    private static void MultiRows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
+    private static void MultiRows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable, long job)
     {
         int block = portable ? PortableRowBlock : RowBlock;
         int blocks = (m + block - 1) / block;
         int o = from;
-        float* packed = portable ? null : PackedInputs(x, k, m, blocks);
+        float* packed = portable ? null : PackedInputs(x, k, m, blocks, job);
         // Each block prefetches from its own slice of the next four weight rows (SpreadPrefetch), moving `lines` lines an
         // iteration (lines ≥ 4 ÷ blocks, so the next group's 4k floats stream in across the blocks of this one).
         int lines = blocks == 1 ? 4 : blocks <= 3 ? 2 : 1, slice = (4 * k / blocks) & ~15;
@@ -60,21 +60,34 @@ public static unsafe partial class Fp32Kernels
     /// <summary>This thread's buffer for <see cref="PackedInputs"/> (grown as needed, kept for the thread's life).</summary>
     [ThreadStatic] private static nint _packed;
     [ThreadStatic] private static long _packedFloats;
+    /// <summary>What this thread's buffer holds: the rows at <see cref="_packedFrom"/>, <see cref="_packedRows"/> × <see cref="_packedK"/>, packed for job <see cref="_packedJob"/> (0: nothing reusable).</summary>
+    [ThreadStatic] private static long _packedJob;
+    [ThreadStatic] private static nint _packedFrom;
+    [ThreadStatic] private static int _packedRows, _packedK;
 
     /// <summary>
     /// The input rows' vector part (columns below k rounded down to 16) rearranged block by block, as
     /// <see cref="MultiRows"/> cuts them (near-equal blocks of at most <see cref="RowBlock"/> rows): a block of s rows
     /// starting at row r lies at r·full, column chunk c of its row j at (c·s + j)·16. The register block then reads
     /// its s input vectors of a chunk from one pointer at fixed offsets, where s row pointers did not fit the
-    /// registers beside the four weight rows (the JIT reloaded five of them from the stack every 16 columns). Each part of
-    /// a product packs the rows again (a copy of m × k floats: ≈ 4 % of a down projection's part at 16 rows). From memory,
+    /// registers beside the four weight rows (the JIT reloaded five of them from the stack every 16 columns). A thread
+    /// packs a job's rows once for all the parts of it that it runs (<see cref="PackOncePerJob"/>; per part until session
+    /// 24, a copy of m × k floats each time: ≈ 4 % of a down projection's part at 16 rows; batched decode of 16 and 8 rows
+    /// 0.970–0.988 and 0.974 the time a round; a prefill's passes, which repack per pass, and the 5-row verification pass
+    /// unchanged). From memory,
     /// 96 weights of 2048 × 768 (medians of 6–10 alternating rounds in one process): 16 rows 30.0–30.3 → 24.7–24.8 ms,
     /// 12 rows 30.4 → 28.9, 32 rows 45.6 → 44.4, 64 rows 74.7 → 73.2; 768 × 2048 at 16 rows 28.5 → 29.7 (the copy's
     /// share). bench serve, 2 alternating pairs: ITL p50 37.9 → 33.5 and 45.8 → 37.0 ms, aggregate 335 → 365 and 273 → 334
     /// tokens/s. BENCHMARKS.md, session 14.
     /// </summary>
-    private static float* PackedInputs(float* x, int k, int m, int blocks)
+    private static float* PackedInputs(float* x, int k, int m, int blocks, long job)
     {
+        if (job != 0 && PackOncePerJob && _packedJob == job && _packedFrom == (nint)x && _packedRows == m && _packedK == k)
+            return (float*)_packed; // another part of the same job on this thread: the same rows, already packed
+        _packedJob = job;
+        _packedFrom = (nint)x;
+        _packedRows = m;
+        _packedK = k;
         int full = k & ~15;
         long need = (long)m * full;
         if (_packedFloats < need)
@@ -112,6 +125,11 @@ public static unsafe partial class Fp32Kernels
     /// prefetcht0: 0.91×. Outputs are unchanged (a prefetch reads nothing into the sums).
     /// </summary>
     internal static bool SpreadPrefetch { get; set; } = true;
+
+    /// <summary>On: a thread packs a job's input rows once for all the parts of it that it runs (the parts of a job —
+    /// all its weights' output rows, cut into <see cref="SpinPool.PartsPerThread"/> parts a thread — share one input);
+    /// off: once per part, as before session 24.</summary>
+    public static bool PackOncePerJob { get; set; } = true;
 
     /// <summary>
     /// Where k is a multiple of 16 (every shape of the Llama models here), the register block ends each input row's four

@@ -57,6 +57,32 @@ public class Fp32KernelTests
         AssertClose(xt, w, null, ours2, new long[] { 5, 45 });
     }
 
+    /// <summary>
+    /// A thread packs a job's input rows once for all its parts of the job: an input buffer refilled in place between
+    /// two products (as the decode layer refills its buffers layer after layer) is packed again, and the outputs are the
+    /// bits of packing per part.
+    /// </summary>
+    [Fact]
+    public void Input_rows_refilled_in_place_are_packed_again_for_the_next_product()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return;
+        manual_seed(29);
+        var w = randn(1031, 2048); // many parts a thread
+        using var x = randn(16, 2048);
+        using var first = Fp32Kernels.Linear(x, w, null);
+        AssertClose(x, w, null, first, new long[] { 16, 1031 });
+        using (var fresh = randn(16, 2048)) x.copy_(fresh); // the same memory, new rows
+        using var second = Fp32Kernels.Linear(x, w, null);
+        AssertClose(x, w, null, second, new long[] { 16, 1031 });
+        Fp32Kernels.PackOncePerJob = false;
+        try
+        {
+            using var perPart = Fp32Kernels.Linear(x, w, null);
+            Assert.True(perPart.eq(second).all().item<bool>(), "packing once a job changed the bits");
+        }
+        finally { Fp32Kernels.PackOncePerJob = true; }
+    }
+
     [Theory]
     [InlineData(2, false)]
     [InlineData(13, false)]
