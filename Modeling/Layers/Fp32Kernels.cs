@@ -122,11 +122,11 @@ public static unsafe partial class Fp32Kernels
     /// more than <see cref="MaxRows"/> passes of them (<see cref="Fp32LongInputs"/>). The path
     /// <see cref="Linear(Tensor, Tensor, Tensor?)"/> takes for each part, and the one <see cref="Fp32LongInputs"/>' passes and
     /// the quantized many-row path's dequantized tiles take.</summary>
-    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable, long job = 0)
+    internal static void RowsOf(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable, long job = 0, float* input = null, int inputRows = 0)
     {
-        if (m > MaxRows) Fp32LongInputs.Passes(w, x, y, bias, k, n, m, from, to, portable);
+        if (m > MaxRows) Fp32LongInputs.Passes(w, x, y, bias, k, n, m, from, to, portable, job);
         else if (!portable && FewRowsFit(m, k)) FewRowsPass(w, x, y, bias, k, n, m, from, to); // FewRowsFit: 2..FewRows rows
-        else if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable, job);
+        else if (m > 1) MultiRows(w, x, y, bias, k, n, m, from, to, portable, job, input == null ? x : input, input == null ? m : inputRows);
         else if (portable) PortableRows(w, x, y, bias, k, from, to);
         else Fp32Rows(w, x, y, bias, k, from, to);
     }

@@ -21,13 +21,14 @@ public static unsafe class Fp32LongInputs
     public static int Passes(int m) => (m + Fp32Kernels.MaxRows - 1) / Fp32Kernels.MaxRows;
 
     /// <summary>Output columns [from, to) of all <paramref name="m"/> input rows, pass by pass.</summary>
-    internal static void Passes(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable)
+    internal static void Passes(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable, long job = 0)
     {
         int passes = Passes(m), r = 0;
         for (int p = 0; p < passes; p++)
         {
             int rows = PassRows(m, passes, p);
-            Fp32Kernels.RowsOf(w, x + (long)r * k, y + (long)r * n, bias, k, n, rows, from, to, portable);
+            // job and the whole input: a thread packs each pass's rows once for all its parts of the job (PackOncePerJob)
+            Fp32Kernels.RowsOf(w, x + (long)r * k, y + (long)r * n, bias, k, n, rows, from, to, portable, job, x, m);
             r += rows;
         }
     }

@@ -26,12 +26,12 @@ public static unsafe partial class Fp32Kernels
     /// in near-equal blocks of at most <see cref="RowBlock"/> (the first block reads the four rows from memory, the others find
     /// them in cache, and all of them prefetch the next four: <see cref="SpreadPrefetch"/>); the last 1–3 weight rows of the
     /// range take the single-row kernel per input row.</summary>
-    private static void MultiRows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable, long job)
+    private static void MultiRows(float* w, float* x, float* y, float* bias, int k, int n, int m, int from, int to, bool portable, long job, float* input, int inputRows)
     {
         int block = portable ? PortableRowBlock : RowBlock;
         int blocks = (m + block - 1) / block;
         int o = from;
-        float* packed = portable ? null : PackedInputs(x, k, m, blocks, job);
+        float* packed = portable ? null : PackedInputs(x, k, m, blocks, job, input, inputRows);
         // Each block prefetches from its own slice of the next four weight rows (SpreadPrefetch), moving `lines` lines an
         // iteration (lines ≥ 4 ÷ blocks, so the next group's 4k floats stream in across the blocks of this one).
         int lines = blocks == 1 ? 4 : blocks <= 3 ? 2 : 1, slice = (4 * k / blocks) & ~15;
@@ -60,43 +60,56 @@ public static unsafe partial class Fp32Kernels
     /// <summary>This thread's buffer for <see cref="PackedInputs"/> (grown as needed, kept for the thread's life).</summary>
     [ThreadStatic] private static nint _packed;
     [ThreadStatic] private static long _packedFloats;
-    /// <summary>What this thread's buffer holds: the rows at <see cref="_packedFrom"/>, <see cref="_packedRows"/> × <see cref="_packedK"/>, packed for job <see cref="_packedJob"/> (0: nothing reusable).</summary>
+    /// <summary>What this thread's buffer holds: the first <see cref="_packedRows"/> rows (k = <see cref="_packedK"/>) of
+    /// the input at <see cref="_packedFrom"/>, packed pass by pass for job <see cref="_packedJob"/> (0: nothing reusable).</summary>
     [ThreadStatic] private static long _packedJob;
     [ThreadStatic] private static nint _packedFrom;
     [ThreadStatic] private static int _packedRows, _packedK;
+
+    /// <summary>The most a thread keeps packed of a job's input of several passes (a prefill's): 8 MB (512 rows of 4,096).
+    /// A longer input is packed pass by pass for each part, as before session 24.</summary>
+    private const long MaxPackedBytes = 8L << 20;
 
     /// <summary>
     /// The input rows' vector part (columns below k rounded down to 16) rearranged block by block, as
     /// <see cref="MultiRows"/> cuts them (near-equal blocks of at most <see cref="RowBlock"/> rows): a block of s rows
     /// starting at row r lies at r·full, column chunk c of its row j at (c·s + j)·16. The register block then reads
     /// its s input vectors of a chunk from one pointer at fixed offsets, where s row pointers did not fit the
-    /// registers beside the four weight rows (the JIT reloaded five of them from the stack every 16 columns). A thread
-    /// packs a job's rows once for all the parts of it that it runs (<see cref="PackOncePerJob"/>; per part until session
-    /// 24, a copy of m × k floats each time: ≈ 4 % of a down projection's part at 16 rows; batched decode of 16 and 8 rows
-    /// 0.970–0.988 and 0.974 the time a round; a prefill's passes, which repack per pass, and the 5-row verification pass
-    /// unchanged). From memory,
+    /// registers beside the four weight rows (the JIT reloaded five of them from the stack every 16 columns). From memory,
     /// 96 weights of 2048 × 768 (medians of 6–10 alternating rounds in one process): 16 rows 30.0–30.3 → 24.7–24.8 ms,
     /// 12 rows 30.4 → 28.9, 32 rows 45.6 → 44.4, 64 rows 74.7 → 73.2; 768 × 2048 at 16 rows 28.5 → 29.7 (the copy's
     /// share). bench serve, 2 alternating pairs: ITL p50 37.9 → 33.5 and 45.8 → 37.0 ms, aggregate 335 → 365 and 273 → 334
     /// tokens/s. BENCHMARKS.md, session 14.
+    /// <para>A thread packs a job's rows once for all the parts of it that it runs (<see cref="PackOncePerJob"/>): the
+    /// parts of a job share its input, and a prefill's passes (<see cref="Fp32LongInputs"/>) lie one after another in the
+    /// buffer, up to <see cref="MaxPackedBytes"/>. Until session 24 every part packed its rows again (a copy of m × k floats
+    /// each time, ≈ 4 % of a down projection's part at 16 rows; 5 % of a prefill's samples). Alternating in one process,
+    /// medians of paired ratios: batched decode of 16 rows 0.970–0.988 the time a round, 8 rows 0.974; the merged prefill of
+    /// 16 × 30 positions 0.971–0.982, of one 512-token prompt 0.971; the 5-position verification pass 0.99–1.01 (its
+    /// few-row products do not pack).</para>
     /// </summary>
-    private static float* PackedInputs(float* x, int k, int m, int blocks, long job)
+    private static float* PackedInputs(float* x, int k, int m, int blocks, long job, float* input, int inputRows)
     {
-        if (job != 0 && PackOncePerJob && _packedJob == job && _packedFrom == (nint)x && _packedRows == m && _packedK == k)
-            return (float*)_packed; // another part of the same job on this thread: the same rows, already packed
-        _packedJob = job;
-        _packedFrom = (nint)x;
-        _packedRows = m;
-        _packedK = k;
         int full = k & ~15;
-        long need = (long)m * full;
+        if ((long)inputRows * full * 4 > MaxPackedBytes)
+        {
+            input = x; // too long to keep: this pass alone
+            inputRows = m;
+        }
+        long offset = (x - input) / k; // the pass's first row in the job's input
+        bool same = job != 0 && PackOncePerJob && _packedJob == job && _packedFrom == (nint)input && _packedK == k;
+        if (same && offset + m <= _packedRows)
+            return (float*)_packed + offset * full; // another part of the same job on this thread: these rows are packed
+        long need = (long)inputRows * full;
+        if (!same || _packedFloats < need) (_packedJob, _packedFrom, _packedK, _packedRows) = (job, (nint)input, k, 0);
         if (_packedFloats < need)
         {
             if (_packed != 0) System.Runtime.InteropServices.NativeMemory.AlignedFree((void*)_packed);
             _packed = (nint)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(need * 4), 64);
             _packedFloats = need;
         }
-        float* dst = (float*)_packed;
+        if (offset == _packedRows) _packedRows = (int)(offset + m); // the passes run in order: the packed rows grow from the first
+        float* dst = (float*)_packed + offset * full;
         int r = 0;
         for (int c = 0; c < blocks; c++)
         {
@@ -127,8 +140,8 @@ public static unsafe partial class Fp32Kernels
     internal static bool SpreadPrefetch { get; set; } = true;
 
     /// <summary>On: a thread packs a job's input rows once for all the parts of it that it runs (the parts of a job —
-    /// all its weights' output rows, cut into <see cref="SpinPool.PartsPerThread"/> parts a thread — share one input);
-    /// off: once per part, as before session 24.</summary>
+    /// all its weights' output rows, cut into <see cref="SpinPool.PartsPerThread"/> parts a thread — share one input;
+    /// <see cref="PackedInputs"/>); off: once per part and pass, as before session 24 (benchmarks compare both).</summary>
     public static bool PackOncePerJob { get; set; } = true;
 
     /// <summary>

@@ -62,18 +62,20 @@ public class Fp32KernelTests
     /// two products (as the decode layer refills its buffers layer after layer) is packed again, and the outputs are the
     /// bits of packing per part.
     /// </summary>
-    [Fact]
-    public void Input_rows_refilled_in_place_are_packed_again_for_the_next_product()
+    [Theory]
+    [InlineData(16)]  // one pass
+    [InlineData(150)] // three passes of 50 rows (Fp32LongInputs), each packed once a thread
+    public void Input_rows_refilled_in_place_are_packed_again_for_the_next_product(int rows)
     {
         if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return;
         manual_seed(29);
         var w = randn(1031, 2048); // many parts a thread
-        using var x = randn(16, 2048);
+        using var x = randn(rows, 2048);
         using var first = Fp32Kernels.Linear(x, w, null);
-        AssertClose(x, w, null, first, new long[] { 16, 1031 });
-        using (var fresh = randn(16, 2048)) x.copy_(fresh); // the same memory, new rows
+        AssertClose(x, w, null, first, new long[] { rows, 1031 });
+        using (var fresh = randn(rows, 2048)) x.copy_(fresh); // the same memory, new rows
         using var second = Fp32Kernels.Linear(x, w, null);
-        AssertClose(x, w, null, second, new long[] { 16, 1031 });
+        AssertClose(x, w, null, second, new long[] { rows, 1031 });
         Fp32Kernels.PackOncePerJob = false;
         try
         {
