@@ -109,7 +109,7 @@ public static unsafe partial class Fp32Kernels
         int count = weights.Count;
         var offsets = new int[count + 1]; // weight i's rows are rows [offsets[i], offsets[i + 1]) of the job
         for (int i = 0; i < count; i++) offsets[i + 1] = offsets[i] + ns[i];
-        long job = Interlocked.Increment(ref _jobs); // the parts of this job on one thread pack its input rows once (PackedInputs)
+        long job = NewJob(); // the parts of this job on one thread pack its input rows once (PackedInputs)
         DecodeKernels.RunWeights(offsets, (i, lo, hi) => RowsOf((float*)weights[i], x, (float*)outputs[i], (float*)biases[i], k, ns[i], m, lo, hi, portable, job));
         // no WeightPrefetch: float32 weights outgrow L2, and it measured no gain (BENCHMARKS.md, session 15)
     }
@@ -133,6 +133,9 @@ public static unsafe partial class Fp32Kernels
 
     /// <summary>Jobs of <see cref="LinearsInto"/> so far: each job's number tells its parts' packed input rows apart (<see cref="PackedInputs"/>).</summary>
     private static long _jobs;
+
+    /// <summary>A new job number for <see cref="RowsOf"/>: calls with the same number and input share a thread's packed input rows.</summary>
+    internal static long NewJob() => Interlocked.Increment(ref _jobs);
 
     /// <summary>Elements ahead of the current position to prefetch in each row (4 KB), as the bf16 kernel does: the
     /// hardware prefetcher alone keeps too few lines in flight to reach DRAM bandwidth on two cores.</summary>

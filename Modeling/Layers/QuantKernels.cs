@@ -546,13 +546,14 @@ public static unsafe class QuantKernels
         float* xp = (float*)TensorMemory.Pointer(xf), yp = (float*)TensorMemory.Pointer(y), bp = bf is null ? null : (float*)TensorMemory.Pointer(bf);
         int tileRows = TileRows(k, n), tiles = (n + tileRows - 1) / tileRows;
         nint xa = (nint)xp, ya = (nint)yp, ba = (nint)bp;
+        long job = Fp32Kernels.NewJob(); // every tile a thread takes multiplies the same input rows: packed once a thread
         SpinPool.Shared.Run(tiles, t =>
         {
             int o0 = t * tileRows, rows = Math.Min(tileRows, n - o0);
             float* tile = ThreadTile((long)tileRows * k);
             Dequantize(w, o0, rows, tile, simd);
             // The tile holds rows [o0, o0 + rows): the kernels index W by output row.
-            Fp32Kernels.RowsOf(tile - (long)o0 * k, (float*)xa, (float*)ya, (float*)ba, k, n, m, o0, o0 + rows, portable: !simd);
+            Fp32Kernels.RowsOf(tile - (long)o0 * k, (float*)xa, (float*)ya, (float*)ba, k, n, m, o0, o0 + rows, portable: !simd, job: job);
         });
         var result = y.dtype != x.dtype ? y.to(x.dtype) : y;
         return result.reshape(x.Shape()[..^1].Append(n).ToArray()).MoveToOuterDisposeScope();
