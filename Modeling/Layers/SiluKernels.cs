@@ -22,7 +22,9 @@ namespace ShardPipe.Modeling.Layers;
 /// away from the same positions decoded one at a time (session 23). Here each row is computed as that row alone, so a
 /// row's bits do not depend on the step it is in (decode, verification, merged step, prefill), as the float32 products
 /// do not (<see cref="Fp32Kernels.Fp32Rows"/>). Where every row is a whole number of passes (the Llama models' 2,048,
-/// 11,008, 14,336, …) this is exactly libtorch's output.</para>
+/// 11,008, 14,336, …) this is libtorch's output up to 32,768 elements, and above wherever libtorch's per-thread shares are
+/// whole passes too (on two threads a 480 × 2,048 prefill's are); where a share ends inside a row (34 × 2,048 on three
+/// threads or more), libtorch's bits for that row depended on the split, and here the row keeps its one-row values.</para>
 /// <para>Why a kernel: in a decode step the two libtorch calls (SiLU, then the multiply) took 8–9 µs a layer of serial
 /// time between the gate/up and down products — with the weights streaming through the caches, libtorch's dispatch runs
 /// cold — and the fused pass 3–4 µs (100–111 against 40–51 µs a token of the 134M Llama in int4, BENCHMARKS.md, session
@@ -37,7 +39,8 @@ public static unsafe class SiluKernels
     private const int Float32Pass = 32, Bf16Pass = 64;
 
     /// <summary>Inputs up to this many elements run on the calling thread (a decode step's); larger ones in whole rows on
-    /// <see cref="SpinPool"/>, each part at least this many elements.</summary>
+    /// <see cref="SpinPool"/>, each part at least a quarter of this many elements (<see cref="SpinPool.PartsPerThread"/>
+    /// parts a thread) or one row.</summary>
     private const int SerialElements = 32768;
 
     /// <summary>

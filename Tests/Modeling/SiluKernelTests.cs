@@ -129,6 +129,43 @@ public class SiluKernelTests
     }
 
     /// <summary>
+    /// Rows shorter than one of libtorch's passes are scalar throughout (the C library's <c>expf</c>, c10's scalar bf16
+    /// rounding): 64 rows of 31 float32 or 63 bf16 inputs, special values among them (±∞, NaN, subnormals, the exp's
+    /// bounds), each row against libtorch's bits for that row alone.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, 31)]
+    [InlineData(ScalarType.BFloat16, 63)]
+    public void Rows_shorter_than_a_pass_take_libtorchs_scalar_values(ScalarType dtype, int width)
+    {
+        Assert.True(Avx512F.IsSupported);
+        manual_seed(37);
+        const int rows = 64;
+        var special = new float[] { 0f, -0f, float.PositiveInfinity, float.NegativeInfinity, float.NaN, -104f, -103.99999f, 100f, 99.99999f,
+            88.7f, -88.7f, 1e-30f, -1e-30f, float.Epsilon, -float.Epsilon, 0.5f, -0.5f, 20f, -20f, 3e-39f };
+        var values = (randn(rows, width) * 20).data<float>().ToArray();
+        for (int i = 0; i < values.Length; i += 3) values[i] = special[(i / 3) % special.Length];
+        using var gate = tensor(values).reshape(rows, width).to(dtype);
+        using var up = randn(rows, width).to(dtype);
+        using var all = SiluKernels.SiluMul(gate, up);
+        int differ = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            using var g = gate.narrow(0, r, 1).contiguous();
+            using var u = up.narrow(0, r, 1).contiguous();
+            using var theirs = Libtorch(g, u);
+            using var mine = all.narrow(0, r, 1).contiguous();
+            // A NaN is a NaN: its bits are not compared (libtorch's bf16 multiply runs a loop of its own, 32 elements a pass
+            // with AVX2 here, and writes a vector NaN as 0xFFFF, a scalar one as 0x7FC0).
+            using var mineF = mine.to(ScalarType.Float32);
+            using var theirsF = theirs.to(ScalarType.Float32);
+            differ += Bits32(mineF).Zip(Bits32(theirsF)).Count(p => p.First != p.Second
+                && !(float.IsNaN(BitConverter.UInt32BitsToSingle(p.First)) && float.IsNaN(BitConverter.UInt32BitsToSingle(p.Second))));
+        }
+        Assert.True(differ == 0, $"{dtype}, width {width}: {differ} of {rows * width} values differ from libtorch's for the row alone");
+    }
+
+    /// <summary>
     /// Each row of a step is computed as that row alone, whatever the rows beside it: 5 rows of 176 (where libtorch's
     /// scalar tail falls on other elements for 5 rows than for one), and 40 rows of 2,111 (more than 32,768 elements: cut
     /// into whole rows over the spin pool; libtorch cuts such a loop across its threads, each share with its own tail).
