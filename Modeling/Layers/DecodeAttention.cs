@@ -232,7 +232,7 @@ public static unsafe partial class DecodeAttention
     private static float Read(byte* p, ScalarType dtype, int i) => dtype switch
     {
         ScalarType.Float32 => ((float*)p)[i],
-        ScalarType.BFloat16 => BitConverter.UInt32BitsToSingle((uint)((ushort*)p)[i] << 16),
+        ScalarType.BFloat16 => StepKernels.FromBf16(((ushort*)p)[i]),
         _ => (float)((Half*)p)[i],
     };
 
@@ -254,7 +254,7 @@ public static unsafe partial class DecodeAttention
                     Vector128.ShiftLeft(Vector128.WidenLower(x), 16).AsSingle().Store(dst + i);
                     Vector128.ShiftLeft(Vector128.WidenUpper(x), 16).AsSingle().Store(dst + i + 4);
                 }
-                for (; i < n; i++) dst[i] = BitConverter.UInt32BitsToSingle((uint)s[i] << 16);
+                for (; i < n; i++) dst[i] = StepKernels.FromBf16(s[i]);
                 break;
             }
             default:

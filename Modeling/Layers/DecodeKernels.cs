@@ -122,7 +122,7 @@ public static unsafe class DecodeKernels
                 {
                     var bp = (ushort*)biases[i];
                     for (int r = 0; r < m; r++)
-                        for (int j = 0; j < n; j++) ys[at + r * n + j] += ToFloat(bp[j]);
+                        for (int j = 0; j < n; j++) ys[at + r * n + j] += StepKernels.FromBf16(bp[j]);
                 }
                 fixed (float* yw = ys) StepKernels.Narrow(yw + at, (byte*)outputs[i], bf16: true, m * n); // vectorised rounding (a head's row is the vocabulary)
             }
@@ -257,7 +257,7 @@ public static unsafe class DecodeKernels
                 i += 32;
             }
             float s = Vector512.Sum((a0 + a1) + (a2 + a3));
-            for (; i < cols; i++) s += ToFloat(r[i]) * x[i];
+            for (; i < cols; i++) s += StepKernels.FromBf16(r[i]) * x[i];
             y[o] = s;
         }
     }
@@ -268,6 +268,4 @@ public static unsafe class DecodeKernels
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> High(Vector512<ushort> v) => Vector512.ShiftLeft(Vector512.WidenUpper(v), 16).AsSingle();
-
-    private static float ToFloat(ushort bf16) => BitConverter.Int32BitsToSingle(bf16 << 16);
 }

@@ -131,7 +131,8 @@ public static unsafe partial class Fp32Kernels
         else Fp32Rows(w, x, y, bias, k, from, to);
     }
 
-    /// <summary>Jobs of <see cref="LinearsInto"/> so far: each job's number tells its parts' packed input rows apart (<see cref="PackedInputs"/>).</summary>
+    /// <summary>Jobs numbered so far (<see cref="NewJob"/>: each <see cref="LinearsInto"/> call, each quantized many-row
+    /// product): a job's number tells its parts' packed input rows apart (<see cref="PackedInputs"/>).</summary>
     private static long _jobs;
 
     /// <summary>A new job number for <see cref="RowsOf"/>: calls with the same number and input share a thread's packed input rows.</summary>

@@ -401,7 +401,7 @@ public static unsafe class QuantKernels
             if (type == ScalarType.Float32)
                 for (int d = 0; d < kp; d++) xq[d] = s[d] < 0 ? 0f : ((float*)xp)[s[d]];
             else if (type == ScalarType.BFloat16)
-                for (int d = 0; d < kp; d++) xq[d] = s[d] < 0 ? 0f : BitConverter.Int32BitsToSingle(((ushort*)xp)[s[d]] << 16);
+                for (int d = 0; d < kp; d++) xq[d] = s[d] < 0 ? 0f : StepKernels.FromBf16(((ushort*)xp)[s[d]]);
             else
                 for (int d = 0; d < kp; d++) xq[d] = s[d] < 0 ? 0f : (float)((Half*)xp)[s[d]];
         }
@@ -740,7 +740,7 @@ public static unsafe class QuantKernels
     private static float Load(byte* p, long i, ScalarType type) => type switch
     {
         ScalarType.Float32 => ((float*)p)[i],
-        ScalarType.BFloat16 => BitConverter.Int32BitsToSingle(((ushort*)p)[i] << 16),
+        ScalarType.BFloat16 => StepKernels.FromBf16(((ushort*)p)[i]),
         _ => (float)((Half*)p)[i],
     };
 

@@ -128,12 +128,10 @@ public static unsafe class SiluKernels
         }
         for (; i < width; i++)
         {
-            float act = Widen(ScalarBf16(SiluScalar(Widen(g[i]))));
-            y[i] = ScalarBf16(act * Widen(u[i]));
+            float act = StepKernels.FromBf16(ScalarBf16(SiluScalar(StepKernels.FromBf16(g[i]))));
+            y[i] = ScalarBf16(act * StepKernels.FromBf16(u[i]));
         }
     }
-
-    private static float Widen(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);
 
     /// <summary>c10's scalar float → bf16 (<c>round_to_nearest_even</c>): ties to even, every NaN 0x7FC0.</summary>
     private static ushort ScalarBf16(float f) => float.IsNaN(f) ? (ushort)0x7FC0 : StepKernels.ToBf16(f);

@@ -331,7 +331,7 @@ public static unsafe class StepKernels
             Unsafe.WriteUnaligned(dst + i, Vector.AsVectorSingle(lo << 16));
             Unsafe.WriteUnaligned(dst + i + w / 2, Vector.AsVectorSingle(hi << 16));
         }
-        for (; i < n; i++) dst[i] = BitConverter.UInt32BitsToSingle((uint)s[i] << 16);
+        for (; i < n; i++) dst[i] = FromBf16(s[i]);
     }
 
     /// <summary>float32 <paramref name="src"/> into <paramref name="dst"/> as float32, or rounded to bf16 (to nearest, ties to even; NaN stays NaN).</summary>
@@ -359,7 +359,7 @@ public static unsafe class StepKernels
         int i = 0, w = Vector<float>.Count;
         for (; i <= n - w; i += w)
             Unsafe.WriteUnaligned(v + i, Vector.AsVectorSingle(Bf16Bits(Unsafe.ReadUnaligned<Vector<float>>(v + i))));
-        for (; i < n; i++) v[i] = BitConverter.UInt32BitsToSingle((uint)ToBf16(v[i]) << 16);
+        for (; i < n; i++) v[i] = FromBf16(ToBf16(v[i]));
     }
 
     /// <summary>16 floats rounded to bf16 (to nearest, ties to even; NaN stays NaN, quieted), AVX-512: what
@@ -396,6 +396,9 @@ public static unsafe class StepKernels
         var quiet = (bits | new Vector<uint>(0x400000)) & new Vector<uint>(0xffff0000);
         return Vector.ConditionalSelect(Vector.AsVectorUInt32(Vector.Equals(x, x)), rounded, quiet);
     }
+
+    /// <summary>A bf16 value as float32 (exact: its bits are the float's upper half).</summary>
+    internal static float FromBf16(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);
 
     /// <summary>Rounds a float32 to bf16, to nearest with ties to even (as libtorch does); NaN stays NaN.</summary>
     internal static ushort ToBf16(float f)
