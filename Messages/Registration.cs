@@ -6,7 +6,11 @@ namespace ShardPipe.Messages;
 /// What a device worker tells the coordinator, first and then every couple of seconds (so that a coordinator that moved
 /// learns the cluster again): who it is, its device, its wire settings, and the slice it holds. <see cref="Speed"/>: how
 /// fast its node computes, in bytes of weights per second — a short calibration at start, then its real steps
-/// (<c>DeviceSpeed</c>); null from an older peer (the planner counts it as average).
+/// (<c>DeviceSpeed</c>); null from an older peer (the planner counts it as average). <see cref="Served"/>: the last model
+/// record committed to this worker, kept while it loads or holds a newer epoch of that model (a recovery or move whose
+/// coordinator died before committing it), so that the next coordinator still knows what the cluster serves.
+/// <see cref="SeenEpoch"/>: the highest plan epoch this worker was sent (held, loading or committed), so that the next
+/// coordinator never reuses an epoch a dead one already planned.
 /// </summary>
 [MessagePackObject]
 public sealed record RegisterWorker(
@@ -17,7 +21,9 @@ public sealed record RegisterWorker(
     [property: Key(4)] string[] LocalModelRoots,
     [property: Key(5)] HeldSlice? Holding = null,
     [property: Key(6)] StageTiming? Timing = null,
-    [property: Key(7)] double? Speed = null) : IShardPipeMessage;
+    [property: Key(7)] double? Speed = null,
+    [property: Key(8)] ModelRecord? Served = null,
+    [property: Key(9)] int SeenEpoch = 0) : IShardPipeMessage;
 
 /// <summary>
 /// How a worker's node has been running: the median of its recent step times (compute per hop) and of the activation

@@ -168,7 +168,7 @@ public sealed partial class CoordinatorActor : ReceiveActor, IWithTimers, IWithS
                 adoption.Missing.Count > 0 ? $"; {adoption.Missing.Count} stage(s) missing: recovering" : "");
             if (adoption.Missing.Count == 0) _refs.Commit(model);
         }
-        if (adoption.Missing.Count > 0) StartRecovery($"stage(s) {string.Join(", ", adoption.Missing.Select(_state.Describe))} did not report after the coordinator moved");
+        if (adoption.Missing.Count > 0) StartRecovery($"stage(s) {string.Join(", ", adoption.Missing.Select(_state.Describe))} hold no slice of epoch {adoption.Model!.PlanEpoch} after the coordinator moved");
         else Enter();
     }
 

@@ -47,10 +47,10 @@ public sealed partial class CoordinatorState<TCaller> where TCaller : notnull
             ? new WorkerRefused(r.NodeName, string.Join("; ", accepted.RefusedDevices.Select(d => $"{d.Device}: {d.Reason}")))
             : new WorkerRegistered(r.NodeName);
         (string, int)? release = null;
-        if (r.Holding is { } held && r.Devices.Length == 1 && Registry.Worker(r.Devices[0].ActorPath) is not null)
+        if (r.Devices.Length == 1 && Registry.Worker(r.Devices[0].ActorPath) is not null)
         {
-            if (starting) Model.Report(node, r.Devices[0].ActorPath, held);
-            else if (Model.Unused(held)) release = (r.Devices[0].ActorPath, held.PlanEpoch);
+            if (starting) Model.Report(node, r.Devices[0].ActorPath, r.Holding, r.Served, r.SeenEpoch);
+            else if (r.Holding is { } held && Model.Unused(held)) release = (r.Devices[0].ActorPath, held.PlanEpoch);
         }
         bool adopt = starting && Model.AllReported(workerNodes());
         return new Registered(reply, null, accepted.Joined, accepted.RefusedDevices, release, adopt,

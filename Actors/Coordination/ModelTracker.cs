@@ -49,6 +49,8 @@ public sealed class ModelTracker
     private readonly HashSet<string> _holders = new(StringComparer.Ordinal); // workers known to hold the served epoch's slice
     private readonly Dictionary<string, HeldSlice> _held = new(StringComparer.Ordinal); // reports heard while starting
     private readonly HashSet<string> _reported = new(StringComparer.Ordinal); // worker nodes heard from while starting
+    private readonly Dictionary<string, ModelRecord> _served = new(StringComparer.Ordinal); // last committed records heard while starting
+    private int _seenEpoch; // the highest plan epoch a worker reported while starting
 
     public ClusterState State { get; private set; } = ClusterState.Starting;
     public int Epoch { get; private set; }
@@ -70,29 +72,41 @@ public sealed class ModelTracker
 
     // ---- a new coordinator ----
 
-    /// <summary>While starting: a worker node registered; <paramref name="path"/>, a registered worker of it, holds <paramref name="held"/>.</summary>
-    public void Report(string node, string? path = null, HeldSlice? held = null)
+    /// <summary>
+    /// While starting: a worker node registered; <paramref name="path"/>, a registered worker of it, holds
+    /// <paramref name="held"/> and keeps <paramref name="served"/>, the last model record committed to it (also while it
+    /// loads, or holds, a newer epoch of that model that no coordinator committed); <paramref name="seenEpoch"/> is the
+    /// highest plan epoch it was sent (epochs after adoption continue above it).
+    /// </summary>
+    public void Report(string node, string? path = null, HeldSlice? held = null, ModelRecord? served = null, int seenEpoch = 0)
     {
         _reported.Add(node);
-        if (path is not null && held is not null) _held[path] = held;
+        if (path is null) return;
+        _seenEpoch = Math.Max(_seenEpoch, seenEpoch);
+        if (held is not null) _held[path] = held;
+        if (served is not null) _served[path] = served;
     }
 
     /// <summary>Every worker node that is up and reachable has reported (none known yet: the start window decides).</summary>
     public bool AllReported(IReadOnlyCollection<string> workerNodes) => workerNodes.Count > 0 && workerNodes.All(_reported.Contains);
 
     /// <summary>
-    /// Ends the start: the newest model the workers report is served again under its epoch (its stages that did not
-    /// report are missing: recovering), slices of other epochs are released; later epochs continue from the newest
-    /// seen. <paramref name="registered"/> says whether a reporting path is still a registered worker.
+    /// Ends the start: the newest committed model the workers report is served again under its epoch (its stages whose
+    /// workers do not hold that epoch are missing: recovering). Slices of older epochs are released — of every epoch
+    /// when no model is known; slices of a later epoch (a recovery or move the last coordinator did not commit) stay for
+    /// the recovery to take over. Later epochs continue from the newest seen. <paramref name="registered"/> says
+    /// whether a reporting path is still a registered worker.
     /// </summary>
     public Adoption Adopt(Func<string, bool> registered)
     {
-        var records = _held.Values.Where(h => h.Record is not null).Select(h => h.Record!).ToList();
+        var records = _held.Values.Select(h => h.Record).Concat(_served.Values).OfType<ModelRecord>().ToList();
         var newest = records.OrderByDescending(r => r.PlanEpoch).FirstOrDefault();
-        Epoch = Math.Max(Epoch, _held.Values.Select(h => h.PlanEpoch).Concat(records.Select(r => r.PlanEpoch)).DefaultIfEmpty(0).Max());
-        var release = _held.Where(kv => kv.Value.PlanEpoch != newest?.PlanEpoch && registered(kv.Key)).Select(kv => (kv.Key, kv.Value.PlanEpoch)).ToList();
+        Epoch = Math.Max(Math.Max(Epoch, _seenEpoch), _held.Values.Select(h => h.PlanEpoch).Concat(records.Select(r => r.PlanEpoch)).DefaultIfEmpty(0).Max());
+        var release = _held.Where(kv => (newest is null || kv.Value.PlanEpoch < newest.PlanEpoch) && registered(kv.Key)).Select(kv => (kv.Key, kv.Value.PlanEpoch)).ToList();
         var holders = _held.Where(kv => kv.Value.PlanEpoch == newest?.PlanEpoch && registered(kv.Key)).Select(kv => kv.Key).ToList();
         _held.Clear();
+        _served.Clear();
+        _seenEpoch = 0;
         _reported.Clear();
         if (newest is null)
         {

@@ -36,11 +36,12 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private readonly StageExecutor _executor;
     private CausalLMModel? _model;
     private int _epoch = -1;
+    private int _seenEpoch;         // the highest plan epoch a coordinator sent this worker (reported: never reused)
     private SliceLoaded? _loaded;
     private long _stepsAtLoad;      // the node's step count when the slice came in (later steps time this slice)
     private double? _stepSpeed;     // the last speed this node's real steps showed (bytes/s)
     private LoadSlice? _slice;      // the slice held (what it covers, for registrations and reuse)
-    private ModelRecord? _record;   // the served model, once the coordinator committed this epoch
+    private ModelRecord? _record;   // the served model's last committed record (kept while a newer epoch of it loads)
 
     public DeviceWorkerActor(NodeSettings settings, string device, long budget, IActorRef coordinator, ActivationListener? listener)
     {
@@ -69,7 +70,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self), Unusable()) },
         _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>(),
         _slice is { } s && _loaded is { } l ? new HeldSlice(s.PlanEpoch, s.Model, s.ModulePrefixes, l.Bytes, _record is { } r && r.PlanEpoch == s.PlanEpoch ? r : null) : null,
-        Timing(), Speed());
+        Timing(), Speed(), _record, _seenEpoch);
 
     /// <summary>This node's recent step and hop medians (diagnostics kept apart from what benchmarks drain).</summary>
     private StageTiming Timing()
@@ -203,7 +204,12 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Registered();
         Receive<MessageChunk>(Reassemble);
         Receive<LoadSlice>(OnLoadSlice);
-        Receive<ReleaseSlice>(_ => { if (FromCoordinator("a release")) Sender.Tell(new ModelUnloaded("")); });
+        Receive<ReleaseSlice>(r =>
+        {
+            if (!FromCoordinator("a release")) return;
+            if (_record is { } kept && kept.PlanEpoch <= r.PlanEpoch) _record = null; // a failed load kept it: the model is let go
+            Sender.Tell(new ModelUnloaded(""));
+        });
         Receive<StageInput>(i => { if (FromMember()) _executor.Fail(i, "no model slice is loaded on this stage", retryable: true); });
         Receive<StageBatch>(b =>
         {
@@ -216,11 +222,13 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
 
     private void StartLoad(LoadSlice slice)
     {
-        if (slice.PlanEpoch == _epoch && _loaded is not null)
+        if (slice.PlanEpoch == _epoch && _loaded is not null && _slice is { } same && same.SamePlan(slice))
         {
             Sender.Tell(_loaded); // idempotent: this epoch's slice is already here
             return;
         }
+        if (slice.PlanEpoch == _epoch && _loaded is not null) // two coordinators planned one epoch (one died): the living one's plan wins
+            _log.Warning("{0}: a different slice of epoch {1} came from {2}: loading it in place of the one held", _stage, slice.PlanEpoch, Sender.Path);
         if (slice.PlannedBytes > _budget)
         {
             Sender.Tell(new SliceFailed(slice.PlanEpoch, Path(), $"{_stage}: slice of {ByteSize.Format(slice.PlannedBytes)} exceeds its budget of {ByteSize.Format(_budget)}"));
@@ -228,9 +236,13 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         }
         // A new epoch of the same model (a recovery re-plan) keeps what this worker already holds: the loader takes
         // those tensors over and reads only what moved here. The old stage stops now (its requests resume elsewhere).
-        var previous = _model is not null && _slice is { } held && held.Model == slice.Model && held.Variant == slice.Variant
-            && held.DType == slice.DType && _device != "disk" ? _model : null;
+        bool sameModel = _slice is { } held && held.Model == slice.Model && held.Variant == slice.Variant && held.DType == slice.DType;
+        var previous = _model is not null && sameModel && _device != "disk" ? _model : null;
+        // The model's last committed record stays until the new epoch is committed: a coordinator that takes over
+        // before then (this one died mid-recovery or mid-move) learns from it what the cluster serves.
+        var record = sameModel ? _record : null;
         ReleaseModel(keepTensors: previous is not null);
+        _record = record;
         var replyTo = Sender;
         var self = Self;
         var system = Context.System;
@@ -333,7 +345,11 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private void OnLoadSlice(LoadSlice slice)
     {
         if (!FromCoordinator("a slice")) Sender.Tell(new SliceFailed(slice.PlanEpoch, Path(), $"{_stage}: slices are taken only from the cluster's coordinator"));
-        else StartLoad(slice);
+        else
+        {
+            _seenEpoch = Math.Max(_seenEpoch, slice.PlanEpoch);
+            StartLoad(slice);
+        }
     }
 
     /// <summary>Stops the stage and forgets the slice; its tensors are freed unless <paramref name="keepTensors"/> (a new slice takes them over).</summary>

@@ -110,6 +110,38 @@ public class ClusterRecoveryTests
     }
 
     [Fact]
+    public async Task A_coordinator_crash_mid_recovery_leaves_the_model_to_the_next_coordinator_with_the_same_tokens()
+    {
+        // A second fault: the coordinator's node dies while the survivors of a first one load their recovery slices
+        // (a new epoch, not yet committed). The next coordinator must still know the model (the last committed record
+        // the workers keep) and serve it again, not forget it.
+        await using var cluster = await EmbeddedCluster.StartAsync(4, "node-1/cpu=1GiB,node-2/cpu=1GiB,node-3/cpu=1GiB,node-4/cpu=1GiB");
+        var loaded = await cluster.Client.LoadAsync(Requests.Load(Model), TimeSpan.FromMinutes(1));
+        var expected = await cluster.Client.RunAsync(Greedy(20), loaded.Stages, TimeSpan.FromSeconds(30));
+        int victim = Enumerable.Range(1, 3).Last(i => loaded.DeviceMap.Any(e => e.Device.StartsWith($"node-{i + 1}/")));
+
+        using var gate = new ManualResetEventSlim(false);
+        var materialising = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        foreach (int i in Enumerable.Range(1, 3).Where(i => i != victim))
+            FaultHooks.For(cluster.Nodes[i].System).BeforeMaterialise = () => { materialising.TrySetResult(); gate.Wait(TimeSpan.FromSeconds(60)); };
+        await cluster.Nodes[victim].Kill(); // a worker: node-1's coordinator re-plans its layers onto the survivors
+        await materialising.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        var survivor = Akka.Cluster.Cluster.Get(cluster.Nodes[victim == 1 ? 2 : 1].System);
+        await Eventually.True(() => survivor.State.Members.All(m => m.Address != cluster.Nodes[victim].Address), TimeSpan.FromSeconds(30), "the first victim removed");
+        await cluster.Nodes[0].Kill(); // the coordinator, while the survivors still load the recovery's epoch
+
+        // The next coordinator takes over while the survivors still load (they report no slice yet, only the record).
+        ClusterStatus? during = null;
+        await Eventually.True(async () => (during = await StatusOrNull(cluster)) is { State: not ClusterState.Starting }, TimeSpan.FromSeconds(60), "a new coordinator decided");
+        Assert.True(during!.State is ClusterState.Recovering or ClusterState.Ready, $"{during.StateName}: {during.Detail}");
+        gate.Set();
+        await Eventually.True(async () => (await StatusOrNull(cluster))?.State == ClusterState.Ready, TimeSpan.FromSeconds(30), "the model served again");
+        var status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
+        Assert.All(status.DeviceMap, e => Assert.False(e.Device.StartsWith("node-1/") || e.Device.StartsWith($"node-{victim + 1}/"), e.Device));
+        Assert.Equal(expected.NewTokens, (await cluster.Client.RunAsync(Greedy(20), status.Stages, TimeSpan.FromSeconds(30))).NewTokens);
+    }
+
+    [Fact]
     public async Task Survivors_without_room_mark_the_model_degraded_with_the_missing_bytes_and_it_recovers_when_a_node_joins()
     {
         // llama_tied is three ~101 KB blocks: each 150 KB node holds one, so no survivor can take another.
@@ -134,6 +166,13 @@ public class ClusterRecoveryTests
         status = await cluster.Client.StatusAsync(TimeSpan.FromSeconds(5));
         Assert.Contains(status.DeviceMap, e => e.Device.StartsWith("node-4/"));
         Assert.Equal(expected.NewTokens, (await cluster.Client.RunAsync(Greedy(20), status.Stages, TimeSpan.FromSeconds(30))).NewTokens);
+    }
+
+    /// <summary>The cluster's status, or null while no coordinator answers (one is moving to another node).</summary>
+    private static async Task<ClusterStatus?> StatusOrNull(EmbeddedCluster cluster)
+    {
+        try { return await cluster.Client.StatusAsync(TimeSpan.FromSeconds(2)); }
+        catch (Akka.Actor.AskTimeoutException) { return null; }
     }
 
     private sealed class NodeHandle(ShardPipeNode node) : IAsyncDisposable

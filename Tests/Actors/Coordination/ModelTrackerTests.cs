@@ -64,6 +64,24 @@ public class ModelTrackerTests
     }
 
     [Fact]
+    public void A_coordinator_that_died_mid_recovery_leaves_the_last_committed_model_to_the_next_with_epochs_above_every_one_sent()
+    {
+        // Epoch 4 served on a, b, c; c was lost and the last coordinator sent epoch 5 (a recovery) and died before
+        // committing it: a holds its epoch-5 slice, b is still loading it, and both keep the epoch-4 record.
+        var t = new ModelTracker();
+        var record = Model(4, "a", "b", "c");
+        t.Report("n1", "a", Held(5), served: record, seenEpoch: 5);
+        t.Report("n2", "b", held: null, served: record, seenEpoch: 6); // a plan of epoch 6 reached b alone
+        t.Report("n3", "old", Held(3), seenEpoch: 3);
+        var adoption = t.Adopt(_ => true);
+        Assert.Same(record, adoption.Model);
+        Assert.Equal(new[] { "a", "b", "c" }, adoption.Missing.Order()); // nobody holds epoch 4 any more: all re-planned
+        Assert.Equal(new[] { ("old", 3) }, adoption.Release); // the later epoch-5 slice stays, for the recovery to take over
+        Assert.Empty(t.Holders);
+        Assert.Equal(7, t.BeginRecovery(DateTime.UtcNow)); // never an epoch a dead coordinator already planned
+    }
+
+    [Fact]
     public void A_load_completes_when_every_slice_of_its_epoch_has_arrived()
     {
         var t = new ModelTracker();
