@@ -169,11 +169,11 @@ public sealed record LoadSlice(
 {
     /// <summary>
     /// Whether <paramref name="other"/> is this same assignment (a repeat, for idempotence): same epoch, model, variant,
-    /// dtype, modules and route. Two coordinators that planned one epoch (the first died mid-plan) differ here.
+    /// dtype, quantization, modules and route. Two coordinators that planned one epoch (the first died mid-plan) differ here.
     /// </summary>
     public bool SamePlan(LoadSlice other) =>
         PlanEpoch == other.PlanEpoch && Model == other.Model && Variant == other.Variant && DType == other.DType
-        && ModulePrefixes.SequenceEqual(other.ModulePrefixes) && Route.SequenceEqual(other.Route);
+        && Equals(Quantize, other.Quantize) && ModulePrefixes.SequenceEqual(other.ModulePrefixes) && Route.SequenceEqual(other.Route);
 }
 
 /// <summary>A checkpoint tensor of a slice (so a node without the files knows what to stream).</summary>

@@ -297,7 +297,7 @@ public sealed partial class CoordinatorActor : ReceiveActor, IWithTimers, IWithS
     {
         Timers.Cancel("load-timeout");
         AbandonMove("the model was unloaded or replaced");
-        foreach (int epoch in new[] { Model.Loaded?.PlanEpoch, Model.Pending?.Epoch }.OfType<int>().Distinct()) _refs.Release(epoch);
+        if (Model.Epoch > 0) _refs.Release(Model.Epoch); // every epoch up to the newest: uncommitted slices and kept records too
         foreach (var (id, caller) in _state.Admission.Clear()) caller.Tell(new RequestFailed(id, "coordinator", "the model was unloaded before this request started"));
         Model.Unload();
     }

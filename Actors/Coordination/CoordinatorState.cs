@@ -51,6 +51,7 @@ public sealed partial class CoordinatorState<TCaller> where TCaller : notnull
         {
             if (starting) Model.Report(node, r.Devices[0].ActorPath, r.Holding, r.Served, r.SeenEpoch);
             else if (r.Holding is { } held && Model.Unused(held)) release = (r.Devices[0].ActorPath, held.PlanEpoch);
+            else if ((r.Served ?? r.Holding?.Record) is { } kept && Model.StaleRecord(kept)) release = (r.Devices[0].ActorPath, kept.PlanEpoch);
         }
         bool adopt = starting && Model.AllReported(workerNodes());
         return new Registered(reply, null, accepted.Joined, accepted.RefusedDevices, release, adopt,

@@ -84,7 +84,9 @@ public sealed class ModelTracker
         if (path is null) return;
         _seenEpoch = Math.Max(_seenEpoch, seenEpoch);
         if (held is not null) _held[path] = held;
+        else _held.Remove(path); // its latest report counts: it holds nothing now (a load began)
         if (served is not null) _served[path] = served;
+        else if (held?.Record is null) _served.Remove(path);
     }
 
     /// <summary>Every worker node that is up and reachable has reported (none known yet: the start window decides).</summary>
@@ -92,18 +94,17 @@ public sealed class ModelTracker
 
     /// <summary>
     /// Ends the start: the newest committed model the workers report is served again under its epoch (its stages whose
-    /// workers do not hold that epoch are missing: recovering). Slices of older epochs are released — of every epoch
-    /// when no model is known; slices of a later epoch (a recovery or move the last coordinator did not commit) stay for
-    /// the recovery to take over. Later epochs continue from the newest seen. <paramref name="registered"/> says
-    /// whether a reporting path is still a registered worker.
+    /// workers do not hold that epoch are missing: recovering). Slices of other epochs are released — except, when stages
+    /// are missing, later slices of that model (a recovery or move the last coordinator did not commit), which the
+    /// recovery takes over. Later epochs continue from the newest seen. <paramref name="registered"/> says whether a
+    /// reporting path is still a registered worker.
     /// </summary>
     public Adoption Adopt(Func<string, bool> registered)
     {
         var records = _held.Values.Select(h => h.Record).Concat(_served.Values).OfType<ModelRecord>().ToList();
         var newest = records.OrderByDescending(r => r.PlanEpoch).FirstOrDefault();
         Epoch = Math.Max(Math.Max(Epoch, _seenEpoch), _held.Values.Select(h => h.PlanEpoch).Concat(records.Select(r => r.PlanEpoch)).DefaultIfEmpty(0).Max());
-        var release = _held.Where(kv => (newest is null || kv.Value.PlanEpoch < newest.PlanEpoch) && registered(kv.Key)).Select(kv => (kv.Key, kv.Value.PlanEpoch)).ToList();
-        var holders = _held.Where(kv => kv.Value.PlanEpoch == newest?.PlanEpoch && registered(kv.Key)).Select(kv => kv.Key).ToList();
+        var held = _held.Where(kv => registered(kv.Key)).ToList();
         _held.Clear();
         _served.Clear();
         _seenEpoch = 0;
@@ -111,13 +112,15 @@ public sealed class ModelTracker
         if (newest is null)
         {
             State = ClusterState.Empty;
-            return new Adoption(null, Array.Empty<string>(), release);
+            return new Adoption(null, Array.Empty<string>(), held.Select(kv => (kv.Key, kv.Value.PlanEpoch)).ToList());
         }
         Loaded = newest;
         Failure = null;
         _holders.Clear();
-        foreach (var p in holders) _holders.Add(p);
+        foreach (var (path, _) in held.Where(kv => kv.Value.PlanEpoch == newest.PlanEpoch)) _holders.Add(path);
         var missing = newest.Stages.Select(s => s.WorkerPath).Distinct().Where(p => !_holders.Contains(p)).ToList();
+        bool TakenOver(HeldSlice h) => missing.Count > 0 && h.PlanEpoch > newest.PlanEpoch && h.Model == newest.Folder;
+        var release = held.Where(kv => kv.Value.PlanEpoch != newest.PlanEpoch && !TakenOver(kv.Value)).Select(kv => (kv.Key, kv.Value.PlanEpoch)).ToList();
         State = ClusterState.Ready; // with stages missing, the caller begins a recovery at once
         return new Adoption(newest, missing, release);
     }
@@ -127,7 +130,15 @@ public sealed class ModelTracker
     /// longer in use (neither served nor loading, and older than the newest): the worker should release it.
     /// </summary>
     public bool Unused(HeldSlice held) =>
-        State != ClusterState.Starting && held.PlanEpoch != Loaded?.PlanEpoch && held.PlanEpoch != Pending?.Epoch && held.PlanEpoch < Epoch;
+        State != ClusterState.Starting && held.PlanEpoch != Loaded?.PlanEpoch && held.PlanEpoch != Pending?.Epoch && held.PlanEpoch < Epoch
+        && !(State == ClusterState.Recovering && Loaded is { } served && held.PlanEpoch > served.PlanEpoch && held.Model == served.Folder); // kept at adoption for the recovery
+
+    /// <summary>
+    /// Once started: whether a worker keeps <paramref name="record"/> as its last committed model although that is not
+    /// the model served (it missed a release, or an unload): it must let it go, or a later coordinator would adopt it.
+    /// </summary>
+    public bool StaleRecord(ModelRecord record) =>
+        State is not (ClusterState.Starting or ClusterState.Stopping) && record.PlanEpoch != Loaded?.PlanEpoch && record.PlanEpoch < Epoch;
 
     // ---- loading ----
 

@@ -66,11 +66,17 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Timers.StartPeriodicTimer("evict", new EvictTick(), _settings.CacheSweepInterval);
     }
 
-    private RegisterWorker Registration() => new(_settings.DebugProtocolVersion ?? Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
-        new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self), Unusable()) },
-        _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>(),
-        _slice is { } s && _loaded is { } l ? new HeldSlice(s.PlanEpoch, s.Model, s.ModulePrefixes, l.Bytes, _record is { } r && r.PlanEpoch == s.PlanEpoch ? r : null) : null,
-        Timing(), Speed(), _record, _seenEpoch);
+    private RegisterWorker Registration()
+    {
+        var holding = _slice is { } s && _loaded is { } l
+            ? new HeldSlice(s.PlanEpoch, s.Model, s.ModulePrefixes, l.Bytes, _record is { } r && r.PlanEpoch == s.PlanEpoch ? r : null) : null;
+        return new(_settings.DebugProtocolVersion ?? Protocol.Version, _settings.MaxFrameSize, _settings.NodeName,
+            new[] { new WorkerDevice(_device, _budget, Akka.Serialization.Serialization.SerializedActorPath(Self), Unusable()) },
+            _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>(),
+            holding, Timing(), Speed(),
+            holding?.Record is null ? _record : null, // the record goes once: in the held slice when it is that epoch's
+            _seenEpoch);
+    }
 
     /// <summary>This node's recent step and hop medians (diagnostics kept apart from what benchmarks drain).</summary>
     private StageTiming Timing()
@@ -236,11 +242,12 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         }
         // A new epoch of the same model (a recovery re-plan) keeps what this worker already holds: the loader takes
         // those tensors over and reads only what moved here. The old stage stops now (its requests resume elsewhere).
-        bool sameModel = _slice is { } held && held.Model == slice.Model && held.Variant == slice.Variant && held.DType == slice.DType;
+        bool sameModel = _slice is { } held ? held.Model == slice.Model && held.Variant == slice.Variant && held.DType == slice.DType
+            : _record is { } kept && kept.Folder == slice.Model; // idle after a failed load: the record says which model
         var previous = _model is not null && sameModel && _device != "disk" ? _model : null;
         // The model's last committed record stays until the new epoch is committed: a coordinator that takes over
         // before then (this one died mid-recovery or mid-move) learns from it what the cluster serves.
-        var record = sameModel ? _record : null;
+        var record = sameModel && _record is { } r && r.PlanEpoch < slice.PlanEpoch ? r : null;
         ReleaseModel(keepTensors: previous is not null);
         _record = record;
         var replyTo = Sender;
@@ -305,6 +312,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         {
             if (!FromCoordinator("a release")) return;
             Sender.Tell(new ModelUnloaded(""));
+            if (_record is { } kept && kept.PlanEpoch <= r.PlanEpoch) _record = null; // the model let go (an unload, a stale record)
             if (r.PlanEpoch < _epoch) return; // about an older slice than this one (a late or repeated release)
             ReleaseModel();
             Become(Idle);

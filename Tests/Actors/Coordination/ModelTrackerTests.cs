@@ -79,6 +79,43 @@ public class ModelTrackerTests
         Assert.Equal(new[] { ("old", 3) }, adoption.Release); // the later epoch-5 slice stays, for the recovery to take over
         Assert.Empty(t.Holders);
         Assert.Equal(7, t.BeginRecovery(DateTime.UtcNow)); // never an epoch a dead coordinator already planned
+        // While that recovery runs, a's kept epoch-5 slice is not released by its next registration (the recovery takes
+        // it over); an older one is, and so is a record older than the model served.
+        Assert.False(t.Unused(Held(5)));
+        Assert.True(t.Unused(Held(5) with { Model = "other" })); // another model's slice: released
+        Assert.True(t.Unused(Held(3)));
+        Assert.False(t.StaleRecord(record));
+        Assert.True(t.StaleRecord(Model(3, "a")));
+    }
+
+    [Fact]
+    public void Later_slices_are_released_at_adoption_when_no_recovery_will_take_them_over()
+    {
+        // A move to epoch 5 reached d alone before its coordinator died: every stage of epoch 4 still holds its slice, so
+        // the model is served as it was and d's uncommitted slice is freed (nothing else would ever free it).
+        var t = new ModelTracker();
+        var record = Model(4, "a", "b");
+        t.Report("n1", "a", Held(4, record));
+        t.Report("n2", "b", Held(4, record));
+        t.Report("n3", "d", Held(5), served: record, seenEpoch: 5);
+        var adoption = t.Adopt(_ => true);
+        Assert.Same(record, adoption.Model);
+        Assert.Empty(adoption.Missing);
+        Assert.Equal(new[] { ("d", 5) }, adoption.Release);
+        Assert.Equal(ClusterState.Ready, t.State);
+        Assert.Equal(6, t.BeginPlan()); // and the next plan is above the dead coordinator's
+    }
+
+    [Fact]
+    public void A_workers_latest_report_replaces_its_earlier_one()
+    {
+        var t = new ModelTracker();
+        var record = Model(4, "a");
+        t.Report("n1", "a", Held(4, record));
+        t.Report("n1", "a", held: null, served: null, seenEpoch: 5); // it began loading another model since: holds nothing
+        var adoption = t.Adopt(_ => true);
+        Assert.Null(adoption.Model);
+        Assert.Equal(ClusterState.Empty, t.State);
     }
 
     [Fact]
