@@ -11,9 +11,12 @@ namespace ShardPipe.Actors.Hosting;
 /// unreachable, connects to its remoting port; a member whose port refuses every try is gone and is downed at once
 /// when <see cref="CrashProbe.NodeToDown"/> says this node decides. Thin: the rule and the probe are the pure class.
 /// </summary>
-public sealed class CrashProbeActor : ReceiveActor
+public sealed class CrashProbeActor : ReceiveActor, IWithTimers
 {
-    private sealed record Probed(string Address, IReadOnlyList<ProbeResult> Results);
+    private sealed record Probed(string Address, IReadOnlyList<ProbeResult> Results, bool Second);
+    private sealed record ProbeAgain(Address Member);
+
+    public ITimerScheduler Timers { get; set; } = null!;
 
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Cluster _cluster = Cluster.Get(Context.System);
@@ -27,6 +30,7 @@ public sealed class CrashProbeActor : ReceiveActor
         Receive<ClusterEvent.UnreachableMember>(u => Suspect(u.Member.Address));
         Receive<ClusterEvent.MemberRemoved>(r => _downed.Remove(r.Member.Address.ToString()));
         Receive<Probed>(OnProbed);
+        Receive<ProbeAgain>(a => Suspect(a.Member, second: true));
         ReceiveAny(_ => { }); // other remoting lifecycle and member events
     }
 
@@ -46,8 +50,9 @@ public sealed class CrashProbeActor : ReceiveActor
         _cluster.Unsubscribe(Self);
     }
 
-    /// <summary>Probes the Up member at that host and port (an association's address may differ in protocol), once at a time.</summary>
-    private void Suspect(Address? remote)
+    /// <summary>Probes the Up member at that host and port (an association's address may differ in protocol), once at a time;
+    /// <paramref name="second"/>: the probe again after one that found the port listening (<see cref="CrashProbe.ProbeAgain"/>).</summary>
+    private void Suspect(Address? remote, bool second = false)
     {
         if (remote?.Host is not { } host || remote.Port is not { } port) return;
         var member = _cluster.State.Members.FirstOrDefault(m => m.Status == MemberStatus.Up && m.Address.Host == host && m.Address.Port == port);
@@ -55,13 +60,14 @@ public sealed class CrashProbeActor : ReceiveActor
         string address = member.Address.ToString();
         if (_downed.Contains(address) || !_probing.Add(address)) return;
         CrashProbe.Probe(host, port)
-            .PipeTo(Self, success: r => new Probed(address, r), failure: _ => new Probed(address, new[] { ProbeResult.Failed }));
+            .PipeTo(Self, success: r => new Probed(address, r, second), failure: _ => new Probed(address, new[] { ProbeResult.Failed }, second));
     }
 
     private void OnProbed(Probed p)
     {
         _probing.Remove(p.Address);
         string self = _cluster.SelfAddress.ToString();
+        if (CrashProbe.ProbeAgain(p.Results, p.Second)) Timers.StartSingleTimer($"again {p.Address}", new ProbeAgain(Address.Parse(p.Address)), CrashProbe.AgainAfter);
         if (CrashProbe.NodeToDown(ClusterView.OldestFirst(Context.System), self, p.Address, p.Results) is not { } node || !_downed.Add(node))
         {
             if (p.Results.All(r => r == ProbeResult.Refused)) _log.Info("crash probe: {0} refuses connects (another node decides, or this side is no majority)", p.Address);

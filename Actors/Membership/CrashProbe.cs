@@ -29,6 +29,18 @@ public static class CrashProbe
     public static readonly TimeSpan Interval = TimeSpan.FromMilliseconds(150);
     public static readonly TimeSpan ConnectTimeout = TimeSpan.FromMilliseconds(500);
 
+    /// <summary>How long after a probe that found the port listening it is probed once more (<see cref="ProbeAgain"/>).</summary>
+    public static readonly TimeSpan AgainAfter = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// Whether a member is probed once more, <see cref="AgainAfter"/> later: its association ended but its port still
+    /// accepted a connect, and this probe was not already the second. A process on its way out closes its connections
+    /// before its listening socket (an ActorSystem terminating: its remoting drops the associations, then the listener),
+    /// so the first probe can find the port open; the second finds it refused and the member is downed within about a
+    /// second instead of after the failure detector's seconds. A paused or healthy process accepts both: nothing happens.
+    /// </summary>
+    public static bool ProbeAgain(IReadOnlyCollection<ProbeResult> probes, bool second) => !second && probes.Contains(ProbeResult.Accepted);
+
     /// <summary>
     /// The member this node should down now, or null: <paramref name="suspect"/> when it is a counted member other than
     /// this node, every probe of it was refused, the members reachable here other than it are a strict majority of all

@@ -35,6 +35,15 @@ public class CrashProbeTests
     }
 
     [Fact]
+    public void A_port_still_listening_is_probed_once_more_and_only_once()
+    {
+        Assert.True(CrashProbe.ProbeAgain(new[] { ProbeResult.Accepted }, second: false)); // a process on its way out: its listener the last to close
+        Assert.False(CrashProbe.ProbeAgain(new[] { ProbeResult.Accepted }, second: true));  // a paused or healthy one: no third probe
+        Assert.False(CrashProbe.ProbeAgain(Refused, second: false));                        // gone: downed (or another node decides)
+        Assert.False(CrashProbe.ProbeAgain(new[] { ProbeResult.TimedOut }, second: false)); // cut off: the failure detector's case
+    }
+
+    [Fact]
     public void A_minority_side_an_unknown_member_or_itself_downs_nothing()
     {
         // Two nodes: one of two is no majority.
