@@ -49,7 +49,7 @@ public sealed class ModelTracker
     private readonly HashSet<string> _holders = new(StringComparer.Ordinal); // workers known to hold the served epoch's slice
     private readonly Dictionary<string, HeldSlice> _held = new(StringComparer.Ordinal); // reports heard while starting
     private readonly HashSet<string> _reported = new(StringComparer.Ordinal); // worker nodes heard from while starting
-    private readonly Dictionary<string, ModelRecord> _served = new(StringComparer.Ordinal); // last committed records heard while starting
+    private readonly Dictionary<string, ModelRecord> _served = new(StringComparer.Ordinal); // each worker's last committed record, heard while starting
     private int _seenEpoch; // the highest plan epoch a worker reported while starting
 
     public ClusterState State { get; private set; } = ClusterState.Starting;
@@ -83,10 +83,12 @@ public sealed class ModelTracker
         _reported.Add(node);
         if (path is null) return;
         _seenEpoch = Math.Max(_seenEpoch, seenEpoch);
+        // Its latest report counts: it may hold nothing now (a load began). Its record travels once: in the held slice
+        // when that is the committed epoch, else as served.
         if (held is not null) _held[path] = held;
-        else _held.Remove(path); // its latest report counts: it holds nothing now (a load began)
-        if (served is not null) _served[path] = served;
-        else if (held?.Record is null) _served.Remove(path);
+        else _held.Remove(path);
+        if ((served ?? held?.Record) is { } record) _served[path] = record;
+        else _served.Remove(path);
     }
 
     /// <summary>Every worker node that is up and reachable has reported (none known yet: the start window decides).</summary>
@@ -101,7 +103,7 @@ public sealed class ModelTracker
     /// </summary>
     public Adoption Adopt(Func<string, bool> registered)
     {
-        var records = _held.Values.Select(h => h.Record).Concat(_served.Values).OfType<ModelRecord>().ToList();
+        var records = _served.Values.ToList();
         var newest = records.OrderByDescending(r => r.PlanEpoch).FirstOrDefault();
         Epoch = Math.Max(Math.Max(Epoch, _seenEpoch), _held.Values.Select(h => h.PlanEpoch).Concat(records.Select(r => r.PlanEpoch)).DefaultIfEmpty(0).Max());
         var held = _held.Where(kv => registered(kv.Key)).ToList();
@@ -119,8 +121,8 @@ public sealed class ModelTracker
         _holders.Clear();
         foreach (var (path, _) in held.Where(kv => kv.Value.PlanEpoch == newest.PlanEpoch)) _holders.Add(path);
         var missing = newest.Stages.Select(s => s.WorkerPath).Distinct().Where(p => !_holders.Contains(p)).ToList();
-        bool TakenOver(HeldSlice h) => missing.Count > 0 && h.PlanEpoch > newest.PlanEpoch && h.Model == newest.Folder;
-        var release = held.Where(kv => kv.Value.PlanEpoch != newest.PlanEpoch && !TakenOver(kv.Value)).Select(kv => (kv.Key, kv.Value.PlanEpoch)).ToList();
+        var release = held.Where(kv => kv.Value.PlanEpoch != newest.PlanEpoch && !(missing.Count > 0 && LaterSliceOf(kv.Value, newest)))
+            .Select(kv => (kv.Key, kv.Value.PlanEpoch)).ToList();
         State = ClusterState.Ready; // with stages missing, the caller begins a recovery at once
         return new Adoption(newest, missing, release);
     }
@@ -131,7 +133,11 @@ public sealed class ModelTracker
     /// </summary>
     public bool Unused(HeldSlice held) =>
         State != ClusterState.Starting && held.PlanEpoch != Loaded?.PlanEpoch && held.PlanEpoch != Pending?.Epoch && held.PlanEpoch < Epoch
-        && !(State == ClusterState.Recovering && Loaded is { } served && held.PlanEpoch > served.PlanEpoch && held.Model == served.Folder); // kept at adoption for the recovery
+        && !(State == ClusterState.Recovering && Loaded is { } served && LaterSliceOf(held, served)); // kept at adoption for the recovery
+
+    /// <summary>A slice of a later epoch of <paramref name="model"/> than its record's: an uncommitted recovery or move of
+    /// it, which a recovery of that model takes over.</summary>
+    private static bool LaterSliceOf(HeldSlice held, ModelRecord model) => held.PlanEpoch > model.PlanEpoch && held.Model == model.Folder;
 
     /// <summary>
     /// Once started: whether a worker keeps <paramref name="record"/> as its last committed model although that is not

@@ -213,7 +213,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<ReleaseSlice>(r =>
         {
             if (!FromCoordinator("a release")) return;
-            if (_record is { } kept && kept.PlanEpoch <= r.PlanEpoch) _record = null; // a failed load kept it: the model is let go
+            ForgetRecord(r.PlanEpoch); // a failed load kept it: the model is let go
             Sender.Tell(new ModelUnloaded(""));
         });
         Receive<StageInput>(i => { if (FromMember()) _executor.Fail(i, "no model slice is loaded on this stage", retryable: true); });
@@ -228,13 +228,16 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
 
     private void StartLoad(LoadSlice slice)
     {
-        if (slice.PlanEpoch == _epoch && _loaded is not null && _slice is { } same && same.SamePlan(slice))
+        if (slice.PlanEpoch == _epoch && _loaded is not null)
         {
-            Sender.Tell(_loaded); // idempotent: this epoch's slice is already here
-            return;
-        }
-        if (slice.PlanEpoch == _epoch && _loaded is not null) // two coordinators planned one epoch (one died): the living one's plan wins
+            if (_slice!.SamePlan(slice))
+            {
+                Sender.Tell(_loaded); // idempotent: this epoch's slice is already here
+                return;
+            }
+            // two coordinators planned one epoch (one died): the living one's plan wins
             _log.Warning("{0}: a different slice of epoch {1} came from {2}: loading it in place of the one held", _stage, slice.PlanEpoch, Sender.Path);
+        }
         if (slice.PlannedBytes > _budget)
         {
             Sender.Tell(new SliceFailed(slice.PlanEpoch, Path(), $"{_stage}: slice of {ByteSize.Format(slice.PlannedBytes)} exceeds its budget of {ByteSize.Format(_budget)}"));
@@ -312,7 +315,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         {
             if (!FromCoordinator("a release")) return;
             Sender.Tell(new ModelUnloaded(""));
-            if (_record is { } kept && kept.PlanEpoch <= r.PlanEpoch) _record = null; // the model let go (an unload, a stale record)
+            ForgetRecord(r.PlanEpoch); // the model let go (an unload, a stale record)
             if (r.PlanEpoch < _epoch) return; // about an older slice than this one (a late or repeated release)
             ReleaseModel();
             Become(Idle);
@@ -358,6 +361,12 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             _seenEpoch = Math.Max(_seenEpoch, slice.PlanEpoch);
             StartLoad(slice);
         }
+    }
+
+    /// <summary>A release of epochs up to <paramref name="epoch"/> lets go of the kept record of one of them.</summary>
+    private void ForgetRecord(int epoch)
+    {
+        if (_record is { } kept && kept.PlanEpoch <= epoch) _record = null;
     }
 
     /// <summary>Stops the stage and forgets the slice; its tensors are freed unless <paramref name="keepTensors"/> (a new slice takes them over).</summary>

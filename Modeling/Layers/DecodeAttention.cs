@@ -155,7 +155,7 @@ public static unsafe partial class DecodeAttention
             int parts = work < ParallelWork ? 1 : Math.Clamp(Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1) * SpinPool.PartsPerThread, 1, tasks);
             var job = new Job(jobs, qp, op, dtype, es, shape, maxLength, groups);
             if (parts == 1) job.Tasks(0, tasks);
-            else SpinPool.Shared.Run(parts, p => job.Tasks((int)((long)tasks * p / parts), (int)((long)tasks * (p + 1) / parts)));
+            else SpinPool.Shared.Run(parts, p => job.Tasks(SpinPool.Bound(tasks, p, parts), SpinPool.Bound(tasks, p + 1, parts)));
         }
         finally
         {

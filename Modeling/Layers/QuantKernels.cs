@@ -98,7 +98,7 @@ public static unsafe class QuantKernels
                 float* yp = ys is null ? (float*)TensorMemory.Pointer(output) : yq0;
                 var job = new Job(w, codes, scales, zeros, xq0, sq0, yp, m, kp, simd, layout == WideInt4, NibblesByPermute);
                 int parts = Math.Clamp(n / 32, 1, Math.Max(1, Math.Min(get_num_threads(), SpinPool.Shared.Helpers + 1)));
-                SpinPool.Shared.Run(parts, p => job.Rows((int)((long)n * p / parts), (int)((long)n * (p + 1) / parts)));
+                SpinPool.Shared.Run(parts, p => job.Rows(SpinPool.Bound(n, p, parts), SpinPool.Bound(n, p + 1, parts)));
                 Finish(yp, output, bias, m, n, type);
             }
         }
@@ -593,7 +593,7 @@ public static unsafe class QuantKernels
             int first = o0;
             SpinPool.Shared.Run(parts, p =>
             {
-                int from = (int)((long)rows * p / parts), to = (int)((long)rows * (p + 1) / parts);
+                int from = SpinPool.Bound(rows, p, parts), to = SpinPool.Bound(rows, p + 1, parts);
                 DequantizeBf16(w, first + from, to - from, (ushort*)dst + (long)from * k, simd);
             });
             var part = nn.functional.linear(x2, chunk.narrow(0, 0, rows), bb?.narrow(0, o0, rows));

@@ -85,7 +85,7 @@ public static unsafe class SiluKernels
             return;
         }
         nint gp = (nint)g, up = (nint)u, yp = (nint)y;
-        SpinPool.Shared.Run(parts, p => RowRange(bf16, (byte*)gp, (byte*)up, (byte*)yp, (int)((long)rows * p / parts), (int)((long)rows * (p + 1) / parts), width));
+        SpinPool.Shared.Run(parts, p => RowRange(bf16, (byte*)gp, (byte*)up, (byte*)yp, SpinPool.Bound(rows, p, parts), SpinPool.Bound(rows, p + 1, parts), width));
     }
 
     private static void RowRange(bool bf16, byte* g, byte* u, byte* y, int from, int to, int width)

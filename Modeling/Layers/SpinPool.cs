@@ -40,6 +40,10 @@ public sealed class SpinPool
 
     private static long Ticks(TimeSpan t) => (long)Math.Round(t.Ticks * (double)System.Diagnostics.Stopwatch.Frequency / TimeSpan.TicksPerSecond);
 
+    /// <summary>Where part <paramref name="p"/> of <paramref name="parts"/> near-equal parts of <paramref name="n"/> items
+    /// begins (part p is [Bound(p), Bound(p + 1))).</summary>
+    public static int Bound(int n, int p, int parts) => (int)((long)n * p / parts);
+
     public static SpinPool Shared { get; } = new(Math.Max(0, Environment.ProcessorCount - 1));
 
     private readonly Thread[] _threads;
