@@ -36,16 +36,25 @@ public static class DecodeBench
         var microRows = new Option<int[]>("--micro-rows") { Description = "Row counts m for --micro", DefaultValueFactory = _ => new[] { 1, 2, 5, 8, 16, 24, 32, 48, 64 }, AllowMultipleArgumentsPerToken = true };
         var microRounds = new Option<int>("--rounds") { Description = "Rounds per figure for --micro (median)", DefaultValueFactory = _ => 7 };
         var microThreads = new Option<int>("--micro-threads") { Description = "Threads for --micro, both sides (libtorch's intra-op setting, which our kernel follows); 0 keeps the default", DefaultValueFactory = _ => 0 };
+        var layoutMicro = new Option<bool>("--layout-micro") { Description = "Only one decode step's float32 products of the 134M Llama from memory on m rows (--micro-rows, default 1 5 16; --rounds, default 21): the shipped kernels against a weight-packed k-major candidate layout (Fp32LayoutMicro); no model, no clusters" };
         var draftModel = new Option<string?>("--draft-model") { Description = "With --speculate, also a draft model's run against plain: a folder, \"self\" (the target as its own draft) or \"layers:L\" (the target's first L layers with its embeddings, norm and head): draft_acceptance, draft_speedup" };
         var json = CommonOptions.Json();
         var cmd = new Command("decode", "Decode tokens/s: float32, bfloat16, int8 and int4 (quantized on load) against read bandwidth, single process vs 1 and 3 embedded nodes, and micro-batching over 2 stages")
-            { model, tokens, micro, pin, speedOnly, speculate, specTokens, microOnly, microRows, microRounds, microThreads, draftModel, json };
+            { model, tokens, micro, pin, speedOnly, speculate, specTokens, microOnly, microRows, microRounds, microThreads, layoutMicro, draftModel, json };
         CommandAction.Set(cmd, async (parse, log) =>
         {
             if (parse.GetValue(microOnly))
             {
                 BenchSupport.Say(parse.GetValue(json), "bench decode --micro: one float32 Linear, ours against libtorch");
                 BenchSupport.Finish(Fp32LinearMicro.Run(parse.GetValue(microRows) ?? Array.Empty<int>(), parse.GetValue(microRounds), parse.GetValue(microThreads), parse.GetValue(json)));
+                return 0;
+            }
+            if (parse.GetValue(layoutMicro))
+            {
+                BenchSupport.Say(parse.GetValue(json), "bench decode --layout-micro: one decode step's float32 products, the shipped kernels against a k-major candidate layout");
+                var rows = parse.GetResult(microRows) is { Implicit: false } ? parse.GetValue(microRows) ?? Array.Empty<int>() : new[] { 1, 5, 16 };
+                int rounds = parse.GetResult(microRounds) is { Implicit: false } ? parse.GetValue(microRounds) : 21;
+                BenchSupport.Finish(Fp32LayoutMicro.Run(rows, rounds, parse.GetValue(json)));
                 return 0;
             }
             if (!parse.GetValue(speculate) && parse.GetValue(draftModel) is not null) throw new InvalidInputException("--draft-model goes with --speculate");

@@ -24,7 +24,10 @@ namespace ShardPipe.Host.Bench;
 /// single_stream_vs_generate = the single stream ÷ the same generation in one process with all the process's cores
 /// (generate_tokens_per_s, generate_threads; before session 18 it ran on cores ÷ nodes threads, which the embedded
 /// cluster had made libtorch's default: 1 of 2, half speed); time to first
-/// token and inter-token latency over the concurrent streams, as a client sees them. Each measurement follows a warm-up of
+/// token and inter-token latency over the concurrent streams, as a client sees them. The measured rounds interleave the
+/// three kinds (a single stream, <c>generate</c>, the concurrent streams; <c>measured_rounds</c> of each), so that the
+/// machine's load falls on every side of a ratio; each side's figure is its best round, and
+/// <c>*_median_pair</c> the median of the rounds' own ratios. Each measurement follows a warm-up of
 /// its own kind (streams of other prompts, one at a time, until one leaves the JIT quiet: single_warmup_rounds; then
 /// concurrent rounds of other prompts until one leaves the JIT quiet: concurrent_warmup_rounds; jit_ms_during_single and
 /// jit_ms_during_concurrent are the JIT's time inside the measured rounds). The stages merge the streams''
@@ -41,12 +44,13 @@ namespace ShardPipe.Host.Bench;
 /// </summary>
 public static class ServeBench
 {
-    /// <summary>Measured rounds of each kind (the single stream, the concurrent streams); each side's figure is its best round.</summary>
-    private const int MeasuredRounds = 3;
+    /// <summary>Measured rounds, each of every kind (the single stream, <c>generate</c> in one process, the concurrent
+    /// streams) one after another; each side's figure is its best round.</summary>
+    private const int MeasuredRounds = 5;
 
     /// <summary>The first word of each measured concurrent round's prompts: as long as "Stream", differing within the first
     /// prefix-cache block, so no round reuses another's cached prefixes.</summary>
-    private static readonly string[] RoundWords = { "Strand", "Streak", "Strobe" };
+    private static readonly string[] RoundWords = { "Strand", "Streak", "Strobe", "Strike", "Strait" };
 
     public static Command Create()
     {
@@ -109,81 +113,87 @@ public static class ServeBench
             return (stamps, count);
         }
 
-        // Warm-up streams until one leaves the JIT quiet (as the concurrent rounds below): after one stream the JIT's
-        // background tiering still took 0.2–0.5 of a core through the measured single-stream rounds (a perf trace of
-        // session 18), on a machine whose two cores the stream's steps use both of.
+        // Warm-ups, each of its own kind, until one leaves the JIT quiet (BenchSupport.WarmUntilJitQuiet): single streams
+        // (after one stream the JIT's background tiering still took 0.2–0.5 of a core through the measured single-stream
+        // rounds: a perf trace of session 18, on a machine whose two cores the stream's steps use both of), then concurrent
+        // rounds (the first merged prefill of many prompts and the first steps of many rows run code no single stream ran:
+        // the JIT compiled for ≈ 0.8 s of CPU time inside the measured round, a perf trace of session 13). Their prompts
+        // ("Stream -1", "Stream 100" … on) share no full prefix-cache block with the measured ones.
         int singleWarm = 0;
         int singleWarmRounds = await BenchSupport.WarmUntilJitQuiet(() => Stream(-++singleWarm), maxRounds: 12);
-        Drain(cluster);
-        // The in-run baseline of shardpipe.compute-share: the same stream with every step held to the fixed split of
-        // cores ÷ nodes (as before the arbiter), the two interleaved round by round so that the machine's load falls on both.
-        int cores = CoreArbiter.Shared.Cores, fixedSplit = Math.Max(1, cores / cluster.Nodes.Count);
-        double single = 0, singleFixed = 0, singleJitBefore = BenchSupport.JitMs();
-        var fixedSteps = new List<double>();
-        var sharedRounds = new List<StageProfile>();
-        for (int r = 0; r < MeasuredRounds; r++)
-        {
-            var (s, count) = await Stream(r);
-            single = Math.Max(single, (count - 1) / ((s[^1] - s[0]) / 1000));
-            if (!computeShare) continue;
-            sharedRounds.Add(Drain(cluster));
-            CoreArbiter.Shared.Cores = fixedSplit;
-            try
-            {
-                var (f, fixedCount) = await Stream(r);
-                singleFixed = Math.Max(singleFixed, (fixedCount - 1) / ((f[^1] - f[0]) / 1000));
-                fixedSteps.Add(Drain(cluster).StageStepMs);
-            }
-            finally { CoreArbiter.Shared.Cores = cores; }
-        }
-        double MedianOf(IEnumerable<double> xs) => xs.Order().ElementAt(xs.Count() / 2);
-        var singleProfile = computeShare ? new StageProfile(MedianOf(sharedRounds.Select(p => p.StageStepMs)), MedianOf(sharedRounds.Select(p => p.HopMs))) : Drain(cluster);
-        BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of {MeasuredRounds}); {singleProfile}");
-        if (computeShare)
-            BenchSupport.Say(asJson, $"  one stream, steps held to {fixedSplit} thread(s) each (cores ÷ nodes, no compute-share), interleaved: {singleFixed:0.00} tokens/s; " +
-                                     $"stages' median steps {MedianOf(fixedSteps):0.0} ms in all");
-        double singleJit = BenchSupport.JitMs() - singleJitBefore;
-        double generate = OneProcessGenerate(folder, "Stream 0: the quick brown fox", n);
-        BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of 3); one stream through serve is {single / generate:0.00}× that");
-        // Concurrent rounds first, as the single stream had its warm-up, until one leaves the JIT quiet
-        // (BenchSupport.WarmUntilJitQuiet): the first merged prefill of many prompts and the first steps of many rows run
-        // code no single stream ran (the JIT compiled for ≈ 0.8 s of CPU time inside the measured round, on a machine of 2
-        // cores: a perf trace of session 13). Each round's prompts ("Stream 100", "Stream 200" … on) share no full
-        // prefix-cache block with the measured ones.
         int warmRound = 0;
         int warmRounds = await BenchSupport.WarmUntilJitQuiet(() => Task.WhenAll(Enumerable.Range(100 * ++warmRound, concurrency).Select(Stream)));
+        using var generator = new OneProcessGenerator(folder, "Stream 0: the quick brown fox", n);
         Drain(cluster);
-        // Measured rounds: the concurrent streams as often as the single stream (MeasuredRounds), so that both sides of
-        // batching_speedup are the same estimator — the best of the rounds. Until session 22 the single stream was the best
-        // of 3 and the concurrent streams one round: the ratio compared a maximum of three noisy samples with one sample.
-        // Each round's prompts are as long as the ones before session 22 ("Stream 0" … "Stream 15", the same bytes but the
-        // first word) and share no prefix-cache block with any other round's, the single stream's or the warm-ups' (which
-        // "Stream 0/1/2", the single stream's prompts, did: three of the sixteen prefills were partly cached); latencies
-        // and rows pool all rounds.
-        double jitBefore = BenchSupport.JitMs();
+        // Measured rounds, interleaved: each round runs the single stream (and, with compute-share, the same stream held
+        // to the fixed split of cores ÷ nodes, the in-run baseline of shardpipe.compute-share), the same generation in one
+        // process, and the concurrent streams, one after another. Until session 26 the single streams' rounds, then
+        // `generate`'s, then the concurrent rounds ran as three phases about ten seconds apart, so a change of this
+        // machine's load between phases moved a ratio by itself (single_stream_vs_generate 0.69–0.99 in five runs of one
+        // quiet hour, `generate` alone 77–109 tokens/s). Each side's figure is still its best round (the same estimator on
+        // both sides of a ratio); the medians of the rounds' own ratios are reported beside them. Each concurrent round's
+        // prompts ("Strand 0" … on) are as long as "Stream 0" … and share no full prefix-cache block with any other round's,
+        // the single stream's or the warm-ups' (which "Stream 0/1/2" did before session 22: three of the sixteen prefills
+        // were partly cached); latencies and rows pool all rounds.
+        int cores = CoreArbiter.Shared.Cores, fixedSplit = Math.Max(1, cores / cluster.Nodes.Count);
+        var singles = new List<double>();
+        var generates = new List<double>();
         var rounds = new List<(double Wall, long Total)>();
+        double singleFixed = 0;
+        var fixedSteps = new List<double>();
+        var sharedRounds = new List<StageProfile>();
         var all = new List<(List<double> Stamps, int Tokens)>();
         var rows = new List<double>();
         var profiles = new List<StageProfile>();
-        for (int round = 0; round < MeasuredRounds; round++)
+        double singleJit = 0, jitDuring = 0;
+        for (int r = 0; r < MeasuredRounds; r++)
         {
+            double jitAt = BenchSupport.JitMs();
+            var (s, count) = await Stream(r);
+            singles.Add((count - 1) / ((s[^1] - s[0]) / 1000));
+            sharedRounds.Add(Drain(cluster));
+            if (computeShare)
+            {
+                CoreArbiter.Shared.Cores = fixedSplit;
+                try
+                {
+                    var (f, fixedCount) = await Stream(r);
+                    singleFixed = Math.Max(singleFixed, (fixedCount - 1) / ((f[^1] - f[0]) / 1000));
+                    fixedSteps.Add(Drain(cluster).StageStepMs);
+                }
+                finally { CoreArbiter.Shared.Cores = cores; }
+            }
+            singleJit += BenchSupport.JitMs() - jitAt;
+            generates.Add(generator.Round());
+            jitAt = BenchSupport.JitMs();
             var clock = Stopwatch.StartNew();
-            var streams = await Task.WhenAll(Enumerable.Range(0, concurrency).Select(i => Prompted($"{RoundWords[round]} {i}: the quick brown fox")));
+            var streams = await Task.WhenAll(Enumerable.Range(0, concurrency).Select(i => Prompted($"{RoundWords[r]} {i}: the quick brown fox")));
             rounds.Add((clock.Elapsed.TotalSeconds, streams.Sum(st => (long)st.Tokens)));
+            jitDuring += BenchSupport.JitMs() - jitAt;
             all.AddRange(streams);
             rows.AddRange(cluster.Nodes.SelectMany(node => NodeDiagnostics.For(node.System).StepRows.Drain()));
             profiles.Add(Drain(cluster));
         }
-        double jitDuring = BenchSupport.JitMs() - jitBefore;
+        double MedianOf(IEnumerable<double> xs) => xs.Order().ElementAt(xs.Count() / 2);
+        double single = singles.Max(), generate = generates.Max();
+        var singleProfile = new StageProfile(MedianOf(sharedRounds.Select(p => p.StageStepMs)), MedianOf(sharedRounds.Select(p => p.HopMs)));
+        BenchSupport.Say(asJson, $"  one stream: {single:0.00} tokens/s (best of {MeasuredRounds}: {string.Join(", ", singles.Select(x => x.ToString("0.0")))}); {singleProfile}");
+        if (computeShare)
+            BenchSupport.Say(asJson, $"  one stream, steps held to {fixedSplit} thread(s) each (cores ÷ nodes, no compute-share), interleaved: {singleFixed:0.00} tokens/s; " +
+                                     $"stages' median steps {MedianOf(fixedSteps):0.0} ms in all");
+        var pairedVsGenerate = singles.Zip(generates, (a, b) => a / b).ToList();
+        BenchSupport.Say(asJson, $"  generate in one process, same prompt: {generate:0.00} tokens/s (best of {MeasuredRounds}: {string.Join(", ", generates.Select(x => x.ToString("0.0")))}); " +
+                                 $"one stream through serve is {single / generate:0.00}× that (rounds {string.Join(", ", pairedVsGenerate.Select(x => x.ToString("0.00")))})");
         var concurrentProfile = new StageProfile(MedianOf(profiles.Select(p => p.StageStepMs)), MedianOf(profiles.Select(p => p.HopMs)));
         var aggregates = rounds.Select(r => r.Total / r.Wall).ToList();
+        var pairedSpeedup = aggregates.Zip(singles, (a, b) => a / b).ToList();
         var (wall, total) = rounds[aggregates.IndexOf(aggregates.Max())];
         double aggregate = total / wall;
         var ttft = all.Select(s => s.Stamps[0]).Order().ToList();
         var itl = all.SelectMany(s => s.Stamps.Zip(s.Stamps.Skip(1), (a, b) => b - a)).Order().ToList();
         double P(List<double> xs, double q) => xs.Count == 0 ? double.NaN : xs[Math.Min(xs.Count - 1, (int)(q * xs.Count))];
         BenchSupport.Say(asJson, $"  {concurrency} streams: {aggregate:0.00} tokens/s in all, best of {MeasuredRounds} rounds ({string.Join(", ", aggregates.Select(a => a.ToString("0.0")))}; " +
-                                 $"the best: {total} tokens in {wall:0.00} s); speedup {aggregate / single:0.00} (rounds {string.Join(", ", aggregates.Select(a => (a / single).ToString("0.00")))}); " +
+                                 $"the best: {total} tokens in {wall:0.00} s); speedup {aggregate / single:0.00} (each round over its own single stream: {string.Join(", ", pairedSpeedup.Select(a => a.ToString("0.00")))}); " +
                                  $"TTFT p50 {P(ttft, 0.5):0.0} ms; ITL p50 {P(itl, 0.5):0.0} ms, p99 {P(itl, 0.99):0.0} ms; {rows.Average():0.0} rows per step; {concurrentProfile}; " +
                                  $"once all decode (ITL p50): {concurrency * 1000 / P(itl, 0.5):0.00} tokens/s, {concurrency * 1000 / P(itl, 0.5) / single:0.00}× one stream; " +
                                  $"after {warmRounds} concurrent warm-up round(s), the JIT compiled for {jitDuring:0} ms meanwhile");
@@ -201,8 +211,12 @@ public static class ServeBench
             ["measured_rounds"] = MeasuredRounds,
             ["aggregate_tokens_per_s_rounds"] = new JsonArray(aggregates.Select(a => (JsonNode)Math.Round(a, 3)).ToArray()),
             ["batching_speedup_median_round"] = Math.Round(MedianOf(aggregates) / single, 4),
+            ["batching_speedup_median_pair"] = Math.Round(MedianOf(pairedSpeedup), 4),
+            ["single_stream_tokens_per_s_rounds"] = new JsonArray(singles.Select(a => (JsonNode)Math.Round(a, 3)).ToArray()),
             ["generate_tokens_per_s"] = Math.Round(generate, 3),
             ["single_stream_vs_generate"] = Math.Round(single / generate, 4),
+            ["single_stream_vs_generate_median_pair"] = Math.Round(MedianOf(pairedVsGenerate), 4),
+            ["generate_tokens_per_s_rounds"] = new JsonArray(generates.Select(a => (JsonNode)Math.Round(a, 3)).ToArray()),
             ["generate_threads"] = CoreArbiter.Shared.Cores,
             ["ttft_p50_ms"] = Math.Round(P(ttft, 0.5), 2),
             ["itl_p50_ms"] = Math.Round(P(itl, 0.5), 2),
@@ -256,28 +270,34 @@ public static class ServeBench
 
     /// <summary>
     /// The same greedy generation without serve or a cluster: the checkpoint loaded in this process as the nodes load it
-    /// (float32) and <see cref="TokenGenerator.Greedy"/>; best decode tokens/s of three (after a warm-up), measured as
-    /// the stream's (first token to last).
+    /// (float32), <see cref="TokenGenerator.Greedy"/> with the machine's cores, as <c>shardpipe generate</c> gets them (the
+    /// embedded cluster set libtorch's process-wide default, which this thread inherits, to cores ÷ nodes; the decode
+    /// kernels follow it). Loaded and warmed once; each <see cref="Round"/> is one generation's decode tokens/s, counted as
+    /// the stream's (first token to last), so that the rounds interleave with the served ones.
     /// </summary>
-    private static double OneProcessGenerate(string folder, string prompt, int n)
+    private sealed class OneProcessGenerator : IDisposable
     {
-        var ids = new[] { ModelTokenizer.Load(folder).Encode(prompt).Ids.Select(i => (long)i).ToArray() };
-        var model = PreTrainedModel.FromPretrained(folder); // float32, as the nodes load it
-        // The machine's cores, as `shardpipe generate` gets them: the embedded cluster set libtorch's process-wide default
-        // (which this thread inherits) to cores ÷ nodes, and the decode kernels follow it.
-        int threadsBefore = TorchSharp.torch.get_num_threads();
-        TorchSharp.torch.set_num_threads(CoreArbiter.Shared.Cores);
-        try
+        private readonly ShardPipe.Modeling.Models.CausalLMModel _model;
+        private readonly long[][] _ids;
+        private readonly GenerationOptions _options;
+
+        public OneProcessGenerator(string folder, string prompt, int n)
         {
-            var options = new GenerationOptions { MaxNewTokens = n, IgnoreEos = true };
-            TokenGenerator.Greedy(model, ids, null, options);
-            return Enumerable.Range(0, 3).Max(_ => TokenGenerator.Greedy(model, ids, null, options).TokensPerSecond);
+            _ids = new[] { ModelTokenizer.Load(folder).Encode(prompt).Ids.Select(i => (long)i).ToArray() };
+            _model = PreTrainedModel.FromPretrained(folder);
+            _options = new GenerationOptions { MaxNewTokens = n, IgnoreEos = true };
+            Round();
         }
-        finally
+
+        public double Round()
         {
-            TorchSharp.torch.set_num_threads(threadsBefore);
-            model.Release();
+            int threadsBefore = TorchSharp.torch.get_num_threads();
+            TorchSharp.torch.set_num_threads(CoreArbiter.Shared.Cores);
+            try { return TokenGenerator.Greedy(_model, _ids, null, _options).TokensPerSecond; }
+            finally { TorchSharp.torch.set_num_threads(threadsBefore); }
         }
+
+        public void Dispose() => _model.Release();
     }
 
     /// <summary>
