@@ -27,6 +27,7 @@ public static class MessageCodec
         ("req-rel", typeof(ReleaseRequest)), ("link?", typeof(OpenLink)), ("link-offer", typeof(LinkOffer)),
         ("commit", typeof(ModelCommitted)),
         ("drain", typeof(DrainNode)), ("rebalance", typeof(RebalanceModel)), ("moved", typeof(LayersMoved)), ("move-fail", typeof(MoveFailed)),
+        ("drained", typeof(NodeDrained)),
     };
 
     private static readonly Dictionary<Type, string> ByType = Table.ToDictionary(t => t.Type, t => t.Manifest);

@@ -54,3 +54,12 @@ public sealed record MoveFailed(
 public sealed record NodeDrain(
     [property: Key(0)] string Node,
     [property: Key(1)] string Phase);
+
+/// <summary>
+/// The coordinator tells a drained node's workers that their node is being drained (its layers move to the others
+/// under <see cref="PlanEpoch"/>, then it leaves). A worker reports it with every registration
+/// (<see cref="RegisterWorker.Drained"/>), so a coordinator that takes over mid-drain keeps the node out of its plans
+/// and finishes the drain instead of forgetting it. The fact lives on the node it concerns and ends with it.
+/// </summary>
+[MessagePackObject]
+public sealed record NodeDrained([property: Key(0)] int PlanEpoch) : IShardPipeMessage;

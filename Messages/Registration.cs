@@ -10,7 +10,8 @@ namespace ShardPipe.Messages;
 /// record committed to this worker, kept while it loads or holds a newer epoch of that model (a recovery or move whose
 /// coordinator died before committing it), so that the next coordinator still knows what the cluster serves.
 /// <see cref="SeenEpoch"/>: the highest plan epoch this worker was sent (held, loading or committed), so that the next
-/// coordinator never reuses an epoch a dead one already planned.
+/// coordinator never reuses an epoch a dead one already planned. <see cref="Drained"/>: this worker's node is being drained
+/// (<see cref="NodeDrained"/>), so that a coordinator that takes over mid-drain finishes the drain.
 /// </summary>
 [MessagePackObject]
 public sealed record RegisterWorker(
@@ -23,7 +24,8 @@ public sealed record RegisterWorker(
     [property: Key(6)] StageTiming? Timing = null,
     [property: Key(7)] double? Speed = null,
     [property: Key(8)] ModelRecord? Served = null,
-    [property: Key(9)] int SeenEpoch = 0) : IShardPipeMessage;
+    [property: Key(9)] int SeenEpoch = 0,
+    [property: Key(10)] bool Drained = false) : IShardPipeMessage;
 
 /// <summary>
 /// How a worker's node has been running: the median of its recent step times (compute per hop) and of the activation

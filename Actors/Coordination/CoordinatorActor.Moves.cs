@@ -38,7 +38,7 @@ public sealed partial class CoordinatorActor
             case MoveDecision.LeaveNow now:
                 _log.Info("drained {0}: it holds nothing of a served model; told to leave", now.Node);
                 TellToLeave(now.Addresses);
-                Sender.Tell(new LayersMoved(requestId!, Model.Loaded?.PlanEpoch ?? 0, 0, Array.Empty<DeviceMapEntry>(), [now.Node]));
+                if (requestId is not null) Sender.Tell(new LayersMoved(requestId, Model.Loaded?.PlanEpoch ?? 0, 0, Array.Empty<DeviceMapEntry>(), [now.Node]));
                 break;
             case MoveDecision.Plan plan:
                 _moveReplyTo = requestId is null ? null : Sender;
@@ -65,7 +65,7 @@ public sealed partial class CoordinatorActor
         {
             if (planned.Refusal is { } why)
             {
-                if (move.RequestId is null) _log.Info("no rebalance after a join: {0}", why);
+                if (move.RequestId is null && move.Kind == MoveKind.Rebalance) _log.Info("no rebalance after a join: {0}", why);
                 else _log.Warning("{0} refused: {1}", move.Describe(), why);
                 EndMove(new MoveFailed(move.RequestId ?? "", why, planned.Fault));
             }
@@ -75,6 +75,8 @@ public sealed partial class CoordinatorActor
         var served = Model.Loaded!;
         _state.NodeMoves.Started(move.Node is { } node ? _state.Registry.Workers.Where(w => w.Node == node).Select(w => _state.Registry.NodeOf(w.Path)).OfType<string>().Distinct().ToList() : []);
         int epoch = Model.BeginMove();
+        if (move.Node is { } drained) // its workers keep the fact: a coordinator that takes over mid-move finishes the drain
+            foreach (var w in _state.Registry.Workers.Where(w => w.Node == drained)) _refs.Tell(w.Path, new NodeDrained(epoch));
         // Stages that keep their modules stop their old epoch while they take the new slice: requests in flight resume
         // on the new route (prompt plus the tokens so far), with the same tokens.
         foreach (var (id, caller) in _state.Admission.Interrupt()) caller.Tell(new RequestFailed(id, "coordinator", $"{move.Describe()}: layers are moving; resume once it serves", Retryable: true));

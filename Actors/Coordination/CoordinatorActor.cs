@@ -168,8 +168,20 @@ public sealed partial class CoordinatorActor : ReceiveActor, IWithTimers, IWithS
                 adoption.Missing.Count > 0 ? $"; {adoption.Missing.Count} stage(s) missing: recovering" : "");
             if (adoption.Missing.Count == 0) _refs.Commit(model);
         }
+        // A drain whose coordinator died mid-move: its node's workers said so; it is finished, not forgotten.
+        var drains = _state.ResumeDrains(recovering: adoption.Missing.Count > 0);
+        foreach (var node in _state.NodeMoves.Status().Where(d => d.Phase == "moving")) _log.Info("{0} is being drained (its workers said so): no plan puts anything on it", node.Node);
         if (adoption.Missing.Count > 0) StartRecovery($"stage(s) {string.Join(", ", adoption.Missing.Select(_state.Describe))} hold no slice of epoch {adoption.Model!.PlanEpoch} after the coordinator moved");
-        else Enter();
+        else
+        {
+            Enter();
+            TellToLeave(drains.Leave);
+            foreach (var node in drains.AskAgain)
+            {
+                _log.Info("the drain of {0} did not finish before the coordinator moved: its move is planned again", node);
+                AskMove(null, node);
+            }
+        }
     }
 
     private void StartPlanning(LoadModel request)

@@ -50,6 +50,7 @@ public sealed partial class CoordinatorState<TCaller> where TCaller : notnull
         if (r.Devices.Length == 1 && Registry.Worker(r.Devices[0].ActorPath) is not null)
         {
             if (starting) Model.Report(node, r.Devices[0].ActorPath, r.Holding, r.Served, r.SeenEpoch);
+            if (starting && r.Drained) DrainReported(r.NodeName);
             else if (r.Holding is { } held && Model.Unused(held)) release = (r.Devices[0].ActorPath, held.PlanEpoch);
             else if ((r.Served ?? r.Holding?.Record) is { } kept && Model.StaleRecord(kept)) release = (r.Devices[0].ActorPath, kept.PlanEpoch);
         }

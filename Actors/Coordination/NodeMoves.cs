@@ -118,6 +118,16 @@ public sealed class NodeMoves
         return move;
     }
 
+    /// <summary>
+    /// A drain that a coordinator which moved here learned from the drained node's own workers
+    /// (<see cref="ShardPipe.Messages.RegisterWorker.Drained"/>): the node is drained (<c>moving</c>) from now on, so no plan —
+    /// the adoption's recovery included — puts anything on it, and it is told to leave once the model no longer needs it.
+    /// </summary>
+    public void Restore(string node, IReadOnlyList<string> addresses)
+    {
+        if (!_drained.ContainsKey(node)) _drained[node] = new Drained(node, addresses, "moving");
+    }
+
     /// <summary>A drained node's addresses (to tell it to leave once the model no longer needs it), else empty.</summary>
     public IReadOnlyList<string> AddressesOf(string node) => _drained.TryGetValue(node, out var d) ? d.Addresses : Array.Empty<string>();
 

@@ -42,6 +42,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
     private double? _stepSpeed;     // the last speed this node's real steps showed (bytes/s)
     private LoadSlice? _slice;      // the slice held (what it covers, for registrations and reuse)
     private ModelRecord? _record;   // the served model's last committed record (kept while a newer epoch of it loads)
+    private bool _drained;          // this node is being drained (NodeDrained): reported, so that a new coordinator finishes the drain
 
     public DeviceWorkerActor(NodeSettings settings, string device, long budget, IActorRef coordinator, ActivationListener? listener)
     {
@@ -75,7 +76,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
             _settings.LocalCheckpoints ? (_settings.ModelRoots.Count > 0 ? _settings.ModelRoots.ToArray() : new[] { "*" }) : Array.Empty<string>(),
             holding, Timing(), Speed(),
             holding?.Record is null ? _record : null, // the record goes once: in the held slice when it is that epoch's
-            _seenEpoch);
+            _seenEpoch, _drained);
     }
 
     /// <summary>This node's recent step and hop medians (diagnostics kept apart from what benchmarks drain).</summary>
@@ -152,6 +153,12 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<ModelCommitted>(c =>
         {
             if (FromCoordinator("a commit") && c.Record.PlanEpoch == _epoch) _record = c.Record;
+        });
+        Receive<NodeDrained>(d =>
+        {
+            if (!FromCoordinator("a drain notice") || _drained) return;
+            _drained = true;
+            _log.Info("{0}: this node is being drained (epoch {1}): its layers move to the others, then it leaves", _stage, d.PlanEpoch);
         });
         LinkHandling();
     }
