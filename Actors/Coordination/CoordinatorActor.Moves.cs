@@ -42,18 +42,38 @@ public sealed partial class CoordinatorActor
                 break;
             case MoveDecision.Plan plan:
                 _moveReplyTo = requestId is null ? null : Sender;
-                var request = Model.Loaded!.Request;
-                if (request is null)
-                {
-                    EndMove(new MoveFailed(requestId ?? "", $"no load request is known for {Model.Loaded.Folder}; load it again", MoveFault.Cluster));
-                    return;
-                }
-                Func<string, bool> local = _settings.HasLocal;
-                var move = plan.Move;
-                Task.Run(() => ModelDescription.Read(request, local)).PipeTo(Self,
-                    success: m => new MoveDescribed(move, m), failure: ex => new MoveDescribeFailed(move, ShardPipeException.Describe(ex)));
+                DescribeMove(plan.Move);
                 break;
         }
+    }
+
+    /// <summary>The asked move's model is read off the actor's thread; its plan follows (<see cref="PlanMove"/>).</summary>
+    private void DescribeMove(AskedMove move)
+    {
+        var request = Model.Loaded!.Request;
+        if (request is null)
+        {
+            EndMove(new MoveFailed(move.RequestId ?? "", $"no load request is known for {Model.Loaded.Folder}; load it again", MoveFault.Cluster));
+            return;
+        }
+        Func<string, bool> local = _settings.HasLocal;
+        Task.Run(() => ModelDescription.Read(request, local)).PipeTo(Self,
+            success: m => new MoveDescribed(move, m), failure: ex => new MoveDescribeFailed(move, ShardPipeException.Describe(ex)));
+    }
+
+    /// <summary>
+    /// Drains that a coordinator which moved here learned from the drained nodes' workers, finished once nothing else is
+    /// under way: nodes the model no longer uses are told to leave, and one still holding layers has its move planned
+    /// again (no caller; the next follows when it serves). <see cref="CoordinatorState{TCaller}.ContinueDrains"/>.
+    /// </summary>
+    private void ContinueDrains()
+    {
+        var next = _state.ContinueDrains(DateTime.UtcNow);
+        TellToLeave(next.Leave);
+        if (next.Move is not { } move) return;
+        _log.Info("the {0} did not finish before the coordinator moved: its move is planned again", move.Describe());
+        _moveReplyTo = null;
+        DescribeMove(move);
     }
 
     /// <summary>The served model was described: the move is planned, then goes out — or is refused and nothing changes.</summary>
@@ -66,6 +86,7 @@ public sealed partial class CoordinatorActor
             if (planned.Refusal is { } why)
             {
                 if (move.RequestId is null && move.Kind == MoveKind.Rebalance) _log.Info("no rebalance after a join: {0}", why);
+                else if (move.RequestId is null) _log.Warning("the {0} (asked again after the coordinator moved) was refused: {1}; the node stays drained", move.Describe(), why);
                 else _log.Warning("{0} refused: {1}", move.Describe(), why);
                 EndMove(new MoveFailed(move.RequestId ?? "", why, planned.Fault));
             }
@@ -97,6 +118,7 @@ public sealed partial class CoordinatorActor
         _log.Info("{0} done in {1:0.00} s (epoch {2} serves): moved {3}", move.Describe(), seconds, loaded.PlanEpoch, CoordinatorState<IActorRef>.Moves(loaded, "nothing"));
         TellToLeave(leave);
         AnswerMove(new LayersMoved(move.RequestId ?? "", loaded.PlanEpoch, seconds, loaded.Moved, move.Node is { } n ? [n] : []));
+        ContinueDrains(); // another drain a coordinator that moved here learned of
     }
 
     /// <summary>Graceful leave (asked for, so no recovery): the node's process ends once it is removed.</summary>

@@ -150,8 +150,10 @@ public sealed partial class CoordinatorActor : ReceiveActor, IWithTimers, IWithS
             _log.Info("worker {0} holds a slice of epoch {1}, which is not served: released", _state.Describe(path), epoch);
             _refs.Tell(path, new ReleaseSlice(epoch));
         }
+        if (reg.DrainLearned) _log.Info("{0} is being drained (its workers said so): no plan puts anything on it", r.NodeName);
         if (reg.Adopt) AdoptHeld();
         else if (reg.RetryRecovery) StartRecovery("capacity joined");
+        else if (reg.DrainLearned) ContinueDrains();
         else if (reg.Joined.Count > 0 && _settings.Rebalance.Auto) AskMove(null, null); // a node joined: rebalance if it gains enough
     }
 
@@ -169,18 +171,12 @@ public sealed partial class CoordinatorActor : ReceiveActor, IWithTimers, IWithS
             if (adoption.Missing.Count == 0) _refs.Commit(model);
         }
         // A drain whose coordinator died mid-move: its node's workers said so; it is finished, not forgotten.
-        var drains = _state.ResumeDrains(recovering: adoption.Missing.Count > 0);
-        foreach (var node in _state.NodeMoves.Status().Where(d => d.Phase == "moving")) _log.Info("{0} is being drained (its workers said so): no plan puts anything on it", node.Node);
+        foreach (var node in _state.ResumeDrains()) _log.Info("{0} is being drained (its workers said so): no plan puts anything on it", node);
         if (adoption.Missing.Count > 0) StartRecovery($"stage(s) {string.Join(", ", adoption.Missing.Select(_state.Describe))} hold no slice of epoch {adoption.Model!.PlanEpoch} after the coordinator moved");
         else
         {
             Enter();
-            TellToLeave(drains.Leave);
-            foreach (var node in drains.AskAgain)
-            {
-                _log.Info("the drain of {0} did not finish before the coordinator moved: its move is planned again", node);
-                AskMove(null, node);
-            }
+            ContinueDrains();
         }
     }
 

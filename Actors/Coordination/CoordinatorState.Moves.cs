@@ -8,10 +8,10 @@ namespace ShardPipe.Actors.Coordination;
 /// <param name="Gain">How much the busiest device is relieved (<see cref="MovePlanner.Gain"/>).</param>
 public sealed record MovePlanned(AskedMove Move, LoadPlan? Plan, string? Refusal, MoveFault Fault, double Gain);
 
-/// <summary>What a coordinator that moved does about the drains the workers reported (<see cref="CoordinatorState{TCaller}.ResumeDrains"/>).</summary>
-/// <param name="AskAgain">Drained nodes whose move is planned afresh (they still hold part of the served model).</param>
+/// <summary>What finishing the drains comes to (<see cref="CoordinatorState{TCaller}.ContinueDrains"/>).</summary>
+/// <param name="Move">A drained node's move asked again (it still holds part of the served model): describe and plan it; null: none.</param>
 /// <param name="Leave">Addresses of drained nodes to tell to leave now.</param>
-public sealed record DrainsResumed(IReadOnlyList<string> AskAgain, IReadOnlyList<string> Leave);
+public sealed record DrainsResumed(AskedMove? Move, IReadOnlyList<string> Leave);
 
 public sealed partial class CoordinatorState<TCaller>
 {
@@ -24,30 +24,46 @@ public sealed partial class CoordinatorState<TCaller>
     public void DrainReported(string node) => _reportedDrains.Add(node);
 
     /// <summary>
-    /// After adoption (<paramref name="recovering"/>: stages are missing and a recovery follows): the drains that the
-    /// drained nodes' workers reported, so that a drain whose coordinator died mid-move is finished, not forgotten. A
-    /// drained node that still holds part of the served model with nothing missing has its drain asked again
-    /// (<see cref="DrainsResumed.AskAgain"/>: its move is planned afresh); every other one is drained from now on
-    /// (<see cref="NodeMoves.Restore"/>: the recovery re-plans without it), and unless a recovery follows — whose end
-    /// tells them — the drained nodes the model no longer needs are told to leave now (<see cref="DrainsResumed.Leave"/>).
-    /// Nodes no longer registered are ignored (they are gone).
+    /// After adoption: every drain that a registered node's workers reported is drained again here
+    /// (<see cref="NodeMoves.Restore"/>), so that no plan — the adoption's recovery included — puts anything on it, as
+    /// the coordinator that died kept it. Nodes no longer registered are ignored (they are gone). Returns the nodes
+    /// restored; <see cref="ContinueDrains"/> then finishes them.
     /// </summary>
-    public DrainsResumed ResumeDrains(bool recovering)
+    public IReadOnlyList<string> ResumeDrains()
     {
-        var again = new List<string>();
+        var restored = new List<string>();
         foreach (var node in _reportedDrains)
-        {
-            var workers = Registry.Workers.Where(w => w.Node == node).ToList();
-            if (workers.Count == 0) continue;
-            bool holds = Model.Loaded is { } served && served.DeviceMap.Any(e => e.Device.StartsWith(node + "/", StringComparison.Ordinal));
-            if (holds && !recovering && State == ClusterState.Ready && again.Count == 0) again.Add(node); // one move at a time
-            else NodeMoves.Restore(node, workers.Select(w => Registry.NodeOf(w.Path)).OfType<string>().Distinct().ToList());
-        }
+            if (RestoreDrain(node)) restored.Add(node);
         _reportedDrains.Clear();
-        if (recovering) return new DrainsResumed(again, Array.Empty<string>());
-        var leave = NodeMoves.PendingLeave();
-        NodeMoves.Leaving();
-        return new DrainsResumed(again, leave);
+        return restored;
+    }
+
+    /// <summary>A registered node's workers say it is being drained: drained here too (false when none of its workers is registered).</summary>
+    private bool RestoreDrain(string node)
+    {
+        var addresses = Registry.Workers.Where(w => w.Node == node).Select(w => Registry.NodeOf(w.Path)).OfType<string>().Distinct().ToList();
+        if (addresses.Count == 0) return false;
+        NodeMoves.Restore(node, addresses);
+        return true;
+    }
+
+    /// <summary>
+    /// Drains still to finish, while no move, load or recovery is under way (a coordinator that moved here learned them
+    /// from the drained nodes' workers): each drained node the served model no longer uses is told to leave
+    /// (<see cref="DrainsResumed.Leave"/>, now <c>leaving</c>), and the first one that still holds part of it has its move
+    /// asked again (<see cref="DrainsResumed.Move"/>, no caller; the others follow one at a time, as each move serves).
+    /// </summary>
+    public DrainsResumed ContinueDrains(DateTime now)
+    {
+        if (NodeMoves.Asked is not null || State is not (ClusterState.Ready or ClusterState.Empty or ClusterState.Failed))
+            return new DrainsResumed(null, Array.Empty<string>());
+        var served = State == ClusterState.Ready ? Model.Loaded : null;
+        bool Holds(string node) => served is not null && served.DeviceMap.Any(e => e.Device.StartsWith(node + "/", StringComparison.Ordinal));
+        var waiting = NodeMoves.Status().Where(d => d.Phase == "moving").Select(d => d.Node).ToList();
+        var leave = new List<string>();
+        foreach (var node in waiting.Where(n => !Holds(n))) leave.AddRange(NodeMoves.Leave(node));
+        var move = waiting.FirstOrDefault(Holds) is { } holder ? NodeMoves.Resume(holder, served!.PlanEpoch, now) : null;
+        return new DrainsResumed(move, leave);
     }
 
     /// <summary>A client (or, with a null id, a node's join) asks to drain <paramref name="node"/> or, with null, to rebalance.</summary>

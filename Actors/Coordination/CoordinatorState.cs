@@ -49,14 +49,19 @@ public sealed partial class CoordinatorState<TCaller> where TCaller : notnull
         (string, int)? release = null;
         if (r.Devices.Length == 1 && Registry.Worker(r.Devices[0].ActorPath) is not null)
         {
-            if (starting) Model.Report(node, r.Devices[0].ActorPath, r.Holding, r.Served, r.SeenEpoch);
-            if (starting && r.Drained) DrainReported(r.NodeName);
+            if (starting)
+            {
+                Model.Report(node, r.Devices[0].ActorPath, r.Holding, r.Served, r.SeenEpoch);
+                if (r.Drained) DrainReported(r.NodeName);
+            }
             else if (r.Holding is { } held && Model.Unused(held)) release = (r.Devices[0].ActorPath, held.PlanEpoch);
             else if ((r.Served ?? r.Holding?.Record) is { } kept && Model.StaleRecord(kept)) release = (r.Devices[0].ActorPath, kept.PlanEpoch);
         }
+        // A drain this coordinator did not know of (its node registered after the start window): drained from now on.
+        bool lateDrain = !starting && r.Drained && !NodeMoves.IsDrained(r.NodeName) && RestoreDrain(r.NodeName);
         bool adopt = starting && Model.AllReported(workerNodes());
         return new Registered(reply, null, accepted.Joined, accepted.RefusedDevices, release, adopt,
-            !adopt && accepted.Joined.Count > 0 && Model.RetryOnCapacity);
+            !adopt && accepted.Joined.Count > 0 && Model.RetryOnCapacity, lateDrain);
     }
 
     /// <summary>Admission of a request from <paramref name="caller"/>: how it goes, and the refusal to answer with when it does not start or queue.</summary>
@@ -163,5 +168,7 @@ public sealed partial class CoordinatorState<TCaller> where TCaller : notnull
 /// <param name="Release">A slice it holds of an epoch no longer used: worker path and epoch.</param>
 /// <param name="Adopt">A new coordinator has now heard every worker node: adopt what they hold.</param>
 /// <param name="RetryRecovery">Capacity joined a degraded model: try the recovery again.</param>
+/// <param name="DrainLearned">Its workers say their node is being drained, which this coordinator did not know (it
+/// registered after the start window): it is drained now; finish the drain (<see cref="CoordinatorState{TCaller}.ContinueDrains"/>).</param>
 public sealed record Registered(IShardPipeMessage Reply, string? RefusedNode, IReadOnlyList<WorkerInfo> Joined, IReadOnlyList<RefusedDevice> RefusedDevices,
-    (string Path, int Epoch)? Release, bool Adopt, bool RetryRecovery);
+    (string Path, int Epoch)? Release, bool Adopt, bool RetryRecovery, bool DrainLearned = false);

@@ -128,6 +128,26 @@ public sealed class NodeMoves
         if (!_drained.ContainsKey(node)) _drained[node] = new Drained(node, addresses, "moving");
     }
 
+    /// <summary>
+    /// The move of a drained node (<see cref="Restore"/>d) that still holds part of the served model at
+    /// <paramref name="fromEpoch"/>, asked again without a caller: it stays drained whatever becomes of the move (as a
+    /// drain whose move went out does).
+    /// </summary>
+    public AskedMove Resume(string node, int fromEpoch, DateTime now)
+    {
+        if (Asked is { } busy) throw new InvalidOperationException($"a {busy.Describe()} is in progress");
+        if (!_drained.ContainsKey(node)) throw new InvalidOperationException($"{node} is not drained");
+        return Asked = new AskedMove(null, MoveKind.Drain, node, fromEpoch, now);
+    }
+
+    /// <summary>A drained node the model no longer needs is told to leave: now <c>leaving</c>; returns its addresses.</summary>
+    public IReadOnlyList<string> Leave(string node)
+    {
+        if (!_drained.TryGetValue(node, out var d)) return Array.Empty<string>();
+        _drained[node] = d with { Phase = "leaving" };
+        return d.Addresses;
+    }
+
     /// <summary>A drained node's addresses (to tell it to leave once the model no longer needs it), else empty.</summary>
     public IReadOnlyList<string> AddressesOf(string node) => _drained.TryGetValue(node, out var d) ? d.Addresses : Array.Empty<string>();
 

@@ -154,13 +154,16 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         {
             if (FromCoordinator("a commit") && c.Record.PlanEpoch == _epoch) _record = c.Record;
         });
-        Receive<NodeDrained>(d =>
-        {
-            if (!FromCoordinator("a drain notice") || _drained) return;
-            _drained = true;
-            _log.Info("{0}: this node is being drained (epoch {1}): its layers move to the others, then it leaves", _stage, d.PlanEpoch);
-        });
+        Receive<NodeDrained>(OnNodeDrained);
         LinkHandling();
+    }
+
+    /// <summary>This node is being drained: reported with every registration from now on (a coordinator that takes over finishes the drain).</summary>
+    private void OnNodeDrained(NodeDrained d)
+    {
+        if (!FromCoordinator("a drain notice") || _drained) return;
+        _drained = true;
+        _log.Info("{0}: this node is being drained (epoch {1}): its layers move to the others, then it leaves", _stage, d.PlanEpoch);
     }
 
     /// <summary>Activation links: offers to peers (any state after registration), and this worker's own links.</summary>
@@ -297,6 +300,7 @@ public sealed class DeviceWorkerActor : ReceiveActor, IWithStash, IWithTimers
         Receive<EvictTick>(_ => DropStaleChunks());
         Receive<RegisterTick>(_ => _coordinator.Tell(Registration()));
         Receive<WorkerRegistered>(_ => { });
+        Receive<NodeDrained>(OnNodeDrained); // reported by the registrations during the load too
         ReceiveAny(_ => Stash.Stash());
     }
 

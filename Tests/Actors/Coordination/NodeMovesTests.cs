@@ -224,39 +224,52 @@ public class NodeMovesTests
     public void A_drain_that_its_nodes_workers_report_to_a_new_coordinator_is_finished_not_forgotten()
     {
         // Through registration: node-1's worker says its node is being drained; the new coordinator adopts nothing (no
-        // slice held), so node-1 is told to leave at once and no plan uses it.
+        // slice held), so node-1 is drained again, kept out of plans and told to leave.
         var fresh = new CoordinatorState<string>(3, 256000, 8, 8);
         string[] nodes = [Address(1), Address(2)];
         fresh.Register(new RegisterWorker(3, 256000, "node-1", [new WorkerDevice("cpu", 1 << 20, Worker(1))], ["*"], Drained: true), Address(1), () => nodes);
         fresh.Register(new RegisterWorker(3, 256000, "node-2", [new WorkerDevice("cpu", 1 << 20, Worker(2))], ["*"]), Address(2), () => nodes);
         fresh.Model.Adopt(_ => true);
-        var resumed = fresh.ResumeDrains(recovering: false);
-        Assert.Empty(resumed.AskAgain);
-        Assert.Equal([Address(1)], resumed.Leave);
-        Assert.Equal([new NodeDrain("node-1", "leaving")], fresh.Status("q").Drains!);
+        Assert.Equal(["node-1"], fresh.ResumeDrains());
         Assert.Equal(["node-2"], fresh.NodeMoves.Plannable(fresh.Registry.Workers).Select(w => w.Node));
+        var next = fresh.ContinueDrains(DateTime.UtcNow);
+        Assert.Null(next.Move);
+        Assert.Equal([Address(1)], next.Leave);
+        Assert.Equal([new NodeDrain("node-1", "leaving")], fresh.Status("q").Drains!);
 
-        // A recovery follows the adoption: the drained node is out of its plan; it is told to leave when that serves.
-        var recovering = Serving(1 << 20, 1 << 20, 1 << 20);
-        recovering.DrainReported("node-3");
-        recovering.DrainReported("node-9"); // not registered (gone): ignored
-        resumed = recovering.ResumeDrains(recovering: true);
-        Assert.Empty(resumed.AskAgain);
-        Assert.Empty(resumed.Leave);
-        Assert.Equal([new NodeDrain("node-3", "moving")], recovering.Status("q").Drains!);
-        Assert.DoesNotContain(recovering.NodeMoves.Plannable(recovering.Registry.Workers), w => w.Node == "node-3");
-        Assert.Equal([Address(3)], recovering.NodeMoves.PendingLeave());
+        // A served model that the drained node still holds part of: drained at once (a recovery would plan without
+        // it), then its move is asked again and, once it serves, the node is told to leave.
+        var s = Serving(1 << 20, 1 << 20, 1 << 20);
+        var before = s.Model.Loaded!;
+        Assert.Contains(before.DeviceMap, e => NodeOf(e.Device) == "node-3");
+        s.DrainReported("node-3");
+        s.DrainReported("node-9"); // not registered (gone): ignored
+        Assert.Equal(["node-3"], s.ResumeDrains());
+        Assert.Empty(s.ResumeDrains()); // each report is used once
+        Assert.True(s.NodeMoves.IsDrained("node-3"));
+        Assert.DoesNotContain(s.NodeMoves.Plannable(s.Registry.Workers), w => w.Node == "node-3");
+        next = s.ContinueDrains(DateTime.UtcNow);
+        Assert.Empty(next.Leave); // it still holds layers
+        var move = Assert.IsType<AskedMove>(next.Move);
+        Assert.Equal((MoveKind.Drain, "node-3", (string?)null, before.PlanEpoch), (move.Kind, move.Node, move.RequestId, move.FromEpoch));
+        Assert.Null(s.ContinueDrains(DateTime.UtcNow).Move); // one move at a time
+        var plan = Assert.IsType<LoadPlan>(s.PlanMove(Description.Value, minGain: 0.5).Plan);
+        Assert.DoesNotContain(plan.Result.DeviceMap, e => NodeOf(e.Device) == "node-3");
+        s.NodeMoves.Started([Address(3)]);
+        s.Model.BeginMove();
+        Load(s, plan);
+        var (done, leave) = s.NodeMoves.Committed();
+        Assert.Equal(move, done);
+        Assert.Equal([Address(3)], leave);
+        Assert.Empty(s.ContinueDrains(DateTime.UtcNow).Leave); // told once
 
-        // Nothing is missing and the drained node still holds part of the served model: its drain is asked again.
-        var ready = Serving(1 << 20, 1 << 20, 1 << 20);
-        Assert.Contains(ready.Model.Loaded!.DeviceMap, e => NodeOf(e.Device) == "node-3");
-        ready.DrainReported("node-3");
-        resumed = ready.ResumeDrains(recovering: false);
-        Assert.Equal(["node-3"], resumed.AskAgain);
-        Assert.Empty(resumed.Leave);
-        Assert.False(ready.NodeMoves.IsDrained("node-3")); // the move drains it, as a client's drain would
-        var again = Assert.IsType<MoveDecision.Plan>(ready.AskMove(null, "node-3", DateTime.UtcNow));
-        Assert.Equal((MoveKind.Drain, "node-3"), (again.Move.Kind, again.Move.Node));
-        Assert.Empty(ready.ResumeDrains(recovering: false).AskAgain); // each report is used once
+        // A drain this coordinator did not know (the node registered after the start window) is learned from any
+        // later registration, and finished the same way.
+        var late = Serving(1 << 20, 1 << 20, 1 << 20);
+        var reg = late.Register(new RegisterWorker(3, 256000, "node-2", [new WorkerDevice("cpu", 1 << 20, Worker(2))], ["*"], Drained: true), Address(2), () => [Address(1), Address(2), Address(3)]);
+        Assert.True(reg.DrainLearned);
+        Assert.True(late.NodeMoves.IsDrained("node-2"));
+        Assert.False(late.Register(new RegisterWorker(3, 256000, "node-2", [new WorkerDevice("cpu", 1 << 20, Worker(2))], ["*"], Drained: true), Address(2), () => [Address(1), Address(2), Address(3)]).DrainLearned);
+        Assert.Equal("node-2", late.ContinueDrains(DateTime.UtcNow).Move?.Node);
     }
 }
