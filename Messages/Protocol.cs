@@ -16,6 +16,9 @@ public interface IPlanEpochFact
 public static class Protocol
 {
     public const int Version = 6;
+    // 6, appended without a bump (an older peer ignores the keys and drops the message, losing only what they add):
+    // RegisterWorker.Served and SeenEpoch (session 25), RegisterWorker.Drained and NodeDrained (session 26: an older
+    // worker does not report that its node is being drained, so a coordinator that takes over mid-drain forgets it).
     // 6: ClusterStatus.State is a ClusterState (an integer, was a string); ModelRecord.Request may be absent.
     // 5: continuous batching (StageBatch between stages) and chunked prefill (PromptRest): an older stage would drop them.
     // 4: registrations repeat and report the slice held (coordinator moves); ModelCommitted; resumable requests.
