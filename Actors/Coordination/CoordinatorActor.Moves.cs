@@ -94,7 +94,7 @@ public sealed partial class CoordinatorActor
             return;
         }
         var served = Model.Loaded!;
-        _state.NodeMoves.Started(move.Node is { } node ? _state.Registry.Workers.Where(w => w.Node == node).Select(w => _state.Registry.NodeOf(w.Path)).OfType<string>().Distinct().ToList() : []);
+        _state.NodeMoves.Started(move.Node is { } node ? _state.Registry.AddressesOf(node) : []);
         int epoch = Model.BeginMove();
         if (move.Node is { } drained) // its workers keep the fact: a coordinator that takes over mid-move finishes the drain
             foreach (var w in _state.Registry.Workers.Where(w => w.Node == drained)) _refs.Tell(w.Path, new NodeDrained(epoch));

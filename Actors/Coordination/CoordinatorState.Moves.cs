@@ -41,7 +41,7 @@ public sealed partial class CoordinatorState<TCaller>
     /// <summary>A registered node's workers say it is being drained: drained here too (false when none of its workers is registered).</summary>
     private bool RestoreDrain(string node)
     {
-        var addresses = Registry.Workers.Where(w => w.Node == node).Select(w => Registry.NodeOf(w.Path)).OfType<string>().Distinct().ToList();
+        var addresses = Registry.AddressesOf(node);
         if (addresses.Count == 0) return false;
         NodeMoves.Restore(node, addresses);
         return true;
@@ -59,7 +59,7 @@ public sealed partial class CoordinatorState<TCaller>
             return new DrainsResumed(null, Array.Empty<string>());
         var served = State == ClusterState.Ready ? Model.Loaded : null;
         bool Holds(string node) => served is not null && served.DeviceMap.Any(e => e.Device.StartsWith(node + "/", StringComparison.Ordinal));
-        var waiting = NodeMoves.Status().Where(d => d.Phase == "moving").Select(d => d.Node).ToList();
+        var waiting = NodeMoves.Waiting();
         var leave = new List<string>();
         foreach (var node in waiting.Where(n => !Holds(n))) leave.AddRange(NodeMoves.Leave(node));
         var move = waiting.FirstOrDefault(Holds) is { } holder ? NodeMoves.Resume(holder, served!.PlanEpoch, now) : null;

@@ -69,7 +69,7 @@ public sealed class NodeMoves
         if (_drained.TryGetValue(node, out var drained)) return new MoveDecision.Refused($"{node} is already drained ({drained.Phase})", MoveFault.Cluster);
         if (!plannable.Any(w => w.Node != node))
             return new MoveDecision.Refused($"{node} is the last node with devices: draining it would leave nothing to serve", MoveFault.Placement);
-        var addresses = registry.Workers.Where(w => w.Node == node).Select(w => registry.NodeOf(w.Path)).OfType<string>().Distinct().ToList();
+        var addresses = registry.AddressesOf(node);
         bool holdsModel = model.Loaded is { } served && served.DeviceMap.Any(e => e.Device.StartsWith(node + "/", StringComparison.Ordinal));
         if (model.State is ClusterState.Empty or ClusterState.Failed || (model.State == ClusterState.Ready && !holdsModel))
         {
@@ -152,13 +152,16 @@ public sealed class NodeMoves
     public IReadOnlyList<string> AddressesOf(string node) => _drained.TryGetValue(node, out var d) ? d.Addresses : Array.Empty<string>();
 
     /// <summary>Drained nodes still to be told to leave: those whose move was superseded (a recovery finished without them).</summary>
-    public IReadOnlyList<string> PendingLeave() =>
-        _drained.Values.Where(d => d.Phase == "moving" && Asked?.Node != d.Node).SelectMany(d => d.Addresses).ToList();
+    public IReadOnlyList<string> PendingLeave() => Waiting().SelectMany(AddressesOf).ToList();
+
+    /// <summary>Drained nodes still <c>moving</c> whose move is not the one asked (superseded, or learned by a coordinator that moved here).</summary>
+    public IReadOnlyList<string> Waiting() =>
+        _drained.Values.Where(d => d.Phase == "moving" && Asked?.Node != d.Node).Select(d => d.Node).ToList();
 
     /// <summary>Marks every drained node that was still moving as leaving (they were just told to).</summary>
     public void Leaving()
     {
-        foreach (var d in _drained.Values.Where(d => d.Phase == "moving" && Asked?.Node != d.Node).ToList()) _drained[d.Node] = d with { Phase = "leaving" };
+        foreach (var node in Waiting()) Leave(node);
     }
 
     /// <summary>A node was removed from the cluster: a drain of it is over (a node started again under its name is used again).</summary>

@@ -110,6 +110,10 @@ public sealed class WorkerRegistry
     /// <summary>The node address a registered worker lives on.</summary>
     public string? NodeOf(string path) => _nodeOf.GetValueOrDefault(path);
 
+    /// <summary>The cluster addresses of the node named <paramref name="node"/> (as its workers registered it): what a drain tells to leave; empty when none of its workers is registered.</summary>
+    public IReadOnlyList<string> AddressesOf(string node) =>
+        Workers.Where(w => w.Node == node).Select(w => NodeOf(w.Path)).OfType<string>().Distinct().ToList();
+
     /// <summary>A worker is gone; false when it was not registered.</summary>
     public bool Remove(string path)
     {
